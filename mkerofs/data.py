@@ -1,0 +1,147 @@
+"""Stream file data into the image's data area: block-aligned, holes kept sparse, never whole in memory."""
+from __future__ import annotations
+
+import errno
+import os
+
+from . import format as fmt
+from .options import BuildError
+from .output import Output
+from .plan import PlannedInode
+
+_ZERO_CHUNK = bytes(1 << 20)
+
+
+def _changed(node: PlannedInode, detail: str) -> BuildError:
+    return BuildError(f"{node.display_path()}: file changed during the build ({detail})")
+
+
+class DataArea:
+    """Hands out consecutive blocks of the data area and copies file contents into them."""
+
+    def __init__(self, out: Output, block_size: int, start_block: int):
+        self.out = out
+        self.block_size = block_size
+        self.next_block = start_block
+        self._copy_file_range = hasattr(os, "copy_file_range")
+
+    def allocate(self, nblocks: int) -> int:
+        start = self.next_block
+        self.next_block += nblocks
+        return start
+
+    # -- low-level copying ---------------------------------------------------
+
+    def _copy(self, node: PlannedInode, src: int, src_pos: int, dst_pos: int, length: int) -> None:
+        out = self.out
+        end = src_pos + length
+        while src_pos < end:
+            done = 0
+            if self._copy_file_range:
+                try:
+                    done = os.copy_file_range(src, out.fd, end - src_pos, src_pos,
+                                              dst_pos + out.offset)
+                except OSError as err:
+                    if err.errno in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                        self._copy_file_range = False
+                        continue
+                    if err.errno == errno.ENOSPC:
+                        raise BuildError(f"{out.path}: no space left on device") from None
+                    raise BuildError(f"{node.display_path()}: {err.strerror}") from None
+            else:
+                try:
+                    chunk = os.pread(src, min(end - src_pos, 1 << 20), src_pos)
+                except OSError as err:
+                    raise BuildError(f"{node.display_path()}: {err.strerror}") from None
+                out.pwrite(chunk, dst_pos)
+                done = len(chunk)
+            if done == 0:
+                raise _changed(node, f"ended at byte {src_pos} of {node.size}")
+            src_pos += done
+            dst_pos += done
+
+    def _zero(self, dst_pos: int, length: int) -> None:
+        while length > 0:
+            n = min(length, len(_ZERO_CHUNK))
+            self.out.pwrite(memoryview(_ZERO_CHUNK)[:n], dst_pos)
+            dst_pos += n
+            length -= n
+
+    def _copy_sparse(self, node: PlannedInode, src: int, dst_pos: int, length: int) -> None:
+        """Copy [0, length) of src; holes are skipped on a fresh file, zero-filled on a device."""
+        pos = 0
+        while pos < length:
+            try:
+                data = os.lseek(src, pos, os.SEEK_DATA)
+            except OSError as err:
+                if err.errno != errno.ENXIO:          # ENXIO: only a hole remains
+                    self._copy(node, src, pos, dst_pos + pos, length - pos)
+                    return
+                data = length
+            data = min(data, length)
+            if data > pos and self.out.is_device:
+                self._zero(dst_pos + pos, data - pos)
+            if data >= length:
+                return
+            hole = min(os.lseek(src, data, os.SEEK_HOLE), length)
+            self._copy(node, src, data, dst_pos + data, hole - data)
+            pos = hole
+
+    # -- per-inode -------------------------------------------------------------
+
+    def write_regular(self, node: PlannedInode, inline_ok: bool) -> None:
+        """Copy a regular file: full blocks to the data area, the tail inline when it fits."""
+        bs = self.block_size
+        size = node.size
+        try:
+            src = os.open(node.src.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as err:
+            raise BuildError(f"{node.display_path()}: {err.strerror}") from None
+        try:
+            now = os.fstat(src).st_size
+            if now != size:
+                raise _changed(node, f"size was {size}, now {now}")
+            tail = size % bs if inline_ok else 0
+            body = size - tail
+            nblocks = fmt.round_up(body, bs) // bs
+            start = self.allocate(nblocks)
+            if body:
+                self._copy_sparse(node, src, start * bs, body)
+                if body % bs:
+                    self._zero(start * bs + body, bs - body % bs)
+            inline = os.pread(src, tail, body) if tail else b""
+            if len(inline) != tail or os.pread(src, 1, size):
+                raise _changed(node, f"size is no longer {size}")
+        except OSError as err:
+            raise BuildError(f"{node.display_path()}: {err.strerror}") from None
+        finally:
+            os.close(src)
+        node.inline = inline
+        node.datalayout = fmt.EROFS_INODE_FLAT_INLINE if tail else fmt.EROFS_INODE_FLAT_PLAIN
+        node.i_u = start if nblocks else fmt.EROFS_NULL_ADDR_32
+
+    def write_bytes(self, node: PlannedInode, data: bytes, inline_ok: bool, start: int | None = None) -> None:
+        """Lay out in-memory content (a symlink target or directory) as plain blocks + inline tail."""
+        bs = self.block_size
+        tail = len(data) % bs if inline_ok else 0
+        body = len(data) - tail
+        nblocks = fmt.round_up(body, bs) // bs
+        if start is None:
+            start = self.allocate(nblocks)
+        if body:
+            self.out.pwrite(data[:body].ljust(nblocks * bs, b"\0"), start * bs)
+        node.inline = data[body:]
+        node.datalayout = fmt.EROFS_INODE_FLAT_INLINE if tail else fmt.EROFS_INODE_FLAT_PLAIN
+        node.i_u = start if nblocks else fmt.EROFS_NULL_ADDR_32
+
+
+def flat_blocks(size: int, block_size: int, inline_ok: bool) -> int:
+    """Blocks a flat inode takes in the data area."""
+    body = size - (size % block_size if inline_ok else 0)
+    return fmt.round_up(body, block_size) // block_size
+
+
+def inline_fits(node: PlannedInode, size: int, block_size: int) -> bool:
+    """Whether the tail can sit after inode + xattrs without crossing a block boundary."""
+    tail = size % block_size
+    return tail > 0 and node.meta_size_before_inline + tail <= block_size

@@ -1,0 +1,356 @@
+"""EROFS on-disk format: every structure, offset and constant lives here once.
+
+Names follow the kernel's fs/erofs/erofs_fs.h so that a reader of both can match them line by line.
+All integers are little-endian.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+EROFS_SUPER_MAGIC_V1 = 0xE0F5E1E2
+EROFS_SUPER_OFFSET = 1024          # room for boot sectors before the superblock
+EROFS_SB_SIZE = 128                # with sb_extslots == 0
+EROFS_SB_EXTSLOT_SIZE = 16
+
+EROFS_MIN_BLOCK_SIZE = 512
+EROFS_MAX_BLOCK_SIZE = 4096        # the kernel needs blocksize <= PAGE_SIZE
+
+# feature_compat
+EROFS_FEATURE_COMPAT_SB_CHKSUM = 0x00000001
+EROFS_FEATURE_COMPAT_MTIME = 0x00000002
+EROFS_FEATURE_COMPAT_XATTR_FILTER = 0x00000004
+EROFS_FEATURE_COMPAT_PLAIN_XATTR_PFX = 0x00000010
+
+# feature_incompat
+EROFS_FEATURE_INCOMPAT_LZ4_0PADDING = 0x00000001   # a.k.a. ZERO_PADDING
+EROFS_FEATURE_INCOMPAT_COMPR_CFGS = 0x00000002
+EROFS_FEATURE_INCOMPAT_BIG_PCLUSTER = 0x00000002
+EROFS_FEATURE_INCOMPAT_CHUNKED_FILE = 0x00000004
+EROFS_FEATURE_INCOMPAT_DEVICE_TABLE = 0x00000008
+EROFS_FEATURE_INCOMPAT_COMPR_HEAD2 = 0x00000008
+EROFS_FEATURE_INCOMPAT_ZTAILPACKING = 0x00000010
+EROFS_FEATURE_INCOMPAT_FRAGMENTS = 0x00000020
+EROFS_FEATURE_INCOMPAT_DEDUPE = 0x00000020
+EROFS_FEATURE_INCOMPAT_XATTR_PREFIXES = 0x00000040
+EROFS_FEATURE_INCOMPAT_48BIT = 0x00000080
+
+# inode data layouts (i_format bits 1-3)
+EROFS_INODE_FLAT_PLAIN = 0
+EROFS_INODE_COMPRESSED_FULL = 1
+EROFS_INODE_FLAT_INLINE = 2
+EROFS_INODE_COMPRESSED_COMPACT = 3
+EROFS_INODE_CHUNK_BASED = 4
+
+EROFS_INODE_LAYOUT_COMPACT = 0
+EROFS_INODE_LAYOUT_EXTENDED = 1
+EROFS_I_VERSION_BIT = 0
+EROFS_I_DATALAYOUT_BIT = 1
+EROFS_I_NLINK_1_BIT = 4
+
+EROFS_ISLOTBITS = 5                # inodes are addressed in 32-byte slots (nid)
+EROFS_ISLOT_SIZE = 1 << EROFS_ISLOTBITS
+
+# the 32-bit "no block" address of a flat inode whose data is only an inline tail
+EROFS_NULL_ADDR_32 = 0xFFFFFFFF
+
+# directory entry file types
+EROFS_FT_UNKNOWN = 0
+EROFS_FT_REG_FILE = 1
+EROFS_FT_DIR = 2
+EROFS_FT_CHRDEV = 3
+EROFS_FT_BLKDEV = 4
+EROFS_FT_FIFO = 5
+EROFS_FT_SOCK = 6
+EROFS_FT_SYMLINK = 7
+
+EROFS_NAME_LEN = 255
+
+# xattr name indexes
+EROFS_XATTR_INDEX_USER = 1
+EROFS_XATTR_INDEX_POSIX_ACL_ACCESS = 2
+EROFS_XATTR_INDEX_POSIX_ACL_DEFAULT = 3
+EROFS_XATTR_INDEX_TRUSTED = 4
+EROFS_XATTR_INDEX_LUSTRE = 5
+EROFS_XATTR_INDEX_SECURITY = 6
+EROFS_XATTR_LONG_PREFIX = 0x80
+EROFS_XATTR_LONG_PREFIX_MASK = 0x7F
+EROFS_XATTR_FILTER_BITS = 32
+EROFS_XATTR_FILTER_DEFAULT = 0xFFFFFFFF
+EROFS_XATTR_FILTER_SEED = 0x25BBE08F
+
+# compression
+Z_EROFS_COMPRESSION_LZ4 = 0
+Z_EROFS_COMPRESSION_LZMA = 1
+Z_EROFS_COMPRESSION_DEFLATE = 2
+Z_EROFS_COMPRESSION_ZSTD = 3
+Z_EROFS_PCLUSTER_MAX_SIZE = 1024 * 1024
+Z_EROFS_PCLUSTER_MAX_DSIZE = 12 * 1024 * 1024
+
+Z_EROFS_ADVISE_COMPACTED_2B = 0x0001
+Z_EROFS_ADVISE_BIG_PCLUSTER_1 = 0x0002
+Z_EROFS_ADVISE_BIG_PCLUSTER_2 = 0x0004
+Z_EROFS_ADVISE_INLINE_PCLUSTER = 0x0008
+Z_EROFS_ADVISE_INTERLACED_PCLUSTER = 0x0010
+Z_EROFS_ADVISE_FRAGMENT_PCLUSTER = 0x0020
+Z_EROFS_FRAGMENT_INODE_BIT = 7
+
+Z_EROFS_LCLUSTER_TYPE_PLAIN = 0
+Z_EROFS_LCLUSTER_TYPE_HEAD1 = 1
+Z_EROFS_LCLUSTER_TYPE_NONHEAD = 2
+Z_EROFS_LCLUSTER_TYPE_HEAD2 = 3
+Z_EROFS_LI_PARTIAL_REF = 1 << 15
+Z_EROFS_LI_D0_CBLKCNT = 1 << 11
+
+
+def round_up(value: int, align: int) -> int:
+    return (value + align - 1) // align * align
+
+
+def blksz_bits(block_size: int) -> int:
+    return block_size.bit_length() - 1
+
+
+# ---------------------------------------------------------------------------
+# superblock
+
+_SB = struct.Struct(
+    "<I"    # 0   magic
+    "I"     # 4   checksum
+    "I"     # 8   feature_compat
+    "B"     # 12  blkszbits
+    "B"     # 13  sb_extslots
+    "H"     # 14  rootnid_2b
+    "Q"     # 16  inos
+    "Q"     # 24  epoch (build time before the 48-bit format)
+    "I"     # 32  fixed_nsec
+    "I"     # 36  blocks_lo
+    "I"     # 40  meta_blkaddr
+    "I"     # 44  xattr_blkaddr
+    "16s"   # 48  uuid
+    "16s"   # 64  volume_name
+    "I"     # 80  feature_incompat
+    "H"     # 84  u1: available_compr_algs or lz4_max_distance
+    "H"     # 86  extra_devices
+    "H"     # 88  devt_slotoff
+    "B"     # 90  dirblkbits
+    "B"     # 91  xattr_prefix_count
+    "I"     # 92  xattr_prefix_start
+    "Q"     # 96  packed_nid
+    "B"     # 104 xattr_filter_reserved
+    "23s"   # 105 reserved (ishare prefix id, build_time, rootnid_8b ... in newer formats)
+)
+assert _SB.size == EROFS_SB_SIZE
+SB_CHECKSUM_OFFSET = 4
+
+
+@dataclass
+class SuperBlock:
+    blkszbits: int
+    root_nid: int
+    inos: int
+    epoch: int
+    blocks: int
+    meta_blkaddr: int = 0
+    xattr_blkaddr: int = 0
+    feature_compat: int = 0
+    feature_incompat: int = 0
+    fixed_nsec: int = 0
+    uuid: bytes = bytes(16)
+    volume_name: bytes = b""
+    u1: int = 0
+    xattr_prefix_count: int = 0
+    xattr_prefix_start: int = 0
+    packed_nid: int = 0
+    xattr_filter_reserved: int = 0
+    checksum: int = 0
+    sb_extslots: int = 0
+    extra_devices: int = 0
+    devt_slotoff: int = 0
+    dirblkbits: int = 0
+    magic: int = EROFS_SUPER_MAGIC_V1
+
+    def pack(self) -> bytes:
+        return _SB.pack(
+            self.magic, self.checksum, self.feature_compat, self.blkszbits, self.sb_extslots,
+            self.root_nid, self.inos, self.epoch, self.fixed_nsec, self.blocks,
+            self.meta_blkaddr, self.xattr_blkaddr, self.uuid, self.volume_name.ljust(16, b"\0"),
+            self.feature_incompat, self.u1, self.extra_devices, self.devt_slotoff,
+            self.dirblkbits, self.xattr_prefix_count, self.xattr_prefix_start, self.packed_nid,
+            self.xattr_filter_reserved, bytes(23))
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> "SuperBlock":
+        (magic, checksum, compat, blkszbits, extslots, root_nid, inos, epoch, fixed_nsec, blocks,
+         meta_blkaddr, xattr_blkaddr, uuid, volume_name, incompat, u1, extra_devices,
+         devt_slotoff, dirblkbits, prefix_count, prefix_start, packed_nid, filter_reserved,
+         _reserved) = _SB.unpack_from(raw)
+        return cls(blkszbits=blkszbits, root_nid=root_nid, inos=inos, epoch=epoch, blocks=blocks,
+                   meta_blkaddr=meta_blkaddr, xattr_blkaddr=xattr_blkaddr, feature_compat=compat,
+                   feature_incompat=incompat, fixed_nsec=fixed_nsec, uuid=uuid,
+                   volume_name=volume_name.rstrip(b"\0"), u1=u1, xattr_prefix_count=prefix_count,
+                   xattr_prefix_start=prefix_start, packed_nid=packed_nid,
+                   xattr_filter_reserved=filter_reserved, checksum=checksum,
+                   sb_extslots=extslots, extra_devices=extra_devices, devt_slotoff=devt_slotoff,
+                   dirblkbits=dirblkbits, magic=magic)
+
+
+def sb_checksum_span(block_size: int) -> int:
+    """How many bytes from EROFS_SUPER_OFFSET the superblock checksum covers."""
+    return block_size - EROFS_SUPER_OFFSET if block_size > EROFS_SUPER_OFFSET else block_size
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC32C_TABLE = _crc32c_table()
+
+
+def erofs_crc32c(data: bytes, crc: int = 0xFFFFFFFF) -> int:
+    """CRC-32C as EROFS stores it: seed ~0 and, unlike most libraries, no final inversion."""
+    table = _CRC32C_TABLE
+    for byte in data:
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc
+
+
+# ---------------------------------------------------------------------------
+# inodes
+
+_INODE_COMPACT = struct.Struct(
+    "<H"   # 0  i_format
+    "H"    # 2  i_xattr_icount
+    "H"    # 4  i_mode
+    "H"    # 6  i_nb: nlink
+    "I"    # 8  i_size
+    "I"    # 12 i_mtime (seconds after sb.epoch; reserved before the 48-bit format)
+    "I"    # 16 i_u: startblk_lo / blocks_lo / rdev / chunk format
+    "I"    # 20 i_ino
+    "H"    # 24 i_uid
+    "H"    # 26 i_gid
+    "I"    # 28 i_reserved
+)
+_INODE_EXTENDED = struct.Struct(
+    "<H"   # 0  i_format
+    "H"    # 2  i_xattr_icount
+    "H"    # 4  i_mode
+    "H"    # 6  i_nb: startblk_hi / blocks_hi (0 here)
+    "Q"    # 8  i_size
+    "I"    # 16 i_u
+    "I"    # 20 i_ino
+    "I"    # 24 i_uid
+    "I"    # 28 i_gid
+    "q"    # 32 i_mtime (signed: times before 1970 survive)
+    "I"    # 40 i_mtime_nsec
+    "I"    # 44 i_nlink
+    "16s"  # 48 i_reserved2
+)
+EROFS_INODE_COMPACT_SIZE = _INODE_COMPACT.size
+EROFS_INODE_EXTENDED_SIZE = _INODE_EXTENDED.size
+assert (EROFS_INODE_COMPACT_SIZE, EROFS_INODE_EXTENDED_SIZE) == (32, 64)
+
+
+def i_format(extended: bool, datalayout: int) -> int:
+    return (int(extended) << EROFS_I_VERSION_BIT) | (datalayout << EROFS_I_DATALAYOUT_BIT)
+
+
+@dataclass
+class DiskInode:
+    """The fields both inode forms share; `extended` picks the 64-byte form."""
+    extended: bool
+    datalayout: int
+    mode: int
+    nlink: int
+    size: int
+    i_u: int
+    ino: int
+    uid: int
+    gid: int
+    mtime: int = 0
+    mtime_nsec: int = 0
+    xattr_icount: int = 0
+
+    def pack(self, epoch: int) -> bytes:
+        fmt = i_format(self.extended, self.datalayout)
+        if self.extended:
+            return _INODE_EXTENDED.pack(fmt, self.xattr_icount, self.mode, 0, self.size, self.i_u,
+                                        self.ino, self.uid, self.gid, self.mtime,
+                                        self.mtime_nsec, self.nlink, bytes(16))
+        return _INODE_COMPACT.pack(fmt, self.xattr_icount, self.mode, self.nlink, self.size,
+                                   self.mtime - epoch, self.i_u, self.ino, self.uid, self.gid, 0)
+
+    @classmethod
+    def unpack_from(cls, raw, offset: int, epoch: int) -> "DiskInode":
+        fmt = struct.unpack_from("<H", raw, offset)[0]
+        extended = bool(fmt & 1)
+        layout = (fmt >> EROFS_I_DATALAYOUT_BIT) & 0x7
+        if extended:
+            (_, icount, mode, _nb, size, i_u, ino, uid, gid, mtime, nsec, nlink,
+             _r) = _INODE_EXTENDED.unpack_from(raw, offset)
+        else:
+            (_, icount, mode, nlink, size, mtime, i_u, ino, uid, gid,
+             _r) = _INODE_COMPACT.unpack_from(raw, offset)
+            mtime, nsec = epoch + mtime, 0
+        return cls(extended, layout, mode, nlink, size, i_u, ino, uid, gid, mtime, nsec, icount)
+
+    @property
+    def isize(self) -> int:
+        return EROFS_INODE_EXTENDED_SIZE if self.extended else EROFS_INODE_COMPACT_SIZE
+
+
+def new_encode_dev(major: int, minor: int) -> int:
+    """The kernel's new_encode_dev(): 12-bit major, 20-bit minor split around it."""
+    return (minor & 0xFF) | (major << 8) | ((minor & ~0xFF) << 12)
+
+
+def new_decode_dev(dev: int) -> tuple[int, int]:
+    return (dev & 0xFFF00) >> 8, (dev & 0xFF) | ((dev >> 12) & 0xFFF00)
+
+
+def xattr_ibody_size(icount: int) -> int:
+    return 0 if icount == 0 else 12 + 4 * (icount - 1)
+
+
+def xattr_icount(ibody_size: int) -> int:
+    return 0 if ibody_size == 0 else (ibody_size - 12) // 4 + 1
+
+
+# ---------------------------------------------------------------------------
+# directories
+
+EROFS_DIRENT = struct.Struct("<QHBB")   # nid, nameoff, file_type, reserved
+EROFS_DIRENT_SIZE = EROFS_DIRENT.size
+assert EROFS_DIRENT_SIZE == 12
+
+
+# ---------------------------------------------------------------------------
+# xattrs
+
+EROFS_XATTR_IBODY_HEADER = struct.Struct("<IB7s")    # h_name_filter, h_shared_count, reserved
+EROFS_XATTR_ENTRY = struct.Struct("<BBH")            # e_name_len, e_name_index, e_value_size
+EROFS_XATTR_ENTRY_SIZE = EROFS_XATTR_ENTRY.size
+
+
+def xattr_align(size: int) -> int:
+    return round_up(size, EROFS_XATTR_ENTRY_SIZE)
+
+
+# ---------------------------------------------------------------------------
+# compressed inodes
+
+Z_EROFS_MAP_HEADER = struct.Struct("<IHBB")  # h_fragmentoff|(reserved,h_idata_size), h_advise, h_algorithmtype, h_clusterbits
+Z_EROFS_MAP_HEADER_SIZE = 8
+Z_EROFS_LCLUSTER_INDEX = struct.Struct("<HHI")  # di_advise, di_clusterofs, di_u (blkaddr | delta[0],delta[1])
+Z_EROFS_LCLUSTER_INDEX_SIZE = 8
+
+
+def z_erofs_map_header_pos(inode_end: int) -> int:
+    """The map header starts at the end of inode + inline xattrs rounded up to 8 bytes."""
+    return round_up(inode_end, 8)

@@ -1,0 +1,104 @@
+"""Place inodes (with their xattrs and inline data) in the metadata area and serialize them."""
+from __future__ import annotations
+
+import bisect
+
+from . import format as fmt
+from .plan import PlannedInode
+
+
+class MetaAllocator:
+    """Hands out 32-byte-aligned slots; an item no larger than a block never crosses a block boundary.
+
+    Space skipped at the end of a block is remembered and reused by later items that fit (best fit),
+    so moving an inode with an inline tail to the next block wastes little.
+    """
+
+    def __init__(self, block_size: int, frontier: int):
+        self.block_size = block_size
+        self.frontier = frontier
+        self._gaps: dict[int, list[int]] = {}     # free slots -> positions
+        self._gap_sizes: list[int] = []           # sorted keys of _gaps
+
+    def _add_gap(self, pos: int, nbytes: int) -> None:
+        slots = nbytes // fmt.EROFS_ISLOT_SIZE
+        if slots <= 0:
+            return
+        if slots not in self._gaps:
+            self._gaps[slots] = []
+            bisect.insort(self._gap_sizes, slots)
+        self._gaps[slots].append(pos)
+
+    def _take_gap(self, slots: int) -> int | None:
+        i = bisect.bisect_left(self._gap_sizes, slots)
+        if i == len(self._gap_sizes):
+            return None
+        have = self._gap_sizes[i]
+        positions = self._gaps[have]
+        pos = positions.pop()
+        if not positions:
+            del self._gaps[have]
+            self._gap_sizes.pop(i)
+        self._add_gap(pos + slots * fmt.EROFS_ISLOT_SIZE, (have - slots) * fmt.EROFS_ISLOT_SIZE)
+        return pos
+
+    def place(self, nbytes: int) -> int:
+        slots = -(-nbytes // fmt.EROFS_ISLOT_SIZE)
+        if nbytes <= self.block_size:
+            pos = self._take_gap(slots)
+            if pos is not None:
+                return pos
+            room = self.block_size - self.frontier % self.block_size
+            if nbytes > room:
+                self._add_gap(self.frontier, room)
+                self.frontier += room
+        pos = self.frontier
+        self.frontier = pos + slots * fmt.EROFS_ISLOT_SIZE
+        return pos
+
+    def jump_to(self, pos: int) -> None:
+        """Continue at `pos` (a block boundary), keeping the rest of the current block as a gap."""
+        room = (-self.frontier) % self.block_size
+        self._add_gap(self.frontier, room)
+        self.frontier = pos
+
+
+def item_size(node: PlannedInode) -> int:
+    return node.meta_size_before_inline + len(node.inline)
+
+
+def place_inode(alloc: MetaAllocator, node: PlannedInode, meta_base: int = 0) -> int:
+    pos = alloc.place(item_size(node))
+    node.nid = (pos - meta_base) >> fmt.EROFS_ISLOTBITS
+    return pos
+
+
+def serialize_inode(node: PlannedInode, epoch: int) -> bytes:
+    disk = fmt.DiskInode(
+        extended=node.extended, datalayout=node.datalayout, mode=node.mode, nlink=node.nlink,
+        size=node.size, i_u=node.rdev if node.rdev or node.ftype in _SPECIAL else node.i_u,
+        ino=node.ino, uid=node.uid, gid=node.gid, mtime=node.mtime, mtime_nsec=node.mtime_nsec,
+        xattr_icount=fmt.xattr_icount(len(node.xattr_ibody)))
+    return disk.pack(epoch) + node.xattr_ibody + node.inline
+
+
+_SPECIAL = {fmt.EROFS_FT_CHRDEV, fmt.EROFS_FT_BLKDEV, fmt.EROFS_FT_FIFO, fmt.EROFS_FT_SOCK}
+
+
+class MetaImage:
+    """The metadata bytes, kept as two regions: the head (superblock block) and the tail area."""
+
+    def __init__(self, head_end: int, tail_start: int):
+        self.head = bytearray(head_end)
+        self.tail_start = tail_start
+        self.tail = bytearray()
+
+    def put(self, pos: int, data: bytes) -> None:
+        if pos + len(data) <= len(self.head):
+            self.head[pos:pos + len(data)] = data
+            return
+        assert pos >= self.tail_start, "metadata item straddles the data area"
+        rel = pos - self.tail_start
+        if len(self.tail) < rel + len(data):
+            self.tail.extend(bytes(rel + len(data) - len(self.tail)))
+        self.tail[rel:rel + len(data)] = data

@@ -1,0 +1,85 @@
+"""Build options: what a caller (the CLI or Python code) asks of a build."""
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+from . import format as fmt
+
+
+class BuildError(Exception):
+    """A user-facing failure: bad input, bad options, I/O trouble. Carries a one-line message."""
+
+
+class TimeInherit(enum.Enum):
+    """Which mtime an inode gets, as mkfs.erofs's c_timeinherit."""
+    SOURCE = "source"       # each file keeps its own mtime
+    FIXED = "fixed"         # every file gets the build time (-T with --all-time)
+    CLAMP = "clamp"         # mtimes newer than the build time are clamped (SOURCE_DATE_EPOCH)
+
+
+@dataclass
+class BuildOptions:
+    block_size: int = 4096
+    # build time: -T, else SOURCE_DATE_EPOCH, else now
+    timestamp: int | None = None
+    time_inherit: TimeInherit | None = None     # None: derived from how the build time was given
+    source_date_epoch: int | None = None
+    ignore_mtime: bool = False
+    uuid: bytes | None = None                   # None: random (or derived, with SOURCE_DATE_EPOCH)
+    label: bytes = b""
+    force_uid: int | None = None
+    force_gid: int | None = None
+    uid_offset: int = 0
+    gid_offset: int = 0
+    exclude_paths: list[str] = field(default_factory=list)
+    exclude_regexes: list[str] = field(default_factory=list)
+    inline_data: bool = True
+    force_inode: str | None = None              # None, "compact" or "extended"
+    sb_checksum: bool = True
+    hard_dereference: bool = False
+    offset: int = 0
+    mount_point: str = "/"
+    quiet: bool = True
+    debug: int = 2
+    workers: int | None = None
+
+    def validate(self) -> None:
+        bs = self.block_size
+        if bs < fmt.EROFS_MIN_BLOCK_SIZE or bs > fmt.EROFS_MAX_BLOCK_SIZE or bs & (bs - 1):
+            raise BuildError(f"invalid block size {bs}: a power of two from "
+                             f"{fmt.EROFS_MIN_BLOCK_SIZE} to {fmt.EROFS_MAX_BLOCK_SIZE}")
+        if len(self.label) > 15:
+            raise BuildError(f"invalid volume label {self.label!r}: at most 15 bytes")
+        if self.uuid is not None and len(self.uuid) != 16:
+            raise BuildError("invalid UUID: 16 bytes expected")
+        if self.force_inode not in (None, "compact", "extended"):
+            raise BuildError(f"invalid inode form {self.force_inode!r}")
+        if self.offset < 0:
+            raise BuildError(f"invalid offset {self.offset}")
+        for name in ("force_uid", "force_gid"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 2**32 - 1:
+                raise BuildError(f"invalid {name.replace('_', '-')} {value}")
+        for pattern in self.exclude_regexes:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise BuildError(f"invalid exclude regex {pattern!r}: {err}") from None
+
+    @property
+    def build_time(self) -> int | None:
+        if self.timestamp is not None:
+            return self.timestamp
+        return self.source_date_epoch
+
+    @property
+    def effective_time_inherit(self) -> TimeInherit:
+        if self.time_inherit is not None:
+            return self.time_inherit
+        if self.timestamp is not None:
+            return TimeInherit.FIXED
+        if self.source_date_epoch is not None:
+            return TimeInherit.CLAMP
+        return TimeInherit.SOURCE

@@ -1,0 +1,141 @@
+"""Plan inodes: their on-disk attributes, inode form, directory shapes and the order they go in."""
+from __future__ import annotations
+
+import os
+import stat
+from collections import deque
+from dataclasses import dataclass, field
+
+from . import format as fmt
+from .dirs import DirShape, shape_directory
+from .options import BuildError, BuildOptions, TimeInherit
+from .walk import SourceInode
+
+_FILE_TYPES = {
+    stat.S_IFREG: fmt.EROFS_FT_REG_FILE, stat.S_IFDIR: fmt.EROFS_FT_DIR,
+    stat.S_IFCHR: fmt.EROFS_FT_CHRDEV, stat.S_IFBLK: fmt.EROFS_FT_BLKDEV,
+    stat.S_IFIFO: fmt.EROFS_FT_FIFO, stat.S_IFSOCK: fmt.EROFS_FT_SOCK,
+    stat.S_IFLNK: fmt.EROFS_FT_SYMLINK,
+}
+
+
+@dataclass(eq=False)
+class PlannedInode:
+    src: SourceInode
+    ftype: int
+    mode: int
+    uid: int
+    gid: int
+    mtime: int
+    mtime_nsec: int
+    nlink: int
+    size: int
+    extended: bool = False
+    rdev: int = 0
+    xattr_ibody: bytes = b""
+    dir_shape: DirShape | None = None
+    ino: int = 0
+    # filled while laying out data and metadata
+    datalayout: int = fmt.EROFS_INODE_FLAT_PLAIN
+    i_u: int = 0
+    inline: bytes = b""             # what follows inode + xattrs: a tail, or compression indexes
+    nid: int = -1
+
+    @property
+    def isize(self) -> int:
+        return fmt.EROFS_INODE_EXTENDED_SIZE if self.extended else fmt.EROFS_INODE_COMPACT_SIZE
+
+    @property
+    def meta_size_before_inline(self) -> int:
+        return self.isize + len(self.xattr_ibody)
+
+    def display_path(self) -> str:
+        return os.fsdecode(self.src.path)
+
+
+@dataclass
+class Plan:
+    root: PlannedInode
+    inodes: list[PlannedInode]            # in the order their metadata is laid out
+    epoch: int                            # superblock build time; compact inodes count from it
+    by_source: dict[int, PlannedInode] = field(default_factory=dict)
+
+
+def _ids(st: os.stat_result, options: BuildOptions, path: bytes) -> tuple[int, int]:
+    uid = st.st_uid if options.force_uid is None else options.force_uid
+    gid = st.st_gid if options.force_gid is None else options.force_gid
+    uid, gid = uid + options.uid_offset, gid + options.gid_offset
+    if uid >= 2**32 or gid >= 2**32:
+        raise BuildError(f"{os.fsdecode(path)}: uid/gid overflow after --uid-offset/--gid-offset")
+    return uid, gid
+
+
+def _mtime(st: os.stat_result, inherit: TimeInherit, build_time: int) -> tuple[int, int]:
+    sec, nsec = divmod(st.st_mtime_ns, 1_000_000_000)
+    if inherit is TimeInherit.FIXED or (inherit is TimeInherit.CLAMP and sec >= build_time):
+        return build_time, 0
+    return sec, nsec
+
+
+def _needs_extended(node: PlannedInode, epoch: int) -> bool:
+    return (node.size > 0xFFFFFFFF or node.uid > 0xFFFF or node.gid > 0xFFFF
+            or node.nlink > 0xFFFF or (node.mtime, node.mtime_nsec) != (epoch, 0))
+
+
+def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int) -> Plan:
+    """Turn the source tree into planned inodes, breadth first so a directory's children sit together."""
+    inherit = options.effective_time_inherit
+    block_size = options.block_size
+    planned: dict[int, PlannedInode] = {}
+    order: list[PlannedInode] = []
+
+    def plan_one(src: SourceInode) -> PlannedInode:
+        st = src.st
+        uid, gid = _ids(st, options, src.path)
+        mtime, nsec = _mtime(st, inherit, build_time)
+        kind = stat.S_IFMT(st.st_mode)
+        if kind == stat.S_IFREG:
+            size = st.st_size
+        elif kind == stat.S_IFLNK:
+            size = len(src.target)
+        else:
+            size = 0
+        node = PlannedInode(src=src, ftype=_FILE_TYPES[kind], mode=st.st_mode & 0xFFFF, uid=uid,
+                            gid=gid, mtime=mtime, mtime_nsec=nsec, nlink=src.nlink, size=size)
+        if kind in (stat.S_IFCHR, stat.S_IFBLK):
+            node.rdev = fmt.new_encode_dev(os.major(st.st_rdev), os.minor(st.st_rdev))
+        if options.ignore_mtime or options.force_inode == "compact":
+            # build time instead of a per-file mtime, so the inode can stay compact
+            node.mtime, node.mtime_nsec = build_time, 0
+        if options.force_inode == "extended":
+            node.extended = True
+        else:
+            node.extended = _needs_extended(node, build_time)
+            if node.extended and options.force_inode == "compact":
+                raise BuildError(f"{node.display_path()}: cannot be stored in a compact inode "
+                                 "(size, uid, gid or nlink too large)")
+        node.ino = len(order) + 1
+        planned[id(src)] = node
+        order.append(node)
+        return node
+
+    queue = deque([plan_one(root)])
+    while queue:
+        directory = queue.popleft()
+        src = directory.src
+        children = []
+        for name, child in sorted(src.entries, key=lambda e: e[0]):
+            node = planned.get(id(child))
+            if node is None:
+                node = plan_one(child)
+                if child.is_dir:
+                    queue.append(node)
+            children.append((name, node))
+        parent = planned[id(src.parent)]
+        directory.dir_shape = shape_directory(
+            [(b".", directory), (b"..", parent)] + children, block_size)
+        directory.size = directory.dir_shape.size
+        if directory.size > 0xFFFFFFFF and not directory.extended:
+            directory.extended = True
+        src.entries = None          # the shape holds the children now; let the source tree go
+    return Plan(root=order[0], inodes=order, epoch=build_time, by_source=planned)

@@ -1,0 +1,115 @@
+"""Walk the source directory into an in-memory tree of inodes (no file data is read here)."""
+from __future__ import annotations
+
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+
+from .options import BuildError, BuildOptions
+from . import format as fmt
+
+
+@dataclass(eq=False)
+class SourceInode:
+    """One inode of the source: several names share it when hard-linked."""
+    path: bytes                               # the first path it was found under (for reads and messages)
+    st: os.stat_result
+    nlink: int = 0                            # links found inside the tree
+    entries: list[tuple[bytes, "SourceInode"]] | None = None   # directories: (name, child)
+    parent: "SourceInode | None" = None       # directories: the parent directory
+    target: bytes | None = None               # symlinks
+    xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    @property
+    def mode(self) -> int:
+        return self.st.st_mode
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.st.st_mode)
+
+
+def _oserror(path: bytes, err: OSError) -> BuildError:
+    return BuildError(f"{os.fsdecode(path)}: {err.strerror or err}")
+
+
+class Excluder:
+    """--exclude-path (exact, relative to SOURCE) and --exclude-regex (searched in that path)."""
+
+    def __init__(self, options: BuildOptions):
+        self.exact = {os.fsencode(p.lstrip("/")) for p in options.exclude_paths}
+        self.regexes = [re.compile(os.fsencode(r)) for r in options.exclude_regexes]
+
+    def __bool__(self) -> bool:
+        return bool(self.exact or self.regexes)
+
+    def excluded(self, relpath: bytes) -> bool:
+        return relpath in self.exact or any(r.search(relpath) for r in self.regexes)
+
+
+def walk_source(source: bytes, options: BuildOptions,
+                skip: set[tuple[int, int]] = frozenset()) -> tuple[SourceInode, int]:
+    """Return the root inode and the number of distinct inodes below it.
+
+    `skip` holds (st_dev, st_ino) pairs never to include: the image being written, when it lies
+    inside the source.
+    """
+    try:
+        root_st = os.stat(source)
+    except OSError as err:
+        raise _oserror(source, err) from None
+    if not stat.S_ISDIR(root_st.st_mode):
+        raise BuildError(f"{os.fsdecode(source)}: source is not a directory")
+    root = SourceInode(source, root_st, nlink=2, entries=[])
+    root.parent = root
+    excluder = Excluder(options)
+    hardlinks: dict[tuple[int, int], SourceInode] = {}
+    count = 1
+    pending = [(root, b"")]
+    while pending:
+        directory, rel = pending.pop()
+        try:
+            with os.scandir(directory.path) as it:
+                listing = [(e.name, e.path) for e in it]
+        except OSError as err:
+            raise _oserror(directory.path, err) from None
+        for name, path in listing:
+            relpath = rel + name
+            if excluder and excluder.excluded(relpath):
+                continue
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue                      # vanished between listing and stat: as if never there
+            except OSError as err:
+                raise _oserror(path, err) from None
+            if (st.st_dev, st.st_ino) in skip:
+                continue
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                child = SourceInode(path, st, nlink=2, entries=[], parent=directory)
+                directory.nlink += 1
+                pending.append((child, relpath + b"/"))
+                count += 1
+            else:
+                key = (st.st_dev, st.st_ino)
+                child = None
+                if st.st_nlink > 1 and not options.hard_dereference:
+                    child = hardlinks.get(key)
+                if child is None:
+                    child = SourceInode(path, st)
+                    count += 1
+                    if st.st_nlink > 1 and not options.hard_dereference:
+                        hardlinks[key] = child
+                    if stat.S_ISLNK(mode):
+                        try:
+                            child.target = os.readlink(path)
+                        except OSError as err:
+                            raise _oserror(path, err) from None
+                    elif not (stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                              or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+                        raise BuildError(f"{os.fsdecode(path)}: unsupported file type")
+                child.nlink += 1
+            directory.entries.append((name, child))
+    return root, count
