@@ -1,0 +1,248 @@
+"""The `mkerofs` command line: mkfs.erofs's arguments, parsed and handed to build()."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid as uuidlib
+
+import click
+
+from . import __version__
+from .build import build
+from .options import BuildError, BuildOptions, TimeInherit
+
+# long options whose value is optional: like getopt, they take one only after '='
+_OPTIONAL_VALUE = {"--tar", "--ovlfs-strip", "--ungzip", "--gzinfo", "--unxz", "--unlzma",
+                   "--clean", "--incremental", "--zD", "--MZ", "--oci", "--xattr-inode-digest"}
+_NO_VALUE = "\0none"
+
+# mkfs.erofs options that mkerofs does not implement yet: refused, never silently ignored
+_NOT_IMPLEMENTED = {
+    "compressor": "-z", "pcluster_size": "-C", "metadata_compression": "-m",
+    "compress_hints": "--compress-hints", "max_extent_bytes": "--max-extent-bytes",
+    "chunksize": "--chunksize", "blobdev": "--blobdev", "tar": "--tar", "aufs": "--aufs",
+    "ovlfs_strip": "--ovlfs-strip", "gzip": "--gzip", "ungzip": "--ungzip", "gzinfo": "--gzinfo",
+    "unxz": "--unxz", "unlzma": "--unlzma", "zfeature_bits": "--zfeature-bits",
+    "clean": "--clean", "incremental": "--incremental", "root_xattr_isize": "--root-xattr-isize",
+    "sort": "--sort", "dsunit": "--dsunit", "fsalignblks": "--fsalignblks",
+    "vmdk_desc": "--vmdk-desc", "s3": "--s3", "oci": "--oci", "zd": "--zD", "mz": "--MZ",
+    "xattr_prefix": "--xattr-prefix", "xattr_inode_digest": "--xattr-inode-digest",
+    "file_contexts": "--file-contexts", "product_out": "--product-out",
+    "fs_config_file": "--fs-config-file", "async_queue_limit": "--async-queue-limit",
+}
+
+
+def parse_c_int(text: str, what: str, minimum: int | None = 0) -> int:
+    """An integer as strtoull(…, 0) reads it: decimal, 0x hex or 0-prefixed octal."""
+    s = text.strip()
+    try:
+        neg = s.startswith("-")
+        body = s[1:] if neg or s.startswith("+") else s
+        if body[:2].lower() == "0x":
+            value = int(body[2:], 16)
+        elif len(body) > 1 and body[0] == "0":
+            value = int(body[1:], 8)
+        else:
+            value = int(body, 10)
+        value = -value if neg else value
+    except (ValueError, IndexError):
+        raise click.BadParameter(f"invalid {what} {text!r}") from None
+    if minimum is not None and value < minimum:
+        raise click.BadParameter(f"invalid {what} {text!r}")
+    return value
+
+
+def parse_uuid(text: str) -> bytes | None:
+    if text == "clear":
+        return bytes(16)
+    if text == "random":
+        return None
+    try:
+        return uuidlib.UUID(text).bytes
+    except ValueError:
+        raise click.BadParameter(f"invalid UUID {text!r}") from None
+
+
+def apply_extended_options(options: BuildOptions, texts: tuple[str, ...]) -> None:
+    """-E: comma-separated, repeatable; '^opt' or 'noopt' turns a feature off."""
+    for text in texts:
+        for token in text.split(","):
+            if not token:
+                continue
+            key, _, value = token.partition("=")
+            clear = key.startswith("^")
+            key = key.lstrip("^")
+            if key in ("inline_data", "noinline_data") and not value:
+                options.inline_data = not (clear or key == "noinline_data")
+            elif key == "force-inode-compact" and not value:
+                options.force_inode = "compact"
+            elif key == "force-inode-extended" and not value:
+                options.force_inode = "extended"
+            elif key == "nosbcrc" and not value:
+                options.sb_checksum = False
+            elif key in ("legacy-compress", "ztailpacking", "fragments", "all-fragments", "dedupe",
+                         "fragdedupe", "48bit", "dot-omitted", "xattr-name-filter",
+                         "plain-xattr-prefixes", "force-inode-blockmap", "force-chunk-indexes"):
+                raise click.UsageError(f"extended option -E{token}: not implemented in mkerofs yet")
+            else:
+                raise click.BadParameter(f"unknown extended option {token!r}", param_hint="-E")
+
+
+def _not_implemented_options(func):
+    for dest, flag in _NOT_IMPLEMENTED.items():
+        decls = [flag, dest]
+        if dest in ("aufs", "gzip"):
+            func = click.option(*decls, is_flag=True, default=None, hidden=True)(func)
+        else:
+            func = click.option(*decls, default=None, hidden=True)(func)
+    return func
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"],
+                                 "ignore_unknown_options": False,
+                                 "max_content_width": 100})
+@click.argument("image", type=click.Path(dir_okay=False, allow_dash=False))
+@click.argument("source", type=click.Path())
+@click.option("-b", "block_size", metavar="#", help="block size in bytes (512..4096; default 4096)")
+@click.option("-d", "debug", metavar="#", help="verbosity 0-9; 9 also shows tracebacks")
+@click.option("-x", "xattr_tolerance", metavar="#", help="xattr tolerance (< 0: no xattrs)")
+@click.option("-E", "extended", multiple=True, metavar="X[,...]",
+              help="extended options: [^]inline_data, noinline_data, force-inode-compact, "
+                   "force-inode-extended, nosbcrc")
+@click.option("-L", "label", metavar="LABEL", help="volume label (at most 15 bytes)")
+@click.option("-T", "timestamp", metavar="#", help="fixed UNIX timestamp as build time")
+@click.option("--all-time", is_flag=True, help="apply the -T timestamp to all files (default)")
+@click.option("--mkfs-time", is_flag=True, help="apply the -T timestamp as build time only")
+@click.option("-U", "uuid", metavar="UUID", help="filesystem UUID, 'clear' or 'random'")
+@click.option("--all-root", is_flag=True, help="make all files owned by root")
+@click.option("--force-uid", metavar="#", help="set all file uids to #")
+@click.option("--force-gid", metavar="#", help="set all file gids to #")
+@click.option("--uid-offset", metavar="#", help="add # to all file uids")
+@click.option("--gid-offset", metavar="#", help="add # to all file gids")
+@click.option("--exclude-path", multiple=True, metavar="PATH",
+              help="skip this exact path (relative to SOURCE); repeatable")
+@click.option("--exclude-regex", multiple=True, metavar="RE",
+              help="skip paths matching this regular expression; repeatable")
+@click.option("--ignore-mtime", is_flag=True, default=None,
+              help="use the build time instead of per-file mtimes (compact inodes)")
+@click.option("--preserve-mtime", is_flag=True, default=None,
+              help="keep per-file modification times strictly (default)")
+@click.option("--hard-dereference", is_flag=True, help="store hard links as separate inodes")
+@click.option("--offset", metavar="#", help="skip # bytes at the beginning of IMAGE")
+@click.option("--mount-point", metavar="PATH", help="prefix of target paths (default: /)")
+@click.option("--workers", metavar="#", help="worker threads for compression")
+@click.option("--quiet", is_flag=True, help="print nothing on success")
+@click.option("--random-pclusterblks", is_flag=True, hidden=True)
+@click.version_option(__version__, "-V", "--version", prog_name="mkerofs",
+                      message="%(prog)s %(version)s (mkfs.erofs-compatible)")
+@_not_implemented_options
+def command(image, source, block_size, debug, xattr_tolerance, extended, label, timestamp,
+            all_time, mkfs_time, uuid, all_root, force_uid, force_gid, uid_offset, gid_offset,
+            exclude_path, exclude_regex, ignore_mtime, preserve_mtime, hard_dereference, offset,
+            mount_point, workers, quiet, random_pclusterblks, **unimplemented):
+    """Generate an EROFS image (IMAGE: a file or block device) from the directory SOURCE."""
+    for dest, value in unimplemented.items():
+        if value is not None:
+            raise click.UsageError(f"option {_NOT_IMPLEMENTED[dest]}: not implemented in mkerofs yet")
+    if random_pclusterblks:
+        raise click.UsageError("option --random-pclusterblks: not implemented in mkerofs yet")
+    options = BuildOptions(quiet=quiet)
+    if block_size is not None:
+        options.block_size = parse_c_int(block_size, "block size")
+    if debug is not None:
+        options.debug = parse_c_int(debug, "debug level")
+        if options.debug > 9:
+            raise click.BadParameter(f"invalid debug level {debug}", param_hint="-d")
+    if xattr_tolerance is not None:
+        parse_c_int(xattr_tolerance, "xattr tolerance", minimum=None)
+    if label is not None:
+        options.label = os.fsencode(label)
+        if len(options.label) > 15:
+            raise click.BadParameter(f"volume label {label!r} is longer than 15 bytes",
+                                     param_hint="-L")
+    if timestamp is not None:
+        options.timestamp = parse_c_int(timestamp, "UNIX timestamp")
+    if mkfs_time:
+        options.time_inherit = TimeInherit.SOURCE
+    elif all_time:
+        options.time_inherit = TimeInherit.FIXED
+    sde = os.environ.get("SOURCE_DATE_EPOCH")
+    if sde:
+        try:
+            options.source_date_epoch = int(sde, 10)
+            if options.source_date_epoch < 0:
+                raise ValueError
+        except ValueError:
+            raise click.UsageError(f"environment variable SOURCE_DATE_EPOCH={sde!r} is invalid") from None
+    if uuid is not None:
+        options.uuid = parse_uuid(uuid)
+    if all_root:
+        options.force_uid = options.force_gid = 0
+    if force_uid is not None:
+        options.force_uid = parse_c_int(force_uid, "uid")
+    if force_gid is not None:
+        options.force_gid = parse_c_int(force_gid, "gid")
+    if uid_offset is not None:
+        options.uid_offset = parse_c_int(uid_offset, "uid offset")
+    if gid_offset is not None:
+        options.gid_offset = parse_c_int(gid_offset, "gid offset")
+    options.exclude_paths = list(exclude_path)
+    options.exclude_regexes = list(exclude_regex)
+    if ignore_mtime:
+        options.ignore_mtime = True
+    if preserve_mtime:
+        options.ignore_mtime = False
+    options.hard_dereference = hard_dereference
+    if offset is not None:
+        options.offset = parse_c_int(offset, "disk offset")
+    if mount_point is not None:
+        options.mount_point = mount_point
+    if workers is not None:
+        options.workers = parse_c_int(workers, "number of workers", minimum=1)
+    apply_extended_options(options, extended)
+
+    started = time.monotonic()
+    result = build(image, source, options)
+    if not quiet:
+        click.echo(f"Build completed: {image}: {result.inodes} inodes, {result.blocks} blocks of "
+                   f"{result.block_size} bytes ({result.size} bytes) in "
+                   f"{time.monotonic() - started:.2f}s; UUID {uuidlib.UUID(bytes=result.uuid)}")
+
+
+def _getopt_style(argv: list[str]) -> list[str]:
+    """Give optional-value long options their getopt meaning: a value only after '='."""
+    fixed = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return fixed + argv[i:]
+        fixed.append(f"{arg}={_NO_VALUE}" if arg in _OPTIONAL_VALUE else arg)
+    return fixed
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = any(a.startswith("-d") and a[2:].strip() == "9" for a in argv)
+    try:
+        command.main(_getopt_style(argv), prog_name="mkerofs", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("mkerofs: interrupted", err=True)
+        return 130
+    except click.ClickException as exc:
+        click.echo(f"mkerofs: {exc.format_message()} (try 'mkerofs --help')", err=True)
+        return 2
+    except BuildError as exc:
+        if debug:
+            raise
+        click.echo(f"mkerofs: {exc}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        click.echo("mkerofs: interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
