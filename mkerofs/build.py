@@ -5,6 +5,7 @@ import hashlib
 import os
 import time
 import uuid as uuidlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import format as fmt
@@ -70,11 +71,14 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output) -> BuildResult:
 
     data = DataArea(out, bs, data_start)
     dir_start = {id(d): data.allocate(flat_blocks(d.size, bs, dir_inline[id(d)])) for d in dirs}
+    copies = []
     for node in plan.inodes:
         if node.ftype == fmt.EROFS_FT_REG_FILE:
-            data.write_regular(node, inline_regular and inline_fits(node, node.size, bs))
+            inline_ok = inline_regular and inline_fits(node, node.size, bs)
+            copies.append((node, *data.reserve_regular(node, inline_ok)))
         elif node.ftype == fmt.EROFS_FT_SYMLINK:
             data.write_bytes(node, node.src.target, inline_fits(node, node.size, bs))
+    _run_copies(data, copies, options.workers or os.cpu_count() or 1)
     data_end = data.next_block
 
     alloc.jump_to(data_end * bs)
@@ -92,7 +96,7 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output) -> BuildResult:
         d.dir_shape = None
 
     meta_end = fmt.round_up(alloc.frontier, bs)
-    meta = MetaImage(data_start * bs, data_end * bs)
+    meta = MetaImage(data_start * bs, data_end * bs, meta_end)
     for node in plan.inodes:
         meta.put(positions[id(node)], serialize_inode(node, plan.epoch))
     blocks = max(meta_end, data_end * bs) // bs
@@ -107,6 +111,24 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output) -> BuildResult:
     if meta.tail:
         out.pwrite(meta.tail, meta.tail_start)
     return BuildResult(out.path, blocks, bs, len(plan.inodes), sb.uuid, root.nid)
+
+
+def _run_copies(data: DataArea, copies: list, workers: int) -> None:
+    """Copy file data with a few threads: the copies are system calls, which release the GIL."""
+    if workers <= 1 or len(copies) < 64:
+        for job in copies:
+            data.copy_regular(*job)
+        return
+    batch = 128
+    batches = [copies[i:i + batch] for i in range(0, len(copies), batch)]
+
+    def run(jobs):
+        for job in jobs:
+            data.copy_regular(*job)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(run, batches):
+            pass
 
 
 def _size_upper_bound(plan: Plan, bs: int, data_start: int) -> int:

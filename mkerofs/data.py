@@ -89,10 +89,23 @@ class DataArea:
 
     # -- per-inode -------------------------------------------------------------
 
-    def write_regular(self, node: PlannedInode, inline_ok: bool) -> None:
-        """Copy a regular file: full blocks to the data area, the tail inline when it fits."""
+    def reserve_regular(self, node: PlannedInode, inline_ok: bool) -> tuple[int, int]:
+        """Choose the layout of a regular file and reserve its blocks: (start block, tail bytes)."""
+        tail = node.size % self.block_size if inline_ok else 0
+        nblocks = fmt.round_up(node.size - tail, self.block_size) // self.block_size
+        start = self.allocate(nblocks)
+        node.datalayout = fmt.EROFS_INODE_FLAT_INLINE if tail else fmt.EROFS_INODE_FLAT_PLAIN
+        node.i_u = start if nblocks else fmt.EROFS_NULL_ADDR_32
+        return start, tail
+
+    def copy_regular(self, node: PlannedInode, start: int, tail: int) -> None:
+        """Copy a regular file: the body to its reserved blocks, the tail into node.inline.
+
+        Safe to run in several threads at once: it touches only this file's blocks and node.
+        """
         bs = self.block_size
         size = node.size
+        body = size - tail
         try:
             src = os.open(node.src.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as err:
@@ -101,10 +114,6 @@ class DataArea:
             now = os.fstat(src).st_size
             if now != size:
                 raise _changed(node, f"size was {size}, now {now}")
-            tail = size % bs if inline_ok else 0
-            body = size - tail
-            nblocks = fmt.round_up(body, bs) // bs
-            start = self.allocate(nblocks)
             if body:
                 self._copy_sparse(node, src, start * bs, body)
                 if body % bs:
@@ -117,8 +126,6 @@ class DataArea:
         finally:
             os.close(src)
         node.inline = inline
-        node.datalayout = fmt.EROFS_INODE_FLAT_INLINE if tail else fmt.EROFS_INODE_FLAT_PLAIN
-        node.i_u = start if nblocks else fmt.EROFS_NULL_ADDR_32
 
     def write_bytes(self, node: PlannedInode, data: bytes, inline_ok: bool, start: int | None = None) -> None:
         """Lay out in-memory content (a symlink target or directory) as plain blocks + inline tail."""

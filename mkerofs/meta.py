@@ -88,10 +88,10 @@ _SPECIAL = {fmt.EROFS_FT_CHRDEV, fmt.EROFS_FT_BLKDEV, fmt.EROFS_FT_FIFO, fmt.ERO
 class MetaImage:
     """The metadata bytes, kept as two regions: the head (superblock block) and the tail area."""
 
-    def __init__(self, head_end: int, tail_start: int):
+    def __init__(self, head_end: int, tail_start: int, tail_end: int):
         self.head = bytearray(head_end)
         self.tail_start = tail_start
-        self.tail = bytearray()
+        self.tail = bytearray(max(0, tail_end - tail_start))
 
     def put(self, pos: int, data: bytes) -> None:
         if pos + len(data) <= len(self.head):

@@ -89,9 +89,10 @@ class Output:
 
     def finish(self, image_size: int) -> None:
         try:
-            if not self.is_device:
+            if self.is_device:
+                os.fsync(self.fd)          # a device is used right away; a file is renamed first
+            else:
                 os.ftruncate(self.fd, self.offset + image_size)
-            os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
             if self.tmp_path:

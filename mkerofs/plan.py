@@ -19,7 +19,7 @@ _FILE_TYPES = {
 }
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class PlannedInode:
     src: SourceInode
     ftype: int

@@ -10,7 +10,7 @@ from .options import BuildError, BuildOptions
 from . import format as fmt
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class SourceInode:
     """One inode of the source: several names share it when hard-linked."""
     path: bytes                               # the first path it was found under (for reads and messages)
