@@ -9,12 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import format as fmt
-from .data import DataArea, flat_blocks, inline_fits
+from .data import DataArea, inline_fits
 from .dirs import render_directory
 from .meta import MetaAllocator, MetaImage, item_size, place_inode, serialize_inode
 from .options import BuildError, BuildOptions
 from .output import Output
-from .plan import Plan, PlannedInode, plan_inodes
+from .plan import Plan, plan_inodes
+
+_FLAT_CONTENT = {fmt.EROFS_FT_REG_FILE, fmt.EROFS_FT_SYMLINK, fmt.EROFS_FT_DIR}
 from .walk import walk_source
 
 
@@ -56,51 +58,48 @@ def build(image: str | os.PathLike, source: str | os.PathLike,
 
 def _write_image(plan: Plan, options: BuildOptions, out: Output) -> BuildResult:
     bs = options.block_size
-    inline_regular = options.inline_data
-    dirs = [n for n in plan.inodes if n.dir_shape is not None]
-
-    # the root goes right after the superblock so that its nid fits the 16-bit rootnid field
-    alloc = MetaAllocator(bs, fmt.EROFS_SUPER_OFFSET + fmt.EROFS_SB_SIZE)
-    dir_inline = {id(d): inline_fits(d, d.size, bs) for d in dirs}
     root = plan.root
-    root_item = root.meta_size_before_inline + (root.size % bs if dir_inline[id(root)] else 0)
-    root_pos = alloc.place(root_item)
-    root.nid = root_pos >> fmt.EROFS_ISLOTBITS
-    data_start = fmt.round_up(alloc.frontier, bs) // bs
-    out.check_fits(_size_upper_bound(plan, bs, data_start))
 
+    # The root goes right after the superblock so that its nid fits the 16-bit rootnid field;
+    # the data area follows, then the metadata area with every other inode.
+    alloc = MetaAllocator(bs, fmt.EROFS_SUPER_OFFSET + fmt.EROFS_SB_SIZE)
+    if inline_fits(root, root.size, bs):
+        root.inline = bytes(root.size % bs)
+    root_pos = alloc.place(item_size(root))
+    data_start = fmt.round_up(alloc.frontier, bs) // bs
     data = DataArea(out, bs, data_start)
-    dir_start = {id(d): data.allocate(flat_blocks(d.size, bs, dir_inline[id(d)])) for d in dirs}
-    copies = []
+
+    reserved = {}           # id(node) -> (start block, inline tail length)
     for node in plan.inodes:
-        if node.ftype == fmt.EROFS_FT_REG_FILE:
-            inline_ok = inline_regular and inline_fits(node, node.size, bs)
-            copies.append((node, *data.reserve_regular(node, inline_ok)))
-        elif node.ftype == fmt.EROFS_FT_SYMLINK:
-            data.write_bytes(node, node.src.target, inline_fits(node, node.size, bs))
-    _run_copies(data, copies, options.workers or os.cpu_count() or 1)
+        if node.ftype in _FLAT_CONTENT:
+            inline_ok = inline_fits(node, node.size, bs) and (
+                options.inline_data or node.ftype != fmt.EROFS_FT_REG_FILE)
+            reserved[id(node)] = data.reserve_flat(node, inline_ok)
     data_end = data.next_block
 
     alloc.jump_to(data_end * bs)
     positions = {id(root): root_pos}
+    root.nid = root_pos >> fmt.EROFS_ISLOTBITS
     for node in plan.inodes:
-        if node is root:
-            continue
-        if node.dir_shape is not None and dir_inline[id(node)]:
-            node.inline = bytes(node.size % bs)       # room for the tail, rendered below
-        positions[id(node)] = place_inode(alloc, node)
-
-    for d in dirs:
-        content = render_directory(d.dir_shape, bs, lambda n: n.nid, lambda n: n.ftype)
-        data.write_bytes(d, content, dir_inline[id(d)], start=dir_start[id(d)])
-        d.dir_shape = None
-
+        if node is not root:
+            positions[id(node)] = place_inode(alloc, node)
     meta_end = fmt.round_up(alloc.frontier, bs)
+    blocks = max(meta_end, data_end * bs) // bs
+    out.check_fits(blocks * bs)
+
+    copies = [(n, *reserved[id(n)]) for n in plan.inodes if n.ftype == fmt.EROFS_FT_REG_FILE]
+    _run_copies(data, copies, options.workers or os.cpu_count() or 1)
+    for node in plan.inodes:
+        if node.ftype == fmt.EROFS_FT_SYMLINK:
+            data.write_flat_bytes(node, node.src.target, *reserved[id(node)])
+        elif node.ftype == fmt.EROFS_FT_DIR:
+            content = render_directory(node.dir_shape, bs, lambda n: n.nid, lambda n: n.ftype)
+            data.write_flat_bytes(node, content, *reserved[id(node)])
+            node.dir_shape = None
+
     meta = MetaImage(data_start * bs, data_end * bs, meta_end)
     for node in plan.inodes:
         meta.put(positions[id(node)], serialize_inode(node, plan.epoch))
-    blocks = max(meta_end, data_end * bs) // bs
-    out.check_fits(blocks * bs)
 
     sb = fmt.SuperBlock(
         blkszbits=fmt.blksz_bits(bs), root_nid=root.nid, inos=len(plan.inodes), epoch=plan.epoch,
@@ -129,14 +128,6 @@ def _run_copies(data: DataArea, copies: list, workers: int) -> None:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for _ in pool.map(run, batches):
             pass
-
-
-def _size_upper_bound(plan: Plan, bs: int, data_start: int) -> int:
-    """Bytes the image can take at most, so a device too small is refused before any write."""
-    total = data_start * bs
-    for node in plan.inodes:
-        total += fmt.round_up(node.size, bs) + item_size(node) + fmt.EROFS_ISLOT_SIZE
-    return total + bs
 
 
 def _choose_uuid(options: BuildOptions, meta: MetaImage, epoch: int) -> bytes:

@@ -89,13 +89,18 @@ class DataArea:
 
     # -- per-inode -------------------------------------------------------------
 
-    def reserve_regular(self, node: PlannedInode, inline_ok: bool) -> tuple[int, int]:
-        """Choose the layout of a regular file and reserve its blocks: (start block, tail bytes)."""
+    def reserve_flat(self, node: PlannedInode, inline_ok: bool) -> tuple[int, int]:
+        """Choose a flat layout and reserve its blocks: (start block, tail bytes kept inline).
+
+        node.inline gets a placeholder of the tail's length, so metadata can be placed before the
+        data is copied; the copy fills in the real bytes.
+        """
         tail = node.size % self.block_size if inline_ok else 0
         nblocks = fmt.round_up(node.size - tail, self.block_size) // self.block_size
         start = self.allocate(nblocks)
         node.datalayout = fmt.EROFS_INODE_FLAT_INLINE if tail else fmt.EROFS_INODE_FLAT_PLAIN
         node.i_u = start if nblocks else fmt.EROFS_NULL_ADDR_32
+        node.inline = bytes(tail)
         return start, tail
 
     def copy_regular(self, node: PlannedInode, start: int, tail: int) -> None:
@@ -127,25 +132,14 @@ class DataArea:
             os.close(src)
         node.inline = inline
 
-    def write_bytes(self, node: PlannedInode, data: bytes, inline_ok: bool, start: int | None = None) -> None:
-        """Lay out in-memory content (a symlink target or directory) as plain blocks + inline tail."""
-        bs = self.block_size
-        tail = len(data) % bs if inline_ok else 0
+    def write_flat_bytes(self, node: PlannedInode, data: bytes, start: int, tail: int) -> None:
+        """Store in-memory content (a symlink target, a directory) in its reserved place."""
+        assert len(data) == node.size
         body = len(data) - tail
-        nblocks = fmt.round_up(body, bs) // bs
-        if start is None:
-            start = self.allocate(nblocks)
         if body:
-            self.out.pwrite(data[:body].ljust(nblocks * bs, b"\0"), start * bs)
+            self.out.pwrite(data[:body].ljust(fmt.round_up(body, self.block_size), b"\0"),
+                            start * self.block_size)
         node.inline = data[body:]
-        node.datalayout = fmt.EROFS_INODE_FLAT_INLINE if tail else fmt.EROFS_INODE_FLAT_PLAIN
-        node.i_u = start if nblocks else fmt.EROFS_NULL_ADDR_32
-
-
-def flat_blocks(size: int, block_size: int, inline_ok: bool) -> int:
-    """Blocks a flat inode takes in the data area."""
-    body = size - (size % block_size if inline_ok else 0)
-    return fmt.round_up(body, block_size) // block_size
 
 
 def inline_fits(node: PlannedInode, size: int, block_size: int) -> bool:
