@@ -77,9 +77,13 @@ def _mtime(st: os.stat_result, inherit: TimeInherit, build_time: int) -> tuple[i
     return sec, nsec
 
 
+def _fields_need_extended(node: PlannedInode) -> bool:
+    return node.size > 0xFFFFFFFF or node.uid > 0xFFFF or node.gid > 0xFFFF or node.nlink > 0xFFFF
+
+
 def _needs_extended(node: PlannedInode, epoch: int) -> bool:
-    return (node.size > 0xFFFFFFFF or node.uid > 0xFFFF or node.gid > 0xFFFF
-            or node.nlink > 0xFFFF or (node.mtime, node.mtime_nsec) != (epoch, 0))
+    """A compact inode has no mtime of its own on older kernels: it shows the build time."""
+    return _fields_need_extended(node) or (node.mtime, node.mtime_nsec) != (epoch, 0)
 
 
 def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int) -> Plan:
@@ -104,16 +108,18 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int) -> Pl
                             gid=gid, mtime=mtime, mtime_nsec=nsec, nlink=src.nlink, size=size)
         if kind in (stat.S_IFCHR, stat.S_IFBLK):
             node.rdev = fmt.new_encode_dev(os.major(st.st_rdev), os.minor(st.st_rdev))
-        if options.ignore_mtime or options.force_inode == "compact":
-            # build time instead of a per-file mtime, so the inode can stay compact
-            node.mtime, node.mtime_nsec = build_time, 0
         if options.force_inode == "extended":
             node.extended = True
-        else:
-            node.extended = _needs_extended(node, build_time)
-            if node.extended and options.force_inode == "compact":
-                raise BuildError(f"{node.display_path()}: cannot be stored in a compact inode "
-                                 "(size, uid, gid or nlink too large)")
+        elif _needs_extended(node, build_time):
+            if _fields_need_extended(node):
+                if options.force_inode == "compact":
+                    raise BuildError(f"{node.display_path()}: cannot be stored in a compact inode "
+                                     "(size, uid, gid or nlink too large)")
+                node.extended = True          # and it keeps its own mtime, as in mkfs.erofs
+            elif options.ignore_mtime or options.force_inode == "compact":
+                node.mtime, node.mtime_nsec = build_time, 0   # build time, so it stays compact
+            else:
+                node.extended = True
         node.ino = len(order) + 1
         planned[id(src)] = node
         order.append(node)
