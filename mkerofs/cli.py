@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import uuid as uuidlib
@@ -33,9 +34,16 @@ _NOT_IMPLEMENTED = {
 }
 
 
-def parse_c_int(text: str, what: str, minimum: int | None = 0) -> int:
-    """An integer as strtoull(…, 0) reads it: decimal, 0x hex or 0-prefixed octal."""
+_SIZE_SUFFIXES = {"k": 10, "m": 20, "g": 30}
+
+
+def parse_c_int(text: str, what: str, minimum: int | None = 0, suffixes: bool = False) -> int:
+    """An integer as strtoull(…, 0) reads it: decimal, 0x hex or 0-prefixed octal; with
+    `suffixes`, a k/m/g multiplier as mkfs.erofs takes for sizes."""
     s = text.strip()
+    shift = 0
+    if suffixes and s[-1:].lower() in _SIZE_SUFFIXES:
+        shift, s = _SIZE_SUFFIXES[s[-1].lower()], s[:-1]
     try:
         neg = s.startswith("-")
         body = s[1:] if neg or s.startswith("+") else s
@@ -45,7 +53,7 @@ def parse_c_int(text: str, what: str, minimum: int | None = 0) -> int:
             value = int(body[1:], 8)
         else:
             value = int(body, 10)
-        value = -value if neg else value
+        value = (-value if neg else value) << shift
     except (ValueError, IndexError):
         raise click.BadParameter(f"invalid {what} {text!r}") from None
     if minimum is not None and value < minimum:
@@ -53,15 +61,25 @@ def parse_c_int(text: str, what: str, minimum: int | None = 0) -> int:
     return value
 
 
+_UUID_FORM = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def parse_uuid(text: str) -> bytes | None:
+    """Only the canonical 8-4-4-4-12 form, as mkfs.erofs accepts; or 'clear', 'random'."""
     if text == "clear":
         return bytes(16)
     if text == "random":
         return None
-    try:
-        return uuidlib.UUID(text).bytes
-    except ValueError:
-        raise click.BadParameter(f"invalid UUID {text!r}") from None
+    if not _UUID_FORM.fullmatch(text):
+        raise click.BadParameter(f"invalid UUID {text!r}", param_hint="-U")
+    return uuidlib.UUID(text).bytes
+
+
+def _in_order(ctx: click.Context, param: click.Parameter, value):
+    """Record options whose effects override each other, so the last one given wins (getopt)."""
+    if value:
+        ctx.meta.setdefault("mkerofs.ordered", []).append((param.name, value))
+    return value
 
 
 def apply_extended_options(options: BuildOptions, texts: tuple[str, ...]) -> None:
@@ -112,21 +130,21 @@ def _not_implemented_options(func):
                    "force-inode-extended, nosbcrc")
 @click.option("-L", "label", metavar="LABEL", help="volume label (at most 15 bytes)")
 @click.option("-T", "timestamp", metavar="#", help="fixed UNIX timestamp as build time")
-@click.option("--all-time", is_flag=True, help="apply the -T timestamp to all files (default)")
-@click.option("--mkfs-time", is_flag=True, help="apply the -T timestamp as build time only")
+@click.option("--all-time", is_flag=True, callback=_in_order, expose_value=False, help="apply the -T timestamp to all files (default)")
+@click.option("--mkfs-time", is_flag=True, callback=_in_order, expose_value=False, help="apply the -T timestamp as build time only")
 @click.option("-U", "uuid", metavar="UUID", help="filesystem UUID, 'clear' or 'random'")
-@click.option("--all-root", is_flag=True, help="make all files owned by root")
-@click.option("--force-uid", metavar="#", help="set all file uids to #")
-@click.option("--force-gid", metavar="#", help="set all file gids to #")
+@click.option("--all-root", is_flag=True, callback=_in_order, expose_value=False, help="make all files owned by root")
+@click.option("--force-uid", metavar="#", callback=_in_order, expose_value=False, help="set all file uids to #")
+@click.option("--force-gid", metavar="#", callback=_in_order, expose_value=False, help="set all file gids to #")
 @click.option("--uid-offset", metavar="#", help="add # to all file uids")
 @click.option("--gid-offset", metavar="#", help="add # to all file gids")
 @click.option("--exclude-path", multiple=True, metavar="PATH",
               help="skip this exact path (relative to SOURCE); repeatable")
 @click.option("--exclude-regex", multiple=True, metavar="RE",
               help="skip paths matching this regular expression; repeatable")
-@click.option("--ignore-mtime", is_flag=True, default=None,
+@click.option("--ignore-mtime", is_flag=True, default=None, callback=_in_order, expose_value=False,
               help="use the build time instead of per-file mtimes (compact inodes)")
-@click.option("--preserve-mtime", is_flag=True, default=None,
+@click.option("--preserve-mtime", is_flag=True, default=None, callback=_in_order, expose_value=False,
               help="keep per-file modification times strictly (default)")
 @click.option("--hard-dereference", is_flag=True, help="store hard links as separate inodes")
 @click.option("--offset", metavar="#", help="skip # bytes at the beginning of IMAGE")
@@ -137,9 +155,8 @@ def _not_implemented_options(func):
 @click.version_option(__version__, "-V", "--version", prog_name="mkerofs",
                       message="%(prog)s %(version)s (mkfs.erofs-compatible)")
 @_not_implemented_options
-def command(image, source, block_size, debug, xattr_tolerance, extended, label, timestamp,
-            all_time, mkfs_time, uuid, all_root, force_uid, force_gid, uid_offset, gid_offset,
-            exclude_path, exclude_regex, ignore_mtime, preserve_mtime, hard_dereference, offset,
+def command(image, source, block_size, debug, xattr_tolerance, extended, label, timestamp, uuid,
+            uid_offset, gid_offset, exclude_path, exclude_regex, hard_dereference, offset,
             mount_point, workers, quiet, random_pclusterblks, **unimplemented):
     """Generate an EROFS image (IMAGE: a file or block device) from the directory SOURCE."""
     for dest, value in unimplemented.items():
@@ -149,7 +166,7 @@ def command(image, source, block_size, debug, xattr_tolerance, extended, label, 
         raise click.UsageError("option --random-pclusterblks: not implemented in mkerofs yet")
     options = BuildOptions(quiet=quiet)
     if block_size is not None:
-        options.block_size = parse_c_int(block_size, "block size")
+        options.block_size = parse_c_int(block_size, "block size", suffixes=True)
     if debug is not None:
         options.debug = parse_c_int(debug, "debug level")
         if options.debug > 9:
@@ -163,10 +180,6 @@ def command(image, source, block_size, debug, xattr_tolerance, extended, label, 
                                      param_hint="-L")
     if timestamp is not None:
         options.timestamp = parse_c_int(timestamp, "UNIX timestamp")
-    if mkfs_time:
-        options.time_inherit = TimeInherit.SOURCE
-    elif all_time:
-        options.time_inherit = TimeInherit.FIXED
     sde = os.environ.get("SOURCE_DATE_EPOCH")
     if sde:
         try:
@@ -177,22 +190,27 @@ def command(image, source, block_size, debug, xattr_tolerance, extended, label, 
             raise click.UsageError(f"environment variable SOURCE_DATE_EPOCH={sde!r} is invalid") from None
     if uuid is not None:
         options.uuid = parse_uuid(uuid)
-    if all_root:
-        options.force_uid = options.force_gid = 0
-    if force_uid is not None:
-        options.force_uid = parse_c_int(force_uid, "uid")
-    if force_gid is not None:
-        options.force_gid = parse_c_int(force_gid, "gid")
+    for name, value in click.get_current_context().meta.get("mkerofs.ordered", []):
+        if name == "all_time":
+            options.time_inherit = TimeInherit.FIXED
+        elif name == "mkfs_time":
+            options.time_inherit = TimeInherit.SOURCE
+        elif name == "ignore_mtime":
+            options.ignore_mtime = True
+        elif name == "preserve_mtime":
+            options.ignore_mtime = False
+        elif name == "all_root":
+            options.force_uid = options.force_gid = 0
+        elif name == "force_uid":
+            options.force_uid = parse_c_int(value, "uid")
+        elif name == "force_gid":
+            options.force_gid = parse_c_int(value, "gid")
     if uid_offset is not None:
         options.uid_offset = parse_c_int(uid_offset, "uid offset")
     if gid_offset is not None:
         options.gid_offset = parse_c_int(gid_offset, "gid offset")
     options.exclude_paths = list(exclude_path)
     options.exclude_regexes = list(exclude_regex)
-    if ignore_mtime:
-        options.ignore_mtime = True
-    if preserve_mtime:
-        options.ignore_mtime = False
     options.hard_dereference = hard_dereference
     if offset is not None:
         options.offset = parse_c_int(offset, "disk offset")

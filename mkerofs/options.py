@@ -62,9 +62,10 @@ class BuildOptions:
             value = getattr(self, name)
             if value is not None and not 0 <= value < 2**32 - 1:
                 raise BuildError(f"invalid {name.replace('_', '-')} {value}")
+        from .walk import posix_ere_to_python
         for pattern in self.exclude_regexes:
             try:
-                re.compile(pattern)
+                re.compile(posix_ere_to_python(pattern))
             except re.error as err:
                 raise BuildError(f"invalid exclude regex {pattern!r}: {err}") from None
 
