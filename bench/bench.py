@@ -1,0 +1,668 @@
+#!/usr/bin/env python3
+"""Time mkerofs against mkfs.erofs on the same tree with the same options.
+
+For every option set (uncompressed, -zlz4, -zlz4hc, -zzstd, -zdeflate, -zlzma) both tools build
+an image of the same source tree; the script reports the median wall time, CPU time, peak RSS and
+image size of each tool and the ratio mkerofs / mkfs.erofs.
+
+    python bench/bench.py                  # default tree (stdlib + site-packages copy), all sets
+    python bench/bench.py --sets lz4,zstd --runs 5 --json out.json
+    python bench/bench.py --tree /some/dir --check
+
+Only the standard library is used.  A tool that is missing, or that rejects an option set
+(non-zero exit), is reported as such; the script still exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A fixed build time and UUID make both tools' images reproducible run after run, so sizes are
+# comparable and a rerun builds the very same bytes.
+FIXED_UUID = "00000000-0000-0000-0000-000000000000"
+COMMON_ARGS = ["-T", "0", "-U", FIXED_UUID]
+
+# Row name -> options given to both tools.
+OPTION_SETS: dict[str, list[str]] = {
+    "uncompressed": [],
+    "lz4": ["-zlz4"],
+    "lz4hc": ["-zlz4hc"],
+    "zstd": ["-zzstd"],
+    "deflate": ["-zdeflate"],
+    "lzma": ["-zlzma"],
+}
+
+# The locally built erofs-utils (newest release) is preferred over Debian's older one on PATH.
+LOCAL_MKFS = "/work/erofs-utils-install/bin/mkfs.erofs"
+
+MKEROFS = "mkerofs"
+MKFS = "mkfs.erofs"
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class Tool:
+    name: str
+    argv: list[str]          # command prefix; options, IMAGE and SOURCE are appended
+    available: bool = True
+    note: str = ""           # why it is unavailable, or what was noticed while probing
+    version: str = ""
+    quiet_ok: bool = False   # accepts --quiet
+
+
+@dataclass
+class Run:
+    wall_s: float
+    cpu_s: float             # user + system of the child and its waited-for descendants
+    maxrss_kib: int          # peak RSS of the largest single process of the build (see SPAWNER)
+    exit_code: int
+    timed_out: bool = False
+    image_bytes: int = 0
+    alloc_bytes: int = 0     # blocks actually allocated on disk (sparse images are smaller)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+@dataclass
+class Outcome:
+    """All runs of one tool on one option set."""
+    status: str = "ok"       # ok | unsupported | timeout | missing
+    error: str = ""          # last lines of the tool's output when it failed
+    runs: list[Run] = field(default_factory=list)
+    fsck: str = ""           # pass | FAIL | "" (not checked)
+
+    def median(self, attr: str) -> float | None:
+        values = [getattr(r, attr) for r in self.runs if r.ok]
+        return statistics.median(values) if values else None
+
+
+@dataclass
+class TreeStats:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    other: int = 0
+    bytes: int = 0
+
+    @property
+    def entries(self) -> int:
+        return self.files + self.dirs + self.symlinks + self.other
+
+
+# --------------------------------------------------------------------------------------------
+# The source tree
+
+
+def default_workdir() -> Path:
+    tmp = os.environ.get("TMPDIR")
+    return Path(tmp) / "mkerofs-bench" if tmp else REPO / "build" / "bench"
+
+
+def tree_sources() -> list[tuple[str, Path]]:
+    """The running Python's stdlib and site-packages, each once (site-packages usually lives
+    inside the stdlib directory and must not be copied twice)."""
+    paths = sysconfig.get_paths()
+    sources: list[tuple[str, Path]] = []
+    for label, key in (("stdlib", "stdlib"), ("site-packages", "purelib")):
+        p = Path(paths[key]).resolve()
+        if p.is_dir() and all(p != q for _, q in sources):
+            sources.append((label, p))
+    return sources
+
+
+def ignore_nested(roots: list[Path]):
+    """copytree ignore callback that skips the other source roots nested inside this one."""
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        d = Path(directory)
+        return {n for n in names if d / n in roots}
+    return ignore
+
+
+def scan_tree(root: Path) -> TreeStats:
+    stats = TreeStats()
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for e in it:
+                if e.is_symlink():
+                    stats.symlinks += 1
+                elif e.is_dir():
+                    stats.dirs += 1
+                    stack.append(Path(e.path))
+                elif e.is_file():
+                    stats.files += 1
+                    stats.bytes += e.stat().st_size
+                else:
+                    stats.other += 1
+    return stats
+
+
+def build_default_tree(workdir: Path) -> Path:
+    """Copy stdlib + site-packages under workdir once; later calls reuse the copy.
+
+    The copy is made under a temporary name and renamed when complete, so an interrupted copy
+    is never mistaken for a finished one.
+    """
+    sources = tree_sources()
+    ident = repr((sys.version, [str(p) for _, p in sources])).encode()
+    key = hashlib.sha256(ident).hexdigest()[:10]
+    tree = workdir / f"tree-py{sys.version_info[0]}.{sys.version_info[1]}-{key}"
+    if tree.is_dir():
+        return tree
+    partial = tree.with_name(tree.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    roots = [p for _, p in sources]
+    log(f"building the benchmark tree {tree} from {', '.join(str(p) for p in roots)} (once) ...")
+    for label, src in sources:
+        try:
+            shutil.copytree(src, partial / label, symlinks=True, ignore_dangling_symlinks=True,
+                            ignore=ignore_nested([r for r in roots if r != src]))
+        except shutil.Error as exc:
+            # Unreadable or vanished files: the rest of the copy is still a fine benchmark tree.
+            log(f"  note: {len(exc.args[0])} entries of {src} could not be copied")
+    partial.rename(tree)
+    return tree
+
+
+def warm_page_cache(root: Path) -> None:
+    """Read every file once so the first timed run does not pay for a cold cache."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                if not os.path.islink(path):
+                    with open(path, "rb") as f:
+                        while f.read(1 << 20):
+                            pass
+            except OSError:
+                pass
+
+
+# --------------------------------------------------------------------------------------------
+# Running one build
+
+
+def child_env() -> dict[str, str]:
+    # The repository goes on PYTHONPATH so `python -m mkerofs` finds the package whatever the
+    # current directory and whether or not it is installed; it does not affect mkfs.erofs.
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+# Linux starts a child's peak RSS at the RSS of the process that forked it (exec keeps the
+# pre-exec high-water mark), so a build forked straight from this script would never show less
+# than this script's own ~20 MiB.  Builds are therefore forked from a minimal Python (-S -I,
+# ~5 MiB) that times the build, reaps it with os.wait4 and writes the numbers to a pipe.
+SPAWNER = r"""
+import os, sys, time
+fd, argv = int(sys.argv[1]), sys.argv[2:]
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        os.write(2, ("cannot run %s: %s\n" % (argv[0], exc)).encode())
+    os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - start
+os.write(fd, ("%r %d %r %d" % (wall, os.waitstatus_to_exitcode(status),
+                               ru.ru_utime + ru.ru_stime, ru.ru_maxrss)).encode())
+"""
+
+
+def run_timed(argv: list[str], log_path: Path, timeout: float) -> Run:
+    """Run argv to completion through SPAWNER; wall time, CPU time and peak RSS of the build.
+
+    The spawner gets its own session so a timeout (or Ctrl-C) kills the build and any helper
+    processes it started, not just the top one.
+    """
+    timed_out = threading.Event()
+    rfd, wfd = os.pipe()
+    try:
+        with open(log_path, "wb") as out:
+            start = time.perf_counter()
+            proc = subprocess.Popen([sys.executable, "-S", "-I", "-c", SPAWNER, str(wfd), *argv],
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    env=child_env(), start_new_session=True, pass_fds=(wfd,))
+            os.close(wfd)
+            wfd = -1
+
+            def on_timeout() -> None:
+                timed_out.set()
+                kill_group(proc.pid)
+
+            timer = threading.Timer(timeout, on_timeout)
+            timer.start()
+            try:
+                _, status, usage = os.wait4(proc.pid, 0)
+            except BaseException:
+                kill_group(proc.pid)
+                proc.wait()
+                raise
+            finally:
+                timer.cancel()
+            wall = time.perf_counter() - start
+        # Popen did not reap the child itself; tell it, so it never waits on a recycled pid.
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        report = os.read(rfd, 4096).split()
+    finally:
+        os.close(rfd)
+        if wfd >= 0:
+            os.close(wfd)
+    if len(report) == 4:
+        return Run(wall_s=float(report[0]), exit_code=int(report[1]), cpu_s=float(report[2]),
+                   maxrss_kib=int(report[3]), timed_out=timed_out.is_set())
+    # The spawner died before reporting (killed on timeout): fall back to its own numbers.
+    return Run(wall_s=wall, cpu_s=usage.ru_utime + usage.ru_stime, maxrss_kib=usage.ru_maxrss,
+               exit_code=proc.returncode or -1, timed_out=timed_out.is_set())
+
+
+def kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+def build_argv(tool: Tool, options: list[str], extra: list[str], image: Path,
+               source: Path) -> list[str]:
+    quiet = ["--quiet"] if tool.quiet_ok else []
+    return tool.argv + COMMON_ARGS + quiet + options + extra + [str(image), str(source)]
+
+
+def measure_build(tool: Tool, options: list[str], extra: list[str], image: Path, source: Path,
+                  log_path: Path, timeout: float) -> Run:
+    # A leftover image from the previous run would let a tool skip allocating blocks.
+    image.unlink(missing_ok=True)
+    run = run_timed(build_argv(tool, options, extra, image, source), log_path, timeout)
+    if run.ok:
+        try:
+            st = image.stat()
+            run.image_bytes, run.alloc_bytes = st.st_size, st.st_blocks * 512
+        except FileNotFoundError:
+            run.exit_code = -1   # "success" without an image is a failure
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# Finding and probing the tools
+
+
+def make_tiny_tree(parent: Path) -> Path:
+    tiny = parent / "tiny"
+    (tiny / "sub").mkdir(parents=True, exist_ok=True)
+    (tiny / "hello.txt").write_text("hello erofs\n" * 100)
+    (tiny / "sub" / "zeros").write_bytes(bytes(10000))
+    link = tiny / "link"
+    if not link.is_symlink():
+        link.symlink_to("hello.txt")
+    return tiny
+
+
+def find_mkfs(arg: str | None) -> Tool:
+    path = arg or os.environ.get("MKFS_EROFS")
+    if not path:
+        path = LOCAL_MKFS if os.access(LOCAL_MKFS, os.X_OK) else shutil.which("mkfs.erofs")
+    if not path or not (shutil.which(path) or os.access(path, os.X_OK)):
+        return Tool(MKFS, [], available=False,
+                    note=f"mkfs.erofs not found: {path or 'not on PATH'}")
+    return Tool(MKFS, [path])
+
+
+def find_mkerofs(arg: str | None) -> Tool:
+    argv = shlex.split(arg) if arg else [sys.executable, "-m", "mkerofs"]
+    if not argv or not shutil.which(argv[0]):
+        return Tool(MKEROFS, argv, available=False, note=f"command not found: {shlex.join(argv)}")
+    return Tool(MKEROFS, argv)
+
+
+def probe(tool: Tool, workdir: Path, timeout: float) -> None:
+    """Check the tool builds a trivial tree at all, and whether it takes --quiet.
+
+    A tool that cannot build a three-file tree (for example mkerofs before it exists) is
+    marked unavailable with its own error message, rather than failing every row.
+    """
+    if not tool.available:
+        return
+    tiny = make_tiny_tree(workdir)
+    image = workdir / f"probe-{tool.name}.img"
+    log_path = workdir / f"probe-{tool.name}.log"
+    try:
+        run = measure_build(tool, [], [], image, tiny, log_path, timeout)
+    except OSError as exc:
+        tool.available, tool.note = False, f"cannot run {shlex.join(tool.argv)}: {exc}"
+        return
+    if not run.ok:
+        tool.available = False
+        tool.note = (f"{shlex.join(tool.argv)} failed on a trivial tree (exit {run.exit_code}): "
+                     f"{tail(log_path)}")
+        return
+    tool.quiet_ok = measure_build(tool, ["--quiet"], [], image, tiny, log_path, timeout).ok
+    tool.version = tool_version(tool)
+    image.unlink(missing_ok=True)
+
+
+def tool_version(tool: Tool) -> str:
+    try:
+        out = subprocess.run(tool.argv + ["-V"], capture_output=True, text=True, timeout=30,
+                             env=child_env(), stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    lines = (out.stdout or out.stderr).strip().splitlines()
+    return lines[0] if out.returncode == 0 and lines else "version unknown: -V not supported"
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark proper
+
+
+def run_fsck(fsck: str, image: Path, timeout: float) -> str:
+    try:
+        r = subprocess.run([fsck, str(image)], capture_output=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return "timeout"
+    except OSError:
+        return "n/a"
+    return "pass" if r.returncode == 0 else "FAIL"
+
+
+def absent_status(tool: Tool, args: argparse.Namespace) -> str:
+    return "left out" if args.only and tool.name != args.only else "missing"
+
+
+def bench_set(name: str, tools: list[Tool], source: Path, args: argparse.Namespace,
+              fsck: str | None) -> dict[str, Outcome]:
+    """Alternate the tools run by run (swapping who goes first) so drift in machine load or
+    cache state does not favour one of them; a tool that fails once is not retried."""
+    options = OPTION_SETS[name]
+    outcomes = {t.name: Outcome() if t.available else Outcome(status=absent_status(t, args))
+                for t in tools}
+    images = {t.name: args.workdir / "images" / f"{name}-{t.name}.img" for t in tools}
+    images[tools[0].name].parent.mkdir(parents=True, exist_ok=True)
+
+    for i in range(args.runs):
+        order = tools if i % 2 == 0 else tools[::-1]
+        for tool in order:
+            out = outcomes[tool.name]
+            if out.status != "ok":
+                continue
+            log_path = args.workdir / f"{name}-{tool.name}.log"
+            run = measure_build(tool, options, args.extra, images[tool.name], source, log_path,
+                                args.timeout)
+            out.runs.append(run)
+            if run.timed_out:
+                out.status, out.error = "timeout", f"killed after {args.timeout:g} s"
+            elif not run.ok:
+                out.status, out.error = "unsupported", f"exit {run.exit_code}: {tail(log_path)}"
+            progress(name, i, args.runs, tool.name, run)
+
+    if fsck:
+        for tool in tools:
+            out = outcomes[tool.name]
+            if out.status == "ok":
+                out.fsck = run_fsck(fsck, images[tool.name], args.timeout)
+    if not args.keep_images:
+        for image in images.values():
+            image.unlink(missing_ok=True)
+    return outcomes
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def progress(name: str, i: int, runs: int, tool: str, run: Run) -> None:
+    state = "ok" if run.ok else ("timeout" if run.timed_out else f"exit {run.exit_code}")
+    log(f"  [{name}] run {i + 1}/{runs} {tool:<10} {run.wall_s:8.2f} s  "
+        f"{run.maxrss_kib / 1024:7.1f} MiB  {state}")
+
+
+def mib(n: float) -> str:
+    return f"{n / (1 << 20):.1f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a is not None and b else "-"
+
+
+# (label, Run attribute, formatter) for the rows of each set's table.
+METRICS = [
+    ("wall time (s)", "wall_s", lambda v: f"{v:.2f}"),
+    ("CPU time (s)", "cpu_s", lambda v: f"{v:.2f}"),
+    ("peak RSS (MiB)", "maxrss_kib", lambda v: mib(v * 1024)),
+    ("image size (MiB)", "image_bytes", mib),
+    ("allocated (MiB)", "alloc_bytes", mib),
+]
+
+
+def cell(out: Outcome, attr: str, fmt, rss_floor_kib: int = 0) -> str:
+    if out.status != "ok":
+        return out.status
+    value = out.median(attr)
+    if value is None:
+        return "-"
+    # A peak RSS at the spawner's own floor only says "at most this much".
+    if attr == "maxrss_kib" and value <= rss_floor_kib * 1.05:
+        return "<=" + fmt(value)
+    return fmt(value)
+
+
+def format_set(name: str, outcomes: dict[str, Outcome], rss_floor_kib: int) -> str:
+    a, b = outcomes[MKEROFS], outcomes[MKFS]
+    opts = " ".join(OPTION_SETS[name]) or "(no -z)"
+    rows = [("", MKEROFS, MKFS, "ratio")]
+    for label, attr, fmt in METRICS:
+        rows.append((label, cell(a, attr, fmt, rss_floor_kib), cell(b, attr, fmt, rss_floor_kib),
+                     ratio(a.median(attr), b.median(attr))))
+    if a.fsck or b.fsck:
+        rows.append(("fsck.erofs", a.fsck or "-", b.fsck or "-", ""))
+    lines = [f"== {name}: {opts} =="]
+    lines += [f"  {r[0]:<18}{r[1]:>14}{r[2]:>14}{r[3]:>10}" for r in rows]
+    for tool, out in ((MKEROFS, a), (MKFS, b)):
+        if out.error:
+            lines.append(f"  {tool} {out.status}: {out.error}")
+    if b.fsck == "FAIL":
+        lines.append("  note: fsck.erofs rejects mkfs.erofs's image too: it is likely too old for "
+                     "this set")
+    return "\n".join(lines)
+
+
+def format_summary(results: dict[str, dict[str, Outcome]]) -> str:
+    head = f"{'set':<14}{'mkerofs s':>13}{'mkfs s':>13}{'time':>9}{'RSS':>9}{'size':>9}"
+    lines = ["== summary (ratios are mkerofs / mkfs.erofs, medians) ==", head]
+    for name, outcomes in results.items():
+        a, b = outcomes[MKEROFS], outcomes[MKFS]
+        lines.append(f"{name:<14}{cell(a, 'wall_s', lambda v: f'{v:.2f}'):>13}"
+                     f"{cell(b, 'wall_s', lambda v: f'{v:.2f}'):>13}"
+                     f"{ratio(a.median('wall_s'), b.median('wall_s')):>9}"
+                     f"{ratio(a.median('maxrss_kib'), b.median('maxrss_kib')):>9}"
+                     f"{ratio(a.median('image_bytes'), b.median('image_bytes')):>9}")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, tools: list[Tool], tree: Path, stats: TreeStats,
+               results: dict[str, dict[str, Outcome]], args: argparse.Namespace,
+               rss_floor_kib: int) -> None:
+    data = {
+        "tree": {"path": str(tree), **asdict(stats)},
+        "rss_floor_kib": rss_floor_kib,
+        "runs": args.runs,
+        "common_args": COMMON_ARGS,
+        "extra_args": args.extra,
+        "tools": {t.name: asdict(t) for t in tools},
+        "sets": {
+            name: {
+                "options": OPTION_SETS[name],
+                **{tool: {**asdict(out),
+                          "median": {attr: out.median(attr) for _, attr, _ in METRICS}}
+                   for tool, out in outcomes.items()},
+            }
+            for name, outcomes in results.items()
+        },
+    }
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def parse_sets(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [n for n in names if n not in OPTION_SETS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown set(s) {', '.join(unknown) or '(none)'}; "
+            f"choose from {', '.join(OPTION_SETS)}")
+    return names
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tree", type=Path, help="source tree to image (default: a cached copy of "
+                   "this Python's stdlib + site-packages under --workdir)")
+    p.add_argument("--workdir", type=Path, default=default_workdir(),
+                   help="cache for the default tree, images and logs (default: %(default)s)")
+    p.add_argument("--mkfs", help="mkfs.erofs to compare with (default: $MKFS_EROFS, else "
+                   f"{LOCAL_MKFS} if present, else mkfs.erofs on PATH)")
+    p.add_argument("--mkerofs", help="mkerofs command line (default: the running Python "
+                   "with -m mkerofs)")
+    p.add_argument("--only", choices=[MKEROFS, MKFS],
+                   help="time just this tool (e.g. to calibrate mkfs.erofs alone)")
+    p.add_argument("--sets", type=parse_sets, default=list(OPTION_SETS),
+                   help=f"comma-separated option sets (default: all: {','.join(OPTION_SETS)})")
+    p.add_argument("--runs", type=int, default=3, help="runs per tool and set; medians are "
+                   "reported (default: %(default)s)")
+    p.add_argument("--extra", type=shlex.split, default=[],
+                   help="extra options for both tools, e.g. --extra='--workers=1'")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds before one build is "
+                   "killed and reported as timeout (default: %(default)s)")
+    p.add_argument("--check", action="store_true", help="run fsck.erofs on each set's images "
+                   "(informational)")
+    p.add_argument("--fsck", default="fsck.erofs", help="fsck for --check (default: %(default)s "
+                   "on PATH)")
+    p.add_argument("--json", type=Path, help="write the raw numbers to this file")
+    p.add_argument("--keep-images", action="store_true", help="keep the last image of each set")
+    args = p.parse_args(argv)
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    return args
+
+
+def measure_rss_floor(workdir: Path) -> int:
+    """Peak RSS that a build that does nothing would show (see SPAWNER), in KiB."""
+    true = shutil.which("true") or "/bin/true"
+    return run_timed([true], workdir / "floor.log", 60).maxrss_kib
+
+
+def resolve_fsck(args: argparse.Namespace) -> str | None:
+    if not args.check:
+        return None
+    fsck = shutil.which(args.fsck)
+    if not fsck:
+        log(f"note: --check asked for but {args.fsck} was not found; skipping fsck")
+    return fsck
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+
+    mkerofs, mkfs = find_mkerofs(args.mkerofs), find_mkfs(args.mkfs)
+    tools = [mkerofs, mkfs]
+    for tool in tools:
+        if args.only and tool.name != args.only:
+            tool.available, tool.note = False, f"left out (--only {args.only})"
+        probe(tool, args.workdir, args.timeout)
+        if not tool.available:
+            log(f"note: {tool.name} unavailable: {tool.note}")
+    if not any(t.available for t in tools):
+        log("error: neither mkerofs nor mkfs.erofs can be run; nothing to benchmark")
+        return 1
+    if not all(t.available for t in tools):
+        only = next(t.name for t in tools if t.available)
+        log(f"note: timing {only} only, so the ratio columns stay empty")
+    # --quiet only when every tool that runs takes it, so both see the same options.
+    quiet = all(t.quiet_ok for t in tools if t.available)
+    for t in tools:
+        t.quiet_ok = quiet
+
+    if args.tree:
+        tree = args.tree.resolve()
+        if not tree.is_dir():
+            log(f"error: --tree {tree} is not a directory")
+            return 2
+    else:
+        tree = build_default_tree(args.workdir)
+    stats = scan_tree(tree)
+    warm_page_cache(tree)
+    fsck = resolve_fsck(args)
+    rss_floor = measure_rss_floor(args.workdir)
+
+    print(f"tree: {tree}")
+    print(f"      {stats.files} files, {stats.dirs} dirs, {stats.symlinks} symlinks, "
+          f"{mib(stats.bytes)} MiB of file data")
+    for t in tools:
+        desc = f"{shlex.join(t.argv)}  [{t.version}]" if t.available else f"unavailable ({t.note})"
+        print(f"{t.name + ':':<12}{desc}")
+    print(f"peak RSS:   of the build's largest process; {mib(rss_floor * 1024)} MiB is the "
+          "floor of the measurement (a no-op measures that)")
+    print(f"options:    {shlex.join(COMMON_ARGS + (['--quiet'] if quiet else []) + args.extra)} "
+          f"+ set; {args.runs} run(s) each, medians\n")
+
+    results: dict[str, dict[str, Outcome]] = {}
+    try:
+        for name in args.sets:
+            results[name] = bench_set(name, tools, tree, args, fsck)
+            print(format_set(name, results[name], rss_floor) + "\n", flush=True)
+    except KeyboardInterrupt:
+        log("interrupted; reporting the sets finished so far")
+    if results:
+        print(format_summary(results))
+    if args.json:
+        write_json(args.json, tools, tree, stats, results, args, rss_floor)
+        print(f"\nraw numbers written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
