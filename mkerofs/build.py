@@ -18,6 +18,7 @@ from .plan import Plan, plan_inodes
 
 _FLAT_CONTENT = {fmt.EROFS_FT_REG_FILE, fmt.EROFS_FT_SYMLINK, fmt.EROFS_FT_DIR}
 from .walk import walk_source
+from .xattrs import XattrLayout
 
 
 @dataclass
@@ -48,7 +49,8 @@ def build(image: str | os.PathLike, source: str | os.PathLike,
     try:
         root, _count = walk_source(source_b, options, skip=out.identity())
         plan = plan_inodes(root, options, build_time)
-        result = _write_image(plan, options, out)
+        xattrs = _plan_xattrs(plan, options)
+        result = _write_image(plan, options, out, xattrs)
         out.finish(result.size)
         return result
     except BaseException:
@@ -56,18 +58,40 @@ def build(image: str | os.PathLike, source: str | os.PathLike,
         raise
 
 
-def _write_image(plan: Plan, options: BuildOptions, out: Output) -> BuildResult:
+def _plan_xattrs(plan: Plan, options: BuildOptions) -> XattrLayout:
+    """Decide the shared xattrs over the whole tree and give every inode its xattr ibody."""
+    layout = XattrLayout(options.xattr_options(), options.block_size)
+    root = plan.root
+    try:
+        # mkfs.erofs counts an xattr once per path below the root: the links of a file, 1 for
+        # a directory, 0 for the root itself
+        handles = [layout.add(n.src.xattrs, 0 if n is root else 1 if n.src.is_dir else n.nlink,
+                              n.display_path()) for n in plan.inodes]
+        layout.finalize()
+    except ValueError as err:
+        raise BuildError(str(err)) from None
+    for node, handle in zip(plan.inodes, handles):
+        node.xattr_ibody = layout.ibody(handle, is_root=node is root)
+        node.src.xattrs = []
+    return layout
+
+
+def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout) -> BuildResult:
     bs = options.block_size
     root = plan.root
 
     # The root goes right after the superblock so that its nid fits the 16-bit rootnid field;
     # the data area follows, then the metadata area with every other inode.
     alloc = MetaAllocator(bs, fmt.EROFS_SUPER_OFFSET + fmt.EROFS_SB_SIZE)
+    # the long xattr prefix table (read at an absolute, 4-aligned offset) goes before the root
+    prefix_pos = alloc.place(len(xattrs.prefix_records)) if xattrs.prefix_records else 0
     if inline_fits(root, root.size, bs):
         root.inline = bytes(root.size % bs)
     root_pos = alloc.place(item_size(root))
     data_start = fmt.round_up(alloc.frontier, bs) // bs
     data = DataArea(out, bs, data_start)
+    # the shared xattr area: whole blocks at the start of the data area; ids count from there
+    xattr_blkaddr = data.allocate(-(-len(xattrs.shared_area) // bs)) if xattrs.shared_area else 0
 
     reserved = {}           # id(node) -> (start block, inline tail length)
     for node in plan.inodes:
@@ -97,13 +121,20 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output) -> BuildResult:
             data.write_flat_bytes(node, content, *reserved[id(node)])
             node.dir_shape = None
 
+    if xattrs.shared_area:
+        out.pwrite(xattrs.shared_area.ljust(fmt.round_up(len(xattrs.shared_area), bs), b"\0"),
+                   xattr_blkaddr * bs)
     meta = MetaImage(data_start * bs, data_end * bs, meta_end)
+    if xattrs.prefix_records:
+        meta.put(prefix_pos, xattrs.prefix_records)
     for node in plan.inodes:
         meta.put(positions[id(node)], serialize_inode(node, plan.epoch))
 
     sb = fmt.SuperBlock(
         blkszbits=fmt.blksz_bits(bs), root_nid=root.nid, inos=len(plan.inodes), epoch=plan.epoch,
-        blocks=blocks, feature_compat=fmt.EROFS_FEATURE_COMPAT_MTIME, volume_name=options.label)
+        blocks=blocks, feature_compat=fmt.EROFS_FEATURE_COMPAT_MTIME | xattrs.feature_compat,
+        feature_incompat=xattrs.feature_incompat, volume_name=options.label,
+        **xattrs.superblock_fields(xattr_blkaddr, prefix_pos))
     sb.uuid = _choose_uuid(options, meta, plan.epoch)
     _put_superblock(meta, sb, bs, options.sb_checksum)
     out.pwrite(meta.head, 0)

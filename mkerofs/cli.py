@@ -25,11 +25,10 @@ _NOT_IMPLEMENTED = {
     "chunksize": "--chunksize", "blobdev": "--blobdev", "tar": "--tar", "aufs": "--aufs",
     "ovlfs_strip": "--ovlfs-strip", "gzip": "--gzip", "ungzip": "--ungzip", "gzinfo": "--gzinfo",
     "unxz": "--unxz", "unlzma": "--unlzma", "zfeature_bits": "--zfeature-bits",
-    "clean": "--clean", "incremental": "--incremental", "root_xattr_isize": "--root-xattr-isize",
+    "clean": "--clean", "incremental": "--incremental",
     "sort": "--sort", "dsunit": "--dsunit", "fsalignblks": "--fsalignblks",
     "vmdk_desc": "--vmdk-desc", "s3": "--s3", "oci": "--oci", "zd": "--zD", "mz": "--MZ",
-    "xattr_prefix": "--xattr-prefix", "xattr_inode_digest": "--xattr-inode-digest",
-    "file_contexts": "--file-contexts", "product_out": "--product-out",
+    "xattr_inode_digest": "--xattr-inode-digest", "product_out": "--product-out",
     "fs_config_file": "--fs-config-file", "async_queue_limit": "--async-queue-limit",
 }
 
@@ -99,9 +98,13 @@ def apply_extended_options(options: BuildOptions, texts: tuple[str, ...]) -> Non
                 options.force_inode = "extended"
             elif key == "nosbcrc" and not value:
                 options.sb_checksum = False
+            elif key == "xattr-name-filter" and not value:
+                options.xattr_name_filter = not clear
+            elif key == "plain-xattr-prefixes" and not value:
+                options.plain_xattr_prefixes = True
             elif key in ("legacy-compress", "ztailpacking", "fragments", "all-fragments", "dedupe",
-                         "fragdedupe", "48bit", "dot-omitted", "xattr-name-filter",
-                         "plain-xattr-prefixes", "force-inode-blockmap", "force-chunk-indexes"):
+                         "fragdedupe", "48bit", "dot-omitted",
+                         "force-inode-blockmap", "force-chunk-indexes"):
                 raise click.UsageError(f"extended option -E{token}: not implemented in mkerofs yet")
             else:
                 raise click.BadParameter(f"unknown extended option {token!r}", param_hint="-E")
@@ -149,6 +152,12 @@ def _not_implemented_options(func):
 @click.option("--hard-dereference", is_flag=True, help="store hard links as separate inodes")
 @click.option("--offset", metavar="#", help="skip # bytes at the beginning of IMAGE")
 @click.option("--mount-point", metavar="PATH", help="prefix of target paths (default: /)")
+@click.option("--xattr-prefix", "xattr_prefix", multiple=True, metavar="X",
+              help="extra xattr name prefix stored once in a table; repeatable")
+@click.option("--root-xattr-isize", "root_xattr_isize", metavar="#",
+              help="make the root's inline xattr area at least # bytes")
+@click.option("--file-contexts", "file_contexts", metavar="FILE",
+              help="SELinux file_contexts to label files with")
 @click.option("--workers", metavar="#", help="worker threads for compression")
 @click.option("--quiet", is_flag=True, help="print nothing on success")
 @click.option("--random-pclusterblks", is_flag=True, hidden=True)
@@ -157,7 +166,8 @@ def _not_implemented_options(func):
 @_not_implemented_options
 def command(image, source, block_size, debug, xattr_tolerance, extended, label, timestamp, uuid,
             uid_offset, gid_offset, exclude_path, exclude_regex, hard_dereference, offset,
-            mount_point, workers, quiet, random_pclusterblks, **unimplemented):
+            mount_point, xattr_prefix, root_xattr_isize, file_contexts, workers, quiet,
+            random_pclusterblks, **unimplemented):
     """Generate an EROFS image (IMAGE: a file or block device) from the directory SOURCE."""
     for dest, value in unimplemented.items():
         if value is not None:
@@ -172,7 +182,12 @@ def command(image, source, block_size, debug, xattr_tolerance, extended, label, 
         if options.debug > 9:
             raise click.BadParameter(f"invalid debug level {debug}", param_hint="-d")
     if xattr_tolerance is not None:
-        parse_c_int(xattr_tolerance, "xattr tolerance", minimum=None)
+        options.xattr_tolerance = parse_c_int(xattr_tolerance, "xattr tolerance", minimum=None)
+    options.xattr_prefixes = list(xattr_prefix)
+    if root_xattr_isize is not None:
+        options.root_xattr_isize = parse_c_int(root_xattr_isize, "root xattr isize")
+    if file_contexts is not None:
+        options.file_contexts = file_contexts
     if label is not None:
         options.label = os.fsencode(label)
         if len(options.label) > 15:

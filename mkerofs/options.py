@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import enum
+import os
 import re
 from dataclasses import dataclass, field
 
 from . import format as fmt
+from .xattrs import XattrLayout, XattrOptions
 
 
 class BuildError(Exception):
@@ -44,6 +46,14 @@ class BuildOptions:
     quiet: bool = True
     debug: int = 2
     workers: int | None = None
+    # extended attributes: -x, -E[^]xattr-name-filter, --xattr-prefix, -Eplain-xattr-prefixes,
+    # --root-xattr-isize, --file-contexts
+    xattr_tolerance: int = 2                    # < 0: store no xattrs (nor SELinux labels)
+    xattr_name_filter: bool = True
+    xattr_prefixes: list[str] = field(default_factory=list)
+    plain_xattr_prefixes: bool = False
+    root_xattr_isize: int = 0
+    file_contexts: str | None = None
 
     def validate(self) -> None:
         bs = self.block_size
@@ -63,11 +73,21 @@ class BuildOptions:
             if value is not None and not 0 <= value < 2**32 - 1:
                 raise BuildError(f"invalid {name.replace('_', '-')} {value}")
         from .walk import posix_ere_to_python
+        try:
+            XattrLayout(self.xattr_options(), bs)
+        except ValueError as err:
+            raise BuildError(str(err)) from None
         for pattern in self.exclude_regexes:
             try:
                 re.compile(posix_ere_to_python(pattern))
             except re.error as err:
                 raise BuildError(f"invalid exclude regex {pattern!r}: {err}") from None
+
+    def xattr_options(self) -> XattrOptions:
+        return XattrOptions(tolerance=self.xattr_tolerance, name_filter=self.xattr_name_filter,
+                            long_prefixes=[os.fsencode(p) for p in self.xattr_prefixes],
+                            plain_prefixes=self.plain_xattr_prefixes,
+                            root_isize=self.root_xattr_isize)
 
     @property
     def build_time(self) -> int | None:

@@ -7,6 +7,8 @@ import stat
 from dataclasses import dataclass, field
 
 from .options import BuildError, BuildOptions
+from .selinux import FileContexts, fs_path, with_label
+from .xattrs import read_xattrs
 from . import format as fmt
 
 
@@ -103,6 +105,35 @@ class Excluder:
         return relpath in self.exact or any(r.search(relpath) for r in self.regexes)
 
 
+class XattrReader:
+    """Reads each inode's xattrs (unless -x < 0) and applies --file-contexts labels."""
+
+    def __init__(self, options: BuildOptions):
+        self.enabled = options.xattr_tolerance >= 0
+        self.mount_point = options.mount_point
+        self.contexts: FileContexts | None = None
+        if self.enabled and options.file_contexts is not None:
+            try:
+                self.contexts = FileContexts.load(options.file_contexts)
+            except ValueError as err:
+                raise BuildError(f"file contexts: {err}") from None
+            except OSError as err:
+                raise BuildError(f"{options.file_contexts}: {err.strerror or err}") from None
+
+    def read(self, node: SourceInode, relpath: bytes) -> None:
+        if not self.enabled:
+            return
+        try:
+            xattrs = read_xattrs(node.path)
+        except OSError as err:
+            raise _oserror(node.path, err) from None
+        if self.contexts is not None:
+            # mkfs.erofs drops the source's label and stores the looked-up one (or none)
+            label = self.contexts.lookup(fs_path(relpath, self.mount_point), node.st.st_mode)
+            xattrs = with_label(xattrs, label)
+        node.xattrs = xattrs
+
+
 def walk_source(source: bytes, options: BuildOptions,
                 skip: set[tuple[int, int]] = frozenset()) -> tuple[SourceInode, int]:
     """Return the root inode and the number of distinct inodes below it.
@@ -119,6 +150,8 @@ def walk_source(source: bytes, options: BuildOptions,
     root = SourceInode(source, root_st, nlink=2, entries=[])
     root.parent = root
     excluder = Excluder(options)
+    xattrs = XattrReader(options)
+    xattrs.read(root, b"")
     hardlinks: dict[tuple[int, int], SourceInode] = {}
     count = 1
     pending = [(root, b"")]
@@ -144,6 +177,7 @@ def walk_source(source: bytes, options: BuildOptions,
             mode = st.st_mode
             if stat.S_ISDIR(mode):
                 child = SourceInode(path, st, nlink=2, entries=[], parent=directory)
+                xattrs.read(child, relpath)
                 directory.nlink += 1
                 pending.append((child, relpath + b"/"))
                 count += 1
@@ -165,6 +199,7 @@ def walk_source(source: bytes, options: BuildOptions,
                     elif not (stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
                               or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
                         raise BuildError(f"{os.fsdecode(path)}: unsupported file type")
+                    xattrs.read(child, relpath)
                 child.nlink += 1
             directory.entries.append((name, child))
     return root, count
