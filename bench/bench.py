@@ -79,6 +79,7 @@ class Run:
     timed_out: bool = False
     image_bytes: int = 0
     alloc_bytes: int = 0     # blocks actually allocated on disk (sparse images are smaller)
+    load1: float = 0.0       # 1-minute load average when the run started: other work skews times
 
     @property
     def ok(self) -> bool:
@@ -307,7 +308,9 @@ def measure_build(tool: Tool, options: list[str], extra: list[str], image: Path,
                   log_path: Path, timeout: float) -> Run:
     # A leftover image from the previous run would let a tool skip allocating blocks.
     image.unlink(missing_ok=True)
+    load1 = os.getloadavg()[0]
     run = run_timed(build_argv(tool, options, extra, image, source), log_path, timeout)
+    run.load1 = load1
     if run.ok:
         try:
             st = image.stat()
@@ -499,6 +502,9 @@ def format_set(name: str, outcomes: dict[str, Outcome], rss_floor_kib: int) -> s
     for tool, out in ((MKEROFS, a), (MKFS, b)):
         if out.error:
             lines.append(f"  {tool} {out.status}: {out.error}")
+    busiest = max((r.load1 for out in (a, b) for r in out.runs), default=0.0)
+    if busiest > 0.5:
+        lines.append(f"  note: load average up to {busiest:.1f} when runs started: times skewed")
     if b.fsck == "FAIL":
         lines.append("  note: fsck.erofs rejects mkfs.erofs's image too: it is likely too old for "
                      "this set")
@@ -594,6 +600,14 @@ def measure_rss_floor(workdir: Path) -> int:
     return run_timed([true], workdir / "floor.log", 60).maxrss_kib
 
 
+def warn_if_busy() -> None:
+    """Both tools use every core, so anything else running makes the times meaningless."""
+    load1 = os.getloadavg()[0]
+    if load1 > 0.5:
+        log(f"warning: the 1-minute load average is {load1:.1f}: other processes are running "
+            "and will skew the times (each run's load is in --json)")
+
+
 def resolve_fsck(args: argparse.Namespace) -> str | None:
     if not args.check:
         return None
@@ -637,6 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     warm_page_cache(tree)
     fsck = resolve_fsck(args)
     rss_floor = measure_rss_floor(args.workdir)
+    warn_if_busy()
 
     print(f"tree: {tree}")
     print(f"      {stats.files} files, {stats.dirs} dirs, {stats.symlinks} symlinks, "
