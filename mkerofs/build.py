@@ -86,7 +86,7 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
     # the long xattr prefix table (read at an absolute, 4-aligned offset) goes before the root
     prefix_pos = alloc.place(len(xattrs.prefix_records)) if xattrs.prefix_records else 0
     if inline_fits(root, root.size, bs):
-        root.inline = bytes(root.size % bs)
+        root.inline_len = root.size % bs
     root_pos = alloc.place(item_size(root))
     data_start = fmt.round_up(alloc.frontier, bs) // bs
     data = DataArea(out, bs, data_start)
@@ -111,8 +111,15 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
     blocks = max(meta_end, data_end * bs) // bs
     out.check_fits(blocks * bs)
 
-    copies = [(n, *reserved[id(n)]) for n in plan.inodes if n.ftype == fmt.EROFS_FT_REG_FILE]
+    meta = MetaImage(data_start * bs, data_end * bs, meta_end)
+    copies = []
+    for node in plan.inodes:
+        if node.ftype == fmt.EROFS_FT_REG_FILE:
+            start, tail = reserved[id(node)]
+            tail_view = meta.view(positions[id(node)] + node.meta_size_before_inline, tail)
+            copies.append((node, start, tail, tail_view))
     _run_copies(data, copies, options.workers or os.cpu_count() or 1)
+    del copies
     for node in plan.inodes:
         if node.ftype == fmt.EROFS_FT_SYMLINK:
             data.write_flat_bytes(node, node.src.target, *reserved[id(node)])
@@ -124,7 +131,6 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
     if xattrs.shared_area:
         out.pwrite(xattrs.shared_area.ljust(fmt.round_up(len(xattrs.shared_area), bs), b"\0"),
                    xattr_blkaddr * bs)
-    meta = MetaImage(data_start * bs, data_end * bs, meta_end)
     if xattrs.prefix_records:
         meta.put(prefix_pos, xattrs.prefix_records)
     for node in plan.inodes:

@@ -244,12 +244,23 @@ def command(image, source, block_size, debug, xattr_tolerance, extended, label, 
 
 
 def _getopt_style(argv: list[str]) -> list[str]:
-    """Give optional-value long options their getopt meaning: a value only after '='."""
+    """Give long options their getopt_long meaning: a unique prefix names the option, and an
+    optional value is taken only after '='."""
+    names = {o for p in command.params for o in p.opts + p.secondary_opts if o.startswith("--")}
     fixed = []
     for i, arg in enumerate(argv):
         if arg == "--":
             return fixed + argv[i:]
-        fixed.append(f"{arg}={_NO_VALUE}" if arg in _OPTIONAL_VALUE else arg)
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            if name not in names:
+                candidates = [n for n in names if n.startswith(name)]
+                if len(candidates) == 1:
+                    name = candidates[0]
+                    arg = name + eq + value
+            if name in _OPTIONAL_VALUE and not eq:
+                arg = f"{name}={_NO_VALUE}"
+        fixed.append(arg)
     return fixed
 
 

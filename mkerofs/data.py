@@ -92,19 +92,20 @@ class DataArea:
     def reserve_flat(self, node: PlannedInode, inline_ok: bool) -> tuple[int, int]:
         """Choose a flat layout and reserve its blocks: (start block, tail bytes kept inline).
 
-        node.inline gets a placeholder of the tail's length, so metadata can be placed before the
-        data is copied; the copy fills in the real bytes.
+        node.inline_len reserves the tail's room, so metadata can be placed before the data is
+        copied.
         """
         tail = node.size % self.block_size if inline_ok else 0
         nblocks = fmt.round_up(node.size - tail, self.block_size) // self.block_size
         start = self.allocate(nblocks)
         node.datalayout = fmt.EROFS_INODE_FLAT_INLINE if tail else fmt.EROFS_INODE_FLAT_PLAIN
         node.i_u = start if nblocks else fmt.EROFS_NULL_ADDR_32
-        node.inline = bytes(tail)
+        node.inline_len = tail
         return start, tail
 
-    def copy_regular(self, node: PlannedInode, start: int, tail: int) -> None:
-        """Copy a regular file: the body to its reserved blocks, the tail into node.inline.
+    def copy_regular(self, node: PlannedInode, start: int, tail: int, tail_view: memoryview) -> None:
+        """Copy a regular file: the body to its reserved blocks, the tail into `tail_view` (its
+        place in the metadata image).
 
         Safe to run in several threads at once: it touches only this file's blocks and node.
         """
@@ -123,14 +124,13 @@ class DataArea:
                 self._copy_sparse(node, src, start * bs, body)
                 if body % bs:
                     self._zero(start * bs + body, bs - body % bs)
-            inline = os.pread(src, tail, body) if tail else b""
-            if len(inline) != tail or os.pread(src, 1, size):
+            got = os.preadv(src, [tail_view], body) if tail else 0
+            if got != tail or os.pread(src, 1, size):
                 raise _changed(node, f"size is no longer {size}")
         except OSError as err:
             raise BuildError(f"{node.display_path()}: {err.strerror}") from None
         finally:
             os.close(src)
-        node.inline = inline
 
     def write_flat_bytes(self, node: PlannedInode, data: bytes, start: int, tail: int) -> None:
         """Store in-memory content (a symlink target, a directory) in its reserved place."""

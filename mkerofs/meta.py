@@ -64,7 +64,7 @@ class MetaAllocator:
 
 
 def item_size(node: PlannedInode) -> int:
-    return node.meta_size_before_inline + len(node.inline)
+    return node.meta_size_before_inline + node.inline_len
 
 
 def place_inode(alloc: MetaAllocator, node: PlannedInode, meta_base: int = 0) -> int:
@@ -92,6 +92,14 @@ class MetaImage:
         self.head = bytearray(head_end)
         self.tail_start = tail_start
         self.tail = bytearray(max(0, tail_end - tail_start))
+
+    def view(self, pos: int, length: int) -> memoryview:
+        """A writable window on [pos, pos + length) of the image's metadata."""
+        if pos + length <= len(self.head):
+            return memoryview(self.head)[pos:pos + length]
+        assert pos >= self.tail_start, "metadata item straddles the data area"
+        rel = pos - self.tail_start
+        return memoryview(self.tail)[rel:rel + length]
 
     def put(self, pos: int, data: bytes) -> None:
         if pos + len(data) <= len(self.head):

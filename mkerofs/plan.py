@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from . import format as fmt
 from .dirs import DirShape, shape_directory
 from .options import BuildError, BuildOptions, TimeInherit
-from .walk import SourceInode
+from .walk import SourceInode, SourceStat
 
 _FILE_TYPES = {
     stat.S_IFREG: fmt.EROFS_FT_REG_FILE, stat.S_IFDIR: fmt.EROFS_FT_DIR,
@@ -38,7 +38,9 @@ class PlannedInode:
     # filled while laying out data and metadata
     datalayout: int = fmt.EROFS_INODE_FLAT_PLAIN
     i_u: int = 0
-    inline: bytes = b""             # what follows inode + xattrs: a tail, or compression indexes
+    inline_len: int = 0             # bytes reserved after inode + xattrs: a tail, or indexes
+    inline: bytes = b""             # those bytes, when built in memory (a regular file's tail is
+                                    # read straight into the metadata image instead)
     nid: int = -1
 
     @property
@@ -61,7 +63,7 @@ class Plan:
     by_source: dict[int, PlannedInode] = field(default_factory=dict)
 
 
-def _ids(st: os.stat_result, options: BuildOptions, path: bytes) -> tuple[int, int]:
+def _ids(st: SourceStat, options: BuildOptions, path: bytes) -> tuple[int, int]:
     uid = st.st_uid if options.force_uid is None else options.force_uid
     gid = st.st_gid if options.force_gid is None else options.force_gid
     uid, gid = uid + options.uid_offset, gid + options.gid_offset
@@ -70,7 +72,7 @@ def _ids(st: os.stat_result, options: BuildOptions, path: bytes) -> tuple[int, i
     return uid, gid
 
 
-def _mtime(st: os.stat_result, inherit: TimeInherit, build_time: int) -> tuple[int, int]:
+def _mtime(st: SourceStat, inherit: TimeInherit, build_time: int) -> tuple[int, int]:
     sec, nsec = divmod(st.st_mtime_ns, 1_000_000_000)
     if inherit is TimeInherit.FIXED or (inherit is TimeInherit.CLAMP and sec >= build_time):
         return build_time, 0

@@ -12,11 +12,26 @@ from .xattrs import read_xattrs
 from . import format as fmt
 
 
+@dataclass(slots=True)
+class SourceStat:
+    """The few stat fields an image needs; a full os.stat_result costs ~600 bytes a file."""
+    st_mode: int
+    st_uid: int
+    st_gid: int
+    st_size: int
+    st_mtime_ns: int
+    st_rdev: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "SourceStat":
+        return cls(st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_rdev)
+
+
 @dataclass(eq=False, slots=True)
 class SourceInode:
     """One inode of the source: several names share it when hard-linked."""
     path: bytes                               # the first path it was found under (for reads and messages)
-    st: os.stat_result
+    st: SourceStat
     nlink: int = 0                            # links found inside the tree
     entries: list[tuple[bytes, "SourceInode"]] | None = None   # directories: (name, child)
     parent: "SourceInode | None" = None       # directories: the parent directory
@@ -44,18 +59,29 @@ _POSIX_CLASSES = {
 }
 
 
+# glibc's regcomp knows these backslash operators (GNU extensions); any other letter is literal
+_GNU_ESCAPES = {"w": "\\w", "W": "\\W", "s": "\\s", "S": "\\S", "b": "\\b", "B": "\\B",
+                "<": "\\b(?=\\w)", ">": "\\b(?<=\\w)", "`": "\\A", "'": "\\Z"}
+
+
 def posix_ere_to_python(pattern: str) -> str:
     """Translate a POSIX extended regex (as regcomp(REG_EXTENDED) reads it) to Python's syntax.
 
-    The two differ inside bracket expressions: POSIX has [:class:] names, and a backslash there
-    is an ordinary character.
+    The two differ inside bracket expressions (POSIX has [:class:] names, and a backslash there
+    is an ordinary character), in `$` (POSIX: only the very end), in `.` (POSIX: newlines too;
+    compile with re.DOTALL) and in backslash-letter, which POSIX reads as the letter itself.
     """
     out, i, n = [], 0, len(pattern)
     while i < n:
         c = pattern[i]
         if c == "\\" and i + 1 < n:
-            out.append(pattern[i:i + 2])
+            nxt = pattern[i + 1]
+            out.append(_GNU_ESCAPES.get(nxt, nxt if nxt.isalpha() else pattern[i:i + 2]))
             i += 2
+            continue
+        if c == "$":
+            out.append("\\Z")
+            i += 1
             continue
         if c != "[":
             out.append(c)
@@ -94,8 +120,8 @@ class Excluder:
     """--exclude-path (exact, relative to SOURCE) and --exclude-regex (searched in that path)."""
 
     def __init__(self, options: BuildOptions):
-        self.exact = {os.fsencode(p.lstrip("/")) for p in options.exclude_paths}
-        self.regexes = [re.compile(os.fsencode(posix_ere_to_python(r)))
+        self.exact = {os.fsencode(p) for p in options.exclude_paths}
+        self.regexes = [re.compile(os.fsencode(posix_ere_to_python(r)), re.DOTALL)
                         for r in options.exclude_regexes]
 
     def __bool__(self) -> bool:
@@ -147,7 +173,7 @@ def walk_source(source: bytes, options: BuildOptions,
         raise _oserror(source, err) from None
     if not stat.S_ISDIR(root_st.st_mode):
         raise BuildError(f"{os.fsdecode(source)}: source is not a directory")
-    root = SourceInode(source, root_st, nlink=2, entries=[])
+    root = SourceInode(source, SourceStat.of(root_st), nlink=2, entries=[])
     root.parent = root
     excluder = Excluder(options)
     xattrs = XattrReader(options)
@@ -176,7 +202,7 @@ def walk_source(source: bytes, options: BuildOptions,
                 continue
             mode = st.st_mode
             if stat.S_ISDIR(mode):
-                child = SourceInode(path, st, nlink=2, entries=[], parent=directory)
+                child = SourceInode(path, SourceStat.of(st), nlink=2, entries=[], parent=directory)
                 xattrs.read(child, relpath)
                 directory.nlink += 1
                 pending.append((child, relpath + b"/"))
@@ -187,7 +213,7 @@ def walk_source(source: bytes, options: BuildOptions,
                 if st.st_nlink > 1 and not options.hard_dereference:
                     child = hardlinks.get(key)
                 if child is None:
-                    child = SourceInode(path, st)
+                    child = SourceInode(path, SourceStat.of(st))
                     count += 1
                     if st.st_nlink > 1 and not options.hard_dereference:
                         hardlinks[key] = child

@@ -1234,3 +1234,26 @@ def copy_tree(src: PathLike, dst: PathLike, *, reverse: bool = True) -> None:
     rec(src, dst, os.lstat(src))
     for d, st in reversed(dirs):
         meta(d, st)
+
+
+def posix_regex_search(pattern: Union[str, bytes], subject: Union[str, bytes]) -> Optional[bool]:
+    """Ground truth for --exclude-regex: glibc's regcomp(REG_EXTENDED |
+    REG_NOSUB) + regexec, in the "C" locale as mkfs.erofs runs (it never
+    calls setlocale). Returns None when regcomp rejects the pattern."""
+    import ctypes
+    import locale
+    libc = ctypes.CDLL(None)
+    REG_EXTENDED, REG_NOSUB = 1, 8
+    buf = ctypes.create_string_buffer(512)          # > sizeof(regex_t)
+    old = locale.setlocale(locale.LC_ALL)
+    try:
+        locale.setlocale(locale.LC_ALL, "C")
+        if libc.regcomp(buf, fsb(pattern) if isinstance(pattern, str) else pattern,
+                        REG_EXTENDED | REG_NOSUB) != 0:
+            return None
+        try:
+            return libc.regexec(buf, fsb(subject), ctypes.c_size_t(0), None, 0) == 0
+        finally:
+            libc.regfree(buf)
+    finally:
+        locale.setlocale(locale.LC_ALL, old)

@@ -89,6 +89,13 @@ def test_double_dash_then_option_like_names_are_positionals(tmp_path, small_src)
     assert read_superblock(tmp_path / "-T").block_size == 4096
 
 
+def test_lone_dash_is_a_file_name(tmp_path, small_src):
+    """getopt treats a lone '-' as a positional: mkfs.erofs writes a file named '-'."""
+    os.rename(small_src, tmp_path / "s")
+    run_mkerofs("-T1", "-", "s", cwd=tmp_path)
+    assert read_superblock(tmp_path / "-").mkfs_time == 1
+
+
 @pytest.mark.parametrize("args", [["-x", "-1"], ["-x-1"], ["-x", "2"], ["-x0"]])
 def test_xattr_tolerance_values(args, small_src, image):
     run_mkerofs(*args, image, small_src)
@@ -151,6 +158,22 @@ def test_all_root_force_uid_last_one_wins(order, uid, small_src, image):
     inodes = image_inodes(image).values()
     assert {i.uid for i in inodes} == {uid}
     assert {i.gid for i in inodes} == {0}
+
+
+def test_long_option_unique_prefixes(tmp_path, small_src):
+    """getopt_long (mkfs.erofs) accepts any unambiguous prefix of a long option."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_mkerofs("-T", FIXED_T, "-U", UUID1, "--all-root", "--exclude-path=d/c",
+                "--hard-dereference", a, small_src)
+    run_mkerofs("-T", FIXED_T, "-U", UUID1, "--all-ro", "--exclude-p=d/c", "--hard-d",
+                b, small_src)
+    assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.parametrize("prefix", ["--exclude=d/c", "--force=1", "--all"])
+def test_ambiguous_long_option_prefix_refused(prefix, small_src, image):
+    r = run_mkerofs(prefix, image, small_src, check=False)
+    assert_clean_failure(r, image=image)
 
 
 def test_long_options_with_and_without_equals(tmp_path, small_src):
@@ -226,6 +249,14 @@ def test_version(flag):
     assert len(lines) == 1, f"expected one line, got {r.stdout!r}"
     assert re.search(r"\d+\.\d+", lines[0])
     assert r.stderr.strip() == ""
+
+
+def test_success_writes_nothing_to_stderr(small_src, image):
+    """No warnings (e.g. Python FutureWarnings from regex compilation) on a
+    successful build."""
+    r = run_mkerofs("--exclude-regex=^[[:digit:]]+$", "--exclude-regex=[[:alpha:]]{9}",
+                    "--exclude-path=zz", "-E^inline_data", image, small_src)
+    assert r.stderr == ""
 
 
 def test_quiet_prints_nothing(small_src, image):
@@ -369,3 +400,32 @@ def test_extra_positional_refused(tmp_path, small_src, image):
 def test_invalid_source_date_epoch(small_src, image):
     r = run_mkerofs(image, small_src, check=False, env={"SOURCE_DATE_EPOCH": "soon"})
     assert_clean_failure(r, mentions=["SOURCE_DATE_EPOCH"], image=image)
+
+
+# --exclude-regex against the real thing: glibc's regcomp(REG_EXTENDED) in the C locale
+REGEX_NAMES = [b"d1", b"x9", b"ABC", b"abc", b"new\nline", b"tail\n", b"back\\slash",
+               b"br]ket", b"dot.txt", b"dotXtxt", b"aa{2}", b"caf\xe9", b"\xff\xfe", b"d",
+               b"under_score", b"sp ace", b"aa", b"-dash"]
+REGEXES = ["[[:digit:]]", "^r/[[:upper:]]+$", "new.line", "tail$", "[]]", "[\\]", "\\.txt$",
+           "a{2}", "(abc|ABC)$", "\\d", "\\w{6}", "^r/[^[:alnum:]/]", "[[:space:]]",
+           "^r/.{3}$", "^r/.*e$", "[[:punct:]]", "[^[:print:]]", "^r/(a|d)+$", "x|9", "^r$"]
+
+
+@pytest.mark.parametrize("rx", REGEXES)
+def test_exclude_regex_matches_glibc(rx, src, image):
+    from helpers import posix_regex_search
+    r_dir = os.path.join(os.fsencode(src), b"r")
+    os.mkdir(r_dir)
+    for nm in REGEX_NAMES:
+        write_file(os.path.join(r_dir, nm), 1)
+    verdicts = {nm: posix_regex_search(rx, b"r/" + nm) for nm in REGEX_NAMES}
+    dir_excluded = posix_regex_search(rx, b"r")
+    run_mkerofs(f"--exclude-regex={rx}", image, src)
+    present = {p for p in image_inodes(image) if p.startswith(b"/r/")}
+    if dir_excluded:
+        assert b"/r" not in image_inodes(image)
+        return
+    expected = {b"/r/" + nm for nm, hit in verdicts.items() if not hit}
+    assert present == expected, (f"regex {rx!r}: excluded by mkerofs but not glibc: "
+                                 f"{sorted(expected - present)}; excluded by glibc only: "
+                                 f"{sorted(present - expected)}")

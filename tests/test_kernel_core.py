@@ -783,3 +783,33 @@ def test_sparse_file_over_4gib(src, image, kernel):
     image.unlink()
     r = run_mkerofs("-T", FIXED_T, "-Eforce-inode-compact", image, src, check=False)
     assert_clean_failure(r, mentions=["big.sparse"], image=image)
+
+
+@pytest.mark.slow
+def test_link_counts_beyond_16_bits(tmp_path, kernel):
+    """A file with 65601 links and a directory with 65600 subdirectories
+    (built on tmpfs, which has no link limit): nlink does not fit a compact
+    inode's 16 bits, so even with -T those inodes must be extended."""
+    n = 65600
+    with tmpfs_mount("128m") as fs:
+        src = fs / "src"
+        src.mkdir()
+        (src / "f").write_bytes(b"linked")
+        (src / "links").mkdir()
+        (src / "dirs").mkdir()
+        for i in range(n):
+            os.link(src / "f", src / "links" / f"l{i}")
+        for i in range(n):
+            os.mkdir(src / "dirs" / f"d{i}")
+        image = tmp_path / "image.erofs"
+        build_image(image, src, "-T", FIXED_T)
+        inodes = image_inodes(image)
+        assert inodes[b"/f"].extended and inodes[b"/f"].nlink == n + 1
+        assert inodes[b"/dirs"].extended and inodes[b"/dirs"].nlink == n + 2
+        assert not inodes[b"/links"].extended
+        with kernel(image) as mnt:
+            m = Path(mnt)
+            assert os.lstat(m / "f").st_nlink == n + 1
+            assert os.lstat(m / "links" / "l65599").st_ino == os.lstat(m / "f").st_ino
+            assert os.lstat(m / "dirs").st_nlink == n + 2
+            compare_trees(src, mnt, timestamp=FIXED_T)
