@@ -12,6 +12,7 @@ import click
 from . import __version__
 from .build import build
 from .options import BuildError, BuildOptions, TimeInherit
+from .options import parse_c_int as options_parse_c_int
 
 # long options whose value is optional: like getopt, they take one only after '='
 _OPTIONAL_VALUE = {"--tar", "--ovlfs-strip", "--ungzip", "--gzinfo", "--unxz", "--unlzma",
@@ -33,31 +34,11 @@ _NOT_IMPLEMENTED = {
 }
 
 
-_SIZE_SUFFIXES = {"k": 10, "m": 20, "g": 30}
-
-
 def parse_c_int(text: str, what: str, minimum: int | None = 0, suffixes: bool = False) -> int:
-    """An integer as strtoull(…, 0) reads it: decimal, 0x hex or 0-prefixed octal; with
-    `suffixes`, a k/m/g multiplier as mkfs.erofs takes for sizes."""
-    s = text.strip()
-    shift = 0
-    if suffixes and s[-1:].lower() in _SIZE_SUFFIXES:
-        shift, s = _SIZE_SUFFIXES[s[-1].lower()], s[:-1]
     try:
-        neg = s.startswith("-")
-        body = s[1:] if neg or s.startswith("+") else s
-        if body[:2].lower() == "0x":
-            value = int(body[2:], 16)
-        elif len(body) > 1 and body[0] == "0":
-            value = int(body[1:], 8)
-        else:
-            value = int(body, 10)
-        value = (-value if neg else value) << shift
-    except (ValueError, IndexError):
-        raise click.BadParameter(f"invalid {what} {text!r}") from None
-    if minimum is not None and value < minimum:
-        raise click.BadParameter(f"invalid {what} {text!r}")
-    return value
+        return options_parse_c_int(text, what, minimum, suffixes)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
 
 
 _UUID_FORM = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")

@@ -43,6 +43,8 @@ import struct
 import threading
 import zlib
 from dataclasses import dataclass, field
+
+from .options import parse_c_int
 from typing import Callable, Protocol, runtime_checkable
 
 __all__ = [
@@ -131,23 +133,9 @@ def default_level(name: str) -> int | None:
 
 def _c_strtoul(text: str, what: str) -> int:
     """strtoull(base 0) + mkfs.erofs's k/m/g suffix, the whole string consumed."""
-    s = text.strip()
-    mult = 1
-    if s and s[-1] in "kKmMgG":
-        mult = 1 << {"k": 10, "m": 20, "g": 30}[s[-1].lower()]
-        s = s[:-1]
-    try:
-        if s[:2].lower() == "0x":
-            val = int(s[2:], 16)
-        elif len(s) > 1 and s[0] == "0":
-            val = int(s[1:], 8)
-        else:
-            val = int(s, 10)
-    except ValueError:
-        raise ValueError(f"invalid {what} '{text}'") from None
-    if val < 0 or not s[0].isdigit():
-        raise ValueError(f"invalid {what} '{text}'")
-    return val * mult
+    if not text.strip()[:1].isdigit():
+        raise ValueError(f"invalid {what} {text!r}")
+    return parse_c_int(text, what, minimum=0, suffixes=True)
 
 
 def _parse_level(text: str, name: str) -> int:
