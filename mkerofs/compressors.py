@@ -43,9 +43,9 @@ import struct
 import threading
 import zlib
 from dataclasses import dataclass, field
+from typing import Callable, Protocol, runtime_checkable
 
 from .options import parse_c_int
-from typing import Callable, Protocol, runtime_checkable
 
 __all__ = [
     "CompressorSpec", "parse_compressor_spec", "make_compressor", "Compressor",

@@ -278,13 +278,9 @@ class DiskInode:
     xattr_icount: int = 0
 
     def pack(self, epoch: int) -> bytes:
-        fmt = i_format(self.extended, self.datalayout)
-        if self.extended:
-            return _INODE_EXTENDED.pack(fmt, self.xattr_icount, self.mode, 0, self.size, self.i_u,
-                                        self.ino, self.uid, self.gid, self.mtime,
-                                        self.mtime_nsec, self.nlink, bytes(16))
-        return _INODE_COMPACT.pack(fmt, self.xattr_icount, self.mode, self.nlink, self.size,
-                                   self.mtime - epoch, self.i_u, self.ino, self.uid, self.gid, 0)
+        return pack_inode(self.extended, self.datalayout, self.xattr_icount, self.mode,
+                          self.nlink, self.size, self.i_u, self.ino, self.uid, self.gid,
+                          self.mtime, self.mtime_nsec, epoch)
 
     @classmethod
     def unpack_from(cls, raw, offset: int, epoch: int) -> "DiskInode":
@@ -303,6 +299,20 @@ class DiskInode:
     @property
     def isize(self) -> int:
         return EROFS_INODE_EXTENDED_SIZE if self.extended else EROFS_INODE_COMPACT_SIZE
+
+
+def pack_inode(extended: bool, datalayout: int, xattr_icount: int, mode: int, nlink: int,
+               size: int, i_u: int, ino: int, uid: int, gid: int, mtime: int, mtime_nsec: int,
+               epoch: int) -> bytes:
+    """An on-disk inode; a compact one stores its mtime as seconds after the superblock epoch."""
+    if extended:
+        return _INODE_EXTENDED.pack((datalayout << EROFS_I_DATALAYOUT_BIT) | 1, xattr_icount, mode,
+                                    0, size, i_u, ino, uid, gid, mtime, mtime_nsec, nlink, _ZERO16)
+    return _INODE_COMPACT.pack(datalayout << EROFS_I_DATALAYOUT_BIT, xattr_icount, mode, nlink,
+                               size, mtime - epoch, i_u, ino, uid, gid, 0)
+
+
+_ZERO16 = bytes(16)
 
 
 def new_encode_dev(major: int, minor: int) -> int:

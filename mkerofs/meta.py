@@ -74,12 +74,10 @@ def place_inode(alloc: MetaAllocator, node: PlannedInode, meta_base: int = 0) ->
 
 
 def serialize_inode(node: PlannedInode, epoch: int) -> bytes:
-    disk = fmt.DiskInode(
-        extended=node.extended, datalayout=node.datalayout, mode=node.mode, nlink=node.nlink,
-        size=node.size, i_u=node.rdev if node.rdev or node.ftype in _SPECIAL else node.i_u,
-        ino=node.ino, uid=node.uid, gid=node.gid, mtime=node.mtime, mtime_nsec=node.mtime_nsec,
-        xattr_icount=fmt.xattr_icount(len(node.xattr_ibody)))
-    return disk.pack(epoch) + node.xattr_ibody + node.inline
+    i_u = node.rdev if node.ftype in _SPECIAL else node.i_u
+    return fmt.pack_inode(node.extended, node.datalayout, fmt.xattr_icount(len(node.xattr_ibody)),
+                          node.mode, node.nlink, node.size, i_u, node.ino, node.uid, node.gid,
+                          node.mtime, node.mtime_nsec, epoch) + node.xattr_ibody + node.inline
 
 
 _SPECIAL = {fmt.EROFS_FT_CHRDEV, fmt.EROFS_FT_BLKDEV, fmt.EROFS_FT_FIFO, fmt.EROFS_FT_SOCK}
@@ -92,14 +90,16 @@ class MetaImage:
         self.head = bytearray(head_end)
         self.tail_start = tail_start
         self.tail = bytearray(max(0, tail_end - tail_start))
+        self._head_view = memoryview(self.head)
+        self._tail_view = memoryview(self.tail)
 
     def view(self, pos: int, length: int) -> memoryview:
         """A writable window on [pos, pos + length) of the image's metadata."""
         if pos + length <= len(self.head):
-            return memoryview(self.head)[pos:pos + length]
+            return self._head_view[pos:pos + length]
         assert pos >= self.tail_start, "metadata item straddles the data area"
         rel = pos - self.tail_start
-        return memoryview(self.tail)[rel:rel + length]
+        return self._tail_view[rel:rel + length]
 
     def put(self, pos: int, data: bytes) -> None:
         if pos + len(data) <= len(self.head):
@@ -107,6 +107,4 @@ class MetaImage:
             return
         assert pos >= self.tail_start, "metadata item straddles the data area"
         rel = pos - self.tail_start
-        if len(self.tail) < rel + len(data):
-            self.tail.extend(bytes(rel + len(data) - len(self.tail)))
         self.tail[rel:rel + len(data)] = data

@@ -33,6 +33,7 @@ class PlannedInode:
     extended: bool = False
     rdev: int = 0
     xattr_ibody: bytes = b""
+    meta_size_before_inline: int = 0    # inode + xattr ibody: where inline data starts
     dir_shape: DirShape | None = None
     ino: int = 0
     # filled while laying out data and metadata
@@ -47,9 +48,9 @@ class PlannedInode:
     def isize(self) -> int:
         return fmt.EROFS_INODE_EXTENDED_SIZE if self.extended else fmt.EROFS_INODE_COMPACT_SIZE
 
-    @property
-    def meta_size_before_inline(self) -> int:
-        return self.isize + len(self.xattr_ibody)
+    def set_xattr_ibody(self, ibody: bytes) -> None:
+        self.xattr_ibody = ibody
+        self.meta_size_before_inline = self.isize + len(ibody)
 
     def display_path(self) -> str:
         return os.fsdecode(self.src.path)
