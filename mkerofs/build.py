@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from . import format as fmt
 from .data import DataArea, inline_fits
 from .dirs import render_directory
-from .meta import MetaAllocator, MetaImage, item_size, place_inode, serialize_inode
+from .meta import MetaAllocator, MetaImage, item_size, node_pos, place_inode, serialize_inode
 from .options import BuildError, BuildOptions
 from .output import Output
 from .plan import Plan, plan_inodes
@@ -110,11 +110,10 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
     data_end = data.next_block
 
     alloc.jump_to(data_end * bs)
-    positions = {id(root): root_pos}
     root.nid = root_pos >> fmt.EROFS_ISLOTBITS
     for node in plan.inodes:
         if node is not root:
-            positions[id(node)] = place_inode(alloc, node)
+            place_inode(alloc, node)
     meta_end = fmt.round_up(alloc.frontier, bs)
     blocks = max(meta_end, data_end * bs) // bs
     out.check_fits(blocks * bs)
@@ -124,25 +123,26 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
     for node in plan.inodes:
         if node.ftype == fmt.EROFS_FT_REG_FILE:
             start, tail = reserved[id(node)]
-            tail_view = meta.view(positions[id(node)] + node.meta_size_before_inline, tail)
+            tail_view = meta.view(node_pos(node) + node.meta_size_before_inline, tail)
             copies.append((node, start, tail, tail_view))
-    _run_copies(data, copies, options.workers or os.cpu_count() or 1)
-    del copies
-    for node in plan.inodes:
-        if node.ftype == fmt.EROFS_FT_SYMLINK:
-            data.write_flat_bytes(node, node.src.target, *reserved[id(node)])
-        elif node.ftype == fmt.EROFS_FT_DIR:
-            content = render_directory(node.dir_shape, bs, lambda n: n.nid, lambda n: n.ftype)
-            data.write_flat_bytes(node, content, *reserved[id(node)])
-            node.dir_shape = None
-
-    if xattrs.shared_area:
-        out.pwrite(xattrs.shared_area.ljust(fmt.round_up(len(xattrs.shared_area), bs), b"\0"),
-                   xattr_blkaddr * bs)
-    if xattrs.prefix_records:
-        meta.put(prefix_pos, xattrs.prefix_records)
-    for node in plan.inodes:
-        meta.put(positions[id(node)], serialize_inode(node, plan.epoch))
+    with _Copier(data, options.workers or os.cpu_count() or 1) as copier:
+        copier.start(copies)
+        del copies
+        # while the threads copy file data, this one lays out everything else
+        for node in plan.inodes:
+            if node.ftype == fmt.EROFS_FT_SYMLINK:
+                data.write_flat_bytes(node, node.src.target, *reserved[id(node)])
+            elif node.ftype == fmt.EROFS_FT_DIR:
+                content = render_directory(node.dir_shape, bs, lambda n: n.nid, lambda n: n.ftype)
+                data.write_flat_bytes(node, content, *reserved[id(node)])
+                node.dir_shape = None
+        if xattrs.shared_area:
+            out.pwrite(xattrs.shared_area.ljust(fmt.round_up(len(xattrs.shared_area), bs), b"\0"),
+                       xattr_blkaddr * bs)
+        if xattrs.prefix_records:
+            meta.put(prefix_pos, xattrs.prefix_records)
+        for node in plan.inodes:
+            meta.put(node_pos(node), serialize_inode(node, plan.epoch))
 
     sb = fmt.SuperBlock(
         blkszbits=fmt.blksz_bits(bs), root_nid=root.nid, inos=len(plan.inodes), epoch=plan.epoch,
@@ -157,22 +157,43 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
     return BuildResult(out.path, blocks, bs, len(plan.inodes), sb.uuid, root.nid)
 
 
-def _run_copies(data: DataArea, copies: list, workers: int) -> None:
-    """Copy file data with a few threads: the copies are system calls, which release the GIL."""
-    if workers <= 1 or len(copies) < 64:
-        for job in copies:
-            data.copy_regular(*job)
-        return
-    batch = 128
-    batches = [copies[i:i + batch] for i in range(0, len(copies), batch)]
+class _Copier:
+    """Copies file data in worker threads (the copies are system calls, which release the GIL)
+    while the calling thread goes on; leaving the `with` block waits for them and re-raises the
+    first failure."""
 
-    def run(jobs):
+    BATCH = 128
+
+    def __init__(self, data: DataArea, workers: int):
+        self.data = data
+        self.pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+        self.futures = []
+
+    def _run(self, jobs) -> None:
         for job in jobs:
-            data.copy_regular(*job)
+            self.data.copy_regular(*job)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in pool.map(run, batches):
-            pass
+    def start(self, copies: list) -> None:
+        if self.pool is None:
+            self._run(copies)
+            return
+        for i in range(0, len(copies), self.BATCH):
+            self.futures.append(self.pool.submit(self._run, copies[i:i + self.BATCH]))
+
+    def __enter__(self) -> "_Copier":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.pool is None:
+            return
+        try:
+            for future in self.futures:
+                if exc_type is not None:
+                    future.cancel()
+                else:
+                    future.result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _choose_uuid(options: BuildOptions, meta: MetaImage, epoch: int) -> bytes:

@@ -73,6 +73,11 @@ def place_inode(alloc: MetaAllocator, node: PlannedInode, meta_base: int = 0) ->
     return pos
 
 
+def node_pos(node: PlannedInode, meta_base: int = 0) -> int:
+    """Byte offset of an inode in the image (nids count 32-byte slots from meta_blkaddr)."""
+    return meta_base + (node.nid << fmt.EROFS_ISLOTBITS)
+
+
 def serialize_inode(node: PlannedInode, epoch: int) -> bytes:
     i_u = node.rdev if node.ftype in _SPECIAL else node.i_u
     return fmt.pack_inode(node.extended, node.datalayout, fmt.xattr_icount(len(node.xattr_ibody)),
