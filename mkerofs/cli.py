@@ -101,7 +101,21 @@ def _not_implemented_options(func):
     return func
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"],
+class _MkfsStyleCommand(click.Command):
+    """Help in mkfs.erofs's spelling: short options with their value attached (-b#, -EX[,...]),
+    which scripts grep for to probe features."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                rows.append((re.sub(r"^(-[A-Za-z]) (?=\S)", r"\1", record[0]), record[1]))
+        with formatter.section("Options"):
+            formatter.write_dl(rows)
+
+
+@click.command(cls=_MkfsStyleCommand, context_settings={"help_option_names": ["-h", "--help"],
                                  "ignore_unknown_options": False,
                                  "max_content_width": 100})
 @click.argument("image", type=click.Path(dir_okay=False, allow_dash=False))
