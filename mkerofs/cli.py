@@ -110,7 +110,7 @@ class _MkfsStyleCommand(click.Command):
         for param in self.get_params(ctx):
             record = param.get_help_record(ctx)
             if record is not None:
-                rows.append((re.sub(r"^(-[A-Za-z]) (?=\S)", r"\1", record[0]), record[1]))
+                rows.append((re.sub(r"^(-[A-Za-z]) (?=[#X])", r"\1", record[0]), record[1]))
         with formatter.section("Options"):
             formatter.write_dl(rows)
 
