@@ -9,7 +9,9 @@ import uuid as uuidlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from . import compress
 from . import format as fmt
+from .compressors import CompressorUnavailable
 from .data import DataArea, inline_fits
 from .dirs import render_directory
 from .meta import MetaAllocator, MetaImage, item_size, node_pos, place_inode, serialize_inode
@@ -87,10 +89,14 @@ def _plan_xattrs(plan: Plan, options: BuildOptions) -> XattrLayout:
 def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout) -> BuildResult:
     bs = options.block_size
     root = plan.root
+    zcfg = _compress_config(options)
+    # compression configurations (if any) follow the superblock
+    cfgs_pos = fmt.EROFS_SUPER_OFFSET + fmt.EROFS_SB_SIZE
+    cfgs = zcfg.superblock(False).cfgs if zcfg is not None else b""
 
     # The root goes right after the superblock so that its nid fits the 16-bit rootnid field;
     # the data area follows, then the metadata area with every other inode.
-    alloc = MetaAllocator(bs, fmt.EROFS_SUPER_OFFSET + fmt.EROFS_SB_SIZE)
+    alloc = MetaAllocator(bs, fmt.round_up(cfgs_pos + len(cfgs), fmt.EROFS_ISLOT_SIZE))
     # the long xattr prefix table (read at an absolute, 4-aligned offset) goes before the root
     prefix_pos = alloc.place(len(xattrs.prefix_records)) if xattrs.prefix_records else 0
     if inline_fits(root, root.size, bs):
@@ -102,8 +108,31 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
     xattr_blkaddr = data.allocate(-(-len(xattrs.shared_area) // bs)) if xattrs.shared_area else 0
 
     reserved = {}           # id(node) -> (start block, inline tail length)
+    rewritten = set()       # id(node) of files whose blocks held a compressed attempt
+    tails = {}              # id(node) -> inline pcluster bytes that must stay in one block
+    if zcfg is not None:
+        # compressed files first: how many blocks they take is known once they are compressed
+        jobs = [compress.FileJob(n, n.size, n.meta_size_before_inline,
+                                 compress.read_file_range(n.src.path, n.size, _reader_error(n)))
+                for n in plan.inodes if n.ftype == fmt.EROFS_FT_REG_FILE and n.size > 0]
+        workers = options.workers or os.cpu_count() or 1
+        for job, layout in compress.compress_files(jobs, zcfg, data, workers):
+            node = job.key
+            if layout is None:          # not worth it: stored flat, where its blocks were
+                inline_ok = inline_fits(node, node.size, bs) and options.inline_data
+                reserved[id(node)] = data.reserve_flat(node, inline_ok)
+                if job.wrote_blocks:
+                    rewritten.add(id(node))
+            else:
+                node.datalayout = layout.datalayout
+                node.i_u = layout.blocks
+                node.inline = layout.inline
+                node.inline_len = len(layout.inline)
+                if layout.tail:
+                    tails[id(node)] = layout.tail
     for node in plan.inodes:
-        if node.ftype in _FLAT_CONTENT:
+        if node.ftype in _FLAT_CONTENT and id(node) not in reserved and not (
+                zcfg is not None and node.ftype == fmt.EROFS_FT_REG_FILE and node.size > 0):
             inline_ok = inline_fits(node, node.size, bs) and (
                 options.inline_data or node.ftype != fmt.EROFS_FT_REG_FILE)
             reserved[id(node)] = data.reserve_flat(node, inline_ok)
@@ -113,7 +142,7 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
     root.nid = root_pos >> fmt.EROFS_ISLOTBITS
     for node in plan.inodes:
         if node is not root:
-            place_inode(alloc, node)
+            place_inode(alloc, node, tail=tails.get(id(node), 0))
     meta_end = fmt.round_up(alloc.frontier, bs)
     blocks = max(meta_end, data_end * bs) // bs
     out.check_fits(blocks * bs)
@@ -121,10 +150,10 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
     meta = MetaImage(data_start * bs, data_end * bs, meta_end)
     copies = []
     for node in plan.inodes:
-        if node.ftype == fmt.EROFS_FT_REG_FILE:
+        if node.ftype == fmt.EROFS_FT_REG_FILE and id(node) in reserved:
             start, tail = reserved[id(node)]
             tail_view = meta.view(node_pos(node) + node.meta_size_before_inline, tail)
-            copies.append((node, start, tail, tail_view))
+            copies.append((node, start, tail, tail_view, id(node) in rewritten))
     with _Copier(data, options.workers or os.cpu_count() or 1) as copier:
         copier.start(copies)
         del copies
@@ -149,12 +178,33 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
         blocks=blocks, feature_compat=fmt.EROFS_FEATURE_COMPAT_MTIME | xattrs.feature_compat,
         feature_incompat=xattrs.feature_incompat, volume_name=options.label,
         **xattrs.superblock_fields(xattr_blkaddr, prefix_pos))
+    if zcfg is not None:
+        zsb = zcfg.superblock(ztailpacking_used=bool(tails))
+        sb.feature_incompat |= zsb.feature_incompat
+        sb.u1 = zsb.u1
+        if cfgs:
+            meta.put(cfgs_pos, cfgs)
     sb.uuid = _choose_uuid(options, meta, plan.epoch)
     _put_superblock(meta, sb, bs, options.sb_checksum)
     out.pwrite(meta.head, 0)
     if meta.tail:
         out.pwrite(meta.tail, meta.tail_start)
     return BuildResult(out.path, blocks, bs, len(plan.inodes), sb.uuid, root.nid)
+
+
+def _compress_config(options: BuildOptions) -> compress.CompressConfig | None:
+    if not options.compressor:
+        return None
+    try:
+        return compress.CompressConfig.from_options(
+            options.compressor, options.block_size, options.pcluster_size,
+            legacy_indexes=options.legacy_compress, ztailpacking=options.ztailpacking)
+    except (ValueError, CompressorUnavailable) as err:
+        raise BuildError(f"compression: {err}") from None
+
+
+def _reader_error(node):
+    return lambda message: BuildError(f"{node.display_path()}: {message}")
 
 
 class _Copier:

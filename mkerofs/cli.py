@@ -9,7 +9,7 @@ import uuid as uuidlib
 
 import click
 
-from . import __version__
+from . import __version__, compressors
 from .build import build
 from .options import BuildError, BuildOptions, TimeInherit
 from .options import parse_c_int as options_parse_c_int
@@ -21,7 +21,7 @@ _NO_VALUE = "\0none"
 
 # mkfs.erofs options that mkerofs does not implement yet: refused, never silently ignored
 _NOT_IMPLEMENTED = {
-    "compressor": "-z", "pcluster_size": "-C", "metadata_compression": "-m",
+    "metadata_compression": "-m",
     "compress_hints": "--compress-hints", "max_extent_bytes": "--max-extent-bytes",
     "chunksize": "--chunksize", "blobdev": "--blobdev", "tar": "--tar", "aufs": "--aufs",
     "ovlfs_strip": "--ovlfs-strip", "gzip": "--gzip", "ungzip": "--ungzip", "gzinfo": "--gzinfo",
@@ -83,7 +83,11 @@ def apply_extended_options(options: BuildOptions, texts: tuple[str, ...]) -> Non
                 options.xattr_name_filter = not clear
             elif key == "plain-xattr-prefixes" and not value:
                 options.plain_xattr_prefixes = True
-            elif key in ("legacy-compress", "ztailpacking", "fragments", "all-fragments", "dedupe",
+            elif key == "legacy-compress" and not value:
+                options.legacy_compress = not clear
+            elif key == "ztailpacking" and not value:
+                options.ztailpacking = not clear
+            elif key in ("fragments", "all-fragments", "dedupe",
                          "fragdedupe", "48bit", "dot-omitted",
                          "force-inode-blockmap", "force-chunk-indexes"):
                 raise click.UsageError(f"extended option -E{token}: not implemented in mkerofs yet")
@@ -123,9 +127,14 @@ class _MkfsStyleCommand(click.Command):
 @click.option("-b", "block_size", metavar="#", help="block size in bytes (512..4096; default 4096)")
 @click.option("-d", "debug", metavar="#", help="verbosity 0-9; 9 also shows tracebacks")
 @click.option("-x", "xattr_tolerance", metavar="#", help="xattr tolerance (< 0: no xattrs)")
+@click.option("-z", "compressor", metavar="X[,level=Y][:...]",
+              help="compress files with X (lz4, lz4hc, lzma, deflate, libdeflate, zstd), "
+                   "options after commas; more algorithms after colons")
+@click.option("-C", "pcluster_size", metavar="#",
+              help="largest physical cluster in bytes (default: the block size)")
 @click.option("-E", "extended", multiple=True, metavar="X[,...]",
               help="extended options: [^]inline_data, noinline_data, force-inode-compact, "
-                   "force-inode-extended, nosbcrc")
+                   "force-inode-extended, nosbcrc, legacy-compress, ztailpacking")
 @click.option("-L", "label", metavar="LABEL", help="volume label (at most 15 bytes)")
 @click.option("-T", "timestamp", metavar="#", help="fixed UNIX timestamp as build time")
 @click.option("--all-time", is_flag=True, callback=_in_order, expose_value=False, help="apply the -T timestamp to all files (default)")
@@ -159,7 +168,8 @@ class _MkfsStyleCommand(click.Command):
 @click.version_option(__version__, "-V", "--version", prog_name="mkerofs",
                       message="%(prog)s %(version)s (mkfs.erofs-compatible)")
 @_not_implemented_options
-def command(image, source, block_size, debug, xattr_tolerance, extended, label, timestamp, uuid,
+def command(image, source, block_size, debug, compressor, pcluster_size,
+            xattr_tolerance, extended, label, timestamp, uuid,
             uid_offset, gid_offset, exclude_path, exclude_regex, hard_dereference, offset,
             mount_point, xattr_prefix, root_xattr_isize, file_contexts, workers, quiet,
             random_pclusterblks, **unimplemented):
@@ -176,6 +186,14 @@ def command(image, source, block_size, debug, xattr_tolerance, extended, label, 
         options.debug = parse_c_int(debug, "debug level")
         if options.debug > 9:
             raise click.BadParameter(f"invalid debug level {debug}", param_hint="-d")
+    if compressor is not None:
+        try:
+            compressors.parse_compressor_spec(compressor)
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="-z") from None
+        options.compressor = compressor
+    if pcluster_size is not None:
+        options.pcluster_size = parse_c_int(pcluster_size, "physical clustersize")
     if xattr_tolerance is not None:
         options.xattr_tolerance = parse_c_int(xattr_tolerance, "xattr tolerance", minimum=None)
     options.xattr_prefixes = list(xattr_prefix)

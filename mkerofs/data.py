@@ -67,8 +67,11 @@ class DataArea:
             dst_pos += n
             length -= n
 
-    def _copy_sparse(self, node: PlannedInode, src: int, dst_pos: int, length: int) -> None:
-        """Copy [0, length) of src; holes are skipped on a fresh file, zero-filled on a device."""
+    def _copy_sparse(self, node: PlannedInode, src: int, dst_pos: int, length: int,
+                     zero_holes: bool = False) -> None:
+        """Copy [0, length) of src; holes are skipped on a fresh file, zero-filled on a device
+        or when asked to (blocks written before)."""
+        zero_holes = zero_holes or self.out.is_device
         pos = 0
         while pos < length:
             try:
@@ -79,7 +82,7 @@ class DataArea:
                     return
                 data = length
             data = min(data, length)
-            if data > pos and self.out.is_device:
+            if data > pos and zero_holes:
                 self._zero(dst_pos + pos, data - pos)
             if data >= length:
                 return
@@ -103,11 +106,13 @@ class DataArea:
         node.inline_len = tail
         return start, tail
 
-    def copy_regular(self, node: PlannedInode, start: int, tail: int, tail_view: memoryview) -> None:
+    def copy_regular(self, node: PlannedInode, start: int, tail: int, tail_view: memoryview,
+                     zero_holes: bool = False) -> None:
         """Copy a regular file: the body to its reserved blocks, the tail into `tail_view` (its
         place in the metadata image).
 
         Safe to run in several threads at once: it touches only this file's blocks and node.
+        `zero_holes`: the blocks may hold old bytes (a compressed attempt), so holes are written.
         """
         bs = self.block_size
         size = node.size
@@ -121,7 +126,7 @@ class DataArea:
             if now != size:
                 raise _changed(node, f"size was {size}, now {now}")
             if body:
-                self._copy_sparse(node, src, start * bs, body)
+                self._copy_sparse(node, src, start * bs, body, zero_holes)
                 if body % bs:
                     self._zero(start * bs + body, bs - body % bs)
             got = os.preadv(src, [tail_view], body) if tail else 0

@@ -42,17 +42,37 @@ class MetaAllocator:
         self._add_gap(pos + slots * fmt.EROFS_ISLOT_SIZE, (have - slots) * fmt.EROFS_ISLOT_SIZE)
         return pos
 
-    def place(self, nbytes: int) -> int:
+    def place(self, nbytes: int, tail: int = 0) -> int:
+        """Position for an item of `nbytes`; its last `tail` bytes (an inline compressed
+        pcluster) never cross a block boundary, even when the item is larger than a block."""
+        bs = self.block_size
         slots = -(-nbytes // fmt.EROFS_ISLOT_SIZE)
-        if nbytes <= self.block_size:
+        if nbytes <= bs:
             pos = self._take_gap(slots)
             if pos is not None:
                 return pos
-            room = self.block_size - self.frontier % self.block_size
+            room = bs - self.frontier % bs
             if nbytes > room:
                 self._add_gap(self.frontier, room)
                 self.frontier += room
         pos = self.frontier
+        if tail and nbytes > bs:
+            # The tail must neither cross a block boundary nor begin on one (the kernel fails
+            # to find a compressed stream that starts a block smaller than a page).
+            head = nbytes - tail
+            off = (pos + head) % bs
+            if off == 0 or off + tail > bs:
+                # move on until the tail begins just after a block boundary (not on it)
+                boundary = pos + head - off + (bs if off else 0)
+                moved = fmt.round_up(boundary - head, fmt.EROFS_ISLOT_SIZE)
+                if moved + head == boundary:
+                    moved += fmt.EROFS_ISLOT_SIZE
+                while pos < moved:
+                    piece = min(moved, pos - pos % bs + bs) - pos
+                    self._add_gap(pos, piece)
+                    pos += piece
+            off = (pos + head) % bs
+            assert 0 < off and off + tail <= bs, "inline tail too large for a block"
         self.frontier = pos + slots * fmt.EROFS_ISLOT_SIZE
         return pos
 
@@ -67,8 +87,10 @@ def item_size(node: PlannedInode) -> int:
     return node.meta_size_before_inline + node.inline_len
 
 
-def place_inode(alloc: MetaAllocator, node: PlannedInode, meta_base: int = 0) -> int:
-    pos = alloc.place(item_size(node))
+def place_inode(alloc: MetaAllocator, node: PlannedInode, meta_base: int = 0,
+                tail: int = 0) -> int:
+    """Place `node`; `tail`: bytes at the end of its item that must stay in one block."""
+    pos = alloc.place(item_size(node), tail)
     node.nid = (pos - meta_base) >> fmt.EROFS_ISLOTBITS
     return pos
 

@@ -73,6 +73,11 @@ class BuildOptions:
     quiet: bool = True
     debug: int = 2
     workers: int | None = None
+    # compression (-z, -C, -Elegacy-compress, -Eztailpacking); compressor None: no compression
+    compressor: str | None = None
+    pcluster_size: int | None = None
+    legacy_compress: bool = False
+    ztailpacking: bool = False
     # extended attributes: -x, -E[^]xattr-name-filter, --xattr-prefix, -Eplain-xattr-prefixes,
     # --root-xattr-isize, --file-contexts
     xattr_tolerance: int = 2                    # < 0: store no xattrs (nor SELinux labels)
@@ -104,6 +109,11 @@ class BuildOptions:
             XattrLayout(self.xattr_options(), bs)
         except ValueError as err:
             raise BuildError(str(err)) from None
+        if self.pcluster_size is not None:
+            if self.pcluster_size < bs or self.pcluster_size % bs:
+                raise BuildError(f"invalid physical clustersize {self.pcluster_size}")
+            if self.pcluster_size > fmt.Z_EROFS_PCLUSTER_MAX_SIZE:
+                raise BuildError(f"pcluster size ({self.pcluster_size // bs} blocks) is too large")
         for pattern in self.exclude_regexes:
             try:
                 re.compile(posix_ere_to_python(pattern))
