@@ -82,6 +82,16 @@ _BLOCKS_MASK = (1 << 12) - 1
 # configuration and superblock side
 
 
+def check_pcluster_size(pcluster_size: int, block_size: int) -> None:
+    """-C: a whole number of blocks, at most Z_EROFS_PCLUSTER_MAX_SIZE."""
+    if pcluster_size < block_size or pcluster_size % block_size:
+        raise ValueError(f"invalid physical cluster size {pcluster_size} (-C): a multiple of the "
+                         f"block size {block_size}")
+    if pcluster_size > fmt.Z_EROFS_PCLUSTER_MAX_SIZE:
+        raise ValueError(f"physical cluster size {pcluster_size} (-C) is too large: at most "
+                         f"{fmt.Z_EROFS_PCLUSTER_MAX_SIZE} bytes")
+
+
 @dataclass(frozen=True)
 class SuperblockCompression:
     """What a compressed image needs in its superblock."""
@@ -104,12 +114,7 @@ class CompressConfig:
         bs = self.block_size
         if not self.compressors:
             raise ValueError("no compressor given")
-        if self.pcluster_size < bs or self.pcluster_size % bs:
-            raise ValueError(f"invalid physical clustersize {self.pcluster_size}: a multiple "
-                             f"of the block size {bs}")
-        if self.pcluster_size > fmt.Z_EROFS_PCLUSTER_MAX_SIZE:
-            raise ValueError(f"pcluster size ({self.pcluster_size // bs} blocks) is too large "
-                             f"(at most {fmt.Z_EROFS_PCLUSTER_MAX_SIZE} bytes)")
+        check_pcluster_size(self.pcluster_size, bs)
         if self.segment_size % bs or self.segment_size < self.pcluster_size:
             raise ValueError(f"invalid segment size {self.segment_size}")
 
@@ -120,10 +125,7 @@ class CompressConfig:
         [-Eztailpacking].  Raises ValueError (bad spec or size) or
         compressors.CompressorUnavailable."""
         pcs = block_size if pcluster_size is None else pcluster_size
-        if pcs < block_size or pcs % block_size:
-            raise ValueError(f"invalid physical clustersize {pcs}")
-        if pcs > fmt.Z_EROFS_PCLUSTER_MAX_SIZE:
-            raise ValueError(f"pcluster size ({pcs // block_size} blocks) is too large")
+        check_pcluster_size(pcs, block_size)
         specs = compressors.parse_compressor_spec(spec)
         comps = [compressors.make_compressor(s, block_size, pcs) for s in specs]
         return cls(comps, block_size, pcs, legacy_indexes, ztailpacking)

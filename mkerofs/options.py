@@ -110,10 +110,11 @@ class BuildOptions:
         except ValueError as err:
             raise BuildError(str(err)) from None
         if self.pcluster_size is not None:
-            if self.pcluster_size < bs or self.pcluster_size % bs:
-                raise BuildError(f"invalid physical clustersize {self.pcluster_size}")
-            if self.pcluster_size > fmt.Z_EROFS_PCLUSTER_MAX_SIZE:
-                raise BuildError(f"pcluster size ({self.pcluster_size // bs} blocks) is too large")
+            from .compress import check_pcluster_size
+            try:
+                check_pcluster_size(self.pcluster_size, bs)
+            except ValueError as err:
+                raise BuildError(str(err)) from None
         for pattern in self.exclude_regexes:
             try:
                 re.compile(posix_ere_to_python(pattern))
