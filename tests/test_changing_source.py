@@ -1,0 +1,74 @@
+"""Files that change between the walk and the copy of their data: the build must fail with the
+path named and leave nothing behind, never write an inode whose size disagrees with its data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import mkerofs.data
+from mkerofs import BuildError, BuildOptions, build
+
+
+def _tree(src: Path) -> Path:
+    src.mkdir()
+    (src / "stable").write_bytes(b"s" * 10000)
+    (src / "victim").write_bytes(b"v" * 9000)
+    return src / "victim"
+
+
+def _before_copy(monkeypatch, victim: Path, action) -> None:
+    """Run `action` on the victim file right before its data is copied into the image."""
+    original = mkerofs.data.DataArea.copy_regular
+
+    def copy_regular(self, node, *args, **kw):
+        if node.src.path == os.fsencode(victim):
+            action(victim)
+        return original(self, node, *args, **kw)
+
+    monkeypatch.setattr(mkerofs.data.DataArea, "copy_regular", copy_regular)
+
+
+@pytest.mark.parametrize("action,words", [
+    (lambda p: p.write_bytes(b"v" * 12345), ["victim", "changed"]),          # grew
+    (lambda p: p.write_bytes(b"v" * 10), ["victim", "changed"]),             # shrank
+    (lambda p: p.unlink(), ["victim"]),                                      # vanished
+])
+@pytest.mark.parametrize("existing", [False, True])
+def test_file_changing_during_build(action, words, existing, tmp_path, monkeypatch):
+    victim = _tree(tmp_path / "src")
+    image = tmp_path / "out.erofs"
+    if existing:
+        image.write_bytes(b"previous image")
+    _before_copy(monkeypatch, victim, action)
+    with pytest.raises(BuildError) as err:
+        build(image, tmp_path / "src", BuildOptions(workers=1))
+    message = str(err.value)
+    for word in words:
+        assert word in message
+    assert "\n" not in message
+    if existing:
+        assert image.read_bytes() == b"previous image"
+    else:
+        assert not image.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_file_changing_during_compressed_build(tmp_path, monkeypatch):
+    import mkerofs.compress as compress
+
+    victim = _tree(tmp_path / "src")
+    image = tmp_path / "out.erofs"
+    real_reader = compress.read_file_range
+
+    def read_file_range(path, size, error):
+        if path == os.fsencode(victim):
+            victim.write_bytes(b"v" * (size + 100))      # grows before its data is read
+        return real_reader(path, size, error)
+
+    monkeypatch.setattr(compress, "read_file_range", read_file_range)
+    with pytest.raises(BuildError) as err:
+        build(image, tmp_path / "src", BuildOptions(workers=1, compressor="lz4"))
+    assert "victim" in str(err.value) and "changed" in str(err.value)
+    assert not image.exists()
