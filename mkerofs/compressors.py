@@ -582,9 +582,12 @@ def _cfgs(payload: bytes) -> bytes:
 
 
 # ---------------------------------------------------------------- LZ4 / LZ4HC
-class _LZ4State(threading.local):
+class _PerThread(threading.local):
+    """Native encoder/decoder state owned by one thread (the C handles are not thread-safe)."""
+
     def __init__(self):
-        self.hc = None
+        self.enc = None
+        self.dec = None
 
 
 class LZ4Compressor(_Base):
@@ -658,12 +661,12 @@ class LZ4HCCompressor(LZ4Compressor):
         if not 0 <= self.level <= 12:
             raise ValueError(f"lz4hc level {self.level} out of range 0-12")
         self._state_size = _lz4.LZ4_sizeofStateHC()
-        self._tls = _LZ4State()
+        self._tls = _PerThread()
 
     def _destsize(self, src_addr, dst, n, dest_size, sz):
-        st = self._tls.hc
+        st = self._tls.enc
         if st is None:
-            st = self._tls.hc = ctypes.create_string_buffer(self._state_size)
+            st = self._tls.enc = ctypes.create_string_buffer(self._state_size)
         return _lz4.LZ4_compress_HC_destSize(st, src_addr, dst, ctypes.byref(sz), dest_size,
                                              self.level)
 
@@ -679,12 +682,6 @@ class _LzmaHandle:
     def __del__(self):
         if self.strm.internal:
             self._end(ctypes.byref(self.strm))
-
-
-class _LzmaTLS(threading.local):
-    def __init__(self):
-        self.enc = None
-        self.dec = None
 
 
 class LZMACompressor(_Base):
@@ -720,7 +717,7 @@ class LZMACompressor(_Base):
             raise ValueError("lzma: need lc+lp <= 4 and pb <= 4")
         self.lc, self.lp, self.pb = opts.lc, opts.lp, opts.pb
         self._opts = opts
-        self._tls = _LzmaTLS()
+        self._tls = _PerThread()
 
     def _encode(self, addr: int, n: int, dst, cap: int) -> tuple[int, int]:
         h = self._tls.enc
@@ -894,11 +891,6 @@ class _LibdeflateHandle:
             self._free(self.c)
 
 
-class _LibdeflateTLS(threading.local):
-    def __init__(self):
-        self.h = None
-
-
 class DeflateCompressor(_Base):
     """Raw DEFLATE (algorithm 2, levels 0-9).
 
@@ -933,15 +925,15 @@ class DeflateCompressor(_Base):
         self._zwbits = max(9, self.windowbits)
         self._zlevel = min(self.level, 9)       # zlib's range
         self.slack = slack
-        self._tls = _LibdeflateTLS()
+        self._tls = _PerThread()
 
     def __repr__(self):
         return f"{super().__repr__()[:-1]} backend={self.backend}>"
 
     def _handle(self):
-        h = self._tls.h
+        h = self._tls.enc
         if h is None:
-            h = self._tls.h = _LibdeflateHandle(self.level)
+            h = self._tls.enc = _LibdeflateHandle(self.level)
         return h
 
     def compress_destsize(self, src, dest_size: int, hint: int | None = None
@@ -1061,12 +1053,6 @@ class _ZstdDHandle:
             self._free(self.d)
 
 
-class _ZstdTLS(threading.local):
-    def __init__(self):
-        self.h = None
-        self.d = None
-
-
 class ZstdCompressor(_Base):
     """One zstd frame per pcluster via ZSTD_compress2 (algorithm 3)."""
     name = "zstd"
@@ -1085,13 +1071,13 @@ class ZstdCompressor(_Base):
         self.dict_size = dict_size
         self.window_log = dict_size.bit_length() - 1
         self.slack = slack
-        self._tls = _ZstdTLS()
+        self._tls = _PerThread()
         _ZstdHandle(self.level, self.window_log)        # validate parameters now
 
     def _cctx(self):
-        h = self._tls.h
+        h = self._tls.enc
         if h is None:
-            h = self._tls.h = _ZstdHandle(self.level, self.window_log)
+            h = self._tls.enc = _ZstdHandle(self.level, self.window_log)
         return h.c
 
     def compress_destsize(self, src, dest_size: int, hint: int | None = None
@@ -1135,9 +1121,9 @@ class ZstdCompressor(_Base):
         if out_size <= 0:
             return b""
         mv = _strip_zero_padding(data)
-        h = self._tls.d
+        h = self._tls.dec
         if h is None:
-            h = self._tls.d = _ZstdDHandle()
+            h = self._tls.dec = _ZstdDHandle()
         d = h.d
         _zstd.ZSTD_DCtx_reset(d, _ZSTD_reset_session_only)
         _zstd.ZSTD_DCtx_setParameter(d, _ZSTD_d_windowLogMax, max(self.window_log, 10))
