@@ -589,6 +589,16 @@ class _PerThread(threading.local):
         self.enc = None
         self.dec = None
 
+    def encoder(self, make):
+        if self.enc is None:
+            self.enc = make()
+        return self.enc
+
+    def decoder(self, make):
+        if self.dec is None:
+            self.dec = make()
+        return self.dec
+
 
 class LZ4Compressor(_Base):
     """LZ4 raw block via LZ4_compress_destSize (algorithm 0)."""
@@ -664,9 +674,7 @@ class LZ4HCCompressor(LZ4Compressor):
         self._tls = _PerThread()
 
     def _destsize(self, src_addr, dst, n, dest_size, sz):
-        st = self._tls.enc
-        if st is None:
-            st = self._tls.enc = ctypes.create_string_buffer(self._state_size)
+        st = self._tls.encoder(lambda: ctypes.create_string_buffer(self._state_size))
         return _lz4.LZ4_compress_HC_destSize(st, src_addr, dst, ctypes.byref(sz), dest_size,
                                              self.level)
 
@@ -720,9 +728,7 @@ class LZMACompressor(_Base):
         self._tls = _PerThread()
 
     def _encode(self, addr: int, n: int, dst, cap: int) -> tuple[int, int]:
-        h = self._tls.enc
-        if h is None:
-            h = self._tls.enc = _LzmaHandle()
+        h = self._tls.encoder(_LzmaHandle)
         s = h.strm
         ret = _lzma.lzma_microlzma_encoder(ctypes.byref(s), ctypes.byref(self._opts))
         if ret != _LZMA_OK:
@@ -763,9 +769,7 @@ class LZMACompressor(_Base):
         if out_size <= 0:
             return b""
         mv = _strip_zero_padding(data)
-        h = self._tls.dec
-        if h is None:
-            h = self._tls.dec = _LzmaHandle()
+        h = self._tls.decoder(_LzmaHandle)
         s = h.strm
         dst = ctypes.create_string_buffer(max(out_size, 1))
         with _Pinned(mv) as p:
@@ -931,9 +935,7 @@ class DeflateCompressor(_Base):
         return f"{super().__repr__()[:-1]} backend={self.backend}>"
 
     def _handle(self):
-        h = self._tls.enc
-        if h is None:
-            h = self._tls.enc = _LibdeflateHandle(self.level)
+        h = self._tls.encoder(lambda: _LibdeflateHandle(self.level))
         return h
 
     def compress_destsize(self, src, dest_size: int, hint: int | None = None
@@ -1075,9 +1077,7 @@ class ZstdCompressor(_Base):
         _ZstdHandle(self.level, self.window_log)        # validate parameters now
 
     def _cctx(self):
-        h = self._tls.enc
-        if h is None:
-            h = self._tls.enc = _ZstdHandle(self.level, self.window_log)
+        h = self._tls.encoder(lambda: _ZstdHandle(self.level, self.window_log))
         return h.c
 
     def compress_destsize(self, src, dest_size: int, hint: int | None = None
@@ -1121,9 +1121,7 @@ class ZstdCompressor(_Base):
         if out_size <= 0:
             return b""
         mv = _strip_zero_padding(data)
-        h = self._tls.dec
-        if h is None:
-            h = self._tls.dec = _ZstdDHandle()
+        h = self._tls.decoder(_ZstdDHandle)
         d = h.d
         _zstd.ZSTD_DCtx_reset(d, _ZSTD_reset_session_only)
         _zstd.ZSTD_DCtx_setParameter(d, _ZSTD_d_windowLogMax, max(self.window_log, 10))
