@@ -883,16 +883,23 @@ def _fix_deflate_head(out: bytes) -> bytes:
     return out
 
 
-class _LibdeflateHandle:
-    def __init__(self, level: int):
-        self._free = _libdeflate.libdeflate_free_compressor
-        self.c = _libdeflate.libdeflate_alloc_compressor(level)
-        if not self.c:
-            raise MemoryError("libdeflate_alloc_compressor failed")
+class _Native:
+    """A pointer made by a C library's constructor, handed back to its destructor when dropped."""
+
+    def __init__(self, ptr, free, what: str):
+        if not ptr:
+            raise MemoryError(f"{what} failed")
+        self.ptr = ptr
+        self._free = free
 
     def __del__(self):
-        if self.c:
-            self._free(self.c)
+        if self.ptr:
+            self._free(self.ptr)
+
+
+def _libdeflate_compressor(level: int) -> _Native:
+    return _Native(_libdeflate.libdeflate_alloc_compressor(level),
+                   _libdeflate.libdeflate_free_compressor, "libdeflate_alloc_compressor")
 
 
 class DeflateCompressor(_Base):
@@ -935,8 +942,7 @@ class DeflateCompressor(_Base):
         return f"{super().__repr__()[:-1]} backend={self.backend}>"
 
     def _handle(self):
-        h = self._tls.encoder(lambda: _LibdeflateHandle(self.level))
-        return h
+        return self._tls.encoder(lambda: _libdeflate_compressor(self.level))
 
     def compress_destsize(self, src, dest_size: int, hint: int | None = None
                           ) -> tuple[int, bytes]:
@@ -960,7 +966,7 @@ class DeflateCompressor(_Base):
             n = min(p.size, Z_EROFS_PCLUSTER_MAX_DSIZE)
             if n == 0:
                 return 0, b""
-            c = self._handle().c
+            c = self._handle().ptr
             cap = dest_size * 2          # room to learn the size of near misses
             dst = _scratch.get(cap)
             addr = p.addr
@@ -986,7 +992,7 @@ class DeflateCompressor(_Base):
                 return b""
             cap = p.size + (p.size >> 3) + 64
             dst = _scratch.get(cap)
-            r = _libdeflate.libdeflate_deflate_compress(self._handle().c, p.addr, p.size, dst, cap)
+            r = _libdeflate.libdeflate_deflate_compress(self._handle().ptr, p.addr, p.size, dst, cap)
             if not r:
                 raise RuntimeError("libdeflate compression failed")
             return _fix_deflate_head(ctypes.string_at(dst, r))
@@ -1025,34 +1031,19 @@ class LibdeflateCompressor(DeflateCompressor):
 
 
 # ---------------------------------------------------------------- ZSTD
-class _ZstdHandle:
-    def __init__(self, level: int, window_log: int):
-        self._free = _zstd.ZSTD_freeCCtx
-        self.c = _zstd.ZSTD_createCCtx()
-        if not self.c:
-            raise MemoryError("ZSTD_createCCtx failed")
-        for p, v in ((_ZSTD_c_compressionLevel, level), (_ZSTD_c_windowLog, window_log),
-                     (_ZSTD_c_contentSizeFlag, 1), (_ZSTD_c_checksumFlag, 0)):
-            r = _zstd.ZSTD_CCtx_setParameter(self.c, p, v)
-            if _zstd.ZSTD_isError(r):
-                raise ValueError(f"zstd: bad parameter {p}={v}: "
-                                 f"{_zstd.ZSTD_getErrorName(r).decode()}")
-
-    def __del__(self):
-        if self.c:
-            self._free(self.c)
+def _zstd_cctx(level: int, window_log: int) -> _Native:
+    cctx = _Native(_zstd.ZSTD_createCCtx(), _zstd.ZSTD_freeCCtx, "ZSTD_createCCtx")
+    for p, v in ((_ZSTD_c_compressionLevel, level), (_ZSTD_c_windowLog, window_log),
+                 (_ZSTD_c_contentSizeFlag, 1), (_ZSTD_c_checksumFlag, 0)):
+        r = _zstd.ZSTD_CCtx_setParameter(cctx.ptr, p, v)
+        if _zstd.ZSTD_isError(r):
+            raise ValueError(f"zstd: bad parameter {p}={v}: "
+                             f"{_zstd.ZSTD_getErrorName(r).decode()}")
+    return cctx
 
 
-class _ZstdDHandle:
-    def __init__(self):
-        self._free = _zstd.ZSTD_freeDCtx
-        self.d = _zstd.ZSTD_createDCtx()
-        if not self.d:
-            raise MemoryError("ZSTD_createDCtx failed")
-
-    def __del__(self):
-        if self.d:
-            self._free(self.d)
+def _zstd_dctx() -> _Native:
+    return _Native(_zstd.ZSTD_createDCtx(), _zstd.ZSTD_freeDCtx, "ZSTD_createDCtx")
 
 
 class ZstdCompressor(_Base):
@@ -1074,11 +1065,10 @@ class ZstdCompressor(_Base):
         self.window_log = dict_size.bit_length() - 1
         self.slack = slack
         self._tls = _PerThread()
-        _ZstdHandle(self.level, self.window_log)        # validate parameters now
+        _zstd_cctx(self.level, self.window_log)         # validate parameters now
 
     def _cctx(self):
-        h = self._tls.encoder(lambda: _ZstdHandle(self.level, self.window_log))
-        return h.c
+        return self._tls.encoder(lambda: _zstd_cctx(self.level, self.window_log)).ptr
 
     def compress_destsize(self, src, dest_size: int, hint: int | None = None
                           ) -> tuple[int, bytes]:
@@ -1121,8 +1111,7 @@ class ZstdCompressor(_Base):
         if out_size <= 0:
             return b""
         mv = _strip_zero_padding(data)
-        h = self._tls.decoder(_ZstdDHandle)
-        d = h.d
+        d = self._tls.decoder(_zstd_dctx).ptr
         _zstd.ZSTD_DCtx_reset(d, _ZSTD_reset_session_only)
         _zstd.ZSTD_DCtx_setParameter(d, _ZSTD_d_windowLogMax, max(self.window_log, 10))
         dst = ctypes.create_string_buffer(max(out_size, 1))
