@@ -4,6 +4,8 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
+import stat
+import sys
 import time
 import uuid as uuidlib
 from concurrent.futures import ThreadPoolExecutor
@@ -11,17 +13,19 @@ from dataclasses import dataclass
 
 from . import compress
 from . import format as fmt
-from .compressors import CompressorUnavailable
+from .compressors import CompressorUnavailable, parse_compressor_spec
+from .hints import CompressHints, load_compress_hints
+from .packed import PackedFile
 from .data import DataArea, inline_fits
 from .dirs import render_directory
 from .meta import MetaAllocator, MetaImage, item_size, node_pos, place_inode, serialize_inode
 from .options import BuildError, BuildOptions
 from .output import Output
-from .plan import Plan, plan_inodes
+from .plan import Plan, PlannedInode, plan_inodes
+from .walk import SourceInode, SourceStat, walk_source
+from .xattrs import XattrLayout
 
 _FLAT_CONTENT = {fmt.EROFS_FT_REG_FILE, fmt.EROFS_FT_SYMLINK, fmt.EROFS_FT_DIR}
-from .walk import walk_source
-from .xattrs import XattrLayout
 
 
 @dataclass
@@ -57,7 +61,7 @@ def build(image: str | os.PathLike, source: str | os.PathLike,
         root, _count = walk_source(source_b, options, skip=out.identity())
         plan = plan_inodes(root, options, build_time)
         xattrs = _plan_xattrs(plan, options)
-        result = _write_image(plan, options, out, xattrs)
+        result = _write_image(plan, options, out, xattrs, source_b)
         out.finish(result.size)
         return result
     except BaseException:
@@ -86,19 +90,37 @@ def _plan_xattrs(plan: Plan, options: BuildOptions) -> XattrLayout:
     return layout
 
 
-def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout) -> BuildResult:
-    bs = options.block_size
-    root = plan.root
-    zcfg = _compress_config(options)
+def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout,
+                 source: bytes) -> BuildResult:
+    zcfg, hints = _compress_config(options)
     # compression configurations (if any) follow the superblock
     cfgs_pos = fmt.EROFS_SUPER_OFFSET + fmt.EROFS_SB_SIZE
     cfgs = zcfg.superblock(False).cfgs if zcfg is not None else b""
+    packed = PackedFile(zcfg.fragdedupe) if zcfg is not None and zcfg.fragments else None
+    try:
+        return _lay_out(plan, options, out, xattrs, source, zcfg, hints, cfgs_pos, cfgs, packed)
+    finally:
+        if packed is not None:
+            packed.close()
 
+
+def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout, source: bytes,
+             zcfg: compress.CompressConfig | None, hints: CompressHints | None, cfgs_pos: int,
+             cfgs: bytes, packed: PackedFile | None) -> BuildResult:
+    bs = options.block_size
+    root = plan.root
     # The root goes right after the superblock so that its nid fits the 16-bit rootnid field;
     # the data area follows, then the metadata area with every other inode.
     alloc = MetaAllocator(bs, fmt.round_up(cfgs_pos + len(cfgs), fmt.EROFS_ISLOT_SIZE))
-    # the long xattr prefix table (read at an absolute, 4-aligned offset) goes before the root
-    prefix_pos = alloc.place(len(xattrs.prefix_records)) if xattrs.prefix_records else 0
+    prefix_pos = 0
+    if xattrs.prefix_records:
+        if packed is not None and not options.plain_xattr_prefixes:
+            # old kernels read the table from the packed inode when there is one
+            prefix_pos = packed.append(xattrs.prefix_records)
+            xattrs.in_packed_inode = True
+        else:
+            # read at an absolute, 4-aligned offset: before the root
+            prefix_pos = alloc.place(len(xattrs.prefix_records))
     if inline_fits(root, root.size, bs):
         root.inline_len = root.size % bs
     root_pos = alloc.place(item_size(root))
@@ -110,29 +132,58 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
     reserved = {}           # id(node) -> (start block, inline tail length)
     rewritten = set()       # id(node) of files whose blocks held a compressed attempt
     tails = {}              # id(node) -> inline pcluster bytes that must stay in one block
-    if zcfg is not None:
-        # compressed files first: how many blocks they take is known once they are compressed
-        jobs = [compress.FileJob(n, n.size, n.meta_size_before_inline,
-                                 compress.read_file_range(n.src.path, n.size, _reader_error(n)))
-                for n in plan.inodes if n.ftype == fmt.EROFS_FT_REG_FILE and n.size > 0]
-        workers = options.workers or os.cpu_count() or 1
-        for job, layout in compress.compress_files(jobs, zcfg, data, workers):
+    nodes = list(plan.inodes)   # every inode with metadata: the tree's, then the packed inode
+    used = {"fragments": False, "dedupe": False}
+
+    def take_layouts(results) -> None:
+        for job, layout in results:
             node = job.key
             if layout is None:          # not worth it: stored flat, where its blocks were
                 inline_ok = inline_fits(node, node.size, bs) and options.inline_data
                 reserved[id(node)] = data.reserve_flat(node, inline_ok)
                 if job.wrote_blocks:
                     rewritten.add(id(node))
-            else:
-                node.datalayout = layout.datalayout
-                node.i_u = layout.blocks
-                node.inline = layout.inline
-                node.inline_len = len(layout.inline)
-                if layout.tail:
-                    tails[id(node)] = layout.tail
+                continue
+            node.datalayout = layout.datalayout
+            node.i_u = layout.blocks
+            node.inline = layout.inline
+            node.inline_len = len(layout.inline)
+            if layout.tail:
+                tails[id(node)] = layout.tail
+            used["fragments"] |= layout.fragment
+            used["dedupe"] |= layout.deduped
+
+    compressed = set()
+    if zcfg is not None:
+        # compressed files first: how many blocks they take is known once they are compressed
+        jobs = []
+        for n in plan.inodes:
+            if n.ftype != fmt.EROFS_FT_REG_FILE or n.size == 0:
+                continue
+            profile = None
+            if hints is not None:
+                hint = hints.match(_relative(n.src.path, source))
+                if hint is not None:
+                    if not hint.pcluster_size:
+                        continue        # "0": this file stays uncompressed
+                    profile = zcfg.profile(hint.algorithm, hint.pcluster_size)
+            jobs.append(compress.FileJob(
+                n, n.size, n.meta_size_before_inline,
+                compress.read_file_range(n.src.path, n.size, _reader_error(n)), profile))
+            compressed.add(id(n))
+        workers = options.workers or os.cpu_count() or 1
+        take_layouts(compress.compress_files(jobs, zcfg, data, workers, packed=packed))
+        del jobs
+        if packed is not None and packed.size:
+            packed_node = _packed_inode(packed, plan, len(nodes) + 1)
+            nodes.append(packed_node)
+            job = compress.FileJob(packed_node, packed.size, packed_node.meta_size_before_inline,
+                                   packed.reader(), zcfg.packed_profile)
+            take_layouts(compress.compress_files([job], zcfg.without_fragments(), data, workers))
+            compressed.add(id(packed_node))
+            used["fragments"] = True
     for node in plan.inodes:
-        if node.ftype in _FLAT_CONTENT and id(node) not in reserved and not (
-                zcfg is not None and node.ftype == fmt.EROFS_FT_REG_FILE and node.size > 0):
+        if node.ftype in _FLAT_CONTENT and id(node) not in reserved and id(node) not in compressed:
             inline_ok = inline_fits(node, node.size, bs) and (
                 options.inline_data or node.ftype != fmt.EROFS_FT_REG_FILE)
             reserved[id(node)] = data.reserve_flat(node, inline_ok)
@@ -140,7 +191,7 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
 
     alloc.jump_to(data_end * bs)
     root.nid = root_pos >> fmt.EROFS_ISLOTBITS
-    for node in plan.inodes:
+    for node in nodes:
         if node is not root:
             place_inode(alloc, node, tail=tails.get(id(node), 0))
     meta_end = fmt.round_up(alloc.frontier, bs)
@@ -149,7 +200,7 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
 
     meta = MetaImage(data_start * bs, data_end * bs, meta_end)
     copies = []
-    for node in plan.inodes:
+    for node in nodes:
         if node.ftype == fmt.EROFS_FT_REG_FILE and id(node) in reserved:
             start, tail = reserved[id(node)]
             tail_view = meta.view(node_pos(node) + node.meta_size_before_inline, tail)
@@ -170,7 +221,7 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
                        xattr_blkaddr * bs)
         if xattrs.prefix_records:
             meta.put(prefix_pos, xattrs.prefix_records)
-        for node in plan.inodes:
+        for node in nodes:
             meta.put(node_pos(node), serialize_inode(node, plan.epoch))
 
     sb = fmt.SuperBlock(
@@ -178,8 +229,11 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
         blocks=blocks, feature_compat=fmt.EROFS_FEATURE_COMPAT_MTIME | xattrs.feature_compat,
         feature_incompat=xattrs.feature_incompat, volume_name=options.label,
         **xattrs.superblock_fields(xattr_blkaddr, prefix_pos))
+    if len(nodes) > len(plan.inodes):
+        sb.packed_nid = nodes[-1].nid
     if zcfg is not None:
-        zsb = zcfg.superblock(ztailpacking_used=bool(tails))
+        zsb = zcfg.superblock(ztailpacking_used=bool(tails), fragments_used=used["fragments"],
+                              dedupe_used=used["dedupe"])
         sb.feature_incompat |= zsb.feature_incompat
         sb.u1 = zsb.u1
         if cfgs:
@@ -192,15 +246,51 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
     return BuildResult(out.path, blocks, bs, len(plan.inodes), sb.uuid, root.nid)
 
 
-def _compress_config(options: BuildOptions) -> compress.CompressConfig | None:
+def _compress_config(options: BuildOptions
+                     ) -> tuple[compress.CompressConfig | None, CompressHints | None]:
     if not options.compressor:
-        return None
+        return None, None
+    hints = None
+    extra = {}
     try:
-        return compress.CompressConfig.from_options(
+        specs = parse_compressor_spec(options.compressor)
+        if options.compress_hints is not None:
+            hints = load_compress_hints(options.compress_hints, options.block_size, len(specs))
+            for warning in hints.warnings:
+                if not options.quiet:
+                    print(f"mkerofs: warning: {warning}", file=sys.stderr)
+        if options.max_extent_bytes is not None:
+            if options.max_extent_bytes < 0:
+                raise ValueError("unaligned compressed extents (negative --max-extent-bytes) "
+                                 "need the 48-bit on-disk format, not implemented in mkerofs yet")
+            extra["max_extent_input"] = min(options.max_extent_bytes, compress.MAX_EXTENT_INPUT)
+        cfg = compress.CompressConfig.from_options(
             options.compressor, options.block_size, options.pcluster_size,
-            legacy_indexes=options.legacy_compress, ztailpacking=options.ztailpacking)
+            max_pcluster_size=hints.max_pcluster_size if hints else 0,
+            legacy_indexes=options.legacy_compress, ztailpacking=options.ztailpacking,
+            fragments=options.fragments, all_fragments=options.all_fragments,
+            fragdedupe=options.fragdedupe, dedupe=options.dedupe,
+            packed_pcluster_size=options.packed_pcluster_size or 0, **extra)
+        return cfg, hints
     except (ValueError, CompressorUnavailable) as err:
         raise BuildError(f"compression: {err}") from None
+
+
+def _relative(path: bytes, source: bytes) -> bytes:
+    """A path as --compress-hints patterns see it: below SOURCE, without a leading '/'."""
+    return path[len(source):].lstrip(b"/")
+
+
+def _packed_inode(packed: PackedFile, plan: Plan, ino: int) -> PlannedInode:
+    """The nameless regular file that holds the fragments (superblock packed_nid)."""
+    mode = stat.S_IFREG | 0o600
+    src = SourceInode(packed.path, SourceStat(mode, 0, 0, packed.size, plan.epoch * 10**9, 0),
+                      nlink=1)
+    node = PlannedInode(src=src, ftype=fmt.EROFS_FT_REG_FILE, mode=mode, uid=0, gid=0,
+                        mtime=plan.epoch, mtime_nsec=0, nlink=1, size=packed.size,
+                        extended=packed.size > 0xFFFFFFFF, ino=ino)
+    node.set_xattr_ibody(b"")
+    return node
 
 
 def _reader_error(node):

@@ -22,10 +22,9 @@ _NO_VALUE = "\0none"
 # mkfs.erofs options that mkerofs does not implement yet: refused, never silently ignored
 _NOT_IMPLEMENTED = {
     "metadata_compression": "-m",
-    "compress_hints": "--compress-hints", "max_extent_bytes": "--max-extent-bytes",
     "chunksize": "--chunksize", "blobdev": "--blobdev", "tar": "--tar", "aufs": "--aufs",
     "ovlfs_strip": "--ovlfs-strip", "gzip": "--gzip", "ungzip": "--ungzip", "gzinfo": "--gzinfo",
-    "unxz": "--unxz", "unlzma": "--unlzma", "zfeature_bits": "--zfeature-bits",
+    "unxz": "--unxz", "unlzma": "--unlzma",
     "clean": "--clean", "incremental": "--incremental",
     "sort": "--sort", "dsunit": "--dsunit", "fsalignblks": "--fsalignblks",
     "vmdk_desc": "--vmdk-desc", "s3": "--s3", "oci": "--oci", "zd": "--zD", "mz": "--MZ",
@@ -87,12 +86,72 @@ def apply_extended_options(options: BuildOptions, texts: tuple[str, ...]) -> Non
                 options.legacy_compress = not clear
             elif key == "ztailpacking" and not value:
                 options.ztailpacking = not clear
-            elif key in ("fragments", "all-fragments", "dedupe",
-                         "fragdedupe", "48bit", "dot-omitted",
-                         "force-inode-blockmap", "force-chunk-indexes"):
+            elif key in _ZFEATURES:
+                _set_zfeature(options, key, not clear, value if "=" in token else None, token)
+            elif key in ("force-inode-blockmap", "force-chunk-indexes"):
                 raise click.UsageError(f"extended option -E{token}: not implemented in mkerofs yet")
             else:
                 raise click.BadParameter(f"unknown extended option {token!r}", param_hint="-E")
+
+
+# the compression features, in the bit order of --zfeature-bits
+_ZFEATURES = ("legacy-compress", "ztailpacking", "fragments", "all-fragments", "dedupe",
+              "fragdedupe", "48bit", "dot-omitted")
+
+
+def _set_zfeature(options: BuildOptions, key: str, on: bool, value: str | None,
+                  token: str) -> None:
+    """One compression feature of -E or --zfeature-bits, as mkfs.erofs reads it."""
+    def bad() -> click.BadParameter:
+        return click.BadParameter(f"invalid extended option {token!r}", param_hint="-E")
+
+    if value is not None and key not in ("fragments", "all-fragments", "fragdedupe"):
+        raise bad()
+    if key == "legacy-compress":
+        options.legacy_compress = on
+    elif key == "ztailpacking":
+        options.ztailpacking = on
+    elif key in ("fragments", "all-fragments"):
+        if key == "all-fragments":
+            options.all_fragments = on
+        if not on:
+            if value is not None:
+                raise bad()
+            options.fragments = False
+            return
+        options.fragments = True
+        if value is not None:
+            try:
+                options.packed_pcluster_size = options_parse_c_int(
+                    value, "pcluster size for the packed file", minimum=0, suffixes=True)
+            except ValueError:
+                raise click.BadParameter(f"invalid pcluster size {value!r} for the packed file",
+                                         param_hint="-E") from None
+    elif key == "dedupe":
+        options.dedupe = on
+    elif key == "fragdedupe":
+        if not on:
+            if value is not None:
+                raise bad()
+            options.fragdedupe = "off"
+        else:
+            options.fragdedupe = "inode" if value == "inode" else "full"
+    elif on:                                # 48bit, dot-omitted
+        raise click.UsageError(f"extended option -E{token}: not implemented in mkerofs yet "
+                               "(needs the 48-bit on-disk format)")
+
+
+def apply_zfeature_bits(options: BuildOptions, text: str) -> None:
+    """--zfeature-bits=#: bit i turns the i-th feature of _ZFEATURES on or off, up to the
+    highest bit set."""
+    bits = parse_c_int(text, "zfeature bits")
+    i = 0
+    while bits:
+        if i >= len(_ZFEATURES):
+            raise click.BadParameter(f"unsupported zfeature bit {i}", param_hint="--zfeature-bits")
+        _set_zfeature(options, _ZFEATURES[i], bool(bits & 1), None, _ZFEATURES[i])
+        bits >>= 1
+        i += 1
 
 
 def _not_implemented_options(func):
@@ -134,7 +193,9 @@ class _MkfsStyleCommand(click.Command):
               help="largest physical cluster in bytes (default: the block size)")
 @click.option("-E", "extended", multiple=True, metavar="X[,...]",
               help="extended options: [^]inline_data, noinline_data, force-inode-compact, "
-                   "force-inode-extended, nosbcrc, legacy-compress, ztailpacking")
+                   "force-inode-extended, nosbcrc, [^]xattr-name-filter, plain-xattr-prefixes, "
+                   "[^]legacy-compress, [^]ztailpacking, [^]fragments[=SIZE], "
+                   "[^]all-fragments[=SIZE], [^]dedupe, [^]fragdedupe[=inode|full]")
 @click.option("-L", "label", metavar="LABEL", help="volume label (at most 15 bytes)")
 @click.option("-T", "timestamp", metavar="#", help="fixed UNIX timestamp as build time")
 @click.option("--all-time", is_flag=True, callback=_in_order, expose_value=False, help="apply the -T timestamp to all files (default)")
@@ -162,6 +223,13 @@ class _MkfsStyleCommand(click.Command):
               help="make the root's inline xattr area at least # bytes")
 @click.option("--file-contexts", "file_contexts", metavar="FILE",
               help="SELinux file_contexts to label files with")
+@click.option("--compress-hints", "compress_hints", metavar="FILE",
+              help="per-file pcluster size and algorithm: lines of 'SIZE [ALG#] REGEX'")
+@click.option("--max-extent-bytes", "max_extent_bytes", metavar="#",
+              help="largest decompressed extent in bytes")
+@click.option("--zfeature-bits", "zfeature_bits", metavar="#",
+              help="set (1) or clear (0) compression features by bit: legacy-compress, "
+                   "ztailpacking, fragments, all-fragments, dedupe, fragdedupe")
 @click.option("--workers", metavar="#", help="worker threads for compression")
 @click.option("--quiet", is_flag=True, help="print nothing on success")
 @click.option("--random-pclusterblks", is_flag=True, hidden=True)
@@ -171,7 +239,8 @@ class _MkfsStyleCommand(click.Command):
 def command(image, source, block_size, debug, compressor, pcluster_size,
             xattr_tolerance, extended, label, timestamp, uuid,
             uid_offset, gid_offset, exclude_path, exclude_regex, hard_dereference, offset,
-            mount_point, xattr_prefix, root_xattr_isize, file_contexts, workers, quiet,
+            mount_point, xattr_prefix, root_xattr_isize, file_contexts, compress_hints,
+            max_extent_bytes, zfeature_bits, workers, quiet,
             random_pclusterblks, **unimplemented):
     """Generate an EROFS image (IMAGE: a file or block device) from the directory SOURCE."""
     for dest, value in unimplemented.items():
@@ -246,6 +315,17 @@ def command(image, source, block_size, debug, compressor, pcluster_size,
         options.mount_point = mount_point
     if workers is not None:
         options.workers = parse_c_int(workers, "number of workers", minimum=1)
+    if compress_hints is not None:
+        options.compress_hints = compress_hints
+    if max_extent_bytes is not None:
+        options.max_extent_bytes = parse_c_int(max_extent_bytes, "maximum compressed extent size",
+                                               minimum=None)
+        if not -2**31 <= options.max_extent_bytes < 2**31:
+            raise click.BadParameter(f"invalid maximum compressed extent size {max_extent_bytes!r}",
+                                     param_hint="--max-extent-bytes")
+    # mkfs.erofs applies options in command-line order; here --zfeature-bits comes before -E
+    if zfeature_bits is not None:
+        apply_zfeature_bits(options, zfeature_bits)
     apply_extended_options(options, extended)
 
     started = time.monotonic()

@@ -36,12 +36,13 @@ handed out by `data_area.allocate()`, in file order.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from array import array
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Iterator, Sequence
 
 from . import compressors
@@ -73,6 +74,7 @@ NONHEAD = fmt.Z_EROFS_LCLUSTER_TYPE_NONHEAD
 CBLKCNT = fmt.Z_EROFS_LI_D0_CBLKCNT
 
 # extent codes (an array('H') per file, next to the lengths: 6 bytes per extent)
+_FRAGMENT = 1 << 13
 _RAW = 1 << 14
 _INLINE = 1 << 15
 _BLOCKS_MASK = (1 << 12) - 1
@@ -100,35 +102,78 @@ class SuperblockCompression:
     cfgs: bytes                 # records to store right after the superblock (may be empty)
 
 
+@dataclass(frozen=True)
+class FileProfile:
+    """How one file is compressed: its algorithm and largest pcluster (-z, -C, --compress-hints)."""
+    compressor: object
+    max_blocks: int                 # blocks a pcluster may take
+    block_size: int
+
+    @property
+    def algorithm_id(self) -> int:
+        return self.compressor.algorithm_id
+
+    @property
+    def dest_size(self) -> int:
+        return self.max_blocks * self.block_size
+
+
+FRAGDEDUPE_MODES = ("full", "inode", "off")
+
+
 @dataclass
 class CompressConfig:
     compressors: list               # Compressor objects in -z order; the first compresses files
     block_size: int
-    pcluster_size: int              # -C: the largest pcluster, in bytes
+    pcluster_size: int              # -C: the default largest pcluster, in bytes
     legacy_indexes: bool = False    # -Elegacy-compress: full indexes instead of compact ones
     ztailpacking: bool = False      # -Eztailpacking
     segment_size: int = SEGMENT_SIZE
-    max_extent_input: int = MAX_EXTENT_INPUT
+    max_extent_input: int = MAX_EXTENT_INPUT    # --max-extent-bytes
+    # the largest pcluster of any file (compress hints may raise it above -C): the superblock
+    # announces it
+    max_pcluster_size: int = 0
+    fragments: bool = False         # -Efragments: file tails go to the packed inode
+    all_fragments: bool = False     # -Eall-fragments: whole files go to the packed inode
+    fragdedupe: str = "full"        # -Efragdedupe=full|inode, -E^fragdedupe: "off"
+    packed_pcluster_size: int = 0   # -Efragments=SIZE: pcluster of the packed inode
+    dedupe: bool = False            # -Ededupe: identical extents stored once
+    _profiles: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         bs = self.block_size
         if not self.compressors:
             raise ValueError("no compressor given")
         check_pcluster_size(self.pcluster_size, bs)
-        if self.segment_size % bs or self.segment_size < self.pcluster_size:
+        self.max_pcluster_size = max(self.max_pcluster_size, self.pcluster_size)
+        check_pcluster_size(self.max_pcluster_size, bs)
+        if self.packed_pcluster_size:
+            check_pcluster_size(self.packed_pcluster_size, bs)
+            if self.packed_pcluster_size > self.max_pcluster_size:
+                raise ValueError(f"pcluster size {self.packed_pcluster_size} of the packed file "
+                                 f"is larger than the largest pcluster {self.max_pcluster_size}")
+        if self.segment_size % bs or self.segment_size < self.max_pcluster_size:
             raise ValueError(f"invalid segment size {self.segment_size}")
+        if self.max_extent_input < bs:
+            raise ValueError(f"maximum extent size {self.max_extent_input} "
+                             f"(--max-extent-bytes) must be at least the block size {bs}")
+        if self.fragdedupe not in FRAGDEDUPE_MODES:
+            raise ValueError(f"invalid fragdedupe mode {self.fragdedupe!r}")
+        self.all_fragments = self.all_fragments and self.fragments
 
     @classmethod
     def from_options(cls, spec: str, block_size: int, pcluster_size: int | None = None, *,
-                     legacy_indexes: bool = False, ztailpacking: bool = False) -> "CompressConfig":
-        """Build the configuration for mkfs.erofs's -z SPEC [-C SIZE] [-Elegacy-compress]
-        [-Eztailpacking].  Raises ValueError (bad spec or size) or
-        compressors.CompressorUnavailable."""
+                     max_pcluster_size: int = 0, **features) -> "CompressConfig":
+        """Build the configuration for mkfs.erofs's -z SPEC [-C SIZE] [-E...].  `features` are
+        the dataclass fields (legacy_indexes, ztailpacking, fragments, ...).  Raises ValueError
+        (bad spec or size) or compressors.CompressorUnavailable."""
         pcs = block_size if pcluster_size is None else pcluster_size
         check_pcluster_size(pcs, block_size)
+        largest = max(pcs, max_pcluster_size)
+        check_pcluster_size(largest, block_size)
         specs = compressors.parse_compressor_spec(spec)
-        comps = [compressors.make_compressor(s, block_size, pcs) for s in specs]
-        return cls(comps, block_size, pcs, legacy_indexes, ztailpacking)
+        comps = [compressors.make_compressor(s, block_size, largest) for s in specs]
+        return cls(comps, block_size, pcs, max_pcluster_size=largest, **features)
 
     @property
     def primary(self):
@@ -136,24 +181,39 @@ class CompressConfig:
 
     @property
     def pcluster_blocks(self) -> int:
-        return self.pcluster_size // self.block_size
+        """The largest pcluster any file may use, in blocks (what the superblock announces)."""
+        return self.max_pcluster_size // self.block_size
 
     @property
     def uses_lz4(self) -> bool:
         return any(c.algorithm_id == fmt.Z_EROFS_COMPRESSION_LZ4 for c in self.compressors)
 
+    def profile(self, index: int = 0, pcluster_size: int | None = None) -> FileProfile:
+        """The profile of compressor #`index` (in -z order) with pclusters of at most
+        `pcluster_size` bytes (default -C): never more than CBLKCNT can count, nor (LZ4) more
+        than the kernel accepts."""
+        key = (index, pcluster_size or self.pcluster_size)
+        prof = self._profiles.get(key)
+        if prof is None:
+            comp = self.compressors[index]
+            limit = MAX_PCLUSTER_BLOCKS
+            if comp.algorithm_id == fmt.Z_EROFS_COMPRESSION_LZ4:
+                limit = MAX_LZ4_PCLUSTER_BLOCKS
+            blocks = min(key[1] // self.block_size, limit)
+            prof = self._profiles[key] = FileProfile(comp, blocks, self.block_size)
+        return prof
+
+    @property
+    def packed_profile(self) -> FileProfile:
+        return self.profile(0, self.packed_pcluster_size or None)
+
     @property
     def max_blocks(self) -> int:
-        """Blocks a pcluster of the file compressor may take: -C, but never more than CBLKCNT
-        can count, nor (LZ4) more than the kernel accepts."""
-        limit = MAX_PCLUSTER_BLOCKS
-        if self.primary.algorithm_id == fmt.Z_EROFS_COMPRESSION_LZ4:
-            limit = MAX_LZ4_PCLUSTER_BLOCKS
-        return min(self.pcluster_blocks, limit)
+        return self.profile().max_blocks
 
     @property
     def dest_size(self) -> int:
-        return self.max_blocks * self.block_size
+        return self.profile().dest_size
 
     @property
     def big_pcluster(self) -> bool:
@@ -162,8 +222,19 @@ class CompressConfig:
         algs = {c.algorithm_id for c in self.compressors}
         return self.pcluster_blocks > 1 or bool(algs - {fmt.Z_EROFS_COMPRESSION_LZ4})
 
-    def superblock(self, ztailpacking_used: bool) -> SuperblockCompression:
-        """Superblock fields; `ztailpacking_used`: whether some inode keeps an inline pcluster."""
+    @property
+    def dedupe_extents(self) -> bool:
+        """Store identical pclusters once: with -Ededupe, and (as mkfs.erofs does) with
+        -Efragments."""
+        return self.dedupe or self.fragments
+
+    def without_fragments(self) -> "CompressConfig":
+        """The configuration for the packed inode itself: no fragments, no dedupe."""
+        return replace(self, fragments=False, all_fragments=False, dedupe=False, _profiles={})
+
+    def superblock(self, ztailpacking_used: bool, fragments_used: bool = False,
+                   dedupe_used: bool = False) -> SuperblockCompression:
+        """Superblock fields, given which optional features some inode ended up using."""
         # the LZ4 record announces the largest LZ4 pcluster (the kernel sizes buffers by it)
         blocks = self.pcluster_blocks
         if self.uses_lz4:
@@ -177,14 +248,12 @@ class CompressConfig:
                          | fmt.EROFS_FEATURE_INCOMPAT_BIG_PCLUSTER)
         if ztailpacking_used:
             incompat |= fmt.EROFS_FEATURE_INCOMPAT_ZTAILPACKING
+        if fragments_used:
+            incompat |= fmt.EROFS_FEATURE_INCOMPAT_FRAGMENTS
+        if dedupe_used:
+            incompat |= fmt.EROFS_FEATURE_INCOMPAT_DEDUPE
         u1 = algs if need_cfgs else LZ4_MAX_DISTANCE
         return SuperblockCompression(incompat, u1, records if need_cfgs else b"")
-
-
-def sb_compr_cfgs(cfg: CompressConfig, ztailpacking_used: bool) -> tuple[int, int, bytes]:
-    """(feature_incompat bits, superblock u1, bytes to place right after the superblock)."""
-    s = cfg.superblock(ztailpacking_used)
-    return s.feature_incompat, s.u1, s.cfgs
 
 
 # ---------------------------------------------------------------------------
@@ -196,8 +265,11 @@ class Pcluster:
     """One physical cluster and the extent it decompresses to."""
     llen: int                       # decompressed bytes (the extent's length)
     raw: bool                       # stored uncompressed (PLAIN lcluster)
-    payload: bytes                  # what goes to disk: whole blocks, or the exact inline bytes
+    payload: bytes                  # what goes to disk: whole blocks, or the exact inline bytes;
+                                    # for a fragment, the file's own bytes
     inline: bool = False            # ztailpacking: kept after the indexes, not in data blocks
+    fragment: bool = False          # -Efragments: the file's tail, kept in the packed inode
+    digest: bytes = b""             # extent deduplication: hash of `payload`
 
 
 def _padded_front(data: bytes, block_size: int) -> bytes:
@@ -231,17 +303,19 @@ def compact_split(nidx: int, header_end: int) -> tuple[int, int, int]:
     return initial, two, nidx - initial - two
 
 
-def index_area_size(size: int, meta_size: int, cfg: CompressConfig) -> int:
-    """Bytes after inode + xattrs up to the end of the indexes (padding, map header, indexes)."""
+def index_area_size(size: int, meta_size: int, cfg: CompressConfig,
+                    full: bool | None = None) -> int:
+    """Bytes after inode + xattrs up to the end of the indexes (padding, map header, indexes);
+    `full`: full indexes (default: as -Elegacy-compress says)."""
     nidx = lcluster_count(size, cfg.block_size)
     hdr = fmt.round_up(meta_size, 8)
-    if cfg.legacy_indexes:
+    if cfg.legacy_indexes if full is None else full:
         return hdr - meta_size + _FULL_HEADER_SIZE + 8 * nidx
     initial, two, end = compact_split(nidx, hdr + 8)
     return hdr - meta_size + 8 + 4 * initial + 2 * two + 4 * fmt.round_up(end, 2)
 
 
-def inline_room(size: int, meta_size: int, cfg: CompressConfig) -> int:
+def inline_room(size: int, meta_size: int, cfg: CompressConfig, full: bool | None = None) -> int:
     """How many bytes an inline tail pcluster may take (0: none).
 
     The inline pcluster follows the indexes and must not cross a block boundary (the rest of
@@ -254,7 +328,7 @@ def inline_room(size: int, meta_size: int, cfg: CompressConfig) -> int:
     """
     if not cfg.ztailpacking:
         return 0
-    used = meta_size + index_area_size(size, meta_size, cfg)
+    used = meta_size + index_area_size(size, meta_size, cfg, full)
     return cfg.block_size - (used % fmt.EROFS_ISLOT_SIZE or fmt.EROFS_ISLOT_SIZE)
 
 
@@ -262,29 +336,38 @@ def inline_room(size: int, meta_size: int, cfg: CompressConfig) -> int:
 # compressing one segment
 
 
-def compress_segment(data, cfg: CompressConfig, *, last: bool, tail_room: int = 0
-                     ) -> list[Pcluster]:
+def compress_segment(data, cfg: CompressConfig, *, last: bool, tail_room: int = 0,
+                     profile: FileProfile | None = None) -> list[Pcluster]:
     """Cut `data` (one segment of a file, a bytes-like object) into pclusters.
 
     `last`: this segment ends the file, so its final pcluster may go inline if it takes at most
-    `tail_room` bytes.  Thread-safe; the heavy work runs in the codecs without the GIL.
+    `tail_room` bytes, or (-Efragments) become the file's fragment.  Thread-safe; the heavy work
+    runs in the codecs without the GIL.
 
     Follows mkfs.erofs: each pcluster is filled by compress_destsize(); a pcluster that does not
     save a block is replaced by raw one-block extents; the final piece of a segment that fits a
     block is stored raw without trying; with ztailpacking the final piece is compressed (or kept
-    raw) inline when that fits.
+    raw) inline when that fits; with fragments, the rest of the file goes to the packed inode
+    as soon as it fits one pcluster (before or after compression).
     """
-    comp = cfg.primary
+    prof = profile or cfg.profile()
+    comp = prof.compressor
     bs = cfg.block_size
-    dest = cfg.dest_size
+    dest = prof.dest_size
     view = memoryview(data)
     if view.ndim != 1 or view.itemsize != 1:
         view = view.cast("B")
+    if cfg.all_fragments:
+        return [Pcluster(len(view), False, view, fragment=True)] if len(view) else []
+    frag_tail = last and cfg.fragments
     n = len(view)
     out: list[Pcluster] = []
     head = 0
     while head < n:
         rem = n - head
+        if frag_tail and rem <= dest:
+            out.append(Pcluster(rem, False, view[head:], fragment=True))
+            break
         # with ztailpacking, the rest of the file may go inline if it compresses below a block
         may_inline = last and tail_room > 0
         if rem <= bs and not may_inline:
@@ -296,6 +379,9 @@ def compress_segment(data, cfg: CompressConfig, *, last: bool, tail_room: int = 
             raise RuntimeError(f"{comp.name}: compressor consumed nothing")
         csize = len(packed)
         whole = used == rem
+        if whole and frag_tail and csize < dest:
+            out.append(Pcluster(rem, False, view[head:], fragment=True))
+            break
         inline_ok = may_inline and whole and csize < bs and csize <= tail_room
         cost = csize if inline_ok else fmt.round_up(csize, bs)
         if cost >= used:
@@ -325,6 +411,11 @@ def compress_segment(data, cfg: CompressConfig, *, last: bool, tail_room: int = 
                 used, packed = used2, packed2
         out.append(Pcluster(used, False, _padded_front(packed, bs)))
         head += used
+    if cfg.dedupe_extents:
+        for p in out:
+            if not p.inline:
+                # a cryptographic hash: a collision would hand one file's bytes to another
+                p.digest = hashlib.sha256(p.payload).digest()
     return out
 
 
@@ -341,6 +432,8 @@ class CompressedLayout:
     advise: int                 # h_advise
     inline_pcluster: bool       # ztailpacking used (superblock ZTAILPACKING bit)
     tail: int = 0               # bytes at the end of `inline` that must stay within one block
+    fragment: bool = False      # part of the data is in the packed inode (FRAGMENTS bit)
+    deduped: bool = False       # refers to pclusters written for other data (DEDUPE bit)
 
 
 @dataclass
@@ -364,12 +457,16 @@ class Lclusters:
 
 
 def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
-                  block_size: int, big_pcluster: bool) -> Lclusters:
+                  block_size: int, big_pcluster: bool, addrs: Sequence[int] | None = None,
+                  fragment_hi: int | None = None) -> Lclusters:
     """One entry per lcluster for extents laid end to end from offset 0.
 
-    `codes[i]`: pcluster blocks | _RAW | _INLINE.  Pclusters are consecutive from `start_blk`;
-    an inline one still advances the address by one block, as mkfs.erofs does (no effect on
-    reading: the kernel takes inline data from the inode).
+    `codes[i]`: pcluster blocks | _RAW | _INLINE | _FRAGMENT.  Pclusters are consecutive from
+    `start_blk`, except where `addrs[i]` >= 0 (-Ededupe: a pcluster written before, maybe by
+    another file; only full indexes can say so).  An inline pcluster still advances the address
+    by one block, as mkfs.erofs does (no effect on reading: the kernel takes inline data from
+    the inode).  The fragment (always the last extent) has no blocks; with full indexes its
+    head keeps `fragment_hi`, the high 32 bits of its offset in the packed inode.
     """
     bs = block_size
     ent = Lclusters()
@@ -387,7 +484,11 @@ def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
         d1 = (c + llen) // bs
         types.append(PLAIN if code & _RAW else HEAD1)
         los.append(c)
-        his.append(blk)
+        addr = addrs[i] if addrs is not None and addrs[i] >= 0 else -1
+        if code & _FRAGMENT and fragment_hi is not None:
+            his.append(fragment_hi)
+        else:
+            his.append(blk if addr < 0 else addr)
         ofss.append(c)
         if d1 == 0:
             if i != last:
@@ -409,7 +510,8 @@ def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
                 his.extend(range(k, 0, -1))     # delta[1]: distance to the next head
                 ofss.extend([c] * k)
             tailofs = (c + llen) % bs
-        blk += 1 if code & _INLINE else nblocks
+        if addr < 0:
+            blk += 1 if code & _INLINE else nblocks
         pos += llen
     if tailofs:
         # the lcluster where the file ends opens a (virtual) extent at EOF
@@ -503,21 +605,38 @@ def encode_compact(ent: Lclusters, header_end: int, start_blk: int, block_size: 
 
 def build_indexes(llens: Sequence[int], codes: Sequence[int], size: int, start_blk: int,
                   meta_size: int, cfg: CompressConfig, algorithm: int | None = None,
-                  idata: bytes = b"") -> tuple[int, bytes, int]:
+                  idata: bytes = b"", addrs: Sequence[int] | None = None,
+                  fragment_off: int | None = None) -> tuple[int, bytes, int]:
     """(datalayout, bytes to store after inode + xattrs, h_advise) for extents laid out from
-    `start_blk`.  `idata`: the inline tail pcluster (ztailpacking) or b"".
+    `start_blk`.  `idata`: the inline tail pcluster (ztailpacking) or b"".  `addrs`: explicit
+    block addresses of deduplicated pclusters (see lclusters_for).  `fragment_off`: where the
+    file's last extent (a fragment) starts in the packed inode.
 
     The bytes: zero padding to 8, the map header, the indexes, then `idata`.
     """
     bs = cfg.block_size
     big = cfg.big_pcluster
-    ent = lclusters_for(llens, codes, start_blk, bs, big)
+    hdr = fmt.round_up(meta_size, 8)
+    advise = 0
+    if fragment_off is not None:
+        advise |= fmt.Z_EROFS_ADVISE_FRAGMENT_PCLUSTER
+        if len(llens) == 1:
+            # the whole file is a fragment: the map header alone, its top bit says so
+            whole = fragment_off | 1 << (8 * fmt.Z_EROFS_MAP_HEADER_SIZE - 8
+                                         + fmt.Z_EROFS_FRAGMENT_INODE_BIT)
+            meta = bytes(hdr - meta_size) + struct.pack("<Q", whole)
+            return fmt.EROFS_INODE_COMPRESSED_FULL, meta, advise
+    # compact indexes can only count blocks forward from the file's first pcluster, and keep
+    # 32 bits of the fragment offset
+    deduped = addrs is not None and any(a >= 0 for a in addrs)
+    full = (cfg.legacy_indexes or deduped
+            or (fragment_off is not None and fragment_off >> 32 != 0))
+    ent = lclusters_for(llens, codes, start_blk, bs, big, addrs,
+                        fragment_off >> 32 if full and fragment_off is not None else None)
     nidx = lcluster_count(size, bs)
     if len(ent) != nidx:
         raise AssertionError(f"{len(ent)} lcluster entries for {nidx} lclusters")
-    hdr = fmt.round_up(meta_size, 8)
-    advise = 0
-    if cfg.legacy_indexes:
+    if full:
         layout = fmt.EROFS_INODE_COMPRESSED_FULL
         if big:
             advise |= fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_1
@@ -531,9 +650,12 @@ def build_indexes(llens: Sequence[int], codes: Sequence[int], size: int, start_b
     if idata:
         advise |= fmt.Z_EROFS_ADVISE_INLINE_PCLUSTER
     alg = cfg.primary.algorithm_id if algorithm is None else algorithm
-    header = _HEADER.pack(0, len(idata), advise, alg, 0)
+    if fragment_off is not None:
+        header = fmt.Z_EROFS_MAP_HEADER.pack(fragment_off & 0xFFFFFFFF, advise, alg, 0)
+    else:
+        header = _HEADER.pack(0, len(idata), advise, alg, 0)
     meta = bytes(hdr - meta_size) + header + body + idata
-    assert len(meta) - len(idata) == index_area_size(size, meta_size, cfg)
+    assert len(meta) - len(idata) == index_area_size(size, meta_size, cfg, full)
     return layout, meta, advise
 
 
@@ -544,19 +666,26 @@ def build_indexes(llens: Sequence[int], codes: Sequence[int], size: int, start_b
 class FileCompression:
     """Collects the pclusters of one file, segment by segment, and builds its indexes."""
 
-    def __init__(self, size: int, meta_size: int, cfg: CompressConfig):
+    def __init__(self, size: int, meta_size: int, cfg: CompressConfig,
+                 profile: FileProfile | None = None):
         self.size = size
         self.meta_size = meta_size
         self.cfg = cfg
-        self.tail_room = inline_room(size, meta_size, cfg)
+        self.profile = profile or cfg.profile()
+        self.tail_room = 0 if cfg.fragments else inline_room(size, meta_size, cfg)
+        if cfg.dedupe_extents and self.tail_room:
+            # a deduplicated extent switches the file to full indexes: the tail must fit both
+            self.tail_room = min(self.tail_room, inline_room(size, meta_size, cfg, full=True))
         self.llens = array("I")
         self.codes = array("H")
-        self.blocks = 0             # data blocks used so far
+        self.addrs: array | None = None     # -Ededupe: block of each pcluster, -1: a new one
+        self.blocks = 0             # new data blocks used so far
         self.idata = b""            # the inline pcluster, if any
+        self.fragment_len = 0       # bytes of the file kept in the packed inode
         self.done = 0               # bytes of input covered
         # without ztailpacking a file of at most one block takes a block either way: not worth
         # reading (mkfs.erofs compresses it and then falls back to a flat layout)
-        self.hopeless = size <= cfg.block_size and not cfg.ztailpacking
+        self.hopeless = size <= cfg.block_size and not (cfg.ztailpacking or cfg.fragments)
 
     def segments(self) -> list[tuple[int, int, bool]]:
         """(offset, length, last) of each segment of the file."""
@@ -565,40 +694,66 @@ class FileCompression:
         return [(off, min(seg, size - off), off + seg >= size) for off in range(0, size, seg)]
 
     def compress(self, data, last: bool) -> list[Pcluster]:
-        return compress_segment(data, self.cfg, last=last, tail_room=self.tail_room if last else 0)
+        return compress_segment(data, self.cfg, last=last, tail_room=self.tail_room if last else 0,
+                                profile=self.profile)
 
-    def add(self, pclusters: Iterable[Pcluster]) -> None:
+    def add(self, p: Pcluster, addr: int = -1, nblocks: int = 0) -> None:
+        """Record the next pcluster; `addr` >= 0: it is not written but refers to the pcluster
+        of `nblocks` blocks already at that block (same bytes, same length)."""
         bs = self.cfg.block_size
-        for p in pclusters:
-            if self.idata:
-                raise ValueError("a pcluster after the inline tail")
-            if p.inline:
-                self.idata = p.payload
-                nblocks = 1
+        if self.idata or self.fragment_len and not (p.fragment and self.cfg.all_fragments):
+            raise ValueError("a pcluster after the inline tail or the fragment")
+        if p.fragment:
+            if self.fragment_len:           # -Eall-fragments: one fragment over all segments
+                self.llens[-1] += p.llen
             else:
-                nblocks = len(p.payload) // bs
-                assert len(p.payload) == nblocks * bs and 1 <= nblocks <= MAX_PCLUSTER_BLOCKS
-                self.blocks += nblocks
-            self.llens.append(p.llen)
-            self.codes.append(nblocks | (_RAW if p.raw else 0) | (_INLINE if p.inline else 0))
+                self.llens.append(p.llen)
+                self.codes.append(_FRAGMENT)
+                if self.addrs is not None:
+                    self.addrs.append(-1)
+            self.fragment_len += p.llen
             self.done += p.llen
+            return
+        if p.inline:
+            self.idata = p.payload
+            nblocks = 1
+        elif addr < 0:
+            nblocks = len(p.payload) // bs
+            assert len(p.payload) == nblocks * bs and 1 <= nblocks <= MAX_PCLUSTER_BLOCKS
+            self.blocks += nblocks
+        if addr >= 0 and self.addrs is None:
+            self.addrs = array("q", [-1]) * len(self.llens)
+        if self.addrs is not None:
+            self.addrs.append(addr)
+        self.llens.append(p.llen)
+        self.codes.append(nblocks | (_RAW if p.raw else 0) | (_INLINE if p.inline else 0))
+        self.done += p.llen
 
     def saves_space(self) -> bool:
         """mkfs.erofs keeps a compressed file only if data + inline tail + full-index metadata
-        take less than the file's size; otherwise the file is stored flat."""
+        take less than the file's size (always, when part of it is a fragment); otherwise the
+        file is stored flat."""
+        if self.fragment_len:
+            return True
         legacy_meta = _FULL_HEADER_SIZE + 8 * lcluster_count(self.size, self.cfg.block_size)
         return self.blocks * self.cfg.block_size + len(self.idata) + legacy_meta < self.size
 
-    def finish(self, start_blk: int) -> CompressedLayout | None:
-        """The layout for data written from `start_blk`, or None when compression saves nothing."""
+    def finish(self, start_blk: int, fragment_off: int | None = None) -> CompressedLayout | None:
+        """The layout for new pclusters written from `start_blk` (and the fragment at
+        `fragment_off` in the packed inode), or None when compression saves nothing."""
         if self.done != self.size:
             raise AssertionError(f"pclusters cover {self.done} of {self.size} bytes")
+        if (fragment_off is None) != (self.fragment_len == 0):
+            raise AssertionError("fragment offset without a fragment, or the reverse")
         if not self.saves_space():
             return None
         layout, meta, advise = build_indexes(self.llens, self.codes, self.size, start_blk,
-                                             self.meta_size, self.cfg, idata=self.idata)
+                                             self.meta_size, self.cfg,
+                                             self.profile.algorithm_id, self.idata, self.addrs,
+                                             fragment_off)
         return CompressedLayout(layout, self.blocks, meta, advise, bool(self.idata),
-                                len(self.idata))
+                                len(self.idata), fragment=self.fragment_len > 0,
+                                deduped=self.addrs is not None)
 
 
 # ---------------------------------------------------------------------------
@@ -611,6 +766,7 @@ class FileJob:
     size: int
     meta_size: int                  # inode + inline xattrs, in bytes
     read: Callable[[int, int, bool], bytes]   # read(offset, length, last) -> exactly length bytes
+    profile: FileProfile | None = None     # algorithm and pcluster size (default: -z, -C)
     # set when the file turned out not worth compressing after some of its pclusters were
     # already written: the blocks handed back hold old bytes (a flat copy must write holes)
     wrote_blocks: bool = False
@@ -671,8 +827,33 @@ BATCH_BYTES = 1 << 20
 BATCH_TASKS = 256
 
 
+class _Dedupe:
+    """Where each distinct pcluster was stored, by (algorithm or -1 for raw data, digest of its
+    stored bytes): the same stored bytes decompress to the same data, so an extent may point
+    at them wherever they are.  A file's own entries become visible to later files only once
+    the file is known to stay compressed (if it is stored flat instead, its blocks are
+    reused)."""
+
+    def __init__(self):
+        self.table: dict[tuple, tuple[int, int, bool]] = {}
+        self.pending: dict[tuple, tuple[int, int, bool]] = {}
+
+    @staticmethod
+    def key(p: Pcluster, algorithm: int) -> tuple:
+        return (-1 if p.raw else algorithm, p.digest)
+
+    def find(self, key: tuple) -> tuple[int, int, bool] | None:
+        return self.table.get(key) or self.pending.get(key)
+
+    def commit(self, keep: bool) -> None:
+        if keep:
+            for key, where in self.pending.items():
+                self.table.setdefault(key, where)
+        self.pending = {}
+
+
 def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: int = 1,
-                   max_pending_bytes: int = 256 << 20
+                   max_pending_bytes: int = 256 << 20, packed=None
                    ) -> Iterator[tuple[FileJob, CompressedLayout | None]]:
     """Compress files and write their pclusters; yield (job, layout) in job order.
 
@@ -680,12 +861,18 @@ def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: 
     (rewound when a file is not worth compressing), `area.out.pwrite(bytes, position)`.
     A file whose layout is None gets no blocks (they are given back, and job.wrote_blocks
     says whether they were written to: then a flat copy there must overwrite holes too).
+    `packed` (a packed.PackedFile) receives the fragments when cfg.fragments is set.
 
     Segments (small files batched together) are compressed by `workers` threads, at most
     `max_pending_bytes` of input (and three batches per worker) in flight; results are
-    consumed in order, so each file's pclusters land in consecutive blocks.
+    consumed in order, so each file's pclusters land in consecutive blocks, and what depends
+    on earlier files (fragment and extent deduplication) is decided in that same order: the
+    image does not depend on the number of workers.
     """
     bs = cfg.block_size
+    if cfg.fragments and packed is None:
+        raise ValueError("fragments need a packed file")
+    dedupe = _Dedupe() if cfg.dedupe_extents else None
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
     window: deque = deque()             # (batch, future), in job order
     pending_bytes = 0
@@ -696,7 +883,7 @@ def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: 
         for job in jobs:
             if job.size <= 0:
                 raise ValueError("empty files are not compressed")
-            fc = FileCompression(job.size, job.meta_size, cfg)
+            fc = FileCompression(job.size, job.meta_size, cfg, job.profile)
             for off, length, last in fc.segments():
                 batch.append(_Task(job, fc, off, length, last))
                 nbytes += 0 if fc.hopeless else length
@@ -707,7 +894,7 @@ def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: 
             yield batch
 
     # per-file write state of the file being consumed
-    current = {"job": None, "start": 0, "buffer": [], "flushed": False}
+    current = {"job": None, "start": 0, "buffer": [], "flushed": False, "fragment": False}
 
     def flush() -> None:
         buf = current["buffer"]
@@ -719,6 +906,27 @@ def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: 
         current["buffer"] = []
         current["flushed"] = True
 
+    def take(fc: FileCompression, p: Pcluster) -> None:
+        if p.fragment:
+            if not current["fragment"]:
+                packed.begin()
+                current["fragment"] = True
+            packed.write(p.payload)
+            fc.add(p)
+            return
+        if dedupe is not None and p.digest:
+            key = dedupe.key(p, fc.profile.algorithm_id)
+            found = dedupe.find(key)
+            if found is not None:
+                addr, nblocks, raw = found
+                fc.add(Pcluster(p.llen, raw, b""), addr, nblocks)
+                return
+            nblocks = len(p.payload) // bs
+            dedupe.pending[key] = (current["start"] + fc.blocks, nblocks, p.raw)
+        fc.add(p)
+        if not p.inline:
+            current["buffer"].append(p)
+
     def consume(task: _Task, pcl: list[Pcluster] | None
                 ) -> Iterator[tuple[FileJob, CompressedLayout | None]]:
         if pcl is None:                 # not worth trying
@@ -726,15 +934,21 @@ def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: 
             return
         fc = task.fc
         if current["job"] is not task.job:
-            current.update(job=task.job, start=area.next_block, buffer=[], flushed=False)
-        fc.add(pcl)
-        current["buffer"].extend(p for p in pcl if not p.inline)
+            current.update(job=task.job, start=area.next_block, buffer=[], flushed=False,
+                           fragment=False)
+        for p in pcl:
+            take(fc, p)
         if not task.last:
             # keep small files in memory until we know compression pays; flush big ones
             if sum(len(p.payload) for p in current["buffer"]) >= cfg.segment_size:
                 flush()
             return
-        layout = fc.finish(current["start"])
+        fragment_off = None
+        if current["fragment"]:
+            fragment_off = packed.end(whole_file=fc.fragment_len == fc.size)
+        layout = fc.finish(current["start"], fragment_off)
+        if dedupe is not None:
+            dedupe.commit(keep=layout is not None)
         if layout is None:
             current["buffer"] = []
             area.next_block = current["start"]

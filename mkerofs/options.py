@@ -78,6 +78,13 @@ class BuildOptions:
     pcluster_size: int | None = None
     legacy_compress: bool = False
     ztailpacking: bool = False
+    fragments: bool = False                     # -Efragments[=SIZE]
+    all_fragments: bool = False                 # -Eall-fragments
+    packed_pcluster_size: int | None = None     # SIZE of -Efragments=SIZE
+    fragdedupe: str = "full"                    # -Efragdedupe=full|inode, -E^fragdedupe: "off"
+    dedupe: bool = False                        # -Ededupe
+    max_extent_bytes: int | None = None         # --max-extent-bytes
+    compress_hints: str | None = None           # --compress-hints=FILE
     # extended attributes: -x, -E[^]xattr-name-filter, --xattr-prefix, -Eplain-xattr-prefixes,
     # --root-xattr-isize, --file-contexts
     xattr_tolerance: int = 2                    # < 0: store no xattrs (nor SELinux labels)

@@ -32,7 +32,9 @@ How EROFS stores xattrs (fs/erofs/erofs_fs.h and fs/erofs/xattr.c):
   ``le16 len, u8 base_index, infix[len - 1]`` padded to 4 bytes.  With no packed inode (or with
   compat bit PLAIN_XATTR_PFX) the kernel reads it from the image itself at that absolute offset,
   through the metadata buffer, so it can go anywhere 4-aligned below 16 GiB; mkerofs writes it
-  "plain" and sets PLAIN_XATTR_PFX, as mkfs.erofs 1.9 does when it packs no fragments.
+  "plain" and sets PLAIN_XATTR_PFX, as mkfs.erofs 1.9 does when it packs no fragments.  When
+  the image has a packed inode (-Efragments), kernels that predate PLAIN_XATTR_PFX read the table from the packed inode's data instead; so there it goes, first
+  (``in_packed_inode``), as mkfs.erofs does, unless -Eplain-xattr-prefixes.
 
 Which prefix a name gets (as mkfs.erofs 1.9.3):
 
@@ -210,6 +212,8 @@ class XattrLayout:
         self.shared_base = 0
         self.prefix_records = self._prefix_records()
         self.xattr_prefix_count = len(self._prefixes)
+        # the table is stored at the start of the packed inode (set by the writer)
+        self.in_packed_inode = False
         self.xattr_filter_reserved = 0       # must stay 0, or the kernel ignores the filters
 
     # -- long prefixes -----------------------------------------------------------------------------
@@ -426,7 +430,7 @@ class XattrLayout:
         bits = 0
         if self._filter_used:
             bits |= fmt.EROFS_FEATURE_COMPAT_XATTR_FILTER
-        if self._prefixes:
+        if self._prefixes and not self.in_packed_inode:
             bits |= fmt.EROFS_FEATURE_COMPAT_PLAIN_XATTR_PFX
         return bits
 

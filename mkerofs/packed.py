@@ -1,0 +1,96 @@
+"""The packed inode's data (-Efragments): file tails appended to a temporary file as the files
+are compressed, then compressed itself as one more (nameless) regular file.
+
+Fragments are looked up by content before they are appended (-Efragdedupe), so identical
+tails - typically identical small files - are stored once.  Only the hash of each fragment
+stays in memory; the bytes go to the temporary file.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from typing import Callable
+
+FRAGDEDUPE_FULL = "full"        # any identical fragment is shared
+FRAGDEDUPE_INODE = "inode"      # only fragments that are whole files
+FRAGDEDUPE_OFF = "off"
+
+
+class PackedFile:
+    def __init__(self, fragdedupe: str = FRAGDEDUPE_FULL):
+        self.fragdedupe = fragdedupe
+        # a named file: stored flat, it is copied like any other file, by path
+        self._fd, self.path = tempfile.mkstemp(prefix="mkerofs-packed-")
+        self.path = os.fsencode(self.path)
+        self.size = 0
+        self._seen: dict[tuple[int, bytes], int] = {}
+        self._start: int | None = None
+        self._hash = None
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self) -> "PackedFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _write(self, data) -> None:
+        view = memoryview(data)
+        while view:
+            done = os.pwrite(self._fd, view, self.size)
+            self.size += done
+            view = view[done:]
+
+    def append(self, data: bytes) -> int:
+        """Store bytes that are never shared (the long xattr prefix table); their offset."""
+        if self._start is not None:
+            raise RuntimeError("append() inside a fragment")
+        pos = self.size
+        self._write(data)
+        return pos
+
+    def begin(self) -> None:
+        """Start the fragment of one file (its bytes may come in several pieces)."""
+        if self._start is not None:
+            raise RuntimeError("begin() inside a fragment")
+        self._start = self.size
+        self._hash = hashlib.sha256()
+
+    def write(self, data) -> None:
+        self._write(data)
+        self._hash.update(data)
+
+    def end(self, whole_file: bool) -> int:
+        """Finish the fragment; its offset in the packed inode.  An identical earlier fragment
+        is used instead (and these bytes dropped) when fragdedupe allows it."""
+        start, self._start = self._start, None
+        if start is None:
+            raise RuntimeError("end() without begin()")
+        if self.fragdedupe == FRAGDEDUPE_OFF or (self.fragdedupe == FRAGDEDUPE_INODE
+                                                  and not whole_file):
+            return start
+        key = (self.size - start, self._hash.digest())
+        earlier = self._seen.get(key)
+        if earlier is None:
+            self._seen[key] = start
+            return start
+        self.size = start
+        os.ftruncate(self._fd, start)
+        return earlier
+
+    def reader(self) -> Callable[[int, int, bool], bytes]:
+        """A FileJob reader over the finished packed data."""
+        def read(offset: int, length: int, last: bool) -> bytes:
+            if offset + length > self.size:
+                raise ValueError("read past the end of the packed data")
+            return os.pread(self._fd, length, offset)
+        return read
