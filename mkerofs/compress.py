@@ -360,6 +360,10 @@ def compress_segment(data, cfg: CompressConfig, *, last: bool, tail_room: int = 
     if cfg.all_fragments:
         return [Pcluster(len(view), False, view, fragment=True)] if len(view) else []
     frag_tail = last and cfg.fragments
+    # LZ4 takes raw addresses into the segment (kept alive by `data`): cheaper per pcluster
+    base = None
+    if type(data) is bytes and hasattr(comp, "destsize_at"):
+        base = compressors.bytes_address(data)
     n = len(view)
     out: list[Pcluster] = []
     head = 0
@@ -374,7 +378,10 @@ def compress_segment(data, cfg: CompressConfig, *, last: bool, tail_room: int = 
             out.append(Pcluster(rem, True, _padded_back(view[head:], bs)))
             break
         window = view[head:head + min(rem, cfg.max_extent_input)]
-        used, packed = comp.compress_destsize(window, dest)
+        if base is not None:
+            used, packed = comp.destsize_at(base + head, len(window), dest)
+        else:
+            used, packed = comp.compress_destsize(window, dest)
         if used <= 0:
             raise RuntimeError(f"{comp.name}: compressor consumed nothing")
         csize = len(packed)
@@ -827,6 +834,34 @@ BATCH_BYTES = 1 << 20
 BATCH_TASKS = 256
 
 
+class _BlockWriter:
+    """Gathers the pclusters of consecutive files into a few large writes: one system call
+    per small file would cost more than compressing it."""
+
+    LIMIT = 4 << 20
+
+    def __init__(self, out):
+        self.out = out
+        self.parts: list = []
+        self.start = 0
+        self.nbytes = 0
+
+    def write(self, pos: int, parts: list, nbytes: int) -> None:
+        if self.parts and pos != self.start + self.nbytes:
+            self.flush()            # not contiguous (blocks were handed back or reserved)
+        if not self.parts:
+            self.start = pos
+        self.parts.extend(parts)
+        self.nbytes += nbytes
+        if self.nbytes >= self.LIMIT:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            self.out.pwrite(b"".join(self.parts), self.start)
+            self.parts, self.nbytes = [], 0
+
+
 class _Dedupe:
     """Where each distinct pcluster was stored, by (algorithm or -1 for raw data, digest of its
     stored bytes): the same stored bytes decompress to the same data, so an extent may point
@@ -896,13 +931,16 @@ def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: 
     # per-file write state of the file being consumed
     current = {"job": None, "start": 0, "buffer": [], "flushed": False, "fragment": False}
 
+    writer = _BlockWriter(area.out)
+
     def flush() -> None:
         buf = current["buffer"]
         if not buf:
             return
-        payload = b"".join(p.payload for p in buf)
-        blk = area.allocate(len(payload) // bs)
-        area.out.pwrite(payload, blk * bs)
+        parts = [p.payload for p in buf]
+        nbytes = sum(map(len, parts))
+        blk = area.allocate(nbytes // bs)
+        writer.write(blk * bs, parts, nbytes)
         current["buffer"] = []
         current["flushed"] = True
 
@@ -976,6 +1014,7 @@ def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: 
             done, future = window.popleft()
             for task, pcl in zip(done, future.result()):
                 yield from consume(task, pcl)
+        writer.flush()
     finally:
         for _batch, future in window:
             future.cancel()

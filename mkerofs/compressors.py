@@ -276,9 +276,16 @@ def _bind_lz4(lib):
     return lib
 
 
+# LZ4 (not HC) output at most this big is produced with the GIL held (see _lz4_gil)
+_GIL_HELD_MAX = 16384
 _lz4, _lz4_path = _load_first(_LZ4_CANDIDATES, _LZ4_SYMS)
+_lz4_gil = None
 if _lz4 is not None:
     _bind_lz4(_lz4)
+    # The same functions called with the GIL held: LZ4 on a few KiB takes microseconds, less
+    # than it costs to hand the GIL back and forth between threads that mostly run Python.
+    _lz4_gil = ctypes.PyDLL(_lz4_path)
+    _bind_lz4(_lz4_gil)
 
 _ZSTD_SYMS = ("ZSTD_createCCtx", "ZSTD_CCtx_setParameter", "ZSTD_compress2", "ZSTD_isError",
               "ZSTD_getErrorName", "ZSTD_compressBound", "ZSTD_freeCCtx", "ZSTD_createDCtx",
@@ -479,6 +486,11 @@ class _Pinned:
         return False
 
 
+def bytes_address(data: bytes) -> int:
+    """Address of a bytes object's contents (valid while the object lives)."""
+    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+
+
 def _int_addr(addr) -> int:
     if type(addr) is bytes:
         return ctypes.cast(ctypes.c_char_p(addr), ctypes.c_void_p).value or 0
@@ -612,7 +624,8 @@ class LZ4Compressor(_Base):
         self.level = None
 
     def _destsize(self, src_addr: int, dst, n: int, dest_size: int, sz: ctypes.c_int) -> int:
-        return _lz4.LZ4_compress_destSize(src_addr, dst, ctypes.byref(sz), dest_size)
+        lib = _lz4_gil if dest_size <= _GIL_HELD_MAX else _lz4
+        return lib.LZ4_compress_destSize(src_addr, dst, ctypes.byref(sz), dest_size)
 
     def compress_destsize(self, src, dest_size: int, hint: int | None = None
                           ) -> tuple[int, bytes]:
@@ -627,6 +640,16 @@ class LZ4Compressor(_Base):
             if out <= 0:
                 raise RuntimeError(f"{self.name} compression failed")
             return sz.value, ctypes.string_at(dst, out)
+
+    def destsize_at(self, addr: int, n: int, dest_size: int) -> tuple[int, bytes]:
+        """compress_destsize() of `n` (> 0) bytes at address `addr`, which the caller keeps
+        alive: for the many small pclusters of a segment, without pinning a buffer each time."""
+        dst = _scratch.get(dest_size)
+        sz = ctypes.c_int(min(n, Z_EROFS_PCLUSTER_MAX_DSIZE))
+        out = self._destsize(addr, dst, sz.value, dest_size, sz)
+        if out <= 0:
+            raise RuntimeError(f"{self.name} compression failed")
+        return sz.value, ctypes.string_at(dst, out)
 
     def compress(self, src) -> bytes:
         with _Pinned(src) as p:
