@@ -79,6 +79,10 @@ class Output:
 
     def pwrite(self, data, pos: int) -> None:
         view = memoryview(data)
+        if self.capacity is not None and self.offset + pos + view.nbytes > self.capacity:
+            # compressed images learn their size only while being written
+            raise BuildError(f"{self.path}: the image does not fit on the device "
+                             f"({self.capacity - self.offset} bytes available)")
         pos += self.offset
         try:
             while view:

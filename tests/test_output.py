@@ -327,6 +327,18 @@ def test_image_bigger_than_device_refused(tmp_path, small_src, loop):
         assert stat.S_ISBLK(os.stat(dev).st_mode)
 
 
+def test_compressed_image_bigger_than_device_refused(tmp_path, small_src, loop):
+    """A compressed image's size is known only while it is written: the build stops with a
+    clear message at the first write that would not fit (the device is being overwritten, as
+    with any build onto a device)."""
+    (small_src / "random").write_bytes(os.urandom(2 * 1024 * 1024))
+    backing = tmp_path / "backing"
+    backing.write_bytes(b"\xa5" * (512 * 1024))
+    with loop(backing) as dev:
+        r = run_mkerofs("-zlz4hc", dev, small_src, check=False)
+        assert_clean_failure(r, mentions=[dev, "does not fit"])
+
+
 @pytest.mark.kernel
 def test_image_exactly_filling_device(tmp_path, small_src, loop):
     plain = tmp_path / "plain.erofs"
