@@ -792,13 +792,18 @@ def read_file_range(path: bytes, size: int, describe: Callable[[str], Exception]
         try:
             chunks = []
             pos, end = offset, offset + length
-            while pos < end:
-                chunk = os.pread(fd, min(end - pos, 1 << 24), pos)
-                if not chunk:
-                    raise describe(f"file changed during the build (ended at byte {pos} of {size})")
+            # the last read asks for one byte more: getting it means the file grew
+            stop = end + 1 if last else end
+            while pos < stop:
+                want = min(stop - pos, 1 << 24)
+                chunk = os.pread(fd, want, pos)
                 chunks.append(chunk)
                 pos += len(chunk)
-            if last and os.pread(fd, 1, size):
+                if len(chunk) < want:       # end of file
+                    break
+            if pos < end:
+                raise describe(f"file changed during the build (ended at byte {pos} of {size})")
+            if pos > end:
                 raise describe(f"file changed during the build (size is no longer {size})")
         except OSError as err:
             raise describe(err.strerror or str(err)) from None
