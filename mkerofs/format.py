@@ -364,3 +364,140 @@ Z_EROFS_LCLUSTER_INDEX_SIZE = 8
 def z_erofs_map_header_pos(inode_end: int) -> int:
     """The map header starts at the end of inode + inline xattrs rounded up to 8 bytes."""
     return round_up(inode_end, 8)
+
+
+# ===========================================================================
+# reading images (mkerofs.reader, mkerofs.zmap): decoding helpers and the constants only a
+# reader needs.  Names follow erofs_fs.h; nothing above this line depends on them.
+
+EROFS_FEATURE_COMPAT_SHARED_EA_IN_METABOX = 0x00000008
+EROFS_FEATURE_COMPAT_ISHARE_XATTRS = 0x00000020
+EROFS_FEATURE_INCOMPAT_METABOX = 0x00000100
+EROFS_ALL_FEATURE_INCOMPAT = (EROFS_FEATURE_INCOMPAT_METABOX << 1) - 1
+
+# feature names as dump.erofs prints them: (compat?, bit, name); one bit may have two names
+EROFS_FEATURE_NAMES = (
+    (True, EROFS_FEATURE_COMPAT_SB_CHKSUM, "sb_csum"),
+    (True, EROFS_FEATURE_COMPAT_MTIME, "mtime"),
+    (True, EROFS_FEATURE_COMPAT_XATTR_FILTER, "xattr_filter"),
+    (True, EROFS_FEATURE_COMPAT_SHARED_EA_IN_METABOX, "shared_ea_in_metabox"),
+    (True, EROFS_FEATURE_COMPAT_PLAIN_XATTR_PFX, "plain_xattr_pfx"),
+    (True, EROFS_FEATURE_COMPAT_ISHARE_XATTRS, "ishare_xattrs"),
+    (False, EROFS_FEATURE_INCOMPAT_LZ4_0PADDING, "lz4_0padding"),
+    (False, EROFS_FEATURE_INCOMPAT_COMPR_CFGS, "compr_cfgs"),
+    (False, EROFS_FEATURE_INCOMPAT_BIG_PCLUSTER, "big_pcluster"),
+    (False, EROFS_FEATURE_INCOMPAT_CHUNKED_FILE, "chunked_file"),
+    (False, EROFS_FEATURE_INCOMPAT_DEVICE_TABLE, "device_table"),
+    (False, EROFS_FEATURE_INCOMPAT_ZTAILPACKING, "ztailpacking"),
+    (False, EROFS_FEATURE_INCOMPAT_FRAGMENTS, "fragments"),
+    (False, EROFS_FEATURE_INCOMPAT_DEDUPE, "dedupe"),
+    (False, EROFS_FEATURE_INCOMPAT_XATTR_PREFIXES, "xattr_prefixes"),
+    (False, EROFS_FEATURE_INCOMPAT_48BIT, "48bit"),
+    (False, EROFS_FEATURE_INCOMPAT_METABOX, "metabox"),
+)
+
+EROFS_MAX_BLOCK_SIZE_BITS = 16     # erofs-utils reads up to 64 KiB blocks (the kernel: PAGE_SIZE)
+EROFS_MIN_BLOCK_SIZE_BITS = 9
+
+# superblock fields past the 105 bytes SuperBlock.unpack() names (inside its "reserved" tail,
+# and extension slot 1): (offset from the superblock start, struct)
+EROFS_SB_ISHARE_XATTR_PREFIX_ID = (105, struct.Struct("<B"))
+EROFS_SB_BUILD_TIME = (108, struct.Struct("<I"))
+EROFS_SB_ROOTNID_8B = (112, struct.Struct("<Q"))     # (48BIT) the root nid
+EROFS_SB_BLOCKS_HI = (14, struct.Struct("<H"))       # (48BIT, rootnid_8b != 0) shares rootnid_2b
+EROFS_SB_METABOX_NID = (128, struct.Struct("<Q"))    # (METABOX) in extension slot 1
+
+EROFS_DEVT_SLOT_SIZE = 128
+
+EROFS_I_VERSION_MASK = 0x01
+EROFS_I_DATALAYOUT_MASK = 0x07
+EROFS_I_DOT_OMITTED_BIT = 4        # directories: no "." entry (shares the bit with NLINK_1)
+EROFS_I_ALL = (1 << (EROFS_I_NLINK_1_BIT + 1)) - 1
+EROFS_INODE_DATALAYOUT_MAX = 5
+
+# public names for the two inode structs (same objects as above)
+EROFS_INODE_COMPACT = _INODE_COMPACT
+EROFS_INODE_EXTENDED = _INODE_EXTENDED
+
+# chunk-based inodes: i_u holds erofs_inode_chunk_info.format
+EROFS_CHUNK_FORMAT_BLKBITS_MASK = 0x001F
+EROFS_CHUNK_FORMAT_INDEXES = 0x0020
+EROFS_CHUNK_FORMAT_48BIT = 0x0040
+EROFS_CHUNK_FORMAT_ALL = (EROFS_CHUNK_FORMAT_48BIT << 1) - 1
+EROFS_BLOCK_MAP_ENTRY_SIZE = 4                         # le32 blkaddr per chunk
+EROFS_INODE_CHUNK_INDEX = struct.Struct("<HHI")        # startblk_hi, device_id, startblk_lo
+EROFS_NULL_ADDR = (1 << 64) - 1                        # a hole (masked to the address width)
+
+EROFS_DIRENT_NID_METABOX_BIT = 63
+EROFS_DIRENT_NID_MASK = (1 << EROFS_DIRENT_NID_METABOX_BIT) - 1
+EROFS_FT_MAX = 8
+
+# xattr name index -> the prefix the stored name lacks (ACL indexes stand for the whole name)
+EROFS_XATTR_INDEX_PREFIXES = {
+    EROFS_XATTR_INDEX_USER: b"user.",
+    EROFS_XATTR_INDEX_POSIX_ACL_ACCESS: b"system.posix_acl_access",
+    EROFS_XATTR_INDEX_POSIX_ACL_DEFAULT: b"system.posix_acl_default",
+    EROFS_XATTR_INDEX_TRUSTED: b"trusted.",
+    EROFS_XATTR_INDEX_LUSTRE: b"lustre.",
+    EROFS_XATTR_INDEX_SECURITY: b"security.",
+}
+EROFS_XATTR_SHARED_ID_SIZE = 4     # h_shared_xattrs[] entries; also the shared id unit in bytes
+EROFS_METADATA_RECORD_LEN = struct.Struct("<H")   # compr cfgs / long prefixes: le16 len + payload
+
+# compression configuration records (after the superblock, one per available algorithm)
+Z_EROFS_COMPRESSION_MAX = 4
+Z_EROFS_ALL_COMPR_ALGS = (1 << Z_EROFS_COMPRESSION_MAX) - 1
+Z_EROFS_LZ4_CFGS = struct.Struct("<HH10x")     # max_distance, max_pclusterblks
+Z_EROFS_LZMA_CFGS = struct.Struct("<IH8x")     # dict_size, format
+Z_EROFS_DEFLATE_CFGS = struct.Struct("<B5x")   # windowbits
+Z_EROFS_ZSTD_CFGS = struct.Struct("<BB4x")     # format, windowlog - 10
+Z_EROFS_ZSTD_WINDOWLOG_MIN = 10
+Z_EROFS_LZMA_MAX_DICT_SIZE = 8 * Z_EROFS_PCLUSTER_MAX_SIZE
+Z_EROFS_ZSTD_MAX_DICT_SIZE = Z_EROFS_PCLUSTER_MAX_SIZE
+
+Z_EROFS_ADVISE_EXTENTS = 0x0001               # (COMPRESSED_FULL) extent records, not lclusters
+Z_EROFS_ADVISE_EXTRECSZ_BIT = 1
+Z_EROFS_ADVISE_EXTRECSZ_MASK = 0x3
+Z_EROFS_LI_LCLUSTER_TYPE_MASK = 0x3
+Z_EROFS_FULL_INDEX_GAP = 8                    # reserved bytes between map header and full indexes
+
+# extent records (COMPRESSED_FULL + Z_EROFS_ADVISE_EXTENTS): plen, pstart_lo, pstart_hi,
+# lstart_lo, lstart_hi, 12 reserved; a record is the first 4 << EXTRECSZ bytes of it
+Z_EROFS_EXTENT = struct.Struct("<IIIII12x")
+Z_EROFS_EXTENT_PLEN_PARTIAL = 1 << 27
+Z_EROFS_EXTENT_PLEN_FMT_BIT = 28
+Z_EROFS_EXTENT_PLEN_MASK = (Z_EROFS_PCLUSTER_MAX_SIZE << 1) - 1
+
+
+def z_erofs_full_index_start(inode_end: int) -> int:
+    """COMPRESSED_FULL: the first 8-byte lcluster index (after the map header and 8 reserved)."""
+    return round_up(inode_end, 8) + Z_EROFS_MAP_HEADER_SIZE + Z_EROFS_FULL_INDEX_GAP
+
+
+def z_erofs_compact_index_start(inode_end: int) -> int:
+    """COMPRESSED_COMPACT: where the packs of compact indexes begin (after the map header)."""
+    return round_up(inode_end, 8) + Z_EROFS_MAP_HEADER_SIZE
+
+
+def z_erofs_compact_layout(ebase: int, totalidx: int, compacted_2b: bool) -> tuple[int, int]:
+    """(compacted_4b_initial, compacted_2b) entry counts of a compact index area at byte `ebase`
+    holding `totalidx` entries: 4-byte entries up to 32-byte alignment, then (if the inode
+    advises COMPACTED_2B) a multiple of 16 2-byte entries, then 4-byte entries again."""
+    initial = ((32 - ebase % 32) // 4) & 7
+    twob = (totalidx - initial) // 16 * 16 if compacted_2b and initial < totalidx else 0
+    return initial, twob
+
+
+def z_erofs_compact_pack(entry_size: int, lclusterbits: int) -> tuple[int, int, int] | None:
+    """(vcnt, encodebits, lobits) of a compact pack whose entries take `entry_size` (4 or 2)
+    bytes on average: vcnt entries of encodebits bits each (lobits of clusterofs/delta, then 2
+    of lcluster type), then the pack's le32 base block address.  None: not representable."""
+    if entry_size == 4 and lclusterbits <= 14:
+        vcnt = 2
+    elif entry_size == 2 and lclusterbits <= 12:
+        vcnt = 16
+    else:
+        return None
+    lobits = max(lclusterbits, Z_EROFS_LI_D0_CBLKCNT.bit_length())
+    encodebits = ((vcnt * entry_size - 4) * 8) // vcnt
+    return vcnt, encodebits, lobits

@@ -1,0 +1,1262 @@
+"""Read EROFS images without mounting them: superblock, inodes, directories, data, xattrs, verify.
+
+    from mkerofs.reader import Image, ImageError
+    with Image.open("image.erofs") as img:
+        for path, inode in img.walk():
+            ...
+        data = img.read(img.lookup("/etc/passwd"))
+
+Everything an image can say is distrusted: every offset is checked against the image before it
+is read, every loop is bounded by the image's size, and every problem surfaces as ImageError
+naming the nid, path or byte offset.  Compressed data is decoded one pcluster at a time (never
+more than Z_EROFS_PCLUSTER_MAX_DSIZE bytes), so iter_data() streams files of any size.
+
+Notes on the API (beyond the names agreed with the front end):
+
+* A bad superblock checksum does not stop Image(): ``checksum_ok`` is False and verify() lists
+  it; pass ``require_checksum=True`` to make opening fail instead (as the kernel does).
+* Extent.kind is one of "plain", "interlaced", "inline", "compressed", "ztailpacking",
+  "fragment", "hole"; a fragment's ``physical`` is its offset in the packed inode's data.
+* xattrs() lists what the kernel's listxattr lists: entries whose name index has no known prefix
+  (0, lustre., a long prefix beyond the table) are skipped; verify() mentions the latter.
+* walk(top) takes an Inode or a path; it yields absolute image paths (b"/" for the root).
+* read() refuses to build more than READ_LIMIT bytes in one call; iter_data() streams.
+* lookup() raises NotFoundError (an ImageError and a FileNotFoundError) for missing names.
+* Inode.is_dir(), is_reg() ... are methods, as on os.DirEntry; major/minor are properties.
+* verify(progress) calls progress(inodes checked, superblock inode count) after each inode.
+* Extras: Image.root_nid, blocks, build_time, epoch, image_size, packed_inode,
+  long_xattr_prefixes(), compression_configs(); Extent.interlaced.
+
+An Image is not thread-safe (it caches directories and decoded pclusters): open one per thread.
+Images are mmap()ed: a file truncated by someone else while it is read crashes the process
+(SIGBUS), as with any mmap reader.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import mmap
+import os
+import stat
+import struct
+from bisect import bisect_right
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from . import format as fmt
+from . import zmap
+from .zmap import Extent, ImageError
+
+__all__ = ["Image", "Inode", "Extent", "ImageError", "NotFoundError", "READ_LIMIT"]
+
+READ_LIMIT = 1 << 31             # read() builds at most this many bytes; iter_data() streams
+MAX_DEPTH = 4096                 # walk(): deeper trees are refused (paths would exceed PATH_MAX)
+DIR_LIMIT = 1 << 28              # bytes of directory entries read for one directory
+SYMLINK_MAX = 4095               # the kernel reads at most PAGE_SIZE - 1 bytes of a target
+_DECODED_CACHE_BYTES = 48 << 20  # decoded pclusters kept (fragments, dedupe, small reads)
+_DIR_CACHE_ENTRIES = 32
+
+_FT_OF_MODE = {
+    stat.S_IFREG: fmt.EROFS_FT_REG_FILE, stat.S_IFDIR: fmt.EROFS_FT_DIR,
+    stat.S_IFCHR: fmt.EROFS_FT_CHRDEV, stat.S_IFBLK: fmt.EROFS_FT_BLKDEV,
+    stat.S_IFIFO: fmt.EROFS_FT_FIFO, stat.S_IFSOCK: fmt.EROFS_FT_SOCK,
+    stat.S_IFLNK: fmt.EROFS_FT_SYMLINK,
+}
+_COMPRESSED = (fmt.EROFS_INODE_COMPRESSED_FULL, fmt.EROFS_INODE_COMPRESSED_COMPACT)
+_U16 = struct.Struct("<H")
+_ADDR32 = (1 << 32) - 1
+_ADDR48 = (1 << 48) - 1
+_U32 = struct.Struct("<I")
+
+
+class NotFoundError(ImageError, FileNotFoundError):
+    """lookup(): a path component does not exist."""
+
+    def __str__(self) -> str:
+        return self.args[0] if self.args else "not found"
+
+
+@dataclass(slots=True)
+class Inode:
+    nid: int
+    mode: int
+    uid: int
+    gid: int
+    nlink: int
+    size: int
+    mtime: int
+    mtime_nsec: int
+    rdev: int                  # the encoded device number (new_encode_dev); 0 unless a device
+    ino: int
+    datalayout: int
+    extended: bool
+    xattr_icount: int
+    pos: int = 0               # byte offset of the on-disk inode in the image
+    startblk: int = 0          # flat: first data block (fmt.EROFS_NULL_ADDR: none); else i_u
+    dot_omitted: bool = False  # directories without a "." entry (48-bit images)
+
+    @property
+    def isize(self) -> int:
+        return fmt.EROFS_INODE_EXTENDED_SIZE if self.extended else fmt.EROFS_INODE_COMPACT_SIZE
+
+    @property
+    def xattr_isize(self) -> int:
+        return fmt.xattr_ibody_size(self.xattr_icount)
+
+    @property
+    def data_pos(self) -> int:
+        """Where inline data, chunk indexes or the compression map begin."""
+        return self.pos + self.isize + fmt.xattr_ibody_size(self.xattr_icount)
+
+    @property
+    def major(self) -> int:
+        return fmt.new_decode_dev(self.rdev)[0]
+
+    @property
+    def minor(self) -> int:
+        return fmt.new_decode_dev(self.rdev)[1]
+
+    @property
+    def file_type(self) -> int:
+        return _FT_OF_MODE.get(stat.S_IFMT(self.mode), fmt.EROFS_FT_UNKNOWN)
+
+    @property
+    def compressed(self) -> bool:
+        return self.datalayout in _COMPRESSED
+
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    def is_lnk(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    def is_chr(self) -> bool:
+        return stat.S_ISCHR(self.mode)
+
+    def is_blk(self) -> bool:
+        return stat.S_ISBLK(self.mode)
+
+    def is_fifo(self) -> bool:
+        return stat.S_ISFIFO(self.mode)
+
+    def is_sock(self) -> bool:
+        return stat.S_ISSOCK(self.mode)
+
+
+def _with_nid(nid: int, error: ImageError) -> ImageError:
+    msg = str(error)
+    if msg.startswith("nid "):
+        return error
+    return ImageError(f"nid {nid}: {msg}")
+
+
+class Image:
+    """An EROFS image in a file, block device, bytes or mmap, `offset` bytes in."""
+
+    def __init__(self, source, offset: int = 0, *, require_checksum: bool = False):
+        self._mmap = None
+        self._closed = False
+        self._data, self._size = self._attach(source, offset)
+        self._base = offset
+        self._decoded: OrderedDict = OrderedDict()
+        self._decoded_bytes = 0
+        self._dir_cache: OrderedDict = OrderedDict()
+        self._zcache: OrderedDict = OrderedDict()
+        self._packed: Inode | None = None
+        self._prefixes: list[tuple[int, bytes]] | None = None
+        try:
+            self._read_superblock()
+        except ImageError:
+            self.close()
+            raise
+        if require_checksum and self.checksum_ok is False:
+            self.close()
+            raise ImageError(self._checksum_problem())
+
+    @classmethod
+    def open(cls, path, offset: int = 0, **kw) -> "Image":
+        try:
+            with open(path, "rb") as f:
+                return cls(f, offset, **kw)
+        except OSError as e:
+            raise ImageError(f"cannot open {os.fsdecode(path)}: {e.strerror or e}") from None
+
+    def _attach(self, source, offset: int):
+        if offset < 0:
+            raise ImageError(f"negative image offset {offset}")
+        if isinstance(source, (bytes, mmap.mmap)):
+            data = source
+        elif isinstance(source, (bytearray, memoryview)):
+            data = bytes(source)
+        elif hasattr(source, "read"):
+            data = self._map_file(source, offset)
+        elif isinstance(source, (str, os.PathLike)):
+            try:
+                with open(source, "rb") as f:
+                    data = self._map_file(f, offset)
+            except OSError as e:
+                raise ImageError(f"cannot open {os.fsdecode(source)}: {e.strerror or e}") \
+                    from None
+        else:
+            raise TypeError(f"cannot read an image from {type(source).__name__}")
+        size = len(data) - offset
+        if size <= 0:
+            raise ImageError(f"the image is empty ({len(data)} bytes, offset {offset})")
+        return data, size
+
+    def _map_file(self, f, offset: int):
+        """mmap a real file or block device; read anything else (pipes, BytesIO) whole."""
+        try:
+            fd = f.fileno()
+            end = os.lseek(fd, 0, os.SEEK_END)
+        except (OSError, ValueError, io.UnsupportedOperation):
+            fd = None
+        if fd is not None:
+            if end <= offset:
+                raise ImageError(f"the image is empty ({end} bytes, offset {offset})")
+            try:
+                self._mmap = mmap.mmap(fd, end, prot=mmap.PROT_READ)
+                return self._mmap
+            except (OSError, ValueError):
+                pass
+        try:
+            f.seek(0)
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+        try:
+            data = f.read()
+        except OSError as e:
+            raise ImageError(f"cannot read the image: {e.strerror or e}") from None
+        return bytes(data)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._decoded.clear()
+        self._dir_cache.clear()
+        self._zcache.clear()
+        if self._mmap is not None:
+            try:
+                self._mmap.close()
+            except BufferError:     # a caller still holds a view; the mapping goes with it
+                pass
+        self._data = b""
+        self._size = 0              # every read now fails
+
+    def __enter__(self) -> "Image":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- raw access ------------------------------------------------------------------------------
+
+    def _get(self, pos: int, n: int) -> bytes:
+        if pos < 0 or n < 0 or pos + n > self._size:
+            if self._closed:
+                raise ImageError("the image is closed")
+            raise ImageError(f"{n} bytes at byte {pos} are past the end of the image "
+                             f"({self._size} bytes)")
+        start = self._base + pos
+        return self._data[start:start + n]
+
+    def _check_range(self, pos: int, n: int, what: str) -> None:
+        if pos + n > self._size:
+            bs = self.block_size
+            raise ImageError(f"{what} extends past the end of the image (block "
+                             f"{(pos + n - 1) // bs} of {-(-self._size // bs)})")
+
+    # -- superblock ------------------------------------------------------------------------------
+
+    def _read_superblock(self) -> None:
+        end = fmt.EROFS_SUPER_OFFSET + fmt.EROFS_SB_SIZE
+        if self._size < end:
+            raise ImageError(f"the image is {self._size} bytes, too short for a superblock "
+                             f"(needs {end})")
+        raw = self._get(fmt.EROFS_SUPER_OFFSET, fmt.EROFS_SB_SIZE)
+        sb = fmt.SuperBlock.unpack(raw)
+        self.superblock = sb
+        if sb.magic != fmt.EROFS_SUPER_MAGIC_V1:
+            raise ImageError(f"bad magic 0x{sb.magic:08x} at byte {fmt.EROFS_SUPER_OFFSET}: not "
+                             f"an EROFS image (expected 0x{fmt.EROFS_SUPER_MAGIC_V1:08x})")
+        if not fmt.EROFS_MIN_BLOCK_SIZE_BITS <= sb.blkszbits <= fmt.EROFS_MAX_BLOCK_SIZE_BITS:
+            raise ImageError(f"bad block size bits {sb.blkszbits} in the superblock (9 to "
+                             f"{fmt.EROFS_MAX_BLOCK_SIZE_BITS})")
+        self.block_size = bs = 1 << sb.blkszbits
+        self._blkszbits = sb.blkszbits
+        unknown = sb.feature_incompat & ~fmt.EROFS_ALL_FEATURE_INCOMPAT
+        if unknown:
+            raise ImageError(f"unknown incompatible features 0x{unknown:x}")
+        if sb.feature_incompat & fmt.EROFS_FEATURE_INCOMPAT_METABOX:
+            raise ImageError("metadata in a metabox inode (mkfs.erofs -m) is not supported")
+        self._sb_size = fmt.EROFS_SB_SIZE + sb.sb_extslots * fmt.EROFS_SB_EXTSLOT_SIZE
+        if self._sb_size > max(bs, 4096) - fmt.EROFS_SUPER_OFFSET:
+            raise ImageError(f"bad sb_extslots {sb.sb_extslots}")
+        if sb.dirblkbits:
+            raise ImageError(f"directory block bits {sb.dirblkbits} are not supported")
+        self._48bit = bool(sb.feature_incompat & fmt.EROFS_FEATURE_INCOMPAT_48BIT)
+        self.root_nid = sb.root_nid
+        self.blocks = sb.blocks
+        if self._48bit:
+            off, st = fmt.EROFS_SB_ROOTNID_8B
+            rootnid_8b = st.unpack_from(raw, off)[0]
+            if rootnid_8b:
+                self.root_nid = rootnid_8b
+                off, st = fmt.EROFS_SB_BLOCKS_HI
+                self.blocks |= st.unpack_from(raw, off)[0] << 32
+        if sb.packed_nid >> fmt.EROFS_DIRENT_NID_METABOX_BIT:
+            raise ImageError(f"bad packed nid 0x{sb.packed_nid:x}")
+        off, st = fmt.EROFS_SB_BUILD_TIME
+        self.epoch = sb.epoch - (1 << 64) if sb.epoch >> 63 else sb.epoch
+        self.build_time = self.epoch + st.unpack_from(raw, off)[0]
+        self._meta = sb.meta_blkaddr << sb.blkszbits
+        self._xattr_base = sb.xattr_blkaddr << sb.blkszbits
+        self.checksum_ok = self._verify_checksum()
+        self._read_compr_cfgs()
+
+    def _verify_checksum(self) -> bool | None:
+        sb = self.superblock
+        if not sb.feature_compat & fmt.EROFS_FEATURE_COMPAT_SB_CHKSUM:
+            return None
+        span = fmt.sb_checksum_span(self.block_size)
+        if fmt.EROFS_SUPER_OFFSET + span > self._size:
+            raise ImageError(f"the image is truncated: {self._size} bytes, but the superblock "
+                             f"checksum covers bytes up to {fmt.EROFS_SUPER_OFFSET + span}")
+        raw = bytearray(self._get(fmt.EROFS_SUPER_OFFSET, span))
+        raw[fmt.SB_CHECKSUM_OFFSET:fmt.SB_CHECKSUM_OFFSET + 4] = bytes(4)
+        self._computed_checksum = fmt.erofs_crc32c(bytes(raw))
+        return self._computed_checksum == sb.checksum
+
+    def _checksum_problem(self) -> str:
+        return (f"superblock checksum 0x{self.superblock.checksum:08x} does not match the "
+                f"computed 0x{self._computed_checksum:08x}")
+
+    def _read_compr_cfgs(self) -> None:
+        sb = self.superblock
+        self._cfgs: dict[int, bytes] = {}
+        zero_padding = bool(sb.feature_incompat & fmt.EROFS_FEATURE_INCOMPAT_LZ4_0PADDING)
+        if not sb.feature_incompat & fmt.EROFS_FEATURE_INCOMPAT_COMPR_CFGS:
+            # the kernel reads lz4 without configurations (u1 is then lz4_max_distance)
+            self._algs = 1 << fmt.Z_EROFS_COMPRESSION_LZ4
+            self._announced = self._algs if (sb.u1 or zero_padding) else 0
+            self.decoders = zmap.Decoders(zero_padding=zero_padding)
+            return
+        algs = sb.u1
+        if algs & ~fmt.Z_EROFS_ALL_COMPR_ALGS:
+            raise ImageError(f"unknown compression algorithms 0x{algs & ~15:x} in the "
+                             "superblock")
+        self._algs = self._announced = algs
+        pos = fmt.EROFS_SUPER_OFFSET + self._sb_size
+        for alg in range(fmt.Z_EROFS_COMPRESSION_MAX):
+            if algs >> alg & 1:
+                payload, pos = self._metadata_record(pos, self._get)
+                self._cfgs[alg] = payload
+        lzma_dict, zstd_window = 1 << 23, 1 << 20
+        cfg = self._cfgs.get(fmt.Z_EROFS_COMPRESSION_LZMA)
+        if cfg is not None:
+            if len(cfg) < fmt.Z_EROFS_LZMA_CFGS.size:
+                raise ImageError(f"lzma configuration of {len(cfg)} bytes is too short")
+            lzma_dict = fmt.Z_EROFS_LZMA_CFGS.unpack_from(cfg)[0]
+            if lzma_dict > fmt.Z_EROFS_LZMA_MAX_DICT_SIZE:
+                raise ImageError(f"lzma dictionary of {lzma_dict} bytes is too large")
+        cfg = self._cfgs.get(fmt.Z_EROFS_COMPRESSION_ZSTD)
+        if cfg is not None:
+            if len(cfg) < fmt.Z_EROFS_ZSTD_CFGS.size:
+                raise ImageError(f"zstd configuration of {len(cfg)} bytes is too short")
+            windowlog = fmt.Z_EROFS_ZSTD_CFGS.unpack_from(cfg)[1] + fmt.Z_EROFS_ZSTD_WINDOWLOG_MIN
+            if 1 << windowlog > fmt.Z_EROFS_ZSTD_MAX_DICT_SIZE:
+                raise ImageError(f"zstd window of 2^{windowlog} bytes is too large")
+            zstd_window = 1 << windowlog
+        self.decoders = zmap.Decoders(lzma_dict, zstd_window, zero_padding)
+
+    @staticmethod
+    def _metadata_record(pos: int, get: Callable[[int, int], bytes]) -> tuple[bytes, int]:
+        """A variable-size record (compression configurations, long xattr prefixes): 4-byte
+        aligned le16 length, then that many bytes."""
+        pos = fmt.round_up(pos, 4)
+        n = _U16.unpack(get(pos, 2))[0]
+        if n == 0:
+            raise ImageError(f"empty metadata record at byte {pos}")
+        return get(pos + 2, n), pos + 2 + n
+
+    def features(self) -> list[str]:
+        sb = self.superblock
+        return [name for compat, bit, name in fmt.EROFS_FEATURE_NAMES
+                if (sb.feature_compat if compat else sb.feature_incompat) & bit]
+
+    def algorithms(self) -> list[str]:
+        return [name for i, name in enumerate(zmap.ALGORITHM_NAMES) if self._announced >> i & 1]
+
+    def compression_configs(self) -> dict[str, bytes]:
+        """Raw configuration records by algorithm name (empty without COMPR_CFGS)."""
+        return {zmap.ALGORITHM_NAMES[a]: v for a, v in self._cfgs.items()}
+
+    @property
+    def image_size(self) -> int:
+        return self._size
+
+    # -- inodes ----------------------------------------------------------------------------------
+
+    @property
+    def root(self) -> Inode:
+        return self.inode(self.root_nid)
+
+    def inode(self, nid: int) -> Inode:
+        if nid < 0 or nid >> fmt.EROFS_DIRENT_NID_METABOX_BIT:
+            raise ImageError(f"nid {nid}: not a valid inode number")
+        pos = self._meta + (nid << fmt.EROFS_ISLOTBITS)
+        if pos + fmt.EROFS_INODE_COMPACT_SIZE > self._size:
+            if self._closed:
+                raise ImageError("the image is closed")
+            raise ImageError(f"nid {nid}: inode at byte {pos} is past the end of the image "
+                             f"({self._size} bytes)")
+        data, at = self._data, self._base + pos
+        ifmt = _U16.unpack_from(data, at)[0]
+        if ifmt & ~fmt.EROFS_I_ALL:
+            raise ImageError(f"nid {nid}: unsupported i_format 0x{ifmt:x}")
+        layout = (ifmt >> fmt.EROFS_I_DATALAYOUT_BIT) & fmt.EROFS_I_DATALAYOUT_MASK
+        if layout >= fmt.EROFS_INODE_DATALAYOUT_MAX:
+            raise ImageError(f"nid {nid}: unknown data layout {layout}")
+        if ifmt & fmt.EROFS_I_VERSION_MASK:
+            if pos + fmt.EROFS_INODE_EXTENDED_SIZE > self._size:
+                raise ImageError(f"nid {nid}: extended inode at byte {pos} is past the end of "
+                                 f"the image ({self._size} bytes)")
+            (_, icount, mode, nb, size, i_u, ino, uid, gid, mtime, nsec, nlink,
+             _r) = fmt.EROFS_INODE_EXTENDED.unpack_from(data, at)
+            extended = True
+            hi, mask = nb, _ADDR48
+        else:
+            (_, icount, mode, nb, size, mtime, i_u, ino, uid, gid,
+             _r) = fmt.EROFS_INODE_COMPACT.unpack_from(data, at)
+            extended = False
+            mtime, nsec = self.epoch + mtime, self.superblock.fixed_nsec
+            if not stat.S_ISDIR(mode) and ifmt >> fmt.EROFS_I_NLINK_1_BIT & 1:
+                nlink, hi, mask = 1, nb, _ADDR48
+            else:
+                nlink, hi, mask = nb, 0, _ADDR32
+        kind = stat.S_IFMT(mode)
+        rdev = 0
+        startblk = 0
+        if kind in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK):
+            startblk = i_u | (hi << 32)
+            if layout == fmt.EROFS_INODE_FLAT_PLAIN:
+                # a flat inode without blocks: all ones in the address bits this form has
+                if not (startblk ^ fmt.EROFS_NULL_ADDR) & mask:
+                    startblk = fmt.EROFS_NULL_ADDR
+            elif layout == fmt.EROFS_INODE_CHUNK_BASED:
+                startblk = i_u
+                if i_u & 0xFFFF & ~fmt.EROFS_CHUNK_FORMAT_ALL:
+                    raise ImageError(f"nid {nid}: unsupported chunk format 0x{i_u & 0xFFFF:x}")
+        elif kind in (stat.S_IFCHR, stat.S_IFBLK):
+            rdev = i_u
+        elif kind not in (stat.S_IFIFO, stat.S_IFSOCK):
+            raise ImageError(f"nid {nid}: bogus i_mode 0o{mode:o}")
+        return Inode(nid, mode, uid, gid, nlink, size, mtime, nsec, rdev, ino, layout, extended,
+                     icount, pos, startblk,
+                     stat.S_ISDIR(mode) and bool(ifmt >> fmt.EROFS_I_DOT_OMITTED_BIT & 1))
+
+    # -- data layout -----------------------------------------------------------------------------
+
+    def extents(self, inode: Inode) -> list[Extent]:
+        """How the file's bytes are stored, in order and without gaps (copies: the reader
+        keeps its own)."""
+        return [copy.copy(e) for e in self._extents(inode)]
+
+    def _extents(self, inode: Inode) -> list[Extent]:
+        try:
+            if inode.compressed or inode.datalayout == fmt.EROFS_INODE_CHUNK_BASED:
+                return self._mapped(inode)[0]
+            return self._flat_extents(inode)
+        except ImageError as e:
+            raise _with_nid(inode.nid, e) from None
+
+    def _extents_and_starts(self, inode: Inode) -> tuple[list[Extent], list[int]]:
+        """Extents with their logical starts (for bisect), cached for indexed layouts."""
+        try:
+            if inode.compressed or inode.datalayout == fmt.EROFS_INODE_CHUNK_BASED:
+                mapped = self._mapped(inode)
+                return mapped[0], mapped[3]
+            extents = self._flat_extents(inode)
+        except ImageError as e:
+            raise _with_nid(inode.nid, e) from None
+        return extents, [e.logical for e in extents]
+
+    def _flat_extents(self, inode: Inode) -> list[Extent]:
+        size, bs = inode.size, self.block_size
+        if size <= 0:
+            return []
+        nblocks = -(-size // bs)
+        if inode.datalayout == fmt.EROFS_INODE_FLAT_PLAIN:
+            if inode.startblk == fmt.EROFS_NULL_ADDR:
+                return [Extent(0, size, None, 0, None, "hole")]
+            pa = inode.startblk * bs
+            self._check_range(pa, nblocks * bs, f"data of {size} bytes at block {inode.startblk}")
+            return [Extent(0, size, pa, nblocks * bs)]
+        tail_start = (nblocks - 1) * bs
+        out = []
+        if tail_start:
+            pa = inode.startblk * bs
+            self._check_range(pa, tail_start, f"data of {tail_start} bytes at block "
+                                              f"{inode.startblk}")
+            out.append(Extent(0, tail_start, pa, tail_start))
+        tail, tpos = size - tail_start, inode.data_pos
+        if tpos % bs + tail > bs:
+            raise ImageError(f"inline data of {tail} bytes at byte {tpos} crosses a block "
+                             "boundary")
+        self._check_range(tpos, tail, f"inline data at byte {tpos}")
+        out.append(Extent(tail_start, tail, tpos, tail, None, "inline"))
+        return out
+
+    def _chunk_extents(self, inode: Inode) -> list[Extent]:
+        size, bs = inode.size, self.block_size
+        if size <= 0:
+            return []
+        chunkfmt = inode.startblk & 0xFFFF
+        chunkbits = self._blkszbits + (chunkfmt & fmt.EROFS_CHUNK_FORMAT_BLKBITS_MASK)
+        chunksize = 1 << chunkbits
+        count = -(-size >> chunkbits)
+        indexes = bool(chunkfmt & fmt.EROFS_CHUNK_FORMAT_INDEXES)
+        unit = fmt.EROFS_INODE_CHUNK_INDEX.size if indexes else fmt.EROFS_BLOCK_MAP_ENTRY_SIZE
+        start = fmt.round_up(inode.data_pos, unit)
+        raw = self._get(start, count * unit)
+        if indexes:
+            mask = (1 << (48 if chunkfmt & fmt.EROFS_CHUNK_FORMAT_48BIT else 32)) - 1
+            devmask = self._device_id_mask()
+            addrs = []
+            for i, (hi, dev, lo) in enumerate(fmt.EROFS_INODE_CHUNK_INDEX.iter_unpack(raw)):
+                blk = ((hi << 32) | lo) & mask
+                if not (blk ^ fmt.EROFS_NULL_ADDR) & mask:
+                    addrs.append(None)
+                    continue
+                if dev & devmask:
+                    raise ImageError(f"chunk {i} is on extra device {dev & devmask}, which "
+                                     "this reader cannot read")
+                addrs.append(blk)
+        else:
+            addrs = [None if a == fmt.EROFS_NULL_ADDR_32 else a
+                     for (a,) in _U32.iter_unpack(raw)]
+        out: list[Extent] = []
+        for i, blk in enumerate(addrs):
+            la = i << chunkbits
+            length = min(chunksize, size - la)
+            if blk is None:
+                if out and out[-1].kind == "hole":
+                    out[-1].length += length
+                else:
+                    out.append(Extent(la, length, None, 0, None, "hole"))
+                continue
+            plen = min(chunksize, fmt.round_up(size - la, bs))
+            pa = blk << self._blkszbits
+            self._check_range(pa, plen, f"chunk {i} at block {blk}")
+            last = out[-1] if out else None
+            if last is not None and last.kind == "plain" and last.length == last.physical_length \
+                    and last.physical + last.physical_length == pa:
+                last.length += length
+                last.physical_length += plen
+            else:
+                out.append(Extent(la, length, pa, plen))
+        return out
+
+    def _device_id_mask(self) -> int:
+        sb = self.superblock
+        extra = sb.extra_devices if sb.feature_incompat & fmt.EROFS_FEATURE_INCOMPAT_DEVICE_TABLE \
+            else 0
+        return (1 << extra.bit_length()) - 1 if extra else 0
+
+    def _compressed(self, inode: Inode):
+        """(extents, header, lclusters) of a compressed inode."""
+        return self._mapped(inode)[:3]
+
+    def _mapped(self, inode: Inode):
+        """(extents, map header, lclusters, extent starts) of a compressed or chunk-based inode,
+        cached for a few inodes: their indexes are parsed whole, and reads come in series."""
+        key = inode.pos
+        stamp = (inode.size, inode.datalayout, inode.xattr_icount, inode.startblk)
+        hit = self._zcache.get(key)
+        if hit is not None and hit[0] == stamp:
+            self._zcache.move_to_end(key)
+            return hit[1]
+        if inode.compressed:
+            extents, header, lc = self._map_compressed(inode)
+        else:
+            extents, header, lc = self._chunk_extents(inode), None, None
+        result = (extents, header, lc, [e.logical for e in extents])
+        self._zcache[key] = (stamp, result)
+        if len(self._zcache) > 64:
+            # the packed inode stays: every fragment read goes through its map
+            oldest = next(iter(self._zcache))
+            if self._packed is not None and oldest == self._packed.pos:
+                self._zcache.move_to_end(oldest)
+            self._zcache.popitem(last=False)
+        return result
+
+    def _map_compressed(self, inode: Inode):
+        size = inode.size
+        if size <= 0:
+            return [], None, None
+        end = inode.data_pos
+        sb = self.superblock
+        header = zmap.read_map_header(
+            self._get(fmt.z_erofs_map_header_pos(end), fmt.Z_EROFS_MAP_HEADER_SIZE),
+            self._blkszbits, inode.datalayout,
+            bool(sb.feature_incompat & fmt.EROFS_FEATURE_INCOMPAT_BIG_PCLUSTER))
+        if header.whole_fragment:
+            extents = [Extent(0, size, header.fragmentoff, size, None, "fragment")]
+            self._check_fragments(inode, extents)
+            return extents, header, None
+        if header.records:
+            extents = zmap.decode_records(self._get, end, header, size, self._blkszbits,
+                                          self._algs)
+            self._check_physical(extents)
+            self._check_fragments(inode, extents)
+            return extents, header, None
+        lcbits = header.lclusterbits
+        count = -(-size >> lcbits)
+        if inode.datalayout == fmt.EROFS_INODE_COMPRESSED_FULL:
+            big = bool(header.advise & (fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_1 |
+                                        fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_2))
+            lc = zmap.decode_full(self._get, fmt.z_erofs_full_index_start(end), count, lcbits,
+                                  big)
+        else:
+            lc = zmap.decode_compact(self._get, fmt.z_erofs_compact_index_start(end), count,
+                                     size, self._blkszbits, lcbits, header.advise)
+        extents = zmap.build_extents(lc, header, inode.datalayout, size, self._blkszbits,
+                                     self._algs)
+        self._check_physical(extents)
+        self._check_fragments(inode, extents)
+        return extents, header, lc
+
+    def _check_physical(self, extents: list[Extent]) -> None:
+        for ext in extents:
+            if ext.physical is not None and ext.kind != "fragment":
+                self._check_range(ext.physical, ext.physical_length,
+                                  f"{ext.kind} pcluster of the extent at {ext.logical}")
+
+    def _check_fragments(self, inode: Inode, extents: list[Extent]) -> None:
+        for ext in extents:
+            if ext.kind != "fragment":
+                continue
+            packed = self.packed_inode
+            if packed is None:
+                raise ImageError("a fragment, but the image has no packed inode")
+            if inode.nid == packed.nid:
+                raise ImageError("the packed inode refers to fragments of itself")
+            if ext.physical + ext.length > packed.size:
+                raise ImageError(f"fragment of {ext.length} bytes at {ext.physical} is past the "
+                                 f"end of the packed inode ({packed.size} bytes)")
+
+    @property
+    def packed_inode(self) -> Inode | None:
+        """The inode holding fragments (and maybe the long xattr prefixes), if any."""
+        sb = self.superblock
+        if not sb.packed_nid or not sb.feature_incompat & fmt.EROFS_FEATURE_INCOMPAT_FRAGMENTS:
+            return None
+        if self._packed is None:
+            packed = self.inode(sb.packed_nid)
+            if not packed.is_reg():
+                raise ImageError(f"nid {packed.nid}: the packed inode is not a regular file")
+            self._packed = packed
+        return self._packed
+
+    # -- reading data ----------------------------------------------------------------------------
+
+    def read(self, inode: Inode, offset: int = 0, length: int | None = None) -> bytes:
+        end = inode.size if length is None else min(inode.size, offset + max(length, 0))
+        if offset < 0:
+            raise ValueError("negative offset")
+        if end - offset > READ_LIMIT:
+            raise ImageError(f"nid {inode.nid}: refusing to read {end - offset} bytes at once; "
+                             "use iter_data()")
+        if end <= offset:
+            return b""
+        return b"".join(self._iter_range(inode, offset, end - offset, 1 << 24))
+
+    def iter_data(self, inode: Inode, chunk: int = 1 << 20) -> Iterator[bytes]:
+        if chunk <= 0:
+            raise ValueError("chunk must be positive")
+        return self._iter_range(inode, 0, inode.size, chunk)
+
+    def _iter_range(self, inode: Inode, offset: int, length: int, chunk: int) -> Iterator[bytes]:
+        if length <= 0:
+            return
+        if not (inode.is_reg() or inode.is_dir() or inode.is_lnk()):
+            return
+        extents, starts = self._extents_and_starts(inode)
+        end = offset + length
+        pos = offset
+        i = max(bisect_right(starts, offset) - 1, 0)
+        while pos < end:
+            ext = extents[i] if i < len(extents) else None
+            if ext is None or ext.logical > pos:
+                raise ImageError(f"nid {inode.nid}: no extent maps byte {pos} of "
+                                 f"{inode.size}")
+            stop = min(end, ext.end)
+            if stop > pos:
+                yield from self._extent_pieces(inode, ext, pos - ext.logical, stop - pos, chunk)
+                pos = stop
+            i += 1
+
+    def _extent_pieces(self, inode: Inode, ext: Extent, skip: int, n: int, chunk: int
+                       ) -> Iterator[bytes]:
+        kind = ext.kind
+        if kind == "hole":
+            zeros = bytes(min(chunk, n))
+            while n > 0:
+                yield zeros if n >= len(zeros) else zeros[:n]
+                n -= len(zeros)
+            return
+        if kind == "plain" or kind == "inline":
+            # raw pclusters of compressed files are "shifted": the extent from their start
+            pos = ext.physical + skip
+            while n > 0:
+                k = min(chunk, n)
+                yield self._get(pos, k)
+                pos += k
+                n -= k
+            return
+        if kind == "fragment":
+            packed = self.packed_inode
+            yield from self._iter_range(packed, ext.physical + skip, n, chunk)
+            return
+        data = self._decode(inode, ext)
+        for at in range(skip, skip + n, chunk):
+            yield data[at:min(at + chunk, skip + n)]
+
+    def _decode(self, inode: Inode, ext: Extent, want: bool = True) -> bytes | None:
+        """All `length` bytes of a pcluster-backed extent, through a small cache (fragments and
+        deduplicated pclusters are read again and again)."""
+        key = (ext.physical, ext.physical_length, ext.length, ext.kind, ext.algorithm,
+               ext.partial, ext.logical % self.block_size if ext.interlaced else 0)
+        data = self._decoded.get(key)
+        if data is not None:
+            self._decoded.move_to_end(key)
+            return data
+        raw = self._get(ext.physical, ext.physical_length)
+        if not want and ext.algorithm is not None:      # verify: decode, keep nothing
+            try:
+                self.decoders.decode(ext.algorithm, raw, ext.length, ext.partial, False)
+            except ImageError as e:
+                raise ImageError(f"nid {inode.nid}: extent at {ext.logical} ({ext.length} "
+                                 f"bytes, {ext.kind} at byte {ext.physical}): {e}") from None
+            return None
+        try:
+            if ext.algorithm is None:
+                data = zmap.unpack_plain(raw, ext, self.block_size)
+            else:
+                data = self.decoders.decode(ext.algorithm, raw, ext.length, ext.partial)
+        except ImageError as e:
+            raise ImageError(f"nid {inode.nid}: extent at {ext.logical} ({ext.length} bytes, "
+                             f"{ext.kind} at byte {ext.physical}): {e}") from None
+        if len(data) != ext.length:
+            raise ImageError(f"nid {inode.nid}: extent at {ext.logical} decodes to {len(data)} "
+                             f"bytes, not {ext.length}")
+        self._decoded[key] = data
+        self._decoded_bytes += len(data)
+        while self._decoded_bytes > _DECODED_CACHE_BYTES and len(self._decoded) > 1:
+            self._decoded_bytes -= len(self._decoded.popitem(last=False)[1])
+        return data
+
+    def readlink(self, inode: Inode) -> bytes:
+        if not inode.is_lnk():
+            raise ImageError(f"nid {inode.nid}: not a symlink")
+        if inode.size > SYMLINK_MAX:
+            raise ImageError(f"nid {inode.nid}: symlink target of {inode.size} bytes is longer "
+                             f"than {SYMLINK_MAX}")
+        return self.read(inode)
+
+    # -- directories -----------------------------------------------------------------------------
+
+    def listdir(self, inode: Inode) -> list[tuple[bytes, int, int]]:
+        """(name, nid, file type) of every entry but "." and ".."."""
+        return [e for e in self._dirents(inode) if e[0] != b"." and e[0] != b".."]
+
+    def _dirents(self, inode: Inode) -> list[tuple[bytes, int, int]]:
+        if not inode.is_dir():
+            raise ImageError(f"nid {inode.nid}: not a directory")
+        key = inode.pos
+        hit = self._dir_cache.get(key)
+        if hit is not None and hit[0] == inode.size:
+            self._dir_cache.move_to_end(key)
+            return hit[1]
+        entries = self._read_dir(inode)
+        self._dir_cache[key] = (inode.size, entries, None)
+        if len(self._dir_cache) > _DIR_CACHE_ENTRIES:
+            self._dir_cache.popitem(last=False)
+        return entries
+
+    def _read_dir(self, inode: Inode) -> list[tuple[bytes, int, int]]:
+        size, bs = inode.size, self.block_size
+        out: list[tuple[bytes, int, int]] = []
+        if size <= 0:
+            raise ImageError(f"nid {inode.nid}: empty directory (size {size})")
+        if size > DIR_LIMIT:
+            raise ImageError(f"nid {inode.nid}: directory of {size} bytes (more than "
+                             f"{DIR_LIMIT})")
+        try:
+            extents = self._extents(inode)
+            flat = [e for e in extents if e.kind in ("plain", "inline")]
+            direct = not inode.compressed and len(flat) == len(extents)
+            for lblk, at in enumerate(range(0, size, bs)):
+                n = min(bs, size - at)
+                if direct:
+                    blk = self._flat_block(extents, at, n)
+                else:
+                    blk = b"".join(self._iter_range(inode, at, n, bs))
+                self._parse_dir_block(blk, lblk, out)
+        except ImageError as e:
+            raise _with_nid(inode.nid, e) from None
+        return out
+
+    def _flat_block(self, extents: list[Extent], at: int, n: int) -> bytes:
+        for ext in extents:
+            if ext.logical <= at < ext.end:
+                if at + n <= ext.end:
+                    return self._get(ext.physical + at - ext.logical, n)
+                break
+        raise ImageError(f"directory block at {at} is not mapped by one extent")
+
+    def _parse_dir_block(self, blk: bytes, lblk: int, out: list) -> None:
+        maxsize = len(blk)
+        if maxsize < fmt.EROFS_DIRENT_SIZE:
+            raise ImageError(f"directory block {lblk} is only {maxsize} bytes")
+        nameoff = _U16.unpack_from(blk, 8)[0]
+        if nameoff < fmt.EROFS_DIRENT_SIZE or nameoff >= self.block_size:
+            raise ImageError(f"directory block {lblk}: invalid first nameoff {nameoff}")
+        count = -(-nameoff // fmt.EROFS_DIRENT_SIZE)
+        if count * fmt.EROFS_DIRENT_SIZE > maxsize:
+            raise ImageError(f"directory block {lblk}: {count} entries do not fit in "
+                             f"{maxsize} bytes")
+        ents = list(fmt.EROFS_DIRENT.iter_unpack(blk[:count * fmt.EROFS_DIRENT_SIZE]))
+        expect = nameoff
+        for i, (nid, off, ftype, _r) in enumerate(ents):
+            if off != expect:
+                raise ImageError(f"directory block {lblk}, entry {i}: name at {off}, expected "
+                                 f"{expect}")
+            if i + 1 < count:
+                end = ents[i + 1][1]
+            else:
+                end = blk.find(b"\0", off, maxsize)
+                if end < 0:
+                    end = maxsize
+            if end <= off or end - off > fmt.EROFS_NAME_LEN or end > maxsize:
+                raise ImageError(f"directory block {lblk}, entry {i}: bad name length "
+                                 f"{end - off}")
+            name = blk[off:end]
+            if b"/" in name or b"\0" in name:
+                raise ImageError(f"directory block {lblk}, entry {i}: illegal name {name!r}")
+            out.append((name, nid, ftype))
+            expect = end
+
+    def lookup(self, path) -> Inode:
+        raw = os.fsencode(path)
+        cur = self.root
+        walked = b""
+        for part in raw.split(b"/"):
+            if not part:
+                continue
+            if not cur.is_dir():
+                raise ImageError(f"{os.fsdecode(raw)}: {os.fsdecode(walked or b'/')} is not "
+                                 "a directory")
+            nid = self._find(cur, part)
+            walked += b"/" + part
+            if nid is None:
+                raise NotFoundError(f"{os.fsdecode(walked)}: no such file or directory")
+            cur = self.inode(nid)
+        return cur
+
+    def _find(self, directory: Inode, name: bytes) -> int | None:
+        entries = self._dirents(directory)
+        hit = self._dir_cache.get(directory.pos)
+        index = hit[2] if hit is not None else None
+        if index is None:
+            index = {n: nid for n, nid, _ in entries}
+            if hit is not None:
+                self._dir_cache[directory.pos] = (hit[0], hit[1], index)
+        return index.get(name)
+
+    def walk(self, top=None) -> Iterator[tuple[bytes, Inode]]:
+        """Every path below `top` (the root by default) with its inode, depth first, each
+        directory's entries in their (sorted) on-disk order."""
+        if top is None or isinstance(top, Inode):
+            start = self.root if top is None else top
+            prefix = b"/"
+        else:
+            start = self.lookup(top)
+            prefix = b"/" + os.fsencode(top).strip(b"/")
+            if prefix != b"/":
+                prefix = b"/" + b"/".join(p for p in prefix.split(b"/") if p)
+        yield prefix, start
+        if not start.is_dir():
+            return
+        seen = {start.nid: prefix}
+        stack = [(prefix, iter(self.listdir(start)))]
+        while stack:
+            base, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                stack.pop()
+                continue
+            name, nid, _ftype = entry
+            path = (base if base != b"/" else b"") + b"/" + name
+            child = self.inode(nid)
+            yield path, child
+            if child.is_dir():
+                if nid in seen:
+                    raise ImageError(f"{os.fsdecode(path)}: directory nid {nid} is also "
+                                     f"{os.fsdecode(seen[nid])} (a directory loop)")
+                if len(stack) >= MAX_DEPTH:
+                    raise ImageError(f"{os.fsdecode(path)}: directories nested more than "
+                                     f"{MAX_DEPTH} deep")
+                seen[nid] = path
+                stack.append((path, iter(self.listdir(child))))
+
+    # -- xattrs ----------------------------------------------------------------------------------
+
+    def xattrs(self, inode: Inode) -> list[tuple[bytes, bytes]]:
+        """(full name, value) of every xattr the kernel lists: inline ones, then shared ones."""
+        try:
+            return [(name, value) for name, value, _i, _s in self._xattr_entries(inode)
+                    if name is not None]
+        except ImageError as e:
+            raise _with_nid(inode.nid, e) from None
+
+    def _xattr_entries(self, inode: Inode) -> list[tuple[bytes | None, bytes, int, bytes]]:
+        """(full name or None, value, name index, stored name) of every entry."""
+        isize = inode.xattr_isize
+        if not isize:
+            return []
+        start = inode.pos + inode.isize
+        body = self._get(start, isize)
+        _filter, shared = fmt.EROFS_XATTR_IBODY_HEADER.unpack_from(body)[:2]
+        pos = fmt.EROFS_XATTR_IBODY_HEADER.size + shared * fmt.EROFS_XATTR_SHARED_ID_SIZE
+        if pos > isize:
+            raise ImageError(f"{shared} shared xattr ids do not fit in the {isize}-byte xattr "
+                             "area")
+        ids = struct.unpack_from(f"<{shared}I", body, fmt.EROFS_XATTR_IBODY_HEADER.size)
+        out = []
+        while pos < isize:
+            entry, size = self._xattr_entry(body, pos, isize, f"inline xattr at byte "
+                                                              f"{start + pos}")
+            out.append(entry)
+            pos += size
+        for xid in ids:
+            at = self._xattr_base + xid * fmt.EROFS_XATTR_SHARED_ID_SIZE
+            head = self._get(at, fmt.EROFS_XATTR_ENTRY_SIZE)
+            nlen, _idx, vlen = fmt.EROFS_XATTR_ENTRY.unpack(head)
+            raw = self._get(at, fmt.EROFS_XATTR_ENTRY_SIZE + nlen + vlen)
+            out.append(self._xattr_entry(raw, 0, len(raw), f"shared xattr {xid}")[0])
+        return out
+
+    def _xattr_entry(self, raw: bytes, pos: int, limit: int, where: str):
+        if pos + fmt.EROFS_XATTR_ENTRY_SIZE > limit:
+            raise ImageError(f"{where}: truncated entry")
+        nlen, index, vlen = fmt.EROFS_XATTR_ENTRY.unpack_from(raw, pos)
+        size = fmt.xattr_align(fmt.EROFS_XATTR_ENTRY_SIZE + nlen + vlen)
+        if pos + fmt.EROFS_XATTR_ENTRY_SIZE + nlen + vlen > limit:
+            raise ImageError(f"{where}: a {nlen}-byte name and {vlen}-byte value do not fit")
+        at = pos + fmt.EROFS_XATTR_ENTRY_SIZE
+        suffix = raw[at:at + nlen]
+        value = raw[at + nlen:at + nlen + vlen]
+        return (self._xattr_name(index, suffix), value, index, suffix), size
+
+    def _xattr_name(self, index: int, suffix: bytes) -> bytes | None:
+        if index & fmt.EROFS_XATTR_LONG_PREFIX:
+            prefixes = self.long_xattr_prefixes()
+            k = index & fmt.EROFS_XATTR_LONG_PREFIX_MASK
+            if k >= len(prefixes):
+                return None
+            base, infix = prefixes[k]
+            short = _visible_prefix(base)
+            return None if short is None else short + infix + suffix
+        short = _visible_prefix(index)
+        return None if short is None else short + suffix
+
+    def long_xattr_prefixes(self) -> list[tuple[int, bytes]]:
+        """The long xattr name prefix table: (base name index, infix) per entry."""
+        if self._prefixes is None:
+            self._prefixes = self._read_prefixes()
+        return self._prefixes
+
+    def _read_prefixes(self) -> list[tuple[int, bytes]]:
+        sb = self.superblock
+        count = sb.xattr_prefix_count
+        if not count or not sb.feature_incompat & fmt.EROFS_FEATURE_INCOMPAT_XATTR_PREFIXES:
+            return []
+        get = self._get
+        if not sb.feature_compat & fmt.EROFS_FEATURE_COMPAT_PLAIN_XATTR_PFX:
+            packed = self.packed_inode
+            if packed is not None:
+                def get(pos: int, n: int, packed=packed) -> bytes:
+                    data = self.read(packed, pos, n)
+                    if len(data) != n:
+                        raise ImageError(f"long xattr prefixes past the end of the packed "
+                                         f"inode ({packed.size} bytes)")
+                    return data
+        pos = sb.xattr_prefix_start * 4
+        out = []
+        for i in range(count):
+            try:
+                payload, pos = self._metadata_record(pos, get)
+            except ImageError as e:
+                raise ImageError(f"long xattr prefix {i}: {e}") from None
+            if len(payload) > fmt.EROFS_NAME_LEN + 1:
+                raise ImageError(f"long xattr prefix {i} is {len(payload)} bytes long")
+            out.append((payload[0], payload[1:]))
+        return out
+
+    # -- verification ----------------------------------------------------------------------------
+
+    def verify(self, progress: Callable[[int, int], None] | None = None) -> list[str]:
+        """Every problem found, as readable lines ([] = clean).  Reads every inode reachable
+        from the root (and the packed inode), every directory, every xattr, decodes every
+        pcluster and cross-checks link counts.  `progress(done, total)` is called after each
+        inode with the number checked and the superblock's inode count."""
+        return _Verifier(self, progress).run()
+
+
+def _visible_prefix(index: int) -> bytes | None:
+    """The prefix the kernel lists for a short name index; None for those it hides."""
+    if index == fmt.EROFS_XATTR_INDEX_LUSTRE:
+        return None
+    return fmt.EROFS_XATTR_INDEX_PREFIXES.get(index)
+
+
+class _Verifier:
+    PROBLEM_LIMIT = 1000
+
+    def __init__(self, img: Image, progress):
+        self.img = img
+        self.progress = progress
+        self.problems: list[str] = []
+        self.done = 0
+        self.fs_end = img.blocks * img.block_size
+        sb = img.superblock
+        self.decoded: set = set()
+        self.filter_on = bool(sb.feature_compat & fmt.EROFS_FEATURE_COMPAT_XATTR_FILTER) and \
+            not sb.xattr_filter_reserved
+
+    def report(self, msg: str) -> None:
+        if len(self.problems) < self.PROBLEM_LIMIT:
+            self.problems.append(msg)
+        elif len(self.problems) == self.PROBLEM_LIMIT:
+            self.problems.append("(more problems not listed)")
+
+    def run(self) -> list[str]:
+        img = self.img
+        if img.checksum_ok is False:
+            self.report(img._checksum_problem())
+        if self.fs_end > img.image_size:
+            self.report(f"the image is truncated: {img.image_size} bytes, but the superblock "
+                        f"says {img.blocks} blocks of {img.block_size}")
+        try:
+            root = img.inode(img.root_nid)
+        except ImageError as e:
+            self.report(f"/: {e}")
+            return self.problems
+        if not root.is_dir():
+            self.report(f"/: the root (nid {root.nid}) is not a directory")
+            return self.problems
+        self.check_tree(root)
+        self.check_packed()
+        return self.problems
+
+    def check_tree(self, root: Inode) -> None:
+        img = self.img
+        dirs = {root.nid: b"/"}
+        links: Counter = Counter()
+        first: dict[int, tuple[bytes, int]] = {}
+        stack = [(b"/", root, root.nid)]
+        while stack:
+            path, d, parent = stack.pop()
+            self.check_inode(d, path)
+            try:
+                entries = img._dirents(d)
+            except ImageError as e:
+                self.report(f"{_show(path)}: {e}")
+                continue
+            self.check_dir_entries(path, d, parent, entries)
+            subdirs = 0
+            children = []
+            for name, nid, ftype in entries:
+                if name == b"." or name == b"..":
+                    continue
+                cpath = (path if path != b"/" else b"") + b"/" + name
+                try:
+                    child = img.inode(nid)
+                except ImageError as e:
+                    self.report(f"{_show(cpath)}: {e}")
+                    continue
+                if ftype != child.file_type:
+                    self.report(f"{_show(cpath)}: directory entry says file type {ftype}, the "
+                                f"inode (nid {nid}) is type {child.file_type}")
+                if child.is_dir():
+                    subdirs += 1
+                    if nid in dirs:
+                        self.report(f"{_show(cpath)}: directory nid {nid} is also "
+                                    f"{_show(dirs[nid])} (a directory loop or a hard-linked "
+                                    "directory)")
+                        continue
+                    if path.count(b"/") >= MAX_DEPTH:
+                        self.report(f"{_show(cpath)}: directories nested more than "
+                                    f"{MAX_DEPTH} deep")
+                        continue
+                    dirs[nid] = cpath
+                    children.append((cpath, child, d.nid))
+                    continue
+                links[nid] += 1
+                if nid not in first:
+                    first[nid] = (cpath, child.nlink)
+                    self.check_inode(child, cpath)
+            if d.nlink != 2 + subdirs:
+                self.report(f"{_show(path)}: nlink {d.nlink}, but the directory has {subdirs} "
+                            f"subdirectories (expected {2 + subdirs})")
+            stack.extend(reversed(children))
+        for nid, count in links.items():
+            path, nlink = first[nid]
+            if nlink != count:
+                self.report(f"{_show(path)}: nlink {nlink}, but {count} directory "
+                            f"entr{'y names' if count == 1 else 'ies name'} nid {nid}")
+
+    def check_dir_entries(self, path: bytes, d: Inode, parent: int, entries) -> None:
+        names = [e[0] for e in entries]
+        for i in range(1, len(names)):
+            if names[i - 1] >= names[i]:
+                what = "twice" if names[i - 1] == names[i] else "out of order"
+                self.report(f"{_show(path)}: entry {names[i]!r} {what} (after "
+                            f"{names[i - 1]!r}); lookups by name would miss entries")
+                break
+        dots = {name: nid for name, nid, _ in entries if name in (b".", b"..")}
+        if b"." not in dots:
+            if not d.dot_omitted:
+                self.report(f"{_show(path)}: no '.' entry")
+        elif dots[b"."] != d.nid:
+            self.report(f"{_show(path)}: '.' names nid {dots[b'.']}, not the directory's "
+                        f"{d.nid}")
+        if b".." not in dots:
+            self.report(f"{_show(path)}: no '..' entry")
+        elif dots[b".."] != parent:
+            self.report(f"{_show(path)}: '..' names nid {dots[b'..']}, not the parent's "
+                        f"{parent}")
+
+    def check_inode(self, inode: Inode, path: bytes) -> None:
+        img = self.img
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, img.superblock.inos)
+        where = f"{_show(path)} (nid {inode.nid})"
+        if inode.pos + inode.isize > self.fs_end:
+            self.report(f"{where}: the inode is past the end of the filesystem")
+        self.check_xattrs(inode, where)
+        if inode.is_lnk():
+            if inode.size == 0:
+                self.report(f"{where}: empty symlink")
+            elif inode.size > SYMLINK_MAX:
+                self.report(f"{where}: symlink target of {inode.size} bytes")
+        if not (inode.is_reg() or inode.is_dir() or inode.is_lnk()):
+            return
+        try:
+            extents = img._extents(inode)
+        except ImageError as e:
+            self.report(f"{where}: {_detail(e)}")
+            return
+        self.check_extents(inode, extents, where)
+        if inode.compressed and inode.size > 0:
+            _ext, header, lc = img._compressed(inode)
+            if lc is not None:
+                for msg in zmap.check_deltas(lc, header.lclusterbits, inode.size):
+                    self.report(f"{where}: {msg}")
+
+    def check_extents(self, inode: Inode, extents: list[Extent], where: str) -> None:
+        img = self.img
+        pos = 0
+        for ext in extents:
+            if ext.logical != pos:
+                self.report(f"{where}: bytes {pos} to {ext.logical} are not mapped")
+                return
+            pos = ext.end
+            if ext.kind == "hole":
+                continue
+            if ext.kind != "fragment":
+                end = ext.physical + ext.physical_length
+                if end > self.fs_end:
+                    self.report(f"{where}: {ext.kind} data at byte {ext.physical} extends past "
+                                f"the end of the filesystem (block "
+                                f"{(end - 1) // img.block_size} of {img.blocks})")
+                    continue
+            if ext.kind in ("compressed", "ztailpacking", "interlaced"):
+                key = (ext.physical, ext.physical_length, ext.length, ext.algorithm,
+                       ext.partial, ext.logical % img.block_size if ext.interlaced else 0)
+                if key in self.decoded:      # deduplicated pclusters are checked once
+                    continue
+                try:
+                    img._decode(inode, ext, want=False)
+                    self.decoded.add(key)
+                except ImageError as e:
+                    self.report(f"{where}: {_detail(e)}")
+        if pos != inode.size:
+            self.report(f"{where}: extents end at {pos}, the size is {inode.size}")
+
+    def check_xattrs(self, inode: Inode, where: str) -> None:
+        if not inode.xattr_icount:
+            return
+        img = self.img
+        if inode.xattr_isize == fmt.EROFS_XATTR_IBODY_HEADER.size:
+            self.report(f"{where}: a 12-byte xattr area (the kernel refuses xattr calls on it)")
+        try:
+            entries = img._xattr_entries(inode)
+            prefixes = img.long_xattr_prefixes()
+        except ImageError as e:
+            self.report(f"{where}: xattrs: {_detail(e)}")
+            return
+        head = img._get(inode.pos + inode.isize, fmt.EROFS_XATTR_IBODY_HEADER.size)
+        name_filter = _U32.unpack_from(head)[0]
+        for name, _value, index, suffix in entries:
+            if index & fmt.EROFS_XATTR_LONG_PREFIX and \
+                    (index & fmt.EROFS_XATTR_LONG_PREFIX_MASK) >= len(prefixes):
+                self.report(f"{where}: xattr {suffix!r} uses long prefix "
+                            f"{index & fmt.EROFS_XATTR_LONG_PREFIX_MASK}, the table has "
+                            f"{len(prefixes)}")
+                continue
+            if name is None or not self.filter_on:
+                continue
+            bit = _filter_bit(index, suffix, prefixes)
+            if bit is not None and name_filter >> bit & 1:
+                self.report(f"{where}: the xattr name filter hides {name!r} (bit {bit} set)")
+
+    def check_packed(self) -> None:
+        img = self.img
+        try:
+            packed = img.packed_inode
+        except ImageError as e:
+            self.report(f"packed inode: {e}")
+            return
+        if packed is None:
+            return
+        self.check_inode(packed, b"(packed inode)")
+
+
+def _filter_bit(index: int, suffix: bytes, prefixes) -> int | None:
+    """The h_name_filter bit an xattr clears: xxh32 over the name after its short prefix,
+    seeded with EROFS_XATTR_FILTER_SEED + the short prefix's index."""
+    import xxhash
+    if index & fmt.EROFS_XATTR_LONG_PREFIX:
+        base, infix = prefixes[index & fmt.EROFS_XATTR_LONG_PREFIX_MASK]
+        index, suffix = base, infix + suffix
+    return xxhash.xxh32_intdigest(suffix, seed=fmt.EROFS_XATTR_FILTER_SEED + index) & (
+        fmt.EROFS_XATTR_FILTER_BITS - 1)
+
+
+def _detail(error: ImageError) -> str:
+    """The message without its "nid N: " prefix (the verifier names path and nid itself)."""
+    msg = str(error)
+    head, sep, rest = msg.partition(": ")
+    return rest if sep and head.startswith("nid ") and head[4:].isdigit() else msg
+
+
+def _show(path: bytes) -> str:
+    return os.fsdecode(path)
