@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP    ?= $(PYTHON) -m pip
 
-.PHONY: install image test bench clean
+.PHONY: install image test bench bench-read clean
 
 install:
 	$(PIP) install -e '.[test]'
@@ -14,6 +14,9 @@ test:
 
 bench:
 	$(PYTHON) bench/bench.py
+
+bench-read:
+	$(PYTHON) bench/bench_read.py
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

@@ -1,0 +1,601 @@
+"""The `mkerofs-read` command line: look inside an EROFS image without mounting it.
+
+Subcommands: info, ls, stat, cat, extract, tar, verify, compare (see `mkerofs-read --help`).
+Exit status: 0 success; 1 a problem found (verify, compare) or an error while reading; 2 an
+unreadable image or a usage error.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import sys
+import time
+import uuid as uuidlib
+
+import click
+
+from . import __version__
+from .extract import (ExtractError, device_numbers, extract as extract_tree, iter_tree,
+                      resolve, show, type_name, write_tar, LEAVE)
+from .reader import Image, ImageError
+
+PROG = "mkerofs-read"
+
+EXIT_PROBLEMS = 1
+EXIT_UNREADABLE = 2
+
+
+class Failure(Exception):
+    """A user-facing failure with its exit status."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
+
+
+def _parse_int(text: str | None, what: str, hint: str | None = None) -> int:
+    if text is None:
+        return 0
+    try:
+        value = int(text, 0)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise click.BadParameter(f"invalid {what} {text!r}", param_hint=hint)
+    return value
+
+
+def _named(image: str, err: Exception) -> str:
+    msg = str(err)
+    return msg if image in msg else f"{image}: {msg}"
+
+
+@contextlib.contextmanager
+def open_image(image: str, offset: str | None = None):
+    """Image.open with failures turned into a message naming the image (exit status 2)."""
+    off = _parse_int(offset, "offset", "--offset")
+    try:
+        img = Image.open(image, offset=off)
+    except ImageError as err:
+        raise Failure(_named(image, err), EXIT_UNREADABLE) from err
+    except OSError as err:
+        raise Failure(f"{image}: {err.strerror or err}", EXIT_UNREADABLE) from err
+    try:
+        yield img
+    except ImageError as err:
+        raise Failure(_named(image, err), EXIT_PROBLEMS) from err
+    finally:
+        img.close()
+
+
+def _out():
+    return sys.stdout.buffer
+
+
+def _common(func):
+    """Options every subcommand takes: --offset, and -d#/--debug (tracebacks on errors)."""
+    func = click.option("--offset", metavar="#",
+                        help="the filesystem starts # bytes into IMAGE")(func)
+    func = click.option("-d", "debug_level", metavar="#", hidden=True, expose_value=False,
+                        help="verbosity; 9 shows tracebacks")(func)
+    func = click.option("--debug", is_flag=True, hidden=True, expose_value=False)(func)
+    return func
+
+
+# ---------------------------------------------------------------------------
+# formatting
+
+def fmt_time(sec: int, nsec: int = 0, full: bool = False) -> str:
+    try:
+        t = time.gmtime(sec)
+        text = time.strftime("%Y-%m-%d %H:%M:%S" if full else "%Y-%m-%d %H:%M", t)
+    except (OverflowError, OSError, ValueError):
+        return f"@{sec}"
+    return f"{text}.{nsec:09d}" if full else text
+
+
+def escape(name: bytes) -> bytes:
+    """C-style escapes for bytes that are not printable ASCII or valid UTF-8 text."""
+    out = []
+    for ch in name.decode("utf-8", "surrogateescape"):
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif o < 0x20 or o == 0x7F:
+            out.append({"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(ch, f"\\x{o:02x}"))
+        else:
+            out.append(ch)
+    return "".join(out).encode()
+
+
+_MODES: dict[int, str] = {}
+_TIMES: dict[tuple[int, int, bool], str] = {}
+
+
+def _long_line(img: Image, inode, label: bytes, full_time: bool, esc) -> bytes:
+    mode = inode.mode
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        major, minor = device_numbers(inode)
+        size = f"{major:>4}, {minor:>4}"
+    else:
+        size = f"{inode.size:>10}"
+    mode_s = _MODES.get(mode)
+    if mode_s is None:
+        mode_s = _MODES[mode] = stat.filemode(mode)
+    key = (inode.mtime, inode.mtime_nsec if full_time else 0, full_time)
+    when = _TIMES.get(key)
+    if when is None:
+        if len(_TIMES) > 65536:
+            _TIMES.clear()
+        when = _TIMES[key] = fmt_time(inode.mtime, inode.mtime_nsec, full_time)
+    head = f"{mode_s} {inode.nlink:>3} {inode.uid:>5} {inode.gid:>5} {size} {when} ".encode()
+    line = head + esc(label)
+    if stat.S_ISLNK(mode):
+        line += b" -> " + esc(img.readlink(inode))
+    return line + b"\n"
+
+
+# ---------------------------------------------------------------------------
+# the commands
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-d", "debug_level", metavar="#", help="verbosity 0-9; 9 shows tracebacks on errors")
+@click.option("--debug", is_flag=True, help="show tracebacks on errors")
+@click.version_option(__version__, "-V", "--version", prog_name=PROG)
+def cli(debug_level, debug):
+    """Inspect, list, extract, verify and compare EROFS images without mounting them."""
+
+
+@cli.command(short_help="Show the superblock and feature summary.")
+@click.argument("image", type=click.Path(dir_okay=False))
+@_common
+def info(image, offset):
+    """Show the superblock: size, inodes, build time, UUID, label, features, checksum."""
+    with open_image(image, offset) as img:
+        sb = img.superblock
+        bs = img.block_size
+        ok = img.checksum_ok
+        verdict = {True: "ok", False: "BAD (does not match the superblock)",
+                   None: "none (the image has no superblock checksum)"}[ok]
+        label = sb.volume_name.rstrip(b"\0")
+        rows = [
+            ("image", image + (f" (at offset {offset})" if offset else "")),
+            ("block size", f"{bs}"),
+            ("blocks", f"{sb.blocks} ({sb.blocks * bs} bytes)"),
+            ("inodes", f"{sb.inos}"),
+            ("build time", f"{fmt_time(sb.epoch, sb.fixed_nsec, True)} UTC ({sb.epoch})"),
+            ("uuid", str(uuidlib.UUID(bytes=bytes(sb.uuid)))),
+            ("label", show(escape(label)) if label else "(none)"),
+            ("root nid", f"{sb.root_nid}"),
+            ("metadata block", f"{sb.meta_blkaddr}"),
+            ("xattr block", f"{sb.xattr_blkaddr}"),
+            ("features", " ".join(img.features()) or "(none)"),
+            ("algorithms", ", ".join(img.algorithms()) or "(none: uncompressed)"),
+            ("checksum", verdict),
+        ]
+        width = max(len(k) for k, _ in rows) + 1
+        for key, value in rows:
+            click.echo(f"{key + ':':<{width}} {value}")
+
+
+@cli.command(name="ls", short_help="List a directory, or the whole tree with -R.")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("path", required=False)
+@click.option("-R", "recursive", is_flag=True, help="list the whole tree below PATH, one path a line")
+@click.option("-l", "long", is_flag=True, help="long format: mode, links, uid, gid, size, mtime")
+@click.option("--full-time", is_flag=True, help="with -l: seconds and nanoseconds")
+@click.option("-b", "--escape", "escaped", is_flag=True,
+              help="print C-style escapes for control characters and non-UTF-8 bytes")
+@_common
+def ls(image, path, recursive, long, full_time, escaped, offset):
+    """List the directory PATH (default: the root), or with -R every path below it."""
+    esc = escape if escaped else (lambda b: b)
+    out = _out()
+    with open_image(image, offset) as img:
+        top_path, top = resolve(img, path)
+        buf = []
+
+        def emit(inode, label):
+            if long:
+                buf.append(_long_line(img, inode, label, full_time, esc))
+            else:
+                buf.append(esc(label) + b"\n")
+            if len(buf) >= 4096:
+                out.write(b"".join(buf))
+                buf.clear()
+
+        if not stat.S_ISDIR(top.mode):
+            emit(top, top_path)
+        elif recursive and not long:
+            _list_paths(img, top, top_path, out, esc)
+        elif recursive:
+            for event, p, inode in iter_tree(img, top, top_path, check=False):
+                if event != LEAVE and p != top_path:
+                    emit(inode, p)
+        else:
+            for name, nid, _ftype in img.listdir(top):
+                emit(img.inode(nid), name)
+        out.write(b"".join(buf))
+        out.flush()
+
+
+def _list_paths(img: Image, top, top_path: bytes, out, esc) -> None:
+    """`ls -R` without -l: every path below top, depth first. Only directories' inodes are
+    read (the directory entry's file type says which entries are directories)."""
+    from .format import EROFS_FT_DIR
+    seen = {top.nid}
+    buf = []
+    stack = [(top_path if top_path != b"/" else b"", iter(img.listdir(top)))]
+    while stack:
+        base, entries = stack[-1]
+        for name, nid, ftype in entries:
+            path = base + b"/" + name
+            buf.append(esc(path) + b"\n")
+            if ftype == EROFS_FT_DIR:
+                child = img.inode(nid)
+                if stat.S_ISDIR(child.mode):
+                    if nid in seen:
+                        raise ImageError(f"{show(path)}: directory (nid {nid}) is reached "
+                                         "twice: a directory loop or hard-linked directory")
+                    seen.add(nid)
+                    stack.append((path, iter(img.listdir(child))))
+                    break
+        else:
+            stack.pop()
+        if len(buf) >= 4096:
+            out.write(b"".join(buf))
+            buf.clear()
+    out.write(b"".join(buf))
+
+
+_LAYOUTS = {0: "flat plain", 1: "compressed (full indexes)", 2: "flat inline",
+            3: "compressed (compact indexes)", 4: "chunk-based"}
+
+
+@cli.command(name="stat", short_help="Show one inode: attributes, xattrs, extents.")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("path")
+@_common
+def stat_(image, path, offset):
+    """Show one inode: nid, type, mode, owner, size, mtime, layout, xattrs and data extents."""
+    with open_image(image, offset) as img:
+        p, inode = resolve(img, path)
+        mode = inode.mode
+        rows = [
+            ("path", show(p)),
+            ("nid", f"{inode.nid}"),
+            ("inode", f"{inode.ino} ({'extended' if inode.extended else 'compact'}, "
+                      f"{_LAYOUTS.get(inode.datalayout, f'layout {inode.datalayout}')})"),
+            ("type", type_name(mode)),
+            ("mode", f"{stat.S_IMODE(mode):04o} ({stat.filemode(mode)})"),
+            ("uid/gid", f"{inode.uid}/{inode.gid}"),
+            ("links", f"{inode.nlink}"),
+            ("size", f"{inode.size}"),
+            ("mtime", f"{fmt_time(inode.mtime, inode.mtime_nsec, True)} UTC ({inode.mtime})"),
+        ]
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            major, minor = device_numbers(inode)
+            rows.append(("device", f"{major}, {minor}"))
+        if stat.S_ISLNK(mode):
+            rows.append(("target", show(escape(img.readlink(inode)))))
+        width = max(len(k) for k, _ in rows) + 1
+        for key, value in rows:
+            click.echo(f"{key + ':':<{width}} {value}")
+        xattrs = img.xattrs(inode)
+        click.echo(f"xattrs: {len(xattrs)}" + (f" (inline area of {inode.xattr_icount} slots)"
+                                               if inode.xattr_icount else ""))
+        for name, value in xattrs:
+            shown = show(escape(value[:64])) + ("..." if len(value) > 64 else "")
+            click.echo(f"  {show(escape(name))} = \"{shown}\" ({len(value)} bytes)")
+        if stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode):
+            extents = img.extents(inode)
+            click.echo(f"extents: {len(extents)}")
+            if extents:
+                click.echo(f"  {'logical':>12} {'length':>10} {'physical':>14} {'phys.len':>10}"
+                           f"  algorithm  kind")
+                for e in extents:
+                    physical = "-" if e.physical is None else str(e.physical)
+                    plen = "-" if e.physical_length is None else str(e.physical_length)
+                    kind = e.kind + (" (partial)" if e.partial else "")
+                    click.echo(f"  {e.logical:>12} {e.length:>10} {physical:>14} {plen:>10}"
+                               f"  {e.algorithm or '-':<9}  {kind}")
+
+
+def _follow(img: Image, path: bytes, inode):
+    """Resolve symlinks at the end of path inside the image (at most 40)."""
+    for _ in range(40):
+        if not stat.S_ISLNK(inode.mode):
+            return path, inode
+        target = img.readlink(inode)
+        base = path.rpartition(b"/")[0]
+        path = target if target.startswith(b"/") else base + b"/" + target
+        parts: list[bytes] = []
+        for part in path.split(b"/"):
+            if part in (b"", b"."):
+                continue
+            if part == b"..":
+                if parts:
+                    parts.pop()
+            else:
+                parts.append(part)
+        path = b"/" + b"/".join(parts)
+        inode = img.lookup(path) if parts else img.root
+    raise ImageError(f"{show(path)}: too many levels of symbolic links")
+
+
+@cli.command(short_help="Write files to stdout.")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("paths", metavar="PATH...", nargs=-1, required=True)
+@_common
+def cat(image, paths, offset):
+    """Write the contents of files (symlinks followed inside the image) to stdout."""
+    out = _out()
+    with open_image(image, offset) as img:
+        for path in paths:
+            p, inode = resolve(img, path)
+            p, inode = _follow(img, p, inode)
+            if not stat.S_ISREG(inode.mode):
+                raise Failure(f"{image}: {show(p)}: is a {type_name(inode.mode)}, not a file")
+            for chunk in img.iter_data(inode):
+                out.write(chunk)
+        out.flush()
+
+
+def _warn(msg: str) -> None:
+    click.echo(f"{PROG}: warning: {msg}", err=True)
+
+
+@cli.command(short_help="Extract the image or a subtree into a folder.")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--path", "subtree", metavar="PATH",
+              help="extract only this directory's contents (or this one file) from the image")
+@click.option("--no-owner", is_flag=True,
+              help="do not restore owners (the default unless running as root)")
+@click.option("--no-xattrs", is_flag=True, help="do not restore extended attributes")
+@click.option("--force", is_flag=True, help="extract into a non-empty DEST, replacing entries")
+@click.option("-q", "--quiet", is_flag=True, help="print nothing but problems")
+@_common
+def extract(image, dest, subtree, no_owner, no_xattrs, force, quiet, offset):
+    """Extract the image into the folder DEST (created if missing; must be empty unless
+    --force), keeping modes, mtimes (ns), owners (as root), xattrs, devices, fifos, sockets,
+    symlinks and hard links. Entries never land outside DEST, whatever the image says."""
+    started = time.monotonic()
+    with open_image(image, offset) as img:
+        try:
+            stats = extract_tree(img, dest, path=subtree, owner=False if no_owner else None,
+                                 xattrs=not no_xattrs, force=force, warn=_warn)
+        except ExtractError as err:
+            raise Failure(str(err), EXIT_PROBLEMS) from err
+    if stats.skipped_xattrs:
+        _warn(f"{stats.skipped_xattrs} trusted./security. xattrs not restored (needs root)")
+    if not quiet:
+        click.echo(f"{image}: extracted {stats.entries} entries ({stats.files} files, "
+                   f"{stats.dirs} directories, {stats.links} hard links, {stats.bytes} bytes) "
+                   f"to {dest} in {time.monotonic() - started:.2f}s"
+                   + (f"; {len(stats.problems)} problem(s)" if stats.problems else ""))
+    return EXIT_PROBLEMS if stats.problems else 0
+
+
+@cli.command(short_help="Write the image as a PAX tar archive.")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", metavar="FILE", default="-",
+              help="write the archive to FILE (default: stdout, '-')")
+@click.option("--path", "subtree", metavar="PATH", help="archive only this subtree")
+@click.option("--no-xattrs", is_flag=True, help="leave out extended attributes")
+@_common
+def tar(image, output, subtree, no_xattrs, offset):
+    """Write the image as a POSIX (PAX) tar archive: numeric owners, mtimes with nanoseconds,
+    xattrs (SCHILY.xattr), hard links, devices, fifos. Sockets are left out (tar has none)."""
+    with open_image(image, offset) as img:
+        if output == "-":
+            if sys.stdout.isatty():
+                raise Failure("refusing to write a tar archive to a terminal (use -o FILE or a "
+                              "pipe)", EXIT_UNREADABLE)
+            write_tar(img, _out(), path=subtree, xattrs=not no_xattrs, warn=_warn)
+            _out().flush()
+            return 0
+        try:
+            f = open(output, "wb")
+        except OSError as err:
+            raise Failure(f"{output}: {err.strerror or err}") from err
+        try:
+            with f:
+                write_tar(img, f, path=subtree, xattrs=not no_xattrs, warn=_warn)
+        except BaseException:
+            # no half-written archive left behind (unless it is not a regular file)
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(os.stat(output).st_mode):
+                    os.unlink(output)
+            raise
+    return 0
+
+
+@cli.command(short_help="Check the whole image (exit 0 clean, 1 problems, 2 unreadable).")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--progress/--no-progress", default=None,
+              help="show a progress bar on stderr (default: when stderr is a terminal)")
+@click.option("-q", "--quiet", is_flag=True, help="print only problems")
+@_common
+def verify(image, progress, quiet, offset):
+    """Check the whole image: superblock checksum, every inode reachable and sane, every
+    extent decompressing to its length. Exit status 0 clean, 1 problems, 2 unreadable."""
+    if progress is None:
+        progress = sys.stderr.isatty()
+    with open_image(image, offset) as img:
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=img.superblock.inos, unit="inode", file=sys.stderr,
+                       leave=False, dynamic_ncols=True)
+        try:
+            problems, inodes, data = _verify_counting(img, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        if problems:
+            for p in problems:
+                click.echo(f"{image}: {p}")
+            click.echo(f"{image}: {len(problems)} problem(s) found", err=True)
+            return EXIT_PROBLEMS
+        if not quiet:
+            click.echo(f"{image}: clean ({inodes} inodes, {data} bytes of data)")
+    return 0
+
+
+def _verify_counting(img: Image, bar) -> tuple[list[str], int, int]:
+    """img.verify(), also counting the inodes it checked (from its progress calls) and the
+    bytes of regular-file data (each inode once, from the inodes it reads; a walk of the tree
+    if that saw none)."""
+    done = [0]
+
+    def progress(n, total=None, *_):
+        done[0] = n
+        if bar is not None:
+            if total and total != bar.total:
+                bar.total = total
+            bar.update(n - bar.n)
+
+    sizes: dict[int, int] = {}
+    real = img.inode
+
+    def inode(nid):
+        node = real(nid)
+        if stat.S_ISREG(node.mode):
+            sizes[nid] = node.size
+        return node
+
+    img.inode = inode
+    try:
+        problems = img.verify(progress=progress)
+    finally:
+        del img.inode
+    if not problems and not sizes and done[0] > 1:
+        for _path, node in img.walk():
+            if stat.S_ISREG(node.mode):
+                sizes[node.nid] = node.size
+    return problems, done[0], sum(sizes.values())
+
+
+@cli.command(short_help="Compare the image with a source directory.")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("source", type=click.Path(file_okay=False))
+@click.option("--path", "subtree", metavar="PATH",
+              help="compare this subtree of the image with SOURCE")
+@click.option("--ignore-owner", is_flag=True, help="do not compare uids and gids")
+@click.option("--ignore-mtime", is_flag=True, help="do not compare modification times")
+@click.option("--ignore-xattrs", is_flag=True, help="do not compare extended attributes")
+@click.option("--all-root", is_flag=True, help="expect every file owned by 0:0")
+@click.option("--force-uid", metavar="#", help="expect every uid to be #")
+@click.option("--force-gid", metavar="#", help="expect every gid to be #")
+@click.option("--uid-offset", metavar="#", help="expect uids shifted by #")
+@click.option("--gid-offset", metavar="#", help="expect gids shifted by #")
+@click.option("--hard-dereference", is_flag=True, help="expect hard links as separate inodes")
+@click.option("--exclude-path", multiple=True, metavar="P",
+              help="leave out this path of SOURCE (relative to it); repeatable")
+@click.option("--exclude-regex", multiple=True, metavar="RE",
+              help="leave out SOURCE paths matching RE (POSIX extended); repeatable")
+@click.option("--max", "limit", type=int, default=0, metavar="N",
+              help="stop after N differences (default: report all)")
+@click.option("-q", "--quiet", is_flag=True, help="print nothing; only the exit status")
+@_common
+def compare(image, source, subtree, ignore_owner, ignore_mtime, ignore_xattrs, all_root,
+            force_uid, force_gid, uid_offset, gid_offset, hard_dereference, exclude_path,
+            exclude_regex, limit, quiet, offset):
+    """Compare the image with the directory SOURCE: paths, types, data, modes, owners,
+    mtimes (ns), symlink targets, devices, hard links and xattrs. Exit status 1 if they
+    differ."""
+    from .compare import compare_image
+    exclude = None
+    if exclude_path or exclude_regex:
+        from .options import BuildOptions
+        from .walk import Excluder
+        import re
+        try:
+            exclude = Excluder(BuildOptions(exclude_paths=list(exclude_path),
+                                            exclude_regexes=list(exclude_regex))).excluded
+        except re.error as err:
+            raise click.BadParameter(f"invalid regex: {err}", param_hint="--exclude-regex")
+    uid = 0 if all_root else (_parse_int(force_uid, "uid") if force_uid is not None else None)
+    gid = 0 if all_root else (_parse_int(force_gid, "gid") if force_gid is not None else None)
+    with open_image(image, offset) as img:
+        diffs = compare_image(img, source, path=subtree, check_owner=not ignore_owner,
+                              check_mtime=not ignore_mtime, check_xattrs=not ignore_xattrs,
+                              uid=uid, gid=gid, uid_offset=_parse_int(uid_offset, "uid offset"),
+                              gid_offset=_parse_int(gid_offset, "gid offset"),
+                              hard_dereference=hard_dereference, exclude=exclude, limit=limit)
+    if not quiet:
+        for d in diffs:
+            click.echo(d)
+        if diffs:
+            click.echo(f"{image} and {source} differ ({len(diffs)} difference(s))", err=True)
+        else:
+            click.echo(f"{image} and {source}: no differences")
+    return EXIT_PROBLEMS if diffs else 0
+
+
+# ---------------------------------------------------------------------------
+# entry point
+
+def _debug_wanted(argv: list[str]) -> bool:
+    for i, a in enumerate(argv):
+        if a == "--":
+            break
+        if a == "--debug" or a == "-d9" or (a == "-d" and argv[i + 1:i + 2] == ["9"]):
+            return True
+    return False
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader went away (`| head`): stop without a traceback or a flush error at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return 141
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_wanted(argv)
+    try:
+        rv = cli.main(argv, prog_name=PROG, standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo(f"{PROG}: interrupted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+    except KeyboardInterrupt:
+        click.echo(f"{PROG}: interrupted", err=True)
+        return 130
+    except Failure as exc:
+        if debug:
+            raise
+        click.echo(f"{PROG}: {exc}", err=True)
+        return exc.status
+    except (ImageError, ExtractError) as exc:
+        if debug:
+            raise
+        click.echo(f"{PROG}: {exc}", err=True)
+        return EXIT_PROBLEMS
+    except OSError as exc:
+        if debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"{PROG}: {where}{exc.strerror or exc}", err=True)
+        return EXIT_PROBLEMS
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
