@@ -63,13 +63,33 @@ def build(image: str | os.PathLike, source: str | os.PathLike,
         xattrs = _plan_xattrs(plan, options)
         result = _write_image(plan, options, out, xattrs, source_b)
         out.finish(result.size)
-        return result
     except BaseException:
         out.abort()
         raise
     finally:
         if gc_was_enabled:
             gc.enable()
+    if options.verify:
+        verify_build(image, source_b, options)
+    return result
+
+
+def verify_build(image: str, source: bytes, options: BuildOptions, limit: int = 20) -> None:
+    """--verify: read the finished image back without the kernel (every inode, every extent,
+    the checksum) and compare it with the source as the options say it should be.  The image
+    stays where it is; BuildError lists what is wrong."""
+    from .compare import compare_build
+    from .reader import Image, ImageError
+    try:
+        with Image.open(image, offset=options.offset) as img:
+            problems = img.verify()
+            problems += compare_build(img, source, options, limit=limit)
+    except (ImageError, OSError) as err:
+        problems = [str(err)]
+    if problems:
+        shown = "\n  ".join(problems[:limit])
+        more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+        raise BuildError(f"{image}: verification failed (the image was kept):\n  {shown}{more}")
 
 
 def _plan_xattrs(plan: Plan, options: BuildOptions) -> XattrLayout:

@@ -232,6 +232,8 @@ class _MkfsStyleCommand(click.Command):
                    "ztailpacking, fragments, all-fragments, dedupe, fragdedupe")
 @click.option("--workers", metavar="#", help="worker threads for compression")
 @click.option("--quiet", is_flag=True, help="print nothing on success")
+@click.option("--verify", is_flag=True,
+              help="read the image back and compare it with SOURCE (no mount needed)")
 @click.option("--random-pclusterblks", is_flag=True, hidden=True)
 @click.version_option(__version__, "-V", "--version", prog_name="mkerofs",
                       message="%(prog)s %(version)s (mkfs.erofs-compatible)")
@@ -240,7 +242,7 @@ def command(image, source, block_size, debug, compressor, pcluster_size,
             xattr_tolerance, extended, label, timestamp, uuid,
             uid_offset, gid_offset, exclude_path, exclude_regex, hard_dereference, offset,
             mount_point, xattr_prefix, root_xattr_isize, file_contexts, compress_hints,
-            max_extent_bytes, zfeature_bits, workers, quiet,
+            max_extent_bytes, zfeature_bits, workers, quiet, verify,
             random_pclusterblks, **unimplemented):
     """Generate an EROFS image (IMAGE: a file or block device) from the directory SOURCE."""
     for dest, value in unimplemented.items():
@@ -248,7 +250,7 @@ def command(image, source, block_size, debug, compressor, pcluster_size,
             raise click.UsageError(f"option {_NOT_IMPLEMENTED[dest]}: not implemented in mkerofs yet")
     if random_pclusterblks:
         raise click.UsageError("option --random-pclusterblks: not implemented in mkerofs yet")
-    options = BuildOptions(quiet=quiet)
+    options = BuildOptions(quiet=quiet, verify=verify)
     if block_size is not None:
         options.block_size = parse_c_int(block_size, "block size", suffixes=True)
     if debug is not None:

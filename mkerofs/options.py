@@ -71,6 +71,7 @@ class BuildOptions:
     offset: int = 0
     mount_point: str = "/"
     quiet: bool = True
+    verify: bool = False                        # --verify: read the image back, compare with SOURCE
     debug: int = 2
     workers: int | None = None
     # compression (-z, -C, -Elegacy-compress, -Eztailpacking); compressor None: no compression
