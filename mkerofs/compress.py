@@ -223,6 +223,12 @@ class CompressConfig:
         return self.pcluster_blocks > 1 or bool(algs - {fmt.Z_EROFS_COMPRESSION_LZ4})
 
     @property
+    def threads_help(self) -> bool:
+        """Whether worker threads pay off: not when every codec is cheap (LZ4), where the
+        per-cluster Python work dominates and only one thread can run it at a time."""
+        return not all(getattr(c, "cheap", False) for c in self.compressors)
+
+    @property
     def dedupe_extents(self) -> bool:
         """Store identical pclusters once: with -Ededupe, and (as mkfs.erofs does) with
         -Efragments."""

@@ -617,6 +617,8 @@ class LZ4Compressor(_Base):
     name = "lz4"
     algorithm_id = Z_EROFS_COMPRESSION_LZ4
     max_distance = LZ4_DISTANCE_MAX
+    # so fast that handing clusters to other threads costs more (GIL traffic) than it saves
+    cheap = True
 
     def __init__(self, level: int | None = None):
         if _lz4 is None:
@@ -687,6 +689,7 @@ class LZ4Compressor(_Base):
 class LZ4HCCompressor(LZ4Compressor):
     """LZ4 raw block via LZ4_compress_HC_destSize (algorithm 0, levels 0-12)."""
     name = "lz4hc"
+    cheap = False
 
     def __init__(self, level: int | None = None):
         super().__init__()
