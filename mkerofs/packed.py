@@ -12,6 +12,8 @@ import os
 import tempfile
 from typing import Callable
 
+from .options import BuildError
+
 FRAGDEDUPE_FULL = "full"        # any identical fragment is shared
 FRAGDEDUPE_INODE = "inode"      # only fragments that are whole files
 FRAGDEDUPE_OFF = "off"
@@ -21,8 +23,12 @@ class PackedFile:
     def __init__(self, fragdedupe: str = FRAGDEDUPE_FULL):
         self.fragdedupe = fragdedupe
         # a named file: stored flat, it is copied like any other file, by path
-        self._fd, self.path = tempfile.mkstemp(prefix="mkerofs-packed-")
-        self.path = os.fsencode(self.path)
+        try:
+            self._fd, path = tempfile.mkstemp(prefix="mkerofs-packed-")
+        except OSError as err:
+            raise BuildError(f"cannot create the temporary file for fragments in "
+                             f"{tempfile.gettempdir()} (set TMPDIR): {err.strerror}") from None
+        self.path = os.fsencode(path)
         self.size = 0
         self._seen: dict[tuple[int, bytes], int] = {}
         self._start: int | None = None
@@ -45,10 +51,14 @@ class PackedFile:
 
     def _write(self, data) -> None:
         view = memoryview(data)
-        while view:
-            done = os.pwrite(self._fd, view, self.size)
-            self.size += done
-            view = view[done:]
+        try:
+            while view:
+                done = os.pwrite(self._fd, view, self.size)
+                self.size += done
+                view = view[done:]
+        except OSError as err:
+            raise BuildError(f"{os.fsdecode(self.path)} (fragments, temporary; set TMPDIR for "
+                             f"another place): {err.strerror}") from None
 
     def append(self, data: bytes) -> int:
         """Store bytes that are never shared (the long xattr prefix table); their offset."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import (assert_clean_failure, build_image, compare_trees, image_inodes,
-                     read_superblock, run_mkerofs)
+                     read_superblock, run_mkerofs, tmpfs_mount)
 from test_kernel_compress import _mixed, _random_reads, _text, ztree  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.kernel
@@ -260,3 +260,14 @@ def test_bad_fragment_options(opts, mentions, ztree, tmp_path):
     image = tmp_path / "f.erofs"
     r = run_mkerofs("-zlz4", *opts, image, ztree, check=False)
     assert_clean_failure(r, mentions=mentions, image=image)
+
+
+def test_fragments_temporary_file_trouble_is_a_clean_error(ztree, tmp_path, as_root):
+    """Fragments are gathered in a temporary file under TMPDIR: running out of room there is
+    a clean failure naming it."""
+    image = tmp_path / "f.erofs"
+    with tmpfs_mount("1m") as small:
+        r = run_mkerofs("-zlz4", "-Eall-fragments", image, ztree, check=False,
+                        env={"TMPDIR": str(small)})
+        assert_clean_failure(r, mentions=["TMPDIR", "No space left"], image=image)
+        assert not os.listdir(small), "the temporary file is removed"
