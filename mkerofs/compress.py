@@ -208,14 +208,6 @@ class CompressConfig:
         return self.profile(0, self.packed_pcluster_size or None)
 
     @property
-    def max_blocks(self) -> int:
-        return self.profile().max_blocks
-
-    @property
-    def dest_size(self) -> int:
-        return self.profile().dest_size
-
-    @property
     def big_pcluster(self) -> bool:
         """Superblock bit 0x2, which means both BIG_PCLUSTER and COMPR_CFGS: set for pclusters
         above one block or any algorithm other than LZ4 (so such images always use CBLKCNT)."""

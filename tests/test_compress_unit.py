@@ -729,12 +729,12 @@ def test_superblock_big_pclusters_and_cfgs_records():
 
 def test_lz4_pclusters_stay_within_what_the_kernel_accepts():
     c = cfg_for("lz4", bs=1024, pcs=1 << 20)
-    assert c.max_blocks == 256 and c.dest_size == 256 * 1024
+    assert c.profile().max_blocks == 256 and c.profile().dest_size == 256 * 1024
     rec = c.superblock(False).cfgs
     assert struct.unpack_from("<HHH", rec) == (14, 65535, 256)
     if "lzma" in HAVE:
         c = cfg_for("lzma", bs=512, pcs=1 << 20)
-        assert c.max_blocks == 2047                 # CBLKCNT keeps 11 bits
+        assert c.profile().max_blocks == 2047       # CBLKCNT keeps 11 bits
 
 
 def test_bad_pcluster_sizes_are_refused():
