@@ -23,6 +23,7 @@ from .options import BuildError, BuildOptions
 from .output import Output
 from .plan import Plan, PlannedInode, plan_inodes
 from .walk import SourceInode, SourceStat, walk_source
+from .workers import FileJob, FileRange, compress_files
 from .xattrs import XattrLayout
 
 _FLAT_CONTENT = {fmt.EROFS_FT_REG_FILE, fmt.EROFS_FT_SYMLINK, fmt.EROFS_FT_DIR}
@@ -154,11 +155,7 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
     tails = {}              # id(node) -> inline pcluster bytes that must stay in one block
     nodes = list(plan.inodes)   # every inode with metadata: the tree's, then the packed inode
     used = {"fragments": False, "dedupe": False}
-    # Threads pay off only where C code does the bulk of the work without the GIL: with a cheap
-    # codec (LZ4) the per-cluster and per-file Python work dominates, and threads contending
-    # for the GIL make the build slower (measured: 8.2 s on one thread against 9.0 s on two).
-    workers = options.workers or (
-        1 if zcfg is not None and not zcfg.threads_help else os.cpu_count() or 1)
+    workers = options.workers or os.cpu_count() or 1
 
     def take_layouts(results) -> None:
         for job, layout in results:
@@ -192,18 +189,17 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
                     if not hint.pcluster_size:
                         continue        # "0": this file stays uncompressed
                     profile = zcfg.profile(hint.algorithm, hint.pcluster_size)
-            jobs.append(compress.FileJob(
-                n, n.size, n.meta_size_before_inline,
-                compress.read_file_range(n.src.path, n.size, _reader_error(n)), profile))
+            jobs.append(FileJob(n, n.size, n.meta_size_before_inline,
+                                FileRange(n.src.path, n.size), profile))
             compressed.add(id(n))
-        take_layouts(compress.compress_files(jobs, zcfg, data, workers, packed=packed))
+        take_layouts(compress_files(jobs, zcfg, data, workers, packed=packed, processes=True))
         del jobs
         if packed is not None and packed.size:
             packed_node = _packed_inode(packed, plan, len(nodes) + 1)
             nodes.append(packed_node)
-            job = compress.FileJob(packed_node, packed.size, packed_node.meta_size_before_inline,
-                                   packed.reader(), zcfg.packed_profile)
-            take_layouts(compress.compress_files([job], zcfg.without_fragments(), data, workers))
+            job = FileJob(packed_node, packed.size, packed_node.meta_size_before_inline,
+                          packed.reader(), zcfg.packed_profile)
+            take_layouts(compress_files([job], zcfg.without_fragments(), data, workers))
             compressed.add(id(packed_node))
             used["fragments"] = True
     for node in plan.inodes:
@@ -315,10 +311,6 @@ def _packed_inode(packed: PackedFile, plan: Plan, ino: int) -> PlannedInode:
                         extended=packed.size > 0xFFFFFFFF, ino=ino)
     node.set_xattr_ibody(b"")
     return node
-
-
-def _reader_error(node):
-    return lambda message: BuildError(f"{node.display_path()}: {message}")
 
 
 class _Copier:

@@ -24,26 +24,17 @@ How the kernel reads a compressed inode (fs/erofs/zmap.c), which is what everyth
   as it does not cross a block boundary.  Its bytes are then exactly the compressed (or raw)
   stream, without padding; the map header keeps its size.
 
-The writer's view:
-
-    cfg = CompressConfig.from_options("lz4hc,12", block_size=4096, pcluster_size=65536)
-    for job, layout in compress_files(jobs, cfg, data_area, workers):
-        ...   # layout is None: store the file flat; else layout.datalayout/.blocks/.inline
-
-`compress_files` compresses files in 16 MiB segments on a thread pool (the codecs release the
-GIL), never holds a whole big file, and writes the pclusters of each file to consecutive blocks
-handed out by `data_area.allocate()`, in file order.
+Here: the configuration (-z, -C, -E), one segment's pclusters (compress_segment), the indexes
+(build_indexes) and one file's bookkeeping (FileCompression).  workers.compress_files runs them
+over many files in worker processes and writes the pclusters.
 """
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 from array import array
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Sequence
 
 from . import compressors
 from . import format as fmt
@@ -108,6 +99,7 @@ class FileProfile:
     compressor: object
     max_blocks: int                 # blocks a pcluster may take
     block_size: int
+    key: tuple = ()                 # CompressConfig.profile(*key) gives it (in any process)
 
     @property
     def algorithm_id(self) -> int:
@@ -200,8 +192,12 @@ class CompressConfig:
             if comp.algorithm_id == fmt.Z_EROFS_COMPRESSION_LZ4:
                 limit = MAX_LZ4_PCLUSTER_BLOCKS
             blocks = min(key[1] // self.block_size, limit)
-            prof = self._profiles[key] = FileProfile(comp, blocks, self.block_size)
+            prof = self._profiles[key] = FileProfile(comp, blocks, self.block_size, key)
         return prof
+
+    def __getstate__(self) -> dict:
+        # a worker process rebuilds profiles on demand: each would carry its compressor again
+        return {**self.__dict__, "_profiles": {}}
 
     @property
     def packed_profile(self) -> FileProfile:
@@ -213,12 +209,6 @@ class CompressConfig:
         above one block or any algorithm other than LZ4 (so such images always use CBLKCNT)."""
         algs = {c.algorithm_id for c in self.compressors}
         return self.pcluster_blocks > 1 or bool(algs - {fmt.Z_EROFS_COMPRESSION_LZ4})
-
-    @property
-    def threads_help(self) -> bool:
-        """Whether worker threads pay off: not when every codec is cheap (LZ4), where the
-        per-cluster Python work dominates and only one thread can run it at a time."""
-        return not all(getattr(c, "cheap", False) for c in self.compressors)
 
     @property
     def dedupe_extents(self) -> bool:
@@ -664,6 +654,41 @@ def build_indexes(llens: Sequence[int], codes: Sequence[int], size: int, start_b
     return layout, meta, advise
 
 
+def move_indexes(meta: bytes, datalayout: int, size: int, meta_size: int, block_size: int,
+                 delta: int) -> bytes:
+    """`meta` as build_indexes made it, for the same pclusters stored `delta` blocks further
+    on: every block address in the indexes moves (heads of full indexes, pack bases of compact
+    ones), nothing else.  Not for indexes that refer to a fragment or to deduplicated
+    pclusters: their addresses are not all relative to the file's first block."""
+    if not delta:
+        return meta
+    out = bytearray(meta)
+    nidx = lcluster_count(size, block_size)
+    hdr = fmt.round_up(meta_size, 8)
+    first = hdr - meta_size + fmt.Z_EROFS_MAP_HEADER_SIZE       # the first index entry
+    if datalayout == fmt.EROFS_INODE_COMPRESSED_FULL:
+        fields = []
+        first = hdr - meta_size + _FULL_HEADER_SIZE
+        for pos in range(first, first + 8 * nidx, 8):
+            if out[pos] & fmt.Z_EROFS_LI_LCLUSTER_TYPE_MASK != NONHEAD:
+                fields.append(pos + 4)              # di_u.blkaddr of a head
+        eof_ofs = size % block_size
+        if eof_ofs and _FULL_INDEX.unpack_from(out, first + 8 * (nidx - 1))[1] == eof_ofs:
+            fields.pop()    # the entry that opens no extent, at EOF, keeps address 0
+    else:
+        initial, two, end = compact_split(nidx, hdr + fmt.Z_EROFS_MAP_HEADER_SIZE)
+        # 4B packs keep their base in bytes 4..7 of 8, 2B packs in bytes 28..31 of 32
+        fields = [first + 8 * k + 4 for k in range(initial // 2)]
+        pos = first + 4 * initial
+        fields += [pos + 32 * k + 28 for k in range(two // 16)]
+        pos += 2 * two
+        fields += [pos + 8 * k + 4 for k in range((end + 1) // 2)]
+    le32 = struct.Struct("<I")
+    for pos in fields:
+        le32.pack_into(out, pos, (le32.unpack_from(out, pos)[0] + delta) & 0xFFFFFFFF)
+    return bytes(out)
+
+
 # ---------------------------------------------------------------------------
 # one file
 
@@ -759,267 +784,3 @@ class FileCompression:
         return CompressedLayout(layout, self.blocks, meta, advise, bool(self.idata),
                                 len(self.idata), fragment=self.fragment_len > 0,
                                 deduped=self.addrs is not None)
-
-
-# ---------------------------------------------------------------------------
-# many files, on a thread pool
-
-
-@dataclass
-class FileJob:
-    key: object                     # the caller's handle (a PlannedInode)
-    size: int
-    meta_size: int                  # inode + inline xattrs, in bytes
-    read: Callable[[int, int, bool], bytes]   # read(offset, length, last) -> exactly length bytes
-    profile: FileProfile | None = None     # algorithm and pcluster size (default: -z, -C)
-    # set when the file turned out not worth compressing after some of its pclusters were
-    # already written: the blocks handed back hold old bytes (a flat copy must write holes)
-    wrote_blocks: bool = False
-
-
-def read_file_range(path: bytes, size: int, describe: Callable[[str], Exception]
-                    ) -> Callable[[int, int, bool], bytes]:
-    """A FileJob reader for a file on disk that must keep its size during the build.
-    `describe(message)` makes the exception to raise."""
-
-    def read(offset: int, length: int, last: bool) -> bytes:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError as err:
-            raise describe(err.strerror or str(err)) from None
-        try:
-            chunks = []
-            pos, end = offset, offset + length
-            # the last read asks for one byte more: getting it means the file grew
-            stop = end + 1 if last else end
-            while pos < stop:
-                want = min(stop - pos, 1 << 24)
-                chunk = os.pread(fd, want, pos)
-                chunks.append(chunk)
-                pos += len(chunk)
-                if len(chunk) < want:       # end of file
-                    break
-            if pos < end:
-                raise describe(f"file changed during the build (ended at byte {pos} of {size})")
-            if pos > end:
-                raise describe(f"file changed during the build (size is no longer {size})")
-        except OSError as err:
-            raise describe(err.strerror or str(err)) from None
-        finally:
-            os.close(fd)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    return read
-
-
-class _Task:
-    __slots__ = ("job", "fc", "offset", "length", "last")
-
-    def __init__(self, job, fc, offset, length, last):
-        self.job, self.fc, self.offset, self.length, self.last = job, fc, offset, length, last
-
-    def run(self) -> list[Pcluster] | None:
-        if self.fc.hopeless:
-            return None
-        data = self.job.read(self.offset, self.length, self.last)
-        if len(data) != self.length:
-            raise AssertionError("short read")
-        return self.fc.compress(data, self.last)
-
-
-def _run_batch(batch: list[_Task]) -> list[list[Pcluster]]:
-    return [task.run() for task in batch]
-
-
-# small files go to the pool in batches: one job per file would spend more time handing work
-# between threads (and waiting for the GIL) than compressing
-BATCH_BYTES = 1 << 20
-BATCH_TASKS = 256
-
-
-class _BlockWriter:
-    """Gathers the pclusters of consecutive files into a few large writes: one system call
-    per small file would cost more than compressing it."""
-
-    LIMIT = 4 << 20
-
-    def __init__(self, out):
-        self.out = out
-        self.parts: list = []
-        self.start = 0
-        self.nbytes = 0
-
-    def write(self, pos: int, parts: list, nbytes: int) -> None:
-        if self.parts and pos != self.start + self.nbytes:
-            self.flush()            # not contiguous (blocks were handed back or reserved)
-        if not self.parts:
-            self.start = pos
-        self.parts.extend(parts)
-        self.nbytes += nbytes
-        if self.nbytes >= self.LIMIT:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.parts:
-            self.out.pwrite(b"".join(self.parts), self.start)
-            self.parts, self.nbytes = [], 0
-
-
-class _Dedupe:
-    """Where each distinct pcluster was stored, by (algorithm or -1 for raw data, digest of its
-    stored bytes): the same stored bytes decompress to the same data, so an extent may point
-    at them wherever they are.  A file's own entries become visible to later files only once
-    the file is known to stay compressed (if it is stored flat instead, its blocks are
-    reused)."""
-
-    def __init__(self):
-        self.table: dict[tuple, tuple[int, int, bool]] = {}
-        self.pending: dict[tuple, tuple[int, int, bool]] = {}
-
-    @staticmethod
-    def key(p: Pcluster, algorithm: int) -> tuple:
-        return (-1 if p.raw else algorithm, p.digest)
-
-    def find(self, key: tuple) -> tuple[int, int, bool] | None:
-        return self.table.get(key) or self.pending.get(key)
-
-    def commit(self, keep: bool) -> None:
-        if keep:
-            for key, where in self.pending.items():
-                self.table.setdefault(key, where)
-        self.pending = {}
-
-
-def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: int = 1,
-                   max_pending_bytes: int = 256 << 20, packed=None
-                   ) -> Iterator[tuple[FileJob, CompressedLayout | None]]:
-    """Compress files and write their pclusters; yield (job, layout) in job order.
-
-    `area` hands out data blocks: `area.allocate(n) -> first block`, `area.next_block`
-    (rewound when a file is not worth compressing), `area.out.pwrite(bytes, position)`.
-    A file whose layout is None gets no blocks (they are given back, and job.wrote_blocks
-    says whether they were written to: then a flat copy there must overwrite holes too).
-    `packed` (a packed.PackedFile) receives the fragments when cfg.fragments is set.
-
-    Segments (small files batched together) are compressed by `workers` threads, at most
-    `max_pending_bytes` of input (and three batches per worker) in flight; results are
-    consumed in order, so each file's pclusters land in consecutive blocks, and what depends
-    on earlier files (fragment and extent deduplication) is decided in that same order: the
-    image does not depend on the number of workers.
-    """
-    bs = cfg.block_size
-    if cfg.fragments and packed is None:
-        raise ValueError("fragments need a packed file")
-    dedupe = _Dedupe() if cfg.dedupe_extents else None
-    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
-    window: deque = deque()             # (batch, future), in job order
-    pending_bytes = 0
-    max_batches = max(2, 3 * workers)
-
-    def batches() -> Iterator[list[_Task]]:
-        batch, nbytes = [], 0
-        for job in jobs:
-            if job.size <= 0:
-                raise ValueError("empty files are not compressed")
-            fc = FileCompression(job.size, job.meta_size, cfg, job.profile)
-            for off, length, last in fc.segments():
-                batch.append(_Task(job, fc, off, length, last))
-                nbytes += 0 if fc.hopeless else length
-                if nbytes >= BATCH_BYTES or len(batch) >= BATCH_TASKS:
-                    yield batch
-                    batch, nbytes = [], 0
-        if batch:
-            yield batch
-
-    # per-file write state of the file being consumed
-    current = {"job": None, "start": 0, "buffer": [], "flushed": False, "fragment": False}
-
-    writer = _BlockWriter(area.out)
-
-    def flush() -> None:
-        buf = current["buffer"]
-        if not buf:
-            return
-        parts = [p.payload for p in buf]
-        nbytes = sum(map(len, parts))
-        blk = area.allocate(nbytes // bs)
-        writer.write(blk * bs, parts, nbytes)
-        current["buffer"] = []
-        current["flushed"] = True
-
-    def take(fc: FileCompression, p: Pcluster) -> None:
-        if p.fragment:
-            if not current["fragment"]:
-                packed.begin()
-                current["fragment"] = True
-            packed.write(p.payload)
-            fc.add(p)
-            return
-        if dedupe is not None and p.digest:
-            key = dedupe.key(p, fc.profile.algorithm_id)
-            found = dedupe.find(key)
-            if found is not None:
-                addr, nblocks, raw = found
-                fc.add(Pcluster(p.llen, raw, b""), addr, nblocks)
-                return
-            nblocks = len(p.payload) // bs
-            dedupe.pending[key] = (current["start"] + fc.blocks, nblocks, p.raw)
-        fc.add(p)
-        if not p.inline:
-            current["buffer"].append(p)
-
-    def consume(task: _Task, pcl: list[Pcluster] | None
-                ) -> Iterator[tuple[FileJob, CompressedLayout | None]]:
-        if pcl is None:                 # not worth trying
-            yield task.job, None
-            return
-        fc = task.fc
-        if current["job"] is not task.job:
-            current.update(job=task.job, start=area.next_block, buffer=[], flushed=False,
-                           fragment=False)
-        for p in pcl:
-            take(fc, p)
-        if not task.last:
-            # keep small files in memory until we know compression pays; flush big ones
-            if sum(len(p.payload) for p in current["buffer"]) >= cfg.segment_size:
-                flush()
-            return
-        fragment_off = None
-        if current["fragment"]:
-            fragment_off = packed.end(whole_file=fc.fragment_len == fc.size)
-        layout = fc.finish(current["start"], fragment_off)
-        if dedupe is not None:
-            dedupe.commit(keep=layout is not None)
-        if layout is None:
-            current["buffer"] = []
-            area.next_block = current["start"]
-            task.job.wrote_blocks = current["flushed"]
-        else:
-            flush()
-            assert area.next_block == current["start"] + layout.blocks
-        current["job"] = None
-        yield task.job, layout
-
-    try:
-        for batch in batches():
-            if pool is None:
-                for task in batch:
-                    yield from consume(task, task.run())
-                continue
-            window.append((batch, pool.submit(_run_batch, batch)))
-            pending_bytes += sum(t.length for t in batch if not t.fc.hopeless)
-            while window and (len(window) >= max_batches or pending_bytes > max_pending_bytes):
-                done, future = window.popleft()
-                pending_bytes -= sum(t.length for t in done if not t.fc.hopeless)
-                for task, pcl in zip(done, future.result()):
-                    yield from consume(task, pcl)
-        while window:
-            done, future = window.popleft()
-            for task, pcl in zip(done, future.result()):
-                yield from consume(task, pcl)
-        writer.flush()
-    finally:
-        for _batch, future in window:
-            future.cancel()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)

@@ -577,6 +577,14 @@ class _Base:
     algorithm_id = -1
     level: int | None = None
     dict_size: int | None = None
+    # (spec, block_size, pcluster_size) when made by make_compressor: a compressor crosses to a
+    # worker process as that recipe (its native handles cannot be pickled)
+    made_from: tuple | None = None
+
+    def __reduce__(self):
+        if self.made_from is None:
+            raise TypeError(f"{self!r} was not made by make_compressor and cannot be pickled")
+        return make_compressor, self.made_from
 
     def __repr__(self):
         return (f"<{type(self).__name__} {self.name} level={self.level} "
@@ -617,8 +625,6 @@ class LZ4Compressor(_Base):
     name = "lz4"
     algorithm_id = Z_EROFS_COMPRESSION_LZ4
     max_distance = LZ4_DISTANCE_MAX
-    # so fast that handing clusters to other threads costs more (GIL traffic) than it saves
-    cheap = True
 
     def __init__(self, level: int | None = None):
         if _lz4 is None:
@@ -689,7 +695,6 @@ class LZ4Compressor(_Base):
 class LZ4HCCompressor(LZ4Compressor):
     """LZ4 raw block via LZ4_compress_HC_destSize (algorithm 0, levels 0-12)."""
     name = "lz4hc"
-    cheap = False
 
     def __init__(self, level: int | None = None):
         super().__init__()
@@ -1169,6 +1174,14 @@ def _pow2_floor(v: int) -> int:
 
 
 def make_compressor(spec: CompressorSpec, block_size: int, pcluster_size: int) -> Compressor:
+    """The compressor for ``spec`` in an image of ``block_size`` blocks whose largest pcluster
+    has ``pcluster_size`` bytes (see _make_compressor)."""
+    comp = _make_compressor(spec, block_size, pcluster_size)
+    comp.made_from = (spec, block_size, pcluster_size)
+    return comp
+
+
+def _make_compressor(spec: CompressorSpec, block_size: int, pcluster_size: int) -> Compressor:
     """Build the compressor for ``spec``.
 
     ``pcluster_size`` is the image's *maximum* pcluster size in bytes

@@ -55,20 +55,41 @@ def test_file_changing_during_build(action, words, existing, tmp_path, monkeypat
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
-def test_file_changing_during_compressed_build(tmp_path, monkeypatch):
-    import mkerofs.compress as compress
+@pytest.mark.parametrize("nworkers", [1, 2])   # 2: the file is read in a worker process
+def test_file_changing_during_compressed_build(tmp_path, monkeypatch, nworkers):
+    import mkerofs.workers as workers
 
     victim = _tree(tmp_path / "src")
     image = tmp_path / "out.erofs"
-    real_reader = compress.read_file_range
+    real_read = workers.FileRange.__call__
 
-    def read_file_range(path, size, error):
-        if path == os.fsencode(victim):
-            victim.write_bytes(b"v" * (size + 100))      # grows before its data is read
-        return real_reader(path, size, error)
+    def read(self, offset, length, last):
+        if self.path == os.fsencode(victim):
+            victim.write_bytes(b"v" * (self.size + 100))      # grows before its data is read
+        return real_read(self, offset, length, last)
 
-    monkeypatch.setattr(compress, "read_file_range", read_file_range)
+    monkeypatch.setattr(workers.FileRange, "__call__", read)
     with pytest.raises(BuildError) as err:
-        build(image, tmp_path / "src", BuildOptions(workers=1, compressor="lz4"))
+        build(image, tmp_path / "src", BuildOptions(workers=nworkers, compressor="lz4"))
     assert "victim" in str(err.value) and "changed" in str(err.value)
     assert not image.exists()
+
+
+def test_compression_worker_dying_is_a_clean_error(tmp_path, monkeypatch):
+    import mkerofs.workers as workers
+
+    victim = _tree(tmp_path / "src")
+    image = tmp_path / "out.erofs"
+    real_read = workers.FileRange.__call__
+
+    def read(self, offset, length, last):
+        if self.path == os.fsencode(victim):
+            os._exit(9)                 # as if killed (only ever runs in a worker process)
+        return real_read(self, offset, length, last)
+
+    monkeypatch.setattr(workers.FileRange, "__call__", read)
+    with pytest.raises(BuildError) as err:
+        build(image, tmp_path / "src", BuildOptions(workers=2, compressor="lz4"))
+    assert "worker process died" in str(err.value)
+    assert not image.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mkerofs import compress as z  # noqa: E402
+from mkerofs import workers as zw  # noqa: E402
 from mkerofs import compressors  # noqa: E402
 from mkerofs import format as fmt  # noqa: E402
 
@@ -323,9 +324,9 @@ def mixed(n: int, seed: int) -> bytes:
 
 def roundtrip(data: bytes, cfg: z.CompressConfig, meta_size: int = 32, workers: int = 1):
     area = FakeArea(cfg.block_size)
-    job = z.FileJob("f", len(data), meta_size,
+    job = zw.FileJob("f", len(data), meta_size,
                     lambda off, n, last: data[off:off + n])
-    [(j, layout)] = list(z.compress_files([job], cfg, area, workers))
+    [(j, layout)] = list(zw.compress_files([job], cfg, area, workers))
     assert j is job
     if layout is None:
         return None, area
@@ -496,6 +497,10 @@ def test_decode_back_random_extent_lists(legacy, bs, big):
             idata = b"\x01" * (llens[-1] if codes[-1] & z._RAW else 10)
         layout, meta, _adv = z.build_indexes(llens, codes, size, start, meta_size, cfg,
                                              idata=idata)
+        # what a worker builds for block 0, moved where the pclusters went: the same bytes
+        _layout, meta0, _adv = z.build_indexes(llens, codes, size, 0, meta_size, cfg,
+                                               idata=idata)
+        assert z.move_indexes(meta0, layout, size, meta_size, bs, start) == meta
         reader = KernelStyleReader(meta, meta_size, size, layout, bs)
         got = reader.extents()
         assert [m["la"] for m in got] == [sum(llens[:i]) for i in range(len(llens))]
@@ -566,9 +571,9 @@ def test_written_blocks_of_a_big_file_not_worth_compressing_are_reported():
     cfg.segment_size = 32768
     data = random.Random(6).randbytes(200000)
     area = FakeArea(4096)
-    big = z.FileJob("big", len(data), 32, lambda off, n, last: data[off:off + n])
-    small = z.FileJob("small", 20000, 32, lambda off, n, last: data[off:off + n])
-    got = list(z.compress_files([big, small], cfg, area))
+    big = zw.FileJob("big", len(data), 32, lambda off, n, last: data[off:off + n])
+    small = zw.FileJob("small", 20000, 32, lambda off, n, last: data[off:off + n])
+    got = list(zw.compress_files([big, small], cfg, area))
     assert [(j.key, layout) for j, layout in got] == [("big", None), ("small", None)]
     assert big.wrote_blocks and area.disk           # flushed segment by segment, then dropped
     assert not small.wrote_blocks
@@ -659,10 +664,10 @@ def test_compress_files_keeps_order_and_contiguity():
     cfg.segment_size = 32768
     files = [mixed(n, n) for n in (70000, 5, 100000, 40000, 1)] + [random.Random(1).randbytes(9000)]
     area = FakeArea(4096)
-    jobs = [z.FileJob(i, len(d), 32, (lambda d: lambda o, n, last: d[o:o + n])(d))
+    jobs = [zw.FileJob(i, len(d), 32, (lambda d: lambda o, n, last: d[o:o + n])(d))
             for i, d in enumerate(files)]
     seen, nxt, written = [], area.next_block, []
-    for job, layout in z.compress_files(jobs, cfg, area, workers=2):
+    for job, layout in zw.compress_files(jobs, cfg, area, workers=2):
         seen.append(job.key)
         if layout is None:
             assert area.next_block == nxt
@@ -684,8 +689,8 @@ def test_files_of_one_block_are_not_read_without_ztailpacking():
     def never(*_a):
         raise AssertionError("read")
     area = FakeArea(4096)
-    jobs = [z.FileJob(i, n, 32, never) for i, n in enumerate((1, 100, 4096))]
-    assert [(j.key, lay) for j, lay in z.compress_files(jobs, cfg_for("lz4"), area, 2)] == \
+    jobs = [zw.FileJob(i, n, 32, never) for i, n in enumerate((1, 100, 4096))]
+    assert [(j.key, lay) for j, lay in zw.compress_files(jobs, cfg_for("lz4"), area, 2)] == \
         [(0, None), (1, None), (2, None)]
     assert area.next_block == 100 and not area.disk
     # with ztailpacking they are tried (and may go inline)
@@ -695,7 +700,7 @@ def test_files_of_one_block_are_not_read_without_ztailpacking():
 
 def test_empty_files_are_refused():
     with pytest.raises(ValueError):
-        list(z.compress_files([z.FileJob(0, 0, 32, lambda *a: b"")], cfg_for(), FakeArea(4096)))
+        list(zw.compress_files([zw.FileJob(0, 0, 32, lambda *a: b"")], cfg_for(), FakeArea(4096)))
 
 
 # ---------------------------------------------------------------------------
