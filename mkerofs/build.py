@@ -180,7 +180,7 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
         # compressed files first: how many blocks they take is known once they are compressed
         jobs = []
         for n in plan.inodes:
-            if n.ftype != fmt.EROFS_FT_REG_FILE or n.size == 0:
+            if n.ftype != fmt.EROFS_FT_REG_FILE or n.size == 0 or not zcfg.worth_trying(n.size):
                 continue
             profile = None
             if hints is not None:

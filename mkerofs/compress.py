@@ -216,6 +216,11 @@ class CompressConfig:
         -Efragments."""
         return self.dedupe or self.fragments
 
+    def worth_trying(self, size: int) -> bool:
+        """Without ztailpacking or fragments a file of at most one block takes a block either
+        way: not worth reading (mkfs.erofs compresses it, then falls back to a flat layout)."""
+        return size > self.block_size or self.ztailpacking or self.fragments
+
     def without_fragments(self) -> "CompressConfig":
         """The configuration for the packed inode itself: no fragments, no dedupe."""
         return replace(self, fragments=False, all_fragments=False, dedupe=False, _profiles={})
@@ -713,9 +718,7 @@ class FileCompression:
         self.idata = b""            # the inline pcluster, if any
         self.fragment_len = 0       # bytes of the file kept in the packed inode
         self.done = 0               # bytes of input covered
-        # without ztailpacking a file of at most one block takes a block either way: not worth
-        # reading (mkfs.erofs compresses it and then falls back to a flat layout)
-        self.hopeless = size <= cfg.block_size and not (cfg.ztailpacking or cfg.fragments)
+        self.hopeless = not cfg.worth_trying(size)
 
     def segments(self) -> list[tuple[int, int, bool]]:
         """(offset, length, last) of each segment of the file."""
