@@ -10,6 +10,7 @@ import time
 import uuid as uuidlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 from . import compress
 from . import format as fmt
@@ -21,9 +22,9 @@ from .dirs import render_directory
 from .meta import MetaAllocator, MetaImage, item_size, node_pos, place_inode, serialize_inode
 from .options import BuildError, BuildOptions
 from .output import Output
-from .plan import Plan, PlannedInode, plan_inodes
+from .plan import Plan, PlannedInode, plan_inodes, planned_isize
 from .walk import SourceInode, SourceStat, walk_source
-from .workers import FileJob, FileRange, compress_files
+from .workers import CompressionPool, FileJob, FileRange, compress_files
 from .xattrs import XattrLayout
 
 _FLAT_CONTENT = {fmt.EROFS_FT_REG_FILE, fmt.EROFS_FT_SYMLINK, fmt.EROFS_FT_DIR}
@@ -58,13 +59,23 @@ def build(image: str | os.PathLike, source: str | os.PathLike,
     # the cyclic collector would only rescan them again and again (a third of the run time).
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    pool = None
     try:
-        root, _count = walk_source(source_b, options, skip=out.identity())
+        zcfg, hints = _compress_config(options)
+        on_file = None
+        if zcfg is not None:
+            # the workers start now (forked while this process is small) and compress files
+            # as the walk finds them
+            pool = CompressionPool(zcfg, _workers(options), out, processes=True)
+            on_file = _early_offers(pool, options, hints, build_time)
+        root, _count = walk_source(source_b, options, skip=out.identity(), on_file=on_file)
         plan = plan_inodes(root, options, build_time)
         xattrs = _plan_xattrs(plan, options)
-        result = _write_image(plan, options, out, xattrs, source_b)
+        result = _write_image(plan, options, out, xattrs, source_b, zcfg, hints, pool)
         out.finish(result.size)
     except BaseException:
+        if pool is not None:
+            pool.abort()
         out.abort()
         raise
     finally:
@@ -111,23 +122,53 @@ def _plan_xattrs(plan: Plan, options: BuildOptions) -> XattrLayout:
     return layout
 
 
+def _workers(options: BuildOptions) -> int:
+    return options.workers or os.cpu_count() or 1
+
+
+def _early_offers(pool: CompressionPool, options: BuildOptions, hints: CompressHints | None,
+                  build_time: int) -> Callable[[SourceInode, bytes, os.stat_result], None]:
+    """The walk's on_file: hand a regular file to the workers right away when its job is
+    known already, i.e. its size, its profile and its inode + xattrs size (no xattrs, one
+    inode form whatever its link count)."""
+
+    def offer(src: SourceInode, relpath: bytes, st: os.stat_result) -> None:
+        size = src.st.st_size
+        if src.xattrs or st.st_nlink > 0xFFFF or not pool.takes_early(size):
+            return
+        profile = None
+        if hints is not None:
+            hint = hints.match(relpath)
+            if hint is not None:
+                if not hint.pcluster_size:
+                    return
+                profile = pool.cfg.profile(hint.algorithm, hint.pcluster_size)
+        isize = planned_isize(src.st, options, build_time)
+        if isize is not None:
+            pool.offer(src, FileRange(src.path, size), size, isize, profile)
+
+    return offer
+
+
 def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout,
-                 source: bytes) -> BuildResult:
-    zcfg, hints = _compress_config(options)
+                 source: bytes, zcfg: compress.CompressConfig | None, hints: CompressHints | None,
+                 pool: CompressionPool | None) -> BuildResult:
     # compression configurations (if any) follow the superblock
     cfgs_pos = fmt.EROFS_SUPER_OFFSET + fmt.EROFS_SB_SIZE
     cfgs = zcfg.superblock(False).cfgs if zcfg is not None else b""
     packed = PackedFile(zcfg.fragdedupe) if zcfg is not None and zcfg.fragments else None
     try:
-        return _lay_out(plan, options, out, xattrs, source, zcfg, hints, cfgs_pos, cfgs, packed)
+        return _lay_out(plan, options, out, xattrs, source, zcfg, hints, pool, cfgs_pos, cfgs,
+                        packed)
     finally:
         if packed is not None:
             packed.close()
 
 
 def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout, source: bytes,
-             zcfg: compress.CompressConfig | None, hints: CompressHints | None, cfgs_pos: int,
-             cfgs: bytes, packed: PackedFile | None) -> BuildResult:
+             zcfg: compress.CompressConfig | None, hints: CompressHints | None,
+             pool: CompressionPool | None, cfgs_pos: int, cfgs: bytes,
+             packed: PackedFile | None) -> BuildResult:
     bs = options.block_size
     root = plan.root
     # The root goes right after the superblock so that its nid fits the 16-bit rootnid field;
@@ -155,7 +196,7 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
     tails = {}              # id(node) -> inline pcluster bytes that must stay in one block
     nodes = list(plan.inodes)   # every inode with metadata: the tree's, then the packed inode
     used = {"fragments": False, "dedupe": False}
-    workers = options.workers or os.cpu_count() or 1
+    workers = _workers(options)
 
     def take_layouts(results) -> None:
         for job, layout in results:
@@ -190,9 +231,9 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
                         continue        # "0": this file stays uncompressed
                     profile = zcfg.profile(hint.algorithm, hint.pcluster_size)
             jobs.append(FileJob(n, n.size, n.meta_size_before_inline,
-                                FileRange(n.src.path, n.size), profile))
+                                FileRange(n.src.path, n.size), profile, origin=n.src))
             compressed.add(id(n))
-        take_layouts(compress_files(jobs, zcfg, data, workers, packed=packed, processes=True))
+        take_layouts(compress_files(jobs, zcfg, data, packed=packed, pool=pool))
         del jobs
         if packed is not None and packed.size:
             packed_node = _packed_inode(packed, plan, len(nodes) + 1)

@@ -58,6 +58,7 @@ _HEADER = struct.Struct("<HHHBB")
 _FULL_HEADER_SIZE = 16              # the map header and 8 reserved bytes before full indexes
 _FULL_INDEX = struct.Struct("<HHI")
 _FULL_NONHEAD = struct.Struct("<HHHH")
+_LE32 = struct.Struct("<I")
 
 PLAIN = fmt.Z_EROFS_LCLUSTER_TYPE_PLAIN
 HEAD1 = fmt.Z_EROFS_LCLUSTER_TYPE_HEAD1
@@ -265,11 +266,6 @@ class Pcluster:
     digest: bytes = b""             # extent deduplication: hash of `payload`
 
 
-def _padded_front(data: bytes, block_size: int) -> bytes:
-    pad = -len(data) % block_size
-    return bytes(pad) + data if pad else data
-
-
 def _padded_back(data, block_size: int) -> bytes:
     pad = -len(data) % block_size
     return bytes(data) + bytes(pad) if pad else bytes(data)
@@ -353,10 +349,14 @@ def compress_segment(data, cfg: CompressConfig, *, last: bool, tail_room: int = 
     if cfg.all_fragments:
         return [Pcluster(len(view), False, view, fragment=True)] if len(view) else []
     frag_tail = last and cfg.fragments
+    # with ztailpacking, the rest of the file may go inline if it compresses below a block
+    may_inline = last and tail_room > 0
+    max_in = cfg.max_extent_input
     # LZ4 takes raw addresses into the segment (kept alive by `data`): cheaper per pcluster
     base = None
     if type(data) is bytes and hasattr(comp, "destsize_at"):
         base = compressors.bytes_address(data)
+        compress_at = comp.destsize_at
     n = len(view)
     out: list[Pcluster] = []
     head = 0
@@ -365,16 +365,13 @@ def compress_segment(data, cfg: CompressConfig, *, last: bool, tail_room: int = 
         if frag_tail and rem <= dest:
             out.append(Pcluster(rem, False, view[head:], fragment=True))
             break
-        # with ztailpacking, the rest of the file may go inline if it compresses below a block
-        may_inline = last and tail_room > 0
         if rem <= bs and not may_inline:
             out.append(Pcluster(rem, True, _padded_back(view[head:], bs)))
             break
-        window = view[head:head + min(rem, cfg.max_extent_input)]
         if base is not None:
-            used, packed = comp.destsize_at(base + head, len(window), dest)
+            used, packed = compress_at(base + head, rem if rem < max_in else max_in, dest)
         else:
-            used, packed = comp.compress_destsize(window, dest)
+            used, packed = comp.compress_destsize(view[head:head + min(rem, max_in)], dest)
         if used <= 0:
             raise RuntimeError(f"{comp.name}: compressor consumed nothing")
         csize = len(packed)
@@ -383,8 +380,8 @@ def compress_segment(data, cfg: CompressConfig, *, last: bool, tail_room: int = 
             out.append(Pcluster(rem, False, view[head:], fragment=True))
             break
         inline_ok = may_inline and whole and csize < bs and csize <= tail_room
-        cost = csize if inline_ok else fmt.round_up(csize, bs)
-        if cost >= used:
+        pad = -csize % bs
+        if (csize if inline_ok else csize + pad) >= used:
             # no gain: raw blocks instead (the inline tail stays raw if it fits)
             if may_inline and rem < bs and rem <= tail_room:
                 out.append(Pcluster(rem, True, bytes(view[head:]), inline=True))
@@ -402,14 +399,16 @@ def compress_segment(data, cfg: CompressConfig, *, last: bool, tail_room: int = 
         if inline_ok:
             out.append(Pcluster(used, False, packed, inline=True))
             break
-        if may_inline and whole and csize % bs and csize > bs:
+        if may_inline and whole and pad and csize > bs:
             # a shorter pcluster may save a block if what it leaves fits inline
-            used2, packed2 = comp.compress_destsize(window[:rem], csize // bs * bs)
+            used2, packed2 = comp.compress_destsize(view[head:n], csize // bs * bs)
             left = rem - used2
-            if (0 < used2 and len(packed2) + left < fmt.round_up(csize, bs)
+            if (0 < used2 and len(packed2) + left < csize + pad
                     and left < bs and left <= tail_room):
                 used, packed = used2, packed2
-        out.append(Pcluster(used, False, _padded_front(packed, bs)))
+                pad = -len(packed) % bs
+        # compressed bytes end the pcluster: zeros in front (LZ4_0PADDING)
+        out.append(Pcluster(used, False, bytes(pad) + packed if pad else packed))
         head += used
     if cfg.dedupe_extents:
         for p in out:
@@ -548,8 +547,8 @@ def encode_compact(ent: Lclusters, header_end: int, start_blk: int, block_size: 
     nidx = len(types)
     initial, two, _end = compact_split(nidx, header_end)
     out = bytearray()
-    pack4 = struct.Struct("<HHI").pack
-    le32 = struct.Struct("<I").pack
+    pack4 = _FULL_INDEX.pack            # a 4B pack: two 16-bit fields and the base
+    le32 = _LE32.pack
     # The running block address as the decoder counts it.  Without big pclusters every head
     # adds one block and the base is the block of the last head before the pack.  With them,
     # a CBLKCNT entry adds its count, a head adds one only when the previous pcluster had no
@@ -688,9 +687,8 @@ def move_indexes(meta: bytes, datalayout: int, size: int, meta_size: int, block_
         fields += [pos + 32 * k + 28 for k in range(two // 16)]
         pos += 2 * two
         fields += [pos + 8 * k + 4 for k in range((end + 1) // 2)]
-    le32 = struct.Struct("<I")
     for pos in fields:
-        le32.pack_into(out, pos, (le32.unpack_from(out, pos)[0] + delta) & 0xFFFFFFFF)
+        _LE32.pack_into(out, pos, (_LE32.unpack_from(out, pos)[0] + delta) & 0xFFFFFFFF)
     return bytes(out)
 
 

@@ -506,16 +506,20 @@ def _as_bytes_like(src):
 
 
 class _Scratch(threading.local):
-    """Per-thread output buffer, grown on demand."""
+    """Per-thread output buffer, grown on demand, and an in/out int argument."""
 
     def __init__(self):
         self.buf = ctypes.create_string_buffer(0)
+        self.view = memoryview(b"")        # of buf, as bytes
         self.size = 0
+        self.int = ctypes.c_int(0)
+        self.int_ref = ctypes.byref(self.int)
 
     def get(self, n: int):
         if n > self.size:
             self.size = max(n, 4096)
             self.buf = ctypes.create_string_buffer(self.size)
+            self.view = memoryview(self.buf).cast("B")
         return self.buf
 
 
@@ -632,8 +636,7 @@ class LZ4Compressor(_Base):
         self.level = None
 
     def _destsize(self, src_addr: int, dst, n: int, dest_size: int, sz: ctypes.c_int) -> int:
-        lib = _lz4_gil if dest_size <= _GIL_HELD_MAX else _lz4
-        return lib.LZ4_compress_destSize(src_addr, dst, ctypes.byref(sz), dest_size)
+        return self._destsize_ref(src_addr, dst, ctypes.byref(sz), dest_size)
 
     def compress_destsize(self, src, dest_size: int, hint: int | None = None
                           ) -> tuple[int, bytes]:
@@ -651,13 +654,20 @@ class LZ4Compressor(_Base):
 
     def destsize_at(self, addr: int, n: int, dest_size: int) -> tuple[int, bytes]:
         """compress_destsize() of `n` (> 0) bytes at address `addr`, which the caller keeps
-        alive: for the many small pclusters of a segment, without pinning a buffer each time."""
-        dst = _scratch.get(dest_size)
-        sz = ctypes.c_int(min(n, Z_EROFS_PCLUSTER_MAX_DSIZE))
-        out = self._destsize(addr, dst, sz.value, dest_size, sz)
+        alive: for the many small pclusters of a segment, without pinning a buffer each time
+        (and with as little Python around the call as can be: it runs once per pcluster)."""
+        scratch = _scratch
+        dst = scratch.buf if dest_size <= scratch.size else scratch.get(dest_size)
+        sz = scratch.int
+        sz.value = n if n < Z_EROFS_PCLUSTER_MAX_DSIZE else Z_EROFS_PCLUSTER_MAX_DSIZE
+        out = self._destsize_ref(addr, dst, scratch.int_ref, dest_size)
         if out <= 0:
             raise RuntimeError(f"{self.name} compression failed")
-        return sz.value, ctypes.string_at(dst, out)
+        return sz.value, scratch.view[:out].tobytes()
+
+    def _destsize_ref(self, src_addr: int, dst, sz_ref, dest_size: int) -> int:
+        lib = _lz4_gil if dest_size <= _GIL_HELD_MAX else _lz4
+        return lib.LZ4_compress_destSize(src_addr, dst, sz_ref, dest_size)
 
     def compress(self, src) -> bytes:
         with _Pinned(src) as p:
@@ -704,10 +714,12 @@ class LZ4HCCompressor(LZ4Compressor):
         self._state_size = _lz4.LZ4_sizeofStateHC()
         self._tls = _PerThread()
 
-    def _destsize(self, src_addr, dst, n, dest_size, sz):
-        st = self._tls.encoder(lambda: ctypes.create_string_buffer(self._state_size))
-        return _lz4.LZ4_compress_HC_destSize(st, src_addr, dst, ctypes.byref(sz), dest_size,
-                                             self.level)
+    def _destsize_ref(self, src_addr, dst, sz_ref, dest_size):
+        st = self._tls.encoder(self._new_state)
+        return _lz4.LZ4_compress_HC_destSize(st, src_addr, dst, sz_ref, dest_size, self.level)
+
+    def _new_state(self):
+        return ctypes.create_string_buffer(self._state_size)
 
 
 # ---------------------------------------------------------------- LZMA

@@ -80,13 +80,37 @@ def _mtime(st: SourceStat, inherit: TimeInherit, build_time: int) -> tuple[int, 
     return sec, nsec
 
 
-def _fields_need_extended(node: PlannedInode) -> bool:
-    return node.size > 0xFFFFFFFF or node.uid > 0xFFFF or node.gid > 0xFFFF or node.nlink > 0xFFFF
+def inode_form(size: int, uid: int, gid: int, nlink: int, mtime: int, nsec: int,
+               options: BuildOptions, build_time: int) -> tuple[bool, int, int] | None:
+    """(extended, mtime, mtime_nsec) of an inode; None: it needs an extended inode, which
+    --force-inodeversion=compact forbids.  A compact inode has no mtime of its own on older
+    kernels (it shows the build time), so a file with another mtime gets an extended inode,
+    unless the options say to give it the build time."""
+    if options.force_inode == "extended":
+        return True, mtime, nsec
+    if size > 0xFFFFFFFF or uid > 0xFFFF or gid > 0xFFFF or nlink > 0xFFFF:
+        if options.force_inode == "compact":
+            return None
+        return True, mtime, nsec                # and it keeps its own mtime, as in mkfs.erofs
+    if (mtime, nsec) == (build_time, 0):
+        return False, mtime, nsec
+    if options.ignore_mtime or options.force_inode == "compact":
+        return False, build_time, 0             # build time, so it stays compact
+    return True, mtime, nsec
 
 
-def _needs_extended(node: PlannedInode, epoch: int) -> bool:
-    """A compact inode has no mtime of its own on older kernels: it shows the build time."""
-    return _fields_need_extended(node) or (node.mtime, node.mtime_nsec) != (epoch, 0)
+def planned_isize(st: SourceStat, options: BuildOptions, build_time: int) -> int | None:
+    """The inode size plan_inodes will give a regular file with one link, known while walking
+    (None: it cannot be planned, plan_inodes will say why)."""
+    try:
+        uid, gid = _ids(st, options, b"")
+    except BuildError:
+        return None
+    mtime, nsec = _mtime(st, options.effective_time_inherit, build_time)
+    form = inode_form(st.st_size, uid, gid, 1, mtime, nsec, options, build_time)
+    if form is None:
+        return None
+    return fmt.EROFS_INODE_EXTENDED_SIZE if form[0] else fmt.EROFS_INODE_COMPACT_SIZE
 
 
 def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int) -> Plan:
@@ -111,18 +135,11 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int) -> Pl
                             gid=gid, mtime=mtime, mtime_nsec=nsec, nlink=src.nlink, size=size)
         if kind in (stat.S_IFCHR, stat.S_IFBLK):
             node.rdev = fmt.new_encode_dev(os.major(st.st_rdev), os.minor(st.st_rdev))
-        if options.force_inode == "extended":
-            node.extended = True
-        elif _needs_extended(node, build_time):
-            if _fields_need_extended(node):
-                if options.force_inode == "compact":
-                    raise BuildError(f"{node.display_path()}: cannot be stored in a compact inode "
-                                     "(size, uid, gid or nlink too large)")
-                node.extended = True          # and it keeps its own mtime, as in mkfs.erofs
-            elif options.ignore_mtime or options.force_inode == "compact":
-                node.mtime, node.mtime_nsec = build_time, 0   # build time, so it stays compact
-            else:
-                node.extended = True
+        form = inode_form(size, uid, gid, src.nlink, mtime, nsec, options, build_time)
+        if form is None:
+            raise BuildError(f"{node.display_path()}: cannot be stored in a compact inode "
+                             "(size, uid, gid or nlink too large)")
+        node.extended, node.mtime, node.mtime_nsec = form
         node.ino = len(order) + 1
         planned[id(src)] = node
         order.append(node)

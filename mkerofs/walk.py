@@ -4,12 +4,13 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .options import BuildError, BuildOptions
 from .selinux import FileContexts, fs_path, with_label
 from .xattrs import read_xattrs
-from . import format as fmt
 
 
 @dataclass(slots=True)
@@ -161,11 +162,15 @@ class XattrReader:
 
 
 def walk_source(source: bytes, options: BuildOptions,
-                skip: set[tuple[int, int]] = frozenset()) -> tuple[SourceInode, int]:
+                skip: set[tuple[int, int]] = frozenset(),
+                on_file: Callable[[SourceInode, bytes, os.stat_result], None] | None = None
+                ) -> tuple[SourceInode, int]:
     """Return the root inode and the number of distinct inodes below it.
 
     `skip` holds (st_dev, st_ino) pairs never to include: the image being written, when it lies
-    inside the source.
+    inside the source.  The walk goes breadth first with each directory's names sorted, which
+    is the order plan_inodes gives the inodes; `on_file(inode, relative path, lstat result)` is
+    called for each regular file as it is found (once per inode), in that order.
     """
     try:
         root_st = os.stat(source)
@@ -180,12 +185,12 @@ def walk_source(source: bytes, options: BuildOptions,
     xattrs.read(root, b"")
     hardlinks: dict[tuple[int, int], SourceInode] = {}
     count = 1
-    pending = [(root, b"")]
+    pending = deque([(root, b"")])
     while pending:
-        directory, rel = pending.pop()
+        directory, rel = pending.popleft()
         try:
             with os.scandir(directory.path) as it:
-                listing = [(e.name, e.path) for e in it]
+                listing = sorted((e.name, e.path) for e in it)
         except OSError as err:
             raise _oserror(directory.path, err) from None
         for name, path in listing:
@@ -226,6 +231,8 @@ def walk_source(source: bytes, options: BuildOptions,
                               or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
                         raise BuildError(f"{os.fsdecode(path)}: unsupported file type")
                     xattrs.read(child, relpath)
+                    if on_file is not None and stat.S_ISREG(mode):
+                        on_file(child, relpath, st)
                 child.nlink += 1
             directory.entries.append((name, child))
     return root, count

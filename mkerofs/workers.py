@@ -35,6 +35,7 @@ class FileJob:
     # worker processes read the file themselves
     read: Callable[[int, int, bool], bytes]
     profile: FileProfile | None = None     # algorithm and pcluster size (default: -z, -C)
+    origin: object = None           # the key it was offered under (CompressionPool.offer)
     # set when the file turned out not worth compressing after some of its pclusters were
     # already written: the blocks handed back hold old bytes (a flat copy must write holes)
     wrote_blocks: bool = False
@@ -147,6 +148,7 @@ def _worker_main(cfg: CompressConfig, out, tasks, results) -> None:
     """A worker process: ("compress", batch id, works) -> ("done", id, results);
     ("write", id, [(index, position)]) writes the held files of that batch; ("stop", ...)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # ^C is the parent's to handle
+    os.nice(5)
     held: dict[int, dict[int, list]] = {}
     writer = _BlockWriter(out)
     while True:
@@ -192,6 +194,7 @@ class _ProcessPool:
         self.arrived: dict[int, list] = {}
         self.next_id = 0
         self.holds_bytes = True
+        self.finished = False
 
     def submit(self, works: list) -> int:
         w = min(range(len(self.load)), key=self.load.__getitem__)
@@ -232,6 +235,8 @@ class _ProcessPool:
 
     def close(self) -> None:
         """Wait for every write, and stop the workers."""
+        if self.finished:
+            return
         for q in self.tasks:
             q.put(("stop", None, None))
         stopped = 0
@@ -243,6 +248,8 @@ class _ProcessPool:
         self._close_queues()
 
     def abort(self) -> None:
+        if self.finished:
+            return
         for proc in self.procs:
             if proc.is_alive():
                 proc.terminate()
@@ -251,6 +258,7 @@ class _ProcessPool:
         self._close_queues()
 
     def _close_queues(self) -> None:
+        self.finished = True
         for q in self.tasks + [self.results]:
             q.cancel_join_thread()
             q.close()
@@ -293,11 +301,24 @@ def _can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
 
 
-class _Task:
-    __slots__ = ("job", "fc", "work")
+class _Batch:
+    """Works handed to the workers together, and what became of them."""
+    __slots__ = ("handle", "left", "nbytes", "results", "placements")
 
-    def __init__(self, job: FileJob, fc: FileCompression | None, work: _Work):
-        self.job, self.fc, self.work = job, fc, work
+    def __init__(self, handle, count: int, nbytes: int):
+        self.handle = handle
+        self.left = count               # results not taken yet
+        self.nbytes = nbytes
+        self.results: list | None = None
+        self.placements: list[tuple[int, int]] = []    # (index, position) of held files
+
+
+class _Task:
+    __slots__ = ("job", "fc", "work", "batch", "index")
+
+    def __init__(self, job: FileJob, fc: FileCompression | None, work: _Work,
+                 batch: _Batch | None = None, index: int = 0):
+        self.job, self.fc, self.work, self.batch, self.index = job, fc, work, batch, index
 
 
 # small files go to the workers in batches: one job per file would spend more time handing
@@ -359,8 +380,82 @@ class _Dedupe:
         self.pending = {}
 
 
+class CompressionPool:
+    """The workers of a build, and the files handed to them early: while the source is still
+    being walked (offer), before compress_files gets them as jobs and takes their results in
+    job order."""
+
+    # input compressed ahead of the jobs; what it compresses to waits in the workers
+    EARLY_BYTES = 256 << 20
+
+    def __init__(self, cfg: CompressConfig, workers: int, out=None, processes: bool = False):
+        self.cfg = cfg
+        self.workers = workers
+        if processes and workers > 1 and _can_fork():
+            self.impl = _ProcessPool(cfg, workers, out)
+        else:
+            self.impl = _LocalPool(cfg, workers)
+        self.early: dict[object, tuple[_Batch, int, _Work]] = {}
+        self._open: list[tuple[object, _Work]] = []    # offered, not handed over yet
+        self._open_bytes = 0
+        self._early_bytes = 0
+
+    def takes_early(self, size: int) -> bool:
+        """Whether offer() takes a file of `size` bytes now: only with worker processes (they
+        keep what they compress until it is placed), only files compressed alone (one
+        segment, no deduplication), and only so much ahead."""
+        cfg = self.cfg
+        return (self.impl.holds_bytes and self._early_bytes < self.EARLY_BYTES
+                and not (cfg.dedupe_extents or cfg.fragments)
+                and 0 < size <= cfg.segment_size and cfg.worth_trying(size))
+
+    def offer(self, key, read: Callable, size: int, meta_size: int,
+              profile: FileProfile | None) -> None:
+        """Start compressing a file that will come as FileJob(origin=key) with this size,
+        meta_size and profile."""
+        work = _Work(read, size, meta_size, profile.key if profile is not None else (),
+                     0, size, True, True)
+        self._open.append((key, work))
+        self._open_bytes += size
+        self._early_bytes += size
+        if self._open_bytes >= BATCH_BYTES or len(self._open) >= BATCH_TASKS:
+            self.hand_over_offers()
+
+    def hand_over_offers(self) -> None:
+        if self._open:
+            batch = self.submit([work for _key, work in self._open], self._open_bytes)
+            for index, (key, work) in enumerate(self._open):
+                self.early[key] = (batch, index, work)
+            self._open, self._open_bytes = [], 0
+
+    def submit(self, works: list[_Work], nbytes: int) -> _Batch:
+        return _Batch(self.impl.submit(works), len(works), nbytes)
+
+    def result(self, task: _Task):
+        batch = task.batch
+        if batch.results is None:
+            batch.results = self.impl.result(batch.handle)
+        return batch.results[task.index]
+
+    def taken(self, batch: _Batch) -> None:
+        """One result of `batch` was taken; after the last, its held files are written."""
+        batch.left -= 1
+        if not batch.left:
+            self.impl.write(batch.handle, batch.placements)
+            batch.results = None
+
+    def close(self) -> None:
+        if self.early or self._open:
+            raise AssertionError("files offered early never came as jobs")
+        self.impl.close()
+
+    def abort(self) -> None:
+        self.impl.abort()
+
+
 def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: int = 1,
-                   max_pending_bytes: int = 256 << 20, packed=None, processes: bool = False
+                   max_pending_bytes: int = 256 << 20, packed=None, processes: bool = False,
+                   pool: CompressionPool | None = None
                    ) -> Iterator[tuple[FileJob, CompressedLayout | None]]:
     """Compress files and write their pclusters; yield (job, layout) in job order.
 
@@ -372,42 +467,45 @@ def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: 
 
     Segments (small files batched together) are compressed by `workers` forked processes
     (`processes`: every job's reader must pickle) or threads, at most `max_pending_bytes` of
-    input (and three batches per worker) in flight.  Results are taken in order, so each
-    file's pclusters land in consecutive blocks, and what depends on earlier files (fragment
-    and extent deduplication) is decided in that same order: the image does not depend on the
-    number of workers, nor on their kind.  A file of one segment that depends on no other
-    comes back finished, indexes and all, for pclusters at block 0; only its block addresses
-    are moved here (compress.move_indexes).
+    input (and three batches per worker) in flight; or by `pool`, which may have started on
+    some of the files already (CompressionPool.offer) and is closed here.  Results are taken
+    in order, so each file's pclusters land in consecutive blocks, and what depends on earlier
+    files (fragment and extent deduplication) is decided in that same order: the image does
+    not depend on the number of workers, nor on their kind.  A file of one segment that
+    depends on no other comes back finished, indexes and all, for pclusters at block 0; only
+    its block addresses are moved here (compress.move_indexes).
     """
     bs = cfg.block_size
     if cfg.fragments and packed is None:
         raise ValueError("fragments need a packed file")
+    if pool is None:
+        pool = CompressionPool(cfg, workers, area.out, processes)
+    pool.hand_over_offers()
     dedupe = _Dedupe() if cfg.dedupe_extents else None
     independent = not (cfg.dedupe_extents or cfg.fragments)
     seg = cfg.segment_size
-    window: deque = deque()             # (batch, handle), in job order
-    pending_bytes = 0
-    max_batches = 3 * workers if workers > 1 else 1
+    order: deque[_Task] = deque()       # every task, in job order
+    window: deque[_Batch] = deque()     # batches handed over here, not all taken yet
+    max_batches = 3 * pool.workers if pool.workers > 1 else 1
 
-    def batches() -> Iterator[list[_Task]]:
-        batch, nbytes = [], 0
+    def tasks() -> Iterator[_Task]:
         for job in jobs:
             size = job.size
             if size <= 0:
                 raise ValueError("empty files are not compressed")
+            early = pool.early.pop(job.origin, None) if job.origin is not None else None
+            if early is not None:
+                batch, index, work = early
+                if (work.size, work.meta_size) != (size, job.meta_size):
+                    raise AssertionError("a file offered early came with another size")
+                yield _Task(job, None, work, batch, index)
+                continue
             key = job.profile.key if job.profile is not None else ()
             alone = independent and size <= seg
             fc = None if alone else FileCompression(size, job.meta_size, cfg, job.profile)
             for off in range(0, size, seg):
-                length = min(seg, size - off)
-                batch.append(_Task(job, fc, _Work(job.read, size, job.meta_size, key, off,
-                                                  length, off + seg >= size, alone)))
-                nbytes += length
-                if nbytes >= BATCH_BYTES or len(batch) >= BATCH_TASKS:
-                    yield batch
-                    batch, nbytes = [], 0
-        if batch:
-            yield batch
+                yield _Task(job, fc, _Work(job.read, size, job.meta_size, key, off,
+                                           min(seg, size - off), off + seg >= size, alone))
 
     # per-file write state of the file being taken
     current = {"job": None, "start": 0, "buffer": [], "flushed": False, "fragment": False}
@@ -425,15 +523,15 @@ def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: 
         current["buffer"] = []
         current["flushed"] = True
 
-    def place(job: FileJob, res: CompressedFile, index: int, placements: list
-              ) -> CompressedLayout | None:
+    def place(task: _Task, res: CompressedFile) -> CompressedLayout | None:
         layout = res.layout
         if layout is None:
             return None
+        job = task.job
         start = area.allocate(layout.blocks)
         if layout.blocks:
             if res.parts is None:           # the worker holds them
-                placements.append((index, start * bs))
+                task.batch.placements.append((task.index, start * bs))
             else:
                 writer.write(start * bs, res.parts, layout.blocks * bs)
         layout.inline = move_indexes(layout.inline, layout.datalayout, job.size, job.meta_size,
@@ -461,13 +559,12 @@ def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: 
         if not p.inline:
             current["buffer"].append(p)
 
-    def consume(task: _Task, res, index: int, placements: list
-                ) -> Iterator[tuple[FileJob, CompressedLayout | None]]:
+    def consume(task: _Task, res) -> Iterator[tuple[FileJob, CompressedLayout | None]]:
         if res is None:                 # not worth trying
             yield task.job, None
             return
         if type(res) is CompressedFile:
-            yield task.job, place(task.job, res, index, placements)
+            yield task.job, place(task, res)
             return
         fc = task.fc
         if current["job"] is not task.job:
@@ -498,24 +595,42 @@ def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: 
         current["job"] = None
         yield task.job, layout
 
-    def take_batch(batch: list[_Task], handle) -> Iterator[tuple[FileJob, CompressedLayout | None]]:
-        placements: list[tuple[int, int]] = []
-        for index, (task, res) in enumerate(zip(batch, pool.result(handle))):
-            yield from consume(task, res, index, placements)
-        pool.write(handle, placements)
+    def take_first() -> Iterator[tuple[FileJob, CompressedLayout | None]]:
+        task = order.popleft()
+        yield from consume(task, pool.result(task))
+        batch = task.batch
+        pool.taken(batch)
+        if not batch.left and window and window[0] is batch:
+            window.popleft()
 
-    pool = (_ProcessPool(cfg, workers, area.out) if processes and workers > 1 and _can_fork()
-            else _LocalPool(cfg, workers))
     try:
-        for batch in batches():
-            window.append((batch, pool.submit([t.work for t in batch])))
-            pending_bytes += sum(t.work.length for t in batch)
+        batch_tasks: list[_Task] = []
+        nbytes = pending_bytes = 0
+        for task in tasks():
+            order.append(task)
+            if task.batch is not None:      # handed over early
+                continue
+            batch_tasks.append(task)
+            nbytes += task.work.length
+            if nbytes < BATCH_BYTES and len(batch_tasks) < BATCH_TASKS:
+                continue
+            batch = pool.submit([t.work for t in batch_tasks], nbytes)
+            for index, t in enumerate(batch_tasks):
+                t.batch, t.index = batch, index
+            window.append(batch)
+            pending_bytes += nbytes
+            batch_tasks, nbytes = [], 0
             while window and (len(window) >= max_batches or pending_bytes > max_pending_bytes):
-                done, handle = window.popleft()
-                pending_bytes -= sum(t.work.length for t in done)
-                yield from take_batch(done, handle)
-        while window:
-            yield from take_batch(*window.popleft())
+                oldest = window[0]
+                while window and window[0] is oldest:
+                    yield from take_first()
+                pending_bytes -= oldest.nbytes
+        if batch_tasks:
+            batch = pool.submit([t.work for t in batch_tasks], nbytes)
+            for index, t in enumerate(batch_tasks):
+                t.batch, t.index = batch, index
+        while order:
+            yield from take_first()
         writer.flush()
         pool.close()
     except BaseException:
