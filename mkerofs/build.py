@@ -8,7 +8,6 @@ import stat
 import sys
 import time
 import uuid as uuidlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,7 +16,7 @@ from . import format as fmt
 from .compressors import CompressorUnavailable, parse_compressor_spec
 from .hints import CompressHints, load_compress_hints
 from .packed import PackedFile
-from .data import DataArea, inline_fits
+from .data import DataArea, FlatCopier, inline_fits
 from .dirs import render_directory
 from .meta import MetaAllocator, MetaImage, item_size, node_pos, place_inode, serialize_inode
 from .options import BuildError, BuildOptions
@@ -266,7 +265,7 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
             start, tail = reserved[id(node)]
             tail_view = meta.view(node_pos(node) + node.meta_size_before_inline, tail)
             copies.append((node, start, tail, tail_view, id(node) in rewritten))
-    with _Copier(data, workers) as copier:
+    with FlatCopier(data, workers) as copier:
         copier.start(copies)
         del copies
         # while the threads copy file data, this one lays out everything else
@@ -352,45 +351,6 @@ def _packed_inode(packed: PackedFile, plan: Plan, ino: int) -> PlannedInode:
                         extended=packed.size > 0xFFFFFFFF, ino=ino)
     node.set_xattr_ibody(b"")
     return node
-
-
-class _Copier:
-    """Copies file data in worker threads (the copies are system calls, which release the GIL)
-    while the calling thread goes on; leaving the `with` block waits for them and re-raises the
-    first failure."""
-
-    BATCH = 128
-
-    def __init__(self, data: DataArea, workers: int):
-        self.data = data
-        self.pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
-        self.futures = []
-
-    def _run(self, jobs) -> None:
-        for job in jobs:
-            self.data.copy_regular(*job)
-
-    def start(self, copies: list) -> None:
-        if self.pool is None:
-            self._run(copies)
-            return
-        for i in range(0, len(copies), self.BATCH):
-            self.futures.append(self.pool.submit(self._run, copies[i:i + self.BATCH]))
-
-    def __enter__(self) -> "_Copier":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self.pool is None:
-            return
-        try:
-            for future in self.futures:
-                if exc_type is not None:
-                    future.cancel()
-                else:
-                    future.result()
-        finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _choose_uuid(options: BuildOptions, meta: MetaImage, epoch: int) -> bytes:

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
 
 from . import format as fmt
 from .options import BuildError
 from .output import Output
 from .plan import PlannedInode
+from .workers import can_fork
 
 _ZERO_CHUNK = bytes(1 << 20)
 
@@ -151,3 +154,94 @@ def inline_fits(node: PlannedInode, size: int, block_size: int) -> bool:
     """Whether the tail can sit after inode + xattrs without crossing a block boundary."""
     tail = size % block_size
     return tail > 0 and node.meta_size_before_inline + tail <= block_size
+
+
+class FlatCopier:
+    """Copies regular files (DataArea.copy_regular jobs) while the calling thread goes on:
+    in forked processes, which write the blocks themselves and read the tails straight into
+    the metadata image (shared memory, see meta.MetaImage); in threads where forking is not
+    safe; here with one worker.  Leaving the `with` block waits and raises the first failure.
+
+    Processes, not threads: most files are small, so the copy is mostly Python work per file,
+    and threads would contend with the calling thread for the GIL (slower than one thread)."""
+
+    BATCH = 128
+
+    def __init__(self, data: DataArea, workers: int):
+        self.data = data
+        self.workers = workers
+        self.pids: list[int] = []
+        self.errors = -1                # read end of the children's error pipe
+        self.pool = None
+        self.futures: list = []
+
+    def start(self, copies: list) -> None:
+        if self.workers <= 1 or len(copies) < 2:
+            self._run(copies)
+        elif can_fork():
+            self._fork(copies)
+        else:
+            self.pool = ThreadPoolExecutor(max_workers=self.workers)
+            for i in range(0, len(copies), self.BATCH):
+                self.futures.append(self.pool.submit(self._run, copies[i:i + self.BATCH]))
+
+    def _run(self, jobs) -> None:
+        for job in jobs:
+            self.data.copy_regular(*job)
+
+    def _fork(self, copies: list) -> None:
+        self.errors, report = os.pipe()
+        try:
+            for k in range(self.workers):
+                pid = os.fork()
+                if pid == 0:                # the child copies every workers-th file, then exits
+                    code = 1
+                    try:
+                        os.close(self.errors)
+                        signal.signal(signal.SIGINT, signal.SIG_IGN)
+                        self._run(copies[k::self.workers])
+                        code = 0
+                    except BaseException as err:
+                        message = str(err) if isinstance(err, BuildError) else (
+                            f"copying file data: {type(err).__name__}: {err}")
+                        os.write(report, message.encode(errors="replace")[:4000] + b"\n")
+                    finally:
+                        os._exit(code)
+                self.pids.append(pid)
+        finally:
+            os.close(report)
+
+    def __enter__(self) -> "FlatCopier":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.pids:
+            self._wait_children(kill=exc_type is not None)
+        if self.pool is not None:
+            try:
+                for future in self.futures:
+                    if exc_type is not None:
+                        future.cancel()
+                    else:
+                        future.result()
+            finally:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _wait_children(self, kill: bool) -> None:
+        if kill:
+            for pid in self.pids:
+                os.kill(pid, signal.SIGKILL)
+        with os.fdopen(self.errors, "rb") as pipe:
+            reports = pipe.read().decode(errors="replace").splitlines()
+        failed = []
+        for pid in self.pids:
+            _pid, status = os.waitpid(pid, 0)
+            if status:
+                failed.append(os.waitstatus_to_exitcode(status))
+        self.pids = []
+        if kill:
+            return
+        if reports:
+            raise BuildError(reports[0])
+        if failed:
+            raise BuildError(f"a process copying file data died (exit code {failed[0]})")

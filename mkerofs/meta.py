@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import bisect
+import mmap
 
 from . import format as fmt
 from .plan import PlannedInode
@@ -110,13 +111,19 @@ def serialize_inode(node: PlannedInode, epoch: int) -> bytes:
 _SPECIAL = {fmt.EROFS_FT_CHRDEV, fmt.EROFS_FT_BLKDEV, fmt.EROFS_FT_FIFO, fmt.EROFS_FT_SOCK}
 
 
+def _shared_zeros(n: int):
+    # an anonymous shared mapping: forked copiers read file tails straight into it
+    return mmap.mmap(-1, n) if n > 0 else bytearray()
+
+
 class MetaImage:
-    """The metadata bytes, kept as two regions: the head (superblock block) and the tail area."""
+    """The metadata bytes, kept as two regions: the head (superblock block) and the tail area,
+    in memory shared with processes forked later."""
 
     def __init__(self, head_end: int, tail_start: int, tail_end: int):
-        self.head = bytearray(head_end)
+        self.head = _shared_zeros(head_end)
         self.tail_start = tail_start
-        self.tail = bytearray(max(0, tail_end - tail_start))
+        self.tail = _shared_zeros(max(0, tail_end - tail_start))
         self._head_view = memoryview(self.head)
         self._tail_view = memoryview(self.tail)
 

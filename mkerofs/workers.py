@@ -246,6 +246,8 @@ class _ProcessPool:
         for proc in self.procs:
             proc.join()
         self._close_queues()
+        for q in self.tasks:
+            q.join_thread()         # its feeder thread: none may be left when forking again
 
     def abort(self) -> None:
         if self.finished:
@@ -255,12 +257,13 @@ class _ProcessPool:
                 proc.terminate()
         for proc in self.procs:
             proc.join()
+        for q in self.tasks:
+            q.cancel_join_thread()
         self._close_queues()
 
     def _close_queues(self) -> None:
         self.finished = True
         for q in self.tasks + [self.results]:
-            q.cancel_join_thread()
             q.close()
 
 
@@ -296,7 +299,7 @@ class _LocalPool:
             self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _can_fork() -> bool:
+def can_fork() -> bool:
     # forking a process that runs other threads may copy a lock some thread holds
     return "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
 
@@ -391,7 +394,7 @@ class CompressionPool:
     def __init__(self, cfg: CompressConfig, workers: int, out=None, processes: bool = False):
         self.cfg = cfg
         self.workers = workers
-        if processes and workers > 1 and _can_fork():
+        if processes and workers > 1 and can_fork():
             self.impl = _ProcessPool(cfg, workers, out)
         else:
             self.impl = _LocalPool(cfg, workers)

@@ -36,14 +36,15 @@ def _before_copy(monkeypatch, victim: Path, action) -> None:
     (lambda p: p.unlink(), ["victim"]),                                      # vanished
 ])
 @pytest.mark.parametrize("existing", [False, True])
-def test_file_changing_during_build(action, words, existing, tmp_path, monkeypatch):
+@pytest.mark.parametrize("nworkers", [1, 2])   # 2: copied in forked processes
+def test_file_changing_during_build(action, words, existing, nworkers, tmp_path, monkeypatch):
     victim = _tree(tmp_path / "src")
     image = tmp_path / "out.erofs"
     if existing:
         image.write_bytes(b"previous image")
     _before_copy(monkeypatch, victim, action)
     with pytest.raises(BuildError) as err:
-        build(image, tmp_path / "src", BuildOptions(workers=1))
+        build(image, tmp_path / "src", BuildOptions(workers=nworkers))
     message = str(err.value)
     for word in words:
         assert word in message
@@ -91,5 +92,16 @@ def test_compression_worker_dying_is_a_clean_error(tmp_path, monkeypatch):
     with pytest.raises(BuildError) as err:
         build(image, tmp_path / "src", BuildOptions(workers=2, compressor="lz4"))
     assert "worker process died" in str(err.value)
+    assert not image.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_copying_process_dying_is_a_clean_error(tmp_path, monkeypatch):
+    victim = _tree(tmp_path / "src")
+    image = tmp_path / "out.erofs"
+    _before_copy(monkeypatch, victim, lambda p: os._exit(9))    # runs in a forked copier
+    with pytest.raises(BuildError) as err:
+        build(image, tmp_path / "src", BuildOptions(workers=2))
+    assert "copying file data died (exit code 9)" in str(err.value)
     assert not image.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
