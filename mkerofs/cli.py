@@ -230,7 +230,8 @@ class _MkfsStyleCommand(click.Command):
 @click.option("--zfeature-bits", "zfeature_bits", metavar="#",
               help="set (1) or clear (0) compression features by bit: legacy-compress, "
                    "ztailpacking, fragments, all-fragments, dedupe, fragdedupe")
-@click.option("--workers", metavar="#", help="worker threads for compression")
+@click.option("--workers", metavar="#",
+              help="worker processes for compression and copying (default: the CPUs)")
 @click.option("--quiet", is_flag=True, help="print nothing on success")
 @click.option("--verify", is_flag=True,
               help="read the image back and compare it with SOURCE (no mount needed)")
