@@ -190,7 +190,8 @@ def walk_source(source: bytes, options: BuildOptions,
         directory, rel = pending.popleft()
         try:
             with os.scandir(directory.path) as it:
-                listing = sorted((e.name, e.path) for e in it)
+                listing = [(e.name, e.path) for e in it]
+            listing.sort()
         except OSError as err:
             raise _oserror(directory.path, err) from None
         for name, path in listing:
