@@ -126,25 +126,28 @@ def _workers(options: BuildOptions) -> int:
 
 
 def _early_offers(pool: CompressionPool, options: BuildOptions, hints: CompressHints | None,
-                  build_time: int) -> Callable[[SourceInode, bytes, os.stat_result], None]:
+                  build_time: int) -> Callable[[SourceInode, bytes, os.stat_result], bool]:
     """The walk's on_file: hand a regular file to the workers right away when its job is
     known already, i.e. its size, its profile and its inode + xattrs size (no xattrs, one
-    inode form whatever its link count)."""
+    inode form whatever its link count); False once the workers take no more."""
 
-    def offer(src: SourceInode, relpath: bytes, st: os.stat_result) -> None:
+    def offer(src: SourceInode, relpath: bytes, st: os.stat_result) -> bool:
+        if not pool.takes_early():
+            return False
         size = src.st.st_size
-        if src.xattrs or st.st_nlink > 0xFFFF or not pool.takes_early(size):
-            return
+        if src.xattrs or st.st_nlink > 0xFFFF or not pool.suits_early(size):
+            return True
         profile = None
         if hints is not None:
             hint = hints.match(relpath)
             if hint is not None:
                 if not hint.pcluster_size:
-                    return
+                    return True
                 profile = pool.cfg.profile(hint.algorithm, hint.pcluster_size)
         isize = planned_isize(src.st, options, build_time)
         if isize is not None:
             pool.offer(src, FileRange(src.path, size), size, isize, profile)
+        return True
 
     return offer
 

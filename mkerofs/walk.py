@@ -170,7 +170,8 @@ def walk_source(source: bytes, options: BuildOptions,
     `skip` holds (st_dev, st_ino) pairs never to include: the image being written, when it lies
     inside the source.  The walk goes breadth first with each directory's names sorted, which
     is the order plan_inodes gives the inodes; `on_file(inode, relative path, lstat result)` is
-    called for each regular file as it is found (once per inode), in that order.
+    called for each regular file as it is found (once per inode), in that order, until it
+    returns False.
     """
     try:
         root_st = os.stat(source)
@@ -233,7 +234,8 @@ def walk_source(source: bytes, options: BuildOptions,
                         raise BuildError(f"{os.fsdecode(path)}: unsupported file type")
                     xattrs.read(child, relpath)
                     if on_file is not None and stat.S_ISREG(mode):
-                        on_file(child, relpath, st)
+                        if on_file(child, relpath, st) is False:
+                            on_file = None      # it wants no more
                 child.nlink += 1
             directory.entries.append((name, child))
     return root, count

@@ -403,14 +403,17 @@ class CompressionPool:
         self._open_bytes = 0
         self._early_bytes = 0
 
-    def takes_early(self, size: int) -> bool:
-        """Whether offer() takes a file of `size` bytes now: only with worker processes (they
-        keep what they compress until it is placed), only files compressed alone (one
-        segment, no deduplication), and only so much ahead."""
+    def takes_early(self) -> bool:
+        """Whether offer() takes files now: only with worker processes (they keep what they
+        compress until it is placed), without deduplication (files are compressed alone), and
+        only so much ahead."""
         cfg = self.cfg
         return (self.impl.holds_bytes and self._early_bytes < self.EARLY_BYTES
-                and not (cfg.dedupe_extents or cfg.fragments)
-                and 0 < size <= cfg.segment_size and cfg.worth_trying(size))
+                and not (cfg.dedupe_extents or cfg.fragments))
+
+    def suits_early(self, size: int) -> bool:
+        """Whether a file of `size` bytes may be offered: one segment, worth compressing."""
+        return 0 < size <= self.cfg.segment_size and self.cfg.worth_trying(size)
 
     def offer(self, key, read: Callable, size: int, meta_size: int,
               profile: FileProfile | None) -> None:
