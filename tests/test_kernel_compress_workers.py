@@ -100,3 +100,34 @@ def test_files_taken_early_give_the_same_image(wtree, tmp_path, kernel, monkeypa
     assert one.read_bytes() == many.read_bytes()
     with kernel(many) as mnt:
         compare_trees(wtree, mnt)
+
+
+def test_a_build_from_a_thread_uses_threads_and_gives_the_same_image(wtree, tmp_path,
+                                                                      monkeypatch):
+    """Forking while other threads run is unsafe: a build started from a thread (an API caller's)
+    compresses and copies on threads instead, and the image is the same."""
+    import threading
+
+    import mkerofs.workers as workers
+
+    def no_fork(*args, **kw):
+        raise AssertionError("forked while another thread runs")
+
+    monkeypatch.setattr(workers, "_ProcessPool", no_fork)
+    monkeypatch.setattr(os, "fork", no_fork)
+    opts = dict(compressor="lz4hc", pcluster_size=16384)
+    one, threaded = tmp_path / "one.erofs", tmp_path / "threaded.erofs"
+    _build(one, wtree, 1, **opts)
+    failure = []
+
+    def run():
+        try:
+            _build(threaded, wtree, 2, **opts)
+        except BaseException as err:       # reported below, in the test's thread
+            failure.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert not failure, failure
+    assert one.read_bytes() == threaded.read_bytes()
