@@ -34,6 +34,7 @@ import hashlib
 import struct
 from array import array
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Sequence
 
 from . import compressors
@@ -204,7 +205,7 @@ class CompressConfig:
     def packed_profile(self) -> FileProfile:
         return self.profile(0, self.packed_pcluster_size or None)
 
-    @property
+    @cached_property            # asked once per compressed file
     def big_pcluster(self) -> bool:
         """Superblock bit 0x2, which means both BIG_PCLUSTER and COMPR_CFGS: set for pclusters
         above one block or any algorithm other than LZ4 (so such images always use CBLKCNT)."""
