@@ -437,6 +437,13 @@ class CompressionPool:
     def submit(self, works: list[_Work], nbytes: int) -> _Batch:
         return _Batch(self.impl.submit(works), len(works), nbytes)
 
+    def hand_over(self, tasks: list[_Task], nbytes: int) -> _Batch:
+        """Submit the tasks' works as one batch and tell each task where its result will be."""
+        batch = self.submit([t.work for t in tasks], nbytes)
+        for index, task in enumerate(tasks):
+            task.batch, task.index = batch, index
+        return batch
+
     def result(self, task: _Task):
         batch = task.batch
         if batch.results is None:
@@ -620,10 +627,7 @@ def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: 
             nbytes += task.work.length
             if nbytes < BATCH_BYTES and len(batch_tasks) < BATCH_TASKS:
                 continue
-            batch = pool.submit([t.work for t in batch_tasks], nbytes)
-            for index, t in enumerate(batch_tasks):
-                t.batch, t.index = batch, index
-            window.append(batch)
+            window.append(pool.hand_over(batch_tasks, nbytes))
             pending_bytes += nbytes
             batch_tasks, nbytes = [], 0
             while window and (len(window) >= max_batches or pending_bytes > max_pending_bytes):
@@ -632,9 +636,7 @@ def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: 
                     yield from take_first()
                 pending_bytes -= oldest.nbytes
         if batch_tasks:
-            batch = pool.submit([t.work for t in batch_tasks], nbytes)
-            for index, t in enumerate(batch_tasks):
-                t.batch, t.index = batch, index
+            pool.hand_over(batch_tasks, nbytes)
         while order:
             yield from take_first()
         writer.flush()
