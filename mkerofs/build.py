@@ -137,19 +137,27 @@ def _early_offers(pool: CompressionPool, options: BuildOptions, hints: CompressH
         size = src.st.st_size
         if src.xattrs or st.st_nlink > 0xFFFF or not pool.suits_early(size):
             return True
-        profile = None
-        if hints is not None:
-            hint = hints.match(relpath)
-            if hint is not None:
-                if not hint.pcluster_size:
-                    return True
-                profile = pool.cfg.profile(hint.algorithm, hint.pcluster_size)
+        wanted, profile = _hinted(pool.cfg, hints, relpath)
+        if not wanted:
+            return True
         isize = planned_isize(src.st, options, build_time)
         if isize is not None:
             pool.offer(src, FileRange(src.path, size), size, isize, profile)
         return True
 
     return offer
+
+
+def _hinted(cfg: compress.CompressConfig, hints: CompressHints | None, relpath: bytes
+            ) -> tuple[bool, compress.FileProfile | None]:
+    """(compress it at all, its profile: None for -z/-C) as --compress-hints says for a file;
+    a hint of size 0 keeps it uncompressed."""
+    hint = hints.match(relpath) if hints is not None else None
+    if hint is None:
+        return True, None
+    if not hint.pcluster_size:
+        return False, None
+    return True, cfg.profile(hint.algorithm, hint.pcluster_size)
 
 
 def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout,
@@ -225,13 +233,9 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
         for n in plan.inodes:
             if n.ftype != fmt.EROFS_FT_REG_FILE or n.size == 0 or not zcfg.worth_trying(n.size):
                 continue
-            profile = None
-            if hints is not None:
-                hint = hints.match(_relative(n.src.path, source))
-                if hint is not None:
-                    if not hint.pcluster_size:
-                        continue        # "0": this file stays uncompressed
-                    profile = zcfg.profile(hint.algorithm, hint.pcluster_size)
+            wanted, profile = _hinted(zcfg, hints, _relative(n.src.path, source))
+            if not wanted:
+                continue
             jobs.append(FileJob(n, n.size, n.meta_size_before_inline,
                                 FileRange(n.src.path, n.size), profile, origin=n.src))
             compressed.add(id(n))
