@@ -127,7 +127,6 @@ def _run_batch(cfg: CompressConfig, works: list[_Work]) -> list:
     return [_compress_work(cfg, w) for w in works]
 
 
-
 def _held_apart(results: list) -> dict[int, list]:
     """Take the bytes of finished files out of a batch's results (they stay in the worker until
     their place is known); what remains pickles cheaply."""
