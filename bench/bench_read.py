@@ -64,7 +64,7 @@ def fsck_version(path: str) -> str:
 
 def make_jobs(args) -> list[Job]:
     read = shlex.split(args.mkerofs_read) if args.mkerofs_read else \
-        [sys.executable, "-m", "mkerofs.readcli"]
+        [sys.executable, "-m", "mkerofs.cli.read"]
     jobs = [Job("mkerofs-read ls -R", read + ["ls", "-R"], "meta"),
             Job("mkerofs-read ls -R -l", read + ["ls", "-R", "-l"], "meta"),
             Job("mkerofs-read verify", read + ["verify", "--no-progress"], "data")]
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fsck", action="append", help="fsck.erofs to compare with (repeatable; "
                    f"default: {', '.join(p for _, p in FSCKS)} when present)")
     p.add_argument("--mkerofs-read", help="reader command line (default: this Python "
-                   "-m mkerofs.readcli)")
+                   "-m mkerofs.cli.read)")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--json", type=Path, help="write the raw numbers here")
     args = p.parse_args(argv)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import mkerofs.data
+import mkerofs.writer.data
 from mkerofs import BuildError, BuildOptions, build
 
 
@@ -20,14 +20,14 @@ def _tree(src: Path) -> Path:
 
 def _before_copy(monkeypatch, victim: Path, action) -> None:
     """Run `action` on the victim file right before its data is copied into the image."""
-    original = mkerofs.data.DataArea.copy_regular
+    original = mkerofs.writer.data.DataArea.copy_regular
 
     def copy_regular(self, node, *args, **kw):
         if node.src.path == os.fsencode(victim):
             action(victim)
         return original(self, node, *args, **kw)
 
-    monkeypatch.setattr(mkerofs.data.DataArea, "copy_regular", copy_regular)
+    monkeypatch.setattr(mkerofs.writer.data.DataArea, "copy_regular", copy_regular)
 
 
 @pytest.mark.parametrize("action,words", [
@@ -58,7 +58,7 @@ def test_file_changing_during_build(action, words, existing, nworkers, tmp_path,
 
 @pytest.mark.parametrize("nworkers", [1, 2])   # 2: the file is read in a worker process
 def test_file_changing_during_compressed_build(tmp_path, monkeypatch, nworkers):
-    import mkerofs.workers as workers
+    import mkerofs.writer.workers as workers
 
     victim = _tree(tmp_path / "src")
     image = tmp_path / "out.erofs"
@@ -77,7 +77,7 @@ def test_file_changing_during_compressed_build(tmp_path, monkeypatch, nworkers):
 
 
 def test_compression_worker_dying_is_a_clean_error(tmp_path, monkeypatch):
-    import mkerofs.workers as workers
+    import mkerofs.writer.workers as workers
 
     victim = _tree(tmp_path / "src")
     image = tmp_path / "out.erofs"

@@ -1,4 +1,4 @@
-"""Unit tests of mkerofs.compress: index encoding, decoded back the way the kernel reads it.
+"""Unit tests of mkerofs.writer.compress: index encoding, decoded back the way the kernel reads it.
 
 The decoder below follows the reading rules of fs/erofs/zmap.c (lcluster loading for full and
 compact indexes, lookback through NONHEAD entries, CBLKCNT, EOF and inline tail handling), so a
@@ -16,10 +16,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mkerofs import compress as z  # noqa: E402
-from mkerofs import workers as zw  # noqa: E402
-from mkerofs import compressors  # noqa: E402
-from mkerofs import format as fmt  # noqa: E402
+from mkerofs.writer import compress as z  # noqa: E402
+from mkerofs.writer import workers as zw  # noqa: E402
+from mkerofs.codecs import compressors  # noqa: E402
+from mkerofs.ondisk import format as fmt  # noqa: E402
 
 HAVE = set(compressors.available_compressors())
 needs_lz4 = pytest.mark.skipif("lz4" not in HAVE, reason="liblz4 not available")
@@ -626,7 +626,7 @@ def test_ztailpacking_with_a_tail_almost_a_block_long():
 
 def test_allocator_keeps_an_inline_tail_within_a_block():
     import inspect
-    from mkerofs.meta import MetaAllocator
+    from mkerofs.writer.meta import MetaAllocator
     if "tail" not in inspect.signature(MetaAllocator.place).parameters:
         pytest.skip("MetaAllocator.place(nbytes, tail) of the compression integration missing")
     for frontier in range(8192, 8192 + 4096, 32):

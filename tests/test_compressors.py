@@ -1,4 +1,4 @@
-"""Tests for mkerofs.compressors: per-pcluster compression as EROFS needs it."""
+"""Tests for mkerofs.codecs.compressors: per-pcluster compression as EROFS needs it."""
 
 import random
 import struct
@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from mkerofs import compressors as C
-from mkerofs.compressors import CompressorSpec, make_compressor, parse_compressor_spec
+from mkerofs.codecs import compressors as C
+from mkerofs.codecs.compressors import CompressorSpec, make_compressor, parse_compressor_spec
 
 AVAILABLE = set(C.available_compressors())
 

@@ -137,7 +137,7 @@ def test_extract_as_non_root():
         pytest.skip("needs root to drop privileges")
     import tempfile
     import traceback
-    from mkerofs.readcli import main
+    from mkerofs.cli.read import main
     box = Path(tempfile.mkdtemp(prefix="mkerofs-nobody-", dir="/tmp"))
     try:
         os.chmod(box, 0o755)
@@ -361,7 +361,7 @@ def test_hostile_names_never_escape(tmp_path, old, new, what, sbcrc):
 
 
 def _fix_checksum(image: Path) -> None:
-    from mkerofs import format as fmt
+    from mkerofs.ondisk import format as fmt
     raw = bytearray(image.read_bytes())
     sb = fmt.SuperBlock.unpack(raw[fmt.EROFS_SUPER_OFFSET:])
     span = fmt.sb_checksum_span(1 << sb.blkszbits)
@@ -433,7 +433,7 @@ class _FakeImage:
 
 @pytest.mark.parametrize("name", [b"..", b".", b"", b"a/b", b"../x", b"/abs", b"a\0b"])
 def test_front_end_refuses_unsafe_names(tmp_path, name):
-    from mkerofs.extract import extract, write_tar
+    from mkerofs.reader.extract import extract, write_tar
     from mkerofs.reader import ImageError
     img = _FakeImage([(b"fine", 2, 1), (name, 2, 1)])
     dest = tmp_path / "box" / "dest"
@@ -446,7 +446,7 @@ def test_front_end_refuses_unsafe_names(tmp_path, name):
 
 
 def test_front_end_stops_directory_loops(tmp_path):
-    from mkerofs.extract import extract, write_tar
+    from mkerofs.reader.extract import extract, write_tar
     from mkerofs.reader import ImageError
     img = _FakeImage([(b"sub", 3, 2)])
     with pytest.raises(ImageError, match="reached twice"):

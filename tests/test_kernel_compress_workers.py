@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from helpers import compare_trees
-from mkerofs import build
-from mkerofs.options import BuildOptions, TimeInherit
-from mkerofs.workers import CompressionPool
+from mkerofs.writer import build
+from mkerofs.writer.options import BuildOptions, TimeInherit
+from mkerofs.writer.workers import CompressionPool
 
 pytestmark = pytest.mark.kernel
 
@@ -108,7 +108,7 @@ def test_a_build_from_a_thread_uses_threads_and_gives_the_same_image(wtree, tmp_
     compresses and copies on threads instead, and the image is the same."""
     import threading
 
-    import mkerofs.workers as workers
+    import mkerofs.writer.workers as workers
 
     def no_fork(*args, **kw):
         raise AssertionError("forked while another thread runs")

@@ -39,7 +39,7 @@ FIXED = ["-T1700000000", "--mkfs-time", "-U", "12345678-1234-5678-1234-567812345
 
 
 def read_command() -> list[str]:
-    return [sys.executable, "-m", "mkerofs.readcli"]
+    return [sys.executable, "-m", "mkerofs.cli.read"]
 
 
 def run_read(*args, check: bool | int = True, input: bytes | None = None,
@@ -196,7 +196,7 @@ def test_ls_matches_mount(compressed):
         lines = r.stdout_bytes.split(b"\n")[:-1]
         # (one name in the tree has a newline: compare the set of -b escaped lines instead)
         rb = run_read("ls", "-R", "-b", compressed)
-        from mkerofs.readcli import escape
+        from mkerofs.cli.read import escape
         assert sorted(rb.stdout_bytes.splitlines()) == sorted(escape(p) for p in tree)
         assert len(lines) >= len(tree)
         # -l of one directory: columns as the kernel's stat
@@ -524,8 +524,8 @@ def test_compare_subtree_and_exclude(plain, tmp_path):
 
 def test_compare_build_api(tmp_path):
     """compare_build derives the expectations from BuildOptions (for mkerofs --verify)."""
-    from mkerofs.compare import compare_build
-    from mkerofs.options import BuildOptions
+    from mkerofs.writer.verify import compare_build
+    from mkerofs.writer.options import BuildOptions
     from mkerofs.reader import Image
     src = source_tree()
     cases = [
@@ -536,7 +536,7 @@ def test_compare_build_api(tmp_path):
         (["--hard-dereference", "--uid-offset=10", "--exclude-path=owners"],
          BuildOptions(hard_dereference=True, uid_offset=10, exclude_paths=["owners"])),
     ]
-    from mkerofs.options import TimeInherit
+    from mkerofs.writer.options import TimeInherit
     for args, opts in cases:
         if opts is None:
             opts = BuildOptions(timestamp=1000000, time_inherit=TimeInherit.SOURCE,

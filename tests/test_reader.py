@@ -18,7 +18,7 @@ import pytest
 
 import helpers
 from helpers import build_image, run_mkerofs
-from mkerofs import format as fmt
+from mkerofs.ondisk import format as fmt
 from mkerofs.reader import Extent, Image, ImageError, Inode, NotFoundError
 from reader_corpus import make_small_tree, text
 

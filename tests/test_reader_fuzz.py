@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import build_image
-from mkerofs import format as fmt
+from mkerofs.ondisk import format as fmt
 from mkerofs.reader import Image, ImageError
 from reader_corpus import (BASE_OPTIONS, CORPUS_DIR, FIXED, OPTIONAL_BASES, Layout, exercise,
                            fix_checksum, make_small_tree)
@@ -62,7 +62,7 @@ def test_bad_checksum_refused_on_request(bases):
 
 
 def test_deep_nesting_is_bounded(bases, monkeypatch):
-    from mkerofs import reader
+    from mkerofs.reader import image as reader
     data, _lay = bases["plain"]
     monkeypatch.setattr(reader, "MAX_DEPTH", 1)
     with Image(data) as img:
@@ -88,7 +88,7 @@ except ImportError as e:      # no hypothesis: the named corpus above still runs
 
 
 def test_interlaced_plain_pcluster():
-    from mkerofs import zmap
+    from mkerofs.reader import zmap
     raw = bytes(range(256)) * 16                       # one 4096-byte block
     ext = zmap.Extent(4096 * 3 + 100, 300, 0, 4096, None, "interlaced", interlaced=True)
     assert zmap.unpack_plain(raw, ext, 4096) == raw[100:400]

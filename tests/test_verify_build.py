@@ -8,7 +8,7 @@ import pytest
 
 from helpers import assert_clean_failure, copy_tree, make_full_tree, run_mkerofs
 from mkerofs import BuildError, BuildOptions
-from mkerofs.build import verify_build
+from mkerofs.writer.verify import verify_build
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,11 @@ import struct
 import pytest
 import xxhash
 
-from mkerofs import format as fmt
-from mkerofs.selinux import FileContexts, fs_path, with_label
-from mkerofs.xattrs import (XATTR_IBODY_MAX, XattrLayout, XattrOptions, encode_entry, filter_bit,
-                            read_xattrs, short_prefix)
+from mkerofs.ondisk import format as fmt
+from mkerofs.writer.selinux import FileContexts, fs_path, with_label
+from mkerofs.util import read_xattrs
+from mkerofs.writer.xattrs import (XATTR_IBODY_MAX, XattrLayout, XattrOptions, encode_entry, filter_bit,
+                                   short_prefix)
 
 SEED = 0x25BBE08F
 

@@ -13,7 +13,7 @@ import random
 import struct
 from pathlib import Path
 
-from mkerofs import format as fmt
+from mkerofs.ondisk import format as fmt
 from mkerofs.reader import Image, ImageError, Inode
 
 CORPUS_DIR = Path(__file__).resolve().parent

@@ -13,8 +13,8 @@ from typing import Callable
 
 import xxhash
 
-from mkerofs import compressors
-from mkerofs import format as fmt
+from mkerofs.codecs import compressors
+from mkerofs.ondisk import format as fmt
 
 from . import Layout, put
 

@@ -10,7 +10,7 @@ import struct
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from mkerofs import format as fmt
+from mkerofs.ondisk import format as fmt
 from mkerofs.reader import ImageError
 
 from . import BASE_OPTIONS, CORPUS_DIR, Layout, exercise, fix_checksum
@@ -129,7 +129,7 @@ def _kernel_nblk(t, v, i, big):
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4095)), min_size=16, max_size=16),
        st.booleans())
 def test_compact_pack_block_counts_match_kernel(entries, big):
-    from mkerofs import zmap
+    from mkerofs.reader import zmap
     t = [e[0] for e in entries]
     v = [e[1] for e in entries]
     got = zmap._pack_blocks_big(t, v) if big else zmap._pack_blocks(t, v)

@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-from . import format as fmt
+from ..ondisk import format as fmt
 
 XATTR_VALUE_MAX = 0xFFFF                  # le16 e_value_size
 XATTR_NAME_SUFFIX_MAX = 0xFF              # u8 e_name_len
@@ -109,31 +109,6 @@ def encode_entry(index: int, suffix: bytes, value: bytes) -> bytes:
     """One erofs_xattr_entry with its name suffix and value, zero-padded to 4 bytes."""
     raw = fmt.EROFS_XATTR_ENTRY.pack(len(suffix), index, len(value)) + suffix + value
     return raw.ljust(fmt.xattr_align(len(raw)), b"\0")
-
-
-def read_xattrs(path: bytes | str) -> list[tuple[bytes, bytes]]:
-    """The xattrs of `path` itself (symlinks not followed), sorted by name.
-
-    A filesystem without xattr support gives []; an xattr removed between listing and reading is
-    skipped (as mkfs.erofs does); any other failure raises OSError.
-    """
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError as err:
-        if err.errno in (errno.ENOTSUP, errno.ENODATA):
-            return []
-        raise
-    out = []
-    for name in names:
-        try:
-            value = os.getxattr(path, name, follow_symlinks=False)
-        except OSError as err:
-            if err.errno == errno.ENODATA:
-                continue
-            raise
-        out.append((os.fsencode(name), value))
-    out.sort()
-    return out
 
 
 def _check_root_isize(value: int) -> None:

@@ -37,8 +37,9 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable
 
-from . import compressors
-from . import format as fmt
+from ..codecs import compressors
+from ..errors import ImageError
+from ..ondisk import format as fmt
 
 ALGORITHM_NAMES = ("lz4", "lzma", "deflate", "zstd")
 ALGORITHM_IDS = {name: i for i, name in enumerate(ALGORITHM_NAMES)}
@@ -48,11 +49,6 @@ PLAIN = fmt.Z_EROFS_LCLUSTER_TYPE_PLAIN
 HEAD1 = fmt.Z_EROFS_LCLUSTER_TYPE_HEAD1
 HEAD2 = fmt.Z_EROFS_LCLUSTER_TYPE_HEAD2
 CBLKCNT = fmt.Z_EROFS_LI_D0_CBLKCNT
-
-
-class ImageError(Exception):
-    """The image is damaged or uses something this reader cannot read; the message says what
-    and where (nid, path or byte offset)."""
 
 
 @dataclass(slots=True)

@@ -15,10 +15,10 @@ import uuid as uuidlib
 
 import click
 
-from . import __version__
-from .extract import (ExtractError, device_numbers, extract as extract_tree, iter_tree,
+from .. import __version__
+from ..reader.extract import (ExtractError, device_numbers, extract as extract_tree, iter_tree,
                       resolve, show, type_name, write_tar, LEAVE)
-from .reader import Image, ImageError
+from ..reader.image import Image, ImageError
 
 PROG = "mkerofs-read"
 
@@ -225,7 +225,7 @@ def ls(image, path, recursive, long, full_time, escaped, offset):
 def _list_paths(img: Image, top, top_path: bytes, out, esc) -> None:
     """`ls -R` without -l: every path below top, depth first. Only directories' inodes are
     read (the directory entry's file type says which entries are directories)."""
-    from .format import EROFS_FT_DIR
+    from ..ondisk.format import EROFS_FT_DIR
     seen = {top.nid}
     buf = []
     stack = [(top_path if top_path != b"/" else b"", iter(img.listdir(top)))]
@@ -508,11 +508,11 @@ def compare(image, source, subtree, ignore_owner, ignore_mtime, ignore_xattrs, a
     """Compare the image with the directory SOURCE: paths, types, data, modes, owners,
     mtimes (ns), symlink targets, devices, hard links and xattrs. Exit status 1 if they
     differ."""
-    from .compare import compare_image
+    from ..reader.compare import compare_image
     exclude = None
     if exclude_path or exclude_regex:
-        from .options import BuildOptions
-        from .walk import Excluder
+        from ..writer.options import BuildOptions
+        from ..writer.walk import Excluder
         import re
         try:
             exclude = Excluder(BuildOptions(exclude_paths=list(exclude_path),

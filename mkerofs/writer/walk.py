@@ -8,9 +8,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .options import BuildError, BuildOptions
+from ..errors import BuildError
+from ..util import posix_ere_to_python, read_xattrs
+from .options import BuildOptions
 from .selinux import FileContexts, fs_path, with_label
-from .xattrs import read_xattrs
 
 
 @dataclass(slots=True)
@@ -50,71 +51,6 @@ class SourceInode:
 
 def _oserror(path: bytes, err: OSError) -> BuildError:
     return BuildError(f"{os.fsdecode(path)}: {err.strerror or err}")
-
-
-_POSIX_CLASSES = {
-    "alpha": "a-zA-Z", "digit": "0-9", "alnum": "a-zA-Z0-9", "upper": "A-Z", "lower": "a-z",
-    "space": " \\t\\n\\r\\f\\v", "blank": " \\t", "xdigit": "0-9A-Fa-f",
-    "cntrl": "\\x00-\\x1f\\x7f", "print": "\\x20-\\x7e", "graph": "\\x21-\\x7e",
-    "punct": "".join("\\" + c for c in "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"),
-}
-
-
-# glibc's regcomp knows these backslash operators (GNU extensions); any other letter is literal
-_GNU_ESCAPES = {"w": "\\w", "W": "\\W", "s": "\\s", "S": "\\S", "b": "\\b", "B": "\\B",
-                "<": "\\b(?=\\w)", ">": "\\b(?<=\\w)", "`": "\\A", "'": "\\Z"}
-
-
-def posix_ere_to_python(pattern: str) -> str:
-    """Translate a POSIX extended regex (as regcomp(REG_EXTENDED) reads it) to Python's syntax.
-
-    The two differ inside bracket expressions (POSIX has [:class:] names, and a backslash there
-    is an ordinary character), in `$` (POSIX: only the very end), in `.` (POSIX: newlines too;
-    compile with re.DOTALL) and in backslash-letter, which POSIX reads as the letter itself.
-    """
-    out, i, n = [], 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if c == "\\" and i + 1 < n:
-            nxt = pattern[i + 1]
-            out.append(_GNU_ESCAPES.get(nxt, nxt if nxt.isalpha() else pattern[i:i + 2]))
-            i += 2
-            continue
-        if c == "$":
-            out.append("\\Z")
-            i += 1
-            continue
-        if c != "[":
-            out.append(c)
-            i += 1
-            continue
-        j = i + 1
-        parts = ["["]
-        if j < n and pattern[j] == "^":
-            parts.append("^")
-            j += 1
-        if j < n and pattern[j] == "]":
-            parts.append("\\]")
-            j += 1
-        while j < n and pattern[j] != "]":
-            if pattern.startswith("[:", j):
-                end = pattern.find(":]", j + 2)
-                name = pattern[j + 2:end] if end >= 0 else None
-                if name not in _POSIX_CLASSES:
-                    raise re.error(f"unknown character class [:{name}:]")
-                parts.append(_POSIX_CLASSES[name])
-                j = end + 2
-            elif pattern[j] in "\\[":
-                parts.append("\\" + pattern[j])
-                j += 1
-            else:
-                parts.append(pattern[j])
-                j += 1
-        if j >= n:
-            raise re.error("unterminated bracket expression")
-        out.append("".join(parts) + "]")
-        i = j + 1
-    return "".join(out)
 
 
 class Excluder:

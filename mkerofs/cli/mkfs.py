@@ -9,10 +9,12 @@ import uuid as uuidlib
 
 import click
 
-from . import __version__, compressors
-from .build import build
-from .options import BuildError, BuildOptions, TimeInherit
-from .options import parse_c_int as options_parse_c_int
+from .. import __version__
+from ..codecs import compressors
+from ..writer.build import build
+from ..errors import BuildError
+from ..util import parse_c_int as options_parse_c_int
+from ..writer.options import BuildOptions, TimeInherit
 
 # long options whose value is optional: like getopt, they take one only after '='
 _OPTIONAL_VALUE = {"--tar", "--ovlfs-strip", "--ungzip", "--gzinfo", "--unxz", "--unlzma",

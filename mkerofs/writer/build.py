@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import compress
-from . import format as fmt
-from .compressors import CompressorUnavailable, parse_compressor_spec
+from ..ondisk import format as fmt
+from ..codecs.compressors import CompressorUnavailable, parse_compressor_spec
 from .hints import CompressHints, load_compress_hints
 from .packed import PackedFile
 from .data import DataArea, FlatCopier, inline_fits
 from .dirs import render_directory
 from .meta import MetaAllocator, MetaImage, item_size, node_pos, place_inode, serialize_inode
-from .options import BuildError, BuildOptions
+from ..errors import BuildError
+from .options import BuildOptions
 from .output import Output
 from .plan import Plan, PlannedInode, plan_inodes, planned_isize
 from .walk import SourceInode, SourceStat, walk_source
@@ -81,26 +82,9 @@ def build(image: str | os.PathLike, source: str | os.PathLike,
         if gc_was_enabled:
             gc.enable()
     if options.verify:
+        from .verify import verify_build     # loads the reader only when asked to
         verify_build(image, source_b, options)
     return result
-
-
-def verify_build(image: str, source: bytes, options: BuildOptions, limit: int = 20) -> None:
-    """--verify: read the finished image back without the kernel (every inode, every extent,
-    the checksum) and compare it with the source as the options say it should be.  The image
-    stays where it is; BuildError lists what is wrong."""
-    from .compare import compare_build
-    from .reader import Image, ImageError
-    try:
-        with Image.open(image, offset=options.offset) as img:
-            problems = img.verify()
-            problems += compare_build(img, source, options, limit=limit)
-    except (ImageError, OSError) as err:
-        problems = [str(err)]
-    if problems:
-        shown = "\n  ".join(problems[:limit])
-        more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
-        raise BuildError(f"{image}: verification failed (the image was kept):\n  {shown}{more}")
 
 
 def _plan_xattrs(plan: Plan, options: BuildOptions) -> XattrLayout:

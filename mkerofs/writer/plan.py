@@ -6,9 +6,10 @@ import stat
 from collections import deque
 from dataclasses import dataclass, field
 
-from . import format as fmt
+from ..ondisk import format as fmt
 from .dirs import DirShape, shape_directory
-from .options import BuildError, BuildOptions, TimeInherit
+from ..errors import BuildError
+from .options import BuildOptions, TimeInherit
 from .walk import SourceInode, SourceStat
 
 _FILE_TYPES = {

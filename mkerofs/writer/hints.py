@@ -14,7 +14,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from .options import BuildError
+from ..errors import BuildError
+from ..util import posix_ere_to_python
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,6 @@ def load_compress_hints(path: str, block_size: int, algorithms: int) -> Compress
     """Read a hints file; `algorithms`: how many -z algorithms there are.  BuildError names
     the file (and line) on any problem."""
     from .compress import check_pcluster_size
-    from .walk import posix_ere_to_python
     try:
         with open(path, "rb") as f:
             raw = f.read()

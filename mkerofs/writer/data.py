@@ -6,8 +6,8 @@ import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
-from . import format as fmt
-from .options import BuildError
+from ..ondisk import format as fmt
+from ..errors import BuildError
 from .output import Output
 from .plan import PlannedInode
 from .workers import can_fork

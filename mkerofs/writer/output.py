@@ -6,7 +6,7 @@ import os
 import stat
 import tempfile
 
-from .options import BuildError
+from ..errors import BuildError
 
 
 def _describe(path: str, err: OSError) -> BuildError:

@@ -12,7 +12,7 @@ import os
 import tempfile
 from typing import Callable
 
-from .options import BuildError
+from ..errors import BuildError
 
 FRAGDEDUPE_FULL = "full"        # any identical fragment is shared
 FRAGDEDUPE_INODE = "inode"      # only fragments that are whole files

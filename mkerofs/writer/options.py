@@ -6,39 +6,10 @@ import os
 import re
 from dataclasses import dataclass, field
 
-from . import format as fmt
+from ..errors import BuildError
+from ..ondisk import format as fmt
+from ..util import parse_c_int, posix_ere_to_python
 from .xattrs import XattrLayout, XattrOptions
-
-
-_SIZE_SUFFIXES = {"k": 10, "m": 20, "g": 30}
-
-
-def parse_c_int(text: str, what: str, minimum: int | None = 0, suffixes: bool = False) -> int:
-    """An integer as strtoull(…, 0) reads it: decimal, 0x hex or 0-prefixed octal; with
-    `suffixes`, a k/m/g multiplier as mkfs.erofs takes for sizes. ValueError names `what`."""
-    s = text.strip()
-    shift = 0
-    if suffixes and s[-1:].lower() in _SIZE_SUFFIXES:
-        shift, s = _SIZE_SUFFIXES[s[-1].lower()], s[:-1]
-    try:
-        neg = s.startswith("-")
-        body = s[1:] if neg or s.startswith("+") else s
-        if body[:2].lower() == "0x":
-            value = int(body[2:], 16)
-        elif len(body) > 1 and body[0] == "0":
-            value = int(body[1:], 8)
-        else:
-            value = int(body, 10)
-        value = (-value if neg else value) << shift
-    except (ValueError, IndexError):
-        raise ValueError(f"invalid {what} {text!r}") from None
-    if minimum is not None and value < minimum:
-        raise ValueError(f"invalid {what} {text!r}")
-    return value
-
-
-class BuildError(Exception):
-    """A user-facing failure: bad input, bad options, I/O trouble. Carries a one-line message."""
 
 
 class TimeInherit(enum.Enum):
@@ -112,7 +83,6 @@ class BuildOptions:
             value = getattr(self, name)
             if value is not None and not 0 <= value < 2**32 - 1:
                 raise BuildError(f"invalid {name.replace('_', '-')} {value}")
-        from .walk import posix_ere_to_python
         try:
             XattrLayout(self.xattr_options(), bs)
         except ValueError as err:

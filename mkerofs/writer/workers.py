@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator
 
 from .compress import CompressConfig, CompressedLayout, FileCompression, FileProfile, Pcluster
 from .compress import move_indexes
-from .options import BuildError
+from ..errors import BuildError
 
 
 @dataclass

@@ -16,7 +16,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
-from .reader import Image, ImageError, Inode
+from .image import Image, ImageError, Inode
 
 __all__ = ["ExtractError", "ExtractStats", "iter_tree", "extract", "write_tar", "check_name",
            "show", "type_name", "device_numbers"]

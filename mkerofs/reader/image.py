@@ -44,9 +44,10 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from . import format as fmt
+from ..ondisk import format as fmt
 from . import zmap
-from .zmap import Extent, ImageError
+from ..errors import ImageError
+from .zmap import Extent
 
 __all__ = ["Image", "Inode", "Extent", "ImageError", "NotFoundError", "READ_LIMIT"]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import format as fmt
+from ..ondisk import format as fmt
 
 
 @dataclass

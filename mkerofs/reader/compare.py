@@ -2,8 +2,8 @@
 byte of data, symlink target, device number, hard-link grouping and extended attribute.
 
 `compare_image` takes the expectations explicitly (owners forced or shifted, a fixed or
-clamped mtime, excluded paths); `compare_build` derives them from the BuildOptions of the build
-that made the image (for `mkerofs --verify`). Both return the differences as readable strings,
+clamped mtime, excluded paths); the writer's `verify.compare_build` derives them from the
+BuildOptions of the build that made the image (for `mkerofs --verify`). Both return the differences as readable strings,
 each naming the path ("/" is the top of the comparison); an empty list means equal.
 """
 from __future__ import annotations
@@ -13,10 +13,10 @@ import stat
 from typing import Callable, Optional
 
 from .extract import ENTER, LEAVE, device_numbers, iter_tree, resolve, show, type_name
-from .reader import Image, Inode
-from .xattrs import read_xattrs
+from .image import Image, Inode
+from ..util import read_xattrs
 
-__all__ = ["compare_image", "compare_build"]
+__all__ = ["compare_image"]
 
 _CHUNK = 1 << 20
 
@@ -267,39 +267,3 @@ def _compare_one(img, inode, st, rel, spath, add, want_ids, check_owner, check_m
                 add(rel, f"xattr values differ: {', '.join(names)}")
 
 
-def compare_build(img: Image, source, options, *, limit: int = 0) -> list[str]:
-    """compare_image with the expectations a build with `options` (BuildOptions) sets: forced
-    and shifted owners, the time policy (-T, SOURCE_DATE_EPOCH, --ignore-mtime,
-    -Eforce-inode-compact; the build time is read from the image's superblock), excluded
-    paths, --hard-dereference, -x < 0 (no xattrs at all) and --file-contexts labels."""
-    from .options import TimeInherit
-    from .walk import Excluder
-
-    build_time = getattr(img, "build_time", img.superblock.epoch)
-    inherit = options.effective_time_inherit
-    mtime = clamp = compact = None
-    if inherit is TimeInherit.FIXED:
-        mtime = build_time
-    elif inherit is TimeInherit.CLAMP:
-        clamp = build_time
-    if mtime is None and (options.ignore_mtime or options.force_inode == "compact"):
-        compact = build_time
-    excluder = Excluder(options)
-
-    source_xattrs = None
-    if options.xattr_tolerance < 0:
-        source_xattrs = lambda path, rel, mode: []
-    elif options.file_contexts is not None:
-        from .selinux import FileContexts, fs_path, with_label
-        contexts = FileContexts.load(options.file_contexts)
-
-        def source_xattrs(path, rel, mode):
-            label = contexts.lookup(fs_path(rel, options.mount_point), mode)
-            return with_label(read_xattrs(path), label)
-
-    return compare_image(img, source, uid=options.force_uid, gid=options.force_gid,
-                         uid_offset=options.uid_offset, gid_offset=options.gid_offset,
-                         mtime=mtime, clamp_mtime=clamp, compact_mtime=compact,
-                         hard_dereference=options.hard_dereference,
-                         exclude=excluder.excluded if excluder else None,
-                         source_xattrs=source_xattrs, limit=limit)

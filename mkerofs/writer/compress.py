@@ -37,8 +37,8 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Sequence
 
-from . import compressors
-from . import format as fmt
+from ..codecs import compressors
+from ..ondisk import format as fmt
 
 # mkfs.erofs compresses big files in independent segments of this many bytes (one per worker
 # job); the last pcluster of a segment ends exactly at the segment's end

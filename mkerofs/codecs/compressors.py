@@ -45,7 +45,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, runtime_checkable
 
-from .options import parse_c_int
+from ..errors import CompressorUnavailable
+from ..util import parse_c_int
 
 __all__ = [
     "CompressorSpec", "parse_compressor_spec", "make_compressor", "Compressor",
@@ -76,10 +77,6 @@ EROFS_MAX_COMPR_CFGS = 64                    # mkfs.erofs's limit on -z entries
 
 _ZSTD_MIN_LEVEL = -(1 << 17)                 # ZSTD_minCLevel() of zstd >= 1.3.6
 _ZSTD_WINDOWLOG_MIN = 10                     # ZSTD_WINDOWLOG_ABSOLUTEMIN
-
-
-class CompressorUnavailable(RuntimeError):
-    """The native library needed for an algorithm is missing."""
 
 
 # --------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 import bisect
 import mmap
 
-from . import format as fmt
+from ..ondisk import format as fmt
 from .plan import PlannedInode
 
 

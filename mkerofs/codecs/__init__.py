@@ -1,0 +1,1 @@
+"""Compression algorithms: one codec per algorithm, bound to native libraries in one place."""

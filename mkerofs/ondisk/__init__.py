@@ -1,0 +1,1 @@
+"""The EROFS on-disk format: structures, constants, index and xattr encodings."""
