@@ -246,8 +246,12 @@ def test_version(flag):
     r = run_mkerofs(flag)
     assert r.returncode == 0
     lines = [l for l in r.stdout.splitlines() if l.strip()]
-    assert len(lines) == 1, f"expected one line, got {r.stdout!r}"
     assert re.search(r"\d+\.\d+", lines[0])
+    # then each -z algorithm and what serves it (a library and its version, or "unavailable")
+    served = dict(l.strip().split(": ", 1) for l in lines[1:])
+    assert sorted(served) == sorted(["lz4", "lz4hc", "lzma", "deflate", "libdeflate", "zstd"])
+    assert all(v.startswith("unavailable") or re.search(r"\d", v) or ".so" in v
+               for v in served.values()), served
     assert r.stderr.strip() == ""
 
 

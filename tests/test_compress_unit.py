@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mkerofs.writer import compress as z  # noqa: E402
 from mkerofs.writer import workers as zw  # noqa: E402
-from mkerofs.codecs import compressors  # noqa: E402
+from mkerofs.codecs import registry  # noqa: E402
 from mkerofs.ondisk import format as fmt  # noqa: E402
 
-HAVE = set(compressors.available_compressors())
+HAVE = set(registry.available())
 needs_lz4 = pytest.mark.skipif("lz4" not in HAVE, reason="liblz4 not available")
 
 
@@ -273,7 +273,7 @@ def read_back(reader: KernelStyleReader, disk: dict, comp) -> bytes:
         if m["type"] == z.PLAIN:
             out += src[:m["full"]]
         else:
-            out += comp.decompress(src, m["full"])
+            out += comp.decode(src, m["full"])
     return bytes(out)
 
 

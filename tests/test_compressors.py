@@ -1,16 +1,24 @@
-"""Tests for mkerofs.codecs.compressors: per-pcluster compression as EROFS needs it."""
+"""Tests for mkerofs.codecs: per-pcluster compression and decoding as EROFS needs them, one codec
+object per algorithm, and the native libraries behind them (system ones and the fallbacks)."""
 
+import os
 import random
 import struct
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
-from mkerofs.codecs import compressors as C
-from mkerofs.codecs.compressors import CompressorSpec, make_compressor, parse_compressor_spec
+from mkerofs.codecs import native, registry
+from mkerofs.codecs.base import Codec
+from mkerofs.codecs.deflate import Deflate
+from mkerofs.codecs.registry import CODECS, codec_for, decoder
+from mkerofs.codecs.spec import CompressorSpec, parse_compressor_spec
+from mkerofs.errors import CompressorUnavailable
 
-AVAILABLE = set(C.available_compressors())
+AVAILABLE = set(registry.available())
 
 # (spec text, id) for every algorithm at several levels
 ALGOS = [
@@ -32,7 +40,7 @@ def _comp(spec_text, pcluster=65536, block=4096):
     spec = parse_compressor_spec(spec_text)[0]
     if spec.name not in AVAILABLE:
         pytest.skip(f"{spec.name} backend missing")
-    return make_compressor(spec, block, pcluster)
+    return codec_for(spec, block, pcluster)
 
 
 def _text(rng, n):
@@ -80,9 +88,9 @@ def test_destsize_roundtrip(spec_text, kind, dest):
     assert 0 < len(out) <= dest
     assert 0 < used <= len(src)
     assert out[0] != 0                       # a leading 0 would be taken for padding
-    assert c.decompress(out, used) == src[:used]
+    assert c.decode(out, used) == src[:used]
     # as stored in the image: right-aligned in whole blocks after zero padding
-    assert c.decompress(_pad_to_block(out, 4096), used) == src[:used]
+    assert c.decode(_pad_to_block(out, 4096), used) == src[:used]
 
     if kind == "random" or spec_text == "deflate,level=0":
         # incompressible (or level 0 = stored blocks): about dest bytes of input
@@ -105,13 +113,13 @@ def test_decoder_is_exact(spec_text):
     c = _comp(spec_text)
     src = _data("mixed", 50000, seed=7)
     used, out = c.compress_destsize(src, 4096)
-    assert c.decompress(out, used) == src[:used]
+    assert c.decode(out, used) == src[:used]
     with pytest.raises(ValueError):
-        c.decompress(out, used + 1)
+        c.decode(out, used + 1)
     with pytest.raises(ValueError):
-        c.decompress(out, used - 1)
+        c.decode(out, used - 1)
     with pytest.raises(ValueError):
-        c.decompress(out[:-1], used)
+        c.decode(out[:-1], used)
 
 
 @pytest.mark.parametrize("spec_text", ALGOS)
@@ -121,11 +129,11 @@ def test_whole_buffer_compress(spec_text):
         src = _data(kind, n, seed=3)
         out = c.compress(src)
         assert out and out[0] != 0
-        assert c.decompress(out, len(src)) == src
+        assert c.decode(out, len(src)) == src
     assert c.compress(b"") == b""
 
 
-@pytest.mark.parametrize("name", sorted(C._ALGS))
+@pytest.mark.parametrize("name", sorted(CODECS))
 def test_buffer_types_give_same_result(name):
     c = _comp(name)
     raw = _data("mixed", 120000, seed=5)
@@ -135,7 +143,7 @@ def test_buffer_types_give_same_result(name):
     results = {c.compress_destsize(v, 4096) for v in variants}
     assert len(results) == 1
     used, out = results.pop()
-    assert c.decompress(memoryview(out), used) == raw[:used]
+    assert c.decode(memoryview(out), used) == raw[:used]
 
 
 @pytest.mark.parametrize("name", ["deflate", "libdeflate", "zstd"])
@@ -148,7 +156,7 @@ def test_search_is_deterministic_and_hint_only_affects_speed(name):
     for x, (used, out) in zip(srcs, first):
         for hint in (1, used, 3 * used, 10 ** 7):
             u2, o2 = c.compress_destsize(x, 4096, hint=hint)
-            assert len(o2) <= 4096 and c.decompress(o2, u2) == x[:u2]
+            assert len(o2) <= 4096 and c.decode(o2, u2) == x[:u2]
             assert abs(u2 - used) <= used // 20 + 64       # same quality either way
             assert c.compress_destsize(x, 4096, hint=hint) == (u2, o2)
 
@@ -160,7 +168,7 @@ def test_decoded_size_capped_at_12mib(name):
     used, out = c.compress_destsize(src, 1 << 20)
     assert used <= 12 << 20                  # kernel: decoded extent <= 12 MiB
     assert used > 4 << 20
-    assert c.decompress(out, used) == src[:used]
+    assert c.decode(out, used) == src[:used]
 
 
 def test_tiny_and_empty_inputs():
@@ -168,7 +176,7 @@ def test_tiny_and_empty_inputs():
         c = _comp(name)
         assert c.compress_destsize(b"", 4096) == (0, b"")
         used, out = c.compress_destsize(b"A", 4096)
-        assert used == 1 and c.decompress(out, 1) == b"A"
+        assert used == 1 and c.decode(out, 1) == b"A"
     c = _comp("lz4")
     with pytest.raises(ValueError):
         c.compress_destsize(b"abc", (1 << 20) + 1)
@@ -188,11 +196,11 @@ def test_deflate_stored_blocks_never_start_with_zero(name, dest):
     assert out[0] != 0
     if used > 65535:
         assert out[0] & 0x07 == 0                   # non-final stored block, pad bit set
-    assert c.decompress(out, used) == src[:used]
-    assert c.decompress(_pad_to_block(out, 4096), used) == src[:used]
+    assert c.decode(out, used) == src[:used]
+    assert c.decode(_pad_to_block(out, 4096), used) == src[:used]
     whole = c.compress(src)
     assert whole[0] != 0 and whole[0] & 0x07 == 0
-    assert c.decompress(whole, len(src)) == src
+    assert c.decode(whole, len(src)) == src
 
 
 @_needs("deflate")
@@ -229,7 +237,7 @@ def test_zstd_frame_window_fits_cfgs(pcluster, dict_size):
             base = 1 << (10 + (wd >> 3))
             window = base + (base >> 3) * (wd & 7)
         assert window <= dict_size                     # kernel: windowlog from cfgs
-        assert c.decompress(out, used) == src[:used]
+        assert c.decode(out, used) == src[:used]
 
 
 @_needs("lzma")
@@ -246,7 +254,7 @@ def test_microlzma_format_and_cfgs():
     c2 = _comp("lzma,lc=1,lp=3,pb=0")
     used, out = c2.compress_destsize(src, 4096)
     assert out[0] == ~((0 * 5 + 3) * 9 + 1) & 0xFF
-    assert c2.decompress(out, used) == src[:used]
+    assert c2.decode(out, used) == src[:used]
 
 
 def test_cfgs_records():
@@ -263,18 +271,18 @@ def test_cfgs_records():
 
 def test_build_compr_cfgs():
     lz4 = _comp("lz4")
-    assert C.build_compr_cfgs([lz4], 1, 12) == (1, False, b"")
-    algs, need, recs = C.build_compr_cfgs([lz4], 16, 12)
+    assert registry.build_compr_cfgs([lz4], 1, 12) == (1, False, b"")
+    algs, need, recs = registry.build_compr_cfgs([lz4], 16, 12)
     assert (algs, need) == (1, True) and recs == lz4.cfgs_record(16, 12)
     if "lzma" in AVAILABLE:
         a = _comp("lzma,dictsize=64k")
         b = _comp("lzma,level=9,dictsize=1m")
-        algs, need, recs = C.build_compr_cfgs([a, lz4, b], 1, 12)
+        algs, need, recs = registry.build_compr_cfgs([a, lz4, b], 1, 12)
         assert algs == 0b11 and need
         assert recs == lz4.cfgs_record(1, 12) + b.cfgs_record(1, 12)
         assert len(recs) == 32 and struct.unpack_from("<I", recs, 18)[0] == 1 << 20
     if "zstd" in AVAILABLE:
-        algs, need, recs = C.build_compr_cfgs([_comp("zstd"), _comp("deflate")], 1, 12)
+        algs, need, recs = registry.build_compr_cfgs([_comp("zstd"), _comp("deflate")], 1, 12)
         assert algs == 0b1100 and need and len(recs) == 16
         assert recs[:8] == _comp("deflate").cfgs_record(1, 12)
 
@@ -284,11 +292,11 @@ def test_algorithm_ids():
     expect = {"lz4": 0, "lz4hc": 0, "lzma": 1, "deflate": 2, "libdeflate": 2, "zstd": 3}
     assert ids == {n: expect[n] for n in ids}
     for n in AVAILABLE:
-        assert isinstance(_comp(n), C.Compressor)
+        assert isinstance(_comp(n), Codec)
 
 
 # ---------------------------------------------------------------- threads
-@pytest.mark.parametrize("name", sorted(C._ALGS))
+@pytest.mark.parametrize("name", sorted(CODECS))
 def test_shared_compressor_across_threads(name):
     c = _comp(name)
     inputs = [_data(k, 80000, seed=s) for s, k in enumerate(["text", "mixed", "random", "text"])]
@@ -305,7 +313,7 @@ def test_shared_compressor_across_threads(name):
     for t in ts:
         t.join()
     for (u, o), (u2, o2), x in zip(expect, got, inputs * 3):
-        assert c.decompress(o2, u2) == x[:u2]
+        assert c.decode(o2, u2) == x[:u2]
         if name in ("lz4", "lz4hc", "lzma"):     # single-shot codecs: deterministic
             assert (u, o) == (u2, o2)
 
@@ -409,7 +417,7 @@ def test_parse_bad(text, msg):
 
 
 def test_default_levels_and_dicts():
-    assert [C.default_level(n) for n in ("lz4", "lz4hc", "lzma", "deflate", "libdeflate", "zstd")] \
+    assert [CODECS[n].default_level for n in ("lz4", "lz4hc", "lzma", "deflate", "libdeflate", "zstd")] \
         == [None, 9, 6, 1, 1, 3]
     assert _comp("lz4hc").level == 9
     assert _comp("deflate").level == 1 and _comp("deflate").dict_size == 32768
@@ -418,9 +426,9 @@ def test_default_levels_and_dicts():
         assert _comp("zstd", pcluster=4096).dict_size == 32768
         assert _comp("zstd,dictsize=64k", pcluster=4096).dict_size == 65536
     with pytest.raises(ValueError):
-        make_compressor(CompressorSpec("lz4", None, None), 4096, 6000)
+        codec_for(CompressorSpec("lz4", None, None), 4096, 6000)
     with pytest.raises(ValueError):
-        make_compressor(CompressorSpec("lz4", None, None), 4096, 2 << 20)
+        codec_for(CompressorSpec("lz4", None, None), 4096, 2 << 20)
 
 
 # ---------------------------------------------------------------- backends
@@ -429,61 +437,231 @@ def _roundtrip_all_levels(names):
     for name in names:
         c = _comp(name)
         used, out = c.compress_destsize(src, 8192)
-        assert len(out) <= 8192 and used > 8192 and c.decompress(out, used) == src[:used]
+        assert len(out) <= 8192 and used > 8192 and c.decode(out, used) == src[:used]
 
 
-@pytest.mark.parametrize("candidates", [["liblz4.so.1"], C._LZ4_CANDIDATES[:1]])
-def test_lz4_backends(monkeypatch, candidates):
-    lib, path = C._load_first(list(candidates), C._LZ4_SYMS)
-    if lib is None:
-        pytest.skip(f"no LZ4 library among {candidates}")
-    monkeypatch.setattr(C, "_lz4", C._bind_lz4(lib))
-    _roundtrip_all_levels(["lz4", "lz4hc,level=12"])
+@pytest.fixture
+def bundled(monkeypatch):
+    """The fallbacks (MKEROFS_NATIVE=bundled) for the codecs made in the test."""
+    monkeypatch.setenv("MKEROFS_NATIVE", "bundled")
+    native.reset()
+    yield
+    monkeypatch.delenv("MKEROFS_NATIVE")
+    native.reset()
 
 
-@pytest.mark.parametrize("candidates", [["libzstd.so.1"], C._ZSTD_CANDIDATES[2:]])
-def test_zstd_backends(monkeypatch, candidates):
-    lib, path = C._load_first(list(candidates), C._ZSTD_SYMS)
-    if lib is None:
-        pytest.skip(f"no zstd library among {candidates}")
-    monkeypatch.setattr(C, "_zstd", C._bind_zstd(lib))
-    _roundtrip_all_levels(["zstd", "zstd,level=12"])
+def _system_and_bundled(spec_text):
+    system = _comp(spec_text)
+    os.environ["MKEROFS_NATIVE"] = "bundled"
+    native.reset()
+    try:
+        fallback = _comp(spec_text)
+    finally:
+        del os.environ["MKEROFS_NATIVE"]
+        native.reset()
+    return system, fallback
 
 
-def test_libdeflate_falls_back_to_zlib(monkeypatch):
-    monkeypatch.setattr(C, "_libdeflate", None)
+@pytest.mark.parametrize("spec_text", ["lz4", "lz4hc,level=12", "zstd", "zstd,level=-3"])
+def test_bundled_fallbacks(spec_text):
+    """python-lz4's bundled LZ4 and the zstandard package serve the same API; LZ4 of the same
+    version gives the same bytes, and each decodes what the other wrote."""
+    system, fallback = _system_and_bundled(spec_text)
+    assert not system.library().fallback and fallback.library().fallback
+    src = _data("mixed", 300000, seed=23)
+    for dest in (4096, 65536):
+        got = fallback.compress_destsize(src, dest)
+        want = system.compress_destsize(src, dest)
+        if system.library().version == fallback.library().version:
+            assert got == want
+        for enc, dec in ((got, system), (want, fallback)):
+            used, out = enc
+            assert dec.decode(out, used) == src[:used]
+            assert dec.decode(out, used, partial=True) == src[:used]
+            assert dec.decode(out, used // 3, partial=True) == src[:used // 3]
+            with pytest.raises(ValueError):
+                dec.decode(out, used + 1)
+            with pytest.raises(ValueError):
+                dec.decode(out, used - 1)
+
+
+def test_bundled_mode_names_what_serves(bundled):
+    served = registry.report()
+    assert "python-lz4" in served["lz4"] and "fallback" in served["lz4"]
+    assert served["zstd"].startswith("zstandard") and "fallback" in served["zstd"]
+    assert served["libdeflate"].startswith("zlib")
+    assert _comp("deflate").backend == "zlib"
+
+
+def test_bad_native_mode(monkeypatch):
+    monkeypatch.setenv("MKEROFS_NATIVE", "nonsense")
+    native.reset()
+    try:
+        with pytest.raises(CompressorUnavailable, match="MKEROFS_NATIVE"):
+            codec_for(CompressorSpec("lz4"), 4096, 4096)
+    finally:
+        monkeypatch.delenv("MKEROFS_NATIVE")
+        native.reset()
+
+
+def test_libdeflate_falls_back_to_zlib(monkeypatch, bundled):
     c = _comp("libdeflate,level=12")
     assert c.level == 12 and c._zlevel == 9 and c.backend == "zlib"
     assert _comp("deflate").backend == "zlib"
     _roundtrip_all_levels(["libdeflate,level=12", "libdeflate"])
     src = _data("text", 50000)
-    assert c.decompress(c.compress(src), len(src)) == src
+    assert c.decode(c.compress(src), len(src)) == src
 
 
 @pytest.mark.parametrize("backend", ["zlib", "libdeflate"])
 @pytest.mark.parametrize("level", [0, 1, 6, 9])
 def test_deflate_backends(backend, level):
-    if backend == "libdeflate" and C._libdeflate is None:
+    if backend == "libdeflate" and "libdeflate.so" not in registry.report()["libdeflate"]:
         pytest.skip("no libdeflate.so.0")
-    c = C.DeflateCompressor(level, backend=backend)
+    c = Deflate(level, backend=backend).require()
     assert c.backend == backend
     src = _data("mixed", 300000, seed=level)
     for dest in (4096, 65536):
         used, out = c.compress_destsize(src, dest)
         assert out[0] != 0 and len(out) <= dest
         assert used == len(src) or len(out) >= dest - max(64, dest // 64)
-        assert c.decompress(out, used) == src[:used]
+        assert c.decode(out, used) == src[:used]
     # a window below 32 KiB is zlib-only (libdeflate cannot shrink its window)
-    small = C.DeflateCompressor(level, dict_size=4096)
+    small = Deflate(level, dict_size=4096).require()
     assert small.backend == "zlib" and small.windowbits == 12
     used, out = small.compress_destsize(src, 4096)
-    assert small.decompress(out, used) == src[:used]
-    if C._libdeflate is not None:
-        with pytest.raises(C.CompressorUnavailable):
-            C.DeflateCompressor(level, dict_size=4096, backend="libdeflate")
+    assert small.decode(out, used) == src[:used]
+    if backend == "libdeflate":
+        with pytest.raises(CompressorUnavailable):
+            Deflate(level, dict_size=4096, backend="libdeflate").require()
 
 
-def test_unavailable_backend_message(monkeypatch):
-    monkeypatch.setattr(C, "_lzma", None)
-    with pytest.raises(C.CompressorUnavailable, match="lzma_microlzma_encoder"):
-        make_compressor(CompressorSpec("lzma", None, None), 4096, 4096)
+def _missing(monkeypatch, which, message):
+    def fail():
+        raise CompressorUnavailable(message)
+    monkeypatch.setitem(native._BINDERS, which, fail)
+    native.reset()
+
+
+@pytest.fixture
+def no_liblzma(monkeypatch):
+    _missing(monkeypatch, "lzma", "liblzma.so.5 not found")
+    yield
+    monkeypatch.undo()
+    native.reset()
+
+
+def test_unavailable_library_message(no_liblzma):
+    with pytest.raises(CompressorUnavailable, match="^cannot compress with lzma: liblzma.so.5 "
+                                                    "not found$"):
+        codec_for(CompressorSpec("lzma"), 4096, 4096)
+    with pytest.raises(CompressorUnavailable, match="^cannot decode lzma: liblzma.so.5 not found"):
+        decoder(1, 1 << 16).decode(b"\xa2abc", 10)
+    assert "lzma" not in registry.available()
+    assert registry.report()["lzma"].startswith("unavailable")
+
+
+def test_too_old_library_is_refused(monkeypatch):
+    monkeypatch.setattr(native, "LZ4_MIN_VERSION", 99999)
+    native.reset()
+    try:
+        with pytest.raises(CompressorUnavailable, match=r"cannot compress with lz4hc: .*1\.9\.4"
+                                                        r" is too old \(need LZ4 >= 1\.9\)"):
+            codec_for(CompressorSpec("lz4hc"), 4096, 4096)
+    finally:
+        monkeypatch.undo()
+        native.reset()
+
+
+def test_codecs_bind_nothing_until_used():
+    """Reader-side codecs are made for every algorithm of an image: making one loads nothing."""
+    for alg in registry.ALGORITHM_NAMES:
+        assert decoder(alg)._lib is None
+
+
+# ---------------------------------------------------------------- partial decoding
+@pytest.mark.parametrize("spec_text", ["lz4", "lz4hc", "lzma", "deflate", "libdeflate", "zstd"])
+def test_partial_decode(spec_text):
+    """A partial reference (dedupe) takes a prefix of what a pcluster decodes to: every codec
+    decodes any prefix with partial=True, and refuses a prefix without it."""
+    c = _comp(spec_text)
+    src = _data("mixed", 200000, seed=31)
+    used, out = c.compress_destsize(src, 16384)
+    stored = _pad_to_block(out, 4096)
+    # the reader's codec: made from the algorithm id and the image's window
+    d = decoder(c.algorithm_id, c.dict_size)
+    for n in (1, 100, used // 2, used - 1, used):
+        assert d.decode(stored, n, partial=True) == src[:n]
+        d.check(stored, n, partial=True)
+    with pytest.raises(ValueError):
+        d.decode(stored, used // 2)
+    with pytest.raises(ValueError):
+        d.check(stored, used // 2)
+    with pytest.raises(ValueError):
+        d.decode(stored, used + 1, partial=True)        # more than the stream holds
+    assert d.decode(stored, used) == src[:used]
+
+
+@pytest.mark.parametrize("alg", sorted(registry.ALGORITHM_NAMES))
+def test_decoder_rejects_all_zero_pcluster(alg):
+    with pytest.raises(ValueError, match="all zeros"):
+        decoder(alg).decode(bytes(4096), 100)
+
+
+# ---------------------------------------------------------------- images through the fallbacks
+def _tree(root):
+    root.mkdir()
+    for i, kind in enumerate(["text", "mixed", "random", "zeros", "text", "mixed"]):
+        (root / f"f{i}").write_bytes(_data(kind, 5000 + 70000 * i, seed=i))
+    return root
+
+
+def _read(image, mode):
+    return subprocess.run([sys.executable, "-m", "mkerofs.cli.read", "verify", str(image)],
+                          capture_output=True, text=True,
+                          env={**os.environ, "MKEROFS_NATIVE": mode})
+
+
+@pytest.mark.parametrize("zspec", ["lz4", "lz4hc,level=12", "zstd"])
+def test_images_built_through_fallbacks(tmp_path, zspec):
+    """MKEROFS_NATIVE=bundled builds with python-lz4's LZ4 (the same bytes as the system's
+    liblz4 of the same version) or the zstandard package; -V says so, and the reader reads the
+    images through either library."""
+    from helpers import run_mkerofs
+    system, fallback = _system_and_bundled(zspec)
+    src = _tree(tmp_path / "src")
+    images = {}
+    for mode in ("system", "bundled"):
+        images[mode] = tmp_path / f"{mode}.erofs"
+        run_mkerofs("-Uclear", "-T0", f"-z{zspec}", "-C65536", images[mode], src,
+                    env={"MKEROFS_NATIVE": mode})
+    shown = run_mkerofs("-V", env={"MKEROFS_NATIVE": "bundled"}).stdout
+    assert f"{zspec.split(',')[0]}: {fallback.library().describe()}" in shown
+    if system.library().version == fallback.library().version:
+        assert images["system"].read_bytes() == images["bundled"].read_bytes()
+    for mode in ("system", "bundled"):
+        for image in images.values():
+            r = _read(image, mode)
+            assert r.returncode == 0 and "clean" in r.stdout, r.stdout + r.stderr
+
+
+def test_reader_reports_a_missing_library_not_damage(tmp_path):
+    """Reading an lzma image where liblzma cannot be found: the reader's own error, never a
+    report of a damaged image."""
+    if "lzma" not in AVAILABLE:
+        pytest.skip("no liblzma")
+    from helpers import run_mkerofs
+    image = tmp_path / "lzma.erofs"
+    run_mkerofs("-zlzma", image, _tree(tmp_path / "src"))
+    code = ("import sys\n"
+            "from mkerofs.codecs import native\n"
+            "from mkerofs.errors import CompressorUnavailable\n"
+            "def missing():\n"
+            "    raise CompressorUnavailable('liblzma.so.5 not found')\n"
+            "native._BINDERS['lzma'] = missing\n"
+            "from mkerofs.cli.read import main\n"
+            "sys.exit(main(['verify', sys.argv[1]]))\n")
+    r = subprocess.run([sys.executable, "-c", code, str(image)], capture_output=True, text=True)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "cannot decode lzma: liblzma.so.5 not found" in r.stderr
+    assert "Traceback" not in r.stderr and "clean" not in r.stdout

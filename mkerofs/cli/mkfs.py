@@ -10,7 +10,8 @@ import uuid as uuidlib
 import click
 
 from .. import __version__
-from ..codecs import compressors
+from ..codecs import registry
+from ..codecs.spec import parse_compressor_spec
 from ..writer.build import build
 from ..errors import BuildError
 from ..util import parse_c_int as options_parse_c_int
@@ -238,8 +239,9 @@ class _MkfsStyleCommand(click.Command):
 @click.option("--verify", is_flag=True,
               help="read the image back and compare it with SOURCE (no mount needed)")
 @click.option("--random-pclusterblks", is_flag=True, hidden=True)
-@click.version_option(__version__, "-V", "--version", prog_name="mkerofs",
-                      message="%(prog)s %(version)s (mkfs.erofs-compatible)")
+@click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=lambda ctx, param, value: _print_version(ctx, value),
+              help="Show the version and what serves each algorithm, and exit.")
 @_not_implemented_options
 def command(image, source, block_size, debug, compressor, pcluster_size,
             xattr_tolerance, extended, label, timestamp, uuid,
@@ -262,7 +264,7 @@ def command(image, source, block_size, debug, compressor, pcluster_size,
             raise click.BadParameter(f"invalid debug level {debug}", param_hint="-d")
     if compressor is not None:
         try:
-            compressors.parse_compressor_spec(compressor)
+            parse_compressor_spec(compressor)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="-z") from None
         options.compressor = compressor
@@ -360,6 +362,16 @@ def _getopt_style(argv: list[str]) -> list[str]:
                 arg = f"{name}={_NO_VALUE}"
         fixed.append(arg)
     return fixed
+
+
+def _print_version(ctx: click.Context, value: bool) -> None:
+    """-V: the version, then each -z algorithm with the library (and version) that serves it."""
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(f"mkerofs {__version__} (mkfs.erofs-compatible)")
+    for name, served in registry.report().items():
+        click.echo(f"  {name}: {served}")
+    ctx.exit()
 
 
 def main(argv: list[str] | None = None) -> int:

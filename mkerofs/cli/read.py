@@ -18,6 +18,7 @@ import click
 from .. import __version__
 from ..reader.extract import (ExtractError, device_numbers, extract as extract_tree, iter_tree,
                       resolve, show, type_name, write_tar, LEAVE)
+from ..errors import CompressorUnavailable
 from ..reader.image import Image, ImageError
 
 PROG = "mkerofs-read"
@@ -588,6 +589,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"{PROG}: {exc}", err=True)
         return EXIT_PROBLEMS
+    except CompressorUnavailable as exc:
+        # this machine lacks a library: not a problem of the image
+        if debug:
+            raise
+        click.echo(f"{PROG}: {exc}", err=True)
+        return EXIT_UNREADABLE
     except OSError as exc:
         if debug:
             raise

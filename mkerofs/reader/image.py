@@ -44,6 +44,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from ..codecs import registry
 from ..ondisk import format as fmt
 from . import zmap
 from ..errors import ImageError
@@ -345,7 +346,7 @@ class Image:
             # the kernel reads lz4 without configurations (u1 is then lz4_max_distance)
             self._algs = 1 << fmt.Z_EROFS_COMPRESSION_LZ4
             self._announced = self._algs if (sb.u1 or zero_padding) else 0
-            self.decoders = zmap.Decoders(zero_padding=zero_padding)
+            self._set_codecs(zero_padding)
             return
         algs = sb.u1
         if algs & ~fmt.Z_EROFS_ALL_COMPR_ALGS:
@@ -357,7 +358,7 @@ class Image:
             if algs >> alg & 1:
                 payload, pos = self._metadata_record(pos, self._get)
                 self._cfgs[alg] = payload
-        lzma_dict, zstd_window = 1 << 23, 1 << 20
+        lzma_dict = zstd_window = None
         cfg = self._cfgs.get(fmt.Z_EROFS_COMPRESSION_LZMA)
         if cfg is not None:
             if len(cfg) < fmt.Z_EROFS_LZMA_CFGS.size:
@@ -373,7 +374,17 @@ class Image:
             if 1 << windowlog > fmt.Z_EROFS_ZSTD_MAX_DICT_SIZE:
                 raise ImageError(f"zstd window of 2^{windowlog} bytes is too large")
             zstd_window = 1 << windowlog
-        self.decoders = zmap.Decoders(lzma_dict, zstd_window, zero_padding)
+        self._set_codecs(zero_padding, lzma_dict, zstd_window)
+
+    def _set_codecs(self, zero_padding: bool, lzma_dict: int | None = None,
+                    zstd_window: int | None = None) -> None:
+        """A decoder per algorithm, with the windows of the compression configurations (their
+        libraries load when they first decode)."""
+        self._zero_padding = zero_padding
+        windows = {fmt.Z_EROFS_COMPRESSION_LZMA: lzma_dict,
+                   fmt.Z_EROFS_COMPRESSION_ZSTD: zstd_window}
+        self._codecs = {name: registry.decoder(alg, windows.get(alg))
+                        for alg, name in registry.ALGORITHM_NAMES.items()}
 
     @staticmethod
     def _metadata_record(pos: int, get: Callable[[int, int], bytes]) -> tuple[bytes, int]:
@@ -391,11 +402,12 @@ class Image:
                 if (sb.feature_compat if compat else sb.feature_incompat) & bit]
 
     def algorithms(self) -> list[str]:
-        return [name for i, name in enumerate(zmap.ALGORITHM_NAMES) if self._announced >> i & 1]
+        return [name for i, name in sorted(registry.ALGORITHM_NAMES.items())
+                if self._announced >> i & 1]
 
     def compression_configs(self) -> dict[str, bytes]:
         """Raw configuration records by algorithm name (empty without COMPR_CFGS)."""
-        return {zmap.ALGORITHM_NAMES[a]: v for a, v in self._cfgs.items()}
+        return {registry.ALGORITHM_NAMES[a]: v for a, v in self._cfgs.items()}
 
     @property
     def image_size(self) -> int:
@@ -740,7 +752,8 @@ class Image:
         raw = self._get(ext.physical, ext.physical_length)
         if not want and ext.algorithm is not None:      # verify: decode, keep nothing
             try:
-                self.decoders.decode(ext.algorithm, raw, ext.length, ext.partial, False)
+                zmap.decode_pcluster(self._codecs[ext.algorithm], raw, ext, self._zero_padding,
+                                     want=False)
             except ImageError as e:
                 raise ImageError(f"nid {inode.nid}: extent at {ext.logical} ({ext.length} "
                                  f"bytes, {ext.kind} at byte {ext.physical}): {e}") from None
@@ -749,7 +762,8 @@ class Image:
             if ext.algorithm is None:
                 data = zmap.unpack_plain(raw, ext, self.block_size)
             else:
-                data = self.decoders.decode(ext.algorithm, raw, ext.length, ext.partial)
+                data = zmap.decode_pcluster(self._codecs[ext.algorithm], raw, ext,
+                                            self._zero_padding)
         except ImageError as e:
             raise ImageError(f"nid {inode.nid}: extent at {ext.logical} ({ext.length} bytes, "
                              f"{ext.kind} at byte {ext.physical}): {e}") from None

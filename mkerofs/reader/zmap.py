@@ -30,19 +30,14 @@ The rules are the kernel's (fs/erofs/zmap.c, decompressor*.c), restated:
 """
 from __future__ import annotations
 
-import ctypes
 import struct
-import threading
-import zlib
 from dataclasses import dataclass
 from typing import Callable
 
-from ..codecs import compressors
+from ..codecs.base import Codec
+from ..codecs.registry import ALGORITHM_NAMES
 from ..errors import ImageError
 from ..ondisk import format as fmt
-
-ALGORITHM_NAMES = ("lz4", "lzma", "deflate", "zstd")
-ALGORITHM_IDS = {name: i for i, name in enumerate(ALGORITHM_NAMES)}
 
 NONHEAD = fmt.Z_EROFS_LCLUSTER_TYPE_NONHEAD
 PLAIN = fmt.Z_EROFS_LCLUSTER_TYPE_PLAIN
@@ -532,139 +527,19 @@ def unpack_plain(raw: bytes, extent: Extent, block_size: int) -> bytes:
     return raw[start:start + head] + raw[:n - head]
 
 
-class _Scratch(threading.local):
-    """Per-thread output buffer and codec handles (the C handles are not thread-safe)."""
-
-    def __init__(self):
-        self.buf = None
-        self.size = 0
-        self.zstd = None
-        self.lzma = None
-
-    def get(self, n: int):
-        if n > self.size:
-            self.size = max(n, 1 << 16)
-            self.buf = ctypes.create_string_buffer(self.size)
-        return self.buf
-
-
-_scratch = _Scratch()
-
-
-class Decoders:
-    """Decode pclusters as the kernel and fsck.erofs do, set up from the image's compression
-    configurations.  Output goes to a reused per-thread buffer, so verifying a big image does
-    not allocate per pcluster."""
-
-    def __init__(self, lzma_dict_size: int = 1 << 23, zstd_window: int = 1 << 20,
-                 zero_padding: bool = True):
-        self.lzma_dict_size = max(lzma_dict_size, 4096)
-        self.zstd_window = max(zstd_window, 1 << fmt.Z_EROFS_ZSTD_WINDOWLOG_MIN)
-        self.zero_padding = zero_padding
-
-    def decode(self, alg_name: str, raw: bytes, length: int, partial: bool,
-               want: bool = True) -> bytes | None:
-        """Decode one pcluster to exactly `length` bytes (None if not `want`ed: only check).
-        Without `partial` the stream must end there, as fsck.erofs checks; with it, `length`
-        bytes are a prefix of what the stream holds (deduplicated partial references)."""
-        alg = ALGORITHM_IDS[alg_name]
-        if alg == fmt.Z_EROFS_COMPRESSION_LZ4 and not self.zero_padding:
-            partial = True      # old layout: the stream starts the pcluster, junk may follow it
-        if length <= 0:
-            return b""
-        stream = raw.lstrip(b"\0") if raw[:1] == b"\0" else raw
-        if not stream:
-            raise ImageError(f"{alg_name}: the pcluster is all zeros")
-        try:
-            if alg == fmt.Z_EROFS_COMPRESSION_DEFLATE:
-                return _deflate(stream, length, partial)
-            if alg == fmt.Z_EROFS_COMPRESSION_LZ4:
-                got = _lz4(stream, length, partial)
-            elif alg == fmt.Z_EROFS_COMPRESSION_LZMA:
-                got = _lzma(stream, length, partial, self.lzma_dict_size)
-            else:
-                got = _zstd(stream, length, partial, self.zstd_window)
-        except (ValueError, zlib.error, OverflowError) as e:
-            raise ImageError(f"{alg_name}: {e}") from None
-        if got != length:
-            raise ImageError(f"{alg_name}: the pcluster decodes to {got} bytes, not {length}")
-        return ctypes.string_at(_scratch.buf, length) if want else None
-
-
-def _need(lib, what: str):
-    if lib is None:
-        raise ValueError(f"no {what} library on this machine")
-    return lib
-
-
-def _deflate(stream: bytes, length: int, partial: bool) -> bytes:
-    d = zlib.decompressobj(-15)
-    out = d.decompress(stream, length if partial else length + 1)
-    if len(out) != length:
-        raise ValueError(f"the pcluster decodes to {len(out)} bytes, not {length}")
-    if not partial and (not d.eof or d.unused_data or d.unconsumed_tail):
-        raise ValueError("the stream does not end with the extent")
-    return out
-
-
-_lz4_partial = None
-
-
-def _lz4(stream: bytes, length: int, partial: bool) -> int:
-    global _lz4_partial
-    lib = _need(compressors._lz4, "lz4")
-    dst = _scratch.get(length)
-    if not partial:
-        return lib.LZ4_decompress_safe(stream, dst, len(stream), length)
-    if _lz4_partial is None:
-        fn = lib.LZ4_decompress_safe_partial
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        fn.restype = ctypes.c_int
-        _lz4_partial = fn
-    return _lz4_partial(stream, dst, len(stream), length, length)
-
-
-def _lzma(stream: bytes, length: int, partial: bool, dict_size: int) -> int:
-    lib = _need(compressors._lzma, "liblzma (MicroLZMA)")
-    if _scratch.lzma is None:
-        _scratch.lzma = compressors._LzmaHandle()
-    s = _scratch.lzma.strm
-    dst = _scratch.get(length)
-    if lib.lzma_microlzma_decoder(ctypes.byref(s), len(stream), length, 0 if partial else 1,
-                                  dict_size) != compressors._LZMA_OK:
-        raise ValueError("cannot set up the MicroLZMA decoder")
-    s.next_in = ctypes.cast(ctypes.c_char_p(stream), ctypes.c_void_p).value
-    s.avail_in = len(stream)
-    s.next_out = ctypes.addressof(dst)
-    s.avail_out = length
-    ret = lib.lzma_code(ctypes.byref(s), compressors._LZMA_FINISH)
-    if ret != compressors._LZMA_STREAM_END:
-        raise ValueError(f"corrupted MicroLZMA data (liblzma error {ret})")
-    if not partial and s.total_in != len(stream):
-        raise ValueError(f"the stream ends after {s.total_in} of {len(stream)} bytes")
-    return s.total_out
-
-
-def _zstd(stream: bytes, length: int, partial: bool, window: int) -> int:
-    lib = _need(compressors._zstd, "zstd")
-    if _scratch.zstd is None:
-        _scratch.zstd = compressors._zstd_dctx()
-    d = _scratch.zstd.ptr
-    lib.ZSTD_DCtx_reset(d, compressors._ZSTD_reset_session_only)
-    lib.ZSTD_DCtx_setParameter(d, compressors._ZSTD_d_windowLogMax, window.bit_length() - 1)
-    # one spare byte: a stream that goes on past the extent shows as output beyond it
-    cap = length if partial else length + 1
-    dst = _scratch.get(cap)
-    inb = compressors._ZstdBuf(ctypes.cast(ctypes.c_char_p(stream), ctypes.c_void_p).value,
-                               len(stream), 0)
-    outb = compressors._ZstdBuf(ctypes.addressof(dst), cap, 0)
-    while True:
-        before = (inb.pos, outb.pos)
-        r = lib.ZSTD_decompressStream(d, ctypes.byref(outb), ctypes.byref(inb))
-        if lib.ZSTD_isError(r):
-            raise ValueError(lib.ZSTD_getErrorName(r).decode(errors="replace"))
-        if r == 0 or outb.pos == outb.size and partial or (inb.pos, outb.pos) == before:
-            break
-    if not partial and (r != 0 or inb.pos != inb.size):
-        raise ValueError("the frame does not end with the extent")
-    return outb.pos
+def decode_pcluster(codec: Codec, raw: bytes, extent: Extent, zero_padding: bool,
+                    want: bool = True) -> bytes | None:
+    """The extent's bytes from its compressed pcluster (None if not `want`ed: only check).
+    Without `partial` the stream must end with the extent, as fsck.erofs checks; with it, the
+    extent is a prefix of what the stream holds (deduplicated partial references).  Images
+    without LZ4_0PADDING (only LZ4 then) keep the stream at the pcluster's start, junk may
+    follow it."""
+    partial = extent.partial or (not zero_padding and
+                                 codec.algorithm_id == fmt.Z_EROFS_COMPRESSION_LZ4)
+    try:
+        if want:
+            return codec.decode(raw, extent.length, partial)
+        codec.check(raw, extent.length, partial)
+        return None
+    except ValueError as err:
+        raise ImageError(str(err)) from None

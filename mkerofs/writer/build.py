@@ -13,13 +13,13 @@ from typing import Callable
 
 from . import compress
 from ..ondisk import format as fmt
-from ..codecs.compressors import CompressorUnavailable, parse_compressor_spec
+from ..codecs.spec import parse_compressor_spec
 from .hints import CompressHints, load_compress_hints
 from .packed import PackedFile
 from .data import DataArea, FlatCopier, inline_fits
 from .dirs import render_directory
 from .meta import MetaAllocator, MetaImage, item_size, node_pos, place_inode, serialize_inode
-from ..errors import BuildError
+from ..errors import BuildError, CompressorUnavailable
 from .options import BuildOptions
 from .output import Output
 from .plan import Plan, PlannedInode, plan_inodes, planned_isize

@@ -37,7 +37,9 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Sequence
 
-from ..codecs import compressors
+from ..codecs import registry
+from ..codecs.buffers import bytes_address
+from ..codecs.spec import parse_compressor_spec
 from ..ondisk import format as fmt
 
 # mkfs.erofs compresses big files in independent segments of this many bytes (one per worker
@@ -160,13 +162,13 @@ class CompressConfig:
                      max_pcluster_size: int = 0, **features) -> "CompressConfig":
         """Build the configuration for mkfs.erofs's -z SPEC [-C SIZE] [-E...].  `features` are
         the dataclass fields (legacy_indexes, ztailpacking, fragments, ...).  Raises ValueError
-        (bad spec or size) or compressors.CompressorUnavailable."""
+        (bad spec or size) or CompressorUnavailable."""
         pcs = block_size if pcluster_size is None else pcluster_size
         check_pcluster_size(pcs, block_size)
         largest = max(pcs, max_pcluster_size)
         check_pcluster_size(largest, block_size)
-        specs = compressors.parse_compressor_spec(spec)
-        comps = [compressors.make_compressor(s, block_size, largest) for s in specs]
+        specs = parse_compressor_spec(spec)
+        comps = [registry.codec_for(s, block_size, largest) for s in specs]
         return cls(comps, block_size, pcs, max_pcluster_size=largest, **features)
 
     @property
@@ -234,7 +236,7 @@ class CompressConfig:
         blocks = self.pcluster_blocks
         if self.uses_lz4:
             blocks = min(blocks, MAX_LZ4_PCLUSTER_BLOCKS)
-        algs, need_cfgs, records = compressors.build_compr_cfgs(
+        algs, need_cfgs, records = registry.build_compr_cfgs(
             self.compressors, blocks, fmt.blksz_bits(self.block_size))
         assert need_cfgs == self.big_pcluster
         incompat = fmt.EROFS_FEATURE_INCOMPAT_LZ4_0PADDING
@@ -356,7 +358,7 @@ def compress_segment(data, cfg: CompressConfig, *, last: bool, tail_room: int = 
     # LZ4 takes raw addresses into the segment (kept alive by `data`): cheaper per pcluster
     base = None
     if type(data) is bytes and hasattr(comp, "destsize_at"):
-        base = compressors.bytes_address(data)
+        base = bytes_address(data)
         compress_at = comp.destsize_at
     n = len(view)
     out: list[Pcluster] = []

@@ -13,7 +13,7 @@ from typing import Callable
 
 import xxhash
 
-from mkerofs.codecs import compressors
+from mkerofs.codecs.lz4 import LZ4
 from mkerofs.ondisk import format as fmt
 
 from . import Layout, put
@@ -255,7 +255,7 @@ def _partial_too_long(d, lay):
     lcn = ext.logical >> lay.block_size.bit_length() - 1
     pos = lay.full_index(path, lcn)
     put(d, pos, "<H", int.from_bytes(d[pos:pos + 2], "little") | fmt.Z_EROFS_LI_PARTIAL_REF)
-    stream = compressors.LZ4Compressor().compress(b"short")
+    stream = LZ4().compress(b"short")
     d[ext.physical:ext.physical + ext.physical_length] = \
         bytes(ext.physical_length - len(stream)) + stream
 
@@ -265,7 +265,7 @@ def _cfg_record(offset: int, f: str, value: int):
 
 
 def _lz4_bomb() -> bytes:
-    return compressors.LZ4Compressor().compress(bytes(512 << 10))
+    return LZ4().compress(bytes(512 << 10))
 
 
 CASES = [
