@@ -18,10 +18,12 @@ damaged image.
 """
 from __future__ import annotations
 
+import ctypes
+
 from ..errors import CompressorUnavailable
 from ..ondisk import format as fmt
 from . import native
-from .buffers import strip_zero_padding
+from .buffers import Pinned, scratch, strip_zero_padding
 
 
 class Codec:
@@ -97,6 +99,18 @@ class Codec:
         (consumed, stream).  ``hint``: the expected consumed length (e.g. the previous
         pcluster's), which only speeds up deflate/zstd; the result is a pure function of the
         arguments."""
+        self.check_dest(dest_size)
+        with Pinned(src) as p:
+            n = min(p.size, fmt.Z_EROFS_PCLUSTER_MAX_DSIZE)
+            if n == 0:
+                return 0, b""
+            dst = scratch.get(dest_size)
+            used, size = self._fill(p.addr, n, dst, dest_size)
+            return used, ctypes.string_at(dst, size)
+
+    def _fill(self, addr, n: int, dst, cap: int) -> tuple[int, int]:
+        """For encoders that stop when the output is full: compress up to ``n`` bytes at
+        ``addr`` into at most ``cap`` bytes of ``dst``; (bytes consumed, bytes written)."""
         raise NotImplementedError
 
     def compress(self, src) -> bytes:

@@ -39,19 +39,12 @@ class LZ4(Codec):
         lib = self._fast if dest_size <= GIL_HELD_MAX else self._slow
         return lib.LZ4_compress_destSize(src_addr, dst, sz_ref, dest_size)
 
-    def compress_destsize(self, src, dest_size: int, hint: int | None = None
-                          ) -> tuple[int, bytes]:
-        self.check_dest(dest_size)
-        with Pinned(src) as p:
-            n = min(p.size, _MAX_DSIZE)
-            if n == 0:
-                return 0, b""
-            dst = scratch.get(dest_size)
-            sz = ctypes.c_int(n)
-            out = self._destsize_ref(p.addr, dst, ctypes.byref(sz), dest_size)
-            if out <= 0:
-                raise RuntimeError(f"{self.name} compression failed")
-            return sz.value, ctypes.string_at(dst, out)
+    def _fill(self, addr, n: int, dst, cap: int) -> tuple[int, int]:
+        sz = ctypes.c_int(n)
+        out = self._destsize_ref(addr, dst, ctypes.byref(sz), cap)
+        if out <= 0:
+            raise RuntimeError(f"{self.name} compression failed")
+        return sz.value, out
 
     def destsize_at(self, addr: int, n: int, dest_size: int) -> tuple[int, bytes]:
         """compress_destsize() of `n` (> 0) bytes at address `addr`, which the caller keeps
@@ -75,9 +68,8 @@ class LZ4(Codec):
                 raise ValueError("input too large for LZ4")
             cap = self._library().lib.LZ4_compressBound(n)
             dst = scratch.get(cap)
-            sz = ctypes.c_int(n)
-            out = self._destsize_ref(p.addr, dst, ctypes.byref(sz), cap)
-            if out <= 0 or sz.value != n:
+            used, out = self._fill(p.addr, n, dst, cap)
+            if used != n:
                 raise RuntimeError(f"{self.name} compression failed")
             return ctypes.string_at(dst, out)
 

@@ -19,7 +19,6 @@ LZMA_DICT_SIZE_MIN = 4096      # liblzma's smallest dictionary
 _LZMA_OK, _LZMA_STREAM_END = 0, 1
 _LZMA_FINISH = 3
 _LZMA_PRESET_EXTREME = 1 << 31
-_MAX_DSIZE = fmt.Z_EROFS_PCLUSTER_MAX_DSIZE
 
 
 class _Stream:
@@ -87,7 +86,7 @@ class LZMA(Codec):
     def _stream(self, make) -> ctypes.Structure:
         return make(lambda: _Stream(self._lib.lib.lzma_end)).strm
 
-    def _encode(self, addr, n: int, dst, cap: int) -> tuple[int, int]:
+    def _fill(self, addr, n: int, dst, cap: int) -> tuple[int, int]:
         lib = self._library().lib
         s = self._stream(self._tls.encoder)
         ret = lib.lzma_microlzma_encoder(ctypes.byref(s), ctypes.byref(self._opts))
@@ -102,17 +101,6 @@ class LZMA(Codec):
             raise RuntimeError(f"lzma: MicroLZMA encoding failed ({ret})")
         return s.total_in, s.total_out
 
-    def compress_destsize(self, src, dest_size: int, hint: int | None = None
-                          ) -> tuple[int, bytes]:
-        self.check_dest(dest_size)
-        with Pinned(src) as p:
-            n = min(p.size, _MAX_DSIZE)
-            if n == 0:
-                return 0, b""
-            dst = scratch.get(dest_size)
-            used, out = self._encode(p.addr, n, dst, dest_size)
-            return used, ctypes.string_at(dst, out)
-
     def compress(self, src) -> bytes:
         with Pinned(src) as p:
             n = p.size
@@ -120,7 +108,7 @@ class LZMA(Codec):
                 return b""
             cap = n + (n >> 2) + 256
             dst = scratch.get(cap)
-            used, out = self._encode(p.addr, n, dst, cap)
+            used, out = self._fill(p.addr, n, dst, cap)
             if used != n:
                 raise RuntimeError("lzma: whole-buffer compression did not consume the input")
             return ctypes.string_at(dst, out)
