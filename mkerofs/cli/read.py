@@ -584,17 +584,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"{PROG}: {exc}", err=True)
         return exc.status
-    except (ImageError, ExtractError) as exc:
+    except (ImageError, ExtractError, CompressorUnavailable) as exc:
         if debug:
             raise
         click.echo(f"{PROG}: {exc}", err=True)
-        return EXIT_PROBLEMS
-    except CompressorUnavailable as exc:
-        # this machine lacks a library: not a problem of the image
-        if debug:
-            raise
-        click.echo(f"{PROG}: {exc}", err=True)
-        return EXIT_UNREADABLE
+        # a missing library is this machine's problem, not the image's
+        return EXIT_UNREADABLE if isinstance(exc, CompressorUnavailable) else EXIT_PROBLEMS
     except OSError as exc:
         if debug:
             raise

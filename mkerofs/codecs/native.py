@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from ..errors import CompressorUnavailable
 
-__all__ = ["Library", "lz4", "lzma", "zstd", "libdeflate", "report", "reset", "mode",
+__all__ = ["Library", "lz4", "lzma", "zstd", "libdeflate", "reset", "mode",
            "ZstdBuffer", "LzmaStream", "LzmaOptions"]
 
 LZ4_MIN_VERSION = 10900           # LZ4_versionNumber(): major * 10000 + minor * 100 + release
@@ -305,13 +305,3 @@ def reset() -> None:
     with _lock:
         _bound.clear()
 
-
-def report() -> dict[str, str]:
-    """What serves each library ("name version", or why it is unavailable): loads them all."""
-    out = {}
-    for which in _BINDERS:
-        try:
-            out[which] = _get(which).describe()
-        except CompressorUnavailable as err:
-            out[which] = f"unavailable: {err}"
-    return out
