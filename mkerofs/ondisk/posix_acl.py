@@ -41,7 +41,7 @@ assert posix_acl_xattr_header.size == 4 and posix_acl_xattr_entry.size == 8
 def encode_posix_acl(entries: list[tuple[int, int, int]]) -> bytes:
     """The xattr value of `entries` (tag, perm, id), put in the order the kernel requires."""
     out = [posix_acl_xattr_header.pack(POSIX_ACL_XATTR_VERSION)]
-    out.extend(posix_acl_xattr_entry.pack(*e) for e in sorted(entries))
+    out.extend(posix_acl_xattr_entry.pack(*e) for e in sorted(entries, key=lambda e: (e[0], e[2])))
     return b"".join(out)
 
 

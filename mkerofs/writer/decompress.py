@@ -160,8 +160,88 @@ def _decoder(kind: str, raw: BinaryIO) -> BinaryIO:
         return lzma.LZMAFile(raw, "rb", format=lzma.FORMAT_AUTO)
     if kind == "bzip2":
         return bz2.BZ2File(raw, "rb")
-    return zstandard.ZstdDecompressor().stream_reader(raw, read_size=_READ_SIZE,
+    return zstandard.ZstdDecompressor().stream_reader(_ZstdFrames(raw), read_size=_READ_SIZE,
                                                       read_across_frames=True)
+
+
+_ZSTD_MAGIC = 0xFD2FB528
+_ZSTD_SKIPPABLE = 0x184D2A50        # the low 4 bits are free
+_ZSTD_DID_SIZE = (0, 1, 2, 4)
+_ZSTD_FCS_SIZE = (0, 2, 4, 8)       # flag 0 with Single_Segment set means 1 byte
+
+
+class _ZstdFrames(io.RawIOBase):
+    """Passes the compressed bytes through while following zstd's frame and block headers
+    (RFC 8878 §3.1), so that an input cut inside a frame is an error: python-zstandard's
+    stream_reader just returns a short stream then, even without the frame's checksum."""
+
+    def __init__(self, raw: BinaryIO):
+        self._raw = raw
+        self._want = 4              # header bytes the current step needs
+        self._step = self._frame_magic
+        self._partial = b""         # header bytes collected so far
+        self._skip = 0              # payload bytes to pass over before the next header
+        self._checksum = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        if data:
+            self._follow(data)
+        elif self._skip or self._partial or self._step != self._frame_magic:
+            raise EOFError("the zstd input ends inside a frame")
+        return data
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def _follow(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            take = self._want - len(self._partial)
+            self._partial += data[pos:pos + take]
+            pos += take
+            if len(self._partial) == self._want:
+                header, self._partial = self._partial, b""
+                self._step(header)
+
+    def _frame_magic(self, header: bytes) -> None:
+        magic = int.from_bytes(header, "little")
+        if magic == _ZSTD_MAGIC:
+            self._want, self._step = 1, self._frame_header
+        elif magic & ~0xF == _ZSTD_SKIPPABLE:
+            self._want, self._step = 4, self._skippable_size
+        else:
+            raise ValueError("the zstd input holds something that is not a zstd frame")
+
+    def _skippable_size(self, header: bytes) -> None:
+        self._skip = int.from_bytes(header, "little")
+        self._want, self._step = 4, self._frame_magic
+
+    def _frame_header(self, header: bytes) -> None:
+        fhd = header[0]
+        single_segment = fhd >> 5 & 1
+        fcs = _ZSTD_FCS_SIZE[fhd >> 6] or single_segment
+        self._checksum = bool(fhd & 4)
+        self._skip = (not single_segment) + _ZSTD_DID_SIZE[fhd & 3] + fcs
+        self._want, self._step = 3, self._block_header
+
+    def _block_header(self, header: bytes) -> None:
+        bh = int.from_bytes(header, "little")
+        block_type, size = bh >> 1 & 3, bh >> 3
+        self._skip = 1 if block_type == 1 else size      # an RLE block stores one byte
+        if bh & 1:      # the last block
+            self._skip += 4 * self._checksum
+            self._want, self._step = 4, self._frame_magic
 
 
 # what a decoder raises on a damaged or truncated stream

@@ -194,12 +194,13 @@ _ACL_TAGS.update({k[:1]: v for k, v in list(_ACL_TAGS.items())})
 _ACL_PERMS = {ord("r"): acl.ACL_READ, ord("w"): acl.ACL_WRITE, ord("x"): acl.ACL_EXECUTE, ord("-"): 0}
 
 
-def acl_from_text(text: bytes, resolve: Callable[[str, str], int | None] = host_id) -> bytes:
-    """The ``system.posix_acl_*`` value for an ACL in text form, as tar writers put it in
-    ``SCHILY.acl.access``/``default``: entries ``tag:qualifier:perms[:id]`` split by ``,`` or
-    newlines, ``#`` comments, short tags (``u``, ``g``, ``m``, ``o``). A named entry takes its id
-    from the 4th field (star, bsdtar), else from a numeric qualifier, else from `resolve` (GNU tar
-    writes names only). ValueError says what is wrong."""
+def acl_from_text(text: bytes,
+                  resolve: Callable[[str, str], int | None] = host_id) -> list[tuple[int, int, int]]:
+    """The entries (tag, perm, id) of an ACL in text form, as tar writers put it in
+    ``SCHILY.acl.access``/``default``: ``tag:qualifier:perms[:id]`` split by ``,`` or newlines,
+    ``#`` comments, short tags (``u``, ``g``, ``m``, ``o``). A named entry takes its id from the
+    4th field (star, bsdtar), else from a numeric qualifier, else from `resolve` (GNU tar writes
+    names only). ValueError says what is wrong, including what the kernel would refuse."""
     entries = []
     for item in re.split(rb"[,\n]", text):
         item = item.split(b"#", 1)[0].strip()
@@ -232,7 +233,20 @@ def acl_from_text(text: bytes, resolve: Callable[[str, str], int | None] = host_
     problem = acl.posix_acl_problem(entries)
     if problem:
         raise ValueError(f"the ACL {text!r} {problem}")
-    return acl.encode_posix_acl(entries)
+    return entries
+
+
+def acl_mode_bits(entries: list[tuple[int, int, int]]) -> int:
+    """The rwxrwxrwx bits an access ACL gives the file (the kernel's posix_acl_equiv_mode /
+    posix_acl_update_mode): the group class shows the mask when there is one."""
+    perms = {tag: perm for tag, perm, _id in entries}
+    group = perms.get(acl.ACL_MASK, perms[acl.ACL_GROUP_OBJ])
+    return perms[acl.ACL_USER_OBJ] << 6 | group << 3 | perms[acl.ACL_OTHER]
+
+
+def acl_is_minimal(entries: list[tuple[int, int, int]]) -> bool:
+    """True if the ACL says no more than the mode: the kernel keeps no access ACL xattr then."""
+    return all(tag in (acl.ACL_USER_OBJ, acl.ACL_GROUP_OBJ, acl.ACL_OTHER) for tag, _p, _i in entries)
 
 
 def _decimal_or_none(text: bytes) -> int | None:
@@ -380,9 +394,10 @@ class _Source:
         avail = len(self._buf) - self._pos
         if avail and n:
             give = min(avail, n)
-            yield self._buf[self._pos:self._pos + give]
-            self._pos += give
+            start = self._pos
+            self._pos += give       # before the yield: the caller may never resume us
             n -= give
+            yield self._buf[start:start + give]
         if n:
             self._drop_buffer()
         while n:
@@ -578,7 +593,10 @@ class TarReader:
 
     def _extension(self, header: tuple, offset: int, pending: _Pending) -> None:
         typeflag, name = header[7], _cut(header[0])
-        size = self._number(header[4], "size", name, offset)
+        if typeflag == b"V" and not header[4].strip(b"\0"):
+            size = 0        # GNU tar leaves a label's size field empty
+        else:
+            size = self._number(header[4], "size", name, offset)
         if typeflag == b"V":
             self.volume_label = name
             if not self._src.skip(size + -size % BLOCK):
@@ -658,7 +676,7 @@ class TarReader:
             entry.devmajor = self._device(records, b"SCHILY.devmajor", devmajor, "devmajor", name, first)
             entry.devminor = self._device(records, b"SCHILY.devminor", devminor, "devminor", name, first)
         if records:
-            entry.xattrs = self._xattrs(records, name, first)
+            self._xattrs(entry, records)
         self._pad = -payload % BLOCK
         if typeflag == b"S":
             self._oldgnu_sparse(entry, block, payload)
@@ -725,12 +743,16 @@ class TarReader:
             except ValueError as err:
                 raise TarError(f"hard link target: {err}", entry.name, entry.header_offset) from None
 
-    def _xattrs(self, records: dict, name: bytes, offset: int) -> list[tuple[bytes, bytes]]:
+    def _xattrs(self, entry: TarEntry, records: dict) -> None:
+        """entry.xattrs from the PAX records; an ACL given as text also sets the permission
+        bits, as setting it on a file does (bsdtar writes the group bits without the mask)."""
+        name, offset = entry.name, entry.header_offset
         xattrs: dict[bytes, bytes | None] = {}
         acl_texts = {}
         for key, value in records.items():
             if key.startswith(_XATTR_SCHILY):
-                xattrs[key[len(_XATTR_SCHILY):]] = value
+                xname = key[len(_XATTR_SCHILY):]
+                xattrs[_gnu_unquote(xname) if b"%" in xname else xname] = value
             elif key.startswith(_XATTR_LIBARCHIVE):
                 xattrs[_url_unquote(key[len(_XATTR_LIBARCHIVE):])] = \
                     self._base64(value, key, name, offset)
@@ -743,13 +765,20 @@ class TarReader:
                 raise TarError("NFSv4 ACLs (SCHILY.acl.ace) cannot be stored in EROFS", name, offset)
         if b"" in xattrs:
             raise TarError("an xattr record without a name", name, offset)
-        for xname, value in xattrs.items():
-            if value is None:
-                try:
-                    xattrs[xname] = acl_from_text(acl_texts[xname], self._resolve_id)
-                except ValueError as err:
-                    raise TarError(str(err), name, offset) from None
-        return list(xattrs.items())
+        for xname, value in list(xattrs.items()):
+            if value is not None:
+                continue
+            try:
+                entries = acl_from_text(acl_texts[xname], self._resolve_id)
+            except ValueError as err:
+                raise TarError(str(err), name, offset) from None
+            if xname == b"system.posix_acl_access":
+                entry.mode = entry.mode & ~0o777 | acl_mode_bits(entries)
+                if acl_is_minimal(entries):
+                    del xattrs[xname]
+                    continue
+            xattrs[xname] = acl.encode_posix_acl(entries)
+        entry.xattrs = list(xattrs.items())
 
     @staticmethod
     def _base64(value: bytes, key: bytes, name: bytes, offset: int) -> bytes:
@@ -847,6 +876,11 @@ class TarReader:
             raise TarError(f"the sparse map covers a different byte count than the "
                            f"{payload} bytes stored", entry.name, entry.header_offset)
         entry.size, entry.sparse, entry.payload = realsize, extents, payload
+
+
+def _gnu_unquote(text: bytes) -> bytes:
+    """GNU tar writes ``=`` and ``%`` in SCHILY.xattr names as %3D and %25 (and nothing else)."""
+    return re.sub(rb"%3[Dd]|%25", lambda m: b"%" if m.group() == b"%25" else b"=", text)
 
 
 def _url_unquote(text: bytes) -> bytes:
