@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
 import stat
 import subprocess
 import tarfile
@@ -350,6 +349,19 @@ def test_truncated_compressed_input_fails(posix_tar, tmp_path, kind):
             read_all(tmp_path / "cut")
 
 
+def test_dump_of_the_decompressed_stream(posix_tar, tmp_path):
+    packed = subprocess.run(["gzip", "-c"], input=posix_tar.read_bytes(), stdout=subprocess.PIPE,
+                            check=True).stdout
+    (tmp_path / "t.gz").write_bytes(packed)
+    for source in (tmp_path / "t.gz", posix_tar):
+        with open(tmp_path / "dump", "wb") as dump:
+            with open_input(source, hint="gzip", dump=dump) as inp:
+                assert not inp.seekable
+                for _ in TarReader(inp):       # data not read is still copied
+                    pass
+        assert (tmp_path / "dump").read_bytes() == posix_tar.read_bytes()
+
+
 def test_hints_and_sniffing(posix_tar, tmp_path):
     assert sniff(posix_tar.read_bytes()[:512]) == "tar"
     with open_input(posix_tar, hint="gzip") as inp:     # --ungzip on a plain tar: read as is
@@ -368,8 +380,8 @@ def test_hints_and_sniffing(posix_tar, tmp_path):
 def header(name: bytes, typeflag: bytes = b"0", size: int = 0, *, mode: int = 0o644, uid: int = 0,
            gid: int = 0, mtime: int = 1_700_000_000, linkname: bytes = b"",
            magic: bytes = b"ustar\x0000", devmajor: bytes | None = None,
-           devminor: bytes | None = None, prefix: bytes = b"", fields: dict | None = None,
-           signed: bool = False) -> bytes:
+           devminor: bytes | None = None, prefix: bytes = b"", tail: bytes = b"",
+           fields: dict | None = None, signed: bool = False) -> bytes:
     f = {
         "name": name, "mode": b"%07o\0" % mode, "uid": b"%07o\0" % uid, "gid": b"%07o\0" % gid,
         "size": b"%011o\0" % size, "mtime": b"%011o\0" % mtime, "chksum": b" " * 8,
@@ -380,8 +392,9 @@ def header(name: bytes, typeflag: bytes = b"0", size: int = 0, *, mode: int = 0o
     f.update(fields or {})
     layout = [("name", 100), ("mode", 8), ("uid", 8), ("gid", 8), ("size", 12), ("mtime", 12),
               ("chksum", 8), ("typeflag", 1), ("linkname", 100), ("magic", 8), ("uname", 32),
-              ("gname", 32), ("devmajor", 8), ("devminor", 8), ("prefix", 155)]
-    block = bytearray(b"".join(f[k].ljust(n, b"\0")[:n] for k, n in layout).ljust(512, b"\0"))
+              ("gname", 32), ("devmajor", 8), ("devminor", 8), ("prefix", 155), ("tail", 12)]
+    f["tail"] = tail
+    block = bytearray(b"".join(f[k].ljust(n, b"\0")[:n] for k, n in layout))
     total = sum(b - 256 if signed and b >= 128 else b for b in block)
     if "chksum" not in (fields or {}):
         block[148:156] = b"%06o\0 " % total
@@ -537,16 +550,13 @@ def test_gnu_long_names_and_links():
 
 
 def test_prefix_and_star_prefix():
+    # star: a 130-byte prefix, then atime and ctime, and "tar\0" at the end of the block
+    star_prefix = b"star".ljust(130, b"\0") + b"1" * 25
     data = member(header(b"name", prefix=b"pre/fix")) + \
-        member(header(b"name", prefix=b"star".ljust(130, b"\0") + b"x" * 25,
-                      fields={"prefix": b"star".ljust(130, b"\0") + b"1" * 25})[:500] + b"tar\0".rjust(12, b"\0")) + END
-    # rebuild the star block's checksum after setting its trailer
-    blk = bytearray(data[512:1024])
-    blk[148:156] = b" " * 8
-    blk[148:156] = b"%06o\0 " % sum(blk)
-    data = data[:512] + bytes(blk) + data[1024:]
-    (a, _), (b, _) = parse(data)[0]
-    assert (a.path, b.path) == (b"pre/fix/name", b"star/name")
+        member(header(b"name", prefix=star_prefix, tail=bytes(8) + b"tar\0")) + \
+        member(header(b"name", prefix=b"ends/in/slash/")) + END
+    (a, _), (b, _), (c, _) = parse(data)[0]
+    assert (a.path, b.path, c.path) == (b"pre/fix/name", b"star/name", b"ends/in/slash/name")
 
 
 def test_hard_link_targets():
@@ -676,8 +686,10 @@ def test_acl_text_forms():
                                  (acl.ACL_GROUP, 5, 50), (acl.ACL_MASK, 7, acl.ACL_UNDEFINED_ID),
                                  (acl.ACL_OTHER, 0, acl.ACL_UNDEFINED_ID)])
     forms = [
-        b"user::rw-,group::r--,other::---,user:alice:rw-:1001,user:1000:rwx:1000,group:staff:r-x:50,mask::rwx",
-        b"user::rw-\nuser:1000:rwx\nuser:alice:rw-\t#effective:rw-\ngroup::r--\ngroup:staff:r-x\nmask::rwx\nother::---\n",
+        b"user::rw-,group::r--,other::---,user:alice:rw-:1001,user:1000:rwx:1000,"
+        b"group:staff:r-x:50,mask::rwx",
+        b"user::rw-\nuser:1000:rwx\nuser:alice:rw-\t#effective:rw-\ngroup::r--\n"
+        b"group:staff:r-x\nmask::rwx\nother::---\n",
         b"u::rw,u:alice:rw,u:1000:rwx,g::r,g:staff:rx,m:rwx,o::",
     ]
     for text in forms:
@@ -686,7 +698,8 @@ def test_acl_text_forms():
     assert want.index((1000).to_bytes(4, "little")) < want.index((1001).to_bytes(4, "little"))
     for bad, word in [(b"user::rw-,group::r--,other::r--,user:bob:r--", "no usable user id"),
                       (b"user::rw-,group::r--,other::r--,user:7:r--", "no mask"),
-                      (b"user::rw-,group::r--", "other::"), (b"user::rwz,group::r--,other::r--", "permissions"),
+                      (b"user::rw-,group::r--", "other::"),
+                      (b"user::rwz,group::r--,other::r--", "permissions"),
                       (b"user::rw-,user::r--,group::r--,other::r--", "user::"),
                       (b"world::rwx", "unknown")]:
         with pytest.raises(ValueError, match=word):
@@ -698,7 +711,8 @@ def test_acl_records_in_a_tar():
     data = pax([(b"SCHILY.acl.access", text), (b"SCHILY.xattr.user.k", b"v")]) + \
         member(header(b"f", mode=0o4644)) + \
         pax([(b"SCHILY.acl.access", b"user::rw-,group::r--,other::---")]) + member(header(b"minimal")) + \
-        pax([(b"SCHILY.acl.access", b"user::rw-,user:x:rw-"), (b"SCHILY.xattr.system.posix_acl_access", b"RAW")]) + \
+        pax([(b"SCHILY.acl.access", b"user::rw-,user:x:rw-"),
+             (b"SCHILY.xattr.system.posix_acl_access", b"RAW")]) + \
         member(header(b"raw wins")) + END
     (f, _), (minimal, _), (raw, _) = parse(data)[0]
     assert f.mode == stat.S_IFREG | 0o4764          # the group class shows the mask

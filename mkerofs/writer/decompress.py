@@ -76,6 +76,21 @@ class _Prefixed(io.RawIOBase):
         return len(data)
 
 
+class _Tee(io.RawIOBase):
+    """Reads `stream`, copying what it gives to `dump`."""
+
+    def __init__(self, stream: BinaryIO, dump: BinaryIO):
+        self._stream, self._dump = stream, dump
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self._dump.write(data)
+        return data
+
+
 def sniff(head: bytes) -> str | None:
     """The compression of a stream starting with `head`; "tar" for a tar header; None if unknown."""
     if len(head) >= 263 and head[257:262] == b"ustar":
@@ -124,12 +139,15 @@ def _is_regular_file(source) -> bool:
         return False
 
 
-def open_input(source: str | bytes | os.PathLike | BinaryIO, hint: str | None = None) -> TarInput:
+def open_input(source: str | bytes | os.PathLike | BinaryIO, hint: str | None = None,
+               dump: BinaryIO | None = None) -> TarInput:
     """Open `source` (a path, or a binary file object such as ``sys.stdin.buffer``) for reading
     tar blocks, decompressing it if its first bytes say it is compressed.
 
     `hint` is the decoder mkfs.erofs was asked for (one of HINTS); see the module docstring for
-    the one case where it matters. A file object is not closed by TarInput.close()."""
+    the one case where it matters. `dump` receives a copy of the decompressed stream as it is
+    read (``--ungzip=FILE``, ``--unxz=FILE``); the stream is then never seeked, so the copy is
+    whole. A file object is not closed by TarInput.close()."""
     if hint not in HINTS:
         raise ValueError(f"unknown decompression hint {hint!r}")
     owned = []
@@ -148,9 +166,10 @@ def open_input(source: str | bytes | os.PathLike | BinaryIO, hint: str | None = 
     kind = sniff(head)
     if kind is None:
         kind = "lzma" if hint in ("xz", "lzma") else "tar"
-    if kind == "tar":
-        return TarInput(raw, kind, regular, owned)
-    return TarInput(_decoder(kind, raw), kind, False, owned)
+    stream = raw if kind == "tar" else _decoder(kind, raw)
+    if dump is not None:
+        return TarInput(_Tee(stream, dump), kind, False, owned)
+    return TarInput(stream, kind, regular and kind == "tar", owned)
 
 
 def _decoder(kind: str, raw: BinaryIO) -> BinaryIO:

@@ -18,15 +18,23 @@ What is read (the formats GNU tar, bsdtar and Python's tarfile write):
   these, and ``\\0`` and ``S`` files, without a word.
 * PAX records ``LEN key=value\\n``: ``path``, ``linkpath``, ``size``, ``uid``, ``gid``,
   ``uname``, ``gname``, ``mtime`` (fraction kept to the ns; ``-1.5`` is 1.5 s before the
-  epoch), ``SCHILY.devmajor``/``devminor``, ``SCHILY.xattr.NAME`` (raw value),
-  ``LIBARCHIVE.xattr.URLNAME`` (base64 value), ``SCHILY.acl.access``/``default`` (turned into the
-  binary ``system.posix_acl_*`` value the kernel reads; a raw ``SCHILY.xattr.system.posix_acl_*``
-  record, which GNU tar writes beside the text, wins), GNU sparse 0.0, 0.1 and 1.0. An empty
-  value unsets a standard key (also one set globally). Other keys (atime, ctime, charset,
-  SCHILY.fflags, ...) are ignored: EROFS cannot store them. NFSv4 ACLs (``SCHILY.acl.ace``) are an
-  error. Global records apply to every later entry that does not set the key itself (mkfs.erofs
-  applies size/uid/gid/mtime only from the second entry on); a global ``path``, ``linkpath``,
-  ``size`` or sparse record is refused, as it would make every entry the same.
+  epoch, as POSIX, GNU tar and tarfile read it; libarchive writes -1.5 s as ``-2.5``, so a
+  bsdtar time before 1970 with a fraction comes out a second early), ``SCHILY.devmajor``/
+  ``devminor``, ``SCHILY.xattr.NAME`` (raw value; GNU tar's %3D and %25 in NAME decoded),
+  ``LIBARCHIVE.xattr.URLNAME`` (base64 value), ``SCHILY.acl.access``/``default`` (see below),
+  GNU sparse 0.0, 0.1 and 1.0. An empty value unsets a standard key (also one set globally).
+  Other keys (atime, ctime, charset, SCHILY.fflags, ...) are ignored: EROFS cannot store them.
+  NFSv4 ACLs (``SCHILY.acl.ace``) are an error. Global records apply to every later entry that
+  does not set the key itself (mkfs.erofs applies size/uid/gid/mtime only from the second entry
+  on); a global ``path``, ``linkpath``, ``size`` or sparse record is refused, as it would make
+  every entry the same.
+* ACLs as text (``SCHILY.acl.*``, GNU tar with names only, star/bsdtar with ids appended) become
+  the binary ``system.posix_acl_*`` value the kernel reads (ondisk/posix_acl.py); names without
+  an id are looked up on this host, as GNU tar does when extracting, and an unknown one is an
+  error. As setting it on a file would, an access ACL also sets the rwx bits of the mode (the
+  group class shows the mask: bsdtar's mode field does not), and an access ACL of only
+  user::/group::/other:: is no xattr at all. A raw ``SCHILY.xattr.system.posix_acl_*`` record,
+  which GNU tar writes beside the text, wins over the text.
 * Paths are normalised as mkfs.erofs walks them: leading and repeated ``/`` and ``.`` components
   dropped, ``..`` lexically to the parent (the root's parent is the root), so the root is
   ``b""``. A component over 255 bytes (EROFS_NAME_LEN) or a NUL is an error. Hard link targets
@@ -48,7 +56,7 @@ input is read to its end and discarded, counting it in `trailing_bytes` and noti
 writer such as containerd is then never killed by SIGPIPE, and a decompressor gets to check the
 stream's own trailer (CRC, size). mkfs.erofs leaves it unread.
 
-Use::
+Use (TarReader also takes a bare binary file object: then nothing is sniffed or seeked)::
 
     with open_input(path_or_file) as inp:
         reader = TarReader(inp)
@@ -188,7 +196,9 @@ def host_id(kind: str, name: str) -> int | None:
         return None
 
 
-_ACL_TAGS = {b"user": ("user", acl.ACL_USER_OBJ, acl.ACL_USER), b"group": ("group", acl.ACL_GROUP_OBJ, acl.ACL_GROUP),
+# text tag -> (what it is called in messages, its object tag, its named tag)
+_ACL_TAGS = {b"user": ("user", acl.ACL_USER_OBJ, acl.ACL_USER),
+             b"group": ("group", acl.ACL_GROUP_OBJ, acl.ACL_GROUP),
              b"mask": ("mask", acl.ACL_MASK, None), b"other": ("other", acl.ACL_OTHER, None)}
 _ACL_TAGS.update({k[:1]: v for k, v in list(_ACL_TAGS.items())})
 _ACL_PERMS = {ord("r"): acl.ACL_READ, ord("w"): acl.ACL_WRITE, ord("x"): acl.ACL_EXECUTE, ord("-"): 0}
@@ -414,20 +424,19 @@ class _Source:
         if n <= avail:
             self._pos += n
             return True
-        n -= avail
-        self._drop_buffer()
         if self._seekable:
+            n -= avail
+            self._drop_buffer()
             if self._base + n > self._size:
                 return False
             self._raw.seek(n, os.SEEK_CUR)
             self._base += n
             return True
-        while n:
-            data = self._read(min(n, _CHUNK))
-            if not data:
-                return False
-            self._base += len(data)
-            n -= len(data)
+        try:
+            for _piece in self.pieces(n):
+                pass
+        except EOFError:
+            return False
         return True
 
     def drain(self) -> tuple[int, bool]:
