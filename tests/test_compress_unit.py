@@ -357,7 +357,7 @@ def cfg_for(alg="lz4", bs=4096, pcs=None, legacy=False, ztail=False, **kw):
     (40, 6, (6, 0, 0)),
     (72, 23, (6, 16, 1)),
 ])
-def test_compact_split(header_end, nidx, expect):
+def test_compact_runs(header_end, nidx, expect):
     assert index.compact_runs(nidx, header_end) == expect
 
 

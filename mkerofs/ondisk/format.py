@@ -268,6 +268,17 @@ EROFS_INODE_EXTENDED_SIZE = _INODE_EXTENDED.size
 assert (EROFS_INODE_COMPACT_SIZE, EROFS_INODE_EXTENDED_SIZE) == (32, 64)
 
 
+# what the compact form's fields hold (larger values need the extended form)
+EROFS_COMPACT_INODE_MAX_SIZE = 0xFFFFFFFF     # le32 i_size
+EROFS_COMPACT_INODE_MAX_ID = 0xFFFF           # le16 i_uid, i_gid
+EROFS_COMPACT_INODE_MAX_NLINK = 0xFFFF        # le16 i_nb.nlink
+
+
+def fits_compact_inode(size: int, uid: int, gid: int, nlink: int) -> bool:
+    return (size <= EROFS_COMPACT_INODE_MAX_SIZE and uid <= EROFS_COMPACT_INODE_MAX_ID
+            and gid <= EROFS_COMPACT_INODE_MAX_ID and nlink <= EROFS_COMPACT_INODE_MAX_NLINK)
+
+
 def i_format(extended: bool, datalayout: int) -> int:
     return (int(extended) << EROFS_I_VERSION_BIT) | (datalayout << EROFS_I_DATALAYOUT_BIT)
 

@@ -47,6 +47,8 @@ _WHOLE_FRAGMENT = 1 << (8 * (fmt.Z_EROFS_MAP_HEADER_SIZE - 1) + fmt.Z_EROFS_FRAG
 _2B_ALIGN = 32                    # 2B packs start at a multiple of 32 bytes
 _PACK_BASE_SIZE = 4               # the le32 base block address ending every compact pack
 _ADDR_MASK = 0xFFFFFFFF
+_MAP_HEADER = fmt.Z_EROFS_MAP_HEADER
+_FRAGMENT_PCLUSTER = fmt.Z_EROFS_ADVISE_FRAGMENT_PCLUSTER
 
 
 # ---------------------------------------------------------------------------
@@ -66,17 +68,23 @@ class MapHeader:
 
     def pack(self, blkszbits: int) -> bytes:
         if self.whole_fragment:
-            return (self.fragmentoff | _WHOLE_FRAGMENT).to_bytes(fmt.Z_EROFS_MAP_HEADER_SIZE,
-                                                                 "little")
+            return pack_whole_fragment_header(self.fragmentoff)
         if self.records:
             raise NotImplementedError("extent records are not written")
-        if self.advise & fmt.Z_EROFS_ADVISE_FRAGMENT_PCLUSTER:
-            first = self.fragmentoff
-        else:
-            first = self.idata_size << 16
-        algs = self.algorithms[0] | self.algorithms[1] << 4
-        return fmt.Z_EROFS_MAP_HEADER.pack(first, self.advise, algs,
-                                           self.lclusterbits - blkszbits)
+        return pack_map_header(self.advise, self.algorithms[0], self.algorithms[1],
+                               self.lclusterbits - blkszbits, self.idata_size, self.fragmentoff)
+
+
+def pack_map_header(advise: int, head1_alg: int, head2_alg: int = 0, clusterbits: int = 0,
+                    idata_size: int = 0, fragmentoff: int = 0) -> bytes:
+    """MapHeader(...).pack() without the object (the writer makes one per compressed file)."""
+    first = fragmentoff if advise & _FRAGMENT_PCLUSTER else idata_size << 16
+    return _MAP_HEADER.pack(first, advise, head1_alg | head2_alg << 4, clusterbits)
+
+
+def pack_whole_fragment_header(fragmentoff: int) -> bytes:
+    """The map header of a file that is entirely a fragment at `fragmentoff`."""
+    return (fragmentoff | _WHOLE_FRAGMENT).to_bytes(fmt.Z_EROFS_MAP_HEADER_SIZE, "little")
 
 
 def unpack_map_header(raw: bytes, blkszbits: int, datalayout: int) -> MapHeader:
@@ -216,10 +224,7 @@ def compact_runs(totalidx: int, ebase: int, compacted_2b: bool = True) -> tuple[
     return initial, two, totalidx - initial - two
 
 
-def compact_pack(entry_size: int, lclusterbits: int) -> tuple[int, int, int] | None:
-    """(vcnt, encodebits, lobits) of a compact pack whose entries take `entry_size` (4 or 2)
-    bytes on average: vcnt entries of encodebits bits each (lobits of clusterofs/delta, then 2
-    of lcluster type), then the pack's le32 base block address.  None: not representable."""
+def _compact_pack(entry_size: int, lclusterbits: int) -> tuple[int, int, int] | None:
     if entry_size == 4 and lclusterbits <= 14:
         vcnt = 2
     elif entry_size == 2 and lclusterbits <= 12:
@@ -229,6 +234,21 @@ def compact_pack(entry_size: int, lclusterbits: int) -> tuple[int, int, int] | N
     lobits = max(lclusterbits, CBLKCNT.bit_length())
     encodebits = ((vcnt * entry_size - _PACK_BASE_SIZE) * 8) // vcnt
     return vcnt, encodebits, lobits
+
+
+_COMPACT_PACKS = {(size, bits): _compact_pack(size, bits) for size in (2, 4) for bits in range(32)}
+# what the encoder needs of a pack, looked up once per run of every compressed file: vcnt,
+# encodebits, lobits, bytes, bit position of the base
+_ENCODINGS = {key: (*p, p[0] * key[0], 8 * (p[0] * key[0] - _PACK_BASE_SIZE))
+              for key, p in _COMPACT_PACKS.items() if p is not None}
+assert PLAIN == 0       # the encoder leaves entries past the last lcluster as zero bits
+
+
+def compact_pack(entry_size: int, lclusterbits: int) -> tuple[int, int, int] | None:
+    """(vcnt, encodebits, lobits) of a compact pack whose entries take `entry_size` (4 or 2)
+    bytes on average: vcnt entries of encodebits bits each (lobits of clusterofs/delta, then 2
+    of lcluster type), then the pack's le32 base block address.  None: not representable."""
+    return _COMPACT_PACKS.get((entry_size, lclusterbits))
 
 
 def compact_regions(totalidx: int, ebase: int, compacted_2b: bool = True
@@ -270,10 +290,12 @@ def encode_compact(ent: Lclusters, ebase: int, start_blk: int, lclusterbits: int
                    big_pcluster: bool) -> bytes:
     """Compact indexes (COMPACTED_2B) for entries whose pclusters follow each other from
     `start_blk`; `ebase` is where they begin.  Heads' `hi` must be those addresses (checked)."""
-    if compact_pack(2, lclusterbits) is None:
+    encodings = _ENCODINGS
+    if (2, lclusterbits) not in encodings:
         raise ValueError("compact 2B indexes need lclusters of at most 4 KiB")
     types, los, his = ent.types, ent.lo, ent.hi
     nidx = len(types)
+    initial, two, end = compact_runs(nidx, ebase)
     out = bytearray()
     # The running block address as the decoder counts it.  Without big pclusters every head
     # adds one block and the base is the block of the last head before the pack.  With them,
@@ -282,32 +304,28 @@ def encode_compact(ent: Lclusters, ebase: int, start_blk: int, lclusterbits: int
     # stores the address after that increment.
     blk = start_blk if big_pcluster else start_blk - 1
     nonhead_mask = CBLKCNT - 1
-    for entry_size, first, n, _pos in compact_regions(nidx, ebase):
-        vcnt, encodebits, lobits = compact_pack(entry_size, lclusterbits)
-        packsize = vcnt * entry_size
-        basebits = 8 * (packsize - _PACK_BASE_SIZE)
-        filler = PLAIN << lobits            # entries after the last lcluster
+    for entry_size, first, n in ((4, 0, initial), (2, initial, two), (4, initial + two, end)):
+        if not n:
+            continue
+        vcnt, encodebits, lobits, packsize, basebits = encodings[entry_size, lclusterbits]
         for i0 in range(first, first + n, vcnt):
             base = blk
             bits = 0
             shift = 0
-            for k in range(vcnt):
-                i = i0 + k
-                if i >= nidx:
-                    bits |= filler << shift
-                    shift += encodebits
-                    continue
+            last = i0 + vcnt - 1
+            # entries past the last lcluster stay 0 bits: PLAIN, clusterofs 0
+            for i in range(i0, last + 1 if last < nidx else nidx):
                 t = types[i]
                 lo = los[i]
                 if t == NONHEAD:
                     if lo & CBLKCNT:
                         blk += lo & nonhead_mask
-                    elif k == vcnt - 1:
+                    elif i == last:
                         lo = min(his[i], nonhead_mask)      # the last entry keeps delta[1]
                 else:
                     if not big_pcluster or (i and types[i - 1] != NONHEAD):
                         blk += 1
-                        if big_pcluster and k == 0:
+                        if big_pcluster and i == i0:
                             base = blk
                     hi = his[i]
                     if hi and hi != blk:

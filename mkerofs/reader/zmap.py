@@ -2,15 +2,9 @@
 
 The rules are the kernel's (fs/erofs/zmap.c, decompressor*.c), restated:
 
-* The map header sits at the end of inode + inline xattrs rounded up to 8.  Bit 7 of
-  h_clusterbits set means the whole file lives in the packed inode at offset
-  ``le64(header) ^ (1 << 63)``.  Otherwise lclusterbits = blkszbits + (h_clusterbits & 15),
-  h_algorithmtype holds the HEAD1 algorithm (low nibble) and the HEAD2 one (high nibble), and
-  the first le32 is h_fragmentoff (FRAGMENT_PCLUSTER) or carries h_idata_size in its high half
-  (INLINE_PCLUSTER, i.e. ztailpacking).
-* One index per lcluster: ceil(size / lclustersize) of them.  Full indexes (8 bytes) start 16
-  bytes after the header start; compact ones right after the header, in packs that keep one
-  le32 base block address at their end (see format.z_erofs_compact_layout/_pack).
+* The map header and the lcluster indexes (full or compact) are decoded by
+  mkerofs/ondisk/index.py, which states their layout.  One index per lcluster:
+  ceil(size / lclustersize) of them.
 * An extent starts at every HEAD1/HEAD2/PLAIN lcluster, at its clusterofs, and runs to the
   start of the next one (or EOF).  Lcluster 0 must be a head at offset 0.  NONHEAD entries
   point back to their head (delta[0]) and forward to the next head (delta[1]); the kernel

@@ -16,10 +16,9 @@ How the kernel reads a compressed inode (fs/erofs/zmap.c), which is what everyth
 * With big pclusters (superblock bit 0x2) a pcluster may have several blocks; the block count
   is kept in delta[0] of the first NONHEAD (with Z_EROFS_LI_D0_CBLKCNT set).  A head whose next
   lcluster is not a NONHEAD has a one-block pcluster.
-* Index formats: "full" (COMPRESSED_FULL, 8 bytes per lcluster after a 16-byte header) and
-  "compact" (COMPRESSED_COMPACT, packs of 2 entries in 8 bytes or 16 entries in 32 bytes that
-  keep one base block address per pack; 2-byte packs must be 32-byte aligned, so the area
-  opens with a few 4-byte entries, then 2-byte packs, then 4-byte entries again).
+* Index formats: "full" (COMPRESSED_FULL, 8 bytes per lcluster) and "compact"
+  (COMPRESSED_COMPACT, packs with one base block address each); their bytes are
+  mkerofs/ondisk/index.py's business.
 * ztailpacking: the last pcluster may be stored inline, right after the index area, as long
   as it does not cross a block boundary.  Its bytes are then exactly the compressed (or raw)
   stream, without padding; the map header keeps its size.
@@ -491,7 +490,6 @@ def build_indexes(llens: Sequence[int], codes: Sequence[int], size: int, start_b
     The bytes: zero padding to 8, the map header, the indexes, then `idata`.
     """
     bs = cfg.block_size
-    blkszbits = fmt.blksz_bits(bs)
     big = cfg.big_pcluster
     hdr = fmt.z_erofs_map_header_pos(meta_size)
     advise = 0
@@ -499,10 +497,8 @@ def build_indexes(llens: Sequence[int], codes: Sequence[int], size: int, start_b
         advise |= fmt.Z_EROFS_ADVISE_FRAGMENT_PCLUSTER
         if len(llens) == 1:
             # the whole file is a fragment: the map header alone says where
-            header = index.MapHeader(advise, (0, 0), blkszbits, fragmentoff=fragment_off,
-                                     whole_fragment=True)
-            return fmt.EROFS_INODE_COMPRESSED_FULL, bytes(hdr - meta_size) + \
-                header.pack(blkszbits), advise
+            meta = bytes(hdr - meta_size) + index.pack_whole_fragment_header(fragment_off)
+            return fmt.EROFS_INODE_COMPRESSED_FULL, meta, advise
     # compact indexes can only count blocks forward from the file's first pcluster, and keep
     # 32 bits of the fragment offset
     deduped = addrs is not None and any(a >= 0 for a in addrs)
@@ -524,13 +520,14 @@ def build_indexes(llens: Sequence[int], codes: Sequence[int], size: int, start_b
         if big:
             advise |= fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_1 | fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_2
         body = index.encode_compact(ent, hdr + fmt.Z_EROFS_MAP_HEADER_SIZE, start_blk,
-                                    blkszbits, big)
+                                    fmt.blksz_bits(bs), big)
     if idata:
         advise |= fmt.Z_EROFS_ADVISE_INLINE_PCLUSTER
     alg = cfg.primary.algorithm_id if algorithm is None else algorithm
-    header = index.MapHeader(advise, (alg, 0), blkszbits, idata_size=len(idata),
-                             fragmentoff=0 if fragment_off is None else fragment_off & 0xFFFFFFFF)
-    meta = bytes(hdr - meta_size) + header.pack(blkszbits) + body + idata
+    # (with full indexes, the high 32 bits of the fragment offset are in its head's blkaddr)
+    header = index.pack_map_header(advise, alg, idata_size=len(idata),
+                                   fragmentoff=(fragment_off or 0) & 0xFFFFFFFF)
+    meta = bytes(hdr - meta_size) + header + body + idata
     assert len(meta) - len(idata) == index_area_size(size, meta_size, cfg, full)
     return layout, meta, advise
 
