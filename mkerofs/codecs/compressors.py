@@ -39,13 +39,18 @@ import ctypes.util
 import glob
 import importlib.util
 import os
-import struct
 import threading
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, runtime_checkable
 
 from ..errors import CompressorUnavailable
+from ..ondisk import format as fmt
+from ..ondisk.format import (LZ4_DISTANCE_MAX, Z_EROFS_COMPRESSION_DEFLATE, Z_EROFS_COMPRESSION_LZ4,
+                             Z_EROFS_COMPRESSION_LZMA, Z_EROFS_COMPRESSION_ZSTD,
+                             Z_EROFS_DEFLATE_MAX_DICT_SIZE, Z_EROFS_LZMA_MAX_DICT_SIZE,
+                             Z_EROFS_PCLUSTER_MAX_DSIZE, Z_EROFS_PCLUSTER_MAX_SIZE,
+                             Z_EROFS_ZSTD_MAX_DICT_SIZE)
 from ..util import parse_c_int
 
 __all__ = [
@@ -59,24 +64,9 @@ __all__ = [
     "Z_EROFS_LZMA_MAX_DICT_SIZE", "Z_EROFS_ZSTD_MAX_DICT_SIZE", "LZ4_DISTANCE_MAX",
 ]
 
-# --------------------------------------------------------------------------
-# on-disk constants
-# --------------------------------------------------------------------------
-Z_EROFS_COMPRESSION_LZ4 = 0
-Z_EROFS_COMPRESSION_LZMA = 1
-Z_EROFS_COMPRESSION_DEFLATE = 2
-Z_EROFS_COMPRESSION_ZSTD = 3
-
-Z_EROFS_PCLUSTER_MAX_SIZE = 1 << 20          # encoded bytes per pcluster
-Z_EROFS_PCLUSTER_MAX_DSIZE = 12 << 20        # decoded bytes per extent (kernel: -EOPNOTSUPP above)
-Z_EROFS_LZMA_MAX_DICT_SIZE = 8 * Z_EROFS_PCLUSTER_MAX_SIZE
-Z_EROFS_ZSTD_MAX_DICT_SIZE = Z_EROFS_PCLUSTER_MAX_SIZE
-Z_EROFS_DEFLATE_MAX_DICT_SIZE = 1 << 15
-LZ4_DISTANCE_MAX = 65535                     # liblz4's default history window
 EROFS_MAX_COMPR_CFGS = 64                    # mkfs.erofs's limit on -z entries
 
 _ZSTD_MIN_LEVEL = -(1 << 17)                 # ZSTD_minCLevel() of zstd >= 1.3.6
-_ZSTD_WINDOWLOG_MIN = 10                     # ZSTD_WINDOWLOG_ABSOLUTEMIN
 
 
 # --------------------------------------------------------------------------
@@ -188,9 +178,10 @@ def _parse_one(seg: str) -> CompressorSpec:
             raise ValueError(f"lzma dictsize {dictsize} out of range 4096-"
                              f"{Z_EROFS_LZMA_MAX_DICT_SIZE}")
         if name == "zstd" and (dictsize & (dictsize - 1) or
-                               not 1 << _ZSTD_WINDOWLOG_MIN <= dictsize <= Z_EROFS_ZSTD_MAX_DICT_SIZE):
+                               not 1 << fmt.Z_EROFS_ZSTD_WINDOWLOG_MIN <= dictsize
+                               <= Z_EROFS_ZSTD_MAX_DICT_SIZE):
             raise ValueError(f"zstd dictsize {dictsize} must be a power of two in "
-                             f"{1 << _ZSTD_WINDOWLOG_MIN}-{Z_EROFS_ZSTD_MAX_DICT_SIZE}")
+                             f"{1 << fmt.Z_EROFS_ZSTD_WINDOWLOG_MIN}-{Z_EROFS_ZSTD_MAX_DICT_SIZE}")
         if name == "deflate" and not 256 <= dictsize <= Z_EROFS_DEFLATE_MAX_DICT_SIZE:
             raise ValueError(f"deflate dictsize {dictsize} out of range 256-"
                              f"{Z_EROFS_DEFLATE_MAX_DICT_SIZE}")
@@ -599,7 +590,7 @@ class _Base:
 
 def _cfgs(payload: bytes) -> bytes:
     """On-disk record: __le16 payload size + payload."""
-    return struct.pack("<H", len(payload)) + payload
+    return fmt.pack_metadata_record(payload)
 
 
 # ---------------------------------------------------------------- LZ4 / LZ4HC
@@ -696,7 +687,7 @@ class LZ4Compressor(_Base):
         """z_erofs_lz4_cfgs: le16 max_distance, le16 max_pclusterblks, 10 reserved."""
         if not 1 <= max_pclusterblks or (max_pclusterblks << blkszbits) > Z_EROFS_PCLUSTER_MAX_SIZE:
             raise ValueError(f"max_pclusterblks {max_pclusterblks} out of range")
-        return _cfgs(struct.pack("<HH10x", self.max_distance, max_pclusterblks))
+        return _cfgs(fmt.Z_EROFS_LZ4_CFGS.pack(self.max_distance, max_pclusterblks))
 
 
 class LZ4HCCompressor(LZ4Compressor):
@@ -829,7 +820,7 @@ class LZMACompressor(_Base):
 
     def cfgs_record(self, max_pclusterblks: int, blkszbits: int) -> bytes | None:
         """z_erofs_lzma_cfgs: le32 dict_size, le16 format (0), 8 reserved."""
-        return _cfgs(struct.pack("<IH8x", self.dict_size, 0))
+        return _cfgs(fmt.Z_EROFS_LZMA_CFGS.pack(self.dict_size, 0))
 
 
 # ---------------------------------------------------------------- fitting search
@@ -1053,7 +1044,7 @@ class DeflateCompressor(_Base):
 
     def cfgs_record(self, max_pclusterblks: int, blkszbits: int) -> bytes | None:
         """z_erofs_deflate_cfgs: u8 windowbits, 5 reserved."""
-        return _cfgs(struct.pack("<B5x", self.windowbits))
+        return _cfgs(fmt.Z_EROFS_DEFLATE_CFGS.pack(self.windowbits))
 
 
 class LibdeflateCompressor(DeflateCompressor):
@@ -1172,7 +1163,8 @@ class ZstdCompressor(_Base):
 
     def cfgs_record(self, max_pclusterblks: int, blkszbits: int) -> bytes | None:
         """z_erofs_zstd_cfgs: u8 format (0), u8 windowlog-10, 4 reserved."""
-        return _cfgs(struct.pack("<BB4x", 0, self.window_log - _ZSTD_WINDOWLOG_MIN))
+        windowlog = self.window_log - fmt.Z_EROFS_ZSTD_WINDOWLOG_MIN
+        return _cfgs(fmt.Z_EROFS_ZSTD_CFGS.pack(0, windowlog))
 
 
 # --------------------------------------------------------------------------
