@@ -14,7 +14,7 @@ from ..codecs import compressors
 from ..util import parse_c_int
 from ..writer.build import build
 from ..writer.options import BuildOptions, TimeInherit
-from .common import (CInt, GID, GID_OFFSET, OFFSET, UID, UID_OFFSET, debug_options, run)
+from .common import CInt, GID, GID_OFFSET, OFFSET, UID, UID_OFFSET, debug_options, run
 
 # long options whose value is optional: like getopt, they take one only after '='
 _OPTIONAL_VALUE = {"--tar", "--ovlfs-strip", "--ungzip", "--gzinfo", "--unxz", "--unlzma",
@@ -177,7 +177,8 @@ class _MkfsStyleCommand(click.Command):
                                  "max_content_width": 100})
 @click.argument("image", type=click.Path(dir_okay=False, allow_dash=False))
 @click.argument("source", type=click.Path())
-@click.option("-b", "block_size", metavar="#", type=CInt("block size", suffixes=True), help="block size in bytes (512..4096; default 4096)")
+@click.option("-b", "block_size", metavar="#", type=CInt("block size", suffixes=True),
+              help="block size in bytes (512..4096; default 4096)")
 @debug_options(expose_level=True)
 @click.option("-x", "xattr_tolerance", metavar="#", type=CInt("xattr tolerance", minimum=None),
               help="xattr tolerance (< 0: no xattrs)")
@@ -192,7 +193,8 @@ class _MkfsStyleCommand(click.Command):
                    "[^]legacy-compress, [^]ztailpacking, [^]fragments[=SIZE], "
                    "[^]all-fragments[=SIZE], [^]dedupe, [^]fragdedupe[=inode|full]")
 @click.option("-L", "label", metavar="LABEL", help="volume label (at most 15 bytes)")
-@click.option("-T", "timestamp", metavar="#", type=CInt("UNIX timestamp"), help="fixed UNIX timestamp as build time")
+@click.option("-T", "timestamp", metavar="#", type=CInt("UNIX timestamp"),
+              help="fixed UNIX timestamp as build time")
 @click.option("--all-time", is_flag=True, callback=_in_order, expose_value=False, help="apply the -T timestamp to all files (default)")
 @click.option("--mkfs-time", is_flag=True, callback=_in_order, expose_value=False, help="apply the -T timestamp as build time only")
 @click.option("-U", "uuid", metavar="UUID", help="filesystem UUID, 'clear' or 'random'")
