@@ -92,8 +92,9 @@ def _note_debug(ctx: click.Context, param: click.Parameter, value):
 def debug_options(expose_level: bool = False, hidden: bool = False):
     """-d# (verbosity; 9 shows tracebacks on errors) and --debug (the same as -d9)."""
     def decorate(func):
-        func = click.option("--debug", "debug_flag", is_flag=True, expose_value=False, hidden=True,
-                            callback=_note_debug, help="show tracebacks on errors")(func)
+        func = click.option("--debug", "debug_flag", is_flag=True, expose_value=False,
+                            hidden=hidden, callback=_note_debug,
+                            help="show tracebacks on errors (as -d9)")(func)
         return click.option("-d", "debug", metavar="#", type=DEBUG_LEVEL, hidden=hidden,
                             expose_value=expose_level, callback=_note_debug,
                             help="verbosity 0-9; 9 also shows tracebacks on errors")(func)
