@@ -5,7 +5,7 @@ options (non-zero exit, one line on stderr, no traceback, no image left,
 an existing image untouched).
 
 These tests only read the image bytes (superblock and inode table via
-helpers.ErofsImage); none needs root.
+support.oracle.ErofsImage); none needs root.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import uuid as uuidlib
 
 import pytest
 
-from helpers import (FIXED_T, assert_clean_failure, build_image, image_inodes,
-                     make_full_tree, read_superblock, run_mkerofs, set_tree_times,
-                     write_file)
+from support.oracle import image_inodes, read_superblock
+from support.run import assert_clean_failure, run_mkerofs
+from support.trees import FIXED_T, make_full_tree, set_tree_times, write_file
 
 UUID1 = "0123abcd-4567-89ef-0123-456789abcdef"
 
@@ -413,7 +413,7 @@ REGEXES = ["[[:digit:]]", "^r/[[:upper:]]+$", "new.line", "tail$", "[]]", "[\\]"
 
 @pytest.mark.parametrize("rx", REGEXES)
 def test_exclude_regex_matches_glibc(rx, src, image):
-    from helpers import posix_regex_search
+    from support.oracle import posix_regex_search
     r_dir = os.path.join(os.fsencode(src), b"r")
     os.mkdir(r_dir)
     for nm in REGEX_NAMES:

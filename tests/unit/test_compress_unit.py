@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import random
 import struct
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from mkerofs.writer import compress as z  # noqa: E402
-from mkerofs.writer import workers as zw  # noqa: E402
-from mkerofs.codecs import compressors  # noqa: E402
-from mkerofs.ondisk import format as fmt  # noqa: E402
+from mkerofs.writer import compress as z
+from mkerofs.writer import workers as zw
+from mkerofs.codecs import compressors
+from mkerofs.ondisk import format as fmt
 
 HAVE = set(compressors.available_compressors())
 needs_lz4 = pytest.mark.skipif("lz4" not in HAVE, reason="liblz4 not available")

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (build_image, copy_tree, fsb, kernel_mount, make_full_tree, mkerofs_env,
-                     write_file)
+from support.mounts import kernel_mount
+from support.paths import fsb
+from support.run import build_image, mkerofs_env
+from support.trees import copy_tree, make_full_tree, write_file
 
 # option sets of the builder the reader must read back (name -> mkerofs options)
 OPTION_SETS = {
@@ -102,7 +104,7 @@ def source_tree() -> Path:
     os.setxattr(root / "modes" / "f0755", "security.capability", caps)
     os.setxattr(root / "files" / "empty", "security.selinux", b"system_u:object_r:etc_t:s0\0")
     # restore the times the xattr/ACL calls did not change but make_full_tree set before
-    from helpers import set_tree_times
+    from support.trees import set_tree_times
     set_tree_times(root)
     return root
 
@@ -133,7 +135,7 @@ def info_fields(out: str) -> dict[str, str]:
 
 
 def test_info_shows_superblock(plain):
-    from helpers import read_superblock
+    from support.oracle import read_superblock
     sb = read_superblock(plain)
     f = info_fields(run_read("info", plain).stdout)
     assert f["block size"] == "4096"
@@ -399,9 +401,9 @@ def editable(tmp_path_factory):
             for x in os.listxattr(full, follow_symlinks=False):
                 os.setxattr(os.path.join(fsb(copy), rel), x,
                             os.getxattr(full, x, follow_symlinks=False), follow_symlinks=False)
-    from helpers import _walk
+    from support.compare import walk_tree
     # re-apply mtimes (setxattr does not touch mtime, but be sure of directories)
-    for rel, st in sorted(_walk(src).items(), key=lambda kv: -kv[0].count(b"/")):
+    for rel, st in sorted(walk_tree(src).items(), key=lambda kv: -kv[0].count(b"/")):
         os.utime(os.path.join(fsb(copy), rel) if rel else fsb(copy),
                  ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
     return copy
