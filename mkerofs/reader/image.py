@@ -23,7 +23,8 @@ Notes on the API (beyond the names agreed with the front end):
 * read() refuses to build more than READ_LIMIT bytes in one call; iter_data() streams.
 * lookup() raises NotFoundError (an ImageError and a FileNotFoundError) for missing names.
 * Inode.is_dir(), is_reg() ... are methods, as on os.DirEntry; major/minor are properties.
-* verify(progress) calls progress(inodes checked, superblock inode count) after each inode.
+* verify(progress) calls progress(inodes checked, superblock inode count) after each inode;
+  verify_report() also says how many inodes and bytes of file data it checked.
 * Extras: Image.root_nid, blocks, build_time, epoch, image_size, packed_inode,
   long_xattr_prefixes(), compression_configs(); Extent.interlaced.
 
@@ -50,7 +51,7 @@ from . import zmap
 from ..errors import ImageError
 from .zmap import Extent
 
-__all__ = ["Image", "Inode", "Extent", "ImageError", "NotFoundError", "READ_LIMIT"]
+__all__ = ["Image", "Inode", "Extent", "ImageError", "NotFoundError", "VerifyReport", "READ_LIMIT"]
 
 READ_LIMIT = 1 << 31             # read() builds at most this many bytes; iter_data() streams
 MAX_DEPTH = 4096                 # walk(): deeper trees are refused (paths would exceed PATH_MAX)
@@ -1003,7 +1004,20 @@ class Image:
         from the root (and the packed inode), every directory, every xattr, decodes every
         pcluster and cross-checks link counts.  `progress(done, total)` is called after each
         inode with the number checked and the superblock's inode count."""
-        return _Verifier(self, progress).run()
+        return self.verify_report(progress).problems
+
+    def verify_report(self, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+        """verify(), with what it covered: inodes checked and bytes of file data."""
+        verifier = _Verifier(self, progress)
+        problems = verifier.run()
+        return VerifyReport(problems, verifier.done, verifier.data_bytes)
+
+
+@dataclass
+class VerifyReport:
+    problems: list[str]     # [] = clean
+    inodes: int             # inodes checked (the packed inode included)
+    data_bytes: int         # sizes of the regular files reached, each inode once
 
 
 class _Verifier:
@@ -1014,6 +1028,7 @@ class _Verifier:
         self.progress = progress
         self.problems: list[str] = []
         self.done = 0
+        self.data_bytes = 0
         self.fs_end = img.blocks * img.block_size
         sb = img.superblock
         self.decoded: set = set()
@@ -1092,6 +1107,8 @@ class _Verifier:
                 if nid not in first:
                     first[nid] = (cpath, child.nlink)
                     self.check_inode(child, cpath)
+                    if child.is_reg():
+                        self.data_bytes += child.size
             if d.nlink != 2 + subdirs:
                 self.report(f"{_show(path)}: nlink {d.nlink}, but the directory has {subdirs} "
                             f"subdirectories (expected {2 + subdirs})")

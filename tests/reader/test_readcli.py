@@ -573,3 +573,133 @@ def test_help_lists_commands():
         assert f"  {c} " in out, c
     for c in ("info", "ls", "stat", "cat", "extract", "tar", "verify", "compare"):
         assert run_read(c, "--help").returncode == 0
+
+
+# ---------------------------------------------------------------------------
+# integers, exit statuses and -d9/--debug: the runner and integer syntax shared with mkerofs
+
+def _one_line(r: subprocess.CompletedProcess) -> str:
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def small_tree(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("small") / "src"
+    src.mkdir()
+    write_file(src / "f", 5000)
+    os.chown(src / "f", 1000, 1000)
+    return src
+
+
+@pytest.mark.parametrize("form,value", [("8", 8), ("010", 8), ("0x400", 1024), ("0X400", 1024)])
+def test_offset_forms_agree_with_mkerofs(form, value, small_tree, tmp_path):
+    """What mkerofs --offset takes, mkerofs-read --offset takes, with the same meaning."""
+    img = tmp_path / "i.img"
+    build_image(img, small_tree, f"--offset={form}", "-Lofs")
+    assert img.read_bytes()[value + 1024:value + 1028] == bytes.fromhex("e2e1f5e0")
+    for args in (["--offset", form], [f"--offset={form}"]):
+        f = info_fields(run_read("info", *args, img).stdout)
+        assert f["label"] == "ofs" and f["image"] == f"{img} (at offset {value})"
+    assert run_read("ls", f"--offset={form}", img).stdout == "f\n"
+
+
+@pytest.mark.parametrize("form", ["1k", "-1", "junk", "0x", "08", "", "1.5"])
+def test_offset_forms_refused_by_both(form, small_tree, tmp_path):
+    img = tmp_path / "i.img"
+    r = subprocess.run([sys.executable, "-m", "mkerofs", f"--offset={form}", img, small_tree],
+                       env=mkerofs_env(), capture_output=True, text=True)
+    assert r.returncode == 2 and "invalid offset" in _one_line(r)
+    assert not img.exists()
+    img.write_bytes(bytes(8192))
+    for cmd in ("info", "ls", "verify", "cat"):
+        r = run_read(cmd, f"--offset={form}", img, *(["/f"] if cmd == "cat" else []),
+                     check=2)
+        line = _one_line(r)
+        assert line.startswith(f"mkerofs-read: Invalid value for '--offset': invalid offset")
+        assert line.endswith(f"(try 'mkerofs-read {cmd} --help')"), line
+
+
+def test_owner_options_in_c_syntax(small_tree, tmp_path):
+    """compare takes the build's owner options in the build's syntax."""
+    img = tmp_path / "i.erofs"
+    build_image(img, small_tree, "--uid-offset=0x5", "--force-gid=07")
+    run_read("compare", "--uid-offset=0x5", "--force-gid=07", img, small_tree)
+    run_read("compare", "--uid-offset=05", "--force-gid=0x7", img, small_tree)
+    r = run_read("compare", "--uid-offset=010", "--force-gid=7", img, small_tree, check=1)
+    assert "uid 1005 in the image, expected 1008" in r.stdout, r.stdout
+    for bad in (["--uid-offset=-1"], ["--force-gid=x"], ["--force-uid=1k"], ["--max=junk"]):
+        assert "Invalid value" in _one_line(run_read("compare", *bad, img, small_tree,
+                                                     check=2))
+
+
+def test_max_in_c_syntax(small_tree, tmp_path):
+    img = tmp_path / "i.erofs"
+    build_image(img, small_tree)
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in "abcdefghijk":                  # 11 files the image does not have, and no f
+        write_file(other / name, 1)
+    full = run_read("compare", img, other, check=1).stdout.splitlines()
+    assert len(full) >= 12
+    for form, n in (("0x2", 2), ("010", 8), ("9", 9)):
+        assert run_read("compare", "--max", form, img, other, check=1).stdout.splitlines() \
+            == full[:n]
+
+
+@pytest.mark.parametrize("debug", [["--debug"], ["-d9"], ["-d", "9"], ["-d011"]],
+                         ids=["debug", "d9", "d-9", "d-octal-9"])
+def test_debug_shows_traceback_and_keeps_status(debug, plain, tmp_path):
+    # on the group and on the subcommand
+    for args in ([*debug, "stat", plain, "/nope"], ["stat", *debug, plain, "/nope"]):
+        r = run_read(*args, check=1)
+        assert "Traceback" in r.stderr and "NotFoundError" in r.stderr, r.stderr
+        assert r.stderr.splitlines()[-1].startswith(f"mkerofs-read: {plain}: /nope")
+    # an unreadable image keeps its status 2
+    r = run_read("verify", *debug, tmp_path / "absent.erofs", check=2)
+    assert "Traceback" in r.stderr
+    assert r.stderr.splitlines()[-1].startswith("mkerofs-read: ")
+
+
+def test_no_traceback_without_debug_or_for_usage_errors(plain):
+    r = run_read("-d8", "stat", plain, "/nope", check=1)
+    assert _one_line(r).startswith(f"mkerofs-read: {plain}: /nope")
+    for args in (["--debug", "stat", plain], ["-d9", "bogus"], ["stat", "-d10", plain, "/"],
+                 ["ls", "--debug", "--offset", "junk", plain]):
+        line = _one_line(run_read(*args, check=2))
+        assert line.startswith("mkerofs-read: ") and "--help" in line, line
+
+
+def test_os_error_is_one_line(plain, tmp_path):
+    out = tmp_path / "no" / "dir" / "x.tar"
+    r = run_read("tar", "-o", out, plain, check=1)
+    assert _one_line(r) == f"mkerofs-read: {out}: No such file or directory"
+
+
+def test_usage_error_is_one_line():
+    line = _one_line(run_read("cat", check=2))
+    assert line.startswith("mkerofs-read: Missing argument 'IMAGE'")
+    assert line.endswith("(try 'mkerofs-read cat --help')")
+
+
+def test_listing_walk_reads_only_directories(plain):
+    """ls -R (names only) walks with iter_tree(leaf_inodes=False): the same paths as the full
+    walk, reading no inode but directories'."""
+    from mkerofs.reader import Image
+    from mkerofs.reader.extract import ENTER, LEAF, LEAVE, iter_tree
+    with Image.open(plain) as img:
+        full = [(e, p) for e, p, _ in iter_tree(img, img.root, check=False)]
+        dirs = sum(1 for e, _ in full if e == ENTER)
+        read = []
+        real = img.inode
+        img.inode = lambda nid: read.append(nid) or real(nid)
+        names = [(e, p, i) for e, p, i in iter_tree(img, img.root, check=False,
+                                                     leaf_inodes=False)]
+    assert [(e, p) for e, p, _ in names] == full
+    assert all(i is None for e, _, i in names if e == LEAF)
+    assert len(read) == dirs                            # (img.root reads the root's)
+    out = run_read("ls", "-R", plain).stdout_bytes.split(b"\n")[:-1]
+    # (one name holds a newline: compare the number of lines it adds)
+    assert len(out) == len([p for e, p in full if e != LEAVE and p != b"/"]) + \
+        sum(p.count(b"\n") for e, p in full if e != LEAVE)
