@@ -17,3 +17,7 @@ class ImageError(MkerofsError):
 
 class CompressorUnavailable(MkerofsError, RuntimeError):
     """The native library needed for an algorithm is missing or too old."""
+
+
+class ExtractError(MkerofsError):
+    """The destination cannot take an extraction (not empty, not a directory, I/O failure)."""

@@ -1,5 +1,10 @@
 """pytest configuration for the mkerofs suite.
 
+Layout: support/ (the oracle parser, running mkerofs, mounts, tree builders, tree comparison),
+unit/ (no image needed), reader/ (mkerofs.reader and mkerofs-read), writer/ (building images:
+the CLI, output targets, --verify), kernel/ (images mounted by the kernel). Test files have
+unique basenames: the folders are not packages.
+
 Markers (registered here):
   kernel  - needs root and a kernel that mounts erofs images
   loop    - needs loop devices (losetup)
@@ -17,7 +22,6 @@ import functools
 import os
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +31,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import helpers  # noqa: E402
+from support.mounts import MountError, assert_fsck_ok, kernel_mount, loop_device  # noqa: E402
+from support.oracle import EROFS_MAGIC  # noqa: E402
 
 
 def pytest_configure(config):
@@ -56,7 +61,7 @@ def _tiny_erofs_image() -> bytes:
     crafted by hand so that probing the kernel depends on nothing else."""
     img = bytearray(4096)
     root_nid = 36                       # inode at byte 1152, right after the sb
-    sb = struct.pack("<IIIBBHQQIIII", helpers.EROFS_MAGIC, 0, 0, 12, 0, root_nid,
+    sb = struct.pack("<IIIBBHQQIIII", EROFS_MAGIC, 0, 0, 12, 0, root_nid,
                      1, 0, 0, 1, 0, 0)
     img[1024:1024 + len(sb)] = sb
     names = b"..."                      # "." then ".."
@@ -83,10 +88,10 @@ def kernel_problem() -> str | None:
         with open(img, "wb") as f:
             f.write(_tiny_erofs_image())
         try:
-            with helpers.kernel_mount(img) as mnt:
+            with kernel_mount(img) as mnt:
                 if os.listdir(mnt) != []:
                     return "probe image mounted but looks wrong"
-        except helpers.MountError as e:
+        except MountError as e:
             return f"the kernel cannot mount erofs: {e}"
     return None
 
@@ -102,10 +107,10 @@ def loop_problem() -> str | None:
         with open(f, "wb") as fh:
             fh.truncate(1 << 20)
         try:
-            with helpers.loop_device(f) as dev:
+            with loop_device(f) as dev:
                 if not os.path.exists(dev):
                     return f"losetup returned {dev!r}, which does not exist"
-        except helpers.MountError as e:
+        except MountError as e:
             return f"no loop devices: {e}"
     return None
 
@@ -137,29 +142,29 @@ def pytest_runtest_setup(item):
 @pytest.fixture
 def kernel():
     """Skip (or fail with MKEROFS_REQUIRE_KERNEL=1) unless erofs images can
-    be mounted; returns helpers.kernel_mount."""
+    be mounted; returns support.mounts.kernel_mount."""
     problem = kernel_problem()
     if problem:
         _unavailable(problem)
-    return helpers.kernel_mount
+    return kernel_mount
 
 
 @pytest.fixture
 def loop():
-    """Returns helpers.loop_device (a context manager) if loop devices work."""
+    """Returns support.mounts.loop_device (a context manager) if loop devices work."""
     problem = loop_problem()
     if problem:
         _unavailable(problem)
-    return helpers.loop_device
+    return loop_device
 
 
 @pytest.fixture
 def fsck():
-    """Returns helpers.assert_fsck_ok if fsck.erofs is installed."""
+    """Returns support.mounts.assert_fsck_ok if fsck.erofs is installed."""
     problem = fsck_problem()
     if problem:
         _unavailable(problem)
-    return helpers.assert_fsck_ok
+    return assert_fsck_ok
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ import click
 from .. import __version__
 from ..codecs import registry
 from ..codecs.spec import parse_compressor_spec
+from ..util import parse_c_int
 from ..writer.build import build
-from ..errors import BuildError
-from ..util import parse_c_int as options_parse_c_int
 from ..writer.options import BuildOptions, TimeInherit
+from .common import CInt, GID, GID_OFFSET, OFFSET, UID, UID_OFFSET, debug_options, run
 
 # long options whose value is optional: like getopt, they take one only after '='
 _OPTIONAL_VALUE = {"--tar", "--ovlfs-strip", "--ungzip", "--gzinfo", "--unxz", "--unlzma",
@@ -36,13 +36,6 @@ _NOT_IMPLEMENTED = {
 }
 
 
-def parse_c_int(text: str, what: str, minimum: int | None = 0, suffixes: bool = False) -> int:
-    try:
-        return options_parse_c_int(text, what, minimum, suffixes)
-    except ValueError as err:
-        raise click.BadParameter(str(err)) from None
-
-
 _UUID_FORM = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
@@ -59,7 +52,7 @@ def parse_uuid(text: str) -> bytes | None:
 
 def _in_order(ctx: click.Context, param: click.Parameter, value):
     """Record options whose effects override each other, so the last one given wins (getopt)."""
-    if value:
+    if value is not None and value is not False:
         ctx.meta.setdefault("mkerofs.ordered", []).append((param.name, value))
     return value
 
@@ -125,7 +118,7 @@ def _set_zfeature(options: BuildOptions, key: str, on: bool, value: str | None,
         options.fragments = True
         if value is not None:
             try:
-                options.packed_pcluster_size = options_parse_c_int(
+                options.packed_pcluster_size = parse_c_int(
                     value, "pcluster size for the packed file", minimum=0, suffixes=True)
             except ValueError:
                 raise click.BadParameter(f"invalid pcluster size {value!r} for the packed file",
@@ -144,10 +137,9 @@ def _set_zfeature(options: BuildOptions, key: str, on: bool, value: str | None,
                                "(needs the 48-bit on-disk format)")
 
 
-def apply_zfeature_bits(options: BuildOptions, text: str) -> None:
+def apply_zfeature_bits(options: BuildOptions, bits: int) -> None:
     """--zfeature-bits=#: bit i turns the i-th feature of _ZFEATURES on or off, up to the
     highest bit set."""
-    bits = parse_c_int(text, "zfeature bits")
     i = 0
     while bits:
         if i >= len(_ZFEATURES):
@@ -186,13 +178,15 @@ class _MkfsStyleCommand(click.Command):
                                  "max_content_width": 100})
 @click.argument("image", type=click.Path(dir_okay=False, allow_dash=False))
 @click.argument("source", type=click.Path())
-@click.option("-b", "block_size", metavar="#", help="block size in bytes (512..4096; default 4096)")
-@click.option("-d", "debug", metavar="#", help="verbosity 0-9; 9 also shows tracebacks")
-@click.option("-x", "xattr_tolerance", metavar="#", help="xattr tolerance (< 0: no xattrs)")
+@click.option("-b", "block_size", metavar="#", type=CInt("block size", suffixes=True),
+              help="block size in bytes (512..4096; default 4096)")
+@debug_options(expose_level=True)
+@click.option("-x", "xattr_tolerance", metavar="#", type=CInt("xattr tolerance", minimum=None),
+              help="xattr tolerance (< 0: no xattrs)")
 @click.option("-z", "compressor", metavar="X[,level=Y][:...]",
               help="compress files with X (lz4, lz4hc, lzma, deflate, libdeflate, zstd), "
                    "options after commas; more algorithms after colons")
-@click.option("-C", "pcluster_size", metavar="#",
+@click.option("-C", "pcluster_size", metavar="#", type=CInt("physical clustersize"),
               help="largest physical cluster in bytes (default: the block size)")
 @click.option("-E", "extended", multiple=True, metavar="X[,...]",
               help="extended options: [^]inline_data, noinline_data, force-inode-compact, "
@@ -200,15 +194,16 @@ class _MkfsStyleCommand(click.Command):
                    "[^]legacy-compress, [^]ztailpacking, [^]fragments[=SIZE], "
                    "[^]all-fragments[=SIZE], [^]dedupe, [^]fragdedupe[=inode|full]")
 @click.option("-L", "label", metavar="LABEL", help="volume label (at most 15 bytes)")
-@click.option("-T", "timestamp", metavar="#", help="fixed UNIX timestamp as build time")
+@click.option("-T", "timestamp", metavar="#", type=CInt("UNIX timestamp"),
+              help="fixed UNIX timestamp as build time")
 @click.option("--all-time", is_flag=True, callback=_in_order, expose_value=False, help="apply the -T timestamp to all files (default)")
 @click.option("--mkfs-time", is_flag=True, callback=_in_order, expose_value=False, help="apply the -T timestamp as build time only")
 @click.option("-U", "uuid", metavar="UUID", help="filesystem UUID, 'clear' or 'random'")
 @click.option("--all-root", is_flag=True, callback=_in_order, expose_value=False, help="make all files owned by root")
-@click.option("--force-uid", metavar="#", callback=_in_order, expose_value=False, help="set all file uids to #")
-@click.option("--force-gid", metavar="#", callback=_in_order, expose_value=False, help="set all file gids to #")
-@click.option("--uid-offset", metavar="#", help="add # to all file uids")
-@click.option("--gid-offset", metavar="#", help="add # to all file gids")
+@click.option("--force-uid", metavar="#", type=UID, callback=_in_order, expose_value=False, help="set all file uids to #")
+@click.option("--force-gid", metavar="#", type=GID, callback=_in_order, expose_value=False, help="set all file gids to #")
+@click.option("--uid-offset", metavar="#", type=UID_OFFSET, help="add # to all file uids")
+@click.option("--gid-offset", metavar="#", type=GID_OFFSET, help="add # to all file gids")
 @click.option("--exclude-path", multiple=True, metavar="PATH",
               help="skip this exact path (relative to SOURCE); repeatable")
 @click.option("--exclude-regex", multiple=True, metavar="RE",
@@ -218,22 +213,24 @@ class _MkfsStyleCommand(click.Command):
 @click.option("--preserve-mtime", is_flag=True, default=None, callback=_in_order, expose_value=False,
               help="keep per-file modification times strictly (default)")
 @click.option("--hard-dereference", is_flag=True, help="store hard links as separate inodes")
-@click.option("--offset", metavar="#", help="skip # bytes at the beginning of IMAGE")
+@click.option("--offset", metavar="#", type=OFFSET, help="skip # bytes at the beginning of IMAGE")
 @click.option("--mount-point", metavar="PATH", help="prefix of target paths (default: /)")
 @click.option("--xattr-prefix", "xattr_prefix", multiple=True, metavar="X",
               help="extra xattr name prefix stored once in a table; repeatable")
 @click.option("--root-xattr-isize", "root_xattr_isize", metavar="#",
+              type=CInt("root xattr isize"),
               help="make the root's inline xattr area at least # bytes")
 @click.option("--file-contexts", "file_contexts", metavar="FILE",
               help="SELinux file_contexts to label files with")
 @click.option("--compress-hints", "compress_hints", metavar="FILE",
               help="per-file pcluster size and algorithm: lines of 'SIZE [ALG#] REGEX'")
 @click.option("--max-extent-bytes", "max_extent_bytes", metavar="#",
+              type=CInt("maximum compressed extent size", minimum=-2**31, maximum=2**31 - 1),
               help="largest decompressed extent in bytes")
-@click.option("--zfeature-bits", "zfeature_bits", metavar="#",
+@click.option("--zfeature-bits", "zfeature_bits", metavar="#", type=CInt("zfeature bits"),
               help="set (1) or clear (0) compression features by bit: legacy-compress, "
                    "ztailpacking, fragments, all-fragments, dedupe, fragdedupe")
-@click.option("--workers", metavar="#",
+@click.option("--workers", metavar="#", type=CInt("number of workers", minimum=1),
               help="worker processes for compression and copying (default: the CPUs)")
 @click.option("--quiet", is_flag=True, help="print nothing on success")
 @click.option("--verify", is_flag=True,
@@ -255,35 +252,30 @@ def command(image, source, block_size, debug, compressor, pcluster_size,
             raise click.UsageError(f"option {_NOT_IMPLEMENTED[dest]}: not implemented in mkerofs yet")
     if random_pclusterblks:
         raise click.UsageError("option --random-pclusterblks: not implemented in mkerofs yet")
-    options = BuildOptions(quiet=quiet, verify=verify)
-    if block_size is not None:
-        options.block_size = parse_c_int(block_size, "block size", suffixes=True)
-    if debug is not None:
-        options.debug = parse_c_int(debug, "debug level")
-        if options.debug > 9:
-            raise click.BadParameter(f"invalid debug level {debug}", param_hint="-d")
+    options = BuildOptions(quiet=quiet, verify=verify, xattr_prefixes=list(xattr_prefix),
+                           exclude_paths=list(exclude_path),
+                           exclude_regexes=list(exclude_regex),
+                           hard_dereference=hard_dereference)
+    given = {"block_size": block_size, "debug": debug, "pcluster_size": pcluster_size,
+             "xattr_tolerance": xattr_tolerance, "root_xattr_isize": root_xattr_isize,
+             "file_contexts": file_contexts, "timestamp": timestamp, "uid_offset": uid_offset,
+             "gid_offset": gid_offset, "offset": offset, "mount_point": mount_point,
+             "workers": workers, "compress_hints": compress_hints,
+             "max_extent_bytes": max_extent_bytes}
+    for name, value in given.items():
+        if value is not None:
+            setattr(options, name, value)
     if compressor is not None:
         try:
             parse_compressor_spec(compressor)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="-z") from None
         options.compressor = compressor
-    if pcluster_size is not None:
-        options.pcluster_size = parse_c_int(pcluster_size, "physical clustersize")
-    if xattr_tolerance is not None:
-        options.xattr_tolerance = parse_c_int(xattr_tolerance, "xattr tolerance", minimum=None)
-    options.xattr_prefixes = list(xattr_prefix)
-    if root_xattr_isize is not None:
-        options.root_xattr_isize = parse_c_int(root_xattr_isize, "root xattr isize")
-    if file_contexts is not None:
-        options.file_contexts = file_contexts
     if label is not None:
         options.label = os.fsencode(label)
         if len(options.label) > 15:
             raise click.BadParameter(f"volume label {label!r} is longer than 15 bytes",
                                      param_hint="-L")
-    if timestamp is not None:
-        options.timestamp = parse_c_int(timestamp, "UNIX timestamp")
     sde = os.environ.get("SOURCE_DATE_EPOCH")
     if sde:
         try:
@@ -305,31 +297,8 @@ def command(image, source, block_size, debug, compressor, pcluster_size,
             options.ignore_mtime = False
         elif name == "all_root":
             options.force_uid = options.force_gid = 0
-        elif name == "force_uid":
-            options.force_uid = parse_c_int(value, "uid")
-        elif name == "force_gid":
-            options.force_gid = parse_c_int(value, "gid")
-    if uid_offset is not None:
-        options.uid_offset = parse_c_int(uid_offset, "uid offset")
-    if gid_offset is not None:
-        options.gid_offset = parse_c_int(gid_offset, "gid offset")
-    options.exclude_paths = list(exclude_path)
-    options.exclude_regexes = list(exclude_regex)
-    options.hard_dereference = hard_dereference
-    if offset is not None:
-        options.offset = parse_c_int(offset, "disk offset")
-    if mount_point is not None:
-        options.mount_point = mount_point
-    if workers is not None:
-        options.workers = parse_c_int(workers, "number of workers", minimum=1)
-    if compress_hints is not None:
-        options.compress_hints = compress_hints
-    if max_extent_bytes is not None:
-        options.max_extent_bytes = parse_c_int(max_extent_bytes, "maximum compressed extent size",
-                                               minimum=None)
-        if not -2**31 <= options.max_extent_bytes < 2**31:
-            raise click.BadParameter(f"invalid maximum compressed extent size {max_extent_bytes!r}",
-                                     param_hint="--max-extent-bytes")
+        elif name in ("force_uid", "force_gid"):
+            setattr(options, name, value)
     # mkfs.erofs applies options in command-line order; here --zfeature-bits comes before -E
     if zfeature_bits is not None:
         apply_zfeature_bits(options, zfeature_bits)
@@ -375,27 +344,8 @@ def _print_version(ctx: click.Context, value: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = any(a.startswith("-d") and a[2:].strip() == "9" for a in argv)
-    try:
-        command.main(_getopt_style(argv), prog_name="mkerofs", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("mkerofs: interrupted", err=True)
-        return 130
-    except click.ClickException as exc:
-        click.echo(f"mkerofs: {exc.format_message()} (try 'mkerofs --help')", err=True)
-        return 2
-    except BuildError as exc:
-        if debug:
-            raise
-        click.echo(f"mkerofs: {exc}", err=True)
-        return 1
-    except KeyboardInterrupt:
-        click.echo("mkerofs: interrupted", err=True)
-        return 130
-    return 0
+    """The `mkerofs` command: exit status 0 built, 1 the build failed, 2 a usage error."""
+    return run(command, "mkerofs", _getopt_style(list(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

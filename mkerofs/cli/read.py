@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import sys
 import time
@@ -16,35 +17,18 @@ import uuid as uuidlib
 import click
 
 from .. import __version__
-from ..reader.extract import (ExtractError, device_numbers, extract as extract_tree, iter_tree,
-                      resolve, show, type_name, write_tar, LEAVE)
+from ..ondisk import format as fmt
+from ..reader.extract import (device_numbers, extract as extract_tree, follow, iter_tree,
+                              resolve, show, type_name, write_tar, LEAVE)
 from ..errors import CompressorUnavailable
 from ..reader.image import Image, ImageError
+from .common import (CInt, EXIT_FAILURE, EXIT_USAGE, Failure, GID, GID_OFFSET, OFFSET, UID,
+                     UID_OFFSET, debug_options, run)
 
 PROG = "mkerofs-read"
 
-EXIT_PROBLEMS = 1
-EXIT_UNREADABLE = 2
-
-
-class Failure(Exception):
-    """A user-facing failure with its exit status."""
-
-    def __init__(self, message: str, status: int = 1):
-        super().__init__(message)
-        self.status = status
-
-
-def _parse_int(text: str | None, what: str, hint: str | None = None) -> int:
-    if text is None:
-        return 0
-    try:
-        value = int(text, 0)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise click.BadParameter(f"invalid {what} {text!r}", param_hint=hint)
-    return value
+EXIT_PROBLEMS = EXIT_FAILURE        # a problem found (verify, compare), an error while reading
+EXIT_UNREADABLE = EXIT_USAGE        # not an image at all: as bad as a wrong argument
 
 
 def _named(image: str, err: Exception) -> str:
@@ -53,11 +37,10 @@ def _named(image: str, err: Exception) -> str:
 
 
 @contextlib.contextmanager
-def open_image(image: str, offset: str | None = None):
+def open_image(image: str, offset: int = 0):
     """Image.open with failures turned into a message naming the image (exit status 2)."""
-    off = _parse_int(offset, "offset", "--offset")
     try:
-        img = Image.open(image, offset=off)
+        img = Image.open(image, offset=offset)
     except ImageError as err:
         raise Failure(_named(image, err), EXIT_UNREADABLE) from err
     except OSError as err:
@@ -76,12 +59,9 @@ def _out():
 
 def _common(func):
     """Options every subcommand takes: --offset, and -d#/--debug (tracebacks on errors)."""
-    func = click.option("--offset", metavar="#",
+    func = click.option("--offset", metavar="#", type=OFFSET, default=0,
                         help="the filesystem starts # bytes into IMAGE")(func)
-    func = click.option("-d", "debug_level", metavar="#", hidden=True, expose_value=False,
-                        help="verbosity; 9 shows tracebacks")(func)
-    func = click.option("--debug", is_flag=True, hidden=True, expose_value=False)(func)
-    return func
+    return debug_options(hidden=True)(func)
 
 
 # ---------------------------------------------------------------------------
@@ -143,10 +123,9 @@ def _long_line(img: Image, inode, label: bytes, full_time: bool, esc) -> bytes:
 # the commands
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("-d", "debug_level", metavar="#", help="verbosity 0-9; 9 shows tracebacks on errors")
-@click.option("--debug", is_flag=True, help="show tracebacks on errors")
+@debug_options()
 @click.version_option(__version__, "-V", "--version", prog_name=PROG)
-def cli(debug_level, debug):
+def cli():
     """Inspect, list, extract, verify and compare EROFS images without mounting them."""
 
 
@@ -210,10 +189,9 @@ def ls(image, path, recursive, long, full_time, escaped, offset):
 
         if not stat.S_ISDIR(top.mode):
             emit(top, top_path)
-        elif recursive and not long:
-            _list_paths(img, top, top_path, out, esc)
         elif recursive:
-            for event, p, inode in iter_tree(img, top, top_path, check=False):
+            # names only: the entries' file types say where to descend, no other inode is read
+            for event, p, inode in iter_tree(img, top, top_path, check=False, leaf_inodes=long):
                 if event != LEAVE and p != top_path:
                     emit(inode, p)
         else:
@@ -223,37 +201,11 @@ def ls(image, path, recursive, long, full_time, escaped, offset):
         out.flush()
 
 
-def _list_paths(img: Image, top, top_path: bytes, out, esc) -> None:
-    """`ls -R` without -l: every path below top, depth first. Only directories' inodes are
-    read (the directory entry's file type says which entries are directories)."""
-    from ..ondisk.format import EROFS_FT_DIR
-    seen = {top.nid}
-    buf = []
-    stack = [(top_path if top_path != b"/" else b"", iter(img.listdir(top)))]
-    while stack:
-        base, entries = stack[-1]
-        for name, nid, ftype in entries:
-            path = base + b"/" + name
-            buf.append(esc(path) + b"\n")
-            if ftype == EROFS_FT_DIR:
-                child = img.inode(nid)
-                if stat.S_ISDIR(child.mode):
-                    if nid in seen:
-                        raise ImageError(f"{show(path)}: directory (nid {nid}) is reached "
-                                         "twice: a directory loop or hard-linked directory")
-                    seen.add(nid)
-                    stack.append((path, iter(img.listdir(child))))
-                    break
-        else:
-            stack.pop()
-        if len(buf) >= 4096:
-            out.write(b"".join(buf))
-            buf.clear()
-    out.write(b"".join(buf))
-
-
-_LAYOUTS = {0: "flat plain", 1: "compressed (full indexes)", 2: "flat inline",
-            3: "compressed (compact indexes)", 4: "chunk-based"}
+_LAYOUTS = {fmt.EROFS_INODE_FLAT_PLAIN: "flat plain",
+            fmt.EROFS_INODE_COMPRESSED_FULL: "compressed (full indexes)",
+            fmt.EROFS_INODE_FLAT_INLINE: "flat inline",
+            fmt.EROFS_INODE_COMPRESSED_COMPACT: "compressed (compact indexes)",
+            fmt.EROFS_INODE_CHUNK_BASED: "chunk-based"}
 
 
 @cli.command(name="stat", short_help="Show one inode: attributes, xattrs, extents.")
@@ -305,28 +257,6 @@ def stat_(image, path, offset):
                                f"  {e.algorithm or '-':<9}  {kind}")
 
 
-def _follow(img: Image, path: bytes, inode):
-    """Resolve symlinks at the end of path inside the image (at most 40)."""
-    for _ in range(40):
-        if not stat.S_ISLNK(inode.mode):
-            return path, inode
-        target = img.readlink(inode)
-        base = path.rpartition(b"/")[0]
-        path = target if target.startswith(b"/") else base + b"/" + target
-        parts: list[bytes] = []
-        for part in path.split(b"/"):
-            if part in (b"", b"."):
-                continue
-            if part == b"..":
-                if parts:
-                    parts.pop()
-            else:
-                parts.append(part)
-        path = b"/" + b"/".join(parts)
-        inode = img.lookup(path) if parts else img.root
-    raise ImageError(f"{show(path)}: too many levels of symbolic links")
-
-
 @cli.command(short_help="Write files to stdout.")
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.argument("paths", metavar="PATH...", nargs=-1, required=True)
@@ -337,7 +267,7 @@ def cat(image, paths, offset):
     with open_image(image, offset) as img:
         for path in paths:
             p, inode = resolve(img, path)
-            p, inode = _follow(img, p, inode)
+            p, inode = follow(img, p, inode)
             if not stat.S_ISREG(inode.mode):
                 raise Failure(f"{image}: {show(p)}: is a {type_name(inode.mode)}, not a file")
             for chunk in img.iter_data(inode):
@@ -366,11 +296,8 @@ def extract(image, dest, subtree, no_owner, no_xattrs, force, quiet, offset):
     symlinks and hard links. Entries never land outside DEST, whatever the image says."""
     started = time.monotonic()
     with open_image(image, offset) as img:
-        try:
-            stats = extract_tree(img, dest, path=subtree, owner=False if no_owner else None,
-                                 xattrs=not no_xattrs, force=force, warn=_warn)
-        except ExtractError as err:
-            raise Failure(str(err), EXIT_PROBLEMS) from err
+        stats = extract_tree(img, dest, path=subtree, owner=False if no_owner else None,
+                             xattrs=not no_xattrs, force=force, warn=_warn)
     if stats.skipped_xattrs:
         _warn(f"{stats.skipped_xattrs} trusted./security. xattrs not restored (needs root)")
     if not quiet:
@@ -399,10 +326,7 @@ def tar(image, output, subtree, no_xattrs, offset):
             write_tar(img, _out(), path=subtree, xattrs=not no_xattrs, warn=_warn)
             _out().flush()
             return 0
-        try:
-            f = open(output, "wb")
-        except OSError as err:
-            raise Failure(f"{output}: {err.strerror or err}") from err
+        f = open(output, "wb")
         try:
             with f:
                 write_tar(img, f, path=subtree, xattrs=not no_xattrs, warn=_warn)
@@ -433,52 +357,31 @@ def verify(image, progress, quiet, offset):
             bar = tqdm(total=img.superblock.inos, unit="inode", file=sys.stderr,
                        leave=False, dynamic_ncols=True)
         try:
-            problems, inodes, data = _verify_counting(img, bar)
+            report = img.verify_report(progress=_progress_bar(bar))
         finally:
             if bar is not None:
                 bar.close()
-        if problems:
-            for p in problems:
+        if report.problems:
+            for p in report.problems:
                 click.echo(f"{image}: {p}")
-            click.echo(f"{image}: {len(problems)} problem(s) found", err=True)
+            click.echo(f"{image}: {len(report.problems)} problem(s) found", err=True)
             return EXIT_PROBLEMS
         if not quiet:
-            click.echo(f"{image}: clean ({inodes} inodes, {data} bytes of data)")
+            click.echo(f"{image}: clean ({report.inodes} inodes, {report.data_bytes} bytes of "
+                       "data)")
     return 0
 
 
-def _verify_counting(img: Image, bar) -> tuple[list[str], int, int]:
-    """img.verify(), also counting the inodes it checked (from its progress calls) and the
-    bytes of regular-file data (each inode once, from the inodes it reads; a walk of the tree
-    if that saw none)."""
-    done = [0]
+def _progress_bar(bar):
+    """verify's progress(done, total) moving a tqdm bar (None: no bar)."""
+    if bar is None:
+        return None
 
-    def progress(n, total=None, *_):
-        done[0] = n
-        if bar is not None:
-            if total and total != bar.total:
-                bar.total = total
-            bar.update(n - bar.n)
-
-    sizes: dict[int, int] = {}
-    real = img.inode
-
-    def inode(nid):
-        node = real(nid)
-        if stat.S_ISREG(node.mode):
-            sizes[nid] = node.size
-        return node
-
-    img.inode = inode
-    try:
-        problems = img.verify(progress=progress)
-    finally:
-        del img.inode
-    if not problems and not sizes and done[0] > 1:
-        for _path, node in img.walk():
-            if stat.S_ISREG(node.mode):
-                sizes[node.nid] = node.size
-    return problems, done[0], sum(sizes.values())
+    def progress(done: int, total: int) -> None:
+        if total and total != bar.total:
+            bar.total = total
+        bar.update(done - bar.n)
+    return progress
 
 
 @cli.command(short_help="Compare the image with a source directory.")
@@ -490,16 +393,18 @@ def _verify_counting(img: Image, bar) -> tuple[list[str], int, int]:
 @click.option("--ignore-mtime", is_flag=True, help="do not compare modification times")
 @click.option("--ignore-xattrs", is_flag=True, help="do not compare extended attributes")
 @click.option("--all-root", is_flag=True, help="expect every file owned by 0:0")
-@click.option("--force-uid", metavar="#", help="expect every uid to be #")
-@click.option("--force-gid", metavar="#", help="expect every gid to be #")
-@click.option("--uid-offset", metavar="#", help="expect uids shifted by #")
-@click.option("--gid-offset", metavar="#", help="expect gids shifted by #")
+@click.option("--force-uid", metavar="#", type=UID, help="expect every uid to be #")
+@click.option("--force-gid", metavar="#", type=GID, help="expect every gid to be #")
+@click.option("--uid-offset", metavar="#", type=UID_OFFSET, default=0,
+              help="expect uids shifted by #")
+@click.option("--gid-offset", metavar="#", type=GID_OFFSET, default=0,
+              help="expect gids shifted by #")
 @click.option("--hard-dereference", is_flag=True, help="expect hard links as separate inodes")
 @click.option("--exclude-path", multiple=True, metavar="P",
               help="leave out this path of SOURCE (relative to it); repeatable")
 @click.option("--exclude-regex", multiple=True, metavar="RE",
               help="leave out SOURCE paths matching RE (POSIX extended); repeatable")
-@click.option("--max", "limit", type=int, default=0, metavar="N",
+@click.option("--max", "limit", type=CInt("number of differences"), default=0, metavar="N",
               help="stop after N differences (default: report all)")
 @click.option("-q", "--quiet", is_flag=True, help="print nothing; only the exit status")
 @_common
@@ -514,19 +419,17 @@ def compare(image, source, subtree, ignore_owner, ignore_mtime, ignore_xattrs, a
     if exclude_path or exclude_regex:
         from ..writer.options import BuildOptions
         from ..writer.walk import Excluder
-        import re
         try:
             exclude = Excluder(BuildOptions(exclude_paths=list(exclude_path),
                                             exclude_regexes=list(exclude_regex))).excluded
         except re.error as err:
             raise click.BadParameter(f"invalid regex: {err}", param_hint="--exclude-regex")
-    uid = 0 if all_root else (_parse_int(force_uid, "uid") if force_uid is not None else None)
-    gid = 0 if all_root else (_parse_int(force_gid, "gid") if force_gid is not None else None)
+    uid = 0 if all_root else force_uid
+    gid = 0 if all_root else force_gid
     with open_image(image, offset) as img:
         diffs = compare_image(img, source, path=subtree, check_owner=not ignore_owner,
                               check_mtime=not ignore_mtime, check_xattrs=not ignore_xattrs,
-                              uid=uid, gid=gid, uid_offset=_parse_int(uid_offset, "uid offset"),
-                              gid_offset=_parse_int(gid_offset, "gid offset"),
+                              uid=uid, gid=gid, uid_offset=uid_offset, gid_offset=gid_offset,
                               hard_dereference=hard_dereference, exclude=exclude, limit=limit)
     if not quiet:
         for d in diffs:
@@ -541,62 +444,9 @@ def compare(image, source, subtree, ignore_owner, ignore_mtime, ignore_xattrs, a
 # ---------------------------------------------------------------------------
 # entry point
 
-def _debug_wanted(argv: list[str]) -> bool:
-    for i, a in enumerate(argv):
-        if a == "--":
-            break
-        if a == "--debug" or a == "-d9" or (a == "-d" and argv[i + 1:i + 2] == ["9"]):
-            return True
-    return False
-
-
-def _quiet_broken_pipe() -> int:
-    """The reader went away (`| head`): stop without a traceback or a flush error at exit."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
-    return 141
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = _debug_wanted(argv)
-    try:
-        rv = cli.main(argv, prog_name=PROG, standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo(f"{PROG}: interrupted", err=True)
-        return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except BrokenPipeError:
-        return _quiet_broken_pipe()
-    except KeyboardInterrupt:
-        click.echo(f"{PROG}: interrupted", err=True)
-        return 130
-    except Failure as exc:
-        if debug:
-            raise
-        click.echo(f"{PROG}: {exc}", err=True)
-        return exc.status
-    except (ImageError, ExtractError, CompressorUnavailable) as exc:
-        if debug:
-            raise
-        click.echo(f"{PROG}: {exc}", err=True)
-        # a missing library is this machine's problem, not the image's
-        return EXIT_UNREADABLE if isinstance(exc, CompressorUnavailable) else EXIT_PROBLEMS
-    except OSError as exc:
-        if debug:
-            raise
-        where = f"{exc.filename}: " if exc.filename else ""
-        click.echo(f"{PROG}: {where}{exc.strerror or exc}", err=True)
-        return EXIT_PROBLEMS
-    return rv if isinstance(rv, int) else 0
+    # a missing library is this machine's problem, not the image's: as bad as an unreadable image
+    return run(cli, PROG, argv, status_of={CompressorUnavailable: EXIT_UNREADABLE})
 
 
 if __name__ == "__main__":

@@ -79,13 +79,23 @@ EROFS_XATTR_FILTER_BITS = 32
 EROFS_XATTR_FILTER_DEFAULT = 0xFFFFFFFF
 EROFS_XATTR_FILTER_SEED = 0x25BBE08F
 
-# compression
+# compression algorithms (h_algorithmtype, bits of available_compr_algs)
 Z_EROFS_COMPRESSION_LZ4 = 0
 Z_EROFS_COMPRESSION_LZMA = 1
 Z_EROFS_COMPRESSION_DEFLATE = 2
 Z_EROFS_COMPRESSION_ZSTD = 3
-Z_EROFS_PCLUSTER_MAX_SIZE = 1024 * 1024
-Z_EROFS_PCLUSTER_MAX_DSIZE = 12 * 1024 * 1024
+Z_EROFS_COMPRESSION_MAX = 4
+Z_EROFS_ALL_COMPR_ALGS = (1 << Z_EROFS_COMPRESSION_MAX) - 1
+# the name of each algorithm id, as dump.erofs and mkfs.erofs -z spell it
+Z_EROFS_COMPRESSION_NAMES = ("lz4", "lzma", "deflate", "zstd")
+assert Z_EROFS_COMPRESSION_NAMES.index("zstd") == Z_EROFS_COMPRESSION_ZSTD
+Z_EROFS_PCLUSTER_MAX_SIZE = 1024 * 1024        # encoded bytes per pcluster
+Z_EROFS_PCLUSTER_MAX_DSIZE = 12 * 1024 * 1024  # decoded bytes per extent (the kernel refuses more)
+LZ4_DISTANCE_MAX = 65535           # sb.u1 lz4_max_distance without COMPR_CFGS (liblz4's window)
+Z_EROFS_LZMA_MAX_DICT_SIZE = 8 * Z_EROFS_PCLUSTER_MAX_SIZE
+Z_EROFS_ZSTD_MAX_DICT_SIZE = Z_EROFS_PCLUSTER_MAX_SIZE
+Z_EROFS_DEFLATE_MAX_DICT_SIZE = 1 << 15        # windowbits <= 15
+Z_EROFS_ZSTD_WINDOWLOG_MIN = 10                # z_erofs_zstd_cfgs stores windowlog - 10
 
 Z_EROFS_ADVISE_COMPACTED_2B = 0x0001
 Z_EROFS_ADVISE_BIG_PCLUSTER_1 = 0x0002
@@ -252,53 +262,25 @@ _INODE_EXTENDED = struct.Struct(
     "I"    # 44 i_nlink
     "16s"  # 48 i_reserved2
 )
+EROFS_I_FORMAT = struct.Struct("<H")   # i_format opens both forms: which one this is
 EROFS_INODE_COMPACT_SIZE = _INODE_COMPACT.size
 EROFS_INODE_EXTENDED_SIZE = _INODE_EXTENDED.size
 assert (EROFS_INODE_COMPACT_SIZE, EROFS_INODE_EXTENDED_SIZE) == (32, 64)
 
 
+# what the compact form's fields hold (larger values need the extended form)
+EROFS_COMPACT_INODE_MAX_SIZE = 0xFFFFFFFF     # le32 i_size
+EROFS_COMPACT_INODE_MAX_ID = 0xFFFF           # le16 i_uid, i_gid
+EROFS_COMPACT_INODE_MAX_NLINK = 0xFFFF        # le16 i_nb.nlink
+
+
+def fits_compact_inode(size: int, uid: int, gid: int, nlink: int) -> bool:
+    return (size <= EROFS_COMPACT_INODE_MAX_SIZE and uid <= EROFS_COMPACT_INODE_MAX_ID
+            and gid <= EROFS_COMPACT_INODE_MAX_ID and nlink <= EROFS_COMPACT_INODE_MAX_NLINK)
+
+
 def i_format(extended: bool, datalayout: int) -> int:
     return (int(extended) << EROFS_I_VERSION_BIT) | (datalayout << EROFS_I_DATALAYOUT_BIT)
-
-
-@dataclass
-class DiskInode:
-    """The fields both inode forms share; `extended` picks the 64-byte form."""
-    extended: bool
-    datalayout: int
-    mode: int
-    nlink: int
-    size: int
-    i_u: int
-    ino: int
-    uid: int
-    gid: int
-    mtime: int = 0
-    mtime_nsec: int = 0
-    xattr_icount: int = 0
-
-    def pack(self, epoch: int) -> bytes:
-        return pack_inode(self.extended, self.datalayout, self.xattr_icount, self.mode,
-                          self.nlink, self.size, self.i_u, self.ino, self.uid, self.gid,
-                          self.mtime, self.mtime_nsec, epoch)
-
-    @classmethod
-    def unpack_from(cls, raw, offset: int, epoch: int) -> "DiskInode":
-        fmt = struct.unpack_from("<H", raw, offset)[0]
-        extended = bool(fmt & 1)
-        layout = (fmt >> EROFS_I_DATALAYOUT_BIT) & 0x7
-        if extended:
-            (_, icount, mode, _nb, size, i_u, ino, uid, gid, mtime, nsec, nlink,
-             _r) = _INODE_EXTENDED.unpack_from(raw, offset)
-        else:
-            (_, icount, mode, nlink, size, mtime, i_u, ino, uid, gid,
-             _r) = _INODE_COMPACT.unpack_from(raw, offset)
-            mtime, nsec = epoch + mtime, 0
-        return cls(extended, layout, mode, nlink, size, i_u, ino, uid, gid, mtime, nsec, icount)
-
-    @property
-    def isize(self) -> int:
-        return EROFS_INODE_EXTENDED_SIZE if self.extended else EROFS_INODE_COMPACT_SIZE
 
 
 def pack_inode(extended: bool, datalayout: int, xattr_icount: int, mode: int, nlink: int,
@@ -359,11 +341,31 @@ Z_EROFS_MAP_HEADER = struct.Struct("<IHBB")  # h_fragmentoff|(reserved,h_idata_s
 Z_EROFS_MAP_HEADER_SIZE = 8
 Z_EROFS_LCLUSTER_INDEX = struct.Struct("<HHI")  # di_advise, di_clusterofs, di_u (blkaddr | delta[0],delta[1])
 Z_EROFS_LCLUSTER_INDEX_SIZE = 8
+Z_EROFS_FULL_INDEX_GAP = 8                    # reserved bytes between map header and full indexes
+Z_EROFS_LI_LCLUSTER_TYPE_MASK = 0x3
 
 
 def z_erofs_map_header_pos(inode_end: int) -> int:
     """The map header starts at the end of inode + inline xattrs rounded up to 8 bytes."""
     return round_up(inode_end, 8)
+
+
+# ---------------------------------------------------------------------------
+# variable-size metadata records: compression configurations (right after the superblock, one
+# per algorithm of available_compr_algs, in id order) and long xattr prefixes.  Each is a le16
+# payload length and the payload, the next one starting 4-byte aligned.
+
+EROFS_METADATA_RECORD_LEN = struct.Struct("<H")
+Z_EROFS_LZ4_CFGS = struct.Struct("<HH10x")     # max_distance, max_pclusterblks
+Z_EROFS_LZMA_CFGS = struct.Struct("<IH8x")     # dict_size, format
+Z_EROFS_DEFLATE_CFGS = struct.Struct("<B5x")   # windowbits
+Z_EROFS_ZSTD_CFGS = struct.Struct("<BB4x")     # format, windowlog - Z_EROFS_ZSTD_WINDOWLOG_MIN
+
+
+def pack_metadata_record(payload: bytes) -> bytes:
+    """One record: le16 length, the payload, zeros up to 4-byte alignment."""
+    raw = EROFS_METADATA_RECORD_LEN.pack(len(payload)) + payload
+    return raw + bytes(-len(raw) % 4)
 
 
 # ===========================================================================
@@ -424,7 +426,8 @@ EROFS_CHUNK_FORMAT_BLKBITS_MASK = 0x001F
 EROFS_CHUNK_FORMAT_INDEXES = 0x0020
 EROFS_CHUNK_FORMAT_48BIT = 0x0040
 EROFS_CHUNK_FORMAT_ALL = (EROFS_CHUNK_FORMAT_48BIT << 1) - 1
-EROFS_BLOCK_MAP_ENTRY_SIZE = 4                         # le32 blkaddr per chunk
+EROFS_BLOCK_MAP_ENTRY = struct.Struct("<I")            # le32 blkaddr per chunk
+EROFS_BLOCK_MAP_ENTRY_SIZE = EROFS_BLOCK_MAP_ENTRY.size
 EROFS_INODE_CHUNK_INDEX = struct.Struct("<HHI")        # startblk_hi, device_id, startblk_lo
 EROFS_NULL_ADDR = (1 << 64) - 1                        # a hole (masked to the address width)
 
@@ -432,38 +435,18 @@ EROFS_DIRENT_NID_METABOX_BIT = 63
 EROFS_DIRENT_NID_MASK = (1 << EROFS_DIRENT_NID_METABOX_BIT) - 1
 EROFS_FT_MAX = 8
 
-# xattr name index -> the prefix the stored name lacks (ACL indexes stand for the whole name)
-EROFS_XATTR_INDEX_PREFIXES = {
-    EROFS_XATTR_INDEX_USER: b"user.",
-    EROFS_XATTR_INDEX_POSIX_ACL_ACCESS: b"system.posix_acl_access",
-    EROFS_XATTR_INDEX_POSIX_ACL_DEFAULT: b"system.posix_acl_default",
-    EROFS_XATTR_INDEX_TRUSTED: b"trusted.",
-    EROFS_XATTR_INDEX_LUSTRE: b"lustre.",
-    EROFS_XATTR_INDEX_SECURITY: b"security.",
-}
 EROFS_XATTR_SHARED_ID_SIZE = 4     # h_shared_xattrs[] entries; also the shared id unit in bytes
-EROFS_METADATA_RECORD_LEN = struct.Struct("<H")   # compr cfgs / long prefixes: le16 len + payload
-
-# compression configuration records (after the superblock, one per available algorithm)
-Z_EROFS_COMPRESSION_MAX = 4
-Z_EROFS_ALL_COMPR_ALGS = (1 << Z_EROFS_COMPRESSION_MAX) - 1
-Z_EROFS_LZ4_CFGS = struct.Struct("<HH10x")     # max_distance, max_pclusterblks
-Z_EROFS_LZMA_CFGS = struct.Struct("<IH8x")     # dict_size, format
-Z_EROFS_DEFLATE_CFGS = struct.Struct("<B5x")   # windowbits
-Z_EROFS_ZSTD_CFGS = struct.Struct("<BB4x")     # format, windowlog - 10
-Z_EROFS_ZSTD_WINDOWLOG_MIN = 10
-Z_EROFS_LZMA_MAX_DICT_SIZE = 8 * Z_EROFS_PCLUSTER_MAX_SIZE
-Z_EROFS_ZSTD_MAX_DICT_SIZE = Z_EROFS_PCLUSTER_MAX_SIZE
 
 Z_EROFS_ADVISE_EXTENTS = 0x0001               # (COMPRESSED_FULL) extent records, not lclusters
 Z_EROFS_ADVISE_EXTRECSZ_BIT = 1
 Z_EROFS_ADVISE_EXTRECSZ_MASK = 0x3
-Z_EROFS_LI_LCLUSTER_TYPE_MASK = 0x3
-Z_EROFS_FULL_INDEX_GAP = 8                    # reserved bytes between map header and full indexes
 
 # extent records (COMPRESSED_FULL + Z_EROFS_ADVISE_EXTENTS): plen, pstart_lo, pstart_hi,
 # lstart_lo, lstart_hi, 12 reserved; a record is the first 4 << EXTRECSZ bytes of it
 Z_EROFS_EXTENT = struct.Struct("<IIIII12x")
+Z_EROFS_EXTENT_RECORDS = {4: struct.Struct("<I"), 8: struct.Struct("<II"),
+                          16: struct.Struct("<IIII"), 32: Z_EROFS_EXTENT}
+Z_EROFS_EXTENT_PSTART_BASE = struct.Struct("<Q")   # before 4-byte records: the first pstart
 Z_EROFS_EXTENT_PLEN_PARTIAL = 1 << 27
 Z_EROFS_EXTENT_PLEN_FMT_BIT = 28
 Z_EROFS_EXTENT_PLEN_MASK = (Z_EROFS_PCLUSTER_MAX_SIZE << 1) - 1
@@ -477,27 +460,3 @@ def z_erofs_full_index_start(inode_end: int) -> int:
 def z_erofs_compact_index_start(inode_end: int) -> int:
     """COMPRESSED_COMPACT: where the packs of compact indexes begin (after the map header)."""
     return round_up(inode_end, 8) + Z_EROFS_MAP_HEADER_SIZE
-
-
-def z_erofs_compact_layout(ebase: int, totalidx: int, compacted_2b: bool) -> tuple[int, int]:
-    """(compacted_4b_initial, compacted_2b) entry counts of a compact index area at byte `ebase`
-    holding `totalidx` entries: 4-byte entries up to 32-byte alignment, then (if the inode
-    advises COMPACTED_2B) a multiple of 16 2-byte entries, then 4-byte entries again."""
-    initial = ((32 - ebase % 32) // 4) & 7
-    twob = (totalidx - initial) // 16 * 16 if compacted_2b and initial < totalidx else 0
-    return initial, twob
-
-
-def z_erofs_compact_pack(entry_size: int, lclusterbits: int) -> tuple[int, int, int] | None:
-    """(vcnt, encodebits, lobits) of a compact pack whose entries take `entry_size` (4 or 2)
-    bytes on average: vcnt entries of encodebits bits each (lobits of clusterofs/delta, then 2
-    of lcluster type), then the pack's le32 base block address.  None: not representable."""
-    if entry_size == 4 and lclusterbits <= 14:
-        vcnt = 2
-    elif entry_size == 2 and lclusterbits <= 12:
-        vcnt = 16
-    else:
-        return None
-    lobits = max(lclusterbits, Z_EROFS_LI_D0_CBLKCNT.bit_length())
-    encodebits = ((vcnt * entry_size - 4) * 8) // vcnt
-    return vcnt, encodebits, lobits

@@ -12,6 +12,7 @@ import os
 import stat
 from typing import Callable, Optional
 
+from ..ondisk import format as fmt
 from .extract import ENTER, LEAVE, device_numbers, iter_tree, resolve, show, type_name
 from .image import Image, Inode
 from ..util import read_xattrs
@@ -220,7 +221,7 @@ def _compare_one(img, inode, st, rel, spath, add, want_ids, check_owner, check_m
                 want_sec, want_nsec = clamp_mtime, 0
             if compact_mtime is not None:
                 size = st.st_size if stat.S_ISREG(st.st_mode) else 0
-                if not (size > 0xFFFFFFFF or u > 0xFFFF or g > 0xFFFF or nl > 0xFFFF):
+                if fmt.fits_compact_inode(size, u, g, nl):
                     want_sec, want_nsec = compact_mtime, 0
         if (inode.mtime, inode.mtime_nsec) != (want_sec, want_nsec):
             add(rel, f"mtime {_fmt_ns(inode.mtime, inode.mtime_nsec)} in the image, expected "

@@ -16,18 +16,16 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
+from ..errors import ExtractError
+from ..ondisk.format import EROFS_FT_DIR
 from .image import Image, ImageError, Inode
 
-__all__ = ["ExtractError", "ExtractStats", "iter_tree", "extract", "write_tar", "check_name",
-           "show", "type_name", "device_numbers"]
-
-
-class ExtractError(Exception):
-    """The destination cannot take the extraction (not empty, not a directory, I/O failure)."""
+__all__ = ["ExtractError", "ExtractStats", "iter_tree", "resolve", "follow", "extract",
+           "write_tar", "check_name", "show", "type_name", "device_numbers"]
 
 
 # ---------------------------------------------------------------------------
-# small shared helpers (also used by compare.py and readcli.py)
+# small shared helpers (also used by compare.py and cli/read.py)
 
 def show(path: bytes) -> str:
     """A printable form of a path from an image (undecodable bytes as \\xNN escapes)."""
@@ -66,12 +64,16 @@ def join(parent: bytes, name: bytes) -> bytes:
 ENTER, LEAF, LEAVE = "enter", "leaf", "leave"
 
 
-def iter_tree(img: Image, top: Inode, top_path: bytes = b"/",
-              check: bool = True) -> Iterator[tuple[str, bytes, Inode]]:
+def iter_tree(img: Image, top: Inode, top_path: bytes = b"/", check: bool = True,
+              leaf_inodes: bool = True) -> Iterator[tuple[str, bytes, Optional[Inode]]]:
     """Depth first, in directory order: (ENTER, path, dir) before a directory's entries,
     (LEAVE, path, dir) after them, (LEAF, path, inode) for everything else. Paths are absolute
     in the image ("/" for the root). Names are checked with check_name (unless `check` is
-    false: for listings); a directory met twice raises ImageError."""
+    false: for listings); a directory met twice raises ImageError.
+
+    Without `leaf_inodes` (a listing of names), the directory entry's file type decides what
+    is a directory, as readdir's d_type does: only directories' inodes are read, and other
+    entries come as (LEAF, path, None)."""
     if not stat.S_ISDIR(top.mode):
         yield LEAF, top_path, top
         return
@@ -80,10 +82,13 @@ def iter_tree(img: Image, top: Inode, top_path: bytes = b"/",
     stack = [(top_path, top, iter(img.listdir(top)))]
     while stack:
         path, directory, entries = stack[-1]
-        for name, nid, _ftype in entries:
+        for name, nid, ftype in entries:
             if check:
                 check_name(name, path)
             child_path = join(path, name)
+            if not leaf_inodes and ftype != EROFS_FT_DIR:
+                yield LEAF, child_path, None
+                continue
             child = img.inode(nid)
             if stat.S_ISDIR(child.mode):
                 if nid in seen_dirs:
@@ -118,6 +123,32 @@ def resolve(img: Image, path: Optional[str | bytes]) -> tuple[bytes, Inode]:
             raise
         # name the path asked for, not only the component that is missing
         raise ImageError(f"{show(norm)}: {msg}") from None
+
+
+SYMLOOP_MAX = 40        # the kernel's MAXSYMLINKS: symlinks followed in one lookup
+
+
+def follow(img: Image, path: bytes, inode: Inode) -> tuple[bytes, Inode]:
+    """The path and inode a symlink at `path` leads to inside the image (itself if it is not a
+    symlink); relative targets resolve against the link's directory, ".." stops at the root."""
+    for _ in range(SYMLOOP_MAX):
+        if not stat.S_ISLNK(inode.mode):
+            return path, inode
+        target = img.readlink(inode)
+        base = path.rpartition(b"/")[0]
+        path = target if target.startswith(b"/") else base + b"/" + target
+        parts: list[bytes] = []
+        for part in path.split(b"/"):
+            if part in (b"", b"."):
+                continue
+            if part == b"..":
+                if parts:
+                    parts.pop()
+            else:
+                parts.append(part)
+        path = b"/" + b"/".join(parts)
+        inode = img.lookup(path) if parts else img.root
+    raise ImageError(f"{show(path)}: too many levels of symbolic links")
 
 
 # ---------------------------------------------------------------------------

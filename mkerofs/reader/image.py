@@ -23,7 +23,8 @@ Notes on the API (beyond the names agreed with the front end):
 * read() refuses to build more than READ_LIMIT bytes in one call; iter_data() streams.
 * lookup() raises NotFoundError (an ImageError and a FileNotFoundError) for missing names.
 * Inode.is_dir(), is_reg() ... are methods, as on os.DirEntry; major/minor are properties.
-* verify(progress) calls progress(inodes checked, superblock inode count) after each inode.
+* verify(progress) calls progress(inodes checked, superblock inode count) after each inode;
+  verify_report() also says how many inodes and bytes of file data it checked.
 * Extras: Image.root_nid, blocks, build_time, epoch, image_size, packed_inode,
   long_xattr_prefixes(), compression_configs(); Extent.interlaced.
 
@@ -38,7 +39,6 @@ import io
 import mmap
 import os
 import stat
-import struct
 from bisect import bisect_right
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -46,11 +46,13 @@ from typing import Callable, Iterator
 
 from ..codecs import registry
 from ..ondisk import format as fmt
+from ..ondisk import index
+from ..ondisk import xattr as ondisk_xattr
 from . import zmap
 from ..errors import ImageError
 from .zmap import Extent
 
-__all__ = ["Image", "Inode", "Extent", "ImageError", "NotFoundError", "READ_LIMIT"]
+__all__ = ["Image", "Inode", "Extent", "ImageError", "NotFoundError", "VerifyReport", "READ_LIMIT"]
 
 READ_LIMIT = 1 << 31             # read() builds at most this many bytes; iter_data() streams
 MAX_DEPTH = 4096                 # walk(): deeper trees are refused (paths would exceed PATH_MAX)
@@ -66,10 +68,8 @@ _FT_OF_MODE = {
     stat.S_IFLNK: fmt.EROFS_FT_SYMLINK,
 }
 _COMPRESSED = (fmt.EROFS_INODE_COMPRESSED_FULL, fmt.EROFS_INODE_COMPRESSED_COMPACT)
-_U16 = struct.Struct("<H")
 _ADDR32 = (1 << 32) - 1
 _ADDR48 = (1 << 48) - 1
-_U32 = struct.Struct("<I")
 
 
 class NotFoundError(ImageError, FileNotFoundError):
@@ -391,10 +391,12 @@ class Image:
         """A variable-size record (compression configurations, long xattr prefixes): 4-byte
         aligned le16 length, then that many bytes."""
         pos = fmt.round_up(pos, 4)
-        n = _U16.unpack(get(pos, 2))[0]
+        length = fmt.EROFS_METADATA_RECORD_LEN
+        n = length.unpack(get(pos, length.size))[0]
         if n == 0:
             raise ImageError(f"empty metadata record at byte {pos}")
-        return get(pos + 2, n), pos + 2 + n
+        pos += length.size
+        return get(pos, n), pos + n
 
     def features(self) -> list[str]:
         sb = self.superblock
@@ -402,12 +404,12 @@ class Image:
                 if (sb.feature_compat if compat else sb.feature_incompat) & bit]
 
     def algorithms(self) -> list[str]:
-        return [name for i, name in sorted(registry.ALGORITHM_NAMES.items())
+        return [name for i, name in enumerate(fmt.Z_EROFS_COMPRESSION_NAMES)
                 if self._announced >> i & 1]
 
     def compression_configs(self) -> dict[str, bytes]:
         """Raw configuration records by algorithm name (empty without COMPR_CFGS)."""
-        return {registry.ALGORITHM_NAMES[a]: v for a, v in self._cfgs.items()}
+        return {fmt.Z_EROFS_COMPRESSION_NAMES[a]: v for a, v in self._cfgs.items()}
 
     @property
     def image_size(self) -> int:
@@ -429,7 +431,7 @@ class Image:
             raise ImageError(f"nid {nid}: inode at byte {pos} is past the end of the image "
                              f"({self._size} bytes)")
         data, at = self._data, self._base + pos
-        ifmt = _U16.unpack_from(data, at)[0]
+        ifmt = fmt.EROFS_I_FORMAT.unpack_from(data, at)[0]
         if ifmt & ~fmt.EROFS_I_ALL:
             raise ImageError(f"nid {nid}: unsupported i_format 0x{ifmt:x}")
         layout = (ifmt >> fmt.EROFS_I_DATALAYOUT_BIT) & fmt.EROFS_I_DATALAYOUT_MASK
@@ -552,7 +554,7 @@ class Image:
                 addrs.append(blk)
         else:
             addrs = [None if a == fmt.EROFS_NULL_ADDR_32 else a
-                     for (a,) in _U32.iter_unpack(raw)]
+                     for (a,) in fmt.EROFS_BLOCK_MAP_ENTRY.iter_unpack(raw)]
         out: list[Extent] = []
         for i, blk in enumerate(addrs):
             la = i << chunkbits
@@ -633,11 +635,11 @@ class Image:
         if inode.datalayout == fmt.EROFS_INODE_COMPRESSED_FULL:
             big = bool(header.advise & (fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_1 |
                                         fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_2))
-            lc = zmap.decode_full(self._get, fmt.z_erofs_full_index_start(end), count, lcbits,
-                                  big)
+            lc = index.decode_full(self._get, fmt.z_erofs_full_index_start(end), count, lcbits,
+                                   big)
         else:
-            lc = zmap.decode_compact(self._get, fmt.z_erofs_compact_index_start(end), count,
-                                     size, self._blkszbits, lcbits, header.advise)
+            lc = index.decode_compact(self._get, fmt.z_erofs_compact_index_start(end), count,
+                                      size, self._blkszbits, lcbits, header.advise)
         extents = zmap.build_extents(lc, header, inode.datalayout, size, self._blkszbits,
                                      self._algs)
         self._check_physical(extents)
@@ -839,7 +841,7 @@ class Image:
         maxsize = len(blk)
         if maxsize < fmt.EROFS_DIRENT_SIZE:
             raise ImageError(f"directory block {lblk} is only {maxsize} bytes")
-        nameoff = _U16.unpack_from(blk, 8)[0]
+        nameoff = fmt.EROFS_DIRENT.unpack_from(blk)[1]
         if nameoff < fmt.EROFS_DIRENT_SIZE or nameoff >= self.block_size:
             raise ImageError(f"directory block {lblk}: invalid first nameoff {nameoff}")
         count = -(-nameoff // fmt.EROFS_DIRENT_SIZE)
@@ -947,12 +949,12 @@ class Image:
             return []
         start = inode.pos + inode.isize
         body = self._get(start, isize)
-        _filter, shared = fmt.EROFS_XATTR_IBODY_HEADER.unpack_from(body)[:2]
-        pos = fmt.EROFS_XATTR_IBODY_HEADER.size + shared * fmt.EROFS_XATTR_SHARED_ID_SIZE
+        _filter, shared = ondisk_xattr.unpack_ibody_header(body)
+        pos = ondisk_xattr.inline_entries_start(shared)
         if pos > isize:
             raise ImageError(f"{shared} shared xattr ids do not fit in the {isize}-byte xattr "
                              "area")
-        ids = struct.unpack_from(f"<{shared}I", body, fmt.EROFS_XATTR_IBODY_HEADER.size)
+        ids = ondisk_xattr.shared_ids(body, shared)
         out = []
         while pos < isize:
             entry, size = self._xattr_entry(body, pos, isize, f"inline xattr at byte "
@@ -962,34 +964,18 @@ class Image:
         for xid in ids:
             at = self._xattr_base + xid * fmt.EROFS_XATTR_SHARED_ID_SIZE
             head = self._get(at, fmt.EROFS_XATTR_ENTRY_SIZE)
-            nlen, _idx, vlen = fmt.EROFS_XATTR_ENTRY.unpack(head)
-            raw = self._get(at, fmt.EROFS_XATTR_ENTRY_SIZE + nlen + vlen)
+            raw = self._get(at, ondisk_xattr.entry_size(head))
             out.append(self._xattr_entry(raw, 0, len(raw), f"shared xattr {xid}")[0])
         return out
 
     def _xattr_entry(self, raw: bytes, pos: int, limit: int, where: str):
-        if pos + fmt.EROFS_XATTR_ENTRY_SIZE > limit:
-            raise ImageError(f"{where}: truncated entry")
-        nlen, index, vlen = fmt.EROFS_XATTR_ENTRY.unpack_from(raw, pos)
-        size = fmt.xattr_align(fmt.EROFS_XATTR_ENTRY_SIZE + nlen + vlen)
-        if pos + fmt.EROFS_XATTR_ENTRY_SIZE + nlen + vlen > limit:
-            raise ImageError(f"{where}: a {nlen}-byte name and {vlen}-byte value do not fit")
-        at = pos + fmt.EROFS_XATTR_ENTRY_SIZE
-        suffix = raw[at:at + nlen]
-        value = raw[at + nlen:at + nlen + vlen]
-        return (self._xattr_name(index, suffix), value, index, suffix), size
-
-    def _xattr_name(self, index: int, suffix: bytes) -> bytes | None:
-        if index & fmt.EROFS_XATTR_LONG_PREFIX:
-            prefixes = self.long_xattr_prefixes()
-            k = index & fmt.EROFS_XATTR_LONG_PREFIX_MASK
-            if k >= len(prefixes):
-                return None
-            base, infix = prefixes[k]
-            short = _visible_prefix(base)
-            return None if short is None else short + infix + suffix
-        short = _visible_prefix(index)
-        return None if short is None else short + suffix
+        try:
+            index, suffix, value, size = ondisk_xattr.unpack_entry(raw, pos, limit)
+        except ImageError as e:
+            raise ImageError(f"{where}: {e}") from None
+        name = ondisk_xattr.full_name(index, suffix, self.long_xattr_prefixes()
+                                      if ondisk_xattr.long_prefix_slot(index) is not None else ())
+        return (name, value, index, suffix), size
 
     def long_xattr_prefixes(self) -> list[tuple[int, bytes]]:
         """The long xattr name prefix table: (base name index, infix) per entry."""
@@ -1021,7 +1007,7 @@ class Image:
                 raise ImageError(f"long xattr prefix {i}: {e}") from None
             if len(payload) > fmt.EROFS_NAME_LEN + 1:
                 raise ImageError(f"long xattr prefix {i} is {len(payload)} bytes long")
-            out.append((payload[0], payload[1:]))
+            out.append(ondisk_xattr.unpack_long_prefix(payload))
         return out
 
     # -- verification ----------------------------------------------------------------------------
@@ -1031,14 +1017,20 @@ class Image:
         from the root (and the packed inode), every directory, every xattr, decodes every
         pcluster and cross-checks link counts.  `progress(done, total)` is called after each
         inode with the number checked and the superblock's inode count."""
-        return _Verifier(self, progress).run()
+        return self.verify_report(progress).problems
+
+    def verify_report(self, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+        """verify(), with what it covered: inodes checked and bytes of file data."""
+        verifier = _Verifier(self, progress)
+        problems = verifier.run()
+        return VerifyReport(problems, verifier.done, verifier.data_bytes)
 
 
-def _visible_prefix(index: int) -> bytes | None:
-    """The prefix the kernel lists for a short name index; None for those it hides."""
-    if index == fmt.EROFS_XATTR_INDEX_LUSTRE:
-        return None
-    return fmt.EROFS_XATTR_INDEX_PREFIXES.get(index)
+@dataclass
+class VerifyReport:
+    problems: list[str]     # [] = clean
+    inodes: int             # inodes checked (the packed inode included)
+    data_bytes: int         # sizes of the regular files reached, each inode once
 
 
 class _Verifier:
@@ -1049,6 +1041,7 @@ class _Verifier:
         self.progress = progress
         self.problems: list[str] = []
         self.done = 0
+        self.data_bytes = 0
         self.fs_end = img.blocks * img.block_size
         sb = img.superblock
         self.decoded: set = set()
@@ -1127,6 +1120,8 @@ class _Verifier:
                 if nid not in first:
                     first[nid] = (cpath, child.nlink)
                     self.check_inode(child, cpath)
+                    if child.is_reg():
+                        self.data_bytes += child.size
             if d.nlink != 2 + subdirs:
                 self.report(f"{_show(path)}: nlink {d.nlink}, but the directory has {subdirs} "
                             f"subdirectories (expected {2 + subdirs})")
@@ -1229,18 +1224,17 @@ class _Verifier:
             self.report(f"{where}: xattrs: {_detail(e)}")
             return
         head = img._get(inode.pos + inode.isize, fmt.EROFS_XATTR_IBODY_HEADER.size)
-        name_filter = _U32.unpack_from(head)[0]
+        name_filter = ondisk_xattr.unpack_ibody_header(head)[0]
         for name, _value, index, suffix in entries:
-            if index & fmt.EROFS_XATTR_LONG_PREFIX and \
-                    (index & fmt.EROFS_XATTR_LONG_PREFIX_MASK) >= len(prefixes):
-                self.report(f"{where}: xattr {suffix!r} uses long prefix "
-                            f"{index & fmt.EROFS_XATTR_LONG_PREFIX_MASK}, the table has "
+            slot = ondisk_xattr.long_prefix_slot(index)
+            if slot is not None and slot >= len(prefixes):
+                self.report(f"{where}: xattr {suffix!r} uses long prefix {slot}, the table has "
                             f"{len(prefixes)}")
                 continue
             if name is None or not self.filter_on:
                 continue
-            bit = _filter_bit(index, suffix, prefixes)
-            if bit is not None and name_filter >> bit & 1:
+            bit = ondisk_xattr.entry_filter_bit(index, suffix, prefixes)
+            if name_filter >> bit & 1:
                 self.report(f"{where}: the xattr name filter hides {name!r} (bit {bit} set)")
 
     def check_packed(self) -> None:
@@ -1253,17 +1247,6 @@ class _Verifier:
         if packed is None:
             return
         self.check_inode(packed, b"(packed inode)")
-
-
-def _filter_bit(index: int, suffix: bytes, prefixes) -> int | None:
-    """The h_name_filter bit an xattr clears: xxh32 over the name after its short prefix,
-    seeded with EROFS_XATTR_FILTER_SEED + the short prefix's index."""
-    import xxhash
-    if index & fmt.EROFS_XATTR_LONG_PREFIX:
-        base, infix = prefixes[index & fmt.EROFS_XATTR_LONG_PREFIX_MASK]
-        index, suffix = base, infix + suffix
-    return xxhash.xxh32_intdigest(suffix, seed=fmt.EROFS_XATTR_FILTER_SEED + index) & (
-        fmt.EROFS_XATTR_FILTER_BITS - 1)
 
 
 def _detail(error: ImageError) -> str:

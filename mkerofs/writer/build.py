@@ -119,7 +119,8 @@ def _early_offers(pool: CompressionPool, options: BuildOptions, hints: CompressH
         if not pool.takes_early():
             return False
         size = src.st.st_size
-        if src.xattrs or st.st_nlink > 0xFFFF or not pool.suits_early(size):
+        if src.xattrs or st.st_nlink > fmt.EROFS_COMPACT_INODE_MAX_NLINK or \
+                not pool.suits_early(size):
             return True
         wanted, profile = _hinted(pool.cfg, hints, relpath)
         if not wanted:
@@ -339,7 +340,7 @@ def _packed_inode(packed: PackedFile, plan: Plan, ino: int) -> PlannedInode:
                       nlink=1)
     node = PlannedInode(src=src, ftype=fmt.EROFS_FT_REG_FILE, mode=mode, uid=0, gid=0,
                         mtime=plan.epoch, mtime_nsec=0, nlink=1, size=packed.size,
-                        extended=packed.size > 0xFFFFFFFF, ino=ino)
+                        extended=packed.size > fmt.EROFS_COMPACT_INODE_MAX_SIZE, ino=ino)
     node.set_xattr_ibody(b"")
     return node
 

@@ -16,10 +16,9 @@ How the kernel reads a compressed inode (fs/erofs/zmap.c), which is what everyth
 * With big pclusters (superblock bit 0x2) a pcluster may have several blocks; the block count
   is kept in delta[0] of the first NONHEAD (with Z_EROFS_LI_D0_CBLKCNT set).  A head whose next
   lcluster is not a NONHEAD has a one-block pcluster.
-* Index formats: "full" (COMPRESSED_FULL, 8 bytes per lcluster after a 16-byte header) and
-  "compact" (COMPRESSED_COMPACT, packs of 2 entries in 8 bytes or 16 entries in 32 bytes that
-  keep one base block address per pack; 2-byte packs must be 32-byte aligned, so the area
-  opens with a few 4-byte entries, then 2-byte packs, then 4-byte entries again).
+* Index formats: "full" (COMPRESSED_FULL, 8 bytes per lcluster) and "compact"
+  (COMPRESSED_COMPACT, packs with one base block address each); their bytes are
+  mkerofs/ondisk/index.py's business.
 * ztailpacking: the last pcluster may be stored inline, right after the index area, as long
   as it does not cross a block boundary.  Its bytes are then exactly the compressed (or raw)
   stream, without padding; the map header keeps its size.
@@ -31,7 +30,6 @@ over many files in worker processes and writes the pclusters.
 from __future__ import annotations
 
 import hashlib
-import struct
 from array import array
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -41,6 +39,8 @@ from ..codecs import registry
 from ..codecs.buffers import bytes_address
 from ..codecs.spec import parse_compressor_spec
 from ..ondisk import format as fmt
+from ..ondisk import index
+from ..ondisk.index import Lclusters
 
 # mkfs.erofs compresses big files in independent segments of this many bytes (one per worker
 # job); the last pcluster of a segment ends exactly at the segment's end
@@ -53,20 +53,12 @@ MAX_PCLUSTER_BLOCKS = fmt.Z_EROFS_LI_D0_CBLKCNT - 1
 # The kernel refuses LZ4 configurations of more than Z_EROFS_PCLUSTER_MAX_SIZE / 4 KiB blocks
 # per pcluster, whatever the block size ("too large lz4 pclusterblks", seen on Linux 6.18 with
 # 4 KiB pages), so LZ4 pclusters stop at 256 blocks even when -C allows more.
-MAX_LZ4_PCLUSTER_BLOCKS = fmt.Z_EROFS_PCLUSTER_MAX_SIZE // 4096
-LZ4_MAX_DISTANCE = 65535
+MAX_LZ4_PCLUSTER_BLOCKS = fmt.Z_EROFS_PCLUSTER_MAX_SIZE // fmt.EROFS_MAX_BLOCK_SIZE
 
-# z_erofs_map_header: h_reserved1, h_idata_size, h_advise, h_algorithmtype, h_clusterbits
-_HEADER = struct.Struct("<HHHBB")
-_FULL_HEADER_SIZE = 16              # the map header and 8 reserved bytes before full indexes
-_FULL_INDEX = struct.Struct("<HHI")
-_FULL_NONHEAD = struct.Struct("<HHHH")
-_LE32 = struct.Struct("<I")
-
-PLAIN = fmt.Z_EROFS_LCLUSTER_TYPE_PLAIN
-HEAD1 = fmt.Z_EROFS_LCLUSTER_TYPE_HEAD1
-NONHEAD = fmt.Z_EROFS_LCLUSTER_TYPE_NONHEAD
-CBLKCNT = fmt.Z_EROFS_LI_D0_CBLKCNT
+PLAIN = index.PLAIN
+HEAD1 = index.HEAD1
+NONHEAD = index.NONHEAD
+CBLKCNT = index.CBLKCNT
 
 # extent codes (an array('H') per file, next to the lengths: 6 bytes per extent)
 _FRAGMENT = 1 << 13
@@ -249,7 +241,7 @@ class CompressConfig:
             incompat |= fmt.EROFS_FEATURE_INCOMPAT_FRAGMENTS
         if dedupe_used:
             incompat |= fmt.EROFS_FEATURE_INCOMPAT_DEDUPE
-        u1 = algs if need_cfgs else LZ4_MAX_DISTANCE
+        u1 = algs if need_cfgs else fmt.LZ4_DISTANCE_MAX
         return SuperblockCompression(incompat, u1, records if need_cfgs else b"")
 
 
@@ -282,29 +274,16 @@ def lcluster_count(size: int, block_size: int) -> int:
     return -(-size // block_size)
 
 
-def compact_split(nidx: int, header_end: int) -> tuple[int, int, int]:
-    """(4B entries at the start, 2B entries, 4B entries at the end) of a compact index area.
-
-    `header_end` is where the indexes begin (map header position + 8), relative to anything
-    32-byte aligned (the inode is): 2B packs must start 32-byte aligned.
-    """
-    initial = ((32 - header_end % 32) // 4) & 7
-    if initial > nidx:
-        return 0, 0, nidx
-    two = (nidx - initial) // 16 * 16
-    return initial, two, nidx - initial - two
-
-
 def index_area_size(size: int, meta_size: int, cfg: CompressConfig,
                     full: bool | None = None) -> int:
     """Bytes after inode + xattrs up to the end of the indexes (padding, map header, indexes);
     `full`: full indexes (default: as -Elegacy-compress says)."""
     nidx = lcluster_count(size, cfg.block_size)
-    hdr = fmt.round_up(meta_size, 8)
+    hdr = fmt.z_erofs_map_header_pos(meta_size)
     if cfg.legacy_indexes if full is None else full:
-        return hdr - meta_size + _FULL_HEADER_SIZE + 8 * nidx
-    initial, two, end = compact_split(nidx, hdr + 8)
-    return hdr - meta_size + 8 + 4 * initial + 2 * two + 4 * fmt.round_up(end, 2)
+        return hdr - meta_size + index.full_area_size(nidx)
+    ebase = hdr + fmt.Z_EROFS_MAP_HEADER_SIZE
+    return ebase - meta_size + index.compact_area_size(nidx, ebase)
 
 
 def inline_room(size: int, meta_size: int, cfg: CompressConfig, full: bool | None = None) -> int:
@@ -438,26 +417,6 @@ class CompressedLayout:
     deduped: bool = False       # refers to pclusters written for other data (DEDUPE bit)
 
 
-@dataclass
-class Lclusters:
-    """Decoded-form lcluster entries: for heads (lo=clusterofs, hi=blkaddr), for NONHEAD
-    (lo=delta[0] possibly with CBLKCNT, hi=delta[1]); `ofs` is the di_clusterofs mkfs.erofs
-    writes (the head's clusterofs also on NONHEADs)."""
-    types: bytearray = field(default_factory=bytearray)
-    lo: array = field(default_factory=lambda: array("H"))
-    hi: array = field(default_factory=lambda: array("I"))
-    ofs: array = field(default_factory=lambda: array("H"))
-
-    def __len__(self) -> int:
-        return len(self.types)
-
-    def add(self, t: int, lo: int, hi: int, ofs: int) -> None:
-        self.types.append(t)
-        self.lo.append(lo)
-        self.hi.append(hi)
-        self.ofs.append(ofs)
-
-
 def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
                   block_size: int, big_pcluster: bool, addrs: Sequence[int] | None = None,
                   fragment_hi: int | None = None) -> Lclusters:
@@ -521,90 +480,6 @@ def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
     return ent
 
 
-def encode_full(ent: Lclusters) -> bytes:
-    """Full (legacy) indexes: 8 bytes per lcluster."""
-    out = bytearray()
-    for t, lo, hi, ofs in zip(ent.types, ent.lo, ent.hi, ent.ofs):
-        if t == NONHEAD:
-            out += _FULL_NONHEAD.pack(t, ofs, lo, hi)
-        else:
-            out += _FULL_INDEX.pack(t, ofs, hi)
-    return bytes(out)
-
-
-def encode_compact(ent: Lclusters, header_end: int, start_blk: int, block_size: int,
-                   big_pcluster: bool) -> bytes:
-    """Compact indexes (COMPACTED_2B): 4B packs to reach 32-byte alignment, 2B packs, 4B packs.
-
-    Each pack stores its entries as (type << lobits | value) bit fields (16 bits in 8-byte
-    packs of 2, 14 bits in 32-byte packs of 16) and ends with a le32 base block address.  For
-    a head, the kernel adds to that base the blocks of the pclusters whose heads precede it in
-    the pack: one per head, or the CBLKCNT count with big pclusters.  For a NONHEAD the field is
-    delta[0], except in the last entry of a pack, which keeps delta[1] instead.
-    """
-    lclusterbits = fmt.blksz_bits(block_size)
-    if lclusterbits > 12:
-        raise ValueError("compact 2B indexes need lclusters of at most 4 KiB")
-    lobits = max(lclusterbits, CBLKCNT.bit_length())
-    types, los, his = ent.types, ent.lo, ent.hi
-    nidx = len(types)
-    initial, two, _end = compact_split(nidx, header_end)
-    out = bytearray()
-    pack4 = _FULL_INDEX.pack            # a 4B pack: two 16-bit fields and the base
-    le32 = _LE32.pack
-    # The running block address as the decoder counts it.  Without big pclusters every head
-    # adds one block and the base is the block of the last head before the pack.  With them,
-    # a CBLKCNT entry adds its count, a head adds one only when the previous pcluster had no
-    # CBLKCNT (its head was the entry just before), and a pack opening with such a head
-    # stores the address after that increment.
-    blk = start_blk if big_pcluster else start_blk - 1
-    nonhead_mask = CBLKCNT - 1
-
-    def fields(first: int, vcnt: int) -> tuple[list, int]:
-        nonlocal blk
-        base = blk
-        vals = []
-        for k in range(vcnt):
-            i = first + k
-            if i >= nidx:
-                vals.append(PLAIN << lobits)        # filler after the last entry
-                continue
-            t = types[i]
-            lo = los[i]
-            if t == NONHEAD:
-                if lo & CBLKCNT:
-                    blk += lo & nonhead_mask
-                elif k == vcnt - 1:
-                    lo = min(his[i], nonhead_mask)  # the last entry keeps delta[1]
-            else:
-                if not big_pcluster or (i and types[i - 1] != NONHEAD):
-                    blk += 1
-                    if big_pcluster and k == 0:
-                        base = blk
-                hi = his[i]
-                if hi and hi != blk:
-                    raise AssertionError(f"lcluster {i}: pcluster at {hi}, counted {blk}")
-            vals.append((t << lobits) | lo)
-        return vals, base & 0xFFFFFFFF
-
-    i = 0
-    ntwo = initial + two
-    while i < nidx:
-        if initial <= i < ntwo:
-            vals, base = fields(i, 16)
-            bits = 0
-            for v in reversed(vals):
-                bits = (bits << 14) | v
-            out += bits.to_bytes(28, "little")
-            out += le32(base)
-            i += 16
-        else:
-            vals, base = fields(i, 2)
-            out += pack4(vals[0], vals[1], base)
-            i += 2
-    return bytes(out)
-
-
 def build_indexes(llens: Sequence[int], codes: Sequence[int], size: int, start_blk: int,
                   meta_size: int, cfg: CompressConfig, algorithm: int | None = None,
                   idata: bytes = b"", addrs: Sequence[int] | None = None,
@@ -618,15 +493,13 @@ def build_indexes(llens: Sequence[int], codes: Sequence[int], size: int, start_b
     """
     bs = cfg.block_size
     big = cfg.big_pcluster
-    hdr = fmt.round_up(meta_size, 8)
+    hdr = fmt.z_erofs_map_header_pos(meta_size)
     advise = 0
     if fragment_off is not None:
         advise |= fmt.Z_EROFS_ADVISE_FRAGMENT_PCLUSTER
         if len(llens) == 1:
-            # the whole file is a fragment: the map header alone, its top bit says so
-            whole = fragment_off | 1 << (8 * fmt.Z_EROFS_MAP_HEADER_SIZE - 8
-                                         + fmt.Z_EROFS_FRAGMENT_INODE_BIT)
-            meta = bytes(hdr - meta_size) + struct.pack("<Q", whole)
+            # the whole file is a fragment: the map header alone says where
+            meta = bytes(hdr - meta_size) + index.pack_whole_fragment_header(fragment_off)
             return fmt.EROFS_INODE_COMPRESSED_FULL, meta, advise
     # compact indexes can only count blocks forward from the file's first pcluster, and keep
     # 32 bits of the fragment offset
@@ -642,20 +515,20 @@ def build_indexes(llens: Sequence[int], codes: Sequence[int], size: int, start_b
         layout = fmt.EROFS_INODE_COMPRESSED_FULL
         if big:
             advise |= fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_1
-        body = bytes(8) + encode_full(ent)
+        body = bytes(fmt.Z_EROFS_FULL_INDEX_GAP) + index.encode_full(ent)
     else:
         layout = fmt.EROFS_INODE_COMPRESSED_COMPACT
         advise |= fmt.Z_EROFS_ADVISE_COMPACTED_2B
         if big:
             advise |= fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_1 | fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_2
-        body = encode_compact(ent, hdr + 8, start_blk, bs, big)
+        body = index.encode_compact(ent, hdr + fmt.Z_EROFS_MAP_HEADER_SIZE, start_blk,
+                                    fmt.blksz_bits(bs), big)
     if idata:
         advise |= fmt.Z_EROFS_ADVISE_INLINE_PCLUSTER
     alg = cfg.primary.algorithm_id if algorithm is None else algorithm
-    if fragment_off is not None:
-        header = fmt.Z_EROFS_MAP_HEADER.pack(fragment_off & 0xFFFFFFFF, advise, alg, 0)
-    else:
-        header = _HEADER.pack(0, len(idata), advise, alg, 0)
+    # (with full indexes, the high 32 bits of the fragment offset are in its head's blkaddr)
+    header = index.pack_map_header(advise, alg, idata_size=len(idata),
+                                   fragmentoff=(fragment_off or 0) & 0xFFFFFFFF)
     meta = bytes(hdr - meta_size) + header + body + idata
     assert len(meta) - len(idata) == index_area_size(size, meta_size, cfg, full)
     return layout, meta, advise
@@ -671,27 +544,18 @@ def move_indexes(meta: bytes, datalayout: int, size: int, meta_size: int, block_
         return meta
     out = bytearray(meta)
     nidx = lcluster_count(size, block_size)
-    hdr = fmt.round_up(meta_size, 8)
-    first = hdr - meta_size + fmt.Z_EROFS_MAP_HEADER_SIZE       # the first index entry
+    hdr = fmt.z_erofs_map_header_pos(meta_size)
+    ebase = hdr + fmt.Z_EROFS_MAP_HEADER_SIZE           # the first index entry, from the inode
     if datalayout == fmt.EROFS_INODE_COMPRESSED_FULL:
-        fields = []
-        first = hdr - meta_size + _FULL_HEADER_SIZE
-        for pos in range(first, first + 8 * nidx, 8):
-            if out[pos] & fmt.Z_EROFS_LI_LCLUSTER_TYPE_MASK != NONHEAD:
-                fields.append(pos + 4)              # di_u.blkaddr of a head
+        first = ebase + fmt.Z_EROFS_FULL_INDEX_GAP - meta_size
+        fields = index.full_head_addresses(out, first, nidx)
         eof_ofs = size % block_size
-        if eof_ofs and _FULL_INDEX.unpack_from(out, first + 8 * (nidx - 1))[1] == eof_ofs:
+        last = first + fmt.Z_EROFS_LCLUSTER_INDEX_SIZE * (nidx - 1)
+        if eof_ofs and fmt.Z_EROFS_LCLUSTER_INDEX.unpack_from(out, last)[1] == eof_ofs:
             fields.pop()    # the entry that opens no extent, at EOF, keeps address 0
     else:
-        initial, two, end = compact_split(nidx, hdr + fmt.Z_EROFS_MAP_HEADER_SIZE)
-        # 4B packs keep their base in bytes 4..7 of 8, 2B packs in bytes 28..31 of 32
-        fields = [first + 8 * k + 4 for k in range(initial // 2)]
-        pos = first + 4 * initial
-        fields += [pos + 32 * k + 28 for k in range(two // 16)]
-        pos += 2 * two
-        fields += [pos + 8 * k + 4 for k in range((end + 1) // 2)]
-    for pos in fields:
-        _LE32.pack_into(out, pos, (_LE32.unpack_from(out, pos)[0] + delta) & 0xFFFFFFFF)
+        fields = [pos - meta_size for pos in index.compact_pack_bases(nidx, ebase)]
+    index.add_to_addresses(out, fields, delta)
     return bytes(out)
 
 
@@ -769,7 +633,7 @@ class FileCompression:
         file is stored flat."""
         if self.fragment_len:
             return True
-        legacy_meta = _FULL_HEADER_SIZE + 8 * lcluster_count(self.size, self.cfg.block_size)
+        legacy_meta = index.full_area_size(lcluster_count(self.size, self.cfg.block_size))
         return self.blocks * self.cfg.block_size + len(self.idata) + legacy_meta < self.size
 
     def finish(self, start_blk: int, fragment_off: int | None = None) -> CompressedLayout | None:

@@ -89,7 +89,7 @@ def inode_form(size: int, uid: int, gid: int, nlink: int, mtime: int, nsec: int,
     unless the options say to give it the build time."""
     if options.force_inode == "extended":
         return True, mtime, nsec
-    if size > 0xFFFFFFFF or uid > 0xFFFF or gid > 0xFFFF or nlink > 0xFFFF:
+    if not fmt.fits_compact_inode(size, uid, gid, nlink):
         if options.force_inode == "compact":
             return None
         return True, mtime, nsec                # and it keeps its own mtime, as in mkfs.erofs
@@ -162,7 +162,7 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int) -> Pl
         directory.dir_shape = shape_directory(
             [(b".", directory), (b"..", parent)] + children, block_size)
         directory.size = directory.dir_shape.size
-        if directory.size > 0xFFFFFFFF and not directory.extended:
+        if directory.size > fmt.EROFS_COMPACT_INODE_MAX_SIZE and not directory.extended:
             directory.extended = True
         src.entries = None          # the shape holds the children now; let the source tree go
     return Plan(root=order[0], inodes=order, epoch=build_time, by_source=planned)

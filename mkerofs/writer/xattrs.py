@@ -1,39 +1,28 @@
 """Extended attributes: read them from the source, decide which are shared, encode them for EROFS.
 
-How EROFS stores xattrs (fs/erofs/erofs_fs.h and fs/erofs/xattr.c):
+The on-disk forms (entries, prefixes, the ibody header, the name filter) are in
+mkerofs/ondisk/xattr.py.  What matters here besides them:
 
 * An inode with xattrs is followed by its *xattr ibody*, whose size is in i_xattr_icount
   (``xattr_ibody_size(icount) = 12 + 4 * (icount - 1)``; 0 means none, and exactly 12 makes the
-  kernel refuse every xattr call of the inode with EOPNOTSUPP).  The ibody is
-
-      erofs_xattr_ibody_header (12 bytes): le32 h_name_filter, u8 h_shared_count, 7 reserved
-      h_shared_count x le32 shared xattr ids
-      inline entries, each 4-byte aligned, until the end of the ibody
-
-* An entry is ``u8 e_name_len, u8 e_name_index, le16 e_value_size`` + name suffix + value, padded
-  to 4 bytes.  e_name_index says which prefix the stored name lacks: 1 ``user.``, 2 the whole name
-  ``system.posix_acl_access``, 3 ``system.posix_acl_default``, 4 ``trusted.``, 6 ``security.``, or
-  0x80|k for entry k of the long-prefix table.  Hence a value is at most 65535 bytes (Linux allows
-  65536) and a stored name suffix at most 255.
+  kernel refuse every xattr call of the inode with EOPNOTSUPP).  A value is at most 65535 bytes
+  (Linux allows 65536) and a stored name suffix at most 255.
 
 * Shared entries live in the shared xattr area; a shared id is the entry's byte offset from
   ``sb.xattr_blkaddr * block_size``, divided by 4.  The area is just entries back to back.
 
 * The name filter (compat bit XATTR_FILTER, used by the kernel only while
-  ``sb.xattr_filter_reserved == 0``) is a 32-bit bloom filter per inode: bit
-  ``xxh32(suffix, EROFS_XATTR_FILTER_SEED + base_index) & 31`` is *cleared* for every xattr the
-  inode has (inline and shared), where base_index/suffix are those of the short prefix
-  (user./trusted./...; for a long prefix, its base prefix, so the suffix includes the infix).  A
-  set bit means "no xattr hashing here": getxattr() returns ENODATA without reading the body.
-  listxattr() never looks at the filter.
+  ``sb.xattr_filter_reserved == 0``) is a 32-bit bloom filter per inode with one bit cleared
+  per xattr the inode has (inline and shared).  A set bit means "no xattr hashing here":
+  getxattr() returns ENODATA without reading the body.  listxattr() never looks at the filter.
 
 * The long-prefix table (``--xattr-prefix``, incompat bit XATTR_PREFIXES) holds
-  ``sb.xattr_prefix_count`` records, the first at byte ``sb.xattr_prefix_start * 4``.  A record is
-  ``le16 len, u8 base_index, infix[len - 1]`` padded to 4 bytes.  With no packed inode (or with
-  compat bit PLAIN_XATTR_PFX) the kernel reads it from the image itself at that absolute offset,
-  through the metadata buffer, so it can go anywhere 4-aligned below 16 GiB; mkerofs writes it
-  "plain" and sets PLAIN_XATTR_PFX, as mkfs.erofs 1.9 does when it packs no fragments.  When
-  the image has a packed inode (-Efragments), kernels that predate PLAIN_XATTR_PFX read the table from the packed inode's data instead; so there it goes, first
+  ``sb.xattr_prefix_count`` records, the first at byte ``sb.xattr_prefix_start * 4``.  With no
+  packed inode (or with compat bit PLAIN_XATTR_PFX) the kernel reads it from the image itself
+  at that absolute offset, through the metadata buffer, so it can go anywhere 4-aligned below
+  16 GiB; mkerofs writes it "plain" and sets PLAIN_XATTR_PFX, as mkfs.erofs 1.9 does when it
+  packs no fragments.  When the image has a packed inode (-Efragments), kernels that predate
+  PLAIN_XATTR_PFX read the table from the packed inode's data instead; so there it goes, first
   (``in_packed_inode``), as mkfs.erofs does, unless -Eplain-xattr-prefixes.
 
 Which prefix a name gets (as mkfs.erofs 1.9.3):
@@ -62,53 +51,19 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 from dataclasses import dataclass, field
 
-import xxhash
-
 from ..ondisk import format as fmt
+from ..ondisk import xattr as ondisk_xattr
+from ..ondisk.xattr import (XATTR_IBODY_MAX, XATTR_LONG_PREFIX_COUNT_MAX, XATTR_NAME_SUFFIX_MAX,
+                            XATTR_SHARED_PER_INODE_MAX, XATTR_VALUE_MAX)
 
-XATTR_VALUE_MAX = 0xFFFF                  # le16 e_value_size
-XATTR_NAME_SUFFIX_MAX = 0xFF              # u8 e_name_len
-XATTR_IBODY_MAX = fmt.xattr_ibody_size(0xFFFF)   # u16 i_xattr_icount -> 262148 bytes
-XATTR_SHARED_PER_INODE_MAX = 0xFF         # u8 h_shared_count
-XATTR_LONG_PREFIX_COUNT_MAX = 0x80        # 7 bits of e_name_index
 XATTR_LONG_PREFIX_LEN_MAX = 0xFF          # mkfs.erofs refuses longer --xattr-prefix values
-ROOT_XATTR_ISIZE_MAX = fmt.xattr_align(0xFFFF - fmt.EROFS_XATTR_ENTRY_SIZE)   # 65532, as mkfs.erofs
+# 65532, as mkfs.erofs
+ROOT_XATTR_ISIZE_MAX = fmt.xattr_align(XATTR_VALUE_MAX - fmt.EROFS_XATTR_ENTRY_SIZE)
 TOLERANCE_NO_SHARING = 2**31 - 1          # mkfs.erofs: -x >= INT_MAX means "always inline"
 
-# (prefix, index, exact): exact prefixes are whole names (the ACLs) and must match the full name
-_SHORT_PREFIXES = (
-    (b"user.", fmt.EROFS_XATTR_INDEX_USER, False),
-    (b"system.posix_acl_access", fmt.EROFS_XATTR_INDEX_POSIX_ACL_ACCESS, True),
-    (b"system.posix_acl_default", fmt.EROFS_XATTR_INDEX_POSIX_ACL_DEFAULT, True),
-    (b"trusted.", fmt.EROFS_XATTR_INDEX_TRUSTED, False),
-    (b"security.", fmt.EROFS_XATTR_INDEX_SECURITY, False),
-)
 _HEADER_SIZE = fmt.EROFS_XATTR_IBODY_HEADER.size
-assert _HEADER_SIZE == 12
-
-
-def short_prefix(name: bytes) -> tuple[int, int]:
-    """(e_name_index, prefix length) of the short prefix `name` starts with; (0, 0) for none."""
-    for prefix, index, exact in _SHORT_PREFIXES:
-        if name == prefix if exact else name.startswith(prefix):
-            return index, len(prefix)
-    return 0, 0
-
-
-def filter_bit(name: bytes) -> int:
-    """The bit of h_name_filter that `name` clears (0..31), as the kernel hashes it in getxattr."""
-    index, base_len = short_prefix(name)
-    return xxhash.xxh32_intdigest(name[base_len:], seed=fmt.EROFS_XATTR_FILTER_SEED + index) & (
-        fmt.EROFS_XATTR_FILTER_BITS - 1)
-
-
-def encode_entry(index: int, suffix: bytes, value: bytes) -> bytes:
-    """One erofs_xattr_entry with its name suffix and value, zero-padded to 4 bytes."""
-    raw = fmt.EROFS_XATTR_ENTRY.pack(len(suffix), index, len(value)) + suffix + value
-    return raw.ljust(fmt.xattr_align(len(raw)), b"\0")
 
 
 def _check_root_isize(value: int) -> None:
@@ -205,27 +160,23 @@ class XattrLayout:
             if not prefix or len(prefix) > XATTR_LONG_PREFIX_LEN_MAX or b"\0" in prefix:
                 raise ValueError(f"invalid xattr name prefix {os.fsdecode(prefix)!r}: 1 to "
                                  f"{XATTR_LONG_PREFIX_LEN_MAX} bytes without NUL")
-            base_index, base_len = short_prefix(prefix)
+            base_index, base_len = ondisk_xattr.short_prefix(prefix)
             out.append((prefix, base_index, base_len))
         return out
 
     def _prefix_records(self) -> bytes:
-        out = bytearray()
-        for prefix, base_index, base_len in self._prefixes:
-            infix = prefix[base_len:]
-            record = struct.pack("<HB", 1 + len(infix), base_index) + infix
-            out += record.ljust(fmt.xattr_align(len(record)), b"\0")
-        return bytes(out)
+        return b"".join(ondisk_xattr.pack_long_prefix(base_index, prefix[base_len:])
+                        for prefix, base_index, base_len in self._prefixes)
 
     def name_index(self, name: bytes) -> tuple[int, bytes]:
         """(e_name_index, stored suffix) of `name`: the longest long prefix, else the short one."""
-        base_index, base_len = short_prefix(name)
+        base_index, base_len = ondisk_xattr.short_prefix(name)
         best, best_len = -1, -1
         for k, (prefix, p_base, _) in enumerate(self._prefixes):
             if p_base == base_index and len(prefix) > best_len and name.startswith(prefix):
                 best, best_len = k, len(prefix)
         if best >= 0:
-            return fmt.EROFS_XATTR_LONG_PREFIX | best, name[best_len:]
+            return ondisk_xattr.long_prefix_index(best), name[best_len:]
         return base_index, name[base_len:]
 
     # -- first pass --------------------------------------------------------------------------------
@@ -242,7 +193,7 @@ class XattrLayout:
                 raise ValueError(f"{label}xattr {os.fsdecode(name)}: name too long for EROFS "
                                  f"({len(suffix)} bytes after its prefix, at most "
                                  f"{XATTR_NAME_SUFFIX_MAX})")
-            info = self._names[name] = (index, suffix, filter_bit(name))
+            info = self._names[name] = (index, suffix, ondisk_xattr.name_filter_bit(name))
         return info
 
     def _item(self, name: bytes, value: bytes, where: str | None) -> _Item:
@@ -254,7 +205,7 @@ class XattrLayout:
                 label = f"{where}: " if where else ""
                 raise ValueError(f"{label}xattr {os.fsdecode(name)}: value of {len(value)} bytes "
                                  f"exceeds EROFS's limit of {XATTR_VALUE_MAX}")
-            item = _Item(name, value, encode_entry(index, suffix, value), bit)
+            item = _Item(name, value, ondisk_xattr.pack_entry(index, suffix, value), bit)
             self._items[key] = item
         return item
 
@@ -378,9 +329,8 @@ class XattrLayout:
             name_filter = fmt.EROFS_XATTR_FILTER_DEFAULT & ~present
             if name_filter:
                 self._filter_used = True
-        body = bytearray(fmt.EROFS_XATTR_IBODY_HEADER.pack(name_filter, len(shared), bytes(7)))
-        for item in shared:
-            body += struct.pack("<I", item.shared_id)
+        body = bytearray(ondisk_xattr.pack_ibody_header(name_filter,
+                                                        [item.shared_id for item in shared]))
         for item in inline:
             body += item.entry
         if len(body) < pad_to or len(body) == _HEADER_SIZE:

@@ -24,11 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (BLOCK_SIZES, FIXED_T, Expect, assert_clean_failure, build_image,
-                     compare_trees, copy_tree, image_inodes, make_big_dir, make_big_sparse_file,
-                     make_deep_tree, make_full_tree, make_names_tree, read_superblock,
-                     run_mkerofs, set_tree_times, superblock_checksum_ok, tmpfs_mount,
-                     tree_differences, write_file)
+from support.compare import compare_trees, tree_differences
+from support.mounts import tmpfs_mount
+from support.oracle import image_inodes, read_superblock, superblock_checksum_ok
+from support.run import assert_clean_failure, build_image, run_mkerofs
+from support.trees import (BLOCK_SIZES, FIXED_T, copy_tree, make_big_dir, make_big_sparse_file,
+                           make_deep_tree, make_full_tree, make_names_tree, set_tree_times,
+                           write_file)
 
 pytestmark = pytest.mark.kernel
 
@@ -710,7 +712,7 @@ def test_corrupted_checksum_is_rejected_by_kernel(src, image, kernel):
     raw = bytearray(image.read_bytes())
     raw[1024 + 4] ^= 0xFF
     image.write_bytes(bytes(raw))
-    from helpers import MountError
+    from support.mounts import MountError
     with pytest.raises(MountError):
         with kernel(image):
             pass

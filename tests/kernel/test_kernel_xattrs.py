@@ -47,9 +47,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (Expect, ErofsImage, assert_clean_failure, build_image, compare_trees,
-                     fsb, fsck_erofs, leftovers, read_superblock, run_mkerofs, set_tree_times,
-                     show, tmpfs_mount, write_file)
+from support.compare import Expect, compare_trees
+from support.mounts import fsck_erofs, tmpfs_mount
+from support.oracle import ErofsImage, read_superblock
+from support.paths import fsb, show
+from support.run import assert_clean_failure, build_image, leftovers, run_mkerofs
+from support.trees import set_tree_times, write_file
 
 UUID1 = "0123abcd-4567-89ef-0123-456789abcdef"
 

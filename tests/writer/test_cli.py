@@ -5,7 +5,7 @@ options (non-zero exit, one line on stderr, no traceback, no image left,
 an existing image untouched).
 
 These tests only read the image bytes (superblock and inode table via
-helpers.ErofsImage); none needs root.
+support.oracle.ErofsImage); none needs root.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import uuid as uuidlib
 
 import pytest
 
-from helpers import (FIXED_T, assert_clean_failure, build_image, image_inodes,
-                     make_full_tree, read_superblock, run_mkerofs, set_tree_times,
-                     write_file)
+from support.oracle import image_inodes, read_superblock
+from support.run import assert_clean_failure, run_mkerofs
+from support.trees import FIXED_T, make_full_tree, set_tree_times, write_file
 
 UUID1 = "0123abcd-4567-89ef-0123-456789abcdef"
 
@@ -417,7 +417,7 @@ REGEXES = ["[[:digit:]]", "^r/[[:upper:]]+$", "new.line", "tail$", "[]]", "[\\]"
 
 @pytest.mark.parametrize("rx", REGEXES)
 def test_exclude_regex_matches_glibc(rx, src, image):
-    from helpers import posix_regex_search
+    from support.oracle import posix_regex_search
     r_dir = os.path.join(os.fsencode(src), b"r")
     os.mkdir(r_dir)
     for nm in REGEX_NAMES:
@@ -433,3 +433,95 @@ def test_exclude_regex_matches_glibc(rx, src, image):
     assert present == expected, (f"regex {rx!r}: excluded by mkerofs but not glibc: "
                                  f"{sorted(expected - present)}; excluded by glibc only: "
                                  f"{sorted(present - expected)}")
+
+
+# ---------------------------------------------------------------------------
+# integers, exit statuses and -d9/--debug (the runner shared with mkerofs-read)
+# ---------------------------------------------------------------------------
+
+# C syntax, as mkfs.erofs's strtoull(..., 0): test_readcli.py checks mkerofs-read takes the same
+OFFSET_FORMS = [("8", 8), ("010", 8), ("0x400", 1024), ("0X400", 1024), ("0", 0)]
+BAD_OFFSETS = ["1k", "-1", "junk", "0x", "08", "", "1.5", "0x1g"]
+
+
+@pytest.mark.parametrize("text,value", OFFSET_FORMS)
+def test_offset_in_c_syntax(text, value, small_src, image):
+    run_mkerofs(f"--offset={text}", image, small_src)
+    data = image.read_bytes()
+    assert data[:value] == bytes(value)
+    sb = read_superblock(image, value)
+    assert sb.magic == 0xE0F5E1E2
+    assert len(data) == value + sb.blocks * sb.block_size
+
+
+@pytest.mark.parametrize("text", BAD_OFFSETS)
+def test_offset_refused(text, small_src, image):
+    r = _run_bad([f"--offset={text}"], image, small_src)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    msg = assert_clean_failure(r, mentions=["--offset", "invalid offset"], image=image)
+    assert msg.startswith("mkerofs: ") and msg.endswith("(try 'mkerofs --help')"), msg
+
+
+@pytest.mark.parametrize("args,check", [
+    (["-b1k"], lambda sb, img: sb.block_size == 1024),          # a size: k/m/g taken
+    (["-b0x200"], lambda sb, img: sb.block_size == 512),
+    (["-b01000"], lambda sb, img: sb.block_size == 512),
+    (["-T0x10"], lambda sb, img: sb.mkfs_time == 16),
+    (["-T010"], lambda sb, img: sb.mkfs_time == 8),
+    (["-T0", "--force-uid=0x3e8", "--force-gid=01750"],
+     lambda sb, img: {(i.uid, i.gid) for i in image_inodes(img).values()} == {(1000, 1000)}),
+    (["-T0", "--uid-offset=010", "--all-root"],
+     lambda sb, img: {i.uid for i in image_inodes(img).values()} == {8}),
+], ids=["b1k", "b0x200", "b-octal", "T-hex", "T-octal", "force-ids", "uid-offset-octal"])
+def test_numeric_options_in_c_syntax(args, check, small_src, image):
+    run_mkerofs(*args, image, small_src)
+    assert check(read_superblock(image), image)
+
+
+@pytest.mark.parametrize("args,what", [
+    (["-T1k"], "timestamp"),                    # not a size: no multiplier
+    (["--force-uid=1k"], "uid"),
+    (["--uid-offset=-1"], "uid offset"),
+    (["--workers=0"], "workers"),
+    (["-d0x0a"], "debug level"),
+    (["--zfeature-bits=0x"], "zfeature"),
+])
+def test_numeric_options_refused(args, what, small_src, image):
+    r = _run_bad(args, image, small_src)
+    assert r.returncode == 2
+    assert_clean_failure(r, mentions=[what], image=image)
+
+
+def test_build_error_is_one_line_with_status_1(tmp_path, image):
+    r = run_mkerofs(image, tmp_path / "missing", check=False)
+    assert r.returncode == 1
+    msg = assert_clean_failure(r, mentions=["missing", "does not exist"], image=image)
+    assert msg.startswith("mkerofs: ") and "--help" not in msg
+
+
+def test_os_error_is_one_line_with_status_1(small_src, tmp_path):
+    r = run_mkerofs(tmp_path / "no" / "such" / "dir" / "img", small_src, check=False)
+    assert r.returncode == 1
+    assert_clean_failure(r, mentions=["no/such/dir"])
+
+
+@pytest.mark.parametrize("flag", [["-d9"], ["-d", "9"], ["--debug"], ["-d011"]],
+                         ids=["d9", "d-9", "debug", "d-octal-9"])
+def test_debug_shows_the_traceback(flag, tmp_path, image):
+    r = run_mkerofs(*flag, image, tmp_path / "missing", check=False)
+    assert r.returncode == 1                            # the status does not change
+    assert "Traceback" in r.stderr and "BuildError" in r.stderr, r.stderr
+    assert r.stderr.splitlines()[-1] == f"mkerofs: {tmp_path / 'missing'}: source does not exist"
+
+
+def test_lower_debug_level_keeps_it_short(tmp_path, image):
+    r = run_mkerofs("-d8", image, tmp_path / "missing", check=False)
+    assert r.returncode == 1
+    assert_clean_failure(r, mentions=["does not exist"])
+
+
+def test_debug_shows_no_traceback_for_usage_errors(small_src, image):
+    for args in (["-d9", "--offset=junk"], ["--debug", "-b", "abc"], ["--debug", "--bogus"]):
+        r = _run_bad(args, image, small_src)
+        assert r.returncode == 2
+        assert_clean_failure(r, image=image)

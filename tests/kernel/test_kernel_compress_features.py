@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (assert_clean_failure, build_image, compare_trees, image_inodes,
-                     read_superblock, run_mkerofs, tmpfs_mount)
+from support.compare import compare_trees
+from support.mounts import tmpfs_mount
+from support.oracle import image_inodes, read_superblock
+from support.run import assert_clean_failure, build_image, run_mkerofs
 from test_kernel_compress import _mixed, _random_reads, _text, ztree  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.kernel

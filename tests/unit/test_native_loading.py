@@ -41,7 +41,7 @@ def test_reader_loads_no_writer_no_multiprocessing_no_native_library():
 
 
 def test_reading_an_uncompressed_image_loads_no_native_library(tmp_path):
-    from helpers import run_mkerofs
+    from support.run import run_mkerofs
     src = tmp_path / "src"
     src.mkdir()
     (src / "a").write_bytes(b"hello" * 1000)

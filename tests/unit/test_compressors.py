@@ -627,7 +627,7 @@ def test_images_built_through_fallbacks(tmp_path, zspec):
     """MKEROFS_NATIVE=bundled builds with python-lz4's LZ4 (the same bytes as the system's
     liblz4 of the same version) or the zstandard package; -V says so, and the reader reads the
     images through either library."""
-    from helpers import run_mkerofs
+    from support.run import run_mkerofs
     system, fallback = _system_and_bundled(zspec)
     src = _tree(tmp_path / "src")
     images = {}
@@ -650,7 +650,7 @@ def test_reader_reports_a_missing_library_not_damage(tmp_path):
     report of a damaged image."""
     if "lzma" not in AVAILABLE:
         pytest.skip("no liblzma")
-    from helpers import run_mkerofs
+    from support.run import run_mkerofs
     image = tmp_path / "lzma.erofs"
     run_mkerofs("-zlzma", image, _tree(tmp_path / "src"))
     code = ("import sys\n"

@@ -129,10 +129,10 @@ def _kernel_nblk(t, v, i, big):
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 4095)), min_size=16, max_size=16),
        st.booleans())
 def test_compact_pack_block_counts_match_kernel(entries, big):
-    from mkerofs.reader import zmap
+    from mkerofs.ondisk import index
     t = [e[0] for e in entries]
     v = [e[1] for e in entries]
-    got = zmap._pack_blocks_big(t, v) if big else zmap._pack_blocks(t, v)
+    got = index.pack_blocks_big(t, v) if big else index.pack_blocks(t, v)
     for i in range(16):
         if t[i] != NONHEAD:
             assert got[i] == _kernel_nblk(t, v, i, big), (i, t, v)

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from helpers import assert_clean_failure, copy_tree, make_full_tree, run_mkerofs
+from support.run import assert_clean_failure, run_mkerofs
+from support.trees import copy_tree, make_full_tree
 from mkerofs import BuildError, BuildOptions
 from mkerofs.writer.verify import verify_build
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import build_image
+from support.run import build_image
 from mkerofs.ondisk import format as fmt
 from mkerofs.reader import Image, ImageError
 from reader_corpus import (BASE_OPTIONS, CORPUS_DIR, FIXED, OPTIONAL_BASES, Layout, exercise,

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (assert_clean_failure, build_image, compare_trees, image_inodes,
-                     read_superblock, run_mkerofs)
+from support.compare import compare_trees
+from support.oracle import image_inodes, read_superblock
+from support.run import assert_clean_failure, build_image, run_mkerofs
 
 pytestmark = pytest.mark.kernel
 

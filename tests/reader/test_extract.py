@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (build_image, compare_trees, fsb, kernel_mount, mkerofs_env, show,
-                     tree_differences, _walk, _xattrs)
+from support.compare import compare_trees, host_xattrs, tree_differences, walk_tree
+from support.mounts import kernel_mount
+from support.paths import fsb, show
+from support.run import build_image, mkerofs_env
 from test_readcli import assert_clean_error, built, read_command, run_read, source_tree
 
 EXTRACT_SETS = ["plain", "lz4hc-big-ztail", "zstd", "b1024", "legacy-compress"]
@@ -122,9 +124,9 @@ def test_extract_no_owner_no_xattrs(tmp_path):
     dest = tmp_path / "out"
     run_read("extract", "-q", "--no-owner", "--no-xattrs", image, dest)
     me = (os.geteuid(), os.getegid())
-    for rel, st in _walk(fsb(dest)).items():
+    for rel, st in walk_tree(fsb(dest)).items():
         assert (st.st_uid, st.st_gid) == me, rel
-        assert _xattrs(os.path.join(fsb(dest), rel)) == {}, rel
+        assert host_xattrs(os.path.join(fsb(dest), rel)) == {}, rel
     with kernel_mount(image) as mnt:
         diffs = tree_differences(mnt, dest, xattrs=False)
     assert diffs and all("uid" in d or "gid" in d for d in diffs), diffs[:5]
@@ -248,7 +250,7 @@ def test_tar_read_by_python_tarfile(tmp_path):
                 assert st.st_mtime_ns == ti.mtime * 10**9, where
             xattrs = {k[len("SCHILY.xattr."):]: v.encode("utf-8", "surrogateescape")
                       for k, v in ti.pax_headers.items() if k.startswith("SCHILY.xattr.")}
-            assert xattrs == _xattrs(full), where
+            assert xattrs == host_xattrs(full), where
             if ti.islnk():
                 target = os.fsencode(ti.linkname[2:])
                 assert os.lstat(os.path.join(m, target)).st_ino == st.st_ino, where
@@ -266,7 +268,7 @@ def test_tar_read_by_python_tarfile(tmp_path):
             else:
                 assert ti.isdir() and stat.S_ISDIR(st.st_mode), where
         # everything but the socket is in the archive
-        on_disk = set(_walk(m)) - {b"special/socket"}
+        on_disk = set(walk_tree(m)) - {b"special/socket"}
         assert set(names) == on_disk
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (FIXED_T, assert_clean_failure, bind_mount, block_device_size,
-                     build_image, compare_trees, file_digest, kernel_mount, leftovers,
-                     make_full_tree, read_superblock, run_mkerofs, set_tree_times,
-                     tmpfs_mount, write_file)
+from support.compare import compare_trees
+from support.mounts import bind_mount, block_device_size, file_digest, kernel_mount, tmpfs_mount
+from support.oracle import read_superblock
+from support.run import assert_clean_failure, build_image, leftovers, run_mkerofs
+from support.trees import FIXED_T, make_full_tree, set_tree_times, write_file
 
 UUID1 = "0123abcd-4567-89ef-0123-456789abcdef"
 OLD = b"an existing image that must survive\n" * 50
@@ -421,7 +422,7 @@ def test_interrupted_build_leaves_nothing(present, tmp_path, small_src, image):
     import signal
     import subprocess
     import time
-    from helpers import mkerofs_command, mkerofs_env
+    from support.run import mkerofs_command, mkerofs_env
     _big_source(small_src, 1024)
     before = existing(image, present)
     p = subprocess.Popen(mkerofs_command() + [str(image), str(small_src)], env=mkerofs_env(),

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (build_image, copy_tree, fsb, kernel_mount, make_full_tree, mkerofs_env,
-                     write_file)
+from support.mounts import kernel_mount
+from support.paths import fsb
+from support.run import build_image, mkerofs_env
+from support.trees import copy_tree, make_full_tree, write_file
 
 # option sets of the builder the reader must read back (name -> mkerofs options)
 OPTION_SETS = {
@@ -102,7 +104,7 @@ def source_tree() -> Path:
     os.setxattr(root / "modes" / "f0755", "security.capability", caps)
     os.setxattr(root / "files" / "empty", "security.selinux", b"system_u:object_r:etc_t:s0\0")
     # restore the times the xattr/ACL calls did not change but make_full_tree set before
-    from helpers import set_tree_times
+    from support.trees import set_tree_times
     set_tree_times(root)
     return root
 
@@ -133,7 +135,7 @@ def info_fields(out: str) -> dict[str, str]:
 
 
 def test_info_shows_superblock(plain):
-    from helpers import read_superblock
+    from support.oracle import read_superblock
     sb = read_superblock(plain)
     f = info_fields(run_read("info", plain).stdout)
     assert f["block size"] == "4096"
@@ -399,9 +401,9 @@ def editable(tmp_path_factory):
             for x in os.listxattr(full, follow_symlinks=False):
                 os.setxattr(os.path.join(fsb(copy), rel), x,
                             os.getxattr(full, x, follow_symlinks=False), follow_symlinks=False)
-    from helpers import _walk
+    from support.compare import walk_tree
     # re-apply mtimes (setxattr does not touch mtime, but be sure of directories)
-    for rel, st in sorted(_walk(src).items(), key=lambda kv: -kv[0].count(b"/")):
+    for rel, st in sorted(walk_tree(src).items(), key=lambda kv: -kv[0].count(b"/")):
         os.utime(os.path.join(fsb(copy), rel) if rel else fsb(copy),
                  ns=(st.st_mtime_ns, st.st_mtime_ns), follow_symlinks=False)
     return copy
@@ -571,3 +573,133 @@ def test_help_lists_commands():
         assert f"  {c} " in out, c
     for c in ("info", "ls", "stat", "cat", "extract", "tar", "verify", "compare"):
         assert run_read(c, "--help").returncode == 0
+
+
+# ---------------------------------------------------------------------------
+# integers, exit statuses and -d9/--debug: the runner and integer syntax shared with mkerofs
+
+def _one_line(r: subprocess.CompletedProcess) -> str:
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def small_tree(tmp_path_factory) -> Path:
+    src = tmp_path_factory.mktemp("small") / "src"
+    src.mkdir()
+    write_file(src / "f", 5000)
+    os.chown(src / "f", 1000, 1000)
+    return src
+
+
+@pytest.mark.parametrize("form,value", [("8", 8), ("010", 8), ("0x400", 1024), ("0X400", 1024)])
+def test_offset_forms_agree_with_mkerofs(form, value, small_tree, tmp_path):
+    """What mkerofs --offset takes, mkerofs-read --offset takes, with the same meaning."""
+    img = tmp_path / "i.img"
+    build_image(img, small_tree, f"--offset={form}", "-Lofs")
+    assert img.read_bytes()[value + 1024:value + 1028] == bytes.fromhex("e2e1f5e0")
+    for args in (["--offset", form], [f"--offset={form}"]):
+        f = info_fields(run_read("info", *args, img).stdout)
+        assert f["label"] == "ofs" and f["image"] == f"{img} (at offset {value})"
+    assert run_read("ls", f"--offset={form}", img).stdout == "f\n"
+
+
+@pytest.mark.parametrize("form", ["1k", "-1", "junk", "0x", "08", "", "1.5"])
+def test_offset_forms_refused_by_both(form, small_tree, tmp_path):
+    img = tmp_path / "i.img"
+    r = subprocess.run([sys.executable, "-m", "mkerofs", f"--offset={form}", img, small_tree],
+                       env=mkerofs_env(), capture_output=True, text=True)
+    assert r.returncode == 2 and "invalid offset" in _one_line(r)
+    assert not img.exists()
+    img.write_bytes(bytes(8192))
+    for cmd in ("info", "ls", "verify", "cat"):
+        r = run_read(cmd, f"--offset={form}", img, *(["/f"] if cmd == "cat" else []),
+                     check=2)
+        line = _one_line(r)
+        assert line.startswith(f"mkerofs-read: Invalid value for '--offset': invalid offset")
+        assert line.endswith(f"(try 'mkerofs-read {cmd} --help')"), line
+
+
+def test_owner_options_in_c_syntax(small_tree, tmp_path):
+    """compare takes the build's owner options in the build's syntax."""
+    img = tmp_path / "i.erofs"
+    build_image(img, small_tree, "--uid-offset=0x5", "--force-gid=07")
+    run_read("compare", "--uid-offset=0x5", "--force-gid=07", img, small_tree)
+    run_read("compare", "--uid-offset=05", "--force-gid=0x7", img, small_tree)
+    r = run_read("compare", "--uid-offset=010", "--force-gid=7", img, small_tree, check=1)
+    assert "uid 1005 in the image, expected 1008" in r.stdout, r.stdout
+    for bad in (["--uid-offset=-1"], ["--force-gid=x"], ["--force-uid=1k"], ["--max=junk"]):
+        assert "Invalid value" in _one_line(run_read("compare", *bad, img, small_tree,
+                                                     check=2))
+
+
+def test_max_in_c_syntax(small_tree, tmp_path):
+    img = tmp_path / "i.erofs"
+    build_image(img, small_tree)
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in "abcdefghijk":                  # 11 files the image does not have, and no f
+        write_file(other / name, 1)
+    full = run_read("compare", img, other, check=1).stdout.splitlines()
+    assert len(full) >= 12
+    for form, n in (("0x2", 2), ("010", 8), ("9", 9)):
+        assert run_read("compare", "--max", form, img, other, check=1).stdout.splitlines() \
+            == full[:n]
+
+
+@pytest.mark.parametrize("debug", [["--debug"], ["-d9"], ["-d", "9"], ["-d011"]],
+                         ids=["debug", "d9", "d-9", "d-octal-9"])
+def test_debug_shows_traceback_and_keeps_status(debug, plain, tmp_path):
+    # on the group and on the subcommand
+    for args in ([*debug, "stat", plain, "/nope"], ["stat", *debug, plain, "/nope"]):
+        r = run_read(*args, check=1)
+        assert "Traceback" in r.stderr and "NotFoundError" in r.stderr, r.stderr
+        assert r.stderr.splitlines()[-1].startswith(f"mkerofs-read: {plain}: /nope")
+    # an unreadable image keeps its status 2
+    r = run_read("verify", *debug, tmp_path / "absent.erofs", check=2)
+    assert "Traceback" in r.stderr
+    assert r.stderr.splitlines()[-1].startswith("mkerofs-read: ")
+
+
+def test_no_traceback_without_debug_or_for_usage_errors(plain):
+    r = run_read("-d8", "stat", plain, "/nope", check=1)
+    assert _one_line(r).startswith(f"mkerofs-read: {plain}: /nope")
+    for args in (["--debug", "stat", plain], ["-d9", "bogus"], ["stat", "-d10", plain, "/"],
+                 ["ls", "--debug", "--offset", "junk", plain]):
+        line = _one_line(run_read(*args, check=2))
+        assert line.startswith("mkerofs-read: ") and "--help" in line, line
+
+
+def test_os_error_is_one_line(plain, tmp_path):
+    out = tmp_path / "no" / "dir" / "x.tar"
+    r = run_read("tar", "-o", out, plain, check=1)
+    assert _one_line(r) == f"mkerofs-read: {out}: No such file or directory"
+
+
+def test_usage_error_is_one_line():
+    line = _one_line(run_read("cat", check=2))
+    assert line.startswith("mkerofs-read: Missing argument 'IMAGE'")
+    assert line.endswith("(try 'mkerofs-read cat --help')")
+
+
+def test_listing_walk_reads_only_directories(plain):
+    """ls -R (names only) walks with iter_tree(leaf_inodes=False): the same paths as the full
+    walk, reading no inode but directories'."""
+    from mkerofs.reader import Image
+    from mkerofs.reader.extract import ENTER, LEAF, LEAVE, iter_tree
+    with Image.open(plain) as img:
+        full = [(e, p) for e, p, _ in iter_tree(img, img.root, check=False)]
+        dirs = sum(1 for e, _ in full if e == ENTER)
+        read = []
+        real = img.inode
+        img.inode = lambda nid: read.append(nid) or real(nid)
+        names = [(e, p, i) for e, p, i in iter_tree(img, img.root, check=False,
+                                                     leaf_inodes=False)]
+    assert [(e, p) for e, p, _ in names] == full
+    assert all(i is None for e, _, i in names if e == LEAF)
+    assert len(read) == dirs                            # (img.root reads the root's)
+    out = run_read("ls", "-R", plain).stdout_bytes.split(b"\n")[:-1]
+    # (one name holds a newline: compare the number of lines it adds)
+    assert len(out) == len([p for e, p in full if e != LEAVE and p != b"/"]) + \
+        sum(p.count(b"\n") for e, p in full if e != LEAVE)

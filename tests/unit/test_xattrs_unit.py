@@ -16,8 +16,8 @@ import xxhash
 from mkerofs.ondisk import format as fmt
 from mkerofs.writer.selinux import FileContexts, fs_path, with_label
 from mkerofs.util import read_xattrs
-from mkerofs.writer.xattrs import (XATTR_IBODY_MAX, XattrLayout, XattrOptions, encode_entry, filter_bit,
-                                   short_prefix)
+from mkerofs.ondisk.xattr import name_filter_bit, pack_entry, short_prefix
+from mkerofs.writer.xattrs import XATTR_IBODY_MAX, XattrLayout, XattrOptions
 
 SEED = 0x25BBE08F
 
@@ -48,17 +48,17 @@ def entries(raw: bytes, pos: int = 0, end: int | None = None) -> list[tuple[int,
 
 def test_entry_encoding_by_hand():
     # e_name_len=1, e_name_index=1 (user.), e_value_size=1 (le16), "a", "1", 2 bytes padding
-    assert encode_entry(1, b"a", b"1") == b"\x01\x01\x01\x00a1\x00\x00"
+    assert pack_entry(1, b"a", b"1") == b"\x01\x01\x01\x00a1\x00\x00"
     # exactly aligned: no padding
-    assert encode_entry(4, b"ab", b"cd") == b"\x02\x04\x02\x00abcd"
+    assert pack_entry(4, b"ab", b"cd") == b"\x02\x04\x02\x00abcd"
     # an ACL: empty name, index 2; a 300-byte value has e_value_size 0x012c little-endian
-    raw = encode_entry(2, b"", b"v" * 300)
+    raw = pack_entry(2, b"", b"v" * 300)
     assert raw[:4] == b"\x00\x02\x2c\x01" and len(raw) == 304
 
 
 @pytest.mark.parametrize("nlen,vlen", [(0, 0), (1, 0), (0, 3), (5, 6), (255, 65535)])
 def test_entry_is_4_byte_aligned_and_zero_padded(nlen, vlen):
-    raw = encode_entry(1, b"n" * nlen, b"v" * vlen)
+    raw = pack_entry(1, b"n" * nlen, b"v" * vlen)
     assert len(raw) % 4 == 0
     assert len(raw) - (4 + nlen + vlen) in range(4)
     assert raw[4 + nlen + vlen:] == bytes(len(raw) - 4 - nlen - vlen)
@@ -135,10 +135,10 @@ def test_bad_long_prefixes(prefixes):
 
 def test_filter_bit_is_the_kernels_hash():
     # the kernel hashes the name after the handler's prefix, seeded with SEED + index
-    assert filter_bit(b"user.a") == xxhash.xxh32_intdigest(b"a", seed=SEED + 1) & 31 == 21
-    assert filter_bit(b"system.posix_acl_access") == xxhash.xxh32_intdigest(b"", seed=SEED + 2) & 31
+    assert name_filter_bit(b"user.a") == xxhash.xxh32_intdigest(b"a", seed=SEED + 1) & 31 == 21
+    assert name_filter_bit(b"system.posix_acl_access") == xxhash.xxh32_intdigest(b"", seed=SEED + 2) & 31
     # a long-prefixed name still hashes from its *short* prefix: the infix is part of the suffix
-    assert filter_bit(b"trusted.overlay.opaque") == (
+    assert name_filter_bit(b"trusted.overlay.opaque") == (
         xxhash.xxh32_intdigest(b"overlay.opaque", seed=SEED + 4) & 31)
 
 
@@ -164,7 +164,7 @@ def test_filter_covers_shared_xattrs_too():
     body = lay.ibody(h)
     name_filter, shared = header(body)
     assert shared == 2 and len(body) == 12 + 8
-    assert name_filter == 0xFFFFFFFF & ~((1 << filter_bit(b"user.a")) | (1 << filter_bit(b"trusted.t")))
+    assert name_filter == 0xFFFFFFFF & ~((1 << name_filter_bit(b"user.a")) | (1 << name_filter_bit(b"trusted.t")))
 
 
 def test_filter_off():
@@ -247,7 +247,7 @@ def test_shared_area_sorted_and_ids_are_offsets():
     assert [n for _, n, _ in entries(lay.shared_area)] == [b"a", b"a", b"a.b", b"b"]
     body = lay.ibody(h)
     ids = struct.unpack_from("<2I", body, 12)
-    first = len(encode_entry(4, b"a", b"long value here"))
+    first = len(pack_entry(4, b"a", b"long value here"))
     assert ids == ((1152 + first) // 4, (1152 + first + 8) // 4)
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-import helpers
-from helpers import build_image, run_mkerofs
+from support import mounts, trees
+from support.run import build_image, run_mkerofs
 from mkerofs.ondisk import format as fmt
 from mkerofs.reader import Extent, Image, ImageError, Inode, NotFoundError
 from reader_corpus import make_small_tree, text
@@ -147,7 +147,7 @@ def assert_reader_matches_kernel(image: Path) -> None:
         assert problems == [], problems[:20]
         rv = reader_view(img)
         groups = hard_link_groups(img)
-    with helpers.kernel_mount(image) as mnt:
+    with mounts.kernel_mount(image) as mnt:
         kv = tree_view(mnt, nlink_in_tree=False)
         kgroups = mount_link_groups(mnt)
     diffs = differences(rv, kv, "reader", "kernel")
@@ -176,9 +176,9 @@ def full_tree(tmp_path_factory) -> Path:
     if os.geteuid() != 0:
         pytest.skip("building the full tree needs root (owners, device nodes)")
     root = tmp_path_factory.mktemp("reader-full") / "src"
-    helpers.make_full_tree(root, xattrs=True)
+    trees.make_full_tree(root, xattrs=True)
     _compressible_tree(root / "comp")
-    helpers.set_tree_times(root)
+    trees.set_tree_times(root)
     return root
 
 
@@ -187,11 +187,11 @@ def user_tree(tmp_path_factory) -> Path:
     """A tree any user can build: files of every size, symlinks, awkward names, xattrs."""
     root = tmp_path_factory.mktemp("reader-user") / "src"
     make_small_tree(root)
-    helpers.make_size_files(root / "sizes", (512, 4096))
-    helpers.make_symlinks(root / "symlinks", [1, 60, 100, 1000, 4000, 4095])
-    helpers.make_names_tree(root / "names")
+    trees.make_size_files(root / "sizes", (512, 4096))
+    trees.make_symlinks(root / "symlinks", [1, 60, 100, 1000, 4000, 4095])
+    trees.make_names_tree(root / "names")
     _compressible_tree(root / "comp")
-    helpers.set_tree_times(root)
+    trees.set_tree_times(root)
     return root
 
 
@@ -200,10 +200,10 @@ def debian_tree(tmp_path_factory) -> Path:
     """user_tree without the awkward names, which mkfs.erofs 1.5 cannot store."""
     root = tmp_path_factory.mktemp("reader-debian") / "src"
     make_small_tree(root)
-    helpers.make_size_files(root / "sizes", (4096,))
-    helpers.make_symlinks(root / "symlinks", [1, 100, 4095])
+    trees.make_size_files(root / "sizes", (4096,))
+    trees.make_symlinks(root / "symlinks", [1, 100, 4095])
     _compressible_tree(root / "comp")
-    helpers.set_tree_times(root)
+    trees.set_tree_times(root)
     return root
 
 
@@ -283,8 +283,8 @@ def test_mkerofs_image_matches_kernel(options, full_tree, tmp_path):
 @pytest.mark.parametrize("bs", [512, 4096])
 def test_big_directories_and_deep_trees_match_kernel(bs, tmp_path):
     src = tmp_path / "src"
-    helpers.make_big_dir(src / "big", 3000)
-    helpers.make_deep_tree(src / "deep", 150)
+    trees.make_big_dir(src / "big", 3000)
+    trees.make_deep_tree(src / "deep", 150)
     image = tmp_path / "image.erofs"
     build_image(image, src, f"-b{bs}")
     assert_reader_matches_kernel(image)
@@ -450,7 +450,7 @@ def test_new_mkfs_erofs_image_matches_kernel(options, full_tree, tmp_path):
 def test_big_sparse_file_streams(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
-    helpers.make_big_sparse_file(src / "big")
+    trees.make_big_sparse_file(src / "big")
     image = tmp_path / "image.erofs"
     build_image(image, src)
     with Image.open(image) as img:

@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import random
 import struct
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from mkerofs.writer import compress as z  # noqa: E402
-from mkerofs.writer import workers as zw  # noqa: E402
-from mkerofs.codecs import registry  # noqa: E402
-from mkerofs.ondisk import format as fmt  # noqa: E402
+from mkerofs.writer import compress as z
+from mkerofs.writer import workers as zw
+from mkerofs.codecs import registry
+from mkerofs.ondisk import format as fmt
+from mkerofs.ondisk import index
 
 HAVE = set(registry.available())
 needs_lz4 = pytest.mark.skipif("lz4" not in HAVE, reason="liblz4 not available")
@@ -356,14 +353,14 @@ def cfg_for(alg="lz4", bs=4096, pcs=None, legacy=False, ztail=False, **kw):
     (40, 6, (6, 0, 0)),
     (72, 23, (6, 16, 1)),
 ])
-def test_compact_split(header_end, nidx, expect):
-    assert z.compact_split(nidx, header_end) == expect
+def test_compact_runs(header_end, nidx, expect):
+    assert index.compact_runs(nidx, header_end) == expect
 
 
 def test_compact_2b_packs_are_32_byte_aligned():
     for meta_size in range(32, 32 + 200, 4):
         hdr_end = fmt.round_up(meta_size, 8) + 8
-        initial, two, _end = z.compact_split(1000, hdr_end)
+        initial, two, _end = index.compact_runs(1000, hdr_end)
         if two:
             assert (hdr_end + 4 * initial) % 32 == 0
 
@@ -389,7 +386,7 @@ def test_full_entries_for_one_extent_with_eof_marker():
     assert list(ent.types) == [z.HEAD1, z.NONHEAD, z.PLAIN]
     assert list(ent.lo) == [0, 1, 1808]
     assert list(ent.hi) == [500, 1, 0]
-    raw = z.encode_full(ent)
+    raw = index.encode_full(ent)
     assert raw == (struct.pack("<HHI", 1, 0, 500) + struct.pack("<HHHH", 2, 0, 1, 1)
                    + struct.pack("<HHI", 0, 1808, 0))
 
@@ -412,7 +409,7 @@ def test_extent_ending_inside_its_lcluster_must_be_last():
 def test_compact_4b_pack_bits():
     # HEAD1 at 0, NONHEAD, EOF marker: meta_size 32 -> all 4B (6 lead-in > 3 entries)
     ent = z.lclusters_for([10000], [1], 500, 4096, big_pcluster=False)
-    raw = z.encode_compact(ent, 40, 500, 4096, big_pcluster=False)
+    raw = index.encode_compact(ent, 40, 500, 12, big_pcluster=False)
     assert len(raw) == 16
     # pack 1: HEAD1|0 in bits 0-15, NONHEAD with delta[1]=1 (last of pack) in bits 16-31
     assert raw[:4] == ((z.NONHEAD << 12 | 1) << 16 | (z.HEAD1 << 12)).to_bytes(4, "little")
@@ -425,7 +422,7 @@ def test_compact_2b_pack_is_32_bytes_with_14_bit_fields():
     # 24 one-block raw extents: meta 32 -> 6 x 4B lead-in, one 2B pack of 16, then 4B x 2
     codes = [1 | z._RAW] * 24
     ent = z.lclusters_for([4096] * 24, codes, 1000, 4096, big_pcluster=False)
-    raw = z.encode_compact(ent, 40, 1000, 4096, big_pcluster=False)
+    raw = index.encode_compact(ent, 40, 1000, 12, big_pcluster=False)
     assert len(raw) == 3 * 8 + 32 + 8
     pack = raw[24:56]
     bits = int.from_bytes(pack[:28], "little")

@@ -1,0 +1,471 @@
+"""Lcluster indexes of compressed inodes, both ways: the map header, full and compact indexes.
+
+The kernel's rules (fs/erofs/erofs_fs.h, zmap.c), restated:
+
+* The map header (8 bytes) sits at the end of inode + inline xattrs rounded up to 8.  Its first
+  le32 is h_fragmentoff (FRAGMENT_PCLUSTER) or holds h_idata_size in its high half
+  (INLINE_PCLUSTER); then le16 h_advise, u8 h_algorithmtype (HEAD1 algorithm in the low nibble,
+  HEAD2 in the high one), u8 h_clusterbits (lclusterbits - blkszbits in the low nibble).  Bit 7
+  of h_clusterbits set means the whole file is a fragment: the header is then
+  ``le64(fragment offset | 1 << 63)``.
+* One index per lcluster.  An extent starts at a head (HEAD1/HEAD2 compressed, PLAIN raw) at its
+  clusterofs; lclusters an extent covers completely are NONHEAD and keep delta[0] (back to the
+  head) and delta[1] (forward to the next head).  With big pclusters the first NONHEAD of a
+  pcluster keeps its block count in delta[0] instead, flagged by Z_EROFS_LI_D0_CBLKCNT.
+* Full indexes (COMPRESSED_FULL): 8 reserved bytes after the header, then one
+  z_erofs_lcluster_index (8 bytes) per lcluster: le16 di_advise (type in the low 2 bits,
+  PARTIAL_REF), le16 di_clusterofs, le32 di_u = blkaddr of a head or delta[0] | delta[1] << 16.
+* Compact indexes (COMPRESSED_COMPACT) start right after the header and come in packs, each
+  ending with a le32 base block address: 4B packs hold 2 entries in 8 bytes (16 bits each), 2B
+  packs 16 entries in 32 bytes (14 bits each).  An entry is (type << lobits | value), lobits =
+  max(lclusterbits, 12); the value is a head's clusterofs, a NONHEAD's delta[0], or in the last
+  entry of a pack delta[1].  2B packs (COMPACTED_2B) must start 32-byte aligned: the area opens
+  with 4B entries up to that alignment, then 2B packs of whole 16s, then 4B entries again.  The
+  count of entries is ceil(size / block size) (counted in blocks, whatever lclusterbits says).
+* A compact head's block address is the pack's base plus the blocks of the pclusters whose
+  heads precede it in the pack: one per head, or the CBLKCNT count with big pclusters (where a
+  head not followed by a CBLKCNT entry is a one-block pcluster).  Without big pclusters the
+  base is the block before the pack's first head.
+"""
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..errors import ImageError
+from . import format as fmt
+
+PLAIN = fmt.Z_EROFS_LCLUSTER_TYPE_PLAIN
+HEAD1 = fmt.Z_EROFS_LCLUSTER_TYPE_HEAD1
+NONHEAD = fmt.Z_EROFS_LCLUSTER_TYPE_NONHEAD
+HEAD2 = fmt.Z_EROFS_LCLUSTER_TYPE_HEAD2
+CBLKCNT = fmt.Z_EROFS_LI_D0_CBLKCNT
+_TYPE_MASK = fmt.Z_EROFS_LI_LCLUSTER_TYPE_MASK
+
+_WHOLE_FRAGMENT = 1 << (8 * (fmt.Z_EROFS_MAP_HEADER_SIZE - 1) + fmt.Z_EROFS_FRAGMENT_INODE_BIT)
+_2B_ALIGN = 32                    # 2B packs start at a multiple of 32 bytes
+_PACK_BASE_SIZE = 4               # the le32 base block address ending every compact pack
+_ADDR_MASK = 0xFFFFFFFF
+_MAP_HEADER = fmt.Z_EROFS_MAP_HEADER
+_FRAGMENT_PCLUSTER = fmt.Z_EROFS_ADVISE_FRAGMENT_PCLUSTER
+
+
+# ---------------------------------------------------------------------------
+# map header
+
+
+@dataclass(slots=True)
+class MapHeader:
+    advise: int
+    algorithms: tuple[int, int]        # HEAD1, HEAD2
+    lclusterbits: int
+    idata_size: int = 0                # ztailpacking: bytes of the inline pcluster
+    fragmentoff: int = 0               # h_fragmentoff (whole_fragment: the 64-bit offset)
+    whole_fragment: bool = False       # the whole file is in the packed inode at fragmentoff
+    records: bool = False              # COMPRESSED_FULL with extent records instead of lclusters
+    extent_count: int = 0
+
+    def pack(self, blkszbits: int) -> bytes:
+        if self.whole_fragment:
+            return pack_whole_fragment_header(self.fragmentoff)
+        if self.records:
+            raise NotImplementedError("extent records are not written")
+        return pack_map_header(self.advise, self.algorithms[0], self.algorithms[1],
+                               self.lclusterbits - blkszbits, self.idata_size, self.fragmentoff)
+
+
+def pack_map_header(advise: int, head1_alg: int, head2_alg: int = 0, clusterbits: int = 0,
+                    idata_size: int = 0, fragmentoff: int = 0) -> bytes:
+    """MapHeader(...).pack() without the object (the writer makes one per compressed file)."""
+    first = fragmentoff if advise & _FRAGMENT_PCLUSTER else idata_size << 16
+    return _MAP_HEADER.pack(first, advise, head1_alg | head2_alg << 4, clusterbits)
+
+
+def pack_whole_fragment_header(fragmentoff: int) -> bytes:
+    """The map header of a file that is entirely a fragment at `fragmentoff`."""
+    return (fragmentoff | _WHOLE_FRAGMENT).to_bytes(fmt.Z_EROFS_MAP_HEADER_SIZE, "little")
+
+
+def unpack_map_header(raw: bytes, blkszbits: int, datalayout: int) -> MapHeader:
+    """The fields of a map header, as the kernel reads them (nothing is checked here)."""
+    first, advise, algtype, clusterbits = fmt.Z_EROFS_MAP_HEADER.unpack(raw)
+    if clusterbits >> fmt.Z_EROFS_FRAGMENT_INODE_BIT:
+        whole = int.from_bytes(raw, "little") ^ _WHOLE_FRAGMENT
+        return MapHeader(fmt.Z_EROFS_ADVISE_FRAGMENT_PCLUSTER, (0, 0), blkszbits,
+                         fragmentoff=whole, whole_fragment=True)
+    lclusterbits = blkszbits + (clusterbits & 15)
+    if datalayout == fmt.EROFS_INODE_COMPRESSED_FULL and advise & fmt.Z_EROFS_ADVISE_EXTENTS:
+        # extent records (48-bit images): h_extents_lo in the first le32, h_extents_hi in the
+        # two bytes that otherwise hold the algorithm type and cluster bits
+        count = first | (algtype | clusterbits << 8) << 32
+        return MapHeader(advise, (0, 0), lclusterbits, records=True, extent_count=count)
+    header = MapHeader(advise, (algtype & 15, algtype >> 4), lclusterbits)
+    if advise & fmt.Z_EROFS_ADVISE_FRAGMENT_PCLUSTER:
+        header.fragmentoff = first
+    elif advise & fmt.Z_EROFS_ADVISE_INLINE_PCLUSTER:
+        header.idata_size = first >> 16
+    return header
+
+
+# ---------------------------------------------------------------------------
+# what an encoder takes and a decoder gives
+
+
+@dataclass
+class Lclusters:
+    """One entry per lcluster as a writer means it: heads (lo=clusterofs, hi=blkaddr), NONHEAD
+    (lo=delta[0], or CBLKCNT | block count; hi=delta[1]); `ofs` is the di_clusterofs of full
+    indexes (mkfs.erofs writes the head's clusterofs on NONHEADs too)."""
+    types: bytearray = field(default_factory=bytearray)
+    lo: array = field(default_factory=lambda: array("H"))
+    hi: array = field(default_factory=lambda: array("I"))
+    ofs: array = field(default_factory=lambda: array("H"))
+
+    def __len__(self) -> int:
+        return len(self.types)
+
+    def add(self, t: int, lo: int, hi: int, ofs: int) -> None:
+        self.types.append(t)
+        self.lo.append(lo)
+        self.hi.append(hi)
+        self.ofs.append(ofs)
+
+
+@dataclass(slots=True)
+class DecodedLclusters:
+    """Every index of one inode, decoded as the kernel decodes each on its own."""
+    types: list[int]
+    lo: list[int]           # heads: clusterofs; NONHEAD: delta[0] (1 for a CBLKCNT entry)
+    d1: list[int]           # NONHEAD: delta[1] (lookahead distance); heads: 0
+    pblk: list[int]         # heads: block address; NONHEAD: 0
+    cblks: list[int]        # NONHEAD with CBLKCNT: the block count; else 0
+    partial: list[bool]     # heads (full indexes only): PARTIAL_REF
+    tail_end: int           # byte just after the index (pack) of the last lcluster
+
+
+def add_to_addresses(buf: bytearray, positions, delta: int) -> None:
+    """Add `delta` (mod 2**32) to the le32 block address at each of `positions` in `buf`."""
+    for pos in positions:
+        addr = int.from_bytes(buf[pos:pos + 4], "little")
+        buf[pos:pos + 4] = ((addr + delta) & _ADDR_MASK).to_bytes(4, "little")
+
+
+# ---------------------------------------------------------------------------
+# full indexes
+
+
+def full_area_size(totalidx: int) -> int:
+    """Bytes from the map header to the end of `totalidx` full indexes."""
+    return (fmt.Z_EROFS_MAP_HEADER_SIZE + fmt.Z_EROFS_FULL_INDEX_GAP
+            + totalidx * fmt.Z_EROFS_LCLUSTER_INDEX_SIZE)
+
+
+def encode_full(ent: Lclusters) -> bytes:
+    """Full (legacy) indexes: 8 bytes per lcluster, without the reserved gap before them."""
+    u = [lo | hi << 16 if t == NONHEAD else hi
+         for t, lo, hi in zip(ent.types, ent.lo, ent.hi)]
+    return b"".join(map(fmt.Z_EROFS_LCLUSTER_INDEX.pack, ent.types, ent.ofs, u))
+
+
+def full_head_addresses(raw, start: int, count: int) -> list[int]:
+    """Positions in `raw` of the le32 blkaddr of every head among `count` full indexes at
+    `start`."""
+    size = fmt.Z_EROFS_LCLUSTER_INDEX_SIZE
+    return [pos + 4 for pos in range(start, start + size * count, size)
+            if raw[pos] & _TYPE_MASK != NONHEAD]
+
+
+def decode_full(get: Callable[[int, int], bytes], start: int, count: int, lclusterbits: int,
+                big: bool) -> DecodedLclusters:
+    raw = get(start, count * fmt.Z_EROFS_LCLUSTER_INDEX_SIZE)
+    types, lo, d1, pblk, cblks, partial = [], [], [], [], [], []
+    lcs = 1 << lclusterbits
+    for lcn, (advise, clusterofs, u) in enumerate(fmt.Z_EROFS_LCLUSTER_INDEX.iter_unpack(raw)):
+        t = advise & _TYPE_MASK
+        types.append(t)
+        if t == NONHEAD:
+            delta0 = u & 0xFFFF
+            blocks = 0
+            if delta0 & CBLKCNT:
+                if not big:
+                    raise ImageError(f"lcluster {lcn}: block count (CBLKCNT) without big "
+                                     "pclusters")
+                blocks, delta0 = delta0 & ~CBLKCNT, 1
+            lo.append(delta0)
+            d1.append(u >> 16)
+            pblk.append(0)
+            cblks.append(blocks)
+            partial.append(False)
+        else:
+            if clusterofs >= lcs:
+                raise ImageError(f"lcluster {lcn}: clusterofs {clusterofs} beyond the "
+                                 f"lcluster size {lcs}")
+            lo.append(clusterofs)
+            d1.append(0)
+            pblk.append(u)
+            cblks.append(0)
+            partial.append(bool(advise & fmt.Z_EROFS_LI_PARTIAL_REF))
+    return DecodedLclusters(types, lo, d1, pblk, cblks, partial,
+                            start + count * fmt.Z_EROFS_LCLUSTER_INDEX_SIZE)
+
+
+# ---------------------------------------------------------------------------
+# compact indexes: geometry
+
+
+def compact_runs(totalidx: int, ebase: int, compacted_2b: bool = True) -> tuple[int, int, int]:
+    """(4B entries at the start, 2B entries, 4B entries at the end) of a compact index area
+    that begins at byte `ebase` (of anything 32-byte aligned: the inode is)."""
+    initial = ((_2B_ALIGN - ebase % _2B_ALIGN) // 4) & 7
+    if initial > totalidx:
+        return 0, 0, totalidx
+    two = (totalidx - initial) // 16 * 16 if compacted_2b else 0
+    return initial, two, totalidx - initial - two
+
+
+def _compact_pack(entry_size: int, lclusterbits: int) -> tuple[int, int, int] | None:
+    if entry_size == 4 and lclusterbits <= 14:
+        vcnt = 2
+    elif entry_size == 2 and lclusterbits <= 12:
+        vcnt = 16
+    else:
+        return None
+    lobits = max(lclusterbits, CBLKCNT.bit_length())
+    encodebits = ((vcnt * entry_size - _PACK_BASE_SIZE) * 8) // vcnt
+    return vcnt, encodebits, lobits
+
+
+_COMPACT_PACKS = {(size, bits): _compact_pack(size, bits) for size in (2, 4) for bits in range(32)}
+# what the encoder needs of a pack, looked up once per run of every compressed file: vcnt,
+# encodebits, lobits, bytes, bit position of the base
+_ENCODINGS = {key: (*p, p[0] * key[0], 8 * (p[0] * key[0] - _PACK_BASE_SIZE))
+              for key, p in _COMPACT_PACKS.items() if p is not None}
+assert PLAIN == 0       # the encoder leaves entries past the last lcluster as zero bits
+
+
+def compact_pack(entry_size: int, lclusterbits: int) -> tuple[int, int, int] | None:
+    """(vcnt, encodebits, lobits) of a compact pack whose entries take `entry_size` (4 or 2)
+    bytes on average: vcnt entries of encodebits bits each (lobits of clusterofs/delta, then 2
+    of lcluster type), then the pack's le32 base block address.  None: not representable."""
+    return _COMPACT_PACKS.get((entry_size, lclusterbits))
+
+
+def compact_regions(totalidx: int, ebase: int, compacted_2b: bool = True
+                    ) -> list[tuple[int, int, int, int]]:
+    """(entry size, first lcn, entries, byte position) of each non-empty run of the area."""
+    regions = []
+    pos = ebase
+    lcn = 0
+    for size, n in zip((4, 2, 4), compact_runs(totalidx, ebase, compacted_2b)):
+        if n:
+            regions.append((size, lcn, n, pos))
+            lcn += n
+            pos += n * size
+    return regions
+
+
+def compact_area_size(totalidx: int, ebase: int) -> int:
+    """Bytes of `totalidx` compact entries (COMPACTED_2B) at `ebase`; the last 4B pack may be
+    half empty."""
+    initial, two, end = compact_runs(totalidx, ebase)
+    return 4 * initial + 2 * two + 4 * (end + (end & 1))
+
+
+def compact_pack_bases(totalidx: int, ebase: int) -> list[int]:
+    """Byte positions of the le32 base of every pack of a compact area (COMPACTED_2B)."""
+    out = []
+    for size, _first, n, pos in compact_regions(totalidx, ebase):
+        packsize = 8 if size == 4 else 32
+        npacks = -(-n * size // packsize)
+        out.extend(range(pos + packsize - _PACK_BASE_SIZE, pos + npacks * packsize, packsize))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# compact indexes: encoding
+
+
+def encode_compact(ent: Lclusters, ebase: int, start_blk: int, lclusterbits: int,
+                   big_pcluster: bool) -> bytes:
+    """Compact indexes (COMPACTED_2B) for entries whose pclusters follow each other from
+    `start_blk`; `ebase` is where they begin.  Heads' `hi` must be those addresses (checked)."""
+    encodings = _ENCODINGS
+    if (2, lclusterbits) not in encodings:
+        raise ValueError("compact 2B indexes need lclusters of at most 4 KiB")
+    types, los, his = ent.types, ent.lo, ent.hi
+    nidx = len(types)
+    initial, two, end = compact_runs(nidx, ebase)
+    out = bytearray()
+    # The running block address as the decoder counts it.  Without big pclusters every head
+    # adds one block and the base is the block of the last head before the pack.  With them,
+    # a CBLKCNT entry adds its count, a head adds one only when the previous pcluster had no
+    # CBLKCNT (its head was the entry just before), and a pack opening with such a head
+    # stores the address after that increment.
+    blk = start_blk if big_pcluster else start_blk - 1
+    nonhead_mask = CBLKCNT - 1
+    for entry_size, first, n in ((4, 0, initial), (2, initial, two), (4, initial + two, end)):
+        if not n:
+            continue
+        vcnt, encodebits, lobits, packsize, basebits = encodings[entry_size, lclusterbits]
+        for i0 in range(first, first + n, vcnt):
+            base = blk
+            bits = 0
+            shift = 0
+            last = i0 + vcnt - 1
+            # entries past the last lcluster stay 0 bits: PLAIN, clusterofs 0
+            for i in range(i0, last + 1 if last < nidx else nidx):
+                t = types[i]
+                lo = los[i]
+                if t == NONHEAD:
+                    if lo & CBLKCNT:
+                        blk += lo & nonhead_mask
+                    elif i == last:
+                        lo = min(his[i], nonhead_mask)      # the last entry keeps delta[1]
+                else:
+                    if not big_pcluster or (i and types[i - 1] != NONHEAD):
+                        blk += 1
+                        if big_pcluster and i == i0:
+                            base = blk
+                    hi = his[i]
+                    if hi and hi != blk:
+                        raise AssertionError(f"lcluster {i}: pcluster at {hi}, counted {blk}")
+                bits |= (t << lobits | lo) << shift
+                shift += encodebits
+            out += ((base & _ADDR_MASK) << basebits | bits).to_bytes(packsize, "little")
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------
+# compact indexes: decoding
+
+
+def decode_compact(get: Callable[[int, int], bytes], ebase: int, count: int, size: int,
+                   blkszbits: int, lclusterbits: int, advise: int) -> DecodedLclusters:
+    """The first `count` lclusters of the compact area at `ebase` of a `size`-byte file."""
+    totalidx = -(-size >> blkszbits)          # the kernel counts compact entries in blocks
+    if count > totalidx or lclusterbits > 14:
+        raise ImageError(f"compact indexes cannot describe {count} lclusters of "
+                         f"{1 << lclusterbits} bytes")
+    big = bool(advise & fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_1)
+    lcs = 1 << lclusterbits
+    types, lo, d1, pblk, cblks = [], [], [], [], []
+    tail_end = ebase
+    regions = compact_regions(totalidx, ebase, bool(advise & fmt.Z_EROFS_ADVISE_COMPACTED_2B))
+    for entry_size, first, n, pos in regions:
+        if first >= count:
+            break
+        n = min(n, count - first)
+        pack = compact_pack(entry_size, lclusterbits)
+        if pack is None:
+            raise ImageError(f"{entry_size}-byte compact indexes cannot describe "
+                             f"{lcs}-byte lclusters")
+        vcnt, encodebits, lobits = pack
+        packsize = vcnt * entry_size
+        npacks = -(-n // vcnt)
+        area = get(pos, npacks * packsize)
+        tail_end = pos + npacks * packsize
+        for k in range(npacks):
+            raw = area[k * packsize:(k + 1) * packsize]
+            _decode_pack(raw, vcnt, encodebits, lobits, big, lcs, first + k * vcnt,
+                         min(vcnt, n - k * vcnt), types, lo, d1, pblk, cblks)
+    return DecodedLclusters(types, lo, d1, pblk, cblks, [False] * count, tail_end)
+
+
+def _decode_pack(raw: bytes, vcnt: int, encodebits: int, lobits: int, big: bool, lcs: int,
+                 first_lcn: int, used: int, types, lo, d1, pblk, cblks) -> None:
+    word = int.from_bytes(raw, "little")
+    basebits = 8 * (len(raw) - _PACK_BASE_SIZE)
+    base = word >> basebits
+    emask, lomask = (1 << encodebits) - 1, (1 << lobits) - 1
+    x = [word >> shift & emask for shift in range(0, vcnt * encodebits, encodebits)]
+    v = [e & lomask for e in x]
+    t = [e >> lobits & _TYPE_MASK for e in x]
+    if NONHEAD not in t and max(v) < lcs:
+        # every lcluster starts a one-block pcluster: the common case, counted directly
+        first = 0 if big else 1
+        types.extend(t[:used])
+        lo.extend(v[:used])
+        d1.extend([0] * used)
+        pblk.extend(range(base + first, base + first + used))
+        cblks.extend([0] * used)
+        return
+    # blocks before each entry of the pack, as the kernel counts them walking backwards from
+    # a head (memoized: every step only looks at smaller indexes)
+    before = pack_blocks_big(t, v) if big else pack_blocks(t, v)
+    last_lo = v[vcnt - 1]
+    for i in range(used):
+        lcn = first_lcn + i
+        types.append(t[i])
+        if t[i] == NONHEAD:
+            blocks = 0
+            if v[i] & CBLKCNT:
+                if not big:
+                    raise ImageError(f"lcluster {lcn}: block count (CBLKCNT) without big "
+                                     "pclusters")
+                blocks, delta0 = v[i] & ~CBLKCNT, 1
+            elif i + 1 != vcnt:
+                delta0 = v[i]
+            else:
+                # the last entry of a pack stores delta[1]; delta[0] follows from the one before
+                prev = 0 if t[i - 1] != NONHEAD else (1 if v[i - 1] & CBLKCNT else v[i - 1])
+                delta0 = prev + 1
+            j = i
+            while j < vcnt and t[j] == NONHEAD:
+                j += 1
+            if j < vcnt:
+                ahead = j - i
+            else:
+                ahead = vcnt - i + (0 if last_lo & CBLKCNT else last_lo - 1)
+            lo.append(delta0)
+            d1.append(ahead)
+            pblk.append(0)
+            cblks.append(blocks)
+        else:
+            if v[i] >= lcs:
+                raise ImageError(f"lcluster {lcn}: clusterofs {v[i]} beyond the lcluster "
+                                 f"size {lcs}")
+            nblk = before[i]
+            if nblk is None:
+                raise ImageError(f"lcluster {lcn}: compact pack with a bogus delta before "
+                                 "this head")
+            lo.append(v[i])
+            d1.append(0)
+            pblk.append(base + nblk)
+            cblks.append(0)
+
+
+def pack_blocks(t: list[int], v: list[int]) -> list[int]:
+    """Non-big pclusters: the kernel starts at 1 and counts every head it meets walking back
+    through the pack, jumping over NONHEAD runs by their delta[0]."""
+    n = len(t)
+    after = [0] * (n + 1)      # after[i]: what the walk counts starting with index i (before --i)
+    for i in range(1, n + 1):
+        k = i - 1
+        if t[k] == NONHEAD:
+            back = k - v[k]
+            after[i] = 1 + after[back] if back >= 0 else 0
+        else:
+            after[i] = 1 + after[k]
+    return [1 + after[i] for i in range(n)]
+
+
+def pack_blocks_big(t: list[int], v: list[int]) -> list[int | None]:
+    """Big pclusters: a CBLKCNT entry adds its count and skips its head; a head without one
+    is a one-block pcluster; other NONHEAD entries jump back by delta[0] - 1."""
+    n = len(t)
+    after: list[int | None] = [0] * (n + 1)
+    for i in range(1, n + 1):
+        k = i - 1
+        if t[k] == NONHEAD:
+            if v[k] & CBLKCNT:
+                rest = after[k - 1] if k >= 1 else 0
+                after[i] = None if rest is None else (v[k] & ~CBLKCNT) + rest
+            elif v[k] <= 1:
+                after[i] = None            # the kernel refuses plain delta[0] <= 1 here
+            else:
+                after[i] = after[max(i + 1 - v[k], 0)]
+        else:
+            rest = after[k]
+            after[i] = None if rest is None else 1 + rest
+    return after[:n]
