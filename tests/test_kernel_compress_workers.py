@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from helpers import compare_trees
-from mkerofs.writer import build
+from mkerofs.writer.build import build
 from mkerofs.writer.options import BuildOptions, TimeInherit
 from mkerofs.writer.workers import CompressionPool
 

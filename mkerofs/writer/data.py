@@ -158,10 +158,10 @@ def inline_fits(node: PlannedInode, size: int, block_size: int) -> bool:
 
 
 class FlatCopier:
-    """Copies regular files ((node, tail view) jobs for DataArea.copy_regular) while the calling thread goes on:
-    in forked processes, which write the blocks themselves and read the tails straight into
-    the metadata image (shared memory, see meta.MetaImage); in threads where forking is not
-    safe; here with one worker.  Leaving the `with` block waits and raises the first failure.
+    """Copies regular files ((node, tail view) jobs for DataArea.copy_regular) while the
+    calling thread goes on: in forked processes, which write the blocks themselves and read
+    the tails straight into the metadata image (shared memory, see meta.MetaImage); in threads
+    where forking is not safe; here with one worker.  Leaving the `with` block waits and raises the first failure.
 
     Processes, not threads: most files are small, so the copy is mostly Python work per file,
     and threads would contend with the calling thread for the GIL (slower than one thread)."""

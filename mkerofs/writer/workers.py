@@ -7,7 +7,9 @@ taken in file order, and each file's pclusters land in consecutive blocks.
 Worker processes are forked (they start in milliseconds and inherit the codecs) and write the
 pclusters of the files they finished themselves, at the positions this process hands out in
 file order: compressed data crosses no pipe, and the per-cluster Python work runs on every
-core (threads would contend for the GIL: with LZ4, two threads were slower than one).
+core (threads would contend for the GIL: with LZ4, two threads were slower than one).  What
+comes back of such a file is its extents without block addresses (compress.FileExtents): its
+indexes are encoded once, here, when its blocks are known.
 """
 from __future__ import annotations
 
@@ -508,6 +510,8 @@ class _CompressionRun:
 
     def results(self, jobs: Iterable[FileJob]
                 ) -> Iterator[tuple[FileJob, CompressedLayout | None]]:
+        """(job, layout) for each job, in job order.  Before handing over another batch, the
+        oldest are taken while too many (or too many bytes) are in flight."""
         handed = self.handed
         try:
             gathered: list[_Task] = []
@@ -594,6 +598,7 @@ class _CompressionRun:
 
     def take_segment(self, task: _Task, pclusters: list[Pcluster]
                      ) -> tuple[FileJob, CompressedLayout | None] | None:
+        """Take one segment's pclusters; (job, layout) after the last segment of the file."""
         file = self.file
         if file is None or file.job is not task.job:
             file = self.file = _FileInProgress(task.job, task.fc, self.area.next_block)
