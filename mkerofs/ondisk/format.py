@@ -6,7 +6,7 @@ All integers are little-endian.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 EROFS_SUPER_MAGIC_V1 = 0xE0F5E1E2
 EROFS_SUPER_OFFSET = 1024          # room for boot sectors before the superblock

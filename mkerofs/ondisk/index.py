@@ -144,13 +144,6 @@ class DecodedLclusters:
     tail_end: int           # byte just after the index (pack) of the last lcluster
 
 
-def add_to_addresses(buf: bytearray, positions, delta: int) -> None:
-    """Add `delta` (mod 2**32) to the le32 block address at each of `positions` in `buf`."""
-    for pos in positions:
-        addr = int.from_bytes(buf[pos:pos + 4], "little")
-        buf[pos:pos + 4] = ((addr + delta) & _ADDR_MASK).to_bytes(4, "little")
-
-
 # ---------------------------------------------------------------------------
 # full indexes
 
@@ -166,14 +159,6 @@ def encode_full(ent: Lclusters) -> bytes:
     u = [lo | hi << 16 if t == NONHEAD else hi
          for t, lo, hi in zip(ent.types, ent.lo, ent.hi)]
     return b"".join(map(fmt.Z_EROFS_LCLUSTER_INDEX.pack, ent.types, ent.ofs, u))
-
-
-def full_head_addresses(raw, start: int, count: int) -> list[int]:
-    """Positions in `raw` of the le32 blkaddr of every head among `count` full indexes at
-    `start`."""
-    size = fmt.Z_EROFS_LCLUSTER_INDEX_SIZE
-    return [pos + 4 for pos in range(start, start + size * count, size)
-            if raw[pos] & _TYPE_MASK != NONHEAD]
 
 
 def decode_full(get: Callable[[int, int], bytes], start: int, count: int, lclusterbits: int,
@@ -270,16 +255,6 @@ def compact_area_size(totalidx: int, ebase: int) -> int:
     half empty."""
     initial, two, end = compact_runs(totalidx, ebase)
     return 4 * initial + 2 * two + 4 * (end + (end & 1))
-
-
-def compact_pack_bases(totalidx: int, ebase: int) -> list[int]:
-    """Byte positions of the le32 base of every pack of a compact area (COMPACTED_2B)."""
-    out = []
-    for size, _first, n, pos in compact_regions(totalidx, ebase):
-        packsize = 8 if size == 4 else 32
-        npacks = -(-n * size // packsize)
-        out.extend(range(pos + packsize - _PACK_BASE_SIZE, pos + npacks * packsize, packsize))
-    return out
 
 
 # ---------------------------------------------------------------------------

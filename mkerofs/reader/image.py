@@ -1225,15 +1225,15 @@ class _Verifier:
             return
         head = img._get(inode.pos + inode.isize, fmt.EROFS_XATTR_IBODY_HEADER.size)
         name_filter = ondisk_xattr.unpack_ibody_header(head)[0]
-        for name, _value, index, suffix in entries:
-            slot = ondisk_xattr.long_prefix_slot(index)
+        for name, _value, name_index, suffix in entries:
+            slot = ondisk_xattr.long_prefix_slot(name_index)
             if slot is not None and slot >= len(prefixes):
                 self.report(f"{where}: xattr {suffix!r} uses long prefix {slot}, the table has "
                             f"{len(prefixes)}")
                 continue
             if name is None or not self.filter_on:
                 continue
-            bit = ondisk_xattr.entry_filter_bit(index, suffix, prefixes)
+            bit = ondisk_xattr.entry_filter_bit(name_index, suffix, prefixes)
             if name_filter >> bit & 1:
                 self.report(f"{where}: the xattr name filter hides {name!r} (bit {bit} set)")
 

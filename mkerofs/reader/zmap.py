@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..codecs.base import Codec
-from ..codecs.registry import ALGORITHM_NAMES
 from ..errors import ImageError
 from ..ondisk import format as fmt
 from ..ondisk import index

@@ -186,87 +186,44 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
     # the shared xattr area: whole blocks at the start of the data area; ids count from there
     xattr_blkaddr = data.allocate(-(-len(xattrs.shared_area) // bs)) if xattrs.shared_area else 0
 
-    reserved = {}           # id(node) -> (start block, inline tail length)
-    rewritten = set()       # id(node) of files whose blocks held a compressed attempt
-    tails = {}              # id(node) -> inline pcluster bytes that must stay in one block
     nodes = list(plan.inodes)   # every inode with metadata: the tree's, then the packed inode
-    used = {"fragments": False, "dedupe": False}
     workers = _workers(options)
-
-    def take_layouts(results) -> None:
-        for job, layout in results:
-            node = job.key
-            if layout is None:          # not worth it: stored flat, where its blocks were
-                inline_ok = inline_fits(node, node.size, bs) and options.inline_data
-                reserved[id(node)] = data.reserve_flat(node, inline_ok)
-                if job.wrote_blocks:
-                    rewritten.add(id(node))
-                continue
-            node.datalayout = layout.datalayout
-            node.i_u = layout.blocks
-            node.inline = layout.inline
-            node.inline_len = len(layout.inline)
-            if layout.tail:
-                tails[id(node)] = layout.tail
-            used["fragments"] |= layout.fragment
-            used["dedupe"] |= layout.deduped
-
-    compressed = set()
+    used = _FeaturesUsed()
     if zcfg is not None:
         # compressed files first: how many blocks they take is known once they are compressed
-        jobs = []
-        for n in plan.inodes:
-            if n.ftype != fmt.EROFS_FT_REG_FILE or n.size == 0 or not zcfg.worth_trying(n.size):
-                continue
-            wanted, profile = _hinted(zcfg, hints, _relative(n.src.path, source))
-            if not wanted:
-                continue
-            jobs.append(FileJob(n, n.size, n.meta_size_before_inline,
-                                FileRange(n.src.path, n.size), profile, origin=n.src))
-            compressed.add(id(n))
-        take_layouts(compress_files(jobs, zcfg, data, packed=packed, pool=pool))
-        del jobs
-        if packed is not None and packed.size:
-            packed_node = _packed_inode(packed, plan, len(nodes) + 1)
+        packed_node = _compress_regular_files(plan, options, source, zcfg, hints, pool, packed,
+                                              data, used)
+        if packed_node is not None:
             nodes.append(packed_node)
-            job = FileJob(packed_node, packed.size, packed_node.meta_size_before_inline,
-                          packed.reader(), zcfg.packed_profile)
-            take_layouts(compress_files([job], zcfg.without_fragments(), data, workers))
-            compressed.add(id(packed_node))
-            used["fragments"] = True
     for node in plan.inodes:
-        if node.ftype in _FLAT_CONTENT and id(node) not in reserved and id(node) not in compressed:
+        if node.ftype in _FLAT_CONTENT and node.flat is None and not node.compressed:
             inline_ok = inline_fits(node, node.size, bs) and (
                 options.inline_data or node.ftype != fmt.EROFS_FT_REG_FILE)
-            reserved[id(node)] = data.reserve_flat(node, inline_ok)
+            data.reserve_flat(node, inline_ok)
     data_end = data.next_block
 
     alloc.jump_to(data_end * bs)
     root.nid = root_pos >> fmt.EROFS_ISLOTBITS
     for node in nodes:
         if node is not root:
-            place_inode(alloc, node, tail=tails.get(id(node), 0))
+            place_inode(alloc, node)
     meta_end = fmt.round_up(alloc.frontier, bs)
     blocks = max(meta_end, data_end * bs) // bs
     out.check_fits(blocks * bs)
 
     meta = MetaImage(data_start * bs, data_end * bs, meta_end)
-    copies = []
-    for node in nodes:
-        if node.ftype == fmt.EROFS_FT_REG_FILE and id(node) in reserved:
-            start, tail = reserved[id(node)]
-            tail_view = meta.view(node_pos(node) + node.meta_size_before_inline, tail)
-            copies.append((node, start, tail, tail_view, id(node) in rewritten))
+    copies = [(node, meta.view(node_pos(node) + node.meta_size_before_inline, node.flat.tail))
+              for node in nodes if node.ftype == fmt.EROFS_FT_REG_FILE and node.flat is not None]
     with FlatCopier(data, workers) as copier:
         copier.start(copies)
         del copies
         # while the threads copy file data, this one lays out everything else
         for node in plan.inodes:
             if node.ftype == fmt.EROFS_FT_SYMLINK:
-                data.write_flat_bytes(node, node.src.target, *reserved[id(node)])
+                data.write_flat_bytes(node, node.src.target)
             elif node.ftype == fmt.EROFS_FT_DIR:
                 content = render_directory(node.dir_shape, bs, lambda n: n.nid, lambda n: n.ftype)
-                data.write_flat_bytes(node, content, *reserved[id(node)])
+                data.write_flat_bytes(node, content)
                 node.dir_shape = None
         if xattrs.shared_area:
             out.pwrite(xattrs.shared_area.ljust(fmt.round_up(len(xattrs.shared_area), bs), b"\0"),
@@ -284,8 +241,8 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
     if len(nodes) > len(plan.inodes):
         sb.packed_nid = nodes[-1].nid
     if zcfg is not None:
-        zsb = zcfg.superblock(ztailpacking_used=bool(tails), fragments_used=used["fragments"],
-                              dedupe_used=used["dedupe"])
+        zsb = zcfg.superblock(ztailpacking_used=used.ztailpacking,
+                              fragments_used=used.fragments, dedupe_used=used.dedupe)
         sb.feature_incompat |= zsb.feature_incompat
         sb.u1 = zsb.u1
         if cfgs:
@@ -296,6 +253,62 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
     if meta.tail:
         out.pwrite(meta.tail, meta.tail_start)
     return BuildResult(out.path, blocks, bs, len(plan.inodes), sb.uuid, root.nid)
+
+
+@dataclass
+class _FeaturesUsed:
+    """Optional compression features that some inode ended up using: superblock bits."""
+    ztailpacking: bool = False
+    fragments: bool = False
+    dedupe: bool = False
+
+
+def _compress_regular_files(plan: Plan, options: BuildOptions, source: bytes,
+                            zcfg: compress.CompressConfig, hints: CompressHints | None,
+                            pool: CompressionPool | None, packed: PackedFile | None,
+                            data: DataArea, used: _FeaturesUsed) -> PlannedInode | None:
+    """Compress the regular files that are worth trying (and then the packed inode, returned
+    if there is one): each gets a compressed layout or, when compression saves nothing, its
+    flat place."""
+    jobs = []
+    for n in plan.inodes:
+        if n.ftype != fmt.EROFS_FT_REG_FILE or n.size == 0 or not zcfg.worth_trying(n.size):
+            continue
+        wanted, profile = _hinted(zcfg, hints, _relative(n.src.path, source))
+        if wanted:
+            jobs.append(FileJob(n, n.size, n.meta_size_before_inline,
+                                FileRange(n.src.path, n.size), profile, origin=n.src))
+    _take_layouts(compress_files(jobs, zcfg, data, packed=packed, pool=pool), options, data,
+                  used)
+    del jobs
+    if packed is None or not packed.size:
+        return None
+    packed_node = _packed_inode(packed, plan, len(plan.inodes) + 1)
+    job = FileJob(packed_node, packed.size, packed_node.meta_size_before_inline,
+                  packed.reader(), zcfg.packed_profile)
+    _take_layouts(compress_files([job], zcfg.without_fragments(), data, _workers(options)),
+                  options, data, used)
+    used.fragments = True
+    return packed_node
+
+
+def _take_layouts(results, options: BuildOptions, data: DataArea, used: _FeaturesUsed) -> None:
+    """Give each compressed file its layout, or its flat place where its blocks were."""
+    bs = options.block_size
+    for job, layout in results:
+        node = job.key
+        if layout is None:
+            inline_ok = inline_fits(node, node.size, bs) and options.inline_data
+            data.reserve_flat(node, inline_ok).rewritten = job.wrote_blocks
+            continue
+        node.datalayout = layout.datalayout
+        node.i_u = layout.blocks
+        node.inline = layout.inline
+        node.inline_len = len(layout.inline)
+        node.inline_tail = layout.tail
+        used.ztailpacking |= layout.inline_pcluster
+        used.fragments |= layout.fragment
+        used.dedupe |= layout.deduped
 
 
 def _compress_config(options: BuildOptions

@@ -534,31 +534,6 @@ def build_indexes(llens: Sequence[int], codes: Sequence[int], size: int, start_b
     return layout, meta, advise
 
 
-def move_indexes(meta: bytes, datalayout: int, size: int, meta_size: int, block_size: int,
-                 delta: int) -> bytes:
-    """`meta` as build_indexes made it, for the same pclusters stored `delta` blocks further
-    on: every block address in the indexes moves (heads of full indexes, pack bases of compact
-    ones), nothing else.  Not for indexes that refer to a fragment or to deduplicated
-    pclusters: their addresses are not all relative to the file's first block."""
-    if not delta:
-        return meta
-    out = bytearray(meta)
-    nidx = lcluster_count(size, block_size)
-    hdr = fmt.z_erofs_map_header_pos(meta_size)
-    ebase = hdr + fmt.Z_EROFS_MAP_HEADER_SIZE           # the first index entry, from the inode
-    if datalayout == fmt.EROFS_INODE_COMPRESSED_FULL:
-        first = ebase + fmt.Z_EROFS_FULL_INDEX_GAP - meta_size
-        fields = index.full_head_addresses(out, first, nidx)
-        eof_ofs = size % block_size
-        last = first + fmt.Z_EROFS_LCLUSTER_INDEX_SIZE * (nidx - 1)
-        if eof_ofs and fmt.Z_EROFS_LCLUSTER_INDEX.unpack_from(out, last)[1] == eof_ofs:
-            fields.pop()    # the entry that opens no extent, at EOF, keeps address 0
-    else:
-        fields = [pos - meta_size for pos in index.compact_pack_bases(nidx, ebase)]
-    index.add_to_addresses(out, fields, delta)
-    return bytes(out)
-
-
 # ---------------------------------------------------------------------------
 # one file
 
@@ -636,19 +611,48 @@ class FileCompression:
         legacy_meta = index.full_area_size(lcluster_count(self.size, self.cfg.block_size))
         return self.blocks * self.cfg.block_size + len(self.idata) + legacy_meta < self.size
 
+    def extents(self) -> FileExtents | None:
+        """The file's extents once every pcluster was added, or None when compression saves
+        nothing."""
+        if self.done != self.size:
+            raise AssertionError(f"pclusters cover {self.done} of {self.size} bytes")
+        if not self.saves_space():
+            return None
+        return FileExtents(self.size, self.meta_size, self.profile.algorithm_id, self.llens,
+                           self.codes, self.blocks, self.idata, self.addrs, self.fragment_len > 0)
+
     def finish(self, start_blk: int, fragment_off: int | None = None) -> CompressedLayout | None:
         """The layout for new pclusters written from `start_blk` (and the fragment at
         `fragment_off` in the packed inode), or None when compression saves nothing."""
-        if self.done != self.size:
-            raise AssertionError(f"pclusters cover {self.done} of {self.size} bytes")
         if (fragment_off is None) != (self.fragment_len == 0):
             raise AssertionError("fragment offset without a fragment, or the reverse")
-        if not self.saves_space():
-            return None
+        ext = self.extents()
+        return None if ext is None else ext.layout(self.cfg, start_blk, fragment_off)
+
+
+@dataclass(slots=True)
+class FileExtents:
+    """What the indexes of a compressed file are made of, without block addresses: the length
+    and code (blocks, raw, inline, fragment) of each extent, the inline pcluster.  A worker
+    hands this back for a file it compressed alone; the indexes are encoded once, when the
+    caller knows where the pclusters go."""
+    size: int
+    meta_size: int
+    algorithm: int
+    llens: array
+    codes: array
+    blocks: int                     # new data blocks
+    idata: bytes = b""              # the inline pcluster (ztailpacking)
+    addrs: array | None = None      # -Ededupe: block of each pcluster written before, else -1
+    fragment: bool = False          # the last extent is in the packed inode
+
+    def layout(self, cfg: CompressConfig, start_blk: int,
+               fragment_off: int | None = None) -> CompressedLayout:
+        """The layout for new pclusters written from `start_blk` and the fragment (if any) at
+        `fragment_off` in the packed inode."""
         layout, meta, advise = build_indexes(self.llens, self.codes, self.size, start_blk,
-                                             self.meta_size, self.cfg,
-                                             self.profile.algorithm_id, self.idata, self.addrs,
-                                             fragment_off)
+                                             self.meta_size, cfg, self.algorithm, self.idata,
+                                             self.addrs, fragment_off)
         return CompressedLayout(layout, self.blocks, meta, advise, bool(self.idata),
-                                len(self.idata), fragment=self.fragment_len > 0,
+                                len(self.idata), fragment=self.fragment,
                                 deduped=self.addrs is not None)

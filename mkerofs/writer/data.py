@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ..ondisk import format as fmt
 from ..errors import BuildError
 from .output import Output
-from .plan import PlannedInode
+from .plan import FlatData, PlannedInode
 from .workers import can_fork
 
 _ZERO_CHUNK = bytes(1 << 20)
@@ -95,8 +95,8 @@ class DataArea:
 
     # -- per-inode -------------------------------------------------------------
 
-    def reserve_flat(self, node: PlannedInode, inline_ok: bool) -> tuple[int, int]:
-        """Choose a flat layout and reserve its blocks: (start block, tail bytes kept inline).
+    def reserve_flat(self, node: PlannedInode, inline_ok: bool) -> FlatData:
+        """Choose a flat layout and reserve its blocks (node.flat).
 
         node.inline_len reserves the tail's room, so metadata can be placed before the data is
         copied.
@@ -107,18 +107,19 @@ class DataArea:
         node.datalayout = fmt.EROFS_INODE_FLAT_INLINE if tail else fmt.EROFS_INODE_FLAT_PLAIN
         node.i_u = start if nblocks else fmt.EROFS_NULL_ADDR_32
         node.inline_len = tail
-        return start, tail
+        node.flat = FlatData(start, tail)
+        return node.flat
 
-    def copy_regular(self, node: PlannedInode, start: int, tail: int, tail_view: memoryview,
-                     zero_holes: bool = False) -> None:
-        """Copy a regular file: the body to its reserved blocks, the tail into `tail_view` (its
-        place in the metadata image).
+    def copy_regular(self, node: PlannedInode, tail_view: memoryview) -> None:
+        """Copy a regular file to its reserved place (node.flat): the body to its blocks, the
+        tail into `tail_view` (its place in the metadata image).
 
         Safe to run in several threads at once: it touches only this file's blocks and node.
-        `zero_holes`: the blocks may hold old bytes (a compressed attempt), so holes are written.
+        Holes are written when the blocks may hold old bytes (a compressed attempt).
         """
         bs = self.block_size
         size = node.size
+        start, tail, zero_holes = node.flat.start, node.flat.tail, node.flat.rewritten
         body = size - tail
         try:
             src = os.open(node.src.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -140,13 +141,13 @@ class DataArea:
         finally:
             os.close(src)
 
-    def write_flat_bytes(self, node: PlannedInode, data: bytes, start: int, tail: int) -> None:
+    def write_flat_bytes(self, node: PlannedInode, data: bytes) -> None:
         """Store in-memory content (a symlink target, a directory) in its reserved place."""
         assert len(data) == node.size
-        body = len(data) - tail
+        body = len(data) - node.flat.tail
         if body:
             self.out.pwrite(data[:body].ljust(fmt.round_up(body, self.block_size), b"\0"),
-                            start * self.block_size)
+                            node.flat.start * self.block_size)
         node.inline = data[body:]
 
 
@@ -157,10 +158,10 @@ def inline_fits(node: PlannedInode, size: int, block_size: int) -> bool:
 
 
 class FlatCopier:
-    """Copies regular files (DataArea.copy_regular jobs) while the calling thread goes on:
-    in forked processes, which write the blocks themselves and read the tails straight into
-    the metadata image (shared memory, see meta.MetaImage); in threads where forking is not
-    safe; here with one worker.  Leaving the `with` block waits and raises the first failure.
+    """Copies regular files ((node, tail view) jobs for DataArea.copy_regular) while the
+    calling thread goes on: in forked processes, which write the blocks themselves and read
+    the tails straight into the metadata image (shared memory, see meta.MetaImage); in threads
+    where forking is not safe; here with one worker.  Leaving the `with` block waits and raises the first failure.
 
     Processes, not threads: most files are small, so the copy is mostly Python work per file,
     and threads would contend with the calling thread for the GIL (slower than one thread)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from ..errors import BuildError
 from ..util import posix_ere_to_python
+from .compress import check_pcluster_size
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,6 @@ def _strtok(line: str, pos: int, delims: str) -> tuple[str | None, int]:
 def load_compress_hints(path: str, block_size: int, algorithms: int) -> CompressHints:
     """Read a hints file; `algorithms`: how many -z algorithms there are.  BuildError names
     the file (and line) on any problem."""
-    from .compress import check_pcluster_size
     try:
         with open(path, "rb") as f:
             raw = f.read()

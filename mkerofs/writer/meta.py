@@ -88,10 +88,9 @@ def item_size(node: PlannedInode) -> int:
     return node.meta_size_before_inline + node.inline_len
 
 
-def place_inode(alloc: MetaAllocator, node: PlannedInode, meta_base: int = 0,
-                tail: int = 0) -> int:
-    """Place `node`; `tail`: bytes at the end of its item that must stay in one block."""
-    pos = alloc.place(item_size(node), tail)
+def place_inode(alloc: MetaAllocator, node: PlannedInode, meta_base: int = 0) -> int:
+    """Place `node`, keeping its inline pcluster (node.inline_tail) within one block."""
+    pos = alloc.place(item_size(node), node.inline_tail)
     node.nid = (pos - meta_base) >> fmt.EROFS_ISLOTBITS
     return pos
 

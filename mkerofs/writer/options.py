@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from ..errors import BuildError
 from ..ondisk import format as fmt
-from ..util import parse_c_int, posix_ere_to_python
+from ..util import posix_ere_to_python
+from .compress import check_pcluster_size
 from .xattrs import XattrLayout, XattrOptions
 
 
@@ -88,7 +89,6 @@ class BuildOptions:
         except ValueError as err:
             raise BuildError(str(err)) from None
         if self.pcluster_size is not None:
-            from .compress import check_pcluster_size
             try:
                 check_pcluster_size(self.pcluster_size, bs)
             except ValueError as err:

@@ -19,6 +19,16 @@ _FILE_TYPES = {
     stat.S_IFLNK: fmt.EROFS_FT_SYMLINK,
 }
 
+_COMPRESSED_LAYOUTS = {fmt.EROFS_INODE_COMPRESSED_FULL, fmt.EROFS_INODE_COMPRESSED_COMPACT}
+
+
+@dataclass(slots=True)
+class FlatData:
+    """Where the content of a flat inode goes: reserved in the data area, copied later."""
+    start: int                      # first block of the body
+    tail: int                       # bytes kept inline, after inode + xattrs
+    rewritten: bool = False         # the blocks hold a compressed attempt: a copy writes holes
+
 
 @dataclass(eq=False, slots=True)
 class PlannedInode:
@@ -43,11 +53,18 @@ class PlannedInode:
     inline_len: int = 0             # bytes reserved after inode + xattrs: a tail, or indexes
     inline: bytes = b""             # those bytes, when built in memory (a regular file's tail is
                                     # read straight into the metadata image instead)
+    inline_tail: int = 0            # bytes at the end of `inline` that must stay within one
+                                    # block: an inline compressed pcluster
+    flat: FlatData | None = None    # a flat layout's place, once reserved
     nid: int = -1
 
     @property
     def isize(self) -> int:
         return fmt.EROFS_INODE_EXTENDED_SIZE if self.extended else fmt.EROFS_INODE_COMPACT_SIZE
+
+    @property
+    def compressed(self) -> bool:
+        return self.datalayout in _COMPRESSED_LAYOUTS
 
     def set_xattr_ibody(self, ibody: bytes) -> None:
         self.xattr_ibody = ibody

@@ -32,9 +32,6 @@ def compare_build(img: Image, source, options, *, limit: int = 0) -> list[str]:
     and shifted owners, the time policy (-T, SOURCE_DATE_EPOCH, --ignore-mtime,
     -Eforce-inode-compact; the build time is read from the image's superblock), excluded
     paths, --hard-dereference, -x < 0 (no xattrs at all) and --file-contexts labels."""
-    from ..writer.options import TimeInherit
-    from ..writer.walk import Excluder
-
     build_time = getattr(img, "build_time", img.superblock.epoch)
     inherit = options.effective_time_inherit
     mtime = clamp = compact = None
@@ -50,7 +47,6 @@ def compare_build(img: Image, source, options, *, limit: int = 0) -> list[str]:
     if options.xattr_tolerance < 0:
         source_xattrs = lambda path, rel, mode: []
     elif options.file_contexts is not None:
-        from ..writer.selinux import FileContexts, fs_path, with_label
         contexts = FileContexts.load(options.file_contexts)
 
         def source_xattrs(path, rel, mode):

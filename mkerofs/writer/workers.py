@@ -7,7 +7,9 @@ taken in file order, and each file's pclusters land in consecutive blocks.
 Worker processes are forked (they start in milliseconds and inherit the codecs) and write the
 pclusters of the files they finished themselves, at the positions this process hands out in
 file order: compressed data crosses no pipe, and the per-cluster Python work runs on every
-core (threads would contend for the GIL: with LZ4, two threads were slower than one).
+core (threads would contend for the GIL: with LZ4, two threads were slower than one).  What
+comes back of such a file is its extents without block addresses (compress.FileExtents): its
+indexes are encoded once, here, when its blocks are known.
 """
 from __future__ import annotations
 
@@ -18,11 +20,11 @@ import signal
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from .compress import CompressConfig, CompressedLayout, FileCompression, FileProfile, Pcluster
-from .compress import move_indexes
+from .compress import (CompressConfig, CompressedLayout, FileCompression, FileExtents,
+                       FileProfile, Pcluster)
 from ..errors import BuildError
 
 
@@ -81,10 +83,11 @@ class FileRange:
 
 @dataclass
 class CompressedFile:
-    """A file compressed whole by a worker, apart from the others: its layout as if its
-    pclusters began at block 0 (None: not worth compressing), and their blocks in order."""
-    layout: CompressedLayout | None
-    parts: list
+    """A file a worker compressed whole, apart from the others: its extents, without block
+    addresses (None: not worth compressing), and their blocks in order (None once the worker
+    keeps them until it is told where they go)."""
+    extents: FileExtents | None
+    parts: list | None
 
 
 @dataclass(slots=True)
@@ -98,7 +101,7 @@ class _Work:
     length: int
     last: bool
     # the whole file, and nothing about it depends on other files (no extent or fragment
-    # deduplication): the worker finishes it, indexes included
+    # deduplication): the worker takes all its pclusters itself
     alone: bool
 
 
@@ -119,8 +122,8 @@ def _compress_work(cfg: CompressConfig, work: _Work) -> CompressedFile | list[Pc
         fc.add(p)
         if not p.inline:
             parts.append(p.payload)
-    layout = fc.finish(0)
-    return CompressedFile(layout, parts if layout is not None else [])
+    extents = fc.extents()
+    return CompressedFile(extents, parts if extents is not None else [])
 
 
 def _run_batch(cfg: CompressConfig, works: list[_Work]) -> list:
@@ -133,7 +136,7 @@ def _held_apart(results: list) -> dict[int, list]:
     held = {}
     for i, res in enumerate(results):
         if type(res) is CompressedFile:
-            if res.layout is not None and res.layout.blocks:
+            if res.extents is not None and res.extents.blocks:
                 held[i] = res.parts
             res.parts = None
         elif type(res) is list:
@@ -303,24 +306,25 @@ def can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
 
 
+@dataclass(slots=True)
 class _Batch:
     """Works handed to the workers together, and what became of them."""
-    __slots__ = ("handle", "left", "nbytes", "results", "placements")
-
-    def __init__(self, handle, count: int, nbytes: int):
-        self.handle = handle
-        self.left = count               # results not taken yet
-        self.nbytes = nbytes
-        self.results: list | None = None
-        self.placements: list[tuple[int, int]] = []    # (index, position) of held files
+    handle: object                  # the pool's handle for the batch
+    left: int                       # results not taken yet
+    nbytes: int                     # input bytes
+    results: list | None = None     # once asked for, until the last one is taken
+    placements: list[tuple[int, int]] = field(default_factory=list)
+                                    # (index, position) of the files a worker holds
 
 
+@dataclass(slots=True)
 class _Task:
-    __slots__ = ("job", "fc", "work", "batch", "index")
-
-    def __init__(self, job: FileJob, fc: FileCompression | None, work: _Work,
-                 batch: _Batch | None = None, index: int = 0):
-        self.job, self.fc, self.work, self.batch, self.index = job, fc, work, batch, index
+    """One segment of a job handed to the workers; its result is the `index`th of `batch`."""
+    job: FileJob
+    fc: FileCompression | None      # the file's bookkeeping here (None: compressed alone)
+    work: _Work
+    batch: _Batch | None = None
+    index: int = 0
 
 
 # small files go to the workers in batches: one job per file would spend more time handing
@@ -465,6 +469,205 @@ class CompressionPool:
         self.impl.abort()
 
 
+@dataclass
+class _FileInProgress:
+    """The file whose segments are being taken, when the workers gave back its pclusters
+    (a file of several segments, or one whose extents depend on other files)."""
+    job: FileJob
+    fc: FileCompression
+    start: int                      # its first block
+    unwritten: list[Pcluster] = field(default_factory=list)
+    wrote: bool = False             # some of its pclusters were written already
+    fragment: bool = False          # its fragment is being written to the packed file
+
+
+@dataclass
+class _Handed:
+    """What the workers were given and was not taken back yet."""
+    tasks: deque[_Task] = field(default_factory=deque)      # in job order: the order of taking
+    batches: deque[_Batch] = field(default_factory=deque)   # this run's batches, oldest first
+                                                            # (not those handed over early)
+    nbytes: int = 0                 # input bytes of `batches`
+
+
+class _CompressionRun:
+    """One compress_files call: cuts the jobs into tasks, hands them to the pool in batches,
+    takes the results in job order and decides where each file's pclusters go."""
+
+    def __init__(self, cfg: CompressConfig, area, pool: CompressionPool, packed,
+                 max_pending_bytes: int):
+        self.cfg = cfg
+        self.area = area
+        self.pool = pool
+        self.packed = packed
+        self.max_pending_bytes = max_pending_bytes
+        self.max_batches = 3 * pool.workers if pool.workers > 1 else 1
+        self.dedupe = _Dedupe() if cfg.dedupe_extents else None
+        self.independent = not (cfg.dedupe_extents or cfg.fragments)
+        self.writer = _BlockWriter(area.out)
+        self.handed = _Handed()
+        self.file: _FileInProgress | None = None
+
+    def results(self, jobs: Iterable[FileJob]
+                ) -> Iterator[tuple[FileJob, CompressedLayout | None]]:
+        """(job, layout) for each job, in job order.  Before handing over another batch, the
+        oldest are taken while too many (or too many bytes) are in flight."""
+        handed = self.handed
+        try:
+            gathered: list[_Task] = []
+            nbytes = 0
+            for task in self.tasks(jobs):
+                handed.tasks.append(task)
+                if task.batch is not None:      # handed over early
+                    continue
+                gathered.append(task)
+                nbytes += task.work.length
+                if nbytes < BATCH_BYTES and len(gathered) < BATCH_TASKS:
+                    continue
+                handed.batches.append(self.pool.hand_over(gathered, nbytes))
+                handed.nbytes += nbytes
+                gathered, nbytes = [], 0
+                while handed.batches and (len(handed.batches) >= self.max_batches
+                                          or handed.nbytes > self.max_pending_bytes):
+                    oldest = handed.batches.popleft()
+                    while oldest.left:
+                        done = self.take_next()
+                        if done is not None:
+                            yield done
+                    handed.nbytes -= oldest.nbytes
+            if gathered:
+                self.pool.hand_over(gathered, nbytes)
+            while handed.tasks:
+                done = self.take_next()
+                if done is not None:
+                    yield done
+            self.writer.flush()
+            self.pool.close()
+        except BaseException:
+            self.pool.abort()
+            raise
+
+    def tasks(self, jobs: Iterable[FileJob]) -> Iterator[_Task]:
+        """The jobs' segments in order; those of files offered early are handed over already."""
+        seg = self.cfg.segment_size
+        early = self.pool.early
+        for job in jobs:
+            size = job.size
+            if size <= 0:
+                raise ValueError("empty files are not compressed")
+            offered = early.pop(job.origin, None) if job.origin is not None else None
+            if offered is not None:
+                batch, index, work = offered
+                if (work.size, work.meta_size) != (size, job.meta_size):
+                    raise AssertionError("a file offered early came with another size")
+                yield _Task(job, None, work, batch, index)
+                continue
+            key = job.profile.key if job.profile is not None else ()
+            alone = self.independent and size <= seg
+            fc = None if alone else FileCompression(size, job.meta_size, self.cfg, job.profile)
+            for off in range(0, size, seg):
+                yield _Task(job, fc, _Work(job.read, size, job.meta_size, key, off,
+                                           min(seg, size - off), off + seg >= size, alone))
+
+    def take_next(self) -> tuple[FileJob, CompressedLayout | None] | None:
+        """Take the result of the oldest task: (job, layout) when it finishes a file."""
+        task = self.handed.tasks.popleft()
+        res = self.pool.result(task)
+        if res is None:                 # not worth trying
+            done = task.job, None
+        elif type(res) is CompressedFile:
+            done = task.job, self.place(task, res)
+        else:
+            done = self.take_segment(task, res)
+        self.pool.taken(task.batch)
+        return done
+
+    def place(self, task: _Task, res: CompressedFile) -> CompressedLayout | None:
+        """Give a file compressed alone its blocks, and its indexes for them."""
+        ext = res.extents
+        if ext is None:
+            return None
+        bs = self.cfg.block_size
+        start = self.area.allocate(ext.blocks)
+        if ext.blocks:
+            if res.parts is None:           # the worker holds them
+                task.batch.placements.append((task.index, start * bs))
+            else:
+                self.writer.write(start * bs, res.parts, ext.blocks * bs)
+        return ext.layout(self.cfg, start)
+
+    def take_segment(self, task: _Task, pclusters: list[Pcluster]
+                     ) -> tuple[FileJob, CompressedLayout | None] | None:
+        """Take one segment's pclusters; (job, layout) after the last segment of the file."""
+        file = self.file
+        if file is None or file.job is not task.job:
+            file = self.file = _FileInProgress(task.job, task.fc, self.area.next_block)
+        for p in pclusters:
+            self.take_pcluster(file, p)
+        if not task.work.last:
+            # keep small files in memory until we know compression pays; write big ones
+            if sum(len(p.payload) for p in file.unwritten) >= self.cfg.segment_size:
+                self.write_unwritten(file)
+            return None
+        self.file = None
+        return task.job, self.finish(file)
+
+    def take_pcluster(self, file: _FileInProgress, p: Pcluster) -> None:
+        fc = file.fc
+        if p.fragment:
+            if not file.fragment:
+                self.packed.begin()
+                file.fragment = True
+            self.packed.write(p.payload)
+            fc.add(p)
+            return
+        dedupe = self.dedupe
+        if dedupe is not None and p.digest:
+            key = dedupe.key(p, fc.profile.algorithm_id)
+            found = dedupe.find(key)
+            if found is not None:
+                addr, nblocks, raw = found
+                fc.add(Pcluster(p.llen, raw, b""), addr, nblocks)
+                return
+            nblocks = len(p.payload) // self.cfg.block_size
+            dedupe.pending[key] = (file.start + fc.blocks, nblocks, p.raw)
+        fc.add(p)
+        if not p.inline:
+            file.unwritten.append(p)
+
+    def write_unwritten(self, file: _FileInProgress) -> None:
+        if not file.unwritten:
+            return
+        bs = self.cfg.block_size
+        parts = [p.payload for p in file.unwritten]
+        nbytes = sum(map(len, parts))
+        blk = self.area.allocate(nbytes // bs)
+        self.writer.write(blk * bs, parts, nbytes)
+        file.unwritten = []
+        file.wrote = True
+
+    def finish(self, file: _FileInProgress) -> CompressedLayout | None:
+        """The layout of a file whose last segment was taken; None: it is stored flat, and the
+        blocks it took are given back."""
+        fc = file.fc
+        fragment_off = None
+        if file.fragment:
+            fragment_off = self.packed.end(whole_file=fc.fragment_len == fc.size)
+        layout = fc.finish(file.start, fragment_off)
+        if self.dedupe is not None:
+            self.dedupe.commit(keep=layout is not None)
+        if layout is None:
+            file.unwritten = []
+            self.area.next_block = file.start
+            file.job.wrote_blocks = file.wrote
+            # what it wrote goes out now, before anything else is written to those blocks
+            self.writer.flush()
+        else:
+            self.write_unwritten(file)
+            assert self.area.next_block == file.start + layout.blocks
+        return layout
+
+
 def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: int = 1,
                    max_pending_bytes: int = 256 << 20, packed=None, processes: bool = False,
                    pool: CompressionPool | None = None
@@ -484,162 +687,12 @@ def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: 
     in order, so each file's pclusters land in consecutive blocks, and what depends on earlier
     files (fragment and extent deduplication) is decided in that same order: the image does
     not depend on the number of workers, nor on their kind.  A file of one segment that
-    depends on no other comes back finished, indexes and all, for pclusters at block 0; only
-    its block addresses are moved here (compress.move_indexes).
+    depends on no other comes back as its extents (compress.FileExtents, no block addresses);
+    its blocks are assigned here, and its indexes encoded for them.
     """
-    bs = cfg.block_size
     if cfg.fragments and packed is None:
         raise ValueError("fragments need a packed file")
     if pool is None:
         pool = CompressionPool(cfg, workers, area.out, processes)
     pool.hand_over_offers()
-    dedupe = _Dedupe() if cfg.dedupe_extents else None
-    independent = not (cfg.dedupe_extents or cfg.fragments)
-    seg = cfg.segment_size
-    order: deque[_Task] = deque()       # every task, in job order
-    window: deque[_Batch] = deque()     # batches handed over here, not all taken yet
-    max_batches = 3 * pool.workers if pool.workers > 1 else 1
-
-    def tasks() -> Iterator[_Task]:
-        for job in jobs:
-            size = job.size
-            if size <= 0:
-                raise ValueError("empty files are not compressed")
-            early = pool.early.pop(job.origin, None) if job.origin is not None else None
-            if early is not None:
-                batch, index, work = early
-                if (work.size, work.meta_size) != (size, job.meta_size):
-                    raise AssertionError("a file offered early came with another size")
-                yield _Task(job, None, work, batch, index)
-                continue
-            key = job.profile.key if job.profile is not None else ()
-            alone = independent and size <= seg
-            fc = None if alone else FileCompression(size, job.meta_size, cfg, job.profile)
-            for off in range(0, size, seg):
-                yield _Task(job, fc, _Work(job.read, size, job.meta_size, key, off,
-                                           min(seg, size - off), off + seg >= size, alone))
-
-    # per-file write state of the file being taken
-    current = {"job": None, "start": 0, "buffer": [], "flushed": False, "fragment": False}
-
-    writer = _BlockWriter(area.out)
-
-    def flush() -> None:
-        buf = current["buffer"]
-        if not buf:
-            return
-        parts = [p.payload for p in buf]
-        nbytes = sum(map(len, parts))
-        blk = area.allocate(nbytes // bs)
-        writer.write(blk * bs, parts, nbytes)
-        current["buffer"] = []
-        current["flushed"] = True
-
-    def place(task: _Task, res: CompressedFile) -> CompressedLayout | None:
-        layout = res.layout
-        if layout is None:
-            return None
-        job = task.job
-        start = area.allocate(layout.blocks)
-        if layout.blocks:
-            if res.parts is None:           # the worker holds them
-                task.batch.placements.append((task.index, start * bs))
-            else:
-                writer.write(start * bs, res.parts, layout.blocks * bs)
-        layout.inline = move_indexes(layout.inline, layout.datalayout, job.size, job.meta_size,
-                                     bs, start)
-        return layout
-
-    def take(fc: FileCompression, p: Pcluster) -> None:
-        if p.fragment:
-            if not current["fragment"]:
-                packed.begin()
-                current["fragment"] = True
-            packed.write(p.payload)
-            fc.add(p)
-            return
-        if dedupe is not None and p.digest:
-            key = dedupe.key(p, fc.profile.algorithm_id)
-            found = dedupe.find(key)
-            if found is not None:
-                addr, nblocks, raw = found
-                fc.add(Pcluster(p.llen, raw, b""), addr, nblocks)
-                return
-            nblocks = len(p.payload) // bs
-            dedupe.pending[key] = (current["start"] + fc.blocks, nblocks, p.raw)
-        fc.add(p)
-        if not p.inline:
-            current["buffer"].append(p)
-
-    def consume(task: _Task, res) -> Iterator[tuple[FileJob, CompressedLayout | None]]:
-        if res is None:                 # not worth trying
-            yield task.job, None
-            return
-        if type(res) is CompressedFile:
-            yield task.job, place(task, res)
-            return
-        fc = task.fc
-        if current["job"] is not task.job:
-            current.update(job=task.job, start=area.next_block, buffer=[], flushed=False,
-                           fragment=False)
-        for p in res:
-            take(fc, p)
-        if not task.work.last:
-            # keep small files in memory until we know compression pays; flush big ones
-            if sum(len(p.payload) for p in current["buffer"]) >= cfg.segment_size:
-                flush()
-            return
-        fragment_off = None
-        if current["fragment"]:
-            fragment_off = packed.end(whole_file=fc.fragment_len == fc.size)
-        layout = fc.finish(current["start"], fragment_off)
-        if dedupe is not None:
-            dedupe.commit(keep=layout is not None)
-        if layout is None:
-            current["buffer"] = []
-            area.next_block = current["start"]
-            task.job.wrote_blocks = current["flushed"]
-            # what it wrote goes out now, before anything else is written to those blocks
-            writer.flush()
-        else:
-            flush()
-            assert area.next_block == current["start"] + layout.blocks
-        current["job"] = None
-        yield task.job, layout
-
-    def take_first() -> Iterator[tuple[FileJob, CompressedLayout | None]]:
-        task = order.popleft()
-        yield from consume(task, pool.result(task))
-        batch = task.batch
-        pool.taken(batch)
-        if not batch.left and window and window[0] is batch:
-            window.popleft()
-
-    try:
-        batch_tasks: list[_Task] = []
-        nbytes = pending_bytes = 0
-        for task in tasks():
-            order.append(task)
-            if task.batch is not None:      # handed over early
-                continue
-            batch_tasks.append(task)
-            nbytes += task.work.length
-            if nbytes < BATCH_BYTES and len(batch_tasks) < BATCH_TASKS:
-                continue
-            window.append(pool.hand_over(batch_tasks, nbytes))
-            pending_bytes += nbytes
-            batch_tasks, nbytes = [], 0
-            while window and (len(window) >= max_batches or pending_bytes > max_pending_bytes):
-                oldest = window[0]
-                while window and window[0] is oldest:
-                    yield from take_first()
-                pending_bytes -= oldest.nbytes
-        if batch_tasks:
-            pool.hand_over(batch_tasks, nbytes)
-        while order:
-            yield from take_first()
-        writer.flush()
-        pool.close()
-    except BaseException:
-        pool.abort()
-        raise
+    yield from _CompressionRun(cfg, area, pool, packed, max_pending_bytes).results(jobs)

@@ -49,7 +49,6 @@ orders match mkfs.erofs 1.9.3 and depend only on the input, so images are reprod
 """
 from __future__ import annotations
 
-import errno
 import os
 from dataclasses import dataclass, field
 

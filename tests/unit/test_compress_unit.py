@@ -7,6 +7,7 @@ images are tested elsewhere; these tests need no root.
 """
 from __future__ import annotations
 
+import os
 import random
 import struct
 
@@ -494,10 +495,6 @@ def test_decode_back_random_extent_lists(legacy, bs, big):
             idata = b"\x01" * (llens[-1] if codes[-1] & z._RAW else 10)
         layout, meta, _adv = z.build_indexes(llens, codes, size, start, meta_size, cfg,
                                              idata=idata)
-        # what a worker builds for block 0, moved where the pclusters went: the same bytes
-        _layout, meta0, _adv = z.build_indexes(llens, codes, size, 0, meta_size, cfg,
-                                               idata=idata)
-        assert z.move_indexes(meta0, layout, size, meta_size, bs, start) == meta
         reader = KernelStyleReader(meta, meta_size, size, layout, bs)
         got = reader.extents()
         assert [m["la"] for m in got] == [sum(llens[:i]) for i in range(len(llens))]
@@ -680,6 +677,101 @@ def test_compress_files_keeps_order_and_contiguity():
     # the data is all written once compress_files is done (consecutive files in few writes)
     for key, reader in written:
         assert read_back(reader, area.disk, cfg.primary) == files[key]
+
+
+class FileArea:
+    """A data area in a real file: forked workers write into it too."""
+
+    def __init__(self, path: Path, bs: int, first: int = 100):
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self.block_size = bs
+        self.next_block = first
+        self.out = self
+
+    def allocate(self, n: int) -> int:
+        start = self.next_block
+        self.next_block += n
+        return start
+
+    def pwrite(self, data, pos: int) -> None:
+        os.pwrite(self.fd, data, pos)
+
+    def contents(self) -> bytes:
+        return os.pread(self.fd, self.next_block * self.block_size, 0)
+
+
+def _worker_inputs(tmp_path: Path) -> list[tuple[Path, int]]:
+    rnd = random.Random(31)
+    sizes = [70000, 5, 100000, 9000, 40000, 1, 300000, 4097, 12345, 8192, 60000]
+    files = []
+    for i, n in enumerate(sizes):
+        path = tmp_path / f"f{i}"
+        # every fourth file incompressible: stored flat, its blocks handed back
+        path.write_bytes(rnd.randbytes(n) if i % 4 == 3 else mixed(n, i))
+        files.append((path, n))
+    return files
+
+
+@needs_lz4
+@pytest.mark.parametrize("alg, pcs, legacy, ztail", [
+    ("lz4", None, False, False), ("lz4hc", 16384, False, True), ("lz4", 8192, True, True)])
+def test_worker_processes_give_the_same_layouts_as_one_thread(tmp_path, alg, pcs, legacy, ztail):
+    """Files compressed alone in worker processes (some offered early) come back as extents
+    whose indexes are encoded here: the same inode metadata and data as compressing every file
+    in this thread, and as threads."""
+    files = _worker_inputs(tmp_path)
+    meta_sizes = [32, 64, 44, 76]
+
+    def run(name: str, workers: int, processes: bool):
+        cfg = cfg_for(alg, pcs=pcs, legacy=legacy, ztail=ztail)
+        cfg.segment_size = 131072       # the 300000-byte file has three segments
+        area = FileArea(tmp_path / f"area-{name}", cfg.block_size)
+        pool = zw.CompressionPool(cfg, workers, area.out, processes)
+        if processes:
+            if not isinstance(pool.impl, zw._ProcessPool):
+                pool.abort()
+                pytest.skip("other threads run in this process: no forked workers")
+            assert pool.takes_early()
+        jobs = []
+        for i, (path, size) in enumerate(files):
+            read = zw.FileRange(bytes(path), size)
+            meta_size = meta_sizes[i % len(meta_sizes)]
+            origin = None
+            if processes and i % 2 and pool.suits_early(size):
+                origin = ("early", i)
+                pool.offer(origin, read, size, meta_size, None)
+            jobs.append(zw.FileJob(i, size, meta_size, read, origin=origin))
+        got = [(job.key, job.wrote_blocks, layout)
+               for job, layout in zw.compress_files(jobs, cfg, area, workers, pool=pool)]
+        data = area.contents()
+        os.close(area.fd)
+        return got, data, cfg
+
+    alone, alone_data, cfg = run("one", 1, False)
+    assert [key for key, _w, _lay in alone] == list(range(len(files)))
+    assert any(lay is None for _k, _w, lay in alone)
+    assert any(lay is not None and lay.blocks > 1 for _k, _w, lay in alone)
+    bs = cfg.block_size
+    disk = {k: alone_data[k * bs:(k + 1) * bs] for k in range(len(alone_data) // bs)}
+    start = 100
+    for key, _wrote, layout in alone:
+        (path, size), meta_size = files[key], meta_sizes[key % len(meta_sizes)]
+        data = path.read_bytes()
+        # what one FileCompression makes of the whole file, its pclusters from `start`
+        fc = z.FileCompression(size, meta_size, cfg)
+        for off, length, last in fc.segments():
+            for p in fc.compress(data[off:off + length], last):
+                fc.add(p)
+        assert layout == fc.finish(start), key
+        if layout is not None:
+            start += layout.blocks
+            reader = KernelStyleReader(layout.inline, meta_size, size, layout.datalayout, bs)
+            assert read_back(reader, disk, cfg.primary) == data
+    forked, forked_data, _cfg = run("forked", 2, True)
+    assert forked == alone
+    assert forked_data == alone_data
+    threads, threads_data, _cfg = run("threads", 2, False)
+    assert threads == alone and threads_data == alone_data
 
 
 def test_files_of_one_block_are_not_read_without_ztailpacking():

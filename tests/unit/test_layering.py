@@ -52,19 +52,7 @@ LATE_IMPORTS_BY_DESIGN = {
     ("cli/read.py", "mkerofs.writer.walk"):
         "compare --exclude-*: as above",
 }
-# Late for no reason left (the cycles they once broke are gone): may move to the top.
-LATE_IMPORTS_TO_REMOVE = {
-    ("writer/hints.py", "mkerofs.writer.compress"):
-        "broke the cycle compress -> compressors -> options -> compress, gone since the layering",
-    ("writer/options.py", "mkerofs.writer.compress"): "as above",
-    ("writer/verify.py", "mkerofs.writer.options"): "also imported at the top of verify.py",
-    ("writer/verify.py", "mkerofs.writer.walk"): "also imported at the top of verify.py",
-    ("writer/verify.py", "mkerofs.writer.selinux"): "also imported at the top of verify.py",
-    ("reader/image.py", "xxhash"): "a required dependency, already imported by writer/xattrs.py",
-    ("cli/read.py", "mkerofs.ondisk.format"): "the reader loads ondisk anyway",
-    ("cli/read.py", "re"): "standard library, already loaded",
-}
-LATE_IMPORTS = {**LATE_IMPORTS_BY_DESIGN, **LATE_IMPORTS_TO_REMOVE}
+LATE_IMPORTS = LATE_IMPORTS_BY_DESIGN
 
 
 @dataclass(frozen=True)

@@ -161,36 +161,6 @@ def test_compact_regions_tile_the_area(totalidx, ebase):
     assert lcn == totalidx
     area = index.compact_area_size(totalidx, ebase)
     assert pos - ebase <= area <= pos - ebase + 4      # a half-used last 4B pack
-    bases = index.compact_pack_bases(totalidx, ebase)
-    assert bases == sorted(set(bases))
-    assert bases[-1] + 4 == ebase + area                # the last pack ends the area
-
-
-@pytest.mark.parametrize("big", [False, True])
-def test_pack_bases_are_the_only_bytes_that_depend_on_the_start_block(big):
-    rnd = random.Random(big)
-    bs = 4096
-    for _ in range(20):
-        llens, codes, _size = _extents(rnd, bs, 8 if big else 1, "")
-        ebase = rnd.randrange(4, 40) * 8
-        a = index.encode_compact(z.lclusters_for(llens, codes, 5, bs, big), ebase, 5, 12, big)
-        b = index.encode_compact(z.lclusters_for(llens, codes, 5 + 70000, bs, big), ebase,
-                                 5 + 70000, 12, big)
-        nidx = len(z.lclusters_for(llens, codes, 5, bs, big))
-        bases = [p - ebase for p in index.compact_pack_bases(nidx, ebase)]
-        base_bytes = {p + k for p in bases for k in range(4)}
-        differ = {i for i in range(len(a)) if a[i] != b[i]}
-        assert differ <= base_bytes
-        buf = bytearray(a)
-        index.add_to_addresses(buf, bases, 70000)
-        assert bytes(buf) == b
-
-
-def test_full_head_addresses_skip_nonheads():
-    ent = z.lclusters_for([10000, 4096], [2, 1 | z._RAW], 9, 4096, True)
-    raw = index.encode_full(ent)
-    assert list(ent.types) == [index.HEAD1, NONHEAD, index.PLAIN, index.PLAIN]
-    assert index.full_head_addresses(raw, 0, len(ent)) == [4, 20, 28]
 
 
 # ---------------------------------------------------------------------------

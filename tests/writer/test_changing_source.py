@@ -76,32 +76,65 @@ def test_file_changing_during_compressed_build(tmp_path, monkeypatch, nworkers):
     assert not image.exists()
 
 
+def _exit_in_a_child(test_pid: int) -> None:
+    """End this process as if killed, unless it is the test's own process (a build that fell
+    back to threads): that must never end the test run."""
+    if os.getpid() == test_pid:
+        raise AssertionError("meant for a forked process, called in the test process")
+    os._exit(9)
+
+
 def test_compression_worker_dying_is_a_clean_error(tmp_path, monkeypatch):
     import mkerofs.writer.workers as workers
 
+    if not workers.can_fork():
+        pytest.skip("other threads run in the test process: the build would use threads, "
+                    "not worker processes")
     victim = _tree(tmp_path / "src")
     image = tmp_path / "out.erofs"
     real_read = workers.FileRange.__call__
+    test_pid = os.getpid()
+    pools = []
 
     def read(self, offset, length, last):
         if self.path == os.fsencode(victim):
-            os._exit(9)                 # as if killed (only ever runs in a worker process)
+            _exit_in_a_child(test_pid)
         return real_read(self, offset, length, last)
 
+    class SpiedPool(workers._ProcessPool):
+        def __init__(self, *args, **kw):
+            pools.append(self)
+            super().__init__(*args, **kw)
+
     monkeypatch.setattr(workers.FileRange, "__call__", read)
-    with pytest.raises(BuildError) as err:
+    monkeypatch.setattr(workers, "_ProcessPool", SpiedPool)
+    with pytest.raises(Exception) as err:
         build(image, tmp_path / "src", BuildOptions(workers=2, compressor="lz4"))
-    assert "worker process died" in str(err.value)
+    assert len(pools) == 1, "the build did not use worker processes"
+    assert err.type is BuildError and "worker process died" in str(err.value)
     assert not image.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
 def test_copying_process_dying_is_a_clean_error(tmp_path, monkeypatch):
+    if not mkerofs.writer.data.can_fork():
+        pytest.skip("other threads run in the test process: files would be copied in threads, "
+                    "not forked processes")
     victim = _tree(tmp_path / "src")
     image = tmp_path / "out.erofs"
-    _before_copy(monkeypatch, victim, lambda p: os._exit(9))    # runs in a forked copier
-    with pytest.raises(BuildError) as err:
+    test_pid = os.getpid()
+    forked = []
+    real_fork = mkerofs.writer.data.FlatCopier._fork
+
+    def fork(self, copies):
+        forked.append(len(copies))
+        return real_fork(self, copies)
+
+    monkeypatch.setattr(mkerofs.writer.data.FlatCopier, "_fork", fork)
+    _before_copy(monkeypatch, victim, lambda p: _exit_in_a_child(test_pid))
+    with pytest.raises(Exception) as err:
         build(image, tmp_path / "src", BuildOptions(workers=2))
-    assert "copying file data died (exit code 9)" in str(err.value)
+    assert forked, "the build did not copy files in forked processes"
+    assert err.type is BuildError and "copying file data died (exit code 9)" in str(err.value)
     assert not image.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
