@@ -29,6 +29,15 @@ class SourceStat:
         return cls(st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_rdev)
 
 
+@dataclass(frozen=True, slots=True)
+class DataRef:
+    """Where a regular file's bytes are when they are not in the file at SourceInode.path (tar
+    input): `size` bytes from `offset` of `path`, the tar itself or a spool file; holes in that
+    range read as zeros.  path None: no bytes anywhere (--tar=headerball), the file is all zeros."""
+    path: bytes | None
+    offset: int = 0
+
+
 @dataclass(eq=False, slots=True)
 class SourceInode:
     """One inode of the source: several names share it when hard-linked."""
@@ -39,6 +48,7 @@ class SourceInode:
     parent: "SourceInode | None" = None       # directories: the parent directory
     target: bytes | None = None               # symlinks
     xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)
+    data: DataRef | None = None               # regular files not read from `path` (tar input)
 
     @property
     def mode(self) -> int:
