@@ -15,7 +15,6 @@ from . import native
 from .base import Codec
 from .buffers import Pinned, PerThread, scratch
 
-LZ4_DISTANCE_MAX = 65535       # liblz4's history window (LZ4_DISTANCE_MAX in lz4.h)
 # LZ4 (not HC) output at most this big is produced with the GIL held (see native._bind_lz4)
 GIL_HELD_MAX = 16384
 _MAX_DSIZE = fmt.Z_EROFS_PCLUSTER_MAX_DSIZE
@@ -26,7 +25,7 @@ class LZ4(Codec):
     """LZ4 raw blocks via LZ4_compress_destSize."""
     name = "lz4"
     algorithm_id = fmt.Z_EROFS_COMPRESSION_LZ4
-    max_distance = LZ4_DISTANCE_MAX
+    max_distance = fmt.LZ4_DISTANCE_MAX
 
     def _bind(self):
         lib = native.lz4()

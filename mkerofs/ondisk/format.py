@@ -124,6 +124,9 @@ def blksz_bits(block_size: int) -> int:
 # ---------------------------------------------------------------------------
 # superblock
 
+EROFS_SB_UUID_SIZE = 16            # uuid[16]
+EROFS_SB_VOLUME_NAME_SIZE = 16     # volume_name[16]: mkfs.erofs takes labels of at most 15 bytes
+
 _SB = struct.Struct(
     "<I"    # 0   magic
     "I"     # 4   checksum
@@ -166,7 +169,7 @@ class SuperBlock:
     feature_compat: int = 0
     feature_incompat: int = 0
     fixed_nsec: int = 0
-    uuid: bytes = bytes(16)
+    uuid: bytes = bytes(EROFS_SB_UUID_SIZE)
     volume_name: bytes = b""
     u1: int = 0
     xattr_prefix_count: int = 0
@@ -184,7 +187,8 @@ class SuperBlock:
         return _SB.pack(
             self.magic, self.checksum, self.feature_compat, self.blkszbits, self.sb_extslots,
             self.root_nid, self.inos, self.epoch, self.fixed_nsec, self.blocks,
-            self.meta_blkaddr, self.xattr_blkaddr, self.uuid, self.volume_name.ljust(16, b"\0"),
+            self.meta_blkaddr, self.xattr_blkaddr, self.uuid,
+            self.volume_name.ljust(EROFS_SB_VOLUME_NAME_SIZE, b"\0"),
             self.feature_incompat, self.u1, self.extra_devices, self.devt_slotoff,
             self.dirblkbits, self.xattr_prefix_count, self.xattr_prefix_start, self.packed_nid,
             self.xattr_filter_reserved, bytes(23))

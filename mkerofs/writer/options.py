@@ -72,10 +72,11 @@ class BuildOptions:
         if bs < fmt.EROFS_MIN_BLOCK_SIZE or bs > fmt.EROFS_MAX_BLOCK_SIZE or bs & (bs - 1):
             raise BuildError(f"invalid block size {bs}: a power of two from "
                              f"{fmt.EROFS_MIN_BLOCK_SIZE} to {fmt.EROFS_MAX_BLOCK_SIZE}")
-        if len(self.label) > 15:
-            raise BuildError(f"invalid volume label {self.label!r}: at most 15 bytes")
-        if self.uuid is not None and len(self.uuid) != 16:
-            raise BuildError("invalid UUID: 16 bytes expected")
+        label_max = fmt.EROFS_SB_VOLUME_NAME_SIZE - 1
+        if len(self.label) > label_max:
+            raise BuildError(f"invalid volume label {self.label!r}: at most {label_max} bytes")
+        if self.uuid is not None and len(self.uuid) != fmt.EROFS_SB_UUID_SIZE:
+            raise BuildError(f"invalid UUID: {fmt.EROFS_SB_UUID_SIZE} bytes expected")
         if self.force_inode not in (None, "compact", "extended"):
             raise BuildError(f"invalid inode form {self.force_inode!r}")
         if self.offset < 0:
