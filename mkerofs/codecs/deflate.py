@@ -20,7 +20,7 @@ from . import native
 from .base import Codec, default_slack, fit_prefix
 from .buffers import Native, Pinned, PerThread, as_bytes_like, scratch
 
-DEFLATE_WINDOW_MAX = 1 << 15     # RFC 1951
+DEFLATE_WINDOW_MAX = fmt.Z_EROFS_DEFLATE_MAX_DICT_SIZE     # RFC 1951
 DEFLATE_WINDOW_MIN = 256
 _MAX_DSIZE = fmt.Z_EROFS_PCLUSTER_MAX_DSIZE
 
