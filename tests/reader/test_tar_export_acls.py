@@ -65,6 +65,12 @@ def _make_tree(root: Path) -> None:
     _setfacl(root / "fifo", f"u:{NOBODY_ID}:w")
     _setfacl(root, f"u:{NOBODY_ID}:rx", "-m", "d:u:1000:rw")         # the root: both kinds
     _setfacl(root / "dir" / "inner", "g::rw,m::r")       # a mask and no named entry
+    # no ACL under a directory with a default one: an extraction inherits one unless told
+    # (GNU tar --acls sets the mode's ACL and removes an inherited default)
+    (root / "dir" / "noacl").write_bytes(b"")
+    (root / "dir" / "sub").mkdir()
+    for rel in ("noacl", "sub"):
+        subprocess.run(["setfacl", "-b", "-k", str(root / "dir" / rel)], check=True)
 
     os.setxattr(root / "file", "user.plain", b"value")
     os.setxattr(root / "dir", "user.key=with%signs", b"v=1%")
@@ -75,8 +81,8 @@ def _make_tree(root: Path) -> None:
     os.chown(root / "fifo", 1000, NOBODY_ID)
     os.chown(root / "link", NOBODY_ID, 0, follow_symlinks=False)
     # mtimes with nanoseconds, children before their directories
-    for i, rel in enumerate(["file", "dir/inner", "fifo", "null", "link", "plain",
-                             "emptydir", "dir", "."]):
+    for i, rel in enumerate(["file", "dir/inner", "dir/noacl", "dir/sub", "fifo", "null",
+                             "link", "plain", "emptydir", "dir", "."]):
         ns = 1_600_000_000_000_000_000 + i * 1_000_003_007
         os.utime(root / rel, ns=(ns, ns), follow_symlinks=False)
 
@@ -156,8 +162,8 @@ def test_tar_reader_reads_back_the_image_xattrs(exported):
             seen.add(entry.path)
             if entry.kind == HARDLINK:
                 assert entry.link_path == b"file", where
-    assert seen == {b"", b"file", b"hardlink", b"dir", b"dir/inner", b"emptydir", b"plain",
-                    b"fifo", b"null", b"link"}
+    assert seen == {b"", b"file", b"hardlink", b"dir", b"dir/inner", b"dir/noacl", b"dir/sub",
+                    b"emptydir", b"plain", b"fifo", b"null", b"link"}
 
 
 def test_tar_reader_reads_the_text_alone_to_the_same_value(exported):
