@@ -313,11 +313,12 @@ def extract(image, dest, subtree, no_owner, no_xattrs, force, quiet, offset):
 @click.option("-o", "--output", metavar="FILE", default="-",
               help="write the archive to FILE (default: stdout, '-')")
 @click.option("--path", "subtree", metavar="PATH", help="archive only this subtree")
-@click.option("--no-xattrs", is_flag=True, help="leave out extended attributes")
+@click.option("--no-xattrs", is_flag=True, help="leave out extended attributes (and so ACLs)")
 @_common
 def tar(image, output, subtree, no_xattrs, offset):
     """Write the image as a POSIX (PAX) tar archive: numeric owners, mtimes with nanoseconds,
-    xattrs (SCHILY.xattr), hard links, devices, fifos. Sockets are left out (tar has none)."""
+    xattrs (SCHILY.xattr), POSIX ACLs also as text (SCHILY.acl, for GNU tar --acls), hard links,
+    devices, fifos. Sockets are left out (tar has none)."""
     with open_image(image, offset) as img:
         if output == "-":
             if sys.stdout.isatty():

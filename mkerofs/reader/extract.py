@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Optional
 
 from ..errors import ExtractError
 from ..ondisk.format import EROFS_FT_DIR
+from ..ondisk.posix_acl import decode_posix_acl, posix_acl_problem, posix_acl_text
 from .image import Image, ImageError, Inode
 
 __all__ = ["ExtractError", "ExtractStats", "iter_tree", "resolve", "follow", "extract",
@@ -459,11 +460,66 @@ def _str(b: bytes) -> str:
     return b.decode("utf-8", "surrogateescape")
 
 
+# GNU tar --acls restores ACLs from these text records only: with --acls and no text record it
+# sets the ACL the mode implies, over any system.posix_acl_* xattr it has just restored
+_ACL_TEXT_KEYS = {b"system.posix_acl_access": "SCHILY.acl.access",
+                  b"system.posix_acl_default": "SCHILY.acl.default"}
+
+
+def _note(stats: ExtractStats, warn: Callable[[str], None], msg: str) -> None:
+    stats.problems.append(msg)
+    warn(msg)
+
+
+def _xattr_key(name: bytes) -> str:
+    """The PAX key of xattr `name` as GNU tar writes it: a key ends at the first "=", so "%"
+    and "=" in the name become %25 and %3D (GNU tar and mkerofs's tar reader decode them)."""
+    text = _str(name)
+    if "%" in text or "=" in text:
+        text = text.replace("%", "%25").replace("=", "%3D")
+    return "SCHILY.xattr." + text
+
+
+def _xattr_records(img: Image, inode: Inode, path: bytes, stats: ExtractStats,
+                   warn: Callable[[str], None]) -> dict[str, str]:
+    """SCHILY.xattr.* records with every xattr's raw value (GNU tar --xattrs and mkerofs's tar
+    reader restore ACLs exactly from these), then each ACL again as SCHILY.acl.* text."""
+    records = {}
+    acls = {}
+    for name, value in img.xattrs(inode):
+        try:
+            name.decode("utf-8")
+        except UnicodeDecodeError:
+            # tarfile writes PAX keys as strict UTF-8
+            _note(stats, warn, f"{show(path)}: xattr name {show(name)} is not UTF-8; left out")
+            continue
+        records[_xattr_key(name)] = _str(value)
+        if name in _ACL_TEXT_KEYS:
+            acls[_ACL_TEXT_KEYS[name]] = _acl_text(name, value, path, stats, warn)
+    records.update((key, text) for key, text in acls.items() if text is not None)
+    return records
+
+
+def _acl_text(name: bytes, value: bytes, path: bytes, stats: ExtractStats,
+              warn: Callable[[str], None]) -> Optional[str]:
+    try:
+        entries = decode_posix_acl(value)
+        problem = posix_acl_problem(entries)
+        if problem:
+            raise ValueError(f"the ACL {problem}")
+        return posix_acl_text(entries)
+    except ValueError as err:
+        _note(stats, warn, f"{show(path)}: {show(name)}: {err}; written as a raw xattr only "
+              "(GNU tar --acls replaces it with the ACL of the mode)")
+        return None
+
+
 def write_tar(img: Image, out, *, path: Optional[str | bytes] = None, xattrs: bool = True,
               warn: Callable[[str], None] = lambda msg: None) -> ExtractStats:
     """Write the image (or the subtree at `path`) to the binary file object `out` as a POSIX
     (PAX) tar stream: names relative to the subtree ("." is its top directory), numeric owners,
-    mtimes with nanoseconds, xattrs as SCHILY.xattr.* records, hard links as link entries,
+    mtimes with nanoseconds, xattrs as SCHILY.xattr.* records and POSIX ACLs also as
+    SCHILY.acl.access/default text (as GNU tar writes both), hard links as link entries,
     devices and fifos. Sockets cannot be stored in tar: they are left out (with a warning).
     File data is streamed."""
     top_path, top = resolve(img, path)
@@ -481,9 +537,7 @@ def write_tar(img: Image, out, *, path: Optional[str | bytes] = None, xattrs: bo
             name = "./" + _str(rel) if rel else "."
             mode = inode.mode
             if stat.S_ISSOCK(mode):
-                msg = f"{show(p)}: sockets cannot be stored in tar; left out"
-                stats.problems.append(msg)
-                warn(msg)
+                _note(stats, warn, f"{show(p)}: sockets cannot be stored in tar; left out")
                 continue
             info = tarfile.TarInfo(name)
             info.mode = stat.S_IMODE(mode)
@@ -494,8 +548,7 @@ def write_tar(img: Image, out, *, path: Optional[str | bytes] = None, xattrs: bo
             if inode.mtime_nsec or not 0 <= inode.mtime < 8 ** 11:
                 pax["mtime"] = _pax_time(inode.mtime, inode.mtime_nsec)
             if xattrs:
-                for xname, value in img.xattrs(inode):
-                    pax["SCHILY.xattr." + _str(xname)] = _str(value)
+                pax.update(_xattr_records(img, inode, p, stats, warn))
             info.pax_headers = pax
             data = None
             if not stat.S_ISDIR(mode) and inode.nlink > 1:
