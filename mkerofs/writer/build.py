@@ -127,7 +127,7 @@ def _early_offers(pool: CompressionPool, options: BuildOptions, hints: CompressH
             return True
         isize = planned_isize(src.st, options, build_time)
         if isize is not None:
-            pool.offer(src, FileRange(src.path, size), size, isize, profile)
+            pool.offer(src, FileRange.of(src, size), size, isize, profile)
         return True
 
     return offer
@@ -277,7 +277,7 @@ def _compress_regular_files(plan: Plan, options: BuildOptions, source: bytes,
         wanted, profile = _hinted(zcfg, hints, _relative(n.src.path, source))
         if wanted:
             jobs.append(FileJob(n, n.size, n.meta_size_before_inline,
-                                FileRange(n.src.path, n.size), profile, origin=n.src))
+                                FileRange.of(n.src, n.size), profile, origin=n.src))
     _take_layouts(compress_files(jobs, zcfg, data, packed=packed, pool=pool), options, data,
                   used)
     del jobs
