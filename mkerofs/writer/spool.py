@@ -90,7 +90,7 @@ class Spool:
         if directory is None:
             directory = os.environ.get("TMPDIR") or tempfile.gettempdir()
         try:
-            fd, path = tempfile.mkstemp(prefix="mkerofs-spool-", dir=os.fsencode(directory))
+            fd, path = tempfile.mkstemp(prefix=b"mkerofs-spool-", dir=os.fsencode(directory))
         except OSError as err:
             raise BuildError(f"cannot create the spool file for the tar's data in "
                              f"{os.fsdecode(directory)} (TMPDIR): {err.strerror or err}") from None
