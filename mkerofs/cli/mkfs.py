@@ -281,7 +281,7 @@ class _MkfsStyleCommand(click.Command):
               help="with --tar: the stream is xz-compressed; FILE: write the decompressed tar")
 @click.option("--unlzma", metavar="[=FILE]",
               help="with --tar: the stream is lzma-compressed; FILE: write the decompressed tar")
-@click.option("--sort", metavar="X",
+@click.option("--sort", metavar="=X",
               help="with --tar: 'none' puts file data in tar order (else path order)")
 @click.option("--random-pclusterblks", is_flag=True, hidden=True)
 @click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
