@@ -255,3 +255,27 @@ def test_containerd_command_line(tmp_path, tarball):
     assert r.stdout == "" and r.stderr == ""
     assert read_superblock(image).uuid == bytes.fromhex(uuid.replace("-", ""))
     assert b"/gone" in image_inodes(image)
+
+
+def test_file_contexts_and_no_xattrs_on_tar_paths(tmp_path):
+    tarball = tmp_path / "x.tar"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = _info("a", 3)
+        info.pax_headers = {"SCHILY.xattr.user.k": "v"}
+        tf.addfile(info, io.BytesIO(b"aaa"))
+        tf.addfile(_info("b", 3), io.BytesIO(b"bbb"))
+    tarball.write_bytes(buf.getvalue())
+    contexts = tmp_path / "file_contexts"
+    contexts.write_text("/b\tu:object_r:b_t:s0\n")
+    image = tmp_path / "fc.erofs"
+    run_mkerofs("--tar=f", f"--file-contexts={contexts}", image, tarball)
+    from mkerofs.reader import Image
+    with Image.open(image) as img:
+        assert img.xattrs(img.lookup(b"/b")) == [(b"security.selinux", b"u:object_r:b_t:s0")]
+        assert img.xattrs(img.lookup(b"/a")) == [(b"user.k", b"v")]   # no label matches /a
+    run_mkerofs("--tar=f", "-x-1", f"--file-contexts={contexts}", image, tarball)
+    inodes = image_inodes(image)
+    assert inodes[b"/b"].xattr_icount == 0 and inodes[b"/a"].xattr_icount == 0
+    run_mkerofs("--tar=f", image, tarball)
+    assert image_inodes(image)[b"/b"].xattr_icount == 0
