@@ -2,7 +2,11 @@
 
 The result is what walk_source gives for a directory: SourceInodes with sorted entries,
 directory nlink 2 + subdirectories, file nlink the names the file has in the final tree, parent
-links, sorted xattrs; each regular file's bytes are located by its `data` (a DataRef).
+links, sorted xattrs. `SourceInode.path` is the entry's path in the archive (for messages: there
+is no such file on this host); each regular file's bytes are located by its `data` (a DataRef):
+in the tar itself when it is a plain tar file read by path (or only indexed, ``--tar=i``),
+nowhere for an empty file or a headerball (zeros), else copied into the Spool as the stream
+passes, since the image takes files in another order than the tar gives them.
 
 The tree, entry by entry in tar order:
 
@@ -43,7 +47,7 @@ from typing import Callable
 
 from ..ondisk.format import EROFS_NAME_LEN
 from .spool import Spool
-from .tarstream import CHR, BLK, DIR, HARDLINK, REG, SYMLINK, TarEntry, TarError, TarReader
+from .tarstream import BLK, CHR, DIR, HARDLINK, REG, SYMLINK, TarEntry, TarError, TarReader
 from .walk import DataRef, SourceInode, SourceStat
 
 _OPAQUE = b"trusted.overlay.opaque"
@@ -125,9 +129,9 @@ class _Tree:
         """(parent directory, last name) of `entry`; name b"" for the root."""
         if b"/.." in b"/" + entry.name:
             return self._split_dotdot(entry)
-        parts = entry.path.split(b"/")
         if not entry.path:
             return self.root, b""
+        parts = entry.path.split(b"/")
         return self.directory(entry, parts[:-1]), parts[-1]
 
     def _split_dotdot(self, entry: TarEntry) -> tuple[SourceInode, bytes]:
