@@ -11,6 +11,11 @@ here, each a place where mkfs.erofs 1.9.3 loses or misplaces data (notes/tar-inp
   a payload dropped (16), the global PAX uid applied from the second entry only (18), ``./x/../y``
   making an empty ``/x`` (20), a root-level opaque marker refused (19).
 
+Not compared here, because mkfs.erofs 1.9.3 gets them wrong outright (test_kernel_tar.py checks
+mkerofs against the source tree instead): zstd input and gzip without --ungzip (refused),
+--unxz/--unlzma on streams over ~32 KiB (EIO, Q9), --offset in tar mode (file data read back
+wrong), --exclude-path/--exclude-regex (ignored in tar mode), -x-1 (xattrs of a tar still stored).
+
 The reference is $MKFS_EROFS_REF, else /work/erofs-utils-install/bin/mkfs.erofs; without one
 these tests are skipped (that is a missing tool, not a missing kernel).
 """
@@ -165,8 +170,8 @@ def test_compressed_like_mkfs(kind, ref, archive, tmp_path, kernel):
     """A small tar: mkfs.erofs 1.9.3's --unxz fails (EIO) when the last input piece decodes to
     more than ~32 KiB (Q9), so the xz case keeps the whole stream below that."""
     tar = tmp_path / "small.tar"
-    data = b"".join(entry(b"d/f%d" % i, os.urandom(i * 500), mode=0o600 + i, uid=i)
-                    for i in range(20)) + END
+    data = b"".join(entry(b"d/f%d" % i, os.urandom(i * 100), mode=0o600 + i, uid=i)
+                    for i in range(10)) + END
     tar.write_bytes(data)
     packed = compress(tar, kind, tmp_path / f"t.{kind}")
     theirs, ours = build_both(ref, tmp_path, packed, (DECODE_OPTION[kind],))
