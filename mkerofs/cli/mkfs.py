@@ -14,7 +14,7 @@ from ..codecs import registry
 from ..codecs.spec import parse_compressor_spec
 from ..util import parse_c_int
 from ..writer.build import build
-from ..writer.options import BuildOptions, TimeInherit
+from ..writer.options import BuildOptions, TarOptions, TimeInherit
 from .common import CInt, GID, GID_OFFSET, OFFSET, UID, UID_OFFSET, debug_options, run
 
 # long options whose value is optional: like getopt, they take one only after '='
@@ -25,11 +25,9 @@ _NO_VALUE = "\0none"
 # mkfs.erofs options that mkerofs does not implement yet: refused, never silently ignored
 _NOT_IMPLEMENTED = {
     "metadata_compression": "-m",
-    "chunksize": "--chunksize", "blobdev": "--blobdev", "tar": "--tar", "aufs": "--aufs",
-    "ovlfs_strip": "--ovlfs-strip", "gzip": "--gzip", "ungzip": "--ungzip", "gzinfo": "--gzinfo",
-    "unxz": "--unxz", "unlzma": "--unlzma",
+    "chunksize": "--chunksize", "blobdev": "--blobdev", "gzinfo": "--gzinfo",
     "clean": "--clean", "incremental": "--incremental",
-    "sort": "--sort", "dsunit": "--dsunit", "fsalignblks": "--fsalignblks",
+    "dsunit": "--dsunit", "fsalignblks": "--fsalignblks",
     "vmdk_desc": "--vmdk-desc", "s3": "--s3", "oci": "--oci", "zd": "--zD", "mz": "--MZ",
     "xattr_inode_digest": "--xattr-inode-digest", "product_out": "--product-out",
     "fs_config_file": "--fs-config-file", "async_queue_limit": "--async-queue-limit",
@@ -152,11 +150,41 @@ def apply_zfeature_bits(options: BuildOptions, bits: int) -> None:
 def _not_implemented_options(func):
     for dest, flag in _NOT_IMPLEMENTED.items():
         decls = [flag, dest]
-        if dest in ("aufs", "gzip"):
-            func = click.option(*decls, is_flag=True, default=None, hidden=True)(func)
-        else:
-            func = click.option(*decls, default=None, hidden=True)(func)
+        func = click.option(*decls, default=None, hidden=True)(func)
     return func
+
+
+def tar_options(tar: tuple[str, ...], aufs: bool, ovlfs_strip: str | None, gzip: bool,
+                ungzip: str | None, unxz: str | None, unlzma: str | None,
+                sort: str | None) -> TarOptions | None:
+    """--tar[=X] and its companions, read as mkfs.erofs reads them: X is f (also no value, an
+    empty or unknown one), headerball, or i / 0 (index), with ',MAPFILE' after it; a mode once
+    set stays (--tar=i --tar=f builds an index).  --ovlfs-strip is on bare or =1 only."""
+    companions = {"--aufs": aufs, "--ovlfs-strip": ovlfs_strip, "--gzip": gzip,
+                  "--ungzip": ungzip, "--unxz": unxz, "--unlzma": unlzma, "--sort": sort}
+    if not tar:
+        for flag, value in companions.items():
+            if value not in (None, False):
+                raise click.UsageError(f"option {flag}: only with --tar")
+        return None
+    options = TarOptions(aufs=aufs, sort="none" if sort == "none" else "path")
+    for value in tar:
+        value = "" if value == _NO_VALUE else value
+        mode, comma, mapfile = value.partition(",")
+        if comma:
+            options.mapfile = mapfile
+        if mode == "headerball":
+            options.mode = "headerball"
+        elif mode in ("i", "0") and options.mode != "headerball":
+            options.mode = "i"
+    options.ovlfs_strip = ovlfs_strip in (_NO_VALUE, "1")
+    if gzip:
+        options.decompress = "gzip"
+    for hint, value in (("gzip", ungzip), ("xz", unxz), ("lzma", unlzma)):
+        if value is not None:
+            options.decompress = hint
+            options.dump = None if value == _NO_VALUE else value
+    return options
 
 
 class _MkfsStyleCommand(click.Command):
@@ -168,7 +196,9 @@ class _MkfsStyleCommand(click.Command):
         for param in self.get_params(ctx):
             record = param.get_help_record(ctx)
             if record is not None:
-                rows.append((re.sub(r"^(-[A-Za-z]) (?=[#X])", r"\1", record[0]), record[1]))
+                # -b#, -EX[,...]; an optional value attached: --tar=X, --ungzip[=FILE]
+                spelled = re.sub(r"^(-[A-Za-z]) (?=[#X])", r"\1", record[0])
+                rows.append((re.sub(r"^(--[\w-]+) (?=\[?=)", r"\1", spelled), record[1]))
         with formatter.section("Options"):
             formatter.write_dl(rows)
 
@@ -177,7 +207,7 @@ class _MkfsStyleCommand(click.Command):
                                  "ignore_unknown_options": False,
                                  "max_content_width": 100})
 @click.argument("image", type=click.Path(dir_okay=False, allow_dash=False))
-@click.argument("source", type=click.Path())
+@click.argument("source", type=click.Path(), required=False)
 @click.option("-b", "block_size", metavar="#", type=CInt("block size", suffixes=True),
               help="block size in bytes (512..4096; default 4096)")
 @debug_options(expose_level=True)
@@ -235,6 +265,24 @@ class _MkfsStyleCommand(click.Command):
 @click.option("--quiet", is_flag=True, help="print nothing on success")
 @click.option("--verify", is_flag=True,
               help="read the image back and compare it with SOURCE (no mount needed)")
+@click.option("--tar", "tar", multiple=True, metavar="=X",
+              help="SOURCE is a tar stream (stdin without SOURCE; gzip, xz, lzma, zstd or "
+                   "bzip2 compressed read as well): X = f (full, default), headerball (headers "
+                   "only, files read as zeros); i[,MAPFILE] (tar index) is not implemented yet")
+@click.option("--aufs", is_flag=True, help="with --tar: .wh.NAME is an overlayfs whiteout, "
+                                            ".wh..wh..opq makes its directory opaque")
+@click.option("--ovlfs-strip", "ovlfs_strip", metavar="[=0|1]",
+              help="with --tar: drop whiteouts and overlayfs xattrs (bare or =1)")
+@click.option("--gzip", is_flag=True, help="with --tar: the stream is gzip-compressed "
+                                            "(recognised without it as well)")
+@click.option("--ungzip", metavar="[=FILE]",
+              help="as --gzip; FILE: write the decompressed tar there too")
+@click.option("--unxz", metavar="[=FILE]",
+              help="with --tar: the stream is xz-compressed; FILE: write the decompressed tar")
+@click.option("--unlzma", metavar="[=FILE]",
+              help="with --tar: the stream is lzma-compressed; FILE: write the decompressed tar")
+@click.option("--sort", metavar="X",
+              help="with --tar: 'none' puts file data in tar order (else path order)")
 @click.option("--random-pclusterblks", is_flag=True, hidden=True)
 @click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
               callback=lambda ctx, param, value: _print_version(ctx, value),
@@ -244,18 +292,24 @@ def command(image, source, block_size, debug, compressor, pcluster_size,
             xattr_tolerance, extended, label, timestamp, uuid,
             uid_offset, gid_offset, exclude_path, exclude_regex, hard_dereference, offset,
             mount_point, xattr_prefix, root_xattr_isize, file_contexts, compress_hints,
-            max_extent_bytes, zfeature_bits, workers, quiet, verify,
-            random_pclusterblks, **unimplemented):
-    """Generate an EROFS image (IMAGE: a file or block device) from the directory SOURCE."""
+            max_extent_bytes, zfeature_bits, workers, quiet, verify, tar, aufs, ovlfs_strip,
+            gzip, ungzip, unxz, unlzma, sort, random_pclusterblks, **unimplemented):
+    """Generate an EROFS image (IMAGE: a file or block device) from the directory SOURCE, or
+    with --tar from a tar stream (SOURCE, or stdin)."""
     for dest, value in unimplemented.items():
         if value is not None:
             raise click.UsageError(f"option {_NOT_IMPLEMENTED[dest]}: not implemented in mkerofs yet")
     if random_pclusterblks:
         raise click.UsageError("option --random-pclusterblks: not implemented in mkerofs yet")
+    tar_opts = tar_options(tar, aufs, ovlfs_strip, gzip, ungzip, unxz, unlzma, sort)
+    if tar_opts is not None and tar_opts.mode == "i":
+        raise click.UsageError("--tar=i: not implemented yet")
+    if source is None and tar_opts is None:
+        raise click.UsageError("Missing argument 'SOURCE'.")
     options = BuildOptions(quiet=quiet, verify=verify, xattr_prefixes=list(xattr_prefix),
                            exclude_paths=list(exclude_path),
                            exclude_regexes=list(exclude_regex),
-                           hard_dereference=hard_dereference)
+                           hard_dereference=hard_dereference, tar=tar_opts)
     given = {"block_size": block_size, "debug": debug, "pcluster_size": pcluster_size,
              "xattr_tolerance": xattr_tolerance, "root_xattr_isize": root_xattr_isize,
              "file_contexts": file_contexts, "timestamp": timestamp, "uid_offset": uid_offset,
@@ -305,6 +359,8 @@ def command(image, source, block_size, debug, compressor, pcluster_size,
     apply_extended_options(options, extended)
 
     started = time.monotonic()
+    if source is None:
+        source = click.get_binary_stream("stdin")
     result = build(image, source, options)
     if not quiet:
         click.echo(f"Build completed: {image}: {result.inodes} inodes, {result.blocks} blocks of "

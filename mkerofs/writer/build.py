@@ -1,6 +1,7 @@
 """The build pipeline: walk the source -> plan inodes -> write data -> place metadata -> superblock."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import os
@@ -9,21 +10,25 @@ import sys
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from . import compress
 from ..ondisk import format as fmt
 from ..codecs.spec import parse_compressor_spec
 from .hints import CompressHints, load_compress_hints
 from .packed import PackedFile
+from .decompress import open_input
 from .data import DataArea, FlatCopier, inline_fits
 from .dirs import render_directory
 from .meta import MetaAllocator, MetaImage, item_size, node_pos, place_inode, serialize_inode
 from ..errors import BuildError, CompressorUnavailable
 from .options import BuildOptions
 from .output import Output
+from .spool import Spool
 from .plan import Plan, PlannedInode, plan_inodes, planned_isize
-from .walk import SourceInode, SourceStat, walk_source
+from .tarsource import TarTreeOptions, read_tar_tree
+from .tarstream import TarReader
+from .walk import SourceInode, SourceStat, apply_walk_options, walk_source
 from .workers import CompressionPool, FileJob, FileRange, compress_files
 from .xattrs import XattrLayout
 
@@ -44,15 +49,19 @@ class BuildResult:
         return self.blocks * self.block_size
 
 
-def build(image: str | os.PathLike, source: str | os.PathLike,
+def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
           options: BuildOptions | None = None) -> BuildResult:
-    """Build an EROFS image of the directory `source` into `image` (a file or a block device)."""
+    """Build an EROFS image of the directory `source` into `image` (a file or a block device);
+    with options.tar, `source` is a tar stream: a path or a binary file object (stdin)."""
     options = options or BuildOptions()
     options.validate()
     image = os.fspath(image)
-    source_b = os.fsencode(os.fspath(source))
-    if not os.path.lexists(source_b):
-        raise BuildError(f"{os.fsdecode(source_b)}: source does not exist")
+    if options.tar is None:
+        source_b = os.fsencode(os.fspath(source))
+        if not os.path.lexists(source_b):
+            raise BuildError(f"{os.fsdecode(source_b)}: source does not exist")
+    else:
+        source_b = b""              # archive paths are relative already
     build_time = options.build_time if options.build_time is not None else int(time.time())
     out = Output(image, options.offset)
     # The build makes a few long-lived objects per file and no garbage cycles worth collecting:
@@ -67,11 +76,21 @@ def build(image: str | os.PathLike, source: str | os.PathLike,
             # the workers start now (forked while this process is small) and compress files
             # as the walk finds them
             pool = CompressionPool(zcfg, _workers(options), out, processes=True)
-            on_file = _early_offers(pool, options, hints, build_time)
-        root, _count = walk_source(source_b, options, skip=out.identity(), on_file=on_file)
-        plan = plan_inodes(root, options, build_time)
-        xattrs = _plan_xattrs(plan, options)
-        result = _write_image(plan, options, out, xattrs, source_b, zcfg, hints, pool)
+            if options.tar is None:
+                # (a tar entry may still be replaced by a later one: no early offers there)
+                on_file = _early_offers(pool, options, hints, build_time)
+        tar_order = None
+        with contextlib.ExitStack() as inputs:
+            if options.tar is None:
+                root, _count = walk_source(source_b, options, skip=out.identity(),
+                                           on_file=on_file)
+            else:
+                root, tar_order = _read_tar(inputs, source, options, build_time)
+            plan = plan_inodes(root, options, build_time)
+            if tar_order is not None and not options.compressor and not options.inline_data:
+                plan.data_order = _in_tar_order(plan, tar_order)
+            xattrs = _plan_xattrs(plan, options)
+            result = _write_image(plan, options, out, xattrs, source_b, zcfg, hints, pool)
         out.finish(result.size)
     except BaseException:
         if pool is not None:
@@ -85,6 +104,49 @@ def build(image: str | os.PathLike, source: str | os.PathLike,
         from .verify import verify_build     # loads the reader only when asked to
         verify_build(image, source_b, options)
     return result
+
+
+def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build_time: int
+              ) -> tuple[SourceInode, dict[int, int] | None]:
+    """The tree of the tar stream `source` (a path or a binary file object), and with
+    --sort=none each regular file's place in the stream (by id of its SourceInode).  What it
+    opens (the --ungzip=FILE dump, the decoder, the spool holding file data that cannot be read
+    in place) stays open in `inputs` until the image is written, and is closed (the spool
+    removed) on every way out."""
+    tar = options.tar
+    try:
+        dump = inputs.enter_context(open(tar.dump, "wb")) if tar.dump else None
+        stream = inputs.enter_context(open_input(source, tar.decompress, dump))
+    except OSError as err:
+        name = err.filename if err.filename is not None else source
+        raise BuildError(f"{os.fsdecode(name)}: {err.strerror or err}") from None
+    spool = inputs.enter_context(Spool())
+    in_place = isinstance(source, (str, bytes, os.PathLike)) and stream.kind == "tar" \
+        and stream.seekable
+    tree_options = TarTreeOptions(
+        aufs=tar.aufs, ovlfs_strip=tar.ovlfs_strip, headerball=tar.mode == "headerball",
+        root_uid=os.getuid(), root_gid=os.getgid(), build_time=build_time,
+        tar_path=os.fsencode(os.fspath(source)) if in_place else None)
+    order = None
+    on_file = None
+    if tar.sort == "none":
+        order = {}
+
+        def on_file(src: SourceInode, _relpath: bytes, _links) -> None:
+            order[id(src)] = len(order)
+
+    reader = TarReader(stream, headerball=tree_options.headerball)
+    root, _count = read_tar_tree(reader, tree_options, spool, on_file=on_file)
+    apply_walk_options(root, options)
+    return root, order
+
+
+def _in_tar_order(plan: Plan, tar_order: dict[int, int]) -> list[PlannedInode]:
+    """--sort=none, which mkfs.erofs honours only without compression and with
+    -Enoinline_data: regular files' data first, in the order the tar stream had it."""
+    files = [n for n in plan.inodes if n.ftype == fmt.EROFS_FT_REG_FILE]
+    files.sort(key=lambda n: tar_order.get(id(n.src), -1))
+    return files + [n for n in plan.inodes if n.ftype != fmt.EROFS_FT_REG_FILE]
 
 
 def _plan_xattrs(plan: Plan, options: BuildOptions) -> XattrLayout:
@@ -127,7 +189,7 @@ def _early_offers(pool: CompressionPool, options: BuildOptions, hints: CompressH
             return True
         isize = planned_isize(src.st, options, build_time)
         if isize is not None:
-            pool.offer(src, FileRange(src.path, size), size, isize, profile)
+            pool.offer(src, FileRange.of(src, size), size, isize, profile)
         return True
 
     return offer
@@ -195,7 +257,7 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
                                               data, used)
         if packed_node is not None:
             nodes.append(packed_node)
-    for node in plan.inodes:
+    for node in plan.data_order or plan.inodes:
         if node.ftype in _FLAT_CONTENT and node.flat is None and not node.compressed:
             inline_ok = inline_fits(node, node.size, bs) and (
                 options.inline_data or node.ftype != fmt.EROFS_FT_REG_FILE)
@@ -277,7 +339,7 @@ def _compress_regular_files(plan: Plan, options: BuildOptions, source: bytes,
         wanted, profile = _hinted(zcfg, hints, _relative(n.src.path, source))
         if wanted:
             jobs.append(FileJob(n, n.size, n.meta_size_before_inline,
-                                FileRange(n.src.path, n.size), profile, origin=n.src))
+                                FileRange.of(n.src, n.size), profile, origin=n.src))
     _take_layouts(compress_files(jobs, zcfg, data, packed=packed, pool=pool), options, data,
                   used)
     del jobs

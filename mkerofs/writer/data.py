@@ -71,26 +71,27 @@ class DataArea:
             length -= n
 
     def _copy_sparse(self, node: PlannedInode, src: int, dst_pos: int, length: int,
-                     zero_holes: bool = False) -> None:
-        """Copy [0, length) of src; holes are skipped on a fresh file, zero-filled on a device
-        or when asked to (blocks written before)."""
+                     zero_holes: bool = False, base: int = 0) -> None:
+        """Copy [base, base + length) of src; holes are skipped on a fresh file, zero-filled on
+        a device or when asked to (blocks written before)."""
         zero_holes = zero_holes or self.out.is_device
-        pos = 0
-        while pos < length:
+        end = base + length
+        pos = base
+        while pos < end:
             try:
                 data = os.lseek(src, pos, os.SEEK_DATA)
             except OSError as err:
                 if err.errno != errno.ENXIO:          # ENXIO: only a hole remains
-                    self._copy(node, src, pos, dst_pos + pos, length - pos)
+                    self._copy(node, src, pos, dst_pos + pos - base, end - pos)
                     return
-                data = length
-            data = min(data, length)
+                data = end
+            data = min(data, end)
             if data > pos and zero_holes:
-                self._zero(dst_pos + pos, data - pos)
-            if data >= length:
+                self._zero(dst_pos + pos - base, data - pos)
+            if data >= end:
                 return
-            hole = min(os.lseek(src, data, os.SEEK_HOLE), length)
-            self._copy(node, src, data, dst_pos + data, hole - data)
+            hole = min(os.lseek(src, data, os.SEEK_HOLE), end)
+            self._copy(node, src, data, dst_pos + data - base, hole - data)
             pos = hole
 
     # -- per-inode -------------------------------------------------------------
@@ -117,10 +118,11 @@ class DataArea:
         Safe to run in several threads at once: it touches only this file's blocks and node.
         Holes are written when the blocks may hold old bytes (a compressed attempt).
         """
-        bs = self.block_size
+        ref = node.src.data
+        if ref is not None:
+            self._copy_range(node, ref.path, ref.offset, tail_view)
+            return
         size = node.size
-        start, tail, zero_holes = node.flat.start, node.flat.tail, node.flat.rewritten
-        body = size - tail
         try:
             src = os.open(node.src.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as err:
@@ -129,15 +131,53 @@ class DataArea:
             now = os.fstat(src).st_size
             if now != size:
                 raise _changed(node, f"size was {size}, now {now}")
-            if body:
-                self._copy_sparse(node, src, start * bs, body, zero_holes)
-                if body % bs:
-                    self._zero(start * bs + body, bs - body % bs)
-            got = os.preadv(src, [tail_view], body) if tail else 0
+            self._copy_body(node, src, 0)
+            tail = node.flat.tail
+            got = os.preadv(src, [tail_view], size - tail) if tail else 0
             if got != tail or os.pread(src, 1, size):
                 raise _changed(node, f"size is no longer {size}")
         except OSError as err:
             raise BuildError(f"{node.display_path()}: {err.strerror}") from None
+        finally:
+            os.close(src)
+
+    def _copy_body(self, node: PlannedInode, src: int, base: int) -> None:
+        """The blocks of node.flat from `base` of src, the last one padded with zeros."""
+        bs = self.block_size
+        start = node.flat.start * bs
+        body = node.size - node.flat.tail
+        if body:
+            self._copy_sparse(node, src, start, body, node.flat.rewritten, base)
+            if body % bs:
+                self._zero(start + body, bs - body % bs)
+
+    def _copy_range(self, node: PlannedInode, path: bytes | None, base: int,
+                    tail_view: memoryview) -> None:
+        """Copy a file whose bytes are a range of another file (walk.DataRef: tar input).  The
+        range is read exactly (the bytes after it are another entry's); path None: all zeros,
+        which stay holes in the image unless its blocks held other bytes before."""
+        tail = node.flat.tail
+        if path is None:
+            body = node.size - tail
+            if body and (node.flat.rewritten or self.out.is_device):
+                self._zero(node.flat.start * self.block_size,
+                           fmt.round_up(body, self.block_size))
+            tail_view[:tail] = bytes(tail)
+            return
+        where = f"{node.display_path()}: {os.fsdecode(path)}"
+        try:
+            src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            raise BuildError(f"{where}: {err.strerror}") from None
+        try:
+            self._copy_body(node, src, base)
+            end = base + node.size
+            got = os.preadv(src, [tail_view], end - tail) if tail else 0
+            if got != tail:
+                raise BuildError(f"{where}: ends inside this file's data (changed during the "
+                                 "build?)")
+        except OSError as err:
+            raise BuildError(f"{where}: {err.strerror}") from None
         finally:
             os.close(src)
 

@@ -20,6 +20,33 @@ class TimeInherit(enum.Enum):
     CLAMP = "clamp"         # mtimes newer than the build time are clamped (SOURCE_DATE_EPOCH)
 
 
+TAR_MODES = ("f", "headerball", "i")
+SORT_ORDERS = ("path", "none")
+
+
+@dataclass
+class TarOptions:
+    """--tar and the options that go with it: SOURCE is a tar stream (a path or a binary file
+    object such as stdin), plain or compressed (gzip, xz, lzma, zstd, bzip2: recognised by its
+    first bytes, with or without --ungzip/--unxz/--unlzma)."""
+    mode: str = "f"                 # f: full; headerball: headers only, files read as zeros;
+                                    # i: tar index (not implemented yet)
+    mapfile: str | None = None      # --tar=i,MAPFILE
+    aufs: bool = False              # --aufs: .wh. names are overlayfs whiteouts/opaque marks
+    ovlfs_strip: bool = False       # --ovlfs-strip: drop whiteouts and overlay xattrs
+    decompress: str | None = None   # the decoder asked for: "gzip", "xz" or "lzma" (a hint)
+    dump: str | None = None         # --ungzip=FILE etc.: a copy of the decompressed stream
+    sort: str = "path"              # --sort: "none" puts file data in tar order (see build)
+
+    def validate(self) -> None:
+        if self.mode not in TAR_MODES:
+            raise BuildError(f"invalid tar mode {self.mode!r}")
+        if self.mode == "i":
+            raise BuildError("--tar=i: not implemented yet")
+        if self.sort not in SORT_ORDERS:
+            raise BuildError(f"invalid sort order {self.sort!r}")
+
+
 @dataclass
 class BuildOptions:
     block_size: int = 4096
@@ -66,6 +93,7 @@ class BuildOptions:
     plain_xattr_prefixes: bool = False
     root_xattr_isize: int = 0
     file_contexts: str | None = None
+    tar: TarOptions | None = None               # --tar: SOURCE is a tar stream, not a directory
 
     def validate(self) -> None:
         bs = self.block_size
@@ -98,6 +126,10 @@ class BuildOptions:
                 re.compile(posix_ere_to_python(pattern))
             except re.error as err:
                 raise BuildError(f"invalid exclude regex {pattern!r}: {err}") from None
+        if self.tar is not None:
+            self.tar.validate()
+            if self.verify:
+                raise BuildError("--verify compares with a source directory: not with --tar")
 
     def xattr_options(self) -> XattrOptions:
         return XattrOptions(tolerance=self.xattr_tolerance, name_filter=self.xattr_name_filter,

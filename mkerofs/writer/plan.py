@@ -79,6 +79,7 @@ class Plan:
     root: PlannedInode
     inodes: list[PlannedInode]            # in the order their metadata is laid out
     epoch: int                            # superblock build time; compact inodes count from it
+    data_order: list[PlannedInode] | None = None    # where flat data goes, if not in that order
     by_source: dict[int, PlannedInode] = field(default_factory=dict)
 
 

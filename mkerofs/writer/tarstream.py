@@ -47,6 +47,11 @@ the entry's type (a symlink, hard link or directory with a size) are skipped cor
 mistaken for headers (mkfs.erofs loses the rest of the archive there). Checks that need the
 whole tree (a hard link to nothing, a non-directory inside a path) belong to the tree builder.
 
+A headerball (``TarReader(..., headerball=True)``, for ``--tar=headerball``) is a tar with the
+data of regular files and hard links left out: their size field still gives the file's size, no
+payload follows the header, and the file reads as zeros (a sparse entry is an error there). PAX,
+long-name and other payloads are still present.
+
 End of archive: two zero blocks, or one zero block at the end of the input. A single zero block
 followed by a header is skipped, as mkfs.erofs does (GNU tar would stop there and drop the
 rest). The input ending at a header boundary with no zero block is an error by default (it is
@@ -467,13 +472,14 @@ class TarReader:
 
     def __init__(self, source: TarInput | BinaryIO, *,
                  resolve_id: Callable[[str, str], int | None] = host_id,
-                 require_end_marker: bool = True):
+                 require_end_marker: bool = True, headerball: bool = False):
         if isinstance(source, TarInput):
             self._src = _Source(source.stream, source.seekable)
         else:
             self._src = _Source(source, False)
         self._resolve_id = resolve_id
         self._require_end = require_end_marker
+        self._headerball = headerball
         self._global: dict = {}
         self._current: TarEntry | None = None
         self._left = 0          # payload bytes of the current entry not yet read
@@ -564,6 +570,17 @@ class TarReader:
                 continue
             first = pending.first if pending is not None else offset
             return self._entry(block, header, first, pending)
+
+    def _headerball_entry(self, entry: TarEntry, typeflag: bytes, records: dict,
+                          size: int) -> None:
+        """A regular file or hard link of a headerball: the size is the file's, but no data
+        follows the header (the file reads as zeros)."""
+        if typeflag == b"S" or any(k.startswith(b"GNU.sparse.") for k in records):
+            raise TarError("a sparse entry in a headerball (its map would be in the data)",
+                           entry.name, entry.header_offset)
+        entry.size = size if entry.kind == REG else 0
+        entry.payload = self._pad = self._left = 0
+        entry.data_offset = self._src.offset
 
     def _end(self, offset: int) -> None:
         self.end_offset = offset
@@ -686,6 +703,9 @@ class TarReader:
             entry.devminor = self._device(records, b"SCHILY.devminor", devminor, "devminor", name, first)
         if records:
             self._xattrs(entry, records)
+        if self._headerball and kind in (REG, HARDLINK):
+            self._headerball_entry(entry, typeflag, records, payload)
+            return entry
         self._pad = -payload % BLOCK
         if typeflag == b"S":
             self._oldgnu_sparse(entry, block, payload)

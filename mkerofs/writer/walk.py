@@ -5,7 +5,7 @@ import os
 import re
 import stat
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from ..errors import BuildError
@@ -185,3 +185,58 @@ def walk_source(source: bytes, options: BuildOptions,
                 child.nlink += 1
             directory.entries.append((name, child))
     return root, count
+
+
+def apply_walk_options(root: SourceInode, options: BuildOptions) -> None:
+    """Give a tree read from elsewhere than a directory (a tar stream) what walk_source does
+    while walking: --exclude-path/--exclude-regex on the paths relative to the root (an
+    excluded directory takes its subtree with it), -x < 0 (no xattrs), --file-contexts labels
+    by path (an inode's first path, breadth first) and --hard-dereference (each name of a
+    non-directory its own inode).  mkfs.erofs ignores all of these in tar mode."""
+    excluder = Excluder(options)
+    xattrs = XattrReader(options)
+    split = options.hard_dereference
+    if not (excluder or xattrs.contexts is not None or not xattrs.enabled or split):
+        return
+    seen: set[int] = set()
+
+    def label(node: SourceInode, relpath: bytes) -> None:
+        if not xattrs.enabled:
+            node.xattrs = []
+        elif xattrs.contexts is not None:
+            found = xattrs.contexts.lookup(fs_path(relpath, xattrs.mount_point), node.st.st_mode)
+            node.xattrs = with_label(node.xattrs, found)
+
+    label(root, b"")
+    pending = deque([(root, b"")])
+    while pending:
+        directory, rel = pending.popleft()
+        kept = []
+        for name, child in directory.entries:
+            relpath = rel + name
+            if excluder and excluder.excluded(relpath):
+                _unlink_subtree(directory, child)
+                continue
+            if child.is_dir:
+                pending.append((child, relpath + b"/"))
+            elif id(child) in seen:
+                if split:
+                    child.nlink -= 1
+                    child = replace(child, nlink=1, xattrs=list(child.xattrs))
+                    label(child, relpath)
+                kept.append((name, child))
+                continue
+            seen.add(id(child))
+            label(child, relpath)
+            kept.append((name, child))
+        directory.entries = kept
+
+
+def _unlink_subtree(directory: SourceInode, child: SourceInode) -> None:
+    """Take the names of an excluded entry (and everything below it) out of the link counts."""
+    if not child.is_dir:
+        child.nlink -= 1
+        return
+    directory.nlink -= 1
+    for _name, below in child.entries:
+        _unlink_subtree(child, below)

@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Iterator
 from .compress import (CompressConfig, CompressedLayout, FileCompression, FileExtents,
                        FileProfile, Pcluster)
 from ..errors import BuildError
+from .walk import SourceInode
 
 
 @dataclass
@@ -45,40 +46,79 @@ class FileJob:
 
 @dataclass(frozen=True)
 class FileRange:
-    """A FileJob reader for a file on disk that must keep its size during the build."""
-    path: bytes
+    """A FileJob reader: `size` bytes of a file on disk.
+
+    A file of its own (`offset` None) must keep its size during the build: the last read asks
+    for one byte more to notice growth.  A range of a bigger file (tar input: a walk.DataRef,
+    the tar itself or a spool file) is read exactly, as the bytes after it are another entry's;
+    `path` None reads as zeros (--tar=headerball).  Messages name `name` (the in-archive path)."""
+    path: bytes | None
     size: int
+    offset: int | None = None
+    name: bytes | None = None
+
+    @classmethod
+    def of(cls, src: SourceInode, size: int) -> "FileRange":
+        """The bytes of a regular file of the source tree, wherever they are."""
+        if src.data is None:
+            return cls(src.path, size)
+        return cls(src.data.path, size, src.data.offset, src.path)
 
     def error(self, message: str) -> BuildError:
-        return BuildError(f"{os.fsdecode(self.path)}: {message}")
+        return BuildError(f"{os.fsdecode(self.name or self.path)}: {message}")
 
     def __call__(self, offset: int, length: int, last: bool) -> bytes:
+        if self.offset is not None:
+            return self._read_range(offset, length)
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as err:
             raise self.error(err.strerror or str(err)) from None
         try:
-            chunks = []
-            pos, end = offset, offset + length
             # the last read asks for one byte more: getting it means the file grew
-            stop = end + 1 if last else end
-            while pos < stop:
-                want = min(stop - pos, 1 << 24)
-                chunk = os.pread(fd, want, pos)
-                chunks.append(chunk)
-                pos += len(chunk)
-                if len(chunk) < want:       # end of file
-                    break
-            if pos < end:
-                raise self.error(f"file changed during the build (ended at byte {pos} of "
-                                 f"{self.size})")
-            if pos > end:
-                raise self.error(f"file changed during the build (size is no longer {self.size})")
+            data, pos = _read_upto(fd, offset, length + 1 if last else length)
         except OSError as err:
             raise self.error(err.strerror or str(err)) from None
         finally:
             os.close(fd)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if pos < offset + length:
+            raise self.error(f"file changed during the build (ended at byte {pos} of "
+                             f"{self.size})")
+        if pos > offset + length:
+            raise self.error(f"file changed during the build (size is no longer {self.size})")
+        return data
+
+    def _read_range(self, offset: int, length: int) -> bytes:
+        if self.path is None:
+            return bytes(length)
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            raise self.error(f"{os.fsdecode(self.path)}: {err.strerror or err}") from None
+        try:
+            data, pos = _read_upto(fd, self.offset + offset, length)
+        except OSError as err:
+            raise self.error(f"{os.fsdecode(self.path)}: {err.strerror or err}") from None
+        finally:
+            os.close(fd)
+        if pos < self.offset + offset + length:
+            raise self.error(f"{os.fsdecode(self.path)} ends at byte {pos}, inside this "
+                             f"file's data (changed during the build?)")
+        return data
+
+
+def _read_upto(fd: int, pos: int, length: int) -> tuple[bytes, int]:
+    """Up to `length` bytes at `pos` of fd (fewer at its end), and the position after them."""
+    chunks = []
+    stop = pos + length
+    while pos < stop:
+        want = min(stop - pos, 1 << 24)
+        chunk = os.pread(fd, want, pos)
+        chunks.append(chunk)
+        pos += len(chunk)
+        if len(chunk) < want:       # end of file
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks), pos
 
 
 @dataclass

@@ -22,6 +22,7 @@ from mkerofs.util import read_xattrs
 from mkerofs.writer.decompress import open_input, sniff
 from mkerofs.writer.tarstream import (BLK, CHR, DIR, FIFO, HARDLINK, REG, SYMLINK, TarEntry,
                                       TarError, TarReader, acl_from_text, normalise_path)
+from support.tarfiles import END, header, member, pax
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mknod, chown)")
 
@@ -376,48 +377,6 @@ def test_hints_and_sniffing(posix_tar, tmp_path):
 
 # -- hand-made tars ----------------------------------------------------------------------------
 
-def header(name: bytes, typeflag: bytes = b"0", size: int = 0, *, mode: int = 0o644, uid: int = 0,
-           gid: int = 0, mtime: int = 1_700_000_000, linkname: bytes = b"",
-           magic: bytes = b"ustar\x0000", devmajor: bytes | None = None,
-           devminor: bytes | None = None, prefix: bytes = b"", tail: bytes = b"",
-           fields: dict | None = None, signed: bool = False) -> bytes:
-    f = {
-        "name": name, "mode": b"%07o\0" % mode, "uid": b"%07o\0" % uid, "gid": b"%07o\0" % gid,
-        "size": b"%011o\0" % size, "mtime": b"%011o\0" % mtime, "chksum": b" " * 8,
-        "typeflag": typeflag, "linkname": linkname, "magic": magic, "uname": b"root",
-        "gname": b"root", "devmajor": b"0000000\0" if devmajor is None else devmajor,
-        "devminor": b"0000000\0" if devminor is None else devminor, "prefix": prefix,
-    }
-    f.update(fields or {})
-    layout = [("name", 100), ("mode", 8), ("uid", 8), ("gid", 8), ("size", 12), ("mtime", 12),
-              ("chksum", 8), ("typeflag", 1), ("linkname", 100), ("magic", 8), ("uname", 32),
-              ("gname", 32), ("devmajor", 8), ("devminor", 8), ("prefix", 155), ("tail", 12)]
-    f["tail"] = tail
-    block = bytearray(b"".join(f[k].ljust(n, b"\0")[:n] for k, n in layout))
-    total = sum(b - 256 if signed and b >= 128 else b for b in block)
-    if "chksum" not in (fields or {}):
-        block[148:156] = b"%06o\0 " % total
-    return bytes(block)
-
-
-def member(hdr: bytes, payload: bytes = b"") -> bytes:
-    return hdr + payload + bytes(-len(payload) % 512)
-
-
-def pax(records: list[tuple[bytes, bytes]], typeflag: bytes = b"x") -> bytes:
-    body = b""
-    for key, value in records:
-        rest = b" " + key + b"=" + value + b"\n"
-        n = len(rest) + 1
-        while len(str(n)) + len(rest) != n:
-            n += 1
-        body += str(n).encode() + rest
-    return member(header(b"PaxHeader", typeflag, len(body)), body)
-
-
-END = bytes(1024)
-
-
 def parse(data: bytes, **kw) -> tuple[list[tuple[TarEntry, bytes]], TarReader]:
     reader = TarReader(io.BytesIO(data), **kw)
     return [(e, reader.read(e)) for e in reader], reader
@@ -738,3 +697,20 @@ def test_chunks_only_for_the_current_entry():
     assert list(reader.chunks(b)) == [(0, b"def")]
     with pytest.raises(ValueError):
         list(reader.chunks(b))
+
+
+def test_headerball_has_no_file_data():
+    # a headerball keeps the headers (and PAX payloads) but drops the data of files and links
+    data = (header(b"f", size=5000) + header(b"h", b"1", size=5000, linkname=b"f")
+            + pax([(b"uid", b"77")]) + header(b"g", size=10) + header(b"d/", b"5") + END)
+    entries, _ = parse(data, headerball=True)
+    assert [(e.path, e.kind, e.size, e.payload, d) for e, d in entries] == [
+        (b"f", REG, 5000, 0, b""), (b"h", HARDLINK, 0, 0, b""), (b"g", REG, 10, 0, b""),
+        (b"d", DIR, 0, 0, b"")]
+    assert entries[2][0].uid == 77
+    # the same blocks read as a normal tar lose sync: f's "data" is h's header and more
+    with pytest.raises(TarError):
+        parse(data)
+    sparse = pax([(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"),
+                  (b"GNU.sparse.realsize", b"10")]) + header(b"s", size=512) + END
+    fails(sparse, "'s'", "sparse entry in a headerball", headerball=True)

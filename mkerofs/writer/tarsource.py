@@ -1,0 +1,344 @@
+"""Build the source tree from a tar stream (``mkerofs --tar``), as mkfs.erofs 1.9.3 does.
+
+The result is what walk_source gives for a directory: SourceInodes with sorted entries,
+directory nlink 2 + subdirectories, file nlink the names the file has in the final tree, parent
+links, sorted xattrs; each regular file's bytes are located by its `data` (a DataRef).
+
+The tree, entry by entry in tar order:
+
+* A path is resolved from the root: empty and ``.`` components are skipped, ``..`` goes to the
+  parent (the root's parent is the root) after the directory it leaves has been walked into,
+  so ``x/../y`` creates ``x``. Symlinks are never followed; a non-directory in the middle of a
+  path is an error. A path that resolves to the root updates the root if it is a directory
+  entry and is an error otherwise.
+* A missing directory on the way is created: mode 0755 plus the group/other write bits of its
+  parent, owner and mtime of its parent. It keeps these until an entry names it. The initial
+  root is 0777, owned by the uid/gid mkfs runs as, with the build time as mtime, so implicit
+  directories under an unnamed root are 0777.
+* A later entry for an existing name wins. Two directories merge: the later header's mode,
+  owner, mtime, its xattrs added to (or replacing) the earlier ones, the children kept. In
+  every other case the old inode leaves the tree (a directory with its subtree) and the new one
+  takes its place; a hard link to the old inode keeps it (and its data) alive.
+* A hard link (type 1) names a file already in the tree, by its normalised path: it shares that
+  inode; its own header's attributes are ignored. A target not (yet) there or a directory is an
+  error; a link to itself does nothing.
+
+``--aufs`` reads aufs/docker whiteouts in the last path component: ``.wh..wh..opq`` makes its
+directory opaque (xattr trusted.overlay.opaque=y; at the root too, where mkfs.erofs 1.9.3 fails
+with ENOTDIR), ``.wh.NAME`` makes NAME a whiteout (a character device 0:0, mode 0000, owner and
+mtime from the header) and gives its directory an empty trusted.overlay.origin xattr (as
+mkfs.erofs does: the directory still holds a name from a lower layer). Other ``.wh..wh.X``
+names become whiteouts named ``.wh.X``. ``--ovlfs-strip`` then deletes those whiteouts and all
+trusted.overlay.opaque xattrs and adds no origin: the layer as it would look merged. A ``c 0:0``
+entry of the tar itself is an ordinary device node, never stripped (mkfs.erofs 1.9.3 decides by
+the inode alone and so may strip one that shares a directory with an aufs whiteout).
+"""
+from __future__ import annotations
+
+import os
+import stat
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from ..ondisk.format import EROFS_NAME_LEN
+from .spool import Spool
+from .tarstream import CHR, BLK, DIR, HARDLINK, REG, SYMLINK, TarEntry, TarError, TarReader
+from .walk import DataRef, SourceInode, SourceStat
+
+_OPAQUE = b"trusted.overlay.opaque"
+_ORIGIN = b"trusted.overlay.origin"
+_WHITEOUT = b".wh."
+_OPAQUE_MARKER = b".wh..wh..opq"
+_INHERITED_BITS = stat.S_IWGRP | stat.S_IWOTH
+_NO_DATA = DataRef(None)
+
+
+@dataclass
+class TarTreeOptions:
+    aufs: bool = False              # --aufs: whiteouts and opaque markers (module docstring)
+    ovlfs_strip: bool = False       # --ovlfs-strip
+    headerball: bool = False        # --tar=headerball: files hold zeros (no data in the stream)
+    index: bool = False             # --tar=i: data stays in the tar, at entry.data_offset
+    root_uid: int = 0               # owner of the initial root (mkfs.erofs: its own uid/gid)
+    root_gid: int = 0
+    build_time: int = 0             # seconds: mtime of the initial root
+    tar_path: bytes | None = None   # the input, when it is a plain tar in a regular file read
+                                    # from its start: file data is then referenced in place
+
+
+@dataclass(frozen=True, slots=True)
+class LinkCount:
+    """What on_file gets where walk_source passes an os.stat_result (build reads st_nlink)."""
+    st_nlink: int
+
+
+_ONE_LINK = LinkCount(1)
+
+
+class _Tree:
+    """The tree while the tar is read: children by name per directory."""
+
+    def __init__(self, opts: TarTreeOptions):
+        self.opts = opts
+        self.root = SourceInode(b".", SourceStat(stat.S_IFDIR | 0o777, opts.root_uid, opts.root_gid,
+                                                 0, opts.build_time * 10**9, 0), entries=[])
+        self.root.parent = self.root
+        self.children: dict[SourceInode, dict[bytes, SourceInode]] = {self.root: {}}
+        self.whiteouts: set[SourceInode] = set()        # made from .wh. names
+        self.with_whiteouts: set[SourceInode] = set()   # directories that got one
+
+    # -- resolving paths ------------------------------------------------------------------
+
+    def directory(self, entry: TarEntry, parts: list[bytes]) -> SourceInode:
+        """The directory `parts` names, created (with its parents) where missing."""
+        directory = self.root
+        for i, part in enumerate(parts):
+            directory = self._step(entry, directory, part, parts, i)
+        return directory
+
+    def _step(self, entry: TarEntry, directory: SourceInode, part: bytes, parts: list[bytes],
+              i: int) -> SourceInode:
+        child = self.children[directory].get(part)
+        if child is None:
+            if len(part) > EROFS_NAME_LEN:
+                raise TarError(f"a path component is longer than {EROFS_NAME_LEN} bytes",
+                               entry.name, entry.header_offset)
+            return self._mkdir(directory, part, b"/".join(parts[:i + 1]))
+        if child not in self.children:
+            raise TarError(f"{_show(b'/'.join(parts[:i + 1]))} is not a directory (ENOTDIR)",
+                           entry.name, entry.header_offset)
+        return child
+
+    def _mkdir(self, parent: SourceInode, name: bytes, path: bytes) -> SourceInode:
+        pst = parent.st
+        st = SourceStat(stat.S_IFDIR | 0o755 | (pst.st_mode & _INHERITED_BITS), pst.st_uid,
+                        pst.st_gid, 0, pst.st_mtime_ns, 0)
+        return self._add_dir(parent, name, SourceInode(path, st, entries=[]))
+
+    def _add_dir(self, parent: SourceInode, name: bytes, node: SourceInode) -> SourceInode:
+        self.children[parent][name] = node
+        self.children[node] = {}
+        return node
+
+    def split(self, entry: TarEntry) -> tuple[SourceInode, bytes]:
+        """(parent directory, last name) of `entry`; name b"" for the root."""
+        if b"/.." in b"/" + entry.name:
+            return self._split_dotdot(entry)
+        parts = entry.path.split(b"/")
+        if not entry.path:
+            return self.root, b""
+        return self.directory(entry, parts[:-1]), parts[-1]
+
+    def _split_dotdot(self, entry: TarEntry) -> tuple[SourceInode, bytes]:
+        """As split, walking the name as written: a directory left by ``..`` is still made."""
+        stack: list[SourceInode] = [self.root]
+        parts: list[bytes] = []
+        names = [p for p in entry.name.split(b"/") if p not in (b"", b".")]
+        for i, part in enumerate(names):
+            if part != b"..":
+                if i + 1 < len(names):
+                    parts.append(part)
+                    stack.append(self._step(entry, stack[-1], part, parts, len(parts) - 1))
+                else:
+                    return stack[-1], part
+            elif len(stack) > 1:
+                stack.pop()
+                parts.pop()
+        if len(stack) == 1:
+            return self.root, b""
+        last = parts.pop()
+        return stack[-2], last
+
+    def lookup(self, path: bytes) -> SourceInode | None:
+        """The inode at normalised `path`, or None (nothing is created)."""
+        node = self.root
+        if not path:
+            return node
+        for part in path.split(b"/"):
+            children = self.children.get(node)
+            node = children.get(part) if children is not None else None
+            if node is None:
+                return None
+        return node
+
+    # -- entries --------------------------------------------------------------------------
+
+    def replace(self, parent: SourceInode, name: bytes, node: SourceInode) -> None:
+        """Put `node` at `name`; an inode there before leaves the tree (unless linked elsewhere)."""
+        children = self.children[parent]
+        old = children.get(name)
+        if old is not None and old in self.children and old is not node:
+            self._forget(old)
+        children[name] = node
+        if stat.S_ISDIR(node.st.st_mode):
+            self.children.setdefault(node, {})
+
+    def _forget(self, directory: SourceInode) -> None:
+        """Drop the bookkeeping of a directory subtree that left the tree."""
+        pending = [directory]
+        while pending:
+            node = pending.pop()
+            kids = self.children.pop(node, None)
+            if kids:
+                pending.extend(k for k in kids.values() if k in self.children)
+            self.with_whiteouts.discard(node)
+
+    def xattrs(self, entry: TarEntry) -> list[tuple[bytes, bytes]]:
+        """The entry's xattrs, sorted (--ovlfs-strip drops every opaque mark)."""
+        xattrs = sorted(entry.xattrs) if entry.xattrs else []
+        if self.opts.ovlfs_strip and xattrs:
+            xattrs = [x for x in xattrs if x[0] != _OPAQUE]
+        return xattrs
+
+    def merge_dir(self, node: SourceInode, entry: TarEntry) -> None:
+        node.st.st_mode = entry.mode
+        node.st.st_uid, node.st.st_gid = entry.uid, entry.gid
+        node.st.st_mtime_ns = entry.mtime_ns
+        xattrs = self.xattrs(entry)
+        if xattrs:
+            node.xattrs = _merge_xattrs(node.xattrs, xattrs)
+
+    def opaque(self, directory: SourceInode) -> None:
+        if not self.opts.ovlfs_strip:
+            directory.xattrs = _merge_xattrs(directory.xattrs, [(_OPAQUE, b"y")])
+
+    def whiteout(self, parent: SourceInode, name: bytes, path: bytes, entry: TarEntry) -> None:
+        if name in (b"", b".", b".."):
+            raise TarError(f"an aufs whiteout for {_show(name)}", entry.name, entry.header_offset)
+        node = SourceInode(path, SourceStat(stat.S_IFCHR, entry.uid, entry.gid, 0,
+                                            entry.mtime_ns, 0))
+        self.replace(parent, name, node)
+        self.whiteouts.add(node)
+        self.with_whiteouts.add(parent)
+
+    # -- the result -----------------------------------------------------------------------
+
+    def finish(self) -> tuple[SourceInode, int]:
+        """Sorted entries, nlink, parents, whiteout handling; (root, distinct inodes)."""
+        strip = self.opts.ovlfs_strip
+        for directory in self.with_whiteouts:
+            if strip:
+                kids = self.children[directory]
+                for name in [n for n, k in kids.items() if k in self.whiteouts]:
+                    del kids[name]
+            else:
+                directory.xattrs = _merge_xattrs(directory.xattrs, [(_ORIGIN, b"")])
+        root = self.root
+        root.nlink, count = 2, 1
+        pending = deque([root])
+        while pending:
+            directory = pending.popleft()
+            entries = sorted(self.children[directory].items())
+            directory.entries = entries
+            for _name, child in entries:
+                if child.entries is not None:
+                    child.parent = directory
+                    child.nlink = 2
+                    directory.nlink += 1
+                    pending.append(child)
+                    count += 1
+                else:
+                    if not child.nlink:
+                        count += 1
+                    child.nlink += 1
+        return root, count
+
+
+def _merge_xattrs(old: list[tuple[bytes, bytes]], new: list[tuple[bytes, bytes]]
+                  ) -> list[tuple[bytes, bytes]]:
+    merged = dict(old)
+    merged.update(new)
+    return sorted(merged.items())
+
+
+def _show(path: bytes) -> str:
+    return repr(path.decode("utf-8", "backslashreplace"))
+
+
+def _stat(entry: TarEntry, size: int = 0, rdev: int = 0) -> SourceStat:
+    return SourceStat(entry.mode, entry.uid, entry.gid, size, entry.mtime_ns, rdev)
+
+
+def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool,
+                  on_file: Callable[[SourceInode, bytes, LinkCount], object] | None = None
+                  ) -> tuple[SourceInode, int]:
+    """Read the whole stream into a tree (module docstring); return the root and the number of
+    distinct inodes, as walk_source does.
+
+    Regular files' data is referenced in place (opts.tar_path, opts.index), absent
+    (opts.headerball, or an empty file: DataRef(None)) or copied into `spool`, which the caller
+    keeps open until the image is written. `on_file(inode, relative path, LinkCount)` is called
+    for each regular file once its data is stored, in tar order, until it returns False; a later
+    hard link can still raise its link count, and a later entry of the same name can still
+    replace it (the inode is then not in the tree, unless a hard link keeps it)."""
+    tree = _Tree(opts)
+    for entry in reader:
+        parent, name = tree.split(entry)
+        if not name:
+            if entry.kind != DIR:
+                raise TarError("the archive's root can only be a directory (ENOTDIR)",
+                               entry.name, entry.header_offset)
+            tree.merge_dir(tree.root, entry)
+            continue
+        path = entry.path
+        if opts.aufs and name.startswith(_WHITEOUT):
+            if name == _OPAQUE_MARKER:
+                tree.opaque(parent)
+            else:
+                whiteout_path = path[:len(path) - len(name)] + name[len(_WHITEOUT):]
+                tree.whiteout(parent, name[len(_WHITEOUT):], whiteout_path, entry)
+            continue
+        if entry.kind == HARDLINK:
+            _hard_link(tree, parent, name, entry)
+            continue
+        old = tree.children[parent].get(name)
+        if entry.kind == DIR and old is not None and old.entries is not None:
+            tree.merge_dir(old, entry)
+            continue
+        xattrs = tree.xattrs(entry)
+        if entry.kind == REG:
+            node = SourceInode(path, _stat(entry, entry.size), xattrs=xattrs,
+                               data=_file_data(reader, entry, opts, spool))
+        elif entry.kind == DIR:
+            node = SourceInode(path, _stat(entry), xattrs=xattrs, entries=[])
+        elif entry.kind == SYMLINK:
+            node = SourceInode(path, _stat(entry, len(entry.linkname)), xattrs=xattrs,
+                               target=entry.linkname)
+        elif entry.kind in (CHR, BLK):
+            node = SourceInode(path, _stat(entry, 0, os.makedev(entry.devmajor, entry.devminor)),
+                               xattrs=xattrs)
+        else:
+            node = SourceInode(path, _stat(entry), xattrs=xattrs)
+        tree.replace(parent, name, node)
+        if on_file is not None and entry.kind == REG:
+            spool.flush()
+            if on_file(node, path, _ONE_LINK) is False:
+                on_file = None
+    spool.flush()
+    return tree.finish()
+
+
+def _hard_link(tree: _Tree, parent: SourceInode, name: bytes, entry: TarEntry) -> None:
+    target = tree.lookup(entry.link_path)
+    if target is None:
+        raise TarError(f"hard link to {_show(entry.linkname)}, which is not in the archive "
+                       "before it", entry.name, entry.header_offset)
+    if target.entries is not None:
+        raise TarError(f"hard link to the directory {_show(entry.linkname)}",
+                       entry.name, entry.header_offset)
+    if tree.children[parent].get(name) is not target:
+        tree.replace(parent, name, target)
+
+
+def _file_data(reader: TarReader, entry: TarEntry, opts: TarTreeOptions, spool: Spool) -> DataRef:
+    if opts.headerball or not entry.size:
+        return _NO_DATA
+    if opts.index:
+        if entry.sparse is not None:
+            raise TarError("a sparse file cannot be indexed in the tar (--tar=i): its data is "
+                           "not one contiguous range", entry.name, entry.header_offset)
+        return DataRef(opts.tar_path or b"", entry.data_offset)
+    if opts.tar_path is not None and entry.sparse is None:
+        return DataRef(opts.tar_path, entry.data_offset)
+    return spool.store(reader, entry)

@@ -1,0 +1,257 @@
+"""mkerofs --tar: the build pipeline on tar input, checked without the kernel (the independent
+parser in support.oracle reads the images): input from a file, stdin and compressed streams,
+--sort=none placing data in tar order, headerball files left as holes, the options mkfs.erofs
+ignores in tar mode (--exclude-*, --hard-dereference, -T), the command line (optional values,
+stdin, --help), and failures (one line naming the entry, no image, no spool file left)."""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import subprocess
+import tarfile
+
+import pytest
+
+from support.oracle import image_inodes, read_superblock
+from support.run import assert_clean_failure, leftovers, mkerofs_command, mkerofs_env, run_mkerofs
+
+T = 1_700_000_000
+
+
+def _info(name: str, size: int = 0, kind: bytes = tarfile.REGTYPE, **kw) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.type, info.mtime, info.mode = size, kind, kw.pop("mtime", T), kw.pop("mode", 0o644)
+    for key, value in kw.items():
+        setattr(info, key, value)
+    return info
+
+
+def make_tar(entries, fmt=tarfile.PAX_FORMAT) -> bytes:
+    """A tar of (name, bytes | None for a directory | ('link', target) | ('sym', target))."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        for name, what in entries:
+            if what is None:
+                tf.addfile(_info(name, kind=tarfile.DIRTYPE, mode=0o755))
+            elif isinstance(what, tuple):
+                kind = tarfile.LNKTYPE if what[0] == "link" else tarfile.SYMTYPE
+                tf.addfile(_info(name, kind=kind, linkname=what[1]))
+            else:
+                tf.addfile(_info(name, len(what)), io.BytesIO(what))
+    return buf.getvalue()
+
+
+ORDERED = [("z", None), ("z/1", b"Z" * 5000), ("b", b"B" * 100), ("a", b"A" * 3000),
+           ("d", None), ("d/h", ("link", "a")), ("d/s", ("sym", "../b")), ("e", b"")]
+
+
+def file_bytes(image, info) -> bytes:
+    """A flat (plain or inline) regular file's data, read with the oracle's block address."""
+    data = open(image, "rb").read()
+    sb = read_superblock(image)
+    if info.layout == 0:
+        return data[info.raw_blkaddr * sb.block_size:][:info.size]
+    raise AssertionError(f"layout {info.layout} not read by this helper")
+
+
+@pytest.fixture
+def tarball(tmp_path):
+    path = tmp_path / "in.tar"
+    path.write_bytes(make_tar(ORDERED))
+    return path
+
+
+def test_build_from_a_tar_file(tmp_path, tarball):
+    image = tmp_path / "out.erofs"
+    run_mkerofs("--tar=f", "-Enoinline_data", image, tarball)
+    inodes = image_inodes(image)
+    assert set(inodes) >= {b"/z/1", b"/b", b"/a", b"/d/h", b"/d/s", b"/e"}
+    assert inodes[b"/a"].nid == inodes[b"/d/h"].nid and inodes[b"/a"].nlink == 2
+    assert file_bytes(image, inodes[b"/z/1"]) == b"Z" * 5000
+    assert file_bytes(image, inodes[b"/a"]) == b"A" * 3000
+    assert inodes[b"/b"].mtime == T
+
+
+def test_sort_none_places_data_in_tar_order(tmp_path, tarball):
+    blocks = {}
+    for sort in ("path", "none"):
+        image = tmp_path / f"{sort}.erofs"
+        run_mkerofs("--tar", f"--sort={sort}", "-Enoinline_data", image, tarball)
+        inodes = image_inodes(image)
+        blocks[sort] = [inodes[p].raw_blkaddr for p in (b"/z/1", b"/b", b"/a")]
+        assert file_bytes(image, inodes[b"/b"]) == b"B" * 100
+    z, b, a = blocks["path"]
+    assert a < b < z, "path order: a, b, then z/1"
+    z, b, a = blocks["none"]
+    assert z < b < a, "--sort=none: tar order z/1, b, a"
+
+
+def test_sort_none_needs_noinline_data_as_in_mkfs_erofs(tmp_path):
+    tarball = tmp_path / "yx.tar"
+    tarball.write_bytes(make_tar([("y", b"Y" * 9000), ("x", b"X" * 9000)]))
+    image = tmp_path / "out.erofs"
+    run_mkerofs("--tar=f", "--sort=none", image, tarball)
+    inodes = image_inodes(image)
+    assert inodes[b"/x"].raw_blkaddr < inodes[b"/y"].raw_blkaddr
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+def test_stdin_compressed(tmp_path, compress):
+    raw = make_tar(ORDERED)
+    if compress == "gzip":
+        stream = gzip.compress(raw)
+    else:
+        import zstandard
+        stream = zstandard.ZstdCompressor().compress(raw)
+    image = tmp_path / "out.erofs"
+    run_mkerofs("--tar=f", "-Enoinline_data", image, input=stream)
+    assert file_bytes(image, image_inodes(image)[b"/z/1"]) == b"Z" * 5000
+
+
+def test_plain_tar_on_stdin_with_trailing_zeros_is_drained(tmp_path):
+    image = tmp_path / "out.erofs"
+    proc = subprocess.Popen(mkerofs_command() + ["--tar=f", "--quiet", str(image)],
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=mkerofs_env())
+    proc.stdin.write(make_tar(ORDERED) + bytes(8 << 20))    # more than a pipe buffer
+    proc.stdin.close()
+    assert proc.wait() == 0, proc.stderr.read()
+    assert image_inodes(image)[b"/b"].size == 100
+
+
+def test_python_api_with_a_file_object(tmp_path):
+    from mkerofs import BuildOptions
+    from mkerofs.writer.build import build
+    from mkerofs.writer.options import TarOptions
+    image = tmp_path / "api.erofs"
+    build(image, io.BytesIO(make_tar(ORDERED)),
+          BuildOptions(tar=TarOptions(), inline_data=False, timestamp=T))
+    assert image_inodes(image)[b"/a"].size == 3000
+
+
+def test_headerball_files_are_holes(tmp_path):
+    # headers only: the payloads of regular files are absent from the stream
+    buf = io.BytesIO()
+    for info in (_info("f", 5 * 4096 + 7), _info("g", 10)):
+        buf.write(info.tobuf(tarfile.USTAR_FORMAT))
+    buf.write(bytes(1024))
+    tarball = tmp_path / "hb.tar"
+    tarball.write_bytes(buf.getvalue())
+    image = tmp_path / "hb.erofs"
+    run_mkerofs("--tar=headerball", "-Enoinline_data", image, tarball)
+    f = image_inodes(image)[b"/f"]
+    assert f.size == 5 * 4096 + 7
+    assert file_bytes(image, f) == bytes(f.size)
+    # the blocks are holes in the image file, not written zeros
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        assert os.lseek(fd, f.raw_blkaddr * 4096, os.SEEK_HOLE) == f.raw_blkaddr * 4096
+    finally:
+        os.close(fd)
+
+
+def test_exclusions_and_hard_dereference_apply_to_tar_paths(tmp_path, tarball):
+    image = tmp_path / "out.erofs"
+    run_mkerofs("--tar=f", "--exclude-path=z", "--exclude-regex=^d/s$", "--hard-dereference",
+                image, tarball)
+    inodes = image_inodes(image)
+    assert b"/z" not in inodes and b"/z/1" not in inodes and b"/d/s" not in inodes
+    assert inodes[b"/a"].nid != inodes[b"/d/h"].nid
+    assert inodes[b"/a"].nlink == inodes[b"/d/h"].nlink == 1
+    assert inodes[b"/"].nlink == 3      # z is gone: only d is a subdirectory
+
+
+@pytest.mark.parametrize("args, want", [(["-T", "1000"], 1000), (["-T", "1000", "--mkfs-time"], T)])
+def test_timestamp_options_on_tar_entries(tmp_path, tarball, args, want):
+    image = tmp_path / "out.erofs"
+    run_mkerofs("--tar=f", *args, image, tarball)
+    inodes = image_inodes(image)
+    assert {inodes[p].mtime for p in (b"/a", b"/z/1", b"/d")} == {want}
+
+
+def test_source_date_epoch_clamps_tar_mtimes(tmp_path, tarball):
+    image = tmp_path / "out.erofs"
+    run_mkerofs("--tar=f", image, tarball, env={"SOURCE_DATE_EPOCH": T - 5})
+    assert image_inodes(image)[b"/a"].mtime == T - 5
+
+
+def test_bad_tar_names_the_entry_and_leaves_nothing(tmp_path):
+    data = bytearray(make_tar(ORDERED, fmt=tarfile.USTAR_FORMAT))
+    # the header of "b" (after z/, z/1 and its 5000 bytes of data): break its checksum
+    offset = data.find(b"b\0\0\0")
+    assert offset > 0 and offset % 512 == 0
+    data[offset + 148:offset + 156] = b"0000000\0"
+    tarball = tmp_path / "bad.tar"
+    tarball.write_bytes(bytes(data))
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    image = out / "bad.erofs"
+    for source in (tarball, None):      # from the file, and through a pipe (spooled)
+        args = ["--tar=f", image] + ([tarball] if source else [])
+        r = run_mkerofs(*args, check=False, env={"TMPDIR": spool_dir},
+                        input=None if source else bytes(data))
+        msg = assert_clean_failure(r, image=image, mentions=[str(offset)])
+        assert "checksum" in msg.lower()
+        assert leftovers(out) == [] and leftovers(spool_dir) == []
+
+
+def test_truncated_stream_fails_cleanly(tmp_path):
+    data = make_tar(ORDERED)
+    image = tmp_path / "cut.erofs"
+    r = run_mkerofs("--tar=f", image, check=False, input=data[:3000])
+    assert_clean_failure(r, image=image, mentions=["z/1"])
+
+
+# -- the command line ------------------------------------------------------------------------
+
+def test_help_lists_tar_for_containerd():
+    r = run_mkerofs("--help")
+    assert "--tar=" in r.stdout and "--aufs" in r.stdout and "--sort" in r.stdout
+
+
+def test_tar_value_must_be_attached(tmp_path, tarball):
+    # as getopt: `--tar i out.erofs` is --tar (full) with IMAGE=i and SOURCE=out.erofs
+    r = run_mkerofs("--tar", "i", str(tmp_path / "missing.tar"), check=False, cwd=tmp_path)
+    assert_clean_failure(r, mentions=["missing.tar"])
+    assert not (tmp_path / "i").exists()
+
+
+def test_tar_index_refused_for_now(tmp_path, tarball):
+    image = tmp_path / "out.erofs"
+    for value in ("i", "0", "i,map.txt"):
+        r = run_mkerofs(f"--tar={value}", image, tarball, check=False)
+        assert_clean_failure(r, image=image, mentions=["--tar=i", "not implemented"])
+
+
+def test_third_positional_and_tar_options_without_tar(tmp_path, tarball):
+    image = tmp_path / "out.erofs"
+    r = run_mkerofs("--tar=f", image, tarball, "extra", check=False)
+    assert r.returncode != 0 and not image.exists()
+    src = tmp_path / "dir"
+    src.mkdir()
+    for opt in ("--aufs", "--sort=none", "--ungzip", "--ovlfs-strip"):
+        r = run_mkerofs(opt, image, src, check=False)
+        assert_clean_failure(r, image=image, mentions=[opt.split("=")[0], "--tar"])
+
+
+def test_ungzip_dump_writes_the_decompressed_stream(tmp_path):
+    raw = make_tar(ORDERED)
+    gz = tmp_path / "in.tar.gz"
+    gz.write_bytes(gzip.compress(raw))
+    dump = tmp_path / "dump.tar"
+    image = tmp_path / "out.erofs"
+    run_mkerofs("--tar=f", f"--ungzip={dump}", image, gz)
+    assert dump.read_bytes() == raw
+    assert image_inodes(image)[b"/z/1"].size == 5000
+
+
+def test_containerd_command_line(tmp_path, tarball):
+    image = tmp_path / "layer.erofs"
+    uuid = "0123abcd-4567-89ef-0123-456789abcdef"
+    r = run_mkerofs("--tar=f", "--aufs", "--quiet", "-Enoinline_data", "-U", uuid, image,
+                    input=make_tar(ORDERED + [(".wh.gone", b"")]))
+    assert r.stdout == "" and r.stderr == ""
+    assert read_superblock(image).uuid == bytes.fromhex(uuid.replace("-", ""))
+    assert b"/gone" in image_inodes(image)
