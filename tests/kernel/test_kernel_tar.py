@@ -38,7 +38,8 @@ from support.compare import Expect, compare_trees, host_xattrs
 from support.mounts import MountError, _umount
 from support.oracle import read_superblock
 from support.run import build_image, run_mkerofs
-from support.tars import (DECODE_OPTION, END, MKFS_TIME, RECIPES, compress, entry, header, headerball, make_tar, make_tar_tree, pax,
+from support.tars import (DECODE_OPTION, END, MKFS_TIME, RECIPES, compress, entry, header,
+                          headerball, make_tar, make_tar_tree, oldgnu_sparse, pax,
                           producer_problem, zero_file_data)
 from support.trees import copy_tree
 
@@ -353,9 +354,9 @@ def test_case11_gnu_extensions(tmp_path, kernel):
 def test_case15_old_regular_and_gnu_sparse_entries_kept(tmp_path, kernel):
     """mkfs.erofs 1.9.3 drops ``\\0`` (AREGTYPE) and old-GNU ``S`` entries without a word; mkerofs
     keeps every entry: f0 is a regular file, sp a 10-byte sparse file holding "abc" at 0."""
-    sparse_fields = {386: b"%011o\0" % 0, 398: b"%011o\0" % 3, 483: b"%011o\0" % 10}
     data = entry(b"f0", b"old", typeflag=b"\0") + \
-        entry(b"sp", b"abc", typeflag=b"S", magic=b"ustar  \0", raw=sparse_fields) + \
+        entry(b"sp", b"abc", typeflag=b"S", magic=b"ustar  \0",
+              prefix=oldgnu_sparse([(0, 3)], 10)) + \
         entry(b"ok", b"ok") + END
     with mounted_tar(tmp_path, kernel, data) as m:
         assert sorted(os.listdir(m)) == ["f0", "ok", "sp"]

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Optional
 
 from .paths import PathLike, fsb
+from .tarfiles import header, member, pax  # noqa: F401  (pax, header: re-exported)
 from .trees import set_tree_times, write_file
 
 # -T value given with --mkfs-time: the build time, never an mtime of the trees
@@ -316,55 +317,27 @@ def headerball(tar: PathLike) -> bytes:
     return bytes(out + bytes(1024))
 
 
-# -- tars written block by block -------------------------------------------------------------------
+# -- tars written block by block (support/tarfiles.py writes the blocks) ---------------------------
 
 END = bytes(1024)
-_FIELDS = {        # name -> (offset, length) in a header block
-    "name": (0, 100), "mode": (100, 8), "uid": (108, 8), "gid": (116, 8), "size": (124, 12),
-    "mtime": (136, 12), "chksum": (148, 8), "typeflag": (156, 1), "linkname": (157, 100),
-    "magic": (257, 8), "uname": (265, 32), "gname": (297, 32), "devmajor": (329, 8),
-    "devminor": (337, 8), "prefix": (345, 155),
-}
 
 
-def header(name: bytes, typeflag: bytes = b"0", size: int = 0, *, mode: int = 0o644,
-           uid: int = 0, gid: int = 0, mtime: int = 1_700_000_000, linkname: bytes = b"",
-           devmajor: int = 0, devminor: int = 0, magic: bytes = b"ustar\x0000",
-           raw: Optional[dict] = None) -> bytes:
-    """One 512-byte header with a correct checksum. ``raw`` puts bytes at fields by name (or at
-    byte offsets given as int) after the numbers are written, before the checksum is."""
-    block = bytearray(512)
-    values = {"name": name, "mode": b"%07o" % mode, "uid": b"%07o" % uid, "gid": b"%07o" % gid,
-              "size": b"%011o" % size, "mtime": b"%011o" % mtime, "typeflag": typeflag,
-              "linkname": linkname, "magic": magic, "uname": b"root", "gname": b"root",
-              "devmajor": b"%07o" % devmajor, "devminor": b"%07o" % devminor}
-    for key, value in {**values, **(raw or {})}.items():
-        at, length = _FIELDS[key] if isinstance(key, str) else (key, len(value))
-        block[at:at + length] = value.ljust(length, b"\0")[:length]
-    if "chksum" not in (raw or {}):
-        block[148:156] = b" " * 8
-        block[148:156] = b"%06o\0 " % sum(block)
-    return bytes(block)
-
-
-def entry(name: bytes, data: bytes = b"", typeflag: bytes = b"0", **kw) -> bytes:
-    """A header and its payload padded to 512 (size = len(data) unless given)."""
+def entry(name: bytes, data: bytes = b"", typeflag: bytes = b"0", *, devmajor=None, devminor=None,
+          **kw) -> bytes:
+    """A header (support.tarfiles.header; device numbers may be ints) and its padded payload;
+    the size is len(data) unless given."""
     kw.setdefault("size", len(data))
-    return header(name, typeflag, **kw) + data + bytes(-len(data) % 512)
+    devmajor = b"%07o\0" % devmajor if isinstance(devmajor, int) else devmajor
+    devminor = b"%07o\0" % devminor if isinstance(devminor, int) else devminor
+    return member(header(name, typeflag, devmajor=devmajor, devminor=devminor, **kw), data)
 
 
-def pax(records: list[tuple[bytes, bytes]], typeflag: bytes = b"x") -> bytes:
-    """A PAX extended (``x``) or global (``g``) header with ``LEN key=value\\n`` records."""
-    body = bytearray()
-    for key, value in records:
-        rest = b" %s=%s\n" % (key, value)
-        digits = 1
-        while len(str(len(rest) + digits)) != digits:
-            digits += 1
-        body += b"%d%s" % (len(rest) + digits, rest)
-    return entry(b"PaxHeader", bytes(body), typeflag)
-
-
-def gnu_long(value: bytes, typeflag: bytes = b"L") -> bytes:
-    """A GNU long name (``L``) or long link target (``K``) for the next entry."""
-    return entry(b"././@LongLink", value + b"\0", typeflag)
+def oldgnu_sparse(pairs: list[tuple[int, int]], realsize: int) -> bytes:
+    """The ``prefix`` area of an old-GNU ``S`` header (GNU magic) for up to 4 (offset, length)
+    pairs: sparse map at byte 386, isextended at 482, realsize at 483."""
+    area = bytearray(155)
+    for i, (offset, length) in enumerate(pairs):
+        at = 386 - 345 + 24 * i
+        area[at:at + 24] = b"%011o\0%011o\0" % (offset, length)
+    area[483 - 345:495 - 345] = b"%011o\0" % realsize
+    return bytes(area)

@@ -37,9 +37,9 @@ BAD_TARS = {
     # name: (tar bytes, words the message must hold)
     "checksum": (FIRST + flipped(header(b"second_entry"), 136) + END,
                  ["second_entry", "1024", "checksum"]),
-    "bad-number": (FIRST + header(b"victim", raw={"uid": b"12x4567\0"}) + END,
+    "bad-number": (FIRST + header(b"victim", fields={"uid": b"12x4567\0"}) + END,
                    ["victim", "1024", "uid"]),
-    "bad-size": (FIRST + header(b"victim", raw={"size": b"1_2\0"}) + END, ["victim", "1024"]),
+    "bad-size": (FIRST + header(b"victim", fields={"size": b"1_2\0"}) + END, ["victim", "1024"]),
     "bad-pax-length": (FIRST + entry(b"PaxHeader", b"99 path=x\n", typeflag=b"x") +
                        entry(b"after_pax") + END, ["1024", "length"]),
     "unknown-type": (FIRST + entry(b"odd_type", typeflag=b"Z") + END, ["odd_type", "1024"]),
@@ -50,8 +50,8 @@ BAD_TARS = {
     "forward-hardlink": (entry(b"the_link", typeflag=b"1", linkname=b"later_target") +
                          entry(b"later_target", b"tt") + END, ["the_link", "later_target", "at byte 0"]),
     "file-as-directory": (FIRST + entry(b"first/inside") + END, ["first/inside", "1024"]),
-    "device-without-numbers": (FIRST + entry(b"cdev", typeflag=b"3",
-                                             raw={"devmajor": bytes(8), "devminor": bytes(8)}) +
+    "device-without-numbers": (FIRST + entry(b"cdev", typeflag=b"3", devmajor=bytes(8),
+                                             devminor=bytes(8)) +
                                entry(b"b") + END, ["cdev", "1024"]),
 }
 
