@@ -27,20 +27,17 @@ import contextlib
 import gzip
 import os
 import stat
-import subprocess
-import tempfile
 import uuid as uuidlib
 from pathlib import Path
 
 import pytest
 
 from support.compare import Expect, compare_trees, host_xattrs
-from support.mounts import MountError, _umount
+from support.mounts import overlay_mount
 from support.oracle import read_superblock
 from support.run import build_image, run_mkerofs
-from support.tars import (DECODE_OPTION, END, MKFS_TIME, RECIPES, compress, entry, header,
-                          headerball, make_tar, make_tar_tree, oldgnu_sparse, pax,
-                          producer_problem, zero_file_data)
+from support.tars import (DECODE_OPTION, END, MKFS_TIME, RECIPES, Archives, compress, entry, header,
+                          headerball, oldgnu_sparse, pax, zero_file_data)
 from support.trees import copy_tree
 
 pytestmark = pytest.mark.kernel
@@ -53,21 +50,9 @@ OPAQUE, ORIGIN = "trusted.overlay.opaque", "trusted.overlay.origin"
 # -- archives of trees (built once per module) ---------------------------------------------------
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory):
+def archive(tmp_path_factory) -> Archives:
     """archive(name) -> (tar path, source tree) for a recipe of support.tars.RECIPES."""
-    made: dict[str, tuple[Path, Path]] = {}
-
-    def get(name: str) -> tuple[Path, Path]:
-        recipe = RECIPES[name]
-        problem = producer_problem(recipe.producer)
-        if problem:
-            pytest.skip(problem)
-        if name not in made:
-            base = tmp_path_factory.mktemp(name)
-            src = make_tar_tree(base / "src", recipe.carries)
-            made[name] = (make_tar(recipe, src, base / "t.tar"), src)
-        return made[name]
-    return get
+    return Archives(tmp_path_factory)
 
 
 def build_tar(image: Path, tar, *opts, stdin: bool = False, base=BASE, **kw):
@@ -469,23 +454,6 @@ def test_case25_native_whiteout_kept_with_ovlfs_strip(tmp_path, kernel):
         assert sorted(os.listdir(m)) == ["k", "wh"]
         st = lst(m / "wh")
         assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 and stat.S_IMODE(st.st_mode) == 0o644
-
-
-@contextlib.contextmanager
-def overlay_mount(*lowers: Path):
-    """A read-only overlayfs of ``lowers`` (uppermost first); always unmounted."""
-    merged = tempfile.mkdtemp(prefix="mkerofs-ovl-")
-    r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
-                        "lowerdir=" + ":".join(map(str, lowers)), merged],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if r.returncode != 0:
-        os.rmdir(merged)
-        raise MountError(f"overlay mount failed: {r.stderr.strip()}")
-    try:
-        yield Path(merged)
-    finally:
-        _umount(merged)
-        os.rmdir(merged)
 
 
 def test_overlay_of_two_layers(tmp_path, kernel):

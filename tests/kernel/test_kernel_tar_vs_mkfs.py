@@ -31,8 +31,8 @@ import pytest
 
 from support.compare import tree_differences
 from support.run import run_mkerofs
-from support.tars import (DECODE_OPTION, END, MKFS_TIME, RECIPES, compress, entry, headerball,
-                          make_tar, make_tar_tree, oldgnu_sparse, pax, producer_problem)
+from support.tars import (DECODE_OPTION, END, MKFS_TIME, Archives, compress, entry, headerball,
+                          oldgnu_sparse, pax)
 
 pytestmark = pytest.mark.kernel
 
@@ -66,19 +66,9 @@ def ref():
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
-    made = {}
-
-    def get(name):
-        recipe = RECIPES[name]
-        problem = producer_problem(recipe.producer)
-        if problem:
-            pytest.skip(problem)
-        if name not in made:
-            base = tmp_path_factory.mktemp(name)
-            made[name] = make_tar(recipe, make_tar_tree(base / "src", recipe.carries),
-                                  base / "t.tar")
-        return made[name]
-    return get
+    """archive(name) -> the tar of a recipe of support.tars.RECIPES."""
+    archives = Archives(tmp_path_factory)
+    return lambda name: archives(name)[0]
 
 
 def build_both(ref: str, tmp_path: Path, tar: Path, opts) -> tuple[Path, Path]:

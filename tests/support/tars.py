@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import pytest
+
 from .paths import PathLike, fsb
 from .tarfiles import header, member, pax  # noqa: F401  (pax, header: re-exported)
 from .trees import set_tree_times, write_file
@@ -84,6 +86,27 @@ RECIPES = {r.name: r for r in (
     Recipe("bsdtar", "gnutar", GNU),
     Recipe("bsdtar", "pax", PAX),
 )}
+
+
+class Archives:
+    """Trees and their tars, made once per recipe name under ``tmp_path_factory`` (a module
+    fixture holds one); a missing archiver skips the test."""
+
+    def __init__(self, tmp_path_factory):
+        self._factory = tmp_path_factory
+        self._made: dict[str, tuple[Path, Path]] = {}
+
+    def __call__(self, name: str) -> tuple[Path, Path]:
+        """(tar path, source tree) of RECIPES[name]."""
+        recipe = RECIPES[name]
+        problem = producer_problem(recipe.producer)
+        if problem:
+            pytest.skip(problem)
+        if name not in self._made:
+            base = self._factory.mktemp(name)
+            src = make_tar_tree(base / "src", recipe.carries)
+            self._made[name] = (make_tar(recipe, src, base / "t.tar"), src)
+        return self._made[name]
 
 
 def producer_problem(producer: str) -> Optional[str]:
@@ -173,11 +196,11 @@ def make_tar_tree(root: PathLike, carries: Carries) -> Path:
 
     os.makedirs(j("links", "a"))
     os.mkdir(j("links", "b"))
-    write_file(j("links", "a", "three"), 12345)
-    os.link(j("links", "a", "three"), j("links", "b", "three_2"))
-    os.link(j("links", "a", "three"), j("links", "three_3"))
-    write_file(j("links", "a", "empty"), 0)
-    os.link(j("links", "a", "empty"), j("links", "b", "empty_2"))
+    for first, others, size in (("a/three", ("b/three_2", "three_3"), 12345),
+                                ("a/empty", ("b/empty_2",), 0)):
+        write_file(j("links", first), size)
+        for other in others:
+            os.link(j("links", first), j("links", other))
     if carries.special_links:
         os.symlink(b"shared-symlink-target", j("links", "a", "sym"))
         os.link(j("links", "a", "sym"), j("links", "b", "sym_2"), follow_symlinks=False)
