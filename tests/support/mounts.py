@@ -97,20 +97,32 @@ def loop_device(backing: PathLike, *, read_only: bool = False,
 
 
 @contextlib.contextmanager
-def tmpfs_mount(size: str = "1m") -> Iterator[Path]:
-    """A small tmpfs (to provoke ENOSPC); always unmounted."""
-    mnt = tempfile.mkdtemp(prefix="mkerofs-tmpfs-")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755",
-                        "tmpfs", mnt], stdout=subprocess.PIPE,
+def _mounted_at_temp(args: Sequence[str], what: str, prefix: str) -> Iterator[Path]:
+    """``mount ARGS DIR`` on a fresh temporary DIR; always unmounted and removed."""
+    mnt = tempfile.mkdtemp(prefix=prefix)
+    r = subprocess.run(["mount", *args, mnt], stdout=subprocess.PIPE,
                        stderr=subprocess.PIPE, text=True)
     if r.returncode != 0:
         os.rmdir(mnt)
-        raise MountError(f"tmpfs mount failed: {r.stderr.strip()}")
+        raise MountError(f"{what} mount failed: {r.stderr.strip()}")
     try:
         yield Path(mnt)
     finally:
         _umount(mnt)
         os.rmdir(mnt)
+
+
+def tmpfs_mount(size: str = "1m"):
+    """A small tmpfs (to provoke ENOSPC); always unmounted."""
+    return _mounted_at_temp(["-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs"], "tmpfs",
+                            "mkerofs-tmpfs-")
+
+
+def overlay_mount(*lowers: PathLike):
+    """A read-only overlayfs of the directories ``lowers`` (uppermost first)."""
+    lowerdir = ":".join(os.fsdecode(p) for p in lowers)
+    return _mounted_at_temp(["-t", "overlay", "-o", f"lowerdir={lowerdir}", "overlay"],
+                            "overlay", "mkerofs-ovl-")
 
 
 @contextlib.contextmanager
