@@ -264,7 +264,8 @@ class _MkfsStyleCommand(click.Command):
               help="worker processes for compression and copying (default: the CPUs)")
 @click.option("--quiet", is_flag=True, help="print nothing on success")
 @click.option("--verify", is_flag=True,
-              help="read the image back and compare it with SOURCE (no mount needed)")
+              help="read the image back and compare it with SOURCE, or with what the tar "
+                   "gave (no mount needed)")
 @click.option("--tar", "tar", multiple=True, metavar="=X",
               help="SOURCE is a tar stream (stdin without SOURCE; gzip, xz, lzma, zstd or "
                    "bzip2 compressed read as well): X = f (full, default), headerball (headers "

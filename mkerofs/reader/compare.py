@@ -1,25 +1,93 @@
-"""Compare an image with a source directory: every path, type, mode, owner, mtime (ns), size,
-byte of data, symlink target, device number, hard-link grouping and extended attribute.
+"""Compare an image with its source: every path, type, mode, owner, mtime (ns), size, byte of
+data, symlink target, device number, hard-link grouping and extended attribute.
 
-`compare_image` takes the expectations explicitly (owners forced or shifted, a fixed or
-clamped mtime, excluded paths); the writer's `verify.compare_build` derives them from the
-BuildOptions of the build that made the image (for `mkerofs --verify`). Both return the differences as readable strings,
-each naming the path ("/" is the top of the comparison); an empty list means equal.
+The source is a directory on disk or any other tree behind the `SourceTree` interface (the
+writer's --verify passes the tree it read from a tar stream). `compare_image` takes the
+expectations explicitly (owners forced or shifted, a fixed or clamped mtime, excluded paths);
+the writer's `verify.compare_build` derives them from the BuildOptions of the build that made
+the image (for `mkerofs --verify`). Both return the differences as readable strings, each
+naming the path ("/" is the top of the comparison); an empty list means equal.
 """
 from __future__ import annotations
 
 import os
 import stat
-from typing import Callable, Optional
+from typing import Any, BinaryIO, Callable, Hashable, Optional, Protocol
 
 from ..ondisk import format as fmt
 from .extract import ENTER, LEAVE, device_numbers, iter_tree, resolve, show, type_name
 from .image import Image, Inode
 from ..util import read_xattrs
 
-__all__ = ["compare_image"]
+__all__ = ["compare_image", "SourceTree", "DirectoryTree"]
 
-_CHUNK = 1 << 20
+
+# A source entry's attributes: any object with st_mode, st_uid, st_gid, st_size, st_mtime_ns
+# and st_rdev (an os.stat_result has them, and so does the writer's SourceStat).
+SourceStat = Any
+
+
+class SourceTree(Protocol):
+    """The source side of a comparison.  Entries are named by their path relative to the top
+    (b"" is the top, components joined by b"/"); any method may raise OSError, which becomes a
+    difference at that path."""
+
+    def describe(self) -> str:
+        """The source as a whole, for a message that is about all of it."""
+
+    def lstat(self, rel: bytes) -> SourceStat:
+        """The entry itself (a symlink is not followed, except at the top)."""
+
+    def listdir(self, rel: bytes) -> list[bytes]:
+        """The names in a directory."""
+
+    def inode_key(self, rel: bytes, st: SourceStat) -> Hashable:
+        """Equal for two non-directories exactly when they are hard links of one inode."""
+
+    def readlink(self, rel: bytes) -> bytes:
+        """A symlink's target."""
+
+    def open(self, rel: bytes) -> BinaryIO:
+        """A regular file's bytes, to read() in order (a context manager)."""
+
+    def xattrs(self, rel: bytes, st: SourceStat) -> list[tuple[bytes, bytes]]:
+        """The entry's xattrs as the image should hold them, sorted by name."""
+
+
+class DirectoryTree:
+    """A directory on disk as a SourceTree; `source_xattrs(path, rel, mode)`, if given,
+    replaces reading an entry's xattrs (when a build changes them)."""
+
+    def __init__(self, top: str | bytes | os.PathLike,
+                 source_xattrs: Optional[Callable[[bytes, bytes, int], list]] = None):
+        self.top = os.fsencode(top)
+        self._source_xattrs = source_xattrs
+
+    def _path(self, rel: bytes) -> bytes:
+        return os.path.join(self.top, rel) if rel else self.top
+
+    def describe(self) -> str:
+        return show(self.top)
+
+    def lstat(self, rel: bytes) -> os.stat_result:
+        return os.lstat(self._path(rel)) if rel else os.stat(self.top)
+
+    def listdir(self, rel: bytes) -> list[bytes]:
+        return os.listdir(self._path(rel))
+
+    def inode_key(self, rel: bytes, st: os.stat_result) -> tuple[int, int]:
+        return st.st_dev, st.st_ino
+
+    def readlink(self, rel: bytes) -> bytes:
+        return os.readlink(self._path(rel))
+
+    def open(self, rel: bytes) -> BinaryIO:
+        return open(self._path(rel), "rb", buffering=0)
+
+    def xattrs(self, rel: bytes, st: os.stat_result) -> list[tuple[bytes, bytes]]:
+        if self._source_xattrs is not None:
+            return sorted(self._source_xattrs(self._path(rel), rel, st.st_mode))
+        return read_xattrs(self._path(rel))
 
 
 def _fmt_ns(sec: int, nsec: int) -> str:
@@ -30,10 +98,10 @@ def _fmt_xattrs(pairs: list[tuple[bytes, bytes]]) -> str:
     return "[" + ", ".join(show(n) for n, _ in pairs) + "]"
 
 
-def _data_difference(img: Image, inode: Inode, source: bytes) -> Optional[str]:
+def _data_difference(img: Image, inode: Inode, tree: SourceTree, rel: bytes) -> Optional[str]:
     """None if the source file's bytes equal the image file's, else what differs."""
     try:
-        f = open(source, "rb", buffering=0)
+        f = tree.open(rel)
     except OSError as err:
         return f"cannot read the source file: {err.strerror or err}"
     with f:
@@ -60,7 +128,8 @@ def _data_difference(img: Image, inode: Inode, source: bytes) -> Optional[str]:
     return None
 
 
-def compare_image(img: Image, source, *, path: Optional[str | bytes] = None,
+def compare_image(img: Image, source: str | bytes | os.PathLike | SourceTree, *,
+                  path: Optional[str | bytes] = None,
                   check_owner: bool = True, check_mtime: bool = True, check_xattrs: bool = True,
                   uid: Optional[int] = None, gid: Optional[int] = None,
                   uid_offset: int = 0, gid_offset: int = 0,
@@ -70,7 +139,7 @@ def compare_image(img: Image, source, *, path: Optional[str | bytes] = None,
                   exclude: Optional[Callable[[bytes], bool]] = None,
                   source_xattrs: Optional[Callable[[bytes, bytes, int], list]] = None,
                   limit: int = 0) -> list[str]:
-    """Compare the image (or its subtree at `path`) with the directory `source`.
+    """Compare the image (or its subtree at `path`) with `source`: a directory, or a SourceTree.
 
     Expectations, as a build applies them to the source's attributes:
     `uid`/`gid` replace every owner (--force-uid/--force-gid/--all-root), then
@@ -80,10 +149,14 @@ def compare_image(img: Image, source, *, path: Optional[str | bytes] = None,
     -Eforce-inode-compact); `hard_dereference`: hard links are separate inodes;
     `exclude(relpath)` (relative to `source`, no leading slash) leaves a source path and its
     subtree out, as --exclude-path/--exclude-regex do; `source_xattrs(path, relpath, mode)`
-    replaces reading a source file's xattrs (sorted (name, value) pairs) when the build
-    changes them. `check_*` false skips that attribute. `limit` > 0 stops after that many
-    differences. Returns the differences (empty: equal)."""
-    source = os.fsencode(source)
+    replaces reading a source directory's file's xattrs (sorted (name, value) pairs) when the
+    build changes them (a SourceTree says itself what its xattrs are). `check_*` false skips
+    that attribute. `limit` > 0 stops after that many differences. Returns the differences
+    (empty: equal)."""
+    if isinstance(source, (str, bytes, os.PathLike)):
+        tree = DirectoryTree(source, source_xattrs)
+    else:
+        tree = source
     top_path, top = resolve(img, path)
     diffs: list[str] = []
 
@@ -95,32 +168,31 @@ def compare_image(img: Image, source, *, path: Optional[str | bytes] = None,
         if limit and len(diffs) >= limit:
             raise _Full
 
-    def want_ids(st: os.stat_result) -> tuple[int, int]:
+    def want_ids(st: SourceStat) -> tuple[int, int]:
         u = st.st_uid if uid is None else uid
         g = st.st_gid if gid is None else gid
         return (u + uid_offset) & 0xFFFFFFFF, (g + gid_offset) & 0xFFFFFFFF
 
-    # image side: relative path -> inode (directories are compared as the walk goes)
     try:
-        st_top = os.stat(source)
+        st_top = tree.lstat(b"")
     except OSError as err:
-        return [f"{show(source)}: cannot read the source: {err.strerror or err}"]
+        return [f"{tree.describe()}: cannot read the source: {err.strerror or err}"]
     if not stat.S_ISDIR(st_top.st_mode):
-        return [f"{show(source)}: the source is not a directory"]
+        return [f"{tree.describe()}: the source is not a directory"]
     if not stat.S_ISDIR(top.mode):
         return [f"{show(top_path)}: is a {type_name(top.mode)} in the image, the source is a "
                 "directory"]
 
     # source side: walk once, keeping only what is needed (lstat results are small)
-    src: dict[bytes, os.stat_result] = {b"": st_top}
-    groups: dict[tuple[int, int], list[bytes]] = {}
+    src: dict[bytes, SourceStat] = {b"": st_top}
+    key_of: dict[bytes, Hashable] = {}          # non-directories: their inode
+    groups: dict[Hashable, list[bytes]] = {}
     pending = [b""]
     try:
         while pending:
             rel = pending.pop()
-            full = os.path.join(source, rel) if rel else source
             try:
-                names = os.listdir(full)
+                names = tree.listdir(rel)
             except OSError as err:
                 add(rel, f"cannot list the source directory: {err.strerror or err}")
                 continue
@@ -129,7 +201,7 @@ def compare_image(img: Image, source, *, path: Optional[str | bytes] = None,
                 if exclude is not None and exclude(r):
                     continue
                 try:
-                    st = os.lstat(os.path.join(source, r))
+                    st = tree.lstat(r)
                 except OSError as err:
                     add(r, f"cannot stat the source: {err.strerror or err}")
                     continue
@@ -137,7 +209,8 @@ def compare_image(img: Image, source, *, path: Optional[str | bytes] = None,
                 if stat.S_ISDIR(st.st_mode):
                     pending.append(r)
                 else:
-                    groups.setdefault((st.st_dev, st.st_ino), []).append(r)
+                    key = key_of[r] = tree.inode_key(r, st)
+                    groups.setdefault(key, []).append(r)
 
         seen: set[bytes] = set()
         entered: set[bytes] = set()          # directories in both, whose entries were compared
@@ -156,9 +229,9 @@ def compare_image(img: Image, source, *, path: Optional[str | bytes] = None,
                 entered.add(rel)
             if not stat.S_ISDIR(inode.mode):
                 nid_of[rel] = inode.nid
-            _compare_one(img, inode, st, rel, os.path.join(source, rel) if rel else source,
-                         add, want_ids, check_owner, check_mtime, check_xattrs, mtime,
-                         clamp_mtime, compact_mtime, hard_dereference, groups, source_xattrs)
+            links = 1 if hard_dereference else len(groups.get(key_of.get(rel), ()))
+            _compare_one(img, inode, st, rel, tree, links, add, want_ids, check_owner,
+                         check_mtime, check_xattrs, mtime, clamp_mtime, compact_mtime)
         # (entries below a directory missing from the image are covered by its own message)
         for rel in sorted(set(src) - seen):
             if rel.rpartition(b"/")[0] in entered:
@@ -182,7 +255,7 @@ def compare_image(img: Image, source, *, path: Optional[str | bytes] = None,
         for rel, nid in nid_of.items():
             by_nid.setdefault(nid, []).append(rel)
         for nid, rels in by_nid.items():
-            if len(rels) > 1 and len({(src[r].st_dev, src[r].st_ino) for r in rels}) > 1:
+            if len(rels) > 1 and len({key_of.get(r) for r in rels}) > 1:
                 add(rels[0], "unrelated source files " + ", ".join("/" + show(r) for r in rels)
                     + f" share one inode (nid {nid}) in the image")
     except _Full:
@@ -190,9 +263,10 @@ def compare_image(img: Image, source, *, path: Optional[str | bytes] = None,
     return diffs
 
 
-def _compare_one(img, inode, st, rel, spath, add, want_ids, check_owner, check_mtime,
-                 check_xattrs, mtime, clamp_mtime, compact_mtime, hard_dereference, groups,
-                 source_xattrs) -> None:
+def _compare_one(img, inode, st, rel, tree, links, add, want_ids, check_owner, check_mtime,
+                 check_xattrs, mtime, clamp_mtime, compact_mtime) -> None:
+    """One path present on both sides; `links`: the link count its image inode should have
+    (ignored for directories)."""
     if stat.S_IFMT(inode.mode) != stat.S_IFMT(st.st_mode):
         add(rel, f"{type_name(inode.mode)} in the image, {type_name(st.st_mode)} in the source")
         return
@@ -205,13 +279,12 @@ def _compare_one(img, inode, st, rel, spath, add, want_ids, check_owner, check_m
             add(rel, f"uid {inode.uid} in the image, expected {u}")
         if inode.gid != g:
             add(rel, f"gid {inode.gid} in the image, expected {g}")
-    is_dir = stat.S_ISDIR(st.st_mode)
-    if not is_dir:
-        nl = 1 if hard_dereference else len(groups.get((st.st_dev, st.st_ino), ()))
+    if stat.S_ISDIR(st.st_mode):
+        nl = inode.nlink
+    else:
+        nl = links
         if inode.nlink != nl:
             add(rel, f"{inode.nlink} links in the image, {nl} in the source")
-    else:
-        nl = inode.nlink
     if check_mtime:
         want_sec, want_nsec = divmod(st.st_mtime_ns, 1_000_000_000)
         if mtime is not None:
@@ -230,12 +303,12 @@ def _compare_one(img, inode, st, rel, spath, add, want_ids, check_owner, check_m
         if inode.size != st.st_size:
             add(rel, f"size {inode.size} in the image, {st.st_size} in the source")
         else:
-            d = _data_difference(img, inode, spath)
+            d = _data_difference(img, inode, tree, rel)
             if d:
                 add(rel, d)
     elif stat.S_ISLNK(st.st_mode):
         try:
-            theirs = os.readlink(spath)
+            theirs = tree.readlink(rel)
         except OSError as err:
             add(rel, f"cannot read the source symlink: {err.strerror or err}")
         else:
@@ -251,10 +324,7 @@ def _compare_one(img, inode, st, rel, spath, add, want_ids, check_owner, check_m
                      "the source")
     if check_xattrs:
         try:
-            if source_xattrs is not None:
-                theirs = sorted(source_xattrs(spath, rel, st.st_mode))
-            else:
-                theirs = read_xattrs(spath)
+            theirs = tree.xattrs(rel, st)
         except OSError as err:
             add(rel, f"cannot read the source's xattrs: {err.strerror or err}")
             return
@@ -266,5 +336,3 @@ def _compare_one(img, inode, st, rel, spath, add, want_ids, check_owner, check_m
             else:
                 names = [show(a[0]) for a, b in zip(ours, theirs) if a[1] != b[1]]
                 add(rel, f"xattr values differ: {', '.join(names)}")
-
-

@@ -63,46 +63,52 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
     else:
         source_b = b""              # archive paths are relative already
     build_time = options.build_time if options.build_time is not None else int(time.time())
+    if options.verify:
+        from .verify import TarSource, verify_build     # loads the reader only when asked to
     out = Output(image, options.offset)
     # The build makes a few long-lived objects per file and no garbage cycles worth collecting:
     # the cyclic collector would only rescan them again and again (a third of the run time).
     gc_was_enabled = gc.isenabled()
     gc.disable()
     pool = None
-    try:
-        zcfg, hints = _compress_config(options)
-        on_file = None
-        if zcfg is not None:
-            # the workers start now (forked while this process is small) and compress files
-            # as the walk finds them
-            pool = CompressionPool(zcfg, _workers(options), out, processes=True)
-            if options.tar is None:
-                # (a tar entry may still be replaced by a later one: no early offers there)
-                on_file = _early_offers(pool, options, hints, build_time)
-        tar_order = None
-        with contextlib.ExitStack() as inputs:
+    # what a tar stream opened (its spool holds file data) stays open until --verify has read it
+    with contextlib.ExitStack() as inputs:
+        try:
+            zcfg, hints = _compress_config(options)
+            on_file = None
+            if zcfg is not None:
+                # the workers start now (forked while this process is small) and compress files
+                # as the walk finds them
+                pool = CompressionPool(zcfg, _workers(options), out, processes=True)
+                if options.tar is None:
+                    # (a tar entry may still be replaced by a later one: no early offers there)
+                    on_file = _early_offers(pool, options, hints, build_time)
+            tar_order = None
+            verify_source = source_b
             if options.tar is None:
                 root, _count = walk_source(source_b, options, skip=out.identity(),
                                            on_file=on_file)
             else:
                 root, tar_order = _read_tar(inputs, source, options, build_time)
+                if options.verify:
+                    # (planning takes the tree apart: keep what the comparison needs)
+                    verify_source = TarSource.capture(root)
             plan = plan_inodes(root, options, build_time)
             if tar_order is not None and not options.compressor and not options.inline_data:
                 plan.data_order = _in_tar_order(plan, tar_order)
             xattrs = _plan_xattrs(plan, options)
             result = _write_image(plan, options, out, xattrs, source_b, zcfg, hints, pool)
-        out.finish(result.size)
-    except BaseException:
-        if pool is not None:
-            pool.abort()
-        out.abort()
-        raise
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    if options.verify:
-        from .verify import verify_build     # loads the reader only when asked to
-        verify_build(image, source_b, options)
+            out.finish(result.size)
+        except BaseException:
+            if pool is not None:
+                pool.abort()
+            out.abort()
+            raise
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        if options.verify:
+            verify_build(image, verify_source, options)
     return result
 
 

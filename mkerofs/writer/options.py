@@ -71,6 +71,7 @@ class BuildOptions:
     mount_point: str = "/"
     quiet: bool = True
     verify: bool = False                        # --verify: read the image back, compare with SOURCE
+                                                # (with --tar: with the tree the tar gave)
     debug: int = 2
     workers: int | None = None
     # compression (-z, -C, -Elegacy-compress, -Eztailpacking); compressor None: no compression
@@ -129,8 +130,6 @@ class BuildOptions:
                 raise BuildError(f"invalid exclude regex {pattern!r}: {err}") from None
         if self.tar is not None:
             self.tar.validate()
-            if self.verify:
-                raise BuildError("--verify compares with a source directory: not with --tar")
 
     def xattr_options(self) -> XattrOptions:
         return XattrOptions(tolerance=self.xattr_tolerance, name_filter=self.xattr_name_filter,

@@ -1,20 +1,30 @@
 """--verify: read a finished image back (no mount) and compare it with its source as the build
-options say it should be."""
+options say it should be.
+
+The source is the directory the build walked, or, for tar input, the tree the tar stream gave
+(`TarSource`): taken after exclusions, --aufs whiteouts, --ovlfs-strip, -x < 0 and
+--file-contexts labels were applied (what the build planned) and before planning consumed it,
+with regular files read back through their DataRef (the tar itself, the spool, or zeros), so
+the stream is never read twice and stdin works as well as a file."""
 from __future__ import annotations
 
+import os
+from collections import deque
+
 from ..errors import BuildError, ImageError
-from ..reader.compare import compare_image
+from ..reader.compare import DirectoryTree, SourceTree, compare_image
 from ..reader.image import Image
 from ..util import read_xattrs
 from .options import BuildOptions, TimeInherit
 from .selinux import FileContexts, fs_path, with_label
-from .walk import Excluder
+from .walk import DataRef, Excluder, SourceInode, SourceStat
 
 
-def verify_build(image: str, source: bytes, options: BuildOptions, limit: int = 20) -> None:
+def verify_build(image: str, source: bytes | SourceTree, options: BuildOptions,
+                 limit: int = 20) -> None:
     """--verify: read the finished image back without the kernel (every inode, every extent,
-    the checksum) and compare it with the source as the options say it should be.  The image
-    stays where it is; BuildError lists what is wrong."""
+    the checksum) and compare it with the source (a directory, or a TarSource) as the options
+    say it should be.  The image stays where it is; BuildError lists what is wrong."""
     try:
         with Image.open(image, offset=options.offset) as img:
             problems = img.verify()
@@ -31,7 +41,9 @@ def compare_build(img: Image, source, options, *, limit: int = 0) -> list[str]:
     """compare_image with the expectations a build with `options` (BuildOptions) sets: forced
     and shifted owners, the time policy (-T, SOURCE_DATE_EPOCH, --ignore-mtime,
     -Eforce-inode-compact; the build time is read from the image's superblock), excluded
-    paths, --hard-dereference, -x < 0 (no xattrs at all) and --file-contexts labels."""
+    paths, --hard-dereference, -x < 0 (no xattrs at all) and --file-contexts labels.
+    `source` is a directory, or a SourceTree that has exclusions and xattrs applied already
+    (a TarSource)."""
     build_time = getattr(img, "build_time", img.superblock.epoch)
     inherit = options.effective_time_inherit
     mtime = clamp = compact = None
@@ -41,21 +53,112 @@ def compare_build(img: Image, source, options, *, limit: int = 0) -> list[str]:
         clamp = build_time
     if mtime is None and (options.ignore_mtime or options.force_inode == "compact"):
         compact = build_time
-    excluder = Excluder(options)
-
-    source_xattrs = None
-    if options.xattr_tolerance < 0:
-        source_xattrs = lambda path, rel, mode: []
-    elif options.file_contexts is not None:
-        contexts = FileContexts.load(options.file_contexts)
-
-        def source_xattrs(path, rel, mode):
-            label = contexts.lookup(fs_path(rel, options.mount_point), mode)
-            return with_label(read_xattrs(path), label)
-
+    exclude = None
+    if isinstance(source, (str, bytes, os.PathLike)):
+        excluder = Excluder(options)
+        exclude = excluder.excluded if excluder else None
+        source = DirectoryTree(source, _xattr_policy(options))
     return compare_image(img, source, uid=options.force_uid, gid=options.force_gid,
                          uid_offset=options.uid_offset, gid_offset=options.gid_offset,
                          mtime=mtime, clamp_mtime=clamp, compact_mtime=compact,
-                         hard_dereference=options.hard_dereference,
-                         exclude=excluder.excluded if excluder else None,
-                         source_xattrs=source_xattrs, limit=limit)
+                         hard_dereference=options.hard_dereference, exclude=exclude,
+                         limit=limit)
+
+
+def _xattr_policy(options: BuildOptions):
+    """How a directory build changes the xattrs it reads (None: it stores them as they are)."""
+    if options.xattr_tolerance < 0:
+        return lambda path, rel, mode: []
+    if options.file_contexts is None:
+        return None
+    contexts = FileContexts.load(options.file_contexts)
+
+    def labelled(path, rel, mode):
+        label = contexts.lookup(fs_path(rel, options.mount_point), mode)
+        return with_label(read_xattrs(path), label)
+
+    return labelled
+
+
+class TarSource:
+    """The tree read from a tar stream, as a reader.compare.SourceTree.
+
+    `capture(root)` must run before planning: plan_inodes takes the directory entries away and
+    the xattr layout the xattr lists.  It keeps what the comparison needs: each path's
+    SourceInode (identity: hard links share one) and its xattrs as the build got them."""
+
+    def __init__(self, nodes: dict[bytes, SourceInode], names: dict[bytes, list[bytes]],
+                 xattrs: dict[bytes, list[tuple[bytes, bytes]]]):
+        self._nodes = nodes
+        self._names = names
+        self._xattrs = xattrs
+
+    @classmethod
+    def capture(cls, root: SourceInode) -> "TarSource":
+        nodes: dict[bytes, SourceInode] = {b"": root}
+        names: dict[bytes, list[bytes]] = {}
+        xattrs: dict[bytes, list[tuple[bytes, bytes]]] = {b"": root.xattrs}
+        pending = deque([(b"", root)])
+        while pending:
+            rel, directory = pending.popleft()
+            names[rel] = [name for name, _child in directory.entries]
+            for name, child in directory.entries:
+                r = rel + b"/" + name if rel else name
+                nodes[r] = child
+                xattrs[r] = child.xattrs
+                if child.entries is not None:
+                    pending.append((r, child))
+        return cls(nodes, names, xattrs)
+
+    def _node(self, rel: bytes) -> SourceInode:
+        node = self._nodes.get(rel)
+        if node is None:
+            raise FileNotFoundError(2, "not in the tar", os.fsdecode(rel))
+        return node
+
+    def describe(self) -> str:
+        return "the tar's tree"
+
+    def lstat(self, rel: bytes) -> SourceStat:
+        return self._node(rel).st
+
+    def listdir(self, rel: bytes) -> list[bytes]:
+        return list(self._names[rel])
+
+    def inode_key(self, rel: bytes, st: SourceStat) -> int:
+        return id(self._node(rel))
+
+    def readlink(self, rel: bytes) -> bytes:
+        return self._node(rel).target
+
+    def open(self, rel: bytes) -> "_DataRange":
+        node = self._node(rel)
+        return _DataRange(node.data or DataRef(None), node.st.st_size)
+
+    def xattrs(self, rel: bytes, st: SourceStat) -> list[tuple[bytes, bytes]]:
+        return self._xattrs[rel]
+
+
+class _DataRange:
+    """A tar entry's bytes as a file to read in order: `size` bytes from `ref.offset` of
+    `ref.path` (the tar or the spool, holes reading as zeros), or zeros (path None)."""
+
+    def __init__(self, ref: DataRef, size: int):
+        self._fd = os.open(ref.path, os.O_RDONLY | os.O_CLOEXEC) if ref.path is not None else -1
+        self._pos = ref.offset
+        self._left = size
+
+    def read(self, n: int) -> bytes:
+        n = min(n, self._left)
+        data = os.pread(self._fd, n, self._pos) if self._fd >= 0 else bytes(n)
+        self._pos += len(data)
+        self._left -= len(data)
+        return data
+
+    def __enter__(self) -> "_DataRange":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
