@@ -435,6 +435,20 @@ EROFS_BLOCK_MAP_ENTRY_SIZE = EROFS_BLOCK_MAP_ENTRY.size
 EROFS_INODE_CHUNK_INDEX = struct.Struct("<HHI")        # startblk_hi, device_id, startblk_lo
 EROFS_NULL_ADDR = (1 << 64) - 1                        # a hole (masked to the address width)
 
+
+def chunk_map_unit(chunkformat: int) -> int:
+    """Bytes per chunk in a chunk-based inode's map: an erofs_inode_chunk_index with
+    EROFS_CHUNK_FORMAT_INDEXES, else a block map entry."""
+    if chunkformat & EROFS_CHUNK_FORMAT_INDEXES:
+        return EROFS_INODE_CHUNK_INDEX.size
+    return EROFS_BLOCK_MAP_ENTRY_SIZE
+
+
+def chunk_map_start(inode_end: int, chunkformat: int) -> int:
+    """Where a chunk-based inode's map begins (erofs_map_blocks): right after the inode and its
+    xattrs (`inode_end`), rounded up to one entry; entry n is n entries further."""
+    return round_up(inode_end, chunk_map_unit(chunkformat))
+
 EROFS_DIRENT_NID_METABOX_BIT = 63
 EROFS_DIRENT_NID_MASK = (1 << EROFS_DIRENT_NID_METABOX_BIT) - 1
 EROFS_FT_MAX = 8

@@ -536,9 +536,8 @@ class Image:
         chunksize = 1 << chunkbits
         count = -(-size >> chunkbits)
         indexes = bool(chunkfmt & fmt.EROFS_CHUNK_FORMAT_INDEXES)
-        unit = fmt.EROFS_INODE_CHUNK_INDEX.size if indexes else fmt.EROFS_BLOCK_MAP_ENTRY_SIZE
-        start = fmt.round_up(inode.data_pos, unit)
-        raw = self._get(start, count * unit)
+        raw = self._get(fmt.chunk_map_start(inode.data_pos, chunkfmt),
+                        count * fmt.chunk_map_unit(chunkfmt))
         if indexes:
             mask = (1 << (48 if chunkfmt & fmt.EROFS_CHUNK_FORMAT_48BIT else 32)) - 1
             devmask = self._device_id_mask()

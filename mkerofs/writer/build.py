@@ -18,6 +18,7 @@ from ..codecs.spec import parse_compressor_spec
 from .hints import CompressHints, load_compress_hints
 from .packed import PackedFile
 from .decompress import open_input
+from .chunks import make_hole_files
 from .data import DataArea, FlatCopier, inline_fits
 from .dirs import render_directory
 from .meta import MetaAllocator, MetaImage, item_size, node_pos, place_inode, serialize_inode
@@ -257,6 +258,8 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
     nodes = list(plan.inodes)   # every inode with metadata: the tree's, then the packed inode
     workers = _workers(options)
     used = _FeaturesUsed()
+    # files of zeros only (--tar=headerball) take no data blocks, compressed or not
+    chunked = options.tar is not None and make_hole_files(plan.inodes, fmt.blksz_bits(bs))
     if zcfg is not None:
         # compressed files first: how many blocks they take is known once they are compressed
         packed_node = _compress_regular_files(plan, options, source, zcfg, hints, pool, packed,
@@ -264,7 +267,8 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
         if packed_node is not None:
             nodes.append(packed_node)
     for node in plan.data_order or plan.inodes:
-        if node.ftype in _FLAT_CONTENT and node.flat is None and not node.compressed:
+        if node.ftype in _FLAT_CONTENT and node.flat is None and not node.compressed \
+                and not node.chunk_based:
             inline_ok = inline_fits(node, node.size, bs) and (
                 options.inline_data or node.ftype != fmt.EROFS_FT_REG_FILE)
             data.reserve_flat(node, inline_ok)
@@ -306,6 +310,8 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
         blocks=blocks, feature_compat=fmt.EROFS_FEATURE_COMPAT_MTIME | xattrs.feature_compat,
         feature_incompat=xattrs.feature_incompat, volume_name=options.label,
         **xattrs.superblock_fields(xattr_blkaddr, prefix_pos))
+    if chunked:
+        sb.feature_incompat |= fmt.EROFS_FEATURE_INCOMPAT_CHUNKED_FILE
     if len(nodes) > len(plan.inodes):
         sb.packed_nid = nodes[-1].nid
     if zcfg is not None:
@@ -340,7 +346,8 @@ def _compress_regular_files(plan: Plan, options: BuildOptions, source: bytes,
     flat place."""
     jobs = []
     for n in plan.inodes:
-        if n.ftype != fmt.EROFS_FT_REG_FILE or n.size == 0 or not zcfg.worth_trying(n.size):
+        if n.ftype != fmt.EROFS_FT_REG_FILE or n.size == 0 or n.chunk_based or \
+                not zcfg.worth_trying(n.size):
             continue
         wanted, profile = _hinted(zcfg, hints, _relative(n.src.path, source))
         if wanted:

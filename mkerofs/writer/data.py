@@ -154,15 +154,11 @@ class DataArea:
     def _copy_range(self, node: PlannedInode, path: bytes | None, base: int,
                     tail_view: memoryview) -> None:
         """Copy a file whose bytes are a range of another file (walk.DataRef: tar input).  The
-        range is read exactly (the bytes after it are another entry's); path None: all zeros,
-        which stay holes in the image unless its blocks held other bytes before."""
+        range is read exactly (the bytes after it are another entry's); path None: an empty
+        file (other files of zeros are chunk-based holes, see chunks.make_hole_files)."""
         tail = node.flat.tail
         if path is None:
-            body = node.size - tail
-            if body and (node.flat.rewritten or self.out.is_device):
-                self._zero(node.flat.start * self.block_size,
-                           fmt.round_up(body, self.block_size))
-            tail_view[:tail] = bytes(tail)
+            assert not node.size, "a file of zeros left flat"
             return
         where = f"{node.display_path()}: {os.fsdecode(path)}"
         try:

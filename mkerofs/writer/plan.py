@@ -66,6 +66,10 @@ class PlannedInode:
     def compressed(self) -> bool:
         return self.datalayout in _COMPRESSED_LAYOUTS
 
+    @property
+    def chunk_based(self) -> bool:
+        return self.datalayout == fmt.EROFS_INODE_CHUNK_BASED
+
     def set_xattr_ibody(self, ibody: bytes) -> None:
         self.xattr_ibody = ibody
         self.meta_size_before_inline = self.isize + len(ibody)

@@ -130,24 +130,29 @@ def test_python_api_with_a_file_object(tmp_path):
 
 
 def test_headerball_files_are_holes(tmp_path):
-    # headers only: the payloads of regular files are absent from the stream
+    # headers only: the payloads of regular files are absent from the stream; each file becomes
+    # chunk-based, one chunk (a power of two, at least a block) whose block map entry is a hole
     buf = io.BytesIO()
-    for info in (_info("f", 5 * 4096 + 7), _info("g", 10)):
+    for info in (_info("f", 5 * 4096 + 7), _info("g", 10), _info("e", 0)):
         buf.write(info.tobuf(tarfile.USTAR_FORMAT))
     buf.write(bytes(1024))
     tarball = tmp_path / "hb.tar"
     tarball.write_bytes(buf.getvalue())
     image = tmp_path / "hb.erofs"
     run_mkerofs("--tar=headerball", "-Enoinline_data", image, tarball)
-    f = image_inodes(image)[b"/f"]
-    assert f.size == 5 * 4096 + 7
-    assert file_bytes(image, f) == bytes(f.size)
-    # the blocks are holes in the image file, not written zeros
-    fd = os.open(image, os.O_RDONLY)
-    try:
-        assert os.lseek(fd, f.raw_blkaddr * 4096, os.SEEK_HOLE) == f.raw_blkaddr * 4096
-    finally:
-        os.close(fd)
+    sb = read_superblock(image)
+    assert sb.blocks == 1 and image.stat().st_size == 4096, "no data blocks"
+    assert sb.feature_incompat & 0x4, "INCOMPAT_CHUNKED_FILE"
+    inodes = image_inodes(image)
+    raw = image.read_bytes()
+    # chunk format = chunk bits - block bits: 2^15 bytes cover f, one block covers g
+    for name, size, chunkformat in ((b"/f", 5 * 4096 + 7, 3), (b"/g", 10, 0)):
+        ino = inodes[name]
+        assert (ino.layout, ino.size, ino.raw_blkaddr) == (4, size, chunkformat), name
+        map_pos = sb.meta_blkaddr * 4096 + ino.nid * 32 + (64 if ino.extended else 32)
+        assert ino.xattr_icount == 0
+        assert raw[map_pos:map_pos + 4] == b"\xff" * 4, f"{name}: a hole (EROFS_NULL_ADDR)"
+    assert inodes[b"/e"].layout == 0 and inodes[b"/e"].size == 0, "empty files stay flat"
 
 
 def test_exclusions_and_hard_dereference_apply_to_tar_paths(tmp_path, tarball):
