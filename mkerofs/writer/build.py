@@ -76,16 +76,14 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
             # the workers start now (forked while this process is small) and compress files
             # as the walk finds them
             pool = CompressionPool(zcfg, _workers(options), out, processes=True)
-            if options.tar is None:
-                # (a tar entry may still be replaced by a later one: no early offers there)
-                on_file = _early_offers(pool, options, hints, build_time)
+            on_file = _early_offers(pool, options, hints, build_time)
         tar = None
         with contextlib.ExitStack() as inputs:
             if options.tar is None:
                 root, _count = walk_source(source_b, options, skip=out.identity(),
                                            on_file=on_file)
             else:
-                tar = _read_tar(inputs, source, options, build_time, out)
+                tar = _read_tar(inputs, source, options, build_time, out, on_file)
                 root = tar.root
             plan = plan_inodes(root, options, build_time)
             if tar is not None and tar.order is not None and not options.compressor \
@@ -120,11 +118,13 @@ class _TarTree:
 
 
 def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build_time: int,
-              out: Output) -> _TarTree:
+              out: Output, offer: Callable | None) -> _TarTree:
     """The tree of the tar stream `source` (a path or a binary file object).  What it opens
     (the --ungzip=FILE dump, the decoder, the spool holding file data that cannot be read in
     place) stays open in `inputs` until the image is written, and is closed (the spool
-    removed) on every way out.
+    removed) on every way out.  `offer` (with compression) gets each regular file once its
+    data is stored, as walk_source's on_file (a later entry may still replace it: the pool
+    then drops it).
 
     --sort=none, which mkfs.erofs honours only without compression and with -Enoinline_data,
     keeps the files' data in tar order: a stream (not a plain tar file, which is read in place)
@@ -151,17 +151,22 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
         root_uid=os.getuid(), root_gid=os.getgid(), build_time=build_time,
         tar_path=os.fsencode(os.fspath(source)) if in_place else None)
     order = None
-    on_file = None
-    if tar.sort == "none" and written is None:
+    if tar.sort == "none" and written is None and not options.compressor:
         order = {}
-
-        def on_file(src: SourceInode, _relpath: bytes, _links) -> None:
-            order[id(src)] = len(order)
-
     reader = TarReader(stream, headerball=tree_options.headerball)
-    root, _count = read_tar_tree(reader, tree_options, spool, on_file=on_file)
+    root, _count = read_tar_tree(reader, tree_options, spool,
+                                 on_file=offer if order is None else _noting_order(order))
     apply_walk_options(root, options)
     return _TarTree(root, order, written)
+
+
+def _noting_order(order: dict[int, int]) -> Callable:
+    """An on_file for read_tar_tree that notes each regular file's place in the stream."""
+
+    def note(src: SourceInode, _relpath: bytes, _links) -> None:
+        order[id(src)] = len(order)
+
+    return note
 
 
 def _head_blocks(block_size: int) -> int:
@@ -395,6 +400,8 @@ def _compress_regular_files(plan: Plan, options: BuildOptions, source: bytes,
         if wanted:
             jobs.append(FileJob(n, n.size, n.meta_size_before_inline,
                                 FileRange.of(n.src, n.size), profile, origin=n.src))
+    if pool is not None:
+        pool.discard_offers(jobs)
     _take_layouts(compress_files(jobs, zcfg, data, packed=packed, pool=pool), options, data,
                   used)
     del jobs
