@@ -25,7 +25,7 @@ from .meta import MetaAllocator, MetaImage, item_size, node_pos, place_inode, se
 from ..errors import BuildError, CompressorUnavailable
 from .options import BuildOptions
 from .output import Output
-from .spool import Spool
+from .spool import ImageSpool, Spool
 from .plan import Plan, PlannedInode, plan_inodes, planned_isize
 from .tarsource import TarTreeOptions, read_tar_tree
 from .tarstream import TarReader
@@ -79,26 +79,27 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
             on_file = None
             if zcfg is not None:
                 # the workers start now (forked while this process is small) and compress files
-                # as the walk finds them
+                # as the walk or the tar finds them
                 pool = CompressionPool(zcfg, _workers(options), out, processes=True)
-                if options.tar is None:
-                    # (a tar entry may still be replaced by a later one: no early offers there)
-                    on_file = _early_offers(pool, options, hints, build_time)
-            tar_order = None
+                on_file = _early_offers(pool, options, hints, build_time)
+            tar = None
             verify_source = source_b
             if options.tar is None:
                 root, _count = walk_source(source_b, options, skip=out.identity(),
                                            on_file=on_file)
             else:
-                root, tar_order = _read_tar(inputs, source, options, build_time)
+                tar = _read_tar(inputs, source, options, build_time, out, on_file)
+                root = tar.root
                 if options.verify:
                     # (planning takes the tree apart: keep what the comparison needs)
                     verify_source = TarSource.capture(root)
             plan = plan_inodes(root, options, build_time)
-            if tar_order is not None and not options.compressor and not options.inline_data:
-                plan.data_order = _in_tar_order(plan, tar_order)
+            if tar is not None and tar.order is not None and not options.compressor \
+                    and not options.inline_data:
+                plan.data_order = _in_tar_order(plan, tar.order)
             xattrs = _plan_xattrs(plan, options)
-            result = _write_image(plan, options, out, xattrs, source_b, zcfg, hints, pool)
+            result = _write_image(plan, options, out, xattrs, source_b, zcfg, hints, pool,
+                                  tar.written if tar is not None else None)
             out.finish(result.size)
         except BaseException:
             if pool is not None:
@@ -113,13 +114,29 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
     return result
 
 
-def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build_time: int
-              ) -> tuple[SourceInode, dict[int, int] | None]:
-    """The tree of the tar stream `source` (a path or a binary file object), and with
-    --sort=none each regular file's place in the stream (by id of its SourceInode).  What it
-    opens (the --ungzip=FILE dump, the decoder, the spool holding file data that cannot be read
-    in place) stays open in `inputs` until the image is written, and is closed (the spool
-    removed) on every way out."""
+@dataclass
+class _TarTree:
+    """What _read_tar found: the tree, and where --sort=none puts the files' data."""
+    root: SourceInode
+    order: dict[int, int] | None        # --sort=none, spooled: each regular file's place in
+                                        # the stream (by id of its SourceInode)
+    written: DataArea | None            # --sort=none from a stream: the data area the files
+                                        # were written to as the stream passed
+
+
+def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build_time: int,
+              out: Output, offer: Callable | None) -> _TarTree:
+    """The tree of the tar stream `source` (a path or a binary file object).  What it opens
+    (the --ungzip=FILE dump, the decoder, the spool holding file data that cannot be read in
+    place) stays open in `inputs` until the image is written, and is closed (the spool
+    removed) on every way out.  `offer` (with compression) gets each regular file once its
+    data is stored, as walk_source's on_file (a later entry may still replace it: the pool
+    then drops it).
+
+    --sort=none, which mkfs.erofs honours only without compression and with -Enoinline_data,
+    keeps the files' data in tar order: a stream (not a plain tar file, which is read in place)
+    is then written into the image's data area as it is read, one pass and no temporary copy
+    (spool.ImageSpool); otherwise each file's place in the stream is noted for the layout."""
     tar = options.tar
     try:
         dump = inputs.enter_context(open(tar.dump, "wb")) if tar.dump else None
@@ -127,25 +144,42 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     except OSError as err:
         name = err.filename if err.filename is not None else source
         raise BuildError(f"{os.fsdecode(name)}: {err.strerror or err}") from None
-    spool = inputs.enter_context(Spool())
     in_place = isinstance(source, (str, bytes, os.PathLike)) and stream.kind == "tar" \
         and stream.seekable
+    written = None
+    # (--verify needs a copy of the data to compare the image with: it spools instead)
+    if tar.sort == "none" and not options.compressor and not options.inline_data \
+            and not in_place and tar.mode != "headerball" and not options.verify:
+        written = DataArea(out, options.block_size, _head_blocks(options.block_size))
+        spool = ImageSpool(written)
+    else:
+        spool = inputs.enter_context(Spool())
     tree_options = TarTreeOptions(
         aufs=tar.aufs, ovlfs_strip=tar.ovlfs_strip, headerball=tar.mode == "headerball",
         root_uid=os.getuid(), root_gid=os.getgid(), build_time=build_time,
         tar_path=os.fsencode(os.fspath(source)) if in_place else None)
     order = None
-    on_file = None
-    if tar.sort == "none":
+    if tar.sort == "none" and written is None and not options.compressor:
         order = {}
-
-        def on_file(src: SourceInode, _relpath: bytes, _links) -> None:
-            order[id(src)] = len(order)
-
     reader = TarReader(stream, headerball=tree_options.headerball)
-    root, _count = read_tar_tree(reader, tree_options, spool, on_file=on_file)
+    root, _count = read_tar_tree(reader, tree_options, spool,
+                                 on_file=offer if order is None else _noting_order(order))
     apply_walk_options(root, options)
-    return root, order
+    return _TarTree(root, order, written)
+
+
+def _noting_order(order: dict[int, int]) -> Callable:
+    """An on_file for read_tar_tree that notes each regular file's place in the stream."""
+
+    def note(src: SourceInode, _relpath: bytes, _links) -> None:
+        order[id(src)] = len(order)
+
+    return note
+
+
+def _head_blocks(block_size: int) -> int:
+    """Blocks up to the end of the superblock (and of the span of its checksum)."""
+    return fmt.round_up(fmt.EROFS_SUPER_OFFSET + fmt.EROFS_SB_SIZE, block_size) // block_size
 
 
 def _in_tar_order(plan: Plan, tar_order: dict[int, int]) -> list[PlannedInode]:
@@ -216,14 +250,16 @@ def _hinted(cfg: compress.CompressConfig, hints: CompressHints | None, relpath: 
 
 def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout,
                  source: bytes, zcfg: compress.CompressConfig | None, hints: CompressHints | None,
-                 pool: CompressionPool | None) -> BuildResult:
+                 pool: CompressionPool | None, written: DataArea | None) -> BuildResult:
+    """Lay out and write everything but the files' data in `written` (--sort=none from a
+    stream: in the image already)."""
     # compression configurations (if any) follow the superblock
     cfgs_pos = fmt.EROFS_SUPER_OFFSET + fmt.EROFS_SB_SIZE
     cfgs = zcfg.superblock(False).cfgs if zcfg is not None else b""
     packed = PackedFile(zcfg.fragdedupe) if zcfg is not None and zcfg.fragments else None
     try:
         return _lay_out(plan, options, out, xattrs, source, zcfg, hints, pool, cfgs_pos, cfgs,
-                        packed)
+                        packed, written)
     finally:
         if packed is not None:
             packed.close()
@@ -232,26 +268,37 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
 def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout, source: bytes,
              zcfg: compress.CompressConfig | None, hints: CompressHints | None,
              pool: CompressionPool | None, cfgs_pos: int, cfgs: bytes,
-             packed: PackedFile | None) -> BuildResult:
+             packed: PackedFile | None, written: DataArea | None) -> BuildResult:
     bs = options.block_size
     root = plan.root
-    # The root goes right after the superblock so that its nid fits the 16-bit rootnid field;
-    # the data area follows, then the metadata area with every other inode.
     alloc = MetaAllocator(bs, fmt.round_up(cfgs_pos + len(cfgs), fmt.EROFS_ISLOT_SIZE))
-    prefix_pos = 0
+    prefix_pos = None
     if xattrs.prefix_records:
         if packed is not None and not options.plain_xattr_prefixes:
             # old kernels read the table from the packed inode when there is one
             prefix_pos = packed.append(xattrs.prefix_records)
             xattrs.in_packed_inode = True
-        else:
+        elif written is None or \
+                alloc.frontier + len(xattrs.prefix_records) <= written.start_block * bs:
             # read at an absolute, 4-aligned offset: before the root
             prefix_pos = alloc.place(len(xattrs.prefix_records))
-    if inline_fits(root, root.size, bs):
-        root.inline_len = root.size % bs
-    root_pos = alloc.place(item_size(root))
-    data_start = fmt.round_up(alloc.frontier, bs) // bs
-    data = DataArea(out, bs, data_start)
+    if written is None:
+        # The root goes right after the superblock so that its nid fits the 16-bit rootnid
+        # field; the data area follows, then the metadata area with every other inode.
+        if inline_fits(root, root.size, bs):
+            root.inline_len = root.size % bs
+        root_pos = alloc.place(item_size(root))
+        data = DataArea(out, bs, fmt.round_up(alloc.frontier, bs) // bs)
+    else:
+        # --sort=none from a stream: the files' data fills the blocks after the superblock's
+        # already; the rest of the data area follows, then the metadata area, which the nids
+        # count from (meta_blkaddr), the root first.
+        data = written
+        for node in plan.inodes:
+            if node.ftype == fmt.EROFS_FT_REG_FILE and node.src.data is not None \
+                    and node.src.data.in_image:
+                data.take_written(node)
+    data_start = data.start_block
     # the shared xattr area: whole blocks at the start of the data area; ids count from there
     xattr_blkaddr = data.allocate(-(-len(xattrs.shared_area) // bs)) if xattrs.shared_area else 0
 
@@ -274,18 +321,28 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
             data.reserve_flat(node, inline_ok)
     data_end = data.next_block
 
-    alloc.jump_to(data_end * bs)
-    root.nid = root_pos >> fmt.EROFS_ISLOTBITS
+    if written is None:
+        meta_base = 0
+        alloc.jump_to(data_end * bs)
+        root.nid = root_pos >> fmt.EROFS_ISLOTBITS
+    else:
+        meta_base = data_end * bs
+        alloc = MetaAllocator(bs, meta_base)
+        if xattrs.prefix_records and prefix_pos is None:
+            prefix_pos = alloc.place(len(xattrs.prefix_records))
+        place_inode(alloc, root, meta_base)
     for node in nodes:
         if node is not root:
-            place_inode(alloc, node)
+            place_inode(alloc, node, meta_base)
     meta_end = fmt.round_up(alloc.frontier, bs)
     blocks = max(meta_end, data_end * bs) // bs
     out.check_fits(blocks * bs)
 
     meta = MetaImage(data_start * bs, data_end * bs, meta_end)
-    copies = [(node, meta.view(node_pos(node) + node.meta_size_before_inline, node.flat.tail))
-              for node in nodes if node.ftype == fmt.EROFS_FT_REG_FILE and node.flat is not None]
+    copies = [(node, meta.view(node_pos(node, meta_base) + node.meta_size_before_inline,
+                               node.flat.tail))
+              for node in nodes if node.ftype == fmt.EROFS_FT_REG_FILE and node.flat is not None
+              and not node.flat.written]
     with FlatCopier(data, workers) as copier:
         copier.start(copies)
         del copies
@@ -303,13 +360,17 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
         if xattrs.prefix_records:
             meta.put(prefix_pos, xattrs.prefix_records)
         for node in nodes:
-            meta.put(node_pos(node), serialize_inode(node, plan.epoch))
+            meta.put(node_pos(node, meta_base), serialize_inode(node, plan.epoch))
 
+    try:
+        xattr_fields = xattrs.superblock_fields(xattr_blkaddr, prefix_pos or 0)
+    except ValueError as err:
+        raise BuildError(str(err)) from None
     sb = fmt.SuperBlock(
         blkszbits=fmt.blksz_bits(bs), root_nid=root.nid, inos=len(plan.inodes), epoch=plan.epoch,
-        blocks=blocks, feature_compat=fmt.EROFS_FEATURE_COMPAT_MTIME | xattrs.feature_compat,
-        feature_incompat=xattrs.feature_incompat, volume_name=options.label,
-        **xattrs.superblock_fields(xattr_blkaddr, prefix_pos))
+        blocks=blocks, meta_blkaddr=meta_base // bs,
+        feature_compat=fmt.EROFS_FEATURE_COMPAT_MTIME | xattrs.feature_compat,
+        feature_incompat=xattrs.feature_incompat, volume_name=options.label, **xattr_fields)
     if chunked:
         sb.feature_incompat |= fmt.EROFS_FEATURE_INCOMPAT_CHUNKED_FILE
     if len(nodes) > len(plan.inodes):
@@ -353,6 +414,8 @@ def _compress_regular_files(plan: Plan, options: BuildOptions, source: bytes,
         if wanted:
             jobs.append(FileJob(n, n.size, n.meta_size_before_inline,
                                 FileRange.of(n.src, n.size), profile, origin=n.src))
+    if pool is not None:
+        pool.discard_offers(jobs)
     _take_layouts(compress_files(jobs, zcfg, data, packed=packed, pool=pool), options, data,
                   used)
     del jobs

@@ -90,7 +90,7 @@ def make_hole_files(inodes: Iterable[PlannedInode], blkszbits: int) -> bool:
     found = False
     for node in inodes:
         ref = node.src.data
-        if ref is not None and ref.path is None and node.size and \
+        if ref is not None and ref.path is None and not ref.in_image and node.size and \
                 node.ftype == fmt.EROFS_FT_REG_FILE:
             make_hole_file(node, blkszbits)
             found = True

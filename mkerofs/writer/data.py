@@ -25,6 +25,7 @@ class DataArea:
     def __init__(self, out: Output, block_size: int, start_block: int):
         self.out = out
         self.block_size = block_size
+        self.start_block = start_block
         self.next_block = start_block
         self._copy_file_range = hasattr(os, "copy_file_range")
 
@@ -110,6 +111,15 @@ class DataArea:
         node.inline_len = tail
         node.flat = FlatData(start, tail)
         return node.flat
+
+    def take_written(self, node: PlannedInode) -> None:
+        """The flat layout of a regular file whose body is in the image already (its DataRef
+        is in_image: --sort=none from a stream), at the block where it was written."""
+        start = node.src.data.offset // self.block_size
+        node.datalayout = fmt.EROFS_INODE_FLAT_PLAIN
+        node.i_u = start
+        node.inline_len = 0
+        node.flat = FlatData(start, 0, written=True)
 
     def copy_regular(self, node: PlannedInode, tail_view: memoryview) -> None:
         """Copy a regular file to its reserved place (node.flat): the body to its blocks, the

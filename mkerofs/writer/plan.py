@@ -28,6 +28,7 @@ class FlatData:
     start: int                      # first block of the body
     tail: int                       # bytes kept inline, after inode + xattrs
     rewritten: bool = False         # the blocks hold a compressed attempt: a copy writes holes
+    written: bool = False           # the body is in the image already (walk.DataRef.in_image)
 
 
 @dataclass(eq=False, slots=True)

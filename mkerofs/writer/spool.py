@@ -10,6 +10,10 @@ holes (and cost no space).
 The build's worker processes open the spool by name, so it keeps a real path until `close()`,
 which unlinks it (also on errors: use it as a context manager). Writes are gathered in a bounded
 buffer; `flush()` makes everything stored so far readable through the path.
+
+`--sort=none` (without compression, with -Enoinline_data, as mkfs.erofs honours it) needs no
+spool: the files keep the tar's order in the image, so `ImageSpool` writes each one straight to
+its blocks in the image's data area as the stream passes, and nothing lands in ``$TMPDIR``.
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ import os
 import tempfile
 
 from ..errors import BuildError
+from ..ondisk import format as fmt
+from .data import DataArea
 from .tarstream import TarEntry, TarReader
 from .walk import DataRef
 
@@ -34,8 +40,7 @@ class Spool:
         self._fd = -1
         self._end = 0               # where the next file's data goes
         self._size = 0              # bytes of the file as far as written (holes after it excluded)
-        self._buf = bytearray()
-        self._buf_at = 0            # spool offset of _buf[0]
+        self._gather = _Gather(self._pwrite)
 
     def __enter__(self) -> "Spool":
         return self
@@ -51,7 +56,7 @@ class Spool:
         if entry.sparse is not None:
             start += -start % _SPARSE_ALIGN
         for offset, piece in reader.chunks(entry):
-            self._write(start + offset, piece)
+            self._gather.write(start + offset, piece)
         self._end = start + entry.size
         return DataRef(self.path, start)
 
@@ -59,9 +64,7 @@ class Spool:
         """Make every byte stored so far readable through `path` (by other processes too)."""
         if self._fd < 0:
             return
-        if self._buf:
-            self._pwrite(bytes(self._buf), self._buf_at)
-            self._buf.clear()
+        self._gather.flush()
         if self._size < self._end:
             # a sparse file ending in a hole: the spool must reach its end
             try:
@@ -74,7 +77,7 @@ class Spool:
         """Close and remove the spool file (a second call does nothing)."""
         fd, path = self._fd, self.path
         self._fd, self.path = -1, None
-        self._buf.clear()
+        self._gather.drop()
         if fd >= 0:
             os.close(fd)
         if path is not None:
@@ -96,20 +99,6 @@ class Spool:
                              f"{os.fsdecode(directory)} (TMPDIR): {err.strerror or err}") from None
         self._fd, self.path = fd, path
 
-    def _write(self, offset: int, piece: bytes) -> None:
-        buf = self._buf
-        if buf and self._buf_at + len(buf) != offset:
-            self.flush()
-        if not buf:
-            if len(piece) >= _BUFFER:
-                self._pwrite(piece, offset)
-                return
-            self._buf_at = offset
-        buf += piece
-        if len(buf) >= _BUFFER:
-            self._pwrite(bytes(buf), self._buf_at)
-            buf.clear()
-
     def _pwrite(self, data: bytes, offset: int) -> None:
         view = memoryview(data)
         try:
@@ -125,3 +114,75 @@ class Spool:
         return BuildError(f"spool file {where} (TMPDIR {os.path.dirname(where)}): "
                           f"{err.strerror or err}; set TMPDIR to a file system with room for "
                           "the tar's file data")
+
+
+class ImageSpool:
+    """--sort=none from a stream: each file's data goes to the next free blocks of `data` (the
+    image's data area, which begins right after the superblock's block) as the tar is read,
+    block-aligned and in tar order; the DataRef says where (in_image).  Holes of sparse entries
+    stay holes in a new image file and are written as zeros on a block device (old bytes), as
+    is the rest of a file's last block.  The blocks of an entry that a later one replaces stay
+    in the image, unreferenced, as with mkfs.erofs."""
+
+    def __init__(self, data: DataArea):
+        self.data = data
+        self._gather = _Gather(data.out.pwrite)
+
+    def store(self, reader: TarReader, entry: TarEntry) -> DataRef:
+        """Write the data of `entry` (the entry `reader` yielded last) into the image."""
+        bs = self.data.block_size
+        zero_holes = self.data.out.is_device
+        start = self.data.allocate(-(-entry.size // bs)) * bs
+        done = 0                    # bytes of the file written (or skipped as a hole) so far
+        for offset, piece in reader.chunks(entry):
+            if offset > done and zero_holes:
+                self._zeros(start + done, offset - done)
+            self._gather.write(start + offset, piece)
+            done = offset + len(piece)
+        end = fmt.round_up(entry.size, bs)
+        if zero_holes or end - done < bs:
+            # the rest of the last block (a hole of more on a block device)
+            self._zeros(start + done, end - done)
+        return DataRef(None, start, in_image=True)
+
+    def flush(self) -> None:
+        """Write out what is still gathered."""
+        self._gather.flush()
+
+    def _zeros(self, pos: int, length: int) -> None:
+        while length > 0:
+            n = min(length, _BUFFER)
+            self._gather.write(pos, bytes(n))
+            pos += n
+            length -= n
+
+
+class _Gather:
+    """Writes at given offsets, gathered while they follow each other into pieces of up to
+    _BUFFER bytes for `pwrite(data, offset)`: one system call for many small files."""
+
+    def __init__(self, pwrite):
+        self._pwrite = pwrite
+        self._buf = bytearray()
+        self._at = 0                # offset of _buf[0]
+
+    def write(self, offset: int, piece: bytes) -> None:
+        buf = self._buf
+        if buf and self._at + len(buf) != offset:
+            self.flush()
+        if not buf:
+            if len(piece) >= _BUFFER:
+                self._pwrite(piece, offset)
+                return
+            self._at = offset
+        buf += piece
+        if len(buf) >= _BUFFER:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buf:
+            self._pwrite(bytes(self._buf), self._at)
+            self._buf.clear()
+
+    def drop(self) -> None:
+        self._buf.clear()

@@ -6,7 +6,8 @@ links, sorted xattrs. `SourceInode.path` is the entry's path in the archive (for
 is no such file on this host); each regular file's bytes are located by its `data` (a DataRef):
 in the tar itself when it is a plain tar file read by path (or only indexed, ``--tar=i``),
 nowhere for an empty file or a headerball (zeros), else copied into the Spool as the stream
-passes, since the image takes files in another order than the tar gives them.
+passes, since the image takes files in another order than the tar gives them (or, with
+--sort=none from a stream, written straight into the image by a spool.ImageSpool).
 
 The tree, entry by entry in tar order:
 
@@ -46,7 +47,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..ondisk.format import EROFS_NAME_LEN
-from .spool import Spool
+from .spool import ImageSpool, Spool
 from .tarstream import BLK, CHR, DIR, HARDLINK, REG, SYMLINK, TarEntry, TarError, TarReader
 from .walk import DataRef, SourceInode, SourceStat
 
@@ -264,15 +265,16 @@ def _stat(entry: TarEntry, size: int = 0, rdev: int = 0) -> SourceStat:
     return SourceStat(entry.mode, entry.uid, entry.gid, size, entry.mtime_ns, rdev)
 
 
-def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool,
+def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageSpool,
                   on_file: Callable[[SourceInode, bytes, LinkCount], object] | None = None
                   ) -> tuple[SourceInode, int]:
     """Read the whole stream into a tree (module docstring); return the root and the number of
     distinct inodes, as walk_source does.
 
     Regular files' data is referenced in place (opts.tar_path, opts.index), absent
-    (opts.headerball, or an empty file: DataRef(None)) or copied into `spool`, which the caller
-    keeps open until the image is written. `on_file(inode, relative path, LinkCount)` is called
+    (opts.headerball, or an empty file: DataRef(None)) or stored by `spool` (a Spool, which the
+    caller keeps open until the image is written, or an ImageSpool, which writes it into the
+    image). `on_file(inode, relative path, LinkCount)` is called
     for each regular file once its data is stored, in tar order, until it returns False; a later
     hard link can still raise its link count, and a later entry of the same name can still
     replace it (the inode is then not in the tree, unless a hard link keeps it)."""
@@ -335,7 +337,8 @@ def _hard_link(tree: _Tree, parent: SourceInode, name: bytes, entry: TarEntry) -
         tree.replace(parent, name, target)
 
 
-def _file_data(reader: TarReader, entry: TarEntry, opts: TarTreeOptions, spool: Spool) -> DataRef:
+def _file_data(reader: TarReader, entry: TarEntry, opts: TarTreeOptions,
+               spool: Spool | ImageSpool) -> DataRef:
     if opts.headerball or not entry.size:
         return _NO_DATA
     if opts.index:

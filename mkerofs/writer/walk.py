@@ -33,9 +33,12 @@ class SourceStat:
 class DataRef:
     """Where a regular file's bytes are when they are not in the file at SourceInode.path (tar
     input): `size` bytes from `offset` of `path`, the tar itself or a spool file; holes in that
-    range read as zeros.  path None: no bytes anywhere (--tar=headerball), the file is all zeros."""
+    range read as zeros.  path None: no bytes anywhere (--tar=headerball), the file is all zeros.
+    in_image: the bytes are in the image being built already, `offset` bytes into it (a block
+    boundary; --sort=none from a stream): nothing copies them again."""
     path: bytes | None
     offset: int = 0
+    in_image: bool = False
 
 
 @dataclass(eq=False, slots=True)

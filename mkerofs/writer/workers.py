@@ -203,7 +203,7 @@ def _worker_main(cfg: CompressConfig, out, tasks, results) -> None:
                     held[bid] = keep
                 results.put(("done", bid, res))
             elif kind == "write":
-                keep = held.pop(bid)
+                keep = held.pop(bid, None)
                 for i, pos in arg:
                     parts = keep[i]
                     writer.write(pos, parts, sum(map(len, parts)))
@@ -257,6 +257,11 @@ class _ProcessPool:
         w = self.owner.pop(bid)
         if placements:
             self.tasks[w].put(("write", bid, placements))
+
+    def forget(self, bid: int) -> None:
+        """A batch none of whose files will be placed: its worker lets go of what it holds."""
+        self.result(bid)
+        self.tasks[self.owner.pop(bid)].put(("write", bid, []))
 
     def _receive(self) -> tuple:
         while True:
@@ -331,6 +336,9 @@ class _LocalPool:
 
     def write(self, handle, placements) -> None:
         assert not placements
+
+    def forget(self, handle) -> None:
+        pass                        # nothing is held: results carry their bytes
 
     def close(self) -> None:
         if self.executor is not None:
@@ -476,6 +484,20 @@ class CompressionPool:
             for index, (key, work) in enumerate(self._open):
                 self.early[key] = (batch, index, work)
             self._open, self._open_bytes = [], 0
+
+    def discard_offers(self, jobs: Iterable[FileJob]) -> None:
+        """Forget the files offered early that do not come as one of `jobs` with the size and
+        meta_size they were offered with: a tar entry replaced by a later one of the same path,
+        a file excluded or relabelled after it was read.  Their results are dropped."""
+        self.hand_over_offers()
+        wanted = {job.origin: (job.size, job.meta_size) for job in jobs
+                  if job.origin is not None}
+        for key, (batch, _index, work) in list(self.early.items()):
+            if wanted.get(key) != (work.size, work.meta_size):
+                del self.early[key]
+                batch.left -= 1
+                if not batch.left:
+                    self.impl.forget(batch.handle)
 
     def submit(self, works: list[_Work], nbytes: int) -> _Batch:
         return _Batch(self.impl.submit(works), len(works), nbytes)

@@ -11,37 +11,24 @@ import io
 import os
 import shutil
 import stat
-import subprocess
 import tarfile
 
 import pytest
 import zstandard
 
 from support.compare import compare_trees
+from support.gnutar import archive_full_tree, with_whiteout
 from support.oracle import read_superblock
 from support.run import run_mkerofs
-from support.trees import make_full_tree
 
 pytestmark = pytest.mark.kernel
-
-# GNU tar drops sockets ("socket ignored") and records no hard links between devices or fifos
-NOT_IN_TAR = ("special/socket", "links/b/dev_2", "links/b/fifo_2")
-
 
 @pytest.fixture(scope="module")
 def archived(tmp_path_factory):
     """(tree, tar bytes) for the full tree as GNU tar archives it."""
     if shutil.which("tar") is None:
         pytest.skip("GNU tar not installed")
-    base = tmp_path_factory.mktemp("tar")
-    tree = make_full_tree(base / "tree")
-    for rel in NOT_IN_TAR:
-        os.unlink(tree / rel)
-    # (the links above changed some ctimes only; the mtimes set by make_full_tree stay)
-    tarball = base / "tree.tar"
-    subprocess.run(["tar", "--format=posix", "--sparse", "--numeric-owner", "-C", str(tree),
-                    "-cf", str(tarball), "."], check=True, stderr=subprocess.PIPE)
-    return tree, tarball.read_bytes()
+    return archive_full_tree(tmp_path_factory.mktemp("tar"))
 
 
 CASES = {
@@ -109,17 +96,11 @@ def test_headerball_reads_back_as_zeros(tmp_path, kernel):
 
 def test_containerd_command_line(archived, tmp_path, kernel):
     tree, data = archived
-    layer = tmp_path / "layer.tar"
-    layer.write_bytes(data)
-    extra = tmp_path / "extra"
-    (extra / "files").mkdir(parents=True)
-    (extra / "files" / ".wh.gone").write_bytes(b"")
-    subprocess.run(["tar", "--format=posix", "-C", str(extra), "-rf", str(layer),
-                    "./files/.wh.gone"], check=True)
+    layer = with_whiteout(data, tmp_path)
     image = tmp_path / "layer.erofs"
     uuid = "0123abcd-4567-89ef-0123-456789abcdef"
     r = run_mkerofs("--tar=f", "--aufs", "--quiet", "-Enoinline_data", "-U", uuid, image,
-                    input=layer.read_bytes())
+                    input=layer)
     assert r.stdout == "" and r.stderr == ""
     assert read_superblock(image).uuid == bytes.fromhex(uuid.replace("-", ""))
     with kernel(image) as mnt:
