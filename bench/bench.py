@@ -6,11 +6,11 @@ both tools build an image of the same source tree; the script reports the median
 time, peak RSS and image size of each tool and the ratio mkerofs / mkfs.erofs.
 
 The tar rows (tar, tar-lz4hc, tar-containerd, tar-containerd-sortnone) feed the same tree as one
-POSIX tar (made once with GNU tar and cached next to the tree) on standard input, IMAGE being the
-only operand: stdin is the tar file itself (--tar-stdin=file, the default) or a pipe the tar is
-written into (--tar-stdin=pipe, as containerd feeds a layer); the time includes reading it.  The
-tar-containerd rows are containerd's own command line (`--tar=f --aufs --quiet -Enoinline_data
--U UUID`, its erofs differ), so they get neither -T 0 nor anything else added.
+POSIX tar (made once with GNU tar --format=posix, cached in --workdir) on standard input, IMAGE
+being the only operand: stdin is the tar file itself (--tar-stdin=file, the default) or a pipe
+the tar is written into (--tar-stdin=pipe, as containerd feeds a layer); the time includes
+reading it.  The tar-containerd rows are containerd's own command line (`--tar=f --aufs --quiet
+-Enoinline_data -U UUID`, its erofs differ): -T 0 is not added to them (--extra still is).
 
     python bench/bench.py                  # default tree (stdlib + site-packages copy), all sets
     python bench/bench.py --sets lz4,zstd --runs 5 --json out.json
@@ -332,7 +332,8 @@ class Stdin:
 
     def describe(self) -> str:
         how = "a pipe the tar is written into" if self.pipe else "the tar file (redirect)"
-        return f"{how}: {self.path}"
+        size = self.path.stat().st_size if self.path else 0
+        return f"{how}: {self.path} ({size / (1 << 20):.1f} MiB)"
 
 
 NO_STDIN = Stdin()
@@ -686,6 +687,7 @@ def parse_sets(text: str) -> list[str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n")[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tree", type=Path, help="source tree to image (default: a cached copy of "
                    "this Python's stdlib + site-packages under --workdir)")
@@ -694,7 +696,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mkfs", help="mkfs.erofs to compare with (default: $MKFS_EROFS, else "
                    f"{LOCAL_MKFS} if present, else mkfs.erofs on PATH)")
     p.add_argument("--mkerofs", help="mkerofs command line (default: the running Python "
-                   "with -m mkerofs)")
+                   "with -m mkerofs); another checkout: 'env PYTHONPATH=DIR python3 -P -m mkerofs' "
+                   "(-P keeps the current directory, maybe this one, off sys.path)")
     p.add_argument("--only", choices=[MKEROFS, MKFS],
                    help="time just this tool (e.g. to calibrate mkfs.erofs alone)")
     p.add_argument("--sets", type=parse_sets, default=list(OPTION_SETS),
@@ -801,11 +804,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"peak RSS:   of the build's largest process; {mib(rss_floor * 1024)} MiB is the "
           "floor of the measurement (a no-op measures that)")
     print(f"options:    {shlex.join(COMMON_ARGS + (['--quiet'] if quiet else []) + args.extra)} "
-          f"+ set (tar-containerd*: the set{' + ' + shlex.join(args.extra) if args.extra else ''}"
-          f" only); {args.runs} run(s) each, medians")
+          f"+ set (tar-containerd sets: their line{' + ' + shlex.join(args.extra) if args.extra else ''}"
+          f" alone); {args.runs} run(s) each, medians")
     if inputs.tar_stdin.path:
-        print(f"tar stdin:  {inputs.tar_stdin.describe()} ({mib(inputs.tar_stdin.path.stat().st_size)}"
-              " MiB); IMAGE is the only operand")
+        print(f"tar stdin:  {inputs.tar_stdin.describe()}; IMAGE is the only operand")
     print()
 
     results: dict[str, dict[str, Outcome]] = {}
