@@ -803,9 +803,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{t.name + ':':<12}{desc}")
     print(f"peak RSS:   of the build's largest process; {mib(rss_floor * 1024)} MiB is the "
           "floor of the measurement (a no-op measures that)")
+    extra = " + " + shlex.join(args.extra) if args.extra else ""
     print(f"options:    {shlex.join(COMMON_ARGS + (['--quiet'] if quiet else []) + args.extra)} "
-          f"+ set (tar-containerd sets: their line{' + ' + shlex.join(args.extra) if args.extra else ''}"
-          f" alone); {args.runs} run(s) each, medians")
+          f"+ set (tar-containerd sets: their line{extra} alone); {args.runs} run(s) each, "
+          "medians")
     if inputs.tar_stdin.path:
         print(f"tar stdin:  {inputs.tar_stdin.describe()}; IMAGE is the only operand")
     print()
