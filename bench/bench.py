@@ -1,12 +1,20 @@
 #!/usr/bin/env python3
 """Time mkerofs against mkfs.erofs on the same tree with the same options.
 
-For every option set (uncompressed, -zlz4, -zlz4hc, -zzstd, -zdeflate, -zlzma) both tools build
-an image of the same source tree; the script reports the median wall time, CPU time, peak RSS and
-image size of each tool and the ratio mkerofs / mkfs.erofs.
+For every option set (uncompressed, -zlz4, -zlz4hc, -zzstd, -zdeflate, -zlzma, and the tar rows)
+both tools build an image of the same source tree; the script reports the median wall time, CPU
+time, peak RSS and image size of each tool and the ratio mkerofs / mkfs.erofs.
+
+The tar rows (tar, tar-lz4hc, tar-containerd, tar-containerd-sortnone) feed the same tree as one
+POSIX tar (made once with GNU tar --format=posix, cached in --workdir) on standard input, IMAGE
+being the only operand: stdin is the tar file itself (--tar-stdin=file, the default) or a pipe
+the tar is written into (--tar-stdin=pipe, as containerd feeds a layer); the time includes
+reading it.  The tar-containerd rows are containerd's own command line (`--tar=f --aufs --quiet
+-Enoinline_data -U UUID`, its erofs differ): -T 0 is not added to them (--extra still is).
 
     python bench/bench.py                  # default tree (stdlib + site-packages copy), all sets
     python bench/bench.py --sets lz4,zstd --runs 5 --json out.json
+    python bench/bench.py --sets tar,tar-containerd --tar-stdin=pipe
     python bench/bench.py --tree /some/dir --check
 
 Only the standard library is used.  A tool that is missing, or that rejects an option set
@@ -26,10 +34,9 @@ import statistics
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,14 +46,38 @@ REPO = Path(__file__).resolve().parent.parent
 FIXED_UUID = "00000000-0000-0000-0000-000000000000"
 COMMON_ARGS = ["-T", "0", "-U", FIXED_UUID]
 
+
+
+@dataclass(frozen=True)
+class OptionSet:
+    """The options one row gives both tools, and how the tree reaches them."""
+    options: list[str]
+    tar: bool = False        # the tree as one tar on stdin; IMAGE is the only operand
+    verbatim: bool = False   # options are a whole command line: no COMMON_ARGS, no --quiet added
+
+    def argv(self, quiet: bool, extra: list[str]) -> list[str]:
+        if self.verbatim:
+            return self.options + extra
+        return COMMON_ARGS + (["--quiet"] if quiet else []) + self.options + extra
+
+
+# containerd's erofs differ converts each layer with this command line (stdin: the layer's tar).
+CONTAINERD_ARGS = ["--tar=f", "--aufs", "--quiet", "-Enoinline_data", "-U", FIXED_UUID]
+
 # Row name -> options given to both tools.
-OPTION_SETS: dict[str, list[str]] = {
-    "uncompressed": [],
-    "lz4": ["-zlz4"],
-    "lz4hc": ["-zlz4hc"],
-    "zstd": ["-zzstd"],
-    "deflate": ["-zdeflate"],
-    "lzma": ["-zlzma"],
+OPTION_SETS: dict[str, OptionSet] = {
+    "uncompressed": OptionSet([]),
+    "lz4": OptionSet(["-zlz4"]),
+    "lz4hc": OptionSet(["-zlz4hc"]),
+    "zstd": OptionSet(["-zzstd"]),
+    "deflate": OptionSet(["-zdeflate"]),
+    "lzma": OptionSet(["-zlzma"]),
+    "tar": OptionSet(["--tar=f"], tar=True),
+    "tar-lz4hc": OptionSet(["--tar=f", "-zlz4hc"], tar=True),
+    "tar-containerd": OptionSet(CONTAINERD_ARGS, tar=True, verbatim=True),
+    # containerd's documented way to keep a layer's data in tar order (mkfs_options).
+    "tar-containerd-sortnone": OptionSet(CONTAINERD_ARGS + ["--sort=none"], tar=True,
+                                         verbatim=True),
 }
 
 # The locally built erofs-utils (newest release) is preferred over Debian's older one on PATH.
@@ -97,6 +128,14 @@ class Outcome:
     def median(self, attr: str) -> float | None:
         values = [getattr(r, attr) for r in self.runs if r.ok]
         return statistics.median(values) if values else None
+
+
+@dataclass
+class Inputs:
+    """The tree, and for the tar rows the same tree as a tar on stdin."""
+    tree: Path
+    tar_stdin: Stdin
+    tar_error: str = ""      # why there is no tar (the tar rows report it instead of running)
 
 
 @dataclass
@@ -188,18 +227,50 @@ def build_default_tree(workdir: Path) -> Path:
     return tree
 
 
+def build_tar(tree: Path, stats: TreeStats, workdir: Path) -> Path:
+    """The tree as one POSIX tar (GNU tar --format=posix), made once and kept in workdir.
+
+    The name carries the tree's path and counts, so a tree that changed gets a new tar.  Members
+    are the tree's top-level entries by name (no "./" prefix, as in a container layer), in name
+    order, so the tar is the same whenever it is made from the same tree.
+    """
+    ident = repr((str(tree), astuple(stats))).encode()
+    tar = workdir / f"{tree.name}-{hashlib.sha256(ident).hexdigest()[:10]}.tar"
+    if tar.is_file():
+        return tar
+    gnu_tar = shutil.which("tar")
+    if not gnu_tar:
+        raise OSError("GNU tar not found on PATH: it makes the tar rows' input")
+    partial = tar.with_name(tar.name + ".partial")
+    log(f"making the benchmark tar {tar} from {tree} (once) ...")
+    members = sorted(os.listdir(tree))
+    r = subprocess.run([gnu_tar, "--format=posix", "--sort=name", "-cf", str(partial),
+                        "-C", str(tree), "--", *members], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Exit 1 is "some files changed while being read": the tar is still whole.
+    if r.returncode not in (0, 1):
+        partial.unlink(missing_ok=True)
+        raise OSError(f"tar failed (exit {r.returncode}): {r.stderr.strip()[-300:]}")
+    partial.rename(tar)
+    return tar
+
+
+def warm_file(path: str | Path) -> None:
+    try:
+        with open(path, "rb") as f:
+            while f.read(1 << 20):
+                pass
+    except OSError:
+        pass
+
+
 def warm_page_cache(root: Path) -> None:
     """Read every file once so the first timed run does not pay for a cold cache."""
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:
             path = os.path.join(dirpath, name)
-            try:
-                if not os.path.islink(path):
-                    with open(path, "rb") as f:
-                        while f.read(1 << 20):
-                            pass
-            except OSError:
-                pass
+            if not os.path.islink(path):
+                warm_file(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,17 +289,34 @@ def child_env() -> dict[str, str]:
 # pre-exec high-water mark), so a build forked straight from this script would never show less
 # than this script's own ~20 MiB.  Builds are therefore forked from a minimal Python (-S -I,
 # ~5 MiB) that times the build, reaps it with os.wait4 and writes the numbers to a pipe.
+# Given a file to pipe (argv[2], "" for none), the spawner writes it into a pipe that is the
+# build's stdin, within the timed span; that copying is the spawner's CPU, not the build's.
 SPAWNER = r"""
-import os, sys, time
-fd, argv = int(sys.argv[1]), sys.argv[2:]
+import os, signal, sys, time
+fd, feed, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 start = time.perf_counter()
+if feed:
+    src = os.open(feed, os.O_RDONLY)
+    r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)   # Python ignores it; a build should not
+    if feed:
+        os.dup2(r, 0)
+        os.close(r), os.close(w), os.close(src)
     try:
         os.execvp(argv[0], argv)
     except OSError as exc:
         os.write(2, ("cannot run %s: %s\n" % (argv[0], exc)).encode())
     os._exit(127)
+if feed:
+    os.close(r)
+    try:
+        while os.splice(src, w, 1 << 20):
+            pass
+    except BrokenPipeError:   # the build stopped reading (it failed): its exit code says why
+        pass
+    os.close(w)
 _, status, ru = os.wait4(pid, 0)
 wall = time.perf_counter() - start
 os.write(fd, ("%r %d %r %d" % (wall, os.waitstatus_to_exitcode(status),
@@ -236,19 +324,38 @@ os.write(fd, ("%r %d %r %d" % (wall, os.waitstatus_to_exitcode(status),
 """
 
 
-def run_timed(argv: list[str], log_path: Path, timeout: float) -> Run:
+@dataclass
+class Stdin:
+    """What a build reads on stdin: nothing, or a file given as the file or through a pipe."""
+    path: Path | None = None
+    pipe: bool = False
+
+    def describe(self) -> str:
+        how = "a pipe the tar is written into" if self.pipe else "the tar file (redirect)"
+        size = self.path.stat().st_size if self.path else 0
+        return f"{how}: {self.path} ({size / (1 << 20):.1f} MiB)"
+
+
+NO_STDIN = Stdin()
+
+
+def run_timed(argv: list[str], log_path: Path, timeout: float, stdin: Stdin = NO_STDIN) -> Run:
     """Run argv to completion through SPAWNER; wall time, CPU time and peak RSS of the build.
 
     The spawner gets its own session so a timeout (or Ctrl-C) kills the build and any helper
-    processes it started, not just the top one.
+    processes it started, not just the top one.  A stdin file is opened afresh each run, so
+    every build reads it from the start.
     """
     timed_out = threading.Event()
     rfd, wfd = os.pipe()
+    feed = str(stdin.path) if stdin.path and stdin.pipe else ""
     try:
-        with open(log_path, "wb") as out:
+        with open(log_path, "wb") as out, \
+                open(stdin.path if stdin.path and not feed else os.devnull, "rb") as source:
             start = time.perf_counter()
-            proc = subprocess.Popen([sys.executable, "-S", "-I", "-c", SPAWNER, str(wfd), *argv],
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen([sys.executable, "-S", "-I", "-c", SPAWNER, str(wfd), feed,
+                                     *argv],
+                                    stdin=source, stdout=out, stderr=subprocess.STDOUT,
                                     env=child_env(), start_new_session=True, pass_fds=(wfd,))
             os.close(wfd)
             wfd = -1
@@ -298,18 +405,20 @@ def tail(path: Path, lines: int = 3) -> str:
     return " | ".join(text[-lines:])
 
 
-def build_argv(tool: Tool, options: list[str], extra: list[str], image: Path,
-               source: Path) -> list[str]:
-    quiet = ["--quiet"] if tool.quiet_ok else []
-    return tool.argv + COMMON_ARGS + quiet + options + extra + [str(image), str(source)]
+def build_argv(tool: Tool, oset: OptionSet, extra: list[str], image: Path,
+               source: Path | None) -> list[str]:
+    operands = [str(image)] + ([str(source)] if source is not None else [])
+    return tool.argv + oset.argv(tool.quiet_ok, extra) + operands
 
 
-def measure_build(tool: Tool, options: list[str], extra: list[str], image: Path, source: Path,
-                  log_path: Path, timeout: float) -> Run:
+def measure_build(tool: Tool, oset: OptionSet, extra: list[str], image: Path,
+                  source: Path | None, log_path: Path, timeout: float,
+                  stdin: Stdin = NO_STDIN) -> Run:
+    """One build of image; without a source, the tool reads stdin."""
     # A leftover image from the previous run would let a tool skip allocating blocks.
     image.unlink(missing_ok=True)
     load1 = os.getloadavg()[0]
-    run = run_timed(build_argv(tool, options, extra, image, source), log_path, timeout)
+    run = run_timed(build_argv(tool, oset, extra, image, source), log_path, timeout, stdin)
     run.load1 = load1
     if run.ok:
         try:
@@ -364,7 +473,7 @@ def probe(tool: Tool, workdir: Path, timeout: float) -> None:
     image = workdir / f"probe-{tool.name}.img"
     log_path = workdir / f"probe-{tool.name}.log"
     try:
-        run = measure_build(tool, [], [], image, tiny, log_path, timeout)
+        run = measure_build(tool, OptionSet([]), [], image, tiny, log_path, timeout)
     except OSError as exc:
         tool.available, tool.note = False, f"cannot run {shlex.join(tool.argv)}: {exc}"
         return
@@ -373,7 +482,8 @@ def probe(tool: Tool, workdir: Path, timeout: float) -> None:
         tool.note = (f"{shlex.join(tool.argv)} failed on a trivial tree (exit {run.exit_code}): "
                      f"{tail(log_path)}")
         return
-    tool.quiet_ok = measure_build(tool, ["--quiet"], [], image, tiny, log_path, timeout).ok
+    tool.quiet_ok = measure_build(tool, OptionSet(["--quiet"]), [], image, tiny, log_path,
+                                  timeout).ok
     tool.version = tool_version(tool)
     image.unlink(missing_ok=True)
 
@@ -407,11 +517,14 @@ def absent_status(tool: Tool, args: argparse.Namespace) -> str:
     return "left out" if args.only and tool.name != args.only else "missing"
 
 
-def bench_set(name: str, tools: list[Tool], source: Path, args: argparse.Namespace,
+def bench_set(name: str, tools: list[Tool], inputs: Inputs, args: argparse.Namespace,
               fsck: str | None) -> dict[str, Outcome]:
     """Alternate the tools run by run (swapping who goes first) so drift in machine load or
     cache state does not favour one of them; a tool that fails once is not retried."""
-    options = OPTION_SETS[name]
+    oset = OPTION_SETS[name]
+    if oset.tar and inputs.tar_error:
+        return {t.name: Outcome(status="no tar", error=inputs.tar_error) for t in tools}
+    source, stdin = (None, inputs.tar_stdin) if oset.tar else (inputs.tree, NO_STDIN)
     outcomes = {t.name: Outcome() if t.available else Outcome(status=absent_status(t, args))
                 for t in tools}
     images = {t.name: args.workdir / "images" / f"{name}-{t.name}.img" for t in tools}
@@ -424,8 +537,8 @@ def bench_set(name: str, tools: list[Tool], source: Path, args: argparse.Namespa
             if out.status != "ok":
                 continue
             log_path = args.workdir / f"{name}-{tool.name}.log"
-            run = measure_build(tool, options, args.extra, images[tool.name], source, log_path,
-                                args.timeout)
+            run = measure_build(tool, oset, args.extra, images[tool.name], source, log_path,
+                                args.timeout, stdin)
             out.runs.append(run)
             if run.timed_out:
                 out.status, out.error = "timeout", f"killed after {args.timeout:g} s"
@@ -488,9 +601,18 @@ def cell(out: Outcome, attr: str, fmt, rss_floor_kib: int = 0) -> str:
     return fmt(value)
 
 
+def describe_set(oset: OptionSet) -> str:
+    opts = shlex.join(oset.options) or "(no -z)"
+    if oset.verbatim:
+        opts += "  (the whole command line: no -T 0)"
+    if oset.tar:
+        opts += "  [tree as tar on stdin]"
+    return opts
+
+
 def format_set(name: str, outcomes: dict[str, Outcome], rss_floor_kib: int) -> str:
     a, b = outcomes[MKEROFS], outcomes[MKFS]
-    opts = " ".join(OPTION_SETS[name]) or "(no -z)"
+    opts = describe_set(OPTION_SETS[name])
     rows = [("", MKEROFS, MKFS, "ratio")]
     for label, attr, fmt in METRICS:
         rows.append((label, cell(a, attr, fmt, rss_floor_kib), cell(b, attr, fmt, rss_floor_kib),
@@ -512,11 +634,11 @@ def format_set(name: str, outcomes: dict[str, Outcome], rss_floor_kib: int) -> s
 
 
 def format_summary(results: dict[str, dict[str, Outcome]]) -> str:
-    head = f"{'set':<14}{'mkerofs s':>13}{'mkfs s':>13}{'time':>9}{'RSS':>9}{'size':>9}"
+    head = f"{'set':<24}{'mkerofs s':>13}{'mkfs s':>13}{'time':>9}{'RSS':>9}{'size':>9}"
     lines = ["== summary (ratios are mkerofs / mkfs.erofs, medians) ==", head]
     for name, outcomes in results.items():
         a, b = outcomes[MKEROFS], outcomes[MKFS]
-        lines.append(f"{name:<14}{cell(a, 'wall_s', lambda v: f'{v:.2f}'):>13}"
+        lines.append(f"{name:<24}{cell(a, 'wall_s', lambda v: f'{v:.2f}'):>13}"
                      f"{cell(b, 'wall_s', lambda v: f'{v:.2f}'):>13}"
                      f"{ratio(a.median('wall_s'), b.median('wall_s')):>9}"
                      f"{ratio(a.median('maxrss_kib'), b.median('maxrss_kib')):>9}"
@@ -524,11 +646,13 @@ def format_summary(results: dict[str, dict[str, Outcome]]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, tools: list[Tool], tree: Path, stats: TreeStats,
+def write_json(path: Path, tools: list[Tool], inputs: Inputs, stats: TreeStats,
                results: dict[str, dict[str, Outcome]], args: argparse.Namespace,
                rss_floor_kib: int) -> None:
     data = {
-        "tree": {"path": str(tree), **asdict(stats)},
+        "tree": {"path": str(inputs.tree), **asdict(stats)},
+        "tar": {"path": str(inputs.tar_stdin.path) if inputs.tar_stdin.path else None,
+                "stdin": "pipe" if inputs.tar_stdin.pipe else "file", "error": inputs.tar_error},
         "rss_floor_kib": rss_floor_kib,
         "runs": args.runs,
         "common_args": COMMON_ARGS,
@@ -536,7 +660,7 @@ def write_json(path: Path, tools: list[Tool], tree: Path, stats: TreeStats,
         "tools": {t.name: asdict(t) for t in tools},
         "sets": {
             name: {
-                "options": OPTION_SETS[name],
+                **asdict(OPTION_SETS[name]),
                 **{tool: {**asdict(out),
                           "median": {attr: out.median(attr) for _, attr, _ in METRICS}}
                    for tool, out in outcomes.items()},
@@ -563,6 +687,7 @@ def parse_sets(text: str) -> list[str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n")[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tree", type=Path, help="source tree to image (default: a cached copy of "
                    "this Python's stdlib + site-packages under --workdir)")
@@ -571,11 +696,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--mkfs", help="mkfs.erofs to compare with (default: $MKFS_EROFS, else "
                    f"{LOCAL_MKFS} if present, else mkfs.erofs on PATH)")
     p.add_argument("--mkerofs", help="mkerofs command line (default: the running Python "
-                   "with -m mkerofs)")
+                   "with -m mkerofs); another checkout: 'env PYTHONPATH=DIR python3 -P -m mkerofs' "
+                   "(-P keeps the current directory, maybe this one, off sys.path)")
     p.add_argument("--only", choices=[MKEROFS, MKFS],
                    help="time just this tool (e.g. to calibrate mkfs.erofs alone)")
     p.add_argument("--sets", type=parse_sets, default=list(OPTION_SETS),
-                   help=f"comma-separated option sets (default: all: {','.join(OPTION_SETS)})")
+                   help=f"comma-separated option sets (default: all: {','.join(OPTION_SETS)}); "
+                   "the tar* sets read the tree as a tar on stdin, made once with GNU tar")
+    p.add_argument("--tar-stdin", choices=["file", "pipe"], default="file",
+                   help="the tar sets' stdin: the tar file itself, or a pipe the tar is written "
+                   "into as it is read (default: %(default)s)")
     p.add_argument("--runs", type=int, default=3, help="runs per tool and set; medians are "
                    "reported (default: %(default)s)")
     p.add_argument("--extra", type=shlex.split, default=[],
@@ -648,7 +778,19 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tree = build_default_tree(args.workdir)
     stats = scan_tree(tree)
+    inputs = Inputs(tree, NO_STDIN)
+    if any(OPTION_SETS[name].tar for name in args.sets):
+        try:
+            inputs.tar_stdin = Stdin(build_tar(tree, stats, args.workdir),
+                                     pipe=args.tar_stdin == "pipe")
+        except OSError as exc:
+            inputs.tar_error = str(exc)
+            log(f"note: the tar sets cannot run: {exc}")
+    # The tree first and then the tar: together they may not both fit in the page cache, and
+    # the directory sets come first.
     warm_page_cache(tree)
+    if inputs.tar_stdin.path:
+        warm_file(inputs.tar_stdin.path)
     fsck = resolve_fsck(args)
     rss_floor = measure_rss_floor(args.workdir)
     warn_if_busy()
@@ -661,20 +803,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{t.name + ':':<12}{desc}")
     print(f"peak RSS:   of the build's largest process; {mib(rss_floor * 1024)} MiB is the "
           "floor of the measurement (a no-op measures that)")
+    extra = " + " + shlex.join(args.extra) if args.extra else ""
     print(f"options:    {shlex.join(COMMON_ARGS + (['--quiet'] if quiet else []) + args.extra)} "
-          f"+ set; {args.runs} run(s) each, medians\n")
+          f"+ set (tar-containerd sets: their line{extra} alone); {args.runs} run(s) each, "
+          "medians")
+    if inputs.tar_stdin.path:
+        print(f"tar stdin:  {inputs.tar_stdin.describe()}; IMAGE is the only operand")
+    print()
 
     results: dict[str, dict[str, Outcome]] = {}
     try:
         for name in args.sets:
-            results[name] = bench_set(name, tools, tree, args, fsck)
+            results[name] = bench_set(name, tools, inputs, args, fsck)
             print(format_set(name, results[name], rss_floor) + "\n", flush=True)
     except KeyboardInterrupt:
         log("interrupted; reporting the sets finished so far")
     if results:
         print(format_summary(results))
     if args.json:
-        write_json(args.json, tools, tree, stats, results, args, rss_floor)
+        write_json(args.json, tools, inputs, stats, results, args, rss_floor)
         print(f"\nraw numbers written to {args.json}")
     return 0
 
