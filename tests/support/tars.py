@@ -133,7 +133,8 @@ def round_tree_times(root: PathLike, quantum_ns: int) -> None:
         os.utime(p, ns=(ns, ns), follow_symlinks=False)
 
 
-def _sparse(path: bytes, size: int, pieces: list[tuple[int, bytes]]) -> None:
+def write_sparse(path, size: int, pieces: list[tuple[int, bytes]]) -> None:
+    """A file of `size` bytes holding only `pieces` (offset, bytes); the rest are holes."""
     with open(path, "wb") as f:
         f.truncate(size)
         for offset, data in pieces:
@@ -164,10 +165,10 @@ def make_tar_tree(root: PathLike, carries: Carries) -> Path:
     write_file(j("files", "text"), 5000, pattern=b"hello erofs\n")
 
     os.mkdir(j("sparse"))
-    _sparse(j("sparse", "holes"), 1 << 20, [(70_000, b"A" * 4), (500_000, b"B" * 5000)])
-    _sparse(j("sparse", "hole_at_end"), 70_000, [(0, b"start")])
-    _sparse(j("sparse", "data_at_end"), 2 << 20, [(0, b"C" * 10), ((2 << 20) - 3, b"END")])
-    _sparse(j("sparse", "all_hole"), 100_000, [])
+    write_sparse(j("sparse", "holes"), 1 << 20, [(70_000, b"A" * 4), (500_000, b"B" * 5000)])
+    write_sparse(j("sparse", "hole_at_end"), 70_000, [(0, b"start")])
+    write_sparse(j("sparse", "data_at_end"), 2 << 20, [(0, b"C" * 10), ((2 << 20) - 3, b"END")])
+    write_sparse(j("sparse", "all_hole"), 100_000, [])
 
     os.mkdir(j("modes"))
     for mode in (0o4755, 0o2755, 0o6711, 0o1755, 0o0000, 0o0400, 0o0640):

@@ -23,6 +23,7 @@ from mkerofs.writer.decompress import open_input, sniff
 from mkerofs.writer.tarstream import (BLK, CHR, DIR, FIFO, HARDLINK, REG, SYMLINK, TarEntry,
                                       TarError, TarReader, acl_from_text, normalise_path)
 from support.tarfiles import END, header, member, pax
+from support.tars import write_sparse
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mknod, chown)")
 
@@ -34,14 +35,6 @@ NS = 10**9
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
-
-
-def _sparse(path: Path, size: int, pieces: list[tuple[int, bytes]]) -> None:
-    with open(path, "wb") as f:
-        f.truncate(size)
-        for offset, data in pieces:
-            f.seek(offset)
-            f.write(data)
 
 
 def _make_basic(root: Path) -> None:
@@ -82,10 +75,10 @@ def _make_ext(root: Path) -> None:
     os.chown(e / "biguid", 3_000_000, 3_000_001)
     _write(e / "old", b"before the epoch")
     os.utime(e / "old", ns=(-1_500_000_000, -1_500_000_000))
-    _sparse(e / "sparse-hole-end", 1 << 20, [(70_000, b"A" * 4), (500_000, b"B" * 5000)])
-    _sparse(e / "sparse-data-end", 2 << 20, [(0, b"C" * 10), ((2 << 20) - 3, b"END")])
+    write_sparse(e / "sparse-hole-end", 1 << 20, [(70_000, b"A" * 4), (500_000, b"B" * 5000)])
+    write_sparse(e / "sparse-data-end", 2 << 20, [(0, b"C" * 10), ((2 << 20) - 3, b"END")])
     # 30 extents: old-GNU headers hold 4, the rest go to extension blocks of 21
-    _sparse(e / "sparse-many", 4 << 20, [(i * 131072, bytes([65 + i]) * 4096) for i in range(30)])
+    write_sparse(e / "sparse-many", 4 << 20, [(i * 131072, bytes([65 + i]) * 4096) for i in range(30)])
     _write(e / "xattrs", b"x")
     os.setxattr(e / "xattrs", "user.foo", b"bar")
     os.setxattr(e / "xattrs", "user.empty", b"")
