@@ -118,8 +118,8 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
 class _TarTree:
     """What _read_tar found: the tree, and where --sort=none puts the files' data."""
     root: SourceInode
-    order: dict[int, int] | None        # --sort=none, spooled: each regular file's place in
-                                        # the stream (by id of its SourceInode)
+    order: dict[SourceInode, int] | None    # --sort=none, spooled: each regular file's place
+                                            # in the stream
     written: DataArea | None            # --sort=none from a stream: the data area the files
                                         # were written to as the stream passed
 
@@ -168,11 +168,11 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     return _TarTree(root, order, written)
 
 
-def _noting_order(order: dict[int, int]) -> Callable:
+def _noting_order(order: dict[SourceInode, int]) -> Callable:
     """An on_file for read_tar_tree that notes each regular file's place in the stream."""
 
     def note(src: SourceInode, _relpath: bytes, _links) -> None:
-        order[id(src)] = len(order)
+        order[src] = len(order)        # (SourceInodes hash by identity)
 
     return note
 
@@ -182,11 +182,11 @@ def _head_blocks(block_size: int) -> int:
     return fmt.round_up(fmt.EROFS_SUPER_OFFSET + fmt.EROFS_SB_SIZE, block_size) // block_size
 
 
-def _in_tar_order(plan: Plan, tar_order: dict[int, int]) -> list[PlannedInode]:
+def _in_tar_order(plan: Plan, tar_order: dict[SourceInode, int]) -> list[PlannedInode]:
     """--sort=none, which mkfs.erofs honours only without compression and with
     -Enoinline_data: regular files' data first, in the order the tar stream had it."""
     files = [n for n in plan.inodes if n.ftype == fmt.EROFS_FT_REG_FILE]
-    files.sort(key=lambda n: tar_order.get(id(n.src), -1))
+    files.sort(key=lambda n: tar_order.get(n.src, -1))
     return files + [n for n in plan.inodes if n.ftype != fmt.EROFS_FT_REG_FILE]
 
 
