@@ -9,7 +9,7 @@ import stat
 import sys
 import time
 import uuid as uuidlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable
 
 from . import compress
@@ -90,6 +90,9 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
             else:
                 tar = _read_tar(inputs, source, options, build_time, out, on_file)
                 root = tar.root
+                if tar.label and not options.label:
+                    # as mkfs.erofs: a GNU volume header names the image (16 bytes at most)
+                    options = replace(options, label=tar.label)
                 if options.verify:
                     # (planning takes the tree apart: keep what the comparison needs)
                     verify_source = TarSource.capture(root)
@@ -120,6 +123,7 @@ class _TarTree:
     root: SourceInode
     order: dict[SourceInode, int] | None    # --sort=none, spooled: each regular file's place
                                             # in the stream
+    label: bytes                        # a GNU volume header's name (b"": none)
     written: DataArea | None            # --sort=none from a stream: the data area the files
                                         # were written to as the stream passed
 
@@ -165,7 +169,8 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     root, _count = read_tar_tree(reader, tree_options, spool,
                                  on_file=offer if order is None else _noting_order(order))
     apply_walk_options(root, options)
-    return _TarTree(root, order, written)
+    label = (reader.volume_label or b"")[:fmt.EROFS_SB_VOLUME_NAME_SIZE]
+    return _TarTree(root, order, label, written)
 
 
 def _noting_order(order: dict[SourceInode, int]) -> Callable:

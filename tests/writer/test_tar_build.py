@@ -284,3 +284,20 @@ def test_file_contexts_and_no_xattrs_on_tar_paths(tmp_path):
     assert inodes[b"/b"].xattr_icount == 0 and inodes[b"/a"].xattr_icount == 0
     run_mkerofs("--tar=f", image, tarball)
     assert image_inodes(image)[b"/b"].xattr_icount == 0
+
+
+@pytest.mark.parametrize("label, given, want", [
+    (b"layer-7", None, b"layer-7"),                          # the tar names the image
+    (b"0123456789abcdefXYZ", None, b"0123456789abcdef"),     # 16 bytes at most, as mkfs.erofs
+    (b"from-tar", "cli-label", b"cli-label"),                # -L wins
+])
+def test_gnu_volume_header_labels_the_image(tmp_path, label, given, want):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"data")
+    tar = tmp_path / "v.tar"
+    subprocess.run(["tar", "-cf", str(tar), "-V", label.decode(), "-C", str(src), "."], check=True)
+    image = tmp_path / "v.erofs"
+    run_mkerofs("--tar=f", "--quiet", *(["-L", given] if given else []), image, tar)
+    assert read_superblock(image).label == want
+    assert image_inodes(image)[b"/f"].size == 4
