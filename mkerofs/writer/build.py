@@ -97,8 +97,7 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
                     # (planning takes the tree apart: keep what the comparison needs)
                     verify_source = TarSource.capture(root)
             plan = plan_inodes(root, options, build_time)
-            if tar is not None and tar.order is not None and not options.compressor \
-                    and not options.inline_data:
+            if tar is not None and tar.order is not None:
                 plan.data_order = _in_tar_order(plan, tar.order)
             xattrs = _plan_xattrs(plan, options)
             result = _write_image(plan, options, out, xattrs, source_b, zcfg, hints, pool,
@@ -152,8 +151,8 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
         and stream.seekable
     written = None
     # (--verify needs a copy of the data to compare the image with: it spools instead)
-    if tar.sort == "none" and not options.compressor and not options.inline_data \
-            and not in_place and tar.mode != "headerball" and not options.verify:
+    if _sort_none_applies(options) and not in_place and tar.mode != "headerball" \
+            and not options.verify:
         written = DataArea(out, options.block_size, _head_blocks(options.block_size))
         spool = ImageSpool(written)
     else:
@@ -163,7 +162,7 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
         root_uid=os.getuid(), root_gid=os.getgid(), build_time=build_time,
         tar_path=os.fsencode(os.fspath(source)) if in_place else None)
     order = None
-    if tar.sort == "none" and written is None and not options.compressor:
+    if _sort_none_applies(options) and written is None:
         order = {}
     reader = TarReader(stream, headerball=tree_options.headerball)
     root, _count = read_tar_tree(reader, tree_options, spool,
@@ -171,6 +170,12 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     apply_walk_options(root, options)
     label = (reader.volume_label or b"")[:fmt.EROFS_SB_VOLUME_NAME_SIZE]
     return _TarTree(root, order, label, written)
+
+
+def _sort_none_applies(options: BuildOptions) -> bool:
+    """--sort=none counts, as with mkfs.erofs, only without compression and with
+    -Enoinline_data."""
+    return options.tar.sort == "none" and not options.compressor and not options.inline_data
 
 
 def _noting_order(order: dict[SourceInode, int]) -> Callable:
