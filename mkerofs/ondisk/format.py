@@ -209,6 +209,52 @@ class SuperBlock:
                    dirblkbits=dirblkbits, magic=magic)
 
 
+# ---------------------------------------------------------------------------
+# the device table (EROFS_FEATURE_INCOMPAT_DEVICE_TABLE): extra devices holding data that
+# 8-byte chunk indexes name by device_id (1 = the first slot); superblock extra_devices slots
+# of EROFS_DEVT_SLOT_SIZE bytes at byte devt_slotoff * EROFS_DEVT_SLOT_SIZE of the image
+
+_DEVT_SLOT = struct.Struct(
+    "<64s"  # 0   tag: what names the device (a path or a digest); may be empty
+    "I"     # 64  blocks_lo: the device's size in blocks
+    "I"     # 68  uniaddr_lo (mapped_blkaddr): where the device starts in the unified address
+            #     space; with no device given at mount (flatdev), where it starts in the image
+    "H"     # 72  blocks_hi (48-bit format only)
+    "H"     # 74  uniaddr_hi (48-bit format only)
+    "52x"   # 76  reserved
+)
+EROFS_DEVT_SLOT_SIZE = _DEVT_SLOT.size
+assert EROFS_DEVT_SLOT_SIZE == 128
+
+
+@dataclass
+class DeviceSlot:
+    """One erofs_deviceslot."""
+    blocks: int
+    uniaddr: int = 0
+    tag: bytes = b""
+
+    def pack(self) -> bytes:
+        return _DEVT_SLOT.pack(self.tag.ljust(64, b"\0")[:64], self.blocks & 0xFFFFFFFF,
+                               self.uniaddr & 0xFFFFFFFF, self.blocks >> 32, self.uniaddr >> 32)
+
+    @classmethod
+    def unpack(cls, raw: bytes, wide: bool) -> "DeviceSlot":
+        """`wide`: the image has EROFS_FEATURE_INCOMPAT_48BIT (else the _hi halves are ignored,
+        as the kernel ignores them)."""
+        tag, blocks, uniaddr, blocks_hi, uniaddr_hi = _DEVT_SLOT.unpack_from(raw)
+        if wide:
+            blocks |= blocks_hi << 32
+            uniaddr |= uniaddr_hi << 32
+        return cls(blocks, uniaddr, tag.rstrip(b"\0"))
+
+
+def devt_slotoff(pos: int) -> int:
+    """The superblock's devt_slotoff for a device table at byte `pos` (a slot boundary)."""
+    assert pos % EROFS_DEVT_SLOT_SIZE == 0
+    return pos // EROFS_DEVT_SLOT_SIZE
+
+
 def sb_checksum_span(block_size: int) -> int:
     """How many bytes from EROFS_SUPER_OFFSET the superblock checksum covers."""
     return block_size - EROFS_SUPER_OFFSET if block_size > EROFS_SUPER_OFFSET else block_size
@@ -434,6 +480,11 @@ EROFS_BLOCK_MAP_ENTRY = struct.Struct("<I")            # le32 blkaddr per chunk
 EROFS_BLOCK_MAP_ENTRY_SIZE = EROFS_BLOCK_MAP_ENTRY.size
 EROFS_INODE_CHUNK_INDEX = struct.Struct("<HHI")        # startblk_hi, device_id, startblk_lo
 EROFS_NULL_ADDR = (1 << 64) - 1                        # a hole (masked to the address width)
+
+
+def pack_block_map(blkaddrs: list[int]) -> bytes:
+    """A chunk-based inode's 4-byte block map entries (EROFS_NULL_ADDR_32 for a hole)."""
+    return struct.pack(f"<{len(blkaddrs)}I", *blkaddrs)
 
 
 def chunk_map_unit(chunkformat: int) -> int:

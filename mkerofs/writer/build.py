@@ -19,6 +19,7 @@ from .hints import CompressHints, load_compress_hints
 from .packed import PackedFile
 from .decompress import open_input
 from .chunks import make_hole_files
+from .devices import DeviceTable
 from .data import DataArea, FlatCopier, inline_fits
 from .dirs import render_directory
 from .meta import MetaAllocator, MetaImage, item_size, node_pos, place_inode, serialize_inode
@@ -100,8 +101,9 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
             if tar is not None and tar.order is not None:
                 plan.data_order = _in_tar_order(plan, tar.order)
             xattrs = _plan_xattrs(plan, options)
+            devices = DeviceTable()
             result = _write_image(plan, options, out, xattrs, source_b, zcfg, hints, pool,
-                                  tar.written if tar is not None else None)
+                                  tar.written if tar is not None else None, devices)
             out.finish(result.size)
         except BaseException:
             if pool is not None:
@@ -260,16 +262,17 @@ def _hinted(cfg: compress.CompressConfig, hints: CompressHints | None, relpath: 
 
 def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout,
                  source: bytes, zcfg: compress.CompressConfig | None, hints: CompressHints | None,
-                 pool: CompressionPool | None, written: DataArea | None) -> BuildResult:
+                 pool: CompressionPool | None, written: DataArea | None,
+                 devices: DeviceTable) -> BuildResult:
     """Lay out and write everything but the files' data in `written` (--sort=none from a
-    stream: in the image already)."""
-    # compression configurations (if any) follow the superblock
+    stream: in the image already) and on the extra `devices`."""
+    # compression configurations (if any) follow the superblock; the device table follows them
     cfgs_pos = fmt.EROFS_SUPER_OFFSET + fmt.EROFS_SB_SIZE
     cfgs = zcfg.superblock(False).cfgs if zcfg is not None else b""
     packed = PackedFile(zcfg.fragdedupe) if zcfg is not None and zcfg.fragments else None
     try:
         return _lay_out(plan, options, out, xattrs, source, zcfg, hints, pool, cfgs_pos, cfgs,
-                        packed, written)
+                        packed, written, devices)
     finally:
         if packed is not None:
             packed.close()
@@ -278,10 +281,13 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
 def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout, source: bytes,
              zcfg: compress.CompressConfig | None, hints: CompressHints | None,
              pool: CompressionPool | None, cfgs_pos: int, cfgs: bytes,
-             packed: PackedFile | None, written: DataArea | None) -> BuildResult:
+             packed: PackedFile | None, written: DataArea | None,
+             devices: DeviceTable) -> BuildResult:
     bs = options.block_size
     root = plan.root
-    alloc = MetaAllocator(bs, fmt.round_up(cfgs_pos + len(cfgs), fmt.EROFS_ISLOT_SIZE))
+    devt_pos = fmt.round_up(cfgs_pos + len(cfgs), fmt.EROFS_DEVT_SLOT_SIZE)
+    meta_start = devt_pos + devices.size if devices else cfgs_pos + len(cfgs)
+    alloc = MetaAllocator(bs, fmt.round_up(meta_start, fmt.EROFS_ISLOT_SIZE))
     prefix_pos = None
     if xattrs.prefix_records:
         if packed is not None and not options.plain_xattr_prefixes:
@@ -383,6 +389,11 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
         feature_incompat=xattrs.feature_incompat, volume_name=options.label, **xattr_fields)
     if chunked:
         sb.feature_incompat |= fmt.EROFS_FEATURE_INCOMPAT_CHUNKED_FILE
+    if devices:
+        sb.feature_incompat |= fmt.EROFS_FEATURE_INCOMPAT_DEVICE_TABLE
+        sb.extra_devices = len(devices.devices)
+        sb.devt_slotoff = fmt.devt_slotoff(devt_pos)
+        meta.put(devt_pos, devices.slots(blocks))
     if len(nodes) > len(plan.inodes):
         sb.packed_nid = nodes[-1].nid
     if zcfg is not None:

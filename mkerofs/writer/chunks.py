@@ -38,33 +38,53 @@ class ChunkLayout:
     blkszbits: int
     chunkbits: int
     indexes: bool = False           # 8-byte chunk indexes rather than a 4-byte block map
+    wide: bool = False              # 48-bit block addresses in the chunk indexes
 
     def __post_init__(self) -> None:
         extra = self.chunkbits - self.blkszbits
         assert 0 <= extra <= fmt.EROFS_CHUNK_FORMAT_BLKBITS_MASK, "chunk size out of range"
+        assert self.indexes or not self.wide, "48-bit addresses need chunk indexes"
 
     @property
     def chunkformat(self) -> int:
         """The inode's i_u (erofs_inode_chunk_info.format)."""
         extra = self.chunkbits - self.blkszbits
-        return extra | (fmt.EROFS_CHUNK_FORMAT_INDEXES if self.indexes else 0)
+        return extra | (fmt.EROFS_CHUNK_FORMAT_INDEXES if self.indexes else 0) | \
+            (fmt.EROFS_CHUNK_FORMAT_48BIT if self.wide else 0)
 
     @property
     def count(self) -> int:
         return -(-self.size >> self.chunkbits)
 
-    def encode_map(self, inode_end: int, blkaddrs: Sequence[int | None]) -> bytes:
+    def encode_map(self, inode_end: int, blkaddrs: Sequence[int | None],
+                   device_id: int = 0) -> bytes:
         """What follows the inode and xattrs ending at byte `inode_end` (its position in the
         image, or any number with the same alignment): the padding up to the first entry, then
-        an entry per chunk, a block address or None for a hole."""
+        an entry per chunk, a block address or None for a hole.  `device_id` (chunk indexes
+        only) names where the blocks are: 0 the image, n the device table's slot n."""
         assert len(blkaddrs) == self.count
-        chunkformat = self.chunkformat
-        pad = bytes(fmt.chunk_map_start(inode_end, chunkformat) - inode_end)
-        if self.indexes:
-            raise NotImplementedError("chunk indexes (--chunksize with a device) come later")
-        null = fmt.EROFS_NULL_ADDR_32
-        entry = fmt.EROFS_BLOCK_MAP_ENTRY.pack
-        return pad + b"".join(entry(null if a is None else a) for a in blkaddrs)
+        assert self.indexes or device_id == 0, "a block map addresses the image only"
+        pad = bytes(fmt.chunk_map_start(inode_end, self.chunkformat) - inode_end)
+        if not self.indexes:
+            null = fmt.EROFS_NULL_ADDR_32
+            return pad + fmt.pack_block_map([null if a is None else a for a in blkaddrs])
+        limit = 1 << (48 if self.wide else 32)
+        null = limit - 1
+        entry = fmt.EROFS_INODE_CHUNK_INDEX.pack
+        out = [pad]
+        for a in blkaddrs:
+            if a is None:
+                # (the kernel looks only at the address for a hole; device 0 as mkfs.erofs)
+                out.append(entry(null >> 32, 0, null & 0xFFFFFFFF))
+            else:
+                assert a < null, "block address too wide for this chunk format"
+                out.append(entry(a >> 32, device_id, a & 0xFFFFFFFF))
+        return b"".join(out)
+
+
+def needs_wide(blkaddrs: Iterable[int | None]) -> bool:
+    """True if some address does not fit a 32-bit chunk index (EROFS_CHUNK_FORMAT_48BIT)."""
+    return any(a is not None and a >= fmt.EROFS_NULL_ADDR_32 for a in blkaddrs)
 
 
 def covering_chunkbits(size: int, blkszbits: int) -> int:

@@ -1,0 +1,66 @@
+"""The device table: extra devices whose blocks chunk-based files point into.
+
+The kernel's rules (fs/erofs/super.c erofs_scan_devices / erofs_init_device, data.c
+erofs_map_dev):
+
+* The superblock's extra_devices counts the slots and devt_slotoff says where they are (in
+  EROFS_DEVT_SLOT_SIZE units from the start of the image); EROFS_FEATURE_INCOMPAT_DEVICE_TABLE
+  is set.  A chunk index's device_id n (1-based) names slot n.
+* Mounted with one `-o device=PATH` per slot, the kernel reads each device from its path.
+  Mounted with none, it reads device n from the image itself, starting at block uniaddr of
+  slot n ("flatdev"): an image followed by its devices, in order, with each uniaddr the sum of
+  the primary device's blocks and the blocks of the devices before it, mounts as one file.
+  That is what containerd's tar-index layers do: metadata, then the raw tar appended.
+* The superblock's `blocks` counts the primary device only.
+
+mkerofs writes the slots with an empty tag and uniaddr as above (as mkfs.erofs does), so both
+ways to mount work.  The table follows the superblock and its compression configurations, which
+the kernel expects right after the superblock.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..ondisk import format as fmt
+
+
+@dataclass
+class ExtraDevice:
+    """One device of the table; `blocks` may be learned late (a blob written during the
+    build, the size of a tar read to its end)."""
+    name: str                       # for messages: the blob or tar it stands for
+    blocks: int = 0
+    tag: bytes = b""
+
+
+@dataclass
+class DeviceTable:
+    devices: list[ExtraDevice] = field(default_factory=list)
+
+    def add(self, device: ExtraDevice) -> int:
+        """Add a device; its device_id for chunk indexes."""
+        self.devices.append(device)
+        return len(self.devices)
+
+    def __bool__(self) -> bool:
+        return bool(self.devices)
+
+    @property
+    def size(self) -> int:
+        return len(self.devices) * fmt.EROFS_DEVT_SLOT_SIZE
+
+    def slots(self, primary_blocks: int) -> bytes:
+        """The packed slots, each device mapped right after the primary device and the
+        devices before it."""
+        out = []
+        uniaddr = primary_blocks
+        for dev in self.devices:
+            out.append(fmt.DeviceSlot(dev.blocks, uniaddr, dev.tag).pack())
+            uniaddr += dev.blocks
+        return b"".join(out)
+
+    @property
+    def wide(self) -> bool:
+        """True if a slot needs the 48-bit format's high halves."""
+        total = sum(d.blocks for d in self.devices)
+        return total >= 1 << 32
