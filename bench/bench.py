@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """Time mkerofs against mkfs.erofs on the same tree with the same options.
 
-For every option set (uncompressed, -zlz4, -zlz4hc, -zzstd, -zdeflate, -zlzma, and the tar rows)
+For every option set (uncompressed, -zlz4, -zlz4hc, -zzstd, -zdeflate, -zlzma, --chunksize=1M,
+-Ededupe without compression, and the tar rows)
 both tools build an image of the same source tree; the script reports the median wall time, CPU
 time, peak RSS and image size of each tool and the ratio mkerofs / mkfs.erofs.
 
-The tar rows (tar, tar-lz4hc, tar-containerd, tar-containerd-sortnone) feed the same tree as one
+The tar rows (tar, tar-lz4hc, tar-containerd, tar-containerd-sortnone, tar-containerd-index) feed the same tree as one
 POSIX tar (made once with GNU tar --format=posix, cached in --workdir) on standard input, IMAGE
 being the only operand: stdin is the tar file itself (--tar-stdin=file, the default) or a pipe
 the tar is written into (--tar-stdin=pipe, as containerd feeds a layer); the time includes
 reading it.  The tar-containerd rows are containerd's own command line (`--tar=f --aufs --quiet
--Enoinline_data -U UUID`, its erofs differ): -T 0 is not added to them (--extra still is).
+-Enoinline_data -U UUID`, its erofs differ; `--tar=i --aufs --quiet -U UUID`, its tar-index
+mode, whose image is metadata only): -T 0 is not added to them (--extra still is).
 
     python bench/bench.py                  # default tree (stdlib + site-packages copy), all sets
     python bench/bench.py --sets lz4,zstd --runs 5 --json out.json
@@ -54,6 +56,7 @@ class OptionSet:
     options: list[str]
     tar: bool = False        # the tree as one tar on stdin; IMAGE is the only operand
     verbatim: bool = False   # options are a whole command line: no COMMON_ARGS, no --quiet added
+    self_contained: bool = True     # False: the image needs its tar (--tar=i), fsck alone fails
 
     def argv(self, quiet: bool, extra: list[str]) -> list[str]:
         if self.verbatim:
@@ -63,6 +66,8 @@ class OptionSet:
 
 # containerd's erofs differ converts each layer with this command line (stdin: the layer's tar).
 CONTAINERD_ARGS = ["--tar=f", "--aufs", "--quiet", "-Enoinline_data", "-U", FIXED_UUID]
+# ... and its tar-index mode this one (the image is metadata only; the tar is appended after).
+CONTAINERD_INDEX_ARGS = ["--tar=i", "--aufs", "--quiet", "-U", FIXED_UUID]
 
 # Row name -> options given to both tools.
 OPTION_SETS: dict[str, OptionSet] = {
@@ -72,12 +77,18 @@ OPTION_SETS: dict[str, OptionSet] = {
     "zstd": OptionSet(["-zzstd"]),
     "deflate": OptionSet(["-zdeflate"]),
     "lzma": OptionSet(["-zlzma"]),
+    # chunk-based files: 1 MiB chunks, and -Ededupe without compression (block-sized chunks,
+    # each hashed and looked up)
+    "chunks-1m": OptionSet(["--chunksize=1048576"]),
+    "chunk-dedupe": OptionSet(["-Ededupe"]),
     "tar": OptionSet(["--tar=f"], tar=True),
     "tar-lz4hc": OptionSet(["--tar=f", "-zlz4hc"], tar=True),
     "tar-containerd": OptionSet(CONTAINERD_ARGS, tar=True, verbatim=True),
     # containerd's documented way to keep a layer's data in tar order (mkfs_options).
     "tar-containerd-sortnone": OptionSet(CONTAINERD_ARGS + ["--sort=none"], tar=True,
                                          verbatim=True),
+    "tar-containerd-index": OptionSet(CONTAINERD_INDEX_ARGS, tar=True, verbatim=True,
+                                      self_contained=False),
 }
 
 # The locally built erofs-utils (newest release) is preferred over Debian's older one on PATH.
@@ -550,7 +561,8 @@ def bench_set(name: str, tools: list[Tool], inputs: Inputs, args: argparse.Names
         for tool in tools:
             out = outcomes[tool.name]
             if out.status == "ok":
-                out.fsck = run_fsck(fsck, images[tool.name], args.timeout)
+                out.fsck = run_fsck(fsck, images[tool.name], args.timeout) \
+                    if oset.self_contained else "n/a (needs its tar)"
     if not args.keep_images:
         for image in images.values():
             image.unlink(missing_ok=True)
