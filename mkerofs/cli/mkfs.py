@@ -14,7 +14,7 @@ from ..codecs import registry
 from ..codecs.spec import parse_compressor_spec
 from ..util import parse_c_int
 from ..writer.build import build
-from ..writer.options import BuildOptions, TarOptions, TimeInherit
+from ..writer.options import MAX_DSUNIT, MAX_FSALIGNBLKS, BuildOptions, TarOptions, TimeInherit
 from .common import CInt, GID, GID_OFFSET, OFFSET, UID, UID_OFFSET, debug_options, run
 
 # long options whose value is optional: like getopt, they take one only after '='
@@ -27,7 +27,6 @@ _NOT_IMPLEMENTED = {
     "metadata_compression": "-m",
     "chunksize": "--chunksize", "blobdev": "--blobdev", "gzinfo": "--gzinfo",
     "clean": "--clean", "incremental": "--incremental",
-    "dsunit": "--dsunit", "fsalignblks": "--fsalignblks",
     "vmdk_desc": "--vmdk-desc", "s3": "--s3", "oci": "--oci", "zd": "--zD", "mz": "--MZ",
     "xattr_inode_digest": "--xattr-inode-digest", "product_out": "--product-out",
     "fs_config_file": "--fs-config-file", "async_queue_limit": "--async-queue-limit",
@@ -254,6 +253,12 @@ class _MkfsStyleCommand(click.Command):
               help="SELinux file_contexts to label files with")
 @click.option("--compress-hints", "compress_hints", metavar="FILE",
               help="per-file pcluster size and algorithm: lines of 'SIZE [ALG#] REGEX'")
+@click.option("--dsunit", "dsunit", metavar="#", type=CInt("dsunit", maximum=MAX_DSUNIT),
+              help="align all data block addresses to multiples of # (blocks)")
+@click.option("--fsalignblks", "fsalignblks", metavar="#",
+              type=CInt("fsalignblks", maximum=MAX_FSALIGNBLKS),
+              help="make the image's size in blocks a multiple of # (rounded up to a power "
+                   "of two)")
 @click.option("--max-extent-bytes", "max_extent_bytes", metavar="#",
               type=CInt("maximum compressed extent size", minimum=-2**31, maximum=2**31 - 1),
               help="largest decompressed extent in bytes")
@@ -293,7 +298,7 @@ def command(image, source, block_size, debug, compressor, pcluster_size,
             xattr_tolerance, extended, label, timestamp, uuid,
             uid_offset, gid_offset, exclude_path, exclude_regex, hard_dereference, offset,
             mount_point, xattr_prefix, root_xattr_isize, file_contexts, compress_hints,
-            max_extent_bytes, zfeature_bits, workers, quiet, verify, tar, aufs, ovlfs_strip,
+            dsunit, fsalignblks, max_extent_bytes, zfeature_bits, workers, quiet, verify, tar, aufs, ovlfs_strip,
             gzip, ungzip, unxz, unlzma, sort, random_pclusterblks, **unimplemented):
     """Generate an EROFS image (IMAGE: a file or block device) from the directory SOURCE, or
     with --tar from a tar stream (SOURCE, or stdin)."""
@@ -316,7 +321,8 @@ def command(image, source, block_size, debug, compressor, pcluster_size,
              "file_contexts": file_contexts, "timestamp": timestamp, "uid_offset": uid_offset,
              "gid_offset": gid_offset, "offset": offset, "mount_point": mount_point,
              "workers": workers, "compress_hints": compress_hints,
-             "max_extent_bytes": max_extent_bytes}
+             "max_extent_bytes": max_extent_bytes, "dsunit": dsunit,
+             "fsalignblks": fsalignblks}
     for name, value in given.items():
         if value is not None:
             setattr(options, name, value)

@@ -155,6 +155,7 @@ _SB = struct.Struct(
 )
 assert _SB.size == EROFS_SB_SIZE
 SB_CHECKSUM_OFFSET = 4
+EROFS_MAX_BLOCKS_LO = 0xFFFFFFFF   # blocks_lo: an image's size in blocks without the 48-bit format
 
 
 @dataclass

@@ -155,7 +155,8 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     # (--verify needs a copy of the data to compare the image with: it spools instead)
     if _sort_none_applies(options) and not in_place and tar.mode != "headerball" \
             and not options.verify:
-        written = DataArea(out, options.block_size, _head_blocks(options.block_size))
+        written = DataArea(out, options.block_size, _head_blocks(options.block_size),
+                           options.dsunit)
         spool = ImageSpool(written)
     else:
         spool = inputs.enter_context(Spool())
@@ -304,7 +305,7 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
         if inline_fits(root, root.size, bs):
             root.inline_len = root.size % bs
         root_pos = alloc.place(item_size(root))
-        data = DataArea(out, bs, fmt.round_up(alloc.frontier, bs) // bs)
+        data = DataArea(out, bs, fmt.round_up(alloc.frontier, bs) // bs, options.dsunit)
     else:
         # --sort=none from a stream: the files' data fills the blocks after the superblock's
         # already; the rest of the data area follows, then the metadata area, which the nids
@@ -351,7 +352,10 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
         if node is not root:
             place_inode(alloc, node, meta_base)
     meta_end = fmt.round_up(alloc.frontier, bs)
-    blocks = max(meta_end, data_end * bs) // bs
+    blocks = fmt.round_up(max(meta_end, data_end * bs) // bs, options.fs_align_blocks)
+    if blocks > fmt.EROFS_MAX_BLOCKS_LO:
+        raise BuildError(f"image of {blocks} blocks: more than the superblock's 32-bit block "
+                         "count holds")
     out.check_fits(blocks * bs)
 
     meta = MetaImage(data_start * bs, data_end * bs, meta_end)

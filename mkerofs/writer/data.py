@@ -20,19 +20,52 @@ def _changed(node: PlannedInode, detail: str) -> BuildError:
 
 
 class DataArea:
-    """Hands out consecutive blocks of the data area and copies file contents into them."""
+    """Hands out consecutive blocks of the data area and copies file contents into them.
 
-    def __init__(self, out: Output, block_size: int, start_block: int):
+    --dsunit=N (mkfs.erofs's data stripe unit, `dsunit`): the blocks of each file's data (of
+    regular files, flat or compressed, and of symlinks) begin at a multiple of N, as
+    mkfs.erofs maps every DATA buffer; directories, shared xattrs and inline tails are
+    metadata there and stay where they fall.  The blocks skipped stay holes, which no inode
+    references.  Only a file's first block is aligned: the rest follow it."""
+
+    def __init__(self, out: Output, block_size: int, start_block: int, dsunit: int = 1):
         self.out = out
         self.block_size = block_size
         self.start_block = start_block
         self.next_block = start_block
+        self.dsunit = max(dsunit, 1)
         self._copy_file_range = hasattr(os, "copy_file_range")
 
     def allocate(self, nblocks: int) -> int:
+        """nblocks more blocks, right after the last ones (the rest of a file, metadata)."""
         start = self.next_block
         self.next_block += nblocks
         return start
+
+    def allocate_file(self, nblocks: int) -> int:
+        """The first nblocks of a file's data: aligned to dsunit when it takes any."""
+        if nblocks and self.dsunit > 1:
+            self.next_block = fmt.round_up(self.next_block, self.dsunit)
+        return self.allocate(nblocks)
+
+    def file_start(self) -> int:
+        """Where a file whose size in blocks is not known yet begins (a compressed file, whose
+        pclusters come one after another): the next block, aligned to dsunit.  Give the
+        skipped blocks back with `rewind` if it ends up taking none."""
+        if self.dsunit > 1:
+            self.next_block = fmt.round_up(self.next_block, self.dsunit)
+        return self.next_block
+
+    def rewind(self, block: int) -> None:
+        """Give back every block from `block` on (a file that took none, or is stored flat)."""
+        self.next_block = block
+
+    def aligns_chunks(self, chunk_blocks: int) -> bool:
+        """Whether chunk-based files (--chunksize) keep the dsunit alignment: only when a chunk
+        is at least dsunit blocks, as with mkfs.erofs (smaller chunks, deduplicated, would
+        shift every later one; mkfs.erofs warns and ignores dsunit for them).  When it does,
+        a chunk-based file's first chunk goes at allocate_file(); the rest at allocate()."""
+        return 1 < self.dsunit <= chunk_blocks
 
     # -- low-level copying ---------------------------------------------------
 
@@ -105,7 +138,9 @@ class DataArea:
         """
         tail = node.size % self.block_size if inline_ok else 0
         nblocks = fmt.round_up(node.size - tail, self.block_size) // self.block_size
-        start = self.allocate(nblocks)
+        # (directories are metadata to mkfs.erofs: never aligned to dsunit)
+        start = self.allocate(nblocks) if node.ftype == fmt.EROFS_FT_DIR else \
+            self.allocate_file(nblocks)
         node.datalayout = fmt.EROFS_INODE_FLAT_INLINE if tail else fmt.EROFS_INODE_FLAT_PLAIN
         node.i_u = start if nblocks else fmt.EROFS_NULL_ADDR_32
         node.inline_len = tail

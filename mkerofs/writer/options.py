@@ -20,6 +20,9 @@ class TimeInherit(enum.Enum):
     CLAMP = "clamp"         # mtimes newer than the build time are clamped (SOURCE_DATE_EPOCH)
 
 
+MAX_DSUNIT = 2**32 - 1
+MAX_FSALIGNBLKS = 2**31          # rounded up to a power of two, it stays within 32 bits
+
 TAR_MODES = ("f", "headerball", "i")
 SORT_ORDERS = ("path", "none")
 
@@ -95,6 +98,12 @@ class BuildOptions:
     root_xattr_isize: int = 0
     file_contexts: str | None = None
     tar: TarOptions | None = None               # --tar: SOURCE is a tar stream, not a directory
+    # --dsunit: each file's data begins at a multiple of this many blocks (0, 1: anywhere;
+    # see data.DataArea)
+    dsunit: int = 0
+    # --fsalignblks: the image's size in blocks is a multiple of this, rounded up to a power
+    # of two (0, 1: any size)
+    fsalignblks: int = 0
 
     def validate(self) -> None:
         bs = self.block_size
@@ -130,12 +139,26 @@ class BuildOptions:
                 raise BuildError(f"invalid exclude regex {pattern!r}: {err}") from None
         if self.tar is not None:
             self.tar.validate()
+        # (the ranges of mkfs.erofs's unsigned ints; the image's size in blocks bounds both
+        # further, see build)
+        if not 0 <= self.dsunit <= MAX_DSUNIT:
+            raise BuildError(f"invalid dsunit {self.dsunit}: a number of blocks from 0 to "
+                             f"{MAX_DSUNIT}")
+        if not 0 <= self.fsalignblks <= MAX_FSALIGNBLKS:
+            raise BuildError(f"invalid fsalignblks {self.fsalignblks}: a number of blocks "
+                             f"from 0 to {MAX_FSALIGNBLKS}")
 
     def xattr_options(self) -> XattrOptions:
         return XattrOptions(tolerance=self.xattr_tolerance, name_filter=self.xattr_name_filter,
                             long_prefixes=[os.fsencode(p) for p in self.xattr_prefixes],
                             plain_prefixes=self.plain_xattr_prefixes,
                             root_isize=self.root_xattr_isize)
+
+    @property
+    def fs_align_blocks(self) -> int:
+        """What the image's size in blocks is a multiple of: fsalignblks rounded up to a
+        power of two, as mkfs.erofs does (1 when not given)."""
+        return 1 << (self.fsalignblks - 1).bit_length() if self.fsalignblks > 1 else 1
 
     @property
     def build_time(self) -> int | None:

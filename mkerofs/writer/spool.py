@@ -132,7 +132,7 @@ class ImageSpool:
         """Write the data of `entry` (the entry `reader` yielded last) into the image."""
         bs = self.data.block_size
         zero_holes = self.data.out.is_device
-        start = self.data.allocate(-(-entry.size // bs)) * bs
+        start = self.data.allocate_file(-(-entry.size // bs)) * bs
         done = 0                    # bytes of the file written (or skipped as a hole) so far
         for offset, piece in reader.chunks(entry):
             if offset > done and zero_holes:

@@ -538,6 +538,7 @@ class _FileInProgress:
     job: FileJob
     fc: FileCompression
     start: int                      # its first block
+    before: int                     # the data area's next block before start was aligned
     unwritten: list[Pcluster] = field(default_factory=list)
     wrote: bool = False             # some of its pclusters were written already
     fragment: bool = False          # its fragment is being written to the packed file
@@ -650,7 +651,7 @@ class _CompressionRun:
         if ext is None:
             return None
         bs = self.cfg.block_size
-        start = self.area.allocate(ext.blocks)
+        start = self.area.allocate_file(ext.blocks)
         if ext.blocks:
             if res.parts is None:           # the worker holds them
                 task.batch.placements.append((task.index, start * bs))
@@ -663,7 +664,8 @@ class _CompressionRun:
         """Take one segment's pclusters; (job, layout) after the last segment of the file."""
         file = self.file
         if file is None or file.job is not task.job:
-            file = self.file = _FileInProgress(task.job, task.fc, self.area.next_block)
+            before = self.area.next_block
+            file = self.file = _FileInProgress(task.job, task.fc, self.area.file_start(), before)
         for p in pclusters:
             self.take_pcluster(file, p)
         if not task.work.last:
@@ -720,13 +722,15 @@ class _CompressionRun:
             self.dedupe.commit(keep=layout is not None)
         if layout is None:
             file.unwritten = []
-            self.area.next_block = file.start
+            self.area.rewind(file.before)
             file.job.wrote_blocks = file.wrote
             # what it wrote goes out now, before anything else is written to those blocks
             self.writer.flush()
         else:
             self.write_unwritten(file)
             assert self.area.next_block == file.start + layout.blocks
+            if not layout.blocks:           # (inline or a fragment): no block to align
+                self.area.rewind(file.before)
         return layout
 
 
@@ -736,8 +740,10 @@ def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: 
                    ) -> Iterator[tuple[FileJob, CompressedLayout | None]]:
     """Compress files and write their pclusters; yield (job, layout) in job order.
 
-    `area` hands out data blocks: `area.allocate(n) -> first block`, `area.next_block`
-    (rewound when a file is not worth compressing), `area.out.pwrite(bytes, position)`.
+    `area` hands out data blocks as data.DataArea does: `area.file_start()` and
+    `area.allocate_file(n)` for a file's first block (aligned to --dsunit), `area.allocate(n)`
+    for the blocks after it, `area.rewind(block)` (when a file is not worth compressing, or
+    takes no block), `area.next_block`, `area.out.pwrite(bytes, position)`.
     A file whose layout is None gets no blocks (they are given back, and job.wrote_blocks
     says whether they were written to: then a flat copy there must overwrite holes too).
     `packed` (a packed.PackedFile) receives the fragments when cfg.fragments is set.

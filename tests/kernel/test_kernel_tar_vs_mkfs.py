@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from support.compare import tree_differences
+from support.reference import reference_problem
 from support.run import run_mkerofs
 from support.tars import (DECODE_OPTION, END, MKFS_TIME, Archives, compress, entry, headerball,
                           oldgnu_sparse, pax)
@@ -37,25 +38,6 @@ from support.tars import (DECODE_OPTION, END, MKFS_TIME, Archives, compress, ent
 pytestmark = pytest.mark.kernel
 
 BASE = ("--tar=f", "--quiet", "-T", str(MKFS_TIME), "--mkfs-time", "-Uclear")
-DEFAULT_REF = Path("/work/erofs-utils-install/bin/mkfs.erofs")
-
-
-def reference_problem() -> tuple[str | None, str | None]:
-    """(path of mkfs.erofs >= 1.9, None) or (None, why not)."""
-    ref = os.environ.get("MKFS_EROFS_REF") or (str(DEFAULT_REF) if DEFAULT_REF.exists() else None)
-    if not ref:
-        return None, "needs mkfs.erofs >= 1.9 (set MKFS_EROFS_REF)"
-    try:
-        out = subprocess.run([ref, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, timeout=30).stdout
-    except OSError as e:
-        return None, f"needs mkfs.erofs >= 1.9 (set MKFS_EROFS_REF): {ref}: {e}"
-    m = re.search(r"(\d+)\.(\d+)", out)
-    if not m or (int(m[1]), int(m[2])) < (1, 9):
-        return None, f"needs mkfs.erofs >= 1.9 (set MKFS_EROFS_REF): {ref} says {out.strip()!r}"
-    return ref, None
-
-
 @pytest.fixture(scope="module")
 def ref():
     path, problem = reference_problem()

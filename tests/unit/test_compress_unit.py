@@ -293,6 +293,14 @@ class FakeArea:
         self.next_block += n
         return start
 
+    allocate_file = allocate                # (no --dsunit here)
+
+    def file_start(self) -> int:
+        return self.next_block
+
+    def rewind(self, block: int) -> None:
+        self.next_block = block
+
     def pwrite(self, data: bytes, pos: int) -> None:
         assert pos % self.block_size == 0 and len(data) % self.block_size == 0
         for k in range(len(data) // self.block_size):
@@ -692,6 +700,14 @@ class FileArea:
         start = self.next_block
         self.next_block += n
         return start
+
+    allocate_file = allocate                # (no --dsunit here)
+
+    def file_start(self) -> int:
+        return self.next_block
+
+    def rewind(self, block: int) -> None:
+        self.next_block = block
 
     def pwrite(self, data, pos: int) -> None:
         os.pwrite(self.fd, data, pos)
