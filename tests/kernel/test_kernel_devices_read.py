@@ -10,22 +10,21 @@ addressing" patch (chunk indexes naming device 0 at uniaddr + block), and mkfs.e
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import pytest
 
-from mkerofs.reader import Image
-from support.devimages import (OLD_MKFS, blocks_of, concat, make_device_tree, make_tar, mkfs,
-                               patch_image, reference, tree_bytes)
+from support.devimages import (DeviceCase, concat, device_case, make_tar, mkfs, place_blob,
+                               reader_files, require_reference, tree_bytes)
 
 pytestmark = pytest.mark.kernel
 
 
-def reader_files(image: Path, devices=None) -> dict[str, bytes]:
-    with Image.open(image, devices=devices) as img:
-        return {os.fsdecode(path[1:]): img.read(inode) for path, inode in img.walk()
-                if inode.is_reg()}
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory) -> DeviceCase:
+    return device_case(tmp_path_factory)
+
+
 
 
 def assert_kernel_agrees(kernel, loop, image: Path, src: Path, devices=()) -> None:
@@ -40,67 +39,38 @@ def assert_kernel_agrees(kernel, loop, image: Path, src: Path, devices=()) -> No
     assert seen == tree_bytes(src)
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    if not OLD_MKFS.exists():
-        pytest.skip(f"needs Debian's mkfs.erofs 1.5 at {OLD_MKFS}")
-    return tmp_path_factory.mktemp("kdevices")
+def test_blobdev_15_with_device(kernel, loop, dev):
+    image, blob = dev.image, dev.blob
+    assert_kernel_agrees(kernel, loop, image, dev.src, [blob])
 
 
-@pytest.fixture(scope="module")
-def src(work) -> Path:
-    return make_device_tree(work / "src")
+def test_patched_slot_appended(kernel, loop, dev):
+    blob = dev.blob
+    placed = place_blob(dev, "placed.erofs")
+    one = concat(dev.work / "placed-one.erofs", placed, blob)
+    assert_kernel_agrees(kernel, loop, one, dev.src)
+    assert_kernel_agrees(kernel, loop, placed, dev.src, [blob])
 
 
-@pytest.fixture(scope="module")
-def blobbed(work, src) -> tuple[Path, Path]:
-    image, blob = work / "blob.erofs", work / "blob.dev"
-    mkfs(OLD_MKFS, image, src, "--chunksize=4096", f"--blobdev={blob}")
-    return image, blob
+def test_unified_addressing(kernel, loop, dev):
+    blob = dev.blob
+    unified = place_blob(dev, "unified.erofs", unified=True)
+    assert_kernel_agrees(kernel, loop, unified, dev.src, [blob])
+    one = concat(dev.work / "unified-one.erofs", unified, blob)
+    assert_kernel_agrees(kernel, loop, one, dev.src)
 
 
-def test_blobdev_15_with_device(kernel, loop, blobbed, src):
-    image, blob = blobbed
-    assert_kernel_agrees(kernel, loop, image, src, [blob])
+def test_tar_index_19(kernel, loop, dev):
+    ref = require_reference()
+    tar = make_tar(dev.src, dev.work / "src.tar")
+    image = mkfs(ref, dev.work / "tari.erofs", tar, "--tar=i")
+    assert_kernel_agrees(kernel, loop, image, dev.src, [tar])
+    assert_kernel_agrees(kernel, loop, concat(dev.work / "tari-one.erofs", image, tar), dev.src)
 
 
-def test_patched_slot_appended(kernel, loop, blobbed, work, src):
-    image, blob = blobbed
-    with Image.open(image) as img:
-        base = img.blocks
-    placed = patch_image(image, work / "placed.erofs", uniaddr=base, blocks=blocks_of(blob, 4096))
-    assert_kernel_agrees(kernel, loop, concat(work / "placed-one.erofs", placed, blob), src)
-    assert_kernel_agrees(kernel, loop, placed, src, [blob])
-
-
-def test_unified_addressing(kernel, loop, blobbed, work, src):
-    image, blob = blobbed
-    with Image.open(image) as img:
-        base = img.blocks
-    unified = patch_image(image, work / "unified.erofs", uniaddr=base,
-                          blocks=blocks_of(blob, 4096),
-                          index=lambda hi, dev, lo: (hi, 0, lo + base))
-    assert_kernel_agrees(kernel, loop, unified, src, [blob])
-    assert_kernel_agrees(kernel, loop, concat(work / "unified-one.erofs", unified, blob), src)
-
-
-@pytest.fixture(scope="module")
-def ref():
-    path = reference()
-    if path is None:
-        pytest.skip("needs mkfs.erofs 1.9.3 (set MKFS_EROFS_REF)")
-    return path
-
-
-def test_tar_index_19(kernel, loop, ref, work, src):
-    tar = make_tar(src, work / "src.tar")
-    image = mkfs(ref, work / "tari.erofs", tar, "--tar=i")
-    assert_kernel_agrees(kernel, loop, image, src, [tar])
-    assert_kernel_agrees(kernel, loop, concat(work / "tari-one.erofs", image, tar), src)
-
-
-def test_blobdev_19(kernel, loop, ref, work, src):
-    image, blob = work / "blob19.erofs", work / "blob19.dev"
-    mkfs(ref, image, src, "--chunksize=4096", f"--blobdev={blob}")
-    assert_kernel_agrees(kernel, loop, image, src, [blob])
-    assert_kernel_agrees(kernel, loop, concat(work / "blob19-one.erofs", image, blob), src)
+def test_blobdev_19(kernel, loop, dev):
+    ref = require_reference()
+    image, blob = dev.work / "blob19.erofs", dev.work / "blob19.dev"
+    mkfs(ref, image, dev.src, "--chunksize=4096", f"--blobdev={blob}")
+    assert_kernel_agrees(kernel, loop, image, dev.src, [blob])
+    assert_kernel_agrees(kernel, loop, concat(dev.work / "blob19-one.erofs", image, blob), dev.src)

@@ -15,23 +15,22 @@ The kernel's view of the same images is checked in tests/kernel/test_kernel_devi
 """
 from __future__ import annotations
 
-import os
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from mkerofs.reader import Image, ImageError
-from support.devimages import (OLD_MKFS, REF_DEFAULT, blocks_of, concat, make_device_tree,
-                               make_tar, mkfs, patch_image, reference, tree_bytes)
+from support.devimages import (OLD_MKFS, DeviceCase, concat, device_case, make_tar, mkfs,
+                               patch_image, place_blob, reader_files, require_reference,
+                               tree_bytes)
 
 from test_readcli import assert_clean_error, run_read
 
 
-def reader_bytes(image: Path, devices=None) -> dict[str, bytes]:
-    with Image.open(image, devices=devices) as img:
-        return {os.fsdecode(path[1:]): img.read(inode) for path, inode in img.walk()
-                if inode.is_reg()}
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory) -> DeviceCase:
+    return device_case(tmp_path_factory)
 
 
 def assert_reads_like(image: Path, src: Path, *device_opts) -> None:
@@ -53,44 +52,24 @@ def assert_reads_like(image: Path, src: Path, *device_opts) -> None:
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    if not OLD_MKFS.exists():
-        pytest.skip(f"needs Debian's mkfs.erofs 1.5 at {OLD_MKFS}")
-    return tmp_path_factory.mktemp("devices")
-
-
-@pytest.fixture(scope="module")
-def src(work) -> Path:
-    return make_device_tree(work / "src")
-
-
-@pytest.fixture(scope="module")
-def mapped(work, src) -> Path:
+def mapped(dev) -> Path:
     """mkfs.erofs 1.5 --chunksize=8192: block maps, no device table."""
-    return mkfs(OLD_MKFS, work / "map.erofs", src, "--chunksize=8192")
-
-
-@pytest.fixture(scope="module")
-def blobbed(work, src) -> tuple[Path, Path]:
-    """mkfs.erofs 1.5 --chunksize=4096 --blobdev=BLOB: (image, blob)."""
-    image, blob = work / "blob.erofs", work / "blob.dev"
-    mkfs(OLD_MKFS, image, src, "--chunksize=4096", f"--blobdev={blob}")
-    return image, blob
+    return mkfs(OLD_MKFS, dev.work / "map.erofs", dev.src, "--chunksize=8192")
 
 
 # ---------------------------------------------------------------------------
 # mkfs.erofs 1.5
 
-def test_block_map_chunks_without_devices(mapped, src):
+def test_block_map_chunks_without_devices(mapped, dev):
     with Image.open(mapped) as img:
         assert img.device_table == []
         assert "chunked_file" in img.features()
-    assert_reads_like(mapped, src)
+    assert_reads_like(mapped, dev.src)
 
 
-def test_blobdev_read_with_device(blobbed, src):
-    image, blob = blobbed
-    assert_reads_like(image, src, f"--device={blob}")
+def test_blobdev_read_with_device(dev):
+    image, blob = dev.image, dev.blob
+    assert_reads_like(image, dev.src, f"--device={blob}")
     info = run_read("info", image, "--device", blob).stdout
     # what 1.5 writes: no size, no place in the image
     assert "device 1:" in info and "0 blocks, uniaddr 0" in info
@@ -101,11 +80,11 @@ def test_blobdev_read_with_device(blobbed, src):
         assert {e.device for e in dup} == {1}
 
 
-def test_blobdev_uniaddr_zero_refuses_flatdev(blobbed, work, src):
+def test_blobdev_uniaddr_zero_refuses_flatdev(dev):
     """1.5's slot places the blob nowhere: without --device, the chunks cannot be read, however
     the blob is appended; the metadata still can."""
-    image, blob = blobbed
-    one = concat(work / "one15.erofs", image, blob)
+    image, blob = dev.image, dev.blob
+    one = concat(dev.work / "one15.erofs", image, blob)
     for img_path in (image, one):
         assert "f300000" in run_read("ls", img_path).stdout
         r = run_read("cat", img_path, "/f4097", check=False)
@@ -118,97 +97,83 @@ def test_blobdev_uniaddr_zero_refuses_flatdev(blobbed, work, src):
             img.read(img.lookup("/f1"))
 
 
-def test_appended_with_patched_slot(blobbed, work, src):
+def test_appended_with_patched_slot(dev):
     """uniaddr = the image's blocks: IMAGE + BLOB reads without --device (flatdev)."""
-    image, blob = blobbed
-    with Image.open(image) as img:
-        blocks = img.blocks
-    patched = patch_image(image, work / "placed.erofs", uniaddr=blocks,
-                          blocks=blocks_of(blob, 4096))
-    one = concat(work / "placed-one.erofs", patched, blob)
-    assert_reads_like(one, src)
-    assert_reads_like(patched, src, f"--device={blob}")
-    assert reader_bytes(one) == tree_bytes(src)
+    blob = dev.blob
+    patched = place_blob(dev, "placed.erofs")
+    one = concat(dev.work / "placed-one.erofs", patched, blob)
+    assert_reads_like(one, dev.src)
+    assert_reads_like(patched, dev.src, f"--device={blob}")
+    assert reader_files(one) == tree_bytes(dev.src)
     r = run_read("cat", patched, "/f8193", check=False)      # not appended: the image ends early
     assert_clean_error(r, 1, "device 1", "past the end of the image", "--device=FILE",
                        "append")
 
 
-def test_unified_addressing(blobbed, work, src):
+def test_unified_addressing(dev):
     """Chunk indexes naming device 0 at uniaddr + block: with --device the reader (as the
     kernel's erofs_map_dev) reads them from the device; appended, from the image itself."""
-    image, blob = blobbed
-    with Image.open(image) as img:
-        base = img.blocks
-    unified = patch_image(image, work / "unified.erofs", uniaddr=base,
-                          blocks=blocks_of(blob, 4096),
-                          index=lambda hi, dev, lo: (hi, 0, lo + base))
+    blob = dev.blob
+    unified = place_blob(dev, "unified.erofs", unified=True)
     with Image.open(unified, devices=[blob]) as img:
         assert {e.device for e in img.extents(img.lookup("/f300000"))} == {1}
-    assert reader_bytes(unified, [blob]) == tree_bytes(src)
-    assert reader_bytes(concat(work / "unified-one.erofs", unified, blob)) == tree_bytes(src)
+    assert reader_files(unified, [blob]) == tree_bytes(dev.src)
+    one = concat(dev.work / "unified-one.erofs", unified, blob)
+    assert reader_files(one) == tree_bytes(dev.src)
     # without the device, the addresses are past the end of the image
     with Image.open(unified) as img, pytest.raises(ImageError, match="past the end"):
         img.read(img.lookup("/f4096"))
 
 
-def test_device_id_masked(blobbed, work, src):
+def test_device_id_masked(dev):
     """The kernel masks device ids with roundup_pow_of_two(extra_devices + 1) - 1: with one
     device, id 3 is device 1; with two, id 3 names a device the table does not have."""
-    image, blob = blobbed
+    image, blob = dev.image, dev.blob
     def to3(hi, _dev, lo):
         return hi, 3, lo
-    masked = patch_image(image, work / "masked.erofs", index=to3)
-    assert reader_bytes(masked, [blob]) == tree_bytes(src)
-    two = patch_image(image, work / "two.erofs", index=to3, extra_devices=2)
+    masked = patch_image(image, dev.work / "masked.erofs", index=to3)
+    assert reader_files(masked, [blob]) == tree_bytes(dev.src)
+    two = patch_image(image, dev.work / "two.erofs", index=to3, extra_devices=2)
     with Image.open(two, devices=[blob, blob]) as img:
         assert len(img.device_table) == 2
         with pytest.raises(ImageError, match="names device 3, but the image has 2"):
             img.read(img.lookup("/f1"))
 
 
-def test_errors(blobbed, mapped, work):
-    image, blob = blobbed
-    r = run_read("cat", image, "/f1", "--device", work / "no-such-blob", check=False)
+def test_errors(dev, mapped):
+    image, blob = dev.image, dev.blob
+    r = run_read("cat", image, "/f1", "--device", dev.work / "no-such-blob", check=False)
     assert_clean_error(r, 2, "no-such-blob")
     r = run_read("ls", image, "--device", blob, "--device", blob, check=False)
     assert_clean_error(r, 2, "2 device(s) given", "1 slot")
-    short = work / "short.dev"
+    short = dev.work / "short.dev"
     short.write_bytes(blob.read_bytes()[:20000])
     r = run_read("cat", image, "/f300000", "--device", short, check=False)
     assert_clean_error(r, 1, "device 1", "short.dev", "past its end")
-    r = run_read("compare", image, work / "src", "--device", short, check=False)
+    r = run_read("compare", image, dev.work / "src", "--device", short, check=False)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     # an image without a device table takes no --device
     r = run_read("info", mapped, "--device", blob, check=False)
     assert_clean_error(r, 2, "1 device(s) given", "0 slot")
 
 
-def test_devices_as_bytes_and_files(blobbed, src):
-    image, blob = blobbed
+def test_devices_as_bytes_and_files(dev):
+    image, blob = dev.image, dev.blob
     data = blob.read_bytes()
     with open(blob, "rb") as f, Image.open(image, devices=[f]) as img:
-        assert img.read(img.lookup("/f65536")) == (src / "f65536").read_bytes()
+        assert img.read(img.lookup("/f65536")) == (dev.src / "f65536").read_bytes()
     with Image(image.read_bytes(), devices=[data]) as img:
-        assert img.read(img.lookup("/sub/g300000")) == (src / "sub/g300000").read_bytes()
+        assert img.read(img.lookup("/sub/g300000")) == (dev.src / "sub/g300000").read_bytes()
         assert not img.flatdev
 
 
 # ---------------------------------------------------------------------------
 # mkfs.erofs >= 1.9: --tar=i (metadata only, 512-byte blocks) and --blobdev
 
-@pytest.fixture(scope="module")
-def ref():
-    path = reference()
-    if path is None:
-        pytest.skip("needs mkfs.erofs 1.9.3 (set MKFS_EROFS_REF, or install it at "
-                    f"{REF_DEFAULT})")
-    return path
-
-
-def test_tar_index(ref, work, src):
-    tar = make_tar(src, work / "src.tar")
-    image = work / "tari.erofs"
+def test_tar_index(dev):
+    ref = require_reference()
+    tar = make_tar(dev.src, dev.work / "src.tar")
+    image = dev.work / "tari.erofs"
     mkfs(ref, image, tar, "--tar=i")
     with Image.open(image) as img:
         assert img.block_size == 512
@@ -216,17 +181,18 @@ def test_tar_index(ref, work, src):
         assert slot.uniaddr == img.blocks      # so the tar can be appended
     info = run_read("info", image).stdout
     assert f"uniaddr {slot.uniaddr}" in info
-    assert_reads_like(image, src, f"--device={tar}")
-    assert_reads_like(concat(work / "tari-one.erofs", image, tar), src)
+    assert_reads_like(image, dev.src, f"--device={tar}")
+    assert_reads_like(concat(dev.work / "tari-one.erofs", image, tar), dev.src)
     r = run_read("cat", image, "/f8192", check=False)
     assert_clean_error(r, 1, "past the end of the image", "--device=FILE")
 
 
-def test_blobdev_19_appended(ref, work, src):
-    image, blob = work / "blob19.erofs", work / "blob19.dev"
-    mkfs(ref, image, src, "--chunksize=4096", f"--blobdev={blob}")
+def test_blobdev_19_appended(dev):
+    ref = require_reference()
+    image, blob = dev.work / "blob19.erofs", dev.work / "blob19.dev"
+    mkfs(ref, image, dev.src, "--chunksize=4096", f"--blobdev={blob}")
     with Image.open(image) as img:
         assert img.device_table[0].uniaddr == img.blocks
-    assert_reads_like(image, src, f"--device={blob}")
-    assert_reads_like(concat(work / "blob19-one.erofs", image, blob), src)
+    assert_reads_like(image, dev.src, f"--device={blob}")
+    assert_reads_like(concat(dev.work / "blob19-one.erofs", image, blob), dev.src)
 

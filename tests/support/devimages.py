@@ -10,10 +10,14 @@ import os
 import shutil
 import stat
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import pytest
+
 from mkerofs.ondisk import format as fmt
+from mkerofs.reader import Image
 
 from . import oracle
 from .trees import write_file
@@ -136,3 +140,50 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
     """{relative path: bytes} of every regular file below root."""
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
             if p.is_file() and not p.is_symlink()}
+
+
+def reader_files(image: Path, devices=None) -> dict[str, bytes]:
+    """tree_bytes() of an image as the reader reads it (with `devices`, else flatdev)."""
+    with Image.open(image, devices=devices) as img:
+        return {os.fsdecode(path[1:]): img.read(inode) for path, inode in img.walk()
+                if inode.is_reg()}
+
+
+@dataclass
+class DeviceCase:
+    """mkfs.erofs 1.5 --chunksize=4096 --blobdev=BLOB of make_device_tree(), in `work`."""
+    work: Path
+    src: Path
+    image: Path
+    blob: Path
+
+
+def device_case(tmp_path_factory) -> DeviceCase:
+    """Build a DeviceCase (skips without mkfs.erofs 1.5)."""
+    if not OLD_MKFS.exists():
+        pytest.skip(f"needs Debian's mkfs.erofs 1.5 at {OLD_MKFS}")
+    work = tmp_path_factory.mktemp("devices")
+    src = make_device_tree(work / "src")
+    image, blob = work / "blob.erofs", work / "blob.dev"
+    mkfs(OLD_MKFS, image, src, "--chunksize=4096", f"--blobdev={blob}")
+    return DeviceCase(work, src, image, blob)
+
+
+def place_blob(case: DeviceCase, name: str, *, unified: bool = False) -> Path:
+    """case.image with its slot placing the blob right after the image (uniaddr = the image's
+    blocks, blocks = the blob's), as mkfs.erofs >= 1.9 writes it; `unified`: also every chunk
+    index moved to device 0 at uniaddr + its block (unified addressing)."""
+    sb = oracle.read_superblock(case.image)
+    base = sb.blocks
+    move = (lambda hi, _dev, lo: (hi, 0, lo + base)) if unified else None
+    return patch_image(case.image, case.work / name, uniaddr=base,
+                       blocks=blocks_of(case.blob, sb.block_size), index=move)
+
+
+def require_reference() -> Path:
+    """mkfs.erofs >= 1.9 (skips without one)."""
+    path = reference()
+    if path is None:
+        pytest.skip(f"needs mkfs.erofs 1.9.3 (set MKFS_EROFS_REF, or install it at "
+                    f"{REF_DEFAULT})")
+    return path
