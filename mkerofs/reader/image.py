@@ -27,6 +27,8 @@ Notes on the API (beyond the names agreed with the front end):
   verify_report() also says how many inodes and bytes of file data it checked.
 * Extras: Image.root_nid, blocks, build_time, epoch, image_size, packed_inode,
   long_xattr_prefixes(), compression_configs(); Extent.interlaced.
+* Extra devices: Image.device_table (a format.DeviceSlot per slot), flatdev (no devices were
+  given), device_problems(); Extent.device (0: the image).
 
 Extra devices (the device table, EROFS_FEATURE_INCOMPAT_DEVICE_TABLE), as the kernel reads them
 (fs/erofs/super.c erofs_scan_devices, data.c erofs_map_dev):
