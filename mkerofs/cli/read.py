@@ -38,9 +38,11 @@ def _named(image: str, err: Exception) -> str:
 
 @contextlib.contextmanager
 def open_image(image: str, offset: int = 0):
-    """Image.open with failures turned into a message naming the image (exit status 2)."""
+    """Image.open with failures turned into a message naming the image (exit status 2); the
+    extra devices are those of the command's --device options."""
+    devices = click.get_current_context().meta.get(_DEVICES) or None
     try:
-        img = Image.open(image, offset=offset)
+        img = Image.open(image, offset=offset, devices=devices)
     except ImageError as err:
         raise Failure(_named(image, err), EXIT_UNREADABLE) from err
     except OSError as err:
@@ -57,10 +59,23 @@ def _out():
     return sys.stdout.buffer
 
 
+_DEVICES = "mkerofs.devices"
+
+
+def _keep_devices(ctx, _param, value):
+    ctx.meta[_DEVICES] = value
+    return value
+
+
 def _common(func):
-    """Options every subcommand takes: --offset, and -d#/--debug (tracebacks on errors)."""
+    """Options every subcommand takes: --offset, --device (kept in the context for open_image,
+    so no command passes it on) and -d#/--debug (tracebacks on errors)."""
     func = click.option("--offset", metavar="#", type=OFFSET, default=0,
                         help="the filesystem starts # bytes into IMAGE")(func)
+    func = click.option("--device", metavar="FILE", multiple=True, expose_value=False,
+                        callback=_keep_devices, type=click.Path(dir_okay=False),
+                        help="an extra device of IMAGE's device table, one per slot, in order "
+                             "(default: read them from IMAGE, where they may be appended)")(func)
     return debug_options(hidden=True)(func)
 
 
@@ -156,6 +171,9 @@ def info(image, offset):
             ("algorithms", ", ".join(img.algorithms()) or "(none: uncompressed)"),
             ("checksum", verdict),
         ]
+        rows += [(f"device {n}", f"tag {show(escape(slot.tag)) or '(none)'}, {slot.blocks} "
+                                 f"blocks, uniaddr {slot.uniaddr}")
+                 for n, slot in enumerate(img.device_table, 1)]
         width = max(len(k) for k, _ in rows) + 1
         for key, value in rows:
             click.echo(f"{key + ':':<{width}} {value}")
@@ -250,7 +268,8 @@ def stat_(image, path, offset):
                 click.echo(f"  {'logical':>12} {'length':>10} {'physical':>14} {'phys.len':>10}"
                            f"  algorithm  kind")
                 for e in extents:
-                    physical = "-" if e.physical is None else str(e.physical)
+                    physical = "-" if e.physical is None else \
+                        f"{e.device}:{e.physical}" if e.device else str(e.physical)
                     plen = "-" if e.physical_length is None else str(e.physical_length)
                     kind = e.kind + (" (partial)" if e.partial else "")
                     click.echo(f"  {e.logical:>12} {e.length:>10} {physical:>14} {plen:>10}"

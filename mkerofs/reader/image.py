@@ -27,6 +27,27 @@ Notes on the API (beyond the names agreed with the front end):
   verify_report() also says how many inodes and bytes of file data it checked.
 * Extras: Image.root_nid, blocks, build_time, epoch, image_size, packed_inode,
   long_xattr_prefixes(), compression_configs(); Extent.interlaced.
+* Extra devices: Image.device_table (a format.DeviceSlot per slot), flatdev (no devices were
+  given), device_problems(); Extent.device (0: the image).
+
+Extra devices (the device table, EROFS_FEATURE_INCOMPAT_DEVICE_TABLE), as the kernel reads them
+(fs/erofs/super.c erofs_scan_devices, data.c erofs_map_dev):
+
+* A chunk index's device_id, masked with roundup_pow_of_two(extra_devices + 1) - 1, names slot n
+  (1-based); 0 is the image itself.  A masked id beyond the table is an error.
+* ``Image(..., devices=[...])`` (mount -o device=, one per slot, in order; their number must be
+  the table's) reads device n from its own file, from byte 0.  Then an address on the image
+  (block maps, device_id 0, flat and compressed data; not metadata or inline tails) that falls
+  in [uniaddr, uniaddr + blocks) of a slot with a nonzero uniaddr is read from that device
+  instead ("unified addressing").
+* Without devices ("flatdev"), device n is read from the image itself from block uniaddr of its
+  slot on: the devices appended to the image, as containerd does with tar index layers.  A slot
+  with uniaddr 0 (mkfs.erofs 1.5 writes that) places its device nowhere, so its chunks cannot be
+  read this way (the kernel would read the image's own first blocks; this reader refuses).
+* A slot's blocks_hi/uniaddr_hi and a chunk index's startblk_hi count only with the 48-bit
+  format (EROFS_FEATURE_INCOMPAT_48BIT, EROFS_CHUNK_FORMAT_48BIT).
+Data missing from a device (or from the image, for flatdev) is an ImageError saying which
+device and what to pass, when the file's extents are mapped.
 
 An Image is not thread-safe (it caches directories and decoded pclusters): open one per thread.
 Images are mmap()ed: a file truncated by someone else while it is read crashes the process
@@ -42,6 +63,7 @@ import stat
 from bisect import bisect_right
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Iterator
 
 from ..codecs import registry
@@ -70,6 +92,9 @@ _FT_OF_MODE = {
 _COMPRESSED = (fmt.EROFS_INODE_COMPRESSED_FULL, fmt.EROFS_INODE_COMPRESSED_COMPACT)
 _ADDR32 = (1 << 32) - 1
 _ADDR48 = (1 << 48) - 1
+# what unified addressing moves to an extra device: data read through erofs_map_dev (inline
+# tails are read as metadata, from the image)
+_UNIFIED_KINDS = ("plain", "compressed", "interlaced")
 
 
 class NotFoundError(ImageError, FileNotFoundError):
@@ -149,6 +174,12 @@ class Inode:
         return stat.S_ISSOCK(self.mode)
 
 
+def _source_name(source, default: str) -> str:
+    """A path's or a file object's name, for messages."""
+    name = getattr(source, "name", source)
+    return os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else default
+
+
 def _with_nid(nid: int, error: ImageError) -> ImageError:
     msg = str(error)
     if msg.startswith("nid "):
@@ -156,11 +187,24 @@ def _with_nid(nid: int, error: ImageError) -> ImageError:
     return ImageError(f"nid {nid}: {msg}")
 
 
-class Image:
-    """An EROFS image in a file, block device, bytes or mmap, `offset` bytes in."""
+@dataclass(slots=True)
+class _Device:
+    """Where an extra device's bytes are: `size` bytes of `data` from byte `base` on (data None:
+    nowhere)."""
+    name: str
+    data: object
+    base: int
+    size: int
 
-    def __init__(self, source, offset: int = 0, *, require_checksum: bool = False):
-        self._mmap = None
+
+class Image:
+    """An EROFS image in a file, block device, bytes or mmap, `offset` bytes in; `devices`: its
+    extra devices, one per slot of its device table (paths, files or bytes), or None to read
+    them from the image itself (flatdev)."""
+
+    def __init__(self, source, offset: int = 0, *, require_checksum: bool = False,
+                 devices=None):
+        self._mmaps: list[mmap.mmap] = []
         self._closed = False
         self._data, self._size = self._attach(source, offset)
         self._base = offset
@@ -172,6 +216,7 @@ class Image:
         self._prefixes: list[tuple[int, bytes]] | None = None
         try:
             self._read_superblock()
+            self._attach_devices(devices)
         except ImageError:
             self.close()
             raise
@@ -194,24 +239,28 @@ class Image:
             data = source
         elif isinstance(source, (bytearray, memoryview)):
             data = bytes(source)
-        elif hasattr(source, "read"):
-            data = self._map_file(source, offset)
-        elif isinstance(source, (str, os.PathLike)):
-            try:
-                with open(source, "rb") as f:
-                    data = self._map_file(f, offset)
-            except OSError as e:
-                raise ImageError(f"cannot open {os.fsdecode(source)}: {e.strerror or e}") \
-                    from None
         else:
-            raise TypeError(f"cannot read an image from {type(source).__name__}")
+            data = self._load(source, "the image", offset)
         size = len(data) - offset
         if size <= 0:
             raise ImageError(f"the image is empty ({len(data)} bytes, offset {offset})")
         return data, size
 
-    def _map_file(self, f, offset: int):
-        """mmap a real file or block device; read anything else (pipes, BytesIO) whole."""
+    def _load(self, source, what: str, offset: int = 0):
+        """The bytes of a file object or path, mmap()ed when it is a real file or block
+        device (pipes, BytesIO: read whole)."""
+        if hasattr(source, "read"):
+            return self._map_file(source, what, offset)
+        if isinstance(source, (str, os.PathLike)):
+            try:
+                with open(source, "rb") as f:
+                    return self._map_file(f, what, offset)
+            except OSError as e:
+                raise ImageError(f"cannot open {os.fsdecode(source)}: {e.strerror or e}") \
+                    from None
+        raise TypeError(f"cannot read {what} from {type(source).__name__}")
+
+    def _map_file(self, f, what: str, offset: int):
         try:
             fd = f.fileno()
             end = os.lseek(fd, 0, os.SEEK_END)
@@ -219,10 +268,10 @@ class Image:
             fd = None
         if fd is not None:
             if end <= offset:
-                raise ImageError(f"the image is empty ({end} bytes, offset {offset})")
+                raise ImageError(f"{what} is empty ({end} bytes, offset {offset})")
             try:
-                self._mmap = mmap.mmap(fd, end, prot=mmap.PROT_READ)
-                return self._mmap
+                self._mmaps.append(mmap.mmap(fd, end, prot=mmap.PROT_READ))
+                return self._mmaps[-1]
             except (OSError, ValueError):
                 pass
         try:
@@ -232,7 +281,7 @@ class Image:
         try:
             data = f.read()
         except OSError as e:
-            raise ImageError(f"cannot read the image: {e.strerror or e}") from None
+            raise ImageError(f"cannot read {what}: {e.strerror or e}") from None
         return bytes(data)
 
     def close(self) -> None:
@@ -242,13 +291,14 @@ class Image:
         self._decoded.clear()
         self._dir_cache.clear()
         self._zcache.clear()
-        if self._mmap is not None:
+        for mm in self._mmaps:
             try:
-                self._mmap.close()
+                mm.close()
             except BufferError:     # a caller still holds a view; the mapping goes with it
                 pass
         self._data = b""
         self._size = 0              # every read now fails
+        self._devs = [_Device(d.name, None, 0, 0) for d in getattr(self, "_devs", ())]
 
     def __enter__(self) -> "Image":
         return self
@@ -320,6 +370,7 @@ class Image:
         self._xattr_base = sb.xattr_blkaddr << sb.blkszbits
         self.checksum_ok = self._verify_checksum()
         self._read_compr_cfgs()
+        self._read_device_table()
 
     def _verify_checksum(self) -> bool | None:
         sb = self.superblock
@@ -333,6 +384,63 @@ class Image:
         raw[fmt.SB_CHECKSUM_OFFSET:fmt.SB_CHECKSUM_OFFSET + 4] = bytes(4)
         self._computed_checksum = fmt.erofs_crc32c(bytes(raw))
         return self._computed_checksum == sb.checksum
+
+    def _read_device_table(self) -> None:
+        sb = self.superblock
+        count = sb.extra_devices if sb.feature_incompat & fmt.EROFS_FEATURE_INCOMPAT_DEVICE_TABLE \
+            else 0
+        self._devmask = (1 << count.bit_length()) - 1      # roundup_pow_of_two(count + 1) - 1
+        pos = sb.devt_slotoff * fmt.EROFS_DEVT_SLOT_SIZE
+        try:
+            raw = self._get(pos, count * fmt.EROFS_DEVT_SLOT_SIZE)
+        except ImageError as e:
+            raise ImageError(f"device table of {count} slots: {e}") from None
+        self.device_table = [
+            fmt.DeviceSlot.unpack(raw[at:at + fmt.EROFS_DEVT_SLOT_SIZE], self._48bit)
+            for at in range(0, len(raw), fmt.EROFS_DEVT_SLOT_SIZE)]
+
+    def _attach_devices(self, devices) -> None:
+        """Where each slot's device is read: the given files, else the image itself."""
+        table, bs = self.device_table, self.block_size
+        self.flatdev = devices is None
+        self._unified: list[tuple[int, int, int]] = []
+        if self.flatdev:
+            self._devs = [_Device(f"device {n}", self._data if slot.uniaddr else None,
+                                  self._base + slot.uniaddr * bs,
+                                  max(self._size - slot.uniaddr * bs, 0))
+                          for n, slot in enumerate(table, 1)]
+            return
+        devices = list(devices)
+        if len(devices) != len(table):
+            raise ImageError(f"{len(devices)} device(s) given, but the image's device table "
+                             f"has {len(table)} slot(s): give one device per slot, in order")
+        self._devs = []
+        for n, (slot, source) in enumerate(zip(table, devices), 1):
+            if isinstance(source, (bytes, bytearray, memoryview, mmap.mmap)):
+                name, data = f"device {n}", source
+            else:
+                name = _source_name(source, f"device {n}")
+                data = self._load(source, f"device {n} ({name})")
+            self._devs.append(_Device(name, data, 0, len(data)))
+            if slot.uniaddr:
+                self._unified.append((slot.uniaddr * bs, (slot.uniaddr + slot.blocks) * bs, n))
+
+    def device_problems(self) -> list[str]:
+        """Extra devices missing or shorter than their slots say (a partial last block is
+        fine: a tar need not end on a block boundary)."""
+        out = []
+        bs = self.block_size
+        for n, (slot, d) in enumerate(zip(self.device_table, self._devs), 1):
+            if d.data is None:
+                out.append(f"device {n} ({slot.blocks} blocks) is not in the image (its slot's "
+                           "uniaddr is 0): pass --device=FILE")
+            elif -(-d.size // bs) < slot.blocks:
+                where = f"{d.name}" if not self.flatdev else \
+                    f"from block {slot.uniaddr} of the image"
+                out.append(f"device {n} ({where}) has {d.size} bytes, its slot says "
+                           f"{slot.blocks} blocks of {bs}" +
+                           (": append it whole, or pass --device=FILE" if self.flatdev else ""))
+        return out
 
     def _checksum_problem(self) -> str:
         return (f"superblock checksum 0x{self.superblock.checksum:08x} does not match the "
@@ -509,16 +617,15 @@ class Image:
         if inode.datalayout == fmt.EROFS_INODE_FLAT_PLAIN:
             if inode.startblk == fmt.EROFS_NULL_ADDR:
                 return [Extent(0, size, None, 0, None, "hole")]
-            pa = inode.startblk * bs
-            self._check_range(pa, nblocks * bs, f"data of {size} bytes at block {inode.startblk}")
-            return [Extent(0, size, pa, nblocks * bs)]
+            ext = Extent(0, size, inode.startblk * bs, nblocks * bs)
+            self._check_data(ext, f"data of {size} bytes at block {inode.startblk}")
+            return [ext]
         tail_start = (nblocks - 1) * bs
         out = []
         if tail_start:
-            pa = inode.startblk * bs
-            self._check_range(pa, tail_start, f"data of {tail_start} bytes at block "
-                                              f"{inode.startblk}")
-            out.append(Extent(0, tail_start, pa, tail_start))
+            ext = Extent(0, tail_start, inode.startblk * bs, tail_start)
+            self._check_data(ext, f"data of {tail_start} bytes at block {inode.startblk}")
+            out.append(ext)
         tail, tpos = size - tail_start, inode.data_pos
         if tpos % bs + tail > bs:
             raise ImageError(f"inline data of {tail} bytes at byte {tpos} crosses a block "
@@ -538,22 +645,20 @@ class Image:
         indexes = bool(chunkfmt & fmt.EROFS_CHUNK_FORMAT_INDEXES)
         raw = self._get(fmt.chunk_map_start(inode.data_pos, chunkfmt),
                         count * fmt.chunk_map_unit(chunkfmt))
+        devs = None                 # the device of each chunk (None: all on the image)
         if indexes:
             mask = (1 << (48 if chunkfmt & fmt.EROFS_CHUNK_FORMAT_48BIT else 32)) - 1
-            devmask = self._device_id_mask()
+            devmask = self._devmask
             addrs = []
-            for i, (hi, dev, lo) in enumerate(fmt.EROFS_INODE_CHUNK_INDEX.iter_unpack(raw)):
+            devs = []
+            for hi, dev, lo in fmt.EROFS_INODE_CHUNK_INDEX.iter_unpack(raw):
                 blk = ((hi << 32) | lo) & mask
-                if not (blk ^ fmt.EROFS_NULL_ADDR) & mask:
-                    addrs.append(None)
-                    continue
-                if dev & devmask:
-                    raise ImageError(f"chunk {i} is on extra device {dev & devmask}, which "
-                                     "this reader cannot read")
-                addrs.append(blk)
+                addrs.append(blk if (blk ^ fmt.EROFS_NULL_ADDR) & mask else None)
+                devs.append(dev & devmask)
         else:
             addrs = [None if a == fmt.EROFS_NULL_ADDR_32 else a
                      for (a,) in fmt.EROFS_BLOCK_MAP_ENTRY.iter_unpack(raw)]
+        unified = bool(self._unified)
         out: list[Extent] = []
         for i, blk in enumerate(addrs):
             la = i << chunkbits
@@ -566,21 +671,73 @@ class Image:
                 continue
             plen = min(chunksize, fmt.round_up(size - la, bs))
             pa = blk << self._blkszbits
-            self._check_range(pa, plen, f"chunk {i} at block {blk}")
+            dev = devs[i] if devs else 0
+            if dev or unified:
+                dev, pa = self._map_dev(dev, pa, f"chunk {i}")
+            if dev:
+                self._check_device(dev, pa, length, f"chunk {i}")
+            else:
+                self._check_range(pa, plen, f"chunk {i} at block {blk}")
             last = out[-1] if out else None
             if last is not None and last.kind == "plain" and last.length == last.physical_length \
-                    and last.physical + last.physical_length == pa:
+                    and last.physical + last.physical_length == pa and last.device == dev:
                 last.length += length
                 last.physical_length += plen
             else:
-                out.append(Extent(la, length, pa, plen))
+                out.append(Extent(la, length, pa, plen, device=dev))
         return out
 
-    def _device_id_mask(self) -> int:
-        sb = self.superblock
-        extra = sb.extra_devices if sb.feature_incompat & fmt.EROFS_FEATURE_INCOMPAT_DEVICE_TABLE \
-            else 0
-        return (1 << extra.bit_length()) - 1 if extra else 0
+    def _map_dev(self, dev: int, pa: int, what: str) -> tuple[int, int]:
+        """(device, byte offset in it) of an address on device `dev` (erofs_map_dev)."""
+        if dev:
+            if dev > len(self._devs):
+                raise ImageError(f"{what} names device {dev}, but the image has "
+                                 f"{len(self._devs)} extra device(s)")
+            return dev, pa
+        for start, end, n in self._unified:
+            if start <= pa < end:
+                return n, pa - start
+        return 0, pa
+
+    def _check_device(self, dev: int, pa: int, n: int, what: str) -> None:
+        """`n` bytes at byte `pa` of extra device `dev` must be there."""
+        d = self._devs[dev - 1]
+        if d.data is not None and pa + n <= d.size:
+            return
+        if self._closed:
+            raise ImageError("the image is closed")
+        slot = self.device_table[dev - 1]
+        blk = pa >> self._blkszbits
+        if not self.flatdev:
+            raise ImageError(f"{what} is at block {blk} of device {dev} ({d.name}), past its end "
+                             f"({d.size} bytes; its slot says {slot.blocks} blocks of "
+                             f"{self.block_size})")
+        if not slot.uniaddr:
+            raise ImageError(f"{what} is on device {dev} ({slot.blocks} blocks), which its slot "
+                             "does not place in the image (uniaddr 0): pass --device=FILE")
+        raise ImageError(f"{what} is at block {blk} of device {dev} ({slot.blocks} blocks from "
+                         f"block {slot.uniaddr} of the image), past the end of the image "
+                         f"({self._size} bytes): pass --device=FILE or append the device to "
+                         "the image")
+
+    def _check_data(self, ext: Extent, what: str) -> None:
+        """Check that an extent's stored bytes are there, first moving it to an extra device
+        if unified addressing puts it there."""
+        if self._unified and ext.kind in _UNIFIED_KINDS:
+            ext.device, ext.physical = self._map_dev(0, ext.physical, what)
+        if ext.device:
+            self._check_device(ext.device, ext.physical,
+                               ext.length if ext.kind == "plain" else ext.physical_length, what)
+        else:
+            self._check_range(ext.physical, ext.physical_length, what)
+
+    def _stored(self, ext: Extent, pos: int, n: int) -> bytes:
+        """`n` bytes at byte `pos` of the device holding `ext`."""
+        if not ext.device:
+            return self._get(pos, n)
+        self._check_device(ext.device, pos, n, f"{n} bytes at byte {pos}")
+        d = self._devs[ext.device - 1]
+        return d.data[d.base + pos:d.base + pos + n]
 
     def _compressed(self, inode: Inode):
         """(extents, header, lclusters) of a compressed inode."""
@@ -648,8 +805,7 @@ class Image:
     def _check_physical(self, extents: list[Extent]) -> None:
         for ext in extents:
             if ext.physical is not None and ext.kind != "fragment":
-                self._check_range(ext.physical, ext.physical_length,
-                                  f"{ext.kind} pcluster of the extent at {ext.logical}")
+                self._check_data(ext, f"{ext.kind} pcluster of the extent at {ext.logical}")
 
     def _check_fragments(self, inode: Inode, extents: list[Extent]) -> None:
         for ext in extents:
@@ -727,9 +883,10 @@ class Image:
         if kind == "plain" or kind == "inline":
             # raw pclusters of compressed files are "shifted": the extent from their start
             pos = ext.physical + skip
+            get = self._get if not ext.device else partial(self._stored, ext)
             while n > 0:
                 k = min(chunk, n)
-                yield self._get(pos, k)
+                yield get(pos, k)
                 pos += k
                 n -= k
             return
@@ -745,12 +902,12 @@ class Image:
         """All `length` bytes of a pcluster-backed extent, through a small cache (fragments and
         deduplicated pclusters are read again and again)."""
         key = (ext.physical, ext.physical_length, ext.length, ext.kind, ext.algorithm,
-               ext.partial, ext.logical % self.block_size if ext.interlaced else 0)
+               ext.partial, ext.logical % self.block_size if ext.interlaced else 0, ext.device)
         data = self._decoded.get(key)
         if data is not None:
             self._decoded.move_to_end(key)
             return data
-        raw = self._get(ext.physical, ext.physical_length)
+        raw = self._stored(ext, ext.physical, ext.physical_length)
         if not want and ext.algorithm is not None:      # verify: decode, keep nothing
             try:
                 zmap.decode_pcluster(self._codecs[ext.algorithm], raw, ext, self._zero_padding,
@@ -832,7 +989,7 @@ class Image:
         for ext in extents:
             if ext.logical <= at < ext.end:
                 if at + n <= ext.end:
-                    return self._get(ext.physical + at - ext.logical, n)
+                    return self._stored(ext, ext.physical + at - ext.logical, n)
                 break
         raise ImageError(f"directory block at {at} is not mapped by one extent")
 
@@ -1060,6 +1217,8 @@ class _Verifier:
         if self.fs_end > img.image_size:
             self.report(f"the image is truncated: {img.image_size} bytes, but the superblock "
                         f"says {img.blocks} blocks of {img.block_size}")
+        for problem in img.device_problems():
+            self.report(problem)
         try:
             root = img.inode(img.root_nid)
         except ImageError as e:
@@ -1190,7 +1349,7 @@ class _Verifier:
             pos = ext.end
             if ext.kind == "hole":
                 continue
-            if ext.kind != "fragment":
+            if ext.kind != "fragment" and not ext.device:    # mapping checked device data
                 end = ext.physical + ext.physical_length
                 if end > self.fs_end:
                     self.report(f"{where}: {ext.kind} data at byte {ext.physical} extends past "
@@ -1199,7 +1358,8 @@ class _Verifier:
                     continue
             if ext.kind in ("compressed", "ztailpacking", "interlaced"):
                 key = (ext.physical, ext.physical_length, ext.length, ext.algorithm,
-                       ext.partial, ext.logical % img.block_size if ext.interlaced else 0)
+                       ext.partial, ext.logical % img.block_size if ext.interlaced else 0,
+                       ext.device)
                 if key in self.decoded:      # deduplicated pclusters are checked once
                     continue
                 try:

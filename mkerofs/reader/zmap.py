@@ -46,6 +46,7 @@ class Extent:
     "inline" (raw tail after the inode), "compressed", "ztailpacking" (a pcluster inline after
     the inode; algorithm None when it is stored raw), "fragment" (in the packed inode:
     `physical` is then the offset in the packed inode's data) or "hole" (zeros, physical None).
+    Data on an extra device (see Image) has `device` n >= 1.
     """
     logical: int
     length: int
@@ -55,6 +56,7 @@ class Extent:
     kind: str = "plain"
     partial: bool = False
     interlaced: bool = False     # a raw pcluster stored rotated (INTERLACED_PCLUSTER)
+    device: int = 0              # 0: the image; n: extra device n (`physical` is then in it)
 
     @property
     def end(self) -> int:
