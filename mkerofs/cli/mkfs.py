@@ -274,7 +274,10 @@ class _MkfsStyleCommand(click.Command):
 @click.option("--tar", "tar", multiple=True, metavar="=X",
               help="SOURCE is a tar stream (stdin without SOURCE; gzip, xz, lzma, zstd or "
                    "bzip2 compressed read as well): X = f (full, default), headerball (headers "
-                   "only, files read as zeros); i[,MAPFILE] (tar index) is not implemented yet")
+                   "only, files read as zeros), i (tar index: metadata only, 512-byte blocks, "
+                   "the files' data stays in the tar; append the (decompressed) tar to IMAGE "
+                   "and mount IMAGE, or mount with -o device= the tar), i,MAPFILE (the image "
+                   "reserves a hole for the data; MAPFILE says which tar ranges go where)")
 @click.option("--aufs", is_flag=True, help="with --tar: .wh.NAME is an overlayfs whiteout, "
                                             ".wh..wh..opq makes its directory opaque")
 @click.option("--ovlfs-strip", "ovlfs_strip", metavar="[=0|1]",
@@ -282,7 +285,8 @@ class _MkfsStyleCommand(click.Command):
 @click.option("--gzip", is_flag=True, help="with --tar: the stream is gzip-compressed "
                                             "(recognised without it as well)")
 @click.option("--ungzip", metavar="[=FILE]",
-              help="as --gzip; FILE: write the decompressed tar there too")
+              help="as --gzip; FILE: write the decompressed tar there too (with --tar=i: "
+                   "the tar the image points into)")
 @click.option("--unxz", metavar="[=FILE]",
               help="with --tar: the stream is xz-compressed; FILE: write the decompressed tar")
 @click.option("--unlzma", metavar="[=FILE]",
@@ -308,8 +312,6 @@ def command(image, source, block_size, debug, compressor, pcluster_size,
     if random_pclusterblks:
         raise click.UsageError("option --random-pclusterblks: not implemented in mkerofs yet")
     tar_opts = tar_options(tar, aufs, ovlfs_strip, gzip, ungzip, unxz, unlzma, sort)
-    if tar_opts is not None and tar_opts.mode == "i":
-        raise click.UsageError("--tar=i: not implemented yet")
     if source is None and tar_opts is None:
         raise click.UsageError("Missing argument 'SOURCE'.")
     options = BuildOptions(quiet=quiet, verify=verify, xattr_prefixes=list(xattr_prefix),

@@ -18,8 +18,8 @@ from ..codecs.spec import parse_compressor_spec
 from .hints import CompressHints, load_compress_hints
 from .packed import PackedFile
 from .decompress import open_input
-from .chunks import make_hole_files
-from .devices import DeviceTable
+from .chunks import TarIndex, index_tar_files, make_hole_files, map_line
+from .devices import DeviceTable, ExtraDevice
 from .data import DataArea, FlatCopier, inline_fits
 from .dirs import render_directory
 from .meta import MetaAllocator, MetaImage, item_size, node_pos, place_inode, serialize_inode
@@ -29,7 +29,7 @@ from .output import Output
 from .spool import ImageSpool, Spool
 from .plan import Plan, PlannedInode, plan_inodes, planned_isize
 from .tarsource import TarTreeOptions, read_tar_tree
-from .tarstream import TarReader
+from .tarstream import BLOCK as TAR_BLOCK, TarReader
 from .walk import SourceInode, SourceStat, apply_walk_options, walk_source
 from .workers import CompressionPool, FileJob, FileRange, compress_files
 from .xattrs import XattrLayout
@@ -57,6 +57,9 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
     with options.tar, `source` is a tar stream: a path or a binary file object (stdin)."""
     options = options or BuildOptions()
     options.validate()
+    if _tar_device(options):
+        # (as mkfs.erofs, whatever -b says) the image addresses the tar in the tar's own blocks
+        options = replace(options, block_size=TAR_BLOCK)
     image = os.fspath(image)
     if options.tar is None:
         source_b = os.fsencode(os.fspath(source))
@@ -102,8 +105,11 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
                 plan.data_order = _in_tar_order(plan, tar.order)
             xattrs = _plan_xattrs(plan, options)
             devices = DeviceTable()
+            tar_index = tar.index if tar is not None else None
+            if tar_index is not None and _tar_device(options):
+                devices.add(_tar_as_device(tar_index))
             result = _write_image(plan, options, out, xattrs, source_b, zcfg, hints, pool,
-                                  tar.written if tar is not None else None, devices)
+                                  tar.written if tar is not None else None, devices, tar_index)
             out.finish(result.size)
         except BaseException:
             if pool is not None:
@@ -127,6 +133,7 @@ class _TarTree:
     label: bytes                        # a GNU volume header's name (b"": none)
     written: DataArea | None            # --sort=none from a stream: the data area the files
                                         # were written to as the stream passed
+    index: TarIndex | None = None       # --tar=i: where the files' bytes are in the tar
 
 
 def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build_time: int,
@@ -141,7 +148,11 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     --sort=none, which mkfs.erofs honours only without compression and with -Enoinline_data,
     keeps the files' data in tar order: a stream (not a plain tar file, which is read in place)
     is then written into the image's data area as it is read, one pass and no temporary copy
-    (spool.ImageSpool); otherwise each file's place in the stream is noted for the layout."""
+    (spool.ImageSpool); otherwise each file's place in the stream is noted for the layout.
+
+    --tar=i reads no file data (a stream's is read past, nothing is spooled), except a sparse
+    file's, which the image holds (tarsource); the files are noted in tar order for the
+    MAPFILE's blob."""
     tar = options.tar
     try:
         dump = inputs.enter_context(open(tar.dump, "wb")) if tar.dump else None
@@ -153,7 +164,7 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
         and stream.seekable
     written = None
     # (--verify needs a copy of the data to compare the image with: it spools instead)
-    if _sort_none_applies(options) and not in_place and tar.mode != "headerball" \
+    if _sort_none_applies(options) and not in_place and tar.mode == "f" \
             and not options.verify:
         written = DataArea(out, options.block_size, _head_blocks(options.block_size),
                            options.dsunit)
@@ -162,23 +173,44 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
         spool = inputs.enter_context(Spool())
     tree_options = TarTreeOptions(
         aufs=tar.aufs, ovlfs_strip=tar.ovlfs_strip, headerball=tar.mode == "headerball",
-        root_uid=os.getuid(), root_gid=os.getgid(), build_time=build_time,
+        index=tar.mode == "i", root_uid=os.getuid(), root_gid=os.getgid(), build_time=build_time,
         tar_path=os.fsencode(os.fspath(source)) if in_place else None)
-    order = None
-    if _sort_none_applies(options) and written is None:
+    order = indexed = None
+    if tree_options.index:
+        indexed = {}
+        offer = _noting_order(indexed)
+    elif _sort_none_applies(options) and written is None:
         order = {}
+        offer = _noting_order(order)
     reader = TarReader(stream, headerball=tree_options.headerball)
-    root, _count = read_tar_tree(reader, tree_options, spool,
-                                 on_file=offer if order is None else _noting_order(order))
+    root, _count = read_tar_tree(reader, tree_options, spool, on_file=offer)
     apply_walk_options(root, options)
     label = (reader.volume_label or b"")[:fmt.EROFS_SB_VOLUME_NAME_SIZE]
-    return _TarTree(root, order, label, written)
+    index = TarIndex(list(indexed), reader.archive_end) if indexed is not None else None
+    return _TarTree(root, order, label, written, index)
 
 
 def _sort_none_applies(options: BuildOptions) -> bool:
     """--sort=none counts, as with mkfs.erofs, only without compression and with
-    -Enoinline_data."""
-    return options.tar.sort == "none" and not options.compressor and not options.inline_data
+    -Enoinline_data (and means nothing to --tar=i, which writes no file data)."""
+    return options.tar.sort == "none" and not options.compressor and not options.inline_data \
+        and options.tar.mode != "i"
+
+
+def _tar_device(options: BuildOptions) -> bool:
+    """--tar=i without a MAPFILE: the tar is extra device 1, in 512-byte blocks."""
+    return options.tar is not None and options.tar.mode == "i" and not options.tar.mapfile
+
+
+def _tar_as_device(tar_index: TarIndex) -> ExtraDevice:
+    """--tar=i: the tar as extra device 1, as long as mkfs.erofs counts it (to the end of the
+    end-of-archive marker)."""
+    blocks = -(-tar_index.tar_bytes // TAR_BLOCK)
+    if blocks >= fmt.EROFS_NULL_ADDR_32:
+        # (the slot's high halves count only in the 48-bit format)
+        raise BuildError("--tar=i: a tar of 2 TiB or more needs the 48-bit on-disk format, "
+                         "not implemented in mkerofs yet")
+    return ExtraDevice("the tar", blocks)
 
 
 def _noting_order(order: dict[SourceInode, int]) -> Callable:
@@ -264,16 +296,16 @@ def _hinted(cfg: compress.CompressConfig, hints: CompressHints | None, relpath: 
 def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout,
                  source: bytes, zcfg: compress.CompressConfig | None, hints: CompressHints | None,
                  pool: CompressionPool | None, written: DataArea | None,
-                 devices: DeviceTable) -> BuildResult:
+                 devices: DeviceTable, tar_index: TarIndex | None) -> BuildResult:
     """Lay out and write everything but the files' data in `written` (--sort=none from a
-    stream: in the image already) and on the extra `devices`."""
+    stream: in the image already) and on the extra `devices` (--tar=i: in the tar)."""
     # compression configurations (if any) follow the superblock; the device table follows them
     cfgs_pos = fmt.EROFS_SUPER_OFFSET + fmt.EROFS_SB_SIZE
     cfgs = zcfg.superblock(False).cfgs if zcfg is not None else b""
     packed = PackedFile(zcfg.fragdedupe) if zcfg is not None and zcfg.fragments else None
     try:
         return _lay_out(plan, options, out, xattrs, source, zcfg, hints, pool, cfgs_pos, cfgs,
-                        packed, written, devices)
+                        packed, written, devices, tar_index)
     finally:
         if packed is not None:
             packed.close()
@@ -283,7 +315,7 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
              zcfg: compress.CompressConfig | None, hints: CompressHints | None,
              pool: CompressionPool | None, cfgs_pos: int, cfgs: bytes,
              packed: PackedFile | None, written: DataArea | None,
-             devices: DeviceTable) -> BuildResult:
+             devices: DeviceTable, tar_index: TarIndex | None) -> BuildResult:
     bs = options.block_size
     root = plan.root
     devt_pos = fmt.round_up(cfgs_pos + len(cfgs), fmt.EROFS_DEVT_SLOT_SIZE)
@@ -316,6 +348,9 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
                     and node.src.data.in_image:
                 data.take_written(node)
     data_start = data.start_block
+    # --tar=i,MAPFILE: the blob is the first thing of the data area (as mkfs.erofs has it
+    # for a small tar)
+    map_lines = _index_tar(plan, options, tar_index, data) if tar_index is not None else None
     # the shared xattr area: whole blocks at the start of the data area; ids count from there
     xattr_blkaddr = data.allocate(-(-len(xattrs.shared_area) // bs)) if xattrs.shared_area else 0
 
@@ -412,7 +447,35 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
     out.pwrite(meta.head, 0)
     if meta.tail:
         out.pwrite(meta.tail, meta.tail_start)
+    if map_lines is not None and options.tar.mapfile:
+        _write_mapfile(options.tar.mapfile, map_lines)
     return BuildResult(out.path, blocks, bs, len(plan.inodes), sb.uuid, root.nid)
+
+
+def _index_tar(plan: Plan, options: BuildOptions, tar_index: TarIndex,
+               data: DataArea) -> list[str]:
+    """--tar=i: point every file whose bytes stay in the tar at them (writer/chunks.py); with a
+    MAPFILE, reserve the blob (a hole) in `data` and return the MAPFILE's lines."""
+    bs = options.block_size
+    bits = fmt.blksz_bits(bs)
+    if not options.tar.mapfile:
+        index_tar_files(plan.inodes, bits, None)
+        return []
+    blob, blocks = tar_index.blob(bs)
+    start = data.allocate(blocks)
+    if start + blocks >= fmt.EROFS_NULL_ADDR_32:
+        raise BuildError(f"--tar=i,MAPFILE: the files take {blocks} blocks of {bs} bytes, more "
+                         "than a block map can address (a larger -b, or --tar=i without MAPFILE)")
+    placed = index_tar_files(plan.inodes, bits, blob, start)
+    return [map_line(first, node.size, node.src.data.offset, bs) for node, first in placed]
+
+
+def _write_mapfile(path: str, lines: list[str]) -> None:
+    try:
+        with open(path, "w", encoding="ascii") as f:
+            f.writelines(lines)
+    except OSError as err:
+        raise BuildError(f"{path}: {err.strerror or err}") from None
 
 
 @dataclass

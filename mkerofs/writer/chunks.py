@@ -17,10 +17,23 @@ The kernel's rules (fs/erofs/erofs_fs.h, inode.c erofs_read_inode, data.c erofs_
   the format refuses to mount it instead of failing on those files.  (mkfs.erofs 1.9.3 sets the
   bit only for --chunksize; its --tar=headerball images have chunk-based inodes without it.)
 
-What mkerofs stores this way today: regular files whose bytes are nowhere (--tar=headerball:
-walk.DataRef with no path) and not empty.  As in mkfs.erofs, such a file gets one chunk covering
-it (the smallest power of two at least a block that holds it; several only when the format's
-largest chunk is smaller than the file), every entry a hole: no data blocks at all.
+What mkerofs stores this way today, each file as in mkfs.erofs with one chunk covering it (the
+smallest power of two at least a block that holds it; several only when the format's largest
+chunk is smaller than the file):
+
+* regular files whose bytes are nowhere (--tar=headerball: walk.DataRef with no path) and not
+  empty: every entry a hole, no data blocks at all;
+* --tar=i: regular files whose bytes stay in the tar (DataRef.indexed).  Without a MAPFILE the
+  block size is the tar's 512 bytes and the tar is extra device 1: 8-byte chunk indexes name
+  device 1 and the block of the file's data in the tar (48-bit ones when the tar is larger
+  than 2 TiB).  With --tar=i,MAPFILE there is no device: a 4-byte block map points into a
+  "blob" reserved in the image as a hole, each file's data rounded up to blocks, in tar order
+  (`TarIndex.blob`), and the MAPFILE says which ranges of the tar belong where (`map_line`).
+
+mkfs.erofs 1.9.3 sets EROFS_FEATURE_INCOMPAT_CHUNKED_FILE only for --chunksize; its --tar=i
+images (like its headerballs) have chunk-based inodes without it.  mkerofs sets it for
+headerballs and, as mkfs.erofs, not for --tar=i: a kernel that reads device tables (5.16) reads
+chunks too (5.15).
 """
 from __future__ import annotations
 
@@ -29,6 +42,7 @@ from typing import Iterable, Sequence
 
 from ..ondisk import format as fmt
 from .plan import PlannedInode
+from .walk import SourceInode
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,14 +108,32 @@ def covering_chunkbits(size: int, blkszbits: int) -> int:
                blkszbits + fmt.EROFS_CHUNK_FORMAT_BLKBITS_MASK)
 
 
-def make_hole_file(node: PlannedInode, blkszbits: int) -> None:
-    """Make `node` (a regular file that reads as zeros) chunk-based with only holes."""
-    layout = ChunkLayout(node.size, blkszbits, covering_chunkbits(node.size, blkszbits))
+def _set_map(node: PlannedInode, layout: ChunkLayout, blkaddrs: Sequence[int | None],
+             device_id: int = 0) -> None:
     node.datalayout = fmt.EROFS_INODE_CHUNK_BASED
     node.i_u = layout.chunkformat
     # inodes start on a 32-byte slot: the map's alignment is known before the inode is placed
-    node.inline = layout.encode_map(node.meta_size_before_inline, [None] * layout.count)
+    node.inline = layout.encode_map(node.meta_size_before_inline, blkaddrs, device_id)
     node.inline_len = len(node.inline)
+
+
+def make_hole_file(node: PlannedInode, blkszbits: int) -> None:
+    """Make `node` (a regular file that reads as zeros) chunk-based with only holes."""
+    layout = ChunkLayout(node.size, blkszbits, covering_chunkbits(node.size, blkszbits))
+    _set_map(node, layout, [None] * layout.count)
+
+
+def make_indexed_file(node: PlannedInode, blkszbits: int, start: int, device_id: int) -> None:
+    """Make `node` chunk-based over consecutive blocks from `start`: of extra device
+    `device_id` (8-byte chunk indexes), or of the image (device 0: a block map)."""
+    chunkbits = covering_chunkbits(node.size, blkszbits)
+    layout = ChunkLayout(node.size, blkszbits, chunkbits)
+    step = 1 << (chunkbits - blkszbits)
+    blkaddrs = [start + i * step for i in range(layout.count)]
+    if device_id:
+        layout = ChunkLayout(node.size, blkszbits, chunkbits, indexes=True,
+                             wide=needs_wide(blkaddrs))
+    _set_map(node, layout, blkaddrs, device_id)
 
 
 def make_hole_files(inodes: Iterable[PlannedInode], blkszbits: int) -> bool:
@@ -115,3 +147,54 @@ def make_hole_files(inodes: Iterable[PlannedInode], blkszbits: int) -> bool:
             make_hole_file(node, blkszbits)
             found = True
     return found
+
+
+@dataclass
+class TarIndex:
+    """--tar=i: what the tar told about where the files' bytes are."""
+    files: list[SourceInode]        # regular files in tar order, replaced ones too
+    tar_bytes: int                  # the archive up to the end of its end-of-archive marker
+
+    def blob(self, block_size: int) -> tuple[dict[SourceInode, int], int]:
+        """--tar=i,MAPFILE: each indexed file's first block in the blob and the blob's length
+        in blocks.  As mkfs.erofs: in tar order, each file rounded up to whole blocks, room kept
+        for a file a later entry replaced."""
+        starts, blocks = {}, 0
+        for src in self.files:
+            if src.data is not None and src.data.indexed:
+                starts[src] = blocks
+                blocks += -(-src.st.st_size // block_size)
+        return starts, blocks
+
+
+def index_tar_files(inodes: Iterable[PlannedInode], blkszbits: int,
+                    blob: dict[SourceInode, int] | None, blob_start: int = 0
+                    ) -> list[tuple[PlannedInode, int]]:
+    """Make every non-empty regular file whose bytes stay in the tar chunk-based: over device 1
+    at the tar's own blocks (`blob` None: the block size is the tar's 512 bytes), or over the
+    image's blocks `blob_start` + `blob[file]`.  Returns those files with their first block,
+    in `inodes` order."""
+    done = []
+    for node in inodes:
+        ref = node.src.data
+        if ref is None or not ref.indexed or not node.size or \
+                node.ftype != fmt.EROFS_FT_REG_FILE:
+            continue
+        if blob is None:
+            assert not ref.offset & ((1 << blkszbits) - 1), "tar data is block-aligned"
+            start, device_id = ref.offset >> blkszbits, 1
+        else:
+            start, device_id = blob_start + blob[node.src], 0
+        make_indexed_file(node, blkszbits, start, device_id)
+        done.append((node, start))
+    return done
+
+
+def map_line(start: int, size: int, tar_offset: int, block_size: int) -> str:
+    """The MAPFILE line of a file of `size` bytes at block `start` of the blob
+    (--tar=i,MAPFILE), as mkfs.erofs 1.9.3 writes it: the block and the block count in hex,
+    where the file's data starts in the (decompressed) tar in hex, and, if its last block is
+    not full, the zero bytes that pad it, in decimal."""
+    line = f"{start:08x} {-(-size // block_size):8x} {tar_offset:08x}"
+    zeroed = -size % block_size
+    return f"{line} {zeroed:08d}\n" if zeroed else line + "\n"

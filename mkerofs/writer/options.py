@@ -33,8 +33,10 @@ class TarOptions:
     object such as stdin), plain or compressed (gzip, xz, lzma, zstd, bzip2: recognised by its
     first bytes, with or without --ungzip/--unxz/--unlzma)."""
     mode: str = "f"                 # f: full; headerball: headers only, files read as zeros;
-                                    # i: tar index (not implemented yet)
-    mapfile: str | None = None      # --tar=i,MAPFILE
+                                    # i: tar index, metadata pointing into the tar
+                                    # (writer/chunks.py)
+    mapfile: str | None = None      # --tar=i,MAPFILE: no device, a blob to fill from the tar
+                                    # (ignored with the other modes)
     aufs: bool = False              # --aufs: .wh. names are overlayfs whiteouts/opaque marks
     ovlfs_strip: bool = False       # --ovlfs-strip: drop whiteouts and overlay xattrs
     decompress: str | None = None   # the decoder asked for: "gzip", "xz" or "lzma" (a hint)
@@ -44,8 +46,8 @@ class TarOptions:
     def validate(self) -> None:
         if self.mode not in TAR_MODES:
             raise BuildError(f"invalid tar mode {self.mode!r}")
-        if self.mode == "i":
-            raise BuildError("--tar=i: not implemented yet")
+        if self.mapfile == "":
+            raise BuildError("--tar=X,MAPFILE: the MAPFILE needs a name")
         if self.sort not in SORT_ORDERS:
             raise BuildError(f"invalid sort order {self.sort!r}")
 
@@ -139,6 +141,9 @@ class BuildOptions:
                 raise BuildError(f"invalid exclude regex {pattern!r}: {err}") from None
         if self.tar is not None:
             self.tar.validate()
+            if self.verify and self.tar.mode == "i":
+                raise BuildError("--verify is not supported yet with --tar=i (the reader cannot "
+                                 "follow chunks into the tar)")
         # (the ranges of mkfs.erofs's unsigned ints; the image's size in blocks bounds both
         # further, see build)
         if not 0 <= self.dsunit <= MAX_DSUNIT:

@@ -4,9 +4,10 @@ The result is what walk_source gives for a directory: SourceInodes with sorted e
 directory nlink 2 + subdirectories, file nlink the names the file has in the final tree, parent
 links, sorted xattrs. `SourceInode.path` is the entry's path in the archive (for messages: there
 is no such file on this host); each regular file's bytes are located by its `data` (a DataRef):
-in the tar itself when it is a plain tar file read by path (or only indexed, ``--tar=i``),
+in the tar itself when it is a plain tar file read by path (or only indexed, ``--tar=i``:
+`DataRef.indexed`, the offset then counts in the decompressed stream and nothing is read),
 nowhere for an empty file or a headerball (zeros), else copied into the Spool as the stream
-passes, since the image takes files in another order than the tar gives them (or, with
+passes (a sparse file's too under --tar=i: its bytes are not one range of the tar), since the image takes files in another order than the tar gives them (or, with
 --sort=none from a stream, written straight into the image by a spool.ImageSpool).
 
 The tree, entry by entry in tar order:
@@ -65,6 +66,7 @@ class TarTreeOptions:
     ovlfs_strip: bool = False       # --ovlfs-strip
     headerball: bool = False        # --tar=headerball: files hold zeros (no data in the stream)
     index: bool = False             # --tar=i: data stays in the tar, at entry.data_offset
+                                    # (sparse files excepted)
     root_uid: int = 0               # owner of the initial root (mkfs.erofs: its own uid/gid)
     root_gid: int = 0
     build_time: int = 0             # seconds: mtime of the initial root
@@ -341,11 +343,11 @@ def _file_data(reader: TarReader, entry: TarEntry, opts: TarTreeOptions,
                spool: Spool | ImageSpool) -> DataRef:
     if opts.headerball or not entry.size:
         return _NO_DATA
+    if entry.sparse is not None:
+        # (--tar=i too: the file's bytes are not one range of the tar, so the image holds them)
+        return spool.store(reader, entry)
     if opts.index:
-        if entry.sparse is not None:
-            raise TarError("a sparse file cannot be indexed in the tar (--tar=i): its data is "
-                           "not one contiguous range", entry.name, entry.header_offset)
-        return DataRef(opts.tar_path or b"", entry.data_offset)
-    if opts.tar_path is not None and entry.sparse is None:
+        return DataRef(opts.tar_path or b"", entry.data_offset, indexed=True)
+    if opts.tar_path is not None:
         return DataRef(opts.tar_path, entry.data_offset)
     return spool.store(reader, entry)

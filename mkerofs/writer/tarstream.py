@@ -467,7 +467,8 @@ class _Pending:
 
 class TarReader:
     """Iterate a tar stream's entries (see the module docstring). After the iteration ends,
-    `end_offset` is where the end-of-archive marker starts, and `trailing_bytes` /
+    `end_offset` is where the end-of-archive marker starts, `archive_end` where it ends (the
+    archive as mkfs.erofs reads it: --tar=i's device size), and `trailing_bytes` /
     `trailing_data` describe what followed it."""
 
     def __init__(self, source: TarInput | BinaryIO, *,
@@ -486,6 +487,7 @@ class TarReader:
         self._pad = 0           # zero padding after them
         self.volume_label: bytes | None = None
         self.end_offset: int | None = None
+        self.archive_end: int | None = None
         self.trailing_bytes = 0
         self.trailing_data = False
 
@@ -584,6 +586,7 @@ class TarReader:
 
     def _end(self, offset: int) -> None:
         self.end_offset = offset
+        self.archive_end = self._src.offset
         self.trailing_bytes, self.trailing_data = self._src.drain()
         return None
 

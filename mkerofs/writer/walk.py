@@ -35,10 +35,13 @@ class DataRef:
     input): `size` bytes from `offset` of `path`, the tar itself or a spool file; holes in that
     range read as zeros.  path None: no bytes anywhere (--tar=headerball), the file is all zeros.
     in_image: the bytes are in the image being built already, `offset` bytes into it (a block
-    boundary; --sort=none from a stream): nothing copies them again."""
+    boundary; --sort=none from a stream): nothing copies them again.
+    indexed (--tar=i): the bytes stay in the tar, `offset` bytes into the decompressed stream;
+    the image only points there (path is the tar's, or b"" for a stream: never read)."""
     path: bytes | None
     offset: int = 0
     in_image: bool = False
+    indexed: bool = False
 
 
 @dataclass(eq=False, slots=True)

@@ -493,7 +493,7 @@ def test_index_mode_records_offsets_only(spool):
     data = make_tar([item("d/a", data=b"A" * 5000), item("d/b", data=b"B" * 100), item("e")])
     root, _ = tree(data, spool, index=True)
     a, b = at(root, "d/a"), at(root, "d/b")
-    assert (a.data.path, b.data.path) == (b"", b"")
+    assert (a.data.path, b.data.path) == (b"", b"") and a.data.indexed and b.data.indexed
     assert data[a.data.offset:a.data.offset + 5000] == b"A" * 5000
     assert data[b.data.offset:b.data.offset + 100] == b"B" * 100
     assert a.data.offset % 512 == 0 and spool.path is None
@@ -568,9 +568,12 @@ def test_sparse_files_keep_their_holes_in_the_spool(tmp_path, spool):
         assert hole < s.data.offset + (2 << 20)
 
 
-def test_sparse_file_in_index_mode_fails(tmp_path, spool):
-    data, _ = _sparse_tar(tmp_path)
-    fails(data, spool, "'s'", "sparse file cannot be indexed", index=True)
+def test_sparse_file_in_index_mode_is_spooled(tmp_path, spool):
+    """--tar=i: a sparse file's bytes are not one range of the tar; the image holds them."""
+    data, expected = _sparse_tar(tmp_path)
+    root, _ = tree(data, spool, index=True)
+    s = at(root, "s")
+    assert s.data.path == spool.path and not s.data.indexed and content(s) == expected["s"]
 
 
 def test_sparse_file_spooled_even_with_a_tar_path(tmp_path, spool):
