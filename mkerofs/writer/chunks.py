@@ -298,7 +298,7 @@ def merged_chunks(blkaddrs: list[int | None], chunkbits: int, blkszbits: int, si
     on the device (or are all holes) made one chunk: the largest power of two that divides every
     position where such a run ends, as a chunk may reach past the end of the file."""
     chunkblks = 1 << (chunkbits - blkszbits)
-    limit = min(covering_chunkbits(size, blkszbits), blkszbits + fmt.EROFS_CHUNK_FORMAT_BLKBITS_MASK)
+    limit = covering_chunkbits(size, blkszbits)
     breaks = 0                      # OR of the block positions where runs end
     prev = _NEW
     for i, addr in enumerate(blkaddrs):

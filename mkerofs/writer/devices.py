@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from ..errors import BuildError
 from ..ondisk import format as fmt
+from ..util import pwrite_all
 
 
 @dataclass
@@ -99,11 +100,8 @@ class BlobFile:
         return start
 
     def pwrite(self, data, pos: int) -> None:
-        view = memoryview(data)
         try:
-            while view:
-                done = os.pwrite(self.fd, view, pos)
-                view, pos = view[done:], pos + done
+            pwrite_all(self.fd, data, pos)
         except OSError as err:
             raise BuildError(f"--blobdev {self.path}: {err.strerror}") from None
 

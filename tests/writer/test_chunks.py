@@ -13,7 +13,9 @@ The kernel's view of the same images is in tests/kernel/test_kernel_chunks.py.
 from __future__ import annotations
 
 import os
+import random
 import struct
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ import pytest
 from mkerofs import BuildOptions, build
 from mkerofs.ondisk import format as fmt
 from mkerofs.reader import Image
+from mkerofs.writer.options import TarOptions
 from mkerofs.writer.chunks import ChunkStore, chunk_file, data_chunks, merged_chunks
 from mkerofs.errors import BuildError
 from support.oracle import read_superblock
@@ -32,7 +35,6 @@ KiB, MiB = 1 << 10, 1 << 20
 
 
 def rand(n: int, seed: int) -> bytes:
-    import random
     return random.Random(seed).randbytes(n)
 
 
@@ -281,13 +283,11 @@ def test_blobdev_holds_the_data(tmp_path, tree):
 
 
 def test_tar_input_with_chunks(tmp_path, tree):
-    import tarfile
     src, _ = tree
     tar = tmp_path / "src.tar"
     with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as t:
         for p in sorted(src.rglob("*")):
             t.add(p, arcname=str(p.relative_to(src)), recursive=False)
-    from mkerofs.writer.options import TarOptions
     image, _ = build_chunked(tmp_path, tar, "tar", chunk_size=4096, tar=TarOptions(),
                              verify=True)
     with Image.open(image) as img:

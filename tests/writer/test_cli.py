@@ -337,7 +337,6 @@ BAD_OPTIONS = [
 UNIMPLEMENTED = [
     ("tar-index", ["--tar=i"], ["tar"]),
     ("tar-index-mapfile", ["--tar=i,map.txt"], ["tar"]),
-    ("blobdev", ["--blobdev=/dev/null"], ["blobdev"]),
     ("incremental", ["--incremental"], ["incremental"]),
     ("incremental-data", ["--incremental=data"], ["incremental"]),
     ("vmdk-desc", ["--vmdk-desc=/tmp/x.vmdk"], ["vmdk"]),
