@@ -92,8 +92,8 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
             tar = None
             verify_source = source_b
             if options.tar is None:
-                root, _count = walk_source(source_b, options, skip=out.identity(),
-                                           on_file=on_file)
+                skip = out.identity() | ({blob.identity} if blob is not None else set())
+                root, _count = walk_source(source_b, options, skip=skip, on_file=on_file)
             else:
                 tar = _read_tar(inputs, source, options, build_time, out, on_file)
                 root = tar.root

@@ -87,7 +87,9 @@ class BlobFile:
         self.fd = -1
         try:
             self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            self.is_device = stat.S_ISBLK(os.fstat(self.fd).st_mode)
+            st = os.fstat(self.fd)
+            self.is_device = stat.S_ISBLK(st.st_mode)
+            self.identity = (st.st_dev, st.st_ino)     # the walk leaves it out of the image
             if not self.is_device:
                 os.ftruncate(self.fd, 0)
         except OSError as err:

@@ -350,3 +350,12 @@ def test_failed_build_leaves_no_blob_it_created(tmp_path, tree, monkeypatch):
     with pytest.raises(BuildError, match="injected"):
         build(out / "img", src, opts)
     assert leftovers(out) == ["blob"]
+
+
+def test_blob_inside_the_source_is_left_out(tmp_path, tree):
+    src, _ = tree
+    image, _ = build_chunked(tmp_path, src, "img", chunk_size=4096, blobdev=str(src / "blob"))
+    assert (src / "blob").stat().st_size > 0
+    with Image.open(image) as img:
+        names = {p for p, _i in img.walk()}
+    assert b"/a" in names and b"/blob" not in names
