@@ -123,3 +123,13 @@ def read_xattrs(path: bytes | str) -> list[tuple[bytes, bytes]]:
         out.append((os.fsencode(name), value))
     out.sort()
     return out
+
+
+def pwrite_all(fd: int, data, pos: int) -> int:
+    """Write all of `data` at `pos` of fd (pwrite may write less than asked); the position
+    after it.  OSError as pwrite raises it."""
+    view = memoryview(data)
+    while view:
+        done = os.pwrite(fd, view, pos)
+        view, pos = view[done:], pos + done
+    return pos

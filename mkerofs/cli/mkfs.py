@@ -25,7 +25,7 @@ _NO_VALUE = "\0none"
 # mkfs.erofs options that mkerofs does not implement yet: refused, never silently ignored
 _NOT_IMPLEMENTED = {
     "metadata_compression": "-m",
-    "chunksize": "--chunksize", "blobdev": "--blobdev", "gzinfo": "--gzinfo",
+    "gzinfo": "--gzinfo",
     "clean": "--clean", "incremental": "--incremental",
     "vmdk_desc": "--vmdk-desc", "s3": "--s3", "oci": "--oci", "zd": "--zD", "mz": "--MZ",
     "xattr_inode_digest": "--xattr-inode-digest", "product_out": "--product-out",
@@ -81,8 +81,10 @@ def apply_extended_options(options: BuildOptions, texts: tuple[str, ...]) -> Non
                 options.ztailpacking = not clear
             elif key in _ZFEATURES:
                 _set_zfeature(options, key, not clear, value if "=" in token else None, token)
-            elif key in ("force-inode-blockmap", "force-chunk-indexes"):
-                raise click.UsageError(f"extended option -E{token}: not implemented in mkerofs yet")
+            elif key == "force-inode-blockmap" and not value:
+                options.chunk_format = "blockmap"
+            elif key == "force-chunk-indexes" and not value:
+                options.chunk_format = "indexes"
             else:
                 raise click.BadParameter(f"unknown extended option {token!r}", param_hint="-E")
 
@@ -221,7 +223,8 @@ class _MkfsStyleCommand(click.Command):
               help="extended options: [^]inline_data, noinline_data, force-inode-compact, "
                    "force-inode-extended, nosbcrc, [^]xattr-name-filter, plain-xattr-prefixes, "
                    "[^]legacy-compress, [^]ztailpacking, [^]fragments[=SIZE], "
-                   "[^]all-fragments[=SIZE], [^]dedupe, [^]fragdedupe[=inode|full]")
+                   "[^]all-fragments[=SIZE], [^]dedupe (without -z: of chunks of a block), "
+                   "[^]fragdedupe[=inode|full], force-chunk-indexes, force-inode-blockmap")
 @click.option("-L", "label", metavar="LABEL", help="volume label (at most 15 bytes)")
 @click.option("-T", "timestamp", metavar="#", type=CInt("UNIX timestamp"),
               help="fixed UNIX timestamp as build time")
@@ -293,6 +296,12 @@ class _MkfsStyleCommand(click.Command):
               help="with --tar: the stream is lzma-compressed; FILE: write the decompressed tar")
 @click.option("--sort", metavar="=X",
               help="with --tar: 'none' puts file data in tar order (else path order)")
+@click.option("--chunksize", "chunk_size", metavar="#", type=CInt("chunk size"),
+              help="store uncompressed files in chunks of # bytes (a power of two, at least "
+                   "the block size): identical chunks stored once, zeros as holes")
+@click.option("--blobdev", metavar="X",
+              help="with --chunksize: write the chunks to the file or device X (an extra "
+                   "device: mount with -o device=X, or append X to the image)")
 @click.option("--random-pclusterblks", is_flag=True, hidden=True)
 @click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
               callback=lambda ctx, param, value: _print_version(ctx, value),
@@ -302,8 +311,9 @@ def command(image, source, block_size, debug, compressor, pcluster_size,
             xattr_tolerance, extended, label, timestamp, uuid,
             uid_offset, gid_offset, exclude_path, exclude_regex, hard_dereference, offset,
             mount_point, xattr_prefix, root_xattr_isize, file_contexts, compress_hints,
-            dsunit, fsalignblks, max_extent_bytes, zfeature_bits, workers, quiet, verify, tar, aufs, ovlfs_strip,
-            gzip, ungzip, unxz, unlzma, sort, random_pclusterblks, **unimplemented):
+            dsunit, fsalignblks, max_extent_bytes, zfeature_bits, workers, quiet, verify, tar,
+            aufs, ovlfs_strip, gzip, ungzip, unxz, unlzma, sort, chunk_size, blobdev,
+            random_pclusterblks, **unimplemented):
     """Generate an EROFS image (IMAGE: a file or block device) from the directory SOURCE, or
     with --tar from a tar stream (SOURCE, or stdin)."""
     for dest, value in unimplemented.items():
@@ -324,7 +334,7 @@ def command(image, source, block_size, debug, compressor, pcluster_size,
              "gid_offset": gid_offset, "offset": offset, "mount_point": mount_point,
              "workers": workers, "compress_hints": compress_hints,
              "max_extent_bytes": max_extent_bytes, "dsunit": dsunit,
-             "fsalignblks": fsalignblks}
+             "fsalignblks": fsalignblks, "chunk_size": chunk_size, "blobdev": blobdev}
     for name, value in given.items():
         if value is not None:
             setattr(options, name, value)

@@ -18,8 +18,9 @@ from ..codecs.spec import parse_compressor_spec
 from .hints import CompressHints, load_compress_hints
 from .packed import PackedFile
 from .decompress import open_input
-from .chunks import TarIndex, index_tar_files, make_hole_files, map_line
-from .devices import DeviceTable, ExtraDevice
+from .chunks import (ChunkStore, ImageBlocks, TarIndex, index_tar_files, make_chunked,
+                     make_hole_files, map_line)
+from .devices import BlobFile, DeviceTable, ExtraDevice
 from .data import DataArea, FlatCopier, inline_fits
 from .dirs import render_directory
 from .meta import MetaAllocator, MetaImage, item_size, node_pos, place_inode, serialize_inode
@@ -70,7 +71,11 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
     build_time = options.build_time if options.build_time is not None else int(time.time())
     if options.verify:
         from .verify import TarSource, verify_build     # loads the reader only when asked to
+    if options.dedupe and not options.compressor and not options.quiet:
+        print("mkerofs: compression is not enabled: -Ededupe shares identical blocks of "
+              "chunk-based files instead", file=sys.stderr)
     out = Output(image, options.offset)
+    blob = None
     # The build makes a few long-lived objects per file and no garbage cycles worth collecting:
     # the cyclic collector would only rescan them again and again (a third of the run time).
     gc_was_enabled = gc.isenabled()
@@ -80,6 +85,8 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
     with contextlib.ExitStack() as inputs:
         try:
             zcfg, hints = _compress_config(options)
+            if options.blobdev is not None:
+                blob = BlobFile(options.blobdev, options.block_size)
             on_file = None
             if zcfg is not None:
                 # the workers start now (forked while this process is small) and compress files
@@ -89,8 +96,8 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
             tar = None
             verify_source = source_b
             if options.tar is None:
-                root, _count = walk_source(source_b, options, skip=out.identity(),
-                                           on_file=on_file)
+                skip = out.identity() | ({blob.identity} if blob is not None else set())
+                root, _count = walk_source(source_b, options, skip=skip, on_file=on_file)
             else:
                 tar = _read_tar(inputs, source, options, build_time, out, on_file)
                 root = tar.root
@@ -108,12 +115,19 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
             tar_index = tar.index if tar is not None else None
             if tar_index is not None and _tar_device(options):
                 devices.add(_tar_as_device(tar_index))
+            if blob is not None:
+                devices.add(blob.device)
             result = _write_image(plan, options, out, xattrs, source_b, zcfg, hints, pool,
-                                  tar.written if tar is not None else None, devices, tar_index)
+                                  tar.written if tar is not None else None, devices, tar_index,
+                                  blob)
+            if blob is not None:
+                blob.finish()
             out.finish(result.size)
         except BaseException:
             if pool is not None:
                 pool.abort()
+            if blob is not None:
+                blob.abort()
             out.abort()
             raise
         finally:
@@ -192,9 +206,11 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
 
 def _sort_none_applies(options: BuildOptions) -> bool:
     """--sort=none counts, as with mkfs.erofs, only without compression and with
-    -Enoinline_data (and means nothing to --tar=i, which writes no file data)."""
+    -Enoinline_data (and means nothing to --tar=i, which writes no file data); and in mkerofs
+    not with chunk-based files (their data goes through the chunk store, not straight into the
+    image)."""
     return options.tar.sort == "none" and not options.compressor and not options.inline_data \
-        and options.tar.mode != "i"
+        and options.tar.mode != "i" and options.chunkbits is None
 
 
 def _tar_device(options: BuildOptions) -> bool:
@@ -296,16 +312,18 @@ def _hinted(cfg: compress.CompressConfig, hints: CompressHints | None, relpath: 
 def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout,
                  source: bytes, zcfg: compress.CompressConfig | None, hints: CompressHints | None,
                  pool: CompressionPool | None, written: DataArea | None,
-                 devices: DeviceTable, tar_index: TarIndex | None) -> BuildResult:
+                 devices: DeviceTable, tar_index: TarIndex | None,
+                 blob: BlobFile | None) -> BuildResult:
     """Lay out and write everything but the files' data in `written` (--sort=none from a
-    stream: in the image already) and on the extra `devices` (--tar=i: in the tar)."""
+    stream: in the image already) and on the extra `devices` (--tar=i: in the tar; the chunks
+    of chunk-based files go to `blob` if there is one)."""
     # compression configurations (if any) follow the superblock; the device table follows them
     cfgs_pos = fmt.EROFS_SUPER_OFFSET + fmt.EROFS_SB_SIZE
     cfgs = zcfg.superblock(False).cfgs if zcfg is not None else b""
     packed = PackedFile(zcfg.fragdedupe) if zcfg is not None and zcfg.fragments else None
     try:
         return _lay_out(plan, options, out, xattrs, source, zcfg, hints, pool, cfgs_pos, cfgs,
-                        packed, written, devices, tar_index)
+                        packed, written, devices, tar_index, blob)
     finally:
         if packed is not None:
             packed.close()
@@ -315,7 +333,8 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
              zcfg: compress.CompressConfig | None, hints: CompressHints | None,
              pool: CompressionPool | None, cfgs_pos: int, cfgs: bytes,
              packed: PackedFile | None, written: DataArea | None,
-             devices: DeviceTable, tar_index: TarIndex | None) -> BuildResult:
+             devices: DeviceTable, tar_index: TarIndex | None,
+             blob: BlobFile | None) -> BuildResult:
     bs = options.block_size
     root = plan.root
     devt_pos = fmt.round_up(cfgs_pos + len(cfgs), fmt.EROFS_DEVT_SLOT_SIZE)
@@ -365,6 +384,10 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
                                               data, used)
         if packed_node is not None:
             nodes.append(packed_node)
+    if options.chunkbits is not None:
+        # --chunksize: the files left uncompressed are chunk-based (the flag even if none is)
+        _chunk_regular_files(plan, options, data, blob)
+        chunked = True
     for node in plan.data_order or plan.inodes:
         if node.ftype in _FLAT_CONTENT and node.flat is None and not node.compressed \
                 and not node.chunk_based:
@@ -524,6 +547,8 @@ def _take_layouts(results, options: BuildOptions, data: DataArea, used: _Feature
     for job, layout in results:
         node = job.key
         if layout is None:
+            if options.chunkbits is not None:
+                continue            # chunk-based instead, see _chunk_regular_files
             inline_ok = inline_fits(node, node.size, bs) and options.inline_data
             data.reserve_flat(node, inline_ok).rewritten = job.wrote_blocks
             continue
@@ -535,6 +560,19 @@ def _take_layouts(results, options: BuildOptions, data: DataArea, used: _Feature
         used.ztailpacking |= layout.inline_pcluster
         used.fragments |= layout.fragment
         used.dedupe |= layout.deduped
+
+
+def _chunk_regular_files(plan: Plan, options: BuildOptions, data: DataArea,
+                         blob: BlobFile | None) -> None:
+    """Make every regular file with data that is not compressed chunk-based, its chunks in
+    the image's data area or in `blob` (chunks.py)."""
+    store = ChunkStore(blob if blob is not None else ImageBlocks(data), fmt.blksz_bits(
+        options.block_size), options.chunkbits, indexes=options.chunk_format == "indexes",
+        device_id=1 if blob is not None else 0, dedupe=options.dedupe is not False)
+    for node in plan.data_order or plan.inodes:
+        if node.ftype == fmt.EROFS_FT_REG_FILE and node.size and node.flat is None and \
+                not node.compressed and not node.chunk_based:
+            make_chunked(node, store)
 
 
 def _compress_config(options: BuildOptions
@@ -560,7 +598,7 @@ def _compress_config(options: BuildOptions
             max_pcluster_size=hints.max_pcluster_size if hints else 0,
             legacy_indexes=options.legacy_compress, ztailpacking=options.ztailpacking,
             fragments=options.fragments, all_fragments=options.all_fragments,
-            fragdedupe=options.fragdedupe, dedupe=options.dedupe,
+            fragdedupe=options.fragdedupe, dedupe=bool(options.dedupe),
             packed_pcluster_size=options.packed_pcluster_size or 0, **extra)
         return cfg, hints
     except (ValueError, CompressorUnavailable) as err:

@@ -17,13 +17,24 @@ The kernel's rules (fs/erofs/erofs_fs.h, inode.c erofs_read_inode, data.c erofs_
   the format refuses to mount it instead of failing on those files.  (mkfs.erofs 1.9.3 sets the
   bit only for --chunksize; its --tar=headerball images have chunk-based inodes without it.)
 
-What mkerofs stores this way today, each file as in mkfs.erofs with one chunk covering it (the
-smallest power of two at least a block that holds it; several only when the format's largest
-chunk is smaller than the file):
+What mkerofs stores this way:
 
-* regular files whose bytes are nowhere (--tar=headerball: walk.DataRef with no path) and not
-  empty: every entry a hole, no data blocks at all;
-* --tar=i: regular files whose bytes stay in the tar (DataRef.indexed).  Without a MAPFILE the
+* Regular files whose bytes are nowhere (--tar=headerball: walk.DataRef with no path) and not
+  empty.  As in mkfs.erofs, such a file gets one chunk covering it (the smallest power of two at
+  least a block that holds it; several only when the format's largest chunk is smaller than the
+  file), every entry a hole: no data blocks at all (make_hole_files).
+* With --chunksize (or -Ededupe without -z: chunks of one block), every regular file with data
+  that is stored uncompressed (chunk_file, ChunkStore).  As mkfs.erofs 1.9.3 does: each chunk is
+  hashed (SHA-256) and stored once, later copies pointing at the first; a chunk wholly inside a
+  hole of the source (SEEK_DATA) and a full chunk of zeros are holes; a file without data is one
+  chunk of holes.  (-E^dedupe stores every chunk, zeros too, holes of the source excepted.)
+  Then runs of chunks that follow each other on the device (or are all holes) are merged: the
+  inode's chunk size becomes the largest power of two that divides the length of every run
+  (merged_chunks), so it can exceed --chunksize.  A chunk's last block is padded with zeros;
+  there is no inline tail.  The blocks are in the image's data area, or on an extra device
+  (--blobdev, devices.BlobFile: 8-byte indexes naming device 1).
+* --tar=i: regular files whose bytes stay in the tar (DataRef.indexed), each with one chunk
+  covering it (as a headerball file).  Without a MAPFILE the
   block size is the tar's 512 bytes and the tar is extra device 1: 8-byte chunk indexes name
   device 1 and the block of the file's data in the tar (48-bit ones when the tar is larger
   than 2 TiB).  With --tar=i,MAPFILE there is no device: a 4-byte block map points into a
@@ -37,9 +48,13 @@ chunks too (5.15).
 """
 from __future__ import annotations
 
+import errno
+import hashlib
+import os
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Protocol, Sequence
 
+from ..errors import BuildError
 from ..ondisk import format as fmt
 from .plan import PlannedInode
 from .walk import SourceInode
@@ -108,32 +123,10 @@ def covering_chunkbits(size: int, blkszbits: int) -> int:
                blkszbits + fmt.EROFS_CHUNK_FORMAT_BLKBITS_MASK)
 
 
-def _set_map(node: PlannedInode, layout: ChunkLayout, blkaddrs: Sequence[int | None],
-             device_id: int = 0) -> None:
-    node.datalayout = fmt.EROFS_INODE_CHUNK_BASED
-    node.i_u = layout.chunkformat
-    # inodes start on a 32-byte slot: the map's alignment is known before the inode is placed
-    node.inline = layout.encode_map(node.meta_size_before_inline, blkaddrs, device_id)
-    node.inline_len = len(node.inline)
-
-
 def make_hole_file(node: PlannedInode, blkszbits: int) -> None:
     """Make `node` (a regular file that reads as zeros) chunk-based with only holes."""
     layout = ChunkLayout(node.size, blkszbits, covering_chunkbits(node.size, blkszbits))
-    _set_map(node, layout, [None] * layout.count)
-
-
-def make_indexed_file(node: PlannedInode, blkszbits: int, start: int, device_id: int) -> None:
-    """Make `node` chunk-based over consecutive blocks from `start`: of extra device
-    `device_id` (8-byte chunk indexes), or of the image (device 0: a block map)."""
-    chunkbits = covering_chunkbits(node.size, blkszbits)
-    layout = ChunkLayout(node.size, blkszbits, chunkbits)
-    step = 1 << (chunkbits - blkszbits)
-    blkaddrs = [start + i * step for i in range(layout.count)]
-    if device_id:
-        layout = ChunkLayout(node.size, blkszbits, chunkbits, indexes=True,
-                             wide=needs_wide(blkaddrs))
-    _set_map(node, layout, blkaddrs, device_id)
+    set_chunk_map(node, layout, [None] * layout.count)
 
 
 def make_hole_files(inodes: Iterable[PlannedInode], blkszbits: int) -> bool:
@@ -147,6 +140,21 @@ def make_hole_files(inodes: Iterable[PlannedInode], blkszbits: int) -> bool:
             make_hole_file(node, blkszbits)
             found = True
     return found
+
+
+# -- --tar=i: files whose bytes stay in the tar ---------------------------------------------
+
+def make_indexed_file(node: PlannedInode, blkszbits: int, start: int, device_id: int) -> None:
+    """Make `node` chunk-based over consecutive blocks from `start`: of extra device
+    `device_id` (8-byte chunk indexes), or of the image (device 0: a block map)."""
+    chunkbits = covering_chunkbits(node.size, blkszbits)
+    layout = ChunkLayout(node.size, blkszbits, chunkbits)
+    step = 1 << (chunkbits - blkszbits)
+    blkaddrs = [start + i * step for i in range(layout.count)]
+    if device_id:
+        layout = ChunkLayout(node.size, blkszbits, chunkbits, indexes=True,
+                             wide=needs_wide(blkaddrs))
+    set_chunk_map(node, layout, blkaddrs, device_id)
 
 
 @dataclass
@@ -198,3 +206,249 @@ def map_line(start: int, size: int, tar_offset: int, block_size: int) -> str:
     line = f"{start:08x} {-(-size // block_size):8x} {tar_offset:08x}"
     zeroed = -size % block_size
     return f"{line} {zeroed:08d}\n" if zeroed else line + "\n"
+
+
+# -- chunk-based files with data (--chunksize, -Ededupe without -z) ----------------------------
+
+_WINDOW = 1 << 20       # bytes read at once; smaller chunks are hashed out of one read
+_ZEROS = bytes(_WINDOW)
+_NEW = object()         # ChunkStore._known: not seen yet (None stands for a hole)
+
+
+class ChunkSink(Protocol):
+    """Where new chunks go: consecutive blocks handed out, then written (a byte position)."""
+
+    def allocate(self, nblocks: int) -> int: ...
+
+    def pwrite(self, data, pos: int) -> None: ...
+
+
+class ImageBlocks:
+    """The image's own data area as a ChunkSink (chunk addresses on device 0)."""
+
+    def __init__(self, data):          # a data.DataArea
+        self.allocate = data.allocate
+        self.pwrite = data.out.pwrite
+
+
+class ChunkStore:
+    """Stores chunks in `sink`, each distinct one once: a table from digest to first block.
+
+    `device_id` is what the chunk indexes name (0: the image, n: the device table's slot n);
+    `indexes` asks for 8-byte indexes on the image as well (-Eforce-chunk-indexes)."""
+
+    def __init__(self, sink: ChunkSink, blkszbits: int, chunkbits: int, *,
+                 indexes: bool = False, device_id: int = 0, dedupe: bool = True):
+        assert blkszbits <= chunkbits <= blkszbits + fmt.EROFS_CHUNK_FORMAT_BLKBITS_MASK
+        self.sink = sink
+        self.blkszbits = blkszbits
+        self.chunkbits = chunkbits
+        self.indexes = indexes or device_id != 0
+        self.device_id = device_id
+        self.dedupe = dedupe
+        self._known: dict[bytes, int | None] = {}
+        self.blocks_written = 0
+        if dedupe and 1 << chunkbits <= _WINDOW:
+            # a full chunk of zeros is a hole (larger chunks are checked for zeros as read)
+            self._known[hashlib.sha256(bytes(1 << chunkbits)).digest()] = None
+
+    def begin_file(self) -> None:
+        """Called before a file's first chunk.  (Where --dsunit would align the file's first
+        new chunk, when dsunit is at most a chunk's blocks: dedupe then never misaligns.)"""
+
+    def _new_blocks(self, nbytes: int) -> int:
+        nblocks = -(-nbytes >> self.blkszbits)
+        self.blocks_written += nblocks
+        return self.sink.allocate(nblocks)
+
+    def store(self, fd: int, base: int, start: int, end: int, out: list, where: str) -> None:
+        """Store bytes [start, end) of the file at `base` in fd (start chunk-aligned; end the
+        end of a chunk or of the file), appending each chunk's block address to `out`."""
+        if 1 << self.chunkbits <= _WINDOW:
+            window = _WINDOW >> self.chunkbits << self.chunkbits
+            for pos in range(start, end, window):
+                self._store_window(_pread_exact(fd, base + pos, min(window, end - pos), where),
+                                   out)
+        else:
+            for pos in range(start, end, 1 << self.chunkbits):
+                out.append(self._store_big(fd, base + pos, min(1 << self.chunkbits, end - pos),
+                                           where))
+
+    def _store_window(self, buf: bytes, out: list) -> None:
+        """The chunks of `buf`; the new ones written together (their blocks are consecutive)."""
+        cs = 1 << self.chunkbits
+        view = memoryview(buf)
+        known = self._known
+        sha256 = hashlib.sha256
+        new = []
+        first = None
+        for pos in range(0, len(buf), cs):
+            piece = view[pos:pos + cs]
+            if self.dedupe:
+                digest = sha256(piece).digest()
+                addr = known.get(digest, _NEW)
+                if addr is not _NEW:
+                    out.append(addr)
+                    continue
+                addr = known[digest] = self._new_blocks(len(piece))
+            else:
+                addr = self._new_blocks(len(piece))
+            if first is None:
+                first = addr
+            new.append(piece)
+            out.append(addr)
+        if new:
+            pad = -len(new[-1]) % (1 << self.blkszbits)
+            if pad:
+                new.append(_ZEROS[:pad])
+            self.sink.pwrite(b"".join(new), first << self.blkszbits)
+
+    def _store_big(self, fd: int, pos: int, n: int, where: str) -> int | None:
+        """One chunk larger than a read: hashed as read, read again to be written if new."""
+        digest = None
+        if self.dedupe:
+            h = hashlib.sha256()
+            zeros = True
+            for off in range(pos, pos + n, _WINDOW):
+                piece = _pread_exact(fd, off, min(_WINDOW, pos + n - off), where)
+                h.update(piece)
+                zeros = zeros and piece == _ZEROS[:len(piece)]
+            if zeros and n == 1 << self.chunkbits:
+                return None
+            digest = h.digest()
+            addr = self._known.get(digest, _NEW)
+            if addr is not _NEW:
+                return addr
+        addr = self._new_blocks(n)
+        if digest is not None:
+            self._known[digest] = addr
+        dst = addr << self.blkszbits
+        for off in range(pos, pos + n, _WINDOW):
+            piece = _pread_exact(fd, off, min(_WINDOW, pos + n - off), where)
+            if len(piece) % (1 << self.blkszbits):
+                piece += _ZEROS[:-len(piece) % (1 << self.blkszbits)]
+            self.sink.pwrite(piece, dst + off - pos)
+        return addr
+
+
+def _pread_exact(fd: int, pos: int, n: int, where: str) -> bytes:
+    try:
+        data = os.pread(fd, n, pos)
+        while len(data) < n:
+            more = os.pread(fd, n - len(data), pos + len(data))
+            if not more:
+                raise BuildError(f"{where}: ends inside this file's data (changed during the "
+                                 "build?)")
+            data += more
+    except OSError as err:
+        raise BuildError(f"{where}: {err.strerror}") from None
+    return data
+
+
+def data_chunks(fd: int, base: int, size: int, chunkbits: int) -> list[tuple[int, int]]:
+    """The runs [first, end) of chunks of the `size` bytes at `base` of fd that hold data;
+    every other chunk lies wholly in a hole (SEEK_DATA), or past the data."""
+    count = -(-size >> chunkbits)
+    runs: list[tuple[int, int]] = []
+    chunk = 0
+    while chunk < count:
+        try:
+            data = os.lseek(fd, base + (chunk << chunkbits), os.SEEK_DATA) - base
+            hole = os.lseek(fd, base + data, os.SEEK_HOLE) - base if data < size else size
+        except OSError as err:
+            if err.errno == errno.ENXIO:        # only a hole is left
+                break
+            runs.append((chunk, count))         # no SEEK_DATA here: all data
+            break
+        if data >= size:
+            break
+        first, end = data >> chunkbits, min(count, -(-hole >> chunkbits))
+        if runs and runs[-1][1] == first:
+            runs[-1] = (runs[-1][0], end)
+        else:
+            runs.append((first, end))
+        chunk = end
+    return runs
+
+
+def merged_chunks(blkaddrs: list[int | None], chunkbits: int, blkszbits: int, size: int
+                  ) -> tuple[int, list[int | None]]:
+    """(chunk bits, addresses) with every aligned group of chunks that lie one after the other
+    on the device (or are all holes) made one chunk: the largest power of two that divides every
+    position where such a run ends, as a chunk may reach past the end of the file."""
+    chunkblks = 1 << (chunkbits - blkszbits)
+    limit = covering_chunkbits(size, blkszbits)
+    breaks = 0                      # OR of the block positions where runs end
+    prev = _NEW
+    for i, addr in enumerate(blkaddrs):
+        if prev is not _NEW and not (addr is None and prev is None or (
+                addr is not None and prev is not None and addr == prev + chunkblks)):
+            breaks |= i * chunkblks
+        prev = addr
+    best = limit if not breaks else min(limit, (breaks & -breaks).bit_length() - 1 + blkszbits)
+    if best <= chunkbits:
+        return chunkbits, blkaddrs
+    return best, blkaddrs[::1 << (best - chunkbits)]
+
+
+def chunk_file(store: ChunkStore, fd: int, base: int, size: int, where: str
+               ) -> tuple[ChunkLayout, list[int | None]]:
+    """Store the `size` bytes at `base` of fd as chunks; the file's layout and chunk map."""
+    bits = store.chunkbits
+    runs = data_chunks(fd, base, size, bits)
+    if not runs:                    # no data at all: one chunk of holes
+        layout = ChunkLayout(size, store.blkszbits, covering_chunkbits(size, store.blkszbits),
+                             store.indexes)
+        return layout, [None] * layout.count
+    store.begin_file()
+    addrs: list[int | None] = []
+    for first, end in runs:
+        addrs.extend([None] * (first - len(addrs)))
+        store.store(fd, base, first << bits, min(end << bits, size), addrs, where)
+    addrs.extend([None] * (-(-size >> bits) - len(addrs)))
+    bits, addrs = merged_chunks(addrs, bits, store.blkszbits, size)
+    wide = needs_wide(addrs)
+    if wide and not store.indexes:
+        raise BuildError(f"{where}: block address beyond the 32-bit block map "
+                         "(try -Eforce-chunk-indexes)")
+    return ChunkLayout(size, store.blkszbits, bits, store.indexes, wide), addrs
+
+
+def make_chunked(node: PlannedInode, store: ChunkStore) -> None:
+    """Store the data of the regular file `node` (its own file, or a tar DataRef range) as
+    chunks and make it a chunk-based inode."""
+    ref = node.src.data
+    path = node.src.path if ref is None else ref.path
+    where = node.display_path() if ref is None else \
+        f"{node.display_path()}: {os.fsdecode(ref.path)}"
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NOFOLLOW if ref is None else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        raise BuildError(f"{where}: {err.strerror}") from None
+    try:
+        if ref is None:
+            now = os.fstat(fd).st_size
+            if now != node.size:
+                raise BuildError(f"{where}: file changed during the build (size was "
+                                 f"{node.size}, now {now})")
+        layout, addrs = chunk_file(store, fd, 0 if ref is None else ref.offset, node.size, where)
+        if ref is None and os.pread(fd, 1, node.size):
+            raise BuildError(f"{where}: file changed during the build (size is no longer "
+                             f"{node.size})")
+    except OSError as err:
+        raise BuildError(f"{where}: {err.strerror}") from None
+    finally:
+        os.close(fd)
+    set_chunk_map(node, layout, addrs, store.device_id)
+
+
+def set_chunk_map(node: PlannedInode, layout: ChunkLayout, blkaddrs: Sequence[int | None],
+                  device_id: int = 0) -> None:
+    """Make `node` chunk-based with `layout`, its map after the inode and xattrs."""
+    node.datalayout = fmt.EROFS_INODE_CHUNK_BASED
+    node.i_u = layout.chunkformat
+    # inodes start on a 32-byte slot: the map's alignment is known before the inode is placed
+    node.inline = layout.encode_map(node.meta_size_before_inline, blkaddrs,
+                                    device_id if layout.indexes else 0)
+    node.inline_len = len(node.inline)

@@ -16,12 +16,19 @@ erofs_map_dev):
 mkerofs writes the slots with an empty tag and uniaddr as above (as mkfs.erofs does), so both
 ways to mount work.  The table follows the superblock and its compression configurations, which
 the kernel expects right after the superblock.
+
+--blobdev=FILE (BlobFile) is such a device, written during the build: the chunks of chunk-based
+files go there, block after block from block 0, and the image holds metadata only.
 """
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 
+from ..errors import BuildError
 from ..ondisk import format as fmt
+from ..util import pwrite_all
 
 
 @dataclass
@@ -64,3 +71,70 @@ class DeviceTable:
         """True if a slot needs the 48-bit format's high halves."""
         total = sum(d.blocks for d in self.devices)
         return total >= 1 << 32
+
+
+class BlobFile:
+    """--blobdev=FILE: the extra device that chunks are written to (a chunks.ChunkSink).  A
+    file is created or truncated, a block device written from its start; a file this build
+    created is removed again if the build fails."""
+
+    def __init__(self, path: str, block_size: int):
+        self.path = path
+        self.block_size = block_size
+        self.next_block = 0
+        self.device = ExtraDevice(path)     # its slot in the device table
+        self.created = not os.path.lexists(path)
+        self.is_device = False
+        self.fd = -1
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            st = os.fstat(self.fd)
+            self.is_device = stat.S_ISBLK(st.st_mode)
+            self.identity = (st.st_dev, st.st_ino)     # the walk leaves it out of the image
+            if not self.is_device:
+                os.ftruncate(self.fd, 0)
+        except OSError as err:
+            self.abort()
+            raise BuildError(f"--blobdev {path}: cannot create it: {err.strerror}") from None
+
+    def allocate(self, nblocks: int) -> int:
+        start = self.next_block
+        self.next_block += nblocks
+        self.device.blocks = self.next_block
+        return start
+
+    def pwrite(self, data, pos: int) -> None:
+        try:
+            pwrite_all(self.fd, data, pos)
+        except OSError as err:
+            raise BuildError(f"--blobdev {self.path}: {err.strerror}") from None
+
+    @property
+    def blocks(self) -> int:
+        return self.next_block
+
+    def finish(self) -> None:
+        """Close it, a file cut at its last block (chunks skipped nothing, but be exact)."""
+        try:
+            if self.is_device:
+                os.fsync(self.fd)
+            else:
+                os.ftruncate(self.fd, self.next_block * self.block_size)
+            os.close(self.fd)
+        except OSError as err:
+            raise BuildError(f"--blobdev {self.path}: {err.strerror}") from None
+        finally:
+            self.fd = -1
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.created:
+            self._remove()
+
+    def _remove(self) -> None:
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass

@@ -88,7 +88,9 @@ class BuildOptions:
     all_fragments: bool = False                 # -Eall-fragments
     packed_pcluster_size: int | None = None     # SIZE of -Efragments=SIZE
     fragdedupe: str = "full"                    # -Efragdedupe=full|inode, -E^fragdedupe: "off"
-    dedupe: bool = False                        # -Ededupe
+    dedupe: bool | None = None                  # -Ededupe True, -E^dedupe False: with -z, share
+                                                # identical pclusters; without, chunks of a block
+                                                # (see chunkbits); off: chunks are not shared
     max_extent_bytes: int | None = None         # --max-extent-bytes
     compress_hints: str | None = None           # --compress-hints=FILE
     # extended attributes: -x, -E[^]xattr-name-filter, --xattr-prefix, -Eplain-xattr-prefixes,
@@ -106,6 +108,11 @@ class BuildOptions:
     # --fsalignblks: the image's size in blocks is a multiple of this, rounded up to a power
     # of two (0, 1: any size)
     fsalignblks: int = 0
+    # chunk-based files (writer/chunks.py)
+    chunk_size: int | None = None               # --chunksize: uncompressed files in chunks
+    blobdev: str | None = None                  # --blobdev=FILE: the chunks go to FILE
+    chunk_format: str | None = None             # -Eforce-chunk-indexes: "indexes",
+                                                # -Eforce-inode-blockmap: "blockmap"
 
     def validate(self) -> None:
         bs = self.block_size
@@ -152,6 +159,44 @@ class BuildOptions:
         if not 0 <= self.fsalignblks <= MAX_FSALIGNBLKS:
             raise BuildError(f"invalid fsalignblks {self.fsalignblks}: a number of blocks "
                              f"from 0 to {MAX_FSALIGNBLKS}")
+        self._validate_chunks()
+
+    def _validate_chunks(self) -> None:
+        """The option checks of mkfs.erofs for --chunksize and --blobdev."""
+        size = self.chunk_size
+        if size is not None:
+            if size <= 0 or size & (size - 1):
+                raise BuildError(f"invalid chunk size {size}: a power of two expected")
+            if size < self.block_size:
+                raise BuildError(f"invalid chunk size {size}: smaller than the block size "
+                                 f"{self.block_size}")
+        if self.blobdev is not None:
+            if size is None:
+                raise BuildError("--blobdev must be used together with --chunksize")
+            if self.chunk_format == "blockmap":
+                raise BuildError("--blobdev cannot work with block map "
+                                 "(-Eforce-inode-blockmap): chunks on an extra device need "
+                                 "chunk indexes")
+            if self.verify:
+                raise BuildError("--verify cannot read back an image with --blobdev yet")
+            if self.tar is not None and self.tar.mode == "i":
+                raise BuildError("--blobdev cannot be used with --tar=i: the tar is the image's "
+                                 "extra device")
+        if self.chunk_format not in (None, "indexes", "blockmap"):
+            raise BuildError(f"invalid chunk format {self.chunk_format!r}")
+
+    @property
+    def chunkbits(self) -> int | None:
+        """log2 of the size of the chunks files with data are cut into; None: no chunks.
+        -Ededupe without compression means chunks of one block, whatever --chunksize says
+        (as in mkfs.erofs)."""
+        blkszbits = fmt.blksz_bits(self.block_size)
+        if self.dedupe and not self.compressor:
+            return blkszbits
+        if self.chunk_size is None:
+            return None
+        return min(self.chunk_size.bit_length() - 1,
+                   blkszbits + fmt.EROFS_CHUNK_FORMAT_BLKBITS_MASK)
 
     def xattr_options(self) -> XattrOptions:
         return XattrOptions(tolerance=self.xattr_tolerance, name_filter=self.xattr_name_filter,

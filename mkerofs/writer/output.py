@@ -7,6 +7,7 @@ import stat
 import tempfile
 
 from ..errors import BuildError
+from ..util import pwrite_all
 
 
 def _describe(path: str, err: OSError) -> BuildError:
@@ -83,11 +84,8 @@ class Output:
             # compressed images learn their size only while being written
             raise BuildError(f"{self.path}: the image does not fit on the device "
                              f"({self.capacity - self.offset} bytes available)")
-        pos += self.offset
         try:
-            while view:
-                done = os.pwrite(self.fd, view, pos)
-                view, pos = view[done:], pos + done
+            pwrite_all(self.fd, view, pos + self.offset)
         except OSError as err:
             raise _describe(self.path, err) from None
 

@@ -22,6 +22,7 @@ import tempfile
 
 from ..errors import BuildError
 from ..ondisk import format as fmt
+from ..util import pwrite_all
 from .data import DataArea
 from .tarstream import TarEntry, TarReader
 from .walk import DataRef
@@ -100,14 +101,11 @@ class Spool:
         self._fd, self.path = fd, path
 
     def _pwrite(self, data: bytes, offset: int) -> None:
-        view = memoryview(data)
         try:
-            while view:
-                done = os.pwrite(self._fd, view, offset)
-                view, offset = view[done:], offset + done
+            end = pwrite_all(self._fd, data, offset)
         except OSError as err:
             raise self._error(err) from None
-        self._size = max(self._size, offset)
+        self._size = max(self._size, end)
 
     def _error(self, err: OSError) -> BuildError:
         where = os.fsdecode(self.path)

@@ -335,7 +335,6 @@ BAD_OPTIONS = [
 # mkfs.erofs options outside mkerofs's scope (for now): refused, never ignored.
 # Keep this list to options nobody is implementing, or update it when one lands.
 UNIMPLEMENTED = [
-    ("blobdev", ["--blobdev=/dev/null"], ["blobdev"]),
     ("incremental", ["--incremental"], ["incremental"]),
     ("incremental-data", ["--incremental=data"], ["incremental"]),
     ("vmdk-desc", ["--vmdk-desc=/tmp/x.vmdk"], ["vmdk"]),
