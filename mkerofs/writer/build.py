@@ -96,7 +96,7 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
             tar = None
             verify_source = source_b
             if options.tar is None:
-                skip = out.identity() | ({blob.identity} if blob is not None else set())
+                skip = out.identity() | (blob.identity if blob is not None else set())
                 root, _count = walk_source(source_b, options, skip=skip, on_file=on_file)
             else:
                 tar = _read_tar(inputs, source, options, build_time, out, on_file)
@@ -566,9 +566,18 @@ def _chunk_regular_files(plan: Plan, options: BuildOptions, data: DataArea,
                          blob: BlobFile | None) -> None:
     """Make every regular file with data that is not compressed chunk-based, its chunks in
     the image's data area or in `blob` (chunks.py)."""
-    store = ChunkStore(blob if blob is not None else ImageBlocks(data), fmt.blksz_bits(
-        options.block_size), options.chunkbits, indexes=options.chunk_format == "indexes",
-        device_id=1 if blob is not None else 0, dedupe=options.dedupe is not False)
+    blkszbits = fmt.blksz_bits(options.block_size)
+    chunk_blocks = 1 << (options.chunkbits - blkszbits)
+    dsunit = options.dsunit if 1 < options.dsunit <= chunk_blocks else 1
+    if options.dsunit > 1 and dsunit == 1 and not options.quiet:
+        # as mkfs.erofs: deduplicated chunks smaller than dsunit would misalign all the rest
+        print(f"mkerofs: warning: chunks of {1 << options.chunkbits} bytes are smaller than "
+              f"dsunit ({options.dsunit} blocks): --dsunit is ignored for them",
+              file=sys.stderr)
+    store = ChunkStore(blob if blob is not None else ImageBlocks(data), blkszbits,
+                       options.chunkbits, indexes=options.chunk_format == "indexes",
+                       device_id=1 if blob is not None else 0,
+                       dedupe=options.dedupe is not False, dsunit=dsunit)
     for node in plan.data_order or plan.inodes:
         if node.ftype == fmt.EROFS_FT_REG_FILE and node.size and node.flat is None and \
                 not node.compressed and not node.chunk_based:

@@ -220,6 +220,9 @@ class ChunkSink(Protocol):
 
     def allocate(self, nblocks: int) -> int: ...
 
+    def align(self, nblocks: int) -> None:
+        """Let the next allocation begin at a multiple of nblocks (--dsunit)."""
+
     def pwrite(self, data, pos: int) -> None: ...
 
 
@@ -229,6 +232,10 @@ class ImageBlocks:
     def __init__(self, data):          # a data.DataArea
         self.allocate = data.allocate
         self.pwrite = data.out.pwrite
+        self._data = data
+
+    def align(self, nblocks: int) -> None:
+        self._data.rewind(fmt.round_up(self._data.next_block, nblocks))
 
 
 class ChunkStore:
@@ -238,9 +245,12 @@ class ChunkStore:
     `indexes` asks for 8-byte indexes on the image as well (-Eforce-chunk-indexes)."""
 
     def __init__(self, sink: ChunkSink, blkszbits: int, chunkbits: int, *,
-                 indexes: bool = False, device_id: int = 0, dedupe: bool = True):
+                 indexes: bool = False, device_id: int = 0, dedupe: bool = True,
+                 dsunit: int = 1):
         assert blkszbits <= chunkbits <= blkszbits + fmt.EROFS_CHUNK_FORMAT_BLKBITS_MASK
         self.sink = sink
+        self.dsunit = dsunit
+        self._align_next = False
         self.blkszbits = blkszbits
         self.chunkbits = chunkbits
         self.indexes = indexes or device_id != 0
@@ -253,10 +263,15 @@ class ChunkStore:
             self._known[hashlib.sha256(bytes(1 << chunkbits)).digest()] = None
 
     def begin_file(self) -> None:
-        """Called before a file's first chunk.  (Where --dsunit would align the file's first
-        new chunk, when dsunit is at most a chunk's blocks: dedupe then never misaligns.)"""
+        """Called before a file's first chunk: with --dsunit, its first new chunk begins at a
+        multiple of dsunit blocks (the caller asks for it only when dsunit is at most a
+        chunk's blocks: deduplicated chunks then never misalign the ones after them)."""
+        self._align_next = self.dsunit > 1
 
     def _new_blocks(self, nbytes: int) -> int:
+        if self._align_next:
+            self.sink.align(self.dsunit)
+            self._align_next = False
         nblocks = -(-nbytes >> self.blkszbits)
         self.blocks_written += nblocks
         return self.sink.allocate(nblocks)

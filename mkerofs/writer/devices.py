@@ -22,13 +22,11 @@ files go there, block after block from block 0, and the image holds metadata onl
 """
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass, field
 
 from ..errors import BuildError
 from ..ondisk import format as fmt
-from ..util import pwrite_all
+from .output import Output
 
 
 @dataclass
@@ -74,28 +72,22 @@ class DeviceTable:
 
 
 class BlobFile:
-    """--blobdev=FILE: the extra device that chunks are written to (a chunks.ChunkSink).  A
-    file is created or truncated, a block device written from its start; a file this build
-    created is removed again if the build fails."""
+    """--blobdev=FILE: the extra device that chunks are written to (a chunks.ChunkSink).  Like
+    the image (output.Output), a file is written under a temporary name and renamed into place
+    when the build succeeds, so a failed build leaves an existing FILE as it was (mkfs.erofs
+    has truncated it by then); a block device is opened exclusively (refused while mounted)
+    and written from its start."""
 
     def __init__(self, path: str, block_size: int):
         self.path = path
         self.block_size = block_size
         self.next_block = 0
         self.device = ExtraDevice(path)     # its slot in the device table
-        self.created = not os.path.lexists(path)
-        self.is_device = False
-        self.fd = -1
         try:
-            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            st = os.fstat(self.fd)
-            self.is_device = stat.S_ISBLK(st.st_mode)
-            self.identity = (st.st_dev, st.st_ino)     # the walk leaves it out of the image
-            if not self.is_device:
-                os.ftruncate(self.fd, 0)
-        except OSError as err:
-            self.abort()
-            raise BuildError(f"--blobdev {path}: cannot create it: {err.strerror}") from None
+            self._out = Output(path)
+        except BuildError as err:
+            raise BuildError(f"--blobdev {err}") from None
+        self.identity = self._out.identity()   # the walk leaves it out of the image
 
     def allocate(self, nblocks: int) -> int:
         start = self.next_block
@@ -103,38 +95,25 @@ class BlobFile:
         self.device.blocks = self.next_block
         return start
 
+    def align(self, nblocks: int) -> None:
+        self.next_block = fmt.round_up(self.next_block, nblocks)
+
     def pwrite(self, data, pos: int) -> None:
         try:
-            pwrite_all(self.fd, data, pos)
-        except OSError as err:
-            raise BuildError(f"--blobdev {self.path}: {err.strerror}") from None
+            self._out.pwrite(data, pos)
+        except BuildError as err:
+            raise BuildError(f"--blobdev {err}") from None
 
     @property
     def blocks(self) -> int:
         return self.next_block
 
     def finish(self) -> None:
-        """Close it, a file cut at its last block (chunks skipped nothing, but be exact)."""
+        """Put the blob in place, a file cut at its last block."""
         try:
-            if self.is_device:
-                os.fsync(self.fd)
-            else:
-                os.ftruncate(self.fd, self.next_block * self.block_size)
-            os.close(self.fd)
-        except OSError as err:
-            raise BuildError(f"--blobdev {self.path}: {err.strerror}") from None
-        finally:
-            self.fd = -1
+            self._out.finish(self.next_block * self.block_size)
+        except BuildError as err:
+            raise BuildError(f"--blobdev {err}") from None
 
     def abort(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self.created:
-            self._remove()
-
-    def _remove(self) -> None:
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        self._out.abort()

@@ -177,8 +177,6 @@ class BuildOptions:
                 raise BuildError("--blobdev cannot work with block map "
                                  "(-Eforce-inode-blockmap): chunks on an extra device need "
                                  "chunk indexes")
-            if self.verify:
-                raise BuildError("--verify cannot read back an image with --blobdev yet")
             if self.tar is not None and self.tar.mode == "i":
                 raise BuildError("--blobdev cannot be used with --tar=i: the tar is the image's "
                                  "extra device")

@@ -26,7 +26,9 @@ def verify_build(image: str, source: bytes | SourceTree, options: BuildOptions,
     the checksum) and compare it with the source (a directory, or a TarSource) as the options
     say it should be.  The image stays where it is; BuildError lists what is wrong."""
     try:
-        with Image.open(image, offset=options.offset) as img:
+        # (a blob is read as the device it is; None: no extra device, or appended ones)
+        devices = [options.blobdev] if options.blobdev else None
+        with Image.open(image, offset=options.offset, devices=devices) as img:
             problems = img.verify()
             problems += compare_build(img, source, options, limit=limit)
     except (ImageError, OSError) as err:
