@@ -106,7 +106,7 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
                     options = replace(options, label=tar.label)
                 if options.verify:
                     # (planning takes the tree apart: keep what the comparison needs)
-                    verify_source = TarSource.capture(root)
+                    verify_source = TarSource.capture(root, tar.device_path)
             plan = plan_inodes(root, options, build_time)
             if tar is not None and tar.order is not None:
                 plan.data_order = _in_tar_order(plan, tar.order)
@@ -148,6 +148,7 @@ class _TarTree:
     written: DataArea | None            # --sort=none from a stream: the data area the files
                                         # were written to as the stream passed
     index: TarIndex | None = None       # --tar=i: where the files' bytes are in the tar
+    device_path: bytes | None = None    # --tar=i from a plain tar file: the tar as device 1
 
 
 def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build_time: int,
@@ -185,6 +186,10 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
         spool = ImageSpool(written)
     else:
         spool = inputs.enter_context(Spool())
+    if options.verify and tar.mode == "i" and (tar.mapfile or not in_place):
+        # (the files' bytes are only in the tar: verification reads them there)
+        raise BuildError("--verify with --tar=i needs SOURCE to be a plain, uncompressed tar "
+                         "file (not stdin) and no MAPFILE: the files' data is read from it")
     tree_options = TarTreeOptions(
         aufs=tar.aufs, ovlfs_strip=tar.ovlfs_strip, headerball=tar.mode == "headerball",
         index=tar.mode == "i", root_uid=os.getuid(), root_gid=os.getgid(), build_time=build_time,
@@ -201,7 +206,8 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     apply_walk_options(root, options)
     label = (reader.volume_label or b"")[:fmt.EROFS_SB_VOLUME_NAME_SIZE]
     index = TarIndex(list(indexed), reader.archive_end) if indexed is not None else None
-    return _TarTree(root, order, label, written, index)
+    device_path = tree_options.tar_path if index is not None and _tar_device(options) else None
+    return _TarTree(root, order, label, written, index, device_path)
 
 
 def _sort_none_applies(options: BuildOptions) -> bool:

@@ -148,9 +148,6 @@ class BuildOptions:
                 raise BuildError(f"invalid exclude regex {pattern!r}: {err}") from None
         if self.tar is not None:
             self.tar.validate()
-            if self.verify and self.tar.mode == "i":
-                raise BuildError("--verify is not supported yet with --tar=i (the reader cannot "
-                                 "follow chunks into the tar)")
         # (the ranges of mkfs.erofs's unsigned ints; the image's size in blocks bounds both
         # further, see build)
         if not 0 <= self.dsunit <= MAX_DSUNIT:

@@ -26,8 +26,8 @@ def verify_build(image: str, source: bytes | SourceTree, options: BuildOptions,
     the checksum) and compare it with the source (a directory, or a TarSource) as the options
     say it should be.  The image stays where it is; BuildError lists what is wrong."""
     try:
-        # (a blob is read as the device it is; None: no extra device, or appended ones)
-        devices = [options.blobdev] if options.blobdev else None
+        # (a blob, or the tar of --tar=i, is read as the device it is; None: no extra device)
+        devices = [options.blobdev] if options.blobdev else getattr(source, "devices", None)
         with Image.open(image, offset=options.offset, devices=devices) as img:
             problems = img.verify()
             problems += compare_build(img, source, options, limit=limit)
@@ -90,13 +90,16 @@ class TarSource:
     SourceInode (identity: hard links share one) and its xattrs as the build got them."""
 
     def __init__(self, nodes: dict[bytes, SourceInode], names: dict[bytes, list[bytes]],
-                 xattrs: dict[bytes, list[tuple[bytes, bytes]]]):
+                 xattrs: dict[bytes, list[tuple[bytes, bytes]]], tar_device: bytes | None = None):
         self._nodes = nodes
         self._names = names
         self._xattrs = xattrs
+        # --tar=i: the image's extra device is the tar itself
+        # (a str: the reader takes bytes as a device's contents, not its name)
+        self.devices = [os.fsdecode(tar_device)] if tar_device is not None else None
 
     @classmethod
-    def capture(cls, root: SourceInode) -> "TarSource":
+    def capture(cls, root: SourceInode, tar_device: bytes | None = None) -> "TarSource":
         nodes: dict[bytes, SourceInode] = {b"": root}
         names: dict[bytes, list[bytes]] = {}
         xattrs: dict[bytes, list[tuple[bytes, bytes]]] = {b"": root.xattrs}
@@ -110,7 +113,7 @@ class TarSource:
                 xattrs[r] = child.xattrs
                 if child.entries is not None:
                     pending.append((r, child))
-        return cls(nodes, names, xattrs)
+        return cls(nodes, names, xattrs, tar_device)
 
     def _node(self, rel: bytes) -> SourceInode:
         node = self._nodes.get(rel)

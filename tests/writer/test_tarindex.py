@@ -14,7 +14,7 @@ read here by hand, not with mkerofs's reader, which cannot follow device tables 
   (flat) instead;
 * ``--tar=i,MAPFILE``: the lines mkfs.erofs 1.9.3 writes for the same tar (taken from it), the
   blob a hole in the image; compared with a run of mkfs.erofs >= 1.9 when present;
-* ``--verify`` with --tar=i refused for now, an empty MAPFILE name refused; 48-bit chunk
+* ``--verify`` with --tar=i reads the tar as the device (a plain tar file only), an empty MAPFILE name refused; 48-bit chunk
   indexes for blocks past 2^32.
 """
 from __future__ import annotations
@@ -215,11 +215,24 @@ def test_mapfile_like_mkfs(name, archive, tmp_path):
     assert relative_lines(ours) == relative_lines(theirs)
 
 
-def test_verify_and_an_empty_mapfile_are_refused(tmp_path):
+def test_verify_reads_the_tar_as_the_device(tmp_path):
+    """--verify with --tar=i from a plain tar file reads every file back through the device
+    table from the tar itself; the image alone is its 2048 bytes of metadata."""
     tar = tmp_path / "t.tar"
     tar.write_bytes(CASE21)
     r = run_mkerofs("--tar=i", "--verify", tmp_path / "i.erofs", tar, check=False)
-    assert r.returncode != 0 and "not supported yet with --tar=i" in r.stderr
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "i.erofs").stat().st_size == 2048
+
+
+def test_verify_needs_a_plain_tar_file_and_an_empty_mapfile_is_refused(tmp_path):
+    tar = tmp_path / "t.tar"
+    tar.write_bytes(CASE21)
+    r = run_mkerofs("--tar=i", "--verify", tmp_path / "i.erofs", check=False, input=CASE21)
+    assert r.returncode != 0 and "--verify with --tar=i needs SOURCE" in r.stderr
+    assert not (tmp_path / "i.erofs").exists()
+    r = run_mkerofs("--tar=i,map", "--verify", tmp_path / "i.erofs", tar, check=False)
+    assert r.returncode != 0 and "--verify with --tar=i needs SOURCE" in r.stderr
     r = run_mkerofs("--tar=i,", tmp_path / "j.erofs", tar, check=False)
     assert r.returncode != 0 and "MAPFILE needs a name" in r.stderr
 
