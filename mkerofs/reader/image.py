@@ -582,6 +582,10 @@ class Image:
             else 0
         return (1 << extra.bit_length()) - 1 if extra else 0
 
+    def map_header(self, inode: Inode) -> index.MapHeader | None:
+        """A compressed inode's map header (None for any other inode, or an empty file)."""
+        return self._compressed(inode)[1] if inode.compressed else None
+
     def _compressed(self, inode: Inode):
         """(extents, header, lclusters) of a compressed inode."""
         return self._mapped(inode)[:3]

@@ -28,6 +28,7 @@ from .options import BuildOptions
 from .output import Output
 from .spool import ImageSpool, Spool
 from .plan import Plan, PlannedInode, plan_inodes, planned_isize
+from .report import BuildProgress, BuildReport, options_dict, tally_inodes, watch_writing
 from .tarsource import TarTreeOptions, read_tar_tree
 from .tarstream import TarReader
 from .walk import SourceInode, SourceStat, apply_walk_options, walk_source
@@ -45,6 +46,8 @@ class BuildResult:
     inodes: int
     uuid: bytes
     root_nid: int
+    metadata_blocks: int = 0        # blocks outside the data area
+    report: BuildReport | None = None
 
     @property
     def size(self) -> int:
@@ -52,12 +55,15 @@ class BuildResult:
 
 
 def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
-          options: BuildOptions | None = None) -> BuildResult:
+          options: BuildOptions | None = None,
+          progress: BuildProgress | None = None) -> BuildResult:
     """Build an EROFS image of the directory `source` into `image` (a file or a block device);
-    with options.tar, `source` is a tar stream: a path or a binary file object (stdin)."""
+    with options.tar, `source` is a tar stream: a path or a binary file object (stdin).
+    The result's `report` says what the build did; `progress` (if given) follows it."""
     options = options or BuildOptions()
     options.validate()
     image = os.fspath(image)
+    report = BuildReport(image=image, options=options_dict(options))       # report
     if options.tar is None:
         source_b = os.fsencode(os.fspath(source))
         if not os.path.lexists(source_b):
@@ -86,10 +92,12 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
             tar = None
             verify_source = source_b
             if options.tar is None:
-                root, _count = walk_source(source_b, options, skip=out.identity(),
-                                           on_file=on_file)
+                with report.phase("walk", progress):
+                    root, _count = walk_source(source_b, options, skip=out.identity(),
+                                               on_file=on_file, progress=progress)
             else:
-                tar = _read_tar(inputs, source, options, build_time, out, on_file)
+                with report.phase("tar", progress):
+                    tar = _read_tar(inputs, source, options, build_time, out, on_file)
                 root = tar.root
                 if tar.label and not options.label:
                     # as mkfs.erofs: a GNU volume header names the image (16 bytes at most)
@@ -97,14 +105,19 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
                 if options.verify:
                     # (planning takes the tree apart: keep what the comparison needs)
                     verify_source = TarSource.capture(root)
-            plan = plan_inodes(root, options, build_time)
-            if tar is not None and tar.order is not None:
-                plan.data_order = _in_tar_order(plan, tar.order)
-            xattrs = _plan_xattrs(plan, options)
+            with report.phase("plan", progress):
+                plan = plan_inodes(root, options, build_time)
+                if tar is not None and tar.order is not None:
+                    plan.data_order = _in_tar_order(plan, tar.order)
+                xattrs = _plan_xattrs(plan, options)
             devices = DeviceTable()
-            result = _write_image(plan, options, out, xattrs, source_b, zcfg, hints, pool,
-                                  tar.written if tar is not None else None, devices)
-            out.finish(result.size)
+            with report.phase("write"):
+                watch_writing(progress, plan.inodes, out, pool)                 # report
+                result = _write_image(plan, options, out, xattrs, source_b, zcfg, hints, pool,
+                                      tar.written if tar is not None else None, devices)
+            with report.phase("finish", progress):
+                out.finish(result.size)
+            _fill_report(report, result, plan, pool)                            # report
         except BaseException:
             if pool is not None:
                 pool.abort()
@@ -114,8 +127,25 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
             if gc_was_enabled:
                 gc.enable()
         if options.verify:
-            verify_build(image, verify_source, options)
+            with report.phase("verify", progress):
+                verify_build(image, verify_source, options)
+    report.note_memory()
     return result
+
+
+def _fill_report(report: BuildReport, result: BuildResult, plan: Plan,
+                 pool: CompressionPool | None) -> None:
+    """What the build report takes from the finished layout (one pass over the inodes)."""
+    report.block_size, report.blocks = result.block_size, result.blocks
+    report.metadata_blocks = result.metadata_blocks
+    report.uuid = str(uuidlib.UUID(bytes=result.uuid))
+    if result.report is not None:           # what _write_image noted (fragments)
+        report.fragment_bytes = result.report.fragment_bytes
+        report.fragment_shared_bytes = result.report.fragment_shared_bytes
+    if pool is not None:
+        report.dedupe_bytes, report.dedupe_blocks = pool.deduped
+    tally_inodes(report, plan.inodes, result.block_size)
+    result.report = report
 
 
 @dataclass
@@ -271,8 +301,12 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
     cfgs = zcfg.superblock(False).cfgs if zcfg is not None else b""
     packed = PackedFile(zcfg.fragdedupe) if zcfg is not None and zcfg.fragments else None
     try:
-        return _lay_out(plan, options, out, xattrs, source, zcfg, hints, pool, cfgs_pos, cfgs,
-                        packed, written, devices)
+        result = _lay_out(plan, options, out, xattrs, source, zcfg, hints, pool, cfgs_pos, cfgs,
+                          packed, written, devices)
+        if packed is not None:                                                  # report
+            result.report = BuildReport(fragment_bytes=packed.size,
+                                        fragment_shared_bytes=packed.shared_bytes)
+        return result
     finally:
         if packed is not None:
             packed.close()
@@ -408,7 +442,8 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
     out.pwrite(meta.head, 0)
     if meta.tail:
         out.pwrite(meta.tail, meta.tail_start)
-    return BuildResult(out.path, blocks, bs, len(plan.inodes), sb.uuid, root.nid)
+    return BuildResult(out.path, blocks, bs, len(plan.inodes), sb.uuid, root.nid,
+                       metadata_blocks=blocks - (data_end - data_start))
 
 
 @dataclass
