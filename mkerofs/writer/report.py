@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import os
 import resource
 import time
@@ -153,7 +154,7 @@ def _jsonable(value):
         return [_jsonable(v) for v in value]
     if dataclasses.is_dataclass(value):
         return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if hasattr(value, "name") and hasattr(value, "value"):      # an Enum
+    if isinstance(value, enum.Enum):
         return value.name.lower()
     if value is None or isinstance(value, (bool, int, float, str)):
         return value

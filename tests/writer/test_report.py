@@ -6,14 +6,17 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import sys
+import tarfile
 
 import pytest
 
-from support.run import mkerofs_command, run_mkerofs
+from support.run import mkerofs_command, mkerofs_env, run_mkerofs
 from support.terminal import run_on_terminal
 from support.trees import write_file
 
+import mkerofs
 from mkerofs import BuildOptions, build
 
 REPORT_KEYS = {"report_version", "image", "options", "uuid", "block_size", "blocks",
@@ -29,8 +32,6 @@ def read_cmd(*args) -> list:
 
 
 def run_read_json(*args) -> dict | list:
-    import subprocess
-    from support.run import mkerofs_env
     r = subprocess.run(read_cmd(*args), env=mkerofs_env(), capture_output=True, check=True)
     return json.loads(r.stdout)
 
@@ -163,12 +164,10 @@ def test_python_api_returns_the_report(tree, tmp_path):
     assert report.to_dict()["image_bytes"] == result.size == os.path.getsize(tmp_path / "api.erofs")
     assert report.inodes == source_counts(tree)
     assert report.uuid == "00000000-0000-0000-0000-000000000000"
-    import mkerofs
     assert mkerofs.BuildReport is type(report)
 
 
 def test_tar_input_reports_its_phase(tmp_path):
-    import tarfile
     src = tmp_path / "t"
     src.mkdir()
     write_file(src / "f", 5000)
