@@ -7,10 +7,12 @@ Importing `mkerofs` itself loads none of them: `build` and the option types are 
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["build", "BuildOptions", "BuildResult", "BuildError", "TimeInherit", "__version__"]
+__all__ = ["build", "BuildOptions", "BuildResult", "BuildReport", "BuildError", "TimeInherit",
+           "__version__"]
 
 _LAZY = {
     "build": "mkerofs.writer.build", "BuildResult": "mkerofs.writer.build",
+    "BuildReport": "mkerofs.writer.report",
     "BuildOptions": "mkerofs.writer.options", "TimeInherit": "mkerofs.writer.options",
     "BuildError": "mkerofs.errors",
 }

@@ -21,6 +21,7 @@ import traceback
 from dataclasses import dataclass
 
 import click
+from click import shell_completion
 
 from ..errors import MkerofsError
 from ..util import parse_c_int
@@ -115,6 +116,9 @@ def run(command: click.Command, prog: str, argv: list[str] | None = None,
     if it is an int); every expected error ends as one line on stderr, prefixed with prog.
     `status_of` gives some error types a status of their own (else EXIT_FAILURE)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    completing = completion_request(prog)
+    if completing is not None:
+        return shell_completion.shell_complete(command, {}, prog, *completing)
     state = RunState()
     try:
         with command.make_context(prog, argv, obj=state) as ctx:
@@ -136,6 +140,15 @@ def run(command: click.Command, prog: str, argv: list[str] | None = None,
                       getattr(exc, "status", EXIT_FAILURE))
         return _say(prog, describe(exc), status)
     return result if isinstance(result, int) else EXIT_OK
+
+
+def completion_request(prog: str) -> tuple[str, str] | None:
+    """(variable, instruction) when the shell asks for completion, as click's own entry point
+    reads it: _MKEROFS_COMPLETE=bash_source prints the bash script (zsh_source, fish_source
+    too); the script then calls back with bash_complete and the words typed so far."""
+    var = "_" + prog.replace("-", "_").upper() + "_COMPLETE"
+    instruction = os.environ.get(var)
+    return (var, instruction) if instruction else None
 
 
 def _say(prog: str, message: str, status: int) -> int:

@@ -1,6 +1,7 @@
 """The `mkerofs` command line: mkfs.erofs's arguments, parsed and handed to build()."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -15,6 +16,8 @@ from ..codecs.spec import parse_compressor_spec
 from ..util import parse_c_int
 from ..writer.build import build
 from ..writer.options import MAX_DSUNIT, MAX_FSALIGNBLKS, BuildOptions, TarOptions, TimeInherit
+from ..writer.report import BuildProgress
+from . import progress
 from .common import CInt, GID, GID_OFFSET, OFFSET, UID, UID_OFFSET, debug_options, run
 
 # long options whose value is optional: like getopt, they take one only after '='
@@ -270,7 +273,10 @@ class _MkfsStyleCommand(click.Command):
                    "ztailpacking, fragments, all-fragments, dedupe, fragdedupe")
 @click.option("--workers", metavar="#", type=CInt("number of workers", minimum=1),
               help="worker processes for compression and copying (default: the CPUs)")
-@click.option("--quiet", is_flag=True, help="print nothing on success")
+@click.option("--quiet", is_flag=True, help="print nothing on success (no progress bar either)")
+@click.option("--report", "report_file", metavar="=FILE",
+              help="write what the build did as JSON to FILE ('-': stdout, the summary then "
+                   "goes to stderr)")
 @click.option("--verify", is_flag=True,
               help="read the image back and compare it with SOURCE, or with what the tar "
                    "gave (no mount needed)")
@@ -311,9 +317,9 @@ def command(image, source, block_size, debug, compressor, pcluster_size,
             xattr_tolerance, extended, label, timestamp, uuid,
             uid_offset, gid_offset, exclude_path, exclude_regex, hard_dereference, offset,
             mount_point, xattr_prefix, root_xattr_isize, file_contexts, compress_hints,
-            dsunit, fsalignblks, max_extent_bytes, zfeature_bits, workers, quiet, verify, tar,
-            aufs, ovlfs_strip, gzip, ungzip, unxz, unlzma, sort, chunk_size, blobdev,
-            random_pclusterblks, **unimplemented):
+            dsunit, fsalignblks, max_extent_bytes, zfeature_bits, workers, quiet, report_file,
+            verify, tar, aufs, ovlfs_strip, gzip, ungzip, unxz, unlzma, sort, chunk_size,
+            blobdev, random_pclusterblks, **unimplemented):
     """Generate an EROFS image (IMAGE: a file or block device) from the directory SOURCE, or
     with --tar from a tar stream (SOURCE, or stdin)."""
     for dest, value in unimplemented.items():
@@ -380,11 +386,30 @@ def command(image, source, block_size, debug, compressor, pcluster_size,
     started = time.monotonic()
     if source is None:
         source = click.get_binary_stream("stdin")
-    result = build(image, source, options)
+    watching = BuildProgress() if progress.wanted(quiet) else None
+    with progress.build_bars(watching, source, tar_opts is not None):
+        result = build(image, source, options, progress=watching)
+    if report_file is not None:
+        write_report(result.report, report_file)
     if not quiet:
+        # with the JSON on stdout, the person reads the summary on stderr
+        to_stderr = report_file == "-"
         click.echo(f"Build completed: {image}: {result.inodes} inodes, {result.blocks} blocks of "
                    f"{result.block_size} bytes ({result.size} bytes) in "
-                   f"{time.monotonic() - started:.2f}s; UUID {uuidlib.UUID(bytes=result.uuid)}")
+                   f"{time.monotonic() - started:.2f}s; UUID {uuidlib.UUID(bytes=result.uuid)}",
+                   err=to_stderr)
+        for line in result.report.summary_lines():
+            click.echo(line, err=to_stderr)
+
+
+def write_report(report, path: str) -> None:
+    """--report=FILE: the build report as JSON ('-': stdout)."""
+    text = json.dumps(report.to_dict(), indent=2) + "\n"
+    if path == "-":
+        click.echo(text, nl=False)
+        return
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _getopt_style(argv: list[str]) -> list[str]:

@@ -1,12 +1,14 @@
 """The `mkerofs-read` command line: look inside an EROFS image without mounting it.
 
-Subcommands: info, ls, stat, cat, extract, tar, verify, compare (see `mkerofs-read --help`).
+Subcommands: info, ls, stat, stats, cat, extract, tar, verify, compare (see
+`mkerofs-read --help`); info, ls and stats also speak JSON (--json) for scripts.
 Exit status: 0 success; 1 a problem found (verify, compare) or an error while reading; 2 an
 unreadable image or a usage error.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import stat
@@ -18,10 +20,12 @@ import click
 
 from .. import __version__
 from ..ondisk import format as fmt
-from ..reader.extract import (device_numbers, extract as extract_tree, follow, iter_tree,
-                              resolve, show, type_name, write_tar, LEAVE)
+from ..reader.extract import (ExtractStats, device_numbers, extract as extract_tree, follow,
+                              iter_tree, resolve, show, type_name, write_tar, LEAVE)
 from ..errors import CompressorUnavailable
 from ..reader.image import Image, ImageError
+from ..reader.stats import bucket_bounds, image_stats, type_key
+from . import progress as bars
 from .common import (CInt, EXIT_FAILURE, EXIT_USAGE, Failure, GID, GID_OFFSET, OFFSET, UID,
                      UID_OFFSET, debug_options, run)
 
@@ -146,9 +150,12 @@ def cli():
 
 @cli.command(short_help="Show the superblock and feature summary.")
 @click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="one JSON object, for scripts")
 @_common
-def info(image, offset):
+def info(image, offset, as_json):
     """Show the superblock: size, inodes, build time, UUID, label, features, checksum."""
+    if as_json:
+        return info_json(image, offset)
     with open_image(image, offset) as img:
         sb = img.superblock
         bs = img.block_size
@@ -187,9 +194,13 @@ def info(image, offset):
 @click.option("--full-time", is_flag=True, help="with -l: seconds and nanoseconds")
 @click.option("-b", "--escape", "escaped", is_flag=True,
               help="print C-style escapes for control characters and non-UTF-8 bytes")
+@click.option("--json", "as_json", is_flag=True,
+              help="a JSON array of entries with every -l field, for scripts")
 @_common
-def ls(image, path, recursive, long, full_time, escaped, offset):
+def ls(image, path, recursive, long, full_time, escaped, offset, as_json):
     """List the directory PATH (default: the root), or with -R every path below it."""
+    if as_json:
+        return ls_json(image, path, recursive, offset)
     esc = escape if escaped else (lambda b: b)
     out = _out()
     with open_image(image, offset) as img:
@@ -314,9 +325,12 @@ def extract(image, dest, subtree, no_owner, no_xattrs, force, quiet, offset):
     --force), keeping modes, mtimes (ns), owners (as root), xattrs, devices, fifos, sockets,
     symlinks and hard links. Entries never land outside DEST, whatever the image says."""
     started = time.monotonic()
-    with open_image(image, offset) as img:
-        stats = extract_tree(img, dest, path=subtree, owner=False if no_owner else None,
-                             xattrs=not no_xattrs, force=force, warn=_warn)
+    stats = ExtractStats()
+    with open_image(image, offset) as img, \
+            bars.counting_bar(bars.wanted(quiet), "extracting", img.superblock.inos, " entries",
+                              lambda: stats.entries):
+        extract_tree(img, dest, path=subtree, owner=False if no_owner else None,
+                     xattrs=not no_xattrs, force=force, warn=_warn, stats=stats)
     if stats.skipped_xattrs:
         _warn(f"{stats.skipped_xattrs} trusted./security. xattrs not restored (needs root)")
     if not quiet:
@@ -362,25 +376,18 @@ def tar(image, output, subtree, no_xattrs, offset):
 @cli.command(short_help="Check the whole image (exit 0 clean, 1 problems, 2 unreadable).")
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("--progress/--no-progress", default=None,
-              help="show a progress bar on stderr (default: when stderr is a terminal)")
+              help="show a progress bar on stderr (default: when stderr is a terminal and "
+                   "without -q)")
 @click.option("-q", "--quiet", is_flag=True, help="print only problems")
 @_common
 def verify(image, progress, quiet, offset):
     """Check the whole image: superblock checksum, every inode reachable and sane, every
     extent decompressing to its length. Exit status 0 clean, 1 problems, 2 unreadable."""
     if progress is None:
-        progress = sys.stderr.isatty()
+        progress = bars.wanted(quiet)
     with open_image(image, offset) as img:
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=img.superblock.inos, unit="inode", file=sys.stderr,
-                       leave=False, dynamic_ncols=True)
-        try:
-            report = img.verify_report(progress=_progress_bar(bar))
-        finally:
-            if bar is not None:
-                bar.close()
+        with bars.callback_bar(progress, "verifying", img.superblock.inos, " inodes") as moved:
+            report = img.verify_report(progress=moved)
         if report.problems:
             for p in report.problems:
                 click.echo(f"{image}: {p}")
@@ -390,18 +397,6 @@ def verify(image, progress, quiet, offset):
             click.echo(f"{image}: clean ({report.inodes} inodes, {report.data_bytes} bytes of "
                        "data)")
     return 0
-
-
-def _progress_bar(bar):
-    """verify's progress(done, total) moving a tqdm bar (None: no bar)."""
-    if bar is None:
-        return None
-
-    def progress(done: int, total: int) -> None:
-        if total and total != bar.total:
-            bar.total = total
-        bar.update(done - bar.n)
-    return progress
 
 
 @cli.command(short_help="Compare the image with a source directory.")
@@ -459,6 +454,121 @@ def compare(image, source, subtree, ignore_owner, ignore_mtime, ignore_xattrs, a
         else:
             click.echo(f"{image} and {source}: no differences")
     return EXIT_PROBLEMS if diffs else 0
+
+
+# ---------------------------------------------------------------------------
+# for scripts and statistics: JSON and text tables
+
+_CHECKSUM_WORDS = {True: "ok", False: "bad", None: "none"}
+
+
+def _text(name: bytes) -> str:
+    """A name as JSON text: UTF-8, other bytes as backslash escapes (\\xNN)."""
+    return name.decode("utf-8", "backslashreplace")
+
+
+def _dump_json(value) -> None:
+    click.echo(json.dumps(value, indent=2))
+
+
+def info_json(image: str, offset: int) -> int:
+    """info --json: the superblock as one object (the keys are documented in the README)."""
+    with open_image(image, offset) as img:
+        sb = img.superblock
+        bs = img.block_size
+        _dump_json({
+            "image": image, "offset": offset, "block_size": bs, "blocks": sb.blocks,
+            "image_bytes": sb.blocks * bs, "inodes": sb.inos, "build_time": sb.epoch,
+            "build_time_nsec": sb.fixed_nsec, "uuid": str(uuidlib.UUID(bytes=bytes(sb.uuid))),
+            "label": _text(sb.volume_name.rstrip(b"\0")), "root_nid": sb.root_nid,
+            "meta_blkaddr": sb.meta_blkaddr, "xattr_blkaddr": sb.xattr_blkaddr,
+            "features": img.features(), "algorithms": img.algorithms(),
+            "checksum": _CHECKSUM_WORDS[img.checksum_ok],
+        })
+    return 0
+
+
+def _entry_json(img: Image, inode, path: bytes) -> dict:
+    mode = inode.mode
+    entry = {"path": _text(path), "type": type_key(mode), "mode": stat.S_IMODE(mode),
+             "nid": inode.nid, "ino": inode.ino, "nlink": inode.nlink, "uid": inode.uid,
+             "gid": inode.gid, "size": inode.size, "mtime": inode.mtime,
+             "mtime_nsec": inode.mtime_nsec}
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        entry["major"], entry["minor"] = device_numbers(inode)
+    if stat.S_ISLNK(mode):
+        entry["target"] = _text(img.readlink(inode))
+    return entry
+
+
+def ls_json(image: str, path: str | None, recursive: bool, offset: int) -> int:
+    """ls --json: the entries ls -l shows, as a JSON array of objects ("path" is the name
+    for one directory's entries, the full path with -R)."""
+    with open_image(image, offset) as img:
+        top_path, top = resolve(img, path)
+        if not stat.S_ISDIR(top.mode):
+            entries = [_entry_json(img, top, top_path)]
+        elif recursive:
+            entries = [_entry_json(img, inode, p) for event, p, inode
+                       in iter_tree(img, top, top_path, check=False, leaf_inodes=True)
+                       if event != LEAVE and p != top_path]
+        else:
+            entries = [_entry_json(img, img.inode(nid), name)
+                       for name, nid, _ftype in img.listdir(top)]
+    _dump_json(entries)
+    return 0
+
+
+def _size_label(size: int | None) -> str:
+    if size is None:
+        return ""
+    for unit, shift in (("M", 20), ("K", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return str(size)
+
+
+def _histogram_lines(sizes: list[int], width: int = 40) -> list[str]:
+    total = sum(sizes) or 1
+    peak = max(sizes) or 1
+    lines = [f"{'size from':>9} {'to':>6} {'files':>9} {'share':>7}"]
+    for (lo, hi), n in zip(bucket_bounds(), sizes):
+        bar = "#" * round(width * n / peak)
+        lines.append(f"{_size_label(lo):>9} {_size_label(hi):>6} {n:>9} {100 * n / total:>6.2f}% "
+                     f"{bar}".rstrip())
+    return lines
+
+
+@cli.command(short_help="Statistics: inodes by type, file sizes, compression per algorithm.")
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="one JSON object, for scripts")
+@_common
+def stats(image, offset, as_json):
+    """Count the inodes by type, show a histogram of file sizes and, per compression
+    algorithm, the files, their bytes, the bytes of data blocks they own and the ratio
+    (files stored as they are: "none"; files entirely in the packed inode: "fragment")."""
+    with open_image(image, offset) as img:
+        found = image_stats(img)
+    if as_json:
+        _dump_json(found.to_dict())
+        return 0
+    click.echo("inodes:")
+    for name, count in found.inodes.items():
+        click.echo(f"  {name:<13} {count:>10}")
+    click.echo("\nregular file sizes:")
+    for line in _histogram_lines(found.sizes):
+        click.echo("  " + line)
+    click.echo("\ndata by algorithm:")
+    click.echo(f"  {'algorithm':<10} {'files':>9} {'bytes in':>14} {'bytes out':>14} {'ratio':>7}")
+    rows = sorted(found.data.items())
+    total_in = sum(t.bytes_in for _k, t in rows)
+    total_out = sum(t.bytes_out for _k, t in rows)
+    for kind, t in rows + [("total", None)]:
+        files = t.files if t else sum(x.files for _k, x in rows)
+        b_in, b_out = (t.bytes_in, t.bytes_out) if t else (total_in, total_out)
+        ratio = f"{100 * b_out / b_in:.2f}%" if b_in else "-"
+        click.echo(f"  {kind:<10} {files:>9} {b_in:>14} {b_out:>14} {ratio:>7}")
+    return 0
 
 
 # ---------------------------------------------------------------------------

@@ -108,6 +108,20 @@ def unpack_map_header(raw: bytes, blkszbits: int, datalayout: int) -> MapHeader:
     return header
 
 
+def data_kind(header: MapHeader) -> str:
+    """How a build report and `mkerofs-read stats` name a compressed file's data: its HEAD1
+    algorithm (h_algorithmtype), or "fragment" for a file entirely in the packed inode."""
+    if header.whole_fragment:
+        return WHOLE_FRAGMENT
+    names = fmt.Z_EROFS_COMPRESSION_NAMES
+    alg = header.algorithms[0]
+    return names[alg] if alg < len(names) else f"algorithm-{alg}"
+
+
+WHOLE_FRAGMENT = "fragment"     # data_kind of a file entirely in the packed inode
+UNCOMPRESSED = "none"           # and the name of the files stored as they are
+
+
 # ---------------------------------------------------------------------------
 # what an encoder takes and a decoder gives
 

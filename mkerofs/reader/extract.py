@@ -383,7 +383,8 @@ class _Extractor:
 
 def extract(img: Image, dest, *, path: Optional[str | bytes] = None, owner: Optional[bool] = None,
             xattrs: bool = True, force: bool = False,
-            warn: Callable[[str], None] = lambda msg: None) -> ExtractStats:
+            warn: Callable[[str], None] = lambda msg: None,
+            stats: ExtractStats | None = None) -> ExtractStats:
     """Extract the image (or the subtree at `path`) into the folder `dest`.
 
     A directory's contents go straight into `dest` (which takes the directory's own mode, times,
@@ -391,7 +392,9 @@ def extract(img: Image, dest, *, path: Optional[str | bytes] = None, owner: Opti
     missing and must be empty unless `force`. Owners are restored when `owner` is true (default:
     when running as root); xattrs unless `xattrs` is false (trusted./security. only as root).
     Problems that do not stop the extraction (a device node without privilege, an xattr the
-    target filesystem refuses) are passed to `warn` and listed in the result's `problems`."""
+    target filesystem refuses) are passed to `warn` and listed in the result's `problems`.
+    `stats` (returned, filled as the extraction goes: another thread may watch it) defaults
+    to a new ExtractStats."""
     top_path, top = resolve(img, path)
     dest = os.fsencode(dest)
     if owner is None:
@@ -411,6 +414,8 @@ def extract(img: Image, dest, *, path: Optional[str | bytes] = None, owner: Opti
             raise ExtractError(f"{show(dest)}: destination is not empty (use --force to "
                                "extract into it anyway)")
         worker = _Extractor(img, owner, xattrs, warn)
+        if stats is not None:
+            worker.stats = stats
         worker.run(dest_fd, top, top_path)
         return worker.stats
     finally:

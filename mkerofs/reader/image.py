@@ -739,6 +739,10 @@ class Image:
         d = self._devs[ext.device - 1]
         return d.data[d.base + pos:d.base + pos + n]
 
+    def map_header(self, inode: Inode) -> index.MapHeader | None:
+        """A compressed inode's map header (None for any other inode, or an empty file)."""
+        return self._compressed(inode)[1] if inode.compressed else None
+
     def _compressed(self, inode: Inode):
         """(extents, header, lclusters) of a compressed inode."""
         return self._mapped(inode)[:3]

@@ -29,6 +29,7 @@ from .options import BuildOptions
 from .output import Output
 from .spool import ImageSpool, Spool
 from .plan import Plan, PlannedInode, plan_inodes, planned_isize
+from .report import BuildProgress, BuildReport, options_dict, tally_inodes, watch_writing
 from .tarsource import TarTreeOptions, read_tar_tree
 from .tarstream import BLOCK as TAR_BLOCK, TarReader
 from .walk import SourceInode, SourceStat, apply_walk_options, walk_source
@@ -46,6 +47,8 @@ class BuildResult:
     inodes: int
     uuid: bytes
     root_nid: int
+    metadata_blocks: int = 0        # blocks outside the data area
+    report: BuildReport | None = None
 
     @property
     def size(self) -> int:
@@ -53,15 +56,18 @@ class BuildResult:
 
 
 def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
-          options: BuildOptions | None = None) -> BuildResult:
+          options: BuildOptions | None = None,
+          progress: BuildProgress | None = None) -> BuildResult:
     """Build an EROFS image of the directory `source` into `image` (a file or a block device);
-    with options.tar, `source` is a tar stream: a path or a binary file object (stdin)."""
+    with options.tar, `source` is a tar stream: a path or a binary file object (stdin).
+    The result's `report` says what the build did; `progress` (if given) follows it."""
     options = options or BuildOptions()
     options.validate()
     if _tar_device(options):
         # (as mkfs.erofs, whatever -b says) the image addresses the tar in the tar's own blocks
         options = replace(options, block_size=TAR_BLOCK)
     image = os.fspath(image)
+    report = BuildReport(image=image, options=options_dict(options))       # report
     if options.tar is None:
         source_b = os.fsencode(os.fspath(source))
         if not os.path.lexists(source_b):
@@ -97,9 +103,12 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
             verify_source = source_b
             if options.tar is None:
                 skip = out.identity() | (blob.identity if blob is not None else set())
-                root, _count = walk_source(source_b, options, skip=skip, on_file=on_file)
+                with report.phase("walk", progress):
+                    root, _count = walk_source(source_b, options, skip=skip, on_file=on_file,
+                                               progress=progress)
             else:
-                tar = _read_tar(inputs, source, options, build_time, out, on_file)
+                with report.phase("tar", progress):
+                    tar = _read_tar(inputs, source, options, build_time, out, on_file)
                 root = tar.root
                 if tar.label and not options.label:
                     # as mkfs.erofs: a GNU volume header names the image (16 bytes at most)
@@ -107,22 +116,27 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
                 if options.verify:
                     # (planning takes the tree apart: keep what the comparison needs)
                     verify_source = TarSource.capture(root, tar.device_path)
-            plan = plan_inodes(root, options, build_time)
-            if tar is not None and tar.order is not None:
-                plan.data_order = _in_tar_order(plan, tar.order)
-            xattrs = _plan_xattrs(plan, options)
+            with report.phase("plan", progress):
+                plan = plan_inodes(root, options, build_time)
+                if tar is not None and tar.order is not None:
+                    plan.data_order = _in_tar_order(plan, tar.order)
+                xattrs = _plan_xattrs(plan, options)
             devices = DeviceTable()
             tar_index = tar.index if tar is not None else None
             if tar_index is not None and _tar_device(options):
                 devices.add(_tar_as_device(tar_index))
             if blob is not None:
                 devices.add(blob.device)
-            result = _write_image(plan, options, out, xattrs, source_b, zcfg, hints, pool,
-                                  tar.written if tar is not None else None, devices, tar_index,
-                                  blob)
-            if blob is not None:
-                blob.finish()
-            out.finish(result.size)
+            with report.phase("write"):
+                watch_writing(progress, plan.inodes, out, pool)                 # report
+                result = _write_image(plan, options, out, xattrs, source_b, zcfg, hints, pool,
+                                      tar.written if tar is not None else None, devices,
+                                      tar_index, blob)
+            with report.phase("finish", progress):
+                if blob is not None:
+                    blob.finish()
+                out.finish(result.size)
+            _fill_report(report, result, plan, pool)                            # report
         except BaseException:
             if pool is not None:
                 pool.abort()
@@ -134,8 +148,25 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
             if gc_was_enabled:
                 gc.enable()
         if options.verify:
-            verify_build(image, verify_source, options)
+            with report.phase("verify", progress):
+                verify_build(image, verify_source, options)
+    report.note_memory()
     return result
+
+
+def _fill_report(report: BuildReport, result: BuildResult, plan: Plan,
+                 pool: CompressionPool | None) -> None:
+    """What the build report takes from the finished layout (one pass over the inodes)."""
+    report.block_size, report.blocks = result.block_size, result.blocks
+    report.metadata_blocks = result.metadata_blocks
+    report.uuid = str(uuidlib.UUID(bytes=result.uuid))
+    if result.report is not None:           # what _write_image noted (fragments)
+        report.fragment_bytes = result.report.fragment_bytes
+        report.fragment_shared_bytes = result.report.fragment_shared_bytes
+    if pool is not None:
+        report.dedupe_bytes, report.dedupe_blocks = pool.deduped
+    tally_inodes(report, plan.inodes, result.block_size)
+    result.report = report
 
 
 @dataclass
@@ -328,8 +359,12 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
     cfgs = zcfg.superblock(False).cfgs if zcfg is not None else b""
     packed = PackedFile(zcfg.fragdedupe) if zcfg is not None and zcfg.fragments else None
     try:
-        return _lay_out(plan, options, out, xattrs, source, zcfg, hints, pool, cfgs_pos, cfgs,
-                        packed, written, devices, tar_index, blob)
+        result = _lay_out(plan, options, out, xattrs, source, zcfg, hints, pool, cfgs_pos, cfgs,
+                          packed, written, devices, tar_index, blob)
+        if packed is not None:                                                  # report
+            result.report = BuildReport(fragment_bytes=packed.size,
+                                        fragment_shared_bytes=packed.shared_bytes)
+        return result
     finally:
         if packed is not None:
             packed.close()
@@ -478,7 +513,8 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
         out.pwrite(meta.tail, meta.tail_start)
     if map_lines is not None and options.tar.mapfile:
         _write_mapfile(options.tar.mapfile, map_lines)
-    return BuildResult(out.path, blocks, bs, len(plan.inodes), sb.uuid, root.nid)
+    return BuildResult(out.path, blocks, bs, len(plan.inodes), sb.uuid, root.nid,
+                       metadata_blocks=blocks - (data_end - data_start))
 
 
 def _index_tar(plan: Plan, options: BuildOptions, tar_index: TarIndex,

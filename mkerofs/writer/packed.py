@@ -33,6 +33,7 @@ class PackedFile:
         self._seen: dict[tuple[int, bytes], int] = {}
         self._start: int | None = None
         self._hash = None
+        self.shared_bytes = 0       # fragment bytes stored once for several files (-Efragdedupe)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -93,6 +94,7 @@ class PackedFile:
         if earlier is None:
             self._seen[key] = start
             return start
+        self.shared_bytes += self.size - start
         self.size = start
         os.ftruncate(self._fd, start)
         return earlier

@@ -115,15 +115,16 @@ class XattrReader:
 
 def walk_source(source: bytes, options: BuildOptions,
                 skip: set[tuple[int, int]] = frozenset(),
-                on_file: Callable[[SourceInode, bytes, os.stat_result], None] | None = None
-                ) -> tuple[SourceInode, int]:
+                on_file: Callable[[SourceInode, bytes, os.stat_result], None] | None = None,
+                progress=None) -> tuple[SourceInode, int]:
     """Return the root inode and the number of distinct inodes below it.
 
     `skip` holds (st_dev, st_ino) pairs never to include: the image being written, when it lies
     inside the source.  The walk goes breadth first with each directory's names sorted, which
     is the order plan_inodes gives the inodes; `on_file(inode, relative path, lstat result)` is
     called for each regular file as it is found (once per inode), in that order, until it
-    returns False.
+    returns False.  `progress.entries` (a report.BuildProgress) follows the count, once per
+    directory.
     """
     try:
         root_st = os.stat(source)
@@ -190,6 +191,8 @@ def walk_source(source: bytes, options: BuildOptions,
                             on_file = None      # it wants no more
                 child.nlink += 1
             directory.entries.append((name, child))
+        if progress is not None:
+            progress.entries = count
     return root, count
 
 

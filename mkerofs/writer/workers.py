@@ -419,6 +419,10 @@ class _Dedupe:
     def __init__(self):
         self.table: dict[tuple, tuple[int, int, bool]] = {}
         self.pending: dict[tuple, tuple[int, int, bool]] = {}
+        # (source bytes, blocks) of the clusters found stored already: the file's own, then
+        # the files' that stayed compressed (the build report's dedupe savings)
+        self.hits = [0, 0]
+        self.saved = [0, 0]
 
     @staticmethod
     def key(p: Pcluster, algorithm: int) -> tuple:
@@ -431,7 +435,10 @@ class _Dedupe:
         if keep:
             for key, where in self.pending.items():
                 self.table.setdefault(key, where)
+            self.saved[0] += self.hits[0]
+            self.saved[1] += self.hits[1]
         self.pending = {}
+        self.hits = [0, 0]
 
 
 class CompressionPool:
@@ -453,6 +460,10 @@ class CompressionPool:
         self._open: list[tuple[object, _Work]] = []    # offered, not handed over yet
         self._open_bytes = 0
         self._early_bytes = 0
+        # for the build report and a progress display: input bytes of the batches taken, and
+        # what deduplication saved (source bytes, blocks)
+        self.done_bytes = 0
+        self.deduped = [0, 0]
 
     def takes_early(self) -> bool:
         """Whether offer() takes files now: only with worker processes (they keep what they
@@ -519,6 +530,7 @@ class CompressionPool:
         """One result of `batch` was taken; after the last, its held files are written."""
         batch.left -= 1
         if not batch.left:
+            self.done_bytes += batch.nbytes
             self.impl.write(batch.handle, batch.placements)
             batch.results = None
 
@@ -605,6 +617,9 @@ class _CompressionRun:
                 if done is not None:
                     yield done
             self.writer.flush()
+            if self.dedupe is not None:
+                self.pool.deduped[0] += self.dedupe.saved[0]
+                self.pool.deduped[1] += self.dedupe.saved[1]
             self.pool.close()
         except BaseException:
             self.pool.abort()
@@ -692,6 +707,8 @@ class _CompressionRun:
             if found is not None:
                 addr, nblocks, raw = found
                 fc.add(Pcluster(p.llen, raw, b""), addr, nblocks)
+                dedupe.hits[0] += p.llen
+                dedupe.hits[1] += nblocks
                 return
             nblocks = len(p.payload) // self.cfg.block_size
             dedupe.pending[key] = (file.start + fc.blocks, nblocks, p.raw)

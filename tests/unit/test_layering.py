@@ -43,8 +43,9 @@ LATE_IMPORTS_BY_DESIGN = {
         "the zstd fallback: imported only when no system libzstd serves zstd",
     ("writer/build.py", "mkerofs.writer.verify"):
         "a build loads the reader only when --verify asks for it",
-    ("cli/read.py", "tqdm"):
-        "only `verify --progress` needs tqdm; every other mkerofs-read run skips its import",
+    ("cli/progress.py", "tqdm"):
+        "only a bar on a terminal needs tqdm; every other run (scripts, pipes, --quiet) skips "
+        "its import",
     ("cli/read.py", "mkerofs.reader.compare"):
         "only the compare subcommand needs it",
     ("cli/read.py", "mkerofs.writer.options"):
