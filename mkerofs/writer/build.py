@@ -160,11 +160,14 @@ def _fill_report(report: BuildReport, result: BuildResult, plan: Plan,
     report.block_size, report.blocks = result.block_size, result.blocks
     report.metadata_blocks = result.metadata_blocks
     report.uuid = str(uuidlib.UUID(bytes=result.uuid))
-    if result.report is not None:           # what _write_image noted (fragments)
-        report.fragment_bytes = result.report.fragment_bytes
-        report.fragment_shared_bytes = result.report.fragment_shared_bytes
+    if result.report is not None:   # what _write_image noted (fragments, chunks stored once)
+        noted = result.report
+        report.fragment_bytes = noted.fragment_bytes
+        report.fragment_shared_bytes = noted.fragment_shared_bytes
+        report.dedupe_bytes, report.dedupe_blocks = noted.dedupe_bytes, noted.dedupe_blocks
     if pool is not None:
-        report.dedupe_bytes, report.dedupe_blocks = pool.deduped
+        report.dedupe_bytes += pool.deduped[0]
+        report.dedupe_blocks += pool.deduped[1]
     tally_inodes(report, plan.inodes, result.block_size)
     result.report = report
 
@@ -362,8 +365,9 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
         result = _lay_out(plan, options, out, xattrs, source, zcfg, hints, pool, cfgs_pos, cfgs,
                           packed, written, devices, tar_index, blob)
         if packed is not None:                                                  # report
-            result.report = BuildReport(fragment_bytes=packed.size,
-                                        fragment_shared_bytes=packed.shared_bytes)
+            result.report = result.report or BuildReport()
+            result.report.fragment_bytes = packed.size
+            result.report.fragment_shared_bytes = packed.shared_bytes
         return result
     finally:
         if packed is not None:
@@ -427,7 +431,7 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
             nodes.append(packed_node)
     if options.chunkbits is not None:
         # --chunksize: the files left uncompressed are chunk-based (the flag even if none is)
-        _chunk_regular_files(plan, options, data, blob)
+        store = _chunk_regular_files(plan, options, data, blob)
         chunked = True
     for node in plan.data_order or plan.inodes:
         if node.ftype in _FLAT_CONTENT and node.flat is None and not node.compressed \
@@ -513,8 +517,12 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
         out.pwrite(meta.tail, meta.tail_start)
     if map_lines is not None and options.tar.mapfile:
         _write_mapfile(options.tar.mapfile, map_lines)
-    return BuildResult(out.path, blocks, bs, len(plan.inodes), sb.uuid, root.nid,
-                       metadata_blocks=blocks - (data_end - data_start))
+    result = BuildResult(out.path, blocks, bs, len(plan.inodes), sb.uuid, root.nid,
+                         metadata_blocks=blocks - (data_end - data_start))
+    if options.chunkbits is not None:                                           # report
+        result.report = BuildReport(dedupe_bytes=store.saved_bytes,
+                                    dedupe_blocks=store.saved_blocks)
+    return result
 
 
 def _index_tar(plan: Plan, options: BuildOptions, tar_index: TarIndex,
@@ -605,7 +613,7 @@ def _take_layouts(results, options: BuildOptions, data: DataArea, used: _Feature
 
 
 def _chunk_regular_files(plan: Plan, options: BuildOptions, data: DataArea,
-                         blob: BlobFile | None) -> None:
+                         blob: BlobFile | None) -> ChunkStore:
     """Make every regular file with data that is not compressed chunk-based, its chunks in
     the image's data area or in `blob` (chunks.py)."""
     blkszbits = fmt.blksz_bits(options.block_size)
@@ -624,6 +632,7 @@ def _chunk_regular_files(plan: Plan, options: BuildOptions, data: DataArea,
         if node.ftype == fmt.EROFS_FT_REG_FILE and node.size and node.flat is None and \
                 not node.compressed and not node.chunk_based:
             make_chunked(node, store)
+    return store
 
 
 def _compress_config(options: BuildOptions

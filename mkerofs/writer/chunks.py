@@ -258,6 +258,8 @@ class ChunkStore:
         self.dedupe = dedupe
         self._known: dict[bytes, int | None] = {}
         self.blocks_written = 0
+        self.saved_bytes = 0        # bytes of chunks found stored already (or all zeros)
+        self.saved_blocks = 0       # the blocks they did not take
         if dedupe and 1 << chunkbits <= _WINDOW:
             # a full chunk of zeros is a hole (larger chunks are checked for zeros as read)
             self._known[hashlib.sha256(bytes(1 << chunkbits)).digest()] = None
@@ -267,6 +269,10 @@ class ChunkStore:
         multiple of dsunit blocks (the caller asks for it only when dsunit is at most a
         chunk's blocks: deduplicated chunks then never misalign the ones after them)."""
         self._align_next = self.dsunit > 1
+
+    def _saved(self, nbytes: int) -> None:
+        self.saved_bytes += nbytes
+        self.saved_blocks += -(-nbytes >> self.blkszbits)
 
     def _new_blocks(self, nbytes: int) -> int:
         if self._align_next:
@@ -304,6 +310,7 @@ class ChunkStore:
                 addr = known.get(digest, _NEW)
                 if addr is not _NEW:
                     out.append(addr)
+                    self._saved(len(piece))
                     continue
                 addr = known[digest] = self._new_blocks(len(piece))
             else:
@@ -329,10 +336,12 @@ class ChunkStore:
                 h.update(piece)
                 zeros = zeros and piece == _ZEROS[:len(piece)]
             if zeros and n == 1 << self.chunkbits:
+                self._saved(n)
                 return None
             digest = h.digest()
             addr = self._known.get(digest, _NEW)
             if addr is not _NEW:
+                self._saved(n)
                 return addr
         addr = self._new_blocks(n)
         if digest is not None:

@@ -69,7 +69,8 @@ class BuildReport:
     inodes: dict[str, int] = field(default_factory=dict)      # by TYPE_NAMES, and "total"
     data: dict[str, AlgorithmTally] = field(default_factory=dict)   # by algorithm name
     dedupe_bytes: int = 0           # -Ededupe: source bytes of clusters stored once for
-                                    # several extents (mkfs.erofs's "deduplicated bytes")
+                                    # several extents (mkfs.erofs's "deduplicated bytes");
+                                    # with chunks: bytes of chunks stored already or all zeros
     dedupe_blocks: int = 0          # the blocks not written for them
     fragment_bytes: int = 0         # -Efragments: bytes in the packed inode, uncompressed
     fragment_shared_bytes: int = 0  # fragment bytes stored once for several files

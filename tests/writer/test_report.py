@@ -134,6 +134,28 @@ def test_dedupe_and_fragment_savings_are_counted(tree, tmp_path):
                                                                     "shared_bytes": 0}
 
 
+def test_chunks_stored_once_are_counted_as_deduplicated(tmp_path):
+    """--chunksize: a chunk found stored already counts as deduplicated bytes, and the image is
+    smaller by exactly the blocks the report says were saved."""
+    src = tmp_path / "src"
+    src.mkdir()
+    payload = os.urandom(5 * 4096 + 100)
+    (src / "a").write_bytes(payload)
+    (src / "b").write_bytes(payload)
+    report_file = tmp_path / "r.json"
+    sizes = {}
+    for name, extra in (("dedupe", []), ("nodedupe", ["-E^dedupe"])):
+        run_mkerofs("--quiet", "-T0", "--chunksize=4096", *extra, f"--report={report_file}",
+                    tmp_path / f"{name}.erofs", src)
+        sizes[name] = (tmp_path / f"{name}.erofs").stat().st_size
+        deduped = json.loads(report_file.read_text())["dedupe"]
+        if name == "dedupe":
+            assert deduped["bytes"] == len(payload) and deduped["blocks"] == 6
+        else:
+            assert deduped == {"bytes": 0, "blocks": 0, "bytes_saved": 0}
+    assert sizes["nodedupe"] - sizes["dedupe"] == 6 * 4096
+
+
 def test_report_to_stdout_leaves_the_summary_on_stderr(tree, tmp_path):
     r = run_mkerofs("-T0", "--report=-", tmp_path / "o.erofs", tree)
     report = json.loads(r.stdout)            # nothing but the JSON on stdout
