@@ -15,7 +15,8 @@ from ..codecs import registry
 from ..codecs.spec import parse_compressor_spec
 from ..util import parse_c_int
 from ..writer.build import build
-from ..writer.options import MAX_DSUNIT, MAX_FSALIGNBLKS, BuildOptions, TarOptions, TimeInherit
+from ..writer.options import (MAX_DSUNIT, MAX_FSALIGNBLKS, BuildOptions, RebuildOptions,
+                              TarOptions, TimeInherit)
 from ..writer.report import BuildProgress
 from . import progress
 from .common import CInt, GID, GID_OFFSET, OFFSET, UID, UID_OFFSET, debug_options, run
@@ -29,8 +30,7 @@ _NO_VALUE = "\0none"
 _NOT_IMPLEMENTED = {
     "metadata_compression": "-m",
     "gzinfo": "--gzinfo",
-    "clean": "--clean", "incremental": "--incremental",
-    "vmdk_desc": "--vmdk-desc", "s3": "--s3", "oci": "--oci", "zd": "--zD", "mz": "--MZ",
+    "incremental": "--incremental", "s3": "--s3", "oci": "--oci", "zd": "--zD", "mz": "--MZ",
     "xattr_inode_digest": "--xattr-inode-digest", "product_out": "--product-out",
     "fs_config_file": "--fs-config-file", "async_queue_limit": "--async-queue-limit",
 }
@@ -191,6 +191,28 @@ def tar_options(tar: tuple[str, ...], aufs: bool, ovlfs_strip: str | None, gzip:
     return options
 
 
+def rebuild_options(sources: tuple[str, ...], tar: bool, clean: str | None,
+                    ovlfs_strip: str | None) -> RebuildOptions | None:
+    """Rebuild mode, as mkfs.erofs decides it: without --tar, a SOURCE that exists and is not
+    a directory, or several SOURCEs.  --clean: data (also bare), rvsp; 0 (mkfs.erofs's
+    zero-fill, which rebuild mode has not) and anything else are refused."""
+    rebuild = not tar and (len(sources) > 1 or (
+        len(sources) == 1 and os.path.exists(sources[0]) and not os.path.isdir(sources[0])))
+    if not rebuild:
+        if clean is not None:
+            raise click.UsageError("option --clean: only with EROFS images as SOURCE "
+                                   "(rebuild mode)")
+        return None
+    if clean in (None, _NO_VALUE, "data"):
+        mode = None if clean is None else "data"
+    elif clean == "rvsp":
+        mode = "rvsp"
+    else:
+        why = "rebuild mode has no zero-fill mode" if clean == "0" else "data or rvsp expected"
+        raise click.BadParameter(f"invalid --clean={clean}: {why}", param_hint="--clean")
+    return RebuildOptions(clean=mode, ovlfs_strip=ovlfs_strip in (_NO_VALUE, "1"))
+
+
 class _MkfsStyleCommand(click.Command):
     """Help in mkfs.erofs's spelling: short options with their value attached (-b#, -EX[,...]),
     which scripts grep for to probe features."""
@@ -211,7 +233,7 @@ class _MkfsStyleCommand(click.Command):
                                  "ignore_unknown_options": False,
                                  "max_content_width": 100})
 @click.argument("image", type=click.Path(dir_okay=False, allow_dash=False))
-@click.argument("source", type=click.Path(), required=False)
+@click.argument("sources", metavar="[SOURCE]...", type=click.Path(), nargs=-1)
 @click.option("-b", "block_size", metavar="#", type=CInt("block size", suffixes=True),
               help="block size in bytes (512..4096; default 4096)")
 @debug_options(expose_level=True)
@@ -290,7 +312,8 @@ class _MkfsStyleCommand(click.Command):
 @click.option("--aufs", is_flag=True, help="with --tar: .wh.NAME is an overlayfs whiteout, "
                                             ".wh..wh..opq makes its directory opaque")
 @click.option("--ovlfs-strip", "ovlfs_strip", metavar="[=0|1]",
-              help="with --tar: drop whiteouts and overlayfs xattrs (bare or =1)")
+              help="with --tar or EROFS sources: drop whiteouts and overlayfs xattrs (bare "
+                   "or =1)")
 @click.option("--gzip", is_flag=True, help="with --tar: the stream is gzip-compressed "
                                             "(recognised without it as well)")
 @click.option("--ungzip", metavar="[=FILE]",
@@ -308,32 +331,44 @@ class _MkfsStyleCommand(click.Command):
 @click.option("--blobdev", metavar="X",
               help="with --chunksize: write the chunks to the file or device X (an extra "
                    "device: mount with -o device=X, or append X to the image)")
+@click.option("--clean", "clean", metavar="[=X]",
+              help="with EROFS sources: data (also bare) copies the files' data into IMAGE, "
+                   "rvsp gives them room but no data; without it IMAGE points into the "
+                   "sources")
+@click.option("--vmdk-desc", "vmdk_desc", metavar="=FILE",
+              help="write a VMDK descriptor joining IMAGE and its extra devices to FILE")
 @click.option("--random-pclusterblks", is_flag=True, hidden=True)
 @click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
               callback=lambda ctx, param, value: _print_version(ctx, value),
               help="Show the version and what serves each algorithm, and exit.")
 @_not_implemented_options
-def command(image, source, block_size, debug, compressor, pcluster_size,
+def command(image, sources, block_size, debug, compressor, pcluster_size,
             xattr_tolerance, extended, label, timestamp, uuid,
             uid_offset, gid_offset, exclude_path, exclude_regex, hard_dereference, offset,
             mount_point, xattr_prefix, root_xattr_isize, file_contexts, compress_hints,
             dsunit, fsalignblks, max_extent_bytes, zfeature_bits, workers, quiet, report_file,
             verify, tar, aufs, ovlfs_strip, gzip, ungzip, unxz, unlzma, sort, chunk_size,
-            blobdev, random_pclusterblks, **unimplemented):
+            blobdev, clean, vmdk_desc, random_pclusterblks, **unimplemented):
     """Generate an EROFS image (IMAGE: a file or block device) from the directory SOURCE, or
-    with --tar from a tar stream (SOURCE, or stdin)."""
+    with --tar from a tar stream (SOURCE, or stdin), or from EROFS images (SOURCE... : stacked
+    as overlayfs layers, the last on top)."""
     for dest, value in unimplemented.items():
         if value is not None:
             raise click.UsageError(f"option {_NOT_IMPLEMENTED[dest]}: not implemented in mkerofs yet")
     if random_pclusterblks:
         raise click.UsageError("option --random-pclusterblks: not implemented in mkerofs yet")
-    tar_opts = tar_options(tar, aufs, ovlfs_strip, gzip, ungzip, unxz, unlzma, sort)
-    if source is None and tar_opts is None:
+    rebuild = rebuild_options(sources, bool(tar), clean, ovlfs_strip)
+    tar_opts = tar_options(tar, aufs, None if rebuild else ovlfs_strip, gzip, ungzip, unxz,
+                           unlzma, sort)
+    if not sources and tar_opts is None:
         raise click.UsageError("Missing argument 'SOURCE'.")
+    if len(sources) > 1 and rebuild is None:
+        raise click.UsageError("several SOURCEs: only EROFS images (rebuild mode)")
     options = BuildOptions(quiet=quiet, verify=verify, xattr_prefixes=list(xattr_prefix),
                            exclude_paths=list(exclude_path),
                            exclude_regexes=list(exclude_regex),
-                           hard_dereference=hard_dereference, tar=tar_opts)
+                           hard_dereference=hard_dereference, tar=tar_opts, rebuild=rebuild,
+                           vmdk_desc=vmdk_desc)
     given = {"block_size": block_size, "debug": debug, "pcluster_size": pcluster_size,
              "xattr_tolerance": xattr_tolerance, "root_xattr_isize": root_xattr_isize,
              "file_contexts": file_contexts, "timestamp": timestamp, "uid_offset": uid_offset,
@@ -384,7 +419,11 @@ def command(image, source, block_size, debug, compressor, pcluster_size,
     apply_extended_options(options, extended)
 
     started = time.monotonic()
-    if source is None:
+    if rebuild is not None:
+        source = list(sources)
+    elif sources:
+        source = sources[0]
+    else:
         source = click.get_binary_stream("stdin")
     watching = BuildProgress() if progress.wanted(quiet) else None
     with progress.build_bars(watching, source, tar_opts is not None):

@@ -18,8 +18,8 @@ from ..codecs.spec import parse_compressor_spec
 from .hints import CompressHints, load_compress_hints
 from .packed import PackedFile
 from .decompress import open_input
-from .chunks import (ChunkStore, ImageBlocks, TarIndex, index_tar_files, make_chunked,
-                     make_hole_files, map_line)
+from .chunks import (ChunkStore, ImageBlocks, TarIndex, index_layer_files, index_tar_files,
+                     make_chunked, make_hole_files, map_line)
 from .devices import BlobFile, DeviceTable, ExtraDevice
 from .data import DataArea, FlatCopier, inline_fits
 from .dirs import render_directory
@@ -33,6 +33,7 @@ from .report import BuildProgress, BuildReport, options_dict, tally_inodes, watc
 from .tarsource import TarTreeOptions, read_tar_tree
 from .tarstream import BLOCK as TAR_BLOCK, TarReader
 from .walk import SourceInode, SourceStat, apply_walk_options, walk_source
+from .vmdk import VmdkDescriptor, descriptor
 from .workers import CompressionPool, FileJob, FileRange, compress_files
 from .xattrs import XattrLayout
 
@@ -59,7 +60,9 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
           options: BuildOptions | None = None,
           progress: BuildProgress | None = None) -> BuildResult:
     """Build an EROFS image of the directory `source` into `image` (a file or a block device);
-    with options.tar, `source` is a tar stream: a path or a binary file object (stdin).
+    with options.tar, `source` is a tar stream: a path or a binary file object (stdin); with
+    options.rebuild, a list of paths of EROFS images, stacked as overlayfs layers (the last on
+    top: writer/layers.py).
     The result's `report` says what the build did; `progress` (if given) follows it."""
     options = options or BuildOptions()
     options.validate()
@@ -68,7 +71,9 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
         options = replace(options, block_size=TAR_BLOCK)
     image = os.fspath(image)
     report = BuildReport(image=image, options=options_dict(options))       # report
-    if options.tar is None:
+    if options.rebuild is not None:
+        source_b = b""              # image paths are absolute in the image
+    elif options.tar is None:
         source_b = os.fsencode(os.fspath(source))
         if not os.path.lexists(source_b):
             raise BuildError(f"{os.fsdecode(source_b)}: source does not exist")
@@ -82,6 +87,7 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
               "chunk-based files instead", file=sys.stderr)
     out = Output(image, options.offset)
     blob = None
+    vmdk = VmdkDescriptor(options.vmdk_desc) if options.vmdk_desc is not None else None
     # The build makes a few long-lived objects per file and no garbage cycles worth collecting:
     # the cyclic collector would only rescan them again and again (a third of the run time).
     gc_was_enabled = gc.isenabled()
@@ -90,6 +96,13 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
     # what a tar stream opened (its spool holds file data) stays open until --verify has read it
     with contextlib.ExitStack() as inputs:
         try:
+            layers = None
+            if options.rebuild is not None:
+                from .layers import LayerStack     # loads the reader only in rebuild mode
+                layers = inputs.enter_context(LayerStack([os.fspath(s) for s in source],
+                                                         out.identity()))
+                # (as mkfs.erofs: the last source's block size, whatever -b says)
+                options = replace(options, block_size=layers.block_size)
             zcfg, hints = _compress_config(options)
             if options.blobdev is not None:
                 blob = BlobFile(options.blobdev, options.block_size)
@@ -101,7 +114,10 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
                 on_file = _early_offers(pool, options, hints, build_time)
             tar = None
             verify_source = source_b
-            if options.tar is None:
+            if layers is not None:
+                with report.phase("walk", progress):
+                    root = _rebuild_tree(layers, options, inputs)
+            elif options.tar is None:
                 skip = out.identity() | (blob.identity if blob is not None else set())
                 with report.phase("walk", progress):
                     root, _count = walk_source(source_b, options, skip=skip, on_file=on_file,
@@ -124,24 +140,33 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
             devices = DeviceTable()
             tar_index = tar.index if tar is not None else None
             if tar_index is not None and _tar_device(options):
-                devices.add(_tar_as_device(tar_index))
+                devices.add(_tar_as_device(tar_index, _path_given(source)))
             if blob is not None:
                 devices.add(blob.device)
+            if layers is not None and options.rebuild.clean is None:
+                for device in layers.devices():
+                    devices.add(device)
             with report.phase("write"):
                 watch_writing(progress, plan.inodes, out, pool)                 # report
                 result = _write_image(plan, options, out, xattrs, source_b, zcfg, hints, pool,
                                       tar.written if tar is not None else None, devices,
                                       tar_index, blob)
             with report.phase("finish", progress):
+                if vmdk is not None:
+                    vmdk.stage(descriptor(result.uuid, _vmdk_extents(image, result, devices)))
                 if blob is not None:
                     blob.finish()
                 out.finish(result.size)
+                if vmdk is not None:
+                    vmdk.commit()
             _fill_report(report, result, plan, pool)                            # report
         except BaseException:
             if pool is not None:
                 pool.abort()
             if blob is not None:
                 blob.abort()
+            if vmdk is not None:
+                vmdk.abort()
             out.abort()
             raise
         finally:
@@ -152,6 +177,31 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
                 verify_build(image, verify_source, options)
     report.note_memory()
     return result
+
+
+def _rebuild_tree(layers, options: BuildOptions,
+                  inputs: contextlib.ExitStack) -> SourceInode:
+    """Rebuild mode: the merged tree of the source images (`layers`, a layers.LayerStack),
+    each regular file's data pointing into its image (no --clean: through the device table)
+    or copied from it (decoded into a spool when its bytes are not one run of blocks there)."""
+    mode = options.rebuild.clean
+    if mode is None:
+        layers.check_block_sizes()
+    root, files = layers.merged_tree(options.rebuild.ovlfs_strip)
+    apply_walk_options(root, options)
+    spool = inputs.enter_context(Spool())
+    layers.resolve_data(root, files, mode, options.block_size, spool)
+    return root
+
+
+def _vmdk_extents(image: str, result: BuildResult, devices: DeviceTable
+                  ) -> list[tuple[str, int]]:
+    """--vmdk-desc: the image, then each extra device (as its slot counts it)."""
+    extents = [(image, result.size)]
+    for device in devices.devices:
+        name = device.src_path if device.src_path is not None else device.tag.decode()
+        extents.append((name, device.blocks * result.block_size))
+    return extents
 
 
 def _fill_report(report: BuildReport, result: BuildResult, plan: Plan,
@@ -258,7 +308,7 @@ def _tar_device(options: BuildOptions) -> bool:
     return options.tar is not None and options.tar.mode == "i" and not options.tar.mapfile
 
 
-def _tar_as_device(tar_index: TarIndex) -> ExtraDevice:
+def _tar_as_device(tar_index: TarIndex, src_path: str | None) -> ExtraDevice:
     """--tar=i: the tar as extra device 1, as long as mkfs.erofs counts it (to the end of the
     end-of-archive marker)."""
     blocks = -(-tar_index.tar_bytes // TAR_BLOCK)
@@ -266,7 +316,14 @@ def _tar_as_device(tar_index: TarIndex) -> ExtraDevice:
         # (the slot's high halves count only in the 48-bit format)
         raise BuildError("--tar=i: a tar of 2 TiB or more needs the 48-bit on-disk format, "
                          "not implemented in mkerofs yet")
-    return ExtraDevice("the tar", blocks)
+    return ExtraDevice("the tar", blocks, src_path=src_path)
+
+
+def _path_given(source) -> str | None:
+    """SOURCE as given, if it is a path (not stdin)."""
+    if isinstance(source, (str, bytes, os.PathLike)):
+        return os.fsdecode(os.fspath(source))
+    return None
 
 
 def _noting_order(order: dict[SourceInode, int]) -> Callable:
@@ -415,14 +472,19 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
     # --tar=i,MAPFILE: the blob is the first thing of the data area (as mkfs.erofs has it
     # for a small tar)
     map_lines = _index_tar(plan, options, tar_index, data) if tar_index is not None else None
+    # rebuild mode: files whose bytes stay in the source images point there
+    indexed = options.rebuild is not None and index_layer_files(plan.inodes, fmt.blksz_bits(bs))
     # the shared xattr area: whole blocks at the start of the data area; ids count from there
     xattr_blkaddr = data.allocate(-(-len(xattrs.shared_area) // bs)) if xattrs.shared_area else 0
 
     nodes = list(plan.inodes)   # every inode with metadata: the tree's, then the packed inode
     workers = _workers(options)
     used = _FeaturesUsed()
-    # files of zeros only (--tar=headerball) take no data blocks, compressed or not
-    chunked = options.tar is not None and make_hole_files(plan.inodes, fmt.blksz_bits(bs))
+    # files of zeros only (--tar=headerball, rebuild --clean=rvsp) take no data blocks,
+    # compressed or not
+    chunked = (options.tar is not None or options.rebuild is not None) and \
+        make_hole_files(plan.inodes, fmt.blksz_bits(bs))
+    chunked |= indexed
     if zcfg is not None:
         # compressed files first: how many blocks they take is known once they are compressed
         packed_node = _compress_regular_files(plan, options, source, zcfg, hints, pool, packed,

@@ -40,6 +40,10 @@ What mkerofs stores this way:
   than 2 TiB).  With --tar=i,MAPFILE there is no device: a 4-byte block map points into a
   "blob" reserved in the image as a hole, each file's data rounded up to blocks, in tar order
   (`TarIndex.blob`), and the MAPFILE says which ranges of the tar belong where (`map_line`).
+* Rebuild mode without --clean (writer/layers.py): regular files whose bytes stay in a source
+  EROFS image (DataRef.layer, a LayerChunks): 8-byte chunk indexes naming that image's device
+  slot (its place on the command line) and blocks of that image; one chunk covering a
+  FLAT_PLAIN file (as mkfs.erofs), the source's own chunks for a chunk-based one.
 
 mkfs.erofs 1.9.3 sets EROFS_FEATURE_INCOMPAT_CHUNKED_FILE only for --chunksize; its --tar=i
 images (like its headerballs) have chunk-based inodes without it.  mkerofs sets it for
@@ -135,8 +139,8 @@ def make_hole_files(inodes: Iterable[PlannedInode], blkszbits: int) -> bool:
     found = False
     for node in inodes:
         ref = node.src.data
-        if ref is not None and ref.path is None and not ref.in_image and node.size and \
-                node.ftype == fmt.EROFS_FT_REG_FILE:
+        if ref is not None and ref.path is None and not ref.in_image and ref.layer is None \
+                and node.size and node.ftype == fmt.EROFS_FT_REG_FILE:
             make_hole_file(node, blkszbits)
             found = True
     return found
@@ -206,6 +210,33 @@ def map_line(start: int, size: int, tar_offset: int, block_size: int) -> str:
     line = f"{start:08x} {-(-size // block_size):8x} {tar_offset:08x}"
     zeroed = -size % block_size
     return f"{line} {zeroed:08d}\n" if zeroed else line + "\n"
+
+
+# -- rebuild mode: files whose bytes stay in a source EROFS image (writer/layers.py) -----------
+
+@dataclass(frozen=True, slots=True)
+class LayerChunks:
+    """The chunk map of a file whose bytes stay in a source image: `blkaddrs` in that image's
+    blocks (None: a hole), on extra device `device_id`."""
+    device_id: int
+    chunkbits: int
+    blkaddrs: tuple[int | None, ...]
+
+
+def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int) -> bool:
+    """Make every regular file whose bytes stay in a source image (DataRef.layer) chunk-based
+    over that image's device; True if there was one."""
+    found = False
+    for node in inodes:
+        ref = node.src.data
+        if ref is None or ref.layer is None or node.ftype != fmt.EROFS_FT_REG_FILE:
+            continue
+        chunks: LayerChunks = ref.layer
+        layout = ChunkLayout(node.size, blkszbits, chunks.chunkbits, indexes=True,
+                             wide=needs_wide(chunks.blkaddrs))
+        set_chunk_map(node, layout, chunks.blkaddrs, chunks.device_id)
+        found = True
+    return found
 
 
 # -- chunk-based files with data (--chunksize, -Ededupe without -z) ----------------------------

@@ -36,6 +36,7 @@ class ExtraDevice:
     name: str                       # for messages: the blob or tar it stands for
     blocks: int = 0
     tag: bytes = b""
+    src_path: str | None = None     # the file it is, as given (--vmdk-desc names it)
 
 
 @dataclass

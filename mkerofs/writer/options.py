@@ -52,6 +52,24 @@ class TarOptions:
             raise BuildError(f"invalid sort order {self.sort!r}")
 
 
+CLEAN_MODES = ("data", "rvsp")
+
+
+@dataclass
+class RebuildOptions:
+    """Rebuild mode: SOURCE is one or more EROFS images, stacked as overlayfs layers, the last
+    on top (writer/layers.py)."""
+    clean: str | None = None        # None: the files point into the images (a device table);
+                                    # "data": their bytes are copied; "rvsp": they read as zeros
+    ovlfs_strip: bool = False       # --ovlfs-strip: apply whiteouts and opaque directories
+
+    def validate(self) -> None:
+        if self.clean is not None and self.clean not in CLEAN_MODES:
+            raise BuildError(f"invalid --clean mode {self.clean!r}: rebuild mode copies the "
+                             "data (--clean=data), reserves room for it (--clean=rvsp) or, "
+                             "without --clean, points into the source images")
+
+
 @dataclass
 class BuildOptions:
     block_size: int = 4096
@@ -113,6 +131,9 @@ class BuildOptions:
     blobdev: str | None = None                  # --blobdev=FILE: the chunks go to FILE
     chunk_format: str | None = None             # -Eforce-chunk-indexes: "indexes",
                                                 # -Eforce-inode-blockmap: "blockmap"
+    rebuild: RebuildOptions | None = None       # SOURCE is EROFS images (writer/layers.py)
+    vmdk_desc: str | None = None                # --vmdk-desc=FILE: a VMDK descriptor of the
+                                                # image and its devices (writer/vmdk.py)
 
     def validate(self) -> None:
         bs = self.block_size
@@ -148,6 +169,8 @@ class BuildOptions:
                 raise BuildError(f"invalid exclude regex {pattern!r}: {err}") from None
         if self.tar is not None:
             self.tar.validate()
+        if self.rebuild is not None:
+            self._validate_rebuild()
         # (the ranges of mkfs.erofs's unsigned ints; the image's size in blocks bounds both
         # further, see build)
         if not 0 <= self.dsunit <= MAX_DSUNIT:
@@ -179,6 +202,16 @@ class BuildOptions:
                                  "extra device")
         if self.chunk_format not in (None, "indexes", "blockmap"):
             raise BuildError(f"invalid chunk format {self.chunk_format!r}")
+
+    def _validate_rebuild(self) -> None:
+        self.rebuild.validate()
+        if self.tar is not None:
+            raise BuildError("--tar takes one tar stream, not EROFS images")
+        if self.blobdev is not None:
+            raise BuildError("--blobdev cannot be used in rebuild mode: the source images are "
+                             "the image's extra devices")
+        if self.verify:
+            raise BuildError("--verify is not implemented for rebuild mode yet")
 
     @property
     def chunkbits(self) -> int | None:

@@ -98,7 +98,7 @@ class Output:
             os.close(self.fd)
             self.fd = -1
             if self.tmp_path:
-                os.chmod(self.tmp_path, 0o644 & ~_umask())
+                os.chmod(self.tmp_path, 0o644 & ~umask())
                 os.replace(self.tmp_path, self.path)
                 self.tmp_path = None
         except OSError as err:
@@ -116,7 +116,8 @@ class Output:
             self.tmp_path = None
 
 
-def _umask() -> int:
+def umask() -> int:
+    """The process's umask (read by setting it and back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

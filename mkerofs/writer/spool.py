@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Iterable
 
 from ..errors import BuildError
 from ..ondisk import format as fmt
@@ -59,6 +60,18 @@ class Spool:
         for offset, piece in reader.chunks(entry):
             self._gather.write(start + offset, piece)
         self._end = start + entry.size
+        return DataRef(self.path, start)
+
+    def store_pieces(self, pieces: Iterable[bytes]) -> DataRef:
+        """Copy a file given as consecutive pieces (a file of a source image, decoded as
+        read) into the spool."""
+        if self._fd < 0:
+            self._open()
+        start = pos = self._end
+        for piece in pieces:
+            self._gather.write(pos, piece)
+            pos += len(piece)
+        self._end = pos
         return DataRef(self.path, start)
 
     def flush(self) -> None:

@@ -50,7 +50,7 @@ from typing import Callable
 from ..ondisk.format import EROFS_NAME_LEN
 from .spool import ImageSpool, Spool
 from .tarstream import BLK, CHR, DIR, HARDLINK, REG, SYMLINK, TarEntry, TarError, TarReader
-from .walk import DataRef, SourceInode, SourceStat
+from .walk import DataRef, SourceInode, SourceStat, link_children
 
 _OPAQUE = b"trusted.overlay.opaque"
 _ORIGIN = b"trusted.overlay.origin"
@@ -236,19 +236,8 @@ class _Tree:
         pending = deque([root])
         while pending:
             directory = pending.popleft()
-            entries = sorted(self.children[directory].items())
-            directory.entries = entries
-            for _name, child in entries:
-                if child.entries is not None:
-                    child.parent = directory
-                    child.nlink = 2
-                    directory.nlink += 1
-                    pending.append(child)
-                    count += 1
-                else:
-                    if not child.nlink:
-                        count += 1
-                    child.nlink += 1
+            count += link_children(directory, sorted(self.children[directory].items()),
+                                   pending)
         return root, count
 
 

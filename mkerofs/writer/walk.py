@@ -37,11 +37,14 @@ class DataRef:
     in_image: the bytes are in the image being built already, `offset` bytes into it (a block
     boundary; --sort=none from a stream): nothing copies them again.
     indexed (--tar=i): the bytes stay in the tar, `offset` bytes into the decompressed stream;
-    the image only points there (path is the tar's, or b"" for a stream: never read)."""
+    the image only points there (path is the tar's, or b"" for a stream: never read).
+    layer (rebuild mode): a chunks.LayerChunks, the file's chunks in a source EROFS image,
+    which the image points at through its device table (path None: nothing is copied)."""
     path: bytes | None
     offset: int = 0
     in_image: bool = False
     indexed: bool = False
+    layer: object | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -63,6 +66,28 @@ class SourceInode:
     @property
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.st.st_mode)
+
+
+def link_children(directory: SourceInode, entries: list[tuple[bytes, SourceInode]],
+                  pending: deque) -> int:
+    """Give `directory` of a tree built elsewhere than by walk_source (a tar, merged layers)
+    its `entries`: each subdirectory its parent and 2 links (and a place in `pending`, to be
+    done next), the directory a link per subdirectory, any other inode a link per name.
+    Returns how many inodes were met for the first time."""
+    directory.entries = entries
+    new = 0
+    for _name, child in entries:
+        if child.entries is not None:
+            child.parent = directory
+            child.nlink = 2
+            directory.nlink += 1
+            pending.append(child)
+            new += 1
+        else:
+            if not child.nlink:
+                new += 1
+            child.nlink += 1
+    return new
 
 
 def _oserror(path: bytes, err: OSError) -> BuildError:

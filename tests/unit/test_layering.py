@@ -32,8 +32,9 @@ MAY_IMPORT = {
     "writer": {"writer", "codecs", "ondisk", "errors", "util"},
     "package": set(),
 }
-# --verify reads the new image back: the one writer module allowed to use the reader
-WRITER_MODULES_THAT_READ = {"mkerofs.writer.verify"}
+# the writer modules allowed to use the reader: --verify reads the new image back, rebuild
+# mode (and --incremental) reads the source images
+WRITER_MODULES_THAT_READ = {"mkerofs.writer.verify", "mkerofs.writer.layers"}
 
 # Imports inside function bodies, (file under mkerofs/, module imported) -> why it is late.
 LATE_IMPORTS_BY_DESIGN = {
@@ -43,6 +44,8 @@ LATE_IMPORTS_BY_DESIGN = {
         "the zstd fallback: imported only when no system libzstd serves zstd",
     ("writer/build.py", "mkerofs.writer.verify"):
         "a build loads the reader only when --verify asks for it",
+    ("writer/build.py", "mkerofs.writer.layers"):
+        "a build loads the reader only in rebuild mode (EROFS images as SOURCE)",
     ("cli/progress.py", "tqdm"):
         "only a bar on a terminal needs tqdm; every other run (scripts, pipes, --quiet) skips "
         "its import",

@@ -330,6 +330,7 @@ BAD_OPTIONS = [
     ("missing-value-long", ["@end", "--force-uid"], ["force-uid"]),
     ("aufs-without-tar", ["--aufs"], ["aufs"]),
     ("sort-without-tar", ["--sort=none"], ["sort"]),
+    ("clean-without-images", ["--clean=data"], ["clean"]),
 ]
 
 # mkfs.erofs options outside mkerofs's scope (for now): refused, never ignored.
@@ -337,7 +338,6 @@ BAD_OPTIONS = [
 UNIMPLEMENTED = [
     ("incremental", ["--incremental"], ["incremental"]),
     ("incremental-data", ["--incremental=data"], ["incremental"]),
-    ("vmdk-desc", ["--vmdk-desc=/tmp/x.vmdk"], ["vmdk"]),
     ("oci", ["--oci"], ["oci"]),
 ]
 

@@ -1,0 +1,424 @@
+"""Layered images: EROFS images as source trees, and the overlayfs merge of several.
+
+Rebuild mode (``mkerofs OUT L1.erofs L2.erofs ...``) and, later, --incremental share this
+module: `read_layer` turns an image (read with mkerofs.reader) into the SourceInode tree the
+planner takes, each regular file remembered with its inode in that image (`LayerTree.files`),
+and `merge_layers` stacks such trees (or trees from a directory or a tar) as overlayfs does.
+What happens to the files' bytes is the caller's choice (`resolve_layer_data` for rebuild:
+point at them through the device table, or copy them).
+
+The rules of overlayfs (Documentation/filesystems/overlayfs.rst), applied from the top layer
+down, that the merge follows:
+
+* A whiteout hides the same name in every layer below it and is itself hidden.  It is a
+  character device 0:0, or a zero-size regular file with the xattr trusted.overlay.whiteout in
+  a directory whose trusted.overlay.opaque is "x" (an "xwhiteout"; "x" only says the directory
+  holds such files, it does not make it opaque).
+* A directory with trusted.overlay.opaque "y" hides everything below it; so does a directory
+  above a non-directory or a whiteout of the same name: lookups stop there.
+* A non-directory hides whatever is below it (a directory with its subtree too).
+* Two directories of the same name merge: their names are joined, the upper one winning, and
+  the merged directory's attributes and xattrs are the topmost one's.  The root merges too.
+* A non-directory keeps its own attributes; its link count here is the names it has in the
+  merged tree (overlayfs shows the lower inode's).
+
+The merged tree still holds the whiteouts (each as a character device 0:0: xwhiteouts are
+turned into that form), and a directory that hides what is below it carries
+trusted.overlay.opaque=y; a directory holding whiteouts gets an empty trusted.overlay.origin,
+as mkfs.erofs writes it (overlayfs then filters whiteouts there even where it does not merge).
+So the image, used as an overlayfs lower layer, shows what the stack showed.  With
+--ovlfs-strip the whiteouts are dropped and the opaque and empty origin xattrs removed: the
+image alone shows the stack.  (mkfs.erofs 1.9.3 treats opaque "x" as opaque, keeps xwhiteouts
+as plain files, and gives the rebuilt root mode 0777 and the caller's owner; mkerofs follows
+overlayfs in all three.)
+"""
+from __future__ import annotations
+
+import os
+import stat
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..errors import BuildError, ImageError
+from ..ondisk import format as fmt
+from ..reader.image import Image, Inode
+from .chunks import LayerChunks, covering_chunkbits
+from .devices import ExtraDevice
+from .spool import Spool
+from .walk import DataRef, SourceInode, SourceStat, link_children
+
+OPAQUE = b"trusted.overlay.opaque"
+ORIGIN = b"trusted.overlay.origin"
+XWHITEOUT = b"trusted.overlay.whiteout"
+OPAQUE_YES = b"y"
+OPAQUE_XWHITEOUTS = b"x"
+_NO_DATA = DataRef(None)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerFile:
+    """A regular file's bytes: inode `inode` of source image number `layer` (0-based)."""
+    layer: int
+    inode: Inode
+
+
+@dataclass
+class LayerTree:
+    """A source tree read from an image, with where each regular file's bytes are."""
+    root: SourceInode
+    files: dict[SourceInode, LayerFile] = field(default_factory=dict)
+
+
+class Layer:
+    """A source image opened for reading; `index` is its place on the command line (0-based),
+    so it is extra device index + 1 in blob-index mode."""
+
+    def __init__(self, path: str, index: int):
+        self.path = path
+        self.index = index
+        try:
+            self.image = Image.open(path)
+        except ImageError as err:
+            raise BuildError(f"{path}: {err}") from None
+        if self.image.device_table:
+            self.image.close()
+            raise BuildError(f"{path}: a source image with extra devices (a tar index or "
+                             "--blobdev image) is not supported in rebuild mode yet")
+        self.block_size = self.image.block_size
+
+    @property
+    def blocks(self) -> int:
+        return self.image.blocks
+
+    @property
+    def tag(self) -> bytes:
+        """What mkfs.erofs puts in the device slot: the image's UUID as 32 hex digits."""
+        return self.image.superblock.uuid.hex().encode()
+
+    def close(self) -> None:
+        self.image.close()
+
+
+def _stat(inode: Inode) -> SourceStat:
+    rdev = os.makedev(inode.major, inode.minor) if inode.is_chr() or inode.is_blk() else 0
+    return SourceStat(inode.mode, inode.uid, inode.gid, inode.size,
+                      inode.mtime * 10**9 + inode.mtime_nsec, rdev)
+
+
+def read_layer(layer: Layer) -> LayerTree:
+    """The tree of a source image: SourceInodes named by their paths in the image, the
+    directories' entries in on-disk (sorted) order; hard links (one nid under several names)
+    stay one SourceInode.  Link counts are left to merge_layers / finish_tree."""
+    img = layer.image
+    try:
+        return _read_tree(img, layer.index)
+    except ImageError as err:
+        raise BuildError(f"{layer.path}: {err}") from None
+
+
+def _read_tree(img: Image, index: int) -> LayerTree:
+    root_inode = img.root
+    root = SourceInode(b"/", _stat(root_inode), entries=[], xattrs=img.xattrs(root_inode))
+    root.parent = root
+    tree = LayerTree(root)
+    seen: dict[int, SourceInode] = {root_inode.nid: root}
+    pending = deque([(root, root_inode, b"/")])
+    while pending:
+        directory, dir_inode, base = pending.popleft()
+        for name, nid, _ftype in img.listdir(dir_inode):
+            path = base + name
+            node = seen.get(nid)
+            if node is not None:
+                if node.is_dir:
+                    raise ImageError(f"{os.fsdecode(path)}: directory nid {nid} has a second "
+                                     "name")
+                directory.entries.append((name, node))
+                continue
+            inode = img.inode(nid)
+            node = SourceInode(path, _stat(inode), xattrs=img.xattrs(inode))
+            if inode.is_dir():
+                node.entries = []
+                node.parent = directory
+                pending.append((node, inode, path + b"/"))
+            elif inode.is_lnk():
+                node.target = img.readlink(inode)
+            elif inode.is_reg():
+                node.data = _NO_DATA
+                if inode.size:
+                    tree.files[node] = LayerFile(index, inode)
+            seen[nid] = node
+            directory.entries.append((name, node))
+    return tree
+
+
+# -- the merge -------------------------------------------------------------------------------
+
+def _is_whiteout(node: SourceInode, directory_xattrs: dict[bytes, bytes]) -> bool:
+    mode = node.st.st_mode
+    if stat.S_ISCHR(mode):
+        return node.st.st_rdev == 0
+    return stat.S_ISREG(mode) and node.st.st_size == 0 and \
+        directory_xattrs.get(OPAQUE) == OPAQUE_XWHITEOUTS and \
+        any(name == XWHITEOUT for name, _ in node.xattrs)
+
+
+def _whiteout(node: SourceInode) -> SourceInode:
+    """The character device 0:0 form of a whiteout (owner and mtime kept)."""
+    if stat.S_ISCHR(node.st.st_mode):
+        return node
+    st = SourceStat(stat.S_IFCHR, node.st.st_uid, node.st.st_gid, 0, node.st.st_mtime_ns, 0)
+    return SourceInode(node.path, st)
+
+
+class _Merged:
+    """The merged tree while layers are added below it: children by name per directory, and
+    the directories that hide everything below them (sealed)."""
+
+    def __init__(self, top: SourceInode):
+        self.root = top
+        self.children: dict[SourceInode, dict[bytes, SourceInode]] = {}
+        self.sealed: set[SourceInode] = set()
+        self.whiteouts: set[SourceInode] = set()
+        self._adopt(top)
+
+    def _adopt(self, directory: SourceInode) -> None:
+        """Take a directory (with its subtree) of the layer being added as it is."""
+        pending = [directory]
+        while pending:
+            d = pending.pop()
+            xattrs = dict(d.xattrs)
+            kids = {}
+            for name, child in d.entries:
+                if _is_whiteout(child, xattrs):
+                    child = _whiteout(child)
+                    self.whiteouts.add(child)
+                elif child.is_dir:
+                    pending.append(child)
+                kids[name] = child
+            self.children[d] = kids
+            if xattrs.get(OPAQUE) == OPAQUE_YES:
+                self.sealed.add(d)
+
+    def add_below(self, upper: SourceInode, lower: SourceInode) -> None:
+        """Merge the directory `lower` of the next layer down into the merged `upper`."""
+        pending = [(upper, lower)]
+        while pending:
+            up, low = pending.pop()
+            if up in self.sealed:
+                continue
+            kids = self.children[up]
+            low_xattrs = dict(low.xattrs)
+            for name, child in low.entries:
+                mine = kids.get(name)
+                if mine is None:
+                    if _is_whiteout(child, low_xattrs):
+                        child = _whiteout(child)
+                        self.whiteouts.add(child)
+                    elif child.is_dir:
+                        self._adopt(child)
+                        child.parent = up
+                    kids[name] = child
+                elif mine.is_dir:
+                    if child.is_dir:
+                        pending.append((mine, child))
+                    else:               # a file or whiteout below: nothing further down shows
+                        self.sealed.add(mine)
+            if low_xattrs.get(OPAQUE) == OPAQUE_YES:
+                self.sealed.add(up)
+
+
+def merge_layers(roots: list[SourceInode], strip: bool) -> tuple[SourceInode, int]:
+    """Stack the trees `roots` (the first at the bottom, the last on top) as overlayfs does
+    (module docstring); return the merged root and its number of distinct inodes.  The trees
+    are taken apart: use each once.  `strip` (--ovlfs-strip): drop whiteouts and the overlay
+    marks instead of keeping them."""
+    merged = _Merged(roots[-1])
+    for lower in reversed(roots[:-1]):
+        merged.add_below(merged.root, lower)
+    return _finish(merged, strip)
+
+
+def _finish(merged: _Merged, strip: bool) -> tuple[SourceInode, int]:
+    """Sorted entries, parents, link counts, and the overlay marks (module docstring)."""
+    root = merged.root
+    root.parent = root
+    root.nlink = 2
+    count = 1
+    pending = deque([root])
+    while pending:
+        directory = pending.popleft()
+        entries = sorted(merged.children.pop(directory).items())
+        kept = [(name, child) for name, child in entries
+                if not (strip and child in merged.whiteouts)]
+        has_whiteouts = any(child in merged.whiteouts for _name, child in entries)
+        count += link_children(directory, kept, pending)
+        directory.xattrs = _overlay_marks(directory.xattrs, strip, has_whiteouts,
+                                          directory in merged.sealed)
+    return root, count
+
+
+def _overlay_marks(xattrs: list[tuple[bytes, bytes]], strip: bool, has_whiteouts: bool,
+                   sealed: bool) -> list[tuple[bytes, bytes]]:
+    """A merged directory's xattrs: without the overlay marks of its layer, with the marks
+    the merged tree needs (none with --ovlfs-strip)."""
+    kept = {name: value for name, value in xattrs
+            if name != OPAQUE and not (name == ORIGIN and not value)}
+    if not strip:
+        if sealed:
+            kept[OPAQUE] = OPAQUE_YES
+        if has_whiteouts:
+            kept[ORIGIN] = b""
+    return sorted(kept.items())
+
+
+# -- rebuild: where the merged tree's file data comes from ---------------------------------
+
+def resolve_layer_data(root: SourceInode, files: dict[SourceInode, LayerFile],
+                       layers: list[Layer], mode: str | None, block_size: int,
+                       spool: Spool) -> bool:
+    """Give every regular file of the merged tree read from `layers` its DataRef:
+
+    * mode None (blob index): a file that is one run of blocks in its image (FLAT_PLAIN) or
+      chunk-based there, in an image of the target's block size, keeps its bytes there: a
+      LayerChunks on device layer + 1.  Others (inline tails, compressed files: mkfs.erofs
+      refuses these) are copied, as with "data".
+    * "data": every file's bytes are copied into the image: read in place when they are one
+      run of blocks in the source image, else decoded into `spool` (streamed).
+    * "rvsp": no bytes at all: every file reads as zeros (mkfs.erofs reserves its blocks).
+
+    True if some file is indexed."""
+    indexed = False
+    seen: set[SourceInode] = set()
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        for _name, child in directory.entries:
+            if child.is_dir:
+                pending.append(child)
+                continue
+            found = files.get(child)
+            if found is None or child in seen:
+                continue
+            seen.add(child)
+            layer = layers[found.layer]
+            if mode == "rvsp":
+                continue                # DataRef(None): zeros
+            chunks = _layer_chunks(layer, found.inode, block_size) if mode is None else None
+            if chunks is not None:
+                child.data = DataRef(None, layer=chunks)
+                indexed = True
+            else:
+                child.data = _copied(layer, found.inode, spool)
+    spool.flush()
+    return indexed
+
+
+def _layer_chunks(layer: Layer, inode: Inode, block_size: int) -> LayerChunks | None:
+    """The chunk map pointing at the file's blocks in its image; None if it has none to point
+    at (an inline tail, compressed data) or another block size."""
+    if layer.block_size != block_size:
+        return None
+    bits = fmt.blksz_bits(block_size)
+    size = inode.size
+    if inode.datalayout == fmt.EROFS_INODE_FLAT_PLAIN:
+        chunkbits = covering_chunkbits(size, bits)
+        count = -(-size >> chunkbits)
+        if inode.startblk == fmt.EROFS_NULL_ADDR:
+            return LayerChunks(layer.index + 1, chunkbits, (None,) * count)
+        step = 1 << (chunkbits - bits)
+        return LayerChunks(layer.index + 1, chunkbits,
+                           tuple(inode.startblk + i * step for i in range(count)))
+    if inode.datalayout != fmt.EROFS_INODE_CHUNK_BASED:
+        return None
+    chunkbits = bits + (inode.startblk & fmt.EROFS_CHUNK_FORMAT_BLKBITS_MASK)
+    try:
+        extents = layer.image.extents(inode)
+    except ImageError as err:
+        raise BuildError(f"{layer.path}: {err}") from None
+    addrs: list[int | None] = []
+    i = 0
+    for la in range(0, size, 1 << chunkbits):
+        while extents[i].logical + extents[i].length <= la:
+            i += 1
+        ext = extents[i]
+        addrs.append(None if ext.kind == "hole" else (ext.physical + la - ext.logical) >> bits)
+    return LayerChunks(layer.index + 1, chunkbits, tuple(addrs))
+
+
+def _copied(layer: Layer, inode: Inode, spool: Spool) -> DataRef:
+    """Where the writer reads a file to copy: in place if its bytes are one run of blocks in
+    the image, else decoded into the spool."""
+    if inode.datalayout == fmt.EROFS_INODE_FLAT_PLAIN:
+        if inode.startblk == fmt.EROFS_NULL_ADDR:
+            return _NO_DATA
+        return DataRef(os.fsencode(layer.path), inode.startblk * layer.block_size)
+    try:
+        return spool.store_pieces(layer.image.iter_data(inode))
+    except ImageError as err:
+        raise BuildError(f"{layer.path}: {err}") from None
+
+
+# -- rebuild mode: the source images together ------------------------------------------------
+
+class LayerStack:
+    """The source images of rebuild mode, in command-line order (the last on top); each is
+    also an extra device when the image points into them (blob index: device n = source n)."""
+
+    def __init__(self, paths: list[str], avoid: set[tuple[int, int]] = frozenset()):
+        self.layers: list[Layer] = []
+        try:
+            for index, path in enumerate(paths):
+                try:
+                    st = os.stat(path)
+                except OSError as err:
+                    raise BuildError(f"{path}: {err.strerror or err}") from None
+                if (st.st_dev, st.st_ino) in avoid:
+                    raise BuildError(f"{path}: is the image being written")
+                self.layers.append(Layer(path, index))
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> "LayerStack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def block_size(self) -> int:
+        """The image's block size: the top layer's, as mkfs.erofs has it."""
+        return self.layers[-1].block_size
+
+    def check_block_sizes(self) -> None:
+        """Blob index: every image is addressed in the image's blocks (mkfs.erofs 1.9.3
+        addresses a smaller-block image wrongly, silently)."""
+        for layer in self.layers:
+            if layer.block_size != self.block_size:
+                raise BuildError(f"{layer.path}: blocks of {layer.block_size} bytes, but the "
+                                 f"image's (the last source's) are {self.block_size}: files "
+                                 "can only point into sources of the same block size (copy "
+                                 "the data with --clean=data)")
+
+    def merged_tree(self, strip: bool) -> tuple[SourceInode, dict[SourceInode, LayerFile]]:
+        """The overlayfs view of the images (merge_layers) and where its files' bytes are."""
+        trees = [read_layer(layer) for layer in self.layers]
+        files: dict[SourceInode, LayerFile] = {}
+        for tree in trees:
+            files.update(tree.files)
+        root, _count = merge_layers([t.root for t in trees], strip)
+        return root, files
+
+    def resolve_data(self, root: SourceInode, files: dict[SourceInode, LayerFile],
+                     mode: str | None, block_size: int, spool: Spool) -> None:
+        """resolve_layer_data for this stack's images."""
+        resolve_layer_data(root, files, self.layers, mode, block_size, spool)
+
+    def devices(self) -> list[ExtraDevice]:
+        """One device slot per image: its blocks, its UUID as the tag (mkfs.erofs 1.9.3)."""
+        return [ExtraDevice(layer.path, layer.blocks, layer.tag, src_path=layer.path)
+                for layer in self.layers]
+
+    def close(self) -> None:
+        for layer in self.layers:
+            layer.close()
