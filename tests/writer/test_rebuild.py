@@ -35,7 +35,7 @@ def work(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("rebuild")
     trees = make_layer_trees(work)
     for kind, opts in (("ni", ("-Enoinline_data",)), ("in", ()), ("z", ("-zlz4",)),
-                       ("b1k", ("-b1024", "-Enoinline_data"))):
+                       ("b1k", ("-b1024", "-Enoinline_data")), ("ch", ("--chunksize=4096",))):
         for tree, uuid in zip(trees, UUIDS):
             run_mkerofs(*FIXED, *opts, "-U", uuid, work / f"{kind}_{tree.name}.erofs", tree)
     return work
@@ -106,6 +106,17 @@ def test_index_mode_copies_what_it_cannot_point_at(work, kind):
             assert big.datalayout in (fmt.EROFS_INODE_FLAT_PLAIN, fmt.EROFS_INODE_FLAT_INLINE)
         else:                       # its blocks are in the layer, its tail was inline
             assert all(e.device == 0 for e in img.extents(big))
+
+
+def test_index_mode_keeps_chunk_based_layers_chunks(work):
+    sources = layers(work, "ch")
+    out = rebuild(work, "index-ch.erofs", sources)
+    with Image.open(out, devices=sources) as img, Image.open(sources[0]) as l1:
+        assert regular(files(img)) == expected_files(work)
+        ours, theirs = img.lookup("/huge"), l1.lookup("/huge")
+        assert theirs.datalayout == ours.datalayout == fmt.EROFS_INODE_CHUNK_BASED
+        assert [(e.logical, e.physical) for e in img.extents(ours)] == \
+            [(e.logical, e.physical) for e in l1.extents(theirs)]
 
 
 @pytest.mark.parametrize("opts", [{}, {"compressor": "lz4hc"}], ids=["plain", "lz4hc"])
