@@ -79,7 +79,9 @@ class Layer:
         try:
             self.image = Image.open(path)
         except ImageError as err:
-            raise BuildError(f"{path}: {err}") from None
+            # (a SOURCE that is a file means rebuild mode, as in mkfs.erofs)
+            raise BuildError(f"{path}: neither a directory nor an EROFS image ({err})") \
+                from None
         if self.image.device_table:
             self.image.close()
             raise BuildError(f"{path}: a source image with extra devices (a tar index or "
