@@ -69,11 +69,14 @@ class _Poller:
             self.bar.close()
 
     def _run(self) -> None:
-        while not self.stopped.wait(REFRESH_SECONDS):
-            try:
+        # the first drawing right away: a terminal always sees the bar, however short the work
+        # (leave=False clears it again)
+        try:
+            self._refresh()
+            while not self.stopped.wait(REFRESH_SECONDS):
                 self._refresh()
-            except Exception:           # a display problem never stops the work
-                return
+        except Exception:               # a display problem never stops the work
+            return
 
     def _refresh(self) -> None:
         key, desc, total, unit, done = self.read()

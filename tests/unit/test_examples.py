@@ -108,6 +108,23 @@ def test_container_layer_conversion(tmp_path, commands, how):
         "00000000-0000-0000-0000-000000000000"
 
 
+def test_container_layer_as_tar_index(tmp_path, commands):
+    """--index: metadata pointing into the tar, the tar appended; mkerofs-read reads the files
+    through the device table from the same file (as the kernel does when it mounts it)."""
+    layer = tmp_path / "layer.tar"
+    layer.write_bytes(_layer_tar())
+    image = tmp_path / "layer.erofs"
+    r = subprocess.run(["sh", EXAMPLES / "container" / "convert-layer.sh", "--index", image,
+                        layer], env=commands, capture_output=True)
+    assert r.returncode == 0 and r.stderr == b"", r.stderr
+    assert image.read_bytes().endswith(layer.read_bytes())
+    info = read_json(commands, "info", "--json", image)
+    assert info["block_size"] == 512 and "device_table" in info["features"]
+    r = subprocess.run(["mkerofs-read", "cat", image, "/etc/os-release"], env=commands,
+                       capture_output=True)
+    assert r.returncode == 0 and r.stdout == b"NAME=example\n", r.stderr
+
+
 def test_python_api_script(tmp_path):
     r = subprocess.run([sys.executable, EXAMPLES / "python" / "build_and_check.py",
                         EXAMPLES / "tree", tmp_path / "api.erofs"], env=mkerofs_env(),

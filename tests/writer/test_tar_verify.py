@@ -220,8 +220,8 @@ def test_verify_catches_an_extra_path(tmp_path, spool_dir, monkeypatch):
     """A name the tar did not give (here: hidden from the captured tree) is reported."""
     capture = verify.TarSource.capture.__func__
 
-    def capture_without_victim(cls, root):
-        source = capture(cls, root)
+    def capture_without_victim(cls, root, *rest):
+        source = capture(cls, root, *rest)
         source._names[b""].remove(VICTIM)
         return source
 
