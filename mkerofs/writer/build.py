@@ -64,119 +64,167 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
     options.rebuild, a list of paths of EROFS images, stacked as overlayfs layers (the last on
     top: writer/layers.py).
     The result's `report` says what the build did; `progress` (if given) follows it."""
-    options = options or BuildOptions()
-    options.validate()
-    if _tar_device(options):
-        # (as mkfs.erofs, whatever -b says) the image addresses the tar in the tar's own blocks
-        options = replace(options, block_size=TAR_BLOCK)
+    options = _checked(options or BuildOptions(), source)
     image = os.fspath(image)
     report = BuildReport(image=image, options=options_dict(options))       # report
-    if options.rebuild is not None:
-        source_b = b""              # image paths are absolute in the image
-    elif options.tar is None:
-        source_b = os.fsencode(os.fspath(source))
-        if not os.path.lexists(source_b):
-            raise BuildError(f"{os.fsdecode(source_b)}: source does not exist")
-    else:
-        source_b = b""              # archive paths are relative already
     build_time = options.build_time if options.build_time is not None else int(time.time())
     if options.verify:
-        from .verify import TarSource, verify_build     # loads the reader only when asked to
-    if options.dedupe and not options.compressor and not options.quiet:
-        print("mkerofs: compression is not enabled: -Ededupe shares identical blocks of "
-              "chunk-based files instead", file=sys.stderr)
-    out = Output(image, options.offset)
-    blob = None
-    vmdk = VmdkDescriptor(options.vmdk_desc) if options.vmdk_desc is not None else None
+        from .verify import verify_build        # loads the reader only when asked to
+    sinks = _Sinks(Output(image, options.offset))
     # The build makes a few long-lived objects per file and no garbage cycles worth collecting:
     # the cyclic collector would only rescan them again and again (a third of the run time).
     gc_was_enabled = gc.isenabled()
     gc.disable()
-    pool = None
     # what a tar stream opened (its spool holds file data) stays open until --verify has read it
     with contextlib.ExitStack() as inputs:
         try:
-            layers = None
-            if options.rebuild is not None:
-                from .layers import LayerStack     # loads the reader only in rebuild mode
-                layers = inputs.enter_context(LayerStack([os.fspath(s) for s in source],
-                                                         out.identity()))
-                # (as mkfs.erofs: the last source's block size, whatever -b says)
-                options = replace(options, block_size=layers.block_size)
-            zcfg, hints = _compress_config(options)
-            if options.blobdev is not None:
-                blob = BlobFile(options.blobdev, options.block_size)
-            on_file = None
-            if zcfg is not None:
-                # the workers start now (forked while this process is small) and compress files
-                # as the walk or the tar finds them
-                pool = CompressionPool(zcfg, _workers(options), out, processes=True)
-                on_file = _early_offers(pool, options, hints, build_time)
-            tar = None
-            verify_source = source_b
-            if layers is not None:
-                with report.phase("walk", progress):
-                    root = _rebuild_tree(layers, options, inputs)
-            elif options.tar is None:
-                skip = out.identity() | (blob.identity if blob is not None else set())
-                with report.phase("walk", progress):
-                    root, _count = walk_source(source_b, options, skip=skip, on_file=on_file,
-                                               progress=progress)
-            else:
-                with report.phase("tar", progress):
-                    tar = _read_tar(inputs, source, options, build_time, out, on_file)
-                root = tar.root
-                if tar.label and not options.label:
-                    # as mkfs.erofs: a GNU volume header names the image (16 bytes at most)
-                    options = replace(options, label=tar.label)
-                if options.verify:
-                    # (planning takes the tree apart: keep what the comparison needs)
-                    verify_source = TarSource.capture(root, tar.device_path)
+            found = _read_source(source, options, build_time, sinks, inputs, report, progress)
+            options = found.options
             with report.phase("plan", progress):
-                plan = plan_inodes(root, options, build_time)
-                if tar is not None and tar.order is not None:
-                    plan.data_order = _in_tar_order(plan, tar.order)
+                plan = plan_inodes(found.root, options, build_time)
+                if found.tar is not None and found.tar.order is not None:
+                    plan.data_order = _in_tar_order(plan, found.tar.order)
                 xattrs = _plan_xattrs(plan, options)
-            devices = DeviceTable()
-            tar_index = tar.index if tar is not None else None
-            if tar_index is not None and _tar_device(options):
-                devices.add(_tar_as_device(tar_index, _path_given(source)))
-            if blob is not None:
-                devices.add(blob.device)
-            if layers is not None and options.rebuild.clean is None:
-                for device in layers.devices():
-                    devices.add(device)
+            devices = _device_table(options, found, sinks.blob, source)
             with report.phase("write"):
-                watch_writing(progress, plan.inodes, out, pool)                 # report
-                result = _write_image(plan, options, out, xattrs, source_b, zcfg, hints, pool,
+                watch_writing(progress, plan.inodes, sinks.out, sinks.pool)      # report
+                tar = found.tar
+                result = _write_image(plan, options, sinks.out, xattrs, found.source_b,
+                                      found.zcfg, found.hints, sinks.pool,
                                       tar.written if tar is not None else None, devices,
-                                      tar_index, blob)
+                                      tar.index if tar is not None else None, sinks.blob)
             with report.phase("finish", progress):
-                if vmdk is not None:
-                    vmdk.stage(descriptor(result.uuid, _vmdk_extents(image, result, devices)))
-                if blob is not None:
-                    blob.finish()
-                out.finish(result.size)
-                if vmdk is not None:
-                    vmdk.commit()
-            _fill_report(report, result, plan, pool)                            # report
+                sinks.finish(result, lambda: _vmdk_extents(image, result, devices))
+            _fill_report(report, result, plan, sinks.pool)                     # report
         except BaseException:
-            if pool is not None:
-                pool.abort()
-            if blob is not None:
-                blob.abort()
-            if vmdk is not None:
-                vmdk.abort()
-            out.abort()
+            sinks.abort()
             raise
         finally:
             if gc_was_enabled:
                 gc.enable()
         if options.verify:
             with report.phase("verify", progress):
-                verify_build(image, verify_source, options)
+                verify_build(image, found.verify_source, options)
     report.note_memory()
     return result
+
+
+def _checked(options: BuildOptions, source) -> BuildOptions:
+    """The options validated (the block size --tar=i forces applied); a SOURCE directory that
+    does not exist is an error before anything is created."""
+    options.validate()
+    if _tar_device(options):
+        # (as mkfs.erofs, whatever -b says) the image addresses the tar in the tar's own blocks
+        options = replace(options, block_size=TAR_BLOCK)
+    if options.rebuild is None and options.tar is None:
+        path = os.fsencode(os.fspath(source))
+        if not os.path.lexists(path):
+            raise BuildError(f"{os.fsdecode(path)}: source does not exist")
+    if options.dedupe and not options.compressor and not options.quiet:
+        print("mkerofs: compression is not enabled: -Ededupe shares identical blocks of "
+              "chunk-based files instead", file=sys.stderr)
+    return options
+
+
+@dataclass
+class _Sinks:
+    """What a build writes (the image, a --blobdev blob, a --vmdk-desc descriptor) and the
+    workers writing into it: all put in place together at the end, or all undone."""
+    out: Output
+    blob: BlobFile | None = None
+    vmdk: VmdkDescriptor | None = None
+    pool: CompressionPool | None = None
+
+    def finish(self, result: BuildResult,
+               vmdk_extents: Callable[[], list[tuple[str, int]]]) -> None:
+        if self.vmdk is not None:
+            self.vmdk.stage(descriptor(result.uuid, vmdk_extents()))
+        if self.blob is not None:
+            self.blob.finish()
+        self.out.finish(result.size)
+        if self.vmdk is not None:
+            self.vmdk.commit()
+
+    def abort(self) -> None:
+        for sink in (self.pool, self.blob, self.vmdk, self.out):
+            if sink is not None:
+                sink.abort()
+
+
+@dataclass
+class _Source:
+    """What reading the source gave: the tree and what the rest of the build needs of it."""
+    root: SourceInode
+    options: BuildOptions               # as the source amends them (a tar's label, layers'
+                                        # block size)
+    source_b: bytes                     # a directory SOURCE (b"" otherwise): --compress-hints
+                                        # patterns and --verify see paths below it
+    verify_source: object               # what --verify compares the image with
+    zcfg: compress.CompressConfig | None
+    hints: CompressHints | None
+    tar: "_TarTree | None" = None
+    layers: object = None               # rebuild mode: the layers.LayerStack
+
+
+def _read_source(source, options: BuildOptions, build_time: int, sinks: _Sinks,
+                 inputs: contextlib.ExitStack, report: BuildReport,
+                 progress: BuildProgress | None) -> _Source:
+    """Walk the directory, read the tar or stack the layer images; the compression workers
+    (started first, while this process is small) take files as they are found."""
+    out = sinks.out
+    layers = None
+    if options.rebuild is not None:
+        from .layers import LayerStack         # loads the reader only in rebuild mode
+        layers = inputs.enter_context(LayerStack([os.fspath(s) for s in source],
+                                                 out.identity()))
+        # (as mkfs.erofs: the last source's block size, whatever -b says)
+        options = replace(options, block_size=layers.block_size)
+    zcfg, hints = _compress_config(options)
+    if options.blobdev is not None:
+        sinks.blob = BlobFile(options.blobdev, options.block_size)
+    if options.vmdk_desc is not None:
+        sinks.vmdk = VmdkDescriptor(options.vmdk_desc)
+    on_file = None
+    if zcfg is not None:
+        sinks.pool = CompressionPool(zcfg, _workers(options), out, processes=True)
+        on_file = _early_offers(sinks.pool, options, hints, build_time)
+    if layers is not None:
+        with report.phase("walk", progress):
+            root = _rebuild_tree(layers, options, inputs)
+        return _Source(root, options, b"", b"", zcfg, hints, layers=layers)
+    if options.tar is None:
+        source_b = os.fsencode(os.fspath(source))
+        skip = out.identity() | (sinks.blob.identity if sinks.blob is not None else set())
+        with report.phase("walk", progress):
+            root, _count = walk_source(source_b, options, skip=skip, on_file=on_file,
+                                       progress=progress)
+        return _Source(root, options, source_b, source_b, zcfg, hints)
+    with report.phase("tar", progress):
+        tar = _read_tar(inputs, source, options, build_time, out, on_file)
+    if tar.label and not options.label:
+        # as mkfs.erofs: a GNU volume header names the image (16 bytes at most)
+        options = replace(options, label=tar.label)
+    verify_source = b""
+    if options.verify:
+        from .verify import TarSource
+        # (planning takes the tree apart: keep what the comparison needs)
+        verify_source = TarSource.capture(tar.root, tar.device_path)
+    return _Source(tar.root, options, b"", verify_source, zcfg, hints, tar=tar)
+
+
+def _device_table(options: BuildOptions, found: _Source, blob: BlobFile | None,
+                  source) -> DeviceTable:
+    """The extra devices: the tar (--tar=i), the blob (--blobdev) or the layers (rebuild mode
+    without --clean)."""
+    devices = DeviceTable()
+    if found.tar is not None and found.tar.index is not None and _tar_device(options):
+        devices.add(_tar_as_device(found.tar.index, _path_given(source)))
+    if blob is not None:
+        devices.add(blob.device)
+    if found.layers is not None and options.rebuild.clean is None:
+        for device in found.layers.devices():
+            devices.add(device)
+    return devices
 
 
 def _rebuild_tree(layers, options: BuildOptions,
