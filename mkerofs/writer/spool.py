@@ -181,6 +181,7 @@ class _Gather:
         buf = self._buf
         if buf and self._at + len(buf) != offset:
             self.flush()
+            buf = self._buf
         if not buf:
             if len(piece) >= _BUFFER:
                 self._pwrite(piece, offset)
@@ -192,8 +193,9 @@ class _Gather:
 
     def flush(self) -> None:
         if self._buf:
-            self._pwrite(bytes(self._buf), self._at)
-            self._buf.clear()
+            # a new buffer rather than a copy of this one (up to 1 MiB a time)
+            buf, self._buf = self._buf, bytearray()
+            self._pwrite(buf, self._at)
 
     def drop(self) -> None:
         self._buf.clear()

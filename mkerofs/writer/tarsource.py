@@ -93,6 +93,9 @@ class _Tree:
         self.root.parent = self.root
         self.children: dict[SourceInode, dict[bytes, SourceInode]] = {self.root: {}}
         self.whiteouts: set[SourceInode] = set()        # made from .wh. names
+        # directories already walked to, by normalised path (entries come grouped by directory):
+        # valid while no directory leaves the tree, so _forget empties it
+        self.dirs: dict[bytes, SourceInode] = {b"": self.root}
         self.with_whiteouts: set[SourceInode] = set()   # directories that got one
 
     # -- resolving paths ------------------------------------------------------------------
@@ -134,8 +137,11 @@ class _Tree:
             return self._split_dotdot(entry)
         if not entry.path:
             return self.root, b""
-        parts = entry.path.split(b"/")
-        return self.directory(entry, parts[:-1]), parts[-1]
+        head, _slash, name = entry.path.rpartition(b"/")
+        directory = self.dirs.get(head)
+        if directory is None:
+            directory = self.dirs[head] = self.directory(entry, head.split(b"/"))
+        return directory, name
 
     def _split_dotdot(self, entry: TarEntry) -> tuple[SourceInode, bytes]:
         """As split, walking the name as written: a directory left by ``..`` is still made."""
@@ -183,6 +189,7 @@ class _Tree:
 
     def _forget(self, directory: SourceInode) -> None:
         """Drop the bookkeeping of a directory subtree that left the tree."""
+        self.dirs = {b"": self.root}
         pending = [directory]
         while pending:
             node = pending.pop()
@@ -272,8 +279,9 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
     tree = _Tree(opts)
     for entry in reader:
         parent, name = tree.split(entry)
+        kind = entry.kind
         if not name:
-            if entry.kind != DIR:
+            if kind != DIR:
                 raise TarError("the archive's root can only be a directory (ENOTDIR)",
                                entry.name, entry.header_offset)
             tree.merge_dir(tree.root, entry)
@@ -286,29 +294,30 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
                 whiteout_path = path[:len(path) - len(name)] + name[len(_WHITEOUT):]
                 tree.whiteout(parent, name[len(_WHITEOUT):], whiteout_path, entry)
             continue
-        if entry.kind == HARDLINK:
+        if kind == HARDLINK:
             _hard_link(tree, parent, name, entry)
             continue
-        old = tree.children[parent].get(name)
-        if entry.kind == DIR and old is not None and old.entries is not None:
-            tree.merge_dir(old, entry)
-            continue
-        xattrs = tree.xattrs(entry)
-        if entry.kind == REG:
+        if kind == DIR:
+            old = tree.children[parent].get(name)
+            if old is not None and old.entries is not None:
+                tree.merge_dir(old, entry)
+                continue
+        xattrs = tree.xattrs(entry) if entry.xattrs else []
+        if kind == REG:
             node = SourceInode(path, _stat(entry, entry.size), xattrs=xattrs,
                                data=_file_data(reader, entry, opts, spool))
-        elif entry.kind == DIR:
+        elif kind == DIR:
             node = SourceInode(path, _stat(entry), xattrs=xattrs, entries=[])
-        elif entry.kind == SYMLINK:
+        elif kind == SYMLINK:
             node = SourceInode(path, _stat(entry, len(entry.linkname)), xattrs=xattrs,
                                target=entry.linkname)
-        elif entry.kind in (CHR, BLK):
+        elif kind in (CHR, BLK):
             node = SourceInode(path, _stat(entry, 0, os.makedev(entry.devmajor, entry.devminor)),
                                xattrs=xattrs)
         else:
             node = SourceInode(path, _stat(entry), xattrs=xattrs)
         tree.replace(parent, name, node)
-        if on_file is not None and entry.kind == REG:
+        if on_file is not None and kind == REG:
             spool.flush()
             if on_file(node, path, _ONE_LINK) is False:
                 on_file = None

@@ -132,6 +132,9 @@ _UNSETTABLE = {b"path", b"linkpath", b"size", b"uid", b"gid", b"mtime", b"uname"
                b"SCHILY.devmajor", b"SCHILY.devminor"}
 _NOT_GLOBAL = (b"path", b"linkpath", b"size", b"GNU.sparse.")
 _SPARSE_00 = (b"GNU.sparse.offset", b"GNU.sparse.numbytes")
+# keys GNU tar --format=posix writes for every entry and EROFS cannot store: dropped as they
+# are parsed, so that most entries carry no records at all (other ignored keys are kept, unread)
+_IGNORED = frozenset((b"atime", b"ctime"))
 
 
 class TarError(BuildError):
@@ -176,6 +179,10 @@ class TarEntry:
 def normalise_path(name: bytes) -> bytes:
     """`name` as mkfs.erofs resolves it in its tree (see the module docstring).
     ValueError if a component is too long for EROFS or the name holds a NUL."""
+    if (len(name) <= EROFS_NAME_LEN and b"//" not in name and b"/." not in name
+            and not name.startswith((b"/", b".")) and not name.endswith(b"/")
+            and b"\0" not in name):
+        return name         # the common case: already normal, no component can be too long
     parts = name.split(b"/")
     if b"" in parts or b"." in parts or b".." in parts:
         out: list[bytes] = []
@@ -287,6 +294,17 @@ def _octal_fields(block: bytes) -> tuple[int, int, int, int, int] | None:
         return None      # an empty field
 
 
+def _plain_octal(field: bytes) -> int | None:
+    """A numeric header field of octal digits between spaces and NULs (the common case), else
+    None: the caller then reads it with _header_number and its error messages."""
+    if field.translate(None, _OCTAL_CHARS):
+        return None
+    try:
+        return int(field.translate(_NUL_TO_SPACE), 8)
+    except ValueError:
+        return None      # empty, or spaces or NULs between the digits
+
+
 def _header_number(field: bytes) -> int | None:
     """A numeric header field; None if it is empty. ValueError if malformed."""
     if field[0] & 0x80:
@@ -335,8 +353,40 @@ def _pax_time_ns(value: bytes) -> int:
 
 def _parse_pax(payload: bytes, records: dict) -> None:
     """Add the records of a PAX header to `records` (later ones win; the GNU sparse 0.0
-    offset/numbytes records repeat, so they are collected in order under b"GNU.sparse.0.0").
-    ValueError says what is malformed."""
+    offset/numbytes records repeat, so they are collected in order under b"GNU.sparse.0.0";
+    _IGNORED keys are left out). ValueError says what is malformed."""
+    pairs = _simple_pax(payload)
+    if pairs is None:
+        _parse_pax_records(payload, records)
+        return
+    for key, value in pairs:
+        if key in _SPARSE_00:
+            records.setdefault(b"GNU.sparse.0.0", []).append((key, value))
+        elif key not in _IGNORED:
+            records[key] = value
+
+
+def _simple_pax(payload: bytes) -> list[tuple[bytes, bytes]] | None:
+    """The (key, value) records of a PAX payload that is one record a line, found by splitting
+    at newlines (the common case: no newline in a value, no padding); None otherwise. When
+    every line's length field is its own length, the records are exactly those
+    _parse_pax_records finds."""
+    lines = payload.split(b"\n")
+    if lines.pop():
+        return None             # not ended by a newline: NUL padding, or malformed
+    pairs = []
+    for line in lines:
+        length, _sp, record = line.partition(b" ")
+        key, eq, value = record.partition(b"=")
+        if not (eq and key and length.isdigit() and len(length) <= 20
+                and int(length) == len(line) + 1):
+            return None
+        pairs.append((key, value))
+    return pairs
+
+
+def _parse_pax_records(payload: bytes, records: dict) -> None:
+    """_parse_pax record by record, as the length fields say (values may hold newlines)."""
     pos, end = 0, len(payload)
     while pos < end:
         space = payload.find(b" ", pos, pos + 21)
@@ -355,7 +405,7 @@ def _parse_pax(payload: bytes, records: dict) -> None:
             raise ValueError(f"PAX record at {pos} is not key=value")
         if key in _SPARSE_00:
             records.setdefault(b"GNU.sparse.0.0", []).append((key, value))
-        else:
+        elif key not in _IGNORED:
             records[key] = value
         pos += length
 
@@ -386,18 +436,21 @@ class _Source:
     def take(self, n: int) -> bytes:
         """The next `n` bytes, or fewer at the end of the input."""
         pos = self._pos
-        if pos + n > len(self._buf):
-            parts, have = [self._buf[pos:]], len(self._buf) - pos
-            self._base += pos
-            while have < n:
-                data = self._read(max(_REFILL, n - have))
-                if not data:
-                    break
-                parts.append(data)
-                have += len(data)
-            self._buf, pos = b"".join(parts), 0
-        data = self._buf[pos:pos + n]
-        self._pos = pos + len(data)
+        end = pos + n
+        if end <= len(self._buf):       # the common case: a header within the buffer
+            self._pos = end
+            return self._buf[pos:end]
+        parts, have = [self._buf[pos:]], len(self._buf) - pos
+        self._base += pos
+        while have < n:
+            data = self._read(max(_REFILL, n - have))
+            if not data:
+                break
+            parts.append(data)
+            have += len(data)
+        self._buf = b"".join(parts)
+        data = self._buf[:n]
+        self._pos = len(data)
         return data
 
     def _drop_buffer(self) -> None:
@@ -591,15 +644,16 @@ class TarReader:
         return None
 
     def _check_header(self, block: bytes, header: tuple, offset: int) -> None:
-        name = _cut(header[0])
         try:
             stored = int(header[6].translate(_NUL_TO_SPACE), 8)
         except ValueError:
             stored = None
         if stored is None or not _checksum_ok(block, stored):
-            raise TarError("bad header checksum (not a tar header, or a damaged one)", name, offset)
+            raise TarError("bad header checksum (not a tar header, or a damaged one)",
+                           _cut(header[0]), offset)
         if header[9] != b"ustar\0" and header[9] + header[10] not in (_MAGIC_GNU, _MAGIC_V7):
-            raise TarError(f"unknown tar format (magic {header[9] + header[10]!r})", name, offset)
+            raise TarError(f"unknown tar format (magic {header[9] + header[10]!r})",
+                           _cut(header[0]), offset)
 
     def _number(self, field: bytes, what: str, name: bytes, offset: int,
                 negative: bool = False) -> int:
@@ -625,7 +679,9 @@ class TarReader:
         if typeflag == b"V" and not header[4].strip(b"\0"):
             size = 0        # GNU tar leaves a label's size field empty
         else:
-            size = self._number(header[4], "size", name, offset)
+            size = _plain_octal(header[4])
+            if size is None:
+                size = self._number(header[4], "size", name, offset)
         if typeflag == b"V":
             self.volume_label = name
             if not self._src.skip(size + -size % BLOCK):
@@ -667,18 +723,19 @@ class TarReader:
     def _entry(self, block: bytes, header: tuple, first: int, pending: _Pending | None) -> TarEntry:
         (raw_name, _mode, _uid, _gid, _size, _mtime, _chksum, typeflag, linkname, magic, _version,
          uname, gname, devmajor, devminor, prefix, tail) = header
-        records = self._records(pending)
-        name = _cut(raw_name)
-        if records.get(b"GNU.sparse.name") is not None:
+        records = self._records(pending) if pending is not None else self._global
+        if records and records.get(b"GNU.sparse.name") is not None:
             name = records[b"GNU.sparse.name"]
-        elif b"path" in records:
+        elif records and b"path" in records:
             name = records[b"path"]
         elif pending is not None and pending.long_name is not None:
             name = pending.long_name
-        elif magic == b"ustar\0" and prefix[0]:
-            # star keeps atime/ctime in the last 24 bytes of the prefix area
-            prefix = _cut(prefix[:130] if tail[8:] == b"tar\0" else prefix)
-            name = prefix + b"/" + name if not prefix.endswith(b"/") else prefix + name
+        else:
+            name = raw_name.partition(b"\0")[0]
+            if magic == b"ustar\0" and prefix[0]:
+                # star keeps atime/ctime in the last 24 bytes of the prefix area
+                prefix = _cut(prefix[:130] if tail[8:] == b"tar\0" else prefix)
+                name = prefix + b"/" + name if not prefix.endswith(b"/") else prefix + name
         kinds = _KINDS.get(typeflag)
         if kinds is None:
             raise TarError(f"unsupported entry type {typeflag!r}", name, first)
@@ -695,10 +752,10 @@ class TarReader:
             uid, gid, payload, mtime_ns = self._pax_numbers(records, numbers, name, first)
         else:
             mtime_ns *= 10**9
-        entry = TarEntry(path=path, name=name, kind=kind, mode=ifmt | (perm & 0o7777),
-                         uid=uid, gid=gid, mtime_ns=mtime_ns,
-                         uname=records.get(b"uname") or _cut(uname),
-                         gname=records.get(b"gname") or _cut(gname), header_offset=first)
+        entry = TarEntry(path, name, kind, ifmt | (perm & 0o7777), uid, gid, mtime_ns,
+                         uname=records.get(b"uname") or uname.partition(b"\0")[0],
+                         gname=records.get(b"gname") or gname.partition(b"\0")[0],
+                         header_offset=first)
         if kind in (HARDLINK, SYMLINK):
             self._link(entry, records, pending, linkname)
         elif kind in (CHR, BLK):

@@ -391,6 +391,19 @@ def test_opaque_marker_makes_a_missing_directory(spool):
     assert n.xattrs == [(b"trusted.overlay.opaque", b"y")]
 
 
+def test_a_replaced_directory_is_not_walked_into_again(spool):
+    # entries come grouped by directory and the tree remembers where they went: a directory
+    # that left the tree must not be found there again
+    fails(make_tar([item("d/sub/f1"), item("d", data=b"file"), item("d/sub/f2")]), spool,
+          "'d/sub/f2'", "'d' is not a directory", "ENOTDIR")
+    fails(make_tar([item("d/sub/f1"), item(".wh.d"), item("d/sub/f2")]), spool,
+          "'d/sub/f2'", "'d' is not a directory", aufs=True)
+    root, _ = tree(make_tar([item("d/sub/f1"), item("d", data=b"x"), item("d", tarfile.DIRTYPE),
+                             item("d/sub/f2")]), spool)
+    check_shape(root)
+    assert names(at(root, "d/sub")) == [b"f2"]
+
+
 def test_whiteout_and_name_replace_each_other(spool):
     data = make_tar([item("a", data=b"aaa"), item(".wh.a"), item("b", tarfile.DIRTYPE),
                      item("b/in"), item(".wh.b"), item(".wh.c"), item("c", data=b"back"),
