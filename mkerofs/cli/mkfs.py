@@ -350,8 +350,9 @@ def command(image, sources, block_size, debug, compressor, pcluster_size,
             verify, tar, aufs, ovlfs_strip, gzip, ungzip, unxz, unlzma, sort, chunk_size,
             blobdev, clean, vmdk_desc, random_pclusterblks, **unimplemented):
     """Generate an EROFS image (IMAGE: a file or block device) from the directory SOURCE, or
-    with --tar from a tar stream (SOURCE, or stdin), or from EROFS images (SOURCE... : stacked
-    as overlayfs layers, the last on top)."""
+    with --tar from a tar stream (SOURCE, or stdin; with --tar=f several SOURCE tars are
+    stacked as overlayfs layers, the last on top), or from EROFS images (SOURCE... : stacked
+    the same way)."""
     for dest, value in unimplemented.items():
         if value is not None:
             raise click.UsageError(f"option {_NOT_IMPLEMENTED[dest]}: not implemented in mkerofs yet")
@@ -362,8 +363,9 @@ def command(image, sources, block_size, debug, compressor, pcluster_size,
                            unlzma, sort)
     if not sources and tar_opts is None:
         raise click.UsageError("Missing argument 'SOURCE'.")
-    if len(sources) > 1 and rebuild is None:
-        raise click.UsageError("several SOURCEs: only EROFS images (rebuild mode)")
+    if len(sources) > 1 and rebuild is None and (tar_opts is None or tar_opts.mode != "f"):
+        raise click.UsageError("several SOURCEs: only EROFS images (rebuild mode) or tar "
+                               "layers (--tar=f)")
     options = BuildOptions(quiet=quiet, verify=verify, xattr_prefixes=list(xattr_prefix),
                            exclude_paths=list(exclude_path),
                            exclude_regexes=list(exclude_regex),
@@ -419,7 +421,7 @@ def command(image, sources, block_size, debug, compressor, pcluster_size,
     apply_extended_options(options, extended)
 
     started = time.monotonic()
-    if rebuild is not None:
+    if rebuild is not None or len(sources) > 1:
         source = list(sources)
     elif sources:
         source = sources[0]

@@ -111,8 +111,11 @@ def _bytes_read() -> Callable[[], int]:
 
 def tar_size(source) -> int | None:
     """The bytes left in a tar input that is a regular file (a path, or stdin redirected from
-    one); None for a pipe."""
+    one; several tar layers: their sum); None for a pipe."""
     try:
+        if isinstance(source, list):
+            sizes = [tar_size(s) for s in source]
+            return None if None in sizes else sum(sizes)
         if isinstance(source, (str, bytes, os.PathLike)):
             st = os.stat(source)
             return st.st_size if stat.S_ISREG(st.st_mode) else None

@@ -199,6 +199,14 @@ def _read_source(source, options: BuildOptions, build_time: int, sinks: _Sinks,
             root, _count = walk_source(source_b, options, skip=skip, on_file=on_file,
                                        progress=progress)
         return _Source(root, options, source_b, source_b, zcfg, hints)
+    if isinstance(source, list):
+        with report.phase("tar", progress):
+            root = _stacked_tars(inputs, source, options, build_time, out, on_file)
+        verify_source = b""
+        if options.verify:
+            from .verify import TarSource
+            verify_source = TarSource.capture(root)
+        return _Source(root, options, b"", verify_source, zcfg, hints)
     with report.phase("tar", progress):
         tar = _read_tar(inputs, source, options, build_time, out, on_file)
     if tar.label and not options.label:
@@ -210,6 +218,22 @@ def _read_source(source, options: BuildOptions, build_time: int, sinks: _Sinks,
         # (planning takes the tree apart: keep what the comparison needs)
         verify_source = TarSource.capture(tar.root, tar.device_path)
     return _Source(tar.root, options, b"", verify_source, zcfg, hints, tar=tar)
+
+
+def _stacked_tars(inputs: contextlib.ExitStack, sources: list, options: BuildOptions,
+                  build_time: int, out: Output, offer: Callable | None) -> SourceInode:
+    """Several tar layers (--tar=f IMAGE L1.tar L2.tar ...): each read as one tar is, its
+    whiteouts kept, then stacked as overlayfs stacks them, the last on top (layers.py), and
+    with --ovlfs-strip the whiteouts applied.  Files hidden by an upper layer were offered to
+    the compression workers like any other; the pool drops what the final tree lacks."""
+    from .layers import merge_layers
+    if options.tar.sort == "none":
+        raise BuildError("--sort=none: one tar only (several tar layers are merged first)")
+    one = replace(options, tar=replace(options.tar, ovlfs_strip=False))
+    roots = [_read_tar(inputs, os.fspath(s), one, build_time, out, offer).root
+             for s in sources]
+    root, _count = merge_layers(roots, options.tar.ovlfs_strip)
+    return root
 
 
 def _device_table(options: BuildOptions, found: _Source, blob: BlobFile | None,

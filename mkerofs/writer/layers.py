@@ -234,10 +234,24 @@ def merge_layers(roots: list[SourceInode], strip: bool) -> tuple[SourceInode, in
     (module docstring); return the merged root and its number of distinct inodes.  The trees
     are taken apart: use each once.  `strip` (--ovlfs-strip): drop whiteouts and the overlay
     marks instead of keeping them."""
+    for root in roots:
+        _forget_links(root)
     merged = _Merged(roots[-1])
     for lower in reversed(roots[:-1]):
         merged.add_below(merged.root, lower)
     return _finish(merged, strip)
+
+
+def _forget_links(root: SourceInode) -> None:
+    """Zero the link counts a tree came with (a tar's trees count their names): _finish
+    counts the names each inode has in the merged tree."""
+    pending = [root]
+    while pending:
+        for _name, child in pending.pop().entries:
+            if child.entries is not None:
+                pending.append(child)
+            else:
+                child.nlink = 0
 
 
 def _finish(merged: _Merged, strip: bool) -> tuple[SourceInode, int]:

@@ -160,3 +160,38 @@ def test_like_mkfs_erofs_193(layered):
                           if not p.startswith("/x/")})
     # (1.9.3 treats opaque "x" as opaque and keeps the xwhiteout: /x differs by design)
     assert differences(views[0], views[1]) == []
+
+
+def _tar_layers(stack: Stack) -> list[Path]:
+    """Each layer tree as a POSIX tar (GNU tar with every xattr: whiteouts as 0:0 character
+    devices, opaque directories as trusted.overlay.opaque records)."""
+    tars = []
+    for tree in stack.trees:
+        tar = stack.work / f"{tree.name}.tar"
+        if not tar.exists():
+            subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--format=posix",
+                            "--numeric-owner", "-C", tree, "-cf", tar, "."], check=True)
+        tars.append(tar)
+    return tars
+
+
+@pytest.mark.parametrize("opts", [(), ("-zlz4hc",)], ids=["plain", "lz4hc"])
+def test_tar_layers_flattened_in_one_command(layered, opts):
+    """`mkerofs --tar=f --ovlfs-strip IMAGE L1.tar L2.tar L3.tar`: the tars stacked as overlayfs
+    stacks their images, in one build; the image alone shows what overlayfs shows."""
+    out = layered.work / f"tars{len(opts)}.erofs"
+    run_mkerofs(*FIXED, "--tar=f", "--ovlfs-strip", *opts, out, *_tar_layers(layered))
+    with kernel_mount(out) as mnt:
+        assert differences(_expected(layered), snapshot(mnt)) == []
+
+
+def test_tar_layers_kept_whiteouts_under_overlay(layered, tmp_path):
+    """Without --ovlfs-strip the whiteouts stay: the image under overlayfs shows the stack."""
+    out = layered.work / "tars-kept.erofs"
+    run_mkerofs(*FIXED, "--tar=f", "--verify", out, *_tar_layers(layered))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with kernel_mount(out) as mnt:
+        assert snapshot(mnt)["/gone"][4] == (0, 0)
+        with overlay_mount(mnt, empty) as ovl:
+            assert differences(_expected(layered), snapshot(ovl)) == []

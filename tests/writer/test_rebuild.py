@@ -252,3 +252,29 @@ def test_mixed_block_sizes_copied_with_clean_data(work):
     with Image.open(out) as img:
         assert img.block_size == 4096
         assert regular(files(img)) == expected_files(work)
+
+
+def _tiny_tar(path: Path, name: str, data: bytes) -> Path:
+    import io
+    import tarfile
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as t:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_several_tar_layers_only_in_full_mode(tmp_path):
+    """Several tars stack only with --tar=f: --tar=i and headerballs take one tar, and
+    --sort=none (data in one tar's order) too."""
+    a = _tiny_tar(tmp_path / "a.tar", "f", b"lower")
+    b = _tiny_tar(tmp_path / "b.tar", "f", b"upper")
+    for mode in ("--tar=i", "--tar=headerball"):
+        r = run_mkerofs(mode, tmp_path / "x.erofs", a, b, check=False)
+        assert_clean_failure(r, mentions=["several SOURCEs"], image=tmp_path / "x.erofs")
+    r = run_mkerofs("--tar=f", "--sort=none", "-Enoinline_data", tmp_path / "y.erofs", a, b,
+                    check=False)
+    assert_clean_failure(r, mentions=["--sort=none", "one tar"], image=tmp_path / "y.erofs")
+    run_mkerofs("--tar=f", "--quiet", tmp_path / "z.erofs", a, b)
+    with Image.open(tmp_path / "z.erofs") as img:
+        assert img.read(img.lookup(b"/f")) == b"upper"
