@@ -541,38 +541,9 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
                     and node.src.data.in_image:
                 data.take_written(node)
     data_start = data.start_block
-    # --tar=i,MAPFILE: the blob is the first thing of the data area (as mkfs.erofs has it
-    # for a small tar)
-    map_lines = _index_tar(plan, options, tar_index, data) if tar_index is not None else None
-    # rebuild mode: files whose bytes stay in the source images point there
-    indexed = options.rebuild is not None and index_layer_files(plan.inodes, fmt.blksz_bits(bs))
-    # the shared xattr area: whole blocks at the start of the data area; ids count from there
-    xattr_blkaddr = data.allocate(-(-len(xattrs.shared_area) // bs)) if xattrs.shared_area else 0
-
-    nodes = list(plan.inodes)   # every inode with metadata: the tree's, then the packed inode
-    workers = _workers(options)
-    used = _FeaturesUsed()
-    # files of zeros only (--tar=headerball, rebuild --clean=rvsp) take no data blocks,
-    # compressed or not
-    chunked = (options.tar is not None or options.rebuild is not None) and \
-        make_hole_files(plan.inodes, fmt.blksz_bits(bs))
-    chunked |= indexed
-    if zcfg is not None:
-        # compressed files first: how many blocks they take is known once they are compressed
-        packed_node = _compress_regular_files(plan, options, source, zcfg, hints, pool, packed,
-                                              data, used)
-        if packed_node is not None:
-            nodes.append(packed_node)
-    if options.chunkbits is not None:
-        # --chunksize: the files left uncompressed are chunk-based (the flag even if none is)
-        store = _chunk_regular_files(plan, options, data, blob)
-        chunked = True
-    for node in plan.data_order or plan.inodes:
-        if node.ftype in _FLAT_CONTENT and node.flat is None and not node.compressed \
-                and not node.chunk_based:
-            inline_ok = inline_fits(node, node.size, bs) and (
-                options.inline_data or node.ftype != fmt.EROFS_FT_REG_FILE)
-            data.reserve_flat(node, inline_ok)
+    placed = _assign_data(plan, options, source, xattrs, zcfg, hints, pool, packed, data,
+                          tar_index, blob)
+    nodes = placed.nodes
     data_end = data.next_block
 
     if written is None:
@@ -596,6 +567,111 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
     out.check_fits(blocks * bs)
 
     meta = MetaImage(data_start * bs, data_end * bs, meta_end)
+    _write_contents(plan, nodes, data, meta, meta_base, xattrs, placed.xattr_blkaddr,
+                    prefix_pos, _workers(options))
+
+    try:
+        xattr_fields = xattrs.superblock_fields(placed.xattr_blkaddr, prefix_pos or 0)
+    except ValueError as err:
+        raise BuildError(str(err)) from None
+    sb = fmt.SuperBlock(
+        blkszbits=fmt.blksz_bits(bs), root_nid=root.nid, inos=len(plan.inodes), epoch=plan.epoch,
+        blocks=blocks, meta_blkaddr=meta_base // bs,
+        feature_compat=fmt.EROFS_FEATURE_COMPAT_MTIME | xattrs.feature_compat,
+        feature_incompat=xattrs.feature_incompat, volume_name=options.label, **xattr_fields)
+    if placed.chunked:
+        sb.feature_incompat |= fmt.EROFS_FEATURE_INCOMPAT_CHUNKED_FILE
+    if devices:
+        sb.feature_incompat |= fmt.EROFS_FEATURE_INCOMPAT_DEVICE_TABLE
+        sb.extra_devices = len(devices.devices)
+        sb.devt_slotoff = fmt.devt_slotoff(devt_pos)
+        meta.put(devt_pos, devices.slots(blocks))
+    if len(nodes) > len(plan.inodes):
+        sb.packed_nid = nodes[-1].nid
+    if zcfg is not None:
+        used = placed.used
+        zsb = zcfg.superblock(ztailpacking_used=used.ztailpacking,
+                              fragments_used=used.fragments, dedupe_used=used.dedupe)
+        sb.feature_incompat |= zsb.feature_incompat
+        sb.u1 = zsb.u1
+        if cfgs:
+            meta.put(cfgs_pos, cfgs)
+    sb.uuid = _choose_uuid(options, meta, plan.epoch)
+    _put_superblock(meta, sb, bs, options.sb_checksum)
+    out.pwrite(meta.head, 0)
+    if meta.tail:
+        out.pwrite(meta.tail, meta.tail_start)
+    if placed.map_lines is not None and options.tar.mapfile:
+        _write_mapfile(options.tar.mapfile, placed.map_lines)
+    result = BuildResult(out.path, blocks, bs, len(plan.inodes), sb.uuid, root.nid,
+                         metadata_blocks=blocks - (data_end - data_start))
+    if placed.store is not None:                                                # report
+        result.report = BuildReport(dedupe_bytes=placed.store.saved_bytes,
+                                    dedupe_blocks=placed.store.saved_blocks)
+    return result
+
+
+@dataclass
+class _DataPlaced:
+    """What _assign_data decided, for the metadata and the superblock."""
+    nodes: list[PlannedInode]           # every inode with metadata: the tree's, then the
+                                        # packed inode if there is one
+    xattr_blkaddr: int                  # the shared xattr area (0: none)
+    used: "_FeaturesUsed"               # compression features some inode ended up using
+    chunked: bool                       # some inode is chunk-based
+    map_lines: list[str] | None         # --tar=i: the MAPFILE's lines
+    store: ChunkStore | None            # --chunksize: the chunks stored (for the report)
+
+
+def _assign_data(plan: Plan, options: BuildOptions, source: bytes, xattrs: XattrLayout,
+                 zcfg: compress.CompressConfig | None, hints: CompressHints | None,
+                 pool: CompressionPool | None, packed: PackedFile | None, data: DataArea,
+                 tar_index: TarIndex | None, blob: BlobFile | None) -> _DataPlaced:
+    """Give every inode with data its blocks in `data`, in this order (it decides the
+    addresses): the --tar=i,MAPFILE blob, the shared xattrs, compressed files (then the packed
+    inode), chunk-based files, then flat files, symlinks and directories in plan order."""
+    bs = options.block_size
+    bits = fmt.blksz_bits(bs)
+    # --tar=i,MAPFILE: the blob is the first thing of the data area (as mkfs.erofs has it
+    # for a small tar)
+    map_lines = _index_tar(plan, options, tar_index, data) if tar_index is not None else None
+    # rebuild mode: files whose bytes stay in the source images point there
+    indexed = options.rebuild is not None and index_layer_files(plan.inodes, bits)
+    # the shared xattr area: whole blocks at the start of the data area; ids count from there
+    xattr_blkaddr = data.allocate(-(-len(xattrs.shared_area) // bs)) if xattrs.shared_area else 0
+    nodes = list(plan.inodes)
+    used = _FeaturesUsed()
+    # files of zeros only (--tar=headerball, rebuild --clean=rvsp) take no data blocks,
+    # compressed or not
+    chunked = (options.tar is not None or options.rebuild is not None) and \
+        make_hole_files(plan.inodes, bits)
+    chunked |= indexed
+    if zcfg is not None:
+        # compressed files first: how many blocks they take is known once they are compressed
+        packed_node = _compress_regular_files(plan, options, source, zcfg, hints, pool, packed,
+                                              data, used)
+        if packed_node is not None:
+            nodes.append(packed_node)
+    store = None
+    if options.chunkbits is not None:
+        # --chunksize: the files left uncompressed are chunk-based (the flag even if none is)
+        store = _chunk_regular_files(plan, options, data, blob)
+        chunked = True
+    for node in plan.data_order or plan.inodes:
+        if node.ftype in _FLAT_CONTENT and node.flat is None and not node.compressed \
+                and not node.chunk_based:
+            inline_ok = inline_fits(node, node.size, bs) and (
+                options.inline_data or node.ftype != fmt.EROFS_FT_REG_FILE)
+            data.reserve_flat(node, inline_ok)
+    return _DataPlaced(nodes, xattr_blkaddr, used, chunked, map_lines, store)
+
+
+def _write_contents(plan: Plan, nodes: list[PlannedInode], data: DataArea, meta: MetaImage,
+                    meta_base: int, xattrs: XattrLayout, xattr_blkaddr: int,
+                    prefix_pos: int | None, workers: int) -> None:
+    """Write the flat files' data (by threads), symlinks and directories into the data area
+    and the shared xattrs; put the long prefixes and every inode into `meta`."""
+    bs = data.block_size
     copies = [(node, meta.view(node_pos(node, meta_base) + node.meta_size_before_inline,
                                node.flat.tail))
               for node in nodes if node.ftype == fmt.EROFS_FT_REG_FILE and node.flat is not None
@@ -612,51 +688,13 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
                 data.write_flat_bytes(node, content)
                 node.dir_shape = None
         if xattrs.shared_area:
-            out.pwrite(xattrs.shared_area.ljust(fmt.round_up(len(xattrs.shared_area), bs), b"\0"),
-                       xattr_blkaddr * bs)
+            data.out.pwrite(
+                xattrs.shared_area.ljust(fmt.round_up(len(xattrs.shared_area), bs), b"\0"),
+                xattr_blkaddr * bs)
         if xattrs.prefix_records:
             meta.put(prefix_pos, xattrs.prefix_records)
         for node in nodes:
             meta.put(node_pos(node, meta_base), serialize_inode(node, plan.epoch))
-
-    try:
-        xattr_fields = xattrs.superblock_fields(xattr_blkaddr, prefix_pos or 0)
-    except ValueError as err:
-        raise BuildError(str(err)) from None
-    sb = fmt.SuperBlock(
-        blkszbits=fmt.blksz_bits(bs), root_nid=root.nid, inos=len(plan.inodes), epoch=plan.epoch,
-        blocks=blocks, meta_blkaddr=meta_base // bs,
-        feature_compat=fmt.EROFS_FEATURE_COMPAT_MTIME | xattrs.feature_compat,
-        feature_incompat=xattrs.feature_incompat, volume_name=options.label, **xattr_fields)
-    if chunked:
-        sb.feature_incompat |= fmt.EROFS_FEATURE_INCOMPAT_CHUNKED_FILE
-    if devices:
-        sb.feature_incompat |= fmt.EROFS_FEATURE_INCOMPAT_DEVICE_TABLE
-        sb.extra_devices = len(devices.devices)
-        sb.devt_slotoff = fmt.devt_slotoff(devt_pos)
-        meta.put(devt_pos, devices.slots(blocks))
-    if len(nodes) > len(plan.inodes):
-        sb.packed_nid = nodes[-1].nid
-    if zcfg is not None:
-        zsb = zcfg.superblock(ztailpacking_used=used.ztailpacking,
-                              fragments_used=used.fragments, dedupe_used=used.dedupe)
-        sb.feature_incompat |= zsb.feature_incompat
-        sb.u1 = zsb.u1
-        if cfgs:
-            meta.put(cfgs_pos, cfgs)
-    sb.uuid = _choose_uuid(options, meta, plan.epoch)
-    _put_superblock(meta, sb, bs, options.sb_checksum)
-    out.pwrite(meta.head, 0)
-    if meta.tail:
-        out.pwrite(meta.tail, meta.tail_start)
-    if map_lines is not None and options.tar.mapfile:
-        _write_mapfile(options.tar.mapfile, map_lines)
-    result = BuildResult(out.path, blocks, bs, len(plan.inodes), sb.uuid, root.nid,
-                         metadata_blocks=blocks - (data_end - data_start))
-    if options.chunkbits is not None:                                           # report
-        result.report = BuildReport(dedupe_bytes=store.saved_bytes,
-                                    dedupe_blocks=store.saved_blocks)
-    return result
 
 
 def _index_tar(plan: Plan, options: BuildOptions, tar_index: TarIndex,
