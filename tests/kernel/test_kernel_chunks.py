@@ -78,6 +78,8 @@ CASES = {
     "dedupe-no-z": ["-Ededupe"],
     "lz4": ["-zlz4", "--chunksize=4096"],
     "lz4hc-1m": ["-zlz4hc", "--chunksize=1048576", "-Efragments"],
+    "dsunit": ["--chunksize=16384", "--dsunit=4", "--fsalignblks=8"],
+    "dsunit-over-chunk": ["--chunksize=4096", "--dsunit=8"],    # dsunit ignored, with a warning
 }
 
 

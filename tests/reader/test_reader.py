@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from support import mounts, trees
+from support.compare import host_content
 from support.run import build_image, run_mkerofs
 from mkerofs.ondisk import format as fmt
 from mkerofs.reader import Extent, Image, ImageError, Inode, NotFoundError
@@ -87,15 +88,7 @@ def tree_view(root, *, mtime_ns=None, nlink_in_tree: bool = True) -> dict:
     for rel, st in stats.items():
         full = os.path.join(root, rel) if rel else root
         mode = st.st_mode
-        if stat.S_ISREG(mode):
-            with open(full, "rb") as f:
-                content = _digest(iter(lambda: f.read(1 << 20), b""))
-        elif stat.S_ISLNK(mode):
-            content = os.readlink(full)
-        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            content = (os.major(st.st_rdev), os.minor(st.st_rdev))
-        else:
-            content = None
+        content = host_content(full, st)
         if not nlink_in_tree:
             nlink = st.st_nlink
         elif stat.S_ISDIR(mode):

@@ -4,6 +4,7 @@ xattrs, after the transforms the build options ask for (``Expect``)."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import stat
@@ -303,3 +304,20 @@ def compare_trees(src: PathLike, mnt: PathLike, *, expect: Optional[Expect] = No
         more = f"\n... and {len(diffs) - 300} more" if len(diffs) > 300 else ""
         raise AssertionError(f"{len(diffs)} difference(s) between {show(src)} and the "
                              f"image mounted at {show(mnt)}:\n  " + "\n  ".join(head) + more)
+
+
+def host_content(path: PathLike, st: os.stat_result):
+    """What an inode of the host's tree holds, as views of trees compare it: a regular file's
+    sha256 (hex, read in pieces), a symlink's target, a device's (major, minor), else None."""
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for piece in iter(lambda: f.read(1 << 20), b""):
+                h.update(piece)
+        return h.hexdigest()
+    if stat.S_ISLNK(mode):
+        return os.readlink(path)
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return (os.major(st.st_rdev), os.minor(st.st_rdev))
+    return None

@@ -9,11 +9,11 @@ directory, hard links, xattrs, a symlink, a device and a fifo; plus the xwhiteou
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from pathlib import Path
 
+from .compare import host_content
 from .trees import write_file
 
 MTIME = 1600000000
@@ -102,15 +102,7 @@ def snapshot(top: Path, *, root: bool = True) -> dict[str, tuple]:
             path = os.path.join(dirpath, name) if name else dirpath
             st = os.lstat(path)
             mode = st.st_mode
-            if stat.S_ISREG(mode):
-                with open(path, "rb") as f:
-                    content = hashlib.sha256(f.read()).hexdigest()[:16]
-            elif stat.S_ISLNK(mode):
-                content = os.readlink(path)
-            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-                content = (os.major(st.st_rdev), os.minor(st.st_rdev))
-            else:
-                content = None
+            content = host_content(path, st)
             xattrs = tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False))
                                   for n in os.listxattr(path, follow_symlinks=False)
                                   if not os.fsencode(n).startswith(OVERLAY_PREFIX)))
