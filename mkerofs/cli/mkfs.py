@@ -1,6 +1,7 @@
 """The `mkerofs` command line: mkfs.erofs's arguments, parsed and handed to build()."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import click
 from .. import __version__
 from ..codecs import registry
 from ..codecs.spec import parse_compressor_spec
+from ..errors import BuildError
 from ..util import parse_c_int
 from ..writer.build import build
 from ..writer.options import (MAX_DSUNIT, MAX_FSALIGNBLKS, BuildOptions, RebuildOptions,
@@ -428,10 +430,12 @@ def command(image, sources, block_size, debug, compressor, pcluster_size,
     else:
         source = click.get_binary_stream("stdin")
     watching = BuildProgress() if progress.wanted(quiet) else None
-    with progress.build_bars(watching, source, tar_opts is not None):
-        result = build(image, source, options, progress=watching)
-    if report_file is not None:
-        write_report(result.report, report_file)
+    # an unwritable --report FILE is found before the build, not after it
+    with _report_sink(report_file) as report_out:
+        with progress.build_bars(watching, source, tar_opts is not None):
+            result = build(image, source, options, progress=watching)
+        if report_out is not None:
+            write_report(result.report, report_out)
     if not quiet:
         # with the JSON on stdout, the person reads the summary on stderr
         to_stderr = report_file == "-"
@@ -443,14 +447,36 @@ def command(image, sources, block_size, debug, compressor, pcluster_size,
             click.echo(line, err=to_stderr)
 
 
-def write_report(report, path: str) -> None:
-    """--report=FILE: the build report as JSON ('-': stdout)."""
+@contextlib.contextmanager
+def _report_sink(path: str | None):
+    """--report=FILE opened for writing ('-': stdout); a FILE this run created is removed
+    again when the build fails."""
+    if path is None or path == "-":
+        yield path
+        return
+    existed = os.path.lexists(path)
+    try:
+        f = open(path, "a", encoding="utf-8")
+    except OSError as err:
+        raise BuildError(f"{path}: {err.strerror or err}") from None
+    try:
+        with f:
+            yield f
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise
+
+
+def write_report(report, out) -> None:
+    """--report=FILE: the build report as JSON to `out` ('-': stdout)."""
     text = json.dumps(report.to_dict(), indent=2) + "\n"
-    if path == "-":
+    if out == "-":
         click.echo(text, nl=False)
         return
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    out.truncate(0)
+    out.write(text)
 
 
 def _getopt_style(argv: list[str]) -> list[str]:

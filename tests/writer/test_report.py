@@ -165,6 +165,24 @@ def test_report_to_stdout_leaves_the_summary_on_stderr(tree, tmp_path):
     assert json.loads(quiet.stdout)["blocks"] == report["blocks"] and quiet.stderr == ""
 
 
+def test_unwritable_report_fails_before_the_build(tree, tmp_path):
+    image = tmp_path / "o.erofs"
+    r = run_mkerofs("-T0", f"--report={tmp_path / 'missing' / 'r.json'}", image, tree,
+                    check=False)
+    assert r.returncode == 1 and "missing/r.json" in r.stderr and "Traceback" not in r.stderr
+    assert not image.exists()                # nothing was built
+
+
+def test_report_of_a_failed_build_is_not_left_behind(tmp_path):
+    old = tmp_path / "old.json"
+    old.write_text("kept")
+    for report in (tmp_path / "new.json", old):
+        r = run_mkerofs("-T0", f"--report={report}", tmp_path / "o.erofs",
+                        tmp_path / "no-such-dir", check=False)
+        assert r.returncode == 1
+    assert not (tmp_path / "new.json").exists() and old.read_text() == "kept"
+
+
 def test_summary_like_mkfs_erofs(tree, tmp_path):
     r = run_mkerofs("-T0", "-U", UUID, "-zlz4hc", "-Ededupe", tmp_path / "s.erofs", tree)
     assert r.stderr == ""
