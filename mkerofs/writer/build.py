@@ -72,8 +72,8 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
         from .verify import verify_build        # loads the reader only when asked to
     base = None
     if options.incremental is not None:
-        from .incremental import Base           # loads the reader only when asked to
-        base = Base(image)
+        from . import incremental               # loads the reader only when asked to
+        base = incremental.Base(image)
         try:
             options = base.amend(options)
             sinks = _Sinks(base.output())
@@ -95,14 +95,13 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
             options = found.options
             root, increment = found.root, None
             if base is not None:
-                from .incremental import merge_increment
-                increment = merge_increment(base, root, options.incremental.ovlfs_strip)
+                increment = incremental.merge_increment(base, root,
+                                                        options.incremental.ovlfs_strip)
                 root = increment.root
             with report.phase("plan", progress):
                 plan = plan_inodes(root, options, build_time)
                 if increment is not None:
-                    from .incremental import split_plan
-                    split_plan(plan, increment, options)
+                    incremental.split_plan(plan, increment, options)
                 if found.tar is not None and found.tar.order is not None:
                     plan.data_order = _in_tar_order(plan, found.tar.order)
                 xattrs = _plan_xattrs(plan, options)
