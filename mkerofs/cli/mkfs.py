@@ -17,8 +17,8 @@ from ..codecs.spec import parse_compressor_spec
 from ..errors import BuildError
 from ..util import parse_c_int
 from ..writer.build import build
-from ..writer.options import (MAX_DSUNIT, MAX_FSALIGNBLKS, BuildOptions, RebuildOptions,
-                              TarOptions, TimeInherit)
+from ..writer.options import (MAX_DSUNIT, MAX_FSALIGNBLKS, BuildOptions, IncrementalOptions,
+                              RebuildOptions, TarOptions, TimeInherit)
 from ..writer.report import BuildProgress
 from . import progress
 from .common import CInt, GID, GID_OFFSET, OFFSET, UID, UID_OFFSET, debug_options, run
@@ -32,7 +32,7 @@ _NO_VALUE = "\0none"
 _NOT_IMPLEMENTED = {
     "metadata_compression": "-m",
     "gzinfo": "--gzinfo",
-    "incremental": "--incremental", "s3": "--s3", "oci": "--oci", "zd": "--zD", "mz": "--MZ",
+    "s3": "--s3", "oci": "--oci", "zd": "--zD", "mz": "--MZ",
     "xattr_inode_digest": "--xattr-inode-digest", "product_out": "--product-out",
     "fs_config_file": "--fs-config-file", "async_queue_limit": "--async-queue-limit",
 }
@@ -193,6 +193,28 @@ def tar_options(tar: tuple[str, ...], aufs: bool, ovlfs_strip: str | None, gzip:
     return options
 
 
+def incremental_options(incremental: str | None, tar: bool, sources: tuple[str, ...],
+                        ovlfs_strip: str | None) -> IncrementalOptions | None:
+    """--incremental[=data|rvsp] (bare, data or 0: data): IMAGE DIR, or --tar=f IMAGE [TAR];
+    with a directory, --ovlfs-strip goes with it."""
+    if incremental is None:
+        return None
+    if incremental in (_NO_VALUE, "data", "0"):
+        mode = "data"
+    elif incremental == "rvsp":
+        mode = "rvsp"
+    else:
+        raise click.BadParameter(f"invalid --incremental={incremental}: data or rvsp expected",
+                                 param_hint="--incremental")
+    if len(sources) > 1:
+        raise click.UsageError("--incremental takes one SOURCE: a directory, or a tar with "
+                               "--tar=f")
+    if not tar and sources and not os.path.isdir(sources[0]):
+        raise click.UsageError(f"--incremental: {sources[0]} is not a directory (a tar needs "
+                               "--tar=f)")
+    return IncrementalOptions(mode=mode, ovlfs_strip=not tar and ovlfs_strip in (_NO_VALUE, "1"))
+
+
 def rebuild_options(sources: tuple[str, ...], tar: bool, clean: str | None,
                     ovlfs_strip: str | None) -> RebuildOptions | None:
     """Rebuild mode, as mkfs.erofs decides it: without --tar, a SOURCE that exists and is not
@@ -337,6 +359,11 @@ class _MkfsStyleCommand(click.Command):
               help="with EROFS sources: data (also bare) copies the files' data into IMAGE, "
                    "rvsp gives them room but no data; without it IMAGE points into the "
                    "sources")
+@click.option("--incremental", "incremental", metavar="[=X]",
+              help="IMAGE is an existing EROFS image: put SOURCE (a directory, or a tar with "
+                   "--tar=f) on top of it as an overlayfs upper layer, appending to it; X = "
+                   "data (default) stores the new files, rvsp gives them room but no data. "
+                   "IMAGE is replaced only once the build succeeded")
 @click.option("--vmdk-desc", "vmdk_desc", metavar="=FILE",
               help="write a VMDK descriptor joining IMAGE and its extra devices to FILE")
 @click.option("--random-pclusterblks", is_flag=True, hidden=True)
@@ -350,7 +377,7 @@ def command(image, sources, block_size, debug, compressor, pcluster_size,
             mount_point, xattr_prefix, root_xattr_isize, file_contexts, compress_hints,
             dsunit, fsalignblks, max_extent_bytes, zfeature_bits, workers, quiet, report_file,
             verify, tar, aufs, ovlfs_strip, gzip, ungzip, unxz, unlzma, sort, chunk_size,
-            blobdev, clean, vmdk_desc, random_pclusterblks, **unimplemented):
+            blobdev, clean, vmdk_desc, random_pclusterblks, incremental, **unimplemented):
     """Generate an EROFS image (IMAGE: a file or block device) from the directory SOURCE, or
     with --tar from a tar stream (SOURCE, or stdin; with --tar=f several SOURCE tars are
     stacked as overlayfs layers, the last on top), or from EROFS images (SOURCE... : stacked
@@ -360,9 +387,11 @@ def command(image, sources, block_size, debug, compressor, pcluster_size,
             raise click.UsageError(f"option {_NOT_IMPLEMENTED[dest]}: not implemented in mkerofs yet")
     if random_pclusterblks:
         raise click.UsageError("option --random-pclusterblks: not implemented in mkerofs yet")
-    rebuild = rebuild_options(sources, bool(tar), clean, ovlfs_strip)
-    tar_opts = tar_options(tar, aufs, None if rebuild else ovlfs_strip, gzip, ungzip, unxz,
-                           unlzma, sort)
+    increment = incremental_options(incremental, bool(tar), sources, ovlfs_strip)
+    rebuild = None if increment is not None else \
+        rebuild_options(sources, bool(tar), clean, ovlfs_strip)
+    tar_opts = tar_options(tar, aufs, None if rebuild or (increment and not tar) else ovlfs_strip,
+                           gzip, ungzip, unxz, unlzma, sort)
     if not sources and tar_opts is None:
         raise click.UsageError("Missing argument 'SOURCE'.")
     if len(sources) > 1 and rebuild is None and (tar_opts is None or tar_opts.mode != "f"):
@@ -372,7 +401,7 @@ def command(image, sources, block_size, debug, compressor, pcluster_size,
                            exclude_paths=list(exclude_path),
                            exclude_regexes=list(exclude_regex),
                            hard_dereference=hard_dereference, tar=tar_opts, rebuild=rebuild,
-                           vmdk_desc=vmdk_desc)
+                           vmdk_desc=vmdk_desc, incremental=increment)
     given = {"block_size": block_size, "debug": debug, "pcluster_size": pcluster_size,
              "xattr_tolerance": xattr_tolerance, "root_xattr_isize": root_xattr_isize,
              "file_contexts": file_contexts, "timestamp": timestamp, "uid_offset": uid_offset,

@@ -70,18 +70,38 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
     build_time = options.build_time if options.build_time is not None else int(time.time())
     if options.verify:
         from .verify import verify_build        # loads the reader only when asked to
-    sinks = _Sinks(Output(image, options.offset))
+    base = None
+    if options.incremental is not None:
+        from . import incremental               # loads the reader only when asked to
+        base = incremental.Base(image)
+        try:
+            options = base.amend(options)
+            sinks = _Sinks(base.output())
+        except BaseException:
+            base.close()
+            raise
+    else:
+        sinks = _Sinks(Output(image, options.offset))
     # The build makes a few long-lived objects per file and no garbage cycles worth collecting:
     # the cyclic collector would only rescan them again and again (a third of the run time).
     gc_was_enabled = gc.isenabled()
     gc.disable()
     # what a tar stream opened (its spool holds file data) stays open until --verify has read it
     with contextlib.ExitStack() as inputs:
+        if base is not None:
+            inputs.callback(base.close)
         try:
             found = _read_source(source, options, build_time, sinks, inputs, report, progress)
             options = found.options
+            root, increment = found.root, None
+            if base is not None:
+                increment = incremental.merge_increment(base, root,
+                                                        options.incremental.ovlfs_strip)
+                root = increment.root
             with report.phase("plan", progress):
-                plan = plan_inodes(found.root, options, build_time)
+                plan = plan_inodes(root, options, build_time)
+                if increment is not None:
+                    incremental.split_plan(plan, increment, options)
                 if found.tar is not None and found.tar.order is not None:
                     plan.data_order = _in_tar_order(plan, found.tar.order)
                 xattrs = _plan_xattrs(plan, options)
@@ -92,7 +112,8 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
                 result = _write_image(plan, options, sinks.out, xattrs, found.source_b,
                                       found.zcfg, found.hints, sinks.pool,
                                       tar.written if tar is not None else None, devices,
-                                      tar.index if tar is not None else None, sinks.blob)
+                                      tar.index if tar is not None else None, sinks.blob,
+                                      increment)
             with report.phase("finish", progress):
                 sinks.finish(result, lambda: _vmdk_extents(image, result, devices))
             _fill_report(report, result, plan, sinks.pool)                     # report
@@ -187,7 +208,8 @@ def _read_source(source, options: BuildOptions, build_time: int, sinks: _Sinks,
     on_file = None
     if zcfg is not None:
         sinks.pool = CompressionPool(zcfg, _workers(options), out, processes=True)
-        on_file = _early_offers(sinks.pool, options, hints, build_time)
+        if options.incremental is None:     # (an increment's inode forms are known later)
+            on_file = _early_offers(sinks.pool, options, hints, build_time)
     if layers is not None:
         with report.phase("walk", progress):
             root = _rebuild_tree(layers, options, inputs)
@@ -482,17 +504,22 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
                  source: bytes, zcfg: compress.CompressConfig | None, hints: CompressHints | None,
                  pool: CompressionPool | None, written: DataArea | None,
                  devices: DeviceTable, tar_index: TarIndex | None,
-                 blob: BlobFile | None) -> BuildResult:
+                 blob: BlobFile | None, increment=None) -> BuildResult:
     """Lay out and write everything but the files' data in `written` (--sort=none from a
     stream: in the image already) and on the extra `devices` (--tar=i: in the tar; the chunks
-    of chunk-based files go to `blob` if there is one)."""
+    of chunk-based files go to `blob` if there is one); with `increment`
+    (incremental.Increment), append to the base instead."""
     # compression configurations (if any) follow the superblock; the device table follows them
     cfgs_pos = fmt.EROFS_SUPER_OFFSET + fmt.EROFS_SB_SIZE
     cfgs = zcfg.superblock(False).cfgs if zcfg is not None else b""
     packed = PackedFile(zcfg.fragdedupe) if zcfg is not None and zcfg.fragments else None
     try:
-        result = _lay_out(plan, options, out, xattrs, source, zcfg, hints, pool, cfgs_pos, cfgs,
-                          packed, written, devices, tar_index, blob)
+        if increment is not None:
+            result = _lay_out_increment(plan, options, out, xattrs, source, zcfg, hints, pool,
+                                        packed, increment)
+        else:
+            result = _lay_out(plan, options, out, xattrs, source, zcfg, hints, pool, cfgs_pos,
+                              cfgs, packed, written, devices, tar_index, blob)
         if packed is not None:                                                  # report
             result.report = result.report or BuildReport()
             result.report.fragment_bytes = packed.size
@@ -609,6 +636,65 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
         result.report = BuildReport(dedupe_bytes=placed.store.saved_bytes,
                                     dedupe_blocks=placed.store.saved_blocks)
     return result
+
+
+def _lay_out_increment(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout,
+                       source: bytes, zcfg: compress.CompressConfig | None,
+                       hints: CompressHints | None, pool: CompressionPool | None,
+                       packed: PackedFile | None, increment) -> BuildResult:
+    """--incremental (writer/incremental.py): the new data after the base's last block, the
+    new metadata after it, then what changes in the base's bytes, the superblock last."""
+    from . import incremental
+    base = increment.base
+    bs = options.block_size
+    root = plan.root
+    if zcfg is not None:        # (refused before any file is compressed)
+        zsb = zcfg.superblock(False)
+        base.compression(zsb.feature_incompat, zsb.u1, zsb.cfgs)
+    data = DataArea(out, bs, base.end_block, options.dsunit)
+    data.reserve_flat(root, False)          # FLAT_PLAIN: it may have to go over the old root
+    if options.incremental.mode == "rvsp":
+        incremental.reserve_rvsp(plan, data)
+    placed = _assign_data(plan, options, source, xattrs, zcfg, hints, pool, packed, data,
+                          None, None)
+    data_end = data.next_block
+    alloc = MetaAllocator(bs, data_end * bs)
+    for node in placed.nodes:
+        place_inode(alloc, node, base.meta_base)
+    root_pos = incremental.place_root(base, root, item_size(root))
+    meta_end = fmt.round_up(alloc.frontier, bs)
+    blocks = fmt.round_up(max(meta_end, data_end * bs) // bs, options.fs_align_blocks)
+    if blocks > fmt.EROFS_MAX_BLOCKS_LO:
+        raise BuildError(f"image of {blocks} blocks: more than the superblock's 32-bit block "
+                         "count holds")
+    meta = MetaImage(0, data_end * bs, meta_end)
+    nodes = placed.nodes if root_pos is None else [n for n in placed.nodes if n is not root]
+    _write_contents(plan, nodes, data, meta, base.meta_base, xattrs, 0, None,
+                    _workers(options))
+    if meta.tail:
+        out.pwrite(meta.tail, meta.tail_start)
+    if root_pos is not None:
+        out.pwrite(serialize_inode(root, plan.epoch), root_pos)
+    for pos, entry in incremental.dotdot_patches(increment, plan.by_source):
+        out.pwrite(entry, pos)
+    incompat, u1 = 0, None
+    if zcfg is not None:
+        used = placed.used
+        zsb = zcfg.superblock(ztailpacking_used=used.ztailpacking,
+                              fragments_used=used.fragments, dedupe_used=used.dedupe)
+        incompat, u1, cfgs = base.compression(zsb.feature_incompat, zsb.u1, zsb.cfgs)
+        if cfgs:
+            out.pwrite(cfgs, base.room_start())
+    if placed.chunked:
+        incompat |= fmt.EROFS_FEATURE_INCOMPAT_CHUNKED_FILE
+    packed_nid = placed.nodes[-1].nid if len(placed.nodes) > len(plan.inodes) else 0
+    incremental.superblock(base, out, root.nid, blocks, len(placed.nodes),
+                           fmt.EROFS_FEATURE_COMPAT_MTIME | xattrs.feature_compat,
+                           incompat | xattrs.feature_incompat, u1, packed_nid, options)
+    sb = base.raw_superblock
+    uuid = options.uuid if options.uuid is not None else fmt.SuperBlock.unpack(sb).uuid
+    return BuildResult(out.path, blocks, bs, base.superblock.inos + len(placed.nodes), uuid,
+                       root.nid, metadata_blocks=blocks - data_end)
 
 
 @dataclass

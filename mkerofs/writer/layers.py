@@ -67,6 +67,7 @@ class LayerTree:
     """A source tree read from an image, with where each regular file's bytes are."""
     root: SourceInode
     files: dict[SourceInode, LayerFile] = field(default_factory=dict)
+    nids: dict[SourceInode, int] = field(default_factory=dict)     # each inode's nid there
 
 
 class Layer:
@@ -123,6 +124,7 @@ def _read_tree(img: Image, index: int) -> LayerTree:
     root = SourceInode(b"/", _stat(root_inode), entries=[], xattrs=img.xattrs(root_inode))
     root.parent = root
     tree = LayerTree(root)
+    tree.nids[root] = root_inode.nid
     seen: dict[int, SourceInode] = {root_inode.nid: root}
     pending = deque([(root, root_inode, b"/")])
     while pending:
@@ -149,8 +151,17 @@ def _read_tree(img: Image, index: int) -> LayerTree:
                 if inode.size:
                     tree.files[node] = LayerFile(index, inode)
             seen[nid] = node
+            tree.nids[node] = nid
             directory.entries.append((name, node))
     return tree
+
+
+def read_image_tree(img: Image, path: str) -> LayerTree:
+    """read_layer for an image opened already (--incremental's base), as layer 0."""
+    try:
+        return _read_tree(img, 0)
+    except ImageError as err:
+        raise BuildError(f"{path}: {err}") from None
 
 
 # -- the merge -------------------------------------------------------------------------------

@@ -70,6 +70,21 @@ class RebuildOptions:
                              "without --clean, points into the source images")
 
 
+INCREMENTAL_MODES = ("data", "rvsp")
+
+
+@dataclass
+class IncrementalOptions:
+    """--incremental[=data|rvsp]: IMAGE is an existing EROFS image, SOURCE (a directory or,
+    with --tar=f, a tar) goes on top of it as an overlayfs upper layer (writer/incremental.py)."""
+    mode: str = "data"              # "data": the new files' bytes; "rvsp": room, no bytes
+    ovlfs_strip: bool = False       # --ovlfs-strip: apply whiteouts and opaque directories
+
+    def validate(self) -> None:
+        if self.mode not in INCREMENTAL_MODES:
+            raise BuildError(f"invalid --incremental mode {self.mode!r}: data or rvsp")
+
+
 @dataclass
 class BuildOptions:
     block_size: int = 4096
@@ -134,6 +149,7 @@ class BuildOptions:
     rebuild: RebuildOptions | None = None       # SOURCE is EROFS images (writer/layers.py)
     vmdk_desc: str | None = None                # --vmdk-desc=FILE: a VMDK descriptor of the
                                                 # image and its devices (writer/vmdk.py)
+    incremental: IncrementalOptions | None = None   # IMAGE is the base: SOURCE goes on top
 
     def validate(self) -> None:
         bs = self.block_size
@@ -171,6 +187,8 @@ class BuildOptions:
             self.tar.validate()
         if self.rebuild is not None:
             self._validate_rebuild()
+        if self.incremental is not None:
+            self._validate_incremental()
         # (the ranges of mkfs.erofs's unsigned ints; the image's size in blocks bounds both
         # further, see build)
         if not 0 <= self.dsunit <= MAX_DSUNIT:
@@ -212,6 +230,17 @@ class BuildOptions:
                              "the image's extra devices")
         if self.verify:
             raise BuildError("--verify is not implemented for rebuild mode yet")
+
+    def _validate_incremental(self) -> None:
+        self.incremental.validate()
+        refused = {"EROFS images as SOURCE (rebuild mode)": self.rebuild is not None,
+                   "--tar=i or --tar=headerball": self.tar is not None and self.tar.mode != "f",
+                   "--blobdev": self.blobdev is not None, "--vmdk-desc": self.vmdk_desc is not None,
+                   "--offset": self.offset != 0, "--verify": self.verify,
+                   "--xattr-prefix": bool(self.xattr_prefixes)}
+        for what, given in refused.items():
+            if given:
+                raise BuildError(f"--incremental cannot be used with {what} in mkerofs")
 
     @property
     def chunkbits(self) -> int | None:

@@ -34,7 +34,8 @@ MAY_IMPORT = {
 }
 # the writer modules allowed to use the reader: --verify reads the new image back, rebuild
 # mode (and --incremental) reads the source images
-WRITER_MODULES_THAT_READ = {"mkerofs.writer.verify", "mkerofs.writer.layers"}
+WRITER_MODULES_THAT_READ = {"mkerofs.writer.verify", "mkerofs.writer.layers",
+                            "mkerofs.writer.incremental"}
 
 # Imports inside function bodies, (file under mkerofs/, module imported) -> why it is late.
 LATE_IMPORTS_BY_DESIGN = {
@@ -46,6 +47,8 @@ LATE_IMPORTS_BY_DESIGN = {
         "a build loads the reader only when --verify asks for it",
     ("writer/build.py", "mkerofs.writer.layers"):
         "a build loads the reader only in rebuild mode (EROFS images as SOURCE)",
+    ("writer/build.py", "mkerofs.writer.incremental"):
+        "a build loads the reader only with --incremental (the base image is read)",
     ("cli/progress.py", "tqdm"):
         "only a bar on a terminal needs tqdm; every other run (scripts, pipes, --quiet) skips "
         "its import",

@@ -1,0 +1,203 @@
+"""--incremental with Linux as the oracle: the base image and the increment (a directory or a
+tar) stacked with overlayfs (``lowerdir=L2:L1``) show what the incremental image must show
+(with --ovlfs-strip: alone; without it: itself stacked under overlayfs over an empty directory).
+
+The layers are tests/support/layers.py's (L1 the base, L2 and L3 two successive increments).
+One known difference: /hl1, whose other name L3 replaces, is a base inode kept as it was, so
+it still counts 2 links, as overlayfs shows it (rebuild mode counts the names it has: 1).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from support.layers import differences, make_layer_trees, snapshot
+from support.mounts import fsck_erofs, fsck_unsupported, kernel_mount, overlay_mount
+from support.run import run_mkerofs
+from support.trees import write_file
+
+pytestmark = [pytest.mark.kernel, pytest.mark.loop]
+
+FIXED = ("-T", "1000000000", "--mkfs-time", "--quiet")
+LOCAL_FSCK = Path("/work/erofs-utils-install/bin/fsck.erofs")
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory) -> list[Path]:
+    return make_layer_trees(tmp_path_factory.mktemp("incr"))
+
+
+def _image(work: Path, tree: Path, name: str, *opts) -> Path:
+    image = work / name
+    run_mkerofs(*FIXED, *opts, image, tree)
+    return image
+
+
+@contextlib.contextmanager
+def _stack_view(images: list[Path], uppers: list[Path] = ()):
+    """overlayfs of the mounted images and the directories `uppers` (the last on top)."""
+    with contextlib.ExitStack() as stack:
+        lowers = [stack.enter_context(kernel_mount(i)) for i in images] + list(uppers)
+        yield stack.enter_context(overlay_mount(*reversed(lowers)))
+
+
+def _view(trees: list[Path], count: int) -> dict:
+    with _stack_view([], trees[:count]) as ovl:
+        return snapshot(ovl)
+
+
+def _check_fsck(image: Path) -> None:
+    r = fsck_erofs(image)
+    assert r.returncode == 0 or fsck_unsupported(r), r.stdout + r.stderr
+    if LOCAL_FSCK.exists():
+        r = subprocess.run([LOCAL_FSCK, "--extract", image], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _incremental(base: Path, out: Path, *args) -> Path:
+    out.write_bytes(base.read_bytes())
+    run_mkerofs(*FIXED, "--incremental", *args[:-1], out, args[-1])
+    return out
+
+
+@pytest.mark.parametrize("base_opts,inc_opts", [
+    ((), ()), (("-Enoinline_data",), ()), (("-zlz4",), ("-zlz4",)), (("-zlz4",), ()),
+    ((), ("-zlz4",))], ids=["plain", "noinline", "lz4-lz4", "lz4-plain", "plain-lz4"])
+def test_directory_increments_strip(trees, tmp_path, base_opts, inc_opts):
+    """Two successive increments (L2, then L3) over L1, each compared with overlayfs."""
+    base = _image(tmp_path, trees[0], "base.erofs", *base_opts)
+    out = _incremental(base, tmp_path / "inc.erofs", *inc_opts, "--ovlfs-strip", trees[1])
+    _check_fsck(out)
+    with kernel_mount(out) as mnt:
+        assert differences(_view(trees, 2), snapshot(mnt)) == []
+    run_mkerofs(*FIXED, "--incremental", *inc_opts, "--ovlfs-strip", out, trees[2])
+    _check_fsck(out)
+    with kernel_mount(out) as mnt:
+        assert differences(_view(trees, 3), snapshot(mnt)) == []
+
+
+def test_directory_increment_kept_whiteouts(trees, tmp_path):
+    base = _image(tmp_path, trees[0], "base.erofs")
+    out = _incremental(base, tmp_path / "inc.erofs", trees[1])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with kernel_mount(out) as mnt:
+        assert snapshot(mnt)["/gone"][4] == (0, 0)
+        with overlay_mount(mnt, empty) as ovl:
+            assert differences(_view(trees, 2), snapshot(ovl)) == []
+
+
+def _tar(tree: Path, out: Path) -> Path:
+    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--format=posix",
+                    "--numeric-owner", "-C", tree, "-cf", out, "."], check=True)
+    return out
+
+
+def test_tar_increments(trees, tmp_path):
+    base = _image(tmp_path, trees[0], "base.erofs", "-zlz4")
+    out = tmp_path / "inc.erofs"
+    out.write_bytes(base.read_bytes())
+    for count, tree in ((2, trees[1]), (3, trees[2])):
+        run_mkerofs(*FIXED, "--incremental", "--tar=f", "--ovlfs-strip", out,
+                    _tar(tree, tmp_path / f"{tree.name}.tar"))
+        _check_fsck(out)
+        with kernel_mount(out) as mnt:
+            assert differences(_view(trees, count), snapshot(mnt)) == []
+
+
+def test_tar_aufs_whiteouts_from_stdin(trees, tmp_path):
+    """--aufs: .wh.NAME hides NAME, .wh..wh..opq makes its directory opaque; the tar read
+    from stdin."""
+    upper = tmp_path / "up"
+    (upper / "opq").mkdir(parents=True)
+    (upper / ".wh.gone").write_bytes(b"")
+    (upper / "opq/.wh..wh..opq").write_bytes(b"")
+    (upper / "opq/n").write_bytes(b"n\n")
+    base = _image(tmp_path, trees[0], "base.erofs")
+    out = tmp_path / "inc.erofs"
+    out.write_bytes(base.read_bytes())
+    tar = _tar(upper, tmp_path / "up.tar")
+    run_mkerofs(*FIXED, "--incremental", "--tar=f", "--aufs", "--ovlfs-strip", out,
+                input=tar.read_bytes())
+    with kernel_mount(out) as mnt:
+        assert not (mnt / "gone").exists()
+        assert sorted(os.listdir(mnt / "opq")) == ["n"]
+        assert (mnt / "keep").read_bytes() == b"k\n"
+
+
+def test_root_over_old_slot(trees, tmp_path):
+    """A base of more than 2 MiB: the new root's nid would not fit 16 bits, so it goes over
+    the old root's slot; a root with a large xattr does not fit there: a clear error."""
+    big = tmp_path / "big"
+    subprocess.run(["cp", "-a", trees[0], big], check=True)
+    write_file(big / "huge3m", 3 << 20, seed=7)
+    base = _image(tmp_path, big, "base.erofs")
+    out = _incremental(base, tmp_path / "inc.erofs", "--ovlfs-strip", trees[1])
+    assert int.from_bytes(out.read_bytes()[1024 + 14:1024 + 16], "little") == \
+        int.from_bytes(base.read_bytes()[1024 + 14:1024 + 16], "little")
+    _check_fsck(out)
+    with _stack_view([base], [trees[1]]) as ovl:
+        want = snapshot(ovl)
+    with kernel_mount(out) as mnt:
+        assert differences(want, snapshot(mnt)) == []
+    fat = tmp_path / "fat"
+    fat.mkdir()
+    os.setxattr(fat, "user.big", b"v" * 400)
+    (fat / "f").write_bytes(b"f")
+    before = _digest(base)
+    r = run_mkerofs(*FIXED, "--incremental", base, fat, check=False)
+    assert r.returncode != 0 and "no room for the new root inode" in r.stderr
+    assert _digest(base) == before and _leftovers(tmp_path) == []
+
+
+def test_rvsp_new_files_read_as_zeros(trees, tmp_path):
+    base = _image(tmp_path, trees[0], "base.erofs")
+    out = _incremental(base, tmp_path / "inc.erofs", "--ovlfs-strip", trees[1])
+    rv = tmp_path / "rv.erofs"
+    rv.write_bytes(base.read_bytes())
+    run_mkerofs(*FIXED, "--incremental=rvsp", "--ovlfs-strip", rv, trees[1])
+    with kernel_mount(rv) as mnt:
+        big2 = (mnt / "big2").read_bytes()
+        assert len(big2) == 5000 and big2 == bytes(5000)
+        assert (mnt / "keep").read_bytes() == b"k\n"            # the base's data stays
+        assert (mnt / "a/f1").read_bytes() == bytes(len(b"f1 new\n"))
+    assert rv.stat().st_size >= out.stat().st_size
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_failures_leave_the_base_as_it_was(trees, tmp_path):
+    base = _image(tmp_path, trees[0], "base.erofs")
+    before = _digest(base)
+    good = _tar(trees[1], tmp_path / "l2.tar").read_bytes()
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(good[:2048] + b"\xff" * 512 + good[2560:])
+    trunc = tmp_path / "trunc.tar"
+    trunc.write_bytes(good[:len(good) // 2 + 100])
+    hl_tar = tmp_path / "hl.tar"
+    with tarfile.open(hl_tar, "w", format=tarfile.GNU_FORMAT) as tf:
+        info = tarfile.TarInfo("hlnew")     # a hard link to a file only the base has
+        info.type, info.linkname = tarfile.LNKTYPE, "hl1"
+        tf.addfile(info)
+    cases = [("--tar=f", bad), ("--tar=f", trunc), ("--tar=f", hl_tar), ("-zlzma", trees[1])]
+    for opt, source in cases:
+        r = run_mkerofs(*FIXED, "--incremental", opt, base, source, check=False)
+        assert r.returncode != 0, (opt, source)
+        assert _digest(base) == before, (opt, source, r.stderr)
+        assert _leftovers(tmp_path) == []
+    missing = tmp_path / "missing.erofs"
+    r = run_mkerofs(*FIXED, "--incremental", missing, trees[1], check=False)
+    assert r.returncode != 0 and "does not exist" in r.stderr
+    assert not missing.exists() and _leftovers(tmp_path) == []
