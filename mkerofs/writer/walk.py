@@ -174,8 +174,9 @@ def walk_source(source: bytes, options: BuildOptions,
     is the order plan_inodes gives the inodes; `on_file(inode, relative path, lstat result)` is
     called for each regular file as it is found (once per inode), in that order, until it
     returns False.  `progress.entries` (a report.BuildProgress) follows the count, once per
-    directory.  Paths may be of any length (see util.open_parent): each directory is opened
-    once, and its entries are stat'ed, read and opened relative to it.
+    directory.  Paths may be of any length: where they get too long for the kernel, a
+    directory's entries are looked at relative to it (see _list_directory), and what reads a
+    file later opens it through util.open_path.
     """
     try:
         root_st = os.stat(source)
