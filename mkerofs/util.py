@@ -1,4 +1,5 @@
-"""Small helpers with no place in the pipeline: C-style integers, POSIX regexes, host xattrs."""
+"""Small helpers with no place in the pipeline: C-style integers, POSIX regexes, host xattrs,
+paths of any length."""
 from __future__ import annotations
 
 import errno
@@ -100,12 +101,101 @@ def posix_ere_to_python(pattern: str) -> str:
 
 
 
-def read_xattrs(path: bytes | str) -> list[tuple[bytes, bytes]]:
-    """The xattrs of `path` itself (symlinks not followed), sorted by name.
+# Linux refuses a path of PATH_MAX bytes or more (with its NUL: 4096) in any system call, with
+# ENAMETOOLONG; a tree may be deeper than that (EROFS limits only each name to 255 bytes).  Such
+# a path is reached in steps: directories opened relative to each other, each step shorter.
+PATH_MAX = 4096
+NAME_MAX = 255                                # the longest name (one component)
+
+_O_STEP = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def open_parent(path: bytes) -> tuple[int, bytes]:
+    """An O_PATH descriptor of the directory holding `path`'s last component (the caller
+    closes it), and that component; the directory is reached in steps of less than PATH_MAX
+    bytes, each relative to the one before (symlinks on the way followed, as in one lookup)."""
+    head, _slash, name = path.rstrip(b"/").rpartition(b"/")
+    if not _slash:
+        head = b"."
+    elif not head:
+        head = b"/"
+    fd = None
+    try:
+        while head:
+            if len(head) < PATH_MAX:
+                step, head = head, b""
+            else:
+                cut = head.rfind(b"/", 0, PATH_MAX - 1)
+                if cut < 0:
+                    raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path)
+                step, head = head[:cut] or b"/", head[cut + 1:]
+            nfd = os.open(step, _O_STEP, dir_fd=fd)
+            if fd is not None:
+                os.close(fd)
+            fd = nfd
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+    return fd, name
+
+
+def at_path(call, path: bytes):
+    """call(path, None) for a path the kernel takes at once, else call(its last component,
+    a descriptor of its directory) (see open_parent): for os functions that take dir_fd."""
+    if len(path) < PATH_MAX:
+        return call(path, None)
+    dir_fd, name = open_parent(path)
+    try:
+        return call(name, dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def open_path(path: bytes, flags: int, mode: int = 0o777) -> int:
+    """os.open for a path of any length."""
+    return at_path(lambda p, d: os.open(p, flags, mode, dir_fd=d), path)
+
+
+def lstat_path(path: bytes) -> os.stat_result:
+    """os.lstat for a path of any length."""
+    return at_path(lambda p, d: os.lstat(p, dir_fd=d), path)
+
+
+def readlink_path(path: bytes) -> bytes:
+    """os.readlink for a path of any length."""
+    return at_path(lambda p, d: os.readlink(p, dir_fd=d), path)
+
+
+def listdir_path(path: bytes) -> list[bytes]:
+    """os.listdir (names as bytes) of a directory at a path of any length."""
+    if len(path) < PATH_MAX:
+        return os.listdir(path)
+    fd = open_path(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        names = os.listdir(fd)              # (str names: listdir of a descriptor decodes them)
+    finally:
+        os.close(fd)
+    return [os.fsencode(n) for n in names]
+
+
+def xattr_path(name: bytes, dir_fd: int | None) -> bytes:
+    """A path for the xattr calls (which take no dir_fd) of `name` in the directory dir_fd,
+    through /proc; `name` itself when dir_fd is None."""
+    return name if dir_fd is None else b"/proc/self/fd/%d/%s" % (dir_fd, name)
+
+
+def read_xattrs(path: bytes | str, dir_fd: int | None = None) -> list[tuple[bytes, bytes]]:
+    """The xattrs of `path` itself (symlinks not followed), sorted by name; `path` relative
+    to the directory `dir_fd` if given, of any length if bytes.
 
     A filesystem without xattr support gives []; an xattr removed between listing and reading is
     skipped (as mkfs.erofs does); any other failure raises OSError.
     """
+    if dir_fd is not None:
+        path = xattr_path(path, dir_fd)
+    elif isinstance(path, bytes) and len(path) >= PATH_MAX:
+        return at_path(read_xattrs, path)
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError as err:

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, Callable, Hashable, Optional, Protocol
 from ..ondisk import format as fmt
 from .extract import ENTER, LEAVE, device_numbers, iter_tree, resolve, show, type_name
 from .image import Image, Inode
-from ..util import read_xattrs
+from ..util import listdir_path, lstat_path, open_path, read_xattrs, readlink_path
 
 __all__ = ["compare_image", "SourceTree", "DirectoryTree"]
 
@@ -56,7 +56,8 @@ class SourceTree(Protocol):
 
 class DirectoryTree:
     """A directory on disk as a SourceTree; `source_xattrs(path, rel, mode)`, if given,
-    replaces reading an entry's xattrs (when a build changes them)."""
+    replaces reading an entry's xattrs (when a build changes them).  Paths may be longer than
+    the kernel takes at once (util.open_parent)."""
 
     def __init__(self, top: str | bytes | os.PathLike,
                  source_xattrs: Optional[Callable[[bytes, bytes, int], list]] = None):
@@ -70,19 +71,19 @@ class DirectoryTree:
         return show(self.top)
 
     def lstat(self, rel: bytes) -> os.stat_result:
-        return os.lstat(self._path(rel)) if rel else os.stat(self.top)
+        return lstat_path(self._path(rel)) if rel else os.stat(self.top)
 
     def listdir(self, rel: bytes) -> list[bytes]:
-        return os.listdir(self._path(rel))
+        return listdir_path(self._path(rel))
 
     def inode_key(self, rel: bytes, st: os.stat_result) -> tuple[int, int]:
         return st.st_dev, st.st_ino
 
     def readlink(self, rel: bytes) -> bytes:
-        return os.readlink(self._path(rel))
+        return readlink_path(self._path(rel))
 
     def open(self, rel: bytes) -> BinaryIO:
-        return open(self._path(rel), "rb", buffering=0)
+        return os.fdopen(open_path(self._path(rel), os.O_RDONLY | os.O_CLOEXEC), "rb", buffering=0)
 
     def xattrs(self, rel: bytes, st: os.stat_result) -> list[tuple[bytes, bytes]]:
         if self._source_xattrs is not None:

@@ -60,6 +60,7 @@ from typing import Iterable, Protocol, Sequence
 
 from ..errors import BuildError
 from ..ondisk import format as fmt
+from ..util import open_path
 from .plan import PlannedInode
 from .walk import SourceInode
 
@@ -478,7 +479,7 @@ def make_chunked(node: PlannedInode, store: ChunkStore) -> None:
         f"{node.display_path()}: {os.fsdecode(ref.path)}"
     flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NOFOLLOW if ref is None else 0)
     try:
-        fd = os.open(path, flags)
+        fd = open_path(path, flags)
     except OSError as err:
         raise BuildError(f"{where}: {err.strerror}") from None
     try:

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..ondisk import format as fmt
 from ..errors import BuildError
+from ..util import open_path
 from .output import Output
 from .plan import FlatData, PlannedInode
 from .workers import can_fork
@@ -169,7 +170,7 @@ class DataArea:
             return
         size = node.size
         try:
-            src = os.open(node.src.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            src = open_path(node.src.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as err:
             raise BuildError(f"{node.display_path()}: {err.strerror}") from None
         try:

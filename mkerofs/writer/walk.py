@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from ..errors import BuildError
-from ..util import posix_ere_to_python, read_xattrs
+from ..util import NAME_MAX, PATH_MAX, listdir_path, open_path, posix_ere_to_python, read_xattrs
 from .options import BuildOptions
 from .selinux import FileContexts, fs_path, with_label
 
@@ -124,11 +124,13 @@ class XattrReader:
             except OSError as err:
                 raise BuildError(f"{options.file_contexts}: {err.strerror or err}") from None
 
-    def read(self, node: SourceInode, relpath: bytes) -> None:
+    def read(self, node: SourceInode, relpath: bytes, name: bytes | None = None,
+             dir_fd: int | None = None) -> None:
+        """Read the xattrs of `node`, found as `name` in the directory dir_fd if given."""
         if not self.enabled:
             return
         try:
-            xattrs = read_xattrs(node.path)
+            xattrs = read_xattrs(node.path) if dir_fd is None else read_xattrs(name, dir_fd)
         except OSError as err:
             raise _oserror(node.path, err) from None
         if self.contexts is not None:
@@ -136,6 +138,29 @@ class XattrReader:
             label = self.contexts.lookup(fs_path(relpath, self.mount_point), node.st.st_mode)
             xattrs = with_label(xattrs, label)
         node.xattrs = xattrs
+
+
+_O_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _list_directory(path: bytes) -> tuple[int | None, list[tuple[bytes, bytes]]]:
+    """The entries of the directory at `path` as (name, where), sorted by name, and the
+    descriptor `where` is relative to (the caller closes it).  None when the entries' paths are
+    short enough for the kernel: `where` is then the whole path (scandir's cheapest form, few
+    system calls a directory).  A longer path is opened in steps (util.open_parent) and its
+    entries are looked up relative to it: `where` is the name."""
+    try:
+        if len(path) + 1 + NAME_MAX < PATH_MAX:
+            with os.scandir(path) as it:
+                listing = [(e.name, e.path) for e in it]
+            fd = None
+        else:
+            listing = [(n, n) for n in listdir_path(path)]
+            fd = open_path(path, _O_DIR)
+    except OSError as err:
+        raise _oserror(path, err) from None
+    listing.sort()
+    return fd, listing
 
 
 def walk_source(source: bytes, options: BuildOptions,
@@ -149,7 +174,9 @@ def walk_source(source: bytes, options: BuildOptions,
     is the order plan_inodes gives the inodes; `on_file(inode, relative path, lstat result)` is
     called for each regular file as it is found (once per inode), in that order, until it
     returns False.  `progress.entries` (a report.BuildProgress) follows the count, once per
-    directory.
+    directory.  Paths may be of any length: where they get too long for the kernel, a
+    directory's entries are looked at relative to it (see _list_directory), and what reads a
+    file later opens it through util.open_path.
     """
     try:
         root_st = os.stat(source)
@@ -159,66 +186,97 @@ def walk_source(source: bytes, options: BuildOptions,
         raise BuildError(f"{os.fsdecode(source)}: source is not a directory")
     root = SourceInode(source, SourceStat.of(root_st), nlink=2, entries=[])
     root.parent = root
-    excluder = Excluder(options)
-    xattrs = XattrReader(options)
-    xattrs.read(root, b"")
-    hardlinks: dict[tuple[int, int], SourceInode] = {}
-    count = 1
+    walk = _Walk(options, skip, on_file)
+    walk.xattrs.read(root, b"")
     pending = deque([(root, b"")])
     while pending:
         directory, rel = pending.popleft()
+        fd, listing = _list_directory(directory.path)
         try:
-            with os.scandir(directory.path) as it:
-                listing = [(e.name, e.path) for e in it]
-            listing.sort()
-        except OSError as err:
-            raise _oserror(directory.path, err) from None
-        for name, path in listing:
+            walk.add_entries(directory, rel, fd, listing, pending)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if progress is not None:
+            progress.entries = walk.count
+    return root, walk.count
+
+
+class _Walk:
+    """What walk_source keeps from one directory to the next."""
+
+    def __init__(self, options: BuildOptions, skip: set[tuple[int, int]], on_file):
+        self.split_links = options.hard_dereference
+        excluder = Excluder(options)
+        self.excluded = excluder.excluded if excluder else None
+        self.xattrs = XattrReader(options)
+        self.skip = skip
+        self.on_file = on_file
+        self.hardlinks: dict[tuple[int, int], SourceInode] = {}
+        self.count = 1
+
+    def add_entries(self, directory: SourceInode, rel: bytes, fd: int | None,
+                    listing: list[tuple[bytes, bytes]], pending: deque) -> None:
+        """Add the entries of `directory` (from _list_directory) to the tree, subdirectories
+        also to `pending`.  (One loop, calling nothing per entry but what it must: this is the
+        walk's cost per file.)"""
+        excluded, xattrs, skip = self.excluded, self.xattrs, self.skip
+        hardlinks = None if self.split_links else self.hardlinks
+        prefix = os.path.join(directory.path, b"")
+        entries = directory.entries
+        for name, where in listing:
             relpath = rel + name
-            if excluder and excluder.excluded(relpath):
+            if excluded is not None and excluded(relpath):
                 continue
+            path = where if fd is None else prefix + name
             try:
-                st = os.lstat(path)
+                st = os.lstat(where, dir_fd=fd)
             except FileNotFoundError:
-                continue                      # vanished between listing and stat: as if never there
+                continue                  # vanished between listing and stat: as if never there
             except OSError as err:
                 raise _oserror(path, err) from None
             if (st.st_dev, st.st_ino) in skip:
                 continue
             mode = st.st_mode
             if stat.S_ISDIR(mode):
-                child = SourceInode(path, SourceStat.of(st), nlink=2, entries=[], parent=directory)
-                xattrs.read(child, relpath)
+                child = SourceInode(path, SourceStat.of(st), nlink=2, entries=[],
+                                    parent=directory)
+                xattrs.read(child, relpath, name, fd)
                 directory.nlink += 1
                 pending.append((child, relpath + b"/"))
-                count += 1
-            else:
+                self.count += 1
+                entries.append((name, child))
+                continue
+            child = None
+            if st.st_nlink > 1 and hardlinks is not None:
                 key = (st.st_dev, st.st_ino)
-                child = None
-                if st.st_nlink > 1 and not options.hard_dereference:
-                    child = hardlinks.get(key)
+                child = hardlinks.get(key)
                 if child is None:
-                    child = SourceInode(path, SourceStat.of(st))
-                    count += 1
-                    if st.st_nlink > 1 and not options.hard_dereference:
-                        hardlinks[key] = child
-                    if stat.S_ISLNK(mode):
-                        try:
-                            child.target = os.readlink(path)
-                        except OSError as err:
-                            raise _oserror(path, err) from None
-                    elif not (stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                              or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
-                        raise BuildError(f"{os.fsdecode(path)}: unsupported file type")
-                    xattrs.read(child, relpath)
-                    if on_file is not None and stat.S_ISREG(mode):
-                        if on_file(child, relpath, st) is False:
-                            on_file = None      # it wants no more
-                child.nlink += 1
-            directory.entries.append((name, child))
-        if progress is not None:
-            progress.entries = count
-    return root, count
+                    child = hardlinks[key] = SourceInode(path, SourceStat.of(st))
+                    self._new_inode(child, name, relpath, fd, st)
+            else:
+                child = SourceInode(path, SourceStat.of(st))
+                self._new_inode(child, name, relpath, fd, st)
+            child.nlink += 1
+            entries.append((name, child))
+
+    def _new_inode(self, child: SourceInode, name: bytes, relpath: bytes, fd: int | None,
+                   st: os.stat_result) -> None:
+        """Read what a non-directory met for the first time needs besides its stat."""
+        self.count += 1
+        mode = st.st_mode
+        if stat.S_ISLNK(mode):
+            try:
+                child.target = os.readlink(name if fd is not None else child.path, dir_fd=fd)
+            except OSError as err:
+                raise _oserror(child.path, err) from None
+        elif not (stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                  or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+            raise BuildError(f"{os.fsdecode(child.path)}: unsupported file type")
+        self.xattrs.read(child, relpath, name, fd)
+        if self.on_file is not None and stat.S_ISREG(mode):
+            if self.on_file(child, relpath, st) is False:
+                self.on_file = None         # it wants no more
 
 
 def apply_walk_options(root: SourceInode, options: BuildOptions) -> None:

@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Iterator
 from .compress import (CompressConfig, CompressedLayout, FileCompression, FileExtents,
                        FileProfile, Pcluster)
 from ..errors import BuildError
+from ..util import open_path
 from .walk import SourceInode
 
 
@@ -71,7 +72,7 @@ class FileRange:
         if self.offset is not None:
             return self._read_range(offset, length)
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = open_path(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as err:
             raise self.error(err.strerror or str(err)) from None
         try:
