@@ -192,16 +192,18 @@ def tar_options(tar: tuple[str, ...], aufs: bool, ovlfs_strip: str | None, gzip:
 
 
 def rebuild_options(sources: tuple[str, ...], tar: bool, clean: str | None,
-                    ovlfs_strip: str | None) -> RebuildOptions | None:
+                    ovlfs_strip: str | None, devices: tuple[str, ...] = ()
+                    ) -> RebuildOptions | None:
     """Rebuild mode, as mkfs.erofs decides it: without --tar, a SOURCE that exists and is not
     a directory, or several SOURCEs.  --clean: data (also bare), rvsp; 0 (mkfs.erofs's
     zero-fill, which rebuild mode has not) and anything else are refused."""
     rebuild = not tar and (len(sources) > 1 or (
         len(sources) == 1 and os.path.exists(sources[0]) and not os.path.isdir(sources[0])))
     if not rebuild:
-        if clean is not None:
-            raise click.UsageError("option --clean: only with EROFS images as SOURCE "
-                                   "(rebuild mode)")
+        for name, value in (("--clean", clean), ("--device", devices or None)):
+            if value is not None:
+                raise click.UsageError(f"option {name}: only with EROFS images as SOURCE "
+                                       "(rebuild mode)")
         return None
     if clean in (None, _NO_VALUE, "data"):
         mode = None if clean is None else "data"
@@ -210,7 +212,8 @@ def rebuild_options(sources: tuple[str, ...], tar: bool, clean: str | None,
     else:
         why = "rebuild mode has no zero-fill mode" if clean == "0" else "data or rvsp expected"
         raise click.BadParameter(f"invalid --clean={clean}: {why}", param_hint="--clean")
-    return RebuildOptions(clean=mode, ovlfs_strip=ovlfs_strip in (_NO_VALUE, "1"))
+    return RebuildOptions(clean=mode, ovlfs_strip=ovlfs_strip in (_NO_VALUE, "1"),
+                          devices=tuple(devices))
 
 
 class _MkfsStyleCommand(click.Command):
@@ -335,6 +338,10 @@ class _MkfsStyleCommand(click.Command):
               help="with EROFS sources: data (also bare) copies the files' data into IMAGE, "
                    "rvsp gives them room but no data; without it IMAGE points into the "
                    "sources")
+@click.option("--device", "devices", metavar="=FILE", multiple=True,
+              help="with EROFS sources: the extra device (a tar index's tar, a blob) of each "
+                   "source that has one not appended to it, in order; needed to copy its data "
+                   "(--clean=data) or --verify")
 @click.option("--vmdk-desc", "vmdk_desc", metavar="=FILE",
               help="write a VMDK descriptor joining IMAGE and its extra devices to FILE")
 @click.option("--random-pclusterblks", is_flag=True, hidden=True)
@@ -348,7 +355,7 @@ def command(image, sources, block_size, debug, compressor, pcluster_size,
             mount_point, xattr_prefix, root_xattr_isize, file_contexts, compress_hints,
             dsunit, fsalignblks, max_extent_bytes, zfeature_bits, workers, quiet, report_file,
             verify, tar, aufs, ovlfs_strip, gzip, ungzip, unxz, unlzma, sort, chunk_size,
-            blobdev, clean, vmdk_desc, random_pclusterblks, **unimplemented):
+            blobdev, clean, devices, vmdk_desc, random_pclusterblks, **unimplemented):
     """Generate an EROFS image (IMAGE: a file or block device) from the directory SOURCE, or
     with --tar from a tar stream (SOURCE, or stdin; with --tar=f several SOURCE tars are
     stacked as overlayfs layers, the last on top), or from EROFS images (SOURCE... : stacked
@@ -358,7 +365,7 @@ def command(image, sources, block_size, debug, compressor, pcluster_size,
             raise click.UsageError(f"option {_NOT_IMPLEMENTED[dest]}: not implemented in mkerofs yet")
     if random_pclusterblks:
         raise click.UsageError("option --random-pclusterblks: not implemented in mkerofs yet")
-    rebuild = rebuild_options(sources, bool(tar), clean, ovlfs_strip)
+    rebuild = rebuild_options(sources, bool(tar), clean, ovlfs_strip, devices)
     tar_opts = tar_options(tar, aufs, None if rebuild else ovlfs_strip, gzip, ungzip, unxz,
                            unlzma, sort)
     if not sources and tar_opts is None:
