@@ -3,25 +3,14 @@ IMAGE and the layer images, the incremental row starting each run from a fresh c
 base; a tool that rejects the row is reported as "rejected"."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
 
+from support.bench import load_bench
 from support.trees import write_file
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_layers_under_test", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module    # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_bench()
+bench = load_bench("bench_layers_under_test")
 
 
 def test_layer_split_overlaps_and_whites_out():
