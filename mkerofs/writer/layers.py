@@ -5,7 +5,8 @@ module: `read_layer` turns an image (read with mkerofs.reader) into the SourceIn
 planner takes, each regular file remembered with its inode in that image (`LayerTree.files`),
 and `merge_layers` stacks such trees (or trees from a directory or a tar) as overlayfs does.
 What happens to the files' bytes is the caller's choice (`resolve_layer_data` for rebuild:
-point at them through the device table, or copy them).
+point at them through the device table, or copy them).  A source image may have one extra
+device of its own (a tar index's tar, a --blobdev blob): see `Layer`.
 
 The rules of overlayfs (Documentation/filesystems/overlayfs.rst), applied from the top layer
 down, that the merge follows:
