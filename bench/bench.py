@@ -14,9 +14,18 @@ reading it.  The tar-containerd rows are containerd's own command line (`--tar=f
 -Enoinline_data -U UUID`, its erofs differ; `--tar=i --aufs --quiet -U UUID`, its tar-index
 mode, whose image is metadata only): -T 0 is not added to them (--extra still is).
 
+The layer rows stack the tree split into 4 layers (made once in --workdir: directories of hard
+links to the tree's files, and their images, built flat with -Enoinline_data so that mkfs.erofs
+can point into them; layer 1 holds half the files, 2 and 3 the other half and some of layer 1's
+again, 4 a few more and whiteouts of some of layer 1's files).  rebuild: `IMAGE L1 L2 L3 L4`
+(the image points into the layers); rebuild-clean: the same with --clean=data (the data copied).
+incremental: `--incremental IMAGE layer2-dir` over a base image of layer 1 built by the same
+tool (a fresh copy of it before each run, outside the timed part).
+
     python bench/bench.py                  # default tree (stdlib + site-packages copy), all sets
     python bench/bench.py --sets lz4,zstd --runs 5 --json out.json
     python bench/bench.py --sets tar,tar-containerd --tar-stdin=pipe
+    python bench/bench.py --sets rebuild,rebuild-clean,incremental
     python bench/bench.py --tree /some/dir --check
 
 Only the standard library is used.  A tool that is missing, or that rejects an option set
@@ -32,6 +41,7 @@ import os
 import shlex
 import shutil
 import signal
+import stat
 import statistics
 import subprocess
 import sys
@@ -56,7 +66,11 @@ class OptionSet:
     options: list[str]
     tar: bool = False        # the tree as one tar on stdin; IMAGE is the only operand
     verbatim: bool = False   # options are a whole command line: no COMMON_ARGS, no --quiet added
-    self_contained: bool = True     # False: the image needs its tar (--tar=i), fsck alone fails
+    self_contained: bool = True     # False: the image needs its devices (the tar of --tar=i,
+                                    # the layers of rebuild mode): fsck alone fails
+    layers: bool = False     # the tree as layer images: IMAGE L1 L2 L3 L4 (rebuild mode)
+    incremental: bool = False       # IMAGE: a fresh copy of a base built from layer 1,
+                                    # SOURCE: layer 2's directory
 
     def argv(self, quiet: bool, extra: list[str]) -> list[str]:
         if self.verbatim:
@@ -89,7 +103,14 @@ OPTION_SETS: dict[str, OptionSet] = {
                                          verbatim=True),
     "tar-containerd-index": OptionSet(CONTAINERD_INDEX_ARGS, tar=True, verbatim=True,
                                       self_contained=False),
+    "rebuild": OptionSet([], layers=True, self_contained=False),
+    "rebuild-clean": OptionSet(["--clean=data"], layers=True),
+    "incremental": OptionSet(["--incremental"], incremental=True),
 }
+
+LAYER_COUNT = 4
+# (mkfs.erofs points into flat files only: no inline tails in the layers)
+LAYER_ARGS = ["--quiet", "-Enoinline_data"]
 
 # The locally built erofs-utils (newest release) is preferred over Debian's older one on PATH.
 LOCAL_MKFS = "/work/erofs-utils-install/bin/mkfs.erofs"
@@ -131,7 +152,8 @@ class Run:
 @dataclass
 class Outcome:
     """All runs of one tool on one option set."""
-    status: str = "ok"       # ok | unsupported | timeout | missing
+    status: str = "ok"       # ok | rejected (non-zero exit) | timeout | missing | no tar |
+                             # no layers
     error: str = ""          # last lines of the tool's output when it failed
     runs: list[Run] = field(default_factory=list)
     fsck: str = ""           # pass | FAIL | "" (not checked)
@@ -147,6 +169,15 @@ class Inputs:
     tree: Path
     tar_stdin: Stdin
     tar_error: str = ""      # why there is no tar (the tar rows report it instead of running)
+    layers: "Layers | None" = None
+    layers_error: str = ""   # why there are no layers (the layer rows report it)
+
+
+@dataclass
+class Layers:
+    """The tree split into layers: their directories and their images, bottom first."""
+    dirs: list[Path]
+    images: list[Path]
 
 
 @dataclass
@@ -264,6 +295,70 @@ def build_tar(tree: Path, stats: TreeStats, workdir: Path) -> Path:
         raise OSError(f"tar failed (exit {r.returncode}): {r.stderr.strip()[-300:]}")
     partial.rename(tar)
     return tar
+
+
+def _layer_of(i: int) -> list[int | str]:
+    """Which layers (0-based) file number `i` (in path order) goes to; "w": a whiteout of it in
+    the top layer.  Layer 0 takes half the files; 1 and 2 the other half, and every 10th / 7th
+    file of layer 0 again (they replace it); 3 every 13th file, and whiteouts of every 20th file
+    of layer 0."""
+    base = i % 4
+    where: list[int | str] = [0] if base < 2 else [base - 1]
+    if base < 2 and i % 10 == 0:
+        where.append(1)
+    if base < 2 and i % 7 == 0:
+        where.append(2)
+    if i % 13 == 0:
+        where.append(3)
+    elif base < 2 and i % 20 == 1:
+        where.append("w")
+    return where
+
+
+def build_layers(tree: Path, stats: TreeStats, workdir: Path, tool: "Tool") -> Layers:
+    """The tree as LAYER_COUNT layers (module docstring), made once and kept in workdir: each a
+    directory of hard links to the tree's files (symlinks copied, into layer 0), and its image
+    built by `tool` (-Enoinline_data, a fixed time and UUID).  Whiteouts (character devices
+    0:0) need root: without it the top layer has none."""
+    ident = repr((str(tree), astuple(stats), LAYER_ARGS)).encode()
+    top = workdir / f"layers-{tree.name}-{hashlib.sha256(ident).hexdigest()[:10]}"
+    dirs = [top / f"L{n}" for n in range(1, LAYER_COUNT + 1)]
+    images = [top / f"L{n}.erofs" for n in range(1, LAYER_COUNT + 1)]
+    if all(p.is_file() for p in images):
+        return Layers(dirs, images)
+    log(f"making the benchmark layers under {top} (once) ...")
+    shutil.rmtree(top, ignore_errors=True)
+    for d in dirs:
+        d.mkdir(parents=True)
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(tree):
+        dirnames.sort()
+        entries += sorted(os.path.join(dirpath, n) for n in filenames)
+    whiteouts = True
+    for i, path in enumerate(entries):
+        rel = os.path.relpath(path, tree)
+        for layer in _layer_of(i) if not os.path.islink(path) else [0]:
+            dest = dirs[-1 if layer == "w" else layer] / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if os.path.islink(path):
+                os.symlink(os.readlink(path), dest)
+            elif layer != "w":
+                os.link(path, dest)
+            elif whiteouts:
+                try:
+                    os.mknod(dest, 0o644 | stat.S_IFCHR, os.makedev(0, 0))
+                except PermissionError:
+                    whiteouts = False
+                    log("  note: no whiteouts in the top layer (making them needs root)")
+    for d, image in zip(dirs, images):
+        partial = image.with_name(image.name + ".partial")
+        argv = tool.argv + COMMON_ARGS + LAYER_ARGS + [str(partial), str(d)]
+        r = subprocess.run(argv, capture_output=True, text=True, env=child_env())
+        if r.returncode:
+            raise OSError(f"building layer {image.name} failed (exit {r.returncode}): "
+                          f"{r.stderr.strip()[-300:]}")
+        partial.rename(image)
+    return Layers(dirs, images)
 
 
 def warm_file(path: str | Path) -> None:
@@ -417,17 +512,22 @@ def tail(path: Path, lines: int = 3) -> str:
 
 
 def build_argv(tool: Tool, oset: OptionSet, extra: list[str], image: Path,
-               source: Path | None) -> list[str]:
-    operands = [str(image)] + ([str(source)] if source is not None else [])
+               source: Path | list[Path] | None) -> list[str]:
+    sources = source if isinstance(source, list) else [source] if source is not None else []
+    operands = [str(image)] + [str(s) for s in sources]
     return tool.argv + oset.argv(tool.quiet_ok, extra) + operands
 
 
 def measure_build(tool: Tool, oset: OptionSet, extra: list[str], image: Path,
-                  source: Path | None, log_path: Path, timeout: float,
-                  stdin: Stdin = NO_STDIN) -> Run:
-    """One build of image; without a source, the tool reads stdin."""
-    # A leftover image from the previous run would let a tool skip allocating blocks.
-    image.unlink(missing_ok=True)
+                  source: Path | list[Path] | None, log_path: Path, timeout: float,
+                  stdin: Stdin = NO_STDIN, base: Path | None = None) -> Run:
+    """One build of image; without a source, the tool reads stdin; several sources: layers.
+    `base`: the image starts as a copy of it (--incremental), made before the clock starts."""
+    if base is not None:
+        shutil.copyfile(base, image)
+    else:
+        # A leftover image from the previous run would let a tool skip allocating blocks.
+        image.unlink(missing_ok=True)
     load1 = os.getloadavg()[0]
     run = run_timed(build_argv(tool, oset, extra, image, source), log_path, timeout, stdin)
     run.load1 = load1
@@ -535,11 +635,22 @@ def bench_set(name: str, tools: list[Tool], inputs: Inputs, args: argparse.Names
     oset = OPTION_SETS[name]
     if oset.tar and inputs.tar_error:
         return {t.name: Outcome(status="no tar", error=inputs.tar_error) for t in tools}
+    if (oset.layers or oset.incremental) and inputs.layers is None:
+        return {t.name: Outcome(status="no layers", error=inputs.layers_error) for t in tools}
     source, stdin = (None, inputs.tar_stdin) if oset.tar else (inputs.tree, NO_STDIN)
+    if oset.layers:
+        source = inputs.layers.images
+    elif oset.incremental:
+        source = inputs.layers.dirs[1]
     outcomes = {t.name: Outcome() if t.available else Outcome(status=absent_status(t, args))
                 for t in tools}
     images = {t.name: args.workdir / "images" / f"{name}-{t.name}.img" for t in tools}
     images[tools[0].name].parent.mkdir(parents=True, exist_ok=True)
+    bases = {t.name: None for t in tools}
+    if oset.incremental:
+        for tool in tools:
+            if outcomes[tool.name].status == "ok":
+                bases[tool.name] = incremental_base(tool, inputs.layers, args, outcomes[tool.name])
 
     for i in range(args.runs):
         order = tools if i % 2 == 0 else tools[::-1]
@@ -549,12 +660,12 @@ def bench_set(name: str, tools: list[Tool], inputs: Inputs, args: argparse.Names
                 continue
             log_path = args.workdir / f"{name}-{tool.name}.log"
             run = measure_build(tool, oset, args.extra, images[tool.name], source, log_path,
-                                args.timeout, stdin)
+                                args.timeout, stdin, bases[tool.name])
             out.runs.append(run)
             if run.timed_out:
                 out.status, out.error = "timeout", f"killed after {args.timeout:g} s"
             elif not run.ok:
-                out.status, out.error = "unsupported", f"exit {run.exit_code}: {tail(log_path)}"
+                out.status, out.error = "rejected", f"exit {run.exit_code}: {tail(log_path)}"
             progress(name, i, args.runs, tool.name, run)
 
     if fsck:
@@ -562,11 +673,25 @@ def bench_set(name: str, tools: list[Tool], inputs: Inputs, args: argparse.Names
             out = outcomes[tool.name]
             if out.status == "ok":
                 out.fsck = run_fsck(fsck, images[tool.name], args.timeout) \
-                    if oset.self_contained else "n/a (needs its tar)"
+                    if oset.self_contained else "n/a (devices)"
     if not args.keep_images:
-        for image in images.values():
-            image.unlink(missing_ok=True)
+        for image in [*images.values(), *bases.values()]:
+            if image is not None:
+                image.unlink(missing_ok=True)
     return outcomes
+
+
+def incremental_base(tool: Tool, layers: Layers, args: argparse.Namespace,
+                     out: Outcome) -> Path | None:
+    """The tool's own image of layer 1 (untimed), which each incremental run copies."""
+    base = args.workdir / "images" / f"incremental-{tool.name}-base.img"
+    log_path = args.workdir / f"incremental-base-{tool.name}.log"
+    run = measure_build(tool, OptionSet([]), args.extra, base, layers.dirs[0], log_path,
+                        args.timeout)
+    if not run.ok:
+        out.status, out.error = "rejected", f"the base: exit {run.exit_code}: {tail(log_path)}"
+        return None
+    return base
 
 
 # --------------------------------------------------------------------------------------------
@@ -619,6 +744,10 @@ def describe_set(oset: OptionSet) -> str:
         opts += "  (the whole command line: no -T 0)"
     if oset.tar:
         opts += "  [tree as tar on stdin]"
+    if oset.layers:
+        opts += f"  [IMAGE L1..L{LAYER_COUNT}: the tree as layer images]"
+    if oset.incremental:
+        opts += "  [IMAGE: a copy of a base of layer 1; SOURCE: layer 2's directory]"
     return opts
 
 
@@ -798,11 +927,21 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             inputs.tar_error = str(exc)
             log(f"note: the tar sets cannot run: {exc}")
+    if any(OPTION_SETS[name].layers or OPTION_SETS[name].incremental for name in args.sets):
+        maker = next((t for t in tools if t.available), None)
+        try:
+            inputs.layers = build_layers(tree, stats, args.workdir, maker)
+        except OSError as exc:
+            inputs.layers_error = str(exc)
+            log(f"note: the layer sets cannot run: {exc}")
     # The tree first and then the tar: together they may not both fit in the page cache, and
     # the directory sets come first.
     warm_page_cache(tree)
     if inputs.tar_stdin.path:
         warm_file(inputs.tar_stdin.path)
+    if inputs.layers is not None:
+        for image in inputs.layers.images:
+            warm_file(image)
     fsck = resolve_fsck(args)
     rss_floor = measure_rss_floor(args.workdir)
     warn_if_busy()

@@ -216,16 +216,18 @@ def incremental_options(incremental: str | None, tar: bool, sources: tuple[str, 
 
 
 def rebuild_options(sources: tuple[str, ...], tar: bool, clean: str | None,
-                    ovlfs_strip: str | None) -> RebuildOptions | None:
+                    ovlfs_strip: str | None, devices: tuple[str, ...] = ()
+                    ) -> RebuildOptions | None:
     """Rebuild mode, as mkfs.erofs decides it: without --tar, a SOURCE that exists and is not
     a directory, or several SOURCEs.  --clean: data (also bare), rvsp; 0 (mkfs.erofs's
     zero-fill, which rebuild mode has not) and anything else are refused."""
     rebuild = not tar and (len(sources) > 1 or (
         len(sources) == 1 and os.path.exists(sources[0]) and not os.path.isdir(sources[0])))
     if not rebuild:
-        if clean is not None:
-            raise click.UsageError("option --clean: only with EROFS images as SOURCE "
-                                   "(rebuild mode)")
+        for name, value in (("--clean", clean), ("--device", devices or None)):
+            if value is not None:
+                raise click.UsageError(f"option {name}: only with EROFS images as SOURCE "
+                                       "(rebuild mode)")
         return None
     if clean in (None, _NO_VALUE, "data"):
         mode = None if clean is None else "data"
@@ -234,7 +236,8 @@ def rebuild_options(sources: tuple[str, ...], tar: bool, clean: str | None,
     else:
         why = "rebuild mode has no zero-fill mode" if clean == "0" else "data or rvsp expected"
         raise click.BadParameter(f"invalid --clean={clean}: {why}", param_hint="--clean")
-    return RebuildOptions(clean=mode, ovlfs_strip=ovlfs_strip in (_NO_VALUE, "1"))
+    return RebuildOptions(clean=mode, ovlfs_strip=ovlfs_strip in (_NO_VALUE, "1"),
+                          devices=tuple(devices))
 
 
 class _MkfsStyleCommand(click.Command):
@@ -364,6 +367,10 @@ class _MkfsStyleCommand(click.Command):
                    "--tar=f) on top of it as an overlayfs upper layer, appending to it; X = "
                    "data (default) stores the new files, rvsp gives them room but no data. "
                    "IMAGE is replaced only once the build succeeded")
+@click.option("--device", "devices", metavar="=FILE", multiple=True,
+              help="with EROFS sources: the extra device (a tar index's tar, a blob) of each "
+                   "source that has one not appended to it, in order; needed to copy its data "
+                   "(--clean=data) or --verify")
 @click.option("--vmdk-desc", "vmdk_desc", metavar="=FILE",
               help="write a VMDK descriptor joining IMAGE and its extra devices to FILE")
 @click.option("--random-pclusterblks", is_flag=True, hidden=True)
@@ -377,7 +384,8 @@ def command(image, sources, block_size, debug, compressor, pcluster_size,
             mount_point, xattr_prefix, root_xattr_isize, file_contexts, compress_hints,
             dsunit, fsalignblks, max_extent_bytes, zfeature_bits, workers, quiet, report_file,
             verify, tar, aufs, ovlfs_strip, gzip, ungzip, unxz, unlzma, sort, chunk_size,
-            blobdev, clean, vmdk_desc, random_pclusterblks, incremental, **unimplemented):
+            blobdev, clean, devices, vmdk_desc, random_pclusterblks, incremental,
+            **unimplemented):
     """Generate an EROFS image (IMAGE: a file or block device) from the directory SOURCE, or
     with --tar from a tar stream (SOURCE, or stdin; with --tar=f several SOURCE tars are
     stacked as overlayfs layers, the last on top), or from EROFS images (SOURCE... : stacked
@@ -389,7 +397,7 @@ def command(image, sources, block_size, debug, compressor, pcluster_size,
         raise click.UsageError("option --random-pclusterblks: not implemented in mkerofs yet")
     increment = incremental_options(incremental, bool(tar), sources, ovlfs_strip)
     rebuild = None if increment is not None else \
-        rebuild_options(sources, bool(tar), clean, ovlfs_strip)
+        rebuild_options(sources, bool(tar), clean, ovlfs_strip, devices)
     tar_opts = tar_options(tar, aufs, None if rebuild or (increment and not tar) else ovlfs_strip,
                            gzip, ungzip, unxz, unlzma, sort)
     if not sources and tar_opts is None:

@@ -634,14 +634,25 @@ class Image:
         out.append(Extent(tail_start, tail, tpos, tail, None, "inline"))
         return out
 
-    def _chunk_extents(self, inode: Inode) -> list[Extent]:
-        size, bs = inode.size, self.block_size
-        if size <= 0:
-            return []
+    def chunk_map(self, inode: Inode) -> tuple[int, list[tuple[int, int] | None]]:
+        """A chunk-based file's chunk bits and, per chunk, (device, block) as stored: device 0
+        is the image (unified addressing not applied), None a hole.  Nothing is read from the
+        devices, so this works without them."""
+        if inode.datalayout != fmt.EROFS_INODE_CHUNK_BASED:
+            raise ImageError(f"nid {inode.nid}: not a chunk-based file")
+        try:
+            chunkbits, addrs, devs = self._chunk_entries(inode)
+        except ImageError as e:
+            raise _with_nid(inode.nid, e) from None
+        return chunkbits, [None if blk is None else (devs[i] if devs else 0, blk)
+                           for i, blk in enumerate(addrs)]
+
+    def _chunk_entries(self, inode: Inode
+                       ) -> tuple[int, list[int | None], list[int] | None]:
+        """Chunk bits, each chunk's block (None: a hole) and, for chunk indexes, device."""
         chunkfmt = inode.startblk & 0xFFFF
         chunkbits = self._blkszbits + (chunkfmt & fmt.EROFS_CHUNK_FORMAT_BLKBITS_MASK)
-        chunksize = 1 << chunkbits
-        count = -(-size >> chunkbits)
+        count = -(-inode.size >> chunkbits) if inode.size > 0 else 0
         indexes = bool(chunkfmt & fmt.EROFS_CHUNK_FORMAT_INDEXES)
         raw = self._get(fmt.chunk_map_start(inode.data_pos, chunkfmt),
                         count * fmt.chunk_map_unit(chunkfmt))
@@ -658,6 +669,14 @@ class Image:
         else:
             addrs = [None if a == fmt.EROFS_NULL_ADDR_32 else a
                      for (a,) in fmt.EROFS_BLOCK_MAP_ENTRY.iter_unpack(raw)]
+        return chunkbits, addrs, devs
+
+    def _chunk_extents(self, inode: Inode) -> list[Extent]:
+        size, bs = inode.size, self.block_size
+        if size <= 0:
+            return []
+        chunkbits, addrs, devs = self._chunk_entries(inode)
+        chunksize = 1 << chunkbits
         unified = bool(self._unified)
         out: list[Extent] = []
         for i, blk in enumerate(addrs):

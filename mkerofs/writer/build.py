@@ -197,7 +197,7 @@ def _read_source(source, options: BuildOptions, build_time: int, sinks: _Sinks,
     if options.rebuild is not None:
         from .layers import LayerStack         # loads the reader only in rebuild mode
         layers = inputs.enter_context(LayerStack([os.fspath(s) for s in source],
-                                                 out.identity()))
+                                                 out.identity(), options.rebuild.devices))
         # (as mkfs.erofs: the last source's block size, whatever -b says)
         options = replace(options, block_size=layers.block_size)
     zcfg, hints = _compress_config(options)
@@ -212,8 +212,8 @@ def _read_source(source, options: BuildOptions, build_time: int, sinks: _Sinks,
             on_file = _early_offers(sinks.pool, options, hints, build_time)
     if layers is not None:
         with report.phase("walk", progress):
-            root = _rebuild_tree(layers, options, inputs)
-        return _Source(root, options, b"", b"", zcfg, hints, layers=layers)
+            root, verify_source = _rebuild_tree(layers, options, inputs)
+        return _Source(root, options, b"", verify_source, zcfg, hints, layers=layers)
     if options.tar is None:
         source_b = os.fsencode(os.fspath(source))
         skip = out.identity() | (sinks.blob.identity if sinks.blob is not None else set())
@@ -274,18 +274,33 @@ def _device_table(options: BuildOptions, found: _Source, blob: BlobFile | None,
 
 
 def _rebuild_tree(layers, options: BuildOptions,
-                  inputs: contextlib.ExitStack) -> SourceInode:
+                  inputs: contextlib.ExitStack) -> tuple[SourceInode, object]:
     """Rebuild mode: the merged tree of the source images (`layers`, a layers.LayerStack),
     each regular file's data pointing into its image (no --clean: through the device table)
-    or copied from it (decoded into a spool when its bytes are not one run of blocks there)."""
+    or copied from it (decoded into a spool when its bytes are not one run of blocks there);
+    and what --verify compares the image with (b"" without it)."""
     mode = options.rebuild.clean
     if mode is None:
         layers.check_block_sizes()
+    if mode == "data":
+        layers.require_devices("--clean=data copies the data it holds")
+    elif mode is None and options.verify:
+        layers.require_devices("--verify reads the image through it")
     root, files = layers.merged_tree(options.rebuild.ovlfs_strip)
     apply_walk_options(root, options)
+    verify_source = b""
+    if options.verify:
+        from .verify import TarSource
+        # (each file as its source image reads it, not through the data the build took;
+        # the image read back through its device table: the images, or their devices)
+        verify_source = TarSource.capture(
+            root, contents=layers.contents(files) if mode != "rvsp" else None,
+            devices=layers.device_files() if mode is None else None)
+    # (the spool makes its file when the first file is copied into it: none when every file
+    # points into the images)
     spool = inputs.enter_context(Spool())
     layers.resolve_data(root, files, mode, options.block_size, spool)
-    return root
+    return root, verify_source
 
 
 def _vmdk_extents(image: str, result: BuildResult, devices: DeviceTable

@@ -5,7 +5,8 @@ module: `read_layer` turns an image (read with mkerofs.reader) into the SourceIn
 planner takes, each regular file remembered with its inode in that image (`LayerTree.files`),
 and `merge_layers` stacks such trees (or trees from a directory or a tar) as overlayfs does.
 What happens to the files' bytes is the caller's choice (`resolve_layer_data` for rebuild:
-point at them through the device table, or copy them).
+point at them through the device table, or copy them).  A source image may have one extra
+device of its own (a tar index's tar, a --blobdev blob): see `Layer`.
 
 The rules of overlayfs (Documentation/filesystems/overlayfs.rst), applied from the top layer
 down, that the merge follows:
@@ -38,6 +39,7 @@ import os
 import stat
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
 from ..errors import BuildError, ImageError
 from ..ondisk import format as fmt
@@ -72,7 +74,14 @@ class LayerTree:
 
 class Layer:
     """A source image opened for reading; `index` is its place on the command line (0-based),
-    so it is extra device index + 1 in blob-index mode."""
+    so it is extra device index + 1 in blob-index mode.
+
+    An image may have one extra device of its own (a tar index: the tar; a --blobdev image:
+    the blob), as mkfs.erofs 1.9.3 accepts.  Either it is appended to the image (the tar
+    follows the metadata at the slot's uniaddr, as containerd does it): then the image file
+    alone holds everything and is the merged image's device, addressed through its unified
+    addresses; or it is a file of its own (`attach_device`): then that file is the merged
+    image's device, in its own blocks, as mkfs.erofs has it."""
 
     def __init__(self, path: str, index: int):
         self.path = path
@@ -83,20 +92,85 @@ class Layer:
             # (a SOURCE that is a file means rebuild mode, as in mkfs.erofs)
             raise BuildError(f"{path}: neither a directory nor an EROFS image ({err})") \
                 from None
-        if self.image.device_table:
+        table = self.image.device_table
+        if len(table) > 1:
             self.image.close()
-            raise BuildError(f"{path}: a source image with extra devices (a tar index or "
-                             "--blobdev image) is not supported in rebuild mode yet")
+            raise BuildError(f"{path}: {len(table)} extra devices: a source image may have "
+                             "one at most (a tar index, a --blobdev image)")
+        self.slot: fmt.DeviceSlot | None = table[0] if table else None
+        # its device inside the file: read flat, the whole file is the device
+        self.appended = self.slot is not None and bool(self.slot.uniaddr) and \
+            not self.image.device_problems()
+        self.device: str | None = None      # its device as a file of its own
         self.block_size = self.image.block_size
 
     @property
-    def blocks(self) -> int:
-        return self.image.blocks
+    def needs_device(self) -> bool:
+        """True if its extra device is a file of its own (given with --device)."""
+        return self.slot is not None and not self.appended
+
+    def attach_device(self, device: str) -> None:
+        """Read the image's extra device from `device`."""
+        try:
+            image = Image.open(self.path, devices=[device])
+            problems = image.device_problems()
+        except ImageError as err:
+            raise BuildError(f"{self.path}: {err}") from None
+        if problems:
+            image.close()
+            raise BuildError(f"{self.path}: {problems[0]}")
+        self.image.close()
+        self.image, self.device = image, device
+
+    def missing_device(self, why: str) -> BuildError:
+        return BuildError(f"{self.path}: its extra device ({self.slot.blocks} blocks of "
+                          f"{self.block_size}: the tar of a tar index, or a blob) is not "
+                          f"appended to it, and {why}: give it with --device=FILE (one per "
+                          "such source, in command-line order)")
 
     @property
     def tag(self) -> bytes:
-        """What mkfs.erofs puts in the device slot: the image's UUID as 32 hex digits."""
+        """The image's UUID as 32 hex digits: mkfs.erofs's tag for a device without one."""
         return self.image.superblock.uuid.hex().encode()
+
+    def device_slot(self) -> ExtraDevice:
+        """What the merged image's slot for this source says (blob-index mode): the image file,
+        its own blocks and then its appended device's; or (mkfs.erofs 1.9.3) the separate
+        device, its blocks and its tag (else the image's UUID)."""
+        if self.slot is None:
+            return ExtraDevice(self.path, self.image.blocks, self.tag, src_path=self.path)
+        if self.appended:
+            return ExtraDevice(self.path, self.slot.uniaddr + self.slot.blocks, self.tag,
+                               src_path=self.path)
+        return ExtraDevice(self.device or f"the extra device of {self.path}", self.slot.blocks,
+                           self.slot.tag or self.tag, src_path=self.device)
+
+    def on_slot(self, device: int, block: int) -> int | None:
+        """Block `block` of the image's device `device` (0: the image itself) as a block of
+        what device_slot() names; None if it is not there (data in the image itself when the
+        slot names a separate device: such a file is copied)."""
+        slot = self.slot
+        if slot is None:
+            return block if device == 0 else None
+        if self.appended:
+            return block if device == 0 else slot.uniaddr + block if device == 1 else None
+        if device == 1:
+            return block
+        if device == 0 and slot.uniaddr and slot.uniaddr <= block < slot.uniaddr + slot.blocks:
+            return block - slot.uniaddr
+        return None
+
+    def plain_data(self, block: int) -> DataRef | None:
+        """Where the bytes from block `block` of the image (as a flat file's block address,
+        unified addressing applied) are to be read in place; None if that is on a device
+        not given."""
+        slot = self.slot
+        if slot is None or self.appended or not slot.uniaddr or \
+                not slot.uniaddr <= block < slot.uniaddr + slot.blocks:
+            return DataRef(os.fsencode(self.path), block * self.block_size)
+        if self.device is None:
+            return None
+        return DataRef(os.fsencode(self.device), (block - slot.uniaddr) * self.block_size)
 
     def close(self) -> None:
         self.image.close()
@@ -341,44 +415,49 @@ def resolve_layer_data(root: SourceInode, files: dict[SourceInode, LayerFile],
 
 
 def _layer_chunks(layer: Layer, inode: Inode, block_size: int) -> LayerChunks | None:
-    """The chunk map pointing at the file's blocks in its image; None if it has none to point
-    at (an inline tail, compressed data) or another block size."""
+    """The chunk map pointing at the file's blocks where the merged image's slot for `layer`
+    has them; None if there is nothing to point at (an inline tail, compressed data, data the
+    slot does not hold) or another block size."""
     if layer.block_size != block_size:
         return None
     bits = fmt.blksz_bits(block_size)
     size = inode.size
+    device = layer.index + 1
     if inode.datalayout == fmt.EROFS_INODE_FLAT_PLAIN:
         chunkbits = covering_chunkbits(size, bits)
         count = -(-size >> chunkbits)
         if inode.startblk == fmt.EROFS_NULL_ADDR:
-            return LayerChunks(layer.index + 1, chunkbits, (None,) * count)
+            return LayerChunks(device, chunkbits, (None,) * count)
+        start = layer.on_slot(0, inode.startblk)
+        if start is None:
+            return None
         step = 1 << (chunkbits - bits)
-        return LayerChunks(layer.index + 1, chunkbits,
-                           tuple(inode.startblk + i * step for i in range(count)))
+        return LayerChunks(device, chunkbits, tuple(start + i * step for i in range(count)))
     if inode.datalayout != fmt.EROFS_INODE_CHUNK_BASED:
         return None
-    chunkbits = bits + (inode.startblk & fmt.EROFS_CHUNK_FORMAT_BLKBITS_MASK)
     try:
-        extents = layer.image.extents(inode)
+        chunkbits, chunks = layer.image.chunk_map(inode)
     except ImageError as err:
         raise BuildError(f"{layer.path}: {err}") from None
     addrs: list[int | None] = []
-    i = 0
-    for la in range(0, size, 1 << chunkbits):
-        while extents[i].logical + extents[i].length <= la:
-            i += 1
-        ext = extents[i]
-        addrs.append(None if ext.kind == "hole" else (ext.physical + la - ext.logical) >> bits)
-    return LayerChunks(layer.index + 1, chunkbits, tuple(addrs))
+    for chunk in chunks:
+        addr = None if chunk is None else layer.on_slot(*chunk)
+        if addr is None and chunk is not None:
+            return None
+        addrs.append(addr)
+    return LayerChunks(device, chunkbits, tuple(addrs))
 
 
 def _copied(layer: Layer, inode: Inode, spool: Spool) -> DataRef:
     """Where the writer reads a file to copy: in place if its bytes are one run of blocks in
-    the image, else decoded into the spool."""
+    the image (or its device), else decoded into the spool."""
     if inode.datalayout == fmt.EROFS_INODE_FLAT_PLAIN:
         if inode.startblk == fmt.EROFS_NULL_ADDR:
             return _NO_DATA
-        return DataRef(os.fsencode(layer.path), inode.startblk * layer.block_size)
+        ref = layer.plain_data(inode.startblk)
+        if ref is None:
+            raise layer.missing_device("a file's data is there")
+        return ref
     try:
         return spool.store_pieces(layer.image.iter_data(inode))
     except ImageError as err:
@@ -391,7 +470,10 @@ class LayerStack:
     """The source images of rebuild mode, in command-line order (the last on top); each is
     also an extra device when the image points into them (blob index: device n = source n)."""
 
-    def __init__(self, paths: list[str], avoid: set[tuple[int, int]] = frozenset()):
+    def __init__(self, paths: list[str], avoid: set[tuple[int, int]] = frozenset(),
+                 devices: tuple[str, ...] = ()):
+        """`devices` (--device): the extra device of each image that has one not appended to
+        it, in order; none, or one for each."""
         self.layers: list[Layer] = []
         try:
             for index, path in enumerate(paths):
@@ -402,9 +484,26 @@ class LayerStack:
                 if (st.st_dev, st.st_ino) in avoid:
                     raise BuildError(f"{path}: is the image being written")
                 self.layers.append(Layer(path, index))
+            self._attach(devices)
         except BaseException:
             self.close()
             raise
+
+    def _attach(self, devices: tuple[str, ...]) -> None:
+        wanting = [layer for layer in self.layers if layer.needs_device]
+        if devices and len(devices) != len(wanting):
+            which = ", ".join(layer.path for layer in wanting) or "none"
+            raise BuildError(f"{len(devices)} --device given, but the source images whose "
+                             f"extra device is a file of its own are {len(wanting)} "
+                             f"({which}): give one per such image, in order")
+        for layer, device in zip(wanting, devices):
+            layer.attach_device(device)
+
+    def require_devices(self, why: str) -> None:
+        """Every image's extra device must be readable (copying data, --verify)."""
+        for layer in self.layers:
+            if layer.needs_device and layer.device is None:
+                raise layer.missing_device(why)
 
     def __enter__(self) -> "LayerStack":
         return self
@@ -441,10 +540,23 @@ class LayerStack:
         """resolve_layer_data for this stack's images."""
         resolve_layer_data(root, files, self.layers, mode, block_size, spool)
 
+    def contents(self, files: dict[SourceInode, LayerFile]
+                 ) -> Callable[[SourceInode], Iterable[bytes] | None]:
+        """A file's bytes as its source image reads them (None: not from an image)."""
+        def read(node: SourceInode) -> Iterable[bytes] | None:
+            found = files.get(node)
+            if found is None:
+                return None
+            return self.layers[found.layer].image.iter_data(found.inode)
+        return read
+
     def devices(self) -> list[ExtraDevice]:
-        """One device slot per image: its blocks, its UUID as the tag (mkfs.erofs 1.9.3)."""
-        return [ExtraDevice(layer.path, layer.blocks, layer.tag, src_path=layer.path)
-                for layer in self.layers]
+        """One device slot per image (Layer.device_slot), in command-line order."""
+        return [layer.device_slot() for layer in self.layers]
+
+    def device_files(self) -> list[str]:
+        """The file each slot of devices() is (for reading the merged image back)."""
+        return [layer.device or layer.path for layer in self.layers]
 
     def close(self) -> None:
         for layer in self.layers:

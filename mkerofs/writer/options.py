@@ -62,6 +62,8 @@ class RebuildOptions:
     clean: str | None = None        # None: the files point into the images (a device table);
                                     # "data": their bytes are copied; "rvsp": they read as zeros
     ovlfs_strip: bool = False       # --ovlfs-strip: apply whiteouts and opaque directories
+    devices: tuple[str, ...] = ()   # --device: the extra devices of the images that have one
+                                    # not appended to them, in order (layers.LayerStack)
 
     def validate(self) -> None:
         if self.clean is not None and self.clean not in CLEAN_MODES:
@@ -228,8 +230,6 @@ class BuildOptions:
         if self.blobdev is not None:
             raise BuildError("--blobdev cannot be used in rebuild mode: the source images are "
                              "the image's extra devices")
-        if self.verify:
-            raise BuildError("--verify is not implemented for rebuild mode yet")
 
     def _validate_incremental(self) -> None:
         self.incremental.validate()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from typing import Callable, Iterable
 
 from ..errors import BuildError, ImageError
 from ..reader.compare import DirectoryTree, SourceTree, compare_image
@@ -90,16 +91,23 @@ class TarSource:
     SourceInode (identity: hard links share one) and its xattrs as the build got them."""
 
     def __init__(self, nodes: dict[bytes, SourceInode], names: dict[bytes, list[bytes]],
-                 xattrs: dict[bytes, list[tuple[bytes, bytes]]], tar_device: bytes | None = None):
+                 xattrs: dict[bytes, list[tuple[bytes, bytes]]], tar_device: bytes | None = None,
+                 contents: Callable[[SourceInode], Iterable[bytes] | None] | None = None,
+                 devices: list[str] | None = None):
         self._nodes = nodes
         self._names = names
         self._xattrs = xattrs
         # --tar=i: the image's extra device is the tar itself
         # (a str: the reader takes bytes as a device's contents, not its name)
-        self.devices = [os.fsdecode(tar_device)] if tar_device is not None else None
+        self.devices = [os.fsdecode(tar_device)] if tar_device is not None else devices
+        self._contents = contents
 
     @classmethod
-    def capture(cls, root: SourceInode, tar_device: bytes | None = None) -> "TarSource":
+    def capture(cls, root: SourceInode, tar_device: bytes | None = None, *,
+                contents: Callable[[SourceInode], Iterable[bytes] | None] | None = None,
+                devices: list[str] | None = None) -> "TarSource":
+        """`contents` (rebuild mode): a file's bytes as its source image reads them (None:
+        read its DataRef); `devices`: the image's extra devices, one per slot."""
         nodes: dict[bytes, SourceInode] = {b"": root}
         names: dict[bytes, list[bytes]] = {}
         xattrs: dict[bytes, list[tuple[bytes, bytes]]] = {b"": root.xattrs}
@@ -113,7 +121,7 @@ class TarSource:
                 xattrs[r] = child.xattrs
                 if child.entries is not None:
                     pending.append((r, child))
-        return cls(nodes, names, xattrs, tar_device)
+        return cls(nodes, names, xattrs, tar_device, contents, devices)
 
     def _node(self, rel: bytes) -> SourceInode:
         node = self._nodes.get(rel)
@@ -136,8 +144,11 @@ class TarSource:
     def readlink(self, rel: bytes) -> bytes:
         return self._node(rel).target
 
-    def open(self, rel: bytes) -> "_DataRange":
+    def open(self, rel: bytes) -> "_DataRange | _Pieces":
         node = self._node(rel)
+        pieces = self._contents(node) if self._contents is not None else None
+        if pieces is not None:
+            return _Pieces(pieces)
         return _DataRange(node.data or DataRef(None), node.st.st_size)
 
     def xattrs(self, rel: bytes, st: SourceStat) -> list[tuple[bytes, bytes]]:
@@ -167,3 +178,26 @@ class _DataRange:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+class _Pieces:
+    """Consecutive pieces of bytes (a file decoded as read) as a file to read in order."""
+
+    def __init__(self, pieces: Iterable[bytes]):
+        self._pieces = iter(pieces)
+        self._buf = b""
+
+    def read(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            piece = next(self._pieces, None)
+            if piece is None:
+                break
+            self._buf += piece
+        data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+    def __enter__(self) -> "_Pieces":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pieces = iter(())

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from support.layers import differences, make_layer_trees, snapshot
-from support.mounts import kernel_mount, loop_device, overlay_mount
+from support.mounts import kernel_mount, mount_with_devices, overlay_mount
 from support.reference import reference_problem
 from support.run import run_mkerofs
 
@@ -87,17 +87,10 @@ def _rebuild(stack: Stack, name: str, layers: list[Path], *opts) -> Path:
     return out
 
 
-@contextlib.contextmanager
-def _with_devices(image: Path, devices: list[Path]):
-    with contextlib.ExitStack() as stack:
-        loops = [stack.enter_context(loop_device(d, read_only=True)) for d in devices]
-        yield stack.enter_context(kernel_mount(image, options=[f"device={l}" for l in loops]))
-
-
-def test_index_strip_with_devices(layered):
+def test_index_stripmount_with_devices(layered):
     layers = layered.layers["ni"]
     out = _rebuild(layered, "index.erofs", layers, "--ovlfs-strip")
-    with _with_devices(out, layers) as mnt:
+    with mount_with_devices(out, layers) as mnt:
         assert differences(_expected(layered), snapshot(mnt)) == []
 
 
@@ -114,7 +107,7 @@ def test_index_strip_appended(layered):
 def test_index_copies_inline_and_compressed_files(layered, kind):
     layers = layered.layers[kind]
     out = _rebuild(layered, f"index-{kind}.erofs", layers, "--ovlfs-strip")
-    with _with_devices(out, layers) as mnt:
+    with mount_with_devices(out, layers) as mnt:
         assert differences(_expected(layered), snapshot(mnt)) == []
 
 
@@ -133,7 +126,7 @@ def test_kept_whiteouts_under_overlay(layered, tmp_path, clean):
     out = _rebuild(layered, f"kept{len(clean)}.erofs", layers, *clean)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with _with_devices(out, [] if clean else layers) as mnt:
+    with mount_with_devices(out, [] if clean else layers) as mnt:
         seen = snapshot(mnt)
         assert seen["/gone"][4] == (0, 0)               # the whiteouts are there...
         with overlay_mount(mnt, empty) as ovl:          # ...and overlayfs applies them

@@ -97,6 +97,15 @@ def loop_device(backing: PathLike, *, read_only: bool = False,
 
 
 @contextlib.contextmanager
+def mount_with_devices(image: PathLike, devices: Sequence[PathLike]) -> Iterator[Path]:
+    """Mount `image` with ``-o device=`` each of `devices` (files, put on read-only loop
+    devices: util-linux mount wants block devices there)."""
+    with contextlib.ExitStack() as stack:
+        loops = [stack.enter_context(loop_device(d, read_only=True)) for d in devices]
+        yield stack.enter_context(kernel_mount(image, options=[f"device={l}" for l in loops]))
+
+
+@contextlib.contextmanager
 def _mounted_at_temp(args: Sequence[str], what: str, prefix: str) -> Iterator[Path]:
     """``mount ARGS DIR`` on a fresh temporary DIR; always unmounted and removed."""
     mnt = tempfile.mkdtemp(prefix=prefix)

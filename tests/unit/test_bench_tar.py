@@ -2,7 +2,6 @@
 only operand, and containerd's rows carry exactly its command line."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -13,18 +12,9 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench.py"
+from support.bench import BENCH, load_bench
 
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_under_test", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module    # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_bench()
+bench = load_bench("bench_under_test")
 
 
 def test_tar_rows_have_no_source_operand():
