@@ -389,8 +389,8 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
         tar_path=os.fsencode(os.fspath(source)) if in_place else None)
     order = indexed = None
     if tree_options.index:
-        indexed = {}
-        offer = _noting_order(indexed)
+        indexed = []
+        offer = _noting_files(indexed)
     elif _sort_none_applies(options) and written is None:
         order = {}
         offer = _noting_order(order)
@@ -398,7 +398,7 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     root, _count = read_tar_tree(reader, tree_options, spool, on_file=offer)
     apply_walk_options(root, options)
     label = (reader.volume_label or b"")[:fmt.EROFS_SB_VOLUME_NAME_SIZE]
-    index = TarIndex(list(indexed), reader.archive_end) if indexed is not None else None
+    index = TarIndex(indexed, reader.archive_end) if indexed is not None else None
     device_path = tree_options.tar_path if index is not None and _tar_device(options) else None
     return _TarTree(root, order, label, written, index, device_path)
 
@@ -440,6 +440,15 @@ def _noting_order(order: dict[SourceInode, int]) -> Callable:
 
     def note(src: SourceInode, _relpath: bytes, _links) -> None:
         order[src] = len(order)        # (SourceInodes hash by identity)
+
+    return note
+
+
+def _noting_files(files: list[SourceInode]) -> Callable:
+    """An on_file for read_tar_tree that lists the regular files in stream order."""
+
+    def note(src: SourceInode, _relpath: bytes, _links) -> None:
+        files.append(src)
 
     return note
 
