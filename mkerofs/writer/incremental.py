@@ -11,7 +11,8 @@ time in proportion to what it adds, not to the base:
   character device, or a regular file in an opaque "x" directory: either may be a whiteout;
   a subdirectory: to patch its "..").  Everything else in the base is left as it is, unread:
   so with --ovlfs-strip, whiteouts (and overlay marks) of the base in directories the
-  increment does not reach stay (a base built with --ovlfs-strip has none).
+  increment does not reach stay, as with mkfs.erofs 1.9.3 (a base built with --ovlfs-strip
+  has none).
 * Base inodes that the merge keeps as they were keep their nid and are not rewritten: every
   non-directory, every directory not read, and a directory read whose entries (the same
   inodes under the same names), xattrs and subdirectories are all unchanged.  Every other

@@ -3,10 +3,11 @@ stay keep their nids, new ones count from the base's inode count, the base's epo
 stay (unless a UUID is given), and a missing base creates nothing."""
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
+import os
 import shutil
+import stat
 import uuid as uuidlib
 from pathlib import Path
 
@@ -72,7 +73,6 @@ def test_missing_base_creates_nothing(tmp_path):
 
 def test_opaque_directory_source_is_honoured(tmp_path):
     """(mkfs.erofs 1.9.3 ignores a directory source's trusted.overlay.opaque.)"""
-    import os
     lower = _tree(tmp_path / "lower", {"opq/old": b"o"})
     upper = _tree(tmp_path / "upper", {"opq/new": b"n"})
     os.setxattr(upper / "opq", "trusted.overlay.opaque", b"y")
@@ -206,3 +206,19 @@ def test_only_the_reached_base_directories_are_read(tmp_path, monkeypatch):
         assert {name: img.lookup("/" + name).nid for name in files} == nids
         assert img.read(img.lookup("/d0/new")) == b"n" and img.verify() == []
         assert img.lookup("/d0").nlink == 2 and img.root.nlink == 10
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a whiteout needs root")
+def test_strip_drops_base_whiteouts_only_where_the_increment_reaches(tmp_path):
+    """--ovlfs-strip: a base whiteout in a directory the increment reaches is dropped (the
+    merge sees it); one elsewhere is not read, so it stays (as mkfs.erofs 1.9.3 does)."""
+    lower = _tree(tmp_path / "lower", {"u/f": b"f", "r/f": b"f"})
+    for d in ("u", "r"):
+        os.mknod(lower / d / "w", stat.S_IFCHR | 0o644, os.makedev(0, 0))
+    image = tmp_path / "inc.erofs"
+    build(image, lower, _opts())
+    build(image, _tree(tmp_path / "upper", {"r/new": b"n"}),
+          _opts(incremental=IncrementalOptions(ovlfs_strip=True)))
+    with Image.open(image) as img:
+        assert sorted(n for n, _nid, _t in img.listdir(img.lookup("/r"))) == [b"f", b"new"]
+        assert sorted(n for n, _nid, _t in img.listdir(img.lookup("/u"))) == [b"f", b"w"]
