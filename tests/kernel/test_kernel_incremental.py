@@ -22,7 +22,7 @@ import pytest
 
 from support.layers import differences, make_layer_trees, snapshot
 from support.mounts import (MountError, fsck_erofs, fsck_unsupported, kernel_mount,
-                            loop_fs_mount, overlay_mount)
+                            loop_fs_mount, overlay_mount, tmpfs_mount)
 from support.run import mkerofs_command, mkerofs_env, run_mkerofs
 from support.trees import write_file
 
@@ -294,3 +294,20 @@ def test_reflink_clone_replaces_the_image(trees, tmp_path, reflink_dir):
     _check_fsck(image)
     with kernel_mount(image) as mnt:
         assert differences(_view(trees, 2), snapshot(mnt)) == []
+
+
+def test_no_space_while_appending_puts_the_image_back(trees, tmp_path):
+    """ENOSPC in the middle of the new data (a small tmpfs): IMAGE as it was, same size."""
+    base = _image(tmp_path, trees[0], "base.erofs")
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "f").write_bytes(os.urandom(2 << 20))
+    room = base.stat().st_size + (512 << 10)
+    with tmpfs_mount(f"{room}") as small:
+        image = small / "inc.erofs"
+        image.write_bytes(base.read_bytes())
+        before, size = _digest(image), image.stat().st_size
+        r = run_mkerofs(*FIXED, "--incremental", image, big, check=False)
+        assert r.returncode != 0 and "no space left" in r.stderr, r.stderr
+        assert image.stat().st_size == size and _digest(image) == before
+        assert sorted(p.name for p in small.iterdir()) == ["inc.erofs"]
