@@ -117,6 +117,9 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
             with report.phase("finish", progress):
                 sinks.finish(result, lambda: _vmdk_extents(image, result, devices))
             _fill_report(report, result, plan, sinks.pool)                     # report
+            if base is not None:
+                report.base_inodes = base.superblock.inos
+                report.base_blocks = base.superblock.blocks
         except BaseException:
             sinks.abort()
             raise
@@ -697,6 +700,7 @@ def _lay_out_increment(plan: Plan, options: BuildOptions, out: Output, xattrs: X
                     _workers(options))
     if meta.tail:
         out.pwrite(meta.tail, meta.tail_start)
+    out.seal(blocks * bs)           # all that is new is written (and synced): now the base's bytes
     if root_pos is not None:
         out.pwrite(serialize_inode(root, plan.epoch), root_pos)
     for pos, entry in incremental.dotdot_patches(increment, plan.by_source):

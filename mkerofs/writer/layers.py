@@ -213,21 +213,29 @@ def _read_tree(img: Image, index: int) -> LayerTree:
                 directory.entries.append((name, node))
                 continue
             inode = img.inode(nid)
-            node = SourceInode(path, _stat(inode), xattrs=img.xattrs(inode))
+            node = image_node(img, inode, path)
             if inode.is_dir():
-                node.entries = []
                 node.parent = directory
                 pending.append((node, inode, path + b"/"))
-            elif inode.is_lnk():
-                node.target = img.readlink(inode)
-            elif inode.is_reg():
-                node.data = _NO_DATA
-                if inode.size:
-                    tree.files[node] = LayerFile(index, inode)
+            elif inode.is_reg() and inode.size:
+                tree.files[node] = LayerFile(index, inode)
             seen[nid] = node
             tree.nids[node] = nid
             directory.entries.append((name, node))
     return tree
+
+
+def image_node(img: Image, inode: Inode, path: bytes) -> SourceInode:
+    """The SourceInode of one inode of `img` (a directory's entries left empty; a regular
+    file without data: where its bytes are is the caller's business)."""
+    node = SourceInode(path, _stat(inode), xattrs=img.xattrs(inode))
+    if inode.is_dir():
+        node.entries = []
+    elif inode.is_lnk():
+        node.target = img.readlink(inode)
+    elif inode.is_reg():
+        node.data = _NO_DATA
+    return node
 
 
 def read_image_tree(img: Image, path: str) -> LayerTree:

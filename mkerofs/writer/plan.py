@@ -12,12 +12,7 @@ from ..errors import BuildError
 from .options import BuildOptions, TimeInherit
 from .walk import SourceInode, SourceStat
 
-_FILE_TYPES = {
-    stat.S_IFREG: fmt.EROFS_FT_REG_FILE, stat.S_IFDIR: fmt.EROFS_FT_DIR,
-    stat.S_IFCHR: fmt.EROFS_FT_CHRDEV, stat.S_IFBLK: fmt.EROFS_FT_BLKDEV,
-    stat.S_IFIFO: fmt.EROFS_FT_FIFO, stat.S_IFSOCK: fmt.EROFS_FT_SOCK,
-    stat.S_IFLNK: fmt.EROFS_FT_SYMLINK,
-}
+_FILE_TYPES = fmt.EROFS_FT_OF_MODE
 
 _COMPRESSED_LAYOUTS = {fmt.EROFS_INODE_COMPRESSED_FULL, fmt.EROFS_INODE_COMPRESSED_COMPACT}
 
