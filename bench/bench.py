@@ -14,6 +14,11 @@ reading it.  The tar-containerd rows are containerd's own command line (`--tar=f
 -Enoinline_data -U UUID`, its erofs differ; `--tar=i --aufs --quiet -U UUID`, its tar-index
 mode, whose image is metadata only): -T 0 is not added to them (--extra still is).
 
+The million rows (million, million-lz4) build another tree instead: 1,000 directories of 1,000
+files of 0 to 200 bytes (bench/make_million_tree.py, made once in --workdir: about a minute and
+4 GiB of page cache), where the cost per inode dominates; they add a "bytes per inode" row,
+each tool's peak RSS divided by the tree's inodes.
+
     python bench/bench.py                  # default tree (stdlib + site-packages copy), all sets
     python bench/bench.py --sets lz4,zstd --runs 5 --json out.json
     python bench/bench.py --sets tar,tar-containerd --tar-stdin=pipe
@@ -57,6 +62,7 @@ class OptionSet:
     tar: bool = False        # the tree as one tar on stdin; IMAGE is the only operand
     verbatim: bool = False   # options are a whole command line: no COMMON_ARGS, no --quiet added
     self_contained: bool = True     # False: the image needs its tar (--tar=i), fsck alone fails
+    million: bool = False    # the generated 1,000,000-file tree instead (make_million_tree.py)
 
     def argv(self, quiet: bool, extra: list[str]) -> list[str]:
         if self.verbatim:
@@ -89,6 +95,9 @@ OPTION_SETS: dict[str, OptionSet] = {
                                          verbatim=True),
     "tar-containerd-index": OptionSet(CONTAINERD_INDEX_ARGS, tar=True, verbatim=True,
                                       self_contained=False),
+    # 1,000 directories of 1,000 files of 0 to 200 bytes: the cost per inode
+    "million": OptionSet([], million=True),
+    "million-lz4": OptionSet(["-zlz4"], million=True),
 }
 
 # The locally built erofs-utils (newest release) is preferred over Debian's older one on PATH.
@@ -147,6 +156,13 @@ class Inputs:
     tree: Path
     tar_stdin: Stdin
     tar_error: str = ""      # why there is no tar (the tar rows report it instead of running)
+    million: Path | None = None     # the million sets' tree (made once in --workdir)
+    million_stats: TreeStats | None = None
+
+    @property
+    def million_inodes(self) -> int:
+        """The million tree's inodes (root included): peak RSS is divided by them."""
+        return self.million_stats.entries + 1 if self.million_stats else 0
 
 
 @dataclass
@@ -236,6 +252,42 @@ def build_default_tree(workdir: Path) -> Path:
             log(f"  note: {len(exc.args[0])} entries of {src} could not be copied")
     partial.rename(tree)
     return tree
+
+
+def build_million_tree(workdir: Path) -> Path:
+    """The million sets' tree (bench/make_million_tree.py), made once in workdir; the name
+    carries a digest of the generator, so a changed generator makes a new tree."""
+    generator = Path(__file__).resolve().parent / "make_million_tree.py"
+    key = hashlib.sha256(generator.read_bytes()).hexdigest()[:10]
+    tree = workdir / f"million-{key}"
+    if tree.is_dir():
+        return tree
+    partial = tree.with_name(tree.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    log(f"making the 1,000,000-file tree {tree} (once; a minute or two) ...")
+    subprocess.run([sys.executable, str(generator), str(partial)], check=True,
+                   stdin=subprocess.DEVNULL)
+    partial.rename(tree)
+    return tree
+
+
+def prepare_million(inputs: Inputs, workdir: Path) -> None:
+    """Make (or find) the million sets' tree, count its inodes and warm the page cache."""
+    inputs.million = build_million_tree(workdir)
+    inputs.million_stats = scan_tree(inputs.million)
+    warm_page_cache(inputs.million)
+
+
+def bytes_per_inode(out: Outcome, inodes: int) -> float | None:
+    rss = out.median("maxrss_kib")
+    return rss * 1024 / inodes if rss is not None and inodes else None
+
+
+def format_per_inode(outcomes: dict[str, Outcome], inodes: int) -> str:
+    """The million sets' extra row: peak RSS divided by the tree's inodes."""
+    a, b = (bytes_per_inode(outcomes[t], inodes) for t in (MKEROFS, MKFS))
+    cells = [f"{v:.0f}" if v is not None else "-" for v in (a, b)]
+    return f"\n  {'bytes per inode':<18}{cells[0]:>14}{cells[1]:>14}{ratio(a, b):>10}"
 
 
 def build_tar(tree: Path, stats: TreeStats, workdir: Path) -> Path:
@@ -536,6 +588,8 @@ def bench_set(name: str, tools: list[Tool], inputs: Inputs, args: argparse.Names
     if oset.tar and inputs.tar_error:
         return {t.name: Outcome(status="no tar", error=inputs.tar_error) for t in tools}
     source, stdin = (None, inputs.tar_stdin) if oset.tar else (inputs.tree, NO_STDIN)
+    if oset.million:
+        source = inputs.million
     outcomes = {t.name: Outcome() if t.available else Outcome(status=absent_status(t, args))
                 for t in tools}
     images = {t.name: args.workdir / "images" / f"{name}-{t.name}.img" for t in tools}
@@ -666,6 +720,8 @@ def write_json(path: Path, tools: list[Tool], inputs: Inputs, stats: TreeStats,
         "tar": {"path": str(inputs.tar_stdin.path) if inputs.tar_stdin.path else None,
                 "stdin": "pipe" if inputs.tar_stdin.pipe else "file", "error": inputs.tar_error},
         "rss_floor_kib": rss_floor_kib,
+        "million": {"path": str(inputs.million) if inputs.million else None,
+                    "inodes": inputs.million_inodes},
         "runs": args.runs,
         "common_args": COMMON_ARGS,
         "extra_args": args.extra,
@@ -674,7 +730,9 @@ def write_json(path: Path, tools: list[Tool], inputs: Inputs, stats: TreeStats,
             name: {
                 **asdict(OPTION_SETS[name]),
                 **{tool: {**asdict(out),
-                          "median": {attr: out.median(attr) for _, attr, _ in METRICS}}
+                          "median": {attr: out.median(attr) for _, attr, _ in METRICS},
+                          "bytes_per_inode": bytes_per_inode(out, inputs.million_inodes)
+                          if OPTION_SETS[name].million else None}
                    for tool, out in outcomes.items()},
             }
             for name, outcomes in results.items()
@@ -804,12 +862,18 @@ def main(argv: list[str] | None = None) -> int:
     if inputs.tar_stdin.path:
         warm_file(inputs.tar_stdin.path)
     fsck = resolve_fsck(args)
+    if any(OPTION_SETS[name].million for name in args.sets):
+        prepare_million(inputs, args.workdir)
     rss_floor = measure_rss_floor(args.workdir)
     warn_if_busy()
 
     print(f"tree: {tree}")
     print(f"      {stats.files} files, {stats.dirs} dirs, {stats.symlinks} symlinks, "
           f"{mib(stats.bytes)} MiB of file data")
+    if inputs.million_stats:
+        m = inputs.million_stats
+        print(f"million:    {inputs.million}: {m.files} files, {m.dirs} dirs, "
+              f"{mib(m.bytes)} MiB of file data ({inputs.million_inodes} inodes)")
     for t in tools:
         desc = f"{shlex.join(t.argv)}  [{t.version}]" if t.available else f"unavailable ({t.note})"
         print(f"{t.name + ':':<12}{desc}")
@@ -827,7 +891,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in args.sets:
             results[name] = bench_set(name, tools, inputs, args, fsck)
-            print(format_set(name, results[name], rss_floor) + "\n", flush=True)
+            per_inode = format_per_inode(results[name], inputs.million_inodes) \
+                if OPTION_SETS[name].million else ""
+            print(format_set(name, results[name], rss_floor) + per_inode + "\n", flush=True)
     except KeyboardInterrupt:
         log("interrupted; reporting the sets finished so far")
     if results:
