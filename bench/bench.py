@@ -254,18 +254,25 @@ def build_default_tree(workdir: Path) -> Path:
     return tree
 
 
+MILLION_GENERATOR = Path(__file__).resolve().parent / "make_million_tree.py"
+
+
+def million_tree_path(workdir: Path) -> Path:
+    """Where the million sets' tree is kept: the name carries a digest of the generator, so a
+    changed generator makes a new tree."""
+    key = hashlib.sha256(MILLION_GENERATOR.read_bytes()).hexdigest()[:10]
+    return workdir / f"million-{key}"
+
+
 def build_million_tree(workdir: Path) -> Path:
-    """The million sets' tree (bench/make_million_tree.py), made once in workdir; the name
-    carries a digest of the generator, so a changed generator makes a new tree."""
-    generator = Path(__file__).resolve().parent / "make_million_tree.py"
-    key = hashlib.sha256(generator.read_bytes()).hexdigest()[:10]
-    tree = workdir / f"million-{key}"
+    """The million sets' tree (bench/make_million_tree.py), made once in workdir."""
+    tree = million_tree_path(workdir)
     if tree.is_dir():
         return tree
     partial = tree.with_name(tree.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     log(f"making the 1,000,000-file tree {tree} (once; a minute or two) ...")
-    subprocess.run([sys.executable, str(generator), str(partial)], check=True,
+    subprocess.run([sys.executable, str(MILLION_GENERATOR), str(partial)], check=True,
                    stdin=subprocess.DEVNULL)
     partial.rename(tree)
     return tree
