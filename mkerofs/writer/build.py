@@ -437,8 +437,11 @@ def _plan_xattrs(plan: Plan, options: BuildOptions) -> XattrLayout:
     except ValueError as err:
         raise BuildError(str(err)) from None
     for node, handle in zip(plan.inodes, handles):
-        node.set_xattr_ibody(layout.ibody(handle, is_root=node is root))
-        node.src.xattrs = ()         # (shared, not a list an inode)
+        if handle.items or node is root:
+            node.set_xattr_ibody(layout.ibody(handle, is_root=node is root))
+            node.src.xattrs = ()     # (shared, not a list an inode)
+        else:       # (most inodes: no xattrs, no ibody)
+            node.meta_size_before_inline = node.isize
     return layout
 
 
@@ -662,8 +665,9 @@ def _assign_data(plan: Plan, options: BuildOptions, source: bytes, xattrs: Xattr
         store = _chunk_regular_files(plan, options, data, blob)
         chunked = True
     for node in plan.data_order or plan.inodes:
-        if node.ftype in _FLAT_CONTENT and node.flat is None and not node.compressed \
-                and not node.chunk_based:
+        # (a layout still FLAT_PLAIN with no place is neither compressed nor chunk-based)
+        if node.flat is None and node.datalayout == fmt.EROFS_INODE_FLAT_PLAIN \
+                and node.ftype in _FLAT_CONTENT:
             inline_ok = inline_fits(node, node.size, bs) and (
                 options.inline_data or node.ftype != fmt.EROFS_FT_REG_FILE)
             data.reserve_flat(node, inline_ok)
