@@ -280,7 +280,8 @@ def build_million_tree(workdir: Path) -> Path:
 
 def prepare_million(inputs: Inputs, workdir: Path) -> None:
     """Make (or find) the million sets' tree, count its inodes and warm the page cache."""
-    inputs.million = build_million_tree(workdir)
+    # (resolved: mkfs.erofs takes a SOURCE that is a symlink for an image to rebuild from)
+    inputs.million = build_million_tree(workdir).resolve()
     inputs.million_stats = scan_tree(inputs.million)
     warm_page_cache(inputs.million)
 
