@@ -5,6 +5,7 @@ import contextlib
 import gc
 import hashlib
 import os
+from operator import attrgetter
 import stat
 import sys
 import time
@@ -38,6 +39,7 @@ from .workers import CompressionPool, FileJob, FileRange, compress_files
 from .xattrs import XattrLayout
 
 _FLAT_CONTENT = {fmt.EROFS_FT_REG_FILE, fmt.EROFS_FT_SYMLINK, fmt.EROFS_FT_DIR}
+_NID, _FTYPE = attrgetter("nid"), attrgetter("ftype")
 
 
 @dataclass
@@ -476,14 +478,19 @@ def _plan_xattrs(plan: Plan, options: BuildOptions) -> XattrLayout:
     try:
         # mkfs.erofs counts an xattr once per path below the root: the links of a file, 1 for
         # a directory, 0 for the root itself
-        handles = [layout.add(n.src.xattrs, 0 if n is root else 1 if n.src.is_dir else n.nlink,
-                              n.display_path()) for n in plan.inodes]
+        handles = [layout.add(n.src.xattrs,
+                              0 if n is root else 1 if n.ftype == fmt.EROFS_FT_DIR else n.nlink,
+                              n.display_path() if n.src.xattrs else None)
+                   for n in plan.inodes]
         layout.finalize()
     except ValueError as err:
         raise BuildError(str(err)) from None
     for node, handle in zip(plan.inodes, handles):
-        node.set_xattr_ibody(layout.ibody(handle, is_root=node is root))
-        node.src.xattrs = []
+        if handle.items or node is root:
+            node.set_xattr_ibody(layout.ibody(handle, is_root=node is root))
+            node.src.xattrs = ()     # (shared, not a list an inode)
+        else:       # (most inodes: no xattrs, no ibody)
+            node.meta_size_before_inline = node.isize
     return layout
 
 
@@ -772,8 +779,9 @@ def _assign_data(plan: Plan, options: BuildOptions, source: bytes, xattrs: Xattr
         store = _chunk_regular_files(plan, options, data, blob)
         chunked = True
     for node in plan.data_order or plan.inodes:
-        if node.ftype in _FLAT_CONTENT and node.flat is None and not node.compressed \
-                and not node.chunk_based:
+        # (a layout still FLAT_PLAIN with no place is neither compressed nor chunk-based)
+        if node.flat is None and node.datalayout == fmt.EROFS_INODE_FLAT_PLAIN \
+                and node.ftype in _FLAT_CONTENT:
             inline_ok = inline_fits(node, node.size, bs) and (
                 options.inline_data or node.ftype != fmt.EROFS_FT_REG_FILE)
             data.reserve_flat(node, inline_ok)
@@ -786,11 +794,14 @@ def _write_contents(plan: Plan, nodes: list[PlannedInode], data: DataArea, meta:
     """Write the flat files' data (by threads), symlinks and directories into the data area
     and the shared xattrs; put the long prefixes and every inode into `meta`."""
     bs = data.block_size
-    copies = [(node, meta.view(node_pos(node, meta_base) + node.meta_size_before_inline,
-                               node.flat.tail))
-              for node in nodes if node.ftype == fmt.EROFS_FT_REG_FILE and node.flat is not None
-              and not node.flat.written]
-    with FlatCopier(data, workers) as copier:
+    copies = [node for node in nodes if node.ftype == fmt.EROFS_FT_REG_FILE
+              and node.flat is not None and not node.flat.written]
+
+    def tail_view(node: PlannedInode) -> memoryview:
+        return meta.view(node_pos(node, meta_base) + node.meta_size_before_inline,
+                         node.flat.tail)
+
+    with FlatCopier(data, workers, tail_view) as copier:
         copier.start(copies)
         del copies
         # while the threads copy file data, this one lays out everything else
@@ -798,7 +809,7 @@ def _write_contents(plan: Plan, nodes: list[PlannedInode], data: DataArea, meta:
             if node.ftype == fmt.EROFS_FT_SYMLINK:
                 data.write_flat_bytes(node, node.src.target)
             elif node.ftype == fmt.EROFS_FT_DIR:
-                content = render_directory(node.dir_shape, bs, lambda n: n.nid, lambda n: n.ftype)
+                content = render_directory(node.dir_shape, bs, _NID, _FTYPE)
                 data.write_flat_bytes(node, content)
                 node.dir_shape = None
         if xattrs.shared_area:
@@ -807,8 +818,8 @@ def _write_contents(plan: Plan, nodes: list[PlannedInode], data: DataArea, meta:
                 xattr_blkaddr * bs)
         if xattrs.prefix_records:
             meta.put(prefix_pos, xattrs.prefix_records)
-        for node in nodes:
-            meta.put(node_pos(node, meta_base), serialize_inode(node, plan.epoch))
+        for ino, node in enumerate(nodes, 1):
+            meta.put(node_pos(node, meta_base), serialize_inode(node, ino, plan.epoch))
 
 
 def _index_tar(plan: Plan, options: BuildOptions, tar_index: TarIndex,
@@ -868,7 +879,7 @@ def _compress_regular_files(plan: Plan, options: BuildOptions, source: bytes,
     del jobs
     if packed is None or not packed.size:
         return None
-    packed_node = _packed_inode(packed, plan, len(plan.inodes) + 1)
+    packed_node = _packed_inode(packed, plan)
     job = FileJob(packed_node, packed.size, packed_node.meta_size_before_inline,
                   packed.reader(), zcfg.packed_profile)
     _take_layouts(compress_files([job], zcfg.without_fragments(), data, _workers(options)),
@@ -886,7 +897,7 @@ def _take_layouts(results, options: BuildOptions, data: DataArea, used: _Feature
             if options.chunkbits is not None:
                 continue            # chunk-based instead, see _chunk_regular_files
             inline_ok = inline_fits(node, node.size, bs) and options.inline_data
-            data.reserve_flat(node, inline_ok).rewritten = job.wrote_blocks
+            data.reserve_flat(node, inline_ok, job.wrote_blocks)
             continue
         node.datalayout = layout.datalayout
         node.i_u = layout.blocks
@@ -956,14 +967,15 @@ def _relative(path: bytes, source: bytes) -> bytes:
     return path[len(source):].lstrip(b"/")
 
 
-def _packed_inode(packed: PackedFile, plan: Plan, ino: int) -> PlannedInode:
-    """The nameless regular file that holds the fragments (superblock packed_nid)."""
+def _packed_inode(packed: PackedFile, plan: Plan) -> PlannedInode:
+    """The nameless regular file that holds the fragments (superblock packed_nid); it comes
+    after the tree's inodes, and is numbered so."""
     mode = stat.S_IFREG | 0o600
     src = SourceInode(packed.path, SourceStat(mode, 0, 0, packed.size, plan.epoch * 10**9, 0),
                       nlink=1)
     node = PlannedInode(src=src, ftype=fmt.EROFS_FT_REG_FILE, mode=mode, uid=0, gid=0,
                         mtime=plan.epoch, mtime_nsec=0, nlink=1, size=packed.size,
-                        extended=packed.size > fmt.EROFS_COMPACT_INODE_MAX_SIZE, ino=ino)
+                        extended=packed.size > fmt.EROFS_COMPACT_INODE_MAX_SIZE)
     node.set_xattr_ibody(b"")
     return node
 
