@@ -702,15 +702,15 @@ def _lay_out_increment(plan: Plan, options: BuildOptions, out: Output, xattrs: X
         raise BuildError(f"image of {blocks} blocks: more than the superblock's 32-bit block "
                          "count holds")
     meta = MetaImage(0, data_end * bs, meta_end)
-    nodes = placed.nodes if root_pos is None else [n for n in placed.nodes if n is not root]
-    _write_contents(plan, nodes, data, meta, base.meta_base, xattrs, 0, None,
-                    _workers(options))
+    _write_contents(plan, placed.nodes, data, meta, base.meta_base, xattrs, 0, None,
+                    _workers(options), elsewhere=root if root_pos is not None else None)
     if meta.tail:
         out.pwrite(meta.tail, meta.tail_start)
     out.seal(blocks * bs)           # all that is new is written (and synced): now the base's bytes
     if root_pos is not None:
-        out.pwrite(serialize_inode(root, plan.epoch), root_pos)
-    for pos, entry in incremental.dotdot_patches(increment, plan.by_source):
+        out.pwrite(serialize_inode(root, plan.first_ino + placed.nodes.index(root), plan.epoch),
+                   root_pos)
+    for pos, entry in incremental.dotdot_patches(increment, plan.inodes):
         out.pwrite(entry, pos)
     incompat, u1 = 0, None
     if zcfg is not None:
@@ -790,7 +790,8 @@ def _assign_data(plan: Plan, options: BuildOptions, source: bytes, xattrs: Xattr
 
 def _write_contents(plan: Plan, nodes: list[PlannedInode], data: DataArea, meta: MetaImage,
                     meta_base: int, xattrs: XattrLayout, xattr_blkaddr: int,
-                    prefix_pos: int | None, workers: int) -> None:
+                    prefix_pos: int | None, workers: int,
+                    elsewhere: PlannedInode | None = None) -> None:
     """Write the flat files' data (by threads), symlinks and directories into the data area
     and the shared xattrs; put the long prefixes and every inode into `meta`."""
     bs = data.block_size
@@ -818,8 +819,9 @@ def _write_contents(plan: Plan, nodes: list[PlannedInode], data: DataArea, meta:
                 xattr_blkaddr * bs)
         if xattrs.prefix_records:
             meta.put(prefix_pos, xattrs.prefix_records)
-        for ino, node in enumerate(nodes, 1):
-            meta.put(node_pos(node, meta_base), serialize_inode(node, ino, plan.epoch))
+        for ino, node in enumerate(nodes, plan.first_ino):
+            if node is not elsewhere:
+                meta.put(node_pos(node, meta_base), serialize_inode(node, ino, plan.epoch))
 
 
 def _index_tar(plan: Plan, options: BuildOptions, tar_index: TarIndex,

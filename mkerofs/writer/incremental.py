@@ -561,13 +561,13 @@ def split_plan(plan: Plan, inc: Increment, options: BuildOptions) -> None:
             node.nid = nid
             continue
         new.append(node)
-        node.ino = base.superblock.inos + len(new)
         if not node.extended and (node.mtime, node.mtime_nsec) != (epoch, 0):
             if options.force_inode == "compact" or options.ignore_mtime:
                 node.mtime, node.mtime_nsec = epoch, 0
             else:
                 node.extended = True
     plan.inodes = new
+    plan.first_ino = base.superblock.inos + 1
     plan.epoch = epoch
 
 
@@ -576,7 +576,8 @@ def reserve_rvsp(plan: Plan, data) -> None:
     (they read as zeros until something fills them)."""
     for node in plan.inodes:
         if node.ftype == fmt.EROFS_FT_REG_FILE and node.size:
-            data.reserve_flat(node, False).written = True
+            flat = data.reserve_flat(node, False)
+            node.flat = replace(flat, written=True)
 
 
 # -- what is written over the base ------------------------------------------------------------
@@ -594,12 +595,14 @@ def place_root(base: Base, root: PlannedInode, size: int) -> int | None:
     return base.meta_base + (root.nid << fmt.EROFS_ISLOTBITS)
 
 
-def dotdot_patches(inc: Increment, parents: dict[int, PlannedInode]) -> list[tuple[int, bytes]]:
-    """(position, bytes) of the ".." entries of the kept directories whose parent is new."""
+def dotdot_patches(inc: Increment, written: list[PlannedInode]) -> list[tuple[int, bytes]]:
+    """(position, bytes) of the ".." entries of the kept directories whose parent is new
+    (one of the `written` inodes)."""
     img = inc.base.img
+    new_nids = {id(node.src): node.nid for node in written if node.ftype == fmt.EROFS_FT_DIR}
     patches = []
     for directory in inc.reparented:
-        parent_nid = parents[id(directory.parent)].nid
+        parent_nid = new_nids[id(directory.parent)]
         inode = img.inode(inc.kept[directory])
         try:
             pos, entry = _dotdot(img, inode)

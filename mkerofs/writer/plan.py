@@ -82,6 +82,7 @@ class Plan:
                                           # number is its place here, from 1
     epoch: int                            # superblock build time; compact inodes count from it
     data_order: list[PlannedInode] | None = None    # where flat data goes, if not in that order
+    first_ino: int = 1                    # the first inode's number (--incremental: after the base's)
 
 
 def _ids(st: SourceStat, options: BuildOptions, path: bytes) -> tuple[int, int]:
