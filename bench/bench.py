@@ -2,7 +2,8 @@
 """Time mkerofs against mkfs.erofs on the same tree with the same options.
 
 For every option set (uncompressed, -zlz4, -zlz4hc, -zzstd, -zdeflate, -zlzma, --chunksize=1M,
--Ededupe without compression, and the tar rows)
+-Ededupe without compression, the tar rows, and the sparse rows: sparse, sparse-lz4,
+sparse-chunks-1m on a tree of two 5 GiB sparse files, made once in --workdir)
 both tools build an image of the same source tree; the script reports the median wall time, CPU
 time, peak RSS and image size of each tool and the ratio mkerofs / mkfs.erofs.
 
@@ -90,6 +91,14 @@ OPTION_SETS: dict[str, OptionSet] = {
     "tar-containerd-index": OptionSet(CONTAINERD_INDEX_ARGS, tar=True, verbatim=True,
                                       self_contained=False),
 }
+
+# Sparse files (issue #15): their own tree (sparse_tree), holes that neither tool should read.
+SPARSE_SETS: dict[str, OptionSet] = {
+    "sparse": OptionSet([]),
+    "sparse-lz4": OptionSet(["-zlz4"]),
+    "sparse-chunks-1m": OptionSet(["--chunksize=1048576"]),
+}
+OPTION_SETS.update(SPARSE_SETS)
 
 # The locally built erofs-utils (newest release) is preferred over Debian's older one on PATH.
 LOCAL_MKFS = "/work/erofs-utils-install/bin/mkfs.erofs"
@@ -264,6 +273,30 @@ def build_tar(tree: Path, stats: TreeStats, workdir: Path) -> Path:
         raise OSError(f"tar failed (exit {r.returncode}): {r.stderr.strip()[-300:]}")
     partial.rename(tar)
     return tar
+
+
+def sparse_tree(workdir: Path) -> Path:
+    """The sparse sets' tree (made once): a 5 GiB file with two small data extents, and a
+    5 GiB file with eight data extents between holes, at unaligned offsets."""
+    root = workdir / "sparse-tree"
+    done = root / ".complete"
+    if done.exists():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    gib = 1 << 30
+    layouts = {"two-extents": [(gib, 200_000), (3 * gib + 12345, 120_000)],
+               "several-holes": [(k * 600_000_000 + 777, 1 << 20) for k in range(8)]}
+    seed = 0
+    for name, extents in layouts.items():
+        with open(root / name, "wb") as f:
+            f.truncate(5 * gib)
+            for off, n in extents:
+                seed += 1
+                block = hashlib.sha256(str(seed).encode()).digest() * (n // 64)
+                f.seek(off)
+                f.write(block[:n // 2] + b"sparse data " * (n // 24))
+    done.touch()
+    return root
 
 
 def warm_file(path: str | Path) -> None:
@@ -536,6 +569,8 @@ def bench_set(name: str, tools: list[Tool], inputs: Inputs, args: argparse.Names
     if oset.tar and inputs.tar_error:
         return {t.name: Outcome(status="no tar", error=inputs.tar_error) for t in tools}
     source, stdin = (None, inputs.tar_stdin) if oset.tar else (inputs.tree, NO_STDIN)
+    if name in SPARSE_SETS:
+        source = sparse_tree(args.workdir)
     outcomes = {t.name: Outcome() if t.available else Outcome(status=absent_status(t, args))
                 for t in tools}
     images = {t.name: args.workdir / "images" / f"{name}-{t.name}.img" for t in tools}
