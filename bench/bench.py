@@ -3,7 +3,7 @@
 
 For every option set (uncompressed, -zlz4, -zlz4hc, -zzstd, -zdeflate, -zlzma, --chunksize=1M,
 -Ededupe without compression, the tar rows, and the sparse rows: sparse, sparse-lz4,
-sparse-chunks-1m on a tree of two 5 GiB sparse files, made once in --workdir)
+sparse-chunks-1m on a tree of two sparse files of --sparse-gib GiB, made once in --workdir)
 both tools build an image of the same source tree; the script reports the median wall time, CPU
 time, peak RSS and image size of each tool and the ratio mkerofs / mkfs.erofs.
 
@@ -275,21 +275,22 @@ def build_tar(tree: Path, stats: TreeStats, workdir: Path) -> Path:
     return tar
 
 
-def sparse_tree(workdir: Path) -> Path:
-    """The sparse sets' tree (made once): a 5 GiB file with two small data extents, and a
-    5 GiB file with eight data extents between holes, at unaligned offsets."""
-    root = workdir / "sparse-tree"
+def sparse_tree(workdir: Path, gib: int) -> Path:
+    """The sparse sets' tree (made once per size): a `gib` GiB file with two small data
+    extents, and one with eight data extents between holes, at unaligned offsets.  (mkfs.erofs
+    writes the holes of an uncompressed image: it needs 2 * `gib` GiB of free space.)"""
+    root = workdir / f"sparse-tree-{gib}g"
     done = root / ".complete"
     if done.exists():
         return root
     root.mkdir(parents=True, exist_ok=True)
-    gib = 1 << 30
-    layouts = {"two-extents": [(gib, 200_000), (3 * gib + 12345, 120_000)],
-               "several-holes": [(k * 600_000_000 + 777, 1 << 20) for k in range(8)]}
+    size = gib << 30
+    layouts = {"two-extents": [(size // 5, 200_000), (size * 3 // 5 + 12345, 120_000)],
+               "several-holes": [(k * (size // 9) + 777, 1 << 20) for k in range(8)]}
     seed = 0
     for name, extents in layouts.items():
         with open(root / name, "wb") as f:
-            f.truncate(5 * gib)
+            f.truncate(size)
             for off, n in extents:
                 seed += 1
                 block = hashlib.sha256(str(seed).encode()).digest() * (n // 64)
@@ -570,7 +571,7 @@ def bench_set(name: str, tools: list[Tool], inputs: Inputs, args: argparse.Names
         return {t.name: Outcome(status="no tar", error=inputs.tar_error) for t in tools}
     source, stdin = (None, inputs.tar_stdin) if oset.tar else (inputs.tree, NO_STDIN)
     if name in SPARSE_SETS:
-        source = sparse_tree(args.workdir)
+        source = sparse_tree(args.workdir, args.sparse_gib)
     outcomes = {t.name: Outcome() if t.available else Outcome(status=absent_status(t, args))
                 for t in tools}
     images = {t.name: args.workdir / "images" / f"{name}-{t.name}.img" for t in tools}
@@ -764,6 +765,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fsck", default="fsck.erofs", help="fsck for --check (default: %(default)s "
                    "on PATH)")
     p.add_argument("--json", type=Path, help="write the raw numbers to this file")
+    p.add_argument("--sparse-gib", type=int, default=5, help="size of each of the two files "
+                   "of the sparse sets' tree, in GiB (default: %(default)s)")
     p.add_argument("--keep-images", action="store_true", help="keep the last image of each set")
     args = p.parse_args(argv)
     if args.runs < 1:
