@@ -127,7 +127,7 @@ class CompressConfig:
     packed_pcluster_size: int = 0   # -Efragments=SIZE: pcluster of the packed inode
     dedupe: bool = False            # -Ededupe: identical extents stored once
     _profiles: dict = field(default_factory=dict, repr=False, compare=False)
-    # what a window of zeros compresses to, by (profile key, window length, compressor entry):
+    # what a window of zeros compresses to, by (profile key, window length, by address or not):
     # holes of sparse files compress alike every time (see compress_segment)
     _zero_runs: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -475,7 +475,9 @@ def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
     # NONHEAD entries k after their head: delta[0] is min(k, cap) from k = 2 on, delta[1]
     # counts down to the next head
     most = (bs - 1 + max(llens, default=0)) // bs
-    ramp = array("H", [min(k, cap) for k in range(2, most + 1)])
+    ramp = array("H", range(2, min(most, cap) + 1))
+    if most > cap:
+        ramp += array("H", [cap]) * (most - cap)
     down = array("I", range(most, 0, -1))
     pos = 0
     blk = start_blk

@@ -82,7 +82,7 @@ class FileRange:
         return self._read_own(offset, length, last, True)
 
     def _read_own(self, offset: int, length: int, last: bool, sparse: bool
-                  ) -> tuple[bytes, list]:
+                  ) -> tuple[object, list]:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as err:
@@ -617,7 +617,7 @@ class _FileInProgress:
     start: int                      # its first block
     before: int                     # the data area's next block before start was aligned
     unwritten: list[Pcluster] = field(default_factory=list)
-    unwritten_bytes: int = 0
+    unwritten_bytes: int = 0        # their payloads' bytes
     wrote: bool = False             # some of its pclusters were written already
     fragment: bool = False          # its fragment is being written to the packed file
 
