@@ -2,7 +2,8 @@
 """Time mkerofs against mkfs.erofs on the same tree with the same options.
 
 For every option set (uncompressed, -zlz4, -zlz4hc, -zzstd, -zdeflate, -zlzma, --chunksize=1M,
--Ededupe without compression, and the tar rows)
+-Ededupe without compression, the tar rows, and the sparse rows: sparse, sparse-lz4,
+sparse-chunks-1m on a tree of two sparse files of --sparse-gib GiB, made once in --workdir)
 both tools build an image of the same source tree; the script reports the median wall time, CPU
 time, peak RSS and image size of each tool and the ratio mkerofs / mkfs.erofs.
 
@@ -116,6 +117,14 @@ OPTION_SETS: dict[str, OptionSet] = {
     "million": OptionSet([], million=True),
     "million-lz4": OptionSet(["-zlz4"], million=True),
 }
+
+# Sparse files (issue #15): their own tree (sparse_tree), holes that neither tool should read.
+SPARSE_SETS: dict[str, OptionSet] = {
+    "sparse": OptionSet([]),
+    "sparse-lz4": OptionSet(["-zlz4"]),
+    "sparse-chunks-1m": OptionSet(["--chunksize=1048576"]),
+}
+OPTION_SETS.update(SPARSE_SETS)
 
 LAYER_COUNT = 4
 # (mkfs.erofs points into flat files only: no inline tails in the layers)
@@ -421,6 +430,31 @@ def build_layers(tree: Path, stats: TreeStats, workdir: Path, tool: "Tool") -> L
     return Layers(dirs, images)
 
 
+def sparse_tree(workdir: Path, gib: int) -> Path:
+    """The sparse sets' tree (made once per size): a `gib` GiB file with two small data
+    extents, and one with eight data extents between holes, at unaligned offsets.  (mkfs.erofs
+    writes the holes of an uncompressed image: it needs 2 * `gib` GiB of free space.)"""
+    root = workdir / f"sparse-tree-{gib}g"
+    done = root / ".complete"
+    if done.exists():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    size = gib << 30
+    layouts = {"two-extents": [(size // 5, 200_000), (size * 3 // 5 + 12345, 120_000)],
+               "several-holes": [(k * (size // 9) + 777, 1 << 20) for k in range(8)]}
+    seed = 0
+    for name, extents in layouts.items():
+        with open(root / name, "wb") as f:
+            f.truncate(size)
+            for off, n in extents:
+                seed += 1
+                block = hashlib.sha256(str(seed).encode()).digest() * (n // 64)
+                f.seek(off)
+                f.write(block[:n // 2] + b"sparse data " * (n // 24))
+    done.touch()
+    return root
+
+
 def warm_file(path: str | Path) -> None:
     try:
         with open(path, "rb") as f:
@@ -713,6 +747,8 @@ def bench_set(name: str, tools: list[Tool], inputs: Inputs, args: argparse.Names
         source = inputs.layers.dirs[1]
     elif oset.million:
         source = inputs.million
+    elif name in SPARSE_SETS:
+        source = sparse_tree(args.workdir, args.sparse_gib)
     outcomes = {t.name: Outcome() if t.available else Outcome(status=absent_status(t, args))
                 for t in tools}
     images = {t.name: args.workdir / "images" / f"{name}-{t.name}.img" for t in tools}
@@ -933,6 +969,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fsck", default="fsck.erofs", help="fsck for --check (default: %(default)s "
                    "on PATH)")
     p.add_argument("--json", type=Path, help="write the raw numbers to this file")
+    p.add_argument("--sparse-gib", type=int, default=5, help="size of each of the two files "
+                   "of the sparse sets' tree, in GiB (default: %(default)s)")
     p.add_argument("--keep-images", action="store_true", help="keep the last image of each set")
     args = p.parse_args(argv)
     if args.runs < 1:

@@ -276,16 +276,19 @@ def compact_area_size(totalidx: int, ebase: int) -> int:
 
 
 def encode_compact(ent: Lclusters, ebase: int, start_blk: int, lclusterbits: int,
-                   big_pcluster: bool) -> bytes:
+                   big_pcluster: bool) -> bytearray:
     """Compact indexes (COMPACTED_2B) for entries whose pclusters follow each other from
-    `start_blk`; `ebase` is where they begin.  Heads' `hi` must be those addresses (checked)."""
+    `start_blk`; `ebase` is where they begin.  Heads' `hi` must be those addresses (checked).
+    (A bytearray of the final size, filled in place and not copied: a big sparse file has
+    megabytes of them.)"""
     encodings = _ENCODINGS
     if (2, lclusterbits) not in encodings:
         raise ValueError("compact 2B indexes need lclusters of at most 4 KiB")
     types, los, his = ent.types, ent.lo, ent.hi
     nidx = len(types)
     initial, two, end = compact_runs(nidx, ebase)
-    out = bytearray()
+    out = bytearray(compact_area_size(nidx, ebase))
+    at = 0
     # The running block address as the decoder counts it.  Without big pclusters every head
     # adds one block and the base is the block of the last head before the pack.  With them,
     # a CBLKCNT entry adds its count, a head adds one only when the previous pcluster had no
@@ -321,8 +324,11 @@ def encode_compact(ent: Lclusters, ebase: int, start_blk: int, lclusterbits: int
                         raise AssertionError(f"lcluster {i}: pcluster at {hi}, counted {blk}")
                 bits |= (t << lobits | lo) << shift
                 shift += encodebits
-            out += ((base & _ADDR_MASK) << basebits | bits).to_bytes(packsize, "little")
-    return bytes(out)
+            out[at:at + packsize] = ((base & _ADDR_MASK) << basebits | bits).to_bytes(packsize,
+                                                                                     "little")
+            at += packsize
+    assert at == len(out)
+    return out
 
 
 # ---------------------------------------------------------------------------

@@ -127,6 +127,9 @@ class CompressConfig:
     packed_pcluster_size: int = 0   # -Efragments=SIZE: pcluster of the packed inode
     dedupe: bool = False            # -Ededupe: identical extents stored once
     _profiles: dict = field(default_factory=dict, repr=False, compare=False)
+    # what a window of zeros compresses to, by (profile key, window length, by address or not):
+    # holes of sparse files compress alike every time (see compress_segment)
+    _zero_runs: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         bs = self.block_size
@@ -193,7 +196,7 @@ class CompressConfig:
 
     def __getstate__(self) -> dict:
         # a worker process rebuilds profiles on demand: each would carry its compressor again
-        return {**self.__dict__, "_profiles": {}}
+        return {**self.__dict__, "_profiles": {}, "_zero_runs": {}}
 
     @property
     def packed_profile(self) -> FileProfile:
@@ -219,7 +222,8 @@ class CompressConfig:
 
     def without_fragments(self) -> "CompressConfig":
         """The configuration for the packed inode itself: no fragments, no dedupe."""
-        return replace(self, fragments=False, all_fragments=False, dedupe=False, _profiles={})
+        return replace(self, fragments=False, all_fragments=False, dedupe=False, _profiles={},
+                       _zero_runs={})
 
     def superblock(self, ztailpacking_used: bool, fragments_used: bool = False,
                    dedupe_used: bool = False) -> SuperblockCompression:
@@ -259,6 +263,11 @@ class Pcluster:
     inline: bool = False            # ztailpacking: kept after the indexes, not in data blocks
     fragment: bool = False          # -Efragments: the file's tail, kept in the packed inode
     digest: bytes = b""             # extent deduplication: hash of `payload`
+
+
+# windows of zeros remembered per build: a few per pcluster size are met again and again (a
+# hole's windows have the same lengths in every segment); the rest are bounded
+_ZERO_RUNS_MAX = 4096
 
 
 def _padded_back(data, block_size: int) -> bytes:
@@ -308,8 +317,13 @@ def inline_room(size: int, meta_size: int, cfg: CompressConfig, full: bool | Non
 
 
 def compress_segment(data, cfg: CompressConfig, *, last: bool, tail_room: int = 0,
-                     profile: FileProfile | None = None) -> list[Pcluster]:
+                     profile: FileProfile | None = None, zeros: Sequence = ()) -> list[Pcluster]:
     """Cut `data` (one segment of a file, a bytes-like object) into pclusters.
+
+    `zeros`: sorted, disjoint (start, end) ranges of `data` that are zeros (holes of a sparse
+    file): a compressor input window that lies inside one compresses to what the same window
+    of zeros compressed to before, in this build (CompressConfig._zero_runs), so gigabytes of
+    holes cost a few compressor calls.  The pclusters are the same as without `zeros`.
 
     `last`: this segment ends the file, so its final pcluster may go inline if it takes at most
     `tail_room` bytes, or (-Efragments) become the file's fragment.  Thread-safe; the heavy work
@@ -342,6 +356,8 @@ def compress_segment(data, cfg: CompressConfig, *, last: bool, tail_room: int = 
     n = len(view)
     out: list[Pcluster] = []
     head = 0
+    memo = cfg._zero_runs
+    zi, nzeros, known = 0, len(zeros), False
     while head < n:
         rem = n - head
         if frag_tail and rem <= dest:
@@ -350,10 +366,24 @@ def compress_segment(data, cfg: CompressConfig, *, last: bool, tail_room: int = 
         if rem <= bs and not may_inline:
             out.append(Pcluster(rem, True, _padded_back(view[head:], bs)))
             break
-        if base is not None:
-            used, packed = compress_at(base + head, rem if rem < max_in else max_in, dest)
+        win = rem if rem < max_in else max_in
+        if zeros:
+            while zi < nzeros and zeros[zi][1] <= head:
+                zi += 1
+            known = zi < nzeros and zeros[zi][0] <= head and head + win <= zeros[zi][1]
+        if known:
+            key = (prof.key, win, base is not None)
+            found = memo.get(key)
+            if found is None:
+                found = (compress_at(base + head, win, dest) if base is not None
+                         else comp.compress_destsize(view[head:head + win], dest))
+                if len(memo) < _ZERO_RUNS_MAX:
+                    memo[key] = found
+            used, packed = found
+        elif base is not None:
+            used, packed = compress_at(base + head, win, dest)
         else:
-            used, packed = comp.compress_destsize(view[head:head + min(rem, max_in)], dest)
+            used, packed = comp.compress_destsize(view[head:head + win], dest)
         if used <= 0:
             raise RuntimeError(f"{comp.name}: compressor consumed nothing")
         csize = len(packed)
@@ -419,7 +449,7 @@ class CompressedLayout:
 
 def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
                   block_size: int, big_pcluster: bool, addrs: Sequence[int] | None = None,
-                  fragment_hi: int | None = None) -> Lclusters:
+                  fragment_hi: int | None = None, with_ofs: bool = True) -> Lclusters:
     """One entry per lcluster for extents laid end to end from offset 0.
 
     `codes[i]`: pcluster blocks | _RAW | _INLINE | _FRAGMENT.  Pclusters are consecutive from
@@ -428,55 +458,74 @@ def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
     by one block, as mkfs.erofs does (no effect on reading: the kernel takes inline data from
     the inode).  The fragment (always the last extent) has no blocks; with full indexes its
     head keeps `fragment_hi`, the high 32 bits of its offset in the packed inode.
+    `with_ofs` False leaves `ofs` empty (compact indexes do without: a big sparse file has
+    millions of lclusters).
     """
     bs = block_size
-    ent = Lclusters()
-    types, los, his, ofss = ent.types, ent.lo, ent.hi, ent.ofs
+    # every entry is written in place: arrays grown entry by entry would take twice their size
+    # for a while, and a big sparse file has millions of lclusters
+    total = -(-sum(llens) // bs)
+    types = bytearray(total)
+    los = array("H", [0]) * total
+    his = array("I", [0]) * total
+    ofss = array("H", [0]) * total if with_ofs else array("H")
+    ent = Lclusters(types, los, his, ofss)
     nonhead = bytes([NONHEAD])
     cap = CBLKCNT - 1
+    # NONHEAD entries k after their head: delta[0] is min(k, cap) from k = 2 on, delta[1]
+    # counts down to the next head
+    most = (bs - 1 + max(llens, default=0)) // bs
+    ramp = array("H", range(2, min(most, cap) + 1))
+    if most > cap:
+        ramp += array("H", [cap]) * (most - cap)
+    down = array("I", range(most, 0, -1))
     pos = 0
     blk = start_blk
     last = len(llens) - 1
     tailofs = 0
+    p = 0                           # the entry of this extent's head
     for i, llen in enumerate(llens):
         code = codes[i]
         nblocks = code & _BLOCKS_MASK
         c = pos % bs
         d1 = (c + llen) // bs
-        types.append(PLAIN if code & _RAW else HEAD1)
-        los.append(c)
+        if d1 == 0 and i != last:
+            raise ValueError(f"extent {i} at {pos} (+{llen}) ends inside its lcluster")
+        types[p] = PLAIN if code & _RAW else HEAD1
+        los[p] = c
         addr = addrs[i] if addrs is not None and addrs[i] >= 0 else -1
         if code & _FRAGMENT and fragment_hi is not None:
-            his.append(fragment_hi)
+            his[p] = fragment_hi
         else:
-            his.append(blk if addr < 0 else addr)
-        ofss.append(c)
-        if d1 == 0:
-            if i != last:
-                raise ValueError(f"extent {i} at {pos} (+{llen}) ends inside its lcluster")
-            tailofs = 0
-        else:
-            k = d1 - 1              # lclusters covered completely after the head: NONHEAD
-            if k:
-                types.extend(nonhead * k)
-                # delta[0]: distance back to the head (CBLKCNT on the first with big pclusters)
-                if big_pcluster:
-                    los.append(CBLKCNT | nblocks)
-                else:
-                    los.append(1)
-                if k > 1:
-                    los.extend(range(2, min(d1, cap + 1)))
-                    if d1 > cap + 1:
-                        los.extend([cap] * (d1 - cap - 1))
-                his.extend(range(k, 0, -1))     # delta[1]: distance to the next head
-                ofss.extend([c] * k)
-            tailofs = (c + llen) % bs
+            his[p] = blk if addr < 0 else addr
+        if with_ofs:
+            ofss[p] = c
+        p += 1
+        k = d1 - 1                  # lclusters covered completely after the head: NONHEAD
+        if k > 0:
+            q = p + k
+            types[p:q] = nonhead * k
+            # delta[0]: distance back to the head (CBLKCNT on the first with big pclusters)
+            los[p] = CBLKCNT | nblocks if big_pcluster else 1
+            if k > 1:
+                los[p + 1:q] = ramp[:k - 1]
+            his[p:q] = down[most - k:]
+            if with_ofs:
+                ofss[p:q] = array("H", [c]) * k
+            p = q
+        tailofs = (c + llen) % bs if d1 else 0
         if addr < 0:
             blk += 1 if code & _INLINE else nblocks
         pos += llen
     if tailofs:
         # the lcluster where the file ends opens a (virtual) extent at EOF
-        ent.add(PLAIN, tailofs, 0, tailofs)
+        types[p] = PLAIN
+        los[p] = tailofs
+        if with_ofs:
+            ofss[p] = tailofs
+        p += 1
+    if p != total:
+        raise AssertionError(f"{p} lcluster entries for {total} lclusters")
     return ent
 
 
@@ -507,7 +556,8 @@ def build_indexes(llens: Sequence[int], codes: Sequence[int], size: int, start_b
     full = (cfg.legacy_indexes or deduped
             or (fragment_off is not None and fragment_off >> 32 != 0))
     ent = lclusters_for(llens, codes, start_blk, bs, big, addrs,
-                        fragment_off >> 32 if full and fragment_off is not None else None)
+                        fragment_off >> 32 if full and fragment_off is not None else None,
+                        with_ofs=full)
     nidx = lcluster_count(size, bs)
     if len(ent) != nidx:
         raise AssertionError(f"{len(ent)} lcluster entries for {nidx} lclusters")
@@ -566,9 +616,10 @@ class FileCompression:
         size = self.size
         return [(off, min(seg, size - off), off + seg >= size) for off in range(0, size, seg)]
 
-    def compress(self, data, last: bool) -> list[Pcluster]:
+    def compress(self, data, last: bool, zeros: Sequence = ()) -> list[Pcluster]:
+        """The pclusters of the next segment; `zeros`: ranges of it known to be zeros."""
         return compress_segment(data, self.cfg, last=last, tail_room=self.tail_room if last else 0,
-                                profile=self.profile)
+                                profile=self.profile, zeros=zeros)
 
     def add(self, p: Pcluster, addr: int = -1, nblocks: int = 0) -> None:
         """Record the next pcluster; `addr` >= 0: it is not written but refers to the pcluster

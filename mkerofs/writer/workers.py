@@ -13,6 +13,8 @@ indexes are encoded once, here, when its blocks are known.
 """
 from __future__ import annotations
 
+import errno
+import mmap
 import multiprocessing
 import os
 import queue
@@ -71,13 +73,30 @@ class FileRange:
     def __call__(self, offset: int, length: int, last: bool) -> bytes:
         if self.offset is not None:
             return self._read_range(offset, length)
+        return self._read_own(offset, length, last, False)[0]
+
+    def read_sparse(self, offset: int, length: int, last: bool) -> tuple[object, list]:
+        """As a call (a bytes-like object), and the (start, end) ranges of it that are holes
+        of the file (SEEK_HOLE): those are not read, and take no memory."""
+        if self.offset is not None or length < SPARSE_MIN:
+            return self(offset, length, last), []
+        return self._read_own(offset, length, last, True)
+
+    def _read_own(self, offset: int, length: int, last: bool, sparse: bool
+                  ) -> tuple[object, list]:
         try:
             fd = open_path(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as err:
             raise self.error(err.strerror or str(err)) from None
         try:
+            holes = _holes(fd, offset, length) if sparse else []
             # the last read asks for one byte more: getting it means the file grew
-            data, pos = _read_upto(fd, offset, length + 1 if last else length)
+            want = length + 1 if last else length
+            if holes:
+                data = _read_around(fd, offset, length, holes)
+                pos = min(os.fstat(fd).st_size, offset + want)
+            else:
+                data, pos = _read_upto(fd, offset, want)
         except OSError as err:
             raise self.error(err.strerror or str(err)) from None
         finally:
@@ -87,7 +106,7 @@ class FileRange:
                              f"{self.size})")
         if pos > offset + length:
             raise self.error(f"file changed during the build (size is no longer {self.size})")
-        return data
+        return data, holes
 
     def _read_range(self, offset: int, length: int) -> bytes:
         if self.path is None:
@@ -106,6 +125,49 @@ class FileRange:
             raise self.error(f"{os.fsdecode(self.path)} ends at byte {pos}, inside this "
                              f"file's data (changed during the build?)")
         return data
+
+
+# segments shorter than this are read whole, holes or not: looking for holes costs system calls
+SPARSE_MIN = 1 << 20
+# a segment's holes looked for at most: the rest reads as data (zeros, compressed as data)
+MAX_HOLES = 256
+
+
+def _holes(fd: int, offset: int, length: int) -> list[tuple[int, int]]:
+    """The holes of fd in [offset, offset + length), relative to offset (SEEK_DATA/SEEK_HOLE;
+    none where the file system cannot tell)."""
+    end = offset + length
+    pos = offset
+    out = []
+    while pos < end and len(out) < MAX_HOLES:
+        try:
+            data = min(os.lseek(fd, pos, os.SEEK_DATA), end)
+        except OSError as err:
+            if err.errno != errno.ENXIO:        # ENXIO: a hole up to the end of the file
+                return []
+            data = end
+        if data > pos:
+            out.append((pos - offset, data - offset))
+        if data >= end:
+            break
+        pos = os.lseek(fd, data, os.SEEK_HOLE)
+    return out
+
+
+def _read_around(fd: int, offset: int, length: int, holes: list[tuple[int, int]]) -> mmap.mmap:
+    """[offset, offset + length) of fd with only what is not in `holes` read: into anonymous
+    memory, whose untouched pages cost nothing (a heap buffer would be cleared page by page)."""
+    buf = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE)     # (shared would count as read)
+    with memoryview(buf) as view:
+        pos = 0
+        for start, end in holes + [(length, length)]:
+            while pos < start:
+                got = os.preadv(fd, [view[pos:start]], offset + pos)
+                if not got:                 # the file shrank: the caller's size check says so
+                    break
+                pos += got
+            pos = end
+    return buf
 
 
 def _read_upto(fd: int, pos: int, length: int) -> tuple[bytes, int]:
@@ -152,10 +214,13 @@ def _compress_work(cfg: CompressConfig, work: _Work) -> CompressedFile | list[Pc
     fc = FileCompression(work.size, work.meta_size, cfg, cfg.profile(*work.profile_key))
     if fc.hopeless:
         return None
-    data = work.read(work.offset, work.length, work.last)
+    if type(work.read) is FileRange:
+        data, zeros = work.read.read_sparse(work.offset, work.length, work.last)
+    else:
+        data, zeros = work.read(work.offset, work.length, work.last), ()
     if len(data) != work.length:
         raise AssertionError("short read")
-    pcl = fc.compress(data, work.last)
+    pcl = fc.compress(data, work.last, zeros)
     if not work.alone:
         return pcl
     parts = []
@@ -553,6 +618,7 @@ class _FileInProgress:
     start: int                      # its first block
     before: int                     # the data area's next block before start was aligned
     unwritten: list[Pcluster] = field(default_factory=list)
+    unwritten_bytes: int = 0        # their payloads' bytes
     wrote: bool = False             # some of its pclusters were written already
     fragment: bool = False          # its fragment is being written to the packed file
 
@@ -685,8 +751,9 @@ class _CompressionRun:
         for p in pclusters:
             self.take_pcluster(file, p)
         if not task.work.last:
-            # keep small files in memory until we know compression pays; write big ones
-            if sum(len(p.payload) for p in file.unwritten) >= self.cfg.segment_size:
+            # keep small files in memory until we know compression pays; write big ones (as
+            # soon as their pclusters make one write: holding more only takes memory)
+            if file.unwritten_bytes >= min(self.cfg.segment_size, _BlockWriter.LIMIT):
                 self.write_unwritten(file)
             return None
         self.file = None
@@ -716,16 +783,17 @@ class _CompressionRun:
         fc.add(p)
         if not p.inline:
             file.unwritten.append(p)
+            file.unwritten_bytes += len(p.payload)
 
     def write_unwritten(self, file: _FileInProgress) -> None:
         if not file.unwritten:
             return
         bs = self.cfg.block_size
         parts = [p.payload for p in file.unwritten]
-        nbytes = sum(map(len, parts))
+        nbytes = file.unwritten_bytes
         blk = self.area.allocate(nbytes // bs)
         self.writer.write(blk * bs, parts, nbytes)
-        file.unwritten = []
+        file.unwritten, file.unwritten_bytes = [], 0
         file.wrote = True
 
     def finish(self, file: _FileInProgress) -> CompressedLayout | None:
@@ -739,7 +807,7 @@ class _CompressionRun:
         if self.dedupe is not None:
             self.dedupe.commit(keep=layout is not None)
         if layout is None:
-            file.unwritten = []
+            file.unwritten, file.unwritten_bytes = [], 0
             self.area.rewind(file.before)
             file.job.wrote_blocks = file.wrote
             # what it wrote goes out now, before anything else is written to those blocks

@@ -352,6 +352,38 @@ def make_big_sparse_file(path: PathLike, size: int = 4 * 2**30 + 4096 + 123) -> 
         f.write(b"the end")
 
 
+# (size, [(offset, length) of data]) of make_sparse_tree's files; the rest is hole.  Sizes
+# straddle mkerofs's 16 MiB compression segments; offsets are unaligned; one file is all hole,
+# one has 4 KiB holes between its data blocks.
+SPARSE_FILES = {
+    "middle": (40 * 2**20 + 123, [(17 * 2**20 + 5, 70000), (33 * 2**20 - 3000, 9000)]),
+    "start-end": (20 * 2**20 + 4097, [(0, 5000), (20 * 2**20 + 4000, 97)]),
+    "all-hole": (18 * 2**20 + 1, []),
+    "end-data": (3 * 2**20, [(3 * 2**20 - 10000, 10000)]),
+    "every-other-block": (2 * 2**20 + 100, [(k, 4096) for k in range(0, 2 * 2**20, 8192)]),
+}
+
+
+def make_sparse_tree(root: PathLike, *, dense: bool = False) -> None:
+    """The files of SPARSE_FILES, with holes (or, `dense`, the same bytes all written), half
+    random and half repetitive data, fixed mtimes: a sparse and a dense tree image alike."""
+    rng = random.Random(15)
+    root = Path(os.fsdecode(root))
+    root.mkdir()
+    for name, (size, extents) in SPARSE_FILES.items():
+        path = root / name
+        with open(path, "wb") as f:
+            if dense:
+                f.write(bytes(size))
+            f.truncate(size)
+            for off, n in extents:
+                half = n // 2
+                f.seek(off)
+                f.write(rng.randbytes(half) + (b"sparse " * (n // 7 + 1))[:n - half])
+        os.utime(path, (1_600_000_000, 1_600_000_000))
+    os.utime(root, (1_600_000_000, 1_600_000_000))
+
+
 def copy_tree(src: PathLike, dst: PathLike, *, reverse: bool = True) -> None:
     """Copy a tree with all metadata (types, data, modes, owners, ns mtimes,
     rdev, hard links), creating the entries of every directory in reverse
