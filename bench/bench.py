@@ -22,6 +22,11 @@ again, 4 a few more and whiteouts of some of layer 1's files).  rebuild: `IMAGE 
 incremental: `--incremental IMAGE layer2-dir` over a base image of layer 1 built by the same
 tool (a fresh copy of it before each run, outside the timed part).
 
+The million rows (million, million-lz4) build another tree instead: 1,000 directories of 1,000
+files of 0 to 200 bytes (bench/make_million_tree.py, made once in --workdir: about a minute and
+4 GiB of page cache), where the cost per inode dominates; they add a "bytes per inode" row,
+each tool's peak RSS divided by the tree's inodes.
+
     python bench/bench.py                  # default tree (stdlib + site-packages copy), all sets
     python bench/bench.py --sets lz4,zstd --runs 5 --json out.json
     python bench/bench.py --sets tar,tar-containerd --tar-stdin=pipe
@@ -71,6 +76,7 @@ class OptionSet:
     layers: bool = False     # the tree as layer images: IMAGE L1 L2 L3 L4 (rebuild mode)
     incremental: bool = False       # IMAGE: a fresh copy of a base built from layer 1,
                                     # SOURCE: layer 2's directory
+    million: bool = False    # the generated 1,000,000-file tree instead (make_million_tree.py)
 
     def argv(self, quiet: bool, extra: list[str]) -> list[str]:
         if self.verbatim:
@@ -106,6 +112,9 @@ OPTION_SETS: dict[str, OptionSet] = {
     "rebuild": OptionSet([], layers=True, self_contained=False),
     "rebuild-clean": OptionSet(["--clean=data"], layers=True),
     "incremental": OptionSet(["--incremental"], incremental=True),
+    # 1,000 directories of 1,000 files of 0 to 200 bytes: the cost per inode
+    "million": OptionSet([], million=True),
+    "million-lz4": OptionSet(["-zlz4"], million=True),
 }
 
 LAYER_COUNT = 4
@@ -171,6 +180,13 @@ class Inputs:
     tar_error: str = ""      # why there is no tar (the tar rows report it instead of running)
     layers: "Layers | None" = None
     layers_error: str = ""   # why there are no layers (the layer rows report it)
+    million: Path | None = None     # the million sets' tree (made once in --workdir)
+    million_stats: TreeStats | None = None
+
+    @property
+    def million_inodes(self) -> int:
+        """The million tree's inodes (root included): peak RSS is divided by them."""
+        return self.million_stats.entries + 1 if self.million_stats else 0
 
 
 @dataclass
@@ -267,6 +283,50 @@ def build_default_tree(workdir: Path) -> Path:
             log(f"  note: {len(exc.args[0])} entries of {src} could not be copied")
     partial.rename(tree)
     return tree
+
+
+MILLION_GENERATOR = Path(__file__).resolve().parent / "make_million_tree.py"
+
+
+def million_tree_path(workdir: Path) -> Path:
+    """Where the million sets' tree is kept: the name carries a digest of the generator, so a
+    changed generator makes a new tree."""
+    key = hashlib.sha256(MILLION_GENERATOR.read_bytes()).hexdigest()[:10]
+    return workdir / f"million-{key}"
+
+
+def build_million_tree(workdir: Path) -> Path:
+    """The million sets' tree (bench/make_million_tree.py), made once in workdir."""
+    tree = million_tree_path(workdir)
+    if tree.is_dir():
+        return tree
+    partial = tree.with_name(tree.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    log(f"making the 1,000,000-file tree {tree} (once; a minute or two) ...")
+    subprocess.run([sys.executable, str(MILLION_GENERATOR), str(partial)], check=True,
+                   stdin=subprocess.DEVNULL)
+    partial.rename(tree)
+    return tree
+
+
+def prepare_million(inputs: Inputs, workdir: Path) -> None:
+    """Make (or find) the million sets' tree, count its inodes and warm the page cache."""
+    # (resolved: mkfs.erofs takes a SOURCE that is a symlink for an image to rebuild from)
+    inputs.million = build_million_tree(workdir).resolve()
+    inputs.million_stats = scan_tree(inputs.million)
+    warm_page_cache(inputs.million)
+
+
+def bytes_per_inode(out: Outcome, inodes: int) -> float | None:
+    rss = out.median("maxrss_kib")
+    return rss * 1024 / inodes if rss is not None and inodes else None
+
+
+def format_per_inode(outcomes: dict[str, Outcome], inodes: int) -> str:
+    """The million sets' extra row: peak RSS divided by the tree's inodes."""
+    a, b = (bytes_per_inode(outcomes[t], inodes) for t in (MKEROFS, MKFS))
+    cells = [f"{v:.0f}" if v is not None else "-" for v in (a, b)]
+    return f"\n  {'bytes per inode':<18}{cells[0]:>14}{cells[1]:>14}{ratio(a, b):>10}"
 
 
 def build_tar(tree: Path, stats: TreeStats, workdir: Path) -> Path:
@@ -388,7 +448,16 @@ def child_env() -> dict[str, str]:
     # current directory and whether or not it is installed; it does not affect mkfs.erofs.
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    # an installed package runs from compiled bytecode (compile_bytecode() makes it): without
+    # it every run would also compile the whole package, ~0.2 s no user pays
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
+
+
+def compile_bytecode() -> None:
+    """Compile the package once, as pip does when it installs it."""
+    import compileall
+    compileall.compile_dir(str(REPO / "mkerofs"), quiet=1)
 
 
 # Linux starts a child's peak RSS at the RSS of the process that forked it (exec keeps the
@@ -642,6 +711,8 @@ def bench_set(name: str, tools: list[Tool], inputs: Inputs, args: argparse.Names
         source = inputs.layers.images
     elif oset.incremental:
         source = inputs.layers.dirs[1]
+    elif oset.million:
+        source = inputs.million
     outcomes = {t.name: Outcome() if t.available else Outcome(status=absent_status(t, args))
                 for t in tools}
     images = {t.name: args.workdir / "images" / f"{name}-{t.name}.img" for t in tools}
@@ -795,6 +866,8 @@ def write_json(path: Path, tools: list[Tool], inputs: Inputs, stats: TreeStats,
         "tar": {"path": str(inputs.tar_stdin.path) if inputs.tar_stdin.path else None,
                 "stdin": "pipe" if inputs.tar_stdin.pipe else "file", "error": inputs.tar_error},
         "rss_floor_kib": rss_floor_kib,
+        "million": {"path": str(inputs.million) if inputs.million else None,
+                    "inodes": inputs.million_inodes},
         "runs": args.runs,
         "common_args": COMMON_ARGS,
         "extra_args": args.extra,
@@ -803,7 +876,9 @@ def write_json(path: Path, tools: list[Tool], inputs: Inputs, stats: TreeStats,
             name: {
                 **asdict(OPTION_SETS[name]),
                 **{tool: {**asdict(out),
-                          "median": {attr: out.median(attr) for _, attr, _ in METRICS}}
+                          "median": {attr: out.median(attr) for _, attr, _ in METRICS},
+                          "bytes_per_inode": bytes_per_inode(out, inputs.million_inodes)
+                          if OPTION_SETS[name].million else None}
                    for tool, out in outcomes.items()},
             }
             for name, outcomes in results.items()
@@ -894,6 +969,7 @@ def main(argv: list[str] | None = None) -> int:
 
     mkerofs, mkfs = find_mkerofs(args.mkerofs), find_mkfs(args.mkfs)
     tools = [mkerofs, mkfs]
+    compile_bytecode()
     for tool in tools:
         if args.only and tool.name != args.only:
             tool.available, tool.note = False, f"left out (--only {args.only})"
@@ -943,12 +1019,18 @@ def main(argv: list[str] | None = None) -> int:
         for image in inputs.layers.images:
             warm_file(image)
     fsck = resolve_fsck(args)
+    if any(OPTION_SETS[name].million for name in args.sets):
+        prepare_million(inputs, args.workdir)
     rss_floor = measure_rss_floor(args.workdir)
     warn_if_busy()
 
     print(f"tree: {tree}")
     print(f"      {stats.files} files, {stats.dirs} dirs, {stats.symlinks} symlinks, "
           f"{mib(stats.bytes)} MiB of file data")
+    if inputs.million_stats:
+        m = inputs.million_stats
+        print(f"million:    {inputs.million}: {m.files} files, {m.dirs} dirs, "
+              f"{mib(m.bytes)} MiB of file data ({inputs.million_inodes} inodes)")
     for t in tools:
         desc = f"{shlex.join(t.argv)}  [{t.version}]" if t.available else f"unavailable ({t.note})"
         print(f"{t.name + ':':<12}{desc}")
@@ -966,7 +1048,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in args.sets:
             results[name] = bench_set(name, tools, inputs, args, fsck)
-            print(format_set(name, results[name], rss_floor) + "\n", flush=True)
+            per_inode = format_per_inode(results[name], inputs.million_inodes) \
+                if OPTION_SETS[name].million else ""
+            print(format_set(name, results[name], rss_floor) + per_inode + "\n", flush=True)
     except KeyboardInterrupt:
         log("interrupted; reporting the sets finished so far")
     if results:

@@ -5,6 +5,7 @@ All integers are little-endian.
 """
 from __future__ import annotations
 
+import stat
 import struct
 from dataclasses import dataclass
 
@@ -63,6 +64,13 @@ EROFS_FT_BLKDEV = 4
 EROFS_FT_FIFO = 5
 EROFS_FT_SOCK = 6
 EROFS_FT_SYMLINK = 7
+# (the kernel's fs_umode_to_ftype)
+EROFS_FT_OF_MODE = {
+    stat.S_IFREG: EROFS_FT_REG_FILE, stat.S_IFDIR: EROFS_FT_DIR,
+    stat.S_IFCHR: EROFS_FT_CHRDEV, stat.S_IFBLK: EROFS_FT_BLKDEV,
+    stat.S_IFIFO: EROFS_FT_FIFO, stat.S_IFSOCK: EROFS_FT_SOCK,
+    stat.S_IFLNK: EROFS_FT_SYMLINK,
+}
 
 EROFS_NAME_LEN = 255
 

@@ -83,12 +83,7 @@ SYMLINK_MAX = 4095               # the kernel reads at most PAGE_SIZE - 1 bytes 
 _DECODED_CACHE_BYTES = 48 << 20  # decoded pclusters kept (fragments, dedupe, small reads)
 _DIR_CACHE_ENTRIES = 32
 
-_FT_OF_MODE = {
-    stat.S_IFREG: fmt.EROFS_FT_REG_FILE, stat.S_IFDIR: fmt.EROFS_FT_DIR,
-    stat.S_IFCHR: fmt.EROFS_FT_CHRDEV, stat.S_IFBLK: fmt.EROFS_FT_BLKDEV,
-    stat.S_IFIFO: fmt.EROFS_FT_FIFO, stat.S_IFSOCK: fmt.EROFS_FT_SOCK,
-    stat.S_IFLNK: fmt.EROFS_FT_SYMLINK,
-}
+_FT_OF_MODE = fmt.EROFS_FT_OF_MODE
 _COMPRESSED = (fmt.EROFS_INODE_COMPRESSED_FULL, fmt.EROFS_INODE_COMPRESSED_COMPACT)
 _ADDR32 = (1 << 32) - 1
 _ADDR48 = (1 << 48) - 1

@@ -5,6 +5,7 @@ import contextlib
 import gc
 import hashlib
 import os
+from operator import attrgetter
 import stat
 import sys
 import time
@@ -38,6 +39,7 @@ from .workers import CompressionPool, FileJob, FileRange, compress_files
 from .xattrs import XattrLayout
 
 _FLAT_CONTENT = {fmt.EROFS_FT_REG_FILE, fmt.EROFS_FT_SYMLINK, fmt.EROFS_FT_DIR}
+_NID, _FTYPE = attrgetter("nid"), attrgetter("ftype")
 
 
 @dataclass
@@ -117,6 +119,9 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
             with report.phase("finish", progress):
                 sinks.finish(result, lambda: _vmdk_extents(image, result, devices))
             _fill_report(report, result, plan, sinks.pool)                     # report
+            if base is not None:
+                report.base_inodes = base.superblock.inos
+                report.base_blocks = base.superblock.blocks
         except BaseException:
             sinks.abort()
             raise
@@ -389,8 +394,8 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
         tar_path=os.fsencode(os.fspath(source)) if in_place else None)
     order = indexed = None
     if tree_options.index:
-        indexed = {}
-        offer = _noting_order(indexed)
+        indexed = []
+        offer = _noting_files(indexed)
     elif _sort_none_applies(options) and written is None:
         order = {}
         offer = _noting_order(order)
@@ -398,7 +403,7 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     root, _count = read_tar_tree(reader, tree_options, spool, on_file=offer)
     apply_walk_options(root, options)
     label = (reader.volume_label or b"")[:fmt.EROFS_SB_VOLUME_NAME_SIZE]
-    index = TarIndex(list(indexed), reader.archive_end) if indexed is not None else None
+    index = TarIndex(indexed, reader.archive_end) if indexed is not None else None
     device_path = tree_options.tar_path if index is not None and _tar_device(options) else None
     return _TarTree(root, order, label, written, index, device_path)
 
@@ -444,6 +449,15 @@ def _noting_order(order: dict[SourceInode, int]) -> Callable:
     return note
 
 
+def _noting_files(files: list[SourceInode]) -> Callable:
+    """An on_file for read_tar_tree that lists the regular files in stream order."""
+
+    def note(src: SourceInode, _relpath: bytes, _links) -> None:
+        files.append(src)
+
+    return note
+
+
 def _head_blocks(block_size: int) -> int:
     """Blocks up to the end of the superblock (and of the span of its checksum)."""
     return fmt.round_up(fmt.EROFS_SUPER_OFFSET + fmt.EROFS_SB_SIZE, block_size) // block_size
@@ -464,14 +478,19 @@ def _plan_xattrs(plan: Plan, options: BuildOptions) -> XattrLayout:
     try:
         # mkfs.erofs counts an xattr once per path below the root: the links of a file, 1 for
         # a directory, 0 for the root itself
-        handles = [layout.add(n.src.xattrs, 0 if n is root else 1 if n.src.is_dir else n.nlink,
-                              n.display_path()) for n in plan.inodes]
+        handles = [layout.add(n.src.xattrs,
+                              0 if n is root else 1 if n.ftype == fmt.EROFS_FT_DIR else n.nlink,
+                              n.display_path() if n.src.xattrs else None)
+                   for n in plan.inodes]
         layout.finalize()
     except ValueError as err:
         raise BuildError(str(err)) from None
     for node, handle in zip(plan.inodes, handles):
-        node.set_xattr_ibody(layout.ibody(handle, is_root=node is root))
-        node.src.xattrs = []
+        if handle.items or node is root:
+            node.set_xattr_ibody(layout.ibody(handle, is_root=node is root))
+            node.src.xattrs = ()     # (shared, not a list an inode)
+        else:       # (most inodes: no xattrs, no ibody)
+            node.meta_size_before_inline = node.isize
     return layout
 
 
@@ -683,14 +702,15 @@ def _lay_out_increment(plan: Plan, options: BuildOptions, out: Output, xattrs: X
         raise BuildError(f"image of {blocks} blocks: more than the superblock's 32-bit block "
                          "count holds")
     meta = MetaImage(0, data_end * bs, meta_end)
-    nodes = placed.nodes if root_pos is None else [n for n in placed.nodes if n is not root]
-    _write_contents(plan, nodes, data, meta, base.meta_base, xattrs, 0, None,
-                    _workers(options))
+    _write_contents(plan, placed.nodes, data, meta, base.meta_base, xattrs, 0, None,
+                    _workers(options), elsewhere=root if root_pos is not None else None)
     if meta.tail:
         out.pwrite(meta.tail, meta.tail_start)
+    out.seal(blocks * bs)           # all that is new is written (and synced): now the base's bytes
     if root_pos is not None:
-        out.pwrite(serialize_inode(root, plan.epoch), root_pos)
-    for pos, entry in incremental.dotdot_patches(increment, plan.by_source):
+        out.pwrite(serialize_inode(root, plan.first_ino + placed.nodes.index(root), plan.epoch),
+                   root_pos)
+    for pos, entry in incremental.dotdot_patches(increment, plan.inodes):
         out.pwrite(entry, pos)
     incompat, u1 = 0, None
     if zcfg is not None:
@@ -759,8 +779,9 @@ def _assign_data(plan: Plan, options: BuildOptions, source: bytes, xattrs: Xattr
         store = _chunk_regular_files(plan, options, data, blob)
         chunked = True
     for node in plan.data_order or plan.inodes:
-        if node.ftype in _FLAT_CONTENT and node.flat is None and not node.compressed \
-                and not node.chunk_based:
+        # (a layout still FLAT_PLAIN with no place is neither compressed nor chunk-based)
+        if node.flat is None and node.datalayout == fmt.EROFS_INODE_FLAT_PLAIN \
+                and node.ftype in _FLAT_CONTENT:
             inline_ok = inline_fits(node, node.size, bs) and (
                 options.inline_data or node.ftype != fmt.EROFS_FT_REG_FILE)
             data.reserve_flat(node, inline_ok)
@@ -769,15 +790,19 @@ def _assign_data(plan: Plan, options: BuildOptions, source: bytes, xattrs: Xattr
 
 def _write_contents(plan: Plan, nodes: list[PlannedInode], data: DataArea, meta: MetaImage,
                     meta_base: int, xattrs: XattrLayout, xattr_blkaddr: int,
-                    prefix_pos: int | None, workers: int) -> None:
+                    prefix_pos: int | None, workers: int,
+                    elsewhere: PlannedInode | None = None) -> None:
     """Write the flat files' data (by threads), symlinks and directories into the data area
     and the shared xattrs; put the long prefixes and every inode into `meta`."""
     bs = data.block_size
-    copies = [(node, meta.view(node_pos(node, meta_base) + node.meta_size_before_inline,
-                               node.flat.tail))
-              for node in nodes if node.ftype == fmt.EROFS_FT_REG_FILE and node.flat is not None
-              and not node.flat.written]
-    with FlatCopier(data, workers) as copier:
+    copies = [node for node in nodes if node.ftype == fmt.EROFS_FT_REG_FILE
+              and node.flat is not None and not node.flat.written]
+
+    def tail_view(node: PlannedInode) -> memoryview:
+        return meta.view(node_pos(node, meta_base) + node.meta_size_before_inline,
+                         node.flat.tail)
+
+    with FlatCopier(data, workers, tail_view) as copier:
         copier.start(copies)
         del copies
         # while the threads copy file data, this one lays out everything else
@@ -785,7 +810,7 @@ def _write_contents(plan: Plan, nodes: list[PlannedInode], data: DataArea, meta:
             if node.ftype == fmt.EROFS_FT_SYMLINK:
                 data.write_flat_bytes(node, node.src.target)
             elif node.ftype == fmt.EROFS_FT_DIR:
-                content = render_directory(node.dir_shape, bs, lambda n: n.nid, lambda n: n.ftype)
+                content = render_directory(node.dir_shape, bs, _NID, _FTYPE)
                 data.write_flat_bytes(node, content)
                 node.dir_shape = None
         if xattrs.shared_area:
@@ -794,8 +819,9 @@ def _write_contents(plan: Plan, nodes: list[PlannedInode], data: DataArea, meta:
                 xattr_blkaddr * bs)
         if xattrs.prefix_records:
             meta.put(prefix_pos, xattrs.prefix_records)
-        for node in nodes:
-            meta.put(node_pos(node, meta_base), serialize_inode(node, plan.epoch))
+        for ino, node in enumerate(nodes, plan.first_ino):
+            if node is not elsewhere:
+                meta.put(node_pos(node, meta_base), serialize_inode(node, ino, plan.epoch))
 
 
 def _index_tar(plan: Plan, options: BuildOptions, tar_index: TarIndex,
@@ -855,7 +881,7 @@ def _compress_regular_files(plan: Plan, options: BuildOptions, source: bytes,
     del jobs
     if packed is None or not packed.size:
         return None
-    packed_node = _packed_inode(packed, plan, len(plan.inodes) + 1)
+    packed_node = _packed_inode(packed, plan)
     job = FileJob(packed_node, packed.size, packed_node.meta_size_before_inline,
                   packed.reader(), zcfg.packed_profile)
     _take_layouts(compress_files([job], zcfg.without_fragments(), data, _workers(options)),
@@ -873,7 +899,7 @@ def _take_layouts(results, options: BuildOptions, data: DataArea, used: _Feature
             if options.chunkbits is not None:
                 continue            # chunk-based instead, see _chunk_regular_files
             inline_ok = inline_fits(node, node.size, bs) and options.inline_data
-            data.reserve_flat(node, inline_ok).rewritten = job.wrote_blocks
+            data.reserve_flat(node, inline_ok, job.wrote_blocks)
             continue
         node.datalayout = layout.datalayout
         node.i_u = layout.blocks
@@ -943,14 +969,15 @@ def _relative(path: bytes, source: bytes) -> bytes:
     return path[len(source):].lstrip(b"/")
 
 
-def _packed_inode(packed: PackedFile, plan: Plan, ino: int) -> PlannedInode:
-    """The nameless regular file that holds the fragments (superblock packed_nid)."""
+def _packed_inode(packed: PackedFile, plan: Plan) -> PlannedInode:
+    """The nameless regular file that holds the fragments (superblock packed_nid); it comes
+    after the tree's inodes, and is numbered so."""
     mode = stat.S_IFREG | 0o600
     src = SourceInode(packed.path, SourceStat(mode, 0, 0, packed.size, plan.epoch * 10**9, 0),
                       nlink=1)
     node = PlannedInode(src=src, ftype=fmt.EROFS_FT_REG_FILE, mode=mode, uid=0, gid=0,
                         mtime=plan.epoch, mtime_nsec=0, nlink=1, size=packed.size,
-                        extended=packed.size > fmt.EROFS_COMPACT_INODE_MAX_SIZE, ino=ino)
+                        extended=packed.size > fmt.EROFS_COMPACT_INODE_MAX_SIZE)
     node.set_xattr_ibody(b"")
     return node
 

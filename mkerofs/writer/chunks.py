@@ -152,14 +152,14 @@ def make_hole_files(inodes: Iterable[PlannedInode], blkszbits: int) -> bool:
 def make_indexed_file(node: PlannedInode, blkszbits: int, start: int, device_id: int) -> None:
     """Make `node` chunk-based over consecutive blocks from `start`: of extra device
     `device_id` (8-byte chunk indexes), or of the image (device 0: a block map)."""
-    chunkbits = covering_chunkbits(node.size, blkszbits)
-    layout = ChunkLayout(node.size, blkszbits, chunkbits)
+    size = node.size
+    chunkbits = covering_chunkbits(size, blkszbits)
     step = 1 << (chunkbits - blkszbits)
-    blkaddrs = [start + i * step for i in range(layout.count)]
-    if device_id:
-        layout = ChunkLayout(node.size, blkszbits, chunkbits, indexes=True,
-                             wide=needs_wide(blkaddrs))
-    set_chunk_map(node, layout, blkaddrs, device_id)
+    # the addresses rise: the last one says whether they all fit 32 bits (needs_wide)
+    last = start + (-(-size >> chunkbits) - 1) * step
+    layout = ChunkLayout(size, blkszbits, chunkbits, bool(device_id),
+                         bool(device_id) and last >= fmt.EROFS_NULL_ADDR_32)
+    set_chunk_map(node, layout, range(start, last + 1, step), device_id)
 
 
 @dataclass

@@ -36,11 +36,13 @@ class DataArea:
         self.next_block = start_block
         self.dsunit = max(dsunit, 1)
         self._copy_file_range = hasattr(os, "copy_file_range")
+        self._flats: dict[tuple[int, int, bool], FlatData] = {}   # the places at next_block
 
     def allocate(self, nblocks: int) -> int:
         """nblocks more blocks, right after the last ones (the rest of a file, metadata)."""
         start = self.next_block
-        self.next_block += nblocks
+        if nblocks:             # (+= 0 would still make a new int, kept by every empty file)
+            self.next_block += nblocks
         return start
 
     def allocate_file(self, nblocks: int) -> int:
@@ -131,8 +133,10 @@ class DataArea:
 
     # -- per-inode -------------------------------------------------------------
 
-    def reserve_flat(self, node: PlannedInode, inline_ok: bool) -> FlatData:
-        """Choose a flat layout and reserve its blocks (node.flat).
+    def reserve_flat(self, node: PlannedInode, inline_ok: bool,
+                     rewritten: bool = False) -> FlatData:
+        """Choose a flat layout and reserve its blocks (node.flat); `rewritten`: the blocks
+        hold a compressed attempt (FlatData.rewritten).
 
         node.inline_len reserves the tail's room, so metadata can be placed before the data is
         copied.
@@ -145,8 +149,19 @@ class DataArea:
         node.datalayout = fmt.EROFS_INODE_FLAT_INLINE if tail else fmt.EROFS_INODE_FLAT_PLAIN
         node.i_u = start if nblocks else fmt.EROFS_NULL_ADDR_32
         node.inline_len = tail
-        node.flat = FlatData(start, tail)
+        node.flat = self._flat(start, tail, rewritten) if not nblocks else \
+            FlatData(start, tail, rewritten)
         return node.flat
+
+    def _flat(self, start: int, tail: int, rewritten: bool) -> FlatData:
+        """A FlatData of no blocks, shared with the other files at the same place."""
+        key = (start, tail, rewritten)
+        flat = self._flats.get(key)
+        if flat is None:
+            if len(self._flats) > 1024:
+                self._flats.clear()
+            flat = self._flats[key] = FlatData(start, tail, rewritten)
+        return flat
 
     def take_written(self, node: PlannedInode) -> None:
         """The flat layout of a regular file whose body is in the image already (its DataRef
@@ -240,8 +255,9 @@ def inline_fits(node: PlannedInode, size: int, block_size: int) -> bool:
 
 
 class FlatCopier:
-    """Copies regular files ((node, tail view) jobs for DataArea.copy_regular) while the
-    calling thread goes on: in forked processes, which write the blocks themselves and read
+    """Copies regular files (nodes for DataArea.copy_regular, each with the tail view
+    `view_of(node)` gives, made only when its turn comes: a memoryview is ~200 bytes, too
+    many to hold one per file) while the calling thread goes on: in forked processes, which write the blocks themselves and read
     the tails straight into the metadata image (shared memory, see meta.MetaImage); in threads
     where forking is not safe; here with one worker.  Leaving the `with` block waits and raises the first failure.
 
@@ -250,8 +266,9 @@ class FlatCopier:
 
     BATCH = 128
 
-    def __init__(self, data: DataArea, workers: int):
+    def __init__(self, data: DataArea, workers: int, view_of):
         self.data = data
+        self.view_of = view_of
         self.workers = workers
         self.pids: list[int] = []
         self.errors = -1                # read end of the children's error pipe
@@ -268,9 +285,10 @@ class FlatCopier:
             for i in range(0, len(copies), self.BATCH):
                 self.futures.append(self.pool.submit(self._run, copies[i:i + self.BATCH]))
 
-    def _run(self, jobs) -> None:
-        for job in jobs:
-            self.data.copy_regular(*job)
+    def _run(self, nodes) -> None:
+        copy, view_of = self.data.copy_regular, self.view_of
+        for node in nodes:
+            copy(node, view_of(node))
 
     def _fork(self, copies: list) -> None:
         self.errors, report = os.pipe()

@@ -5,10 +5,19 @@ IMAGE (the base) is the overlayfs lower layer, SOURCE the upper one; the result 
 overlay metadata).  The base's bytes are kept and the new part appended, so an increment costs
 time in proportion to what it adds, not to the base:
 
+* Only the base directories the increment reaches are read: those at a path where SOURCE has
+  a directory (and the path to them).  There the merge sees every entry, with the nid and
+  type its dirent gives; an entry's inode is read only where the rules look at it (a
+  character device, or a regular file in an opaque "x" directory: either may be a whiteout;
+  a subdirectory: to patch its "..").  Everything else in the base is left as it is, unread:
+  so with --ovlfs-strip, whiteouts (and overlay marks) of the base in directories the
+  increment does not reach stay, as with mkfs.erofs 1.9.3 (a base built with --ovlfs-strip
+  has none).
 * Base inodes that the merge keeps as they were keep their nid and are not rewritten: every
-  non-directory, and a directory whose entries (the same inodes under the same names), xattrs
-  and subdirectories are all unchanged.  Every other directory, and its ancestors up to the
-  root (their entries name a new nid), is written anew; the root always is.
+  non-directory, every directory not read, and a directory read whose entries (the same
+  inodes under the same names), xattrs and subdirectories are all unchanged.  Every other
+  directory, and its ancestors up to the root (their entries name a new nid), is written
+  anew, its link count from its subdirectories in the merge; the root always is.
 * A kept directory whose parent got a new nid has its ".." entry rewritten in place (its
   directory data must be plain blocks or an inline tail: other layouts are not kept).
 * New data goes from block ceil(file size / block size) on, new metadata after it; nids still
@@ -23,12 +32,26 @@ time in proportion to what it adds, not to the base:
   records (lz4: no larger distance or pclusters); an uncompressed base may get the records
   right after its superblock when there is room before the first byte it uses.  Fragments
   need a base without a packed inode.
-* IMAGE is never written in place: the build goes to a temporary copy beside it (a reflink or
-  copy_file_range where the filesystem has them), which replaces IMAGE only once complete and
-  synced; any failure removes it and leaves IMAGE as it was.  A block device is refused.
+* How IMAGE is written.  IMAGE is opened for writing and locked (flock, exclusive: a second
+  increment is refused while one runs).  Where the filesystem has reflinks (FICLONE: btrfs,
+  XFS) the build goes to a clone beside IMAGE, which replaces it (rename) once complete and
+  synced: IMAGE is never written, any failure removes the clone.  Elsewhere the increment is
+  appended to IMAGE itself, which must not be mounted (refused when /proc/self/mountinfo
+  shows it mounted as EROFS, through a loop device or directly):
+  1. everything new (data, inodes, directories) goes after IMAGE's last byte (size S);
+  2. the file is extended to the new image's size and synced;
+  3. then the few writes over the base's bytes: the '..' entries of kept directories, the
+     new root over the old root's slot, compression records after the superblock, and the
+     superblock last; the bytes of each region are saved first; then a sync.
+  Any error or interruption (a bad tar, Ctrl-C, no space, an I/O error) before the end of
+  step 3 writes the saved bytes back, cuts IMAGE to S and syncs: IMAGE is byte-identical to
+  what it was.  Only a crash or a kill -9 during step 3 (a few small writes) can leave it
+  inconsistent; before it, the old superblock still describes the old image, and the bytes
+  past S are ignored (a later increment starts at ceil(file size / block size), as
+  mkfs.erofs does).  A block device is refused.
 
-Where mkfs.erofs 1.9.3 differs: it writes into IMAGE directly (a failed build leaves it grown,
-even to 2 TiB); it ignores a directory source's trusted.overlay.opaque; it honours rvsp only
+Where mkfs.erofs 1.9.3 differs: a failed build leaves IMAGE grown (even to 2
+TiB); it ignores a directory source's trusted.overlay.opaque; it honours rvsp only
 for tar sources; over an uncompressed base, -zlzma gives an unmountable image (no records);
 a compressed base without -z crashes; it loses a multi-device base's device table offset.
 """
@@ -37,18 +60,21 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass, replace
 
 from ..errors import BuildError, ImageError
 from ..ondisk import format as fmt
-from ..reader.image import Image
-from .layers import LayerTree, merge_layers, read_image_tree
+from ..reader.image import Image, Inode
+from ..util import pwrite_all
+from .layers import (OPAQUE, OPAQUE_XWHITEOUTS, LayerTree, image_node, merge_layers,
+                     read_image_tree)
 from .options import BuildOptions
 from .output import Output
 from .plan import Plan, PlannedInode
-from .walk import SourceInode
+from .walk import DataRef, SourceInode, SourceStat
 
 _FICLONE = 0x40049409           # ioctl(dst, FICLONE, src): share the source's extents
 _KEPT_DIR_LAYOUTS = {fmt.EROFS_INODE_FLAT_PLAIN, fmt.EROFS_INODE_FLAT_INLINE}
@@ -69,20 +95,22 @@ class Base:
         except OSError as err:
             raise BuildError(f"{path}: {err.strerror or err}") from None
         if stat.S_ISBLK(st.st_mode):
-            raise BuildError(f"{path}: --incremental on a block device is not supported (the "
-                             "image is replaced by a new file, a device cannot be)")
+            raise BuildError(f"{path}: --incremental on a block device is not supported")
         if not stat.S_ISREG(st.st_mode):
             raise BuildError(f"{path}: not a regular file")
+        self.fd = _lock(path)
+        st = os.fstat(self.fd)
         self.file_size = st.st_size
         self.mode = stat.S_IMODE(st.st_mode)
         try:
             self.img = Image.open(path)
         except ImageError as err:
+            os.close(self.fd)
             raise BuildError(f"{path}: not an EROFS image ({err})") from None
         img = self.img
         sb = img.superblock
         if sb.feature_incompat & fmt.EROFS_FEATURE_INCOMPAT_48BIT:
-            img.close()
+            self.close()
             raise BuildError(f"{path}: a 48-bit image: --incremental is not supported on it")
         self.superblock = sb
         self.block_size = img.block_size
@@ -121,11 +149,17 @@ class Base:
                              "fragments to it")
         return replace(options, **changes)
 
-    def output(self) -> "CopiedOutput":
-        return CopiedOutput(self)
+    def output(self) -> Output:
+        """A reflink to append to where the filesystem has them, else IMAGE itself."""
+        cloned = ClonedOutput(self)
+        if cloned.cloned:
+            return cloned
+        cloned.abort()
+        return InPlaceOutput(self)
 
     def close(self) -> None:
         self.img.close()
+        os.close(self.fd)
 
     # -- compression -----------------------------------------------------------------------
 
@@ -226,29 +260,36 @@ def _record_fits(name: str, new: bytes, base: bytes) -> bool:
     return new == base
 
 
-class CopiedOutput(Output):
-    """A temporary copy of the base beside it, which replaces it once the build is complete
-    (and synced); abort() removes it.  IMAGE itself is never written."""
+class ClonedOutput(Output):
+    """A reflink of the base beside it (it shares the base's extents: nothing is copied),
+    appended to, then renamed over IMAGE once complete and synced; abort() removes it.  IMAGE
+    itself is never written."""
 
     def __init__(self, base: Base):
         self.base = base
+        self.cloned = False
         super().__init__(base.path, 0)
 
     def _open(self) -> None:
         super()._open()
         try:
-            with open(self.base.path, "rb") as src:
-                _copy_file(src.fileno(), self.fd, self.base.file_size)
-        except OSError as err:
-            self.abort()
-            raise BuildError(f"{self.path}: copying the base: {err.strerror or err}") from None
+            fcntl.ioctl(self.fd, _FICLONE, self.base.fd)
+            self.cloned = True
+        except OSError:
+            pass                # not a reflink filesystem: the caller appends in place
         except BaseException:
             self.abort()
             raise
 
-    def finish(self, image_size: int) -> None:
+    def seal(self, image_size: int) -> None:
+        """What comes next is written over the base's bytes (here: over its clone's)."""
         try:
             os.ftruncate(self.fd, max(image_size, self.base.file_size))
+        except OSError as err:
+            raise BuildError(f"{self.path}: {err.strerror or err}") from None
+
+    def finish(self, image_size: int) -> None:
+        try:
             os.fchmod(self.fd, self.base.mode)
             os.fsync(self.fd)
             os.close(self.fd)
@@ -259,31 +300,123 @@ class CopiedOutput(Output):
             raise BuildError(f"{self.path}: {err.strerror or err}") from None
 
 
-def _copy_file(src: int, dst: int, size: int) -> None:
-    """Copy `size` bytes: a reflink if the filesystem shares extents, else copy_file_range
-    (done in the kernel, or server-side), else read and write."""
-    try:
-        fcntl.ioctl(dst, _FICLONE, src)
-        return
-    except OSError:
-        pass
-    done = 0
-    while done < size:
+class InPlaceOutput(Output):
+    """IMAGE itself, appended to (module docstring): everything new goes after its last byte;
+    seal() syncs that, and only then may the base's own bytes be written, each region saved
+    first; abort() writes the saved bytes back, cuts IMAGE to its old size and syncs."""
+
+    def __init__(self, base: Base):
+        self.base = base
+        self.start = base.file_size
+        self.saved: list[tuple[int, bytes]] = []
+        self.sealed = False
+        super().__init__(base.path, 0)
+
+    def _open(self) -> None:
+        where = _mount_point(self.base.fd)
+        if where is not None:
+            raise BuildError(f"{self.path}: is mounted (on {os.fsdecode(where)}): an increment "
+                             "cannot be appended to a mounted image (unmount it first)")
+        self.fd = os.dup(self.base.fd)
+
+    def seal(self, image_size: int) -> None:
         try:
-            n = os.copy_file_range(src, dst, size - done, done, done)
+            os.ftruncate(self.fd, max(image_size, self.start))
+            os.fsync(self.fd)
         except OSError as err:
-            if err.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                raise
-            n = 0
-        if n <= 0:
-            break
-        done += n
-    while done < size:
-        chunk = os.pread(src, min(1 << 20, size - done), done)
-        if not chunk:
-            raise OSError(errno.EIO, "the base image got shorter while being copied")
-        os.pwrite(dst, chunk, done)
-        done += len(chunk)
+            raise BuildError(f"{self.path}: {err.strerror or err}") from None
+        self.sealed = True
+
+    def pwrite(self, data, pos: int) -> None:
+        if pos < self.start:
+            if not self.sealed:
+                raise AssertionError(f"the base's bytes at {pos} written before the "
+                                     "increment was synced")
+            size = min(memoryview(data).nbytes, self.start - pos)
+            self.saved.append((pos, os.pread(self.fd, size, pos)))
+        super().pwrite(data, pos)
+
+    def finish(self, image_size: int) -> None:
+        try:
+            os.fsync(self.fd)
+        except OSError as err:
+            raise BuildError(f"{self.path}: {err.strerror or err}") from None
+        os.close(self.fd)
+        self.fd = -1
+        self.saved = []
+
+    def abort(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            for pos, original in reversed(self.saved):
+                pwrite_all(self.fd, original, pos)
+            os.ftruncate(self.fd, self.start)
+            os.fsync(self.fd)
+        except OSError as err:
+            print(f"mkerofs: {self.path}: could not be put back as it was ({err.strerror or err})"
+                  ": it may be damaged", file=sys.stderr)
+        os.close(self.fd)
+        self.fd = -1
+
+
+def _lock(path: str) -> int:
+    """IMAGE opened for writing, with an exclusive lock (two increments would interleave)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as err:
+        raise BuildError(f"{path}: {err.strerror or err} (an increment is written into the "
+                         "image)") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        st, now = os.fstat(fd), os.stat(path)
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise BuildError(f"{path}: another build is adding to it") from None
+        raise BuildError(f"{path}: {err.strerror or err}") from None
+    if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+        os.close(fd)
+        raise BuildError(f"{path}: replaced while being opened (another build?)")
+    return fd
+
+
+def _mount_point(fd: int) -> bytes | None:
+    """Where the file open as `fd` is mounted as EROFS (through a loop device, or directly
+    by a kernel that mounts files), if it is."""
+    st = os.fstat(fd)
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split(b" ")
+        if b"-" not in fields:
+            continue
+        tail = fields[fields.index(b"-") + 1:]
+        if len(tail) < 2 or tail[0] != b"erofs":
+            continue
+        backing = _unescape(tail[1])
+        if backing.startswith(b"/dev/loop"):
+            name = os.path.basename(backing).decode("ascii", "replace")
+            try:
+                with open(f"/sys/block/{name}/loop/backing_file", "rb") as f:
+                    backing = f.read().rstrip(b"\n")
+            except OSError:
+                continue
+        try:
+            other = os.stat(backing)
+        except OSError:
+            continue
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            return _unescape(fields[4])
+    return None
+
+
+def _unescape(field: bytes) -> bytes:
+    """A mountinfo field (space, tab, newline and backslash are written as \\ooo)."""
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
 
 
 # -- the merge -------------------------------------------------------------------------------
@@ -297,13 +430,24 @@ class Increment:
     reparented: list[SourceInode]           # kept directories whose parent is rewritten
 
 
+@dataclass
+class _Reach:
+    """The base's tree as far as the increment reaches (see read_reached)."""
+    root: SourceInode
+    nids: dict[SourceInode, int]            # every node's nid in the base
+    read: dict[SourceInode, tuple]          # directories read: -> their state (_dir_state)
+    inodes: dict[SourceInode, Inode]        # the directories whose inode was read
+
+
 def merge_increment(base: Base, upper: SourceInode, strip: bool) -> Increment:
-    """Put `upper` (the increment's tree) on top of the base's (overlayfs rules, layers.py)."""
-    tree = base.tree
-    before = {node: _dir_state(node.entries, node.xattrs)
-              for node in tree.nids if node.entries is not None}
-    root, _count = merge_layers([tree.root, upper], strip)
-    kept = _kept(root, tree, before, base)
+    """Put `upper` (the increment's tree) on top of the base's (overlayfs rules, layers.py),
+    reading only the base directories the increment reaches (read_reached)."""
+    try:
+        reach = read_reached(base.img, upper)
+    except ImageError as err:
+        raise BuildError(f"{base.path}: {err}") from None
+    root, _count = merge_layers([reach.root, upper], strip)
+    kept = _kept(root, reach)
     reparented = [node for node in kept if node.entries is not None
                   and node.parent not in kept]
     for node in kept:
@@ -312,14 +456,74 @@ def merge_increment(base: Base, upper: SourceInode, strip: bool) -> Increment:
     return Increment(base, root, kept, reparented)
 
 
+def read_reached(img: Image, upper: SourceInode) -> _Reach:
+    """The base's tree, read only where the increment can change it: the base directories at
+    the paths where `upper` has a directory.  Their entries are read with their dirents' nids
+    and types: an entry's inode is read only where the merge looks at it (a character device
+    or, in an opaque "x" directory, a regular file: it may be a whiteout; a subdirectory: its
+    data layout, as a ".." entry may have to be patched).  Every other base node is a stub
+    of the right type; stub directories have no entries (the merge keeps them as they are).
+    A subdirectory whose ".." cannot be patched (its data is not flat) is read too: it may
+    have to be rewritten."""
+    root_inode = img.root
+    root = image_node(img, root_inode, b"/")
+    root.parent = root
+    reach = _Reach(root, {root: root_inode.nid}, {}, {root: root_inode})
+    seen: dict[int, SourceInode] = {root_inode.nid: root}
+    pending = [(root, root_inode, upper)]
+    while pending:
+        directory, inode, up = pending.pop()
+        _read_entries(img, directory, inode, reach, seen)
+        uppers = {} if up is None else \
+            {name: child for name, child in up.entries if child.entries is not None}
+        for name, child in directory.entries:
+            if child.entries is None or child in reach.read:
+                continue
+            up_child = uppers.get(name)
+            child_inode = reach.inodes[child]
+            if up_child is not None or child_inode.datalayout not in _KEPT_DIR_LAYOUTS:
+                pending.append((child, child_inode, up_child))
+    return reach
+
+
+def _read_entries(img: Image, directory: SourceInode, inode: Inode, reach: _Reach,
+                  seen: dict[int, SourceInode]) -> None:
+    """Fill a base directory's entries (read_reached)."""
+    xwhiteouts = dict(directory.xattrs).get(OPAQUE) == OPAQUE_XWHITEOUTS
+    path = directory.path.rstrip(b"/") + b"/"
+    for name, nid, ftype in img.listdir(inode):
+        node = seen.get(nid)
+        if node is None:
+            if ftype == fmt.EROFS_FT_DIR:
+                node = SourceInode(path + name, _STUB_STAT[ftype], entries=[])
+                reach.inodes[node] = img.inode(nid)
+            elif ftype == fmt.EROFS_FT_CHRDEV or \
+                    (xwhiteouts and ftype == fmt.EROFS_FT_REG_FILE):
+                node = image_node(img, img.inode(nid), path + name)
+            else:
+                node = SourceInode(path + name, _STUB_STAT[ftype], target=b"",
+                                   data=DataRef(None))
+            node.parent = directory if node.entries is not None else None
+            seen[nid] = node
+            reach.nids[node] = nid
+        directory.entries.append((name, node))
+    reach.read[directory] = _dir_state(directory.entries, directory.xattrs)
+
+
+_STUB_STAT = {ftype: SourceStat(mode, 0, 0, 0, 0, 0)
+              for mode, ftype in fmt.EROFS_FT_OF_MODE.items()}
+
+
 def _dir_state(entries, xattrs) -> tuple:
     return tuple((name, id(child)) for name, child in sorted(entries, key=lambda e: e[0])), \
         tuple(sorted(xattrs))
 
 
-def _kept(root: SourceInode, tree: LayerTree, before: dict, base: Base
-          ) -> dict[SourceInode, int]:
-    """The inodes of the merged tree that are the base's and unchanged (module docstring)."""
+def _kept(root: SourceInode, reach: _Reach) -> dict[SourceInode, int]:
+    """The inodes of the merged tree that are the base's and unchanged (module docstring):
+    every base non-directory, every directory not read (nothing there changes), and a
+    directory read whose entries and xattrs are as they were, whose subdirectories are all
+    kept and whose ".." can be patched."""
     order = []
     pending = [root]
     while pending:
@@ -327,16 +531,20 @@ def _kept(root: SourceInode, tree: LayerTree, before: dict, base: Base
         order.append(directory)
         pending.extend(child for _name, child in directory.entries if child.entries is not None)
     kept: dict[SourceInode, int] = {}
+    nids = reach.nids
     for directory in reversed(order):           # children before their parents
         for _name, child in directory.entries:
-            if child.entries is None and child in tree.nids:
-                kept[child] = tree.nids[child]
-        nid = tree.nids.get(directory)
-        if directory is root or nid is None or \
-                before.get(directory) != _dir_state(directory.entries, directory.xattrs):
+            if child.entries is None and child in nids:
+                kept[child] = nids[child]
+        nid = nids.get(directory)
+        if directory is root or nid is None:
             continue
-        if all(child in kept for _name, child in directory.entries if child.entries is not None) \
-                and base.img.inode(nid).datalayout in _KEPT_DIR_LAYOUTS:
+        state = reach.read.get(directory)
+        if state is None or (
+                state == _dir_state(directory.entries, directory.xattrs)
+                and reach.inodes[directory].datalayout in _KEPT_DIR_LAYOUTS
+                and all(child in kept for _name, child in directory.entries
+                        if child.entries is not None)):
             kept[directory] = nid
     return kept
 
@@ -353,13 +561,13 @@ def split_plan(plan: Plan, inc: Increment, options: BuildOptions) -> None:
             node.nid = nid
             continue
         new.append(node)
-        node.ino = base.superblock.inos + len(new)
         if not node.extended and (node.mtime, node.mtime_nsec) != (epoch, 0):
             if options.force_inode == "compact" or options.ignore_mtime:
                 node.mtime, node.mtime_nsec = epoch, 0
             else:
                 node.extended = True
     plan.inodes = new
+    plan.first_ino = base.superblock.inos + 1
     plan.epoch = epoch
 
 
@@ -368,7 +576,8 @@ def reserve_rvsp(plan: Plan, data) -> None:
     (they read as zeros until something fills them)."""
     for node in plan.inodes:
         if node.ftype == fmt.EROFS_FT_REG_FILE and node.size:
-            data.reserve_flat(node, False).written = True
+            flat = data.reserve_flat(node, False)
+            node.flat = replace(flat, written=True)
 
 
 # -- what is written over the base ------------------------------------------------------------
@@ -386,12 +595,14 @@ def place_root(base: Base, root: PlannedInode, size: int) -> int | None:
     return base.meta_base + (root.nid << fmt.EROFS_ISLOTBITS)
 
 
-def dotdot_patches(inc: Increment, parents: dict[int, PlannedInode]) -> list[tuple[int, bytes]]:
-    """(position, bytes) of the ".." entries of the kept directories whose parent is new."""
+def dotdot_patches(inc: Increment, written: list[PlannedInode]) -> list[tuple[int, bytes]]:
+    """(position, bytes) of the ".." entries of the kept directories whose parent is new
+    (one of the `written` inodes)."""
     img = inc.base.img
+    new_nids = {id(node.src): node.nid for node in written if node.ftype == fmt.EROFS_FT_DIR}
     patches = []
     for directory in inc.reparented:
-        parent_nid = parents[id(directory.parent)].nid
+        parent_nid = new_nids[id(directory.parent)]
         inode = img.inode(inc.kept[directory])
         try:
             pos, entry = _dotdot(img, inode)

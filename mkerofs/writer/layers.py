@@ -210,9 +210,7 @@ def _read_tree(img: Image, index: int, nids: bool = True) -> LayerTree:
         tree.nids[root] = root_inode.nid
     seen: dict[int, SourceInode] = {root_inode.nid: root}
     pending = deque([(root, root_inode, b"/")])
-    # (one pass per entry of every layer: the checks are inlined, and an inode's xattrs are
-    # read only when it has some)
-    inode_of, xattrs_of, readlink = img.inode, img.xattrs, img.readlink
+    inode_of = img.inode
     while pending:
         directory, dir_inode, base = pending.popleft()
         entries = directory.entries
@@ -226,25 +224,34 @@ def _read_tree(img: Image, index: int, nids: bool = True) -> LayerTree:
                 continue
             path = base + name
             inode = inode_of(nid)
-            kind = stat.S_IFMT(inode.mode)
-            node = SourceInode(path, _stat(inode))
-            if inode.xattr_icount:
-                node.xattrs = xattrs_of(inode)
-            if kind == stat.S_IFREG:
-                node.data = _NO_DATA
-                if inode.size:
-                    files[node] = LayerFile(index, inode)
-            elif kind == stat.S_IFDIR:
-                node.entries = []
+            node = image_node(img, inode, path)
+            if node.entries is not None:
                 node.parent = directory
                 pending.append((node, inode, path + b"/"))
-            elif kind == stat.S_IFLNK:
-                node.target = readlink(inode)
+            elif node.data is _NO_DATA and inode.size:
+                files[node] = LayerFile(index, inode)
             seen[nid] = node
             if nids:
                 tree.nids[node] = nid
             entries.append((name, node))
     return tree
+
+
+def image_node(img: Image, inode: Inode, path: bytes) -> SourceInode:
+    """The SourceInode of one inode of `img` (a directory's entries left empty; a regular
+    file without data: where its bytes are is the caller's business).  (Made for every entry
+    of every layer: its xattrs are read only when it has some.)"""
+    node = SourceInode(path, _stat(inode))
+    if inode.xattr_icount:
+        node.xattrs = img.xattrs(inode)
+    kind = stat.S_IFMT(inode.mode)
+    if kind == stat.S_IFDIR:
+        node.entries = []
+    elif kind == stat.S_IFLNK:
+        node.target = img.readlink(inode)
+    elif kind == stat.S_IFREG:
+        node.data = _NO_DATA
+    return node
 
 
 def read_image_tree(img: Image, path: str) -> LayerTree:

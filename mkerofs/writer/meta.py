@@ -49,9 +49,8 @@ class MetaAllocator:
         bs = self.block_size
         slots = -(-nbytes // fmt.EROFS_ISLOT_SIZE)
         if nbytes <= bs:
-            pos = self._take_gap(slots)
-            if pos is not None:
-                return pos
+            if self._gap_sizes and self._gap_sizes[-1] >= slots:
+                return self._take_gap(slots)
             room = bs - self.frontier % bs
             if nbytes > room:
                 self._add_gap(self.frontier, room)
@@ -90,7 +89,7 @@ def item_size(node: PlannedInode) -> int:
 
 def place_inode(alloc: MetaAllocator, node: PlannedInode, meta_base: int = 0) -> int:
     """Place `node`, keeping its inline pcluster (node.inline_tail) within one block."""
-    pos = alloc.place(item_size(node), node.inline_tail)
+    pos = alloc.place(node.meta_size_before_inline + node.inline_len, node.inline_tail)
     node.nid = (pos - meta_base) >> fmt.EROFS_ISLOTBITS
     return pos
 
@@ -100,14 +99,14 @@ def node_pos(node: PlannedInode, meta_base: int = 0) -> int:
     return meta_base + (node.nid << fmt.EROFS_ISLOTBITS)
 
 
-def serialize_inode(node: PlannedInode, epoch: int) -> bytes:
-    i_u = node.rdev if node.ftype in _SPECIAL else node.i_u
-    return fmt.pack_inode(node.extended, node.datalayout, fmt.xattr_icount(len(node.xattr_ibody)),
-                          node.mode, node.nlink, node.size, i_u, node.ino, node.uid, node.gid,
-                          node.mtime, node.mtime_nsec, epoch) + node.xattr_ibody + node.inline
+def serialize_inode(node: PlannedInode, ino: int, epoch: int) -> bytes:
+    """The inode, its xattr ibody and inline bytes; `ino` is its number (Plan.inodes)."""
+    ibody = node.xattr_ibody
+    return fmt.pack_inode(node.extended, node.datalayout,
+                          fmt.xattr_icount(len(ibody)) if ibody else 0,
+                          node.mode, node.nlink, node.size, node.i_u, ino, node.uid, node.gid,
+                          node.mtime, node.mtime_nsec, epoch) + ibody + node.inline
 
-
-_SPECIAL = {fmt.EROFS_FT_CHRDEV, fmt.EROFS_FT_BLKDEV, fmt.EROFS_FT_FIFO, fmt.EROFS_FT_SOCK}
 
 
 def _shared_zeros(n: int):

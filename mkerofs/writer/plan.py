@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 import stat
 from collections import deque
-from dataclasses import dataclass, field
+from operator import itemgetter
+from dataclasses import dataclass
 
 from ..ondisk import format as fmt
 from .dirs import DirShape, shape_directory
@@ -12,19 +13,16 @@ from ..errors import BuildError
 from .options import BuildOptions, TimeInherit
 from .walk import SourceInode, SourceStat
 
-_FILE_TYPES = {
-    stat.S_IFREG: fmt.EROFS_FT_REG_FILE, stat.S_IFDIR: fmt.EROFS_FT_DIR,
-    stat.S_IFCHR: fmt.EROFS_FT_CHRDEV, stat.S_IFBLK: fmt.EROFS_FT_BLKDEV,
-    stat.S_IFIFO: fmt.EROFS_FT_FIFO, stat.S_IFSOCK: fmt.EROFS_FT_SOCK,
-    stat.S_IFLNK: fmt.EROFS_FT_SYMLINK,
-}
+_FILE_TYPES = fmt.EROFS_FT_OF_MODE
 
 _COMPRESSED_LAYOUTS = {fmt.EROFS_INODE_COMPRESSED_FULL, fmt.EROFS_INODE_COMPRESSED_COMPACT}
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class FlatData:
-    """Where the content of a flat inode goes: reserved in the data area, copied later."""
+    """Where the content of a flat inode goes: reserved in the data area, copied later.
+    Immutable, so that files with the same place share one (every small file whose content
+    is all inline has start = the next free block)."""
     start: int                      # first block of the body
     tail: int                       # bytes kept inline, after inode + xattrs
     rewritten: bool = False         # the blocks hold a compressed attempt: a copy writes holes
@@ -43,14 +41,12 @@ class PlannedInode:
     nlink: int
     size: int
     extended: bool = False
-    rdev: int = 0
     xattr_ibody: bytes = b""
     meta_size_before_inline: int = 0    # inode + xattr ibody: where inline data starts
     dir_shape: DirShape | None = None
-    ino: int = 0
     # filled while laying out data and metadata
     datalayout: int = fmt.EROFS_INODE_FLAT_PLAIN
-    i_u: int = 0
+    i_u: int = 0                    # as the inode's union: the device number of a device file
     inline_len: int = 0             # bytes reserved after inode + xattrs: a tail, or indexes
     inline: bytes = b""             # those bytes, when built in memory (a regular file's tail is
                                     # read straight into the metadata image instead)
@@ -82,10 +78,11 @@ class PlannedInode:
 @dataclass
 class Plan:
     root: PlannedInode
-    inodes: list[PlannedInode]            # in the order their metadata is laid out
+    inodes: list[PlannedInode]            # in the order their metadata is laid out; an inode's
+                                          # number is its place here, from 1
     epoch: int                            # superblock build time; compact inodes count from it
     data_order: list[PlannedInode] | None = None    # where flat data goes, if not in that order
-    by_source: dict[int, PlannedInode] = field(default_factory=dict)
+    first_ino: int = 1                    # the first inode's number (--incremental: after the base's)
 
 
 def _ids(st: SourceStat, options: BuildOptions, path: bytes) -> tuple[int, int]:
@@ -137,35 +134,62 @@ def planned_isize(st: SourceStat, options: BuildOptions, build_time: int) -> int
     return fmt.EROFS_INODE_EXTENDED_SIZE if form[0] else fmt.EROFS_INODE_COMPACT_SIZE
 
 
+_BY_NAME = itemgetter(0)
+_S_IFMT = 0o170000              # stat.S_IFMT(mode) is mode & this
+_INTERNED_MAX = 4096
+
+
 def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int) -> Plan:
     """Turn the source tree into planned inodes, breadth first so a directory's children sit together."""
     inherit = options.effective_time_inherit
     block_size = options.block_size
+    # Only inodes met under more than one name (directories by their own name and "..",
+    # hard links) are looked up again: a million-file tree must not cost a dict entry a file.
     planned: dict[int, PlannedInode] = {}
     order: list[PlannedInode] = []
+    # One int object per distinct mode and mtime, shared: most files have a common one, and a
+    # distinct large int costs 32 bytes (bounded, in case every mtime differs).
+    interned: dict[int, int] = {}
+    intern = interned.setdefault
+    # (per-inode work: _ids only when the options change ids, one PlannedInode call)
+    plain_ids = options.force_uid is None and options.force_gid is None and \
+        not options.uid_offset and not options.gid_offset
+    # A walked directory's stat fields are all in the planned inode now: let them go (~150
+    # bytes an inode).  A tar's or a layer's tree keeps them: --verify and --tar=i read them.
+    drop_stats = options.tar is None and options.rebuild is None
 
     def plan_one(src: SourceInode) -> PlannedInode:
         st = src.st
-        uid, gid = _ids(st, options, src.path)
+        uid, gid = st.st_uid, st.st_gid
+        if not plain_ids or uid >= 2**32 or gid >= 2**32:
+            uid, gid = _ids(st, options, src.path)
         mtime, nsec = _mtime(st, inherit, build_time)
-        kind = stat.S_IFMT(st.st_mode)
+        kind = st.st_mode & _S_IFMT
         if kind == stat.S_IFREG:
             size = st.st_size
         elif kind == stat.S_IFLNK:
             size = len(src.target)
         else:
             size = 0
-        node = PlannedInode(src=src, ftype=_FILE_TYPES[kind], mode=st.st_mode & 0xFFFF, uid=uid,
-                            gid=gid, mtime=mtime, mtime_nsec=nsec, nlink=src.nlink, size=size)
-        if kind in (stat.S_IFCHR, stat.S_IFBLK):
-            node.rdev = fmt.new_encode_dev(os.major(st.st_rdev), os.minor(st.st_rdev))
-        form = inode_form(size, uid, gid, src.nlink, mtime, nsec, options, build_time)
+        nlink = src.nlink
+        form = inode_form(size, uid, gid, nlink, mtime, nsec, options, build_time)
         if form is None:
-            raise BuildError(f"{node.display_path()}: cannot be stored in a compact inode "
+            raise BuildError(f"{os.fsdecode(src.path)}: cannot be stored in a compact inode "
                              "(size, uid, gid or nlink too large)")
-        node.extended, node.mtime, node.mtime_nsec = form
-        node.ino = len(order) + 1
-        planned[id(src)] = node
+        extended, mtime, nsec = form
+        if len(interned) >= _INTERNED_MAX:
+            interned.clear()
+        mode = st.st_mode & 0xFFFF
+        node = PlannedInode(src, _FILE_TYPES[kind], intern(mode, mode), uid, gid,
+                            intern(mtime, mtime), nsec, nlink, size, extended)
+        if kind == stat.S_IFCHR or kind == stat.S_IFBLK:
+            node.i_u = fmt.new_encode_dev(os.major(st.st_rdev), os.minor(st.st_rdev))
+        if nlink != 1 or src.entries is not None:
+            planned[id(src)] = node
+        if drop_stats:
+            src.st = None
+        if not src.xattrs:
+            src.xattrs = ()             # (shared, not an empty list an inode)
         order.append(node)
         return node
 
@@ -174,11 +198,11 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int) -> Pl
         directory = queue.popleft()
         src = directory.src
         children = []
-        for name, child in sorted(src.entries, key=lambda e: e[0]):
-            node = planned.get(id(child))
+        for name, child in sorted(src.entries, key=_BY_NAME):
+            node = planned.get(id(child)) if child.nlink != 1 else None
             if node is None:
                 node = plan_one(child)
-                if child.is_dir:
+                if node.ftype == fmt.EROFS_FT_DIR:
                     queue.append(node)
             children.append((name, node))
         parent = planned[id(src.parent)]
@@ -188,4 +212,4 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int) -> Pl
         if directory.size > fmt.EROFS_COMPACT_INODE_MAX_SIZE and not directory.extended:
             directory.extended = True
         src.entries = None          # the shape holds the children now; let the source tree go
-    return Plan(root=order[0], inodes=order, epoch=build_time, by_source=planned)
+    return Plan(root=order[0], inodes=order, epoch=build_time)

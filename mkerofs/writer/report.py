@@ -77,6 +77,8 @@ class BuildReport:
     phases: dict[str, float] = field(default_factory=dict)     # seconds, in build order
     peak_rss_bytes: int = 0         # of the main process
     peak_rss_workers_bytes: int = 0  # of the largest worker process that ended
+    base_inodes: int | None = None  # --incremental: the base's inode count (`inodes` and
+    base_blocks: int = 0            # `metadata_blocks` count what the increment added)
 
     @contextlib.contextmanager
     def phase(self, name: str, progress: "BuildProgress | None" = None):
@@ -127,16 +129,32 @@ class BuildReport:
             "seconds": round(sum(self.phases.values()), 6),
             "peak_rss_bytes": self.peak_rss_bytes,
             "peak_rss_workers_bytes": self.peak_rss_workers_bytes,
+            "increment": None if self.base_inodes is None else {
+                "base_inodes": self.base_inodes,
+                "base_blocks": self.base_blocks,
+                "new_inodes": self.inodes.get("total", 0),
+                "total_inodes": self.base_inodes + self.inodes.get("total", 0),
+            },
         }
 
     def summary_lines(self) -> list[str]:
         """The end-of-build summary, in the terms mkfs.erofs uses for its own."""
-        return [
+        inodes = self.inodes.get("total", 0)
+        if self.base_inodes is None:
+            return [
+                f"Filesystem UUID: {self.uuid}",
+                f"Filesystem total blocks: {self.blocks} (of {self.block_size}-byte blocks)",
+                f"Filesystem total inodes: {inodes}",
+                f"Filesystem total metadata blocks: {self.metadata_blocks}",
+                f"Filesystem total deduplicated bytes (of source files): {self.dedupe_bytes}",
+            ]
+        return [                    # an increment: the image's totals, and what it added
             f"Filesystem UUID: {self.uuid}",
             f"Filesystem total blocks: {self.blocks} (of {self.block_size}-byte blocks)",
-            f"Filesystem total inodes: {self.inodes.get('total', 0)}",
-            f"Filesystem total metadata blocks: {self.metadata_blocks}",
-            f"Filesystem total deduplicated bytes (of source files): {self.dedupe_bytes}",
+            f"Filesystem total inodes: {self.base_inodes + inodes}",
+            f"Filesystem new inodes: {inodes}",
+            f"Filesystem new metadata blocks: {self.metadata_blocks}",
+            f"Filesystem new deduplicated bytes (of source files): {self.dedupe_bytes}",
         ]
 
 

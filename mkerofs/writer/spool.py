@@ -55,10 +55,14 @@ class Spool:
         if self._fd < 0:
             self._open()
         start = self._end
-        if entry.sparse is not None:
-            start += -start % _SPARSE_ALIGN
-        for offset, piece in reader.chunks(entry):
-            self._gather.write(start + offset, piece)
+        data = reader.small_data(entry)
+        if data is not None:
+            self._gather.write(start, data)
+        else:
+            if entry.sparse is not None:
+                start += -start % _SPARSE_ALIGN
+            for offset, piece in reader.chunks(entry):
+                self._gather.write(start + offset, piece)
         self._end = start + entry.size
         return DataRef(self.path, start)
 
@@ -144,12 +148,17 @@ class ImageSpool:
         bs = self.data.block_size
         zero_holes = self.data.out.is_device
         start = self.data.allocate_file(-(-entry.size // bs)) * bs
-        done = 0                    # bytes of the file written (or skipped as a hole) so far
-        for offset, piece in reader.chunks(entry):
-            if offset > done and zero_holes:
-                self._zeros(start + done, offset - done)
-            self._gather.write(start + offset, piece)
-            done = offset + len(piece)
+        data = reader.small_data(entry)
+        if data is not None:
+            self._gather.write(start, data)
+            done = len(data)        # bytes of the file written (or skipped as a hole) so far
+        else:
+            done = 0
+            for offset, piece in reader.chunks(entry):
+                if offset > done and zero_holes:
+                    self._zeros(start + done, offset - done)
+                self._gather.write(start + offset, piece)
+                done = offset + len(piece)
         end = fmt.round_up(entry.size, bs)
         if zero_holes or end - done < bs:
             # the rest of the last block (a hole of more on a block device)

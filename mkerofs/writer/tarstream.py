@@ -135,6 +135,9 @@ _SPARSE_00 = (b"GNU.sparse.offset", b"GNU.sparse.numbytes")
 # keys GNU tar --format=posix writes for every entry and EROFS cannot store: dropped as they
 # are parsed, so that most entries carry no records at all (other ignored keys are kept, unread)
 _IGNORED = frozenset((b"atime", b"ctime"))
+# the PAX payload of most entries GNU tar writes: its atime and ctime records, each 30 bytes
+# long (10-digit seconds, 9-digit fraction), which the pattern pins, so it needs no parsing
+_GNU_TIMES_ONLY = re.compile(rb"(?:30 [ac]time=[0-9]{10}\.[0-9]{9}\n)+")
 
 
 class TarError(BuildError):
@@ -355,6 +358,8 @@ def _parse_pax(payload: bytes, records: dict) -> None:
     """Add the records of a PAX header to `records` (later ones win; the GNU sparse 0.0
     offset/numbytes records repeat, so they are collected in order under b"GNU.sparse.0.0";
     _IGNORED keys are left out). ValueError says what is malformed."""
+    if _GNU_TIMES_ONLY.fullmatch(payload):
+        return                  # nothing but ignored records, well formed
     pairs = _simple_pax(payload)
     if pairs is None:
         _parse_pax_records(payload, records)
@@ -432,6 +437,16 @@ class _Source:
             return self._raw.read(n)
         except DECODE_ERRORS as err:
             raise TarError(f"cannot read the input: {err}", offset=self.offset) from None
+
+    def header(self) -> tuple[int, bytes]:
+        """(stream offset, the next block): take(BLOCK) with its offset, in one call."""
+        pos = self._pos
+        end = pos + BLOCK
+        if end <= len(self._buf):
+            self._pos = end
+            return self._base + pos, self._buf[pos:end]
+        offset = self._base + pos
+        return offset, self.take(BLOCK)
 
     def take(self, n: int) -> bytes:
         """The next `n` bytes, or fewer at the end of the input."""
@@ -511,8 +526,7 @@ class _Source:
 
 @dataclass(slots=True)
 class _Pending:
-    """What the extension headers before an entry said."""
-    first: int                          # offset of the first of them
+    """What the extension headers before an entry said (when it is more than ignored keys)."""
     records: dict | None = None         # per-entry PAX records
     long_name: bytes | None = None
     long_link: bytes | None = None
@@ -535,6 +549,9 @@ class TarReader:
         self._require_end = require_end_marker
         self._headerball = headerball
         self._global: dict = {}
+        # each mode value as one int object, shared by the entries that have it (a few dozen
+        # values; otherwise an int of 32 bytes an inode stays alive in the tree)
+        self._modes: dict[int, int] = {}
         self._current: TarEntry | None = None
         self._left = 0          # payload bytes of the current entry not yet read
         self._pad = 0           # zero padding after them
@@ -545,8 +562,14 @@ class TarReader:
         self.trailing_data = False
 
     def __iter__(self) -> Iterator[TarEntry]:
+        src = self._src
         while True:
-            self._finish_entry()
+            entry = self._current
+            if entry is not None:
+                self._current = None
+                if not src.skip(self._left + self._pad):
+                    raise TarError("the input ends inside this entry's data or padding",
+                                   entry.path, entry.header_offset)
             entry = self._next_entry()
             if entry is None:
                 return
@@ -571,6 +594,23 @@ class TarReader:
             raise TarError("the input ends inside this entry's data",
                            entry.path, entry.header_offset) from None
 
+    def small_data(self, entry: TarEntry) -> bytes | None:
+        """All of `entry`'s data at once (what chunks() would yield as one piece) when it is
+        not sparse and at most 64 KiB (most files: one slice of the read buffer, no
+        generators); None otherwise, and nothing is read."""
+        size = entry.payload
+        if size > _REFILL or entry.sparse is not None:
+            return None
+        if entry is not self._current or self._left != size:
+            raise ValueError("small_data() reads the entry just yielded, once")
+        data = self._src.take(size)
+        if len(data) < size:
+            self._left -= len(data)
+            raise TarError("the input ends inside this entry's data",
+                           entry.path, entry.header_offset)
+        self._left = 0
+        return data
+
     def read(self, entry: TarEntry) -> bytes:
         """The whole content of `entry` (holes as zeros): for small files and tests."""
         if entry.sparse is None:
@@ -580,51 +620,50 @@ class TarReader:
             out[offset:offset + len(piece)] = piece
         return bytes(out)
 
-    def _finish_entry(self) -> None:
-        entry = self._current
-        if entry is not None:
-            self._current = None
-            if not self._src.skip(self._left + self._pad):
-                raise TarError("the input ends inside this entry's data or padding",
-                               entry.path, entry.header_offset)
-
     # -- headers -----------------------------------------------------------------------------
 
     def _next_entry(self) -> TarEntry | None:
         src = self._src
         pending: _Pending | None = None
+        first = None            # offset of the first extension header before the entry
         while True:
-            offset = src.offset
-            block = src.take(BLOCK)
-            if block == _ZERO_BLOCK or not block:
-                if pending is not None:
-                    raise TarError("extension headers are not followed by an entry",
-                                   offset=pending.first)
-                if not block:
-                    if self._require_end:
-                        raise TarError("the input ends without an end-of-archive marker "
-                                       "(two zero blocks): truncated?", offset=offset)
-                    return self._end(offset)
-                block = src.take(BLOCK)
-                if not block or block == _ZERO_BLOCK:
-                    return self._end(offset)
-                # a lone zero block between entries is skipped, as mkfs.erofs does
-                offset += BLOCK
-            if len(block) < BLOCK:
-                raise TarError("the input ends inside a header", offset=offset)
+            offset, block = src.header()
+            if block == _ZERO_BLOCK or len(block) < BLOCK:
+                if first is not None and (not block or block == _ZERO_BLOCK):
+                    raise TarError("extension headers are not followed by an entry", offset=first)
+                found = self._after_zero(offset, block)
+                if found is None:
+                    return None
+                offset, block = found
             header = _HEADER.unpack(block)
             self._check_header(block, header, offset)
             typeflag = header[7]
             if typeflag in b"xXgLKV":
-                if pending is None:
-                    pending = _Pending(offset)
-                self._extension(header, offset, pending)
-                if typeflag in b"gV" and pending.records is None and pending.long_name is None \
-                        and pending.long_link is None:
-                    pending = None      # a global header or a volume label stands alone
+                if first is None:
+                    first = offset
+                pending = self._extension(header, offset, pending)
+                if first == offset and typeflag in b"gV":
+                    first = None      # a global header or a volume label stands alone
                 continue
-            first = pending.first if pending is not None else offset
-            return self._entry(block, header, first, pending)
+            return self._entry(block, header, offset, offset if first is None else first, pending)
+
+    def _after_zero(self, offset: int, block: bytes) -> tuple[int, bytes] | None:
+        """A zero block (or the input's end, or a short block) where a header was due: None
+        at the end of the archive, else the header that follows a lone zero block."""
+        if not block:
+            if self._require_end:
+                raise TarError("the input ends without an end-of-archive marker "
+                               "(two zero blocks): truncated?", offset=offset)
+            return self._end(offset)
+        if block == _ZERO_BLOCK:
+            block = self._src.take(BLOCK)
+            if not block or block == _ZERO_BLOCK:
+                return self._end(offset)
+            # a lone zero block between entries is skipped, as mkfs.erofs does
+            offset += BLOCK
+        if len(block) < BLOCK:
+            raise TarError("the input ends inside a header", offset=offset)
+        return offset, block
 
     def _headerball_entry(self, entry: TarEntry, typeflag: bytes, records: dict,
                           size: int) -> None:
@@ -648,7 +687,9 @@ class TarReader:
             stored = int(header[6].translate(_NUL_TO_SPACE), 8)
         except ValueError:
             stored = None
-        if stored is None or not _checksum_ok(block, stored):
+        # (_checksum_ok's common case inline: an ASCII block, see there)
+        if stored is None or not (block.isascii() and stored == (zlib.adler32(block) & 0xFFFF)
+                                  - 1 - sum(header[6]) + 8 * 0x20 or _checksum_ok(block, stored)):
             raise TarError("bad header checksum (not a tar header, or a damaged one)",
                            _cut(header[0]), offset)
         if header[9] != b"ustar\0" and header[9] + header[10] not in (_MAGIC_GNU, _MAGIC_V7):
@@ -665,49 +706,63 @@ class TarReader:
             raise TarError(f"bad {what} field {field!r}", name, offset)
         return value
 
-    def _payload(self, size: int, name: bytes, offset: int) -> bytes:
-        """A whole extension payload and its padding."""
+    def _payload(self, size: int, name_field: bytes, offset: int) -> bytes:
+        """A whole extension payload (its padding read past)."""
         if size > _MAX_META:
-            raise TarError(f"an extension header of {size} bytes is too large", name, offset)
-        data = self._src.take(size)
-        if len(data) < size or not self._src.skip(-size % BLOCK):
-            raise TarError("the input ends inside an extension header", name, offset)
-        return data
+            raise TarError(f"an extension header of {size} bytes is too large",
+                           _cut(name_field), offset)
+        padded = size + -size % BLOCK
+        data = self._src.take(padded)
+        if len(data) < padded:
+            raise TarError("the input ends inside an extension header", _cut(name_field), offset)
+        return data[:size] if padded != size else data
 
-    def _extension(self, header: tuple, offset: int, pending: _Pending) -> None:
-        typeflag, name = header[7], _cut(header[0])
+    def _extension(self, header: tuple, offset: int, pending: _Pending | None) -> _Pending | None:
+        """Read an extension header's payload into `pending` (made when there is something to
+        keep: most PAX headers hold only ignored keys) or the global records; returns it."""
+        typeflag = header[7]
         if typeflag == b"V" and not header[4].strip(b"\0"):
             size = 0        # GNU tar leaves a label's size field empty
         else:
             size = _plain_octal(header[4])
             if size is None:
-                size = self._number(header[4], "size", name, offset)
+                size = self._number(header[4], "size", _cut(header[0]), offset)
         if typeflag == b"V":
-            self.volume_label = name
+            self.volume_label = _cut(header[0])
             if not self._src.skip(size + -size % BLOCK):
-                raise TarError("the input ends inside a volume label", name, offset)
-            return
-        data = self._payload(size, name, offset)
-        if typeflag == b"L":
-            pending.long_name = _cut(data)
-        elif typeflag == b"K":
-            pending.long_link = _cut(data)
-        else:
-            records = self._global if typeflag == b"g" else (pending.records or {})
-            try:
-                _parse_pax(data, records)
-            except ValueError as err:
-                raise TarError(f"malformed PAX header: {err}", name, offset) from None
-            if typeflag == b"g":
-                for key in _UNSETTABLE.intersection(records):
-                    if not records[key]:
-                        del records[key]
-                bad = [k for k in records if k.startswith(_NOT_GLOBAL)]
-                if bad:
-                    raise TarError(f"a global PAX header sets {bad[0].decode('ascii', 'replace')!r} "
-                                   "for every later entry", name, offset)
+                raise TarError("the input ends inside a volume label", _cut(header[0]), offset)
+            return pending
+        # (the name only for messages: the header's, PAX and long names apply to the entry)
+        data = self._payload(size, header[0], offset)
+        if typeflag in b"LK":
+            if pending is None:
+                pending = _Pending()
+            if typeflag == b"L":
+                pending.long_name = _cut(data)
             else:
-                pending.records = records
+                pending.long_link = _cut(data)
+            return pending
+        if typeflag == b"g":
+            records = self._global
+        else:
+            records = pending.records if pending is not None and pending.records else {}
+        try:
+            _parse_pax(data, records)
+        except ValueError as err:
+            raise TarError(f"malformed PAX header: {err}", _cut(header[0]), offset) from None
+        if typeflag == b"g":
+            for key in _UNSETTABLE.intersection(records):
+                if not records[key]:
+                    del records[key]
+            bad = [k for k in records if k.startswith(_NOT_GLOBAL)]
+            if bad:
+                raise TarError(f"a global PAX header sets {bad[0].decode('ascii', 'replace')!r} "
+                               "for every later entry", _cut(header[0]), offset)
+        elif records:
+            if pending is None:
+                pending = _Pending()
+            pending.records = records
+        return pending
 
     def _records(self, pending: _Pending | None) -> dict:
         """The PAX records for an entry: the global ones, overridden by its own."""
@@ -720,7 +775,9 @@ class TarReader:
                 del merged[key]
         return merged
 
-    def _entry(self, block: bytes, header: tuple, first: int, pending: _Pending | None) -> TarEntry:
+    def _entry(self, block: bytes, header: tuple, offset: int, first: int,
+               pending: _Pending | None) -> TarEntry:
+        """The entry whose header `block` is at `offset` (`first`: its first extension header)."""
         (raw_name, _mode, _uid, _gid, _size, _mtime, _chksum, typeflag, linkname, magic, _version,
          uname, gname, devmajor, devminor, prefix, tail) = header
         records = self._records(pending) if pending is not None else self._global
@@ -750,12 +807,17 @@ class TarReader:
         perm, uid, gid, payload, mtime_ns = numbers
         if records:
             uid, gid, payload, mtime_ns = self._pax_numbers(records, numbers, name, first)
+            uname = records.get(b"uname") or uname.partition(b"\0")[0]
+            gname = records.get(b"gname") or gname.partition(b"\0")[0]
         else:
             mtime_ns *= 10**9
-        entry = TarEntry(path, name, kind, ifmt | (perm & 0o7777), uid, gid, mtime_ns,
-                         uname=records.get(b"uname") or uname.partition(b"\0")[0],
-                         gname=records.get(b"gname") or gname.partition(b"\0")[0],
-                         header_offset=first)
+            uname, gname = uname.partition(b"\0")[0], gname.partition(b"\0")[0]
+        # (all fields by position: a plain file's are final here; the kinds below amend theirs)
+        mode = ifmt | (perm & 0o7777)
+        mode = self._modes.setdefault(mode, mode)
+        entry = TarEntry(path, name, kind, mode, uid, gid, mtime_ns,
+                         payload if kind == REG else 0, b"", None, 0, 0, uname, gname, [], None,
+                         first, offset + BLOCK, payload)
         if kind in (HARDLINK, SYMLINK):
             self._link(entry, records, pending, linkname)
         elif kind in (CHR, BLK):
@@ -769,13 +831,11 @@ class TarReader:
         self._pad = -payload % BLOCK
         if typeflag == b"S":
             self._oldgnu_sparse(entry, block, payload)
+            entry.data_offset = self._src.offset
         elif kind == REG and records and (b"GNU.sparse.0.0" in records or b"GNU.sparse.map" in records
                                            or b"GNU.sparse.major" in records):
             self._pax_sparse(entry, records, payload)
-        else:
-            entry.size = payload if kind == REG else 0
-            entry.payload = payload
-        entry.data_offset = self._src.offset
+            entry.data_offset = self._src.offset
         self._left = entry.payload
         return entry
 

@@ -11,15 +11,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
+import signal
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 
 from support.layers import differences, make_layer_trees, snapshot
-from support.mounts import fsck_erofs, fsck_unsupported, kernel_mount, overlay_mount
-from support.run import run_mkerofs
+from support.mounts import (MountError, fsck_erofs, fsck_unsupported, kernel_mount,
+                            loop_fs_mount, overlay_mount, tmpfs_mount)
+from support.run import mkerofs_command, mkerofs_env, run_mkerofs
 from support.trees import write_file
 
 pytestmark = [pytest.mark.kernel, pytest.mark.loop]
@@ -201,3 +205,109 @@ def test_failures_leave_the_base_as_it_was(trees, tmp_path):
     r = run_mkerofs(*FIXED, "--incremental", missing, trees[1], check=False)
     assert r.returncode != 0 and "does not exist" in r.stderr
     assert not missing.exists() and _leftovers(tmp_path) == []
+
+
+def test_kill_while_appending_leaves_the_old_image(trees, tmp_path):
+    """kill -9 while a big increment is appended in place: the bytes past the old end are
+    ignored, the image mounts with the old content, and the next increment works."""
+    base = _image(tmp_path, trees[0], "base.erofs")
+    with kernel_mount(base) as mnt:
+        want = snapshot(mnt)
+    image = tmp_path / "inc.erofs"
+    image.write_bytes(base.read_bytes())
+    size = image.stat().st_size
+    big = tmp_path / "big"
+    big.mkdir()
+    with open(big / "f", "wb") as f:
+        for _ in range(32):
+            f.write(os.urandom(8 << 20))
+    proc = subprocess.Popen(mkerofs_command() + [*FIXED, "--incremental", str(image), str(big)],
+                            env=mkerofs_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while image.stat().st_size <= size + (1 << 20) and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.kill()
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the increment ended before it was killed"
+    assert image.stat().st_size > size                          # killed while appending
+    with kernel_mount(image) as mnt:
+        assert differences(want, snapshot(mnt)) == []
+    run_mkerofs(*FIXED, "--incremental", "--ovlfs-strip", image, trees[1])
+    _check_fsck(image)
+    with _stack_view([base], [trees[1]]) as ovl:
+        want2 = snapshot(ovl)
+    with kernel_mount(image) as mnt:
+        assert differences(want2, snapshot(mnt)) == []
+
+
+def test_mounted_image_is_refused(trees, tmp_path):
+    base = _image(tmp_path, trees[0], "base.erofs")
+    before = _digest(base)
+    with kernel_mount(base):
+        r = run_mkerofs(*FIXED, "--incremental", base, trees[1], check=False)
+    assert r.returncode != 0 and "is mounted" in r.stderr, r.stderr
+    assert _digest(base) == before
+
+
+@pytest.fixture
+def reflink_dir(tmp_path):
+    """A folder on a filesystem with reflinks: a loop-mounted XFS (or btrfs) made here."""
+    backing = tmp_path / "reflink.img"
+    for tool, args in (("mkfs.xfs", ["-q", "-m", "reflink=1"]), ("mkfs.btrfs", ["-q"])):
+        if shutil.which(tool) is None:
+            continue
+        with open(backing, "wb") as f:
+            f.truncate(512 << 20)
+        r = subprocess.run([tool, *args, backing], capture_output=True, text=True)
+        if r.returncode != 0:
+            continue
+        try:
+            with loop_fs_mount(backing, tool.split(".")[1]) as mnt:
+                yield mnt
+                return
+        except MountError:
+            continue
+    pytest.skip("no reflink filesystem to test on (neither mkfs.xfs nor mkfs.btrfs works here)")
+
+
+def test_reflink_clone_replaces_the_image(trees, tmp_path, reflink_dir):
+    """On a reflink filesystem the increment goes to a clone renamed over IMAGE (a new inode;
+    the old one, still open or mounted, is untouched); a failure leaves IMAGE and no clone."""
+    base = _image(tmp_path, trees[0], "base.erofs")
+    image = reflink_dir / "inc.erofs"
+    image.write_bytes(base.read_bytes())
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(_tar(trees[1], tmp_path / "l2.tar").read_bytes()[:3000])
+    before, ino = _digest(image), image.stat().st_ino
+    r = run_mkerofs(*FIXED, "--incremental", "--tar=f", image, bad, check=False)
+    assert r.returncode != 0 and _digest(image) == before and image.stat().st_ino == ino
+    assert sorted(p.name for p in reflink_dir.iterdir() if p.name != "lost+found") == \
+        ["inc.erofs"]
+    with kernel_mount(image) as mnt:          # a mounted image is not written: it is replaced
+        run_mkerofs(*FIXED, "--incremental", "--ovlfs-strip", image, trees[1])
+        assert (mnt / "gone").exists()
+    assert image.stat().st_ino != ino
+    _check_fsck(image)
+    with kernel_mount(image) as mnt:
+        assert differences(_view(trees, 2), snapshot(mnt)) == []
+
+
+def test_no_space_while_appending_puts_the_image_back(trees, tmp_path):
+    """ENOSPC in the middle of the new data (a small tmpfs): IMAGE as it was, same size."""
+    base = _image(tmp_path, trees[0], "base.erofs")
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "f").write_bytes(os.urandom(2 << 20))
+    room = base.stat().st_size + (512 << 10)
+    with tmpfs_mount(f"{room}") as small:
+        image = small / "inc.erofs"
+        image.write_bytes(base.read_bytes())
+        before, size = _digest(image), image.stat().st_size
+        r = run_mkerofs(*FIXED, "--incremental", image, big, check=False)
+        assert r.returncode != 0 and "no space left" in r.stderr, r.stderr
+        assert image.stat().st_size == size and _digest(image) == before
+        assert sorted(p.name for p in small.iterdir()) == ["inc.erofs"]

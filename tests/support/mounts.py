@@ -127,6 +127,12 @@ def tmpfs_mount(size: str = "1m"):
                             "mkerofs-tmpfs-")
 
 
+def loop_fs_mount(backing: PathLike, fstype: str):
+    """The filesystem image file ``backing`` mounted read-write (through a loop device)."""
+    return _mounted_at_temp(["-t", fstype, "-o", "loop", os.fsdecode(backing)], fstype,
+                            f"mkerofs-{fstype}-")
+
+
 def overlay_mount(*lowers: PathLike):
     """A read-only overlayfs of the directories ``lowers`` (uppermost first)."""
     lowerdir = ":".join(os.fsdecode(p) for p in lowers)

@@ -1,6 +1,8 @@
 """The tar reader's fast paths give what its general code gives, on the inputs they accept, and
 hand everything else to it (pinned here since the two are easy to let drift)."""
+import io
 import random
+import tarfile
 
 import pytest
 
@@ -96,3 +98,67 @@ def test_normalise_path_fast_path(name):
     except ValueError:
         got = "error"
     assert got == general(name)
+
+
+@pytest.mark.parametrize("payload", [
+    _record(b"atime", b"1795940613.148940629") + _record(b"ctime", b"1795940613.125391844"),
+    _record(b"ctime", b"1795940613.125391844"),
+    _record(b"atime", b"999999999.148940629"),                 # 29 bytes: the general path
+    _record(b"atime", b"1795940613.148940629") + _record(b"mtime", b"1795940613.1"),
+    b"30 atime=1795940613.148940629\n31 ctime=1795940613.125391844\n",   # a wrong length
+    b"31 atime=1795940613.148940629\n30 ctime=1795940613.12539184\n\n",
+])
+def test_gnu_times_fast_path_agrees(payload):
+    fast, slow = _both(payload)
+    assert fast == slow
+
+
+def test_gnu_times_fast_path_is_taken():
+    payload = _record(b"atime", b"1795940613.148940629") + _record(b"ctime", b"1.5")
+    assert ts._GNU_TIMES_ONLY.fullmatch(payload) is None      # (not GNU tar's 30-byte form)
+    payload = _record(b"atime", b"1795940613.148940629") + _record(b"ctime", b"1795940613.5")
+    assert ts._GNU_TIMES_ONLY.fullmatch(payload) is None
+    payload = _record(b"atime", b"1795940613.148940629")
+    assert len(payload) == 30 and ts._GNU_TIMES_ONLY.fullmatch(payload)
+
+
+def _tar_of(sizes: list[int]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for i, size in enumerate(sizes):
+            info = tarfile.TarInfo(f"f{i}")
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes([i % 251 + 1]) * size))
+    return out.getvalue()
+
+
+def test_small_data_is_what_chunks_gives():
+    sizes = [0, 1, 511, 512, 513, 65535, 65536, 65537, 200_000, 3]
+    raw = _tar_of(sizes)
+    got = []
+    reader = ts.TarReader(io.BytesIO(raw))
+    for entry in reader:
+        data = reader.small_data(entry)
+        if data is None:
+            assert entry.payload > 65536
+            data = reader.read(entry)
+        got.append(data)
+    want = [bytes([i % 251 + 1]) * size for i, size in enumerate(sizes)]
+    assert got == want
+
+
+def test_small_data_reads_once_and_only_the_current_entry():
+    raw = _tar_of([10, 20])
+    reader = ts.TarReader(io.BytesIO(raw))
+    first = next(iter(reader))
+    assert reader.small_data(first) == bytes([1]) * 10
+    with pytest.raises(ValueError):
+        reader.small_data(first)
+
+
+def test_small_data_of_a_truncated_entry():
+    raw = _tar_of([1000])
+    reader = ts.TarReader(io.BytesIO(raw[:512 + 100]))
+    entry = next(iter(reader))
+    with pytest.raises(ts.TarError, match="ends inside"):
+        reader.small_data(entry)

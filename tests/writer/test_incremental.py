@@ -3,7 +3,11 @@ stay keep their nids, new ones count from the base's inode count, the base's epo
 stay (unless a UUID is given), and a missing base creates nothing."""
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import os
 import shutil
+import stat
 import uuid as uuidlib
 from pathlib import Path
 
@@ -11,6 +15,8 @@ import pytest
 
 from mkerofs import BuildError, BuildOptions, build
 from mkerofs.reader import Image
+from mkerofs.writer import incremental
+from mkerofs.writer.incremental import InPlaceOutput
 from mkerofs.writer.options import IncrementalOptions
 
 
@@ -67,7 +73,6 @@ def test_missing_base_creates_nothing(tmp_path):
 
 def test_opaque_directory_source_is_honoured(tmp_path):
     """(mkfs.erofs 1.9.3 ignores a directory source's trusted.overlay.opaque.)"""
-    import os
     lower = _tree(tmp_path / "lower", {"opq/old": b"o"})
     upper = _tree(tmp_path / "upper", {"opq/new": b"n"})
     os.setxattr(upper / "opq", "trusted.overlay.opaque", b"y")
@@ -76,3 +81,144 @@ def test_opaque_directory_source_is_honoured(tmp_path):
     build(image, upper, _opts(incremental=IncrementalOptions(ovlfs_strip=True)))
     with Image.open(image) as img:
         assert [n for n, _nid, _t in img.listdir(img.lookup("/opq"))] == [b"new"]
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _base_and_upper(tmp_path: Path) -> tuple[Path, Path]:
+    lower = _tree(tmp_path / "lower", {"keep": b"k", "d/sub/f": b"f"})
+    upper = _tree(tmp_path / "upper", {"new": b"n" * 50000, "d/g": b"g2"})
+    image = tmp_path / "inc.erofs"
+    build(image, lower, _opts())
+    with open(image, "ab") as f:        # a base longer than its blocks (a killed increment)
+        f.write(b"\xee" * 3000)
+    return image, upper
+
+
+@pytest.mark.parametrize("stage", ["first write over the base", "superblock"])
+def test_failure_after_the_base_was_written_puts_it_back(tmp_path, monkeypatch, stage):
+    """An error once the new part is appended and the base's own bytes are being rewritten
+    (the '..' entries, the superblock): IMAGE gets its bytes and size back."""
+    image, upper = _base_and_upper(tmp_path)
+    before, size, ino = _digest(image), image.stat().st_size, image.stat().st_ino
+    written = []
+    real_pwrite = InPlaceOutput.pwrite
+
+    def pwrite(self, data, pos):
+        written.append((pos, self.start))
+        real_pwrite(self, data, pos)
+        if pos < self.start and stage != "superblock":
+            raise BuildError("injected")
+    monkeypatch.setattr(InPlaceOutput, "pwrite", pwrite)
+    real_superblock = incremental.superblock
+
+    def superblock(*args, **kw):
+        real_superblock(*args, **kw)
+        raise BuildError("injected")
+    if stage == "superblock":
+        monkeypatch.setattr(incremental, "superblock", superblock)
+    with pytest.raises(BuildError, match="injected"):
+        build(image, upper, _opts(incremental=IncrementalOptions()))
+    assert any(pos >= start for pos, start in written)      # appended
+    assert any(pos < start for pos, start in written)       # and written over the base
+    assert image.stat().st_size == size and _digest(image) == before
+    assert image.stat().st_ino == ino and sorted(p.name for p in tmp_path.iterdir()) == \
+        ["inc.erofs", "lower", "upper"]
+    monkeypatch.undo()
+    build(image, upper, _opts(incremental=IncrementalOptions()))   # the longer file is fine
+    with Image.open(image) as img:
+        assert img.read(img.lookup("/new")) == b"n" * 50000 and img.verify() == []
+        assert img.read(img.lookup("/d/sub/f")) == b"f"
+
+
+def test_interrupt_while_appending_puts_it_back(tmp_path, monkeypatch):
+    """Ctrl-C while the new data is written: IMAGE as it was."""
+    image, upper = _base_and_upper(tmp_path)
+    before, size = _digest(image), image.stat().st_size
+    real_pwrite = InPlaceOutput.pwrite
+
+    def pwrite(self, data, pos):
+        real_pwrite(self, data, pos)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(InPlaceOutput, "pwrite", pwrite)
+    with pytest.raises(KeyboardInterrupt):
+        build(image, upper, _opts(incremental=IncrementalOptions()))
+    assert image.stat().st_size == size and _digest(image) == before
+
+
+def test_a_locked_image_is_refused(tmp_path):
+    """Another build holding IMAGE: refused, nothing written."""
+    image, upper = _base_and_upper(tmp_path)
+    before = _digest(image)
+    with open(image, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(BuildError, match="another build"):
+            build(image, upper, _opts(incremental=IncrementalOptions()))
+    assert _digest(image) == before
+
+
+def test_report_and_summary_say_base_and_new(tmp_path):
+    image, upper = _base_and_upper(tmp_path)
+    with Image.open(image) as img:
+        base_inos, base_blocks = img.superblock.inos, img.superblock.blocks
+    result = build(image, upper, _opts(incremental=IncrementalOptions()))
+    report = result.report.to_dict()
+    new = report["inodes"]["total"]
+    assert new == 4                     # the root, /d (rewritten), /new, /d/g
+    assert report["increment"] == {"base_inodes": base_inos, "base_blocks": base_blocks,
+                                   "new_inodes": new, "total_inodes": base_inos + new}
+    with Image.open(image) as img:
+        assert img.superblock.inos == base_inos + new == result.inodes
+    lines = dict(line.split(": ", 1) for line in result.report.summary_lines())
+    assert lines["Filesystem total inodes"] == str(base_inos + new)
+    assert lines["Filesystem new inodes"] == str(new)
+    assert int(lines["Filesystem new metadata blocks"]) >= 1
+    plain = build(tmp_path / "plain.erofs", upper, _opts()).report
+    assert plain.to_dict()["increment"] is None
+    assert "Filesystem total metadata blocks" in dict(
+        line.split(": ", 1) for line in plain.summary_lines())
+
+
+def test_only_the_reached_base_directories_are_read(tmp_path, monkeypatch):
+    """The base's inodes read are the reached directories' and their subdirectories': the
+    files of directories the increment does not reach are never read, and keep their nids."""
+    files = {f"d{i}/f{j}": b"x" * j for i in range(8) for j in range(4)}
+    lower = _tree(tmp_path / "lower", files)
+    upper = _tree(tmp_path / "upper", {"d0/new": b"n"})
+    image = tmp_path / "inc.erofs"
+    build(image, lower, _opts())
+    with Image.open(image) as img:
+        nids = {name: img.lookup("/" + name).nid for name in files}
+    read = []
+    real_inode = Image.inode
+
+    def inode(self, nid):
+        read.append(nid)
+        return real_inode(self, nid)
+    monkeypatch.setattr(Image, "inode", inode)
+    build(image, upper, _opts(incremental=IncrementalOptions()))
+    monkeypatch.undo()
+    unreached = {nids[name] for name in files if not name.startswith("d0/")}
+    assert read and not unreached & set(read)
+    with Image.open(image) as img:
+        assert {name: img.lookup("/" + name).nid for name in files} == nids
+        assert img.read(img.lookup("/d0/new")) == b"n" and img.verify() == []
+        assert img.lookup("/d0").nlink == 2 and img.root.nlink == 10
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a whiteout needs root")
+def test_strip_drops_base_whiteouts_only_where_the_increment_reaches(tmp_path):
+    """--ovlfs-strip: a base whiteout in a directory the increment reaches is dropped (the
+    merge sees it); one elsewhere is not read, so it stays (as mkfs.erofs 1.9.3 does)."""
+    lower = _tree(tmp_path / "lower", {"u/f": b"f", "r/f": b"f"})
+    for d in ("u", "r"):
+        os.mknod(lower / d / "w", stat.S_IFCHR | 0o644, os.makedev(0, 0))
+    image = tmp_path / "inc.erofs"
+    build(image, lower, _opts())
+    build(image, _tree(tmp_path / "upper", {"r/new": b"n"}),
+          _opts(incremental=IncrementalOptions(ovlfs_strip=True)))
+    with Image.open(image) as img:
+        assert sorted(n for n, _nid, _t in img.listdir(img.lookup("/r"))) == [b"f", b"new"]
+        assert sorted(n for n, _nid, _t in img.listdir(img.lookup("/u"))) == [b"f", b"w"]

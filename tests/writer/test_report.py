@@ -21,7 +21,7 @@ from mkerofs import BuildOptions, build
 
 REPORT_KEYS = {"report_version", "image", "options", "uuid", "block_size", "blocks",
                "image_bytes", "metadata_blocks", "inodes", "data", "dedupe", "fragments",
-               "phases", "seconds", "peak_rss_bytes", "peak_rss_workers_bytes"}
+               "phases", "seconds", "peak_rss_bytes", "peak_rss_workers_bytes", "increment"}
 TYPES = {"file", "directory", "symlink", "char_device", "block_device", "fifo", "socket",
          "total"}
 UUID = "6b8b4567-327b-23c6-643c-986966334873"
