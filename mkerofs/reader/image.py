@@ -989,6 +989,10 @@ class Image:
             raise ImageError(f"nid {inode.nid}: directory of {size} bytes (more than "
                              f"{DIR_LIMIT})")
         try:
+            blk = self._inline_dir_block(inode)
+            if blk is not None:         # the common case: the whole directory inline
+                self._parse_dir_block(blk, 0, out)
+                return out
             extents = self._extents(inode)
             flat = [e for e in extents if e.kind in ("plain", "inline")]
             direct = not inode.compressed and len(flat) == len(extents)
@@ -1002,6 +1006,18 @@ class Image:
         except ImageError as e:
             raise _with_nid(inode.nid, e) from None
         return out
+
+    def _inline_dir_block(self, inode: Inode) -> bytes | None:
+        """The bytes of a directory held whole in its inline tail (no data blocks), without
+        mapping its extents; None if it is not one or if a check fails (the extents say
+        which)."""
+        size, bs = inode.size, self.block_size
+        if inode.datalayout != fmt.EROFS_INODE_FLAT_INLINE or size > bs:
+            return None
+        tpos = inode.pos + inode.isize + fmt.xattr_ibody_size(inode.xattr_icount)
+        if tpos % bs + size > bs or tpos + size > self._size:
+            return None
+        return self._get(tpos, size)
 
     def _flat_block(self, extents: list[Extent], at: int, n: int) -> bytes:
         for ext in extents:
@@ -1110,6 +1126,8 @@ class Image:
 
     def xattrs(self, inode: Inode) -> list[tuple[bytes, bytes]]:
         """(full name, value) of every xattr the kernel lists: inline ones, then shared ones."""
+        if not inode.xattr_icount:
+            return []
         try:
             return [(name, value) for name, value, _i, _s in self._xattr_entries(inode)
                     if name is not None]

@@ -56,7 +56,7 @@ import errno
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, NamedTuple, Protocol, Sequence
 
 from ..errors import BuildError
 from ..ondisk import format as fmt
@@ -215,10 +215,9 @@ def map_line(start: int, size: int, tar_offset: int, block_size: int) -> str:
 
 # -- rebuild mode: files whose bytes stay in a source EROFS image (writer/layers.py) -----------
 
-@dataclass(frozen=True, slots=True)
-class LayerChunks:
+class LayerChunks(NamedTuple):
     """The chunk map of a file whose bytes stay in a source image: `blkaddrs` in that image's
-    blocks (None: a hole), on extra device `device_id`."""
+    blocks (None: a hole), on extra device `device_id`.  (A tuple: one is made per file.)"""
     device_id: int
     chunkbits: int
     blkaddrs: tuple[int | None, ...]
@@ -228,14 +227,20 @@ def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int) -> bool:
     """Make every regular file whose bytes stay in a source image (DataRef.layer) chunk-based
     over that image's device; True if there was one."""
     found = False
+    # (a layout encodes any file of the same chunk size, chunk count and address width: one
+    # each, not one per file)
+    layouts: dict[tuple[int, int, bool], ChunkLayout] = {}
     for node in inodes:
         ref = node.src.data
         if ref is None or ref.layer is None or node.ftype != fmt.EROFS_FT_REG_FILE:
             continue
-        chunks: LayerChunks = ref.layer
-        layout = ChunkLayout(node.size, blkszbits, chunks.chunkbits, indexes=True,
-                             wide=needs_wide(chunks.blkaddrs))
-        set_chunk_map(node, layout, chunks.blkaddrs, chunks.device_id)
+        device_id, chunkbits, blkaddrs = ref.layer
+        key = (chunkbits, len(blkaddrs), needs_wide(blkaddrs))
+        layout = layouts.get(key)
+        if layout is None:
+            layout = layouts[key] = ChunkLayout(node.size, blkszbits, chunkbits, indexes=True,
+                                                wide=key[2])
+        set_chunk_map(node, layout, blkaddrs, device_id)
         found = True
     return found
 

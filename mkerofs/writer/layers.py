@@ -39,7 +39,7 @@ import os
 import stat
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from ..errors import BuildError, ImageError
 from ..ondisk import format as fmt
@@ -55,11 +55,12 @@ XWHITEOUT = b"trusted.overlay.whiteout"
 OPAQUE_YES = b"y"
 OPAQUE_XWHITEOUTS = b"x"
 _NO_DATA = DataRef(None)
+_DEVICES = (stat.S_IFCHR, stat.S_IFBLK)
 
 
-@dataclass(frozen=True, slots=True)
-class LayerFile:
-    """A regular file's bytes: inode `inode` of source image number `layer` (0-based)."""
+class LayerFile(NamedTuple):
+    """A regular file's bytes: inode `inode` of source image number `layer` (0-based).  (A
+    tuple: one is made per file of every layer.)"""
     layer: int
     inode: Inode
 
@@ -103,6 +104,7 @@ class Layer:
             not self.image.device_problems()
         self.device: str | None = None      # its device as a file of its own
         self.block_size = self.image.block_size
+        self.block_size_bits = fmt.blksz_bits(self.block_size)
 
     @property
     def needs_device(self) -> bool:
@@ -177,63 +179,77 @@ class Layer:
 
 
 def _stat(inode: Inode) -> SourceStat:
-    rdev = os.makedev(inode.major, inode.minor) if inode.is_chr() or inode.is_blk() else 0
-    return SourceStat(inode.mode, inode.uid, inode.gid, inode.size,
+    mode = inode.mode
+    kind = stat.S_IFMT(mode)
+    rdev = os.makedev(*fmt.new_decode_dev(inode.rdev)) if kind in _DEVICES else 0
+    return SourceStat(mode, inode.uid, inode.gid, inode.size,
                       inode.mtime * 10**9 + inode.mtime_nsec, rdev)
 
 
 def read_layer(layer: Layer) -> LayerTree:
     """The tree of a source image: SourceInodes named by their paths in the image, the
     directories' entries in on-disk (sorted) order; hard links (one nid under several names)
-    stay one SourceInode.  Link counts are left to merge_layers / finish_tree."""
+    stay one SourceInode.  Link counts are left to merge_layers / finish_tree.  (The tree's
+    `nids` stay empty: rebuild mode does not need them.)"""
     img = layer.image
     try:
-        return _read_tree(img, layer.index)
+        return _read_tree(img, layer.index, nids=False)
     except ImageError as err:
         raise BuildError(f"{layer.path}: {err}") from None
 
 
-def _read_tree(img: Image, index: int) -> LayerTree:
+def _read_tree(img: Image, index: int, nids: bool = True) -> LayerTree:
+    """The tree of `img` (read_layer), its files as from source `index`; `nids`: note each
+    inode's nid in the tree (--incremental's base needs them)."""
     root_inode = img.root
     root = SourceInode(b"/", _stat(root_inode), entries=[], xattrs=img.xattrs(root_inode))
     root.parent = root
     tree = LayerTree(root)
-    tree.nids[root] = root_inode.nid
+    files = tree.files
+    if nids:
+        tree.nids[root] = root_inode.nid
     seen: dict[int, SourceInode] = {root_inode.nid: root}
     pending = deque([(root, root_inode, b"/")])
+    inode_of = img.inode
     while pending:
         directory, dir_inode, base = pending.popleft()
+        entries = directory.entries
         for name, nid, _ftype in img.listdir(dir_inode):
-            path = base + name
             node = seen.get(nid)
             if node is not None:
-                if node.is_dir:
-                    raise ImageError(f"{os.fsdecode(path)}: directory nid {nid} has a second "
-                                     "name")
-                directory.entries.append((name, node))
+                if node.entries is not None:
+                    raise ImageError(f"{os.fsdecode(base + name)}: directory nid {nid} has a "
+                                     "second name")
+                entries.append((name, node))
                 continue
-            inode = img.inode(nid)
+            path = base + name
+            inode = inode_of(nid)
             node = image_node(img, inode, path)
-            if inode.is_dir():
+            if node.entries is not None:
                 node.parent = directory
                 pending.append((node, inode, path + b"/"))
-            elif inode.is_reg() and inode.size:
-                tree.files[node] = LayerFile(index, inode)
+            elif node.data is _NO_DATA and inode.size:
+                files[node] = LayerFile(index, inode)
             seen[nid] = node
-            tree.nids[node] = nid
-            directory.entries.append((name, node))
+            if nids:
+                tree.nids[node] = nid
+            entries.append((name, node))
     return tree
 
 
 def image_node(img: Image, inode: Inode, path: bytes) -> SourceInode:
     """The SourceInode of one inode of `img` (a directory's entries left empty; a regular
-    file without data: where its bytes are is the caller's business)."""
-    node = SourceInode(path, _stat(inode), xattrs=img.xattrs(inode))
-    if inode.is_dir():
+    file without data: where its bytes are is the caller's business).  (Made for every entry
+    of every layer: its xattrs are read only when it has some.)"""
+    node = SourceInode(path, _stat(inode))
+    if inode.xattr_icount:
+        node.xattrs = img.xattrs(inode)
+    kind = stat.S_IFMT(inode.mode)
+    if kind == stat.S_IFDIR:
         node.entries = []
-    elif inode.is_lnk():
+    elif kind == stat.S_IFLNK:
         node.target = img.readlink(inode)
-    elif inode.is_reg():
+    elif kind == stat.S_IFREG:
         node.data = _NO_DATA
     return node
 
@@ -248,13 +264,19 @@ def read_image_tree(img: Image, path: str) -> LayerTree:
 
 # -- the merge -------------------------------------------------------------------------------
 
-def _is_whiteout(node: SourceInode, directory_xattrs: dict[bytes, bytes]) -> bool:
-    mode = node.st.st_mode
-    if stat.S_ISCHR(mode):
-        return node.st.st_rdev == 0
-    return stat.S_ISREG(mode) and node.st.st_size == 0 and \
-        directory_xattrs.get(OPAQUE) == OPAQUE_XWHITEOUTS and \
+def _is_whiteout(node: SourceInode, xwhiteouts: bool) -> bool:
+    """`xwhiteouts`: its directory's trusted.overlay.opaque is "x"."""
+    st = node.st
+    kind = stat.S_IFMT(st.st_mode)
+    if kind == stat.S_IFCHR:
+        return st.st_rdev == 0
+    return xwhiteouts and kind == stat.S_IFREG and st.st_size == 0 and \
         any(name == XWHITEOUT for name, _ in node.xattrs)
+
+
+def _opaque(xattrs: list[tuple[bytes, bytes]]) -> bytes | None:
+    """A directory's trusted.overlay.opaque (the last one, if it has several)."""
+    return dict(xattrs).get(OPAQUE) if xattrs else None
 
 
 def _whiteout(node: SourceInode) -> SourceInode:
@@ -281,17 +303,19 @@ class _Merged:
         pending = [directory]
         while pending:
             d = pending.pop()
-            xattrs = dict(d.xattrs)
-            kids = {}
+            opaque = _opaque(d.xattrs)
+            xwhiteouts = opaque == OPAQUE_XWHITEOUTS
+            kids = dict(d.entries)
             for name, child in d.entries:
-                if _is_whiteout(child, xattrs):
-                    child = _whiteout(child)
-                    self.whiteouts.add(child)
-                elif child.is_dir:
+                if child.entries is not None:
                     pending.append(child)
-                kids[name] = child
+                elif _is_whiteout(child, xwhiteouts):
+                    white = _whiteout(child)
+                    self.whiteouts.add(white)
+                    if kids[name] is child:     # (not a later entry of the same name)
+                        kids[name] = white
             self.children[d] = kids
-            if xattrs.get(OPAQUE) == OPAQUE_YES:
+            if opaque == OPAQUE_YES:
                 self.sealed.add(d)
 
     def add_below(self, upper: SourceInode, lower: SourceInode) -> None:
@@ -302,23 +326,24 @@ class _Merged:
             if up in self.sealed:
                 continue
             kids = self.children[up]
-            low_xattrs = dict(low.xattrs)
+            opaque = _opaque(low.xattrs)
+            xwhiteouts = opaque == OPAQUE_XWHITEOUTS
             for name, child in low.entries:
                 mine = kids.get(name)
                 if mine is None:
-                    if _is_whiteout(child, low_xattrs):
-                        child = _whiteout(child)
-                        self.whiteouts.add(child)
-                    elif child.is_dir:
+                    if child.entries is not None:
                         self._adopt(child)
                         child.parent = up
+                    elif _is_whiteout(child, xwhiteouts):
+                        child = _whiteout(child)
+                        self.whiteouts.add(child)
                     kids[name] = child
-                elif mine.is_dir:
-                    if child.is_dir:
+                elif mine.entries is not None:
+                    if child.entries is not None:
                         pending.append((mine, child))
                     else:               # a file or whiteout below: nothing further down shows
                         self.sealed.add(mine)
-            if low_xattrs.get(OPAQUE) == OPAQUE_YES:
+            if opaque == OPAQUE_YES:
                 self.sealed.add(up)
 
 
@@ -353,16 +378,19 @@ def _finish(merged: _Merged, strip: bool) -> tuple[SourceInode, int]:
     root.parent = root
     root.nlink = 2
     count = 1
+    whiteouts = merged.whiteouts
     pending = deque([root])
     while pending:
         directory = pending.popleft()
         entries = sorted(merged.children.pop(directory).items())
-        kept = [(name, child) for name, child in entries
-                if not (strip and child in merged.whiteouts)]
-        has_whiteouts = any(child in merged.whiteouts for _name, child in entries)
+        has_whiteouts = bool(whiteouts) and any(child in whiteouts for _name, child in entries)
+        kept = entries
+        if strip and has_whiteouts:
+            kept = [(name, child) for name, child in entries if child not in whiteouts]
         count += link_children(directory, kept, pending)
-        directory.xattrs = _overlay_marks(directory.xattrs, strip, has_whiteouts,
-                                          directory in merged.sealed)
+        sealed = directory in merged.sealed
+        if directory.xattrs or sealed or has_whiteouts:
+            directory.xattrs = _overlay_marks(directory.xattrs, strip, has_whiteouts, sealed)
     return root, count
 
 
@@ -402,16 +430,16 @@ def resolve_layer_data(root: SourceInode, files: dict[SourceInode, LayerFile],
     while pending:
         directory = pending.pop()
         for _name, child in directory.entries:
-            if child.is_dir:
+            if child.entries is not None:
                 pending.append(child)
                 continue
             found = files.get(child)
             if found is None or child in seen:
                 continue
             seen.add(child)
-            layer = layers[found.layer]
             if mode == "rvsp":
                 continue                # DataRef(None): zeros
+            layer = layers[found.layer]
             chunks = _layer_chunks(layer, found.inode, block_size) if mode is None else None
             if chunks is not None:
                 child.data = DataRef(None, layer=chunks)
@@ -428,7 +456,7 @@ def _layer_chunks(layer: Layer, inode: Inode, block_size: int) -> LayerChunks | 
     slot does not hold) or another block size."""
     if layer.block_size != block_size:
         return None
-    bits = fmt.blksz_bits(block_size)
+    bits = layer.block_size_bits
     size = inode.size
     device = layer.index + 1
     if inode.datalayout == fmt.EROFS_INODE_FLAT_PLAIN:
@@ -439,6 +467,8 @@ def _layer_chunks(layer: Layer, inode: Inode, block_size: int) -> LayerChunks | 
         start = layer.on_slot(0, inode.startblk)
         if start is None:
             return None
+        if count == 1:              # (nearly always: a chunk covers up to 2^31 blocks)
+            return LayerChunks(device, chunkbits, (start,))
         step = 1 << (chunkbits - bits)
         return LayerChunks(device, chunkbits, tuple(start + i * step for i in range(count)))
     if inode.datalayout != fmt.EROFS_INODE_CHUNK_BASED:
