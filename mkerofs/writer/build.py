@@ -95,8 +95,10 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
         try:
             found = _read_source(source, options, build_time, sinks, inputs, report, progress)
             options = found.options
-            root, increment = found.root, None
+            root, increment, upper = found.root, None, None
             if base is not None:
+                if options.verify:      # (the merge takes the tree apart)
+                    upper = incremental.copy_upper(root, options.incremental.mode == "rvsp")
                 increment = incremental.merge_increment(base, root,
                                                         options.incremental.ovlfs_strip)
                 root = increment.root
@@ -116,6 +118,9 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
                                       tar.written if tar is not None else None, devices,
                                       tar.index if tar is not None else None, sinks.blob,
                                       increment)
+            if upper is not None:
+                with report.phase("verify", progress):
+                    _verify_increment(base, upper, sinks.out, options, build_time)
             with report.phase("finish", progress):
                 sinks.finish(result, lambda: _vmdk_extents(image, result, devices))
             _fill_report(report, result, plan, sinks.pool)                     # report
@@ -128,11 +133,25 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
         finally:
             if gc_was_enabled:
                 gc.enable()
-        if options.verify:
+        if options.verify and base is None:
             with report.phase("verify", progress):
                 verify_build(image, found.verify_source, options)
     report.note_memory()
     return result
+
+
+def _verify_increment(base, upper: SourceInode, out: Output, options: BuildOptions,
+                      build_time: int) -> None:
+    """--incremental --verify: the image as the increment makes it, read before IMAGE is
+    changed (a failure rolls the increment back), against the base and the source merged."""
+    from . import incremental
+    from .verify import verify_increment
+    expected, as_is = incremental.expected_tree(base, upper, options.incremental.ovlfs_strip)
+    view = out.view()
+    try:
+        verify_increment(view, base.path, expected, options, build_time, as_is)
+    finally:
+        view.close()
 
 
 def _checked(options: BuildOptions, source) -> BuildOptions:

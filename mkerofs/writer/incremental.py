@@ -59,11 +59,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import re
 import stat
 import sys
 from dataclasses import dataclass, replace
+from typing import Callable
 
 from ..errors import BuildError, ImageError
 from ..ondisk import format as fmt
@@ -74,6 +76,7 @@ from .layers import (OPAQUE, OPAQUE_XWHITEOUTS, LayerTree, image_node, merge_lay
 from .options import BuildOptions
 from .output import Output
 from .plan import Plan, PlannedInode
+from .verify import TarSource
 from .walk import DataRef, SourceInode, SourceStat
 
 _FICLONE = 0x40049409           # ioctl(dst, FICLONE, src): share the source's extents
@@ -288,6 +291,10 @@ class ClonedOutput(Output):
         except OSError as err:
             raise BuildError(f"{self.path}: {err.strerror or err}") from None
 
+    def view(self) -> mmap.mmap:
+        """The clone as it is (for --verify, before it replaces IMAGE)."""
+        return _private_view(self.fd, [])
+
     def finish(self, image_size: int) -> None:
         try:
             os.fchmod(self.fd, self.base.mode)
@@ -302,12 +309,15 @@ class ClonedOutput(Output):
 
 class InPlaceOutput(Output):
     """IMAGE itself, appended to (module docstring): everything new goes after its last byte;
-    seal() syncs that, and only then may the base's own bytes be written, each region saved
-    first; abort() writes the saved bytes back, cuts IMAGE to its old size and syncs."""
+    seal() syncs that.  What is written over the base's own bytes after it is held back
+    (`pending`: --verify reads the image through view() with it applied, IMAGE still
+    untouched) until finish() writes it, each region saved first; abort() writes the saved
+    bytes back, cuts IMAGE to its old size and syncs."""
 
     def __init__(self, base: Base):
         self.base = base
         self.start = base.file_size
+        self.pending: list[tuple[int, bytes]] = []
         self.saved: list[tuple[int, bytes]] = []
         self.sealed = False
         super().__init__(base.path, 0)
@@ -332,18 +342,28 @@ class InPlaceOutput(Output):
             if not self.sealed:
                 raise AssertionError(f"the base's bytes at {pos} written before the "
                                      "increment was synced")
-            size = min(memoryview(data).nbytes, self.start - pos)
-            self.saved.append((pos, os.pread(self.fd, size, pos)))
+            self.pending.append((pos, bytes(data)))
+            return
         super().pwrite(data, pos)
+
+    def pread(self, n: int, pos: int) -> bytes:
+        return _patched(super().pread(n, pos), pos, self.pending)
+
+    def view(self) -> mmap.mmap:
+        return _private_view(self.fd, self.pending)
 
     def finish(self, image_size: int) -> None:
         try:
+            for pos, data in self.pending:
+                size = min(len(data), self.start - pos)
+                self.saved.append((pos, os.pread(self.fd, size, pos)))
+                super().pwrite(data, pos)
             os.fsync(self.fd)
         except OSError as err:
             raise BuildError(f"{self.path}: {err.strerror or err}") from None
         os.close(self.fd)
         self.fd = -1
-        self.saved = []
+        self.pending = self.saved = []
 
     def abort(self) -> None:
         if self.fd < 0:
@@ -358,6 +378,26 @@ class InPlaceOutput(Output):
                   ": it may be damaged", file=sys.stderr)
         os.close(self.fd)
         self.fd = -1
+
+
+def _patched(data: bytes, pos: int, writes: list[tuple[int, bytes]]) -> bytes:
+    """`data` (the bytes at `pos`) with the `writes` over it applied, in order."""
+    out = bytearray(data)
+    for at, chunk in writes:
+        lo, hi = max(at, pos), min(at + len(chunk), pos + len(out))
+        if lo < hi:
+            out[lo - pos:hi - pos] = chunk[lo - at:hi - at]
+    return bytes(out)
+
+
+def _private_view(fd: int, writes: list[tuple[int, bytes]]) -> mmap.mmap:
+    """The file open as `fd` with `writes` applied in a private mapping (copy on write: the
+    file is not changed, only the pages written are copied)."""
+    view = mmap.mmap(fd, os.fstat(fd).st_size, flags=mmap.MAP_PRIVATE,
+                     prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    for pos, data in writes:
+        view[pos:pos + len(data)] = data
+    return view
 
 
 def _lock(path: str) -> int:
@@ -580,6 +620,73 @@ def reserve_rvsp(plan: Plan, data) -> None:
             node.flat = replace(flat, written=True)
 
 
+# -- --verify: what the image should hold ------------------------------------------------------
+
+def copy_upper(root: SourceInode, rvsp: bool) -> SourceInode:
+    """A copy of the increment's tree for --verify (the merge takes the build's apart): the
+    same attributes, xattrs and hard links, each regular file's bytes where --verify reads
+    them (a directory's file: its path; rvsp: zeros)."""
+    copies: dict[SourceInode, SourceInode] = {}
+
+    def copy(node: SourceInode) -> SourceInode:
+        twin = copies.get(node)
+        if twin is None:
+            data = node.data
+            if stat.S_ISREG(node.st.st_mode):
+                data = DataRef(None) if rvsp else data or DataRef(node.path)
+            twin = copies[node] = SourceInode(node.path, node.st, target=node.target,
+                                              xattrs=list(node.xattrs), data=data)
+        return twin
+
+    top = copy(root)
+    pending = [(root, top)]
+    while pending:
+        directory, twin = pending.pop()
+        twin.entries = []
+        for name, child in directory.entries:
+            mine = copy(child)
+            twin.entries.append((name, mine))
+            if child.entries is not None:
+                pending.append((child, mine))
+    return top
+
+
+def expected_tree(base: Base, upper: SourceInode, strip: bool) -> tuple[TarSource, Callable]:
+    """What the image should hold after the increment of `upper` (a copy_upper): the base
+    directories the increment reaches merged with it (layers.py), every other part of the
+    base as it is, with its own bytes read from the base (as it was: IMAGE is unchanged
+    until the increment is committed); and which paths are the base's inodes, kept as they
+    were (compare_image's `as_is`).  The whole base tree is read: only with --verify."""
+    try:
+        reach = read_reached(base.img, upper)
+    except ImageError as err:
+        raise BuildError(f"{base.path}: {err}") from None
+    whole = base.tree
+    by_nid = {nid: node for node, nid in whole.nids.items()}
+    root, _count = merge_layers([reach.root, upper], strip)
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        entries = []
+        for name, child in directory.entries:
+            nid = reach.nids.get(child)
+            if nid is not None and child not in reach.read:
+                child = by_nid[nid]             # the base's, unread by the increment
+            elif child.entries is not None:
+                pending.append(child)
+            entries.append((name, child))
+        directory.entries = entries
+    files, img = whole.files, base.img
+
+    def contents(node: SourceInode):
+        found = files.get(node)
+        return None if found is None else img.iter_data(found.inode)
+
+    source = TarSource.capture(root, contents=contents)
+    kept = set(whole.nids)
+    return source, lambda rel: source.node(rel) in kept
+
+
 # -- what is written over the base ------------------------------------------------------------
 
 def place_root(base: Base, root: PlannedInode, size: int) -> int | None:
@@ -666,7 +773,7 @@ def superblock(base: Base, out: Output, root_nid: int, blocks: int, new_inodes: 
     out.pwrite(packed, fmt.EROFS_SUPER_OFFSET)
     if sb.feature_compat & fmt.EROFS_FEATURE_COMPAT_SB_CHKSUM:
         span = fmt.sb_checksum_span(base.block_size)
-        region = os.pread(out.fd, span, fmt.EROFS_SUPER_OFFSET).ljust(span, b"\0")
+        region = out.pread(span, fmt.EROFS_SUPER_OFFSET).ljust(span, b"\0")
         sb.checksum = fmt.erofs_crc32c(region)
         out.pwrite(sb.pack()[:kept_tail] + raw[kept_tail:], fmt.EROFS_SUPER_OFFSET)
 
