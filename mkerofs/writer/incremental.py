@@ -42,13 +42,18 @@ time in proportion to what it adds, not to the base:
   2. the file is extended to the new image's size and synced;
   3. then the few writes over the base's bytes: the '..' entries of kept directories, the
      new root over the old root's slot, compression records after the superblock, and the
-     superblock last; the bytes of each region are saved first; then a sync.
+     superblock last, held back (InPlaceOutput.pending) until the build is complete;
+     the bytes of each region are saved first; then a sync.
   Any error or interruption (a bad tar, Ctrl-C, no space, an I/O error) before the end of
   step 3 writes the saved bytes back, cuts IMAGE to S and syncs: IMAGE is byte-identical to
   what it was.  Only a crash or a kill -9 during step 3 (a few small writes) can leave it
   inconsistent; before it, the old superblock still describes the old image, and the bytes
   past S are ignored (a later increment starts at ceil(file size / block size), as
   mkfs.erofs does).  A block device is refused.
+* --verify runs before step 3 (or before the clone replaces IMAGE): it reads the image as
+  it will be, the held-back writes applied in a private mapping of IMAGE (copy on write:
+  IMAGE is not written), and compares it with the base as it is and the source merged
+  (expected_tree); a difference fails the build, which rolls back as any failure does.
 
 Where mkfs.erofs 1.9.3 differs: a failed build leaves IMAGE grown (even to 2
 TiB); it ignores a directory source's trusted.overlay.opaque; it honours rvsp only
@@ -651,12 +656,20 @@ def copy_upper(root: SourceInode, rvsp: bool) -> SourceInode:
     return top
 
 
-def expected_tree(base: Base, upper: SourceInode, strip: bool) -> tuple[TarSource, Callable]:
+@dataclass
+class Expected:
+    """What --verify compares the increment's image with (expected_tree)."""
+    source: TarSource                   # the tree the image should hold
+    as_is: Callable[[bytes], bool]      # paths that are the base's inodes, kept as they were
+    base_nids: set[int]                 # their nids (they keep their own link counts)
+
+
+def expected_tree(base: Base, upper: SourceInode, strip: bool) -> Expected:
     """What the image should hold after the increment of `upper` (a copy_upper): the base
     directories the increment reaches merged with it (layers.py), every other part of the
     base as it is, with its own bytes read from the base (as it was: IMAGE is unchanged
     until the increment is committed); and which paths are the base's inodes, kept as they
-    were (compare_image's `as_is`).  The whole base tree is read: only with --verify."""
+    were.  The whole base tree is read: only with --verify."""
     try:
         reach = read_reached(base.img, upper)
     except ImageError as err:
@@ -684,7 +697,7 @@ def expected_tree(base: Base, upper: SourceInode, strip: bool) -> tuple[TarSourc
 
     source = TarSource.capture(root, contents=contents)
     kept = set(whole.nids)
-    return source, lambda rel: source.node(rel) in kept
+    return Expected(source, lambda rel: source.node(rel) in kept, set(whole.nids.values()))
 
 
 # -- what is written over the base ------------------------------------------------------------

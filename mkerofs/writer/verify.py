@@ -40,16 +40,18 @@ def verify_build(image: str, source: bytes | SourceTree, options: BuildOptions,
         raise BuildError(f"{image}: verification failed (the image was kept):\n  {shown}{more}")
 
 
-def verify_increment(view, image: str, expected: "TarSource", options: BuildOptions,
-                     build_time: int, as_is) -> None:
+def verify_increment(view, image: str, expected, options: BuildOptions,
+                     build_time: int) -> None:
     """--incremental --verify: read the image as the increment makes it (`view`: its bytes,
-    an mmap, before IMAGE is changed) and compare it with `expected`, the base and the
-    source merged.  BuildError (one line: the first difference) if they differ."""
+    an mmap, before IMAGE is changed) and compare it with `expected` (incremental.Expected:
+    the base and the source merged).  BuildError (one line: the first difference) if they
+    differ."""
     try:
         with Image(view) as img:
-            problems = img.verify()
-            problems += compare_build(img, expected, options, limit=20, build_time=build_time,
-                                      compact_time=img.epoch, as_is=as_is)
+            problems = img.verify(own_links=expected.base_nids)
+            problems += compare_build(img, expected.source, options, limit=20,
+                                      build_time=build_time, compact_time=img.epoch,
+                                      as_is=expected.as_is)
     except ImageError as err:
         problems = [str(err)]
     if problems:

@@ -19,15 +19,9 @@ from mkerofs.writer import incremental
 from mkerofs.writer.options import IncrementalOptions, TarOptions
 from mkerofs.writer.output import Output
 from support.run import assert_clean_failure, mkerofs_env
+from support.trees import write_files
 
 _NEW = b"N" * 9000 + b"tail"
-
-
-def _tree(root: Path, files: dict[str, bytes]) -> Path:
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-    return root
 
 
 def _opts(**kw) -> BuildOptions:
@@ -39,7 +33,7 @@ def _digest(path: Path) -> str:
 
 
 def _base(tmp_path: Path, **kw) -> Path:
-    lower = _tree(tmp_path / "lower", {"keep": b"k" * 7000, "d/sub/f": b"f", "gone": b"g",
+    lower = write_files(tmp_path / "lower", {"keep": b"k" * 7000, "d/sub/f": b"f", "gone": b"g",
                                        "d/old": b"o" * 5000})
     os.link(lower / "keep", lower / "d/keep2")
     image = tmp_path / "inc.erofs"
@@ -48,7 +42,7 @@ def _base(tmp_path: Path, **kw) -> Path:
 
 
 def _upper(tmp_path: Path, name: str = "upper") -> Path:
-    upper = _tree(tmp_path / name, {"new": _NEW, "d/g": b"g2", "e/f": b"ef"})
+    upper = write_files(tmp_path / name, {"new": _NEW, "d/g": b"g2", "e/f": b"ef"})
     os.mknod(upper / "gone", 0o600 | 0o020000, 0)           # a whiteout (c 0:0)
     return upper
 
@@ -85,7 +79,7 @@ def test_verify_passes_on_good_increments(tmp_path, case):
 def test_verify_passes_on_two_increments_in_a_row(tmp_path):
     image = _base(tmp_path)
     build(image, _upper(tmp_path), _opts(incremental=IncrementalOptions(), verify=True))
-    second = _tree(tmp_path / "second", {"d/sub/more": b"m" * 4097, "new": b"replaced"})
+    second = write_files(tmp_path / "second", {"d/sub/more": b"m" * 4097, "new": b"replaced"})
     build(image, second, _opts(incremental=IncrementalOptions(), verify=True))
     with Image.open(image) as img:
         assert img.read(img.lookup("/new")) == b"replaced"
