@@ -259,7 +259,7 @@ def _read_source(source, options: BuildOptions, build_time: int, sinks: _Sinks,
         # as mkfs.erofs: a GNU volume header names the image (16 bytes at most)
         options = replace(options, label=tar.label)
     verify_source = b""
-    if options.verify:
+    if options.verify and options.incremental is None:     # (an increment: copy_upper)
         from .verify import TarSource
         # (planning takes the tree apart: keep what the comparison needs)
         verify_source = TarSource.capture(tar.root, tar.device_path)

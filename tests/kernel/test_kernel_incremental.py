@@ -311,3 +311,24 @@ def test_no_space_while_appending_puts_the_image_back(trees, tmp_path):
         assert r.returncode != 0 and "no space left" in r.stderr, r.stderr
         assert image.stat().st_size == size and _digest(image) == before
         assert sorted(p.name for p in small.iterdir()) == ["inc.erofs"]
+
+
+def test_reflink_failed_verify_removes_the_clone(trees, tmp_path, reflink_dir, monkeypatch):
+    """--verify reads the clone before it replaces IMAGE: a difference leaves IMAGE (same
+    inode, same bytes) and no clone."""
+    from mkerofs import BuildError, BuildOptions, build
+    from mkerofs.writer import verify
+    from mkerofs.writer.options import IncrementalOptions
+    base = _image(tmp_path, trees[0], "base.erofs")
+    image = reflink_dir / "inc.erofs"
+    image.write_bytes(base.read_bytes())
+    before, ino = _digest(image), image.stat().st_ino
+    real = verify.compare_build
+    monkeypatch.setattr(verify, "compare_build",
+                        lambda *a, **kw: ["/x: injected"] + real(*a, **kw))
+    with pytest.raises(BuildError, match="verification failed.*/x: injected"):
+        build(image, trees[1], BuildOptions(timestamp=1000000000, quiet=True, verify=True,
+                                            incremental=IncrementalOptions()))
+    assert _digest(image) == before and image.stat().st_ino == ino
+    assert sorted(p.name for p in reflink_dir.iterdir() if p.name != "lost+found") == \
+        ["inc.erofs"]
