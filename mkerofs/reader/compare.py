@@ -153,9 +153,9 @@ def compare_image(img: Image, source: str | bytes | os.PathLike | SourceTree, *,
     subtree out, as --exclude-path/--exclude-regex do; `source_xattrs(path, relpath, mode)`
     replaces reading a source directory's file's xattrs (sorted (name, value) pairs) when the
     build changes them (a SourceTree says itself what its xattrs are). `as_is(relpath)` true:
-    the build kept that entry as the source has it (an increment's base inodes): its owner
-    and mtime are compared without the expectations above and its link count is not compared
-    (a kept inode keeps its own). `check_*` false skips
+    the build kept that entry as the source has it (an increment's base inodes): its owner,
+    mtime and hard links are compared without the expectations above and its link count is
+    not compared (a kept inode keeps its own). `check_*` false skips
     that attribute. `limit` > 0 stops after that many differences. Returns the differences
     (empty: equal)."""
     if isinstance(source, (str, bytes, os.PathLike)):
@@ -253,7 +253,7 @@ def compare_image(img: Image, source: str | bytes | os.PathLike | SourceTree, *,
                 continue
             nids = {nid_of[r] for r in present}
             names = ", ".join("/" + show(r) for r in present)
-            if hard_dereference:
+            if hard_dereference and not (as_is is not None and as_is(present[0])):
                 if len(nids) != len(present):
                     add(present[0], f"hard links {names} share an inode in the image despite "
                                     "--hard-dereference")

@@ -146,7 +146,8 @@ def _verify_increment(base, upper: SourceInode, out: Output, options: BuildOptio
     changed (a failure rolls the increment back), against the base and the source merged."""
     from . import incremental
     from .verify import verify_increment
-    expected = incremental.expected_tree(base, upper, options.incremental.ovlfs_strip)
+    expected = incremental.expected_tree(base, upper, options.incremental.ovlfs_strip,
+                                         options.xattr_tolerance >= 0)
     view = out.view()
     try:
         verify_increment(view, base.path, expected, options, build_time)

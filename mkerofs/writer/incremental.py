@@ -664,12 +664,13 @@ class Expected:
     base_nids: set[int]                 # their nids (they keep their own link counts)
 
 
-def expected_tree(base: Base, upper: SourceInode, strip: bool) -> Expected:
+def expected_tree(base: Base, upper: SourceInode, strip: bool, xattrs: bool) -> Expected:
     """What the image should hold after the increment of `upper` (a copy_upper): the base
     directories the increment reaches merged with it (layers.py), every other part of the
     base as it is, with its own bytes read from the base (as it was: IMAGE is unchanged
     until the increment is committed); and which paths are the base's inodes, kept as they
-    were.  The whole base tree is read: only with --verify."""
+    were.  `xattrs` false (-x < 0): the new inodes have none (not even overlay marks).
+    The whole base tree is read: only with --verify."""
     try:
         reach = read_reached(base.img, upper)
     except ImageError as err:
@@ -689,6 +690,11 @@ def expected_tree(base: Base, upper: SourceInode, strip: bool) -> Expected:
                 pending.append(child)
             entries.append((name, child))
         directory.entries = entries
+        if not xattrs:
+            directory.xattrs = []
+            for _name, child in entries:
+                if child.entries is None and child not in whole.nids:
+                    child.xattrs = []
     files, img = whole.files, base.img
 
     def contents(node: SourceInode):

@@ -87,15 +87,24 @@ def test_verify_passes_on_two_increments_in_a_row(tmp_path):
         assert img.read(img.lookup("/e/f")) == b"ef"
 
 
-def test_verify_compares_the_base_with_its_own_attributes(tmp_path):
-    """The increment's --force-uid applies to the new inodes only: the kept ones keep theirs,
-    and --verify expects exactly that."""
+@pytest.mark.parametrize("kw", [{"force_uid": 4242}, {"xattr_tolerance": -1},
+                                {"hard_dereference": True}, {"ignore_mtime": True}],
+                         ids=["force-uid", "x-1", "hard-dereference", "ignore-mtime"])
+def test_verify_compares_the_base_with_its_own_attributes(tmp_path, kw):
+    """Options that change inodes apply to the new ones only: the kept ones stay as the base
+    has them (owner, xattrs, hard links, mtime), and --verify expects exactly that."""
     image = _base(tmp_path)
-    build(image, _upper(tmp_path), _opts(incremental=IncrementalOptions(), verify=True,
-                                         force_uid=4242))
+    upper = _upper(tmp_path)
+    os.link(upper / "new", upper / "new2")
+    build(image, upper, _opts(incremental=IncrementalOptions(), verify=True, **kw))
     with Image.open(image) as img:
-        assert img.lookup("/new").uid == 4242
+        new, new2 = img.lookup("/new"), img.lookup("/new2")
+        assert (new.nid == new2.nid) != bool(kw.get("hard_dereference"))
+        assert img.lookup("/keep").nid == img.lookup("/d/keep2").nid   # the base's, kept
         assert img.lookup("/keep").uid == os.getuid()
+        assert new.uid == kw.get("force_uid", os.getuid())
+        # (the root's empty trusted.overlay.origin: the whiteout below it)
+        assert (img.xattrs(img.root) == []) == ("xattr_tolerance" in kw)
 
 
 def _corrupt_new_file(monkeypatch) -> None:
