@@ -139,6 +139,7 @@ def compare_image(img: Image, source: str | bytes | os.PathLike | SourceTree, *,
                   hard_dereference: bool = False,
                   exclude: Optional[Callable[[bytes], bool]] = None,
                   source_xattrs: Optional[Callable[[bytes, bytes, int], list]] = None,
+                  as_is: Optional[Callable[[bytes], bool]] = None,
                   limit: int = 0) -> list[str]:
     """Compare the image (or its subtree at `path`) with `source`: a directory, or a SourceTree.
 
@@ -151,7 +152,10 @@ def compare_image(img: Image, source: str | bytes | os.PathLike | SourceTree, *,
     `exclude(relpath)` (relative to `source`, no leading slash) leaves a source path and its
     subtree out, as --exclude-path/--exclude-regex do; `source_xattrs(path, relpath, mode)`
     replaces reading a source directory's file's xattrs (sorted (name, value) pairs) when the
-    build changes them (a SourceTree says itself what its xattrs are). `check_*` false skips
+    build changes them (a SourceTree says itself what its xattrs are). `as_is(relpath)` true:
+    the build kept that entry as the source has it (an increment's base inodes): its owner,
+    mtime and hard links are compared without the expectations above and its link count is
+    not compared (a kept inode keeps its own). `check_*` false skips
     that attribute. `limit` > 0 stops after that many differences. Returns the differences
     (empty: equal)."""
     if isinstance(source, (str, bytes, os.PathLike)):
@@ -230,6 +234,10 @@ def compare_image(img: Image, source: str | bytes | os.PathLike | SourceTree, *,
                 entered.add(rel)
             if not stat.S_ISDIR(inode.mode):
                 nid_of[rel] = inode.nid
+            if as_is is not None and as_is(rel):
+                _compare_one(img, inode, st, rel, tree, inode.nlink, add, _own_ids,
+                             check_owner, check_mtime, check_xattrs, None, None, None)
+                continue
             links = 1 if hard_dereference else len(groups.get(key_of.get(rel), ()))
             _compare_one(img, inode, st, rel, tree, links, add, want_ids, check_owner,
                          check_mtime, check_xattrs, mtime, clamp_mtime, compact_mtime)
@@ -245,7 +253,7 @@ def compare_image(img: Image, source: str | bytes | os.PathLike | SourceTree, *,
                 continue
             nids = {nid_of[r] for r in present}
             names = ", ".join("/" + show(r) for r in present)
-            if hard_dereference:
+            if hard_dereference and not (as_is is not None and as_is(present[0])):
                 if len(nids) != len(present):
                     add(present[0], f"hard links {names} share an inode in the image despite "
                                     "--hard-dereference")
@@ -262,6 +270,10 @@ def compare_image(img: Image, source: str | bytes | os.PathLike | SourceTree, *,
     except _Full:
         pass
     return diffs
+
+
+def _own_ids(st: SourceStat) -> tuple[int, int]:
+    return st.st_uid, st.st_gid
 
 
 def _compare_one(img, inode, st, rel, tree, links, add, want_ids, check_owner, check_mtime,

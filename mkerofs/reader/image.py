@@ -64,7 +64,7 @@ from bisect import bisect_right
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator
+from typing import Callable, Container, Iterator
 
 from ..codecs import registry
 from ..ondisk import format as fmt
@@ -1204,16 +1204,19 @@ class Image:
 
     # -- verification ----------------------------------------------------------------------------
 
-    def verify(self, progress: Callable[[int, int], None] | None = None) -> list[str]:
+    def verify(self, progress: Callable[[int, int], None] | None = None, *,
+               own_links: Container[int] = ()) -> list[str]:
         """Every problem found, as readable lines ([] = clean).  Reads every inode reachable
         from the root (and the packed inode), every directory, every xattr, decodes every
-        pcluster and cross-checks link counts.  `progress(done, total)` is called after each
-        inode with the number checked and the superblock's inode count."""
-        return self.verify_report(progress).problems
+        pcluster and cross-checks link counts (except those of the nids in `own_links`: an
+        increment keeps its base's inodes with their own).  `progress(done, total)` is called
+        after each inode with the number checked and the superblock's inode count."""
+        return self.verify_report(progress, own_links=own_links).problems
 
-    def verify_report(self, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    def verify_report(self, progress: Callable[[int, int], None] | None = None, *,
+                      own_links: Container[int] = ()) -> VerifyReport:
         """verify(), with what it covered: inodes checked and bytes of file data."""
-        verifier = _Verifier(self, progress)
+        verifier = _Verifier(self, progress, own_links)
         problems = verifier.run()
         return VerifyReport(problems, verifier.done, verifier.data_bytes)
 
@@ -1228,9 +1231,10 @@ class VerifyReport:
 class _Verifier:
     PROBLEM_LIMIT = 1000
 
-    def __init__(self, img: Image, progress):
+    def __init__(self, img: Image, progress, own_links: Container[int] = ()):
         self.img = img
         self.progress = progress
+        self.own_links = own_links
         self.problems: list[str] = []
         self.done = 0
         self.data_bytes = 0
@@ -1322,7 +1326,7 @@ class _Verifier:
             stack.extend(reversed(children))
         for nid, count in links.items():
             path, nlink = first[nid]
-            if nlink != count:
+            if nlink != count and nid not in self.own_links:
                 self.report(f"{_show(path)}: nlink {nlink}, but {count} directory "
                             f"entr{'y names' if count == 1 else 'ies name'} nid {nid}")
 

@@ -106,8 +106,10 @@ def _build(image, source, options: BuildOptions | None,
         try:
             found = _read_source(source, options, build_time, sinks, inputs, report, progress)
             options = found.options
-            root, increment = found.root, None
+            root, increment, upper = found.root, None, None
             if base is not None:
+                if options.verify:      # (the merge takes the tree apart)
+                    upper = incremental.copy_upper(root, options.incremental.mode == "rvsp")
                 increment = incremental.merge_increment(base, root,
                                                         options.incremental.ovlfs_strip)
                 root = increment.root
@@ -127,6 +129,9 @@ def _build(image, source, options: BuildOptions | None,
                                       tar.written if tar is not None else None, devices,
                                       tar.index if tar is not None else None, sinks.blob,
                                       increment)
+            if upper is not None:
+                with report.phase("verify", progress):
+                    _verify_increment(base, upper, sinks.out, options, build_time)
             with report.phase("finish", progress):
                 sinks.finish(result, lambda: _vmdk_extents(image, result, devices))
             _fill_report(report, result, plan, sinks.pool)                     # report
@@ -136,11 +141,26 @@ def _build(image, source, options: BuildOptions | None,
         except BaseException:
             sinks.abort()
             raise
-        if options.verify:
+        if options.verify and base is None:
             with report.phase("verify", progress):
                 verify_build(image, found.verify_source, options)
     report.note_memory()
     return result
+
+
+def _verify_increment(base, upper: SourceInode, out: Output, options: BuildOptions,
+                      build_time: int) -> None:
+    """--incremental --verify: the image as the increment makes it, read before IMAGE is
+    changed (a failure rolls the increment back), against the base and the source merged."""
+    from . import incremental
+    from .verify import verify_increment
+    expected = incremental.expected_tree(base, upper, options.incremental.ovlfs_strip,
+                                         options.xattr_tolerance >= 0)
+    view = out.view()
+    try:
+        verify_increment(view, base.path, expected, options, build_time)
+    finally:
+        view.close()
 
 
 def _checked(options: BuildOptions, source) -> BuildOptions:
@@ -248,7 +268,7 @@ def _read_source(source, options: BuildOptions, build_time: int, sinks: _Sinks,
         # as mkfs.erofs: a GNU volume header names the image (16 bytes at most)
         options = replace(options, label=tar.label)
     verify_source = b""
-    if options.verify:
+    if options.verify and options.incremental is None:     # (an increment: copy_upper)
         from .verify import TarSource
         # (planning takes the tree apart: keep what the comparison needs)
         verify_source = TarSource.capture(tar.root, tar.device_path)

@@ -42,13 +42,18 @@ time in proportion to what it adds, not to the base:
   2. the file is extended to the new image's size and synced;
   3. then the few writes over the base's bytes: the '..' entries of kept directories, the
      new root over the old root's slot, compression records after the superblock, and the
-     superblock last; the bytes of each region are saved first; then a sync.
+     superblock last, held back (InPlaceOutput.pending) until the build is complete;
+     the bytes of each region are saved first; then a sync.
   Any error or interruption (a bad tar, Ctrl-C, no space, an I/O error) before the end of
   step 3 writes the saved bytes back, cuts IMAGE to S and syncs: IMAGE is byte-identical to
   what it was.  Only a crash or a kill -9 during step 3 (a few small writes) can leave it
   inconsistent; before it, the old superblock still describes the old image, and the bytes
   past S are ignored (a later increment starts at ceil(file size / block size), as
   mkfs.erofs does).  A block device is refused.
+* --verify runs before step 3 (or before the clone replaces IMAGE): it reads the image as
+  it will be, the held-back writes applied in a private mapping of IMAGE (copy on write:
+  IMAGE is not written), and compares it with the base as it is and the source merged
+  (expected_tree); a difference fails the build, which rolls back as any failure does.
 
 Where mkfs.erofs 1.9.3 differs: a failed build leaves IMAGE grown (even to 2
 TiB); it ignores a directory source's trusted.overlay.opaque; it honours rvsp only
@@ -59,11 +64,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import re
 import stat
 import sys
 from dataclasses import dataclass, replace
+from typing import Callable
 
 from ..errors import BuildError, ImageError
 from ..ondisk import format as fmt
@@ -74,6 +81,7 @@ from .layers import (OPAQUE, OPAQUE_XWHITEOUTS, LayerTree, image_node, merge_lay
 from .options import BuildOptions
 from .output import Output
 from .plan import Plan, PlannedInode
+from .verify import TarSource
 from .walk import DataRef, SourceInode, SourceStat
 
 _FICLONE = 0x40049409           # ioctl(dst, FICLONE, src): share the source's extents
@@ -288,6 +296,10 @@ class ClonedOutput(Output):
         except OSError as err:
             raise BuildError(f"{self.path}: {err.strerror or err}") from None
 
+    def view(self) -> mmap.mmap:
+        """The clone as it is (for --verify, before it replaces IMAGE)."""
+        return _private_view(self.fd, [])
+
     def finish(self, image_size: int) -> None:
         try:
             os.fchmod(self.fd, self.base.mode)
@@ -302,12 +314,15 @@ class ClonedOutput(Output):
 
 class InPlaceOutput(Output):
     """IMAGE itself, appended to (module docstring): everything new goes after its last byte;
-    seal() syncs that, and only then may the base's own bytes be written, each region saved
-    first; abort() writes the saved bytes back, cuts IMAGE to its old size and syncs."""
+    seal() syncs that.  What is written over the base's own bytes after it is held back
+    (`pending`: --verify reads the image through view() with it applied, IMAGE still
+    untouched) until finish() writes it, each region saved first; abort() writes the saved
+    bytes back, cuts IMAGE to its old size and syncs."""
 
     def __init__(self, base: Base):
         self.base = base
         self.start = base.file_size
+        self.pending: list[tuple[int, bytes]] = []
         self.saved: list[tuple[int, bytes]] = []
         self.sealed = False
         super().__init__(base.path, 0)
@@ -332,18 +347,28 @@ class InPlaceOutput(Output):
             if not self.sealed:
                 raise AssertionError(f"the base's bytes at {pos} written before the "
                                      "increment was synced")
-            size = min(memoryview(data).nbytes, self.start - pos)
-            self.saved.append((pos, os.pread(self.fd, size, pos)))
+            self.pending.append((pos, bytes(data)))
+            return
         super().pwrite(data, pos)
+
+    def pread(self, n: int, pos: int) -> bytes:
+        return _patched(super().pread(n, pos), pos, self.pending)
+
+    def view(self) -> mmap.mmap:
+        return _private_view(self.fd, self.pending)
 
     def finish(self, image_size: int) -> None:
         try:
+            for pos, data in self.pending:
+                size = min(len(data), self.start - pos)
+                self.saved.append((pos, os.pread(self.fd, size, pos)))
+                super().pwrite(data, pos)
             os.fsync(self.fd)
         except OSError as err:
             raise BuildError(f"{self.path}: {err.strerror or err}") from None
         os.close(self.fd)
         self.fd = -1
-        self.saved = []
+        self.pending = self.saved = []
 
     def abort(self) -> None:
         if self.fd < 0:
@@ -358,6 +383,26 @@ class InPlaceOutput(Output):
                   ": it may be damaged", file=sys.stderr)
         os.close(self.fd)
         self.fd = -1
+
+
+def _patched(data: bytes, pos: int, writes: list[tuple[int, bytes]]) -> bytes:
+    """`data` (the bytes at `pos`) with the `writes` over it applied, in order."""
+    out = bytearray(data)
+    for at, chunk in writes:
+        lo, hi = max(at, pos), min(at + len(chunk), pos + len(out))
+        if lo < hi:
+            out[lo - pos:hi - pos] = chunk[lo - at:hi - at]
+    return bytes(out)
+
+
+def _private_view(fd: int, writes: list[tuple[int, bytes]]) -> mmap.mmap:
+    """The file open as `fd` with `writes` applied in a private mapping (copy on write: the
+    file is not changed, only the pages written are copied)."""
+    view = mmap.mmap(fd, os.fstat(fd).st_size, flags=mmap.MAP_PRIVATE,
+                     prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    for pos, data in writes:
+        view[pos:pos + len(data)] = data
+    return view
 
 
 def _lock(path: str) -> int:
@@ -580,6 +625,87 @@ def reserve_rvsp(plan: Plan, data) -> None:
             node.flat = replace(flat, written=True)
 
 
+# -- --verify: what the image should hold ------------------------------------------------------
+
+def copy_upper(root: SourceInode, rvsp: bool) -> SourceInode:
+    """A copy of the increment's tree for --verify (the merge takes the build's apart): the
+    same attributes, xattrs and hard links, each regular file's bytes where --verify reads
+    them (a directory's file: its path; rvsp: zeros)."""
+    copies: dict[SourceInode, SourceInode] = {}
+
+    def copy(node: SourceInode) -> SourceInode:
+        twin = copies.get(node)
+        if twin is None:
+            data = node.data
+            if stat.S_ISREG(node.st.st_mode):
+                data = DataRef(None) if rvsp else data or DataRef(node.path)
+            twin = copies[node] = SourceInode(node.path, node.st, target=node.target,
+                                              xattrs=list(node.xattrs), data=data)
+        return twin
+
+    top = copy(root)
+    pending = [(root, top)]
+    while pending:
+        directory, twin = pending.pop()
+        twin.entries = []
+        for name, child in directory.entries:
+            mine = copy(child)
+            twin.entries.append((name, mine))
+            if child.entries is not None:
+                pending.append((child, mine))
+    return top
+
+
+@dataclass
+class Expected:
+    """What --verify compares the increment's image with (expected_tree)."""
+    source: TarSource                   # the tree the image should hold
+    as_is: Callable[[bytes], bool]      # paths that are the base's inodes, kept as they were
+    base_nids: set[int]                 # their nids (they keep their own link counts)
+
+
+def expected_tree(base: Base, upper: SourceInode, strip: bool, xattrs: bool) -> Expected:
+    """What the image should hold after the increment of `upper` (a copy_upper): the base
+    directories the increment reaches merged with it (layers.py), every other part of the
+    base as it is, with its own bytes read from the base (as it was: IMAGE is unchanged
+    until the increment is committed); and which paths are the base's inodes, kept as they
+    were.  `xattrs` false (-x < 0): the new inodes have none (not even overlay marks).
+    The whole base tree is read: only with --verify."""
+    try:
+        reach = read_reached(base.img, upper)
+    except ImageError as err:
+        raise BuildError(f"{base.path}: {err}") from None
+    whole = base.tree
+    by_nid = {nid: node for node, nid in whole.nids.items()}
+    root, _count = merge_layers([reach.root, upper], strip)
+    pending = [root]
+    while pending:
+        directory = pending.pop()
+        entries = []
+        for name, child in directory.entries:
+            nid = reach.nids.get(child)
+            if nid is not None and child not in reach.read:
+                child = by_nid[nid]             # the base's, unread by the increment
+            elif child.entries is not None:
+                pending.append(child)
+            entries.append((name, child))
+        directory.entries = entries
+        if not xattrs:
+            directory.xattrs = []
+            for _name, child in entries:
+                if child.entries is None and child not in whole.nids:
+                    child.xattrs = []
+    files, img = whole.files, base.img
+
+    def contents(node: SourceInode):
+        found = files.get(node)
+        return None if found is None else img.iter_data(found.inode)
+
+    source = TarSource.capture(root, contents=contents)
+    kept = set(whole.nids)
+    return Expected(source, lambda rel: source.node(rel) in kept, set(whole.nids.values()))
+
+
 # -- what is written over the base ------------------------------------------------------------
 
 def place_root(base: Base, root: PlannedInode, size: int) -> int | None:
@@ -666,7 +792,7 @@ def superblock(base: Base, out: Output, root_nid: int, blocks: int, new_inodes: 
     out.pwrite(packed, fmt.EROFS_SUPER_OFFSET)
     if sb.feature_compat & fmt.EROFS_FEATURE_COMPAT_SB_CHKSUM:
         span = fmt.sb_checksum_span(base.block_size)
-        region = os.pread(out.fd, span, fmt.EROFS_SUPER_OFFSET).ljust(span, b"\0")
+        region = out.pread(span, fmt.EROFS_SUPER_OFFSET).ljust(span, b"\0")
         sb.checksum = fmt.erofs_crc32c(region)
         out.pwrite(sb.pack()[:kept_tail] + raw[kept_tail:], fmt.EROFS_SUPER_OFFSET)
 

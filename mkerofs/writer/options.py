@@ -236,7 +236,7 @@ class BuildOptions:
         refused = {"EROFS images as SOURCE (rebuild mode)": self.rebuild is not None,
                    "--tar=i or --tar=headerball": self.tar is not None and self.tar.mode != "f",
                    "--blobdev": self.blobdev is not None, "--vmdk-desc": self.vmdk_desc is not None,
-                   "--offset": self.offset != 0, "--verify": self.verify,
+                   "--offset": self.offset != 0,
                    "--xattr-prefix": bool(self.xattr_prefixes)}
         for what, given in refused.items():
             if given:

@@ -89,6 +89,10 @@ class Output:
         except OSError as err:
             raise _describe(self.path, err) from None
 
+    def pread(self, n: int, pos: int) -> bytes:
+        """The image's bytes at `pos` as written so far."""
+        return os.pread(self.fd, n, pos + self.offset)
+
     def finish(self, image_size: int) -> None:
         try:
             if self.is_device:

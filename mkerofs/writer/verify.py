@@ -40,14 +40,38 @@ def verify_build(image: str, source: bytes | SourceTree, options: BuildOptions,
         raise BuildError(f"{image}: verification failed (the image was kept):\n  {shown}{more}")
 
 
-def compare_build(img: Image, source, options, *, limit: int = 0) -> list[str]:
+def verify_increment(view, image: str, expected, options: BuildOptions,
+                     build_time: int) -> None:
+    """--incremental --verify: read the image as the increment makes it (`view`: its bytes,
+    an mmap, before IMAGE is changed) and compare it with `expected` (incremental.Expected:
+    the base and the source merged).  BuildError (one line: the first difference) if they
+    differ."""
+    try:
+        with Image(view) as img:
+            problems = img.verify(own_links=expected.base_nids)
+            problems += compare_build(img, expected.source, options, limit=20,
+                                      build_time=build_time, compact_time=img.epoch,
+                                      as_is=expected.as_is)
+    except ImageError as err:
+        problems = [str(err)]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise BuildError(f"{image}: verification failed, the increment was not applied "
+                         f"(IMAGE is as it was): {problems[0]}{more}")
+
+
+def compare_build(img: Image, source, options, *, limit: int = 0,
+                  build_time: int | None = None, compact_time: int | None = None,
+                  as_is=None) -> list[str]:
     """compare_image with the expectations a build with `options` (BuildOptions) sets: forced
     and shifted owners, the time policy (-T, SOURCE_DATE_EPOCH, --ignore-mtime,
     -Eforce-inode-compact; the build time is read from the image's superblock), excluded
     paths, --hard-dereference, -x < 0 (no xattrs at all) and --file-contexts labels.
     `source` is a directory, or a SourceTree that has exclusions and xattrs applied already
-    (a TarSource)."""
-    build_time = getattr(img, "build_time", img.superblock.epoch)
+    (a TarSource).  An increment gives its own `build_time` (the image keeps the base's),
+    `compact_time` (the base's epoch: what compact inodes show) and `as_is` (compare_image)."""
+    if build_time is None:
+        build_time = getattr(img, "build_time", img.superblock.epoch)
     inherit = options.effective_time_inherit
     mtime = clamp = compact = None
     if inherit is TimeInherit.FIXED:
@@ -55,7 +79,7 @@ def compare_build(img: Image, source, options, *, limit: int = 0) -> list[str]:
     elif inherit is TimeInherit.CLAMP:
         clamp = build_time
     if mtime is None and (options.ignore_mtime or options.force_inode == "compact"):
-        compact = build_time
+        compact = build_time if compact_time is None else compact_time
     exclude = None
     if isinstance(source, (str, bytes, os.PathLike)):
         excluder = Excluder(options)
@@ -65,7 +89,7 @@ def compare_build(img: Image, source, options, *, limit: int = 0) -> list[str]:
                          uid_offset=options.uid_offset, gid_offset=options.gid_offset,
                          mtime=mtime, clamp_mtime=clamp, compact_mtime=compact,
                          hard_dereference=options.hard_dereference, exclude=exclude,
-                         limit=limit)
+                         as_is=as_is, limit=limit)
 
 
 def _xattr_policy(options: BuildOptions):
@@ -122,6 +146,10 @@ class TarSource:
                 if child.entries is not None:
                     pending.append((r, child))
         return cls(nodes, names, xattrs, tar_device, contents, devices)
+
+    def node(self, rel: bytes) -> SourceInode | None:
+        """The SourceInode at `rel` (None: not in the tree)."""
+        return self._nodes.get(rel)
 
     def _node(self, rel: bytes) -> SourceInode:
         node = self._nodes.get(rel)

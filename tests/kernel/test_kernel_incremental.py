@@ -66,7 +66,7 @@ def _check_fsck(image: Path) -> None:
 
 def _incremental(base: Path, out: Path, *args) -> Path:
     out.write_bytes(base.read_bytes())
-    run_mkerofs(*FIXED, "--incremental", *args[:-1], out, args[-1])
+    run_mkerofs(*FIXED, "--incremental", "--verify", *args[:-1], out, args[-1])
     return out
 
 
@@ -80,7 +80,7 @@ def test_directory_increments_strip(trees, tmp_path, base_opts, inc_opts):
     _check_fsck(out)
     with kernel_mount(out) as mnt:
         assert differences(_view(trees, 2), snapshot(mnt)) == []
-    run_mkerofs(*FIXED, "--incremental", *inc_opts, "--ovlfs-strip", out, trees[2])
+    run_mkerofs(*FIXED, "--incremental", "--verify", *inc_opts, "--ovlfs-strip", out, trees[2])
     _check_fsck(out)
     with kernel_mount(out) as mnt:
         assert differences(_view(trees, 3), snapshot(mnt)) == []
@@ -108,7 +108,7 @@ def test_tar_increments(trees, tmp_path):
     out = tmp_path / "inc.erofs"
     out.write_bytes(base.read_bytes())
     for count, tree in ((2, trees[1]), (3, trees[2])):
-        run_mkerofs(*FIXED, "--incremental", "--tar=f", "--ovlfs-strip", out,
+        run_mkerofs(*FIXED, "--incremental", "--verify", "--tar=f", "--ovlfs-strip", out,
                     _tar(tree, tmp_path / f"{tree.name}.tar"))
         _check_fsck(out)
         with kernel_mount(out) as mnt:
@@ -127,7 +127,7 @@ def test_tar_aufs_whiteouts_from_stdin(trees, tmp_path):
     out = tmp_path / "inc.erofs"
     out.write_bytes(base.read_bytes())
     tar = _tar(upper, tmp_path / "up.tar")
-    run_mkerofs(*FIXED, "--incremental", "--tar=f", "--aufs", "--ovlfs-strip", out,
+    run_mkerofs(*FIXED, "--incremental", "--verify", "--tar=f", "--aufs", "--ovlfs-strip", out,
                 input=tar.read_bytes())
     with kernel_mount(out) as mnt:
         assert not (mnt / "gone").exists()
@@ -165,7 +165,7 @@ def test_rvsp_new_files_read_as_zeros(trees, tmp_path):
     out = _incremental(base, tmp_path / "inc.erofs", "--ovlfs-strip", trees[1])
     rv = tmp_path / "rv.erofs"
     rv.write_bytes(base.read_bytes())
-    run_mkerofs(*FIXED, "--incremental=rvsp", "--ovlfs-strip", rv, trees[1])
+    run_mkerofs(*FIXED, "--incremental=rvsp", "--verify", "--ovlfs-strip", rv, trees[1])
     with kernel_mount(rv) as mnt:
         big2 = (mnt / "big2").read_bytes()
         assert len(big2) == 5000 and big2 == bytes(5000)
@@ -288,7 +288,7 @@ def test_reflink_clone_replaces_the_image(trees, tmp_path, reflink_dir):
     assert sorted(p.name for p in reflink_dir.iterdir() if p.name != "lost+found") == \
         ["inc.erofs"]
     with kernel_mount(image) as mnt:          # a mounted image is not written: it is replaced
-        run_mkerofs(*FIXED, "--incremental", "--ovlfs-strip", image, trees[1])
+        run_mkerofs(*FIXED, "--incremental", "--verify", "--ovlfs-strip", image, trees[1])
         assert (mnt / "gone").exists()
     assert image.stat().st_ino != ino
     _check_fsck(image)
@@ -311,3 +311,24 @@ def test_no_space_while_appending_puts_the_image_back(trees, tmp_path):
         assert r.returncode != 0 and "no space left" in r.stderr, r.stderr
         assert image.stat().st_size == size and _digest(image) == before
         assert sorted(p.name for p in small.iterdir()) == ["inc.erofs"]
+
+
+def test_reflink_failed_verify_removes_the_clone(trees, tmp_path, reflink_dir, monkeypatch):
+    """--verify reads the clone before it replaces IMAGE: a difference leaves IMAGE (same
+    inode, same bytes) and no clone."""
+    from mkerofs import BuildError, BuildOptions, build
+    from mkerofs.writer import verify
+    from mkerofs.writer.options import IncrementalOptions
+    base = _image(tmp_path, trees[0], "base.erofs")
+    image = reflink_dir / "inc.erofs"
+    image.write_bytes(base.read_bytes())
+    before, ino = _digest(image), image.stat().st_ino
+    real = verify.compare_build
+    monkeypatch.setattr(verify, "compare_build",
+                        lambda *a, **kw: ["/x: injected"] + real(*a, **kw))
+    with pytest.raises(BuildError, match="verification failed.*/x: injected"):
+        build(image, trees[1], BuildOptions(timestamp=1000000000, quiet=True, verify=True,
+                                            incremental=IncrementalOptions()))
+    assert _digest(image) == before and image.stat().st_ino == ino
+    assert sorted(p.name for p in reflink_dir.iterdir() if p.name != "lost+found") == \
+        ["inc.erofs"]

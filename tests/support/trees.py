@@ -38,6 +38,15 @@ def write_file(path: PathLike, size: int, seed=None, *, pattern: Optional[bytes]
         f.write(data)
 
 
+def write_files(root: PathLike, files: dict[str, bytes]) -> Path:
+    """Files by path below ``root`` (their directories made as needed); returns ``root``."""
+    root = Path(os.fsdecode(root))
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root
+
+
 def make_socket(path: PathLike) -> None:
     """A UNIX socket node at ``path`` (bound via a relative name so long
     directories do not hit the 108-byte sun_path limit)."""

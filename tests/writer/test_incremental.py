@@ -99,8 +99,9 @@ def _base_and_upper(tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize("stage", ["first write over the base", "superblock"])
 def test_failure_after_the_base_was_written_puts_it_back(tmp_path, monkeypatch, stage):
-    """An error once the new part is appended and the base's own bytes are being rewritten
-    (the '..' entries, the superblock): IMAGE gets its bytes and size back."""
+    """An error once the new part is appended and the writes over the base's own bytes (the
+    '..' entries, the superblock) are being made: IMAGE gets its bytes and size back.  (They
+    are held back until the end: test_incremental_verify has an error among them.)"""
     image, upper = _base_and_upper(tmp_path)
     before, size, ino = _digest(image), image.stat().st_size, image.stat().st_ino
     written = []
