@@ -655,7 +655,8 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
                          "count holds")
     out.check_fits(blocks * bs)
 
-    meta = MetaImage(data_start * bs, data_end * bs, meta_end)
+    # (the metadata area is written through a mapping of the image: a fresh file reads as zeros)
+    meta = MetaImage(data_start * bs, data_end * bs, meta_end, out)
     _write_contents(plan, nodes, data, meta, meta_base, xattrs, placed.xattr_blkaddr,
                     prefix_pos, _workers(options))
 
@@ -687,9 +688,7 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
             meta.put(cfgs_pos, cfgs)
     sb.uuid = _choose_uuid(options, meta, plan.epoch)
     _put_superblock(meta, sb, bs, options.sb_checksum)
-    out.pwrite(meta.head, 0)
-    if meta.tail:
-        out.pwrite(meta.tail, meta.tail_start)
+    meta.write_out(out)
     if placed.map_lines is not None and options.tar.mapfile:
         _write_mapfile(options.tar.mapfile, placed.map_lines)
     result = BuildResult(out.path, blocks, bs, len(plan.inodes), sb.uuid, root.nid,
@@ -729,11 +728,12 @@ def _lay_out_increment(plan: Plan, options: BuildOptions, out: Output, xattrs: X
     if blocks > fmt.EROFS_MAX_BLOCKS_LO:
         raise BuildError(f"image of {blocks} blocks: more than the superblock's 32-bit block "
                          "count holds")
+    # (in anonymous memory: a base's file may hold bytes past its last block; increments are
+    # small)
     meta = MetaImage(0, data_end * bs, meta_end)
     _write_contents(plan, placed.nodes, data, meta, base.meta_base, xattrs, 0, None,
                     _workers(options), elsewhere=root if root_pos is not None else None)
-    if meta.tail:
-        out.pwrite(meta.tail, meta.tail_start)
+    meta.write_out(out)
     out.seal(blocks * bs)           # all that is new is written (and synced): now the base's bytes
     if root_pos is not None:
         out.pwrite(serialize_inode(root, plan.first_ino + placed.nodes.index(root), plan.epoch),
@@ -1015,7 +1015,8 @@ def _choose_uuid(options: BuildOptions, meta: MetaImage, epoch: int) -> bytes:
         return options.uuid
     if options.source_date_epoch is not None:
         # reproducible: the same tree and options give the same metadata, hence the same UUID
-        digest = hashlib.sha256(b"mkerofs\0%d\0" % epoch + bytes(meta.head) + bytes(meta.tail))
+        digest = hashlib.sha256(b"mkerofs\0%d\0" % epoch)
+        meta.hash_into(digest)
         return uuidlib.UUID(bytes=digest.digest()[:16], version=5).bytes
     return uuidlib.uuid4().bytes
 

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import bisect
+import errno
 import mmap
+import os
 
 from ..ondisk import format as fmt
+from ..errors import BuildError
+from .output import Output
 from .plan import PlannedInode
 
 
@@ -108,28 +112,82 @@ def serialize_inode(node: PlannedInode, ino: int, epoch: int) -> bytes:
                           node.mtime, node.mtime_nsec, epoch) + ibody + node.inline
 
 
+# Items written between two releases of the metadata pages a process holds (file-backed only):
+# about this many pages (4 MiB) at most stay mapped per process, whatever the image's size.
+# (Each release costs a madvise call over the mapping and a fault on the next page written.)
+_RELEASE_EVERY = 1024
+_HASH_CHUNK = 32 << 20
+
 
 def _shared_zeros(n: int):
     # an anonymous shared mapping: forked copiers read file tails straight into it
     return mmap.mmap(-1, n) if n > 0 else bytearray()
 
 
+def _map_image(out: Output, pos: int, length: int) -> tuple[mmap.mmap, int] | None:
+    """A shared mapping of the image file over [pos, pos + length) (and the bytes before pos
+    on its first page: their count is returned), its blocks allocated; None where the file
+    cannot be mapped."""
+    at = out.offset + pos
+    skip = at % mmap.ALLOCATIONGRANULARITY
+    try:
+        # (allocated now: a full disk is an error here, not a SIGBUS on a write to the mapping)
+        os.posix_fallocate(out.fd, at, length)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise BuildError(f"{out.path}: no space left on device") from None
+        return None
+    try:
+        mapped = mmap.mmap(out.fd, skip + length, mmap.MAP_SHARED,
+                           mmap.PROT_READ | mmap.PROT_WRITE, offset=at - skip)
+    except (OSError, ValueError):
+        return None
+    # No read-ahead: a fault then maps one page, not a large folio of the page cache (up to
+    # 2 MiB), which would keep far more than _RELEASE_EVERY items' pages mapped.
+    mapped.madvise(mmap.MADV_RANDOM)
+    return mapped, skip
+
+
 class MetaImage:
     """The metadata bytes, kept as two regions: the head (superblock block) and the tail area,
-    in memory shared with processes forked later."""
+    both in memory shared with processes forked later (copiers read file tails into them).
 
-    def __init__(self, head_end: int, tail_start: int, tail_end: int):
+    Given the image's Output (a fresh file, not a device: the tail area must read as zeros),
+    the tail area is a shared mapping of the image file itself: each process lets go of the
+    pages it wrote every _RELEASE_EVERY items (they stay in the page cache, written back by
+    the kernel), so a million-inode image does not hold its whole metadata area (~150 bytes
+    an inode) in any process.  Otherwise it is anonymous memory, written out by write_out."""
+
+    def __init__(self, head_end: int, tail_start: int, tail_end: int,
+                 out: Output | None = None):
         self.head = _shared_zeros(head_end)
         self.tail_start = tail_start
-        self.tail = _shared_zeros(max(0, tail_end - tail_start))
+        length = max(0, tail_end - tail_start)
+        mapped = _map_image(out, tail_start, length) if out is not None and length \
+            and not out.is_device else None
+        self.in_file = mapped is not None
+        if mapped is not None:
+            self._map, skip = mapped
+        else:
+            self._map, skip = _shared_zeros(length), 0
         self._head_view = memoryview(self.head)
-        self._tail_view = memoryview(self.tail)
+        self._tail_view = memoryview(self._map)[skip:skip + length]
+        self._left = _RELEASE_EVERY     # items until this process lets go of its pages
+
+    def _written(self) -> None:
+        self._left -= 1
+        if not self._left:
+            self._left = _RELEASE_EVERY
+            if self.in_file:
+                # (a shared file mapping: the bytes are in the page cache, nothing is lost)
+                self._map.madvise(mmap.MADV_DONTNEED)
 
     def view(self, pos: int, length: int) -> memoryview:
         """A writable window on [pos, pos + length) of the image's metadata."""
         if pos + length <= len(self.head):
             return self._head_view[pos:pos + length]
         assert pos >= self.tail_start, "metadata item straddles the data area"
+        self._written()
         rel = pos - self.tail_start
         return self._tail_view[rel:rel + length]
 
@@ -138,5 +196,27 @@ class MetaImage:
             self.head[pos:pos + len(data)] = data
             return
         assert pos >= self.tail_start, "metadata item straddles the data area"
+        self._written()
         rel = pos - self.tail_start
-        self.tail[rel:rel + len(data)] = data
+        self._tail_view[rel:rel + len(data)] = data
+
+    def hash_into(self, digest) -> None:
+        """Feed the head, then the tail area, to `digest` (a hashlib object), a chunk at a
+        time (a file-backed tail is let go of as it is read)."""
+        digest.update(self.head)
+        tail = self._tail_view
+        for at in range(0, len(tail), _HASH_CHUNK):
+            digest.update(tail[at:at + _HASH_CHUNK])
+            if self.in_file:
+                self._map.madvise(mmap.MADV_DONTNEED)
+
+    def write_out(self, out: Output) -> None:
+        """Put the metadata in the image: the head, and the tail area unless it is the image
+        file already; the tail area is then closed."""
+        if self.head:
+            out.pwrite(self.head, 0)
+        if not self.in_file and len(self._tail_view):
+            out.pwrite(self._tail_view, self.tail_start)
+        self._tail_view.release()
+        if isinstance(self._map, mmap.mmap):
+            self._map.close()

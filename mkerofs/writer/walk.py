@@ -137,7 +137,7 @@ class XattrReader:
             # mkfs.erofs drops the source's label and stores the looked-up one (or none)
             label = self.contexts.lookup(fs_path(relpath, self.mount_point), node.st.st_mode)
             xattrs = with_label(xattrs, label)
-        node.xattrs = xattrs
+        node.xattrs = xattrs or ()      # (shared: not an empty list a file, 56 bytes)
 
 
 _O_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
