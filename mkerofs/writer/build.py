@@ -395,7 +395,8 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     order = indexed = None
     if tree_options.index:
         indexed = []
-        offer = _noting_files(indexed)
+        # (the files in tar order make only the MAPFILE's blob: none kept without one)
+        offer = _noting_files(indexed) if tar.mapfile else None
     elif _sort_none_applies(options) and written is None:
         order = {}
         offer = _noting_order(order)
