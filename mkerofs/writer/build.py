@@ -18,7 +18,7 @@ from ..ondisk import format as fmt
 from ..codecs.spec import parse_compressor_spec
 from .hints import CompressHints, load_compress_hints
 from .packed import PackedFile
-from .decompress import open_input
+from .decompress import file_path, open_input
 from .chunks import (ChunkStore, ImageBlocks, TarIndex, index_layer_files, index_tar_files,
                      make_chunked, make_hole_files, map_line)
 from .devices import BlobFile, DeviceTable, ExtraDevice
@@ -403,6 +403,12 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
         raise BuildError(f"{os.fsdecode(name)}: {err.strerror or err}") from None
     in_place = isinstance(source, (str, bytes, os.PathLike)) and stream.kind == "tar" \
         and stream.seekable
+    tar_path = os.fsencode(os.fspath(source)) if in_place else None
+    if not in_place and stream.kind == "tar" and stream.seekable and tar.mode == "f" \
+            and not _sort_none_applies(options):
+        # stdin redirected from a tar file: read in place as well, rather than copied into
+        # the spool (not with --sort=none, whose layout differs for a stream)
+        tar_path = file_path(source)
     written = None
     # (--verify needs a copy of the data to compare the image with: it spools instead)
     if _sort_none_applies(options) and not in_place and tar.mode == "f" \
@@ -419,11 +425,12 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     tree_options = TarTreeOptions(
         aufs=tar.aufs, ovlfs_strip=tar.ovlfs_strip, headerball=tar.mode == "headerball",
         index=tar.mode == "i", root_uid=os.getuid(), root_gid=os.getgid(), build_time=build_time,
-        tar_path=os.fsencode(os.fspath(source)) if in_place else None)
+        tar_path=tar_path)
     order = indexed = None
     if tree_options.index:
         indexed = []
-        offer = _noting_files(indexed)
+        # (the files in tar order make only the MAPFILE's blob: none kept without one)
+        offer = _noting_files(indexed) if tar.mapfile else None
     elif _sort_none_applies(options) and written is None:
         order = {}
         offer = _noting_order(order)

@@ -165,7 +165,8 @@ def make_indexed_file(node: PlannedInode, blkszbits: int, start: int, device_id:
 @dataclass
 class TarIndex:
     """--tar=i: what the tar told about where the files' bytes are."""
-    files: list[SourceInode]        # regular files in tar order, replaced ones too
+    files: list[SourceInode]        # regular files in tar order, replaced ones too (only
+                                    # with a MAPFILE, whose blob they make; else empty)
     tar_bytes: int                  # the archive up to the end of its end-of-archive marker
 
     def blob(self, block_size: int) -> tuple[dict[SourceInode, int], int]:

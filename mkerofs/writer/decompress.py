@@ -139,6 +139,25 @@ def _is_regular_file(source) -> bool:
         return False
 
 
+def file_path(source: BinaryIO) -> bytes | None:
+    """A path naming the regular file `source` is open on (stdin redirected from a tar file),
+    if it is read from its start and the path still names that very file; else None.  The
+    tar is then read in place, as one given by path: the build's worker processes open it by
+    this name."""
+    try:
+        fd = source.fileno()
+        if source.tell() != 0:
+            return None
+        path = os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))
+        opened, named = os.fstat(fd), os.stat(path)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
+    if not stat.S_ISREG(opened.st_mode) or \
+            (opened.st_dev, opened.st_ino) != (named.st_dev, named.st_ino):
+        return None         # (deleted, renamed, or not a file at all)
+    return path
+
+
 def open_input(source: str | bytes | os.PathLike | BinaryIO, hint: str | None = None,
                dump: BinaryIO | None = None) -> TarInput:
     """Open `source` (a path, or a binary file object such as ``sys.stdin.buffer``) for reading

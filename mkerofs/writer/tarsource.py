@@ -4,8 +4,9 @@ The result is what walk_source gives for a directory: SourceInodes with sorted e
 directory nlink 2 + subdirectories, file nlink the names the file has in the final tree, parent
 links, sorted xattrs. `SourceInode.path` is the entry's path in the archive (for messages: there
 is no such file on this host); each regular file's bytes are located by its `data` (a DataRef):
-in the tar itself when it is a plain tar file read by path (or only indexed, ``--tar=i``:
-`DataRef.indexed`, the offset then counts in the decompressed stream and nothing is read),
+in the tar itself when it is a plain tar file read by path or from a redirected stdin
+(or only indexed, ``--tar=i``: `DataRef.indexed`, the offset then counts in the decompressed
+stream and nothing is read),
 nowhere for an empty file or a headerball (zeros), else copied into the Spool as the stream
 passes (a sparse file's too under --tar=i: its bytes are not one range of the tar), since the image takes files in another order than the tar gives them (or, with
 --sort=none from a stream, written straight into the image by a spool.ImageSpool).

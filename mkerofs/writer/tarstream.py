@@ -96,6 +96,7 @@ from .decompress import DECODE_ERRORS, TarInput
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 _CHUNK = 1 << 20
+_MTIMES = 1 << 12          # mtimes shared at a time (TarReader._mtimes)
 _REFILL = 1 << 16          # header reads: a seek may follow, so read little
 _MAX_META = 16 << 20            # PAX and long-name payloads are held in memory
 
@@ -552,6 +553,9 @@ class TarReader:
         # each mode value as one int object, shared by the entries that have it (a few dozen
         # values; otherwise an int of 32 bytes an inode stays alive in the tree)
         self._modes: dict[int, int] = {}
+        # ... and each mtime (a tree's files share a few hundred: 32 bytes an inode less),
+        # at most _MTIMES of them at a time, so a tar of all different ones costs no more
+        self._mtimes: dict[int, int] = {}
         self._current: TarEntry | None = None
         self._left = 0          # payload bytes of the current entry not yet read
         self._pad = 0           # zero padding after them
@@ -815,6 +819,10 @@ class TarReader:
         # (all fields by position: a plain file's are final here; the kinds below amend theirs)
         mode = ifmt | (perm & 0o7777)
         mode = self._modes.setdefault(mode, mode)
+        mtimes = self._mtimes
+        if len(mtimes) >= _MTIMES:
+            mtimes.clear()
+        mtime_ns = mtimes.setdefault(mtime_ns, mtime_ns)
         entry = TarEntry(path, name, kind, mode, uid, gid, mtime_ns,
                          payload if kind == REG else 0, b"", None, 0, 0, uname, gname, [], None,
                          first, offset + BLOCK, payload)

@@ -119,6 +119,32 @@ def test_plain_tar_on_stdin_with_trailing_zeros_is_drained(tmp_path):
     assert image_inodes(image)[b"/b"].size == 100
 
 
+def test_stdin_redirected_from_a_tar_file_is_read_in_place(tmp_path):
+    """stdin that is a plain tar file (`< layer.tar`) is read in place as a TAR path is: no
+    spool (an unusable TMPDIR does not matter), the same image as by path and through a pipe;
+    a pipe still needs the spool.  Not so with --sort=none, whose layout differs for a stream."""
+    tarball = tmp_path / "in.tar"
+    tarball.write_bytes(make_tar(ORDERED))
+    args = ["--tar=f", "-T", str(T), "-U", "6a1b3e4f-0000-4000-8000-000000000001"]
+    by_path, piped, redirected = (tmp_path / n for n in ("path.erofs", "pipe.erofs", "redir.erofs"))
+    run_mkerofs(*args, by_path, tarball)
+    run_mkerofs(*args, piped, input=tarball.read_bytes())
+    no_tmp = {"TMPDIR": str(tmp_path / "missing")}
+    with open(tarball, "rb") as f:
+        r = subprocess.run(mkerofs_command() + [str(a) for a in args + [redirected]], stdin=f,
+                           env=mkerofs_env(no_tmp), capture_output=True)
+    assert r.returncode == 0, r.stderr
+    assert redirected.read_bytes() == by_path.read_bytes() == piped.read_bytes()
+    r = run_mkerofs(*args, tmp_path / "x.erofs", check=False, env=no_tmp,
+                    input=tarball.read_bytes())
+    assert r.returncode != 0 and "TMPDIR" in r.stderr
+    with open(tarball, "rb") as f:
+        r = subprocess.run(mkerofs_command() + [str(a) for a in args + [
+            "--sort=none", "-Enoinline_data", tmp_path / "s.erofs"]], stdin=f,
+            env=mkerofs_env(no_tmp), capture_output=True)
+    assert r.returncode == 0, r.stderr      # (written into the image as read: no spool either)
+
+
 def test_python_api_with_a_file_object(tmp_path):
     from mkerofs import BuildOptions
     from mkerofs.writer.build import build
