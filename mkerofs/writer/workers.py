@@ -8,8 +8,10 @@ Worker processes are forked (they start in milliseconds and inherit the codecs) 
 pclusters of the files they finished themselves, at the positions this process hands out in
 file order: compressed data crosses no pipe, and the per-cluster Python work runs on every
 core (threads would contend for the GIL: with LZ4, two threads were slower than one).  What
-comes back of such a file is its extents without block addresses (compress.FileExtents): its
-indexes are encoded once, here, when its blocks are known.
+comes back of such a file is its layout with the indexes encoded for pclusters from block 0
+(compress.UnplacedLayout), moved here to the blocks it gets: this process, which also has
+every file's metadata to do, has the least work per file (full indexes cannot be moved: the
+file's extents come back, compress.FileExtents, and are encoded here).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from .compress import (CompressConfig, CompressedLayout, FileCompression, FileExtents,
-                       FileProfile, Pcluster)
+                       FileProfile, Pcluster, UnplacedLayout)
 from ..errors import BuildError
 from ..util import open_path
 from .walk import SourceInode
@@ -186,10 +188,11 @@ def _read_upto(fd: int, pos: int, length: int) -> tuple[bytes, int]:
 
 @dataclass
 class CompressedFile:
-    """A file a worker compressed whole, apart from the others: its extents, without block
-    addresses (None: not worth compressing), and their blocks in order (None once the worker
-    keeps them until it is told where they go)."""
-    extents: FileExtents | None
+    """A file a worker compressed whole, apart from the others: its extents, or its layout for
+    block 0 (None: not worth compressing; either way .layout(cfg, first block) places it),
+    and their blocks in order (None once the worker keeps them until it is told where they
+    go)."""
+    extents: FileExtents | UnplacedLayout | None
     parts: list | None
 
 
@@ -223,13 +226,11 @@ def _compress_work(cfg: CompressConfig, work: _Work) -> CompressedFile | list[Pc
     pcl = fc.compress(data, work.last, zeros)
     if not work.alone:
         return pcl
-    parts = []
-    for p in pcl:
-        fc.add(p)
-        if not p.inline:
-            parts.append(p.payload)
+    parts = fc.add_new(pcl)
     extents = fc.extents()
-    return CompressedFile(extents, parts if extents is not None else [])
+    if extents is None:
+        return CompressedFile(None, [])
+    return CompressedFile(extents.unplaced(fc.cfg), parts)
 
 
 def _run_batch(cfg: CompressConfig, works: list[_Work]) -> list:
@@ -841,8 +842,8 @@ def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: 
     in order, so each file's pclusters land in consecutive blocks, and what depends on earlier
     files (fragment and extent deduplication) is decided in that same order: the image does
     not depend on the number of workers, nor on their kind.  A file of one segment that
-    depends on no other comes back as its extents (compress.FileExtents, no block addresses);
-    its blocks are assigned here, and its indexes encoded for them.
+    depends on no other comes back as its layout for block 0 (compress.UnplacedLayout) or its
+    extents; its blocks are assigned here, and its indexes moved or encoded for them.
     """
     if cfg.fragments and packed is None:
         raise ValueError("fragments need a packed file")
