@@ -513,8 +513,10 @@ class CompressionPool:
     being walked (offer), before compress_files gets them as jobs and takes their results in
     job order."""
 
-    # input compressed ahead of the jobs; what it compresses to waits in the workers
+    # input compressed ahead of the jobs; what it compresses to waits in the workers, or
+    # (files that depend on others) comes back whole, to wait in this process
     EARLY_BYTES = 256 << 20
+    EARLY_BYTES_RETURNED = 64 << 20
 
     def __init__(self, cfg: CompressConfig, workers: int, out=None, processes: bool = False):
         self.cfg = cfg
@@ -534,11 +536,13 @@ class CompressionPool:
 
     def takes_early(self) -> bool:
         """Whether offer() takes files now: only with worker processes (they keep what they
-        compress until it is placed), without deduplication (files are compressed alone), and
-        only so much ahead."""
+        compress until it is taken), and only so much ahead.  With deduplication or fragments
+        a file's extents depend on the files before it: the workers only cut it into
+        pclusters, which come back to be taken in order (as for any file then)."""
         cfg = self.cfg
-        return (self.impl.holds_bytes and self._early_bytes < self.EARLY_BYTES
-                and not (cfg.dedupe_extents or cfg.fragments))
+        limit = self.EARLY_BYTES_RETURNED if cfg.dedupe_extents or cfg.fragments else \
+            self.EARLY_BYTES
+        return self.impl.holds_bytes and self._early_bytes < limit
 
     def suits_early(self, size: int) -> bool:
         """Whether a file of `size` bytes may be offered: one segment, worth compressing."""
@@ -548,8 +552,9 @@ class CompressionPool:
               profile: FileProfile | None) -> None:
         """Start compressing a file that will come as FileJob(origin=key) with this size,
         meta_size and profile."""
+        cfg = self.cfg
         work = _Work(read, size, meta_size, profile.key if profile is not None else (),
-                     0, size, True, True)
+                     0, size, True, not (cfg.dedupe_extents or cfg.fragments))
         self._open.append((key, work))
         self._open_bytes += size
         self._early_bytes += size
@@ -706,7 +711,9 @@ class _CompressionRun:
                 batch, index, work = offered
                 if (work.size, work.meta_size) != (size, job.meta_size):
                     raise AssertionError("a file offered early came with another size")
-                yield _Task(job, None, work, batch, index)
+                fc = None if work.alone else FileCompression(size, job.meta_size, self.cfg,
+                                                             job.profile)
+                yield _Task(job, fc, work, batch, index)
                 continue
             key = job.profile.key if job.profile is not None else ()
             alone = self.independent and size <= seg
