@@ -491,13 +491,6 @@ class _Dedupe:
         self.hits = [0, 0]
         self.saved = [0, 0]
 
-    @staticmethod
-    def key(p: Pcluster, algorithm: int) -> tuple:
-        return (-1 if p.raw else algorithm, p.digest)
-
-    def find(self, key: tuple) -> tuple[int, int, bool] | None:
-        return self.table.get(key) or self.pending.get(key)
-
     def commit(self, keep: bool) -> None:
         if keep:
             for key, where in self.pending.items():
@@ -778,8 +771,9 @@ class _CompressionRun:
             return
         dedupe = self.dedupe
         if dedupe is not None and p.digest:
-            key = dedupe.key(p, fc.profile.algorithm_id)
-            found = dedupe.find(key)
+            # (the key as _Dedupe says; the lookup spelled out: this runs for every pcluster)
+            key = (-1 if p.raw else fc.profile.compressor.algorithm_id, p.digest)
+            found = dedupe.table.get(key) or dedupe.pending.get(key)
             if found is not None:
                 addr, nblocks, raw = found
                 fc.add(Pcluster(p.llen, raw, b""), addr, nblocks)
