@@ -331,6 +331,25 @@ def encode_compact(ent: Lclusters, ebase: int, start_blk: int, lclusterbits: int
     return out
 
 
+def shift_compact_bases(area: bytearray, at: int, totalidx: int, ebase: int, blocks: int
+                        ) -> None:
+    """Add `blocks` to the base block address of every pack of the compact indexes (of
+    `totalidx` entries, beginning at byte `ebase` of the inode) found at `area[at:]`: what
+    encode_compact gives for pclusters from block B + `blocks`, from its bytes for block B (a
+    pack's base is the running address of its pclusters, so it moves with the first)."""
+    start = at
+    for entry_size, n in zip((4, 2, 4), compact_runs(totalidx, ebase)):
+        if not n:
+            continue
+        packsize = _ENCODINGS[entry_size, 12][3]        # (the same for any lclusterbits)
+        end = start + -(-n * entry_size // packsize) * packsize
+        for pos in range(start + packsize - _PACK_BASE_SIZE, end, packsize):
+            base = int.from_bytes(area[pos:pos + _PACK_BASE_SIZE], "little")
+            area[pos:pos + _PACK_BASE_SIZE] = ((base + blocks) & _ADDR_MASK).to_bytes(
+                _PACK_BASE_SIZE, "little")
+        start = end
+
+
 # ---------------------------------------------------------------------------
 # compact indexes: decoding
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Sequence
 
 from ..codecs import registry
@@ -447,6 +447,18 @@ class CompressedLayout:
     deduped: bool = False       # refers to pclusters written for other data (DEDUPE bit)
 
 
+@lru_cache(maxsize=64)
+def _nonhead_deltas(most: int) -> tuple[array, array]:
+    """For the NONHEAD entries k = 1..most after their head: delta[0] from k = 2 on (min(k,
+    CBLKCNT - 1)), and delta[1] counting down to the next head (most..1).  The same few
+    lengths come back for every file: kept, and only ever sliced."""
+    cap = CBLKCNT - 1
+    ramp = array("H", range(2, min(most, cap) + 1))
+    if most > cap:
+        ramp += array("H", [cap]) * (most - cap)
+    return ramp, array("I", range(most, 0, -1))
+
+
 def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
                   block_size: int, big_pcluster: bool, addrs: Sequence[int] | None = None,
                   fragment_hi: int | None = None, with_ofs: bool = True) -> Lclusters:
@@ -471,14 +483,8 @@ def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
     ofss = array("H", [0]) * total if with_ofs else array("H")
     ent = Lclusters(types, los, his, ofss)
     nonhead = bytes([NONHEAD])
-    cap = CBLKCNT - 1
-    # NONHEAD entries k after their head: delta[0] is min(k, cap) from k = 2 on, delta[1]
-    # counts down to the next head
     most = (bs - 1 + max(llens, default=0)) // bs
-    ramp = array("H", range(2, min(most, cap) + 1))
-    if most > cap:
-        ramp += array("H", [cap]) * (most - cap)
-    down = array("I", range(most, 0, -1))
+    ramp, down = _nonhead_deltas(most)
     pos = 0
     blk = start_blk
     last = len(llens) - 1
@@ -579,9 +585,7 @@ def build_indexes(llens: Sequence[int], codes: Sequence[int], size: int, start_b
     # (with full indexes, the high 32 bits of the fragment offset are in its head's blkaddr)
     header = index.pack_map_header(advise, alg, idata_size=len(idata),
                                    fragmentoff=(fragment_off or 0) & 0xFFFFFFFF)
-    meta = bytes(hdr - meta_size) + header + body + idata
-    assert len(meta) - len(idata) == index_area_size(size, meta_size, cfg, full)
-    return layout, meta, advise
+    return layout, bytes(hdr - meta_size) + header + body + idata, advise
 
 
 # ---------------------------------------------------------------------------
@@ -653,6 +657,31 @@ class FileCompression:
         self.codes.append(nblocks | (_RAW if p.raw else 0) | (_INLINE if p.inline else 0))
         self.done += p.llen
 
+    def add_new(self, pcl: list[Pcluster]) -> list:
+        """add() each of `pcl` (all written as new blocks, or the inline tail): what a worker
+        does for a file it compresses alone, in one loop as it runs for every pcluster.
+        Returns the payloads that go to data blocks, in order."""
+        bs = self.cfg.block_size
+        llens, codes = self.llens, self.codes
+        parts = []
+        for p in pcl:
+            payload = p.payload
+            if p.inline or p.fragment or self.idata or self.fragment_len or \
+                    self.addrs is not None:
+                self.add(p)
+                if not p.inline:
+                    parts.append(payload)
+                continue
+            nblocks = len(payload) // bs
+            if len(payload) != nblocks * bs or not 1 <= nblocks <= MAX_PCLUSTER_BLOCKS:
+                raise AssertionError(f"a pcluster of {len(payload)} bytes")
+            self.blocks += nblocks
+            llens.append(p.llen)
+            codes.append(nblocks | _RAW if p.raw else nblocks)
+            self.done += p.llen
+            parts.append(payload)
+        return parts
+
     def saves_space(self) -> bool:
         """mkfs.erofs keeps a compressed file only if data + inline tail + full-index metadata
         take less than the file's size (always, when part of it is a fragment); otherwise the
@@ -707,3 +736,37 @@ class FileExtents:
         return CompressedLayout(layout, self.blocks, meta, advise, bool(self.idata),
                                 len(self.idata), fragment=self.fragment,
                                 deduped=self.addrs is not None)
+
+    def unplaced(self, cfg: CompressConfig) -> "FileExtents | UnplacedLayout":
+        """What a worker hands back for a file it compressed alone: its layout for pclusters
+        from block 0 when compact indexes describe it (every pcluster new, no fragment), else
+        these extents."""
+        if cfg.legacy_indexes or self.addrs is not None or self.fragment:
+            return self
+        ebase = fmt.z_erofs_map_header_pos(self.meta_size) + fmt.Z_EROFS_MAP_HEADER_SIZE
+        return UnplacedLayout(self.layout(cfg, 0), ebase - self.meta_size, ebase,
+                              lcluster_count(self.size, cfg.block_size))
+
+
+@dataclass(slots=True)
+class UnplacedLayout:
+    """The layout of a file compressed alone, with its compact indexes encoded (in the worker
+    that compressed it) for pclusters from block 0.  Placing it moves the base address of
+    each pack: cheaper than encoding the indexes in the process that hands out the blocks,
+    which has every file's metadata to do as well."""
+    placed: CompressedLayout        # for block 0
+    index_at: int                   # where the compact indexes begin in placed.inline
+    ebase: int                      # ... and in the inode
+    lclusters: int
+
+    @property
+    def blocks(self) -> int:
+        return self.placed.blocks
+
+    def layout(self, cfg: CompressConfig, start_blk: int) -> CompressedLayout:
+        """The layout for the pclusters written from `start_blk` (as FileExtents.layout)."""
+        p = self.placed
+        area = bytearray(p.inline)
+        index.shift_compact_bases(area, self.index_at, self.lclusters, self.ebase, start_blk)
+        return CompressedLayout(p.datalayout, p.blocks, bytes(area), p.advise, p.inline_pcluster,
+                                p.tail)

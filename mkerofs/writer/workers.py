@@ -8,8 +8,10 @@ Worker processes are forked (they start in milliseconds and inherit the codecs) 
 pclusters of the files they finished themselves, at the positions this process hands out in
 file order: compressed data crosses no pipe, and the per-cluster Python work runs on every
 core (threads would contend for the GIL: with LZ4, two threads were slower than one).  What
-comes back of such a file is its extents without block addresses (compress.FileExtents): its
-indexes are encoded once, here, when its blocks are known.
+comes back of such a file is its layout with the indexes encoded for pclusters from block 0
+(compress.UnplacedLayout), moved here to the blocks it gets: this process, which also has
+every file's metadata to do, has the least work per file (full indexes cannot be moved: the
+file's extents come back, compress.FileExtents, and are encoded here).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from .compress import (CompressConfig, CompressedLayout, FileCompression, FileExtents,
-                       FileProfile, Pcluster)
+                       FileProfile, Pcluster, UnplacedLayout)
 from ..errors import BuildError
 from ..util import open_path
 from .walk import SourceInode
@@ -186,10 +188,11 @@ def _read_upto(fd: int, pos: int, length: int) -> tuple[bytes, int]:
 
 @dataclass
 class CompressedFile:
-    """A file a worker compressed whole, apart from the others: its extents, without block
-    addresses (None: not worth compressing), and their blocks in order (None once the worker
-    keeps them until it is told where they go)."""
-    extents: FileExtents | None
+    """A file a worker compressed whole, apart from the others: its extents, or its layout for
+    block 0 (None: not worth compressing; either way .layout(cfg, first block) places it),
+    and their blocks in order (None once the worker keeps them until it is told where they
+    go)."""
+    extents: FileExtents | UnplacedLayout | None
     parts: list | None
 
 
@@ -223,13 +226,11 @@ def _compress_work(cfg: CompressConfig, work: _Work) -> CompressedFile | list[Pc
     pcl = fc.compress(data, work.last, zeros)
     if not work.alone:
         return pcl
-    parts = []
-    for p in pcl:
-        fc.add(p)
-        if not p.inline:
-            parts.append(p.payload)
+    parts = fc.add_new(pcl)
     extents = fc.extents()
-    return CompressedFile(extents, parts if extents is not None else [])
+    if extents is None:
+        return CompressedFile(None, [])
+    return CompressedFile(extents.unplaced(fc.cfg), parts)
 
 
 def _run_batch(cfg: CompressConfig, works: list[_Work]) -> list:
@@ -490,13 +491,6 @@ class _Dedupe:
         self.hits = [0, 0]
         self.saved = [0, 0]
 
-    @staticmethod
-    def key(p: Pcluster, algorithm: int) -> tuple:
-        return (-1 if p.raw else algorithm, p.digest)
-
-    def find(self, key: tuple) -> tuple[int, int, bool] | None:
-        return self.table.get(key) or self.pending.get(key)
-
     def commit(self, keep: bool) -> None:
         if keep:
             for key, where in self.pending.items():
@@ -512,8 +506,10 @@ class CompressionPool:
     being walked (offer), before compress_files gets them as jobs and takes their results in
     job order."""
 
-    # input compressed ahead of the jobs; what it compresses to waits in the workers
+    # input compressed ahead of the jobs; what it compresses to waits in the workers, or
+    # (files that depend on others) comes back whole, to wait in this process
     EARLY_BYTES = 256 << 20
+    EARLY_BYTES_RETURNED = 64 << 20
 
     def __init__(self, cfg: CompressConfig, workers: int, out=None, processes: bool = False):
         self.cfg = cfg
@@ -533,11 +529,13 @@ class CompressionPool:
 
     def takes_early(self) -> bool:
         """Whether offer() takes files now: only with worker processes (they keep what they
-        compress until it is placed), without deduplication (files are compressed alone), and
-        only so much ahead."""
+        compress until it is taken), and only so much ahead.  With deduplication or fragments
+        a file's extents depend on the files before it: the workers only cut it into
+        pclusters, which come back to be taken in order (as for any file then)."""
         cfg = self.cfg
-        return (self.impl.holds_bytes and self._early_bytes < self.EARLY_BYTES
-                and not (cfg.dedupe_extents or cfg.fragments))
+        limit = self.EARLY_BYTES_RETURNED if cfg.dedupe_extents or cfg.fragments else \
+            self.EARLY_BYTES
+        return self.impl.holds_bytes and self._early_bytes < limit
 
     def suits_early(self, size: int) -> bool:
         """Whether a file of `size` bytes may be offered: one segment, worth compressing."""
@@ -547,8 +545,9 @@ class CompressionPool:
               profile: FileProfile | None) -> None:
         """Start compressing a file that will come as FileJob(origin=key) with this size,
         meta_size and profile."""
+        cfg = self.cfg
         work = _Work(read, size, meta_size, profile.key if profile is not None else (),
-                     0, size, True, True)
+                     0, size, True, not (cfg.dedupe_extents or cfg.fragments))
         self._open.append((key, work))
         self._open_bytes += size
         self._early_bytes += size
@@ -705,7 +704,9 @@ class _CompressionRun:
                 batch, index, work = offered
                 if (work.size, work.meta_size) != (size, job.meta_size):
                     raise AssertionError("a file offered early came with another size")
-                yield _Task(job, None, work, batch, index)
+                fc = None if work.alone else FileCompression(size, job.meta_size, self.cfg,
+                                                             job.profile)
+                yield _Task(job, fc, work, batch, index)
                 continue
             key = job.profile.key if job.profile is not None else ()
             alone = self.independent and size <= seg
@@ -770,8 +771,9 @@ class _CompressionRun:
             return
         dedupe = self.dedupe
         if dedupe is not None and p.digest:
-            key = dedupe.key(p, fc.profile.algorithm_id)
-            found = dedupe.find(key)
+            # (the key as _Dedupe says; the lookup spelled out: this runs for every pcluster)
+            key = (-1 if p.raw else fc.profile.compressor.algorithm_id, p.digest)
+            found = dedupe.table.get(key) or dedupe.pending.get(key)
             if found is not None:
                 addr, nblocks, raw = found
                 fc.add(Pcluster(p.llen, raw, b""), addr, nblocks)
@@ -841,8 +843,8 @@ def compress_files(jobs: Iterable[FileJob], cfg: CompressConfig, area, workers: 
     in order, so each file's pclusters land in consecutive blocks, and what depends on earlier
     files (fragment and extent deduplication) is decided in that same order: the image does
     not depend on the number of workers, nor on their kind.  A file of one segment that
-    depends on no other comes back as its extents (compress.FileExtents, no block addresses);
-    its blocks are assigned here, and its indexes encoded for them.
+    depends on no other comes back as its layout for block 0 (compress.UnplacedLayout) or its
+    extents; its blocks are assigned here, and its indexes moved or encoded for them.
     """
     if cfg.fragments and packed is None:
         raise ValueError("fragments need a packed file")

@@ -14,6 +14,7 @@ import struct
 import pytest
 
 from mkerofs.writer import compress as z
+from mkerofs.writer import packed as zp
 from mkerofs.writer import workers as zw
 from mkerofs.codecs import registry
 from mkerofs.ondisk import format as fmt
@@ -732,9 +733,9 @@ def _worker_inputs(tmp_path: Path) -> list[tuple[Path, int]]:
 @pytest.mark.parametrize("alg, pcs, legacy, ztail", [
     ("lz4", None, False, False), ("lz4hc", 16384, False, True), ("lz4", 8192, True, True)])
 def test_worker_processes_give_the_same_layouts_as_one_thread(tmp_path, alg, pcs, legacy, ztail):
-    """Files compressed alone in worker processes (some offered early) come back as extents
-    whose indexes are encoded here: the same inode metadata and data as compressing every file
-    in this thread, and as threads."""
+    """Files compressed alone in worker processes (some offered early) come back as layouts
+    for block 0 moved here (or, full indexes, as extents encoded here): the same inode metadata
+    and data as compressing every file in this thread, and as threads."""
     files = _worker_inputs(tmp_path)
     meta_sizes = [32, 64, 44, 76]
 
@@ -788,6 +789,59 @@ def test_worker_processes_give_the_same_layouts_as_one_thread(tmp_path, alg, pcs
     assert forked_data == alone_data
     threads, threads_data, _cfg = run("threads", 2, False)
     assert threads == alone and threads_data == alone_data
+
+
+# Files whose extents depend on the files before them (-Efragments, -Ededupe) may be offered to
+# the worker processes while the source is walked: the workers cut them into pclusters, and
+# fragments and deduplication are still decided in job order, so nothing changes but when the
+# compressing happens.
+
+
+@needs_lz4
+@pytest.mark.parametrize("features", [dict(fragments=True), dict(dedupe=True)])
+def test_early_offers_of_dependent_files_change_nothing(tmp_path, features):
+    files = _worker_inputs(tmp_path)
+    # the same bytes again: deduplicated extents and fragments
+    for path, size in list(files[:4]):
+        twin = tmp_path / (path.name + "-twin")
+        twin.write_bytes(path.read_bytes())
+        files.append((twin, size))
+    meta_sizes = [32, 64, 44, 76]
+
+    def run(name: str, workers: int, processes: bool):
+        cfg = cfg_for("lz4hc", pcs=16384, ztail=True, **features)
+        area = FileArea(tmp_path / f"area-{name}", cfg.block_size)
+        pool = zw.CompressionPool(cfg, workers, area.out, processes)
+        offered = 0
+        jobs = []
+        with zp.PackedFile() as packed:
+            for i, (path, size) in enumerate(files):
+                read = zw.FileRange(bytes(path), size)
+                meta_size = meta_sizes[i % len(meta_sizes)]
+                origin = None
+                if processes and i % 2 and pool.takes_early() and pool.suits_early(size):
+                    origin = ("early", i)
+                    pool.offer(origin, read, size, meta_size, None)
+                    offered += 1
+                jobs.append(zw.FileJob(i, size, meta_size, read, origin=origin))
+            got = [(job.key, job.wrote_blocks, layout) for job, layout in
+                   zw.compress_files(jobs, cfg, area, workers, packed=packed, pool=pool)]
+            fragments = os.pread(packed._fd, packed.size, 0)
+        data = area.contents()
+        os.close(area.fd)
+        return got, data, fragments, offered
+
+    alone, alone_data, alone_fragments, _ = run("one", 1, False)
+    assert any(lay is not None for _k, _w, lay in alone)
+    forked, forked_data, forked_fragments, offered = run("forked", 2, True)
+    if not offered:
+        pytest.skip("other threads run in this process: no forked workers")
+    assert offered == len(files) // 2
+    assert forked == alone
+    assert forked_data == alone_data
+    assert forked_fragments == alone_fragments
+    if features.get("fragments"):
+        assert alone_fragments
 
 
 def test_files_of_one_block_are_not_read_without_ztailpacking():
