@@ -4,14 +4,12 @@ from __future__ import annotations
 import errno
 import os
 import signal
-from concurrent.futures import ThreadPoolExecutor
 
 from ..ondisk import format as fmt
 from ..errors import BuildError
-from ..util import PATH_MAX, open_path
+from ..util import PATH_MAX, can_fork, open_path
 from .output import Output
 from .plan import FlatData, PlannedInode
-from .workers import can_fork
 
 _ZERO_CHUNK = bytes(1 << 20)
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -142,16 +140,22 @@ class DataArea:
         node.inline_len reserves the tail's room, so metadata can be placed before the data is
         copied.
         """
-        tail = node.size % self.block_size if inline_ok else 0
-        nblocks = fmt.round_up(node.size - tail, self.block_size) // self.block_size
+        size = node.size
+        tail = size % self.block_size if inline_ok else 0
+        if size == tail:                # no blocks (most small files): the shared place
+            node.datalayout = fmt.EROFS_INODE_FLAT_INLINE if tail else fmt.EROFS_INODE_FLAT_PLAIN
+            node.i_u = fmt.EROFS_NULL_ADDR_32
+            node.inline_len = tail
+            node.flat = self._flat(self.next_block, tail, rewritten)
+            return node.flat
+        nblocks = fmt.round_up(size - tail, self.block_size) // self.block_size
         # (directories are metadata to mkfs.erofs: never aligned to dsunit)
         start = self.allocate(nblocks) if node.ftype == fmt.EROFS_FT_DIR else \
             self.allocate_file(nblocks)
         node.datalayout = fmt.EROFS_INODE_FLAT_INLINE if tail else fmt.EROFS_INODE_FLAT_PLAIN
-        node.i_u = start if nblocks else fmt.EROFS_NULL_ADDR_32
+        node.i_u = start
         node.inline_len = tail
-        node.flat = self._flat(start, tail, rewritten) if not nblocks else \
-            FlatData(start, tail, rewritten)
+        node.flat = FlatData(start, tail, rewritten)
         return node.flat
 
     def _flat(self, start: int, tail: int, rewritten: bool) -> FlatData:
@@ -293,6 +297,8 @@ class FlatCopier:
         elif can_fork():
             self._fork(copies)
         else:
+            # (loaded only here: a build that can fork never needs it)
+            from concurrent.futures import ThreadPoolExecutor
             self.pool = ThreadPoolExecutor(max_workers=self.workers)
             for i in range(0, len(copies), self.BATCH):
                 self.futures.append(self.pool.submit(self._run, copies[i:i + self.BATCH]))

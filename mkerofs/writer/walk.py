@@ -235,9 +235,10 @@ class _Walk:
         entries = directory.entries
         append = entries.append
         lstat, listxattr = os.lstat, os.listxattr
+        quick = 0                       # the inodes that took the quick way
         for name, where in listing:
-            relpath = rel + name
-            if excluded is not None and excluded(relpath):
+            # (the path relative to SOURCE is made only where it is needed)
+            if excluded is not None and excluded(rel + name):
                 continue
             try:
                 st = lstat(where, dir_fd=fd)
@@ -254,15 +255,16 @@ class _Walk:
                                     None, None, ())
                 try:
                     if listxattr(where, follow_symlinks=False):
-                        xattrs.read(child, relpath)
+                        xattrs.read(child, rel + name)
                 except OSError as err:
                     if err.errno not in _NO_XATTR_ERRNOS:
                         raise _oserror(where, err) from None
-                self.count += 1
+                quick += 1
                 append((name, child))
-                if on_file is not None and on_file(child, relpath, st) is False:
+                if on_file is not None and on_file(child, rel + name, st) is False:
                     on_file = self.on_file = None       # it wants no more
                 continue
+            relpath = rel + name
             path = where if fd is None else prefix + name
             if stat.S_ISDIR(mode):
                 child = SourceInode(path, SourceStat.of(st), nlink=2, entries=[],
@@ -286,6 +288,7 @@ class _Walk:
             on_file = self.on_file
             child.nlink += 1
             append((name, child))
+        self.count += quick
 
     def _new_inode(self, child: SourceInode, name: bytes, relpath: bytes, fd: int | None,
                    st: os.stat_result) -> None:
