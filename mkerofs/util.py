@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import threading
 
 
 _SIZE_SUFFIXES = {"k": 10, "m": 20, "g": 30}
@@ -223,3 +224,9 @@ def pwrite_all(fd: int, data, pos: int) -> int:
         done = os.pwrite(fd, view, pos)
         view, pos = view[done:], pos + done
     return pos
+
+
+def can_fork() -> bool:
+    """Whether os.fork is safe here: forking a process that runs other threads may copy a
+    lock some thread holds."""
+    return hasattr(os, "fork") and threading.active_count() == 1

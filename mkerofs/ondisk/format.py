@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import stat
 import struct
+from itertools import chain, repeat
 from dataclasses import dataclass
 
 EROFS_SUPER_MAGIC_V1 = 0xE0F5E1E2
@@ -379,6 +380,16 @@ def xattr_icount(ibody_size: int) -> int:
 EROFS_DIRENT = struct.Struct("<QHBB")   # nid, nameoff, file_type, reserved
 EROFS_DIRENT_SIZE = EROFS_DIRENT.size
 assert EROFS_DIRENT_SIZE == 12
+_DIRENT_RUNS: dict[int, struct.Struct] = {}     # count -> EROFS_DIRENT repeated count times
+
+
+def pack_dirents(nids, nameoffs, ftypes) -> bytes:
+    """A run of erofs_dirents (EROFS_DIRENT each) in one call: a directory block's heads."""
+    count = len(nids)
+    run = _DIRENT_RUNS.get(count)
+    if run is None:
+        run = _DIRENT_RUNS[count] = struct.Struct("<" + EROFS_DIRENT.format[1:] * count)
+    return run.pack(*chain.from_iterable(zip(nids, nameoffs, ftypes, repeat(0, count))))
 
 
 # ---------------------------------------------------------------------------

@@ -11,14 +11,13 @@ import sys
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, replace
-from typing import BinaryIO, Callable
+from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from . import compress
 from ..ondisk import format as fmt
 from ..codecs.spec import parse_compressor_spec
 from .hints import CompressHints, load_compress_hints
 from .packed import PackedFile
-from .decompress import file_path, open_input
 from .chunks import (ChunkStore, ImageBlocks, TarIndex, index_layer_files, index_tar_files,
                      make_chunked, make_hole_files, map_line)
 from .devices import BlobFile, DeviceTable, ExtraDevice
@@ -28,15 +27,14 @@ from .meta import MetaAllocator, MetaImage, item_size, node_pos, place_inode, se
 from ..errors import BuildError, CompressorUnavailable
 from .options import BuildOptions
 from .output import Output
-from .spool import ImageSpool, Spool
 from .plan import Plan, PlannedInode, plan_inodes, planned_isize
 from .report import BuildProgress, BuildReport, options_dict, tally_inodes, watch_writing
-from .tarsource import TarTreeOptions, read_tar_tree
-from .tarstream import BLOCK as TAR_BLOCK, TarReader
 from .walk import SourceInode, SourceStat, apply_walk_options, walk_source
 from .vmdk import VmdkDescriptor, descriptor
-from .workers import CompressionPool, FileJob, FileRange, compress_files
 from .xattrs import XattrLayout
+
+if TYPE_CHECKING:       # (the workers are loaded only when files are compressed)
+    from .workers import CompressionPool
 
 _FLAT_CONTENT = {fmt.EROFS_FT_REG_FILE, fmt.EROFS_FT_SYMLINK, fmt.EROFS_FT_DIR}
 _NID, _FTYPE = attrgetter("nid"), attrgetter("ftype")
@@ -168,6 +166,7 @@ def _checked(options: BuildOptions, source) -> BuildOptions:
     does not exist is an error before anything is created."""
     options.validate()
     if _tar_device(options):
+        from .tarstream import BLOCK as TAR_BLOCK     # loads the tar reader only for tar input
         # (as mkfs.erofs, whatever -b says) the image addresses the tar in the tar's own blocks
         options = replace(options, block_size=TAR_BLOCK)
     if options.rebuild is None and options.tar is None:
@@ -240,6 +239,7 @@ def _read_source(source, options: BuildOptions, build_time: int, sinks: _Sinks,
         sinks.vmdk = VmdkDescriptor(options.vmdk_desc)
     on_file = None
     if zcfg is not None:
+        from .workers import CompressionPool      # loaded only when files are compressed
         sinks.pool = CompressionPool(zcfg, _workers(options), out, processes=True)
         if options.incremental is None:     # (an increment's inode forms are known later)
             on_file = _early_offers(sinks.pool, options, hints, build_time)
@@ -331,6 +331,7 @@ def _rebuild_tree(layers, options: BuildOptions,
             devices=layers.device_files() if mode is None else None)
     # (the spool makes its file when the first file is copied into it: none when every file
     # points into the images)
+    from .spool import Spool                # as layers does: loaded only in rebuild mode
     spool = inputs.enter_context(Spool())
     layers.resolve_data(root, files, mode, options.block_size, spool)
     return root, verify_source
@@ -394,6 +395,11 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     --tar=i reads no file data (a stream's is read past, nothing is spooled), except a sparse
     file's, which the image holds (tarsource); the files are noted in tar order for the
     MAPFILE's blob."""
+    # (the tar reader and the decoders are loaded only for tar input)
+    from .decompress import file_path, open_input
+    from .spool import ImageSpool, Spool
+    from .tarsource import TarTreeOptions, read_tar_tree
+    from .tarstream import TarReader
     tar = options.tar
     try:
         dump = inputs.enter_context(open(tar.dump, "wb")) if tar.dump else None
@@ -460,6 +466,7 @@ def _tar_device(options: BuildOptions) -> bool:
 def _tar_as_device(tar_index: TarIndex, src_path: str | None) -> ExtraDevice:
     """--tar=i: the tar as extra device 1, as long as mkfs.erofs counts it (to the end of the
     end-of-archive marker)."""
+    from .tarstream import BLOCK as TAR_BLOCK         # loads the tar reader only for tar input
     blocks = -(-tar_index.tar_bytes // TAR_BLOCK)
     if blocks >= fmt.EROFS_NULL_ADDR_32:
         # (the slot's high halves count only in the 48-bit format)
@@ -538,6 +545,7 @@ def _early_offers(pool: CompressionPool, options: BuildOptions, hints: CompressH
     """The walk's on_file: hand a regular file to the workers right away when its job is
     known already, i.e. its size, its profile and its inode + xattrs size (no xattrs, one
     inode form whatever its link count); False once the workers take no more."""
+    from .workers import FileRange              # loaded only when files are compressed
 
     def offer(src: SourceInode, relpath: bytes, st: os.stat_result) -> bool:
         if not pool.takes_early():
@@ -900,6 +908,7 @@ def _compress_regular_files(plan: Plan, options: BuildOptions, source: bytes,
     """Compress the regular files that are worth trying (and then the packed inode, returned
     if there is one): each gets a compressed layout or, when compression saves nothing, its
     flat place."""
+    from .workers import FileJob, FileRange, compress_files     # only when files are compressed
     jobs = []
     for n in plan.inodes:
         if n.ftype != fmt.EROFS_FT_REG_FILE or n.size == 0 or n.chunk_based or \

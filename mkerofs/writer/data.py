@@ -4,16 +4,15 @@ from __future__ import annotations
 import errno
 import os
 import signal
-from concurrent.futures import ThreadPoolExecutor
 
 from ..ondisk import format as fmt
 from ..errors import BuildError
-from ..util import open_path
+from ..util import PATH_MAX, can_fork, open_path
 from .output import Output
 from .plan import FlatData, PlannedInode
-from .workers import can_fork
 
 _ZERO_CHUNK = bytes(1 << 20)
+_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _changed(node: PlannedInode, detail: str) -> BuildError:
@@ -141,16 +140,22 @@ class DataArea:
         node.inline_len reserves the tail's room, so metadata can be placed before the data is
         copied.
         """
-        tail = node.size % self.block_size if inline_ok else 0
-        nblocks = fmt.round_up(node.size - tail, self.block_size) // self.block_size
+        size = node.size
+        tail = size % self.block_size if inline_ok else 0
+        if size == tail:                # no blocks (most small files): the shared place
+            node.datalayout = fmt.EROFS_INODE_FLAT_INLINE if tail else fmt.EROFS_INODE_FLAT_PLAIN
+            node.i_u = fmt.EROFS_NULL_ADDR_32
+            node.inline_len = tail
+            node.flat = self._flat(self.next_block, tail, rewritten)
+            return node.flat
+        nblocks = fmt.round_up(size - tail, self.block_size) // self.block_size
         # (directories are metadata to mkfs.erofs: never aligned to dsunit)
         start = self.allocate(nblocks) if node.ftype == fmt.EROFS_FT_DIR else \
             self.allocate_file(nblocks)
         node.datalayout = fmt.EROFS_INODE_FLAT_INLINE if tail else fmt.EROFS_INODE_FLAT_PLAIN
-        node.i_u = start if nblocks else fmt.EROFS_NULL_ADDR_32
+        node.i_u = start
         node.inline_len = tail
-        node.flat = self._flat(start, tail, rewritten) if not nblocks else \
-            FlatData(start, tail, rewritten)
+        node.flat = FlatData(start, tail, rewritten)
         return node.flat
 
     def _flat(self, start: int, tail: int, rewritten: bool) -> FlatData:
@@ -178,37 +183,48 @@ class DataArea:
 
         Safe to run in several threads at once: it touches only this file's blocks and node.
         Holes are written when the blocks may hold old bytes (a compressed attempt).
+        (Most files are small, so the system calls a file are its cost: a tail-only file
+        takes three, open, preadv and close; a file with a body adds fstat and the copy, and
+        looks for holes only when it has fewer blocks on disk than bytes.)
         """
         ref = node.src.data
         if ref is not None:
             self._copy_range(node, ref.path, ref.offset, tail_view)
             return
         size = node.size
+        path = node.src.path
         try:
-            src = open_path(node.src.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            src = os.open(path, _O_READ) if len(path) < PATH_MAX else open_path(path, _O_READ)
         except OSError as err:
             raise BuildError(f"{node.display_path()}: {err.strerror}") from None
         try:
-            now = os.fstat(src).st_size
-            if now != size:
-                raise _changed(node, f"size was {size}, now {now}")
-            self._copy_body(node, src, 0)
             tail = node.flat.tail
-            got = os.preadv(src, [tail_view], size - tail) if tail else 0
-            if got != tail or os.pread(src, 1, size):
+            if size != tail:
+                st = os.fstat(src)
+                if st.st_size != size:
+                    raise _changed(node, f"size was {size}, now {st.st_size}")
+                # (a file with as many bytes on disk as it is long has no holes to keep)
+                self._copy_body(node, src, 0, dense=st.st_blocks * 512 >= size)
+            # one byte more than the tail: there is none unless the file grew
+            got = os.preadv(src, [tail_view, bytearray(1)], size - tail)
+            if got != tail:
                 raise _changed(node, f"size is no longer {size}")
         except OSError as err:
             raise BuildError(f"{node.display_path()}: {err.strerror}") from None
         finally:
             os.close(src)
 
-    def _copy_body(self, node: PlannedInode, src: int, base: int) -> None:
-        """The blocks of node.flat from `base` of src, the last one padded with zeros."""
+    def _copy_body(self, node: PlannedInode, src: int, base: int, dense: bool = False) -> None:
+        """The blocks of node.flat from `base` of src, the last one padded with zeros; `dense`:
+        src has no holes there (copied without looking for them)."""
         bs = self.block_size
         start = node.flat.start * bs
         body = node.size - node.flat.tail
         if body:
-            self._copy_sparse(node, src, start, body, node.flat.rewritten, base)
+            if dense:
+                self._copy(node, src, base, start, body)
+            else:
+                self._copy_sparse(node, src, start, body, node.flat.rewritten, base)
             if body % bs:
                 self._zero(start + body, bs - body % bs)
 
@@ -281,6 +297,8 @@ class FlatCopier:
         elif can_fork():
             self._fork(copies)
         else:
+            # (loaded only here: a build that can fork never needs it)
+            from concurrent.futures import ThreadPoolExecutor
             self.pool = ThreadPoolExecutor(max_workers=self.workers)
             for i in range(0, len(copies), self.BATCH):
                 self.futures.append(self.pool.submit(self._run, copies[i:i + self.BATCH]))

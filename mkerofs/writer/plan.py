@@ -137,6 +137,9 @@ def planned_isize(st: SourceStat, options: BuildOptions, build_time: int) -> int
 _BY_NAME = itemgetter(0)
 _S_IFMT = 0o170000              # stat.S_IFMT(mode) is mode & this
 _INTERNED_MAX = 4096
+_COMPACT_MAX_SIZE = fmt.EROFS_COMPACT_INODE_MAX_SIZE
+_COMPACT_MAX_ID = fmt.EROFS_COMPACT_INODE_MAX_ID
+_COMPACT_MAX_NLINK = fmt.EROFS_COMPACT_INODE_MAX_NLINK
 
 
 def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int) -> Plan:
@@ -157,13 +160,16 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int) -> Pl
     # A walked directory's stat fields are all in the planned inode now: let them go (~150
     # bytes an inode).  A tar's or a layer's tree keeps them: --verify and --tar=i read them.
     drop_stats = options.tar is None and options.rebuild is None
+    # (the common inode: the build time as its mtime, compact; inode_form's answer inline)
+    fixed_time = inherit is TimeInherit.FIXED
+    quick_form = options.force_inode is None
 
     def plan_one(src: SourceInode) -> PlannedInode:
         st = src.st
         uid, gid = st.st_uid, st.st_gid
         if not plain_ids or uid >= 2**32 or gid >= 2**32:
             uid, gid = _ids(st, options, src.path)
-        mtime, nsec = _mtime(st, inherit, build_time)
+        mtime, nsec = (build_time, 0) if fixed_time else _mtime(st, inherit, build_time)
         kind = st.st_mode & _S_IFMT
         if kind == stat.S_IFREG:
             size = st.st_size
@@ -172,11 +178,16 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int) -> Pl
         else:
             size = 0
         nlink = src.nlink
-        form = inode_form(size, uid, gid, nlink, mtime, nsec, options, build_time)
-        if form is None:
-            raise BuildError(f"{os.fsdecode(src.path)}: cannot be stored in a compact inode "
-                             "(size, uid, gid or nlink too large)")
-        extended, mtime, nsec = form
+        if quick_form and mtime == build_time and not nsec and size <= _COMPACT_MAX_SIZE \
+                and uid <= _COMPACT_MAX_ID and gid <= _COMPACT_MAX_ID \
+                and nlink <= _COMPACT_MAX_NLINK:
+            extended = False            # what inode_form says of it, without the call
+        else:
+            form = inode_form(size, uid, gid, nlink, mtime, nsec, options, build_time)
+            if form is None:
+                raise BuildError(f"{os.fsdecode(src.path)}: cannot be stored in a compact "
+                                 "inode (size, uid, gid or nlink too large)")
+            extended, mtime, nsec = form
         if len(interned) >= _INTERNED_MAX:
             interned.clear()
         mode = st.st_mode & 0xFFFF

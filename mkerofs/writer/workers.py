@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import mmap
-import multiprocessing
 import os
 import queue
 import signal
@@ -30,7 +29,7 @@ from typing import Callable, Iterable, Iterator
 from .compress import (CompressConfig, CompressedLayout, FileCompression, FileExtents,
                        FileProfile, Pcluster, UnplacedLayout)
 from ..errors import BuildError
-from ..util import open_path
+from ..util import can_fork, open_path
 from .walk import SourceInode
 
 
@@ -290,6 +289,7 @@ class _ProcessPool:
     it finished until write() says where they go."""
 
     def __init__(self, cfg: CompressConfig, workers: int, out):
+        import multiprocessing      # loaded only when files are compressed in processes
         ctx = multiprocessing.get_context("fork")
         self.results = ctx.Queue()
         self.tasks = [ctx.Queue() for _ in range(workers)]
@@ -414,11 +414,6 @@ class _LocalPool:
     def abort(self) -> None:
         if self.executor is not None:
             self.executor.shutdown(wait=True, cancel_futures=True)
-
-
-def can_fork() -> bool:
-    # forking a process that runs other threads may copy a lock some thread holds
-    return "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
 
 
 @dataclass(slots=True)

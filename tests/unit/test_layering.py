@@ -49,6 +49,20 @@ LATE_IMPORTS_BY_DESIGN = {
         "a build loads the reader only in rebuild mode (EROFS images as SOURCE)",
     ("writer/build.py", "mkerofs.writer.incremental"):
         "a build loads the reader only with --incremental (the base image is read)",
+    ("writer/build.py", "mkerofs.writer.tarstream"):
+        "a build loads the tar reader only for tar input (a directory build never reads a tar)",
+    ("writer/build.py", "mkerofs.writer.tarsource"):
+        "the tar reader: as above",
+    ("writer/build.py", "mkerofs.writer.decompress"):
+        "the tar decoders (gzip, xz, zstd ...): as above",
+    ("writer/build.py", "mkerofs.writer.spool"):
+        "file data kept aside: only tar input and rebuild mode spool it",
+    ("writer/build.py", "mkerofs.writer.workers"):
+        "the compression workers: a build without -z never loads them (nor concurrent.futures)",
+    ("writer/data.py", "concurrent.futures"):
+        "copying by threads, only where forking is not safe",
+    ("writer/workers.py", "multiprocessing"):
+        "only compression in processes needs it; a build without -z never loads it",
     ("cli/progress.py", "tqdm"):
         "only a bar on a terminal needs tqdm; every other run (scripts, pipes, --quiet) skips "
         "its import",
