@@ -699,7 +699,7 @@ def expected_tree(base: Base, upper: SourceInode, strip: bool, xattrs: bool) -> 
 
     def contents(node: SourceInode):
         found = files.get(node)
-        return None if found is None else img.iter_data(found.inode)
+        return None if found is None else img.iter_data(found.inode(img))
 
     source = TarSource.capture(root, contents=contents)
     kept = set(whole.nids)

@@ -55,14 +55,24 @@ XWHITEOUT = b"trusted.overlay.whiteout"
 OPAQUE_YES = b"y"
 OPAQUE_XWHITEOUTS = b"x"
 _NO_DATA = DataRef(None)
+_NO_XATTRS: list[tuple[bytes, bytes]] = []     # shared (never changed in place): 56 bytes a node
 _DEVICES = (stat.S_IFCHR, stat.S_IFBLK)
 
 
 class LayerFile(NamedTuple):
-    """A regular file's bytes: inode `inode` of source image number `layer` (0-based).  (A
-    tuple: one is made per file of every layer.)"""
+    """A regular file's bytes: inode `nid` of source image number `layer` (0-based), with the
+    few fields of it that say where a flat file's bytes are.  (A tuple, not the reader's
+    Inode: one is kept per file of the merged tree, and the Inode is read again only for the
+    few files whose bytes are decoded or chunk-mapped.)"""
     layer: int
-    inode: Inode
+    nid: int
+    size: int
+    datalayout: int
+    startblk: int
+
+    def inode(self, img: Image) -> Inode:
+        """The file's inode in its image, read again."""
+        return img.inode(self.nid)
 
 
 @dataclass
@@ -229,7 +239,8 @@ def _read_tree(img: Image, index: int, nids: bool = True) -> LayerTree:
                 node.parent = directory
                 pending.append((node, inode, path + b"/"))
             elif node.data is _NO_DATA and inode.size:
-                files[node] = LayerFile(index, inode)
+                files[node] = LayerFile(index, nid, inode.size, inode.datalayout,
+                                        inode.startblk)
             seen[nid] = node
             if nids:
                 tree.nids[node] = nid
@@ -241,9 +252,8 @@ def image_node(img: Image, inode: Inode, path: bytes) -> SourceInode:
     """The SourceInode of one inode of `img` (a directory's entries left empty; a regular
     file without data: where its bytes are is the caller's business).  (Made for every entry
     of every layer: its xattrs are read only when it has some.)"""
-    node = SourceInode(path, _stat(inode))
-    if inode.xattr_icount:
-        node.xattrs = img.xattrs(inode)
+    node = SourceInode(path, _stat(inode),
+                       xattrs=img.xattrs(inode) if inode.xattr_icount else _NO_XATTRS)
     kind = stat.S_IFMT(inode.mode)
     if kind == stat.S_IFDIR:
         node.entries = []
@@ -440,41 +450,41 @@ def resolve_layer_data(root: SourceInode, files: dict[SourceInode, LayerFile],
             if mode == "rvsp":
                 continue                # DataRef(None): zeros
             layer = layers[found.layer]
-            chunks = _layer_chunks(layer, found.inode, block_size) if mode is None else None
+            chunks = _layer_chunks(layer, found, block_size) if mode is None else None
             if chunks is not None:
                 child.data = DataRef(None, layer=chunks)
                 indexed = True
             else:
-                child.data = _copied(layer, found.inode, spool)
+                child.data = _copied(layer, found, spool)
     spool.flush()
     return indexed
 
 
-def _layer_chunks(layer: Layer, inode: Inode, block_size: int) -> LayerChunks | None:
+def _layer_chunks(layer: Layer, file: LayerFile, block_size: int) -> LayerChunks | None:
     """The chunk map pointing at the file's blocks where the merged image's slot for `layer`
     has them; None if there is nothing to point at (an inline tail, compressed data, data the
     slot does not hold) or another block size."""
     if layer.block_size != block_size:
         return None
     bits = layer.block_size_bits
-    size = inode.size
+    size = file.size
     device = layer.index + 1
-    if inode.datalayout == fmt.EROFS_INODE_FLAT_PLAIN:
+    if file.datalayout == fmt.EROFS_INODE_FLAT_PLAIN:
         chunkbits = covering_chunkbits(size, bits)
         count = -(-size >> chunkbits)
-        if inode.startblk == fmt.EROFS_NULL_ADDR:
+        if file.startblk == fmt.EROFS_NULL_ADDR:
             return LayerChunks(device, chunkbits, (None,) * count)
-        start = layer.on_slot(0, inode.startblk)
+        start = layer.on_slot(0, file.startblk)
         if start is None:
             return None
         if count == 1:              # (nearly always: a chunk covers up to 2^31 blocks)
             return LayerChunks(device, chunkbits, (start,))
         step = 1 << (chunkbits - bits)
         return LayerChunks(device, chunkbits, tuple(start + i * step for i in range(count)))
-    if inode.datalayout != fmt.EROFS_INODE_CHUNK_BASED:
+    if file.datalayout != fmt.EROFS_INODE_CHUNK_BASED:
         return None
     try:
-        chunkbits, chunks = layer.image.chunk_map(inode)
+        chunkbits, chunks = layer.image.chunk_map(file.inode(layer.image))
     except ImageError as err:
         raise BuildError(f"{layer.path}: {err}") from None
     addrs: list[int | None] = []
@@ -486,18 +496,18 @@ def _layer_chunks(layer: Layer, inode: Inode, block_size: int) -> LayerChunks | 
     return LayerChunks(device, chunkbits, tuple(addrs))
 
 
-def _copied(layer: Layer, inode: Inode, spool: Spool) -> DataRef:
+def _copied(layer: Layer, file: LayerFile, spool: Spool) -> DataRef:
     """Where the writer reads a file to copy: in place if its bytes are one run of blocks in
     the image (or its device), else decoded into the spool."""
-    if inode.datalayout == fmt.EROFS_INODE_FLAT_PLAIN:
-        if inode.startblk == fmt.EROFS_NULL_ADDR:
+    if file.datalayout == fmt.EROFS_INODE_FLAT_PLAIN:
+        if file.startblk == fmt.EROFS_NULL_ADDR:
             return _NO_DATA
-        ref = layer.plain_data(inode.startblk)
+        ref = layer.plain_data(file.startblk)
         if ref is None:
             raise layer.missing_device("a file's data is there")
         return ref
     try:
-        return spool.store_pieces(layer.image.iter_data(inode))
+        return spool.store_pieces(layer.image.iter_data(file.inode(layer.image)))
     except ImageError as err:
         raise BuildError(f"{layer.path}: {err}") from None
 
@@ -567,11 +577,11 @@ class LayerStack:
     def merged_tree(self, strip: bool) -> tuple[SourceInode, dict[SourceInode, LayerFile]]:
         """The overlayfs view of the images (merge_layers) and where its files' bytes are."""
         trees = [read_layer(layer) for layer in self.layers]
-        files: dict[SourceInode, LayerFile] = {}
-        for tree in trees:
-            files.update(tree.files)
         root, _count = merge_layers([t.root for t in trees], strip)
-        return root, files
+        # only the files the merged tree shows (their names counted: nlink), so that what
+        # the upper layers hide is freed now, before planning
+        return root, {node: found for tree in trees for node, found in tree.files.items()
+                      if node.nlink}
 
     def resolve_data(self, root: SourceInode, files: dict[SourceInode, LayerFile],
                      mode: str | None, block_size: int, spool: Spool) -> None:
@@ -585,7 +595,8 @@ class LayerStack:
             found = files.get(node)
             if found is None:
                 return None
-            return self.layers[found.layer].image.iter_data(found.inode)
+            img = self.layers[found.layer].image
+            return img.iter_data(found.inode(img))
         return read
 
     def devices(self) -> list[ExtraDevice]:
