@@ -4,9 +4,12 @@ Rebuild mode (``mkerofs OUT L1.erofs L2.erofs ...``) and, later, --incremental s
 module: `read_layer` turns an image (read with mkerofs.reader) into the SourceInode tree the
 planner takes, each regular file remembered with its inode in that image (`LayerTree.files`),
 and `merge_layers` stacks such trees (or trees from a directory or a tar) as overlayfs does.
-What happens to the files' bytes is the caller's choice (`resolve_layer_data` for rebuild:
-point at them through the device table, or copy them).  A source image may have one extra
-device of its own (a tar index's tar, a --blobdev blob): see `Layer`.
+Rebuild mode (`LayerStack.merged_tree`) reads only its top image whole and folds each image
+below into the merged tree as it reads it (`_fold_image`), never reading what the images
+above hide: its peak memory is the merged tree's, not all the layers' trees'.  What
+happens to the files' bytes is the caller's choice (`resolve_layer_data` for rebuild: point
+at them through the device table, or copy them).  A source image may have one extra device
+of its own (a tar index's tar, a --blobdev blob): see `Layer`.
 
 The rules of overlayfs (Documentation/filesystems/overlayfs.rst), applied from the top layer
 down, that the merge follows:
@@ -215,11 +218,19 @@ def _read_tree(img: Image, index: int, nids: bool = True) -> LayerTree:
     root = SourceInode(b"/", _stat(root_inode), entries=[], xattrs=img.xattrs(root_inode))
     root.parent = root
     tree = LayerTree(root)
-    files = tree.files
     if nids:
         tree.nids[root] = root_inode.nid
-    seen: dict[int, SourceInode] = {root_inode.nid: root}
-    pending = deque([(root, root_inode, b"/")])
+    _read_dirs(img, index, deque([(root, root_inode, b"/")]), {root_inode.nid: root},
+               tree.files, tree.nids if nids else None)
+    return tree
+
+
+def _read_dirs(img: Image, index: int, pending: deque, seen: dict[int, SourceInode],
+               files: dict[SourceInode, "LayerFile"], nids: dict[SourceInode, int] | None
+               ) -> None:
+    """Read the directories `pending` ((node, inode, path + b"/")) of `img` and everything
+    below them, breadth first; `seen`: the nodes made already, by nid (hard links stay one
+    node); each regular file with bytes noted in `files`, each node's nid in `nids`."""
     inode_of = img.inode
     while pending:
         directory, dir_inode, base = pending.popleft()
@@ -234,18 +245,23 @@ def _read_tree(img: Image, index: int, nids: bool = True) -> LayerTree:
                 continue
             path = base + name
             inode = inode_of(nid)
-            node = image_node(img, inode, path)
+            node = _layer_node(img, index, inode, path, files)
             if node.entries is not None:
                 node.parent = directory
                 pending.append((node, inode, path + b"/"))
-            elif node.data is _NO_DATA and inode.size:
-                files[node] = LayerFile(index, nid, inode.size, inode.datalayout,
-                                        inode.startblk)
             seen[nid] = node
-            if nids:
-                tree.nids[node] = nid
+            if nids is not None:
+                nids[node] = nid
             entries.append((name, node))
-    return tree
+
+
+def _layer_node(img: Image, index: int, inode: Inode, path: bytes,
+                files: dict[SourceInode, "LayerFile"]) -> SourceInode:
+    """image_node, a regular file with bytes noted in `files` as from source `index`."""
+    node = image_node(img, inode, path)
+    if node.data is _NO_DATA and inode.size:
+        files[node] = LayerFile(index, inode.nid, inode.size, inode.datalayout, inode.startblk)
+    return node
 
 
 def image_node(img: Image, inode: Inode, path: bytes) -> SourceInode:
@@ -341,13 +357,7 @@ class _Merged:
             for name, child in low.entries:
                 mine = kids.get(name)
                 if mine is None:
-                    if child.entries is not None:
-                        self._adopt(child)
-                        child.parent = up
-                    elif _is_whiteout(child, xwhiteouts):
-                        child = _whiteout(child)
-                        self.whiteouts.add(child)
-                    kids[name] = child
+                    self.take(up, kids, name, child, xwhiteouts)
                 elif mine.entries is not None:
                     if child.entries is not None:
                         pending.append((mine, child))
@@ -355,6 +365,66 @@ class _Merged:
                         self.sealed.add(mine)
             if opaque == OPAQUE_YES:
                 self.sealed.add(up)
+
+    def take(self, up: SourceInode, kids: dict[bytes, SourceInode], name: bytes,
+             child: SourceInode, xwhiteouts: bool) -> None:
+        """Put `child` of a lower layer (a directory: with its subtree) under the merged
+        directory `up` (its children `kids`), where nothing of that name is yet."""
+        if child.entries is not None:
+            self._adopt(child)
+            child.parent = up
+        elif _is_whiteout(child, xwhiteouts):
+            child = _whiteout(child)
+            self.whiteouts.add(child)
+        kids[name] = child
+
+
+def _fold_image(merged: _Merged, img: Image, index: int,
+                files: dict[SourceInode, LayerFile]) -> None:
+    """Merge image `img` (source `index`) below `merged`, as _Merged.add_below merges a tree,
+    but reading only what shows: a name an upper layer hides, or anything in a directory
+    that hides what is below it, is not read at all (rebuild mode: the layers are not held
+    as whole trees).  (A hard-linked file's `path`, which messages and --compress-hints
+    see, is thus its first name that shows, not its first name in the image.)"""
+    root_inode = img.root
+    # (a merged directory stands for the nid it was merged with: a second name is an error)
+    seen: dict[int, SourceInode] = {root_inode.nid: merged.root}
+    pending = [(merged.root, root_inode, b"/")]
+    inode_of = img.inode
+    sealed = merged.sealed
+    while pending:
+        up, low, base = pending.pop()
+        if up in sealed:
+            continue
+        kids = merged.children[up]
+        opaque = _opaque(img.xattrs(low)) if low.xattr_icount else None
+        xwhiteouts = opaque == OPAQUE_XWHITEOUTS
+        for name, nid, _ftype in img.listdir(low):
+            mine = kids.get(name)
+            if mine is not None and mine.entries is None:
+                continue                # hidden by a non-directory above
+            node = seen.get(nid)
+            if node is not None and node.entries is not None:
+                raise ImageError(f"{os.fsdecode(base + name)}: directory nid {nid} has a "
+                                 "second name")
+            if mine is None:
+                if node is None:
+                    inode = inode_of(nid)
+                    node = _layer_node(img, index, inode, base + name, files)
+                    seen[nid] = node
+                    if node.entries is not None:
+                        _read_dirs(img, index, deque([(node, inode, base + name + b"/")]),
+                                   seen, files, None)
+                merged.take(up, kids, name, node, xwhiteouts)
+                continue
+            inode = inode_of(nid) if node is None else None
+            if inode is not None and stat.S_ISDIR(inode.mode):
+                seen[nid] = mine
+                pending.append((mine, inode, base + name + b"/"))
+            else:               # a file or whiteout below: nothing further down shows
+                sealed.add(mine)
+        if opaque == OPAQUE_YES:
+            sealed.add(up)
 
 
 def merge_layers(roots: list[SourceInode], strip: bool) -> tuple[SourceInode, int]:
@@ -576,12 +646,19 @@ class LayerStack:
 
     def merged_tree(self, strip: bool) -> tuple[SourceInode, dict[SourceInode, LayerFile]]:
         """The overlayfs view of the images (merge_layers) and where its files' bytes are."""
-        trees = [read_layer(layer) for layer in self.layers]
-        root, _count = merge_layers([t.root for t in trees], strip)
-        # only the files the merged tree shows (their names counted: nlink), so that what
-        # the upper layers hide is freed now, before planning
-        return root, {node: found for tree in trees for node, found in tree.files.items()
-                      if node.nlink}
+        top = read_layer(self.layers[-1])
+        files = top.files
+        merged = _Merged(top.root)
+        # each lower layer folded in as it is read: what the layers above hide is never
+        # read (the four trees are not held whole: the peak of rebuild mode)
+        for layer in reversed(self.layers[:-1]):
+            try:
+                _fold_image(merged, layer.image, layer.index, files)
+            except ImageError as err:
+                raise BuildError(f"{layer.path}: {err}") from None
+        root, _count = _finish(merged, strip)
+        # only the files the merged tree shows (their names counted: nlink)
+        return root, {node: found for node, found in files.items() if node.nlink}
 
     def resolve_data(self, root: SourceInode, files: dict[SourceInode, LayerFile],
                      mode: str | None, block_size: int, spool: Spool) -> None:

@@ -1,0 +1,83 @@
+"""Rebuild mode folds each lower layer into the merged tree as it reads it, skipping what the
+layers above hide (layers._fold_image).  That must give exactly the tree merge_layers makes
+from the whole layer trees: the same names, attributes, xattrs (overlay marks included),
+link counts, hard links, and the same source (image, nid) for each file's bytes, with and
+without --ovlfs-strip.  The layers (support/layers.py) hold whiteouts, opaque "y" and "x"
+directories, xwhiteouts, a directory over a file and a file over a directory, hard links;
+a last layer hides one name of a hard-linked file of the first.
+
+(One thing differs by design: a hard-linked file's `path`, the name messages and
+--compress-hints see, is the first name that shows, not the first name in its own layer.)"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mkerofs.writer.layers import LayerStack, merge_layers, read_layer
+from support.layers import make_layer_trees
+from support.run import run_mkerofs
+
+FIXED = ("-T", "1000000000", "--mkfs-time", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> list[Path]:
+    work = tmp_path_factory.mktemp("fold")
+    paths = []
+    trees = make_layer_trees(work)
+    for d in ("d", "e"):
+        (trees[0] / d).mkdir()
+    (trees[0] / "d/p").write_bytes(b"linked\n")
+    os.link(trees[0] / "d/p", trees[0] / "d/q")
+    os.link(trees[0] / "d/p", trees[0] / "e/r")
+    top = work / "top"
+    (top / "d").mkdir(parents=True)
+    (top / "d/p").write_bytes(b"over a link\n")
+    for tree in [*trees, top]:
+        paths.append(work / f"{tree.name}.erofs")
+        run_mkerofs(*FIXED, "-Enoinline_data", paths[-1], tree)
+    return paths
+
+
+def _dump(root, files) -> list[tuple]:
+    """Every name of the tree with what the image takes from its inode; hard links as the
+    first path (in this walk) of the inode they share."""
+    rows, first = [], {}
+    pending = [(b"", root)]
+    while pending:
+        path, node = pending.pop()
+        st = node.st
+        found = files.get(node)
+        rows.append((path, first.setdefault(id(node), path), st.st_mode, st.st_uid, st.st_gid,
+                     st.st_size, st.st_mtime_ns, st.st_rdev, node.nlink, node.target,
+                     list(node.xattrs), None if found is None else (found.layer, found.nid)))
+        if node.entries is not None:
+            pending.extend((path + b"/" + name, child) for name, child in node.entries)
+    return rows
+
+
+@pytest.mark.parametrize("strip", [False, True])
+def test_fold_equals_whole_tree_merge(sources, strip):
+    with LayerStack([str(p) for p in sources]) as stack:
+        folded = _dump(*stack.merged_tree(strip))
+        trees = [read_layer(layer) for layer in stack.layers]
+        files = {node: found for tree in trees for node, found in tree.files.items()}
+        root, _count = merge_layers([tree.root for tree in trees], strip)
+        whole = _dump(root, files)
+    assert folded == whole
+    assert any(row[-1] is not None and row[-1][0] == 0 for row in folded)   # L1 shows through
+    linked = {row[0]: row[1] for row in folded if row[0] in (b"/d/q", b"/e/r")}
+    assert len(set(linked.values())) == 1 and len(linked) == 2              # still one inode
+    assert [row[8] for row in folded if row[0] in linked] == [2, 2]
+    assert any(row[10] for row in folded) or strip                           # marks kept
+
+
+def test_fold_skips_what_is_hidden(sources):
+    """Files of the lower layers hidden by the upper ones are not kept."""
+    with LayerStack([str(p) for p in sources]) as stack:
+        _root, files = stack.merged_tree(True)
+        whole = sum(len(read_layer(layer).files) for layer in stack.layers)
+    assert 0 < len(files) < whole
+    assert all(node.nlink for node in files)
