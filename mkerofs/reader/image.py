@@ -279,6 +279,15 @@ class Image:
             raise ImageError(f"cannot read {what}: {e.strerror or e}") from None
         return bytes(data)
 
+    def drop_pages(self) -> None:
+        """Give the pages of the mapped image (and devices) read so far back to the kernel:
+        a caller done with most of the metadata keeps its resident size down.  Nothing is
+        lost: a page read again comes back from the page cache."""
+        if self._closed:
+            return
+        for mm in self._mmaps:
+            mm.madvise(mmap.MADV_DONTNEED)
+
     def close(self) -> None:
         if self._closed:
             return

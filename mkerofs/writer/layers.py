@@ -662,8 +662,11 @@ class LayerStack:
 
     def resolve_data(self, root: SourceInode, files: dict[SourceInode, LayerFile],
                      mode: str | None, block_size: int, spool: Spool) -> None:
-        """resolve_layer_data for this stack's images."""
+        """resolve_layer_data for this stack's images; then the metadata pages read from
+        them are given back (the rest of the build reads the images by path, if at all)."""
         resolve_layer_data(root, files, self.layers, mode, block_size, spool)
+        for layer in self.layers:
+            layer.image.drop_pages()
 
     def contents(self, files: dict[SourceInode, LayerFile]
                  ) -> Callable[[SourceInode], Iterable[bytes] | None]:
