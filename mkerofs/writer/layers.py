@@ -214,7 +214,11 @@ def _read_tree(img: Image, index: int, nids: bool = True) -> LayerTree:
     while pending:
         directory, dir_inode, base = pending.popleft()
         entries = directory.entries
-        for name, nid, _ftype in img.listdir(dir_inode):
+        try:
+            listing = img.listdir(dir_inode)
+        except ImageError as err:
+            raise ImageError(f"{os.fsdecode(base)}: {err}") from None
+        for name, nid, _ftype in listing:
             node = seen.get(nid)
             if node is not None:
                 if node.entries is not None:
@@ -445,7 +449,7 @@ def resolve_layer_data(root: SourceInode, files: dict[SourceInode, LayerFile],
                 child.data = DataRef(None, layer=chunks)
                 indexed = True
             else:
-                child.data = _copied(layer, found.inode, spool)
+                child.data = _copied(layer, found.inode, spool, child.path)
     spool.flush()
     return indexed
 
@@ -486,9 +490,9 @@ def _layer_chunks(layer: Layer, inode: Inode, block_size: int) -> LayerChunks | 
     return LayerChunks(device, chunkbits, tuple(addrs))
 
 
-def _copied(layer: Layer, inode: Inode, spool: Spool) -> DataRef:
-    """Where the writer reads a file to copy: in place if its bytes are one run of blocks in
-    the image (or its device), else decoded into the spool."""
+def _copied(layer: Layer, inode: Inode, spool: Spool, path: bytes) -> DataRef:
+    """Where the writer reads a file to copy (`path` in the layer): in place if its bytes are
+    one run of blocks in the image (or its device), else decoded into the spool."""
     if inode.datalayout == fmt.EROFS_INODE_FLAT_PLAIN:
         if inode.startblk == fmt.EROFS_NULL_ADDR:
             return _NO_DATA
@@ -499,7 +503,7 @@ def _copied(layer: Layer, inode: Inode, spool: Spool) -> DataRef:
     try:
         return spool.store_pieces(layer.image.iter_data(inode))
     except ImageError as err:
-        raise BuildError(f"{layer.path}: {err}") from None
+        raise BuildError(f"{layer.path}: {os.fsdecode(path)}: {err}") from None
 
 
 # -- rebuild mode: the source images together ------------------------------------------------
