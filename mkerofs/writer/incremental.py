@@ -536,7 +536,11 @@ def _read_entries(img: Image, directory: SourceInode, inode: Inode, reach: _Reac
     """Fill a base directory's entries (read_reached)."""
     xwhiteouts = dict(directory.xattrs).get(OPAQUE) == OPAQUE_XWHITEOUTS
     path = directory.path.rstrip(b"/") + b"/"
-    for name, nid, ftype in img.listdir(inode):
+    try:
+        listing = img.listdir(inode)
+    except ImageError as err:
+        raise ImageError(f"{os.fsdecode(path)}: {err}") from None
+    for name, nid, ftype in listing:
         node = seen.get(nid)
         if node is None:
             if ftype == fmt.EROFS_FT_DIR:

@@ -235,7 +235,7 @@ def _read_dirs(img: Image, index: int, pending: deque, seen: dict[int, SourceIno
     while pending:
         directory, dir_inode, base = pending.popleft()
         entries = directory.entries
-        for name, nid, _ftype in img.listdir(dir_inode):
+        for name, nid, _ftype in _listing(img, dir_inode, base):
             node = seen.get(nid)
             if node is not None:
                 if node.entries is not None:
@@ -253,6 +253,14 @@ def _read_dirs(img: Image, index: int, pending: deque, seen: dict[int, SourceIno
             if nids is not None:
                 nids[node] = nid
             entries.append((name, node))
+
+
+def _listing(img: Image, inode: Inode, base: bytes) -> list[tuple[bytes, int, int]]:
+    """img.listdir(inode), a failure naming the directory (`base`: its path + b"/")."""
+    try:
+        return img.listdir(inode)
+    except ImageError as err:
+        raise ImageError(f"{os.fsdecode(base)}: {err}") from None
 
 
 def _layer_node(img: Image, index: int, inode: Inode, path: bytes,
@@ -399,7 +407,7 @@ def _fold_image(merged: _Merged, img: Image, index: int,
         kids = merged.children[up]
         opaque = _opaque(img.xattrs(low)) if low.xattr_icount else None
         xwhiteouts = opaque == OPAQUE_XWHITEOUTS
-        for name, nid, _ftype in img.listdir(low):
+        for name, nid, _ftype in _listing(img, low, base):
             mine = kids.get(name)
             if mine is not None and mine.entries is None:
                 continue                # hidden by a non-directory above
@@ -525,7 +533,7 @@ def resolve_layer_data(root: SourceInode, files: dict[SourceInode, LayerFile],
                 child.data = DataRef(None, layer=chunks)
                 indexed = True
             else:
-                child.data = _copied(layer, found, spool)
+                child.data = _copied(layer, found, spool, child.path)
     spool.flush()
     return indexed
 
@@ -566,9 +574,9 @@ def _layer_chunks(layer: Layer, file: LayerFile, block_size: int) -> LayerChunks
     return LayerChunks(device, chunkbits, tuple(addrs))
 
 
-def _copied(layer: Layer, file: LayerFile, spool: Spool) -> DataRef:
-    """Where the writer reads a file to copy: in place if its bytes are one run of blocks in
-    the image (or its device), else decoded into the spool."""
+def _copied(layer: Layer, file: LayerFile, spool: Spool, path: bytes) -> DataRef:
+    """Where the writer reads a file to copy (`path` in the layer): in place if its bytes are
+    one run of blocks in the image (or its device), else decoded into the spool."""
     if file.datalayout == fmt.EROFS_INODE_FLAT_PLAIN:
         if file.startblk == fmt.EROFS_NULL_ADDR:
             return _NO_DATA
@@ -579,7 +587,7 @@ def _copied(layer: Layer, file: LayerFile, spool: Spool) -> DataRef:
     try:
         return spool.store_pieces(layer.image.iter_data(file.inode(layer.image)))
     except ImageError as err:
-        raise BuildError(f"{layer.path}: {err}") from None
+        raise BuildError(f"{layer.path}: {os.fsdecode(path)}: {err}") from None
 
 
 # -- rebuild mode: the source images together ------------------------------------------------
