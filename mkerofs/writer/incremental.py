@@ -88,6 +88,10 @@ _FICLONE = 0x40049409           # ioctl(dst, FICLONE, src): share the source's e
 _KEPT_DIR_LAYOUTS = {fmt.EROFS_INODE_FLAT_PLAIN, fmt.EROFS_INODE_FLAT_INLINE}
 _ALL_INLINE = 1 << 30           # an -x tolerance no xattr reaches: none is shared
 _ROOT_NID_MAX = 0xFFFF
+# Directories read between two releases of the base's mapped pages: reading the inodes of
+# every subdirectory reached (and the ".." entries of those kept) maps much of the base's
+# metadata (a fault maps the pages around it too), and little of it is read again.
+_DROP_EVERY = 256
 
 
 class Base:
@@ -516,9 +520,12 @@ def read_reached(img: Image, upper: SourceInode) -> _Reach:
     reach = _Reach(root, {root: root_inode.nid}, {}, {root: root_inode})
     seen: dict[int, SourceInode] = {root_inode.nid: root}
     pending = [(root, root_inode, upper)]
+    done = 0
     while pending:
         directory, inode, up = pending.pop()
         _read_entries(img, directory, inode, reach, seen)
+        done += 1
+        _let_go(img, done)
         uppers = {} if up is None else \
             {name: child for name, child in up.entries if child.entries is not None}
         for name, child in directory.entries:
@@ -528,6 +535,7 @@ def read_reached(img: Image, upper: SourceInode) -> _Reach:
             child_inode = reach.inodes[child]
             if up_child is not None or child_inode.datalayout not in _KEPT_DIR_LAYOUTS:
                 pending.append((child, child_inode, up_child))
+    img.drop_pages()
     return reach
 
 
@@ -731,7 +739,8 @@ def dotdot_patches(inc: Increment, written: list[PlannedInode]) -> list[tuple[in
     img = inc.base.img
     new_nids = {id(node.src): node.nid for node in written if node.ftype == fmt.EROFS_FT_DIR}
     patches = []
-    for directory in inc.reparented:
+    for done, directory in enumerate(inc.reparented, 1):
+        _let_go(img, done)
         parent_nid = new_nids[id(directory.parent)]
         inode = img.inode(inc.kept[directory])
         try:
@@ -740,7 +749,14 @@ def dotdot_patches(inc: Increment, written: list[PlannedInode]) -> list[tuple[in
             raise BuildError(f"{inc.base.path}: {err}") from None
         _nid, nameoff, ftype, reserved = entry
         patches.append((pos, fmt.EROFS_DIRENT.pack(parent_nid, nameoff, ftype, reserved)))
+    img.drop_pages()
     return patches
+
+
+def _let_go(img: Image, done: int) -> None:
+    """Every _DROP_EVERY directories read, give the base's mapped pages back."""
+    if done % _DROP_EVERY == 0:
+        img.drop_pages()
 
 
 def _dotdot(img: Image, inode) -> tuple[int, tuple]:
