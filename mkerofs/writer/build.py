@@ -743,9 +743,9 @@ def _lay_out_increment(plan: Plan, options: BuildOptions, out: Output, xattrs: X
     if blocks > fmt.EROFS_MAX_BLOCKS_LO:
         raise BuildError(f"image of {blocks} blocks: more than the superblock's 32-bit block "
                          "count holds")
-    # (in anonymous memory: a base's file may hold bytes past its last block; increments are
-    # small)
-    meta = MetaImage(0, data_end * bs, meta_end)
+    # (a shared mapping of the image file, as in a full build: the new metadata starts at or
+    # after base.end_block, past the base file's last byte, so it reads as zeros)
+    meta = MetaImage(0, data_end * bs, meta_end, out)
     _write_contents(plan, placed.nodes, data, meta, base.meta_base, xattrs, 0, None,
                     _workers(options), elsewhere=root if root_pos is not None else None)
     meta.write_out(out)

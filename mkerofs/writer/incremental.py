@@ -65,6 +65,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import mmap
+import operator
 import os
 import re
 import stat
@@ -88,6 +89,10 @@ _FICLONE = 0x40049409           # ioctl(dst, FICLONE, src): share the source's e
 _KEPT_DIR_LAYOUTS = {fmt.EROFS_INODE_FLAT_PLAIN, fmt.EROFS_INODE_FLAT_INLINE}
 _ALL_INLINE = 1 << 30           # an -x tolerance no xattr reaches: none is shared
 _ROOT_NID_MAX = 0xFFFF
+# Directories read between two releases of the base's mapped pages: reading the inodes of
+# every subdirectory reached (and the ".." entries of those kept) maps much of the base's
+# metadata (a fault maps the pages around it too), and little of it is read again.
+_DROP_EVERY = 256
 
 
 class Base:
@@ -516,9 +521,12 @@ def read_reached(img: Image, upper: SourceInode) -> _Reach:
     reach = _Reach(root, {root: root_inode.nid}, {}, {root: root_inode})
     seen: dict[int, SourceInode] = {root_inode.nid: root}
     pending = [(root, root_inode, upper)]
+    done = 0
     while pending:
         directory, inode, up = pending.pop()
         _read_entries(img, directory, inode, reach, seen)
+        done += 1
+        _let_go(img, done)
         uppers = {} if up is None else \
             {name: child for name, child in up.entries if child.entries is not None}
         for name, child in directory.entries:
@@ -528,6 +536,7 @@ def read_reached(img: Image, upper: SourceInode) -> _Reach:
             child_inode = reach.inodes[child]
             if up_child is not None or child_inode.datalayout not in _KEPT_DIR_LAYOUTS:
                 pending.append((child, child_inode, up_child))
+    img.drop_pages()
     return reach
 
 
@@ -544,14 +553,15 @@ def _read_entries(img: Image, directory: SourceInode, inode: Inode, reach: _Reac
         node = seen.get(nid)
         if node is None:
             if ftype == fmt.EROFS_FT_DIR:
-                node = SourceInode(path + name, _STUB_STAT[ftype], entries=[])
+                node = SourceInode(path + name, _STUB_STAT[ftype], entries=[],
+                                   xattrs=_STUB_XATTRS)
                 reach.inodes[node] = img.inode(nid)
             elif ftype == fmt.EROFS_FT_CHRDEV or \
                     (xwhiteouts and ftype == fmt.EROFS_FT_REG_FILE):
                 node = image_node(img, img.inode(nid), path + name)
             else:
                 node = SourceInode(path + name, _STUB_STAT[ftype], target=b"",
-                                   data=DataRef(None))
+                                   xattrs=_STUB_XATTRS, data=_STUB_DATA)
             node.parent = directory if node.entries is not None else None
             seen[nid] = node
             reach.nids[node] = nid
@@ -561,11 +571,19 @@ def _read_entries(img: Image, directory: SourceInode, inode: Inode, reach: _Reac
 
 _STUB_STAT = {ftype: SourceStat(mode, 0, 0, 0, 0, 0)
               for mode, ftype in fmt.EROFS_FT_OF_MODE.items()}
+# shared by every stub (never changed in place): ~100 bytes a base entry read
+_STUB_XATTRS: list[tuple[bytes, bytes]] = []
+_STUB_DATA = DataRef(None)
 
 
 def _dir_state(entries, xattrs) -> tuple:
-    return tuple((name, id(child)) for name, child in sorted(entries, key=lambda e: e[0])), \
-        tuple(sorted(xattrs))
+    # (names and children as two tuples, not a pair per entry: ~56 bytes an entry read)
+    ordered = sorted(entries, key=_by_name)
+    return tuple(name for name, _child in ordered), \
+        tuple(id(child) for _name, child in ordered), tuple(sorted(xattrs))
+
+
+_by_name = operator.itemgetter(0)
 
 
 def _kept(root: SourceInode, reach: _Reach) -> dict[SourceInode, int]:
@@ -731,7 +749,8 @@ def dotdot_patches(inc: Increment, written: list[PlannedInode]) -> list[tuple[in
     img = inc.base.img
     new_nids = {id(node.src): node.nid for node in written if node.ftype == fmt.EROFS_FT_DIR}
     patches = []
-    for directory in inc.reparented:
+    for done, directory in enumerate(inc.reparented, 1):
+        _let_go(img, done)
         parent_nid = new_nids[id(directory.parent)]
         inode = img.inode(inc.kept[directory])
         try:
@@ -740,7 +759,14 @@ def dotdot_patches(inc: Increment, written: list[PlannedInode]) -> list[tuple[in
             raise BuildError(f"{inc.base.path}: {err}") from None
         _nid, nameoff, ftype, reserved = entry
         patches.append((pos, fmt.EROFS_DIRENT.pack(parent_nid, nameoff, ftype, reserved)))
+    img.drop_pages()
     return patches
+
+
+def _let_go(img: Image, done: int) -> None:
+    """Every _DROP_EVERY directories read, give the base's mapped pages back."""
+    if done % _DROP_EVERY == 0:
+        img.drop_pages()
 
 
 def _dotdot(img: Image, inode) -> tuple[int, tuple]:
