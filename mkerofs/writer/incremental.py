@@ -543,6 +543,10 @@ def read_reached(img: Image, upper: SourceInode) -> _Reach:
 def _read_entries(img: Image, directory: SourceInode, inode: Inode, reach: _Reach,
                   seen: dict[int, SourceInode]) -> None:
     """Fill a base directory's entries (read_reached)."""
+    if directory.xattrs is _STUB_XATTRS:
+        # its overlay marks decide what the merge makes of its entries (an "x" directory's
+        # regular files may be whiteouts)
+        directory.xattrs = img.xattrs(inode)
     xwhiteouts = dict(directory.xattrs).get(OPAQUE) == OPAQUE_XWHITEOUTS
     path = directory.path.rstrip(b"/") + b"/"
     try:

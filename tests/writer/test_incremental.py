@@ -223,3 +223,18 @@ def test_strip_drops_base_whiteouts_only_where_the_increment_reaches(tmp_path):
     with Image.open(image) as img:
         assert sorted(n for n, _nid, _t in img.listdir(img.lookup("/r"))) == [b"f", b"new"]
         assert sorted(n for n, _nid, _t in img.listdir(img.lookup("/u"))) == [b"f", b"w"]
+
+
+def test_strip_sees_xwhiteouts_of_a_reached_base_directory(tmp_path):
+    """A reached base subdirectory marked opaque "x": its regular files with
+    trusted.overlay.whiteout are whiteouts to the merge (its marks are read with it), so
+    --ovlfs-strip drops them as overlayfs hides them."""
+    lower = _tree(tmp_path / "lower", {"d/f": b"f", "d/gone": b""})
+    os.setxattr(lower / "d", "trusted.overlay.opaque", b"x")
+    os.setxattr(lower / "d" / "gone", "trusted.overlay.whiteout", b"")
+    image = tmp_path / "inc.erofs"
+    build(image, lower, _opts())
+    build(image, _tree(tmp_path / "upper", {"d/new": b"n"}),
+          _opts(incremental=IncrementalOptions(ovlfs_strip=True)))
+    with Image.open(image) as img:
+        assert sorted(n for n, _nid, _t in img.listdir(img.lookup("/d"))) == [b"f", b"new"]
