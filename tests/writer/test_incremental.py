@@ -216,13 +216,8 @@ def test_strip_drops_base_whiteouts_only_where_the_increment_reaches(tmp_path):
     lower = _tree(tmp_path / "lower", {"u/f": b"f", "r/f": b"f"})
     for d in ("u", "r"):
         os.mknod(lower / d / "w", stat.S_IFCHR | 0o644, os.makedev(0, 0))
-    image = tmp_path / "inc.erofs"
-    build(image, lower, _opts())
-    build(image, _tree(tmp_path / "upper", {"r/new": b"n"}),
-          _opts(incremental=IncrementalOptions(ovlfs_strip=True)))
-    with Image.open(image) as img:
-        assert sorted(n for n, _nid, _t in img.listdir(img.lookup("/r"))) == [b"f", b"new"]
-        assert sorted(n for n, _nid, _t in img.listdir(img.lookup("/u"))) == [b"f", b"w"]
+    names = _stripped_increment(tmp_path, lower, {"r/new": b"n"})
+    assert names("/r") == [b"f", b"new"] and names("/u") == [b"f", b"w"]
 
 
 def test_strip_sees_xwhiteouts_of_a_reached_base_directory(tmp_path):
@@ -232,9 +227,19 @@ def test_strip_sees_xwhiteouts_of_a_reached_base_directory(tmp_path):
     lower = _tree(tmp_path / "lower", {"d/f": b"f", "d/gone": b""})
     os.setxattr(lower / "d", "trusted.overlay.opaque", b"x")
     os.setxattr(lower / "d" / "gone", "trusted.overlay.whiteout", b"")
+    names = _stripped_increment(tmp_path, lower, {"d/new": b"n"})
+    assert names("/d") == [b"f", b"new"]
+
+
+def _stripped_increment(tmp_path, lower, upper_files):
+    """Build an image of `lower`, put `upper_files` on it with --ovlfs-strip; returns a
+    function listing a directory of the result (sorted names)."""
     image = tmp_path / "inc.erofs"
     build(image, lower, _opts())
-    build(image, _tree(tmp_path / "upper", {"d/new": b"n"}),
+    build(image, _tree(tmp_path / "upper", upper_files),
           _opts(incremental=IncrementalOptions(ovlfs_strip=True)))
-    with Image.open(image) as img:
-        assert sorted(n for n, _nid, _t in img.listdir(img.lookup("/d"))) == [b"f", b"new"]
+
+    def names(path):
+        with Image.open(image) as img:
+            return sorted(n for n, _nid, _t in img.listdir(img.lookup(path)))
+    return names
