@@ -611,8 +611,8 @@ class _FileInProgress:
     fc: FileCompression
     start: int                      # its first block
     before: int                     # the data area's next block before start was aligned
-    unwritten: list = field(default_factory=list)     # payloads of pclusters not written yet
-    unwritten_bytes: int = 0        # their bytes
+    unwritten: list[Pcluster] = field(default_factory=list)
+    unwritten_bytes: int = 0        # their payloads' bytes
     wrote: bool = False             # some of its pclusters were written already
     fragment: bool = False          # its fragment is being written to the packed file
 
@@ -744,11 +744,8 @@ class _CompressionRun:
         if file is None or file.job is not task.job:
             before = self.area.next_block
             file = self.file = _FileInProgress(task.job, task.fc, self.area.file_start(), before)
-        if self.dedupe is None:
-            self.take_new(file, pclusters)
-        else:
-            for p in pclusters:
-                self.take_pcluster(file, p)
+        for p in pclusters:
+            self.take_pcluster(file, p)
         if not task.work.last:
             # keep small files in memory until we know compression pays; write big ones (as
             # soon as their pclusters make one write: holding more only takes memory)
@@ -758,32 +755,14 @@ class _CompressionRun:
         self.file = None
         return task.job, self.finish(file)
 
-    def take_new(self, file: _FileInProgress, pclusters: list[Pcluster]) -> None:
-        """take_pcluster() for a segment whose pclusters are all new (no extent dedupe): the
-        ones before the fragment in one FileCompression.add_new call (-Efragments makes every
-        file go through here: 137k pclusters on a Python tree)."""
-        head = len(pclusters)
-        while head and pclusters[head - 1].fragment:
-            head -= 1
-        if head:
-            parts = file.fc.add_new(pclusters[:head] if head < len(pclusters) else pclusters)
-            if parts:
-                file.unwritten += parts
-                file.unwritten_bytes += sum(map(len, parts))
-        for i in range(head, len(pclusters)):
-            self.take_fragment(file, pclusters[i])
-
-    def take_fragment(self, file: _FileInProgress, p: Pcluster) -> None:
-        if not file.fragment:
-            self.packed.begin()
-            file.fragment = True
-        self.packed.write(p.payload)
-        file.fc.add(p)
-
     def take_pcluster(self, file: _FileInProgress, p: Pcluster) -> None:
         fc = file.fc
         if p.fragment:
-            self.take_fragment(file, p)
+            if not file.fragment:
+                self.packed.begin()
+                file.fragment = True
+            self.packed.write(p.payload)
+            fc.add(p)
             return
         dedupe = self.dedupe
         if dedupe is not None and p.digest:
@@ -800,16 +779,17 @@ class _CompressionRun:
             dedupe.pending[key] = (file.start + fc.blocks, nblocks, p.raw)
         fc.add(p)
         if not p.inline:
-            file.unwritten.append(p.payload)
+            file.unwritten.append(p)
             file.unwritten_bytes += len(p.payload)
 
     def write_unwritten(self, file: _FileInProgress) -> None:
         if not file.unwritten:
             return
         bs = self.cfg.block_size
+        parts = [p.payload for p in file.unwritten]
         nbytes = file.unwritten_bytes
         blk = self.area.allocate(nbytes // bs)
-        self.writer.write(blk * bs, file.unwritten, nbytes)
+        self.writer.write(blk * bs, parts, nbytes)
         file.unwritten, file.unwritten_bytes = [], 0
         file.wrote = True
 
