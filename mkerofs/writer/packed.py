@@ -57,25 +57,33 @@ class PackedFile:
     _FLUSH_BYTES = 1 << 20
 
     def _write(self, data) -> None:
-        self._buf += data
         self.size += len(data)
+        if len(data) >= self._FLUSH_BYTES:
+            # a big piece (-Eall-fragments) goes out as it is: no copy into the buffer
+            self.flush()
+            self._pwrite(data)
+            return
+        self._buf += data
         if len(self._buf) >= self._FLUSH_BYTES:
             self.flush()
 
     def flush(self) -> None:
         """Write the gathered bytes to the temporary file."""
-        view = memoryview(self._buf)
+        self._pwrite(self._buf)
+        del self._buf[:]
+
+    def _pwrite(self, data) -> None:
         try:
-            while view:
-                done = os.pwrite(self._fd, view, self._flushed)
-                self._flushed += done
-                view = view[done:]
+            with memoryview(data) as whole:
+                view = whole
+                while view:
+                    done = os.pwrite(self._fd, view, self._flushed)
+                    self._flushed += done
+                    view = view[done:]
+                view.release()
         except OSError as err:
             raise BuildError(f"{os.fsdecode(self.path)} (fragments, temporary; set TMPDIR for "
                              f"another place): {err.strerror}") from None
-        finally:
-            view.release()
-        del self._buf[:]
 
     def _truncate(self, pos: int) -> None:
         """Drop the bytes from `pos` on."""
