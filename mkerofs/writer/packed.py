@@ -30,6 +30,10 @@ class PackedFile:
                              f"{tempfile.gettempdir()} (set TMPDIR): {err.strerror}") from None
         self.path = os.fsencode(path)
         self.size = 0
+        # fragments are mostly small (48k of them on a Python tree): gathered and written in
+        # large pieces, one pwrite each; _buf holds the bytes from _flushed to size
+        self._buf = bytearray()
+        self._flushed = 0
         self._seen: dict[tuple[int, bytes], int] = {}
         self._start: int | None = None
         self._hash = None
@@ -50,16 +54,46 @@ class PackedFile:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    _FLUSH_BYTES = 1 << 20
+
     def _write(self, data) -> None:
-        view = memoryview(data)
+        self.size += len(data)
+        if len(data) >= self._FLUSH_BYTES:
+            # a big piece (-Eall-fragments) goes out as it is: no copy into the buffer
+            self.flush()
+            self._pwrite(data)
+            return
+        self._buf += data
+        if len(self._buf) >= self._FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the gathered bytes to the temporary file."""
+        self._pwrite(self._buf)
+        del self._buf[:]
+
+    def _pwrite(self, data) -> None:
         try:
-            while view:
-                done = os.pwrite(self._fd, view, self.size)
-                self.size += done
-                view = view[done:]
+            with memoryview(data) as whole:
+                view = whole
+                while view:
+                    done = os.pwrite(self._fd, view, self._flushed)
+                    self._flushed += done
+                    view = view[done:]
+                view.release()
         except OSError as err:
             raise BuildError(f"{os.fsdecode(self.path)} (fragments, temporary; set TMPDIR for "
                              f"another place): {err.strerror}") from None
+
+    def _truncate(self, pos: int) -> None:
+        """Drop the bytes from `pos` on."""
+        if pos >= self._flushed:
+            del self._buf[pos - self._flushed:]
+        else:
+            del self._buf[:]
+            os.ftruncate(self._fd, pos)
+            self._flushed = pos
+        self.size = pos
 
     def append(self, data: bytes) -> int:
         """Store bytes that are never shared (the long xattr prefix table); their offset."""
@@ -95,12 +129,12 @@ class PackedFile:
             self._seen[key] = start
             return start
         self.shared_bytes += self.size - start
-        self.size = start
-        os.ftruncate(self._fd, start)
+        self._truncate(start)
         return earlier
 
     def reader(self) -> Callable[[int, int, bool], bytes]:
         """A FileJob reader over the finished packed data."""
+        self.flush()
         def read(offset: int, length: int, last: bool) -> bytes:
             if offset + length > self.size:
                 raise ValueError("read past the end of the packed data")

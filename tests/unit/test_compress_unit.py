@@ -826,7 +826,7 @@ def test_early_offers_of_dependent_files_change_nothing(tmp_path, features):
                 jobs.append(zw.FileJob(i, size, meta_size, read, origin=origin))
             got = [(job.key, job.wrote_blocks, layout) for job, layout in
                    zw.compress_files(jobs, cfg, area, workers, packed=packed, pool=pool)]
-            fragments = os.pread(packed._fd, packed.size, 0)
+            fragments = packed.reader()(0, packed.size, True)
         data = area.contents()
         os.close(area.fd)
         return got, data, fragments, offered
