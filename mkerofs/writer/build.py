@@ -297,7 +297,7 @@ def _device_table(options: BuildOptions, found: _Source, blob: BlobFile | None,
     without --clean)."""
     devices = DeviceTable()
     if found.tar is not None and found.tar.index is not None and _tar_device(options):
-        devices.add(_tar_as_device(found.tar.index, _path_given(source)))
+        devices.add(_tar_as_device(found.tar.index, _path_given(source), options.format_48bit))
     if blob is not None:
         devices.add(blob.device)
     if found.layers is not None and options.rebuild.clean is None:
@@ -463,15 +463,17 @@ def _tar_device(options: BuildOptions) -> bool:
     return options.tar is not None and options.tar.mode == "i" and not options.tar.mapfile
 
 
-def _tar_as_device(tar_index: TarIndex, src_path: str | None) -> ExtraDevice:
+def _tar_as_device(tar_index: TarIndex, src_path: str | None, wide_ok: bool) -> ExtraDevice:
     """--tar=i: the tar as extra device 1, as long as mkfs.erofs counts it (to the end of the
-    end-of-archive marker)."""
+    end-of-archive marker).  One of 2 TiB or more (2^32 blocks of 512 bytes) needs the 48-bit
+    format (`wide_ok`) for its slot and the chunk indexes of its last files: refused here
+    without it, before any file is indexed.  (mkfs.erofs 1.9.3 turns the format on by
+    itself then.)"""
     from .tarstream import BLOCK as TAR_BLOCK         # loads the tar reader only for tar input
     blocks = -(-tar_index.tar_bytes // TAR_BLOCK)
-    if blocks >= fmt.EROFS_NULL_ADDR_32:
-        # (the slot's high halves count only in the 48-bit format)
-        raise BuildError("--tar=i: a tar of 2 TiB or more needs the 48-bit on-disk format, "
-                         "not implemented in mkerofs yet")
+    if blocks > fmt.EROFS_MAX_BLOCKS_LO and not wide_ok:
+        raise BuildError(f"--tar=i: {src_path or 'the tar'} is {tar_index.tar_bytes} bytes, "
+                         "2 TiB or more: its blocks need 48-bit block addresses (-E48bit)")
     return ExtraDevice("the tar", blocks, src_path=src_path)
 
 
@@ -690,7 +692,9 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
         sb.feature_incompat |= fmt.EROFS_FEATURE_INCOMPAT_DEVICE_TABLE
         sb.extra_devices = len(devices.devices)
         sb.devt_slotoff = fmt.devt_slotoff(devt_pos)
-        meta.put(devt_pos, devices.slots(blocks))
+        meta.put(devt_pos, devices.slots(blocks, options.format_48bit))
+    if options.format_48bit:
+        sb.feature_incompat |= fmt.EROFS_FEATURE_INCOMPAT_48BIT
     if len(nodes) > len(plan.inodes):
         sb.packed_nid = nodes[-1].nid
     if zcfg is not None:
@@ -800,7 +804,8 @@ def _assign_data(plan: Plan, options: BuildOptions, source: bytes, xattrs: Xattr
     # for a small tar)
     map_lines = _index_tar(plan, options, tar_index, data) if tar_index is not None else None
     # rebuild mode: files whose bytes stay in the source images point there
-    indexed = options.rebuild is not None and index_layer_files(plan.inodes, bits)
+    indexed = options.rebuild is not None and index_layer_files(plan.inodes, bits,
+                                                                options.format_48bit)
     # the shared xattr area: whole blocks at the start of the data area; ids count from there
     xattr_blkaddr = data.allocate(-(-len(xattrs.shared_area) // bs)) if xattrs.shared_area else 0
     nodes = list(plan.inodes)
@@ -970,7 +975,8 @@ def _chunk_regular_files(plan: Plan, options: BuildOptions, data: DataArea,
     store = ChunkStore(blob if blob is not None else ImageBlocks(data), blkszbits,
                        options.chunkbits, indexes=options.chunk_format == "indexes",
                        device_id=1 if blob is not None else 0,
-                       dedupe=options.dedupe is not False, dsunit=dsunit)
+                       dedupe=options.dedupe is not False, dsunit=dsunit,
+                       wide_ok=options.format_48bit)
     for node in plan.data_order or plan.inodes:
         if node.ftype == fmt.EROFS_FT_REG_FILE and node.size and node.flat is None and \
                 not node.compressed and not node.chunk_based:

@@ -224,9 +224,10 @@ class LayerChunks(NamedTuple):
     blkaddrs: tuple[int | None, ...]
 
 
-def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int) -> bool:
+def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int,
+                      wide_ok: bool = False) -> bool:
     """Make every regular file whose bytes stay in a source image (DataRef.layer) chunk-based
-    over that image's device; True if there was one."""
+    over that image's device; True if there was one.  (`wide_ok`: as ChunkStore.)"""
     found = False
     # (a layout encodes any file of the same chunk size, chunk count and address width: one
     # each, not one per file)
@@ -237,6 +238,8 @@ def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int) -> bool:
             continue
         device_id, chunkbits, blkaddrs = ref.layer
         key = (chunkbits, len(blkaddrs), needs_wide(blkaddrs))
+        if key[2]:
+            check_wide(node.display_path(), True, wide_ok)
         layout = layouts.get(key)
         if layout is None:
             layout = layouts[key] = ChunkLayout(node.size, blkszbits, chunkbits, indexes=True,
@@ -284,7 +287,7 @@ class ChunkStore:
 
     def __init__(self, sink: ChunkSink, blkszbits: int, chunkbits: int, *,
                  indexes: bool = False, device_id: int = 0, dedupe: bool = True,
-                 dsunit: int = 1):
+                 dsunit: int = 1, wide_ok: bool = False):
         assert blkszbits <= chunkbits <= blkszbits + fmt.EROFS_CHUNK_FORMAT_BLKBITS_MASK
         self.sink = sink
         self.dsunit = dsunit
@@ -294,6 +297,7 @@ class ChunkStore:
         self.indexes = indexes or device_id != 0
         self.device_id = device_id
         self.dedupe = dedupe
+        self.wide_ok = wide_ok          # -E48bit: chunks may lie past 2^32 blocks
         self._known: dict[bytes, int | None] = {}
         self.blocks_written = 0
         self.saved_bytes = 0        # bytes of chunks found stored already (or all zeros)
@@ -470,10 +474,21 @@ def chunk_file(store: ChunkStore, fd: int, base: int, size: int, where: str
     addrs.extend([None] * (-(-size >> bits) - len(addrs)))
     bits, addrs = merged_chunks(addrs, bits, store.blkszbits, size)
     wide = needs_wide(addrs)
-    if wide and not store.indexes:
-        raise BuildError(f"{where}: block address beyond the 32-bit block map "
-                         "(try -Eforce-chunk-indexes)")
+    if wide:
+        check_wide(where, store.indexes, store.wide_ok)
     return ChunkLayout(size, store.blkszbits, bits, store.indexes, wide), addrs
+
+
+def check_wide(where: str, indexes: bool, wide_ok: bool) -> None:
+    """Refuse a file with a chunk at block 2^32 or later where that cannot be stored: a block
+    map holds 32 bits, and 48-bit chunk indexes belong to the 48-bit format (-E48bit): without
+    its superblock bit a kernel before 6.15 mounts the image and then fails on the file."""
+    if not indexes:
+        raise BuildError(f"{where}: a chunk at block 2^32 or later: more than a 32-bit block "
+                         "map addresses")
+    if not wide_ok:
+        raise BuildError(f"{where}: a chunk at block 2^32 or later needs 48-bit block "
+                         "addresses (-E48bit)")
 
 
 def make_chunked(node: PlannedInode, store: ChunkStore) -> None:
