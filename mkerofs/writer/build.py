@@ -401,6 +401,11 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     from .tarsource import TarTreeOptions, read_tar_tree
     from .tarstream import TarReader
     tar = options.tar
+    if _sort_none_overruled(options) and not options.quiet:
+        print("mkerofs: warning: --sort=none is ignored with chunk-based files (--chunksize, "
+              "-Ededupe without -z): their data is stored chunk by chunk in the usual order "
+              "(mkfs.erofs 1.9.3 drops the chunks instead, storing the files whole in tar "
+              "order)", file=sys.stderr)
     try:
         dump = inputs.enter_context(open(tar.dump, "wb")) if tar.dump else None
         stream = inputs.enter_context(open_input(source, tar.decompress, dump))
@@ -500,6 +505,15 @@ def _noting_files(files: list[SourceInode]) -> Callable:
         files.append(src)
 
     return note
+
+
+def _sort_none_overruled(options: BuildOptions) -> bool:
+    """--sort=none where mkfs.erofs would honour it but mkerofs does not: with chunk-based
+    files, whose chunks go through the chunk store (deduplicated, from a file read in place or
+    the spool), not straight into the image."""
+    tar = options.tar
+    return tar.sort == "none" and tar.mode == "f" and not options.compressor \
+        and not options.inline_data and options.chunkbits is not None
 
 
 def _head_blocks(block_size: int) -> int:
