@@ -328,7 +328,8 @@ def _rebuild_tree(layers, options: BuildOptions,
         # the image read back through its device table: the images, or their devices)
         verify_source = TarSource.capture(
             root, contents=layers.contents(files) if mode != "rvsp" else None,
-            devices=layers.device_files() if mode is None else None)
+            devices=layers.device_files() if mode is None else None,
+            release=layers.drop_pages)
     # (the spool makes its file when the first file is copied into it: none when every file
     # points into the images)
     from .spool import Spool                # as layers does: loaded only in rebuild mode

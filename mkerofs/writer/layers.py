@@ -673,6 +673,10 @@ class LayerStack:
         """resolve_layer_data for this stack's images; then the metadata pages read from
         them are given back (the rest of the build reads the images by path, if at all)."""
         resolve_layer_data(root, files, self.layers, mode, block_size, spool)
+        self.drop_pages()
+
+    def drop_pages(self) -> None:
+        """Give back the pages of the source images read so far (Image.drop_pages)."""
         for layer in self.layers:
             layer.image.drop_pages()
 
