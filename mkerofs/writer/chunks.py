@@ -17,6 +17,11 @@ The kernel's rules (fs/erofs/erofs_fs.h, inode.c erofs_read_inode, data.c erofs_
   the format refuses to mount it instead of failing on those files.  (mkfs.erofs 1.9.3 sets the
   bit only for --chunksize; its --tar=headerball images have chunk-based inodes without it.)
 
+* A block address of 2^32 or more needs EROFS_CHUNK_FORMAT_48BIT in 8-byte indexes, and the
+  image EROFS_FEATURE_INCOMPAT_48BIT: kernels from 6.15 read such indexes whatever the
+  superblock says, older ones know neither and fail on the file.  mkerofs stores them only with
+  -E48bit (check_wide); mkfs.erofs 1.9.3 writes them into --blobdev images without the bit.
+
 What mkerofs stores this way:
 
 * Regular files whose bytes are nowhere (--tar=headerball: walk.DataRef with no path) and not
@@ -36,8 +41,8 @@ What mkerofs stores this way:
 * --tar=i: regular files whose bytes stay in the tar (DataRef.indexed), each with one chunk
   covering it (as a headerball file).  Without a MAPFILE the
   block size is the tar's 512 bytes and the tar is extra device 1: 8-byte chunk indexes name
-  device 1 and the block of the file's data in the tar (48-bit ones when the tar is larger
-  than 2 TiB).  With --tar=i,MAPFILE there is no device: a 4-byte block map points into a
+  device 1 and the block of the file's data in the tar (48-bit ones for data past 2 TiB,
+  which only -E48bit allows: check_wide, build._tar_as_device).  With --tar=i,MAPFILE there is no device: a 4-byte block map points into a
   "blob" reserved in the image as a hole, each file's data rounded up to blocks, in tar order
   (`TarIndex.blob`), and the MAPFILE says which ranges of the tar belong where (`map_line`).
 * Rebuild mode without --clean (writer/layers.py): regular files whose bytes stay in a source
