@@ -19,7 +19,8 @@ The kernel's rules (fs/erofs/erofs_fs.h, inode.c erofs_read_inode, data.c erofs_
 
 * A block address of 2^32 or more needs EROFS_CHUNK_FORMAT_48BIT in 8-byte indexes, and the
   image EROFS_FEATURE_INCOMPAT_48BIT: kernels from 6.15 read such indexes whatever the
-  superblock says, older ones know neither and fail on the file.  mkerofs stores them only with
+  superblock says; older ones refuse to mount an image with the bit, and without it mount the
+  image and then fail on the file.  mkerofs stores them only with
   -E48bit (check_wide); mkfs.erofs 1.9.3 writes them into --blobdev images without the bit.
 
 What mkerofs stores this way:
