@@ -121,10 +121,7 @@ _TYPEFLAG = 156
 _MAGIC, _MAGIC_AND_VERSION = slice(257, 263), slice(257, 265)
 _PREFIX0 = 345                  # the prefix's first byte
 _PAX_TYPE = ord("x")
-# type flags _quick_entry reads: plain files and directories it makes itself (the kind),
-# hard links, symlinks, devices and fifos (None) it passes to _entry
-_QUICK_KINDS = {ord(flag): (kinds if flag in (b"0", b"7", b"5") else (None, 0))
-                for flag, kinds in _KINDS.items() if flag not in (b"\0", b"S", b"D")}
+_OWNER_NAMES_AREA = slice(265, 329)     # uname gname
 _OCTAL_CHARS = b"01234567 \0"
 _NUL_TO_SPACE = bytes.maketrans(b"\0", b" ")
 _HIGH_BYTES = bytes(range(128, 256))
@@ -299,10 +296,43 @@ def _cut(field: bytes) -> bytes:
     return field.partition(b"\0")[0]
 
 
+def _plain_octal(field: bytes) -> int | None:
+    """A numeric header field of octal digits between spaces and NULs (the common case), else
+    None: the caller then reads it with _header_number and its error messages."""
+    if field.translate(None, _OCTAL_CHARS):
+        return None
+    try:
+        return int(field.translate(_NUL_TO_SPACE), 8)
+    except ValueError:
+        return None      # empty, or spaces or NULs between the digits
+
+
+def _plain_octals(area: bytes) -> tuple[int, ...] | None:
+    """The 8-byte fields of `area` (mode, uid, gid) when all are plain octal, else None."""
+    values = tuple(_plain_octal(area[i:i + 8]) for i in range(0, len(area), 8))
+    return None if None in values else values
+
+
+def _mtime_ns(field: bytes) -> int | None:
+    seconds = _plain_octal(field)
+    return None if seconds is None else seconds * 10**9
+
+
+def _mode_and_ids(ifmt: int, area: bytes) -> tuple[int, int, int] | None:
+    """(the inode's mode, uid, gid) of a header whose type gives `ifmt`, from its mode, uid
+    and gid fields (`area`) when they are plain octal; else None."""
+    ids = _plain_octals(area)
+    return None if ids is None else (ifmt | (ids[0] & 0o7777), ids[1], ids[2])
+
+
+def _owner_names(area: bytes) -> tuple[bytes, bytes]:
+    return _cut(area[:32]), _cut(area[32:])
+
+
 class _Memo(dict):
     """Values of header fields by their bytes, parsed by `parse` when first met: an archive's
-    headers repeat a few modes, owners, times, checksums and PAX sizes, and a look-up costs
-    a fraction of parsing one. At most _MEMO fields are kept."""
+    headers repeat a few modes, owners, times and PAX sizes, and a look-up costs a fraction of
+    parsing one (the values are shared, too). At most _MEMO fields are kept."""
 
     __slots__ = ("_parse",)
 
@@ -317,20 +347,16 @@ class _Memo(dict):
         return value
 
 
-def _plain_octals(area: bytes) -> tuple[int, ...] | None:
-    """The 8-byte fields of `area` (mode, uid, gid) when all are plain octal, else None."""
-    values = tuple(_plain_octal(area[i:i + 8]) for i in range(0, len(area), 8))
-    return None if None in values else values
-
-
-def _mtime_ns(field: bytes) -> int | None:
-    seconds = _plain_octal(field)
-    return None if seconds is None else seconds * 10**9
-
-
-_IDS = _Memo(_plain_octals)             # mode uid gid
+_IDS = _Memo(_plain_octals)                     # mode uid gid fields
 _MTIMES_NS = _Memo(_mtime_ns)
-_SIZES = _Memo(lambda field: _plain_octal(field))       # of extension headers
+_SIZES = _Memo(_plain_octal)                    # of extension headers
+_OWNER_NAMES = _Memo(_owner_names)              # uname gname fields
+# type flags _quick_entry reads: plain files and directories it makes itself (their kind, and
+# their mode and ids by the header's fields), hard links, symlinks, devices and fifos it passes
+# to _entry (None)
+_QUICK_KINDS = {ord(flag): (kind, _Memo(functools.partial(_mode_and_ids, ifmt)))
+                if flag in (b"0", b"7", b"5") else (None, None)
+                for flag, (kind, ifmt) in _KINDS.items() if flag not in (b"\0", b"S", b"D")}
 
 
 def _octal_fields(block: bytes) -> tuple[int, int, int, int, int] | None:
@@ -342,17 +368,6 @@ def _octal_fields(block: bytes) -> tuple[int, int, int, int, int] | None:
     if ids is None or size is None or mtime_ns is None:
         return None
     return ids[0], ids[1], ids[2], size, mtime_ns
-
-
-def _plain_octal(field: bytes) -> int | None:
-    """A numeric header field of octal digits between spaces and NULs (the common case), else
-    None: the caller then reads it with _header_number and its error messages."""
-    if field.translate(None, _OCTAL_CHARS):
-        return None
-    try:
-        return int(field.translate(_NUL_TO_SPACE), 8)
-    except ValueError:
-        return None      # empty, or spaces or NULs between the digits
 
 
 def _header_number(field: bytes) -> int | None:
@@ -374,10 +389,13 @@ def _header_ok(block: bytes) -> bool:
     if magic[:6] != b"ustar\0" and magic not in (_MAGIC_GNU, _MAGIC_V7):
         return False
     field = block[_CHKSUM]
-    stored = _stored_checksum(field)
+    try:
+        stored = int(field.translate(_NUL_TO_SPACE), 8)     # (_stored_checksum inline)
+    except ValueError:
+        return False
     # (_checksum_ok's common case inline: an ASCII block, see there)
-    return stored is not None and (block.isascii() and stored == (zlib.adler32(block) & 0xFFFF)
-                                   - 1 - sum(field) + 8 * 0x20 or _checksum_ok(block, stored))
+    return block.isascii() and stored == (zlib.adler32(block) & 0xFFFF) - 1 - sum(field) \
+        + 8 * 0x20 or _checksum_ok(block, stored)
 
 
 def _stored_checksum(field: bytes) -> int | None:
@@ -526,12 +544,13 @@ class _Source:
         self._pos = len(data)
         return data
 
-    def window(self, n: int) -> tuple[bytes, int]:
-        """(buffer, index of the next byte in it), with at least `n` bytes from there unless
-        the input ends first; nothing is consumed (`advance` does that)."""
+    def window(self, n: int) -> tuple[bytes, int, int]:
+        """(buffer, index of the next byte in it, stream offset of the buffer), with at least
+        `n` bytes from that index unless the input ends first; nothing is consumed (`advance`
+        does that)."""
         if self._pos + n > len(self._buf):
             self._fill(n)
-        return self._buf, self._pos
+        return self._buf, self._pos, self._base
 
     def advance(self, pos: int) -> None:
         """Consume the buffer up to index `pos` (of the buffer `window` gave)."""
@@ -656,9 +675,12 @@ class TarReader:
                 if not src.skip(self._left + self._pad):
                     raise TarError("the input ends inside this entry's data or padding",
                                    entry.path, entry.header_offset)
-            entry = self._next_entry()
+            # (a global PAX header or a headerball leaves the quick path for good)
+            entry = self._quick_entry() if not self._global and not self._headerball else None
             if entry is None:
-                return
+                entry = self._next_entry()
+                if entry is None:
+                    return
             self._current = entry
             yield entry
 
@@ -709,10 +731,6 @@ class TarReader:
     # -- headers -----------------------------------------------------------------------------
 
     def _next_entry(self) -> TarEntry | None:
-        if not self._global and not self._headerball:
-            entry = self._quick_entry()
-            if entry is not None:
-                return entry
         src = self._src
         pending: _Pending | None = None
         first = None            # offset of the first extension header before the entry
@@ -745,8 +763,8 @@ class TarReader:
         when something else comes (a zero block, other extension headers, a bad header, the
         buffer's end): nothing is consumed then, and _next_entry reads the same bytes."""
         src = self._src
-        buf, pos = src.window(3 * BLOCK)
-        first = offset = src.offset
+        buf, pos, base = src.window(3 * BLOCK)
+        first = offset = base + pos
         end = pos + BLOCK
         if end > len(buf):
             return None
@@ -771,12 +789,15 @@ class TarReader:
                 except ValueError:
                     return None
         block = buf[pos:end]
-        kinds = _QUICK_KINDS.get(block[_TYPEFLAG])
-        if kinds is None or not _header_ok(block):
+        quick = _QUICK_KINDS.get(block[_TYPEFLAG])
+        if quick is None or not _header_ok(block):
             return None
         src.advance(end)
-        numbers = _octal_fields(block)
-        if records or numbers is None or kinds[0] is None or (
+        kind, modes_and_ids = quick
+        ids = modes_and_ids[block[_IDS_AREA]] if kind is not None else None
+        payload = _plain_octal(block[_SIZE])
+        mtime_ns = _MTIMES_NS[block[_MTIME]]
+        if records or ids is None or payload is None or mtime_ns is None or (
                 block[_PREFIX0] and block[_MAGIC] == b"ustar\0"):
             return self._entry(block, _HEADER.unpack(block), offset, first,
                                _Pending(records) if records else None)
@@ -785,15 +806,12 @@ class TarReader:
             path = normalise_path(name)
         except ValueError as err:
             raise TarError(str(err), name, first) from None
-        kind, ifmt = kinds
-        perm, uid, gid, payload, mtime_ns = numbers
-        mode = ifmt | (perm & 0o7777)
-        mode = self._modes.setdefault(mode, mode)
+        mode, uid, gid = ids
+        uname, gname = _OWNER_NAMES[block[_OWNER_NAMES_AREA]]
         self._pad = -payload % BLOCK
         self._left = payload
         return TarEntry(path, name, kind, mode, uid, gid, mtime_ns,
-                        payload if kind == REG else 0, b"", None, 0, 0,
-                        block[265:297].partition(b"\0")[0], block[297:329].partition(b"\0")[0],
+                        payload if kind == REG else 0, b"", None, 0, 0, uname, gname,
                         [], None, first, offset + BLOCK, payload)
 
     def _after_zero(self, offset: int, block: bytes) -> tuple[int, bytes] | None:
