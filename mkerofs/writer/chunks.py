@@ -95,7 +95,7 @@ class ChunkLayout:
         only) names where the blocks are: 0 the image, n the device table's slot n."""
         assert len(blkaddrs) == self.count
         assert self.indexes or device_id == 0, "a block map addresses the image only"
-        pad = bytes(fmt.chunk_map_start(inode_end, self.chunkformat) - inode_end)
+        pad = _map_padding(inode_end, self.chunkformat)
         if not self.indexes:
             null = fmt.EROFS_NULL_ADDR_32
             return pad + fmt.pack_block_map([null if a is None else a for a in blkaddrs])
@@ -111,6 +111,13 @@ class ChunkLayout:
                 assert a < null, "block address too wide for this chunk format"
                 out.append(entry(a >> 32, device_id, a & 0xFFFFFFFF))
         return b"".join(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _map_padding(inode_end: int, chunkformat: int) -> bytes:
+    """The zeros between an inode (and xattrs) ending at `inode_end` and its chunk map (a few
+    values of both recur: inodes start at 32-byte slots)."""
+    return bytes(fmt.chunk_map_start(inode_end, chunkformat) - inode_end)
 
 
 def needs_wide(blkaddrs: Iterable[int | None]) -> bool:
