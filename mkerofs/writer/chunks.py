@@ -59,9 +59,10 @@ chunks too (5.15).
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, NamedTuple, Protocol, Sequence
 
 from ..errors import BuildError
@@ -79,22 +80,18 @@ class ChunkLayout:
     chunkbits: int
     indexes: bool = False           # 8-byte chunk indexes rather than a 4-byte block map
     wide: bool = False              # 48-bit block addresses in the chunk indexes
+    # (derived, once: a layout may encode many files' maps)
+    chunkformat: int = field(init=False)    # the inode's i_u (erofs_inode_chunk_info.format)
+    count: int = field(init=False)          # chunks, so map entries
 
     def __post_init__(self) -> None:
         extra = self.chunkbits - self.blkszbits
         assert 0 <= extra <= fmt.EROFS_CHUNK_FORMAT_BLKBITS_MASK, "chunk size out of range"
         assert self.indexes or not self.wide, "48-bit addresses need chunk indexes"
-
-    @property
-    def chunkformat(self) -> int:
-        """The inode's i_u (erofs_inode_chunk_info.format)."""
-        extra = self.chunkbits - self.blkszbits
-        return extra | (fmt.EROFS_CHUNK_FORMAT_INDEXES if self.indexes else 0) | \
-            (fmt.EROFS_CHUNK_FORMAT_48BIT if self.wide else 0)
-
-    @property
-    def count(self) -> int:
-        return -(-self.size >> self.chunkbits)
+        object.__setattr__(self, "chunkformat", extra | (
+            fmt.EROFS_CHUNK_FORMAT_INDEXES if self.indexes else 0) | (
+            fmt.EROFS_CHUNK_FORMAT_48BIT if self.wide else 0))
+        object.__setattr__(self, "count", -(-self.size >> self.chunkbits))
 
     def encode_map(self, inode_end: int, blkaddrs: Sequence[int | None],
                    device_id: int = 0) -> bytes:
@@ -104,7 +101,7 @@ class ChunkLayout:
         only) names where the blocks are: 0 the image, n the device table's slot n."""
         assert len(blkaddrs) == self.count
         assert self.indexes or device_id == 0, "a block map addresses the image only"
-        pad = bytes(fmt.chunk_map_start(inode_end, self.chunkformat) - inode_end)
+        pad = _map_padding(inode_end, self.chunkformat)
         if not self.indexes:
             null = fmt.EROFS_NULL_ADDR_32
             return pad + fmt.pack_block_map([null if a is None else a for a in blkaddrs])
@@ -120,6 +117,13 @@ class ChunkLayout:
                 assert a < null, "block address too wide for this chunk format"
                 out.append(entry(a >> 32, device_id, a & 0xFFFFFFFF))
         return b"".join(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _map_padding(inode_end: int, chunkformat: int) -> bytes:
+    """The zeros between an inode (and xattrs) ending at `inode_end` and its chunk map (a few
+    values of both recur: inodes start at 32-byte slots)."""
+    return bytes(fmt.chunk_map_start(inode_end, chunkformat) - inode_end)
 
 
 def needs_wide(blkaddrs: Iterable[int | None]) -> bool:
@@ -160,12 +164,22 @@ def make_indexed_file(node: PlannedInode, blkszbits: int, start: int, device_id:
     `device_id` (8-byte chunk indexes), or of the image (device 0: a block map)."""
     size = node.size
     chunkbits = covering_chunkbits(size, blkszbits)
+    count = -(-size >> chunkbits)
     step = 1 << (chunkbits - blkszbits)
     # the addresses rise: the last one says whether they all fit 32 bits (needs_wide)
-    last = start + (-(-size >> chunkbits) - 1) * step
-    layout = ChunkLayout(size, blkszbits, chunkbits, bool(device_id),
-                         bool(device_id) and last >= fmt.EROFS_NULL_ADDR_32)
-    set_chunk_map(node, layout, range(start, last + 1, step), device_id)
+    last = start + (count - 1) * step
+    layout = _indexed_layout(count, blkszbits, chunkbits, device_id != 0,
+                             device_id != 0 and last >= fmt.EROFS_NULL_ADDR_32)
+    set_chunk_map(node, layout, (start,) if count == 1 else range(start, last + 1, step),
+                  device_id)
+
+
+@functools.lru_cache(maxsize=256)
+def _indexed_layout(count: int, blkszbits: int, chunkbits: int, indexes: bool,
+                    wide: bool) -> ChunkLayout:
+    """The layout of every file of `count` chunks of 2^chunkbits bytes (the size itself
+    matters to no map: one layout serves them all, not one a file)."""
+    return ChunkLayout(count << chunkbits, blkszbits, chunkbits, indexes, wide)
 
 
 @dataclass
