@@ -112,9 +112,12 @@ def _build(image, source, options: BuildOptions | None,
                                                         options.incremental.ovlfs_strip)
                 root = increment.root
             with report.phase("plan", progress):
-                plan = plan_inodes(root, options, build_time)
-                if increment is not None:
-                    incremental.split_plan(plan, increment, options)
+                if increment is None:
+                    plan = plan_inodes(root, options, build_time)
+                else:
+                    plan = plan_inodes(root, options, build_time,
+                                       incremental.written_inodes(increment))
+                    incremental.renumber(plan, base, options)
                 if found.tar is not None and found.tar.order is not None:
                     plan.data_order = _in_tar_order(plan, found.tar.order)
                 xattrs = _plan_xattrs(plan, options)

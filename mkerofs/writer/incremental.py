@@ -81,7 +81,7 @@ from .layers import (OPAQUE, OPAQUE_XWHITEOUTS, LayerTree, image_node, merge_lay
                      read_image_tree)
 from .options import BuildOptions
 from .output import Output
-from .plan import Plan, PlannedInode
+from .plan import Plan, PlannedInode, WrittenInode
 from .verify import TarSource
 from .walk import DataRef, SourceInode, SourceStat
 
@@ -502,7 +502,7 @@ def merge_increment(base: Base, upper: SourceInode, strip: bool) -> Increment:
                   and node.parent not in kept]
     for node in kept:
         if node.entries is not None:
-            node.entries = []       # (planned without their subtree: nothing there changes)
+            node.entries = []       # (not planned, nor their subtree: nothing there changes)
     return Increment(base, root, kept, reparented)
 
 
@@ -620,24 +620,24 @@ def _kept(root: SourceInode, reach: _Reach) -> dict[SourceInode, int]:
     return kept
 
 
-def split_plan(plan: Plan, inc: Increment, options: BuildOptions) -> None:
-    """Leave in `plan` only the inodes to write: the kept ones get their base nid (directory
-    entries name them); the new ones inode numbers after the base's, and the base's epoch."""
-    base = inc.base
+def written_inodes(inc: Increment) -> dict[int, WrittenInode]:
+    """The kept inodes as plan_inodes takes them (by id of their source): not planned,
+    directory entries name them by their base nid."""
+    return {id(node): WrittenInode(nid, fmt.EROFS_FT_OF_MODE[stat.S_IFMT(node.st.st_mode)])
+            for node, nid in inc.kept.items()}
+
+
+def renumber(plan: Plan, base: Base, options: BuildOptions) -> None:
+    """The new inodes (all `plan` has) get inode numbers after the base's, and the base's
+    epoch: a compact inode whose mtime is not that epoch becomes extended (or takes the
+    epoch where the options say so)."""
     epoch = base.img.epoch
-    new = []
     for node in plan.inodes:
-        nid = inc.kept.get(node.src)
-        if nid is not None:
-            node.nid = nid
-            continue
-        new.append(node)
         if not node.extended and (node.mtime, node.mtime_nsec) != (epoch, 0):
             if options.force_inode == "compact" or options.ignore_mtime:
                 node.mtime, node.mtime_nsec = epoch, 0
             else:
                 node.extended = True
-    plan.inodes = new
     plan.first_ino = base.superblock.inos + 1
     plan.epoch = epoch
 
