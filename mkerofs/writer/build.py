@@ -115,8 +115,7 @@ def _build(image, source, options: BuildOptions | None,
                 if increment is None:
                     plan = plan_inodes(root, options, build_time)
                 else:
-                    plan = plan_inodes(root, options, build_time,
-                                       incremental.written_inodes(increment))
+                    plan = plan_inodes(root, options, build_time, increment.kept)
                     incremental.renumber(plan, base, options)
                 if found.tar is not None and found.tar.order is not None:
                     plan.data_order = _in_tar_order(plan, found.tar.order)
