@@ -712,6 +712,7 @@ class _IncrementStep:
         numbered after the base's."""
         from . import incremental
         plan = plan_inodes(root, options, build_time, self.merged.kept)
+        self.merged.kept = {}       # (the base's stubs can go: directories name them now)
         incremental.renumber(plan, self.base, options)
         return plan
 

@@ -481,7 +481,8 @@ class Increment:
     base: Base
     root: SourceInode
     kept: dict[SourceInode, WrittenInode]   # -> its nid in the base (and type)
-    reparented: list[SourceInode]           # kept directories whose parent is rewritten
+    reparented: list[tuple[SourceInode, int]]   # kept directories whose parent is
+                                                # rewritten, and their nids
 
 
 def merge_increment(base: Base, upper: SourceInode, strip: bool) -> Increment:
@@ -504,7 +505,7 @@ class _BaseFold:
     def __init__(self, img: Image):
         self.img = img
         self.kept: dict[SourceInode, WrittenInode] = {}
-        self.reparented: list[SourceInode] = []
+        self.reparented: list[tuple[SourceInode, int]] = []
         self.unread: list[tuple[SourceInode, Inode, bytes]] = []    # rewritten, to read
         self.dirs: set[int] = set()             # the directory nids met
         self.listed = 0
@@ -550,7 +551,7 @@ class _BaseFold:
                 return node                     # rewritten
             # (a stub's path is never used: it is not planned)
             node = SourceInode(name, _STUB_STAT[ftype], entries=[], xattrs=_STUB_XATTRS)
-            self.reparented.append(node)        # (its parent is always a rewritten one)
+            self.reparented.append((node, nid))     # (its parent is always a rewritten one)
         elif ftype == fmt.EROFS_FT_CHRDEV or (xwhiteouts and ftype == fmt.EROFS_FT_REG_FILE):
             node = image_node(img, img.inode(nid), path + name)
         else:
@@ -713,10 +714,10 @@ def dotdot_patches(inc: Increment, written: list[PlannedInode]) -> list[tuple[in
     img = inc.base.img
     new_nids = {id(node.src): node.nid for node in written if node.ftype == fmt.EROFS_FT_DIR}
     patches = []
-    for done, directory in enumerate(inc.reparented, 1):
+    for done, (directory, nid) in enumerate(inc.reparented, 1):
         _let_go(img, done)
         parent_nid = new_nids[id(directory.parent)]
-        inode = img.inode(inc.kept[directory].nid)
+        inode = img.inode(nid)
         try:
             pos, entry = _dotdot(img, inode)
         except ImageError as err:
