@@ -185,6 +185,20 @@ def test_report_and_summary_say_base_and_new(tmp_path):
         line.split(": ", 1) for line in plain.summary_lines())
 
 
+def _inodes_read(monkeypatch, image: Path, upper: Path, inc: IncrementalOptions) -> list[int]:
+    """Put `upper` on `image`; the nids of the base inodes the build read."""
+    read = []
+    real_inode = Image.inode
+
+    def inode(self, nid):
+        read.append(nid)
+        return real_inode(self, nid)
+    monkeypatch.setattr(Image, "inode", inode)
+    build(image, upper, _opts(incremental=inc))
+    monkeypatch.undo()
+    return read
+
+
 def test_only_the_reached_base_directories_are_read(tmp_path, monkeypatch):
     """The base's inodes read are the reached directories' and their subdirectories': the
     files of directories the increment does not reach are never read, and keep their nids."""
@@ -195,15 +209,7 @@ def test_only_the_reached_base_directories_are_read(tmp_path, monkeypatch):
     build(image, lower, _opts())
     with Image.open(image) as img:
         nids = {name: img.lookup("/" + name).nid for name in files}
-    read = []
-    real_inode = Image.inode
-
-    def inode(self, nid):
-        read.append(nid)
-        return real_inode(self, nid)
-    monkeypatch.setattr(Image, "inode", inode)
-    build(image, upper, _opts(incremental=IncrementalOptions()))
-    monkeypatch.undo()
+    read = _inodes_read(monkeypatch, image, upper, IncrementalOptions())
     unreached = {nids[name] for name in files if not name.startswith("d0/")}
     assert read and not unreached & set(read)
     with Image.open(image) as img:
@@ -224,15 +230,7 @@ def test_what_the_increment_hides_is_not_read(tmp_path, monkeypatch):
     with Image.open(image) as img:
         hidden = {img.lookup(path).nid for path in ("/opq/a", "/opq/a/f", "/opq/g", "/hid",
                                                     "/hid/x", "/hid/x/f")}
-    read = []
-    real_inode = Image.inode
-
-    def inode(self, nid):
-        read.append(nid)
-        return real_inode(self, nid)
-    monkeypatch.setattr(Image, "inode", inode)
-    build(image, upper, _opts(incremental=IncrementalOptions(ovlfs_strip=True)))
-    monkeypatch.undo()
+    read = _inodes_read(monkeypatch, image, upper, IncrementalOptions(ovlfs_strip=True))
     assert read and not hidden & set(read)
     with Image.open(image) as img:
         assert [n for n, _nid, _t in img.listdir(img.lookup("/opq"))] == [b"new"]
