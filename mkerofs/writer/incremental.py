@@ -480,7 +480,8 @@ class Increment:
     """The merged tree, and which of its inodes are the base's, kept as they are."""
     base: Base
     root: SourceInode
-    kept: dict[SourceInode, WrittenInode]   # -> its nid in the base (and type)
+    kept: dict[SourceInode, WrittenInode]   # -> its nid in the base (and type); the build
+                                            # lets it go once planned
     reparented: list[tuple[SourceInode, int]]   # kept directories whose parent is
                                                 # rewritten, and their nids
 
