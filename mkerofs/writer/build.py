@@ -83,38 +83,20 @@ def _build(image, source, options: BuildOptions | None,
     image = os.fspath(image)
     report = BuildReport(image=image, options=options_dict(options))       # report
     build_time = options.build_time if options.build_time is not None else int(time.time())
-    if options.verify:
-        from .verify import verify_build        # loads the reader only when asked to
-    base = None
-    if options.incremental is not None:
-        from . import incremental               # loads the reader only when asked to
-        base = incremental.Base(image)
-        try:
-            options = base.amend(options)
-            sinks = _Sinks(base.output())
-        except BaseException:
-            base.close()
-            raise
-    else:
-        sinks = _Sinks(Output(image, options.offset))
     # what a tar stream opened (its spool holds file data) stays open until --verify has read it
     with contextlib.ExitStack() as inputs:
-        if base is not None:
-            inputs.callback(base.close)
+        increment = None
+        if options.incremental is not None:
+            increment = _IncrementStep(image, options, inputs)
+            options = increment.options
+        sinks = _Sinks(increment.output() if increment else Output(image, options.offset))
         try:
             found = _read_source(source, options, build_time, sinks, inputs, report, progress)
             options = found.options
-            root, increment, upper = found.root, None, None
-            if base is not None:
-                if options.verify:      # (the merge takes the tree apart)
-                    upper = incremental.copy_upper(root, options.incremental.mode == "rvsp")
-                increment = incremental.merge_increment(base, root,
-                                                        options.incremental.ovlfs_strip)
-                root = increment.root
+            root = increment.merge(found.root, options) if increment else found.root
             with report.phase("plan", progress):
-                plan = plan_inodes(root, options, build_time)
-                if increment is not None:
-                    incremental.split_plan(plan, increment, options)
+                plan = increment.plan(root, options, build_time) if increment else \
+                    plan_inodes(root, options, build_time)
                 if found.tar is not None and found.tar.order is not None:
                     plan.data_order = _in_tar_order(plan, found.tar.order)
                 xattrs = _plan_xattrs(plan, options)
@@ -126,39 +108,24 @@ def _build(image, source, options: BuildOptions | None,
                                       found.zcfg, found.hints, sinks.pool,
                                       tar.written if tar is not None else None, devices,
                                       tar.index if tar is not None else None, sinks.blob,
-                                      increment)
-            if upper is not None:
-                with report.phase("verify", progress):
-                    _verify_increment(base, upper, sinks.out, options, build_time)
+                                      increment.merged if increment else None)
+            if increment and options.verify:
+                with report.phase("verify", progress):      # (before IMAGE changes)
+                    increment.verify(sinks.out, options, build_time)
             with report.phase("finish", progress):
                 sinks.finish(result, lambda: _vmdk_extents(image, result, devices))
             _fill_report(report, result, plan, sinks.pool)                     # report
-            if base is not None:
-                report.base_inodes = base.superblock.inos
-                report.base_blocks = base.superblock.blocks
+            if increment:
+                increment.note(report)                                         # report
         except BaseException:
             sinks.abort()
             raise
-        if options.verify and base is None:
+        if options.verify and not increment:
+            from .verify import verify_build        # loads the reader only when asked to
             with report.phase("verify", progress):
                 verify_build(image, found.verify_source, options)
     report.note_memory()
     return result
-
-
-def _verify_increment(base, upper: SourceInode, out: Output, options: BuildOptions,
-                      build_time: int) -> None:
-    """--incremental --verify: the image as the increment makes it, read before IMAGE is
-    changed (a failure rolls the increment back), against the base and the source merged."""
-    from . import incremental
-    from .verify import verify_increment
-    expected = incremental.expected_tree(base, upper, options.incremental.ovlfs_strip,
-                                         options.xattr_tolerance >= 0)
-    view = out.view()
-    try:
-        verify_increment(view, base.path, expected, options, build_time)
-    finally:
-        view.close()
 
 
 def _checked(options: BuildOptions, source) -> BuildOptions:
@@ -731,6 +698,60 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
         result.report = BuildReport(dedupe_bytes=placed.store.saved_bytes,
                                     dedupe_blocks=placed.store.saved_blocks)
     return result
+
+
+class _IncrementStep:
+    """--incremental's steps of the pipeline (writer/incremental.py): the base, opened and
+    locked (closed with `inputs`); the source merged over it; the plan of the new inodes
+    only; --verify of the image as it will be, before IMAGE changes (a failure rolls the
+    increment back).  _lay_out_increment writes it."""
+
+    def __init__(self, image: str, options: BuildOptions, inputs: contextlib.ExitStack):
+        from . import incremental               # loads the reader only when asked to
+        self.base = incremental.Base(image)
+        inputs.callback(self.base.close)
+        self.options = self.base.amend(options)
+        self.merged = None                      # the incremental.Increment, once merged
+        self.upper: SourceInode | None = None   # --verify: the source tree, as it was
+
+    def output(self) -> Output:
+        return self.base.output()
+
+    def merge(self, root: SourceInode, options: BuildOptions) -> SourceInode:
+        """The merged tree of the source (`root`) over the base."""
+        from . import incremental
+        inc = options.incremental
+        if options.verify:      # (the merge takes the tree apart)
+            self.upper = incremental.copy_upper(root, inc.mode == "rvsp")
+        self.merged = incremental.merge_increment(self.base, root, inc.ovlfs_strip)
+        return self.merged.root
+
+    def plan(self, root: SourceInode, options: BuildOptions, build_time: int) -> Plan:
+        """The new inodes of the merged tree (the kept ones are named by their nids),
+        numbered after the base's."""
+        from . import incremental
+        plan = plan_inodes(root, options, build_time, self.merged.kept)
+        self.merged.kept = {}       # (the base's stubs can go: directories name them now)
+        incremental.renumber(plan, self.base, options)
+        return plan
+
+    def verify(self, out: Output, options: BuildOptions, build_time: int) -> None:
+        """--verify: the image as the increment makes it, read before IMAGE is changed,
+        against the base and the source merged."""
+        from . import incremental
+        from .verify import verify_increment
+        expected = incremental.expected_tree(self.base, self.upper,
+                                             options.incremental.ovlfs_strip,
+                                             options.xattr_tolerance >= 0)
+        view = out.view()
+        try:
+            verify_increment(view, self.base.path, expected, options, build_time)
+        finally:
+            view.close()
+
+    def note(self, report: BuildReport) -> None:
+        report.base_inodes = self.base.superblock.inos
+        report.base_blocks = self.base.superblock.blocks
 
 
 def _lay_out_increment(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout,
