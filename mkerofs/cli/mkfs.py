@@ -12,8 +12,6 @@ import uuid as uuidlib
 import click
 
 from .. import __version__
-from ..codecs import registry
-from ..codecs.spec import parse_compressor_spec
 from ..errors import BuildError
 from ..util import parse_c_int
 from ..writer.build import build
@@ -421,6 +419,8 @@ def command(image, sources, block_size, debug, compressor, pcluster_size,
         if value is not None:
             setattr(options, name, value)
     if compressor is not None:
+        # (the codecs are loaded only when asked for: a plain build needs none)
+        from ..codecs.spec import parse_compressor_spec
         try:
             parse_compressor_spec(compressor)
         except ValueError as err:
@@ -542,6 +542,7 @@ def _print_version(ctx: click.Context, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
     click.echo(f"mkerofs {__version__} (mkfs.erofs-compatible)")
+    from ..codecs import registry
     for name, served in registry.report().items():
         click.echo(f"  {name}: {served}")
     ctx.exit()

