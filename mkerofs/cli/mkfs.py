@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import re
@@ -35,6 +36,11 @@ _NOT_IMPLEMENTED = {
     "fs_config_file": "--fs-config-file", "async_queue_limit": "--async-queue-limit",
 }
 
+
+# main() run as the program hands the build's tree of inodes to this list and ends without
+# freeing it (see build's `keep`): the list holds itself and is frozen out of the cyclic
+# collector, so neither the end of the build nor the interpreter's exit lets it go.
+_UNFREED: list | None = None
 
 _UUID_FORM = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
@@ -470,7 +476,10 @@ def command(image, sources, block_size, debug, compressor, pcluster_size,
     # an unwritable --report FILE is found before the build, not after it
     with _report_sink(report_file) as report_out:
         with progress.build_bars(watching, source, tar_opts is not None):
-            result = build(image, source, options, progress=watching)
+            result = build(image, source, options, progress=watching, keep=_UNFREED)
+        if _UNFREED is not None:
+            _UNFREED.append(_UNFREED)
+            gc.freeze()
         if report_out is not None:
             write_report(result.report, report_out)
     if not quiet:
@@ -550,6 +559,9 @@ def _print_version(ctx: click.Context, value: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The `mkerofs` command: exit status 0 built, 1 the build failed, 2 a usage error."""
+    global _UNFREED
+    if argv is None:                # the process's own command line: it ends after the build
+        _UNFREED = []
     return run(command, "mkerofs", _getopt_style(list(sys.argv[1:] if argv is None else argv)))
 
 
