@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import re
@@ -12,8 +13,6 @@ import uuid as uuidlib
 import click
 
 from .. import __version__
-from ..codecs import registry
-from ..codecs.spec import parse_compressor_spec
 from ..errors import BuildError
 from ..util import parse_c_int
 from ..writer.build import build
@@ -37,6 +36,11 @@ _NOT_IMPLEMENTED = {
     "fs_config_file": "--fs-config-file", "async_queue_limit": "--async-queue-limit",
 }
 
+
+# main() run as the program hands the build's tree of inodes to this list and ends without
+# freeing it (see build's `keep`): the list holds itself and is frozen out of the cyclic
+# collector, so neither the end of the build nor the interpreter's exit lets it go.
+_UNFREED: list | None = None
 
 _UUID_FORM = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
@@ -424,6 +428,8 @@ def command(image, sources, block_size, debug, compressor, pcluster_size,
         if value is not None:
             setattr(options, name, value)
     if compressor is not None:
+        # (the codecs are loaded only when asked for: a plain build needs none)
+        from ..codecs.spec import parse_compressor_spec
         try:
             parse_compressor_spec(compressor)
         except ValueError as err:
@@ -473,7 +479,10 @@ def command(image, sources, block_size, debug, compressor, pcluster_size,
     # an unwritable --report FILE is found before the build, not after it
     with _report_sink(report_file) as report_out:
         with progress.build_bars(watching, source, tar_opts is not None):
-            result = build(image, source, options, progress=watching)
+            result = build(image, source, options, progress=watching, keep=_UNFREED)
+        if _UNFREED is not None:
+            _UNFREED.append(_UNFREED)
+            gc.freeze()
         if report_out is not None:
             write_report(result.report, report_out)
     if not quiet:
@@ -545,6 +554,7 @@ def _print_version(ctx: click.Context, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
     click.echo(f"mkerofs {__version__} (mkfs.erofs-compatible)")
+    from ..codecs import registry
     for name, served in registry.report().items():
         click.echo(f"  {name}: {served}")
     ctx.exit()
@@ -552,6 +562,9 @@ def _print_version(ctx: click.Context, value: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The `mkerofs` command: exit status 0 built, 1 the build failed, 2 a usage error."""
+    global _UNFREED
+    if argv is None:                # the process's own command line: it ends after the build
+        _UNFREED = []
     return run(command, "mkerofs", _getopt_style(list(sys.argv[1:] if argv is None else argv)))
 
 

@@ -281,6 +281,7 @@ class FlatCopier:
     and threads would contend with the calling thread for the GIL (slower than one thread)."""
 
     BATCH = 128
+    RUN = 512               # consecutive files a forked child copies before it skips ahead
 
     def __init__(self, data: DataArea, workers: int, view_of):
         self.data = data
@@ -313,12 +314,12 @@ class FlatCopier:
         try:
             for k in range(self.workers):
                 pid = os.fork()
-                if pid == 0:                # the child copies every workers-th file, then exits
+                if pid == 0:                # the child copies its share of the files, then exits
                     code = 1
                     try:
                         os.close(self.errors)
                         signal.signal(signal.SIGINT, signal.SIG_IGN)
-                        self._run(copies[k::self.workers])
+                        self._run(self._share(copies, k))
                         code = 0
                     except BaseException as err:
                         message = str(err) if isinstance(err, BuildError) else (
@@ -329,6 +330,16 @@ class FlatCopier:
                 self.pids.append(pid)
         finally:
             os.close(report)
+
+    def _share(self, copies: list, k: int) -> list:
+        """The files child k copies: every workers-th run of RUN consecutive files.  Runs, not
+        every workers-th file, so that each child touches the memory of its own files only
+        (the nodes of consecutive files sit together, and so do their inodes in the metadata
+        image): after fork, every page of objects or metadata that two processes write is
+        copied or faulted in by both."""
+        run, step = self.RUN, self.RUN * self.workers
+        return [node for at in range(k * run, len(copies), step)
+                for node in copies[at:at + run]]
 
     def __enter__(self) -> "FlatCopier":
         return self

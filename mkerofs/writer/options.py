@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from ..errors import BuildError
 from ..ondisk import format as fmt
 from ..util import posix_ere_to_python
-from .compress import check_pcluster_size
 from .xattrs import XattrLayout, XattrOptions
 
 
@@ -180,6 +179,8 @@ class BuildOptions:
         except ValueError as err:
             raise BuildError(str(err)) from None
         if self.pcluster_size is not None:
+            # (loaded only for -C: the compression modules load every codec)
+            from .compress import check_pcluster_size
             try:
                 check_pcluster_size(self.pcluster_size, bs)
             except ValueError as err:
