@@ -5,7 +5,9 @@ directory and name (as mkfs.erofs does), so file data read from a pipe or a comp
 to wait somewhere: like mkfs.erofs, in a file under ``$TMPDIR`` (else /tmp). Every file's bytes
 go into the one spool file, one after the other; a `DataRef` (path, offset) says where. Sparse
 files start on a block boundary of the spool and their holes are left unwritten, so they stay
-holes (and cost no space).
+holes (and cost no space); the file after one starts on a boundary too, or its first bytes would
+share a block with a hole at the sparse file's end, which SEEK_DATA then reports as data (a
+chunk-based build would store that chunk, when read in place it is a hole).
 
 The build's worker processes open the spool by name, so it keeps a real path until `close()`,
 which unlinks it (also on errors: use it as a context manager). Writes are gathered in a bounded
@@ -55,15 +57,17 @@ class Spool:
         if self._fd < 0:
             self._open()
         start = self._end
+        self._end = start + entry.size
         data = reader.small_data(entry)
         if data is not None:
             self._gather.write(start, data)
         else:
             if entry.sparse is not None:
                 start += -start % _SPARSE_ALIGN
+                # the next file too: not in a block of this one's last hole (module docstring)
+                self._end = start + fmt.round_up(entry.size, _SPARSE_ALIGN)
             for offset, piece in reader.chunks(entry):
                 self._gather.write(start + offset, piece)
-        self._end = start + entry.size
         return DataRef(self.path, start)
 
     def store_pieces(self, pieces: Iterable[bytes]) -> DataRef:
