@@ -136,7 +136,9 @@ def _set_zfeature(options: BuildOptions, key: str, on: bool, value: str | None,
             options.fragdedupe = "off"
         else:
             options.fragdedupe = "inode" if value == "inode" else "full"
-    elif on:                                # 48bit, dot-omitted
+    elif key == "48bit":
+        options.format_48bit = on
+    elif on:                                # dot-omitted
         raise click.UsageError(f"extended option -E{token}: not implemented in mkerofs yet "
                                "(needs the 48-bit on-disk format)")
 
@@ -276,7 +278,8 @@ class _MkfsStyleCommand(click.Command):
                    "force-inode-extended, nosbcrc, [^]xattr-name-filter, plain-xattr-prefixes, "
                    "[^]legacy-compress, [^]ztailpacking, [^]fragments[=SIZE], "
                    "[^]all-fragments[=SIZE], [^]dedupe (without -z: of chunks of a block), "
-                   "[^]fragdedupe[=inode|full], force-chunk-indexes, force-inode-blockmap")
+                   "[^]fragdedupe[=inode|full], force-chunk-indexes, force-inode-blockmap, "
+                   "[^]48bit (chunks past 2^32 blocks; uncompressed only)")
 @click.option("-L", "label", metavar="LABEL", help="volume label (at most 15 bytes)")
 @click.option("-T", "timestamp", metavar="#", type=CInt("UNIX timestamp"),
               help="fixed UNIX timestamp as build time")

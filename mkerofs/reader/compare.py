@@ -129,6 +129,31 @@ def _data_difference(img: Image, inode: Inode, tree: SourceTree, rel: bytes) -> 
     return None
 
 
+# bytes of file data compared between two rounds of giving pages back (_PageBudget)
+_DROP_EVERY = 32 << 20
+
+
+class _PageBudget:
+    """Gives back the pages of the mapped image (and of the source, if it has drop_pages)
+    every _DROP_EVERY bytes of file data compared: read through mappings, every page of a
+    whole image would otherwise stay in the resident size, twice when the source is mapped
+    images too (--verify in rebuild mode: the layers, read as the image's devices and as the
+    source)."""
+
+    def __init__(self, img: Image, tree):
+        self._drops = [img.drop_pages]
+        if hasattr(tree, "drop_pages"):
+            self._drops.append(tree.drop_pages)
+        self._left = _DROP_EVERY
+
+    def spend(self, nbytes: int) -> None:
+        self._left -= nbytes
+        if self._left <= 0:
+            for drop in self._drops:
+                drop()
+            self._left = _DROP_EVERY
+
+
 def compare_image(img: Image, source: str | bytes | os.PathLike | SourceTree, *,
                   path: Optional[str | bytes] = None,
                   check_owner: bool = True, check_mtime: bool = True, check_xattrs: bool = True,
@@ -163,6 +188,7 @@ def compare_image(img: Image, source: str | bytes | os.PathLike | SourceTree, *,
     else:
         tree = source
     top_path, top = resolve(img, path)
+    budget = _PageBudget(img, tree)
     diffs: list[str] = []
 
     class _Full(Exception):
@@ -234,6 +260,8 @@ def compare_image(img: Image, source: str | bytes | os.PathLike | SourceTree, *,
                 entered.add(rel)
             if not stat.S_ISDIR(inode.mode):
                 nid_of[rel] = inode.nid
+            if stat.S_ISREG(inode.mode):
+                budget.spend(inode.size)
             if as_is is not None and as_is(rel):
                 _compare_one(img, inode, st, rel, tree, inode.nlink, add, _own_ids,
                              check_owner, check_mtime, check_xattrs, None, None, None)

@@ -82,38 +82,20 @@ def _build(image, source, options: BuildOptions | None,
     image = os.fspath(image)
     report = BuildReport(image=image, options=options_dict(options))       # report
     build_time = options.build_time if options.build_time is not None else int(time.time())
-    if options.verify:
-        from .verify import verify_build        # loads the reader only when asked to
-    base = None
-    if options.incremental is not None:
-        from . import incremental               # loads the reader only when asked to
-        base = incremental.Base(image)
-        try:
-            options = base.amend(options)
-            sinks = _Sinks(base.output())
-        except BaseException:
-            base.close()
-            raise
-    else:
-        sinks = _Sinks(Output(image, options.offset))
     # what a tar stream opened (its spool holds file data) stays open until --verify has read it
     with contextlib.ExitStack() as inputs:
-        if base is not None:
-            inputs.callback(base.close)
+        increment = None
+        if options.incremental is not None:
+            increment = _IncrementStep(image, options, inputs)
+            options = increment.options
+        sinks = _Sinks(increment.output() if increment else Output(image, options.offset))
         try:
             found = _read_source(source, options, build_time, sinks, inputs, report, progress)
             options = found.options
-            root, increment, upper = found.root, None, None
-            if base is not None:
-                if options.verify:      # (the merge takes the tree apart)
-                    upper = incremental.copy_upper(root, options.incremental.mode == "rvsp")
-                increment = incremental.merge_increment(base, root,
-                                                        options.incremental.ovlfs_strip)
-                root = increment.root
+            root = increment.merge(found.root, options) if increment else found.root
             with report.phase("plan", progress):
-                plan = plan_inodes(root, options, build_time)
-                if increment is not None:
-                    incremental.split_plan(plan, increment, options)
+                plan = increment.plan(root, options, build_time) if increment else \
+                    plan_inodes(root, options, build_time)
                 if found.tar is not None and found.tar.order is not None:
                     plan.data_order = _in_tar_order(plan, found.tar.order)
                 xattrs = _plan_xattrs(plan, options)
@@ -125,39 +107,24 @@ def _build(image, source, options: BuildOptions | None,
                                       found.zcfg, found.hints, sinks.pool,
                                       tar.written if tar is not None else None, devices,
                                       tar.index if tar is not None else None, sinks.blob,
-                                      increment)
-            if upper is not None:
-                with report.phase("verify", progress):
-                    _verify_increment(base, upper, sinks.out, options, build_time)
+                                      increment.merged if increment else None)
+            if increment and options.verify:
+                with report.phase("verify", progress):      # (before IMAGE changes)
+                    increment.verify(sinks.out, options, build_time)
             with report.phase("finish", progress):
                 sinks.finish(result, lambda: _vmdk_extents(image, result, devices))
             _fill_report(report, result, plan, sinks.pool)                     # report
-            if base is not None:
-                report.base_inodes = base.superblock.inos
-                report.base_blocks = base.superblock.blocks
+            if increment:
+                increment.note(report)                                         # report
         except BaseException:
             sinks.abort()
             raise
-        if options.verify and base is None:
+        if options.verify and not increment:
+            from .verify import verify_build        # loads the reader only when asked to
             with report.phase("verify", progress):
                 verify_build(image, found.verify_source, options)
     report.note_memory()
     return result
-
-
-def _verify_increment(base, upper: SourceInode, out: Output, options: BuildOptions,
-                      build_time: int) -> None:
-    """--incremental --verify: the image as the increment makes it, read before IMAGE is
-    changed (a failure rolls the increment back), against the base and the source merged."""
-    from . import incremental
-    from .verify import verify_increment
-    expected = incremental.expected_tree(base, upper, options.incremental.ovlfs_strip,
-                                         options.xattr_tolerance >= 0)
-    view = out.view()
-    try:
-        verify_increment(view, base.path, expected, options, build_time)
-    finally:
-        view.close()
 
 
 def _checked(options: BuildOptions, source) -> BuildOptions:
@@ -296,7 +263,7 @@ def _device_table(options: BuildOptions, found: _Source, blob: BlobFile | None,
     without --clean)."""
     devices = DeviceTable()
     if found.tar is not None and found.tar.index is not None and _tar_device(options):
-        devices.add(_tar_as_device(found.tar.index, _path_given(source)))
+        devices.add(_tar_as_device(found.tar.index, _path_given(source), options.format_48bit))
     if blob is not None:
         devices.add(blob.device)
     if found.layers is not None and options.rebuild.clean is None:
@@ -327,7 +294,8 @@ def _rebuild_tree(layers, options: BuildOptions,
         # the image read back through its device table: the images, or their devices)
         verify_source = TarSource.capture(
             root, contents=layers.contents(files) if mode != "rvsp" else None,
-            devices=layers.device_files() if mode is None else None)
+            devices=layers.device_files() if mode is None else None,
+            release=layers.drop_pages)
     # (the spool makes its file when the first file is copied into it: none when every file
     # points into the images)
     from .spool import Spool                # as layers does: loaded only in rebuild mode
@@ -400,6 +368,11 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     from .tarsource import TarTreeOptions, read_tar_tree
     from .tarstream import TarReader
     tar = options.tar
+    if _sort_none_overruled(options) and not options.quiet:
+        print("mkerofs: warning: --sort=none is ignored with chunk-based files (--chunksize, "
+              "-Ededupe without -z): their data is stored chunk by chunk in the usual order "
+              "(mkfs.erofs 1.9.3 drops the chunks instead, storing the files whole in tar "
+              "order)", file=sys.stderr)
     try:
         dump = inputs.enter_context(open(tar.dump, "wb")) if tar.dump else None
         stream = inputs.enter_context(open_input(source, tar.decompress, dump))
@@ -462,15 +435,17 @@ def _tar_device(options: BuildOptions) -> bool:
     return options.tar is not None and options.tar.mode == "i" and not options.tar.mapfile
 
 
-def _tar_as_device(tar_index: TarIndex, src_path: str | None) -> ExtraDevice:
+def _tar_as_device(tar_index: TarIndex, src_path: str | None, wide_ok: bool) -> ExtraDevice:
     """--tar=i: the tar as extra device 1, as long as mkfs.erofs counts it (to the end of the
-    end-of-archive marker)."""
+    end-of-archive marker).  One of 2 TiB or more (2^32 blocks of 512 bytes) needs the 48-bit
+    format (`wide_ok`) for its slot and the chunk indexes of its last files: refused here
+    without it, before any file is indexed.  (mkfs.erofs 1.9.3 turns the format on by
+    itself then.)"""
     from .tarstream import BLOCK as TAR_BLOCK         # loads the tar reader only for tar input
     blocks = -(-tar_index.tar_bytes // TAR_BLOCK)
-    if blocks >= fmt.EROFS_NULL_ADDR_32:
-        # (the slot's high halves count only in the 48-bit format)
-        raise BuildError("--tar=i: a tar of 2 TiB or more needs the 48-bit on-disk format, "
-                         "not implemented in mkerofs yet")
+    if blocks > fmt.EROFS_MAX_BLOCKS_LO and not wide_ok:
+        raise BuildError(f"--tar=i: {src_path or 'the tar'} is {tar_index.tar_bytes} bytes, "
+                         "2 TiB or more: its blocks need 48-bit block addresses (-E48bit)")
     return ExtraDevice("the tar", blocks, src_path=src_path)
 
 
@@ -497,6 +472,15 @@ def _noting_files(files: list[SourceInode]) -> Callable:
         files.append(src)
 
     return note
+
+
+def _sort_none_overruled(options: BuildOptions) -> bool:
+    """--sort=none where mkfs.erofs would honour it but mkerofs does not: with chunk-based
+    files, whose chunks go through the chunk store (deduplicated, from a file read in place or
+    the spool), not straight into the image."""
+    tar = options.tar
+    return tar.sort == "none" and tar.mode == "f" and not options.compressor \
+        and not options.inline_data and options.chunkbits is not None
 
 
 def _head_blocks(block_size: int) -> int:
@@ -689,7 +673,9 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
         sb.feature_incompat |= fmt.EROFS_FEATURE_INCOMPAT_DEVICE_TABLE
         sb.extra_devices = len(devices.devices)
         sb.devt_slotoff = fmt.devt_slotoff(devt_pos)
-        meta.put(devt_pos, devices.slots(blocks))
+        meta.put(devt_pos, devices.slots(blocks, options.format_48bit))
+    if options.format_48bit:
+        sb.feature_incompat |= fmt.EROFS_FEATURE_INCOMPAT_48BIT
     if len(nodes) > len(plan.inodes):
         sb.packed_nid = nodes[-1].nid
     if zcfg is not None:
@@ -711,6 +697,60 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
         result.report = BuildReport(dedupe_bytes=placed.store.saved_bytes,
                                     dedupe_blocks=placed.store.saved_blocks)
     return result
+
+
+class _IncrementStep:
+    """--incremental's steps of the pipeline (writer/incremental.py): the base, opened and
+    locked (closed with `inputs`); the source merged over it; the plan of the new inodes
+    only; --verify of the image as it will be, before IMAGE changes (a failure rolls the
+    increment back).  _lay_out_increment writes it."""
+
+    def __init__(self, image: str, options: BuildOptions, inputs: contextlib.ExitStack):
+        from . import incremental               # loads the reader only when asked to
+        self.base = incremental.Base(image)
+        inputs.callback(self.base.close)
+        self.options = self.base.amend(options)
+        self.merged = None                      # the incremental.Increment, once merged
+        self.upper: SourceInode | None = None   # --verify: the source tree, as it was
+
+    def output(self) -> Output:
+        return self.base.output()
+
+    def merge(self, root: SourceInode, options: BuildOptions) -> SourceInode:
+        """The merged tree of the source (`root`) over the base."""
+        from . import incremental
+        inc = options.incremental
+        if options.verify:      # (the merge takes the tree apart)
+            self.upper = incremental.copy_upper(root, inc.mode == "rvsp")
+        self.merged = incremental.merge_increment(self.base, root, inc.ovlfs_strip)
+        return self.merged.root
+
+    def plan(self, root: SourceInode, options: BuildOptions, build_time: int) -> Plan:
+        """The new inodes of the merged tree (the kept ones are named by their nids),
+        numbered after the base's."""
+        from . import incremental
+        plan = plan_inodes(root, options, build_time, self.merged.kept)
+        self.merged.kept = {}       # (the base's stubs can go: directories name them now)
+        incremental.renumber(plan, self.base, options)
+        return plan
+
+    def verify(self, out: Output, options: BuildOptions, build_time: int) -> None:
+        """--verify: the image as the increment makes it, read before IMAGE is changed,
+        against the base and the source merged."""
+        from . import incremental
+        from .verify import verify_increment
+        expected = incremental.expected_tree(self.base, self.upper,
+                                             options.incremental.ovlfs_strip,
+                                             options.xattr_tolerance >= 0)
+        view = out.view()
+        try:
+            verify_increment(view, self.base.path, expected, options, build_time)
+        finally:
+            view.close()
+
+    def note(self, report: BuildReport) -> None:
+        report.base_inodes = self.base.superblock.inos
+        report.base_blocks = self.base.superblock.blocks
 
 
 def _lay_out_increment(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout,
@@ -799,7 +839,8 @@ def _assign_data(plan: Plan, options: BuildOptions, source: bytes, xattrs: Xattr
     # for a small tar)
     map_lines = _index_tar(plan, options, tar_index, data) if tar_index is not None else None
     # rebuild mode: files whose bytes stay in the source images point there
-    indexed = options.rebuild is not None and index_layer_files(plan.inodes, bits)
+    indexed = options.rebuild is not None and index_layer_files(plan.inodes, bits,
+                                                                options.format_48bit)
     # the shared xattr area: whole blocks at the start of the data area; ids count from there
     xattr_blkaddr = data.allocate(-(-len(xattrs.shared_area) // bs)) if xattrs.shared_area else 0
     nodes = list(plan.inodes)
@@ -969,7 +1010,8 @@ def _chunk_regular_files(plan: Plan, options: BuildOptions, data: DataArea,
     store = ChunkStore(blob if blob is not None else ImageBlocks(data), blkszbits,
                        options.chunkbits, indexes=options.chunk_format == "indexes",
                        device_id=1 if blob is not None else 0,
-                       dedupe=options.dedupe is not False, dsunit=dsunit)
+                       dedupe=options.dedupe is not False, dsunit=dsunit,
+                       wide_ok=options.format_48bit)
     for node in plan.data_order or plan.inodes:
         if node.ftype == fmt.EROFS_FT_REG_FILE and node.size and node.flat is None and \
                 not node.compressed and not node.chunk_based:

@@ -17,6 +17,12 @@ The kernel's rules (fs/erofs/erofs_fs.h, inode.c erofs_read_inode, data.c erofs_
   the format refuses to mount it instead of failing on those files.  (mkfs.erofs 1.9.3 sets the
   bit only for --chunksize; its --tar=headerball images have chunk-based inodes without it.)
 
+* A block address of 2^32 or more needs EROFS_CHUNK_FORMAT_48BIT in 8-byte indexes, and the
+  image EROFS_FEATURE_INCOMPAT_48BIT: kernels from 6.15 read such indexes whatever the
+  superblock says; older ones refuse to mount an image with the bit, and without it mount the
+  image and then fail on the file.  mkerofs stores them only with
+  -E48bit (check_wide); mkfs.erofs 1.9.3 writes them into --blobdev images without the bit.
+
 What mkerofs stores this way:
 
 * Regular files whose bytes are nowhere (--tar=headerball: walk.DataRef with no path) and not
@@ -37,8 +43,8 @@ What mkerofs stores this way:
 * --tar=i: regular files whose bytes stay in the tar (DataRef.indexed), each with one chunk
   covering it (as a headerball file).  Without a MAPFILE the
   block size is the tar's 512 bytes and the tar is extra device 1: 8-byte chunk indexes name
-  device 1 and the block of the file's data in the tar (48-bit ones when the tar is larger
-  than 2 TiB).  With --tar=i,MAPFILE there is no device: a 4-byte block map points into a
+  device 1 and the block of the file's data in the tar (48-bit ones for data past 2 TiB,
+  which only -E48bit allows: check_wide, build._tar_as_device).  With --tar=i,MAPFILE there is no device: a 4-byte block map points into a
   "blob" reserved in the image as a hole, each file's data rounded up to blocks, in tar order
   (`TarIndex.blob`), and the MAPFILE says which ranges of the tar belong where (`map_line`).
 * Rebuild mode without --clean (writer/layers.py): regular files whose bytes stay in a source
@@ -54,8 +60,9 @@ chunks too (5.15).
 from __future__ import annotations
 
 import errno
+import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, NamedTuple, Protocol, Sequence
 
 import xxhash
@@ -75,22 +82,18 @@ class ChunkLayout:
     chunkbits: int
     indexes: bool = False           # 8-byte chunk indexes rather than a 4-byte block map
     wide: bool = False              # 48-bit block addresses in the chunk indexes
+    # (derived, once: a layout may encode many files' maps)
+    chunkformat: int = field(init=False)    # the inode's i_u (erofs_inode_chunk_info.format)
+    count: int = field(init=False)          # chunks, so map entries
 
     def __post_init__(self) -> None:
         extra = self.chunkbits - self.blkszbits
         assert 0 <= extra <= fmt.EROFS_CHUNK_FORMAT_BLKBITS_MASK, "chunk size out of range"
         assert self.indexes or not self.wide, "48-bit addresses need chunk indexes"
-
-    @property
-    def chunkformat(self) -> int:
-        """The inode's i_u (erofs_inode_chunk_info.format)."""
-        extra = self.chunkbits - self.blkszbits
-        return extra | (fmt.EROFS_CHUNK_FORMAT_INDEXES if self.indexes else 0) | \
-            (fmt.EROFS_CHUNK_FORMAT_48BIT if self.wide else 0)
-
-    @property
-    def count(self) -> int:
-        return -(-self.size >> self.chunkbits)
+        object.__setattr__(self, "chunkformat", extra | (
+            fmt.EROFS_CHUNK_FORMAT_INDEXES if self.indexes else 0) | (
+            fmt.EROFS_CHUNK_FORMAT_48BIT if self.wide else 0))
+        object.__setattr__(self, "count", -(-self.size >> self.chunkbits))
 
     def encode_map(self, inode_end: int, blkaddrs: Sequence[int | None],
                    device_id: int = 0) -> bytes:
@@ -100,7 +103,7 @@ class ChunkLayout:
         only) names where the blocks are: 0 the image, n the device table's slot n."""
         assert len(blkaddrs) == self.count
         assert self.indexes or device_id == 0, "a block map addresses the image only"
-        pad = bytes(fmt.chunk_map_start(inode_end, self.chunkformat) - inode_end)
+        pad = _map_padding(inode_end, self.chunkformat)
         if not self.indexes:
             null = fmt.EROFS_NULL_ADDR_32
             return pad + fmt.pack_block_map([null if a is None else a for a in blkaddrs])
@@ -116,6 +119,13 @@ class ChunkLayout:
                 assert a < null, "block address too wide for this chunk format"
                 out.append(entry(a >> 32, device_id, a & 0xFFFFFFFF))
         return b"".join(out)
+
+
+@functools.lru_cache(maxsize=1024)
+def _map_padding(inode_end: int, chunkformat: int) -> bytes:
+    """The zeros between an inode (and xattrs) ending at `inode_end` and its chunk map (a few
+    values of both recur: inodes start at 32-byte slots)."""
+    return bytes(fmt.chunk_map_start(inode_end, chunkformat) - inode_end)
 
 
 def needs_wide(blkaddrs: Iterable[int | None]) -> bool:
@@ -156,12 +166,22 @@ def make_indexed_file(node: PlannedInode, blkszbits: int, start: int, device_id:
     `device_id` (8-byte chunk indexes), or of the image (device 0: a block map)."""
     size = node.size
     chunkbits = covering_chunkbits(size, blkszbits)
+    count = -(-size >> chunkbits)
     step = 1 << (chunkbits - blkszbits)
     # the addresses rise: the last one says whether they all fit 32 bits (needs_wide)
-    last = start + (-(-size >> chunkbits) - 1) * step
-    layout = ChunkLayout(size, blkszbits, chunkbits, bool(device_id),
-                         bool(device_id) and last >= fmt.EROFS_NULL_ADDR_32)
-    set_chunk_map(node, layout, range(start, last + 1, step), device_id)
+    last = start + (count - 1) * step
+    layout = _indexed_layout(count, blkszbits, chunkbits, device_id != 0,
+                             device_id != 0 and last >= fmt.EROFS_NULL_ADDR_32)
+    set_chunk_map(node, layout, (start,) if count == 1 else range(start, last + 1, step),
+                  device_id)
+
+
+@functools.lru_cache(maxsize=256)
+def _indexed_layout(count: int, blkszbits: int, chunkbits: int, indexes: bool,
+                    wide: bool) -> ChunkLayout:
+    """The layout of every file of `count` chunks of 2^chunkbits bytes (the size itself
+    matters to no map: one layout serves them all, not one a file)."""
+    return ChunkLayout(count << chunkbits, blkszbits, chunkbits, indexes, wide)
 
 
 @dataclass
@@ -226,9 +246,10 @@ class LayerChunks(NamedTuple):
     blkaddrs: tuple[int | None, ...]
 
 
-def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int) -> bool:
+def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int,
+                      wide_ok: bool = False) -> bool:
     """Make every regular file whose bytes stay in a source image (DataRef.layer) chunk-based
-    over that image's device; True if there was one."""
+    over that image's device; True if there was one.  (`wide_ok`: as ChunkStore.)"""
     found = False
     # (a layout encodes any file of the same chunk size, chunk count and address width: one
     # each, not one per file)
@@ -239,6 +260,8 @@ def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int) -> bool:
             continue
         device_id, chunkbits, blkaddrs = ref.layer
         key = (chunkbits, len(blkaddrs), needs_wide(blkaddrs))
+        if key[2]:
+            check_wide(node.display_path(), True, wide_ok)
         layout = layouts.get(key)
         if layout is None:
             layout = layouts[key] = ChunkLayout(node.size, blkszbits, chunkbits, indexes=True,
@@ -293,7 +316,7 @@ class ChunkStore:
 
     def __init__(self, sink: ChunkSink, blkszbits: int, chunkbits: int, *,
                  indexes: bool = False, device_id: int = 0, dedupe: bool = True,
-                 dsunit: int = 1):
+                 dsunit: int = 1, wide_ok: bool = False):
         assert blkszbits <= chunkbits <= blkszbits + fmt.EROFS_CHUNK_FORMAT_BLKBITS_MASK
         self.sink = sink
         self.dsunit = dsunit
@@ -303,6 +326,7 @@ class ChunkStore:
         self.indexes = indexes or device_id != 0
         self.device_id = device_id
         self.dedupe = dedupe
+        self.wide_ok = wide_ok          # -E48bit: chunks may lie past 2^32 blocks
         # hash >> _KEY_SHIFT -> the first chunk stored with it: its first block << _lenbits |
         # its length (the last chunk of a file may be short), None for a hole (all zeros);
         # _others: the further ones, in the unlikely case that different chunks share a key
@@ -540,10 +564,21 @@ def chunk_file(store: ChunkStore, fd: int, base: int, size: int, where: str
     addrs.extend([None] * (-(-size >> bits) - len(addrs)))
     bits, addrs = merged_chunks(addrs, bits, store.blkszbits, size)
     wide = needs_wide(addrs)
-    if wide and not store.indexes:
-        raise BuildError(f"{where}: block address beyond the 32-bit block map "
-                         "(try -Eforce-chunk-indexes)")
+    if wide:
+        check_wide(where, store.indexes, store.wide_ok)
     return ChunkLayout(size, store.blkszbits, bits, store.indexes, wide), addrs
+
+
+def check_wide(where: str, indexes: bool, wide_ok: bool) -> None:
+    """Refuse a file with a chunk at block 2^32 or later where that cannot be stored: a block
+    map holds 32 bits, and 48-bit chunk indexes belong to the 48-bit format (-E48bit): without
+    its superblock bit a kernel before 6.15 mounts the image and then fails on the file."""
+    if not indexes:
+        raise BuildError(f"{where}: a chunk at block 2^32 or later: more than a 32-bit block "
+                         "map addresses")
+    if not wide_ok:
+        raise BuildError(f"{where}: a chunk at block 2^32 or later needs 48-bit block "
+                         "addresses (-E48bit)")
 
 
 def make_chunked(node: PlannedInode, store: ChunkStore) -> None:

@@ -55,21 +55,20 @@ class DeviceTable:
     def size(self) -> int:
         return len(self.devices) * fmt.EROFS_DEVT_SLOT_SIZE
 
-    def slots(self, primary_blocks: int) -> bytes:
+    def slots(self, primary_blocks: int, wide_ok: bool = False) -> bytes:
         """The packed slots, each device mapped right after the primary device and the
-        devices before it."""
+        devices before it.  A size or start of 2^32 blocks or more needs the slot's high
+        halves, which only the 48-bit format has (`wide_ok`, -E48bit): refused otherwise."""
         out = []
         uniaddr = primary_blocks
         for dev in self.devices:
+            if max(dev.blocks, uniaddr) > fmt.EROFS_MAX_BLOCKS_LO and not wide_ok:
+                raise BuildError(f"{dev.name}: {dev.blocks} blocks from block {uniaddr} of "
+                                 "the unified address space: more than 32 bits address "
+                                 "(needs -E48bit)")
             out.append(fmt.DeviceSlot(dev.blocks, uniaddr, dev.tag).pack())
             uniaddr += dev.blocks
         return b"".join(out)
-
-    @property
-    def wide(self) -> bool:
-        """True if a slot needs the 48-bit format's high halves."""
-        total = sum(d.blocks for d in self.devices)
-        return total >= 1 << 32
 
 
 class BlobFile:

@@ -6,20 +6,24 @@ overlay metadata).  The base's bytes are kept and the new part appended, so an i
 time in proportion to what it adds, not to the base:
 
 * Only the base directories the increment reaches are read: those at a path where SOURCE has
-  a directory (and the path to them).  There the merge sees every entry, with the nid and
-  type its dirent gives; an entry's inode is read only where the rules look at it (a
-  character device, or a regular file in an opaque "x" directory: either may be a whiteout;
-  a subdirectory: to patch its "..").  Everything else in the base is left as it is, unread:
-  so with --ovlfs-strip, whiteouts (and overlay marks) of the base in directories the
-  increment does not reach stay, as with mkfs.erofs 1.9.3 (a base built with --ovlfs-strip
-  has none).
-* Base inodes that the merge keeps as they were keep their nid and are not rewritten: every
-  non-directory, every directory not read, and a directory read whose entries (the same
-  inodes under the same names), xattrs and subdirectories are all unchanged.  Every other
-  directory, and its ancestors up to the root (their entries name a new nid), is written
-  anew, its link count from its subdirectories in the merge; the root always is.
-* A kept directory whose parent got a new nid has its ".." entry rewritten in place (its
-  directory data must be plain blocks or an inline tail: other layouts are not kept).
+  a directory that does not hide what is below it (and the path to them).  They are merged
+  as they are read (layers.merge_onto): an entry SOURCE hides is not looked at; of the
+  others, the merge has the nid and type the dirent gives, and an entry's inode is read
+  only where the rules look at it (a character device, or a regular file in an opaque "x"
+  directory: either may be a whiteout; a subdirectory: to patch its "..").  Everything else
+  in the base is left as it is, unread: so with --ovlfs-strip, whiteouts (and overlay
+  marks) of the base in directories the increment does not reach stay, as with mkfs.erofs
+  1.9.3 (a base built with --ovlfs-strip has none).
+* Base inodes that the merge keeps keep their nid and are not rewritten: every
+  non-directory, and every directory the increment does not reach (nothing under it
+  changes); planning knows them by nid and type only (plan.WrittenInode).  Every directory
+  the increment reaches is written anew (SOURCE's, the base's entries merged in), and so
+  are its ancestors up to the root (their entries name a new nid), each with its link count
+  from its subdirectories in the merge.
+* A kept directory's parent is thus always new: its ".." entry is rewritten in place.  Its
+  data must be plain blocks or an inline tail; a directory with another layout is read
+  whole and rewritten (with the base's attributes), down to the subdirectories that can be
+  patched.
 * New data goes from block ceil(file size / block size) on, new metadata after it; nids still
   count from the base's meta_blkaddr, inode numbers from the base's inode count; the base's
   epoch stays (a compact inode's mtime is relative to it: a new file with another mtime gets
@@ -65,7 +69,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import mmap
-import operator
 import os
 import re
 import stat
@@ -77,11 +80,11 @@ from ..errors import BuildError, ImageError
 from ..ondisk import format as fmt
 from ..reader.image import Image, Inode
 from ..util import pwrite_all
-from .layers import (OPAQUE, OPAQUE_XWHITEOUTS, LayerTree, image_node, merge_layers,
+from .layers import (OPAQUE, OPAQUE_XWHITEOUTS, OPAQUE_YES, LayerTree, image_node, merge_onto,
                      read_image_tree)
 from .options import BuildOptions
 from .output import Output
-from .plan import Plan, PlannedInode
+from .plan import Plan, PlannedInode, WrittenInode
 from .verify import TarSource
 from .walk import DataRef, SourceInode, SourceStat
 
@@ -91,8 +94,9 @@ _ALL_INLINE = 1 << 30           # an -x tolerance no xattr reaches: none is shar
 _ROOT_NID_MAX = 0xFFFF
 # Directories read between two releases of the base's mapped pages: reading the inodes of
 # every subdirectory reached (and the ".." entries of those kept) maps much of the base's
-# metadata (a fault maps the pages around it too), and little of it is read again.
-_DROP_EVERY = 256
+# metadata (a fault maps up to 16 pages around it, whatever madvise says), and little of it
+# is read again.  (Every 256: the peak of the bench row's increment was 8 MB higher.)
+_DROP_EVERY = 32
 
 
 class Base:
@@ -476,101 +480,109 @@ class Increment:
     """The merged tree, and which of its inodes are the base's, kept as they are."""
     base: Base
     root: SourceInode
-    kept: dict[SourceInode, int]            # -> its nid in the base
-    reparented: list[SourceInode]           # kept directories whose parent is rewritten
-
-
-@dataclass
-class _Reach:
-    """The base's tree as far as the increment reaches (see read_reached)."""
-    root: SourceInode
-    nids: dict[SourceInode, int]            # every node's nid in the base
-    read: dict[SourceInode, tuple]          # directories read: -> their state (_dir_state)
-    inodes: dict[SourceInode, Inode]        # the directories whose inode was read
+    kept: dict[SourceInode, WrittenInode]   # -> its nid in the base (and type); the build
+                                            # lets it go once planned
+    reparented: list[tuple[SourceInode, int]]   # kept directories whose parent is
+                                                # rewritten, and their nids
 
 
 def merge_increment(base: Base, upper: SourceInode, strip: bool) -> Increment:
     """Put `upper` (the increment's tree) on top of the base's (overlayfs rules, layers.py),
-    reading only the base directories the increment reaches (read_reached)."""
+    reading only the base directories the increment reaches (_BaseFold)."""
+    fold = _BaseFold(base.img)
     try:
-        reach = read_reached(base.img, upper)
+        root, _count = merge_onto(upper, fold.below, strip)
     except ImageError as err:
         raise BuildError(f"{base.path}: {err}") from None
-    root, _count = merge_layers([reach.root, upper], strip)
-    kept = _kept(root, reach)
-    reparented = [node for node in kept if node.entries is not None
-                  and node.parent not in kept]
-    for node in kept:
-        if node.entries is not None:
-            node.entries = []       # (planned without their subtree: nothing there changes)
-    return Increment(base, root, kept, reparented)
+    base.img.drop_pages()
+    return Increment(base, root, fold.kept, fold.reparented)
 
 
-def read_reached(img: Image, upper: SourceInode) -> _Reach:
-    """The base's tree, read only where the increment can change it: the base directories at
-    the paths where `upper` has a directory.  Their entries are read with their dirents' nids
-    and types: an entry's inode is read only where the merge looks at it (a character device
-    or, in an opaque "x" directory, a regular file: it may be a whiteout; a subdirectory: its
-    data layout, as a ".." entry may have to be patched).  Every other base node is a stub
-    of the right type; stub directories have no entries (the merge keeps them as they are).
-    A subdirectory whose ".." cannot be patched (its data is not flat) is read too: it may
-    have to be rewritten."""
-    root_inode = img.root
-    root = image_node(img, root_inode, b"/")
-    root.parent = root
-    reach = _Reach(root, {root: root_inode.nid}, {}, {root: root_inode})
-    seen: dict[int, SourceInode] = {root_inode.nid: root}
-    pending = [(root, root_inode, upper)]
-    done = 0
-    while pending:
-        directory, inode, up = pending.pop()
-        _read_entries(img, directory, inode, reach, seen)
-        done += 1
-        _let_go(img, done)
-        uppers = {} if up is None else \
-            {name: child for name, child in up.entries if child.entries is not None}
-        for name, child in directory.entries:
-            if child.entries is None or child in reach.read:
+class _BaseFold:
+    """The base merged below the increment's tree as it is read (merge_onto), only where the
+    increment reaches (module docstring).  What the merge takes of it and keeps are stubs:
+    nodes of the right type without attributes, which `kept` gives the nid of."""
+
+    def __init__(self, img: Image):
+        self.img = img
+        self.kept: dict[SourceInode, WrittenInode] = {}
+        self.reparented: list[tuple[SourceInode, int]] = []
+        self.unread: list[tuple[SourceInode, Inode, bytes]] = []    # rewritten, to read
+        self.dirs: set[int] = set()             # the directory nids met
+        self.listed = 0
+
+    def below(self, merged) -> None:
+        """Fold the base into `merged`, the merge in progress (as its add_below would, the
+        base read as it goes)."""
+        root = self.img.root
+        self.dirs.add(root.nid)
+        pending = [(merged.root, root, b"/")]
+        sealed = merged.sealed
+        while pending:
+            up, inode, path = pending.pop()
+            if up in sealed:
                 continue
-            up_child = uppers.get(name)
-            child_inode = reach.inodes[child]
-            if up_child is not None or child_inode.datalayout not in _KEPT_DIR_LAYOUTS:
-                pending.append((child, child_inode, up_child))
-    img.drop_pages()
-    return reach
+            kids = merged.children[up]
+            opaque = dict(self.img.xattrs(inode)).get(OPAQUE) if inode.xattr_icount else None
+            xwhiteouts = opaque == OPAQUE_XWHITEOUTS
+            for name, nid, ftype in self._listing(inode, path):
+                mine = kids.get(name)
+                if mine is None:
+                    node = self._node(name, nid, ftype, path, xwhiteouts)
+                    self._read_unread()         # (the merge takes a directory whole)
+                    merged.take(up, kids, name, node, xwhiteouts)
+                elif mine.entries is not None:
+                    if ftype == fmt.EROFS_FT_DIR:
+                        pending.append((mine, self._dir_inode(nid, path + name),
+                                        path + name + b"/"))
+                    else:       # a file or whiteout below: nothing further down shows
+                        sealed.add(mine)
+            if opaque == OPAQUE_YES:
+                sealed.add(up)
 
+    def _node(self, name: bytes, nid: int, ftype: int, path: bytes,
+              xwhiteouts: bool) -> SourceInode:
+        """The node of a base entry the merge takes (`path`: its directory's, with a "/")."""
+        img = self.img
+        if ftype == fmt.EROFS_FT_DIR:
+            inode = self._dir_inode(nid, path + name)
+            if inode.datalayout not in _KEPT_DIR_LAYOUTS:
+                node = image_node(img, inode, path + name)
+                self.unread.append((node, inode, path + name + b"/"))
+                return node                     # rewritten
+            # (a stub's path is never used: it is not planned)
+            node = SourceInode(name, _STUB_STAT[ftype], entries=[], xattrs=_STUB_XATTRS)
+            self.reparented.append((node, nid))     # (its parent is always a rewritten one)
+        elif ftype == fmt.EROFS_FT_CHRDEV or (xwhiteouts and ftype == fmt.EROFS_FT_REG_FILE):
+            node = image_node(img, img.inode(nid), path + name)
+        else:
+            node = SourceInode(name, _STUB_STAT[ftype], target=b"", xattrs=_STUB_XATTRS,
+                               data=_STUB_DATA)
+        self.kept[node] = WrittenInode(nid, ftype)
+        return node
 
-def _read_entries(img: Image, directory: SourceInode, inode: Inode, reach: _Reach,
-                  seen: dict[int, SourceInode]) -> None:
-    """Fill a base directory's entries (read_reached)."""
-    if directory.xattrs is _STUB_XATTRS:
-        # its overlay marks decide what the merge makes of its entries (an "x" directory's
-        # regular files may be whiteouts)
-        directory.xattrs = img.xattrs(inode)
-    xwhiteouts = dict(directory.xattrs).get(OPAQUE) == OPAQUE_XWHITEOUTS
-    path = directory.path.rstrip(b"/") + b"/"
-    try:
-        listing = img.listdir(inode)
-    except ImageError as err:
-        raise ImageError(f"{os.fsdecode(path)}: {err}") from None
-    for name, nid, ftype in listing:
-        node = seen.get(nid)
-        if node is None:
-            if ftype == fmt.EROFS_FT_DIR:
-                node = SourceInode(path + name, _STUB_STAT[ftype], entries=[],
-                                   xattrs=_STUB_XATTRS)
-                reach.inodes[node] = img.inode(nid)
-            elif ftype == fmt.EROFS_FT_CHRDEV or \
-                    (xwhiteouts and ftype == fmt.EROFS_FT_REG_FILE):
-                node = image_node(img, img.inode(nid), path + name)
-            else:
-                node = SourceInode(path + name, _STUB_STAT[ftype], target=b"",
-                                   xattrs=_STUB_XATTRS, data=_STUB_DATA)
-            node.parent = directory if node.entries is not None else None
-            seen[nid] = node
-            reach.nids[node] = nid
-        directory.entries.append((name, node))
-    reach.read[directory] = _dir_state(directory.entries, directory.xattrs)
+    def _read_unread(self) -> None:
+        """Read the directories to rewrite whole (their subdirectories to rewrite too)."""
+        while self.unread:
+            directory, inode, path = self.unread.pop()
+            xwhiteouts = dict(directory.xattrs).get(OPAQUE) == OPAQUE_XWHITEOUTS
+            entries = directory.entries
+            for name, nid, ftype in self._listing(inode, path):
+                entries.append((name, self._node(name, nid, ftype, path, xwhiteouts)))
+
+    def _dir_inode(self, nid: int, path: bytes) -> Inode:
+        if nid in self.dirs:
+            raise ImageError(f"{os.fsdecode(path)}: directory nid {nid} has a second name")
+        self.dirs.add(nid)
+        return self.img.inode(nid)
+
+    def _listing(self, inode: Inode, path: bytes) -> list[tuple[bytes, int, int]]:
+        self.listed += 1
+        _let_go(self.img, self.listed)
+        try:
+            return self.img.listdir(inode)
+        except ImageError as err:
+            raise ImageError(f"{os.fsdecode(path)}: {err}") from None
 
 
 _STUB_STAT = {ftype: SourceStat(mode, 0, 0, 0, 0, 0)
@@ -580,64 +592,17 @@ _STUB_XATTRS: list[tuple[bytes, bytes]] = []
 _STUB_DATA = DataRef(None)
 
 
-def _dir_state(entries, xattrs) -> tuple:
-    # (names and children as two tuples, not a pair per entry: ~56 bytes an entry read)
-    ordered = sorted(entries, key=_by_name)
-    return tuple(name for name, _child in ordered), \
-        tuple(id(child) for _name, child in ordered), tuple(sorted(xattrs))
-
-
-_by_name = operator.itemgetter(0)
-
-
-def _kept(root: SourceInode, reach: _Reach) -> dict[SourceInode, int]:
-    """The inodes of the merged tree that are the base's and unchanged (module docstring):
-    every base non-directory, every directory not read (nothing there changes), and a
-    directory read whose entries and xattrs are as they were, whose subdirectories are all
-    kept and whose ".." can be patched."""
-    order = []
-    pending = [root]
-    while pending:
-        directory = pending.pop()
-        order.append(directory)
-        pending.extend(child for _name, child in directory.entries if child.entries is not None)
-    kept: dict[SourceInode, int] = {}
-    nids = reach.nids
-    for directory in reversed(order):           # children before their parents
-        for _name, child in directory.entries:
-            if child.entries is None and child in nids:
-                kept[child] = nids[child]
-        nid = nids.get(directory)
-        if directory is root or nid is None:
-            continue
-        state = reach.read.get(directory)
-        if state is None or (
-                state == _dir_state(directory.entries, directory.xattrs)
-                and reach.inodes[directory].datalayout in _KEPT_DIR_LAYOUTS
-                and all(child in kept for _name, child in directory.entries
-                        if child.entries is not None)):
-            kept[directory] = nid
-    return kept
-
-
-def split_plan(plan: Plan, inc: Increment, options: BuildOptions) -> None:
-    """Leave in `plan` only the inodes to write: the kept ones get their base nid (directory
-    entries name them); the new ones inode numbers after the base's, and the base's epoch."""
-    base = inc.base
+def renumber(plan: Plan, base: Base, options: BuildOptions) -> None:
+    """The new inodes (all `plan` has) get inode numbers after the base's, and the base's
+    epoch: a compact inode whose mtime is not that epoch becomes extended (or takes the
+    epoch where the options say so)."""
     epoch = base.img.epoch
-    new = []
     for node in plan.inodes:
-        nid = inc.kept.get(node.src)
-        if nid is not None:
-            node.nid = nid
-            continue
-        new.append(node)
         if not node.extended and (node.mtime, node.mtime_nsec) != (epoch, 0):
             if options.force_inode == "compact" or options.ignore_mtime:
                 node.mtime, node.mtime_nsec = epoch, 0
             else:
                 node.extended = True
-    plan.inodes = new
     plan.first_ino = base.superblock.inos + 1
     plan.epoch = epoch
 
@@ -697,21 +662,18 @@ def expected_tree(base: Base, upper: SourceInode, strip: bool, xattrs: bool) -> 
     until the increment is committed); and which paths are the base's inodes, kept as they
     were.  `xattrs` false (-x < 0): the new inodes have none (not even overlay marks).
     The whole base tree is read: only with --verify."""
-    try:
-        reach = read_reached(base.img, upper)
-    except ImageError as err:
-        raise BuildError(f"{base.path}: {err}") from None
+    inc = merge_increment(base, upper, strip)
     whole = base.tree
     by_nid = {nid: node for node, nid in whole.nids.items()}
-    root, _count = merge_layers([reach.root, upper], strip)
+    root = inc.root
     pending = [root]
     while pending:
         directory = pending.pop()
         entries = []
         for name, child in directory.entries:
-            nid = reach.nids.get(child)
-            if nid is not None and child not in reach.read:
-                child = by_nid[nid]             # the base's, unread by the increment
+            kept = inc.kept.get(child)
+            if kept is not None:
+                child = by_nid[kept.nid]        # the base's, unread by the increment
             elif child.entries is not None:
                 pending.append(child)
             entries.append((name, child))
@@ -753,10 +715,10 @@ def dotdot_patches(inc: Increment, written: list[PlannedInode]) -> list[tuple[in
     img = inc.base.img
     new_nids = {id(node.src): node.nid for node in written if node.ftype == fmt.EROFS_FT_DIR}
     patches = []
-    for done, directory in enumerate(inc.reparented, 1):
+    for done, (directory, nid) in enumerate(inc.reparented, 1):
         _let_go(img, done)
         parent_nid = new_nids[id(directory.parent)]
-        inode = img.inode(inc.kept[directory])
+        inode = img.inode(nid)
         try:
             pos, entry = _dotdot(img, inode)
         except ImageError as err:

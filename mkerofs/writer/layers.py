@@ -448,6 +448,16 @@ def merge_layers(roots: list[SourceInode], strip: bool) -> tuple[SourceInode, in
     return _finish(merged, strip)
 
 
+def merge_onto(top: SourceInode, fold: Callable[[_Merged], None],
+               strip: bool) -> tuple[SourceInode, int]:
+    """merge_layers of `top` over one layer below it that `fold` merges in itself, given the
+    merge in progress (reading that layer only where it shows: --incremental's base)."""
+    _forget_links(top)
+    merged = _Merged(top)
+    fold(merged)
+    return _finish(merged, strip)
+
+
 def _forget_links(root: SourceInode) -> None:
     """Zero the link counts a tree came with (a tar's trees count their names): _finish
     counts the names each inode has in the merged tree."""
@@ -673,6 +683,10 @@ class LayerStack:
         """resolve_layer_data for this stack's images; then the metadata pages read from
         them are given back (the rest of the build reads the images by path, if at all)."""
         resolve_layer_data(root, files, self.layers, mode, block_size, spool)
+        self.drop_pages()
+
+    def drop_pages(self) -> None:
+        """Give back the pages of the source images read so far (Image.drop_pages)."""
         for layer in self.layers:
             layer.image.drop_pages()
 

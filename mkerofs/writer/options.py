@@ -152,6 +152,10 @@ class BuildOptions:
     vmdk_desc: str | None = None                # --vmdk-desc=FILE: a VMDK descriptor of the
                                                 # image and its devices (writer/vmdk.py)
     incremental: IncrementalOptions | None = None   # IMAGE is the base: SOURCE goes on top
+    # -E48bit: EROFS_FEATURE_INCOMPAT_48BIT, so block addresses of chunks (--blobdev, --tar=i,
+    # rebuild mode) and extra devices may pass 2^32 blocks; only for uncompressed images whose
+    # own blocks fit 32 bits (see chunks.py)
+    format_48bit: bool = False
 
     def validate(self) -> None:
         bs = self.block_size
@@ -200,6 +204,16 @@ class BuildOptions:
             raise BuildError(f"invalid fsalignblks {self.fsalignblks}: a number of blocks "
                              f"from 0 to {MAX_FSALIGNBLKS}")
         self._validate_chunks()
+        if self.format_48bit:
+            self._validate_48bit()
+
+    def _validate_48bit(self) -> None:
+        refused = {"compression (-z): the 48-bit compressed extent format":
+                   self.compressor is not None,
+                   "--incremental": self.incremental is not None}
+        for what, given in refused.items():
+            if given:
+                raise BuildError(f"-E48bit with {what} is not implemented in mkerofs")
 
     def _validate_chunks(self) -> None:
         """The option checks of mkfs.erofs for --chunksize and --blobdev."""
@@ -218,8 +232,10 @@ class BuildOptions:
                                  "(-Eforce-inode-blockmap): chunks on an extra device need "
                                  "chunk indexes")
             if self.tar is not None and self.tar.mode == "i":
-                raise BuildError("--blobdev cannot be used with --tar=i: the tar is the image's "
-                                 "extra device")
+                # (mkfs.erofs 1.9.3 accepts it, leaves FILE empty and gives the tar's slot
+                # FILE's size: see README)
+                raise BuildError("--blobdev cannot be used with --tar=i: --tar=i writes no file "
+                                 "data (the tar itself is the image's extra device)")
         if self.chunk_format not in (None, "indexes", "blockmap"):
             raise BuildError(f"invalid chunk format {self.chunk_format!r}")
 

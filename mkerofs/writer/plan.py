@@ -75,6 +75,14 @@ class PlannedInode:
         return os.fsdecode(self.src.path)
 
 
+@dataclass(slots=True)
+class WrittenInode:
+    """An inode the image holds already (--incremental: the base's, kept as it is): directory
+    entries name it by its nid; nothing else of it is planned or written."""
+    nid: int
+    ftype: int
+
+
 @dataclass
 class Plan:
     root: PlannedInode
@@ -142,13 +150,16 @@ _COMPACT_MAX_ID = fmt.EROFS_COMPACT_INODE_MAX_ID
 _COMPACT_MAX_NLINK = fmt.EROFS_COMPACT_INODE_MAX_NLINK
 
 
-def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int) -> Plan:
-    """Turn the source tree into planned inodes, breadth first so a directory's children sit together."""
+def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int,
+                written: dict[SourceInode, WrittenInode] | None = None) -> Plan:
+    """Turn the source tree into planned inodes, breadth first so a directory's children sit
+    together; the sources in `written` are not planned: directory entries name those."""
     inherit = options.effective_time_inherit
     block_size = options.block_size
     # Only inodes met under more than one name (directories by their own name and "..",
     # hard links) are looked up again: a million-file tree must not cost a dict entry a file.
     planned: dict[int, PlannedInode] = {}
+    find_written = written.get if written else None
     order: list[PlannedInode] = []
     # One int object per distinct mode and mtime, shared: most files have a common one, and a
     # distinct large int costs 32 bytes (bounded, in case every mtime differs).
@@ -211,6 +222,8 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int) -> Pl
         children = []
         for name, child in sorted(src.entries, key=_BY_NAME):
             node = planned.get(id(child)) if child.nlink != 1 else None
+            if node is None and find_written is not None:
+                node = find_written(child)
             if node is None:
                 node = plan_one(child)
                 if node.ftype == fmt.EROFS_FT_DIR:

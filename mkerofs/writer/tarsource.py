@@ -282,6 +282,7 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
     hard link can still raise its link count, and a later entry of the same name can still
     replace it (the inode is then not in the tree, unless a hard link keeps it)."""
     tree = _Tree(opts)
+    children, aufs = tree.children, opts.aufs
     for entry in reader:
         parent, name = tree.split(entry)
         kind = entry.kind
@@ -292,7 +293,7 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
             tree.merge_dir(tree.root, entry)
             continue
         path = entry.path
-        if opts.aufs and name.startswith(_WHITEOUT):
+        if aufs and name.startswith(_WHITEOUT):
             if name == _OPAQUE_MARKER:
                 tree.opaque(parent)
             else:
@@ -303,14 +304,16 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
             _hard_link(tree, parent, name, entry)
             continue
         if kind == DIR:
-            old = tree.children[parent].get(name)
+            old = children[parent].get(name)
             if old is not None and old.entries is not None:
                 tree.merge_dir(old, entry)
                 continue
         xattrs = tree.xattrs(entry) if entry.xattrs else _NO_XATTRS
         if kind == REG:
-            node = SourceInode(path, _stat(entry, entry.size), xattrs=xattrs,
-                               data=_file_data(reader, entry, opts, spool))
+            # (_stat inline: the most common entry)
+            node = SourceInode(path, SourceStat(entry.mode, entry.uid, entry.gid, entry.size,
+                                                entry.mtime_ns, 0),
+                               xattrs=xattrs, data=_file_data(reader, entry, opts, spool))
         elif kind == DIR:
             node = SourceInode(path, _stat(entry), xattrs=xattrs, entries=[])
         elif kind == SYMLINK:
@@ -321,13 +324,13 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
                                xattrs=xattrs)
         else:
             node = SourceInode(path, _stat(entry), xattrs=xattrs)
-        siblings = tree.children[parent]
+        siblings = children[parent]
         if name in siblings:
             tree.replace(parent, name, node)
         else:
             siblings[name] = node           # (replace's common case)
             if kind == DIR:
-                tree.children[node] = {}
+                children[node] = {}
         if on_file is not None and kind == REG:
             spool.flush()
             if on_file(node, path, _ONE_LINK) is False:

@@ -115,7 +115,13 @@ _KINDS = {
 _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12s")
 _MAGIC_GNU, _MAGIC_V7 = b"ustar  \0", bytes(8)      # POSIX: b"ustar\0" + any version
 _CHKSUM = slice(148, 156)
-_NUMBERS = slice(100, 148)      # mode uid gid size mtime
+_IDS_AREA, _SIZE, _MTIME = slice(100, 124), slice(124, 136), slice(136, 148)
+_MEMO = 1 << 12                 # header fields remembered (_Memo)
+_TYPEFLAG = 156
+_MAGIC, _MAGIC_AND_VERSION = slice(257, 263), slice(257, 265)
+_PREFIX0 = 345                  # the prefix's first byte
+_PAX_TYPE = ord("x")
+_OWNER_NAMES_AREA = slice(265, 329)     # uname gname
 _OCTAL_CHARS = b"01234567 \0"
 _NUL_TO_SPACE = bytes.maketrans(b"\0", b" ")
 _HIGH_BYTES = bytes(range(128, 256))
@@ -136,9 +142,12 @@ _SPARSE_00 = (b"GNU.sparse.offset", b"GNU.sparse.numbytes")
 # keys GNU tar --format=posix writes for every entry and EROFS cannot store: dropped as they
 # are parsed, so that most entries carry no records at all (other ignored keys are kept, unread)
 _IGNORED = frozenset((b"atime", b"ctime"))
-# the PAX payload of most entries GNU tar writes: its atime and ctime records, each 30 bytes
-# long (10-digit seconds, 9-digit fraction), which the pattern pins, so it needs no parsing
-_GNU_TIMES_ONLY = re.compile(rb"(?:30 [ac]time=[0-9]{10}\.[0-9]{9}\n)+")
+# the PAX payload of most entries GNU tar writes: its atime and ctime records, 10-digit
+# seconds and a fraction of 1 to 9 digits (GNU tar drops its trailing zeros) or none, the
+# record's length pinned for each (20 bytes, and the dot and digits), so it needs no parsing
+_GNU_TIME = [(20 + digits + 1, rb"\.[0-9]{%d}" % digits) for digits in range(9, 0, -1)] + [(20, b"")]
+_GNU_TIMES_ONLY = re.compile(b"(?:%s)+" % b"|".join(
+    b"%d [ac]time=[0-9]{10}%s\n" % (length, fraction) for length, fraction in _GNU_TIME))
 
 
 class TarError(BuildError):
@@ -183,10 +192,13 @@ class TarEntry:
 def normalise_path(name: bytes) -> bytes:
     """`name` as mkfs.erofs resolves it in its tree (see the module docstring).
     ValueError if a component is too long for EROFS or the name holds a NUL."""
-    if (len(name) <= EROFS_NAME_LEN and b"//" not in name and b"/." not in name
-            and not name.startswith((b"/", b".")) and not name.endswith(b"/")
-            and b"\0" not in name):
-        return name         # the common case: already normal, no component can be too long
+    # the common case: already normal (a directory's maybe with one "/" after it, as tar
+    # writers add), too short for a component to be too long
+    plain = name[:-1] if name.endswith(b"/") else name
+    if (len(plain) <= EROFS_NAME_LEN and b"//" not in plain and b"/." not in plain
+            and not plain.startswith((b"/", b".")) and not plain.endswith(b"/")
+            and b"\0" not in plain):
+        return plain
     parts = name.split(b"/")
     if b"" in parts or b"." in parts or b".." in parts:
         out: list[bytes] = []
@@ -284,20 +296,6 @@ def _cut(field: bytes) -> bytes:
     return field.partition(b"\0")[0]
 
 
-def _octal_fields(block: bytes) -> tuple[int, int, int, int, int] | None:
-    """mode, uid, gid, size and mtime when all five are plain octal (the common case, parsed at
-    once); None sends the caller to the field-by-field path with its error messages."""
-    area = block[_NUMBERS]
-    if area.translate(None, _OCTAL_CHARS):
-        return None
-    area = area.translate(_NUL_TO_SPACE)
-    try:
-        return (int(area[0:8], 8), int(area[8:16], 8), int(area[16:24], 8), int(area[24:36], 8),
-                int(area[36:48], 8))
-    except ValueError:
-        return None      # an empty field
-
-
 def _plain_octal(field: bytes) -> int | None:
     """A numeric header field of octal digits between spaces and NULs (the common case), else
     None: the caller then reads it with _header_number and its error messages."""
@@ -307,6 +305,69 @@ def _plain_octal(field: bytes) -> int | None:
         return int(field.translate(_NUL_TO_SPACE), 8)
     except ValueError:
         return None      # empty, or spaces or NULs between the digits
+
+
+def _plain_octals(area: bytes) -> tuple[int, ...] | None:
+    """The 8-byte fields of `area` (mode, uid, gid) when all are plain octal, else None."""
+    values = tuple(_plain_octal(area[i:i + 8]) for i in range(0, len(area), 8))
+    return None if None in values else values
+
+
+def _mtime_ns(field: bytes) -> int | None:
+    seconds = _plain_octal(field)
+    return None if seconds is None else seconds * 10**9
+
+
+def _mode_and_ids(ifmt: int, area: bytes) -> tuple[int, int, int] | None:
+    """(the inode's mode, uid, gid) of a header whose type gives `ifmt`, from its mode, uid
+    and gid fields (`area`) when they are plain octal; else None."""
+    ids = _plain_octals(area)
+    return None if ids is None else (ifmt | (ids[0] & 0o7777), ids[1], ids[2])
+
+
+def _owner_names(area: bytes) -> tuple[bytes, bytes]:
+    return _cut(area[:32]), _cut(area[32:])
+
+
+class _Memo(dict):
+    """Values of header fields by their bytes, parsed by `parse` when first met: an archive's
+    headers repeat a few modes, owners, times and PAX sizes, and a look-up costs a fraction of
+    parsing one (the values are shared, too). At most _MEMO fields are kept."""
+
+    __slots__ = ("_parse",)
+
+    def __init__(self, parse: Callable[[bytes], object]):
+        super().__init__()
+        self._parse = parse
+
+    def __missing__(self, field: bytes):
+        if len(self) >= _MEMO:
+            self.clear()
+        value = self[field] = self._parse(field)
+        return value
+
+
+_IDS = _Memo(_plain_octals)                     # mode uid gid fields
+_MTIMES_NS = _Memo(_mtime_ns)
+_SIZES = _Memo(_plain_octal)                    # of extension headers
+_OWNER_NAMES = _Memo(_owner_names)              # uname gname fields
+# type flags _quick_entry reads: plain files and directories it makes itself (their kind, and
+# their mode and ids by the header's fields), hard links, symlinks, devices and fifos it passes
+# to _entry (None)
+_QUICK_KINDS = {ord(flag): (kind, _Memo(functools.partial(_mode_and_ids, ifmt)))
+                if flag in (b"0", b"7", b"5") else (None, None)
+                for flag, (kind, ifmt) in _KINDS.items() if flag not in (b"\0", b"S", b"D")}
+
+
+def _octal_fields(block: bytes) -> tuple[int, int, int, int, int] | None:
+    """mode, uid, gid, size and mtime (in ns) when all five are plain octal (the common case);
+    None sends the caller to the field-by-field path with its error messages."""
+    ids = _IDS[block[_IDS_AREA]]
+    size = _plain_octal(block[_SIZE])
+    mtime_ns = _MTIMES_NS[block[_MTIME]]
+    if ids is None or size is None or mtime_ns is None:
+        return None
+    return ids[0], ids[1], ids[2], size, mtime_ns
 
 
 def _header_number(field: bytes) -> int | None:
@@ -320,6 +381,28 @@ def _header_number(field: bytes) -> int | None:
     if digits.translate(None, b"01234567"):
         raise ValueError
     return int(digits, 8)
+
+
+def _header_ok(block: bytes) -> bool:
+    """A known magic and a right checksum (a number: what _check_header checks, as a yes or no)."""
+    magic = block[_MAGIC_AND_VERSION]
+    if magic[:6] != b"ustar\0" and magic not in (_MAGIC_GNU, _MAGIC_V7):
+        return False
+    field = block[_CHKSUM]
+    try:
+        stored = int(field.translate(_NUL_TO_SPACE), 8)     # (_stored_checksum inline)
+    except ValueError:
+        return False
+    # (_checksum_ok's common case inline: an ASCII block, see there)
+    return block.isascii() and stored == (zlib.adler32(block) & 0xFFFF) - 1 - sum(field) \
+        + 8 * 0x20 or _checksum_ok(block, stored)
+
+
+def _stored_checksum(field: bytes) -> int | None:
+    try:
+        return int(field.translate(_NUL_TO_SPACE), 8)
+    except ValueError:
+        return None
 
 
 def _checksum_ok(block: bytes, stored: int) -> bool:
@@ -456,6 +539,26 @@ class _Source:
         if end <= len(self._buf):       # the common case: a header within the buffer
             self._pos = end
             return self._buf[pos:end]
+        self._fill(n)
+        data = self._buf[:n]
+        self._pos = len(data)
+        return data
+
+    def window(self, n: int) -> tuple[bytes, int, int]:
+        """(buffer, index of the next byte in it, stream offset of the buffer), with at least
+        `n` bytes from that index unless the input ends first; nothing is consumed (`advance`
+        does that)."""
+        if self._pos + n > len(self._buf):
+            self._fill(n)
+        return self._buf, self._pos, self._base
+
+    def advance(self, pos: int) -> None:
+        """Consume the buffer up to index `pos` (of the buffer `window` gave)."""
+        self._pos = pos
+
+    def _fill(self, n: int) -> None:
+        """Make the buffer start at the next byte and hold `n` bytes, or all there are left."""
+        pos = self._pos
         parts, have = [self._buf[pos:]], len(self._buf) - pos
         self._base += pos
         while have < n:
@@ -465,9 +568,7 @@ class _Source:
             parts.append(data)
             have += len(data)
         self._buf = b"".join(parts)
-        data = self._buf[:n]
-        self._pos = len(data)
-        return data
+        self._pos = 0
 
     def _drop_buffer(self) -> None:
         self._base += len(self._buf)
@@ -574,9 +675,12 @@ class TarReader:
                 if not src.skip(self._left + self._pad):
                     raise TarError("the input ends inside this entry's data or padding",
                                    entry.path, entry.header_offset)
-            entry = self._next_entry()
+            # (a global PAX header or a headerball leaves the quick path for good)
+            entry = self._quick_entry() if not self._global and not self._headerball else None
             if entry is None:
-                return
+                entry = self._next_entry()
+                if entry is None:
+                    return
             self._current = entry
             yield entry
 
@@ -651,6 +755,65 @@ class TarReader:
                 continue
             return self._entry(block, header, offset, offset if first is None else first, pending)
 
+    def _quick_entry(self) -> TarEntry | None:
+        """The next entry read straight from the buffer in the common case: at most one PAX
+        header, then the entry's header, each with a right checksum and a known magic. A plain
+        file or directory with plain octal numbers, a short name and no PAX records is made
+        here; any other entry goes to _entry as the loop in _next_entry would send it. None
+        when something else comes (a zero block, other extension headers, a bad header, the
+        buffer's end): nothing is consumed then, and _next_entry reads the same bytes."""
+        src = self._src
+        buf, pos, base = src.window(3 * BLOCK)
+        first = offset = base + pos
+        end = pos + BLOCK
+        if end > len(buf):
+            return None
+        records = None
+        if buf[pos + _TYPEFLAG] == _PAX_TYPE:
+            block = buf[pos:end]
+            if not _header_ok(block):
+                return None
+            size = _SIZES[block[_SIZE]]
+            if size is None:
+                return None
+            payload = buf[end:end + size]
+            pos = end + size + -size % BLOCK
+            offset += pos - end + BLOCK
+            end = pos + BLOCK
+            if end > len(buf):
+                return None
+            if not _GNU_TIMES_ONLY.fullmatch(payload):
+                records = {}
+                try:
+                    _parse_pax(payload, records)
+                except ValueError:
+                    return None
+        block = buf[pos:end]
+        quick = _QUICK_KINDS.get(block[_TYPEFLAG])
+        if quick is None or not _header_ok(block):
+            return None
+        src.advance(end)
+        kind, modes_and_ids = quick
+        ids = modes_and_ids[block[_IDS_AREA]] if kind is not None else None
+        payload = _plain_octal(block[_SIZE])
+        mtime_ns = _MTIMES_NS[block[_MTIME]]
+        if records or ids is None or payload is None or mtime_ns is None or (
+                block[_PREFIX0] and block[_MAGIC] == b"ustar\0"):
+            return self._entry(block, _HEADER.unpack(block), offset, first,
+                               _Pending(records) if records else None)
+        name = block[:100].partition(b"\0")[0]
+        try:
+            path = normalise_path(name)
+        except ValueError as err:
+            raise TarError(str(err), name, first) from None
+        mode, uid, gid = ids
+        uname, gname = _OWNER_NAMES[block[_OWNER_NAMES_AREA]]
+        self._pad = -payload % BLOCK
+        self._left = payload
+        return TarEntry(path, name, kind, mode, uid, gid, mtime_ns,
+                        payload if kind == REG else 0, b"", None, 0, 0, uname, gname,
+                        [], None, first, offset + BLOCK, payload)
+
     def _after_zero(self, offset: int, block: bytes) -> tuple[int, bytes] | None:
         """A zero block (or the input's end, or a short block) where a header was due: None
         at the end of the archive, else the header that follows a lone zero block."""
@@ -687,18 +850,14 @@ class TarReader:
         return None
 
     def _check_header(self, block: bytes, header: tuple, offset: int) -> None:
-        try:
-            stored = int(header[6].translate(_NUL_TO_SPACE), 8)
-        except ValueError:
-            stored = None
-        # (_checksum_ok's common case inline: an ASCII block, see there)
-        if stored is None or not (block.isascii() and stored == (zlib.adler32(block) & 0xFFFF)
-                                  - 1 - sum(header[6]) + 8 * 0x20 or _checksum_ok(block, stored)):
+        if _header_ok(block):
+            return
+        stored = _stored_checksum(header[6])
+        if stored is None or not _checksum_ok(block, stored):
             raise TarError("bad header checksum (not a tar header, or a damaged one)",
                            _cut(header[0]), offset)
-        if header[9] != b"ustar\0" and header[9] + header[10] not in (_MAGIC_GNU, _MAGIC_V7):
-            raise TarError(f"unknown tar format (magic {header[9] + header[10]!r})",
-                           _cut(header[0]), offset)
+        raise TarError(f"unknown tar format (magic {header[9] + header[10]!r})",
+                       _cut(header[0]), offset)
 
     def _number(self, field: bytes, what: str, name: bytes, offset: int,
                 negative: bool = False) -> int:
@@ -814,7 +973,6 @@ class TarReader:
             uname = records.get(b"uname") or uname.partition(b"\0")[0]
             gname = records.get(b"gname") or gname.partition(b"\0")[0]
         else:
-            mtime_ns *= 10**9
             uname, gname = uname.partition(b"\0")[0], gname.partition(b"\0")[0]
         # (all fields by position: a plain file's are final here; the kinds below amend theirs)
         mode = ifmt | (perm & 0o7777)
@@ -854,12 +1012,13 @@ class TarReader:
             raise TarError(f"bad PAX {key.decode()} {records[key]!r}", name, offset) from None
 
     def _header_numbers(self, header: tuple, records: dict, name: bytes, offset: int) -> tuple:
-        """mode, uid, gid, size, mtime one by one (base-256, odd spacing, errors); a field that
-        a PAX record replaces is not read (None)."""
-        return (self._number(header[1], "mode", name, offset),) + tuple(
+        """mode, uid, gid, size, mtime in ns one by one (base-256, odd spacing, errors); a field
+        that a PAX record replaces is not read (None)."""
+        mode, uid, gid, size, mtime = (self._number(header[1], "mode", name, offset),) + tuple(
             None if key in records else
             self._number(header[i], key.decode(), name, offset, negative=key == b"mtime")
             for i, key in ((2, b"uid"), (3, b"gid"), (4, b"size"), (5, b"mtime")))
+        return mode, uid, gid, size, None if mtime is None else mtime * 10**9
 
     def _pax_numbers(self, records: dict, numbers: tuple, name: bytes, offset: int) -> tuple:
         """uid, gid, size and mtime in ns, the PAX records winning over the header's numbers."""
@@ -871,7 +1030,7 @@ class TarReader:
         if b"size" in records:
             size = self._pax_number(records, b"size", name, offset)
         if b"mtime" not in records:
-            return uid, gid, size, mtime * 10**9
+            return uid, gid, size, mtime
         try:
             return uid, gid, size, _pax_time_ns(records[b"mtime"])
         except ValueError:

@@ -117,7 +117,7 @@ class TarSource:
     def __init__(self, nodes: dict[bytes, SourceInode], names: dict[bytes, list[bytes]],
                  xattrs: dict[bytes, list[tuple[bytes, bytes]]], tar_device: bytes | None = None,
                  contents: Callable[[SourceInode], Iterable[bytes] | None] | None = None,
-                 devices: list[str] | None = None):
+                 devices: list[str] | None = None, release: Callable[[], None] | None = None):
         self._nodes = nodes
         self._names = names
         self._xattrs = xattrs
@@ -125,13 +125,16 @@ class TarSource:
         # (a str: the reader takes bytes as a device's contents, not its name)
         self.devices = [os.fsdecode(tar_device)] if tar_device is not None else devices
         self._contents = contents
+        self._release = release
 
     @classmethod
     def capture(cls, root: SourceInode, tar_device: bytes | None = None, *,
                 contents: Callable[[SourceInode], Iterable[bytes] | None] | None = None,
-                devices: list[str] | None = None) -> "TarSource":
+                devices: list[str] | None = None,
+                release: Callable[[], None] | None = None) -> "TarSource":
         """`contents` (rebuild mode): a file's bytes as its source image reads them (None:
-        read its DataRef); `devices`: the image's extra devices, one per slot."""
+        read its DataRef); `devices`: the image's extra devices, one per slot; `release`:
+        gives back the pages `contents` read through mappings (drop_pages)."""
         nodes: dict[bytes, SourceInode] = {b"": root}
         names: dict[bytes, list[bytes]] = {}
         xattrs: dict[bytes, list[tuple[bytes, bytes]]] = {b"": root.xattrs}
@@ -145,7 +148,7 @@ class TarSource:
                 xattrs[r] = child.xattrs
                 if child.entries is not None:
                     pending.append((r, child))
-        return cls(nodes, names, xattrs, tar_device, contents, devices)
+        return cls(nodes, names, xattrs, tar_device, contents, devices, release)
 
     def node(self, rel: bytes) -> SourceInode | None:
         """The SourceInode at `rel` (None: not in the tree)."""
@@ -181,6 +184,11 @@ class TarSource:
 
     def xattrs(self, rel: bytes, st: SourceStat) -> list[tuple[bytes, bytes]]:
         return self._xattrs[rel]
+
+    def drop_pages(self) -> None:
+        """(reader.compare calls it as it goes: the source images' pages read so far)"""
+        if self._release is not None:
+            self._release()
 
 
 class _DataRange:

@@ -115,11 +115,19 @@ def test_gnu_times_fast_path_agrees(payload):
 
 def test_gnu_times_fast_path_is_taken():
     payload = _record(b"atime", b"1795940613.148940629") + _record(b"ctime", b"1.5")
-    assert ts._GNU_TIMES_ONLY.fullmatch(payload) is None      # (not GNU tar's 30-byte form)
-    payload = _record(b"atime", b"1795940613.148940629") + _record(b"ctime", b"1795940613.5")
-    assert ts._GNU_TIMES_ONLY.fullmatch(payload) is None
+    assert ts._GNU_TIMES_ONLY.fullmatch(payload) is None      # (not GNU tar's 10-digit seconds)
     payload = _record(b"atime", b"1795940613.148940629")
     assert len(payload) == 30 and ts._GNU_TIMES_ONLY.fullmatch(payload)
+    # GNU tar drops a fraction's trailing zeros: every shorter fraction, and none
+    for frac in (b".14894062", b".1489406", b".5", b""):
+        payload = _record(b"atime", b"1795940613.148940629") + _record(b"ctime", b"1795940613" + frac)
+        assert ts._GNU_TIMES_ONLY.fullmatch(payload), payload
+        assert _both(payload) == [[], []]
+    # a dot without digits goes the general way; so does a length one off, which it refuses
+    assert ts._GNU_TIMES_ONLY.fullmatch(b"21 atime=1795940613.\n") is None
+    for payload in (b"21 atime=1795940613\n", b"22 atime=1795940613.12\n", b"19 ctime=1795940613\n"):
+        assert ts._GNU_TIMES_ONLY.fullmatch(payload) is None
+        assert _both(payload)[0][0] == "error"
 
 
 def _tar_of(sizes: list[int]) -> bytes:

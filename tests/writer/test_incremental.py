@@ -14,10 +14,13 @@ from pathlib import Path
 import pytest
 
 from mkerofs import BuildError, BuildOptions, build
+from mkerofs.ondisk import format as fmt
 from mkerofs.reader import Image
 from mkerofs.writer import incremental
 from mkerofs.writer.incremental import InPlaceOutput
 from mkerofs.writer.options import IncrementalOptions
+from mkerofs.writer.plan import WrittenInode, plan_inodes
+from mkerofs.writer.walk import walk_source
 
 
 def _tree(root: Path, files: dict[str, bytes]) -> Path:
@@ -182,6 +185,20 @@ def test_report_and_summary_say_base_and_new(tmp_path):
         line.split(": ", 1) for line in plain.summary_lines())
 
 
+def _inodes_read(monkeypatch, image: Path, upper: Path, inc: IncrementalOptions) -> list[int]:
+    """Put `upper` on `image`; the nids of the base inodes the build read."""
+    read = []
+    real_inode = Image.inode
+
+    def inode(self, nid):
+        read.append(nid)
+        return real_inode(self, nid)
+    monkeypatch.setattr(Image, "inode", inode)
+    build(image, upper, _opts(incremental=inc))
+    monkeypatch.undo()
+    return read
+
+
 def test_only_the_reached_base_directories_are_read(tmp_path, monkeypatch):
     """The base's inodes read are the reached directories' and their subdirectories': the
     files of directories the increment does not reach are never read, and keep their nids."""
@@ -192,21 +209,47 @@ def test_only_the_reached_base_directories_are_read(tmp_path, monkeypatch):
     build(image, lower, _opts())
     with Image.open(image) as img:
         nids = {name: img.lookup("/" + name).nid for name in files}
-    read = []
-    real_inode = Image.inode
-
-    def inode(self, nid):
-        read.append(nid)
-        return real_inode(self, nid)
-    monkeypatch.setattr(Image, "inode", inode)
-    build(image, upper, _opts(incremental=IncrementalOptions()))
-    monkeypatch.undo()
+    read = _inodes_read(monkeypatch, image, upper, IncrementalOptions())
     unreached = {nids[name] for name in files if not name.startswith("d0/")}
     assert read and not unreached & set(read)
     with Image.open(image) as img:
         assert {name: img.lookup("/" + name).nid for name in files} == nids
         assert img.read(img.lookup("/d0/new")) == b"n" and img.verify() == []
         assert img.lookup("/d0").nlink == 2 and img.root.nlink == 10
+
+
+def test_what_the_increment_hides_is_not_read(tmp_path, monkeypatch):
+    """The base is merged as it is read: nothing below a directory the increment marks
+    opaque, nor a base directory where the increment has a file, is read."""
+    lower = _tree(tmp_path / "lower", {"opq/a/f": b"f", "opq/g": b"g", "hid/x/f": b"f",
+                                       "d/f": b"f"})
+    upper = _tree(tmp_path / "upper", {"opq/new": b"n", "hid": b"a file", "d/new": b"n"})
+    os.setxattr(upper / "opq", "trusted.overlay.opaque", b"y")
+    image = tmp_path / "inc.erofs"
+    build(image, lower, _opts())
+    with Image.open(image) as img:
+        hidden = {img.lookup(path).nid for path in ("/opq/a", "/opq/a/f", "/opq/g", "/hid",
+                                                    "/hid/x", "/hid/x/f")}
+    read = _inodes_read(monkeypatch, image, upper, IncrementalOptions(ovlfs_strip=True))
+    assert read and not hidden & set(read)
+    with Image.open(image) as img:
+        assert [n for n, _nid, _t in img.listdir(img.lookup("/opq"))] == [b"new"]
+        assert img.read(img.lookup("/hid")) == b"a file"
+        assert [n for n, _nid, _t in img.listdir(img.lookup("/d"))] == [b"f", b"new"]
+        assert img.verify() == []
+
+
+def test_only_new_inodes_are_planned(tmp_path):
+    """plan_inodes leaves the inodes the image holds already (`written`) out of the plan;
+    their directory entries name them by nid."""
+    root, _count = walk_source(os.fsencode(_tree(tmp_path / "t", {"old": b"o", "new": b"n"})),
+                               _opts())
+    old = dict(root.entries)[b"old"]
+    plan = plan_inodes(root, _opts(), 0, {old: WrittenInode(77, fmt.EROFS_FT_REG_FILE)})
+    assert [node.src.path.rsplit(b"/", 1)[-1] for node in plan.inodes[1:]] == [b"new"]
+    shape = plan.root.dir_shape
+    target = shape.targets[shape.names.index(b"old")]
+    assert (target.nid, target.ftype) == (77, fmt.EROFS_FT_REG_FILE)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mknod of a whiteout needs root")

@@ -40,7 +40,7 @@ from mkerofs.writer.options import TarOptions
 from mkerofs.writer.plan import PlannedInode
 from mkerofs.writer.walk import DataRef, SourceInode, SourceStat
 from support.oracle import ErofsImage, read_superblock
-from support.run import REPO, run_mkerofs
+from support.run import REPO, assert_clean_failure, run_mkerofs
 from support.tars import END, Archives, entry, oldgnu_sparse
 
 CASE21 = entry(b"d/", typeflag=b"5", mode=0o755) + entry(b"d/a", b"A" * 5000) + \
@@ -235,6 +235,18 @@ def test_verify_needs_a_plain_tar_file_and_an_empty_mapfile_is_refused(tmp_path)
     assert r.returncode != 0 and "--verify with --tar=i needs SOURCE" in r.stderr
     r = run_mkerofs("--tar=i,", tmp_path / "j.erofs", tar, check=False)
     assert r.returncode != 0 and "MAPFILE needs a name" in r.stderr
+
+
+@pytest.mark.parametrize("mode", ["--tar=i", "--tar=i,map"])
+def test_blobdev_is_refused(tmp_path, mode):
+    """--tar=i writes no file data, so a --blobdev FILE would stay empty (as mkfs.erofs 1.9.3
+    leaves it, giving the tar's device slot FILE's 0 blocks): refused, nothing written."""
+    tar, image, blob = tmp_path / "t.tar", tmp_path / "i.erofs", tmp_path / "blob"
+    tar.write_bytes(CASE21)
+    r = run_mkerofs(*BASE, mode, f"--blobdev={blob}", "--chunksize=4096", image, tar,
+                    check=False, cwd=tmp_path)
+    assert_clean_failure(r, mentions=["--blobdev", "--tar=i", "no file data"], image=image)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.tar"]
 
 
 def test_48bit_chunk_indexes_past_2_to_the_32_blocks():

@@ -1,0 +1,183 @@
+"""The tar reader's quick path (TarReader._quick_entry) reads every archive exactly as its
+general code does: the same entries, offsets and end, or the same error, also on damaged
+headers; and --tar=i's shared chunk layouts give every file the map a layout of its own gives."""
+import io
+import random
+import stat
+import tarfile
+
+import pytest
+
+from mkerofs.ondisk import format as fmt
+from mkerofs.writer import tarstream as ts
+from mkerofs.writer.chunks import ChunkLayout, covering_chunkbits, make_indexed_file, set_chunk_map
+from mkerofs.writer.plan import PlannedInode
+from mkerofs.writer.walk import DataRef, SourceInode, SourceStat
+from support.tarfiles import END, header, member, pax
+
+
+class _GeneralReader(ts.TarReader):
+    """The reader without its quick path."""
+
+    def _quick_entry(self):
+        return None
+
+
+def _read(reader_class, raw: bytes, chunk: int = 1 << 20):
+    """Entries (with their data) and the end offsets, or the error's message."""
+    reader = reader_class(io.BufferedReader(io.BytesIO(raw), chunk))
+    out = []
+    try:
+        for entry in reader:
+            out.append((entry, reader.read(entry)))
+    except ts.TarError as err:
+        out.append(("error", str(err)))
+    return out, reader.end_offset, reader.archive_end, reader.trailing_bytes
+
+
+def _same(raw: bytes) -> list:
+    quick = _read(ts.TarReader, raw)
+    assert quick == _read(_GeneralReader, raw)
+    return quick[0]
+
+
+def _tarfile(fmt_: int, names: list[str]) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=fmt_) as tar:
+        for i, name in enumerate(names):
+            info = tarfile.TarInfo(name)
+            info.mtime = 1_700_000_000 + i
+            info.uid, info.gid, info.uname = i, 2 * i, "u%d" % i
+            if name.endswith("/"):
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif name.startswith("l"):
+                info.type, info.linkname = tarfile.SYMTYPE, "target/" + name
+                tar.addfile(info)
+            elif name.startswith("h"):
+                info.type, info.linkname = tarfile.LNKTYPE, names[0]
+                tar.addfile(info)
+            elif name.startswith("c"):
+                info.type, info.devmajor, info.devminor = tarfile.CHRTYPE, 1, 3
+                tar.addfile(info)
+            else:
+                data = name.encode() * (i % 5)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+_NAMES = ["f0", "d/", "d/f1", "d/e/", "l1", "h1", "c1", "./d/../g", "d//x", "/abs", "x" * 99,
+          "p/" * 60 + "deep", "é/ü", "d/" + "y" * 120, "z" * 300]
+
+
+@pytest.mark.parametrize("format_", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_archives_of_every_format(format_):
+    names = _NAMES if format_ != tarfile.USTAR_FORMAT else \
+        [n for n in _NAMES if len(n) < 100 and n.isascii()]
+    entries = _same(_tarfile(format_, names))
+    assert len(entries) == len(names)
+
+
+def _gnu_posix_entry(name: bytes, data: bytes, times: bytes, typeflag: bytes = b"0") -> bytes:
+    """What GNU tar --format=posix writes for a file: a PAX header of its atime and ctime."""
+    return member(header(b"./PaxHeaders/" + name, b"x", len(times)), times) + \
+        member(header(name, typeflag, len(data)), data)
+
+
+_TIMES = b"30 atime=1795940613.148940629\n29 ctime=1795940611.14587329\n"
+
+
+def _gnu_posix_archive() -> bytes:
+    return b"".join([
+        _gnu_posix_entry(b"dir/", b"", _TIMES, b"5"),
+        _gnu_posix_entry(b"dir/a", b"abc" * 200, _TIMES),
+        _gnu_posix_entry(b"dir/b", b"", b"20 atime=1795940613\n" + _TIMES[30:]),
+        pax([(b"path", b"dir/" + b"n" * 150), (b"atime", b"1.5")]) + member(header(b"short", size=3), b"xyz"),
+        pax([(b"mtime", b"1795940473.348698025")]) + member(header(b"dir/c", size=1), b"q"),
+        member(header(b"plain", size=700), b"p" * 700),
+        member(header(b"dir/pre", size=2, prefix=b"pfx"), b"zz"),
+        _gnu_posix_entry(b"dir/link", b"", _TIMES, b"2"),
+    ]) + END
+
+
+def test_gnu_posix_archive_is_read_the_quick_way():
+    raw = _gnu_posix_archive()
+    entries = _same(raw)
+    assert [e.path for e, _d in entries] == [b"dir", b"dir/a", b"dir/b", b"dir/" + b"n" * 150,
+                                              b"dir/c", b"plain", b"pfx/dir/pre", b"dir/link"]
+    assert entries[4][0].mtime_ns == 1795940473_348698025
+    calls = []
+
+    class Counting(ts.TarReader):
+        def _entry(self, *args):
+            calls.append(args[2])
+            return super()._entry(*args)
+
+    _read(Counting, raw)
+    # the general _entry: PAX records, a prefix, a symlink; the rest made by the quick path
+    assert len(calls) == 4
+
+
+@pytest.mark.parametrize("chunk", [512, 1000, 1536, 4096])
+def test_small_reads_split_headers_anywhere(chunk):
+    raw = _gnu_posix_archive()
+    assert _read(ts.TarReader, raw, chunk) == _read(_GeneralReader, raw, chunk)
+
+
+def test_damaged_archives_fail_alike():
+    """Bytes of the headers overwritten at random: the quick path accepts or refuses exactly
+    what the general code does, with the same message."""
+    raw = _gnu_posix_archive()
+    heads = [i for i in range(0, len(raw), 512) if raw[i + 257:i + 262] == b"ustar"]
+    rng = random.Random(7)
+    values = b"0 7\0\xff/.xX5L8"
+    errors = 0
+    for _ in range(1500):
+        damaged = bytearray(raw)
+        blocks = set()
+        for _ in range(rng.randint(1, 3)):
+            block = rng.choice(heads)
+            blocks.add(block)
+            at = rng.choice([0, 1, 99, 100, 107, 124, 130, 135, 136, 148, 150, 155, 156, 257,
+                             262, 263, 345, rng.randrange(512)])
+            damaged[block + at] = rng.choice(values)
+        if rng.random() < 0.7:
+            # and the checksums made right again, so that the fields themselves are read
+            for block in blocks:
+                damaged[block + 148:block + 156] = b" " * 8
+                damaged[block + 148:block + 156] = b"%06o\0 " % sum(damaged[block:block + 512])
+        entries = _same(bytes(damaged))
+        errors += entries[-1:] != [] and entries[-1][0] == "error"
+    assert 100 < errors < 1400
+
+
+# -- --tar=i: one layout for all files with the same map shape ---------------------------------
+
+@pytest.mark.parametrize("size", [1, 511, 512, 513, 4096, 12345, 1 << 20, (1 << 20) + 1, 3 << 30])
+@pytest.mark.parametrize("start,device_id", [(0, 1), (77, 1), ((1 << 32) - 1, 1), (1 << 40, 1),
+                                             (5, 0), (1000, 0)])
+@pytest.mark.parametrize("xattr_bytes", [0, 4, 12])
+def test_indexed_file_map_is_its_own_layouts(size, start, device_id, xattr_bytes):
+    src = SourceInode(b"f", SourceStat(stat.S_IFREG | 0o644, 0, 0, size, 0, 0),
+                      data=DataRef(b"", 0, indexed=True))
+
+    def node():
+        n = PlannedInode(src=src, ftype=fmt.EROFS_FT_REG_FILE, mode=src.st.st_mode, uid=0,
+                         gid=0, mtime=0, mtime_nsec=0, nlink=1, size=size)
+        n.set_xattr_ibody(bytes(xattr_bytes))
+        return n
+
+    for blkszbits in (9, 12):
+        if not device_id and start >= fmt.EROFS_NULL_ADDR_32:
+            continue
+        shared, own = node(), node()
+        make_indexed_file(shared, blkszbits, start, device_id)
+        chunkbits = covering_chunkbits(size, blkszbits)
+        step = 1 << (chunkbits - blkszbits)
+        addrs = list(range(start, start + -(-size >> chunkbits) * step, step))
+        layout = ChunkLayout(size, blkszbits, chunkbits, bool(device_id),
+                             bool(device_id) and addrs[-1] >= fmt.EROFS_NULL_ADDR_32)
+        set_chunk_map(own, layout, addrs, device_id)
+        assert (shared.datalayout, shared.i_u, shared.inline, shared.inline_len) == \
+            (own.datalayout, own.i_u, own.inline, own.inline_len)
