@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import os
 from operator import attrgetter
 import stat
@@ -1081,6 +1080,7 @@ def _choose_uuid(options: BuildOptions, meta: MetaImage, epoch: int) -> bytes:
         return options.uuid
     if options.source_date_epoch is not None:
         # reproducible: the same tree and options give the same metadata, hence the same UUID
+        import hashlib      # (OpenSSL: 3.5 MB of memory, loaded only where a build hashes)
         digest = hashlib.sha256(b"mkerofs\0%d\0" % epoch)
         meta.hash_into(digest)
         return uuidlib.UUID(bytes=digest.digest()[:16], version=5).bytes

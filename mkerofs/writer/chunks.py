@@ -31,9 +31,10 @@ What mkerofs stores this way:
   file), every entry a hole: no data blocks at all (make_hole_files).
 * With --chunksize (or -Ededupe without -z: chunks of one block), every regular file with data
   that is stored uncompressed (chunk_file, ChunkStore).  As mkfs.erofs 1.9.3 does: each chunk is
-  hashed (SHA-256) and stored once, later copies pointing at the first; a chunk wholly inside a
-  hole of the source (SEEK_DATA) and a full chunk of zeros are holes; a file without data is one
-  chunk of holes.  (-E^dedupe stores every chunk, zeros too, holes of the source excepted.)
+  stored once, later copies pointing at the first (mkfs.erofs finds them by SHA-256; mkerofs
+  by a 64-bit hash, then compares the bytes with those stored: the same chunks, 48 bytes of
+  memory less a chunk); a chunk wholly inside a hole of the source (SEEK_DATA) and a full
+  chunk of zeros are holes; a file without data is one chunk of holes.  (-E^dedupe stores every chunk, zeros too, holes of the source excepted.)
   Then runs of chunks that follow each other on the device (or are all holes) are merged: the
   inode's chunk size becomes the largest power of two that divides the length of every run
   (merged_chunks), so it can exceed --chunksize.  A chunk's last block is padded with zeros;
@@ -60,10 +61,11 @@ from __future__ import annotations
 
 import errno
 import functools
-import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, NamedTuple, Protocol, Sequence
+from typing import Callable, Iterable, NamedTuple, Protocol, Sequence
+
+import xxhash
 
 from ..errors import BuildError
 from ..ondisk import format as fmt
@@ -274,6 +276,7 @@ def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int,
 _WINDOW = 1 << 20       # bytes read at once; smaller chunks are hashed out of one read
 _ZEROS = bytes(_WINDOW)
 _NEW = object()         # ChunkStore._known: not seen yet (None stands for a hole)
+_KEY_SHIFT = 4          # a hash's top 60 bits: an int of 32 bytes (64 bits take 48)
 
 
 class ChunkSink(Protocol):
@@ -286,6 +289,9 @@ class ChunkSink(Protocol):
 
     def pwrite(self, data, pos: int) -> None: ...
 
+    def pread(self, n: int, pos: int) -> bytes:
+        """What was written at `pos`."""
+
 
 class ImageBlocks:
     """The image's own data area as a ChunkSink (chunk addresses on device 0)."""
@@ -293,6 +299,7 @@ class ImageBlocks:
     def __init__(self, data):          # a data.DataArea
         self.allocate = data.allocate
         self.pwrite = data.out.pwrite
+        self.pread = data.out.pread
         self._data = data
 
     def align(self, nblocks: int) -> None:
@@ -300,7 +307,9 @@ class ImageBlocks:
 
 
 class ChunkStore:
-    """Stores chunks in `sink`, each distinct one once: a table from digest to first block.
+    """Stores chunks in `sink`, each distinct one once: a table from a chunk's hash to where it
+    is stored, whose bytes are compared with the chunk's before it is taken (a hash of 64 bits
+    may collide; a digest of 256 bits as the key would cost 48 more bytes a chunk).
 
     `device_id` is what the chunk indexes name (0: the image, n: the device table's slot n);
     `indexes` asks for 8-byte indexes on the image as well (-Eforce-chunk-indexes)."""
@@ -318,13 +327,18 @@ class ChunkStore:
         self.device_id = device_id
         self.dedupe = dedupe
         self.wide_ok = wide_ok          # -E48bit: chunks may lie past 2^32 blocks
-        self._known: dict[bytes, int | None] = {}
+        # hash >> _KEY_SHIFT -> the first chunk stored with it: its first block << _lenbits |
+        # its length (the last chunk of a file may be short), None for a hole (all zeros);
+        # _others: the further ones, in the unlikely case that different chunks share a key
+        self._known: dict[int, int | None] = {}
+        self._others: dict[int, list[int | None]] = {}
+        self._lenbits = chunkbits + 1
         self.blocks_written = 0
         self.saved_bytes = 0        # bytes of chunks found stored already (or all zeros)
         self.saved_blocks = 0       # the blocks they did not take
         if dedupe and 1 << chunkbits <= _WINDOW:
             # a full chunk of zeros is a hole (larger chunks are checked for zeros as read)
-            self._known[hashlib.sha256(bytes(1 << chunkbits)).digest()] = None
+            self._known[xxhash.xxh3_64_intdigest(bytes(1 << chunkbits)) >> _KEY_SHIFT] = None
 
     def begin_file(self) -> None:
         """Called before a file's first chunk: with --dsunit, its first new chunk begins at a
@@ -362,19 +376,22 @@ class ChunkStore:
         cs = 1 << self.chunkbits
         view = memoryview(buf)
         known = self._known
-        sha256 = hashlib.sha256
+        xxh3 = xxhash.xxh3_64_intdigest
         new = []
         first = None
         for pos in range(0, len(buf), cs):
             piece = view[pos:pos + cs]
             if self.dedupe:
-                digest = sha256(piece).digest()
-                addr = known.get(digest, _NEW)
-                if addr is not _NEW:
-                    out.append(addr)
-                    self._saved(len(piece))
-                    continue
-                addr = known[digest] = self._new_blocks(len(piece))
+                key = xxh3(piece) >> _KEY_SHIFT
+                found = known.get(key, _NEW)
+                if found is not _NEW:
+                    addr = self._find(key, found, lambda v: self._holds(v, piece, new, first))
+                    if addr is not _NEW:
+                        out.append(addr)
+                        self._saved(len(piece))
+                        continue
+                addr = self._new_blocks(len(piece))
+                self._remember(key, found, addr, len(piece))
             else:
                 addr = self._new_blocks(len(piece))
             if first is None:
@@ -387,11 +404,42 @@ class ChunkStore:
                 new.append(_ZEROS[:pad])
             self.sink.pwrite(b"".join(new), first << self.blkszbits)
 
+    def _remember(self, key: int, found, addr: int, nbytes: int) -> None:
+        """Note the chunk just stored at `addr` under `key` (`found`: what the key had)."""
+        value = addr << self._lenbits | nbytes
+        if found is _NEW:
+            self._known[key] = value
+        else:
+            self._others.setdefault(key, []).append(value)
+
+    def _find(self, key: int, found, same: Callable[[int | None], bool]):
+        """The address (None: a hole) of the chunk under `key` that `same` says holds the
+        bytes looked for (`found` is the first); _NEW if none does."""
+        for value in (found, *self._others.get(key, ())):
+            if same(value):
+                return None if value is None else value >> self._lenbits
+        return _NEW
+
+    def _holds(self, value: int | None, piece, new: list, first: int | None) -> bool:
+        """Whether the chunk noted as `value` has the bytes of `piece`: in the sink, or among
+        the chunks `new` of this window, stored from block `first` but not written yet."""
+        n = len(piece)
+        if value is None:
+            return n == 1 << self.chunkbits and _equal(piece, lambda off, k: _ZEROS[:k])
+        if value & ((1 << self._lenbits) - 1) != n:
+            return False
+        addr = value >> self._lenbits
+        if first is not None and addr >= first:     # (a window's new chunks are consecutive)
+            stored = new[(addr - first) >> (self.chunkbits - self.blkszbits)]
+            return _equal(piece, lambda off, k: bytes(stored[off:off + k]))
+        pos = addr << self.blkszbits
+        return _equal(piece, lambda off, k: self.sink.pread(k, pos + off))
+
     def _store_big(self, fd: int, pos: int, n: int, where: str) -> int | None:
         """One chunk larger than a read: hashed as read, read again to be written if new."""
-        digest = None
+        key = None
         if self.dedupe:
-            h = hashlib.sha256()
+            h = xxhash.xxh3_64()
             zeros = True
             for off in range(pos, pos + n, _WINDOW):
                 piece = _pread_exact(fd, off, min(_WINDOW, pos + n - off), where)
@@ -400,14 +448,16 @@ class ChunkStore:
             if zeros and n == 1 << self.chunkbits:
                 self._saved(n)
                 return None
-            digest = h.digest()
-            addr = self._known.get(digest, _NEW)
-            if addr is not _NEW:
-                self._saved(n)
-                return addr
+            key = h.intdigest() >> _KEY_SHIFT
+            found = self._known.get(key, _NEW)
+            if found is not _NEW:
+                addr = self._find(key, found, lambda v: self._holds_range(v, fd, pos, n, where))
+                if addr is not _NEW:
+                    self._saved(n)
+                    return addr
         addr = self._new_blocks(n)
-        if digest is not None:
-            self._known[digest] = addr
+        if key is not None:
+            self._remember(key, found, addr, n)
         dst = addr << self.blkszbits
         for off in range(pos, pos + n, _WINDOW):
             piece = _pread_exact(fd, off, min(_WINDOW, pos + n - off), where)
@@ -415,6 +465,26 @@ class ChunkStore:
                 piece += _ZEROS[:-len(piece) % (1 << self.blkszbits)]
             self.sink.pwrite(piece, dst + off - pos)
         return addr
+
+    def _holds_range(self, value: int | None, fd: int, pos: int, n: int, where: str) -> bool:
+        """Whether the chunk noted as `value` has the `n` bytes at `pos` of fd."""
+        if value is None or value & ((1 << self._lenbits) - 1) != n:
+            return False
+        dst = value >> self._lenbits << self.blkszbits
+        return all(self.sink.pread(min(_WINDOW, pos + n - off), dst + off - pos) ==
+                   _pread_exact(fd, off, min(_WINDOW, pos + n - off), where)
+                   for off in range(pos, pos + n, _WINDOW))
+
+
+_SLICE = 1 << 16        # bytes compared at once: a copy of a whole chunk would raise the peak
+
+
+def _equal(piece: memoryview, read: Callable[[int, int], bytes]) -> bool:
+    """Whether `piece` holds the bytes read(offset, length) gives, compared slice by slice
+    (as bytes: a memoryview compares item by item, 40 times slower)."""
+    n = len(piece)
+    return all(read(off, min(_SLICE, n - off)) == bytes(piece[off:off + _SLICE])
+               for off in range(0, n, _SLICE))
 
 
 def _pread_exact(fd: int, pos: int, n: int, where: str) -> bytes:

@@ -29,7 +29,6 @@ over many files in worker processes and writes the pclusters.
 """
 from __future__ import annotations
 
-import hashlib
 from array import array
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
@@ -423,6 +422,7 @@ def compress_segment(data, cfg: CompressConfig, *, last: bool, tail_room: int = 
         out.append(Pcluster(used, False, bytes(pad) + packed if pad else packed))
         head += used
     if cfg.dedupe_extents:
+        import hashlib      # (OpenSSL: 3.5 MB of memory, loaded only where a build hashes)
         for p in out:
             if not p.inline:
                 # a cryptographic hash: a collision would hand one file's bytes to another

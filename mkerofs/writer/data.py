@@ -35,7 +35,7 @@ class DataArea:
         self.next_block = start_block
         self.dsunit = max(dsunit, 1)
         self._copy_file_range = hasattr(os, "copy_file_range")
-        self._flats: dict[tuple[int, int, bool], FlatData] = {}   # the places at next_block
+        self._flats: dict[tuple[int, bool, bool], FlatData] = {}   # (see FlatData)
 
     def allocate(self, nblocks: int) -> int:
         """nblocks more blocks, right after the last ones (the rest of a file, metadata)."""
@@ -146,7 +146,7 @@ class DataArea:
             node.datalayout = fmt.EROFS_INODE_FLAT_INLINE if tail else fmt.EROFS_INODE_FLAT_PLAIN
             node.i_u = fmt.EROFS_NULL_ADDR_32
             node.inline_len = tail
-            node.flat = self._flat(self.next_block, tail, rewritten)
+            node.flat = self._flat(tail, rewritten)
             return node.flat
         nblocks = fmt.round_up(size - tail, self.block_size) // self.block_size
         # (directories are metadata to mkfs.erofs: never aligned to dsunit)
@@ -155,17 +155,17 @@ class DataArea:
         node.datalayout = fmt.EROFS_INODE_FLAT_INLINE if tail else fmt.EROFS_INODE_FLAT_PLAIN
         node.i_u = start
         node.inline_len = tail
-        node.flat = FlatData(start, tail, rewritten)
+        node.flat = self._flat(tail, rewritten)
         return node.flat
 
-    def _flat(self, start: int, tail: int, rewritten: bool) -> FlatData:
-        """A FlatData of no blocks, shared with the other files at the same place."""
-        key = (start, tail, rewritten)
+    def _flat(self, tail: int, rewritten: bool = False, written: bool = False) -> FlatData:
+        """The FlatData of these fields, shared with the other inodes that have them."""
+        key = (tail, rewritten, written)
         flat = self._flats.get(key)
         if flat is None:
             if len(self._flats) > 1024:
                 self._flats.clear()
-            flat = self._flats[key] = FlatData(start, tail, rewritten)
+            flat = self._flats[key] = FlatData(tail, rewritten, written)
         return flat
 
     def take_written(self, node: PlannedInode) -> None:
@@ -175,7 +175,7 @@ class DataArea:
         node.datalayout = fmt.EROFS_INODE_FLAT_PLAIN
         node.i_u = start
         node.inline_len = 0
-        node.flat = FlatData(start, 0, written=True)
+        node.flat = self._flat(0, written=True)
 
     def copy_regular(self, node: PlannedInode, tail_view: memoryview) -> None:
         """Copy a regular file to its reserved place (node.flat): the body to its blocks, the
@@ -218,7 +218,7 @@ class DataArea:
         """The blocks of node.flat from `base` of src, the last one padded with zeros; `dense`:
         src has no holes there (copied without looking for them)."""
         bs = self.block_size
-        start = node.flat.start * bs
+        start = node.i_u * bs
         body = node.size - node.flat.tail
         if body:
             if dense:
@@ -260,7 +260,7 @@ class DataArea:
         body = len(data) - node.flat.tail
         if body:
             self.out.pwrite(data[:body].ljust(fmt.round_up(body, self.block_size), b"\0"),
-                            node.flat.start * self.block_size)
+                            node.i_u * self.block_size)
         node.inline = data[body:]
 
 

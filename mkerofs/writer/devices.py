@@ -104,6 +104,9 @@ class BlobFile:
         except BuildError as err:
             raise BuildError(f"--blobdev {err}") from None
 
+    def pread(self, n: int, pos: int) -> bytes:
+        return self._out.pread(n, pos)
+
     @property
     def blocks(self) -> int:
         return self.next_block

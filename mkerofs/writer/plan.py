@@ -20,10 +20,10 @@ _COMPRESSED_LAYOUTS = {fmt.EROFS_INODE_COMPRESSED_FULL, fmt.EROFS_INODE_COMPRESS
 
 @dataclass(frozen=True, slots=True)
 class FlatData:
-    """Where the content of a flat inode goes: reserved in the data area, copied later.
-    Immutable, so that files with the same place share one (every small file whose content
-    is all inline has start = the next free block)."""
-    start: int                      # first block of the body
+    """How the content of a flat inode goes into the place reserved for it, copied later:
+    the body to the blocks from the inode's i_u (its raw_blkaddr), the tail inline.
+    Immutable and without the place itself, so that few of them serve every inode
+    (DataArea.reserve_flat: one each would be 64 bytes a file)."""
     tail: int                       # bytes kept inline, after inode + xattrs
     rewritten: bool = False         # the blocks hold a compressed attempt: a copy writes holes
     written: bool = False           # the body is in the image already (walk.DataRef.in_image)

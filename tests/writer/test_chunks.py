@@ -24,6 +24,7 @@ from mkerofs import BuildOptions, build
 from mkerofs.ondisk import format as fmt
 from mkerofs.reader import Image
 from mkerofs.writer.options import TarOptions
+from mkerofs.writer import chunks
 from mkerofs.writer.chunks import ChunkStore, chunk_file, data_chunks, merged_chunks
 from mkerofs.errors import BuildError
 from support.oracle import read_superblock
@@ -51,6 +52,12 @@ class MemorySink:
 
     def pwrite(self, data, pos: int) -> None:
         self.writes[pos] = bytes(data)
+
+    def pread(self, n: int, pos: int) -> bytes:
+        for start, data in self.writes.items():
+            if start <= pos < start + len(data):
+                return data[pos - start:pos - start + n]
+        return b""
 
 
 # -- the engine ------------------------------------------------------------------------------
@@ -124,6 +131,45 @@ def test_store_big_chunks_are_streamed(tmp_path):
     assert sink.next == 1025
     joined = b"".join(sink.writes[p] for p in sorted(sink.writes))
     assert joined == data + b"!" + bytes(4095)
+
+
+class _OneHash:
+    """Stands for xxhash in chunks.py: every chunk hashes to 0, so every key collides."""
+
+    @staticmethod
+    def xxh3_64_intdigest(data) -> int:
+        return 0
+
+    class xxh3_64:
+        def update(self, data) -> None:
+            pass
+
+        def intdigest(self) -> int:
+            return 0
+
+
+@pytest.mark.parametrize("chunkbits,zero_chunks", [(12, 300), (22, 1)])
+def test_store_compares_bytes_when_hashes_collide(tmp_path, monkeypatch, chunkbits, zero_chunks):
+    """A chunk is shared only with one of the same bytes and length: with every hash the same,
+    the store still finds what SHA-256 would (earlier windows read back from the sink, this
+    window's new chunks from memory; a short chunk that starts like a stored one is new)."""
+    cs = 1 << chunkbits
+    a, b = rand(cs, 4), rand(cs, 5)
+    f = tmp_path / "f"
+    f.write_bytes(a + b + bytes(cs * zero_chunks) + b + a + a[:100])
+
+    def store_file():
+        sink = MemorySink()
+        with open(f, "rb") as fh:
+            _layout, addrs = chunk_file(ChunkStore(sink, 12, chunkbits), fh.fileno(), 0,
+                                        f.stat().st_size, "f")
+        return addrs, b"".join(sink.writes[p] for p in sorted(sink.writes))
+
+    blocks = cs >> 12
+    want = [0, blocks] + [None] * zero_chunks + [blocks, 0, 2 * blocks]
+    assert store_file() == (want, a + b + a[:100] + bytes(4096 - 100))
+    monkeypatch.setattr(chunks, "xxhash", _OneHash)
+    assert store_file() == (want, a + b + a[:100] + bytes(4096 - 100))
 
 
 # -- whole builds, read back ------------------------------------------------------------------
