@@ -60,6 +60,9 @@ OPAQUE_XWHITEOUTS = b"x"
 _NO_DATA = DataRef(None)
 _NO_XATTRS: list[tuple[bytes, bytes]] = []     # shared (never changed in place): 56 bytes a node
 _DEVICES = (stat.S_IFCHR, stat.S_IFBLK)
+_S_IFMT = 0o170000              # stat.S_IFMT(mode), without a call (for every entry read)
+# what _layer_node makes without the reader's Inode: nothing to read beyond the inode itself
+_PLAIN_KINDS = frozenset((stat.S_IFREG, stat.S_IFDIR, stat.S_IFIFO, stat.S_IFSOCK))
 
 
 class LayerFile(NamedTuple):
@@ -231,7 +234,7 @@ def _read_dirs(img: Image, index: int, pending: deque, seen: dict[int, SourceIno
     """Read the directories `pending` ((node, inode, path + b"/")) of `img` and everything
     below them, breadth first; `seen`: the nodes made already, by nid (hard links stay one
     node); each regular file with bytes noted in `files`, each node's nid in `nids`."""
-    inode_of = img.inode
+    fields_of = img.inode_fields
     while pending:
         directory, dir_inode, base = pending.popleft()
         entries = directory.entries
@@ -244,11 +247,11 @@ def _read_dirs(img: Image, index: int, pending: deque, seen: dict[int, SourceIno
                 entries.append((name, node))
                 continue
             path = base + name
-            inode = inode_of(nid)
-            node = _layer_node(img, index, inode, path, files)
+            fields = fields_of(nid)
+            node = _layer_node(img, index, nid, fields, path, files)
             if node.entries is not None:
                 node.parent = directory
-                pending.append((node, inode, path + b"/"))
+                pending.append((node, Inode(nid, *fields), path + b"/"))
             seen[nid] = node
             if nids is not None:
                 nids[node] = nid
@@ -263,12 +266,25 @@ def _listing(img: Image, inode: Inode, base: bytes) -> list[tuple[bytes, int, in
         raise ImageError(f"{os.fsdecode(base)}: {err}") from None
 
 
-def _layer_node(img: Image, index: int, inode: Inode, path: bytes,
+def _layer_node(img: Image, index: int, nid: int, fields: tuple, path: bytes,
                 files: dict[SourceInode, "LayerFile"]) -> SourceInode:
-    """image_node, a regular file with bytes noted in `files` as from source `index`."""
-    node = image_node(img, inode, path)
-    if node.data is _NO_DATA and inode.size:
-        files[node] = LayerFile(index, inode.nid, inode.size, inode.datalayout, inode.startblk)
+    """image_node of inode `nid` (its Image.inode_fields), a regular file with bytes noted in
+    `files` as from source `index`.  (Made for every entry of every layer that shows: plain
+    files and directories without xattrs, nearly all of them, straight from the fields.)"""
+    (mode, uid, gid, _nlink, size, mtime, nsec, _rdev, _ino, layout, _extended, icount, _pos,
+     startblk, _dot) = fields
+    kind = mode & _S_IFMT
+    if icount or kind not in _PLAIN_KINDS:
+        node = image_node(img, Inode(nid, *fields), path)
+    elif kind == stat.S_IFDIR:
+        node = SourceInode(path, SourceStat(mode, uid, gid, size, mtime * 10**9 + nsec, 0),
+                           entries=[], xattrs=_NO_XATTRS)
+    else:
+        node = SourceInode(path, SourceStat(mode, uid, gid, size, mtime * 10**9 + nsec, 0),
+                           xattrs=_NO_XATTRS,
+                           data=_NO_DATA if kind == stat.S_IFREG else None)
+    if size and kind == stat.S_IFREG:
+        files[node] = LayerFile(index, nid, size, layout, startblk)
     return node
 
 
@@ -398,7 +414,7 @@ def _fold_image(merged: _Merged, img: Image, index: int,
     # (a merged directory stands for the nid it was merged with: a second name is an error)
     seen: dict[int, SourceInode] = {root_inode.nid: merged.root}
     pending = [(merged.root, root_inode, b"/")]
-    inode_of = img.inode
+    fields_of = img.inode_fields
     sealed = merged.sealed
     while pending:
         up, low, base = pending.pop()
@@ -417,18 +433,19 @@ def _fold_image(merged: _Merged, img: Image, index: int,
                                  "second name")
             if mine is None:
                 if node is None:
-                    inode = inode_of(nid)
-                    node = _layer_node(img, index, inode, base + name, files)
+                    fields = fields_of(nid)
+                    node = _layer_node(img, index, nid, fields, base + name, files)
                     seen[nid] = node
                     if node.entries is not None:
-                        _read_dirs(img, index, deque([(node, inode, base + name + b"/")]),
+                        _read_dirs(img, index,
+                                   deque([(node, Inode(nid, *fields), base + name + b"/")]),
                                    seen, files, None)
                 merged.take(up, kids, name, node, xwhiteouts)
                 continue
-            inode = inode_of(nid) if node is None else None
-            if inode is not None and stat.S_ISDIR(inode.mode):
+            fields = fields_of(nid) if node is None else None
+            if fields is not None and fields[0] & _S_IFMT == stat.S_IFDIR:     # (its mode)
                 seen[nid] = mine
-                pending.append((mine, inode, base + name + b"/"))
+                pending.append((mine, Inode(nid, *fields), base + name + b"/"))
             else:               # a file or whiteout below: nothing further down shows
                 sealed.add(mine)
         if opaque == OPAQUE_YES:
