@@ -5,7 +5,7 @@ module: `read_layer` turns an image (read with mkerofs.reader) into the SourceIn
 planner takes, each regular file remembered with its inode in that image (`LayerTree.files`),
 and `merge_layers` stacks such trees (or trees from a directory or a tar) as overlayfs does.
 Rebuild mode (`LayerStack.merged_tree`) reads only its top image whole and folds each image
-below into the merged tree as it reads it (`_fold_image`), never reading what the images
+below into the merged tree as it reads it (`_ImageBelow`), never reading what the images
 above hide: its peak memory is the merged tree's, not all the layers' trees'.  What
 happens to the files' bytes is the caller's choice (`resolve_layer_data` for rebuild: point
 at them through the device table, or copy them).  A source image may have one extra device
@@ -242,8 +242,7 @@ def _read_dirs(img: Image, index: int, pending: deque, seen: dict[int, SourceIno
             node = seen.get(nid)
             if node is not None:
                 if node.entries is not None:
-                    raise ImageError(f"{os.fsdecode(base + name)}: directory nid {nid} has a "
-                                     "second name")
+                    raise _second_name(base + name, nid)
                 entries.append((name, node))
                 continue
             path = base + name
@@ -317,7 +316,7 @@ def read_image_tree(img: Image, path: str) -> LayerTree:
 def _is_whiteout(node: SourceInode, xwhiteouts: bool) -> bool:
     """`xwhiteouts`: its directory's trusted.overlay.opaque is "x"."""
     st = node.st
-    kind = stat.S_IFMT(st.st_mode)
+    kind = st.st_mode & _S_IFMT
     if kind == stat.S_IFCHR:
         return st.st_rdev == 0
     return xwhiteouts and kind == stat.S_IFREG and st.st_size == 0 and \
@@ -368,27 +367,36 @@ class _Merged:
             if opaque == OPAQUE_YES:
                 self.sealed.add(d)
 
-    def add_below(self, upper: SourceInode, lower: SourceInode) -> None:
-        """Merge the directory `lower` of the next layer down into the merged `upper`."""
+    def add_below(self, upper: SourceInode, lower,
+                  below: "_TreeBelow | _ImageBelow | None" = None) -> None:
+        """Merge the directory `lower` of the next layer down into the merged `upper`: the
+        overlay rule, once for both kinds of lower layer (`below`: how to read `lower`; a
+        whole SourceInode tree when None)."""
+        if below is None:
+            below = _TREE
+        sealed, children, take = self.sealed, self.children, self.take
         pending = [(upper, lower)]
         while pending:
             up, low = pending.pop()
-            if up in self.sealed:
+            if up in sealed:
                 continue
-            kids = self.children[up]
-            opaque = _opaque(low.xattrs)
+            kids = children[up]
+            opaque = below.opaque(low)
             xwhiteouts = opaque == OPAQUE_XWHITEOUTS
-            for name, child in low.entries:
+            for entry in below.entries(low):
+                name = entry[0]
                 mine = kids.get(name)
                 if mine is None:
-                    self.take(up, kids, name, child, xwhiteouts)
+                    take(up, kids, name, below.node(low, name, entry[1]), xwhiteouts)
                 elif mine.entries is not None:
-                    if child.entries is not None:
-                        pending.append((mine, child))
+                    deeper = below.directory(low, name, entry[1], mine)
+                    if deeper is not None:
+                        pending.append((mine, deeper))
                     else:               # a file or whiteout below: nothing further down shows
-                        self.sealed.add(mine)
+                        sealed.add(mine)
+                # (else hidden by a non-directory above)
             if opaque == OPAQUE_YES:
-                self.sealed.add(up)
+                sealed.add(up)
 
     def take(self, up: SourceInode, kids: dict[bytes, SourceInode], name: bytes,
              child: SourceInode, xwhiteouts: bool) -> None:
@@ -403,53 +411,91 @@ class _Merged:
         kids[name] = child
 
 
-def _fold_image(merged: _Merged, img: Image, index: int,
-                files: dict[SourceInode, LayerFile]) -> None:
-    """Merge image `img` (source `index`) below `merged`, as _Merged.add_below merges a tree,
-    but reading only what shows: a name an upper layer hides, or anything in a directory
-    that hides what is below it, is not read at all (rebuild mode: the layers are not held
-    as whole trees).  (A hard-linked file's `path`, which messages and --compress-hints
+class _TreeBelow:
+    """A lower layer given whole, as a SourceInode tree (tar layers, --incremental's): a
+    directory is its SourceInode, an entry's handle the child itself."""
+
+    @staticmethod
+    def opaque(low: SourceInode) -> bytes | None:
+        return _opaque(low.xattrs)
+
+    @staticmethod
+    def entries(low: SourceInode) -> list[tuple[bytes, SourceInode]]:
+        return low.entries
+
+    @staticmethod
+    def node(_low: SourceInode, _name: bytes, child: SourceInode) -> SourceInode:
+        return child
+
+    @staticmethod
+    def directory(_low: SourceInode, _name: bytes, child: SourceInode,
+                  _mine: SourceInode) -> SourceInode | None:
+        return child if child.entries is not None else None
+
+
+_TREE = _TreeBelow()
+
+
+class _ImageBelow:
+    """A lower layer read from its image as the merge reaches it (rebuild mode): a directory
+    is (its Inode, its path + b"/"), an entry's handle its nid.  A name an upper layer hides,
+    or anything in a directory that hides what is below it, is never read: the layers are not
+    held as whole trees.  (A hard-linked file's `path`, which messages and --compress-hints
     see, is thus its first name that shows, not its first name in the image.)"""
-    root_inode = img.root
-    # (a merged directory stands for the nid it was merged with: a second name is an error)
-    seen: dict[int, SourceInode] = {root_inode.nid: merged.root}
-    pending = [(merged.root, root_inode, b"/")]
-    fields_of = img.inode_fields
-    sealed = merged.sealed
-    while pending:
-        up, low, base = pending.pop()
-        if up in sealed:
-            continue
-        kids = merged.children[up]
-        opaque = _opaque(img.xattrs(low)) if low.xattr_icount else None
-        xwhiteouts = opaque == OPAQUE_XWHITEOUTS
-        for name, nid, _ftype in _listing(img, low, base):
-            mine = kids.get(name)
-            if mine is not None and mine.entries is None:
-                continue                # hidden by a non-directory above
-            node = seen.get(nid)
-            if node is not None and node.entries is not None:
-                raise ImageError(f"{os.fsdecode(base + name)}: directory nid {nid} has a "
-                                 "second name")
-            if mine is None:
-                if node is None:
-                    fields = fields_of(nid)
-                    node = _layer_node(img, index, nid, fields, base + name, files)
-                    seen[nid] = node
-                    if node.entries is not None:
-                        _read_dirs(img, index,
-                                   deque([(node, Inode(nid, *fields), base + name + b"/")]),
-                                   seen, files, None)
-                merged.take(up, kids, name, node, xwhiteouts)
-                continue
-            fields = fields_of(nid) if node is None else None
-            if fields is not None and fields[0] & _S_IFMT == stat.S_IFDIR:     # (its mode)
-                seen[nid] = mine
-                pending.append((mine, Inode(nid, *fields), base + name + b"/"))
-            else:               # a file or whiteout below: nothing further down shows
-                sealed.add(mine)
-        if opaque == OPAQUE_YES:
-            sealed.add(up)
+
+    def __init__(self, img: Image, index: int, files: dict[SourceInode, LayerFile],
+                 root: SourceInode):
+        """`root`: the merged root, which the image's root merges with."""
+        self.img, self.index, self.files = img, index, files
+        self.fields_of = img.inode_fields
+        # (a merged directory stands for the nid it was merged with: a second name is an
+        # error)
+        self.seen: dict[int, SourceInode] = {img.root_nid: root}
+
+    def top(self) -> tuple[Inode, bytes]:
+        return self.img.root, b"/"
+
+    def opaque(self, low: tuple[Inode, bytes]) -> bytes | None:
+        inode = low[0]
+        return _opaque(self.img.xattrs(inode)) if inode.xattr_icount else None
+
+    def entries(self, low: tuple[Inode, bytes]) -> list[tuple[bytes, int, int]]:
+        inode, base = low
+        return _listing(self.img, inode, base)
+
+    def node(self, low: tuple[Inode, bytes], name: bytes, nid: int) -> SourceInode:
+        """The node of `nid` (a directory: with everything below it), read if not yet."""
+        node = self.seen.get(nid)
+        if node is not None:
+            if node.entries is not None:
+                raise _second_name(low[1] + name, nid)
+            return node
+        fields = self.fields_of(nid)
+        path = low[1] + name
+        node = _layer_node(self.img, self.index, nid, fields, path, self.files)
+        self.seen[nid] = node
+        if node.entries is not None:
+            _read_dirs(self.img, self.index, deque([(node, Inode(nid, *fields), path + b"/")]),
+                       self.seen, self.files, None)
+        return node
+
+    def directory(self, low: tuple[Inode, bytes], name: bytes, nid: int,
+                  mine: SourceInode) -> tuple[Inode, bytes] | None:
+        """The directory `nid` to merge below the merged `mine`; None if it is none."""
+        node = self.seen.get(nid)
+        if node is not None:
+            if node.entries is not None:
+                raise _second_name(low[1] + name, nid)
+            return None                 # (a file met under another name)
+        fields = self.fields_of(nid)
+        if fields[0] & _S_IFMT != stat.S_IFDIR:        # (its mode)
+            return None
+        self.seen[nid] = mine
+        return Inode(nid, *fields), low[1] + name + b"/"
+
+
+def _second_name(path: bytes, nid: int) -> ImageError:
+    return ImageError(f"{os.fsdecode(path)}: directory nid {nid} has a second name")
 
 
 def merge_layers(roots: list[SourceInode], strip: bool) -> tuple[SourceInode, int]:
@@ -678,7 +724,8 @@ class LayerStack:
         # read (the four trees are not held whole: the peak of rebuild mode)
         for layer in reversed(self.layers[:-1]):
             try:
-                _fold_image(merged, layer.image, layer.index, files)
+                below = _ImageBelow(layer.image, layer.index, files, merged.root)
+                merged.add_below(merged.root, below.top(), below)
             except ImageError as err:
                 raise BuildError(f"{layer.path}: {err}") from None
         root, _count = _finish(merged, strip)
