@@ -494,6 +494,16 @@ class _ImageBelow:
         return Inode(nid, *fields), low[1] + name + b"/"
 
 
+def _merge_image(merged: _Merged, layer: Layer, files: dict[SourceInode, LayerFile]) -> None:
+    """Merge `layer`'s image below `merged` (rebuild mode), its files noted in `files`.
+    (What it read by nid is let go on return, before the next layer is read.)"""
+    below = _ImageBelow(layer.image, layer.index, files, merged.root)
+    try:
+        merged.add_below(merged.root, below.top(), below)
+    except ImageError as err:
+        raise BuildError(f"{layer.path}: {err}") from None
+
+
 def _second_name(path: bytes, nid: int) -> ImageError:
     return ImageError(f"{os.fsdecode(path)}: directory nid {nid} has a second name")
 
@@ -723,11 +733,7 @@ class LayerStack:
         # each lower layer folded in as it is read: what the layers above hide is never
         # read (the four trees are not held whole: the peak of rebuild mode)
         for layer in reversed(self.layers[:-1]):
-            try:
-                below = _ImageBelow(layer.image, layer.index, files, merged.root)
-                merged.add_below(merged.root, below.top(), below)
-            except ImageError as err:
-                raise BuildError(f"{layer.path}: {err}") from None
+            _merge_image(merged, layer, files)
         root, _count = _finish(merged, strip)
         # only the files the merged tree shows (their names counted: nlink)
         return root, {node: found for node, found in files.items() if node.nlink}
