@@ -392,6 +392,16 @@ def pack_dirents(nids, nameoffs, ftypes) -> bytes:
     return run.pack(*chain.from_iterable(zip(nids, nameoffs, ftypes, repeat(0, count))))
 
 
+def unpack_dirents(block: bytes, count: int) -> tuple[tuple[int, ...], tuple[int, ...],
+                                                      tuple[int, ...]]:
+    """The first `count` erofs_dirents of a directory block: their nids, nameoffs and file
+    types.  (Unpacked one by one: a Struct per count, as pack_dirents keeps, would hold one
+    for every count of every directory read.)"""
+    heads = block[:count * EROFS_DIRENT_SIZE]
+    nids, nameoffs, ftypes, _reserved = zip(*EROFS_DIRENT.iter_unpack(heads))
+    return nids, nameoffs, ftypes
+
+
 # ---------------------------------------------------------------------------
 # xattrs
 

@@ -62,7 +62,7 @@ import os
 import stat
 from bisect import bisect_right
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from typing import Callable, Container, Iterator
 
@@ -74,7 +74,8 @@ from . import zmap
 from ..errors import ImageError
 from .zmap import Extent
 
-__all__ = ["Image", "Inode", "Extent", "ImageError", "NotFoundError", "VerifyReport", "READ_LIMIT"]
+__all__ = ["Image", "Inode", "INODE_FIELDS", "Extent", "ImageError", "NotFoundError",
+           "VerifyReport", "READ_LIMIT"]
 
 READ_LIMIT = 1 << 31             # read() builds at most this many bytes; iter_data() streams
 MAX_DEPTH = 4096                 # walk(): deeper trees are refused (paths would exceed PATH_MAX)
@@ -82,11 +83,29 @@ DIR_LIMIT = 1 << 28              # bytes of directory entries read for one direc
 SYMLINK_MAX = 4095               # the kernel reads at most PAGE_SIZE - 1 bytes of a target
 _DECODED_CACHE_BYTES = 48 << 20  # decoded pclusters kept (fragments, dedupe, small reads)
 _DIR_CACHE_ENTRIES = 32
+_DOTS = frozenset((b".", b".."))
 
 _FT_OF_MODE = fmt.EROFS_FT_OF_MODE
 _COMPRESSED = (fmt.EROFS_INODE_COMPRESSED_FULL, fmt.EROFS_INODE_COMPRESSED_COMPACT)
 _ADDR32 = (1 << 32) - 1
 _ADDR48 = (1 << 48) - 1
+# Image.inode's constants, bound once
+_NID_METABOX_BIT = fmt.EROFS_DIRENT_NID_METABOX_BIT
+_ISLOTBITS = fmt.EROFS_ISLOTBITS
+_COMPACT_SIZE, _EXTENDED_SIZE = fmt.EROFS_INODE_COMPACT_SIZE, fmt.EROFS_INODE_EXTENDED_SIZE
+_I_FORMAT = fmt.EROFS_I_FORMAT.unpack_from
+_COMPACT, _EXTENDED = fmt.EROFS_INODE_COMPACT.unpack_from, fmt.EROFS_INODE_EXTENDED.unpack_from
+_I_ALL, _I_VERSION_MASK = fmt.EROFS_I_ALL, fmt.EROFS_I_VERSION_MASK
+_I_DATALAYOUT_BIT, _I_DATALAYOUT_MASK = fmt.EROFS_I_DATALAYOUT_BIT, fmt.EROFS_I_DATALAYOUT_MASK
+_I_NLINK_1_BIT, _I_DOT_OMITTED_BIT = fmt.EROFS_I_NLINK_1_BIT, fmt.EROFS_I_DOT_OMITTED_BIT
+_DATALAYOUT_MAX = fmt.EROFS_INODE_DATALAYOUT_MAX
+_FLAT_PLAIN, _CHUNK_BASED = fmt.EROFS_INODE_FLAT_PLAIN, fmt.EROFS_INODE_CHUNK_BASED
+_FLAT_INLINE = fmt.EROFS_INODE_FLAT_INLINE
+_NULL_ADDR = fmt.EROFS_NULL_ADDR
+_S_IFMT, _S_IFDIR = 0o170000, stat.S_IFDIR
+_BLOCK_KINDS = frozenset((stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK))    # i_u: a block address
+_DEVICE_KINDS = frozenset((stat.S_IFCHR, stat.S_IFBLK))                  # i_u: the device
+_SPECIAL_KINDS = frozenset((stat.S_IFIFO, stat.S_IFSOCK))
 # what unified addressing moves to an extra device: data read through erofs_map_dev (inline
 # tails are read as metadata, from the image)
 _UNIFIED_KINDS = ("plain", "compressed", "interlaced")
@@ -167,6 +186,10 @@ class Inode:
 
     def is_sock(self) -> bool:
         return stat.S_ISSOCK(self.mode)
+
+
+# Image.inode_fields(): what it returns, in this order
+INODE_FIELDS = tuple(f.name for f in fields(Inode))[1:]
 
 
 def _source_name(source, default: str) -> str:
@@ -534,58 +557,66 @@ class Image:
         return self.inode(self.root_nid)
 
     def inode(self, nid: int) -> Inode:
-        if nid < 0 or nid >> fmt.EROFS_DIRENT_NID_METABOX_BIT:
+        return Inode(nid, *self.inode_fields(nid))
+
+    def inode_fields(self, nid: int) -> tuple:
+        """inode(nid) without the object: the Inode's fields after its nid, in order
+        (INODE_FIELDS), checked as inode() checks them; Inode(nid, *fields) is inode(nid).
+        (For a caller that reads every inode and keeps few of them: rebuild mode.)"""
+        # (read for every entry of every directory walked: the constants are bound once,
+        # module-level, and each form is unpacked in one call)
+        if nid < 0 or nid >> _NID_METABOX_BIT:
             raise ImageError(f"nid {nid}: not a valid inode number")
-        pos = self._meta + (nid << fmt.EROFS_ISLOTBITS)
-        if pos + fmt.EROFS_INODE_COMPACT_SIZE > self._size:
+        pos = self._meta + (nid << _ISLOTBITS)
+        size_ = self._size
+        if pos + _COMPACT_SIZE > size_:
             if self._closed:
                 raise ImageError("the image is closed")
             raise ImageError(f"nid {nid}: inode at byte {pos} is past the end of the image "
-                             f"({self._size} bytes)")
+                             f"({size_} bytes)")
         data, at = self._data, self._base + pos
-        ifmt = fmt.EROFS_I_FORMAT.unpack_from(data, at)[0]
-        if ifmt & ~fmt.EROFS_I_ALL:
+        ifmt = _I_FORMAT(data, at)[0]
+        if ifmt & ~_I_ALL:
             raise ImageError(f"nid {nid}: unsupported i_format 0x{ifmt:x}")
-        layout = (ifmt >> fmt.EROFS_I_DATALAYOUT_BIT) & fmt.EROFS_I_DATALAYOUT_MASK
-        if layout >= fmt.EROFS_INODE_DATALAYOUT_MAX:
+        layout = (ifmt >> _I_DATALAYOUT_BIT) & _I_DATALAYOUT_MASK
+        if layout >= _DATALAYOUT_MAX:
             raise ImageError(f"nid {nid}: unknown data layout {layout}")
-        if ifmt & fmt.EROFS_I_VERSION_MASK:
-            if pos + fmt.EROFS_INODE_EXTENDED_SIZE > self._size:
+        if ifmt & _I_VERSION_MASK:
+            if pos + _EXTENDED_SIZE > size_:
                 raise ImageError(f"nid {nid}: extended inode at byte {pos} is past the end of "
-                                 f"the image ({self._size} bytes)")
+                                 f"the image ({size_} bytes)")
             (_, icount, mode, nb, size, i_u, ino, uid, gid, mtime, nsec, nlink,
-             _r) = fmt.EROFS_INODE_EXTENDED.unpack_from(data, at)
+             _r) = _EXTENDED(data, at)
             extended = True
             hi, mask = nb, _ADDR48
         else:
             (_, icount, mode, nb, size, mtime, i_u, ino, uid, gid,
-             _r) = fmt.EROFS_INODE_COMPACT.unpack_from(data, at)
+             _r) = _COMPACT(data, at)
             extended = False
             mtime, nsec = self.epoch + mtime, self.superblock.fixed_nsec
-            if not stat.S_ISDIR(mode) and ifmt >> fmt.EROFS_I_NLINK_1_BIT & 1:
+            if mode & _S_IFMT != _S_IFDIR and ifmt >> _I_NLINK_1_BIT & 1:
                 nlink, hi, mask = 1, nb, _ADDR48
             else:
                 nlink, hi, mask = nb, 0, _ADDR32
-        kind = stat.S_IFMT(mode)
+        kind = mode & _S_IFMT
         rdev = 0
         startblk = 0
-        if kind in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK):
+        if kind in _BLOCK_KINDS:
             startblk = i_u | (hi << 32)
-            if layout == fmt.EROFS_INODE_FLAT_PLAIN:
+            if layout == _FLAT_PLAIN:
                 # a flat inode without blocks: all ones in the address bits this form has
-                if not (startblk ^ fmt.EROFS_NULL_ADDR) & mask:
-                    startblk = fmt.EROFS_NULL_ADDR
-            elif layout == fmt.EROFS_INODE_CHUNK_BASED:
+                if not (startblk ^ _NULL_ADDR) & mask:
+                    startblk = _NULL_ADDR
+            elif layout == _CHUNK_BASED:
                 startblk = i_u
                 if i_u & 0xFFFF & ~fmt.EROFS_CHUNK_FORMAT_ALL:
                     raise ImageError(f"nid {nid}: unsupported chunk format 0x{i_u & 0xFFFF:x}")
-        elif kind in (stat.S_IFCHR, stat.S_IFBLK):
+        elif kind in _DEVICE_KINDS:
             rdev = i_u
-        elif kind not in (stat.S_IFIFO, stat.S_IFSOCK):
+        elif kind not in _SPECIAL_KINDS:
             raise ImageError(f"nid {nid}: bogus i_mode 0o{mode:o}")
-        return Inode(nid, mode, uid, gid, nlink, size, mtime, nsec, rdev, ino, layout, extended,
-                     icount, pos, startblk,
-                     stat.S_ISDIR(mode) and bool(ifmt >> fmt.EROFS_I_DOT_OMITTED_BIT & 1))
+        return (mode, uid, gid, nlink, size, mtime, nsec, rdev, ino, layout, extended, icount,
+                pos, startblk, kind == _S_IFDIR and bool(ifmt >> _I_DOT_OMITTED_BIT & 1))
 
     # -- data layout -----------------------------------------------------------------------------
 
@@ -973,20 +1004,21 @@ class Image:
 
     def listdir(self, inode: Inode) -> list[tuple[bytes, int, int]]:
         """(name, nid, file type) of every entry but "." and ".."."""
-        return [e for e in self._dirents(inode) if e[0] != b"." and e[0] != b".."]
+        return [e for e in self._dirents(inode) if e[0] not in _DOTS]
 
     def _dirents(self, inode: Inode) -> list[tuple[bytes, int, int]]:
-        if not inode.is_dir():
+        if inode.mode & _S_IFMT != _S_IFDIR:
             raise ImageError(f"nid {inode.nid}: not a directory")
+        cache = self._dir_cache
         key = inode.pos
-        hit = self._dir_cache.get(key)
+        hit = cache.get(key)
         if hit is not None and hit[0] == inode.size:
-            self._dir_cache.move_to_end(key)
+            cache.move_to_end(key)
             return hit[1]
         entries = self._read_dir(inode)
-        self._dir_cache[key] = (inode.size, entries, None)
-        if len(self._dir_cache) > _DIR_CACHE_ENTRIES:
-            self._dir_cache.popitem(last=False)
+        cache[key] = (inode.size, entries, None)
+        if len(cache) > _DIR_CACHE_ENTRIES:
+            cache.popitem(last=False)
         return entries
 
     def _read_dir(self, inode: Inode) -> list[tuple[bytes, int, int]]:
@@ -1021,12 +1053,15 @@ class Image:
         mapping its extents; None if it is not one or if a check fails (the extents say
         which)."""
         size, bs = inode.size, self.block_size
-        if inode.datalayout != fmt.EROFS_INODE_FLAT_INLINE or size > bs:
+        if inode.datalayout != _FLAT_INLINE or size > bs:
             return None
-        tpos = inode.pos + inode.isize + fmt.xattr_ibody_size(inode.xattr_icount)
+        icount = inode.xattr_icount
+        tpos = inode.pos + (_EXTENDED_SIZE if inode.extended else _COMPACT_SIZE) + \
+            (fmt.xattr_ibody_size(icount) if icount else 0)
         if tpos % bs + size > bs or tpos + size > self._size:
             return None
-        return self._get(tpos, size)
+        start = self._base + tpos
+        return self._data[start:start + size]
 
     def _flat_block(self, extents: list[Extent], at: int, n: int) -> bytes:
         for ext in extents:
@@ -1047,18 +1082,20 @@ class Image:
         if count * fmt.EROFS_DIRENT_SIZE > maxsize:
             raise ImageError(f"directory block {lblk}: {count} entries do not fit in "
                              f"{maxsize} bytes")
-        ents = list(fmt.EROFS_DIRENT.iter_unpack(blk[:count * fmt.EROFS_DIRENT_SIZE]))
-        expect = nameoff
-        for i, (nid, off, ftype, _r) in enumerate(ents):
-            if off != expect:
-                raise ImageError(f"directory block {lblk}, entry {i}: name at {off}, expected "
-                                 f"{expect}")
-            if i + 1 < count:
-                end = ents[i + 1][1]
-            else:
-                end = blk.find(b"\0", off, maxsize)
-                if end < 0:
-                    end = maxsize
+        nids, offs, ftypes = fmt.unpack_dirents(blk, count)
+        last = blk.find(b"\0", offs[-1], maxsize)
+        bounds = offs + (maxsize if last < 0 else last,)
+        # each name runs up to the next one's start: when every name is 1..EROFS_NAME_LEN
+        # bytes and the run of them holds no "/" or NUL, the block is sound (taken in bulk);
+        # else the loop below says which entry is not
+        names = list(map(blk.__getitem__, map(slice, bounds, bounds[1:])))
+        if min(map(len, names)) and max(map(len, names)) <= fmt.EROFS_NAME_LEN:
+            run = blk[nameoff:bounds[-1]]
+            if b"/" not in run and b"\0" not in run:
+                out += zip(names, nids, ftypes)
+                return
+        for i, (nid, off, ftype) in enumerate(zip(nids, offs, ftypes)):
+            end = bounds[i + 1]
             if end <= off or end - off > fmt.EROFS_NAME_LEN or end > maxsize:
                 raise ImageError(f"directory block {lblk}, entry {i}: bad name length "
                                  f"{end - off}")
@@ -1066,7 +1103,6 @@ class Image:
             if b"/" in name or b"\0" in name:
                 raise ImageError(f"directory block {lblk}, entry {i}: illegal name {name!r}")
             out.append((name, nid, ftype))
-            expect = end
 
     def lookup(self, path) -> Inode:
         raw = os.fsencode(path)

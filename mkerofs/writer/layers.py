@@ -5,7 +5,7 @@ module: `read_layer` turns an image (read with mkerofs.reader) into the SourceIn
 planner takes, each regular file remembered with its inode in that image (`LayerTree.files`),
 and `merge_layers` stacks such trees (or trees from a directory or a tar) as overlayfs does.
 Rebuild mode (`LayerStack.merged_tree`) reads only its top image whole and folds each image
-below into the merged tree as it reads it (`_fold_image`), never reading what the images
+below into the merged tree as it reads it (`_ImageBelow`), never reading what the images
 above hide: its peak memory is the merged tree's, not all the layers' trees'.  What
 happens to the files' bytes is the caller's choice (`resolve_layer_data` for rebuild: point
 at them through the device table, or copy them).  A source image may have one extra device
@@ -60,6 +60,9 @@ OPAQUE_XWHITEOUTS = b"x"
 _NO_DATA = DataRef(None)
 _NO_XATTRS: list[tuple[bytes, bytes]] = []     # shared (never changed in place): 56 bytes a node
 _DEVICES = (stat.S_IFCHR, stat.S_IFBLK)
+_S_IFMT = 0o170000              # stat.S_IFMT(mode), without a call (for every entry read)
+# what _layer_node makes without the reader's Inode: nothing to read beyond the inode itself
+_PLAIN_KINDS = frozenset((stat.S_IFREG, stat.S_IFDIR, stat.S_IFIFO, stat.S_IFSOCK))
 
 
 class LayerFile(NamedTuple):
@@ -231,7 +234,7 @@ def _read_dirs(img: Image, index: int, pending: deque, seen: dict[int, SourceIno
     """Read the directories `pending` ((node, inode, path + b"/")) of `img` and everything
     below them, breadth first; `seen`: the nodes made already, by nid (hard links stay one
     node); each regular file with bytes noted in `files`, each node's nid in `nids`."""
-    inode_of = img.inode
+    fields_of = img.inode_fields
     while pending:
         directory, dir_inode, base = pending.popleft()
         entries = directory.entries
@@ -239,16 +242,15 @@ def _read_dirs(img: Image, index: int, pending: deque, seen: dict[int, SourceIno
             node = seen.get(nid)
             if node is not None:
                 if node.entries is not None:
-                    raise ImageError(f"{os.fsdecode(base + name)}: directory nid {nid} has a "
-                                     "second name")
+                    raise _second_name(base + name, nid)
                 entries.append((name, node))
                 continue
             path = base + name
-            inode = inode_of(nid)
-            node = _layer_node(img, index, inode, path, files)
+            fields = fields_of(nid)
+            node = _layer_node(img, index, nid, fields, path, files)
             if node.entries is not None:
                 node.parent = directory
-                pending.append((node, inode, path + b"/"))
+                pending.append((node, Inode(nid, *fields), path + b"/"))
             seen[nid] = node
             if nids is not None:
                 nids[node] = nid
@@ -263,12 +265,25 @@ def _listing(img: Image, inode: Inode, base: bytes) -> list[tuple[bytes, int, in
         raise ImageError(f"{os.fsdecode(base)}: {err}") from None
 
 
-def _layer_node(img: Image, index: int, inode: Inode, path: bytes,
+def _layer_node(img: Image, index: int, nid: int, fields: tuple, path: bytes,
                 files: dict[SourceInode, "LayerFile"]) -> SourceInode:
-    """image_node, a regular file with bytes noted in `files` as from source `index`."""
-    node = image_node(img, inode, path)
-    if node.data is _NO_DATA and inode.size:
-        files[node] = LayerFile(index, inode.nid, inode.size, inode.datalayout, inode.startblk)
+    """image_node of inode `nid` (its Image.inode_fields), a regular file with bytes noted in
+    `files` as from source `index`.  (Made for every entry of every layer that shows: plain
+    files and directories without xattrs, nearly all of them, straight from the fields.)"""
+    (mode, uid, gid, _nlink, size, mtime, nsec, _rdev, _ino, layout, _extended, icount, _pos,
+     startblk, _dot) = fields
+    kind = mode & _S_IFMT
+    if icount or kind not in _PLAIN_KINDS:
+        node = image_node(img, Inode(nid, *fields), path)
+    elif kind == stat.S_IFDIR:
+        node = SourceInode(path, SourceStat(mode, uid, gid, size, mtime * 10**9 + nsec, 0),
+                           entries=[], xattrs=_NO_XATTRS)
+    else:
+        node = SourceInode(path, SourceStat(mode, uid, gid, size, mtime * 10**9 + nsec, 0),
+                           xattrs=_NO_XATTRS,
+                           data=_NO_DATA if kind == stat.S_IFREG else None)
+    if size and kind == stat.S_IFREG:
+        files[node] = LayerFile(index, nid, size, layout, startblk)
     return node
 
 
@@ -301,7 +316,7 @@ def read_image_tree(img: Image, path: str) -> LayerTree:
 def _is_whiteout(node: SourceInode, xwhiteouts: bool) -> bool:
     """`xwhiteouts`: its directory's trusted.overlay.opaque is "x"."""
     st = node.st
-    kind = stat.S_IFMT(st.st_mode)
+    kind = st.st_mode & _S_IFMT
     if kind == stat.S_IFCHR:
         return st.st_rdev == 0
     return xwhiteouts and kind == stat.S_IFREG and st.st_size == 0 and \
@@ -352,27 +367,36 @@ class _Merged:
             if opaque == OPAQUE_YES:
                 self.sealed.add(d)
 
-    def add_below(self, upper: SourceInode, lower: SourceInode) -> None:
-        """Merge the directory `lower` of the next layer down into the merged `upper`."""
+    def add_below(self, upper: SourceInode, lower,
+                  below: "_TreeBelow | _ImageBelow | None" = None) -> None:
+        """Merge the directory `lower` of the next layer down into the merged `upper`: the
+        overlay rule, once for both kinds of lower layer (`below`: how to read `lower`; a
+        whole SourceInode tree when None)."""
+        if below is None:
+            below = _TREE
+        sealed, children, take = self.sealed, self.children, self.take
         pending = [(upper, lower)]
         while pending:
             up, low = pending.pop()
-            if up in self.sealed:
+            if up in sealed:
                 continue
-            kids = self.children[up]
-            opaque = _opaque(low.xattrs)
+            kids = children[up]
+            opaque = below.opaque(low)
             xwhiteouts = opaque == OPAQUE_XWHITEOUTS
-            for name, child in low.entries:
+            for entry in below.entries(low):
+                name = entry[0]
                 mine = kids.get(name)
                 if mine is None:
-                    self.take(up, kids, name, child, xwhiteouts)
+                    take(up, kids, name, below.node(low, name, entry[1]), xwhiteouts)
                 elif mine.entries is not None:
-                    if child.entries is not None:
-                        pending.append((mine, child))
+                    deeper = below.directory(low, name, entry[1], mine)
+                    if deeper is not None:
+                        pending.append((mine, deeper))
                     else:               # a file or whiteout below: nothing further down shows
-                        self.sealed.add(mine)
+                        sealed.add(mine)
+                # (else hidden by a non-directory above)
             if opaque == OPAQUE_YES:
-                self.sealed.add(up)
+                sealed.add(up)
 
     def take(self, up: SourceInode, kids: dict[bytes, SourceInode], name: bytes,
              child: SourceInode, xwhiteouts: bool) -> None:
@@ -387,52 +411,101 @@ class _Merged:
         kids[name] = child
 
 
-def _fold_image(merged: _Merged, img: Image, index: int,
-                files: dict[SourceInode, LayerFile]) -> None:
-    """Merge image `img` (source `index`) below `merged`, as _Merged.add_below merges a tree,
-    but reading only what shows: a name an upper layer hides, or anything in a directory
-    that hides what is below it, is not read at all (rebuild mode: the layers are not held
-    as whole trees).  (A hard-linked file's `path`, which messages and --compress-hints
+class _TreeBelow:
+    """A lower layer given whole, as a SourceInode tree (tar layers, --incremental's): a
+    directory is its SourceInode, an entry's handle the child itself."""
+
+    @staticmethod
+    def opaque(low: SourceInode) -> bytes | None:
+        return _opaque(low.xattrs)
+
+    @staticmethod
+    def entries(low: SourceInode) -> list[tuple[bytes, SourceInode]]:
+        return low.entries
+
+    @staticmethod
+    def node(_low: SourceInode, _name: bytes, child: SourceInode) -> SourceInode:
+        return child
+
+    @staticmethod
+    def directory(_low: SourceInode, _name: bytes, child: SourceInode,
+                  _mine: SourceInode) -> SourceInode | None:
+        return child if child.entries is not None else None
+
+
+_TREE = _TreeBelow()
+
+
+class _ImageBelow:
+    """A lower layer read from its image as the merge reaches it (rebuild mode): a directory
+    is (its Inode, its path + b"/"), an entry's handle its nid.  A name an upper layer hides,
+    or anything in a directory that hides what is below it, is never read: the layers are not
+    held as whole trees.  (A hard-linked file's `path`, which messages and --compress-hints
     see, is thus its first name that shows, not its first name in the image.)"""
-    root_inode = img.root
-    # (a merged directory stands for the nid it was merged with: a second name is an error)
-    seen: dict[int, SourceInode] = {root_inode.nid: merged.root}
-    pending = [(merged.root, root_inode, b"/")]
-    inode_of = img.inode
-    sealed = merged.sealed
-    while pending:
-        up, low, base = pending.pop()
-        if up in sealed:
-            continue
-        kids = merged.children[up]
-        opaque = _opaque(img.xattrs(low)) if low.xattr_icount else None
-        xwhiteouts = opaque == OPAQUE_XWHITEOUTS
-        for name, nid, _ftype in _listing(img, low, base):
-            mine = kids.get(name)
-            if mine is not None and mine.entries is None:
-                continue                # hidden by a non-directory above
-            node = seen.get(nid)
-            if node is not None and node.entries is not None:
-                raise ImageError(f"{os.fsdecode(base + name)}: directory nid {nid} has a "
-                                 "second name")
-            if mine is None:
-                if node is None:
-                    inode = inode_of(nid)
-                    node = _layer_node(img, index, inode, base + name, files)
-                    seen[nid] = node
-                    if node.entries is not None:
-                        _read_dirs(img, index, deque([(node, inode, base + name + b"/")]),
-                                   seen, files, None)
-                merged.take(up, kids, name, node, xwhiteouts)
-                continue
-            inode = inode_of(nid) if node is None else None
-            if inode is not None and stat.S_ISDIR(inode.mode):
-                seen[nid] = mine
-                pending.append((mine, inode, base + name + b"/"))
-            else:               # a file or whiteout below: nothing further down shows
-                sealed.add(mine)
-        if opaque == OPAQUE_YES:
-            sealed.add(up)
+
+    def __init__(self, img: Image, index: int, files: dict[SourceInode, LayerFile],
+                 root: SourceInode):
+        """`root`: the merged root, which the image's root merges with."""
+        self.img, self.index, self.files = img, index, files
+        self.fields_of = img.inode_fields
+        # (a merged directory stands for the nid it was merged with: a second name is an
+        # error)
+        self.seen: dict[int, SourceInode] = {img.root_nid: root}
+
+    def top(self) -> tuple[Inode, bytes]:
+        return self.img.root, b"/"
+
+    def opaque(self, low: tuple[Inode, bytes]) -> bytes | None:
+        inode = low[0]
+        return _opaque(self.img.xattrs(inode)) if inode.xattr_icount else None
+
+    def entries(self, low: tuple[Inode, bytes]) -> list[tuple[bytes, int, int]]:
+        inode, base = low
+        return _listing(self.img, inode, base)
+
+    def node(self, low: tuple[Inode, bytes], name: bytes, nid: int) -> SourceInode:
+        """The node of `nid` (a directory: with everything below it), read if not yet."""
+        node = self.seen.get(nid)
+        if node is not None:
+            if node.entries is not None:
+                raise _second_name(low[1] + name, nid)
+            return node
+        fields = self.fields_of(nid)
+        path = low[1] + name
+        node = _layer_node(self.img, self.index, nid, fields, path, self.files)
+        self.seen[nid] = node
+        if node.entries is not None:
+            _read_dirs(self.img, self.index, deque([(node, Inode(nid, *fields), path + b"/")]),
+                       self.seen, self.files, None)
+        return node
+
+    def directory(self, low: tuple[Inode, bytes], name: bytes, nid: int,
+                  mine: SourceInode) -> tuple[Inode, bytes] | None:
+        """The directory `nid` to merge below the merged `mine`; None if it is none."""
+        node = self.seen.get(nid)
+        if node is not None:
+            if node.entries is not None:
+                raise _second_name(low[1] + name, nid)
+            return None                 # (a file met under another name)
+        fields = self.fields_of(nid)
+        if fields[0] & _S_IFMT != stat.S_IFDIR:        # (its mode)
+            return None
+        self.seen[nid] = mine
+        return Inode(nid, *fields), low[1] + name + b"/"
+
+
+def _merge_image(merged: _Merged, layer: Layer, files: dict[SourceInode, LayerFile]) -> None:
+    """Merge `layer`'s image below `merged` (rebuild mode), its files noted in `files`.
+    (What it read by nid is let go on return, before the next layer is read.)"""
+    below = _ImageBelow(layer.image, layer.index, files, merged.root)
+    try:
+        merged.add_below(merged.root, below.top(), below)
+    except ImageError as err:
+        raise BuildError(f"{layer.path}: {err}") from None
+
+
+def _second_name(path: bytes, nid: int) -> ImageError:
+    return ImageError(f"{os.fsdecode(path)}: directory nid {nid} has a second name")
 
 
 def merge_layers(roots: list[SourceInode], strip: bool) -> tuple[SourceInode, int]:
@@ -670,10 +743,7 @@ class LayerStack:
         # each lower layer folded in as it is read: what the layers above hide is never
         # read (the four trees are not held whole: the peak of rebuild mode)
         for layer in reversed(self.layers[:-1]):
-            try:
-                _fold_image(merged, layer.image, layer.index, files)
-            except ImageError as err:
-                raise BuildError(f"{layer.path}: {err}") from None
+            _merge_image(merged, layer, files)
         root, _count = _finish(merged, strip)
         # only the files the merged tree shows (their names counted: nlink)
         return root, {node: found for node, found in files.items() if node.nlink}

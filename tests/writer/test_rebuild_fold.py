@@ -1,5 +1,5 @@
 """Rebuild mode folds each lower layer into the merged tree as it reads it, skipping what the
-layers above hide (layers._fold_image).  That must give exactly the tree merge_layers makes
+layers above hide (layers._ImageBelow).  That must give exactly the tree merge_layers makes
 from the whole layer trees: the same names, attributes, xattrs (overlay marks included),
 link counts, hard links, and the same source (image, nid) for each file's bytes, with and
 without --ovlfs-strip.  The layers (support/layers.py) hold whiteouts, opaque "y" and "x"

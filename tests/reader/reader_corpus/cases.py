@@ -144,12 +144,15 @@ def _swap_names(d, lay):
     d[base + offs[ia]], d[base + offs[ib]] = d[base + offs[ib]], d[base + offs[ia]]
 
 
-def _rename_to_slash(d, lay):
-    entries = lay.dirents[b"/"]
-    base = lay.dir_block(b"/")
-    i = [e[0] for e in entries].index(b"a")
-    off = int.from_bytes(d[base + 12 * i + 8:base + 12 * i + 10], "little")
-    d[base + off] = ord("/")
+def _name_byte(byte: int):
+    """The first byte of the name "a" in the root directory set to `byte`."""
+    def mutate(d, lay):
+        entries = lay.dirents[b"/"]
+        base = lay.dir_block(b"/")
+        i = [e[0] for e in entries].index(b"a")
+        off = int.from_bytes(d[base + 12 * i + 8:base + 12 * i + 10], "little")
+        d[base + off] = byte
+    return mutate
 
 
 def _field(path: bytes, field: str, value):
@@ -301,7 +304,10 @@ CASES = [
     Case("first-nameoff-past-block", "plain", _nameoff(b"/", 0, value=0xFFFF),
          "invalid first nameoff"),
     Case("names-unsorted", "plain", _swap_names, "out of order"),
-    Case("name-with-slash", "plain", _rename_to_slash, "illegal name"),
+    Case("name-with-slash", "plain", _name_byte(ord("/")), "illegal name"),
+    # (a NUL ends only the last name of a block: in "a", followed by other names, it is in it)
+    Case("name-with-nul", "plain", _name_byte(0), "illegal name"),
+    Case("nameoff-past-block", "plain", _nameoff(b"/", 3, value=4090), "bad name length"),
     Case("file-type-mismatch", "plain", _dirent_byte(b"/", b"a", 10, fmt.EROFS_FT_DIR),
          "file type"),
     Case("directory-empty", "plain", _field(b"/d", "size", 0), "empty directory"),
