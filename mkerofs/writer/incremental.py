@@ -491,7 +491,7 @@ def merge_increment(base: Base, upper: SourceInode, strip: bool) -> Increment:
     reading only the base directories the increment reaches (_BaseFold)."""
     fold = _BaseFold(base.img)
     try:
-        root, _count = merge_onto(upper, fold.below, strip)
+        root, _count = merge_onto(upper, fold, strip)
     except ImageError as err:
         raise BuildError(f"{base.path}: {err}") from None
     base.img.drop_pages()
@@ -511,34 +511,34 @@ class _BaseFold:
         self.dirs: set[int] = set()             # the directory nids met
         self.listed = 0
 
-    def below(self, merged) -> None:
-        """Fold the base into `merged`, the merge in progress (as its add_below would, the
-        base read as it goes)."""
+    # -- what layers.add_below asks of a lower layer (a directory: its Inode and its path + "/")
+
+    def top(self) -> tuple[Inode, bytes]:
         root = self.img.root
         self.dirs.add(root.nid)
-        pending = [(merged.root, root, b"/")]
-        sealed = merged.sealed
-        while pending:
-            up, inode, path = pending.pop()
-            if up in sealed:
-                continue
-            kids = merged.children[up]
-            opaque = dict(self.img.xattrs(inode)).get(OPAQUE) if inode.xattr_icount else None
-            xwhiteouts = opaque == OPAQUE_XWHITEOUTS
-            for name, nid, ftype in self._listing(inode, path):
-                mine = kids.get(name)
-                if mine is None:
-                    node = self._node(name, nid, ftype, path, xwhiteouts)
-                    self._read_unread()         # (the merge takes a directory whole)
-                    merged.take(up, kids, name, node, xwhiteouts)
-                elif mine.entries is not None:
-                    if ftype == fmt.EROFS_FT_DIR:
-                        pending.append((mine, self._dir_inode(nid, path + name),
-                                        path + name + b"/"))
-                    else:       # a file or whiteout below: nothing further down shows
-                        sealed.add(mine)
-            if opaque == OPAQUE_YES:
-                sealed.add(up)
+        return root, b"/"
+
+    def opaque(self, low: tuple[Inode, bytes]) -> bytes | None:
+        inode = low[0]
+        return dict(self.img.xattrs(inode)).get(OPAQUE) if inode.xattr_icount else None
+
+    def entries(self, low: tuple[Inode, bytes]) -> list[tuple[bytes, int, int]]:
+        return self._listing(*low)
+
+    def node(self, low: tuple[Inode, bytes], entry: tuple[bytes, int, int],
+             xwhiteouts: bool) -> SourceInode:
+        name, nid, ftype = entry
+        node = self._node(name, nid, ftype, low[1], xwhiteouts)
+        self._read_unread()             # (the merge takes a directory whole)
+        return node
+
+    def directory(self, low: tuple[Inode, bytes], entry: tuple[bytes, int, int],
+                  _mine: SourceInode) -> tuple[Inode, bytes] | None:
+        name, nid, ftype = entry
+        if ftype != fmt.EROFS_FT_DIR:
+            return None
+        path = low[1] + name
+        return self._dir_inode(nid, path), path + b"/"
 
     def _node(self, name: bytes, nid: int, ftype: int, path: bytes,
               xwhiteouts: bool) -> SourceInode:

@@ -367,11 +367,10 @@ class _Merged:
             if opaque == OPAQUE_YES:
                 self.sealed.add(d)
 
-    def add_below(self, upper: SourceInode, lower,
-                  below: "_TreeBelow | _ImageBelow | None" = None) -> None:
+    def add_below(self, upper: SourceInode, lower, below=None) -> None:
         """Merge the directory `lower` of the next layer down into the merged `upper`: the
-        overlay rule, once for both kinds of lower layer (`below`: how to read `lower`; a
-        whole SourceInode tree when None)."""
+        overlay rule, once for every kind of lower layer (`below`: how to read `lower`, see
+        _TreeBelow; a whole SourceInode tree when None)."""
         if below is None:
             below = _TREE
         sealed, children, take = self.sealed, self.children, self.take
@@ -387,9 +386,9 @@ class _Merged:
                 name = entry[0]
                 mine = kids.get(name)
                 if mine is None:
-                    take(up, kids, name, below.node(low, name, entry[1]), xwhiteouts)
+                    take(up, kids, name, below.node(low, entry, xwhiteouts), xwhiteouts)
                 elif mine.entries is not None:
-                    deeper = below.directory(low, name, entry[1], mine)
+                    deeper = below.directory(low, entry, mine)
                     if deeper is not None:
                         pending.append((mine, deeper))
                     else:               # a file or whiteout below: nothing further down shows
@@ -412,24 +411,31 @@ class _Merged:
 
 
 class _TreeBelow:
-    """A lower layer given whole, as a SourceInode tree (tar layers, --incremental's): a
-    directory is its SourceInode, an entry's handle the child itself."""
+    """A lower layer given whole, as a SourceInode tree (tar layers): a directory is its
+    SourceInode, an entry (name, child).  The other readers of a lower layer (_ImageBelow,
+    incremental's base) answer the same four questions of theirs."""
 
     @staticmethod
     def opaque(low: SourceInode) -> bytes | None:
+        """The directory's trusted.overlay.opaque."""
         return _opaque(low.xattrs)
 
     @staticmethod
     def entries(low: SourceInode) -> list[tuple[bytes, SourceInode]]:
+        """The directory's entries, each a tuple starting with the name."""
         return low.entries
 
     @staticmethod
-    def node(_low: SourceInode, _name: bytes, child: SourceInode) -> SourceInode:
-        return child
+    def node(_low: SourceInode, entry: tuple[bytes, SourceInode],
+             _xwhiteouts: bool) -> SourceInode:
+        """The node of an entry the merge takes (a directory: with its subtree)."""
+        return entry[1]
 
     @staticmethod
-    def directory(_low: SourceInode, _name: bytes, child: SourceInode,
+    def directory(_low: SourceInode, entry: tuple[bytes, SourceInode],
                   _mine: SourceInode) -> SourceInode | None:
+        """The entry as a directory to merge below the merged `mine`; None if it is none."""
+        child = entry[1]
         return child if child.entries is not None else None
 
 
@@ -463,8 +469,11 @@ class _ImageBelow:
         inode, base = low
         return _listing(self.img, inode, base)
 
-    def node(self, low: tuple[Inode, bytes], name: bytes, nid: int) -> SourceInode:
-        """The node of `nid` (a directory: with everything below it), read if not yet."""
+    def node(self, low: tuple[Inode, bytes], entry: tuple[bytes, int, int],
+             _xwhiteouts: bool) -> SourceInode:
+        """The node of the entry's nid (a directory: with everything below it), read if not
+        yet."""
+        name, nid = entry[0], entry[1]
         node = self.seen.get(nid)
         if node is not None:
             if node.entries is not None:
@@ -479,9 +488,10 @@ class _ImageBelow:
                        self.seen, self.files, None)
         return node
 
-    def directory(self, low: tuple[Inode, bytes], name: bytes, nid: int,
+    def directory(self, low: tuple[Inode, bytes], entry: tuple[bytes, int, int],
                   mine: SourceInode) -> tuple[Inode, bytes] | None:
-        """The directory `nid` to merge below the merged `mine`; None if it is none."""
+        """The entry's directory to merge below the merged `mine`; None if it is none."""
+        name, nid = entry[0], entry[1]
         node = self.seen.get(nid)
         if node is not None:
             if node.entries is not None:
@@ -521,13 +531,12 @@ def merge_layers(roots: list[SourceInode], strip: bool) -> tuple[SourceInode, in
     return _finish(merged, strip)
 
 
-def merge_onto(top: SourceInode, fold: Callable[[_Merged], None],
-               strip: bool) -> tuple[SourceInode, int]:
-    """merge_layers of `top` over one layer below it that `fold` merges in itself, given the
-    merge in progress (reading that layer only where it shows: --incremental's base)."""
+def merge_onto(top: SourceInode, below, strip: bool) -> tuple[SourceInode, int]:
+    """merge_layers of `top` over one layer below it, read by `below` (a reader like
+    _TreeBelow with a top(): --incremental's base, read only where it shows)."""
     _forget_links(top)
     merged = _Merged(top)
-    fold(merged)
+    merged.add_below(merged.root, below.top(), below)
     return _finish(merged, strip)
 
 

@@ -72,6 +72,26 @@ LATE_IMPORTS_BY_DESIGN = {
         "compare --exclude-*: the reading tool loads the writer only for the build's exclusion rules",
     ("cli/read.py", "mkerofs.writer.walk"):
         "compare --exclude-*: as above",
+    ("cli/mkfs.py", "mkerofs.codecs.spec"):
+        "-z parsing: a build without -z loads no codec module (~40 ms of start-up)",
+    ("cli/mkfs.py", "mkerofs.codecs.registry"):
+        "-V: the list of algorithms and the libraries serving them: as above",
+    ("writer/build.py", "mkerofs.writer.compress"):
+        "compression planning: only a build with -z (or -C, compress hints) loads it",
+    ("writer/build.py", "mkerofs.codecs.spec"):
+        "the -z algorithms: as above",
+    ("writer/build.py", "mkerofs.writer.hints"):
+        "--compress-hints: as above",
+    ("writer/build.py", "hashlib"):
+        "OpenSSL (~3.5 MB resident): loaded only by builds that hash (a SOURCE_DATE_EPOCH UUID)",
+    ("writer/compress.py", "hashlib"):
+        "OpenSSL: only -Ededupe with -z hashes clusters",
+    ("writer/packed.py", "hashlib"):
+        "OpenSSL: only -Efragments' fragment dedupe hashes",
+    ("writer/options.py", "mkerofs.writer.compress"):
+        "the -C pcluster size check: only -C loads the compression modules",
+    ("writer/walk.py", "mkerofs.writer.selinux"):
+        "--file-contexts: only a build that labels files loads the matcher",
 }
 LATE_IMPORTS = LATE_IMPORTS_BY_DESIGN
 
