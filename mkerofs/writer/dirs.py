@@ -4,11 +4,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass
 from itertools import accumulate
-from operator import itemgetter
 
 from ..ondisk import format as fmt
-
-_BY_NAME = itemgetter(0)
 
 
 @dataclass(slots=True)
@@ -23,17 +20,12 @@ class DirShape:
     size: int                                  # i_size: full blocks + the used part of the last
 
 
-def shape_directory(entries: list[tuple[bytes, object]], block_size: int) -> DirShape:
-    """`entries` must include b'.' and b'..'; every entry is sorted by plain byte comparison."""
-    entries = sorted(entries, key=_BY_NAME)
-    return _split(list(map(_BY_NAME, entries)), [target for _, target in entries], block_size)
-
-
 def shape_sorted(names: list[bytes], targets: list[object], dot: object, dotdot: object,
                  block_size: int) -> DirShape:
-    """shape_directory of a directory's entries in byte order already, but for b'.' and b'..'
-    (`dot`, `dotdot`), put in their places here: the lists are taken, not copied.  (A name
-    such as b"-" or b".-" sorts before them, so they do not simply go first.)"""
+    """A directory's shape from its entries' names in plain byte order (with `targets`, each
+    name's inode), but for b'.' and b'..' (`dot`, `dotdot`), put in their places here: the
+    lists are taken, not copied.  (A name such as b"-" or b".-" sorts before them, so they do
+    not simply go first.)"""
     at = bisect_left(names, b".")
     names.insert(at, b".")
     targets.insert(at, dot)
