@@ -19,7 +19,8 @@ from .chunks import (ChunkStore, ImageBlocks, TarIndex, index_layer_files, index
 from .devices import BlobFile, DeviceTable, ExtraDevice
 from .data import DataArea, FlatCopier, inline_fits
 from .dirs import render_directory
-from .meta import MetaAllocator, MetaImage, item_size, node_pos, place_inode, serialize_inode
+from .meta import (MetaAllocator, MetaImage, item_size, node_pos, place_inode, put_inodes,
+                   serialize_inode)
 from ..errors import BuildError, CompressorUnavailable
 from .options import BuildOptions
 from .output import Output
@@ -865,13 +866,14 @@ def _assign_data(plan: Plan, options: BuildOptions, source: bytes, xattrs: Xattr
         # --chunksize: the files left uncompressed are chunk-based (the flag even if none is)
         store = _chunk_regular_files(plan, options, data, blob)
         chunked = True
+    reserve_flat = data.reserve_flat
+    flat_plain, reg_file = fmt.EROFS_INODE_FLAT_PLAIN, fmt.EROFS_FT_REG_FILE
+    inline_data = options.inline_data
     for node in plan.data_order or plan.inodes:
         # (a layout still FLAT_PLAIN with no place is neither compressed nor chunk-based)
-        if node.flat is None and node.datalayout == fmt.EROFS_INODE_FLAT_PLAIN \
-                and node.ftype in _FLAT_CONTENT:
-            inline_ok = inline_fits(node, node.size, bs) and (
-                options.inline_data or node.ftype != fmt.EROFS_FT_REG_FILE)
-            data.reserve_flat(node, inline_ok)
+        if node.flat is None and node.datalayout == flat_plain and node.ftype in _FLAT_CONTENT:
+            reserve_flat(node, inline_fits(node, node.size, bs)
+                         and (inline_data or node.ftype != reg_file))
     return _DataPlaced(nodes, xattr_blkaddr, used, chunked, map_lines, store)
 
 
@@ -882,7 +884,8 @@ def _write_contents(plan: Plan, nodes: list[PlannedInode], data: DataArea, meta:
     """Write the flat files' data (by threads), symlinks and directories into the data area
     and the shared xattrs; put the long prefixes and every inode into `meta`."""
     bs = data.block_size
-    copies = [node for node in nodes if node.ftype == fmt.EROFS_FT_REG_FILE
+    reg_file, symlink, directory = fmt.EROFS_FT_REG_FILE, fmt.EROFS_FT_SYMLINK, fmt.EROFS_FT_DIR
+    copies = [node for node in nodes if node.ftype == reg_file
               and node.flat is not None and not node.flat.written]
 
     def tail_view(node: PlannedInode) -> memoryview:
@@ -893,12 +896,15 @@ def _write_contents(plan: Plan, nodes: list[PlannedInode], data: DataArea, meta:
         copier.start(copies)
         del copies
         # while the threads copy file data, this one lays out everything else
+        write_flat_bytes = data.write_flat_bytes
         for node in plan.inodes:
-            if node.ftype == fmt.EROFS_FT_SYMLINK:
-                data.write_flat_bytes(node, node.src.target)
-            elif node.ftype == fmt.EROFS_FT_DIR:
-                content = render_directory(node.dir_shape, bs, _NID, _FTYPE)
-                data.write_flat_bytes(node, content)
+            ftype = node.ftype
+            if ftype == reg_file:
+                continue
+            if ftype == symlink:
+                write_flat_bytes(node, node.src.target)
+            elif ftype == directory:
+                write_flat_bytes(node, render_directory(node.dir_shape, bs, _NID, _FTYPE))
                 node.dir_shape = None
         if xattrs.shared_area:
             data.out.pwrite(
@@ -906,9 +912,7 @@ def _write_contents(plan: Plan, nodes: list[PlannedInode], data: DataArea, meta:
                 xattr_blkaddr * bs)
         if xattrs.prefix_records:
             meta.put(prefix_pos, xattrs.prefix_records)
-        for ino, node in enumerate(nodes, plan.first_ino):
-            if node is not elsewhere:
-                meta.put(node_pos(node, meta_base), serialize_inode(node, ino, plan.epoch))
+        put_inodes(meta, nodes, plan.first_ino, plan.epoch, meta_base, elsewhere)
 
 
 def _index_tar(plan: Plan, options: BuildOptions, tar_index: TarIndex,

@@ -1,13 +1,11 @@
 """Directory data: sorted erofs_dirent blocks, as the kernel's binary search expects them."""
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 from itertools import accumulate
-from operator import itemgetter
 
 from ..ondisk import format as fmt
-
-_BY_NAME = itemgetter(0)
 
 
 @dataclass(slots=True)
@@ -22,11 +20,22 @@ class DirShape:
     size: int                                  # i_size: full blocks + the used part of the last
 
 
-def shape_directory(entries: list[tuple[bytes, object]], block_size: int) -> DirShape:
-    """`entries` must include b'.' and b'..'; every entry is sorted by plain byte comparison."""
-    entries = sorted(entries, key=_BY_NAME)
-    names = [name for name, _ in entries]
-    targets = [target for _, target in entries]
+def shape_sorted(names: list[bytes], targets: list[object], dot: object, dotdot: object,
+                 block_size: int) -> DirShape:
+    """A directory's shape from its entries' names in plain byte order (with `targets`, each
+    name's inode), but for b'.' and b'..' (`dot`, `dotdot`), put in their places here: the
+    lists are taken, not copied.  (A name such as b"-" or b".-" sorts before them, so they do
+    not simply go first.)"""
+    at = bisect_left(names, b".")
+    names.insert(at, b".")
+    targets.insert(at, dot)
+    at = bisect_left(names, b"..", at + 1)
+    names.insert(at, b"..")
+    targets.insert(at, dotdot)
+    return _split(names, targets, block_size)
+
+
+def _split(names: list[bytes], targets: list[object], block_size: int) -> DirShape:
     used = fmt.EROFS_DIRENT_SIZE * len(names) + sum(map(len, names))
     if used <= block_size:              # most directories: one block
         return DirShape(names, targets, [len(names)], used)
@@ -45,8 +54,13 @@ def shape_directory(entries: list[tuple[bytes, object]], block_size: int) -> Dir
 def render_directory(shape: DirShape, block_size: int, nid_of, ftype_of) -> bytes:
     """The directory's bytes (i_size of them): full blocks zero-padded, the last one not.
     (Each block's heads are packed at once: per-entry Python work is what a directory costs.)"""
-    out = bytearray()
     names, targets = shape.names, shape.targets
+    if len(shape.ends) == 1:            # (most directories: one block, no copies of slices)
+        return fmt.pack_dirents(list(map(nid_of, targets)),
+                                accumulate(map(len, names[:-1]),
+                                           initial=fmt.EROFS_DIRENT_SIZE * len(names)),
+                                map(ftype_of, targets)) + b"".join(names)
+    out = bytearray()
     start = 0
     last = len(shape.ends) - 1
     for index, end in enumerate(shape.ends):

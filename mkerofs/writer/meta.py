@@ -106,10 +106,46 @@ def node_pos(node: PlannedInode, meta_base: int = 0) -> int:
 def serialize_inode(node: PlannedInode, ino: int, epoch: int) -> bytes:
     """The inode, its xattr ibody and inline bytes; `ino` is its number (Plan.inodes)."""
     ibody = node.xattr_ibody
-    return fmt.pack_inode(node.extended, node.datalayout,
-                          fmt.xattr_icount(len(ibody)) if ibody else 0,
-                          node.mode, node.nlink, node.size, node.i_u, ino, node.uid, node.gid,
-                          node.mtime, node.mtime_nsec, epoch) + ibody + node.inline
+    packed = fmt.pack_inode(node.extended, node.datalayout,
+                            fmt.xattr_icount(len(ibody)) if ibody else 0,
+                            node.mode, node.nlink, node.size, node.i_u, ino, node.uid, node.gid,
+                            node.mtime, node.mtime_nsec, epoch)
+    if ibody or node.inline:        # (most inodes have neither: no copies of the bytes)
+        return packed + ibody + node.inline
+    return packed
+
+
+# Inodes put in one piece at most (each put costs a call, a slice and a check; a run of
+# inodes with nothing between is common: no tails, no gaps)
+_RUN_MAX = 256
+
+
+def put_inodes(meta: "MetaImage", nodes: list[PlannedInode], first_ino: int, epoch: int,
+               meta_base: int = 0, skip: PlannedInode | None = None) -> None:
+    """serialize_inode every node but `skip` into its place in `meta` (node i numbered
+    first_ino + i).  Inodes that follow one another with no byte between are joined and put
+    at once, which writes the same bytes as a put each."""
+    serialize = serialize_inode
+    put = meta.put
+    tail_start = meta.tail_start
+    run: list[bytes] = []
+    run_start = run_end = -1
+    for ino, node in enumerate(nodes, first_ino):
+        if node is skip:
+            continue
+        pos = meta_base + (node.nid << fmt.EROFS_ISLOTBITS)
+        item = serialize(node, ino, epoch)
+        # (a run never spans the head and the tail area: put keeps them apart)
+        if pos != run_end or pos == tail_start or len(run) == _RUN_MAX:
+            if run:
+                put(run_start, b"".join(run), len(run))
+            run = [item]
+            run_start = pos
+        else:
+            run.append(item)
+        run_end = pos + len(item)
+    if run:
+        put(run_start, b"".join(run), len(run))
 
 
 # Items written between two releases of the metadata pages a process holds (file-backed only):
@@ -174,9 +210,9 @@ class MetaImage:
         self._tail_view = memoryview(self._map)[skip:skip + length]
         self._left = _RELEASE_EVERY     # items until this process lets go of its pages
 
-    def _written(self) -> None:
-        self._left -= 1
-        if not self._left:
+    def _written(self, items: int = 1) -> None:
+        self._left -= items
+        if self._left <= 0:
             self._left = _RELEASE_EVERY
             if self.in_file:
                 # (a shared file mapping: the bytes are in the page cache, nothing is lost)
@@ -191,12 +227,13 @@ class MetaImage:
         rel = pos - self.tail_start
         return self._tail_view[rel:rel + length]
 
-    def put(self, pos: int, data: bytes) -> None:
+    def put(self, pos: int, data: bytes, items: int = 1) -> None:
+        """Put `data` (`items` items, counted towards letting go of pages) at `pos`."""
         if pos + len(data) <= len(self.head):
             self.head[pos:pos + len(data)] = data
             return
         assert pos >= self.tail_start, "metadata item straddles the data area"
-        self._written()
+        self._written(items)
         rel = pos - self.tail_start
         self._tail_view[rel:rel + len(data)] = data
 

@@ -8,7 +8,7 @@ from operator import itemgetter
 from dataclasses import dataclass
 
 from ..ondisk import format as fmt
-from .dirs import DirShape, shape_directory
+from .dirs import DirShape, shape_sorted
 from ..errors import BuildError
 from .options import BuildOptions, TimeInherit
 from .walk import SourceInode, SourceStat
@@ -171,39 +171,59 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int,
     # A walked directory's stat fields are all in the planned inode now: let them go (~150
     # bytes an inode).  A tar's or a layer's tree keeps them: --verify and --tar=i read them.
     drop_stats = options.tar is None and options.rebuild is None
-    # (the common inode: the build time as its mtime, compact; inode_form's answer inline)
+    # (inode_form's and _mtime's answers inline for the usual options: a call each costs more
+    # than the test, every inode)
     fixed_time = inherit is TimeInherit.FIXED
+    clamp = inherit is TimeInherit.CLAMP
     quick_form = options.force_inode is None
+    ignore_mtime = options.ignore_mtime
+    file_types = _FILE_TYPES
+    planned_inode = PlannedInode
+    append = order.append
+    s_ifreg, s_iflnk, s_ifmt = stat.S_IFREG, stat.S_IFLNK, _S_IFMT
+    max_size, max_id, max_nlink = _COMPACT_MAX_SIZE, _COMPACT_MAX_ID, _COMPACT_MAX_NLINK
 
     def plan_one(src: SourceInode) -> PlannedInode:
         st = src.st
         uid, gid = st.st_uid, st.st_gid
         if not plain_ids or uid >= 2**32 or gid >= 2**32:
             uid, gid = _ids(st, options, src.path)
-        mtime, nsec = (build_time, 0) if fixed_time else _mtime(st, inherit, build_time)
-        kind = st.st_mode & _S_IFMT
-        if kind == stat.S_IFREG:
+        if fixed_time:
+            mtime, nsec = build_time, 0
+        else:
+            mtime, nsec = divmod(st.st_mtime_ns, 1_000_000_000)
+            if clamp and mtime >= build_time:
+                mtime, nsec = build_time, 0
+        mode = st.st_mode
+        kind = mode & s_ifmt
+        if kind == s_ifreg:
             size = st.st_size
-        elif kind == stat.S_IFLNK:
+        elif kind == s_iflnk:
             size = len(src.target)
         else:
             size = 0
         nlink = src.nlink
-        if quick_form and mtime == build_time and not nsec and size <= _COMPACT_MAX_SIZE \
-                and uid <= _COMPACT_MAX_ID and gid <= _COMPACT_MAX_ID \
-                and nlink <= _COMPACT_MAX_NLINK:
-            extended = False            # what inode_form says of it, without the call
-        else:
+        if not quick_form:
             form = inode_form(size, uid, gid, nlink, mtime, nsec, options, build_time)
             if form is None:
                 raise BuildError(f"{os.fsdecode(src.path)}: cannot be stored in a compact "
                                  "inode (size, uid, gid or nlink too large)")
             extended, mtime, nsec = form
+        elif size <= max_size and uid <= max_id and gid <= max_id and nlink <= max_nlink:
+            # (what inode_form says of a compact-sized inode)
+            if mtime == build_time and not nsec:
+                extended = False
+            elif ignore_mtime:
+                extended, mtime, nsec = False, build_time, 0
+            else:
+                extended = True
+        else:
+            extended = True                     # keeping its own mtime, as inode_form says
         if len(interned) >= _INTERNED_MAX:
             interned.clear()
-        mode = st.st_mode & 0xFFFF
-        node = PlannedInode(src, _FILE_TYPES[kind], intern(mode, mode), uid, gid,
-                            intern(mtime, mtime), nsec, nlink, size, extended)
+        mode &= 0xFFFF
+        node = planned_inode(src, file_types[kind], intern(mode, mode), uid, gid,
+                             intern(mtime, mtime), nsec, nlink, size, extended)
         if kind == stat.S_IFCHR or kind == stat.S_IFBLK:
             node.i_u = fmt.new_encode_dev(os.major(st.st_rdev), os.minor(st.st_rdev))
         if nlink != 1 or src.entries is not None:
@@ -212,28 +232,33 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int,
             src.st = None
         if not src.xattrs:
             src.xattrs = ()             # (shared, not an empty list an inode)
-        order.append(node)
+        append(node)
         return node
 
     queue = deque([plan_one(root)])
+    popleft, push = queue.popleft, queue.append
+    planned_get = planned.get
+    ft_dir = fmt.EROFS_FT_DIR
     while queue:
-        directory = queue.popleft()
+        directory = popleft()
         src = directory.src
-        children = []
-        for name, child in sorted(src.entries, key=_BY_NAME):
-            node = planned.get(id(child)) if child.nlink != 1 else None
+        entries = sorted(src.entries, key=_BY_NAME)
+        targets = []
+        add = targets.append
+        for _name, child in entries:
+            node = planned_get(id(child)) if child.nlink != 1 else None
             if node is None and find_written is not None:
                 node = find_written(child)
             if node is None:
                 node = plan_one(child)
-                if node.ftype == fmt.EROFS_FT_DIR:
-                    queue.append(node)
-            children.append((name, node))
-        parent = planned[id(src.parent)]
-        directory.dir_shape = shape_directory(
-            [(b".", directory), (b"..", parent)] + children, block_size)
-        directory.size = directory.dir_shape.size
-        if directory.size > fmt.EROFS_COMPACT_INODE_MAX_SIZE and not directory.extended:
+                if node.ftype == ft_dir:
+                    push(node)
+            add(node)
+        shape = directory.dir_shape = shape_sorted(
+            list(map(_BY_NAME, entries)), targets, directory, planned[id(src.parent)],
+            block_size)
+        directory.size = shape.size
+        if shape.size > fmt.EROFS_COMPACT_INODE_MAX_SIZE and not directory.extended:
             directory.extended = True
         src.entries = None          # the shape holds the children now; let the source tree go
     return Plan(root=order[0], inodes=order, epoch=build_time)

@@ -32,7 +32,6 @@ class SourceStat:
         return cls(st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_rdev)
 
 
-@dataclass(frozen=True, slots=True)
 class DataRef:
     """Where a regular file's bytes are when they are not in the file at SourceInode.path (tar
     input): `size` bytes from `offset` of `path`, the tar itself or a spool file; holes in that
@@ -42,12 +41,23 @@ class DataRef:
     indexed (--tar=i): the bytes stay in the tar, `offset` bytes into the decompressed stream;
     the image only points there (path is the tar's, or b"" for a stream: never read).
     layer (rebuild mode): a chunks.LayerChunks, the file's chunks in a source EROFS image,
-    which the image points at through its device table (path None: nothing is copied)."""
-    path: bytes | None
-    offset: int = 0
-    in_image: bool = False
-    indexed: bool = False
-    layer: object | None = None
+    which the image points at through its device table (path None: nothing is copied).
+
+    Immutable by convention (never changed once made; nothing hashes or compares them): a plain
+    slotted class, as a frozen dataclass costs ~1 us more to make, and a tar makes one a file."""
+    __slots__ = ("path", "offset", "in_image", "indexed", "layer")
+
+    def __init__(self, path: bytes | None, offset: int = 0, in_image: bool = False,
+                 indexed: bool = False, layer: object | None = None):
+        self.path = path
+        self.offset = offset
+        self.in_image = in_image
+        self.indexed = indexed
+        self.layer = layer
+
+    def __repr__(self) -> str:
+        return (f"DataRef({self.path!r}, {self.offset}, in_image={self.in_image}, "
+                f"indexed={self.indexed}, layer={self.layer!r})")
 
 
 @dataclass(eq=False, slots=True)

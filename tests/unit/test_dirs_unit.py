@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from mkerofs.writer.dirs import render_directory, shape_directory
+from mkerofs.writer.dirs import render_directory, shape_sorted
 
 
 @dataclass
@@ -33,10 +33,13 @@ def _read_back(data: bytes, block_size: int) -> list[tuple[bytes, int, int]]:
 @pytest.mark.parametrize("count, block_size", [(3, 4096), (40, 512), (700, 4096)])
 def test_rendered_blocks_hold_every_entry_in_byte_order(count, block_size):
     # (names below b"." in byte order too: '.' and '..' are sorted with the rest)
-    children = [(b"%c%04d" % (b"+-z"[i % 3], i) * (1 + i % 5), _Node(100 + i, 1 + i % 7))
-                for i in range(count)]
+    # (and names between b"." and b"..": b".-" sorts after the one, before the other)
+    children = [(b"%s%04d" % ((b"+", b"-", b"z", b".-")[i % 4], i) * (1 + i % 5),
+                 _Node(100 + i, 1 + i % 7)) for i in range(count)]
     entries = [(b".", _Node(1, 2)), (b"..", _Node(2, 2))] + children
-    shape = shape_directory(entries, block_size)
+    children.sort()
+    shape = shape_sorted([name for name, _ in children], [n for _, n in children],
+                         entries[0][1], entries[1][1], block_size)
     data = render_directory(shape, block_size, lambda n: n.nid, lambda n: n.ftype)
     assert len(data) == shape.size
     want = sorted((name, n.nid, n.ftype) for name, n in entries)

@@ -74,3 +74,45 @@ def test_meta_image_with_offset(tmp_path):
     got = (tmp_path / "img").read_bytes()
     assert got[:1000] == bytes(1000)
     assert got[1000:] == want
+
+
+def test_put_inodes_writes_what_a_put_each_writes(tmp_path, monkeypatch):
+    # Runs of inodes back to back are put at once: across a head that ends where the tail
+    # area starts, gaps (a tail's room), inline bytes and xattr ibodies, more than a run holds.
+    from mkerofs.writer.plan import PlannedInode
+    monkeypatch.setattr(meta, "_RUN_MAX", 5)
+    monkeypatch.setattr(meta, "_RELEASE_EVERY", 7)
+    nodes, pos = [], 4096 - 64            # (the first ends where the head does)
+    for i in range(60):
+        node = PlannedInode(None, 1, 0o100644, i, 2 * i, 1000 + i, i, 1, 10 * i, i % 4 == 0)
+        node.inline = bytes([i + 1]) * (i % 3 * 8)
+        if i % 7 == 3:
+            node.set_xattr_ibody(bytes(12))
+        length = -(-len(meta.serialize_inode(node, 0, 900)) // 32) * 32
+        if pos // 4096 != (pos + length - 1) // 4096:
+            pos += -pos % 4096          # (no item crosses a block boundary, as in MetaAllocator)
+        node.nid = pos // 32
+        nodes.append(node)
+        pos += length + (64 if i % 11 == 5 else 0)
+    end = pos + 4096
+    images = []
+    for batched in (True, False):
+        out = Output(str(tmp_path / f"img{batched}"))
+        try:
+            image = MetaImage(4096, 4096, end, out)
+            assert image.in_file
+            if batched:
+                meta.put_inodes(image, nodes, 10, 900, skip=nodes[17])
+            else:
+                for ino, node in enumerate(nodes, 10):
+                    if node is not nodes[17]:
+                        image.put(node.nid * 32, meta.serialize_inode(node, ino, 900))
+            image.write_out(out)
+            out.finish(end)
+        finally:
+            out.abort()
+        images.append((tmp_path / f"img{batched}").read_bytes())
+    assert images[0] == images[1]
+    assert images[0][nodes[17].nid * 32:nodes[18].nid * 32] == bytes((nodes[18].nid -
+                                                                      nodes[17].nid) * 32)
+    assert images[0][nodes[18].nid * 32:].startswith(meta.serialize_inode(nodes[18], 28, 900))
