@@ -459,6 +459,12 @@ def _nonhead_deltas(most: int) -> tuple[array, array]:
     return ramp, array("I", range(most, 0, -1))
 
 
+# what lclusters_for fills its arrays from (one copy per file is cheaper than a new array)
+_ZERO_H = array("H", [0])
+_ZERO_I = array("I", [0])
+_NONHEAD_BYTE = bytes([NONHEAD])
+
+
 def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
                   block_size: int, big_pcluster: bool, addrs: Sequence[int] | None = None,
                   fragment_hi: int | None = None, with_ofs: bool = True) -> Lclusters:
@@ -478,13 +484,11 @@ def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
     # for a while, and a big sparse file has millions of lclusters
     total = -(-sum(llens) // bs)
     types = bytearray(total)
-    los = array("H", [0]) * total
-    his = array("I", [0]) * total
-    ofss = array("H", [0]) * total if with_ofs else array("H")
+    los = _ZERO_H * total
+    his = _ZERO_I * total
+    ofss = _ZERO_H * total if with_ofs else array("H")
     ent = Lclusters(types, los, his, ofss)
-    nonhead = bytes([NONHEAD])
-    most = (bs - 1 + max(llens, default=0)) // bs
-    ramp, down = _nonhead_deltas(most)
+    most = 0                        # (NONHEAD deltas are looked up at the first NONHEAD)
     pos = 0
     blk = start_blk
     last = len(llens) - 1
@@ -509,8 +513,11 @@ def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
         p += 1
         k = d1 - 1                  # lclusters covered completely after the head: NONHEAD
         if k > 0:
+            if not most:
+                most = (bs - 1 + max(llens)) // bs
+                ramp, down = _nonhead_deltas(most)
             q = p + k
-            types[p:q] = nonhead * k
+            types[p:q] = _NONHEAD_BYTE * k
             # delta[0]: distance back to the head (CBLKCNT on the first with big pclusters)
             los[p] = CBLKCNT | nblocks if big_pcluster else 1
             if k > 1:
