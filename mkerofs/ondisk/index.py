@@ -29,9 +29,12 @@ The kernel's rules (fs/erofs/erofs_fs.h, zmap.c), restated:
 """
 from __future__ import annotations
 
+import struct
 from array import array
 from dataclasses import dataclass, field
-from typing import Callable
+from functools import lru_cache
+from itertools import chain
+from typing import Callable, Iterable
 
 from ..errors import ImageError
 from . import format as fmt
@@ -337,17 +340,42 @@ def shift_compact_bases(area: bytearray, at: int, totalidx: int, ebase: int, blo
     `totalidx` entries, beginning at byte `ebase` of the inode) found at `area[at:]`: what
     encode_compact gives for pclusters from block B + `blocks`, from its bytes for block B (a
     pack's base is the running address of its pclusters, so it moves with the first)."""
-    start = at
+    unpack, pack = _PACK_BASE.unpack_from, _PACK_BASE.pack_into
+    for pos in _pack_base_positions(totalidx, ebase % _2B_ALIGN):
+        pos += at
+        pack(area, pos, (unpack(area, pos)[0] + blocks) & _ADDR_MASK)
+
+
+_PACK_BASE = struct.Struct("<I")
+assert _PACK_BASE.size == _PACK_BASE_SIZE
+
+
+def _pack_base_positions(totalidx: int, ebase: int) -> Iterable[int]:
+    """Where the base of each pack of a compact area is, from its start: kept for the small
+    areas, met again and again (every compressed file's area is moved once)."""
+    if totalidx <= _CACHED_AREA_MAX:
+        return _cached_base_positions(totalidx, ebase)
+    return chain.from_iterable(_base_positions(totalidx, ebase))
+
+
+def _base_positions(totalidx: int, ebase: int) -> list[range]:
+    out = []
+    start = 0
     for entry_size, n in zip((4, 2, 4), compact_runs(totalidx, ebase)):
-        if not n:
-            continue
-        packsize = _ENCODINGS[entry_size, 12][3]        # (the same for any lclusterbits)
-        end = start + -(-n * entry_size // packsize) * packsize
-        for pos in range(start + packsize - _PACK_BASE_SIZE, end, packsize):
-            base = int.from_bytes(area[pos:pos + _PACK_BASE_SIZE], "little")
-            area[pos:pos + _PACK_BASE_SIZE] = ((base + blocks) & _ADDR_MASK).to_bytes(
-                _PACK_BASE_SIZE, "little")
-        start = end
+        if n:
+            packsize = _ENCODINGS[entry_size, 12][3]        # (the same for any lclusterbits)
+            end = start + -(-n * entry_size // packsize) * packsize
+            out.append(range(start + packsize - _PACK_BASE_SIZE, end, packsize))
+            start = end
+    return out
+
+
+_CACHED_AREA_MAX = 1024
+
+
+@lru_cache(maxsize=4 * _CACHED_AREA_MAX)
+def _cached_base_positions(totalidx: int, ebase: int) -> tuple[int, ...]:
+    return tuple(pos for run in _base_positions(totalidx, ebase) for pos in run)
 
 
 # ---------------------------------------------------------------------------

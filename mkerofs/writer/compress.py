@@ -32,7 +32,7 @@ from __future__ import annotations
 from array import array
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 from ..codecs import registry
 from ..codecs.buffers import bytes_address
@@ -459,6 +459,12 @@ def _nonhead_deltas(most: int) -> tuple[array, array]:
     return ramp, array("I", range(most, 0, -1))
 
 
+# what lclusters_for fills its arrays from (one copy per file is cheaper than a new array)
+_ZERO_H = array("H", [0])
+_ZERO_I = array("I", [0])
+_NONHEAD_BYTE = bytes([NONHEAD])
+
+
 def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
                   block_size: int, big_pcluster: bool, addrs: Sequence[int] | None = None,
                   fragment_hi: int | None = None, with_ofs: bool = True) -> Lclusters:
@@ -478,13 +484,11 @@ def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
     # for a while, and a big sparse file has millions of lclusters
     total = -(-sum(llens) // bs)
     types = bytearray(total)
-    los = array("H", [0]) * total
-    his = array("I", [0]) * total
-    ofss = array("H", [0]) * total if with_ofs else array("H")
+    los = _ZERO_H * total
+    his = _ZERO_I * total
+    ofss = _ZERO_H * total if with_ofs else array("H")
     ent = Lclusters(types, los, his, ofss)
-    nonhead = bytes([NONHEAD])
-    most = (bs - 1 + max(llens, default=0)) // bs
-    ramp, down = _nonhead_deltas(most)
+    most = 0                        # (NONHEAD deltas are looked up at the first NONHEAD)
     pos = 0
     blk = start_blk
     last = len(llens) - 1
@@ -509,8 +513,11 @@ def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
         p += 1
         k = d1 - 1                  # lclusters covered completely after the head: NONHEAD
         if k > 0:
+            if not most:
+                most = (bs - 1 + max(llens)) // bs
+                ramp, down = _nonhead_deltas(most)
             q = p + k
-            types[p:q] = nonhead * k
+            types[p:q] = _NONHEAD_BYTE * k
             # delta[0]: distance back to the head (CBLKCNT on the first with big pclusters)
             los[p] = CBLKCNT | nblocks if big_pcluster else 1
             if k > 1:
@@ -744,29 +751,32 @@ class FileExtents:
         if cfg.legacy_indexes or self.addrs is not None or self.fragment:
             return self
         ebase = fmt.z_erofs_map_header_pos(self.meta_size) + fmt.Z_EROFS_MAP_HEADER_SIZE
-        return UnplacedLayout(self.layout(cfg, 0), ebase - self.meta_size, ebase,
+        layout, meta, advise = build_indexes(self.llens, self.codes, self.size, 0,
+                                             self.meta_size, cfg, self.algorithm, self.idata)
+        return UnplacedLayout(layout, self.blocks, meta, advise, len(self.idata),
+                              ebase - self.meta_size, ebase,
                               lcluster_count(self.size, cfg.block_size))
 
 
-@dataclass(slots=True)
-class UnplacedLayout:
+class UnplacedLayout(NamedTuple):
     """The layout of a file compressed alone, with its compact indexes encoded (in the worker
     that compressed it) for pclusters from block 0.  Placing it moves the base address of
     each pack: cheaper than encoding the indexes in the process that hands out the blocks,
-    which has every file's metadata to do as well."""
-    placed: CompressedLayout        # for block 0
-    index_at: int                   # where the compact indexes begin in placed.inline
+    which has every file's metadata to do as well.  A tuple of plain values: hundreds of
+    them cross the pipe from a worker in one batch, and a plain tuple pickles without any
+    Python call (a dataclass took ~6 us a file to pickle and unpickle)."""
+    datalayout: int
+    blocks: int
+    inline: bytes                   # as CompressedLayout.inline, for block 0
+    advise: int
+    tail: int                       # bytes of the inline pcluster (ztailpacking), or 0
+    index_at: int                   # where the compact indexes begin in `inline`
     ebase: int                      # ... and in the inode
     lclusters: int
 
-    @property
-    def blocks(self) -> int:
-        return self.placed.blocks
-
     def layout(self, cfg: CompressConfig, start_blk: int) -> CompressedLayout:
         """The layout for the pclusters written from `start_blk` (as FileExtents.layout)."""
-        p = self.placed
-        area = bytearray(p.inline)
+        area = bytearray(self.inline)
         index.shift_compact_bases(area, self.index_at, self.lclusters, self.ebase, start_blk)
-        return CompressedLayout(p.datalayout, p.blocks, bytes(area), p.advise, p.inline_pcluster,
-                                p.tail)
+        return CompressedLayout(self.datalayout, self.blocks, bytes(area), self.advise,
+                                self.tail > 0, self.tail)

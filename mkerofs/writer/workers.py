@@ -242,9 +242,12 @@ def _held_apart(results: list) -> dict[int, list]:
     held = {}
     for i, res in enumerate(results):
         if type(res) is CompressedFile:
-            if res.extents is not None and res.extents.blocks:
+            ext = res.extents
+            if ext is not None and ext.blocks:
                 held[i] = res.parts
             res.parts = None
+            if type(ext) is UnplacedLayout:
+                results[i] = tuple(ext)     # pickles with no Python call, unlike its wrapper
         elif type(res) is list:
             for p in res:
                 if type(p.payload) is not bytes:
@@ -717,24 +720,27 @@ class _CompressionRun:
         if res is None:                 # not worth trying
             done = task.job, None
         elif type(res) is CompressedFile:
-            done = task.job, self.place(task, res)
+            done = task.job, self.place(task, res.extents, res.parts)
+        elif type(res) is tuple:        # an UnplacedLayout a worker process holds the blocks of
+            done = task.job, self.place(task, UnplacedLayout._make(res), None)
         else:
             done = self.take_segment(task, res)
         self.pool.taken(task.batch)
         return done
 
-    def place(self, task: _Task, res: CompressedFile) -> CompressedLayout | None:
-        """Give a file compressed alone its blocks, and its indexes for them."""
-        ext = res.extents
+    def place(self, task: _Task, ext: FileExtents | UnplacedLayout | None, parts: list | None
+              ) -> CompressedLayout | None:
+        """Give a file compressed alone its blocks, and its indexes for them; `parts` None:
+        the worker holds its blocks."""
         if ext is None:
             return None
         bs = self.cfg.block_size
         start = self.area.allocate_file(ext.blocks)
         if ext.blocks:
-            if res.parts is None:           # the worker holds them
+            if parts is None:
                 task.batch.placements.append((task.index, start * bs))
             else:
-                self.writer.write(start * bs, res.parts, ext.blocks * bs)
+                self.writer.write(start * bs, parts, ext.blocks * bs)
         return ext.layout(self.cfg, start)
 
     def take_segment(self, task: _Task, pclusters: list[Pcluster]

@@ -68,3 +68,18 @@ def test_full_indexes_stay_extents():
     fc.add_new(fc.compress(b"x" * 20000, True))
     ext = fc.extents()
     assert ext.unplaced(cfg) is ext
+
+
+@pytest.mark.parametrize("big", [False, True])
+@pytest.mark.parametrize("ebase", [8, 40])
+def test_shifted_bases_of_a_large_area(big, ebase):
+    # areas of more than a thousand lclusters are not kept in the positions cache
+    rng = random.Random(ebase + big)
+    bs = 4096
+    for nbytes in (1023 * bs + 17, 1024 * bs, 1025 * bs + 1, 3000 * bs + 5):
+        llens, codes = _extents(rng, nbytes, bs, big)
+        ent0 = compress.lclusters_for(llens, codes, 0, bs, big, with_ofs=False)
+        ent = compress.lclusters_for(llens, codes, 4242, bs, big, with_ofs=False)
+        moved = index.encode_compact(ent0, ebase, 0, 12, big)
+        index.shift_compact_bases(moved, 0, len(ent0), ebase, 4242)
+        assert moved == index.encode_compact(ent, ebase, 4242, 12, big)
