@@ -85,15 +85,25 @@ class ChunkLayout:
     # (derived, once: a layout may encode many files' maps)
     chunkformat: int = field(init=False)    # the inode's i_u (erofs_inode_chunk_info.format)
     count: int = field(init=False)          # chunks, so map entries
+    step: int = field(init=False)           # blocks a chunk
+    null: int = field(init=False)           # a hole's address, also the first one too wide
+    # the zeros before the map of an inode (and xattrs) ending at byte e: pads[e % len(pads)]
+    pads: tuple[bytes, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         extra = self.chunkbits - self.blkszbits
         assert 0 <= extra <= fmt.EROFS_CHUNK_FORMAT_BLKBITS_MASK, "chunk size out of range"
         assert self.indexes or not self.wide, "48-bit addresses need chunk indexes"
-        object.__setattr__(self, "chunkformat", extra | (
-            fmt.EROFS_CHUNK_FORMAT_INDEXES if self.indexes else 0) | (
-            fmt.EROFS_CHUNK_FORMAT_48BIT if self.wide else 0))
+        chunkformat = extra | (fmt.EROFS_CHUNK_FORMAT_INDEXES if self.indexes else 0) | (
+            fmt.EROFS_CHUNK_FORMAT_48BIT if self.wide else 0)
+        object.__setattr__(self, "chunkformat", chunkformat)
         object.__setattr__(self, "count", -(-self.size >> self.chunkbits))
+        object.__setattr__(self, "step", 1 << extra)
+        object.__setattr__(self, "null",
+                           fmt.EROFS_NULL_ADDR & ((1 << (48 if self.wide else 32)) - 1))
+        object.__setattr__(self, "pads", tuple(
+            bytes(fmt.chunk_map_start(end, chunkformat) - end)
+            for end in range(fmt.chunk_map_unit(chunkformat))))
 
     def encode_map(self, inode_end: int, blkaddrs: Sequence[int | None],
                    device_id: int = 0) -> bytes:
@@ -103,12 +113,13 @@ class ChunkLayout:
         only) names where the blocks are: 0 the image, n the device table's slot n."""
         assert len(blkaddrs) == self.count
         assert self.indexes or device_id == 0, "a block map addresses the image only"
-        pad = _map_padding(inode_end, self.chunkformat)
+        pad = self.pads[inode_end % len(self.pads)]
         if not self.indexes:
-            null = fmt.EROFS_NULL_ADDR_32
-            return pad + fmt.pack_block_map([null if a is None else a for a in blkaddrs])
-        limit = 1 << (48 if self.wide else 32)
-        null = limit - 1
+            if None in blkaddrs:
+                null = self.null
+                blkaddrs = [null if a is None else a for a in blkaddrs]
+            return pad + fmt.pack_block_map(blkaddrs)
+        null = self.null
         entry = fmt.EROFS_INODE_CHUNK_INDEX.pack
         out = [pad]
         for a in blkaddrs:
@@ -120,12 +131,24 @@ class ChunkLayout:
                 out.append(entry(a >> 32, device_id, a & 0xFFFFFFFF))
         return b"".join(out)
 
+    def encode_run(self, inode_end: int, start: int, device_id: int = 0) -> bytes:
+        """encode_map of chunks that follow one another from block `start` (a file that is
+        one run of blocks: its map is an arithmetic progression), with no loop per chunk."""
+        pad = self.pads[inode_end % len(self.pads)]
+        if not self.indexes:
+            assert not device_id, "a block map addresses the image only"
+            return pad + fmt.pack_block_map_run(start, self.step, self.count)
+        assert start + (self.count - 1) * self.step < self.null, \
+            "block address too wide for this chunk format"
+        return pad + fmt.pack_chunk_index_run(start, self.step, self.count, device_id)
+
 
 @functools.lru_cache(maxsize=1024)
-def _map_padding(inode_end: int, chunkformat: int) -> bytes:
-    """The zeros between an inode (and xattrs) ending at `inode_end` and its chunk map (a few
-    values of both recur: inodes start at 32-byte slots)."""
-    return bytes(fmt.chunk_map_start(inode_end, chunkformat) - inode_end)
+def cached_layout(count: int, blkszbits: int, chunkbits: int, indexes: bool = False,
+                  wide: bool = False) -> ChunkLayout:
+    """The layout of every file of `count` chunks of 2^chunkbits bytes (the size itself
+    matters to no map: one layout serves them all, not one a file)."""
+    return ChunkLayout(count << chunkbits, blkszbits, chunkbits, indexes, wide)
 
 
 def needs_wide(blkaddrs: Iterable[int | None]) -> bool:
@@ -167,21 +190,20 @@ def make_indexed_file(node: PlannedInode, blkszbits: int, start: int, device_id:
     size = node.size
     chunkbits = covering_chunkbits(size, blkszbits)
     count = -(-size >> chunkbits)
-    step = 1 << (chunkbits - blkszbits)
     # the addresses rise: the last one says whether they all fit 32 bits (needs_wide)
-    last = start + (count - 1) * step
-    layout = _indexed_layout(count, blkszbits, chunkbits, device_id != 0,
-                             device_id != 0 and last >= fmt.EROFS_NULL_ADDR_32)
-    set_chunk_map(node, layout, (start,) if count == 1 else range(start, last + 1, step),
-                  device_id)
+    last = start + ((count - 1) << (chunkbits - blkszbits))
+    layout = cached_layout(count, blkszbits, chunkbits, device_id != 0,
+                           device_id != 0 and last >= fmt.EROFS_NULL_ADDR_32)
+    set_chunk_run(node, layout, start, device_id)
 
 
-@functools.lru_cache(maxsize=256)
-def _indexed_layout(count: int, blkszbits: int, chunkbits: int, indexes: bool,
-                    wide: bool) -> ChunkLayout:
-    """The layout of every file of `count` chunks of 2^chunkbits bytes (the size itself
-    matters to no map: one layout serves them all, not one a file)."""
-    return ChunkLayout(count << chunkbits, blkszbits, chunkbits, indexes, wide)
+@functools.lru_cache(maxsize=16)
+def one_chunk_layouts(blkszbits: int, indexes: bool) -> dict[int, ChunkLayout]:
+    """The layout of a file of one chunk covering it (no 48-bit addresses), by the bit length
+    of its size - 1, for every size one chunk can cover: a dict look-up a file."""
+    most = blkszbits + fmt.EROFS_CHUNK_FORMAT_BLKBITS_MASK
+    return {bits: cached_layout(1, blkszbits, max(bits, blkszbits), indexes)
+            for bits in range(most + 1)}
 
 
 @dataclass
@@ -211,17 +233,25 @@ def index_tar_files(inodes: Iterable[PlannedInode], blkszbits: int,
     image's blocks `blob_start` + `blob[file]`.  Returns those files with their first block,
     in `inodes` order."""
     done = []
+    device_id = 1 if blob is None else 0
+    one_chunk = one_chunk_layouts(blkszbits, device_id != 0)
+    blkmask = (1 << blkszbits) - 1
+    reg = fmt.EROFS_FT_REG_FILE
     for node in inodes:
         ref = node.src.data
-        if ref is None or not ref.indexed or not node.size or \
-                node.ftype != fmt.EROFS_FT_REG_FILE:
+        size = node.size
+        if ref is None or not ref.indexed or not size or node.ftype != reg:
             continue
         if blob is None:
-            assert not ref.offset & ((1 << blkszbits) - 1), "tar data is block-aligned"
-            start, device_id = ref.offset >> blkszbits, 1
+            assert not ref.offset & blkmask, "tar data is block-aligned"
+            start = ref.offset >> blkszbits
         else:
-            start, device_id = blob_start + blob[node.src], 0
-        make_indexed_file(node, blkszbits, start, device_id)
+            start = blob_start + blob[node.src]
+        layout = one_chunk.get((size - 1).bit_length())
+        if layout is None or start >= fmt.EROFS_NULL_ADDR_32:
+            make_indexed_file(node, blkszbits, start, device_id)     # several chunks, or wide
+        else:
+            set_chunk_run(node, layout, start, device_id)
         done.append((node, start))
     return done
 
@@ -240,10 +270,11 @@ def map_line(start: int, size: int, tar_offset: int, block_size: int) -> str:
 
 class LayerChunks(NamedTuple):
     """The chunk map of a file whose bytes stay in a source image: `blkaddrs` in that image's
-    blocks (None: a hole), on extra device `device_id`.  (A tuple: one is made per file.)"""
+    blocks (None: a hole), on extra device `device_id`; a range when the chunks follow one
+    another (a flat file: its map is encoded at once).  (A tuple: one is made per file.)"""
     device_id: int
     chunkbits: int
-    blkaddrs: tuple[int | None, ...]
+    blkaddrs: tuple[int | None, ...] | range
 
 
 def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int,
@@ -251,23 +282,30 @@ def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int,
     """Make every regular file whose bytes stay in a source image (DataRef.layer) chunk-based
     over that image's device; True if there was one.  (`wide_ok`: as ChunkStore.)"""
     found = False
-    # (a layout encodes any file of the same chunk size, chunk count and address width: one
-    # each, not one per file)
-    layouts: dict[tuple[int, int, bool], ChunkLayout] = {}
+    one_chunk = one_chunk_layouts(blkszbits, True)
+    null = fmt.EROFS_NULL_ADDR_32
+    reg = fmt.EROFS_FT_REG_FILE
     for node in inodes:
         ref = node.src.data
-        if ref is None or ref.layer is None or node.ftype != fmt.EROFS_FT_REG_FILE:
+        if ref is None or ref.layer is None or node.ftype != reg:
             continue
-        device_id, chunkbits, blkaddrs = ref.layer
-        key = (chunkbits, len(blkaddrs), needs_wide(blkaddrs))
-        if key[2]:
-            check_wide(node.display_path(), True, wide_ok)
-        layout = layouts.get(key)
-        if layout is None:
-            layout = layouts[key] = ChunkLayout(node.size, blkszbits, chunkbits, indexes=True,
-                                                wide=key[2])
-        set_chunk_map(node, layout, blkaddrs, device_id)
         found = True
+        device_id, chunkbits, blkaddrs = ref.layer
+        if type(blkaddrs) is range and blkaddrs:        # (nearly every file)
+            start, last = blkaddrs[0], blkaddrs[-1]
+            if len(blkaddrs) == 1 and last < null:
+                layout = one_chunk[chunkbits]
+            else:
+                if last >= null:
+                    check_wide(node.display_path(), True, wide_ok)
+                layout = cached_layout(len(blkaddrs), blkszbits, chunkbits, True, last >= null)
+            set_chunk_run(node, layout, start, device_id)
+            continue
+        wide = needs_wide(blkaddrs)
+        if wide:
+            check_wide(node.display_path(), True, wide_ok)
+        set_chunk_map(node, cached_layout(len(blkaddrs), blkszbits, chunkbits, True, wide),
+                      blkaddrs, device_id)
     return found
 
 
@@ -608,6 +646,15 @@ def make_chunked(node: PlannedInode, store: ChunkStore) -> None:
     finally:
         os.close(fd)
     set_chunk_map(node, layout, addrs, store.device_id)
+
+
+def set_chunk_run(node: PlannedInode, layout: ChunkLayout, start: int, device_id: int = 0
+                  ) -> None:
+    """set_chunk_map of a file whose chunks follow one another from block `start`."""
+    node.datalayout = fmt.EROFS_INODE_CHUNK_BASED
+    node.i_u = layout.chunkformat
+    node.inline = layout.encode_run(node.meta_size_before_inline, start, device_id)
+    node.inline_len = len(node.inline)
 
 
 def set_chunk_map(node: PlannedInode, layout: ChunkLayout, blkaddrs: Sequence[int | None],
