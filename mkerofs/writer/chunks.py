@@ -153,7 +153,11 @@ def cached_layout(count: int, blkszbits: int, chunkbits: int, indexes: bool = Fa
 
 def needs_wide(blkaddrs: Iterable[int | None]) -> bool:
     """True if some address does not fit a 32-bit chunk index (EROFS_CHUNK_FORMAT_48BIT)."""
-    return any(a is not None and a >= fmt.EROFS_NULL_ADDR_32 for a in blkaddrs)
+    top = fmt.EROFS_NULL_ADDR_32
+    for a in blkaddrs:              # (a loop: most maps have one entry, a generator costs more)
+        if a is not None and a >= top:
+            return True
+    return False
 
 
 def covering_chunkbits(size: int, blkszbits: int) -> int:
@@ -591,20 +595,21 @@ def chunk_file(store: ChunkStore, fd: int, base: int, size: int, where: str
     bits = store.chunkbits
     runs = data_chunks(fd, base, size, bits)
     if not runs:                    # no data at all: one chunk of holes
-        layout = ChunkLayout(size, store.blkszbits, covering_chunkbits(size, store.blkszbits),
-                             store.indexes)
-        return layout, [None] * layout.count
+        cover = covering_chunkbits(size, store.blkszbits)
+        count = -(-size >> cover)
+        return cached_layout(count, store.blkszbits, cover, store.indexes), [None] * count
     store.begin_file()
     addrs: list[int | None] = []
     for first, end in runs:
         addrs.extend([None] * (first - len(addrs)))
         store.store(fd, base, first << bits, min(end << bits, size), addrs, where)
     addrs.extend([None] * (-(-size >> bits) - len(addrs)))
-    bits, addrs = merged_chunks(addrs, bits, store.blkszbits, size)
+    if len(addrs) > 1:              # (one chunk, the common case, is merged with none)
+        bits, addrs = merged_chunks(addrs, bits, store.blkszbits, size)
     wide = needs_wide(addrs)
     if wide:
         check_wide(where, store.indexes, store.wide_ok)
-    return ChunkLayout(size, store.blkszbits, bits, store.indexes, wide), addrs
+    return cached_layout(len(addrs), store.blkszbits, bits, store.indexes, wide), addrs
 
 
 def check_wide(where: str, indexes: bool, wide_ok: bool) -> None:
