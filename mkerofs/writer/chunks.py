@@ -120,16 +120,13 @@ class ChunkLayout:
                 blkaddrs = [null if a is None else a for a in blkaddrs]
             return pad + fmt.pack_block_map(blkaddrs)
         null = self.null
+        assert all(a is None or a < null for a in blkaddrs), \
+            "block address too wide for this chunk format"
         entry = fmt.EROFS_INODE_CHUNK_INDEX.pack
-        out = [pad]
-        for a in blkaddrs:
-            if a is None:
-                # (the kernel looks only at the address for a hole; device 0 as mkfs.erofs)
-                out.append(entry(null >> 32, 0, null & 0xFFFFFFFF))
-            else:
-                assert a < null, "block address too wide for this chunk format"
-                out.append(entry(a >> 32, device_id, a & 0xFFFFFFFF))
-        return b"".join(out)
+        # (the kernel looks only at the address for a hole; device 0 as mkfs.erofs)
+        hole = entry(null >> 32, 0, null & 0xFFFFFFFF)
+        return pad + b"".join([hole if a is None else entry(a >> 32, device_id, a & 0xFFFFFFFF)
+                               for a in blkaddrs])
 
     def encode_run(self, inode_end: int, start: int, device_id: int = 0) -> bytes:
         """encode_map of chunks that follow one another from block `start` (a file that is
@@ -260,14 +257,21 @@ def index_tar_files(inodes: Iterable[PlannedInode], blkszbits: int,
     return done
 
 
-def map_line(start: int, size: int, tar_offset: int, block_size: int) -> str:
-    """The MAPFILE line of a file of `size` bytes at block `start` of the blob
-    (--tar=i,MAPFILE), as mkfs.erofs 1.9.3 writes it: the block and the block count in hex,
-    where the file's data starts in the (decompressed) tar in hex, and, if its last block is
-    not full, the zero bytes that pad it, in decimal."""
-    line = f"{start:08x} {-(-size // block_size):8x} {tar_offset:08x}"
-    zeroed = -size % block_size
-    return f"{line} {zeroed:08d}\n" if zeroed else line + "\n"
+def map_lines(placed: Iterable[tuple[PlannedInode, int]], block_size: int) -> list[str]:
+    """The MAPFILE's lines (--tar=i,MAPFILE) of the files index_tar_files placed, as mkfs.erofs
+    1.9.3 writes them: a file's block in the blob and its block count in hex, where its data
+    starts in the (decompressed) tar in hex, and, if its last block is not full, the zero
+    bytes that pad it, in decimal.  (%-formatting: twice as fast as f-strings here.)"""
+    lines = []
+    for node, start in placed:
+        size = node.size
+        zeroed = -size % block_size
+        if zeroed:
+            lines.append("%08x %8x %08x %08d\n" % (start, -(-size // block_size),
+                                                   node.src.data.offset, zeroed))
+        else:
+            lines.append("%08x %8x %08x\n" % (start, size // block_size, node.src.data.offset))
+    return lines
 
 
 # -- rebuild mode: files whose bytes stay in a source EROFS image (writer/layers.py) -----------
