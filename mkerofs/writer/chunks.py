@@ -278,7 +278,7 @@ def map_lines(placed: Iterable[tuple[PlannedInode, int]], block_size: int) -> li
 
 class LayerChunks(NamedTuple):
     """The chunk map of a file whose bytes stay in a source image: `blkaddrs` in that image's
-    blocks (None: a hole), on extra device `device_id`; a range when the chunks follow one
+    blocks (None: a hole), on extra device `device_id`; a range when several chunks follow one
     another (a flat file: its map is encoded at once).  (A tuple: one is made per file.)"""
     device_id: int
     chunkbits: int
@@ -299,15 +299,17 @@ def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int,
             continue
         found = True
         device_id, chunkbits, blkaddrs = ref.layer
-        if type(blkaddrs) is range and blkaddrs:        # (nearly every file)
-            start, last = blkaddrs[0], blkaddrs[-1]
-            if len(blkaddrs) == 1 and last < null:
-                layout = one_chunk[chunkbits]
-            else:
-                if last >= null:
-                    check_wide(node.display_path(), True, wide_ok)
-                layout = cached_layout(len(blkaddrs), blkszbits, chunkbits, True, last >= null)
-            set_chunk_run(node, layout, start, device_id)
+        if len(blkaddrs) == 1:                  # (nearly every file)
+            start = blkaddrs[0]
+            if start is not None and start < null:
+                set_chunk_run(node, one_chunk[chunkbits], start, device_id)
+                continue
+        elif type(blkaddrs) is range and blkaddrs:
+            last = blkaddrs[-1]
+            if last >= null:
+                check_wide(node.display_path(), True, wide_ok)
+            set_chunk_run(node, cached_layout(len(blkaddrs), blkszbits, chunkbits, True,
+                                              last >= null), blkaddrs[0], device_id)
             continue
         wide = needs_wide(blkaddrs)
         if wide:

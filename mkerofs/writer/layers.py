@@ -647,6 +647,8 @@ def _layer_chunks(layer: Layer, file: LayerFile, block_size: int) -> LayerChunks
         start = layer.on_slot(0, file.startblk)
         if start is None:
             return None
+        if count == 1:              # (nearly always: a chunk covers up to 2^31 blocks)
+            return LayerChunks(device, chunkbits, (start,))
         step = 1 << (chunkbits - bits)
         return LayerChunks(device, chunkbits, range(start, start + count * step, step))
     if file.datalayout != fmt.EROFS_INODE_CHUNK_BASED:
