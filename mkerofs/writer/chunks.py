@@ -46,7 +46,7 @@ What mkerofs stores this way:
   device 1 and the block of the file's data in the tar (48-bit ones for data past 2 TiB,
   which only -E48bit allows: check_wide, build._tar_as_device).  With --tar=i,MAPFILE there is no device: a 4-byte block map points into a
   "blob" reserved in the image as a hole, each file's data rounded up to blocks, in tar order
-  (`TarIndex.blob`), and the MAPFILE says which ranges of the tar belong where (`map_line`).
+  (`TarIndex.blob`), and the MAPFILE says which ranges of the tar belong where (`map_lines`).
 * Rebuild mode without --clean (writer/layers.py): regular files whose bytes stay in a source
   EROFS image (DataRef.layer, a LayerChunks): 8-byte chunk indexes naming that image's device
   slot (its place on the command line) and blocks of that image; one chunk covering a
@@ -76,7 +76,8 @@ from .walk import SourceInode
 
 @dataclass(frozen=True, slots=True)
 class ChunkLayout:
-    """How a file of `size` bytes is cut into chunks and how its map is stored."""
+    """How a file of `size` bytes is cut into chunks and how its map is stored.  (A layout
+    shared by files of the same chunk count, cached_layout, has size count << chunkbits.)"""
     size: int
     blkszbits: int
     chunkbits: int
