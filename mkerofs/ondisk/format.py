@@ -9,6 +9,7 @@ import stat
 import struct
 from itertools import chain, repeat
 from dataclasses import dataclass
+from typing import Sequence
 
 EROFS_SUPER_MAGIC_V1 = 0xE0F5E1E2
 EROFS_SUPER_OFFSET = 1024          # room for boot sectors before the superblock
@@ -512,9 +513,33 @@ EROFS_INODE_CHUNK_INDEX = struct.Struct("<HHI")        # startblk_hi, device_id,
 EROFS_NULL_ADDR = (1 << 64) - 1                        # a hole (masked to the address width)
 
 
-def pack_block_map(blkaddrs: list[int]) -> bytes:
+def pack_block_map(blkaddrs: Sequence[int]) -> bytes:
     """A chunk-based inode's 4-byte block map entries (EROFS_NULL_ADDR_32 for a hole)."""
+    if len(blkaddrs) == 1:
+        return EROFS_BLOCK_MAP_ENTRY.pack(blkaddrs[0])
     return struct.pack(f"<{len(blkaddrs)}I", *blkaddrs)
+
+
+def pack_block_map_run(start: int, step: int, count: int) -> bytes:
+    """The block map of `count` chunks at blocks start, start + step, ... (a file that is one
+    run of blocks), packed at once."""
+    if count == 1:
+        return EROFS_BLOCK_MAP_ENTRY.pack(start)
+    return struct.pack(f"<{count}I", *range(start, start + count * step, step))
+
+
+def pack_chunk_index_run(start: int, step: int, count: int, device_id: int) -> bytes:
+    """`count` chunk indexes naming blocks start, start + step, ... of device `device_id`.
+    (Read as a le64, an entry is startblk_hi | device_id << 16 | startblk_lo << 32: while
+    startblk_hi stays the same the entries are an arithmetic progression, packed at once.)"""
+    if count == 1:
+        return EROFS_INODE_CHUNK_INDEX.pack(start >> 32, device_id, start & 0xFFFFFFFF)
+    last = start + (count - 1) * step
+    if start >> 32 != last >> 32:
+        return b"".join(EROFS_INODE_CHUNK_INDEX.pack(a >> 32, device_id, a & 0xFFFFFFFF)
+                        for a in range(start, last + 1, step))
+    word = start >> 32 | device_id << 16 | (start & 0xFFFFFFFF) << 32
+    return struct.pack(f"<{count}Q", *range(word, word + (count * step << 32), step << 32))
 
 
 def chunk_map_unit(chunkformat: int) -> int:

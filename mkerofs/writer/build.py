@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, BinaryIO, Callable
 from ..ondisk import format as fmt
 from .packed import PackedFile
 from .chunks import (ChunkStore, ImageBlocks, TarIndex, index_layer_files, index_tar_files,
-                     make_chunked, make_hole_files, map_line)
+                     make_chunked, make_hole_files, map_lines)
 from .devices import BlobFile, DeviceTable, ExtraDevice
 from .data import DataArea, FlatCopier, inline_fits
 from .dirs import render_directory
@@ -930,7 +930,7 @@ def _index_tar(plan: Plan, options: BuildOptions, tar_index: TarIndex,
         raise BuildError(f"--tar=i,MAPFILE: the files take {blocks} blocks of {bs} bytes, more "
                          "than a block map can address (a larger -b, or --tar=i without MAPFILE)")
     placed = index_tar_files(plan.inodes, bits, blob, start)
-    return [map_line(first, node.size, node.src.data.offset, bs) for node, first in placed]
+    return map_lines(placed, bs)
 
 
 def _write_mapfile(path: str, lines: list[str]) -> None:

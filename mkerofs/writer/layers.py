@@ -650,7 +650,7 @@ def _layer_chunks(layer: Layer, file: LayerFile, block_size: int) -> LayerChunks
         if count == 1:              # (nearly always: a chunk covers up to 2^31 blocks)
             return LayerChunks(device, chunkbits, (start,))
         step = 1 << (chunkbits - bits)
-        return LayerChunks(device, chunkbits, tuple(start + i * step for i in range(count)))
+        return LayerChunks(device, chunkbits, range(start, start + count * step, step))
     if file.datalayout != fmt.EROFS_INODE_CHUNK_BASED:
         return None
     try:

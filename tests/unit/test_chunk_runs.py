@@ -1,0 +1,133 @@
+"""Chunk maps of files that are one run of blocks, encoded at once (format.pack_*_run,
+ChunkLayout.encode_run, the one-chunk paths of index_tar_files and index_layer_files), are the
+maps the entry-by-entry encoder (ChunkLayout.encode_map) gives for the same addresses."""
+import stat
+import struct
+
+import pytest
+
+from mkerofs.errors import BuildError
+from mkerofs.ondisk import format as fmt
+from mkerofs.writer.chunks import (ChunkLayout, LayerChunks, covering_chunkbits,
+                                   index_layer_files, index_tar_files, set_chunk_map)
+from mkerofs.writer.plan import PlannedInode
+from mkerofs.writer.walk import DataRef, SourceInode, SourceStat
+
+_HI = 1 << 32
+
+
+@pytest.mark.parametrize("start,step,count", [
+    (0, 1, 1), (7, 1, 1), (_HI - 1, 1, 1), (_HI + 5, 4, 1), ((1 << 47) + 3, 1, 1),
+    (100, 8, 5), (_HI - 3, 1, 3), (_HI - 3, 2, 4), (_HI - 8, 8, 2), (5 * _HI - 9, 4, 6),
+    (_HI + 100, 16, 7)])
+@pytest.mark.parametrize("device_id", [0, 1, 0xFFFF])
+def test_chunk_index_run_is_one_entry_a_block(start, step, count, device_id):
+    addrs = range(start, start + count * step, step)
+    expected = b"".join(struct.pack("<HHI", a >> 32, device_id, a & 0xFFFFFFFF) for a in addrs)
+    assert fmt.pack_chunk_index_run(start, step, count, device_id) == expected
+
+
+@pytest.mark.parametrize("start,step,count", [(0, 1, 1), (_HI - 2, 1, 1), (9, 4, 3),
+                                              (_HI - 40, 8, 5)])
+def test_block_map_run_is_one_entry_a_block(start, step, count):
+    addrs = range(start, start + count * step, step)
+    expected = b"".join(struct.pack("<I", a) for a in addrs)
+    assert fmt.pack_block_map_run(start, step, count) == expected
+    assert fmt.pack_block_map(list(addrs)) == expected
+
+
+@pytest.mark.parametrize("blkszbits,chunkbits,count", [(9, 9, 1), (9, 20, 1), (12, 14, 3),
+                                                      (9, 40, 4), (12, 43, 2)])
+@pytest.mark.parametrize("indexes,wide,start", [(False, False, 0), (False, False, 1 << 20),
+                                                (True, False, 5), (True, False, _HI - 200),
+                                                (True, True, _HI - 2), (True, True, 1 << 46)])
+def test_encode_run_is_encode_map_of_the_run(blkszbits, chunkbits, count, indexes, wide, start):
+    layout = ChunkLayout((count - 1 << chunkbits) + 1, blkszbits, chunkbits, indexes, wide)
+    step = 1 << (chunkbits - blkszbits)
+    addrs = list(range(start, start + count * step, step))
+    if addrs[-1] >= layout.null:
+        pytest.skip("not addressable in this format")
+    for inode_end in (32, 44, 64, 76, 100):
+        for device_id in ((0, 3) if indexes else (0,)):
+            run = layout.encode_run(inode_end, start, device_id)
+            assert run == layout.encode_map(inode_end, addrs, device_id)
+            assert (inode_end + len(run)) % (8 if indexes else 4) == 0
+
+
+def _node(size: int, xattr_bytes: int, data: DataRef) -> PlannedInode:
+    src = SourceInode(b"f", SourceStat(stat.S_IFREG | 0o644, 0, 0, size, 0, 0), data=data)
+    node = PlannedInode(src=src, ftype=fmt.EROFS_FT_REG_FILE, mode=src.st.st_mode, uid=0,
+                        gid=0, mtime=0, mtime_nsec=0, nlink=1, size=size)
+    node.set_xattr_ibody(bytes(xattr_bytes))
+    return node
+
+
+def _own_map(size: int, blkszbits: int, start: int, device_id: int, xattr_bytes: int):
+    """The map a file of `size` bytes over blocks from `start` gets with a layout of its own
+    and the entry-by-entry encoder."""
+    node = _node(size, xattr_bytes, DataRef(None))
+    chunkbits = covering_chunkbits(size, blkszbits)
+    step = 1 << (chunkbits - blkszbits)
+    addrs = list(range(start, start + -(-size >> chunkbits) * step, step))
+    set_chunk_map(node, ChunkLayout(size, blkszbits, chunkbits, device_id != 0,
+                                    device_id != 0 and addrs[-1] >= fmt.EROFS_NULL_ADDR_32),
+                  addrs, device_id)
+    return node.datalayout, node.i_u, node.inline, node.inline_len
+
+
+_SIZES = [1, 511, 512, 513, 4096, 12345, 3 << 30, (1 << 40) + 1, (1 << 44) + 7]
+
+
+@pytest.mark.parametrize("blkszbits", [9, 12])
+def test_index_tar_files_gives_each_file_its_own_map(blkszbits):
+    """Files of many sizes, offsets and xattr lengths in one call (the layouts it shares
+    between them must not mix them up); the tar as device 1, then a blob in the image."""
+    bs = 1 << blkszbits
+    offsets = [0, 77 * bs, (_HI - 1) * bs, (_HI - 2) * bs, (1 << 40) * bs]
+    cases = [(size, off, xb) for size in _SIZES for off in offsets for xb in (0, 4, 12)]
+    nodes = [_node(size, xb, DataRef(b"", off, indexed=True)) for size, off, xb in cases]
+    done = index_tar_files(nodes, blkszbits, None)
+    assert [(n, off >> blkszbits) for n, (_s, off, _x) in zip(nodes, cases)] == done
+    for node, (size, off, xb) in zip(nodes, cases):
+        assert (node.datalayout, node.i_u, node.inline, node.inline_len) == \
+            _own_map(size, blkszbits, off >> blkszbits, 1, xb)
+    # --tar=i,MAPFILE: a block map over the blob (room for every file: addresses stay small)
+    nodes = [_node(size, xb, DataRef(b"", off, indexed=True)) for size, off, xb in cases
+             if size < 1 << 40]
+    blob = {node.src: i * 5 for i, node in enumerate(nodes)}
+    done = index_tar_files(nodes, blkszbits, blob, 1000)
+    assert done == [(node, 1000 + i * 5) for i, node in enumerate(nodes)]
+    for i, node in enumerate(nodes):
+        assert (node.datalayout, node.i_u, node.inline, node.inline_len) == \
+            _own_map(node.size, blkszbits, 1000 + i * 5, 0, len(node.xattr_ibody))
+
+
+def test_index_layer_files_runs_and_tuples_give_the_same_maps():
+    """A flat file in its source image is a range of blocks; the same addresses as a tuple
+    take the general path: the maps are the same, and 48-bit ones still need -E48bit."""
+    blkszbits = 12
+    cases = []
+    for size in (1, 4096, 5000, 1 << 30, (1 << 43) + 1, (1 << 45) + 3):
+        chunkbits = covering_chunkbits(size, blkszbits)
+        step = 1 << (chunkbits - blkszbits)
+        count = -(-size >> chunkbits)
+        for start in (0, 3, max(0, _HI - 1 - count * step), _HI - 2, _HI + 9):
+            for xb in (0, 4, 12):
+                cases.append((size, chunkbits, range(start, start + count * step, step), xb))
+    ranged = [_node(size, xb, DataRef(None, layer=LayerChunks(2, bits, run)))
+              for size, bits, run, xb in cases]
+    tupled = [_node(size, xb, DataRef(None, layer=LayerChunks(2, bits, tuple(run))))
+              for size, bits, run, xb in cases]
+    with pytest.raises(BuildError, match="48-bit"):
+        index_layer_files(ranged, blkszbits)
+    assert index_layer_files(ranged, blkszbits, wide_ok=True)
+    assert index_layer_files(tupled, blkszbits, wide_ok=True)
+    for a, b, (size, bits, run, xb) in zip(ranged, tupled, cases):
+        assert (a.datalayout, a.i_u, a.inline, a.inline_len) == \
+            (b.datalayout, b.i_u, b.inline, b.inline_len)
+        assert a.i_u & fmt.EROFS_CHUNK_FORMAT_48BIT == (
+            fmt.EROFS_CHUNK_FORMAT_48BIT if run[-1] >= fmt.EROFS_NULL_ADDR_32 else 0)
+        assert len(a.inline) == -(xb + 32) % 8 + 8 * len(run)
+    narrow = [n for n, (_s, _b, run, _x) in zip(ranged, cases)
+              if run[-1] < fmt.EROFS_NULL_ADDR_32]
+    assert index_layer_files(narrow, blkszbits)
