@@ -168,20 +168,24 @@ _NO_XATTR_ERRNOS = (errno.ENOTSUP, errno.ENODATA)   # as util.read_xattrs: no xa
 _O_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-def _list_directory(path: bytes) -> tuple[int, bool, list[bytes]]:
-    """A descriptor of the directory at `path` (the caller closes it), whether its entries'
-    paths are short enough for the kernel, and the entries' names, sorted.  The entries are
-    looked at relative to the descriptor (lstat with dir_fd: no lookup of the whole path, 5%
-    of the walk's system time); the calls that take no dir_fd (listxattr, and readlink for
-    the few inodes that are not regular files) are given the whole path when it is short, and
-    go through the descriptor (util.xattr_path) when it is not."""
+def _list_directory(path: bytes) -> tuple[int | None, list[tuple[bytes, bytes]]]:
+    """The entries of the directory at `path` as (name, where), sorted by name, and the
+    descriptor `where` is relative to (the caller closes it).  None when the entries' paths are
+    short enough for the kernel: `where` is then the whole path (scandir's cheapest form, few
+    system calls a directory).  A longer path is opened in steps (util.open_parent) and its
+    entries are looked up relative to it: `where` is the name."""
     try:
-        names = listdir_path(path)
-        fd = os.open(path, _O_DIR) if len(path) < PATH_MAX else open_path(path, _O_DIR)
+        if len(path) + 1 + NAME_MAX < PATH_MAX:
+            with os.scandir(path) as it:
+                listing = [(e.name, e.path) for e in it]
+            fd = None
+        else:
+            listing = [(n, n) for n in listdir_path(path)]
+            fd = open_path(path, _O_DIR)
     except OSError as err:
         raise _oserror(path, err) from None
-    names.sort()
-    return fd, len(path) + 1 + NAME_MAX < PATH_MAX, names
+    listing.sort()
+    return fd, listing
 
 
 def walk_source(source: bytes, options: BuildOptions,
@@ -212,11 +216,12 @@ def walk_source(source: bytes, options: BuildOptions,
     pending = deque([(root, b"")])
     while pending:
         directory, rel = pending.popleft()
-        fd, short, names = _list_directory(directory.path)
+        fd, listing = _list_directory(directory.path)
         try:
-            walk.add_entries(directory, rel, fd, short, names, pending)
+            walk.add_entries(directory, rel, fd, listing, pending)
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
         if progress is not None:
             progress.entries = walk.count
     return root, walk.count
@@ -235,8 +240,8 @@ class _Walk:
         self.hardlinks: dict[tuple[int, int], SourceInode] = {}
         self.count = 1
 
-    def add_entries(self, directory: SourceInode, rel: bytes, fd: int, short: bool,
-                    names: list[bytes], pending: deque) -> None:
+    def add_entries(self, directory: SourceInode, rel: bytes, fd: int | None,
+                    listing: list[tuple[bytes, bytes]], pending: deque) -> None:
         """Add the entries of `directory` (from _list_directory) to the tree, subdirectories
         also to `pending`.  (One loop, calling nothing per entry but what it must: this is the
         walk's cost per file.  The common entry, a regular file with one link and no xattrs,
@@ -244,48 +249,47 @@ class _Walk:
         excluded, xattrs, skip = self.excluded, self.xattrs, self.skip
         hardlinks = None if self.split_links else self.hardlinks
         # where listxattr can be called here: a path the kernel takes, no label to look up
-        quick_xattrs = short and xattrs.enabled and xattrs.contexts is None
-        at = None if short else fd      # what the calls without dir_fd take names relative to
+        quick_xattrs = fd is None and xattrs.enabled and xattrs.contexts is None
         on_file = self.on_file
         prefix = os.path.join(directory.path, b"")
         entries = directory.entries
         append = entries.append
         lstat, listxattr = os.lstat, os.listxattr
         quick = 0                       # the inodes that took the quick way
-        for name in names:
+        for name, where in listing:
             # (the path relative to SOURCE is made only where it is needed)
             if excluded is not None and excluded(rel + name):
                 continue
-            path = prefix + name
             try:
-                st = lstat(name, dir_fd=fd)
+                st = lstat(where, dir_fd=fd)
             except FileNotFoundError:
                 continue                  # vanished between listing and stat: as if never there
             except OSError as err:
-                raise _oserror(path, err) from None
+                raise _oserror(where if fd is None else prefix + name, err) from None
             if skip and (st.st_dev, st.st_ino) in skip:
                 continue
             mode = st.st_mode
             if mode & _S_IFMT == _S_IFREG and st.st_nlink == 1 and quick_xattrs:
-                child = SourceInode(path, SourceStat(mode, st.st_uid, st.st_gid, st.st_size,
-                                                     st.st_mtime_ns, st.st_rdev), 1, None,
+                child = SourceInode(where, SourceStat(mode, st.st_uid, st.st_gid, st.st_size,
+                                                      st.st_mtime_ns, st.st_rdev), 1, None,
                                     None, None, ())
                 try:
-                    if listxattr(path, follow_symlinks=False):
+                    if listxattr(where, follow_symlinks=False):
                         xattrs.read(child, rel + name)
                 except OSError as err:
                     if err.errno not in _NO_XATTR_ERRNOS:
-                        raise _oserror(path, err) from None
+                        raise _oserror(where, err) from None
                 quick += 1
                 append((name, child))
                 if on_file is not None and on_file(child, rel + name, st) is False:
                     on_file = self.on_file = None       # it wants no more
                 continue
             relpath = rel + name
+            path = where if fd is None else prefix + name
             if stat.S_ISDIR(mode):
                 child = SourceInode(path, SourceStat.of(st), nlink=2, entries=[],
                                     parent=directory)
-                xattrs.read(child, relpath, name, at)
+                xattrs.read(child, relpath, name, fd)
                 directory.nlink += 1
                 pending.append((child, relpath + b"/"))
                 self.count += 1
@@ -297,10 +301,10 @@ class _Walk:
                 child = hardlinks.get(key)
                 if child is None:
                     child = hardlinks[key] = SourceInode(path, SourceStat.of(st))
-                    self._new_inode(child, name, relpath, at, st)
+                    self._new_inode(child, name, relpath, fd, st)
             else:
                 child = SourceInode(path, SourceStat.of(st))
-                self._new_inode(child, name, relpath, at, st)
+                self._new_inode(child, name, relpath, fd, st)
             on_file = self.on_file
             child.nlink += 1
             append((name, child))
