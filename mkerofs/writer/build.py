@@ -26,7 +26,7 @@ from .options import BuildOptions
 from .output import Output
 from .plan import Plan, PlannedInode, plan_inodes, planned_isize
 from .report import BuildProgress, BuildReport, options_dict, tally_inodes, watch_writing
-from .walk import SourceInode, SourceStat, apply_walk_options, walk_source
+from .walk import SourceInode, apply_walk_options, walk_source
 from .vmdk import VmdkDescriptor, descriptor
 from .xattrs import XattrLayout
 
@@ -538,14 +538,14 @@ def _early_offers(pool: CompressionPool, options: BuildOptions, hints: CompressH
     def offer(src: SourceInode, relpath: bytes, st: os.stat_result) -> bool:
         if not pool.takes_early():
             return False
-        size = src.st.st_size
+        size = src.size
         if src.xattrs or st.st_nlink > fmt.EROFS_COMPACT_INODE_MAX_NLINK or \
                 not pool.suits_early(size):
             return True
         wanted, profile = _hinted(pool.cfg, hints, relpath)
         if not wanted:
             return True
-        isize = planned_isize(src.st, options, build_time)
+        isize = planned_isize(src, options, build_time)
         if isize is not None:
             pool.offer(src, FileRange.of(src, size), size, isize, profile)
         return True
@@ -1070,8 +1070,7 @@ def _packed_inode(packed: PackedFile, plan: Plan) -> PlannedInode:
     """The nameless regular file that holds the fragments (superblock packed_nid); it comes
     after the tree's inodes, and is numbered so."""
     mode = stat.S_IFREG | 0o600
-    src = SourceInode(packed.path, SourceStat(mode, 0, 0, packed.size, plan.epoch * 10**9, 0),
-                      nlink=1)
+    src = SourceInode(packed.path, mode, 0, 0, packed.size, plan.epoch * 10**9, nlink=1)
     node = PlannedInode(src=src, ftype=fmt.EROFS_FT_REG_FILE, mode=mode, uid=0, gid=0,
                         mtime=plan.epoch, mtime_nsec=0, nlink=1, size=packed.size,
                         extended=packed.size > fmt.EROFS_COMPACT_INODE_MAX_SIZE)

@@ -223,7 +223,7 @@ class TarIndex:
         for src in self.files:
             if src.data is not None and src.data.indexed:
                 starts[src] = blocks
-                blocks += -(-src.st.st_size // block_size)
+                blocks += -(-src.size // block_size)
         return starts, blocks
 
 

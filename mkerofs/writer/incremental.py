@@ -86,7 +86,7 @@ from .options import BuildOptions
 from .output import Output
 from .plan import Plan, PlannedInode, WrittenInode
 from .verify import TarSource
-from .walk import DataRef, SourceInode, SourceStat
+from .walk import DataRef, SourceInode
 
 _FICLONE = 0x40049409           # ioctl(dst, FICLONE, src): share the source's extents
 _KEPT_DIR_LAYOUTS = {fmt.EROFS_INODE_FLAT_PLAIN, fmt.EROFS_INODE_FLAT_INLINE}
@@ -551,13 +551,14 @@ class _BaseFold:
                 self.unread.append((node, inode, path + name + b"/"))
                 return node                     # rewritten
             # (a stub's path is never used: it is not planned)
-            node = SourceInode(name, _STUB_STAT[ftype], entries=[], xattrs=_STUB_XATTRS)
+            node = SourceInode(name, _STUB_MODE[ftype], 0, 0, 0, 0, entries=[],
+                               xattrs=_STUB_XATTRS)
             self.reparented.append((node, nid))     # (its parent is always a rewritten one)
         elif ftype == fmt.EROFS_FT_CHRDEV or (xwhiteouts and ftype == fmt.EROFS_FT_REG_FILE):
             node = image_node(img, img.inode(nid), path + name)
         else:
-            node = SourceInode(name, _STUB_STAT[ftype], target=b"", xattrs=_STUB_XATTRS,
-                               data=_STUB_DATA)
+            node = SourceInode(name, _STUB_MODE[ftype], 0, 0, 0, 0, target=b"",
+                               xattrs=_STUB_XATTRS, data=_STUB_DATA)
         self.kept[node] = WrittenInode(nid, ftype)
         return node
 
@@ -585,10 +586,9 @@ class _BaseFold:
             raise ImageError(f"{os.fsdecode(path)}: {err}") from None
 
 
-_STUB_STAT = {ftype: SourceStat(mode, 0, 0, 0, 0, 0)
-              for mode, ftype in fmt.EROFS_FT_OF_MODE.items()}
+_STUB_MODE = {ftype: mode for mode, ftype in fmt.EROFS_FT_OF_MODE.items()}
 # shared by every stub (never changed in place): ~100 bytes a base entry read
-_STUB_XATTRS: list[tuple[bytes, bytes]] = []
+_STUB_XATTRS: tuple = ()
 _STUB_DATA = DataRef(None)
 
 
@@ -628,10 +628,12 @@ def copy_upper(root: SourceInode, rvsp: bool) -> SourceInode:
         twin = copies.get(node)
         if twin is None:
             data = node.data
-            if stat.S_ISREG(node.st.st_mode):
+            if stat.S_ISREG(node.mode):
                 data = DataRef(None) if rvsp else data or DataRef(node.path)
-            twin = copies[node] = SourceInode(node.path, node.st, target=node.target,
-                                              xattrs=list(node.xattrs), data=data)
+            twin = copies[node] = SourceInode(node.path, node.mode, node.uid, node.gid,
+                                              node.size, node.mtime_ns, node.rdev,
+                                              target=node.target, xattrs=list(node.xattrs),
+                                              data=data)
         return twin
 
     top = copy(root)

@@ -50,7 +50,7 @@ from ..reader.image import Image, Inode
 from .chunks import LayerChunks, covering_chunkbits
 from .devices import ExtraDevice
 from .spool import Spool
-from .walk import DataRef, SourceInode, SourceStat, link_children
+from .walk import DataRef, SourceInode, link_children
 
 OPAQUE = b"trusted.overlay.opaque"
 ORIGIN = b"trusted.overlay.origin"
@@ -58,7 +58,7 @@ XWHITEOUT = b"trusted.overlay.whiteout"
 OPAQUE_YES = b"y"
 OPAQUE_XWHITEOUTS = b"x"
 _NO_DATA = DataRef(None)
-_NO_XATTRS: list[tuple[bytes, bytes]] = []     # shared (never changed in place): 56 bytes a node
+_NO_XATTRS: tuple = ()      # shared: not a list a node (56 bytes); never changed in place
 _DEVICES = (stat.S_IFCHR, stat.S_IFBLK)
 _S_IFMT = 0o170000              # stat.S_IFMT(mode), without a call (for every entry read)
 # what _layer_node makes without the reader's Inode: nothing to read beyond the inode itself
@@ -194,12 +194,9 @@ class Layer:
         self.image.close()
 
 
-def _stat(inode: Inode) -> SourceStat:
-    mode = inode.mode
-    kind = stat.S_IFMT(mode)
-    rdev = os.makedev(*fmt.new_decode_dev(inode.rdev)) if kind in _DEVICES else 0
-    return SourceStat(mode, inode.uid, inode.gid, inode.size,
-                      inode.mtime * 10**9 + inode.mtime_nsec, rdev)
+def _rdev(inode: Inode) -> int:
+    return os.makedev(*fmt.new_decode_dev(inode.rdev)) if stat.S_IFMT(inode.mode) in _DEVICES \
+        else 0
 
 
 def read_layer(layer: Layer) -> LayerTree:
@@ -218,7 +215,9 @@ def _read_tree(img: Image, index: int, nids: bool = True) -> LayerTree:
     """The tree of `img` (read_layer), its files as from source `index`; `nids`: note each
     inode's nid in the tree (--incremental's base needs them)."""
     root_inode = img.root
-    root = SourceInode(b"/", _stat(root_inode), entries=[], xattrs=img.xattrs(root_inode))
+    root = SourceInode(b"/", root_inode.mode, root_inode.uid, root_inode.gid, root_inode.size,
+                       root_inode.mtime * 10**9 + root_inode.mtime_nsec, entries=[],
+                       xattrs=img.xattrs(root_inode))
     root.parent = root
     tree = LayerTree(root)
     if nids:
@@ -276,10 +275,10 @@ def _layer_node(img: Image, index: int, nid: int, fields: tuple, path: bytes,
     if icount or kind not in _PLAIN_KINDS:
         node = image_node(img, Inode(nid, *fields), path)
     elif kind == stat.S_IFDIR:
-        node = SourceInode(path, SourceStat(mode, uid, gid, size, mtime * 10**9 + nsec, 0),
+        node = SourceInode(path, mode, uid, gid, size, mtime * 10**9 + nsec,
                            entries=[], xattrs=_NO_XATTRS)
     else:
-        node = SourceInode(path, SourceStat(mode, uid, gid, size, mtime * 10**9 + nsec, 0),
+        node = SourceInode(path, mode, uid, gid, size, mtime * 10**9 + nsec,
                            xattrs=_NO_XATTRS,
                            data=_NO_DATA if kind == stat.S_IFREG else None)
     if size and kind == stat.S_IFREG:
@@ -291,7 +290,8 @@ def image_node(img: Image, inode: Inode, path: bytes) -> SourceInode:
     """The SourceInode of one inode of `img` (a directory's entries left empty; a regular
     file without data: where its bytes are is the caller's business).  (Made for every entry
     of every layer: its xattrs are read only when it has some.)"""
-    node = SourceInode(path, _stat(inode),
+    node = SourceInode(path, inode.mode, inode.uid, inode.gid, inode.size,
+                       inode.mtime * 10**9 + inode.mtime_nsec, _rdev(inode),
                        xattrs=img.xattrs(inode) if inode.xattr_icount else _NO_XATTRS)
     kind = stat.S_IFMT(inode.mode)
     if kind == stat.S_IFDIR:
@@ -315,11 +315,10 @@ def read_image_tree(img: Image, path: str) -> LayerTree:
 
 def _is_whiteout(node: SourceInode, xwhiteouts: bool) -> bool:
     """`xwhiteouts`: its directory's trusted.overlay.opaque is "x"."""
-    st = node.st
-    kind = st.st_mode & _S_IFMT
+    kind = node.mode & _S_IFMT
     if kind == stat.S_IFCHR:
-        return st.st_rdev == 0
-    return xwhiteouts and kind == stat.S_IFREG and st.st_size == 0 and \
+        return node.rdev == 0
+    return xwhiteouts and kind == stat.S_IFREG and node.size == 0 and \
         any(name == XWHITEOUT for name, _ in node.xattrs)
 
 
@@ -330,10 +329,9 @@ def _opaque(xattrs: list[tuple[bytes, bytes]]) -> bytes | None:
 
 def _whiteout(node: SourceInode) -> SourceInode:
     """The character device 0:0 form of a whiteout (owner and mtime kept)."""
-    if stat.S_ISCHR(node.st.st_mode):
+    if stat.S_ISCHR(node.mode):
         return node
-    st = SourceStat(stat.S_IFCHR, node.st.st_uid, node.st.st_gid, 0, node.st.st_mtime_ns, 0)
-    return SourceInode(node.path, st)
+    return SourceInode(node.path, stat.S_IFCHR, node.uid, node.gid, 0, node.mtime_ns)
 
 
 class _Merged:

@@ -11,7 +11,7 @@ from ..ondisk import format as fmt
 from .dirs import DirShape, shape_sorted
 from ..errors import BuildError
 from .options import BuildOptions, TimeInherit
-from .walk import SourceInode, SourceStat
+from .walk import SourceInode
 
 _FILE_TYPES = fmt.EROFS_FT_OF_MODE
 
@@ -93,17 +93,17 @@ class Plan:
     first_ino: int = 1                    # the first inode's number (--incremental: after the base's)
 
 
-def _ids(st: SourceStat, options: BuildOptions, path: bytes) -> tuple[int, int]:
-    uid = st.st_uid if options.force_uid is None else options.force_uid
-    gid = st.st_gid if options.force_gid is None else options.force_gid
+def _ids(src: SourceInode, options: BuildOptions) -> tuple[int, int]:
+    uid = src.uid if options.force_uid is None else options.force_uid
+    gid = src.gid if options.force_gid is None else options.force_gid
     uid, gid = uid + options.uid_offset, gid + options.gid_offset
     if uid >= 2**32 or gid >= 2**32:
-        raise BuildError(f"{os.fsdecode(path)}: uid/gid overflow after --uid-offset/--gid-offset")
+        raise BuildError(f"{os.fsdecode(src.path)}: uid/gid overflow after --uid-offset/--gid-offset")
     return uid, gid
 
 
-def _mtime(st: SourceStat, inherit: TimeInherit, build_time: int) -> tuple[int, int]:
-    sec, nsec = divmod(st.st_mtime_ns, 1_000_000_000)
+def _mtime(src: SourceInode, inherit: TimeInherit, build_time: int) -> tuple[int, int]:
+    sec, nsec = divmod(src.mtime_ns, 1_000_000_000)
     if inherit is TimeInherit.FIXED or (inherit is TimeInherit.CLAMP and sec >= build_time):
         return build_time, 0
     return sec, nsec
@@ -128,15 +128,15 @@ def inode_form(size: int, uid: int, gid: int, nlink: int, mtime: int, nsec: int,
     return True, mtime, nsec
 
 
-def planned_isize(st: SourceStat, options: BuildOptions, build_time: int) -> int | None:
+def planned_isize(src: SourceInode, options: BuildOptions, build_time: int) -> int | None:
     """The inode size plan_inodes will give a regular file with one link, known while walking
     (None: it cannot be planned, plan_inodes will say why)."""
     try:
-        uid, gid = _ids(st, options, b"")
+        uid, gid = _ids(src, options)
     except BuildError:
         return None
-    mtime, nsec = _mtime(st, options.effective_time_inherit, build_time)
-    form = inode_form(st.st_size, uid, gid, 1, mtime, nsec, options, build_time)
+    mtime, nsec = _mtime(src, options.effective_time_inherit, build_time)
+    form = inode_form(src.size, uid, gid, 1, mtime, nsec, options, build_time)
     if form is None:
         return None
     return fmt.EROFS_INODE_EXTENDED_SIZE if form[0] else fmt.EROFS_INODE_COMPACT_SIZE
@@ -168,8 +168,9 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int,
     # (per-inode work: _ids only when the options change ids, one PlannedInode call)
     plain_ids = options.force_uid is None and options.force_gid is None and \
         not options.uid_offset and not options.gid_offset
-    # A walked directory's stat fields are all in the planned inode now: let them go (~150
-    # bytes an inode).  A tar's or a layer's tree keeps them: --verify and --tar=i read them.
+    # A walked tree's stat fields are all in the planned inode now: nothing reads them from
+    # the source again, so the int objects only the source holds go (~64 bytes an inode: its
+    # own mode, its mtime).  A tar's or a layer's tree keeps them: --verify and --tar=i read them.
     drop_stats = options.tar is None and options.rebuild is None
     # (inode_form's and _mtime's answers inline for the usual options: a call each costs more
     # than the test, every inode)
@@ -184,20 +185,19 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int,
     max_size, max_id, max_nlink = _COMPACT_MAX_SIZE, _COMPACT_MAX_ID, _COMPACT_MAX_NLINK
 
     def plan_one(src: SourceInode) -> PlannedInode:
-        st = src.st
-        uid, gid = st.st_uid, st.st_gid
+        uid, gid = src.uid, src.gid
         if not plain_ids or uid >= 2**32 or gid >= 2**32:
-            uid, gid = _ids(st, options, src.path)
+            uid, gid = _ids(src, options)
         if fixed_time:
             mtime, nsec = build_time, 0
         else:
-            mtime, nsec = divmod(st.st_mtime_ns, 1_000_000_000)
+            mtime, nsec = divmod(src.mtime_ns, 1_000_000_000)
             if clamp and mtime >= build_time:
                 mtime, nsec = build_time, 0
-        mode = st.st_mode
+        mode = src.mode
         kind = mode & s_ifmt
         if kind == s_ifreg:
-            size = st.st_size
+            size = src.size
         elif kind == s_iflnk:
             size = len(src.target)
         else:
@@ -225,11 +225,12 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int,
         node = planned_inode(src, file_types[kind], intern(mode, mode), uid, gid,
                              intern(mtime, mtime), nsec, nlink, size, extended)
         if kind == stat.S_IFCHR or kind == stat.S_IFBLK:
-            node.i_u = fmt.new_encode_dev(os.major(st.st_rdev), os.minor(st.st_rdev))
+            node.i_u = fmt.new_encode_dev(os.major(src.rdev), os.minor(src.rdev))
         if nlink != 1 or src.entries is not None:
             planned[id(src)] = node
         if drop_stats:
-            src.st = None
+            src.mode = node.mode        # (the same value: st_mode fits 16 bits)
+            src.mtime_ns = 0
         if not src.xattrs:
             src.xattrs = ()             # (shared, not an empty list an inode)
         append(node)

@@ -51,7 +51,7 @@ from typing import Callable
 from ..ondisk.format import EROFS_NAME_LEN
 from .spool import ImageSpool, Spool
 from .tarstream import BLK, CHR, DIR, HARDLINK, REG, SYMLINK, TarEntry, TarError, TarReader
-from .walk import DataRef, SourceInode, SourceStat, link_children
+from .walk import DataRef, SourceInode, link_children
 
 _OPAQUE = b"trusted.overlay.opaque"
 _ORIGIN = b"trusted.overlay.origin"
@@ -59,9 +59,9 @@ _WHITEOUT = b".wh."
 _OPAQUE_MARKER = b".wh..wh..opq"
 _INHERITED_BITS = stat.S_IWGRP | stat.S_IWOTH
 _NO_DATA = DataRef(None)
-# the xattrs of every inode without any (most of them): one list, not one each (56 bytes an
-# inode); nothing changes a SourceInode's xattrs in place, they are always assigned anew
-_NO_XATTRS: list[tuple[bytes, bytes]] = []
+# the xattrs of every inode without any (most of them): one tuple, not a list each (56 bytes
+# an inode); nothing changes a SourceInode's xattrs in place, they are always assigned anew
+_NO_XATTRS: tuple = ()
 
 
 @dataclass
@@ -92,8 +92,8 @@ class _Tree:
 
     def __init__(self, opts: TarTreeOptions):
         self.opts = opts
-        self.root = SourceInode(b".", SourceStat(stat.S_IFDIR | 0o777, opts.root_uid, opts.root_gid,
-                                                 0, opts.build_time * 10**9, 0), entries=[])
+        self.root = SourceInode(b".", stat.S_IFDIR | 0o777, opts.root_uid, opts.root_gid, 0,
+                                opts.build_time * 10**9, entries=[])
         self.root.parent = self.root
         self.children: dict[SourceInode, dict[bytes, SourceInode]] = {self.root: {}}
         self.whiteouts: set[SourceInode] = set()        # made from .wh. names
@@ -125,10 +125,9 @@ class _Tree:
         return child
 
     def _mkdir(self, parent: SourceInode, name: bytes, path: bytes) -> SourceInode:
-        pst = parent.st
-        st = SourceStat(stat.S_IFDIR | 0o755 | (pst.st_mode & _INHERITED_BITS), pst.st_uid,
-                        pst.st_gid, 0, pst.st_mtime_ns, 0)
-        return self._add_dir(parent, name, SourceInode(path, st, entries=[]))
+        node = SourceInode(path, stat.S_IFDIR | 0o755 | (parent.mode & _INHERITED_BITS),
+                           parent.uid, parent.gid, 0, parent.mtime_ns, entries=[])
+        return self._add_dir(parent, name, node)
 
     def _add_dir(self, parent: SourceInode, name: bytes, node: SourceInode) -> SourceInode:
         self.children[parent][name] = node
@@ -189,7 +188,7 @@ class _Tree:
         if old is not None and old in self.children and old is not node:
             self._forget(old)
         children[name] = node
-        if stat.S_ISDIR(node.st.st_mode):
+        if stat.S_ISDIR(node.mode):
             self.children.setdefault(node, {})
 
     def _forget(self, directory: SourceInode) -> None:
@@ -211,9 +210,9 @@ class _Tree:
         return xattrs
 
     def merge_dir(self, node: SourceInode, entry: TarEntry) -> None:
-        node.st.st_mode = entry.mode
-        node.st.st_uid, node.st.st_gid = entry.uid, entry.gid
-        node.st.st_mtime_ns = entry.mtime_ns
+        node.mode = entry.mode
+        node.uid, node.gid = entry.uid, entry.gid
+        node.mtime_ns = entry.mtime_ns
         xattrs = self.xattrs(entry)
         if xattrs:
             node.xattrs = _merge_xattrs(node.xattrs, xattrs)
@@ -225,8 +224,7 @@ class _Tree:
     def whiteout(self, parent: SourceInode, name: bytes, path: bytes, entry: TarEntry) -> None:
         if name in (b"", b".", b".."):
             raise TarError(f"an aufs whiteout for {_show(name)}", entry.name, entry.header_offset)
-        node = SourceInode(path, SourceStat(stat.S_IFCHR, entry.uid, entry.gid, 0,
-                                            entry.mtime_ns, 0))
+        node = SourceInode(path, stat.S_IFCHR, entry.uid, entry.gid, 0, entry.mtime_ns)
         self.replace(parent, name, node)
         self.whiteouts.add(node)
         self.with_whiteouts.add(parent)
@@ -262,10 +260,6 @@ def _merge_xattrs(old: list[tuple[bytes, bytes]], new: list[tuple[bytes, bytes]]
 
 def _show(path: bytes) -> str:
     return repr(path.decode("utf-8", "backslashreplace"))
-
-
-def _stat(entry: TarEntry, size: int = 0, rdev: int = 0) -> SourceStat:
-    return SourceStat(entry.mode, entry.uid, entry.gid, size, entry.mtime_ns, rdev)
 
 
 def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageSpool,
@@ -311,19 +305,21 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
         xattrs = tree.xattrs(entry) if entry.xattrs else _NO_XATTRS
         if kind == REG:
             # (_stat inline: the most common entry)
-            node = SourceInode(path, SourceStat(entry.mode, entry.uid, entry.gid, entry.size,
-                                                entry.mtime_ns, 0),
-                               xattrs=xattrs, data=_file_data(reader, entry, opts, spool))
+            node = SourceInode(path, entry.mode, entry.uid, entry.gid, entry.size,
+                               entry.mtime_ns, xattrs=xattrs,
+                               data=_file_data(reader, entry, opts, spool))
         elif kind == DIR:
-            node = SourceInode(path, _stat(entry), xattrs=xattrs, entries=[])
+            node = SourceInode(path, entry.mode, entry.uid, entry.gid, 0, entry.mtime_ns,
+                               xattrs=xattrs, entries=[])
         elif kind == SYMLINK:
-            node = SourceInode(path, _stat(entry, len(entry.linkname)), xattrs=xattrs,
-                               target=entry.linkname)
+            node = SourceInode(path, entry.mode, entry.uid, entry.gid, len(entry.linkname),
+                               entry.mtime_ns, xattrs=xattrs, target=entry.linkname)
         elif kind in (CHR, BLK):
-            node = SourceInode(path, _stat(entry, 0, os.makedev(entry.devmajor, entry.devminor)),
-                               xattrs=xattrs)
+            node = SourceInode(path, entry.mode, entry.uid, entry.gid, 0, entry.mtime_ns,
+                               os.makedev(entry.devmajor, entry.devminor), xattrs=xattrs)
         else:
-            node = SourceInode(path, _stat(entry), xattrs=xattrs)
+            node = SourceInode(path, entry.mode, entry.uid, entry.gid, 0, entry.mtime_ns,
+                               xattrs=xattrs)
         siblings = children[parent]
         if name in siblings:
             tree.replace(parent, name, node)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from ..errors import BuildError, ImageError
@@ -18,7 +19,23 @@ from ..reader.image import Image
 from ..util import read_xattrs
 from .options import BuildOptions, TimeInherit
 from .selinux import FileContexts, fs_path, with_label
-from .walk import DataRef, Excluder, SourceInode, SourceStat
+from .walk import DataRef, Excluder, SourceInode
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStat:
+    """A SourceInode's stat fields under os.stat_result's names, as reader.compare reads a
+    source's (made only while verifying: the tree keeps them in the inode itself)."""
+    st_mode: int
+    st_uid: int
+    st_gid: int
+    st_size: int
+    st_mtime_ns: int
+    st_rdev: int
+
+    @classmethod
+    def of(cls, node: SourceInode) -> "SourceStat":
+        return cls(node.mode, node.uid, node.gid, node.size, node.mtime_ns, node.rdev)
 
 
 def verify_build(image: str, source: bytes | SourceTree, options: BuildOptions,
@@ -164,7 +181,7 @@ class TarSource:
         return "the tar's tree"
 
     def lstat(self, rel: bytes) -> SourceStat:
-        return self._node(rel).st
+        return SourceStat.of(self._node(rel))
 
     def listdir(self, rel: bytes) -> list[bytes]:
         return list(self._names[rel])
@@ -180,10 +197,10 @@ class TarSource:
         pieces = self._contents(node) if self._contents is not None else None
         if pieces is not None:
             return _Pieces(pieces)
-        return _DataRange(node.data or DataRef(None), node.st.st_size)
+        return _DataRange(node.data or DataRef(None), node.size)
 
     def xattrs(self, rel: bytes, st: SourceStat) -> list[tuple[bytes, bytes]]:
-        return self._xattrs[rel]
+        return list(self._xattrs[rel])     # (a tree shares one empty tuple)
 
     def drop_pages(self) -> None:
         """(reader.compare calls it as it goes: the source images' pages read so far)"""

@@ -6,7 +6,7 @@ import os
 import re
 import stat
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import BuildError
@@ -15,21 +15,6 @@ from .options import BuildOptions
 
 if TYPE_CHECKING:       # (loaded only for --file-contexts)
     from .selinux import FileContexts
-
-
-@dataclass(slots=True)
-class SourceStat:
-    """The few stat fields an image needs; a full os.stat_result costs ~600 bytes a file."""
-    st_mode: int
-    st_uid: int
-    st_gid: int
-    st_size: int
-    st_mtime_ns: int
-    st_rdev: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> "SourceStat":
-        return cls(st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_rdev)
 
 
 class DataRef:
@@ -62,23 +47,32 @@ class DataRef:
 
 @dataclass(eq=False, slots=True)
 class SourceInode:
-    """One inode of the source: several names share it when hard-linked."""
+    """One inode of the source: several names share it when hard-linked.  The stat fields an
+    image needs are its own (no os.stat_result, ~600 bytes, nor an object of their own a file)."""
     path: bytes                               # the first path it was found under (for reads and messages)
-    st: SourceStat
+    mode: int                                 # st_mode: file type and permissions
+    uid: int
+    gid: int
+    size: int                                 # st_size: a regular file's bytes, a symlink's target's
+    mtime_ns: int
+    rdev: int = 0                             # device files: st_rdev
     nlink: int = 0                            # links found inside the tree
     entries: list[tuple[bytes, "SourceInode"]] | None = None   # directories: (name, child)
     parent: "SourceInode | None" = None       # directories: the parent directory
     target: bytes | None = None               # symlinks
-    xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # (a tuple, shared, when the inode has none: a list an inode would be 56 bytes; nothing
+    # changes an inode's xattrs in place, they are replaced)
+    xattrs: list[tuple[bytes, bytes]] | tuple = ()
     data: DataRef | None = None               # regular files not read from `path` (tar input)
 
-    @property
-    def mode(self) -> int:
-        return self.st.st_mode
+    @classmethod
+    def of_stat(cls, path: bytes, st: os.stat_result, **fields) -> "SourceInode":
+        return cls(path, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns,
+                   st.st_rdev, **fields)
 
     @property
     def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.st.st_mode)
+        return stat.S_ISDIR(self.mode)
 
 
 def link_children(directory: SourceInode, entries: list[tuple[bytes, SourceInode]],
@@ -149,7 +143,7 @@ class XattrReader:
         except OSError as err:
             raise _oserror(node.path, err) from None
         if self.contexts is not None:
-            xattrs = self.labelled(xattrs, relpath, node.st.st_mode)
+            xattrs = self.labelled(xattrs, relpath, node.mode)
         node.xattrs = xattrs or ()      # (shared: not an empty list a file, 56 bytes)
 
     def labelled(self, xattrs: list[tuple[bytes, bytes]], relpath: bytes, mode: int
@@ -209,7 +203,7 @@ def walk_source(source: bytes, options: BuildOptions,
         raise _oserror(source, err) from None
     if not stat.S_ISDIR(root_st.st_mode):
         raise BuildError(f"{os.fsdecode(source)}: source is not a directory")
-    root = SourceInode(source, SourceStat.of(root_st), nlink=2, entries=[])
+    root = SourceInode.of_stat(source, root_st, nlink=2, entries=[])
     root.parent = root
     walk = _Walk(options, skip, on_file)
     walk.xattrs.read(root, b"")
@@ -270,9 +264,8 @@ class _Walk:
                 continue
             mode = st.st_mode
             if mode & _S_IFMT == _S_IFREG and st.st_nlink == 1 and quick_xattrs:
-                child = SourceInode(where, SourceStat(mode, st.st_uid, st.st_gid, st.st_size,
-                                                      st.st_mtime_ns, st.st_rdev), 1, None,
-                                    None, None, ())
+                child = SourceInode(where, mode, st.st_uid, st.st_gid, st.st_size,
+                                    st.st_mtime_ns, st.st_rdev, 1)
                 try:
                     if listxattr(where, follow_symlinks=False):
                         xattrs.read(child, rel + name)
@@ -287,8 +280,8 @@ class _Walk:
             relpath = rel + name
             path = where if fd is None else prefix + name
             if stat.S_ISDIR(mode):
-                child = SourceInode(path, SourceStat.of(st), nlink=2, entries=[],
-                                    parent=directory)
+                child = SourceInode.of_stat(path, st, nlink=2, entries=[],
+                                            parent=directory)
                 xattrs.read(child, relpath, name, fd)
                 directory.nlink += 1
                 pending.append((child, relpath + b"/"))
@@ -300,10 +293,10 @@ class _Walk:
                 key = (st.st_dev, st.st_ino)
                 child = hardlinks.get(key)
                 if child is None:
-                    child = hardlinks[key] = SourceInode(path, SourceStat.of(st))
+                    child = hardlinks[key] = SourceInode.of_stat(path, st)
                     self._new_inode(child, name, relpath, fd, st)
             else:
-                child = SourceInode(path, SourceStat.of(st))
+                child = SourceInode.of_stat(path, st)
                 self._new_inode(child, name, relpath, fd, st)
             on_file = self.on_file
             child.nlink += 1
@@ -344,9 +337,9 @@ def apply_walk_options(root: SourceInode, options: BuildOptions) -> None:
 
     def label(node: SourceInode, relpath: bytes) -> None:
         if not xattrs.enabled:
-            node.xattrs = []
+            node.xattrs = ()
         elif xattrs.contexts is not None:
-            node.xattrs = xattrs.labelled(node.xattrs, relpath, node.st.st_mode)
+            node.xattrs = xattrs.labelled(node.xattrs, relpath, node.mode)
 
     label(root, b"")
     pending = deque([(root, b"")])

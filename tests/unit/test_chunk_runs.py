@@ -11,7 +11,7 @@ from mkerofs.ondisk import format as fmt
 from mkerofs.writer.chunks import (ChunkLayout, LayerChunks, covering_chunkbits,
                                    index_layer_files, index_tar_files, set_chunk_map)
 from mkerofs.writer.plan import PlannedInode
-from mkerofs.writer.walk import DataRef, SourceInode, SourceStat
+from mkerofs.writer.walk import DataRef, SourceInode
 
 _HI = 1 << 32
 
@@ -64,8 +64,8 @@ def test_encode_run_is_encode_map_of_the_run(blkszbits, chunkbits, count, indexe
 
 
 def _node(size: int, xattr_bytes: int, data: DataRef) -> PlannedInode:
-    src = SourceInode(b"f", SourceStat(stat.S_IFREG | 0o644, 0, 0, size, 0, 0), data=data)
-    node = PlannedInode(src=src, ftype=fmt.EROFS_FT_REG_FILE, mode=src.st.st_mode, uid=0,
+    src = SourceInode(b"f", stat.S_IFREG | 0o644, 0, 0, size, 0, data=data)
+    node = PlannedInode(src=src, ftype=fmt.EROFS_FT_REG_FILE, mode=src.mode, uid=0,
                         gid=0, mtime=0, mtime_nsec=0, nlink=1, size=size)
     node.set_xattr_ibody(bytes(xattr_bytes))
     return node

@@ -144,4 +144,4 @@ def test_walk_source_deep_excludes_and_no_xattrs(tmp_path):
     for _ in range(36):
         (_name, node), = node.entries
     (name, f), = node.entries
-    assert name == b"f" and f.xattrs == []
+    assert name == b"f" and not f.xattrs

@@ -12,7 +12,7 @@ from mkerofs.ondisk import format as fmt
 from mkerofs.writer import tarstream as ts
 from mkerofs.writer.chunks import ChunkLayout, covering_chunkbits, make_indexed_file, set_chunk_map
 from mkerofs.writer.plan import PlannedInode
-from mkerofs.writer.walk import DataRef, SourceInode, SourceStat
+from mkerofs.writer.walk import DataRef, SourceInode
 from support.tarfiles import END, header, member, pax
 
 
@@ -159,11 +159,11 @@ def test_damaged_archives_fail_alike():
                                              (5, 0), (1000, 0)])
 @pytest.mark.parametrize("xattr_bytes", [0, 4, 12])
 def test_indexed_file_map_is_its_own_layouts(size, start, device_id, xattr_bytes):
-    src = SourceInode(b"f", SourceStat(stat.S_IFREG | 0o644, 0, 0, size, 0, 0),
+    src = SourceInode(b"f", stat.S_IFREG | 0o644, 0, 0, size, 0,
                       data=DataRef(b"", 0, indexed=True))
 
     def node():
-        n = PlannedInode(src=src, ftype=fmt.EROFS_FT_REG_FILE, mode=src.st.st_mode, uid=0,
+        n = PlannedInode(src=src, ftype=fmt.EROFS_FT_REG_FILE, mode=src.mode, uid=0,
                          gid=0, mtime=0, mtime_nsec=0, nlink=1, size=size)
         n.set_xattr_ibody(bytes(xattr_bytes))
         return n

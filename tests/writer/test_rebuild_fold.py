@@ -48,10 +48,9 @@ def _dump(root, files) -> list[tuple]:
     pending = [(b"", root)]
     while pending:
         path, node = pending.pop()
-        st = node.st
         found = files.get(node)
-        rows.append((path, first.setdefault(id(node), path), st.st_mode, st.st_uid, st.st_gid,
-                     st.st_size, st.st_mtime_ns, st.st_rdev, node.nlink, node.target,
+        rows.append((path, first.setdefault(id(node), path), node.mode, node.uid, node.gid,
+                     node.size, node.mtime_ns, node.rdev, node.nlink, node.target,
                      list(node.xattrs), None if found is None else (found.layer, found.nid)))
         if node.entries is not None:
             pending.extend((path + b"/" + name, child) for name, child in node.entries)
