@@ -6,7 +6,7 @@ import os
 import re
 import stat
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import BuildError
@@ -48,8 +48,11 @@ class DataRef:
 @dataclass(eq=False, slots=True)
 class SourceInode:
     """One inode of the source: several names share it when hard-linked.  The stat fields an
-    image needs are its own (no os.stat_result, ~600 bytes, nor an object of their own a file)."""
-    path: bytes                               # the first path it was found under (for reads and messages)
+    image needs are its own (no os.stat_result, ~600 bytes, nor an object of their own a file).
+    `path` is the first path it was found under (for reads and messages); a walked file keeps
+    only its name and the directory it was found in (`found_in`), whose entries hold that
+    name already, and makes the path when asked (a whole path a file is ~140 bytes)."""
+    where: bytes                              # its path, or with found_in its name there
     mode: int                                 # st_mode: file type and permissions
     uid: int
     gid: int
@@ -64,6 +67,15 @@ class SourceInode:
     # changes an inode's xattrs in place, they are replaced)
     xattrs: list[tuple[bytes, bytes]] | tuple = ()
     data: DataRef | None = None               # regular files not read from `path` (tar input)
+    found_in: "SourceInode | None" = field(default=None, repr=False)    # (see `path`)
+
+    @property
+    def path(self) -> bytes:
+        found_in = self.found_in
+        if found_in is None:
+            return self.where
+        prefix = found_in.where         # (a directory: never found_in one)
+        return (prefix if prefix.endswith(b"/") else prefix + b"/") + self.where
 
     @classmethod
     def of_stat(cls, path: bytes, st: os.stat_result, **fields) -> "SourceInode":
@@ -264,8 +276,9 @@ class _Walk:
                 continue
             mode = st.st_mode
             if mode & _S_IFMT == _S_IFREG and st.st_nlink == 1 and quick_xattrs:
-                child = SourceInode(where, mode, st.st_uid, st.st_gid, st.st_size,
-                                    st.st_mtime_ns, st.st_rdev, 1)
+                child = SourceInode(name, mode, st.st_uid, st.st_gid, st.st_size,
+                                    st.st_mtime_ns, st.st_rdev, 1, None, None, None, (), None,
+                                    directory)
                 try:
                     if listxattr(where, follow_symlinks=False):
                         xattrs.read(child, rel + name)
@@ -278,8 +291,8 @@ class _Walk:
                     on_file = self.on_file = None       # it wants no more
                 continue
             relpath = rel + name
-            path = where if fd is None else prefix + name
             if stat.S_ISDIR(mode):
+                path = where if fd is None else prefix + name
                 child = SourceInode.of_stat(path, st, nlink=2, entries=[],
                                             parent=directory)
                 xattrs.read(child, relpath, name, fd)
@@ -293,10 +306,10 @@ class _Walk:
                 key = (st.st_dev, st.st_ino)
                 child = hardlinks.get(key)
                 if child is None:
-                    child = hardlinks[key] = SourceInode.of_stat(path, st)
+                    child = hardlinks[key] = SourceInode.of_stat(name, st, found_in=directory)
                     self._new_inode(child, name, relpath, fd, st)
             else:
-                child = SourceInode.of_stat(path, st)
+                child = SourceInode.of_stat(name, st, found_in=directory)
                 self._new_inode(child, name, relpath, fd, st)
             on_file = self.on_file
             child.nlink += 1
