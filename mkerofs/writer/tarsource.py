@@ -276,7 +276,7 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
     hard link can still raise its link count, and a later entry of the same name can still
     replace it (the inode is then not in the tree, unless a hard link keeps it)."""
     tree = _Tree(opts)
-    children, aufs = tree.children, opts.aufs
+    children, aufs, root = tree.children, opts.aufs, tree.root
     for entry in reader:
         parent, name = tree.split(entry)
         kind = entry.kind
@@ -303,23 +303,33 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
                 tree.merge_dir(old, entry)
                 continue
         xattrs = tree.xattrs(entry) if entry.xattrs else _NO_XATTRS
+        # A non-directory keeps its name and its directory where they spell its path (not at
+        # the root, "." there): the whole path would be held to the end, ~100 bytes a file.
+        where, found_in = path, None
+        if parent is not root and kind != DIR:
+            head = parent.where
+            if len(path) == len(head) + 1 + len(name) and path.startswith(head) and \
+                    path.endswith(name):
+                where, found_in = name, parent
         if kind == REG:
-            # (_stat inline: the most common entry)
-            node = SourceInode(path, entry.mode, entry.uid, entry.gid, entry.size,
+            # (the most common entry)
+            node = SourceInode(where, entry.mode, entry.uid, entry.gid, entry.size,
                                entry.mtime_ns, xattrs=xattrs,
-                               data=_file_data(reader, entry, opts, spool))
+                               data=_file_data(reader, entry, opts, spool), found_in=found_in)
         elif kind == DIR:
             node = SourceInode(path, entry.mode, entry.uid, entry.gid, 0, entry.mtime_ns,
                                xattrs=xattrs, entries=[])
         elif kind == SYMLINK:
-            node = SourceInode(path, entry.mode, entry.uid, entry.gid, len(entry.linkname),
-                               entry.mtime_ns, xattrs=xattrs, target=entry.linkname)
+            node = SourceInode(where, entry.mode, entry.uid, entry.gid, len(entry.linkname),
+                               entry.mtime_ns, xattrs=xattrs, target=entry.linkname,
+                               found_in=found_in)
         elif kind in (CHR, BLK):
-            node = SourceInode(path, entry.mode, entry.uid, entry.gid, 0, entry.mtime_ns,
-                               os.makedev(entry.devmajor, entry.devminor), xattrs=xattrs)
+            node = SourceInode(where, entry.mode, entry.uid, entry.gid, 0, entry.mtime_ns,
+                               os.makedev(entry.devmajor, entry.devminor), xattrs=xattrs,
+                               found_in=found_in)
         else:
-            node = SourceInode(path, entry.mode, entry.uid, entry.gid, 0, entry.mtime_ns,
-                               xattrs=xattrs)
+            node = SourceInode(where, entry.mode, entry.uid, entry.gid, 0, entry.mtime_ns,
+                               xattrs=xattrs, found_in=found_in)
         siblings = children[parent]
         if name in siblings:
             tree.replace(parent, name, node)
