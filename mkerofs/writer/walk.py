@@ -74,8 +74,8 @@ class SourceInode:
         found_in = self.found_in
         if found_in is None:
             return self.where
-        prefix = found_in.where         # (a directory: never found_in one)
-        return (prefix if prefix.endswith(b"/") else prefix + b"/") + self.where
+        # (found_in is a directory whose path does not end with "/": never found_in one)
+        return found_in.where + b"/" + self.where
 
     @classmethod
     def of_stat(cls, path: bytes, st: os.stat_result, **fields) -> "SourceInode":
@@ -258,6 +258,8 @@ class _Walk:
         quick_xattrs = fd is None and xattrs.enabled and xattrs.contexts is None
         on_file = self.on_file
         prefix = os.path.join(directory.path, b"")
+        # (SOURCE given with a "/" after it: its entries keep their whole paths, see `path`)
+        found_in = None if directory.path.endswith(b"/") else directory
         entries = directory.entries
         append = entries.append
         lstat, listxattr = os.lstat, os.listxattr
@@ -276,9 +278,9 @@ class _Walk:
                 continue
             mode = st.st_mode
             if mode & _S_IFMT == _S_IFREG and st.st_nlink == 1 and quick_xattrs:
-                child = SourceInode(name, mode, st.st_uid, st.st_gid, st.st_size,
-                                    st.st_mtime_ns, st.st_rdev, 1, None, None, None, (), None,
-                                    directory)
+                child = SourceInode(name if found_in is not None else where, mode, st.st_uid,
+                                    st.st_gid, st.st_size, st.st_mtime_ns, st.st_rdev, 1, None,
+                                    None, None, (), None, found_in)
                 try:
                     if listxattr(where, follow_symlinks=False):
                         xattrs.read(child, rel + name)
@@ -302,14 +304,15 @@ class _Walk:
                 append((name, child))
                 continue
             child = None
+            kept = name if found_in is not None else where if fd is None else prefix + name
             if st.st_nlink > 1 and hardlinks is not None:
                 key = (st.st_dev, st.st_ino)
                 child = hardlinks.get(key)
                 if child is None:
-                    child = hardlinks[key] = SourceInode.of_stat(name, st, found_in=directory)
+                    child = hardlinks[key] = SourceInode.of_stat(kept, st, found_in=found_in)
                     self._new_inode(child, name, relpath, fd, st)
             else:
-                child = SourceInode.of_stat(name, st, found_in=directory)
+                child = SourceInode.of_stat(kept, st, found_in=found_in)
                 self._new_inode(child, name, relpath, fd, st)
             on_file = self.on_file
             child.nlink += 1
