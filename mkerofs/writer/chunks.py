@@ -636,7 +636,7 @@ def make_chunked(node: PlannedInode, store: ChunkStore) -> None:
     chunks and make it a chunk-based inode."""
     ref = node.src.data
     path = node.src.path if ref is None else ref.path
-    where = node.display_path() if ref is None else \
+    where = os.fsdecode(path) if ref is None else \
         f"{node.display_path()}: {os.fsdecode(ref.path)}"
     flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NOFOLLOW if ref is None else 0)
     try:

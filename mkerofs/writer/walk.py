@@ -146,12 +146,14 @@ class XattrReader:
                 raise BuildError(f"{options.file_contexts}: {err.strerror or err}") from None
 
     def read(self, node: SourceInode, relpath: bytes, name: bytes | None = None,
-             dir_fd: int | None = None) -> None:
-        """Read the xattrs of `node`, found as `name` in the directory dir_fd if given."""
+             dir_fd: int | None = None, path: bytes | None = None) -> None:
+        """Read the xattrs of `node`, found as `name` in the directory dir_fd if given, else
+        at node.path (`path`, if the caller has it at hand: node.path may have to be made)."""
         if not self.enabled:
             return
         try:
-            xattrs = read_xattrs(node.path) if dir_fd is None else read_xattrs(name, dir_fd)
+            xattrs = read_xattrs(path or node.path) if dir_fd is None else \
+                read_xattrs(name, dir_fd)
         except OSError as err:
             raise _oserror(node.path, err) from None
         if self.contexts is not None:
@@ -283,7 +285,7 @@ class _Walk:
                                     None, None, (), None, found_in)
                 try:
                     if listxattr(where, follow_symlinks=False):
-                        xattrs.read(child, rel + name)
+                        xattrs.read(child, rel + name, path=where)
                 except OSError as err:
                     if err.errno not in _NO_XATTR_ERRNOS:
                         raise _oserror(where, err) from None
