@@ -101,6 +101,7 @@ def _build(image, source, options: BuildOptions | None,
                     plan_inodes(root, options, build_time)
                 if found.tar is not None and found.tar.order is not None:
                     plan.data_order = _in_tar_order(plan, found.tar.order)
+                    found.tar.order = None      # (an entry a file, not read again: let it go)
                 xattrs = _plan_xattrs(plan, options)
             devices = _device_table(options, found, sinks.blob, source)
             with report.phase("write"):
