@@ -734,8 +734,7 @@ class _IncrementStep:
         """The new inodes of the merged tree (the kept ones are named by their nids),
         numbered after the base's."""
         from . import incremental
-        plan = plan_inodes(root, options, build_time, self.merged.kept)
-        self.merged.kept = {}       # (the base's stubs can go: directories name them now)
+        plan = plan_inodes(root, options, build_time, written=True)
         incremental.renumber(plan, self.base, options)
         return plan
 

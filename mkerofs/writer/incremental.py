@@ -477,13 +477,11 @@ def _unescape(field: bytes) -> bytes:
 
 @dataclass
 class Increment:
-    """The merged tree, and which of its inodes are the base's, kept as they are."""
+    """The merged tree; the base's inodes it keeps as they are are WrittenInodes in it
+    (KeptFile, KeptDir: the plan names them by nid)."""
     base: Base
     root: SourceInode
-    kept: dict[SourceInode, WrittenInode]   # -> its nid in the base (and type); the build
-                                            # lets it go once planned
-    reparented: list[tuple[SourceInode, int]]   # kept directories whose parent is
-                                                # rewritten, and their nids
+    reparented: list[KeptDir]       # kept directories whose parent is rewritten
 
 
 def merge_increment(base: Base, upper: SourceInode, strip: bool) -> Increment:
@@ -495,18 +493,17 @@ def merge_increment(base: Base, upper: SourceInode, strip: bool) -> Increment:
     except ImageError as err:
         raise BuildError(f"{base.path}: {err}") from None
     base.img.drop_pages()
-    return Increment(base, root, fold.kept, fold.reparented)
+    return Increment(base, root, fold.reparented)
 
 
 class _BaseFold:
     """The base merged below the increment's tree as it is read (merge_onto), only where the
-    increment reaches (module docstring).  What the merge takes of it and keeps are stubs:
-    nodes of the right type without attributes, which `kept` gives the nid of."""
+    increment reaches (module docstring).  What the merge takes of it and keeps are
+    KeptFile and KeptDir: the nid and type of the entry, and what the merge looks at."""
 
     def __init__(self, img: Image):
         self.img = img
-        self.kept: dict[SourceInode, WrittenInode] = {}
-        self.reparented: list[tuple[SourceInode, int]] = []
+        self.reparented: list[KeptDir] = []
         self.unread: list[tuple[SourceInode, Inode, bytes]] = []    # rewritten, to read
         self.dirs: set[int] = set()             # the directory nids met
         self.listed = 0
@@ -541,7 +538,7 @@ class _BaseFold:
         return self._dir_inode(nid, path), path + b"/"
 
     def _node(self, name: bytes, nid: int, ftype: int, path: bytes,
-              xwhiteouts: bool) -> SourceInode:
+              xwhiteouts: bool) -> SourceInode | WrittenInode:
         """The node of a base entry the merge takes (`path`: its directory's, with a "/")."""
         img = self.img
         if ftype == fmt.EROFS_FT_DIR:
@@ -550,16 +547,12 @@ class _BaseFold:
                 node = image_node(img, inode, path + name)
                 self.unread.append((node, inode, path + name + b"/"))
                 return node                     # rewritten
-            # (a stub's path is never used: it is not planned)
-            node = SourceInode(name, _STUB_STAT[ftype], entries=[], xattrs=_STUB_XATTRS)
-            self.reparented.append((node, nid))     # (its parent is always a rewritten one)
-        elif ftype == fmt.EROFS_FT_CHRDEV or (xwhiteouts and ftype == fmt.EROFS_FT_REG_FILE):
-            node = image_node(img, img.inode(nid), path + name)
-        else:
-            node = SourceInode(name, _STUB_STAT[ftype], target=b"", xattrs=_STUB_XATTRS,
-                               data=_STUB_DATA)
-        self.kept[node] = WrittenInode(nid, ftype)
-        return node
+            kept = KeptDir(nid, ftype)
+            self.reparented.append(kept)        # (its parent is always a rewritten one)
+            return kept
+        if ftype == fmt.EROFS_FT_CHRDEV or (xwhiteouts and ftype == fmt.EROFS_FT_REG_FILE):
+            return KeptSeen(nid, ftype, image_node(img, img.inode(nid), path + name))
+        return KeptFile(nid, ftype)
 
     def _read_unread(self) -> None:
         """Read the directories to rewrite whole (their subdirectories to rewrite too)."""
@@ -587,9 +580,52 @@ class _BaseFold:
 
 _STUB_STAT = {ftype: SourceStat(mode, 0, 0, 0, 0, 0)
               for mode, ftype in fmt.EROFS_FT_OF_MODE.items()}
-# shared by every stub (never changed in place): ~100 bytes a base entry read
-_STUB_XATTRS: list[tuple[bytes, bytes]] = []
-_STUB_DATA = DataRef(None)
+
+
+class KeptFile(WrittenInode):
+    """A base inode (not a directory) the merge keeps as it is, in the merged tree: the plan
+    names it by nid (plan_inodes' `written`).  It has what the overlay rules look at of an
+    entry (layers.py), as a node of its type without attributes, and is not read: ~56 bytes
+    a base entry."""
+    __slots__ = ("nlink",)
+    entries = None
+    xattrs = ()
+    path = target = b""
+    data = DataRef(None)
+    # (the merge keeps sets and dicts of nodes: by identity, as SourceInode)
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def __init__(self, nid: int, ftype: int):
+        self.nid, self.ftype, self.nlink = nid, ftype, 0
+
+    @property
+    def st(self) -> SourceStat:
+        return _STUB_STAT[self.ftype]
+
+
+class KeptSeen(KeptFile):
+    """A kept base inode the overlay rules read (a character device, or a regular file of an
+    opaque "x" directory: either may be a whiteout): its mode, owner, size and xattrs."""
+    __slots__ = ("st", "xattrs", "path")
+
+    def __init__(self, nid: int, ftype: int, node: SourceInode):
+        super().__init__(nid, ftype)
+        self.st, self.xattrs, self.path = node.st, node.xattrs, node.path
+
+
+class KeptDir(WrittenInode):
+    """A base directory the merge keeps as it is (only its ".." entry is patched: its parent
+    is rewritten): as KeptFile, with no entries to merge."""
+    __slots__ = ("nlink", "parent", "entries")
+    xattrs = ()
+    path = b""
+    st = _STUB_STAT[fmt.EROFS_FT_DIR]
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def __init__(self, nid: int, ftype: int):
+        self.nid, self.ftype, self.nlink, self.parent, self.entries = nid, ftype, 0, None, []
 
 
 def renumber(plan: Plan, base: Base, options: BuildOptions) -> None:
@@ -671,9 +707,8 @@ def expected_tree(base: Base, upper: SourceInode, strip: bool, xattrs: bool) -> 
         directory = pending.pop()
         entries = []
         for name, child in directory.entries:
-            kept = inc.kept.get(child)
-            if kept is not None:
-                child = by_nid[kept.nid]        # the base's, unread by the increment
+            if isinstance(child, WrittenInode):
+                child = by_nid[child.nid]       # the base's, unread by the increment
             elif child.entries is not None:
                 pending.append(child)
             entries.append((name, child))
@@ -715,10 +750,10 @@ def dotdot_patches(inc: Increment, written: list[PlannedInode]) -> list[tuple[in
     img = inc.base.img
     new_nids = {id(node.src): node.nid for node in written if node.ftype == fmt.EROFS_FT_DIR}
     patches = []
-    for done, (directory, nid) in enumerate(inc.reparented, 1):
+    for done, directory in enumerate(inc.reparented, 1):
         _let_go(img, done)
         parent_nid = new_nids[id(directory.parent)]
-        inode = img.inode(nid)
+        inode = img.inode(directory.nid)
         try:
             pos, entry = _dotdot(img, inode)
         except ImageError as err:
