@@ -74,7 +74,7 @@ import re
 import stat
 import sys
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import BuildError, ImageError
 from ..ondisk import format as fmt
@@ -85,8 +85,10 @@ from .layers import (OPAQUE, OPAQUE_XWHITEOUTS, OPAQUE_YES, LayerTree, image_nod
 from .options import BuildOptions
 from .output import Output
 from .plan import Plan, PlannedInode, WrittenInode
-from .verify import TarSource
 from .walk import DataRef, SourceInode, SourceStat
+
+if TYPE_CHECKING:       # (loaded with --verify only: expected_tree)
+    from .verify import TarSource
 
 _FICLONE = 0x40049409           # ioctl(dst, FICLONE, src): share the source's extents
 _KEPT_DIR_LAYOUTS = {fmt.EROFS_INODE_FLAT_PLAIN, fmt.EROFS_INODE_FLAT_INLINE}
@@ -698,6 +700,7 @@ def expected_tree(base: Base, upper: SourceInode, strip: bool, xattrs: bool) -> 
     until the increment is committed); and which paths are the base's inodes, kept as they
     were.  `xattrs` false (-x < 0): the new inodes have none (not even overlay marks).
     The whole base tree is read: only with --verify."""
+    from .verify import TarSource         # (the reader's comparison: only with --verify)
     inc = merge_increment(base, upper, strip)
     whole = base.tree
     by_nid = {nid: node for node, nid in whole.nids.items()}

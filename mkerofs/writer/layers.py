@@ -42,15 +42,17 @@ import os
 import stat
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, NamedTuple
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple
 
 from ..errors import BuildError, ImageError
 from ..ondisk import format as fmt
 from ..reader.image import Image, Inode
 from .chunks import LayerChunks, covering_chunkbits
 from .devices import ExtraDevice
-from .spool import Spool
 from .walk import DataRef, SourceInode, SourceStat, link_children
+
+if TYPE_CHECKING:       # (the caller's spool: its module and the tar reader load only for it)
+    from .spool import Spool
 
 OPAQUE = b"trusted.overlay.opaque"
 ORIGIN = b"trusted.overlay.origin"
