@@ -792,7 +792,7 @@ def _lay_out_increment(plan: Plan, options: BuildOptions, out: Output, xattrs: X
     _write_contents(plan, placed.nodes, data, meta, base.meta_base, xattrs, 0, None,
                     _workers(options), elsewhere=root if root_pos is not None else None)
     meta.write_out(out)
-    out.seal(blocks * bs)           # all that is new is written (and synced): now the base's bytes
+    out.seal(blocks * bs)           # all that is new is written: now the base's bytes
     if root_pos is not None:
         out.pwrite(serialize_inode(root, plan.first_ino + placed.nodes.index(root), plan.epoch),
                    root_pos)
