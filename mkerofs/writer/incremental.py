@@ -97,6 +97,9 @@ _FICLONE = 0x40049409           # ioctl(dst, FICLONE, src): share the source's e
 _KEPT_DIR_LAYOUTS = {fmt.EROFS_INODE_FLAT_PLAIN, fmt.EROFS_INODE_FLAT_INLINE}
 _ALL_INLINE = 1 << 30           # an -x tolerance no xattr reaches: none is shared
 _ROOT_NID_MAX = 0xFFFF
+# the base entries the merge keeps unread, outside an opaque "x" directory (_BaseFold._node)
+_UNREAD_TYPES = frozenset(fmt.EROFS_FT_OF_MODE.values()) - {fmt.EROFS_FT_DIR,
+                                                             fmt.EROFS_FT_CHRDEV}
 # Directories read between two releases of the base's mapped pages: reading the inodes of
 # every subdirectory reached (and the ".." entries of those kept) maps much of the base's
 # metadata (a fault maps up to 16 pages around it, whatever madvise says), and little of it
@@ -526,10 +529,13 @@ class _BaseFold:
         return self._listing(*low)
 
     def node(self, low: tuple[Inode, bytes], entry: tuple[bytes, int, int],
-             xwhiteouts: bool) -> SourceInode:
+             xwhiteouts: bool) -> SourceInode | WrittenInode:
         name, nid, ftype = entry
+        if ftype in _UNREAD_TYPES and not xwhiteouts:
+            return KeptFile(nid, ftype)         # (most entries: _node's last case)
         node = self._node(name, nid, ftype, low[1], xwhiteouts)
-        self._read_unread()             # (the merge takes a directory whole)
+        if self.unread:
+            self._read_unread()         # (the merge takes a directory whole)
         return node
 
     def directory(self, low: tuple[Inode, bytes], entry: tuple[bytes, int, int],
