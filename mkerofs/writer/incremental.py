@@ -53,10 +53,10 @@ time in proportion to what it adds, not to the base:
   what it was.  Only a kill -9 during step 3 (a few small writes) can leave it
   inconsistent; before it, the old superblock still describes the old image, and the bytes
   past S are ignored (a later increment starts at ceil(file size / block size), as
-  mkfs.erofs does).  A block device is refused.  A build that succeeds syncs nothing, as a
-  full build (and mkfs.erofs) does not: a sync after step 2 waits for every unwritten page
-  of IMAGE, a base just copied included (0.2-0.4 s of the bench's increment), for what only
-  a system crash before the kernel writes IMAGE back would need.
+  mkfs.erofs does).  A block device is refused.  A build that succeeds syncs nothing
+  (neither does a full build, nor mkfs.erofs): a sync after step 2 would wait for every
+  unwritten page of IMAGE, a base just copied included (0.2-0.4 s of the bench's
+  increment), for what only a system crash before the kernel writes IMAGE back needs.
 * --verify runs before step 3 (or before the clone replaces IMAGE): it reads the image as
   it will be, the held-back writes applied in a private mapping of IMAGE (copy on write:
   IMAGE is not written), and compares it with the base as it is and the source merged
@@ -483,8 +483,8 @@ def _unescape(field: bytes) -> bytes:
 
 @dataclass
 class Increment:
-    """The merged tree; the base's inodes it keeps as they are are WrittenInodes in it
-    (KeptFile, KeptDir: the plan names them by nid)."""
+    """The merged tree.  Each base inode it keeps as it is is a WrittenInode in it (KeptFile,
+    KeptDir), which the plan names by nid."""
     base: Base
     root: SourceInode
     reparented: list[KeptDir]       # kept directories whose parent is rewritten
