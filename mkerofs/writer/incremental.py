@@ -54,9 +54,9 @@ time in proportion to what it adds, not to the base:
   inconsistent; before it, the old superblock still describes the old image, and the bytes
   past S are ignored (a later increment starts at ceil(file size / block size), as
   mkfs.erofs does).  A block device is refused.  A build that succeeds syncs nothing
-  (neither does a full build, nor mkfs.erofs): a sync after step 2 would wait for every
-  unwritten page of IMAGE, a base just copied included (0.2-0.4 s of the bench's
-  increment), for what only a system crash before the kernel writes IMAGE back needs.
+  (neither does a full build, nor mkfs.erofs): after a system crash IMAGE is whatever the
+  kernel had written back.  A sync after step 2 would wait for every unwritten page of
+  IMAGE, a base just copied included (0.2-0.4 s of the bench's increment).
 * --verify runs before step 3 (or before the clone replaces IMAGE): it reads the image as
   it will be, the held-back writes applied in a private mapping of IMAGE (copy on write:
   IMAGE is not written), and compares it with the base as it is and the source merged
