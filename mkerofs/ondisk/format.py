@@ -9,7 +9,7 @@ import stat
 import struct
 from itertools import chain, repeat
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 EROFS_SUPER_MAGIC_V1 = 0xE0F5E1E2
 EROFS_SUPER_OFFSET = 1024          # room for boot sectors before the superblock
@@ -393,11 +393,23 @@ def pack_dirents(nids, nameoffs, ftypes) -> bytes:
     return run.pack(*chain.from_iterable(zip(nids, nameoffs, ftypes, repeat(0, count))))
 
 
+_DIRENT_READS: dict[int, Callable] = {}      # count -> unpack_from of count erofs_dirents
+_DIRENT_READ_MAX = 32       # (most directories: one Struct per count up to here, few bytes)
+
+
 def unpack_dirents(block: bytes, count: int) -> tuple[tuple[int, ...], tuple[int, ...],
                                                       tuple[int, ...]]:
     """The first `count` erofs_dirents of a directory block: their nids, nameoffs and file
-    types.  (Unpacked one by one: a Struct per count, as pack_dirents keeps, would hold one
-    for every count of every directory read.)"""
+    types.  (A block of up to _DIRENT_READ_MAX entries in one call, as pack_dirents packs
+    them; longer ones one by one: a Struct for every count of every directory read would
+    hold too much.)"""
+    if count <= _DIRENT_READ_MAX:
+        read = _DIRENT_READS.get(count)
+        if read is None:
+            read = _DIRENT_READS[count] = struct.Struct(
+                "<" + (EROFS_DIRENT.format[1:-1] + "x") * count).unpack_from
+        heads = read(block)
+        return heads[0::3], heads[1::3], heads[2::3]
     heads = block[:count * EROFS_DIRENT_SIZE]
     nids, nameoffs, ftypes, _reserved = zip(*EROFS_DIRENT.iter_unpack(heads))
     return nids, nameoffs, ftypes

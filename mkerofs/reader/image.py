@@ -1048,15 +1048,36 @@ class Image:
             raise _with_nid(inode.nid, e) from None
         return out
 
+    def listdir_fields(self, nid: int, fields: tuple) -> list[tuple[bytes, int, int]]:
+        """listdir of inode `nid` given its inode_fields, without making its Inode or keeping
+        its entries for a second look (for a caller that reads each directory once: rebuild
+        mode); a directory held whole in its inline tail (nearly every one) is parsed in
+        place."""
+        if fields[0] & _S_IFMT == _S_IFDIR and fields[4] > 0:      # (mode, size)
+            blk = self._inline_tail(fields[4], fields[9], fields[10], fields[11], fields[12])
+            if blk is not None:
+                out: list[tuple[bytes, int, int]] = []
+                try:
+                    self._parse_dir_block(blk, 0, out)
+                except ImageError as e:
+                    raise _with_nid(nid, e) from None
+                return [e for e in out if e[0] not in _DOTS]
+        return self.listdir(Inode(nid, *fields))
+
     def _inline_dir_block(self, inode: Inode) -> bytes | None:
         """The bytes of a directory held whole in its inline tail (no data blocks), without
         mapping its extents; None if it is not one or if a check fails (the extents say
         which)."""
-        size, bs = inode.size, self.block_size
-        if inode.datalayout != _FLAT_INLINE or size > bs:
+        return self._inline_tail(inode.size, inode.datalayout, inode.extended,
+                                 inode.xattr_icount, inode.pos)
+
+    def _inline_tail(self, size: int, layout: int, extended: bool, icount: int,
+                     pos: int) -> bytes | None:
+        """_inline_dir_block of the inode at byte `pos` with these fields."""
+        bs = self.block_size
+        if layout != _FLAT_INLINE or size > bs:
             return None
-        icount = inode.xattr_icount
-        tpos = inode.pos + (_EXTENDED_SIZE if inode.extended else _COMPACT_SIZE) + \
+        tpos = pos + (_EXTENDED_SIZE if extended else _COMPACT_SIZE) + \
             (fmt.xattr_ibody_size(icount) if icount else 0)
         if tpos % bs + size > bs or tpos + size > self._size:
             return None

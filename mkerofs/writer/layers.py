@@ -61,8 +61,14 @@ _NO_DATA = DataRef(None)
 _NO_XATTRS: list[tuple[bytes, bytes]] = []     # shared (never changed in place): 56 bytes a node
 _DEVICES = (stat.S_IFCHR, stat.S_IFBLK)
 _S_IFMT = 0o170000              # stat.S_IFMT(mode), without a call (for every entry read)
+_FLAT_PLAIN, _NULL_ADDR = fmt.EROFS_INODE_FLAT_PLAIN, fmt.EROFS_NULL_ADDR
 # what _layer_node makes without the reader's Inode: nothing to read beyond the inode itself
 _PLAIN_KINDS = frozenset((stat.S_IFREG, stat.S_IFDIR, stat.S_IFIFO, stat.S_IFSOCK))
+
+
+# what is done with a regular file with bytes as a layer is read:
+# (node, nid, size, datalayout, startblk) -> None (_noting, _placing)
+NoteFile = Callable[[SourceInode, int, int, int, int], None]
 
 
 class LayerFile(NamedTuple):
@@ -202,43 +208,54 @@ def _stat(inode: Inode) -> SourceStat:
                       inode.mtime * 10**9 + inode.mtime_nsec, rdev)
 
 
-def read_layer(layer: Layer) -> LayerTree:
+def read_layer(layer: Layer, note: NoteFile | None = None) -> LayerTree:
     """The tree of a source image: SourceInodes named by their paths in the image, the
     directories' entries in on-disk (sorted) order; hard links (one nid under several names)
     stay one SourceInode.  Link counts are left to merge_layers / finish_tree.  (The tree's
-    `nids` stay empty: rebuild mode does not need them.)"""
+    `nids` stay empty: rebuild mode does not need them.)  `note`: what is done with each
+    regular file with bytes (default: noted in the tree's `files`)."""
     img = layer.image
     try:
-        return _read_tree(img, layer.index, nids=False)
+        return _read_tree(img, layer.index, nids=False, note=note)
     except ImageError as err:
         raise BuildError(f"{layer.path}: {err}") from None
 
 
-def _read_tree(img: Image, index: int, nids: bool = True) -> LayerTree:
+def _noting(files: dict[SourceInode, LayerFile], index: int) -> NoteFile:
+    """A NoteFile noting each file in `files` as from source `index`."""
+    def note(node: SourceInode, nid: int, size: int, layout: int, startblk: int) -> None:
+        files[node] = LayerFile(index, nid, size, layout, startblk)
+    return note
+
+
+def _read_tree(img: Image, index: int, nids: bool = True,
+               note: NoteFile | None = None) -> LayerTree:
     """The tree of `img` (read_layer), its files as from source `index`; `nids`: note each
     inode's nid in the tree (--incremental's base needs them)."""
-    root_inode = img.root
+    root_nid = img.root_nid
+    root_fields = img.inode_fields(root_nid)
+    root_inode = Inode(root_nid, *root_fields)
     root = SourceInode(b"/", _stat(root_inode), entries=[], xattrs=img.xattrs(root_inode))
     root.parent = root
     tree = LayerTree(root)
     if nids:
-        tree.nids[root] = root_inode.nid
-    _read_dirs(img, index, deque([(root, root_inode, b"/")]), {root_inode.nid: root},
-               tree.files, tree.nids if nids else None)
+        tree.nids[root] = root_nid
+    _read_dirs(img, deque([(root, root_nid, root_fields, b"/")]), {root_nid: root},
+               note or _noting(tree.files, index), tree.nids if nids else None)
     return tree
 
 
-def _read_dirs(img: Image, index: int, pending: deque, seen: dict[int, SourceInode],
-               files: dict[SourceInode, "LayerFile"], nids: dict[SourceInode, int] | None
-               ) -> None:
-    """Read the directories `pending` ((node, inode, path + b"/")) of `img` and everything
-    below them, breadth first; `seen`: the nodes made already, by nid (hard links stay one
-    node); each regular file with bytes noted in `files`, each node's nid in `nids`."""
+def _read_dirs(img: Image, pending: deque, seen: dict[int, SourceInode], note: NoteFile,
+               nids: dict[SourceInode, int] | None) -> None:
+    """Read the directories `pending` ((node, nid, its inode_fields, path + b"/")) of `img`
+    and everything below them, breadth first; `seen`: the nodes made already, by nid (hard
+    links stay one node); each regular file with bytes given to `note`, each node's nid
+    noted in `nids`."""
     fields_of = img.inode_fields
     while pending:
-        directory, dir_inode, base = pending.popleft()
+        directory, dir_nid, dir_fields, base = pending.popleft()
         entries = directory.entries
-        for name, nid, _ftype in _listing(img, dir_inode, base):
+        for name, nid, _ftype in _listing(img, dir_nid, dir_fields, base):
             node = seen.get(nid)
             if node is not None:
                 if node.entries is not None:
@@ -247,28 +264,29 @@ def _read_dirs(img: Image, index: int, pending: deque, seen: dict[int, SourceIno
                 continue
             path = base + name
             fields = fields_of(nid)
-            node = _layer_node(img, index, nid, fields, path, files)
+            node = _layer_node(img, nid, fields, path, note)
             if node.entries is not None:
                 node.parent = directory
-                pending.append((node, Inode(nid, *fields), path + b"/"))
+                pending.append((node, nid, fields, path + b"/"))
             seen[nid] = node
             if nids is not None:
                 nids[node] = nid
             entries.append((name, node))
 
 
-def _listing(img: Image, inode: Inode, base: bytes) -> list[tuple[bytes, int, int]]:
-    """img.listdir(inode), a failure naming the directory (`base`: its path + b"/")."""
+def _listing(img: Image, nid: int, fields: tuple, base: bytes) -> list[tuple[bytes, int, int]]:
+    """img.listdir of directory `nid` (its inode_fields), a failure naming the directory
+    (`base`: its path + b"/")."""
     try:
-        return img.listdir(inode)
+        return img.listdir_fields(nid, fields)
     except ImageError as err:
         raise ImageError(f"{os.fsdecode(base)}: {err}") from None
 
 
-def _layer_node(img: Image, index: int, nid: int, fields: tuple, path: bytes,
-                files: dict[SourceInode, "LayerFile"]) -> SourceInode:
-    """image_node of inode `nid` (its Image.inode_fields), a regular file with bytes noted in
-    `files` as from source `index`.  (Made for every entry of every layer that shows: plain
+def _layer_node(img: Image, nid: int, fields: tuple, path: bytes,
+                note: NoteFile) -> SourceInode:
+    """image_node of inode `nid` (its Image.inode_fields), a regular file with bytes given
+    to `note`.  (Made for every entry of every layer that shows: plain
     files and directories without xattrs, nearly all of them, straight from the fields.)"""
     (mode, uid, gid, _nlink, size, mtime, nsec, _rdev, _ino, layout, _extended, icount, _pos,
      startblk, _dot) = fields
@@ -283,7 +301,7 @@ def _layer_node(img: Image, index: int, nid: int, fields: tuple, path: bytes,
                            xattrs=_NO_XATTRS,
                            data=_NO_DATA if kind == stat.S_IFREG else None)
     if size and kind == stat.S_IFREG:
-        files[node] = LayerFile(index, nid, size, layout, startblk)
+        note(node, nid, size, layout, startblk)
     return node
 
 
@@ -444,32 +462,34 @@ _TREE = _TreeBelow()
 
 class _ImageBelow:
     """A lower layer read from its image as the merge reaches it (rebuild mode): a directory
-    is (its Inode, its path + b"/"), an entry's handle its nid.  A name an upper layer hides,
+    is (its nid, its inode_fields, its path + b"/"), an entry (name, nid, file type).  A name an upper layer hides,
     or anything in a directory that hides what is below it, is never read: the layers are not
     held as whole trees.  (A hard-linked file's `path`, which messages and --compress-hints
     see, is thus its first name that shows, not its first name in the image.)"""
 
-    def __init__(self, img: Image, index: int, files: dict[SourceInode, LayerFile],
-                 root: SourceInode):
-        """`root`: the merged root, which the image's root merges with."""
-        self.img, self.index, self.files = img, index, files
+    def __init__(self, img: Image, note: NoteFile, root: SourceInode):
+        """`root`: the merged root, which the image's root merges with; `note`: what is done
+        with each regular file with bytes read."""
+        self.img, self.note = img, note
         self.fields_of = img.inode_fields
         # (a merged directory stands for the nid it was merged with: a second name is an
         # error)
         self.seen: dict[int, SourceInode] = {img.root_nid: root}
 
-    def top(self) -> tuple[Inode, bytes]:
-        return self.img.root, b"/"
+    def top(self) -> tuple[int, tuple, bytes]:
+        nid = self.img.root_nid
+        return nid, self.fields_of(nid), b"/"
 
-    def opaque(self, low: tuple[Inode, bytes]) -> bytes | None:
-        inode = low[0]
-        return _opaque(self.img.xattrs(inode)) if inode.xattr_icount else None
+    def opaque(self, low: tuple[int, tuple, bytes]) -> bytes | None:
+        nid, fields = low[0], low[1]
+        if not fields[11]:          # (its xattr_icount)
+            return None
+        return _opaque(self.img.xattrs(Inode(nid, *fields)))
 
-    def entries(self, low: tuple[Inode, bytes]) -> list[tuple[bytes, int, int]]:
-        inode, base = low
-        return _listing(self.img, inode, base)
+    def entries(self, low: tuple[int, tuple, bytes]) -> list[tuple[bytes, int, int]]:
+        return _listing(self.img, *low)
 
-    def node(self, low: tuple[Inode, bytes], entry: tuple[bytes, int, int],
+    def node(self, low: tuple[int, tuple, bytes], entry: tuple[bytes, int, int],
              _xwhiteouts: bool) -> SourceInode:
         """The node of the entry's nid (a directory: with everything below it), read if not
         yet."""
@@ -477,37 +497,37 @@ class _ImageBelow:
         node = self.seen.get(nid)
         if node is not None:
             if node.entries is not None:
-                raise _second_name(low[1] + name, nid)
+                raise _second_name(low[2] + name, nid)
             return node
         fields = self.fields_of(nid)
-        path = low[1] + name
-        node = _layer_node(self.img, self.index, nid, fields, path, self.files)
+        path = low[2] + name
+        node = _layer_node(self.img, nid, fields, path, self.note)
         self.seen[nid] = node
         if node.entries is not None:
-            _read_dirs(self.img, self.index, deque([(node, Inode(nid, *fields), path + b"/")]),
-                       self.seen, self.files, None)
+            _read_dirs(self.img, deque([(node, nid, fields, path + b"/")]), self.seen,
+                       self.note, None)
         return node
 
-    def directory(self, low: tuple[Inode, bytes], entry: tuple[bytes, int, int],
-                  mine: SourceInode) -> tuple[Inode, bytes] | None:
+    def directory(self, low: tuple[int, tuple, bytes], entry: tuple[bytes, int, int],
+                  mine: SourceInode) -> tuple[int, tuple, bytes] | None:
         """The entry's directory to merge below the merged `mine`; None if it is none."""
         name, nid = entry[0], entry[1]
         node = self.seen.get(nid)
         if node is not None:
             if node.entries is not None:
-                raise _second_name(low[1] + name, nid)
+                raise _second_name(low[2] + name, nid)
             return None                 # (a file met under another name)
         fields = self.fields_of(nid)
         if fields[0] & _S_IFMT != stat.S_IFDIR:        # (its mode)
             return None
         self.seen[nid] = mine
-        return Inode(nid, *fields), low[1] + name + b"/"
+        return nid, fields, low[2] + name + b"/"
 
 
-def _merge_image(merged: _Merged, layer: Layer, files: dict[SourceInode, LayerFile]) -> None:
-    """Merge `layer`'s image below `merged` (rebuild mode), its files noted in `files`.
+def _merge_image(merged: _Merged, layer: Layer, note: NoteFile) -> None:
+    """Merge `layer`'s image below `merged` (rebuild mode), its files given to `note`.
     (What it read by nid is let go on return, before the next layer is read.)"""
-    below = _ImageBelow(layer.image, layer.index, files, merged.root)
+    below = _ImageBelow(layer.image, note, merged.root)
     try:
         merged.add_below(merged.root, below.top(), below)
     except ImageError as err:
@@ -606,7 +626,7 @@ def resolve_layer_data(root: SourceInode, files: dict[SourceInode, LayerFile],
     True if some file is indexed."""
     indexed = False
     seen: set[SourceInode] = set()
-    pending = [root]
+    pending = [root] if files else []
     while pending:
         directory = pending.pop()
         for _name, child in directory.entries:
@@ -636,23 +656,11 @@ def _layer_chunks(layer: Layer, file: LayerFile, block_size: int) -> LayerChunks
     slot does not hold) or another block size."""
     if layer.block_size != block_size:
         return None
-    bits = layer.block_size_bits
-    size = file.size
-    device = layer.index + 1
-    if file.datalayout == fmt.EROFS_INODE_FLAT_PLAIN:
-        chunkbits = covering_chunkbits(size, bits)
-        count = -(-size >> chunkbits)
-        if file.startblk == fmt.EROFS_NULL_ADDR:
-            return LayerChunks(device, chunkbits, (None,) * count)
-        start = layer.on_slot(0, file.startblk)
-        if start is None:
-            return None
-        if count == 1:              # (nearly always: a chunk covers up to 2^31 blocks)
-            return LayerChunks(device, chunkbits, (start,))
-        step = 1 << (chunkbits - bits)
-        return LayerChunks(device, chunkbits, range(start, start + count * step, step))
+    if file.datalayout == _FLAT_PLAIN:
+        return _flat_chunks(layer, file.size, file.startblk)
     if file.datalayout != fmt.EROFS_INODE_CHUNK_BASED:
         return None
+    device = layer.index + 1
     try:
         chunkbits, chunks = layer.image.chunk_map(file.inode(layer.image))
     except ImageError as err:
@@ -666,13 +674,66 @@ def _layer_chunks(layer: Layer, file: LayerFile, block_size: int) -> LayerChunks
     return LayerChunks(device, chunkbits, tuple(addrs))
 
 
+def _flat_chunks(layer: Layer, size: int, startblk: int) -> LayerChunks | None:
+    """_layer_chunks of a FLAT_PLAIN file of `size` bytes from block `startblk`."""
+    bits = layer.block_size_bits
+    device = layer.index + 1
+    chunkbits = covering_chunkbits(size, bits)
+    count = -(-size >> chunkbits)
+    if startblk == _NULL_ADDR:
+        return LayerChunks(device, chunkbits, (None,) * count)
+    start = layer.on_slot(0, startblk)
+    if start is None:
+        return None
+    if count == 1:              # (nearly always: a chunk covers up to 2^31 blocks)
+        return LayerChunks(device, chunkbits, (start,))
+    step = 1 << (chunkbits - bits)
+    return LayerChunks(device, chunkbits, range(start, start + count * step, step))
+
+
+def _flat_copy(layer: Layer, startblk: int) -> DataRef | None:
+    """_copied of a FLAT_PLAIN file from block `startblk`: read in place; None if that is
+    on a device not given."""
+    return _NO_DATA if startblk == _NULL_ADDR else layer.plain_data(startblk)
+
+
+def _placing(layer: Layer, files: dict[SourceInode, LayerFile], mode: str | None,
+             block_size: int) -> NoteFile:
+    """A NoteFile for rebuild mode (without --verify, which reads every file through
+    `files`): a file whose bytes are one run of blocks in `layer` (FLAT_PLAIN: nearly every
+    one) gets at once the DataRef resolve_layer_data would give it, and is neither noted nor
+    looked at again; any other is noted in `files` for resolve_layer_data.  ("rvsp": no
+    file is noted: each reads as zeros.)"""
+    if mode == "rvsp":
+        return _ignore
+    index = layer.index
+    chunked = mode is None and layer.block_size == block_size
+
+    def place(node: SourceInode, nid: int, size: int, layout: int, startblk: int) -> None:
+        if layout == _FLAT_PLAIN:
+            data = None
+            if chunked:
+                chunks = _flat_chunks(layer, size, startblk)
+                if chunks is not None:
+                    data = DataRef(None, layer=chunks)
+            if data is None:
+                data = _flat_copy(layer, startblk)
+            if data is not None:
+                node.data = data
+                return
+        files[node] = LayerFile(index, nid, size, layout, startblk)
+    return place
+
+
+def _ignore(*_file) -> None:
+    pass
+
+
 def _copied(layer: Layer, file: LayerFile, spool: Spool, path: bytes) -> DataRef:
     """Where the writer reads a file to copy (`path` in the layer): in place if its bytes are
     one run of blocks in the image (or its device), else decoded into the spool."""
-    if file.datalayout == fmt.EROFS_INODE_FLAT_PLAIN:
-        if file.startblk == fmt.EROFS_NULL_ADDR:
-            return _NO_DATA
-        ref = layer.plain_data(file.startblk)
+    if file.datalayout == _FLAT_PLAIN:
+        ref = _flat_copy(layer, file.startblk)
         if ref is None:
             raise layer.missing_device("a file's data is there")
         return ref
@@ -744,15 +805,23 @@ class LayerStack:
                                  "can only point into sources of the same block size (copy "
                                  "the data with --clean=data)")
 
-    def merged_tree(self, strip: bool) -> tuple[SourceInode, dict[SourceInode, LayerFile]]:
-        """The overlayfs view of the images (merge_layers) and where its files' bytes are."""
-        top = read_layer(self.layers[-1])
-        files = top.files
+    def merged_tree(self, strip: bool, early: tuple[str | None, int] | None = None
+                    ) -> tuple[SourceInode, dict[SourceInode, LayerFile]]:
+        """The overlayfs view of the images (merge_layers) and where its files' bytes are.
+        `early` (resolve_data's mode and block size): the files whose bytes are one run of
+        blocks get their DataRef as they are read (_placing), only the others are returned
+        for resolve_data."""
+        files: dict[SourceInode, LayerFile] = {}
+
+        def note(layer: Layer) -> NoteFile:
+            return _noting(files, layer.index) if early is None else \
+                _placing(layer, files, *early)
+        top = read_layer(self.layers[-1], note(self.layers[-1]))
         merged = _Merged(top.root)
         # each lower layer folded in as it is read: what the layers above hide is never
         # read (the four trees are not held whole: the peak of rebuild mode)
         for layer in reversed(self.layers[:-1]):
-            _merge_image(merged, layer, files)
+            _merge_image(merged, layer, note(layer))
         root, _count = _finish(merged, strip)
         # only the files the merged tree shows (their names counted: nlink)
         return root, {node: found for node, found in files.items() if node.nlink}

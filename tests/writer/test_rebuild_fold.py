@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mkerofs.writer.layers import LayerStack, merge_layers, read_layer
+from mkerofs.writer.spool import Spool
 from support.layers import make_layer_trees
 from support.run import run_mkerofs
 
@@ -81,3 +82,35 @@ def test_fold_skips_what_is_hidden(sources):
         whole = sum(len(read_layer(layer).files) for layer in stack.layers)
     assert 0 < len(files) < whole
     assert all(node.nlink for node in files)
+
+
+def _data_by_path(root) -> dict[bytes, tuple]:
+    """Each regular file's DataRef, by path, as a comparable tuple."""
+    rows = {}
+    pending = [(b"", root)]
+    while pending:
+        path, node = pending.pop()
+        if node.entries is not None:
+            pending.extend((path + b"/" + name, child) for name, child in node.entries)
+        elif node.data is not None:
+            d = node.data
+            rows[path] = (d.path, d.offset, d.in_image, d.indexed, d.layer)
+    return rows
+
+
+@pytest.mark.parametrize("mode", [None, "data", "rvsp"])
+def test_early_placing_equals_resolve(sources, mode):
+    """merged_tree(early=...) gives the files whose bytes are one run of blocks their DataRef
+    as it reads them: the same every file gets when all are noted and resolved afterwards."""
+    got = []
+    for early in (None, (mode, 4096)):
+        with LayerStack([str(p) for p in sources]) as stack, Spool() as spool:
+            root, files = stack.merged_tree(False, early)
+            noted = len(files)
+            stack.resolve_data(root, files, mode, 4096, spool)
+            got.append((_data_by_path(root), noted))
+    (late, all_noted), (early_rows, few_noted) = got
+    assert early_rows == late
+    assert any(ref[4] is not None for ref in late.values()) == (mode is None)
+    assert any(ref[0] is not None for ref in late.values()) == (mode == "data")
+    assert few_noted < all_noted        # (every layer here is flat: none left to resolve)
