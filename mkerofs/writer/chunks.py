@@ -280,10 +280,12 @@ def map_lines(placed: Iterable[tuple[PlannedInode, int]], block_size: int) -> li
 class LayerChunks(NamedTuple):
     """The chunk map of a file whose bytes stay in a source image: `blkaddrs` in that image's
     blocks (None: a hole), on extra device `device_id`; a range when several chunks follow one
-    another (a flat file: its map is encoded at once).  (A tuple: one is made per file.)"""
+    another (a flat file: its map is encoded at once); the block address alone for one chunk
+    that is not a hole (nearly every file: nothing more to make or keep).  (A tuple: one is
+    made per file.)"""
     device_id: int
     chunkbits: int
-    blkaddrs: tuple[int | None, ...] | range
+    blkaddrs: int | tuple[int | None, ...] | range
 
 
 def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int,
@@ -300,11 +302,11 @@ def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int,
             continue
         found = True
         device_id, chunkbits, blkaddrs = ref.layer
-        if len(blkaddrs) == 1:                  # (nearly every file)
-            start = blkaddrs[0]
-            if start is not None and start < null:
-                set_chunk_run(node, one_chunk[chunkbits], start, device_id)
+        if type(blkaddrs) is int:               # (nearly every file)
+            if blkaddrs < null:
+                set_chunk_run(node, one_chunk[chunkbits], blkaddrs, device_id)
                 continue
+            blkaddrs = (blkaddrs,)              # (past 32 bits: a map of one wide entry)
         elif type(blkaddrs) is range and blkaddrs:
             last = blkaddrs[-1]
             if last >= null:

@@ -671,6 +671,8 @@ def _layer_chunks(layer: Layer, file: LayerFile, block_size: int) -> LayerChunks
         if addr is None and chunk is not None:
             return None
         addrs.append(addr)
+    if len(addrs) == 1 and addrs[0] is not None:
+        return LayerChunks(device, chunkbits, addrs[0])
     return LayerChunks(device, chunkbits, tuple(addrs))
 
 
@@ -682,11 +684,11 @@ def _flat_chunks(layer: Layer, size: int, startblk: int) -> LayerChunks | None:
     count = -(-size >> chunkbits)
     if startblk == _NULL_ADDR:
         return LayerChunks(device, chunkbits, (None,) * count)
-    start = layer.on_slot(0, startblk)
+    start = startblk if layer.slot is None else layer.on_slot(0, startblk)
     if start is None:
         return None
     if count == 1:              # (nearly always: a chunk covers up to 2^31 blocks)
-        return LayerChunks(device, chunkbits, (start,))
+        return LayerChunks(device, chunkbits, start)
     step = 1 << (chunkbits - bits)
     return LayerChunks(device, chunkbits, range(start, start + count * step, step))
 
@@ -711,13 +713,9 @@ def _placing(layer: Layer, files: dict[SourceInode, LayerFile], mode: str | None
 
     def place(node: SourceInode, nid: int, size: int, layout: int, startblk: int) -> None:
         if layout == _FLAT_PLAIN:
-            data = None
-            if chunked:
-                chunks = _flat_chunks(layer, size, startblk)
-                if chunks is not None:
-                    data = DataRef(None, layer=chunks)
-            if data is None:
-                data = _flat_copy(layer, startblk)
+            chunks = _flat_chunks(layer, size, startblk) if chunked else None
+            data = DataRef(None, layer=chunks) if chunks is not None else \
+                _flat_copy(layer, startblk)
             if data is not None:
                 node.data = data
                 return

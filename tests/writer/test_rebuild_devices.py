@@ -143,8 +143,9 @@ def test_verify_catches_a_file_pointing_at_the_wrong_blocks(work, tmp_path, monk
     def shifted(layer, inode, block_size):
         chunks = real(layer, inode, block_size)
         if chunks is not None and inode.size == 10000:          # /big
+            addrs = chunks.blkaddrs
             return LayerChunks(chunks.device_id, chunks.chunkbits,
-                               tuple(a + 1 for a in chunks.blkaddrs))
+                               addrs + 1 if type(addrs) is int else tuple(a + 1 for a in addrs))
         return chunks
 
     monkeypatch.setattr(layers_mod, "_layer_chunks", shifted)
