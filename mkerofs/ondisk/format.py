@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import stat
 import struct
-from itertools import chain, repeat
+from itertools import chain
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 EROFS_SUPER_MAGIC_V1 = 0xE0F5E1E2
 EROFS_SUPER_OFFSET = 1024          # room for boot sectors before the superblock
@@ -381,34 +381,39 @@ def xattr_icount(ibody_size: int) -> int:
 EROFS_DIRENT = struct.Struct("<QHBB")   # nid, nameoff, file_type, reserved
 EROFS_DIRENT_SIZE = EROFS_DIRENT.size
 assert EROFS_DIRENT_SIZE == 12
-_DIRENT_RUNS: dict[int, struct.Struct] = {}     # count -> EROFS_DIRENT repeated count times
+# count -> Struct of count erofs_dirents, the reserved byte a pad (packed as zero, read past)
+_DIRENT_RUNS: dict[int, struct.Struct] = {}
+# (most directory blocks: one Struct per count up to here; a Struct per count up to a block's
+# 341 would hold ~1 MiB)
+_DIRENT_RUN_MAX = 32
+
+
+def _dirent_run(count: int) -> struct.Struct:
+    run = _DIRENT_RUNS.get(count)
+    if run is None:
+        run = _DIRENT_RUNS[count] = struct.Struct("<" + (EROFS_DIRENT.format[1:-1] + "x") * count)
+    return run
 
 
 def pack_dirents(nids, nameoffs, ftypes) -> bytes:
-    """A run of erofs_dirents (EROFS_DIRENT each) in one call: a directory block's heads."""
+    """A run of erofs_dirents (EROFS_DIRENT each): a directory block's heads, in one call up
+    to _DIRENT_RUN_MAX of them, in pieces of that many beyond."""
     count = len(nids)
-    run = _DIRENT_RUNS.get(count)
-    if run is None:
-        run = _DIRENT_RUNS[count] = struct.Struct("<" + EROFS_DIRENT.format[1:] * count)
-    return run.pack(*chain.from_iterable(zip(nids, nameoffs, ftypes, repeat(0, count))))
-
-
-_DIRENT_READS: dict[int, Callable] = {}      # count -> unpack_from of count erofs_dirents
-_DIRENT_READ_MAX = 32       # (most directories: one Struct per count up to here, few bytes)
+    values = chain.from_iterable(zip(nids, nameoffs, ftypes))
+    if count <= _DIRENT_RUN_MAX:
+        return _dirent_run(count).pack(*values)
+    flat = list(values)
+    step = 3 * _DIRENT_RUN_MAX
+    return b"".join([_dirent_run(min(_DIRENT_RUN_MAX, (len(flat) - i) // 3)).pack(
+        *flat[i:i + step]) for i in range(0, len(flat), step)])
 
 
 def unpack_dirents(block: bytes, count: int) -> tuple[tuple[int, ...], tuple[int, ...],
                                                       tuple[int, ...]]:
     """The first `count` erofs_dirents of a directory block: their nids, nameoffs and file
-    types.  (A block of up to _DIRENT_READ_MAX entries in one call, as pack_dirents packs
-    them; longer ones one by one: a Struct for every count of every directory read would
-    hold too much.)"""
-    if count <= _DIRENT_READ_MAX:
-        read = _DIRENT_READS.get(count)
-        if read is None:
-            read = _DIRENT_READS[count] = struct.Struct(
-                "<" + (EROFS_DIRENT.format[1:-1] + "x") * count).unpack_from
-        heads = read(block)
+    types: in one call up to _DIRENT_RUN_MAX of them, one by one beyond."""
+    if count <= _DIRENT_RUN_MAX:
+        heads = _dirent_run(count).unpack_from(block)
         return heads[0::3], heads[1::3], heads[2::3]
     heads = block[:count * EROFS_DIRENT_SIZE]
     nids, nameoffs, ftypes, _reserved = zip(*EROFS_DIRENT.iter_unpack(heads))

@@ -582,8 +582,9 @@ def _finish(merged: _Merged, strip: bool) -> tuple[SourceInode, int]:
     pending = deque([root])
     while pending:
         directory = pending.popleft()
-        entries = sorted(merged.children.pop(directory).items())
-        has_whiteouts = bool(whiteouts) and any(child in whiteouts for _name, child in entries)
+        kids = merged.children.pop(directory)
+        entries = sorted(kids.items())
+        has_whiteouts = bool(whiteouts) and not whiteouts.isdisjoint(kids.values())
         kept = entries
         if strip and has_whiteouts:
             kept = [(name, child) for name, child in entries if child not in whiteouts]
