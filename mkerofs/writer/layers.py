@@ -8,8 +8,10 @@ Rebuild mode (`LayerStack.merged_tree`) reads only its top image whole and folds
 below into the merged tree as it reads it (`_ImageBelow`), never reading what the images
 above hide: its peak memory is the merged tree's, not all the layers' trees'.  What
 happens to the files' bytes is the caller's choice (`resolve_layer_data` for rebuild: point
-at them through the device table, or copy them).  A source image may have one extra device
-of its own (a tar index's tar, a --blobdev blob): see `Layer`.
+at them through the device table, or copy them); a file that is one run of blocks in its
+image (nearly every one) gets that answer as it is read (`_placing`), so no note of it is
+kept.  A source image may have one extra device of its own (a tar index's tar, a --blobdev
+blob): see `Layer`.
 
 The rules of overlayfs (Documentation/filesystems/overlayfs.rst), applied from the top layer
 down, that the merge follows:
@@ -286,8 +288,8 @@ def _listing(img: Image, nid: int, fields: tuple, base: bytes) -> list[tuple[byt
 def _layer_node(img: Image, nid: int, fields: tuple, path: bytes,
                 note: NoteFile) -> SourceInode:
     """image_node of inode `nid` (its Image.inode_fields), a regular file with bytes given
-    to `note`.  (Made for every entry of every layer that shows: plain
-    files and directories without xattrs, nearly all of them, straight from the fields.)"""
+    to `note`.  (Made for every entry of every layer that shows: plain files and directories
+    without xattrs, nearly all of them, straight from the fields.)"""
     (mode, uid, gid, _nlink, size, mtime, nsec, _rdev, _ino, layout, _extended, icount, _pos,
      startblk, _dot) = fields
     kind = mode & _S_IFMT
@@ -462,9 +464,9 @@ _TREE = _TreeBelow()
 
 class _ImageBelow:
     """A lower layer read from its image as the merge reaches it (rebuild mode): a directory
-    is (its nid, its inode_fields, its path + b"/"), an entry (name, nid, file type).  A name an upper layer hides,
-    or anything in a directory that hides what is below it, is never read: the layers are not
-    held as whole trees.  (A hard-linked file's `path`, which messages and --compress-hints
+    is (its nid, its inode_fields, its path + b"/"), an entry (name, nid, file type).  A name
+    an upper layer hides, or anything in a directory that hides what is below it, is never
+    read: the layers are not held as whole trees.  (A hard-linked file's `path`, which messages and --compress-hints
     see, is thus its first name that shows, not its first name in the image.)"""
 
     def __init__(self, img: Image, note: NoteFile, root: SourceInode):
