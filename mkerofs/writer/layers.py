@@ -49,7 +49,7 @@ from typing import Callable, Iterable, NamedTuple
 from ..errors import BuildError, ImageError
 from ..ondisk import format as fmt
 from ..reader.image import Image, Inode
-from .chunks import LayerChunks, covering_chunkbits
+from .chunks import LayerChunks, covering_chunkbits, one_chunk_on
 from .devices import ExtraDevice
 from .spool import Spool
 from .walk import DataRef, SourceInode, SourceStat, link_children
@@ -110,6 +110,7 @@ class Layer:
 
     def __init__(self, path: str, index: int):
         self.path = path
+        self._path_b = os.fsencode(path)    # (one bytes object every DataRef into it shares)
         self.index = index
         try:
             self.image = Image.open(path)
@@ -127,6 +128,7 @@ class Layer:
         self.appended = self.slot is not None and bool(self.slot.uniaddr) and \
             not self.image.device_problems()
         self.device: str | None = None      # its device as a file of its own
+        self._device_b = b""
         self.block_size = self.image.block_size
         self.block_size_bits = fmt.blksz_bits(self.block_size)
 
@@ -146,7 +148,7 @@ class Layer:
             image.close()
             raise BuildError(f"{self.path}: {problems[0]}")
         self.image.close()
-        self.image, self.device = image, device
+        self.image, self.device, self._device_b = image, device, os.fsencode(device)
 
     def missing_device(self, why: str) -> BuildError:
         return BuildError(f"{self.path}: its extra device ({self.slot.blocks} blocks of "
@@ -193,10 +195,10 @@ class Layer:
         slot = self.slot
         if slot is None or self.appended or not slot.uniaddr or \
                 not slot.uniaddr <= block < slot.uniaddr + slot.blocks:
-            return DataRef(os.fsencode(self.path), block * self.block_size)
+            return DataRef(self._path_b, block * self.block_size)
         if self.device is None:
             return None
-        return DataRef(os.fsencode(self.device), (block - slot.uniaddr) * self.block_size)
+        return DataRef(self._device_b, (block - slot.uniaddr) * self.block_size)
 
     def close(self) -> None:
         self.image.close()
@@ -643,9 +645,9 @@ def resolve_layer_data(root: SourceInode, files: dict[SourceInode, LayerFile],
             if mode == "rvsp":
                 continue                # DataRef(None): zeros
             layer = layers[found.layer]
-            chunks = _layer_chunks(layer, found, block_size) if mode is None else None
-            if chunks is not None:
-                child.data = DataRef(None, layer=chunks)
+            ref = _indexed_ref(layer, found, block_size) if mode is None else None
+            if ref is not None:
+                child.data = ref
                 indexed = True
             else:
                 child.data = _copied(layer, found, spool, child.path)
@@ -653,14 +655,14 @@ def resolve_layer_data(root: SourceInode, files: dict[SourceInode, LayerFile],
     return indexed
 
 
-def _layer_chunks(layer: Layer, file: LayerFile, block_size: int) -> LayerChunks | None:
-    """The chunk map pointing at the file's blocks where the merged image's slot for `layer`
-    has them; None if there is nothing to point at (an inline tail, compressed data, data the
-    slot does not hold) or another block size."""
+def _indexed_ref(layer: Layer, file: LayerFile, block_size: int) -> DataRef | None:
+    """The DataRef pointing at the file's blocks (its LayerChunks) where the merged image's
+    slot for `layer` has them; None if there is nothing to point at (an inline tail,
+    compressed data, data the slot does not hold) or another block size."""
     if layer.block_size != block_size:
         return None
     if file.datalayout == _FLAT_PLAIN:
-        return _flat_chunks(layer, file.size, file.startblk)
+        return _flat_ref(layer, file.size, file.startblk)
     if file.datalayout != fmt.EROFS_INODE_CHUNK_BASED:
         return None
     device = layer.index + 1
@@ -675,25 +677,27 @@ def _layer_chunks(layer: Layer, file: LayerFile, block_size: int) -> LayerChunks
             return None
         addrs.append(addr)
     if len(addrs) == 1 and addrs[0] is not None:
-        return LayerChunks(device, chunkbits, addrs[0])
-    return LayerChunks(device, chunkbits, tuple(addrs))
+        return DataRef(None, addrs[0] << layer.block_size_bits,
+                       layer=one_chunk_on(device, chunkbits))
+    return DataRef(None, layer=LayerChunks(device, chunkbits, tuple(addrs)))
 
 
-def _flat_chunks(layer: Layer, size: int, startblk: int) -> LayerChunks | None:
-    """_layer_chunks of a FLAT_PLAIN file of `size` bytes from block `startblk`."""
+def _flat_ref(layer: Layer, size: int, startblk: int) -> DataRef | None:
+    """_indexed_ref of a FLAT_PLAIN file of `size` bytes from block `startblk`."""
     bits = layer.block_size_bits
     device = layer.index + 1
     chunkbits = covering_chunkbits(size, bits)
     count = -(-size >> chunkbits)
     if startblk == _NULL_ADDR:
-        return LayerChunks(device, chunkbits, (None,) * count)
+        return DataRef(None, layer=LayerChunks(device, chunkbits, (None,) * count))
     start = startblk if layer.slot is None else layer.on_slot(0, startblk)
     if start is None:
         return None
     if count == 1:              # (nearly always: a chunk covers up to 2^31 blocks)
-        return LayerChunks(device, chunkbits, start)
+        return DataRef(None, start << bits, layer=one_chunk_on(device, chunkbits))
     step = 1 << (chunkbits - bits)
-    return LayerChunks(device, chunkbits, range(start, start + count * step, step))
+    return DataRef(None, layer=LayerChunks(device, chunkbits,
+                                           range(start, start + count * step, step)))
 
 
 def _flat_copy(layer: Layer, startblk: int) -> DataRef | None:
@@ -716,9 +720,7 @@ def _placing(layer: Layer, files: dict[SourceInode, LayerFile], mode: str | None
 
     def place(node: SourceInode, nid: int, size: int, layout: int, startblk: int) -> None:
         if layout == _FLAT_PLAIN:
-            chunks = _flat_chunks(layer, size, startblk) if chunked else None
-            data = DataRef(None, layer=chunks) if chunks is not None else \
-                _flat_copy(layer, startblk)
+            data = (chunked and _flat_ref(layer, size, startblk)) or _flat_copy(layer, startblk)
             if data is not None:
                 node.data = data
                 return

@@ -114,3 +114,14 @@ def test_early_placing_equals_resolve(sources, mode):
     assert any(ref[4] is not None for ref in late.values()) == (mode is None)
     assert any(ref[0] is not None for ref in late.values()) == (mode == "data")
     assert few_noted < all_noted        # (every layer here is flat: none left to resolve)
+
+
+def test_copied_files_share_their_image_path(sources):
+    """--clean=data: a file read in place from its image names the image with the bytes object
+    every such file of that image shares (not one a file)."""
+    with LayerStack([str(p) for p in sources]) as stack, Spool() as spool:
+        root, files = stack.merged_tree(False, ("data", 4096))
+        stack.resolve_data(root, files, "data", 4096, spool)
+        paths = [ref[0] for ref in _data_by_path(root).values() if ref[0] is not None]
+        assert len(paths) > len(sources)
+        assert len({id(p) for p in paths}) == len(set(paths)) <= len(sources)
