@@ -822,9 +822,12 @@ class LayerStack:
         top = read_layer(self.layers[-1], note(self.layers[-1]))
         merged = _Merged(top.root)
         # each lower layer folded in as it is read: what the layers above hide is never
-        # read (the four trees are not held whole: the peak of rebuild mode)
+        # read (the four trees are not held whole: the peak of rebuild mode); the pages of
+        # an image read are given back at once (not all the images' metadata at the end)
+        self.layers[-1].image.drop_pages()
         for layer in reversed(self.layers[:-1]):
             _merge_image(merged, layer, note(layer))
+            layer.image.drop_pages()
         root, _count = _finish(merged, strip)
         # only the files the merged tree shows (their names counted: nlink)
         return root, {node: found for node, found in files.items() if node.nlink}

@@ -125,3 +125,20 @@ def test_copied_files_share_their_image_path(sources):
         paths = [ref[0] for ref in _data_by_path(root).values() if ref[0] is not None]
         assert len(paths) > len(sources)
         assert len({id(p) for p in paths}) == len(set(paths)) <= len(sources)
+
+
+def test_each_image_gives_its_pages_back_once_read(sources, monkeypatch):
+    """merged_tree gives back the pages of each image as soon as it is read (not all the
+    images' metadata at once, at the end): each image once, the top one first."""
+    from mkerofs.reader.image import Image
+    dropped = []
+    real = Image.drop_pages
+
+    def drop(img):
+        dropped.append(img)
+        real(img)
+
+    monkeypatch.setattr(Image, "drop_pages", drop)
+    with LayerStack([str(p) for p in sources]) as stack:
+        stack.merged_tree(False)
+        assert dropped == [layer.image for layer in reversed(stack.layers)]
