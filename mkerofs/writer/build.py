@@ -290,7 +290,10 @@ def _rebuild_tree(layers, options: BuildOptions,
         layers.require_devices("--clean=data copies the data it holds")
     elif mode is None and options.verify:
         layers.require_devices("--verify reads the image through it")
-    root, files = layers.merged_tree(options.rebuild.ovlfs_strip)
+    # (--verify reads each file through `files`: all are noted; else only the few whose bytes
+    # are not one run of blocks)
+    early = None if options.verify else (mode, options.block_size)
+    root, files = layers.merged_tree(options.rebuild.ovlfs_strip, early)
     apply_walk_options(root, options)
     verify_source = b""
     if options.verify:

@@ -41,7 +41,8 @@ class DataRef:
     indexed (--tar=i): the bytes stay in the tar, `offset` bytes into the decompressed stream;
     the image only points there (path is the tar's, or b"" for a stream: never read).
     layer (rebuild mode): a chunks.LayerChunks, the file's chunks in a source EROFS image,
-    which the image points at through its device table (path None: nothing is copied).
+    which the image points at through its device table (path None: nothing is copied); for
+    one chunk, a shared one, `offset` then its byte address on that device.
 
     Immutable by convention (never changed once made; nothing hashes or compares them): a plain
     slotted class, as a frozen dataclass costs ~1 us more to make, and a tar makes one a file."""
