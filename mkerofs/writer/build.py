@@ -294,7 +294,11 @@ def _rebuild_tree(layers, options: BuildOptions,
     # are not one run of blocks)
     early = None if options.verify else (mode, options.block_size)
     root, files = layers.merged_tree(options.rebuild.ovlfs_strip, early)
-    apply_walk_options(root, options)
+
+    def same_file(copy: SourceInode, original: SourceInode) -> None:
+        if original in files:
+            files[copy] = files[original]
+    apply_walk_options(root, options, on_split=same_file)
     verify_source = b""
     if options.verify:
         from .verify import TarSource

@@ -330,12 +330,16 @@ class _Walk:
                 self.on_file = None         # it wants no more
 
 
-def apply_walk_options(root: SourceInode, options: BuildOptions) -> None:
+def apply_walk_options(root: SourceInode, options: BuildOptions,
+                       on_split: Callable[[SourceInode, SourceInode], None] | None = None
+                       ) -> None:
     """Give a tree read from elsewhere than a directory (a tar stream) what walk_source does
     while walking: --exclude-path/--exclude-regex on the paths relative to the root (an
     excluded directory takes its subtree with it), -x < 0 (no xattrs), --file-contexts labels
     by path (an inode's first path, breadth first) and --hard-dereference (each name of a
-    non-directory its own inode).  mkfs.erofs ignores all of these in tar mode."""
+    non-directory its own inode).  mkfs.erofs ignores all of these in tar mode.
+    `on_split(copy, original)` hears of each inode --hard-dereference makes for a second name
+    (rebuild mode finds a file's bytes by its node: the copy needs them too)."""
     excluder = Excluder(options)
     xattrs = XattrReader(options)
     split = options.hard_dereference
@@ -364,7 +368,10 @@ def apply_walk_options(root: SourceInode, options: BuildOptions) -> None:
             elif id(child) in seen:
                 if split:
                     child.nlink -= 1
+                    original = child
                     child = replace(child, nlink=1, xattrs=list(child.xattrs))
+                    if on_split is not None:
+                        on_split(child, original)
                     label(child, relpath)
                 kept.append((name, child))
                 continue
