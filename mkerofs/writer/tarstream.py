@@ -597,6 +597,8 @@ class _Source:
                 break
             parts.append(data)
             have += len(data)
+        if not parts[0]:
+            del parts[0]        # (after a seek: one read is the buffer as it is, not copied)
         self._buf = b"".join(parts)
         self._pos = 0
 
