@@ -848,11 +848,21 @@ class TarReader:
                 prefix0 and magic[:6] == b"ustar\0"):
             return self._entry(block, _HEADER.unpack(block), offset, first,
                                _Pending(records) if records else None)
-        name = raw_name.partition(b"\0")[0] if pax_name is None else pax_name
-        try:
-            path = normalise_path(name)
-        except ValueError as err:
-            raise TarError(str(err), name, first) from None
+        if pax_name is None:
+            name = raw_name.partition(b"\0")[0]
+            plain = name[:-1] if name[-1:] == b"/" else name
+        else:
+            name = plain = pax_name
+        # (normalise_path's common case inline, a call less an entry: a name of the header
+        # holds no NUL; 47 is "/", 46 ".")
+        if pax_name is None and name and name[0] != 47 and name[0] != 46 and plain[-1] != 47 \
+                and len(plain) <= EROFS_NAME_LEN and b"/." not in plain and b"//" not in plain:
+            path = plain
+        else:
+            try:
+                path = normalise_path(name)
+            except ValueError as err:
+                raise TarError(str(err), name, first) from None
         mode, uid, gid = ids
         uname, gname = _OWNER_NAMES[owner_names]
         self._pad = -payload % BLOCK
