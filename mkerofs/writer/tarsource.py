@@ -300,7 +300,8 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
     for entry in reader:
         path = entry.path
         written = entry.name
-        if not path or b"/.." in written or written.startswith(b".."):
+        # (a path normalising left as it was has no ".." to walk: most files')
+        if not path or path is not written and (b"/.." in written or written.startswith(b"..")):
             parent, name = tree.split(entry)
         else:
             # (split's common case inline)

@@ -362,6 +362,8 @@ _QUICK_KINDS = {ord(flag): (kind, _Memo(functools.partial(_mode_and_ids, ifmt)))
 # what _quick_entry reads of a header, in one call: name, mode uid gid, size, mtime, chksum,
 # typeflag (a number), magic and version, uname gname, the prefix's first byte
 _QUICK_FIELDS = struct.Struct("100s24s12s12s8sB100x8s64s16xB166x")
+# ... and of a PAX header: size, chksum, magic and version
+_PAX_FIELDS = struct.Struct("124x12s12x8s101x8s247x")
 # magics _header_ok accepts (other ustar versions are left to it)
 _QUICK_MAGICS = frozenset((b"ustar\x0000", _MAGIC_GNU, _MAGIC_V7))
 # PAX records _quick_entry applies itself
@@ -804,11 +806,10 @@ class TarReader:
         if end > len(buf):
             return None
         block = buf[pos:end]
-        (raw_name, ids_area, size_field, mtime_field, chksum, typeflag, magic, owner_names,
-         prefix0) = _QUICK_FIELDS.unpack(block)
         records = pax_name = pax_mtime = None
         quick_records = True        # no records, or only those handled here
-        if typeflag == _PAX_TYPE:
+        if block[_TYPEFLAG] == _PAX_TYPE:
+            size_field, chksum, magic = _PAX_FIELDS.unpack(block)
             if not _quick_header_ok(block, chksum, magic) and not _header_ok(block):
                 return None
             size = _SIZES[size_field]
@@ -834,8 +835,8 @@ class TarReader:
                     # (an empty value unsets the key, a bad one is an error: both for _entry)
                     quick_records = pax_name != b"" and (mtime is None or pax_mtime is not None)
             block = buf[pos:end]
-            (raw_name, ids_area, size_field, mtime_field, chksum, typeflag, magic, owner_names,
-             prefix0) = _QUICK_FIELDS.unpack(block)
+        (raw_name, ids_area, size_field, mtime_field, chksum, typeflag, magic, owner_names,
+         prefix0) = _QUICK_FIELDS.unpack(block)
         quick = _QUICK_KINDS.get(typeflag)
         if quick is None or not _quick_header_ok(block, chksum, magic) and not _header_ok(block):
             return None
