@@ -792,9 +792,9 @@ class TarReader:
     def _quick_entry(self) -> TarEntry | None:
         """The next entry read straight from the buffer in the common case: at most one PAX
         header, then the entry's header, each with a right checksum and a known magic. A plain
-        file or directory with plain octal numbers, a short name and no PAX records but an
-        mtime is made here; any other entry goes to _entry as the loop in _next_entry would
-        send it. None when something else comes (a zero block, other extension headers, a bad
+        file or directory with plain octal numbers, a short name (or a PAX path) and no PAX
+        records but path and mtime is made here; any other entry goes to _entry as the loop
+        in _next_entry would send it. None when something else comes (a zero block, other extension headers, a bad
         header, the buffer's end): nothing is consumed then, and _next_entry reads the same
         bytes."""
         src = self._src
