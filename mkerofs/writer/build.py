@@ -891,8 +891,11 @@ def _write_contents(plan: Plan, nodes: list[PlannedInode], data: DataArea, meta:
     and the shared xattrs; put the long prefixes and every inode into `meta`."""
     bs = data.block_size
     reg_file, symlink, directory = fmt.EROFS_FT_REG_FILE, fmt.EROFS_FT_SYMLINK, fmt.EROFS_FT_DIR
+    # (not a tar's empty files, DataRef(None): nothing to copy, and --tar=i has no other,
+    # so no copier is forked for it)
     copies = [node for node in nodes if node.ftype == reg_file
-              and node.flat is not None and not node.flat.written]
+              and node.flat is not None and not node.flat.written
+              and (node.src.data is None or node.src.data.path is not None)]
 
     def tail_view(node: PlannedInode) -> memoryview:
         return meta.view(node_pos(node, meta_base) + node.meta_size_before_inline,
