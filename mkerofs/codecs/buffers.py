@@ -61,9 +61,28 @@ class Pinned:
         return False
 
 
-def bytes_address(data: bytes) -> int:
-    """Address of a bytes object's contents (valid while the object lives)."""
+def _address_by_ctypes(data: bytes) -> int:
     return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+
+
+def _bytes_contents_offset() -> int | None:
+    """Where CPython keeps a bytes object's contents, from the object's address (id): a fixed
+    header size, seen on two objects; None when that does not hold."""
+    probes = (b"mkerofs probe", bytes(range(40)))
+    offsets = {_address_by_ctypes(b) - id(b) for b in probes}
+    offset = offsets.pop()
+    return offset if not offsets and 0 < offset <= 64 else None
+
+
+_CONTENTS_OFFSET = _bytes_contents_offset()
+
+
+def bytes_address(data: bytes) -> int:
+    """Address of a bytes object's contents (valid while the object lives).  (A compressed
+    segment asks once: ctypes' way takes ~1.5 us, the object's address plus the header ~0.1.)"""
+    if _CONTENTS_OFFSET is None:
+        return _address_by_ctypes(data)
+    return id(data) + _CONTENTS_OFFSET
 
 
 def int_addr(addr) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import stat
 import struct
-from itertools import chain, repeat
+from itertools import chain
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -381,23 +381,40 @@ def xattr_icount(ibody_size: int) -> int:
 EROFS_DIRENT = struct.Struct("<QHBB")   # nid, nameoff, file_type, reserved
 EROFS_DIRENT_SIZE = EROFS_DIRENT.size
 assert EROFS_DIRENT_SIZE == 12
-_DIRENT_RUNS: dict[int, struct.Struct] = {}     # count -> EROFS_DIRENT repeated count times
+# count -> Struct of count erofs_dirents, the reserved byte a pad (packed as zero, read past)
+_DIRENT_RUNS: dict[int, struct.Struct] = {}
+# (most directory blocks: one Struct per count up to here; a Struct per count up to a block's
+# 341 would hold ~1 MiB)
+_DIRENT_RUN_MAX = 32
+
+
+def _dirent_run(count: int) -> struct.Struct:
+    run = _DIRENT_RUNS.get(count)
+    if run is None:
+        run = _DIRENT_RUNS[count] = struct.Struct("<" + (EROFS_DIRENT.format[1:-1] + "x") * count)
+    return run
 
 
 def pack_dirents(nids, nameoffs, ftypes) -> bytes:
-    """A run of erofs_dirents (EROFS_DIRENT each) in one call: a directory block's heads."""
+    """A run of erofs_dirents (EROFS_DIRENT each): a directory block's heads, in one call up
+    to _DIRENT_RUN_MAX of them, in pieces of that many beyond."""
     count = len(nids)
-    run = _DIRENT_RUNS.get(count)
-    if run is None:
-        run = _DIRENT_RUNS[count] = struct.Struct("<" + EROFS_DIRENT.format[1:] * count)
-    return run.pack(*chain.from_iterable(zip(nids, nameoffs, ftypes, repeat(0, count))))
+    values = chain.from_iterable(zip(nids, nameoffs, ftypes))
+    if count <= _DIRENT_RUN_MAX:
+        return _dirent_run(count).pack(*values)
+    flat = list(values)
+    step = 3 * _DIRENT_RUN_MAX
+    return b"".join([_dirent_run(min(_DIRENT_RUN_MAX, (len(flat) - i) // 3)).pack(
+        *flat[i:i + step]) for i in range(0, len(flat), step)])
 
 
 def unpack_dirents(block: bytes, count: int) -> tuple[tuple[int, ...], tuple[int, ...],
                                                       tuple[int, ...]]:
     """The first `count` erofs_dirents of a directory block: their nids, nameoffs and file
-    types.  (Unpacked one by one: a Struct per count, as pack_dirents keeps, would hold one
-    for every count of every directory read.)"""
+    types: in one call up to _DIRENT_RUN_MAX of them, one by one beyond."""
+    if count <= _DIRENT_RUN_MAX:
+        heads = _dirent_run(count).unpack_from(block)
+        return heads[0::3], heads[1::3], heads[2::3]
     heads = block[:count * EROFS_DIRENT_SIZE]
     nids, nameoffs, ftypes, _reserved = zip(*EROFS_DIRENT.iter_unpack(heads))
     return nids, nameoffs, ftypes

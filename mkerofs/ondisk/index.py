@@ -303,12 +303,10 @@ def encode_compact(ent: Lclusters, ebase: int, start_blk: int, lclusterbits: int
         if not n:
             continue
         vcnt, encodebits, lobits, packsize, basebits = encodings[entry_size, lclusterbits]
+        fields = []                 # each pack's entries, then its base
         for i0 in range(first, first + n, vcnt):
             base = blk
-            bits = 0
-            shift = 0
             last = i0 + vcnt - 1
-            # entries past the last lcluster stay 0 bits: PLAIN, clusterofs 0
             for i in range(i0, last + 1 if last < nidx else nidx):
                 t = types[i]
                 lo = los[i]
@@ -325,13 +323,35 @@ def encode_compact(ent: Lclusters, ebase: int, start_blk: int, lclusterbits: int
                     hi = his[i]
                     if hi and hi != blk:
                         raise AssertionError(f"lcluster {i}: pcluster at {hi}, counted {blk}")
-                bits |= (t << lobits | lo) << shift
-                shift += encodebits
-            out[at:at + packsize] = ((base & _ADDR_MASK) << basebits | bits).to_bytes(packsize,
-                                                                                     "little")
-            at += packsize
+                fields.append(t << lobits | lo)
+            if last >= nidx:
+                # entries past the last lcluster stay 0 bits: PLAIN, clusterofs 0
+                fields.extend(_NO_ENTRIES[:last + 1 - nidx])
+            fields.append(base & _ADDR_MASK)
+        packs = len(fields) // (vcnt + 1)
+        if entry_size == 4:
+            # two 16-bit entries and the base: one struct call for the run
+            _PACKS_4B[packs].pack_into(out, at, *fields)
+        else:
+            pos = at
+            for k in range(0, len(fields), vcnt + 1):
+                bits = fields[k + vcnt] << basebits
+                shift = 0
+                for v in fields[k:k + vcnt]:
+                    bits |= v << shift
+                    shift += encodebits
+                out[pos:pos + packsize] = bits.to_bytes(packsize, "little")
+                pos += packsize
+        at += packs * packsize
     assert at == len(out)
     return out
+
+
+# the 4B packs of a run (at most 8: a run of 4B entries is shorter than one 2B pack), as one
+# struct each: le16 entry, le16 entry, le32 base per pack
+_PACKS_4B = [struct.Struct("<" + "HHI" * n) for n in range(9)]
+assert all(_ENCODINGS[4, bits][1] == 16 for bits in range(15))
+_NO_ENTRIES = [0] * 16
 
 
 def shift_compact_bases(area: bytearray, at: int, totalidx: int, ebase: int, blocks: int

@@ -93,7 +93,6 @@ _ADDR48 = (1 << 48) - 1
 _NID_METABOX_BIT = fmt.EROFS_DIRENT_NID_METABOX_BIT
 _ISLOTBITS = fmt.EROFS_ISLOTBITS
 _COMPACT_SIZE, _EXTENDED_SIZE = fmt.EROFS_INODE_COMPACT_SIZE, fmt.EROFS_INODE_EXTENDED_SIZE
-_I_FORMAT = fmt.EROFS_I_FORMAT.unpack_from
 _COMPACT, _EXTENDED = fmt.EROFS_INODE_COMPACT.unpack_from, fmt.EROFS_INODE_EXTENDED.unpack_from
 _I_ALL, _I_VERSION_MASK = fmt.EROFS_I_ALL, fmt.EROFS_I_VERSION_MASK
 _I_DATALAYOUT_BIT, _I_DATALAYOUT_MASK = fmt.EROFS_I_DATALAYOUT_BIT, fmt.EROFS_I_DATALAYOUT_MASK
@@ -229,6 +228,9 @@ class Image:
         self._decoded: OrderedDict = OrderedDict()
         self._decoded_bytes = 0
         self._dir_cache: OrderedDict = OrderedDict()
+        # each distinct i_mode as one int object (at most 2^16): a caller keeping the modes of
+        # many inodes (rebuild mode) keeps an int a mode, not one an inode (28 bytes)
+        self._modes: dict[int, int] = {}
         self._zcache: OrderedDict = OrderedDict()
         self._packed: Inode | None = None
         self._prefixes: list[tuple[int, bytes]] | None = None
@@ -564,7 +566,7 @@ class Image:
         (INODE_FIELDS), checked as inode() checks them; Inode(nid, *fields) is inode(nid).
         (For a caller that reads every inode and keeps few of them: rebuild mode.)"""
         # (read for every entry of every directory walked: the constants are bound once,
-        # module-level, and each form is unpacked in one call)
+        # module-level, and a compact inode, i_format included, is unpacked in one call)
         if nid < 0 or nid >> _NID_METABOX_BIT:
             raise ImageError(f"nid {nid}: not a valid inode number")
         pos = self._meta + (nid << _ISLOTBITS)
@@ -575,7 +577,8 @@ class Image:
             raise ImageError(f"nid {nid}: inode at byte {pos} is past the end of the image "
                              f"({size_} bytes)")
         data, at = self._data, self._base + pos
-        ifmt = _I_FORMAT(data, at)[0]
+        compact = _COMPACT(data, at)
+        ifmt = compact[0]
         if ifmt & ~_I_ALL:
             raise ImageError(f"nid {nid}: unsupported i_format 0x{ifmt:x}")
         layout = (ifmt >> _I_DATALAYOUT_BIT) & _I_DATALAYOUT_MASK
@@ -590,14 +593,14 @@ class Image:
             extended = True
             hi, mask = nb, _ADDR48
         else:
-            (_, icount, mode, nb, size, mtime, i_u, ino, uid, gid,
-             _r) = _COMPACT(data, at)
+            (_, icount, mode, nb, size, mtime, i_u, ino, uid, gid, _r) = compact
             extended = False
             mtime, nsec = self.epoch + mtime, self.superblock.fixed_nsec
             if mode & _S_IFMT != _S_IFDIR and ifmt >> _I_NLINK_1_BIT & 1:
                 nlink, hi, mask = 1, nb, _ADDR48
             else:
                 nlink, hi, mask = nb, 0, _ADDR32
+        mode = self._modes.setdefault(mode, mode)
         kind = mode & _S_IFMT
         rdev = 0
         startblk = 0
@@ -1048,15 +1051,36 @@ class Image:
             raise _with_nid(inode.nid, e) from None
         return out
 
+    def listdir_fields(self, nid: int, fields: tuple) -> list[tuple[bytes, int, int]]:
+        """listdir of inode `nid` given its inode_fields, without making its Inode or keeping
+        its entries for a second look (for a caller that reads each directory once: rebuild
+        mode); a directory held whole in its inline tail (nearly every one) is parsed in
+        place."""
+        if fields[0] & _S_IFMT == _S_IFDIR and fields[4] > 0:      # (mode, size)
+            blk = self._inline_tail(fields[4], fields[9], fields[10], fields[11], fields[12])
+            if blk is not None:
+                out: list[tuple[bytes, int, int]] = []
+                try:
+                    self._parse_dir_block(blk, 0, out)
+                except ImageError as e:
+                    raise _with_nid(nid, e) from None
+                return [e for e in out if e[0] not in _DOTS]
+        return self.listdir(Inode(nid, *fields))
+
     def _inline_dir_block(self, inode: Inode) -> bytes | None:
         """The bytes of a directory held whole in its inline tail (no data blocks), without
         mapping its extents; None if it is not one or if a check fails (the extents say
         which)."""
-        size, bs = inode.size, self.block_size
-        if inode.datalayout != _FLAT_INLINE or size > bs:
+        return self._inline_tail(inode.size, inode.datalayout, inode.extended,
+                                 inode.xattr_icount, inode.pos)
+
+    def _inline_tail(self, size: int, layout: int, extended: bool, icount: int,
+                     pos: int) -> bytes | None:
+        """_inline_dir_block of the inode at byte `pos` with these fields."""
+        bs = self.block_size
+        if layout != _FLAT_INLINE or size > bs:
             return None
-        icount = inode.xattr_icount
-        tpos = inode.pos + (_EXTENDED_SIZE if inode.extended else _COMPACT_SIZE) + \
+        tpos = pos + (_EXTENDED_SIZE if extended else _COMPACT_SIZE) + \
             (fmt.xattr_ibody_size(icount) if icount else 0)
         if tpos % bs + size > bs or tpos + size > self._size:
             return None

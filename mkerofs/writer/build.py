@@ -291,8 +291,15 @@ def _rebuild_tree(layers, options: BuildOptions,
         layers.require_devices("--clean=data copies the data it holds")
     elif mode is None and options.verify:
         layers.require_devices("--verify reads the image through it")
-    root, files = layers.merged_tree(options.rebuild.ovlfs_strip)
-    apply_walk_options(root, options)
+    # (--verify reads each file through `files`: all are noted; else only the few whose bytes
+    # are not one run of blocks)
+    early = None if options.verify else (mode, options.block_size)
+    root, files = layers.merged_tree(options.rebuild.ovlfs_strip, early)
+
+    def same_file(copy: SourceInode, original: SourceInode) -> None:
+        if original in files:
+            files[copy] = files[original]
+    apply_walk_options(root, options, on_split=same_file)
     verify_source = b""
     if options.verify:
         from .verify import TarSource
@@ -735,8 +742,7 @@ class _IncrementStep:
         """The new inodes of the merged tree (the kept ones are named by their nids),
         numbered after the base's."""
         from . import incremental
-        plan = plan_inodes(root, options, build_time, self.merged.kept)
-        self.merged.kept = {}       # (the base's stubs can go: directories name them now)
+        plan = plan_inodes(root, options, build_time, written=True)
         incremental.renumber(plan, self.base, options)
         return plan
 
@@ -794,7 +800,7 @@ def _lay_out_increment(plan: Plan, options: BuildOptions, out: Output, xattrs: X
     _write_contents(plan, placed.nodes, data, meta, base.meta_base, xattrs, 0, None,
                     _workers(options), elsewhere=root if root_pos is not None else None)
     meta.write_out(out)
-    out.seal(blocks * bs)           # all that is new is written (and synced): now the base's bytes
+    out.seal(blocks * bs)           # all that is new is written: now the base's bytes
     if root_pos is not None:
         out.pwrite(serialize_inode(root, plan.first_ino + placed.nodes.index(root), plan.epoch),
                    root_pos)
@@ -886,8 +892,11 @@ def _write_contents(plan: Plan, nodes: list[PlannedInode], data: DataArea, meta:
     and the shared xattrs; put the long prefixes and every inode into `meta`."""
     bs = data.block_size
     reg_file, symlink, directory = fmt.EROFS_FT_REG_FILE, fmt.EROFS_FT_SYMLINK, fmt.EROFS_FT_DIR
+    # (not a tar's empty files, DataRef(None): nothing to copy, and --tar=i has no other,
+    # so no copier is forked for it)
     copies = [node for node in nodes if node.ftype == reg_file
-              and node.flat is not None and not node.flat.written]
+              and node.flat is not None and not node.flat.written
+              and (node.src.data is None or node.src.data.path is not None)]
 
     def tail_view(node: PlannedInode) -> memoryview:
         return meta.view(node_pos(node, meta_base) + node.meta_size_before_inline,

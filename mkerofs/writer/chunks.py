@@ -280,10 +280,20 @@ def map_lines(placed: Iterable[tuple[PlannedInode, int]], block_size: int) -> li
 class LayerChunks(NamedTuple):
     """The chunk map of a file whose bytes stay in a source image: `blkaddrs` in that image's
     blocks (None: a hole), on extra device `device_id`; a range when several chunks follow one
-    another (a flat file: its map is encoded at once).  (A tuple: one is made per file.)"""
+    another (a flat file: its map is encoded at once).  blkaddrs None: one chunk that is not a
+    hole (nearly every file), at the byte address the file's DataRef.offset holds, the
+    LayerChunks shared by every such file (one_chunk_on): nothing is made a file beyond its
+    DataRef."""
     device_id: int
     chunkbits: int
-    blkaddrs: tuple[int | None, ...] | range
+    blkaddrs: tuple[int | None, ...] | range | None
+
+
+@functools.lru_cache(maxsize=None)
+def one_chunk_on(device_id: int, chunkbits: int) -> LayerChunks:
+    """The LayerChunks of every file of one chunk of 2^chunkbits bytes on `device_id` (its
+    address: the DataRef's offset)."""
+    return LayerChunks(device_id, chunkbits, None)
 
 
 def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int,
@@ -300,11 +310,12 @@ def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int,
             continue
         found = True
         device_id, chunkbits, blkaddrs = ref.layer
-        if len(blkaddrs) == 1:                  # (nearly every file)
-            start = blkaddrs[0]
-            if start is not None and start < null:
+        if blkaddrs is None:                    # one chunk at ref.offset (nearly every file)
+            start = ref.offset >> blkszbits
+            if start < null:
                 set_chunk_run(node, one_chunk[chunkbits], start, device_id)
                 continue
+            blkaddrs = (start,)                 # (past 32 bits: a map of one wide entry)
         elif type(blkaddrs) is range and blkaddrs:
             last = blkaddrs[-1]
             if last >= null:

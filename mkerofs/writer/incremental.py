@@ -43,17 +43,20 @@ time in proportion to what it adds, not to the base:
   appended to IMAGE itself, which must not be mounted (refused when /proc/self/mountinfo
   shows it mounted as EROFS, through a loop device or directly):
   1. everything new (data, inodes, directories) goes after IMAGE's last byte (size S);
-  2. the file is extended to the new image's size and synced;
+  2. the file is extended to the new image's size;
   3. then the few writes over the base's bytes: the '..' entries of kept directories, the
      new root over the old root's slot, compression records after the superblock, and the
      superblock last, held back (InPlaceOutput.pending) until the build is complete;
-     the bytes of each region are saved first; then a sync.
+     the bytes of each region are saved first.
   Any error or interruption (a bad tar, Ctrl-C, no space, an I/O error) before the end of
   step 3 writes the saved bytes back, cuts IMAGE to S and syncs: IMAGE is byte-identical to
-  what it was.  Only a crash or a kill -9 during step 3 (a few small writes) can leave it
+  what it was.  Only a kill -9 during step 3 (a few small writes) can leave it
   inconsistent; before it, the old superblock still describes the old image, and the bytes
   past S are ignored (a later increment starts at ceil(file size / block size), as
-  mkfs.erofs does).  A block device is refused.
+  mkfs.erofs does).  A block device is refused.  A build that succeeds syncs nothing
+  (neither does a full build, nor mkfs.erofs): after a system crash IMAGE is whatever the
+  kernel had written back.  A sync after step 2 would wait for every unwritten page of
+  IMAGE, a base just copied included (0.2-0.4 s of the bench's increment).
 * --verify runs before step 3 (or before the clone replaces IMAGE): it reads the image as
   it will be, the held-back writes applied in a private mapping of IMAGE (copy on write:
   IMAGE is not written), and compares it with the base as it is and the source merged
@@ -74,7 +77,7 @@ import re
 import stat
 import sys
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import BuildError, ImageError
 from ..ondisk import format as fmt
@@ -85,13 +88,18 @@ from .layers import (OPAQUE, OPAQUE_XWHITEOUTS, OPAQUE_YES, LayerTree, image_nod
 from .options import BuildOptions
 from .output import Output
 from .plan import Plan, PlannedInode, WrittenInode
-from .verify import TarSource
 from .walk import DataRef, SourceInode
+
+if TYPE_CHECKING:       # (loaded with --verify only: expected_tree)
+    from .verify import TarSource
 
 _FICLONE = 0x40049409           # ioctl(dst, FICLONE, src): share the source's extents
 _KEPT_DIR_LAYOUTS = {fmt.EROFS_INODE_FLAT_PLAIN, fmt.EROFS_INODE_FLAT_INLINE}
 _ALL_INLINE = 1 << 30           # an -x tolerance no xattr reaches: none is shared
 _ROOT_NID_MAX = 0xFFFF
+# the base entries the merge keeps unread, outside an opaque "x" directory (_BaseFold._node)
+_UNREAD_TYPES = frozenset(fmt.EROFS_FT_OF_MODE.values()) - {fmt.EROFS_FT_DIR,
+                                                             fmt.EROFS_FT_CHRDEV}
 # Directories read between two releases of the base's mapped pages: reading the inodes of
 # every subdirectory reached (and the ".." entries of those kept) maps much of the base's
 # metadata (a fault maps up to 16 pages around it, whatever madvise says), and little of it
@@ -322,8 +330,8 @@ class ClonedOutput(Output):
 
 
 class InPlaceOutput(Output):
-    """IMAGE itself, appended to (module docstring): everything new goes after its last byte;
-    seal() syncs that.  What is written over the base's own bytes after it is held back
+    """IMAGE itself, appended to (module docstring): everything new goes after its last byte,
+    then seal().  What is written over the base's own bytes after it is held back
     (`pending`: --verify reads the image through view() with it applied, IMAGE still
     untouched) until finish() writes it, each region saved first; abort() writes the saved
     bytes back, cuts IMAGE to its old size and syncs."""
@@ -346,7 +354,6 @@ class InPlaceOutput(Output):
     def seal(self, image_size: int) -> None:
         try:
             os.ftruncate(self.fd, max(image_size, self.start))
-            os.fsync(self.fd)
         except OSError as err:
             raise BuildError(f"{self.path}: {err.strerror or err}") from None
         self.sealed = True
@@ -355,7 +362,7 @@ class InPlaceOutput(Output):
         if pos < self.start:
             if not self.sealed:
                 raise AssertionError(f"the base's bytes at {pos} written before the "
-                                     "increment was synced")
+                                     "increment was complete")
             self.pending.append((pos, bytes(data)))
             return
         super().pwrite(data, pos)
@@ -372,7 +379,6 @@ class InPlaceOutput(Output):
                 size = min(len(data), self.start - pos)
                 self.saved.append((pos, os.pread(self.fd, size, pos)))
                 super().pwrite(data, pos)
-            os.fsync(self.fd)
         except OSError as err:
             raise BuildError(f"{self.path}: {err.strerror or err}") from None
         os.close(self.fd)
@@ -477,13 +483,11 @@ def _unescape(field: bytes) -> bytes:
 
 @dataclass
 class Increment:
-    """The merged tree, and which of its inodes are the base's, kept as they are."""
+    """The merged tree.  Each base inode it keeps as it is is a WrittenInode in it (KeptFile,
+    KeptDir), which the plan names by nid."""
     base: Base
     root: SourceInode
-    kept: dict[SourceInode, WrittenInode]   # -> its nid in the base (and type); the build
-                                            # lets it go once planned
-    reparented: list[tuple[SourceInode, int]]   # kept directories whose parent is
-                                                # rewritten, and their nids
+    reparented: list[KeptDir]       # kept directories whose parent is rewritten
 
 
 def merge_increment(base: Base, upper: SourceInode, strip: bool) -> Increment:
@@ -495,18 +499,17 @@ def merge_increment(base: Base, upper: SourceInode, strip: bool) -> Increment:
     except ImageError as err:
         raise BuildError(f"{base.path}: {err}") from None
     base.img.drop_pages()
-    return Increment(base, root, fold.kept, fold.reparented)
+    return Increment(base, root, fold.reparented)
 
 
 class _BaseFold:
     """The base merged below the increment's tree as it is read (merge_onto), only where the
-    increment reaches (module docstring).  What the merge takes of it and keeps are stubs:
-    nodes of the right type without attributes, which `kept` gives the nid of."""
+    increment reaches (module docstring).  What the merge takes of it and keeps are
+    KeptFile and KeptDir: the nid and type of the entry, and what the merge looks at."""
 
     def __init__(self, img: Image):
         self.img = img
-        self.kept: dict[SourceInode, WrittenInode] = {}
-        self.reparented: list[tuple[SourceInode, int]] = []
+        self.reparented: list[KeptDir] = []
         self.unread: list[tuple[SourceInode, Inode, bytes]] = []    # rewritten, to read
         self.dirs: set[int] = set()             # the directory nids met
         self.listed = 0
@@ -526,10 +529,13 @@ class _BaseFold:
         return self._listing(*low)
 
     def node(self, low: tuple[Inode, bytes], entry: tuple[bytes, int, int],
-             xwhiteouts: bool) -> SourceInode:
+             xwhiteouts: bool) -> SourceInode | WrittenInode:
         name, nid, ftype = entry
+        if ftype in _UNREAD_TYPES and not xwhiteouts:
+            return KeptFile(nid, ftype)         # (most entries: _node's last case)
         node = self._node(name, nid, ftype, low[1], xwhiteouts)
-        self._read_unread()             # (the merge takes a directory whole)
+        if self.unread:
+            self._read_unread()         # (the merge takes a directory whole)
         return node
 
     def directory(self, low: tuple[Inode, bytes], entry: tuple[bytes, int, int],
@@ -541,7 +547,7 @@ class _BaseFold:
         return self._dir_inode(nid, path), path + b"/"
 
     def _node(self, name: bytes, nid: int, ftype: int, path: bytes,
-              xwhiteouts: bool) -> SourceInode:
+              xwhiteouts: bool) -> SourceInode | WrittenInode:
         """The node of a base entry the merge takes (`path`: its directory's, with a "/")."""
         img = self.img
         if ftype == fmt.EROFS_FT_DIR:
@@ -550,17 +556,12 @@ class _BaseFold:
                 node = image_node(img, inode, path + name)
                 self.unread.append((node, inode, path + name + b"/"))
                 return node                     # rewritten
-            # (a stub's path is never used: it is not planned)
-            node = SourceInode(name, _STUB_MODE[ftype], 0, 0, 0, 0, entries=[],
-                               xattrs=_STUB_XATTRS)
-            self.reparented.append((node, nid))     # (its parent is always a rewritten one)
-        elif ftype == fmt.EROFS_FT_CHRDEV or (xwhiteouts and ftype == fmt.EROFS_FT_REG_FILE):
-            node = image_node(img, img.inode(nid), path + name)
-        else:
-            node = SourceInode(name, _STUB_MODE[ftype], 0, 0, 0, 0, target=b"",
-                               xattrs=_STUB_XATTRS, data=_STUB_DATA)
-        self.kept[node] = WrittenInode(nid, ftype)
-        return node
+            kept = KeptDir(nid, ftype)
+            self.reparented.append(kept)        # (its parent is always a rewritten one)
+            return kept
+        if ftype == fmt.EROFS_FT_CHRDEV or (xwhiteouts and ftype == fmt.EROFS_FT_REG_FILE):
+            return KeptSeen(nid, ftype, image_node(img, img.inode(nid), path + name))
+        return KeptFile(nid, ftype)
 
     def _read_unread(self) -> None:
         """Read the directories to rewrite whole (their subdirectories to rewrite too)."""
@@ -587,9 +588,56 @@ class _BaseFold:
 
 
 _STUB_MODE = {ftype: mode for mode, ftype in fmt.EROFS_FT_OF_MODE.items()}
-# shared by every stub (never changed in place): ~100 bytes a base entry read
-_STUB_XATTRS: tuple = ()
-_STUB_DATA = DataRef(None)
+
+
+class KeptFile(WrittenInode):
+    """A base inode (not a directory) the merge keeps as it is, in the merged tree: the plan
+    names it by nid (plan_inodes' `written`).  It has what the overlay rules look at of an
+    entry (layers.py), as a node of its type without attributes, and is not read: ~56 bytes
+    a base entry."""
+    __slots__ = ("nlink",)
+    entries = None
+    xattrs = ()
+    path = target = b""
+    data = DataRef(None)
+    uid = gid = size = mtime_ns = rdev = 0
+    # (the merge keeps sets and dicts of nodes: by identity, as SourceInode)
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def __init__(self, nid: int, ftype: int):
+        self.nid, self.ftype, self.nlink = nid, ftype, 0
+
+    @property
+    def mode(self) -> int:
+        return _STUB_MODE[self.ftype]
+
+
+class KeptSeen(KeptFile):
+    """A kept base inode the overlay rules read (a character device, or a regular file of an
+    opaque "x" directory: either may be a whiteout): its mode, owner, size and xattrs."""
+    __slots__ = ("mode", "uid", "gid", "size", "mtime_ns", "rdev", "xattrs", "path")
+
+    def __init__(self, nid: int, ftype: int, node: SourceInode):
+        super().__init__(nid, ftype)
+        self.mode, self.uid, self.gid = node.mode, node.uid, node.gid
+        self.size, self.mtime_ns, self.rdev = node.size, node.mtime_ns, node.rdev
+        self.xattrs, self.path = node.xattrs, node.path
+
+
+class KeptDir(WrittenInode):
+    """A base directory the merge keeps as it is (only its ".." entry is patched: its parent
+    is rewritten): as KeptFile, with no entries to merge."""
+    __slots__ = ("nlink", "parent", "entries")
+    xattrs = ()
+    path = b""
+    mode = _STUB_MODE[fmt.EROFS_FT_DIR]
+    uid = gid = size = mtime_ns = rdev = 0
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    def __init__(self, nid: int, ftype: int):
+        self.nid, self.ftype, self.nlink, self.parent, self.entries = nid, ftype, 0, None, []
 
 
 def renumber(plan: Plan, base: Base, options: BuildOptions) -> None:
@@ -664,6 +712,7 @@ def expected_tree(base: Base, upper: SourceInode, strip: bool, xattrs: bool) -> 
     until the increment is committed); and which paths are the base's inodes, kept as they
     were.  `xattrs` false (-x < 0): the new inodes have none (not even overlay marks).
     The whole base tree is read: only with --verify."""
+    from .verify import TarSource         # (the reader's comparison: only with --verify)
     inc = merge_increment(base, upper, strip)
     whole = base.tree
     by_nid = {nid: node for node, nid in whole.nids.items()}
@@ -673,9 +722,8 @@ def expected_tree(base: Base, upper: SourceInode, strip: bool, xattrs: bool) -> 
         directory = pending.pop()
         entries = []
         for name, child in directory.entries:
-            kept = inc.kept.get(child)
-            if kept is not None:
-                child = by_nid[kept.nid]        # the base's, unread by the increment
+            if isinstance(child, WrittenInode):
+                child = by_nid[child.nid]       # the base's, unread by the increment
             elif child.entries is not None:
                 pending.append(child)
             entries.append((name, child))
@@ -717,10 +765,10 @@ def dotdot_patches(inc: Increment, written: list[PlannedInode]) -> list[tuple[in
     img = inc.base.img
     new_nids = {id(node.src): node.nid for node in written if node.ftype == fmt.EROFS_FT_DIR}
     patches = []
-    for done, (directory, nid) in enumerate(inc.reparented, 1):
+    for done, directory in enumerate(inc.reparented, 1):
         _let_go(img, done)
         parent_nid = new_nids[id(directory.parent)]
-        inode = img.inode(nid)
+        inode = img.inode(directory.nid)
         try:
             pos, entry = _dotdot(img, inode)
         except ImageError as err:

@@ -8,8 +8,10 @@ Rebuild mode (`LayerStack.merged_tree`) reads only its top image whole and folds
 below into the merged tree as it reads it (`_ImageBelow`), never reading what the images
 above hide: its peak memory is the merged tree's, not all the layers' trees'.  What
 happens to the files' bytes is the caller's choice (`resolve_layer_data` for rebuild: point
-at them through the device table, or copy them).  A source image may have one extra device
-of its own (a tar index's tar, a --blobdev blob): see `Layer`.
+at them through the device table, or copy them); a file that is one run of blocks in its
+image (nearly every one) gets that answer as it is read (`_placing`), so no note of it is
+kept.  A source image may have one extra device of its own (a tar index's tar, a --blobdev
+blob): see `Layer`.
 
 The rules of overlayfs (Documentation/filesystems/overlayfs.rst), applied from the top layer
 down, that the merge follows:
@@ -42,15 +44,17 @@ import os
 import stat
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, NamedTuple
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple
 
 from ..errors import BuildError, ImageError
 from ..ondisk import format as fmt
 from ..reader.image import Image, Inode
-from .chunks import LayerChunks, covering_chunkbits
+from .chunks import LayerChunks, covering_chunkbits, one_chunk_on
 from .devices import ExtraDevice
-from .spool import Spool
 from .walk import DataRef, SourceInode, link_children
+
+if TYPE_CHECKING:       # (the caller's spool: its module and the tar reader load only for it)
+    from .spool import Spool
 
 OPAQUE = b"trusted.overlay.opaque"
 ORIGIN = b"trusted.overlay.origin"
@@ -61,8 +65,14 @@ _NO_DATA = DataRef(None)
 _NO_XATTRS: tuple = ()      # shared: not a list a node (56 bytes); never changed in place
 _DEVICES = (stat.S_IFCHR, stat.S_IFBLK)
 _S_IFMT = 0o170000              # stat.S_IFMT(mode), without a call (for every entry read)
+_FLAT_PLAIN, _NULL_ADDR = fmt.EROFS_INODE_FLAT_PLAIN, fmt.EROFS_NULL_ADDR
 # what _layer_node makes without the reader's Inode: nothing to read beyond the inode itself
 _PLAIN_KINDS = frozenset((stat.S_IFREG, stat.S_IFDIR, stat.S_IFIFO, stat.S_IFSOCK))
+
+
+# what is done with a regular file with bytes as a layer is read:
+# (node, nid, size, datalayout, startblk) -> None (_noting, _placing)
+NoteFile = Callable[[SourceInode, int, int, int, int], None]
 
 
 class LayerFile(NamedTuple):
@@ -102,6 +112,7 @@ class Layer:
 
     def __init__(self, path: str, index: int):
         self.path = path
+        self._path_b = os.fsencode(path)    # (one bytes object every DataRef into it shares)
         self.index = index
         try:
             self.image = Image.open(path)
@@ -119,6 +130,7 @@ class Layer:
         self.appended = self.slot is not None and bool(self.slot.uniaddr) and \
             not self.image.device_problems()
         self.device: str | None = None      # its device as a file of its own
+        self._device_b = b""
         self.block_size = self.image.block_size
         self.block_size_bits = fmt.blksz_bits(self.block_size)
 
@@ -138,7 +150,7 @@ class Layer:
             image.close()
             raise BuildError(f"{self.path}: {problems[0]}")
         self.image.close()
-        self.image, self.device = image, device
+        self.image, self.device, self._device_b = image, device, os.fsencode(device)
 
     def missing_device(self, why: str) -> BuildError:
         return BuildError(f"{self.path}: its extra device ({self.slot.blocks} blocks of "
@@ -185,10 +197,10 @@ class Layer:
         slot = self.slot
         if slot is None or self.appended or not slot.uniaddr or \
                 not slot.uniaddr <= block < slot.uniaddr + slot.blocks:
-            return DataRef(os.fsencode(self.path), block * self.block_size)
+            return DataRef(self._path_b, block * self.block_size)
         if self.device is None:
             return None
-        return DataRef(os.fsencode(self.device), (block - slot.uniaddr) * self.block_size)
+        return DataRef(self._device_b, (block - slot.uniaddr) * self.block_size)
 
     def close(self) -> None:
         self.image.close()
@@ -199,45 +211,56 @@ def _rdev(inode: Inode) -> int:
         else 0
 
 
-def read_layer(layer: Layer) -> LayerTree:
+def read_layer(layer: Layer, note: NoteFile | None = None) -> LayerTree:
     """The tree of a source image: SourceInodes named by their paths in the image, the
     directories' entries in on-disk (sorted) order; hard links (one nid under several names)
     stay one SourceInode.  Link counts are left to merge_layers / finish_tree.  (The tree's
-    `nids` stay empty: rebuild mode does not need them.)"""
+    `nids` stay empty: rebuild mode does not need them.)  `note`: what is done with each
+    regular file with bytes (default: noted in the tree's `files`)."""
     img = layer.image
     try:
-        return _read_tree(img, layer.index, nids=False)
+        return _read_tree(img, layer.index, nids=False, note=note)
     except ImageError as err:
         raise BuildError(f"{layer.path}: {err}") from None
 
 
-def _read_tree(img: Image, index: int, nids: bool = True) -> LayerTree:
+def _noting(files: dict[SourceInode, LayerFile], index: int) -> NoteFile:
+    """A NoteFile noting each file in `files` as from source `index`."""
+    def note(node: SourceInode, nid: int, size: int, layout: int, startblk: int) -> None:
+        files[node] = LayerFile(index, nid, size, layout, startblk)
+    return note
+
+
+def _read_tree(img: Image, index: int, nids: bool = True,
+               note: NoteFile | None = None) -> LayerTree:
     """The tree of `img` (read_layer), its files as from source `index`; `nids`: note each
     inode's nid in the tree (--incremental's base needs them)."""
-    root_inode = img.root
+    root_nid = img.root_nid
+    root_fields = img.inode_fields(root_nid)
+    root_inode = Inode(root_nid, *root_fields)
     root = SourceInode(b"/", root_inode.mode, root_inode.uid, root_inode.gid, root_inode.size,
                        root_inode.mtime * 10**9 + root_inode.mtime_nsec, entries=[],
                        xattrs=img.xattrs(root_inode))
     root.parent = root
     tree = LayerTree(root)
     if nids:
-        tree.nids[root] = root_inode.nid
-    _read_dirs(img, index, deque([(root, root_inode, b"/")]), {root_inode.nid: root},
-               tree.files, tree.nids if nids else None)
+        tree.nids[root] = root_nid
+    _read_dirs(img, deque([(root, root_nid, root_fields, b"/")]), {root_nid: root},
+               note or _noting(tree.files, index), tree.nids if nids else None)
     return tree
 
 
-def _read_dirs(img: Image, index: int, pending: deque, seen: dict[int, SourceInode],
-               files: dict[SourceInode, "LayerFile"], nids: dict[SourceInode, int] | None
-               ) -> None:
-    """Read the directories `pending` ((node, inode, path + b"/")) of `img` and everything
-    below them, breadth first; `seen`: the nodes made already, by nid (hard links stay one
-    node); each regular file with bytes noted in `files`, each node's nid in `nids`."""
+def _read_dirs(img: Image, pending: deque, seen: dict[int, SourceInode], note: NoteFile,
+               nids: dict[SourceInode, int] | None) -> None:
+    """Read the directories `pending` ((node, nid, its inode_fields, path + b"/")) of `img`
+    and everything below them, breadth first; `seen`: the nodes made already, by nid (hard
+    links stay one node); each regular file with bytes given to `note`, each node's nid
+    noted in `nids`."""
     fields_of = img.inode_fields
     while pending:
-        directory, dir_inode, base = pending.popleft()
+        directory, dir_nid, dir_fields, base = pending.popleft()
         entries = directory.entries
-        for name, nid, _ftype in _listing(img, dir_inode, base):
+        for name, nid, _ftype in _listing(img, dir_nid, dir_fields, base):
             node = seen.get(nid)
             if node is not None:
                 if node.entries is not None:
@@ -246,29 +269,30 @@ def _read_dirs(img: Image, index: int, pending: deque, seen: dict[int, SourceIno
                 continue
             path = base + name
             fields = fields_of(nid)
-            node = _layer_node(img, index, nid, fields, path, files)
+            node = _layer_node(img, nid, fields, path, note)
             if node.entries is not None:
                 node.parent = directory
-                pending.append((node, Inode(nid, *fields), path + b"/"))
+                pending.append((node, nid, fields, path + b"/"))
             seen[nid] = node
             if nids is not None:
                 nids[node] = nid
             entries.append((name, node))
 
 
-def _listing(img: Image, inode: Inode, base: bytes) -> list[tuple[bytes, int, int]]:
-    """img.listdir(inode), a failure naming the directory (`base`: its path + b"/")."""
+def _listing(img: Image, nid: int, fields: tuple, base: bytes) -> list[tuple[bytes, int, int]]:
+    """img.listdir of directory `nid` (its inode_fields), a failure naming the directory
+    (`base`: its path + b"/")."""
     try:
-        return img.listdir(inode)
+        return img.listdir_fields(nid, fields)
     except ImageError as err:
         raise ImageError(f"{os.fsdecode(base)}: {err}") from None
 
 
-def _layer_node(img: Image, index: int, nid: int, fields: tuple, path: bytes,
-                files: dict[SourceInode, "LayerFile"]) -> SourceInode:
-    """image_node of inode `nid` (its Image.inode_fields), a regular file with bytes noted in
-    `files` as from source `index`.  (Made for every entry of every layer that shows: plain
-    files and directories without xattrs, nearly all of them, straight from the fields.)"""
+def _layer_node(img: Image, nid: int, fields: tuple, path: bytes,
+                note: NoteFile) -> SourceInode:
+    """image_node of inode `nid` (its Image.inode_fields), a regular file with bytes given
+    to `note`.  (Made for every entry of every layer that shows: plain files and directories
+    without xattrs, nearly all of them, straight from the fields.)"""
     (mode, uid, gid, _nlink, size, mtime, nsec, _rdev, _ino, layout, _extended, icount, _pos,
      startblk, _dot) = fields
     kind = mode & _S_IFMT
@@ -282,7 +306,7 @@ def _layer_node(img: Image, index: int, nid: int, fields: tuple, path: bytes,
                            xattrs=_NO_XATTRS,
                            data=_NO_DATA if kind == stat.S_IFREG else None)
     if size and kind == stat.S_IFREG:
-        files[node] = LayerFile(index, nid, size, layout, startblk)
+        note(node, nid, size, layout, startblk)
     return node
 
 
@@ -442,32 +466,34 @@ _TREE = _TreeBelow()
 
 class _ImageBelow:
     """A lower layer read from its image as the merge reaches it (rebuild mode): a directory
-    is (its Inode, its path + b"/"), an entry's handle its nid.  A name an upper layer hides,
-    or anything in a directory that hides what is below it, is never read: the layers are not
-    held as whole trees.  (A hard-linked file's `path`, which messages and --compress-hints
+    is (its nid, its inode_fields, its path + b"/"), an entry (name, nid, file type).  A name
+    an upper layer hides, or anything in a directory that hides what is below it, is never
+    read: the layers are not held as whole trees.  (A hard-linked file's `path`, which messages and --compress-hints
     see, is thus its first name that shows, not its first name in the image.)"""
 
-    def __init__(self, img: Image, index: int, files: dict[SourceInode, LayerFile],
-                 root: SourceInode):
-        """`root`: the merged root, which the image's root merges with."""
-        self.img, self.index, self.files = img, index, files
+    def __init__(self, img: Image, note: NoteFile, root: SourceInode):
+        """`root`: the merged root, which the image's root merges with; `note`: what is done
+        with each regular file with bytes read."""
+        self.img, self.note = img, note
         self.fields_of = img.inode_fields
         # (a merged directory stands for the nid it was merged with: a second name is an
         # error)
         self.seen: dict[int, SourceInode] = {img.root_nid: root}
 
-    def top(self) -> tuple[Inode, bytes]:
-        return self.img.root, b"/"
+    def top(self) -> tuple[int, tuple, bytes]:
+        nid = self.img.root_nid
+        return nid, self.fields_of(nid), b"/"
 
-    def opaque(self, low: tuple[Inode, bytes]) -> bytes | None:
-        inode = low[0]
-        return _opaque(self.img.xattrs(inode)) if inode.xattr_icount else None
+    def opaque(self, low: tuple[int, tuple, bytes]) -> bytes | None:
+        nid, fields = low[0], low[1]
+        if not fields[11]:          # (its xattr_icount)
+            return None
+        return _opaque(self.img.xattrs(Inode(nid, *fields)))
 
-    def entries(self, low: tuple[Inode, bytes]) -> list[tuple[bytes, int, int]]:
-        inode, base = low
-        return _listing(self.img, inode, base)
+    def entries(self, low: tuple[int, tuple, bytes]) -> list[tuple[bytes, int, int]]:
+        return _listing(self.img, *low)
 
-    def node(self, low: tuple[Inode, bytes], entry: tuple[bytes, int, int],
+    def node(self, low: tuple[int, tuple, bytes], entry: tuple[bytes, int, int],
              _xwhiteouts: bool) -> SourceInode:
         """The node of the entry's nid (a directory: with everything below it), read if not
         yet."""
@@ -475,37 +501,37 @@ class _ImageBelow:
         node = self.seen.get(nid)
         if node is not None:
             if node.entries is not None:
-                raise _second_name(low[1] + name, nid)
+                raise _second_name(low[2] + name, nid)
             return node
         fields = self.fields_of(nid)
-        path = low[1] + name
-        node = _layer_node(self.img, self.index, nid, fields, path, self.files)
+        path = low[2] + name
+        node = _layer_node(self.img, nid, fields, path, self.note)
         self.seen[nid] = node
         if node.entries is not None:
-            _read_dirs(self.img, self.index, deque([(node, Inode(nid, *fields), path + b"/")]),
-                       self.seen, self.files, None)
+            _read_dirs(self.img, deque([(node, nid, fields, path + b"/")]), self.seen,
+                       self.note, None)
         return node
 
-    def directory(self, low: tuple[Inode, bytes], entry: tuple[bytes, int, int],
-                  mine: SourceInode) -> tuple[Inode, bytes] | None:
+    def directory(self, low: tuple[int, tuple, bytes], entry: tuple[bytes, int, int],
+                  mine: SourceInode) -> tuple[int, tuple, bytes] | None:
         """The entry's directory to merge below the merged `mine`; None if it is none."""
         name, nid = entry[0], entry[1]
         node = self.seen.get(nid)
         if node is not None:
             if node.entries is not None:
-                raise _second_name(low[1] + name, nid)
+                raise _second_name(low[2] + name, nid)
             return None                 # (a file met under another name)
         fields = self.fields_of(nid)
         if fields[0] & _S_IFMT != stat.S_IFDIR:        # (its mode)
             return None
         self.seen[nid] = mine
-        return Inode(nid, *fields), low[1] + name + b"/"
+        return nid, fields, low[2] + name + b"/"
 
 
-def _merge_image(merged: _Merged, layer: Layer, files: dict[SourceInode, LayerFile]) -> None:
-    """Merge `layer`'s image below `merged` (rebuild mode), its files noted in `files`.
+def _merge_image(merged: _Merged, layer: Layer, note: NoteFile) -> None:
+    """Merge `layer`'s image below `merged` (rebuild mode), its files given to `note`.
     (What it read by nid is let go on return, before the next layer is read.)"""
-    below = _ImageBelow(layer.image, layer.index, files, merged.root)
+    below = _ImageBelow(layer.image, note, merged.root)
     try:
         merged.add_below(merged.root, below.top(), below)
     except ImageError as err:
@@ -560,8 +586,9 @@ def _finish(merged: _Merged, strip: bool) -> tuple[SourceInode, int]:
     pending = deque([root])
     while pending:
         directory = pending.popleft()
-        entries = sorted(merged.children.pop(directory).items())
-        has_whiteouts = bool(whiteouts) and any(child in whiteouts for _name, child in entries)
+        kids = merged.children.pop(directory)
+        entries = sorted(kids.items())
+        has_whiteouts = bool(whiteouts) and not whiteouts.isdisjoint(kids.values())
         kept = entries
         if strip and has_whiteouts:
             kept = [(name, child) for name, child in entries if child not in whiteouts]
@@ -604,7 +631,7 @@ def resolve_layer_data(root: SourceInode, files: dict[SourceInode, LayerFile],
     True if some file is indexed."""
     indexed = False
     seen: set[SourceInode] = set()
-    pending = [root]
+    pending = [root] if files else []
     while pending:
         directory = pending.pop()
         for _name, child in directory.entries:
@@ -618,9 +645,9 @@ def resolve_layer_data(root: SourceInode, files: dict[SourceInode, LayerFile],
             if mode == "rvsp":
                 continue                # DataRef(None): zeros
             layer = layers[found.layer]
-            chunks = _layer_chunks(layer, found, block_size) if mode is None else None
-            if chunks is not None:
-                child.data = DataRef(None, layer=chunks)
+            ref = _indexed_ref(layer, found, block_size) if mode is None else None
+            if ref is not None:
+                child.data = ref
                 indexed = True
             else:
                 child.data = _copied(layer, found, spool, child.path)
@@ -628,29 +655,17 @@ def resolve_layer_data(root: SourceInode, files: dict[SourceInode, LayerFile],
     return indexed
 
 
-def _layer_chunks(layer: Layer, file: LayerFile, block_size: int) -> LayerChunks | None:
-    """The chunk map pointing at the file's blocks where the merged image's slot for `layer`
-    has them; None if there is nothing to point at (an inline tail, compressed data, data the
-    slot does not hold) or another block size."""
+def _indexed_ref(layer: Layer, file: LayerFile, block_size: int) -> DataRef | None:
+    """The DataRef pointing at the file's blocks (its LayerChunks) where the merged image's
+    slot for `layer` has them; None if there is nothing to point at (an inline tail,
+    compressed data, data the slot does not hold) or another block size."""
     if layer.block_size != block_size:
         return None
-    bits = layer.block_size_bits
-    size = file.size
-    device = layer.index + 1
-    if file.datalayout == fmt.EROFS_INODE_FLAT_PLAIN:
-        chunkbits = covering_chunkbits(size, bits)
-        count = -(-size >> chunkbits)
-        if file.startblk == fmt.EROFS_NULL_ADDR:
-            return LayerChunks(device, chunkbits, (None,) * count)
-        start = layer.on_slot(0, file.startblk)
-        if start is None:
-            return None
-        if count == 1:              # (nearly always: a chunk covers up to 2^31 blocks)
-            return LayerChunks(device, chunkbits, (start,))
-        step = 1 << (chunkbits - bits)
-        return LayerChunks(device, chunkbits, range(start, start + count * step, step))
+    if file.datalayout == _FLAT_PLAIN:
+        return _flat_ref(layer, file.size, file.startblk)
     if file.datalayout != fmt.EROFS_INODE_CHUNK_BASED:
         return None
+    device = layer.index + 1
     try:
         chunkbits, chunks = layer.image.chunk_map(file.inode(layer.image))
     except ImageError as err:
@@ -661,16 +676,67 @@ def _layer_chunks(layer: Layer, file: LayerFile, block_size: int) -> LayerChunks
         if addr is None and chunk is not None:
             return None
         addrs.append(addr)
-    return LayerChunks(device, chunkbits, tuple(addrs))
+    if len(addrs) == 1 and addrs[0] is not None:
+        return DataRef(None, addrs[0] << layer.block_size_bits,
+                       layer=one_chunk_on(device, chunkbits))
+    return DataRef(None, layer=LayerChunks(device, chunkbits, tuple(addrs)))
+
+
+def _flat_ref(layer: Layer, size: int, startblk: int) -> DataRef | None:
+    """_indexed_ref of a FLAT_PLAIN file of `size` bytes from block `startblk`."""
+    bits = layer.block_size_bits
+    device = layer.index + 1
+    chunkbits = covering_chunkbits(size, bits)
+    count = -(-size >> chunkbits)
+    if startblk == _NULL_ADDR:
+        return DataRef(None, layer=LayerChunks(device, chunkbits, (None,) * count))
+    start = startblk if layer.slot is None else layer.on_slot(0, startblk)
+    if start is None:
+        return None
+    if count == 1:              # (nearly always: a chunk covers up to 2^31 blocks)
+        return DataRef(None, start << bits, layer=one_chunk_on(device, chunkbits))
+    step = 1 << (chunkbits - bits)
+    return DataRef(None, layer=LayerChunks(device, chunkbits,
+                                           range(start, start + count * step, step)))
+
+
+def _flat_copy(layer: Layer, startblk: int) -> DataRef | None:
+    """_copied of a FLAT_PLAIN file from block `startblk`: read in place; None if that is
+    on a device not given."""
+    return _NO_DATA if startblk == _NULL_ADDR else layer.plain_data(startblk)
+
+
+def _placing(layer: Layer, files: dict[SourceInode, LayerFile], mode: str | None,
+             block_size: int) -> NoteFile:
+    """A NoteFile for rebuild mode (without --verify, which reads every file through
+    `files`): a file whose bytes are one run of blocks in `layer` (FLAT_PLAIN: nearly every
+    one) gets at once the DataRef resolve_layer_data would give it, and is neither noted nor
+    looked at again; any other is noted in `files` for resolve_layer_data.  ("rvsp": no
+    file is noted: each reads as zeros.)"""
+    if mode == "rvsp":
+        return _ignore
+    index = layer.index
+    chunked = mode is None and layer.block_size == block_size
+
+    def place(node: SourceInode, nid: int, size: int, layout: int, startblk: int) -> None:
+        if layout == _FLAT_PLAIN:
+            data = (chunked and _flat_ref(layer, size, startblk)) or _flat_copy(layer, startblk)
+            if data is not None:
+                node.data = data
+                return
+        files[node] = LayerFile(index, nid, size, layout, startblk)
+    return place
+
+
+def _ignore(*_file) -> None:
+    pass
 
 
 def _copied(layer: Layer, file: LayerFile, spool: Spool, path: bytes) -> DataRef:
     """Where the writer reads a file to copy (`path` in the layer): in place if its bytes are
     one run of blocks in the image (or its device), else decoded into the spool."""
-    if file.datalayout == fmt.EROFS_INODE_FLAT_PLAIN:
-        if file.startblk == fmt.EROFS_NULL_ADDR:
-            return _NO_DATA
-        ref = layer.plain_data(file.startblk)
+    if file.datalayout == _FLAT_PLAIN:
+        ref = _flat_copy(layer, file.startblk)
         if ref is None:
             raise layer.missing_device("a file's data is there")
         return ref
@@ -742,15 +808,26 @@ class LayerStack:
                                  "can only point into sources of the same block size (copy "
                                  "the data with --clean=data)")
 
-    def merged_tree(self, strip: bool) -> tuple[SourceInode, dict[SourceInode, LayerFile]]:
-        """The overlayfs view of the images (merge_layers) and where its files' bytes are."""
-        top = read_layer(self.layers[-1])
-        files = top.files
+    def merged_tree(self, strip: bool, early: tuple[str | None, int] | None = None
+                    ) -> tuple[SourceInode, dict[SourceInode, LayerFile]]:
+        """The overlayfs view of the images (merge_layers) and where its files' bytes are.
+        `early` (resolve_data's mode and block size): the files whose bytes are one run of
+        blocks get their DataRef as they are read (_placing), only the others are returned
+        for resolve_data."""
+        files: dict[SourceInode, LayerFile] = {}
+
+        def note(layer: Layer) -> NoteFile:
+            return _noting(files, layer.index) if early is None else \
+                _placing(layer, files, *early)
+        top = read_layer(self.layers[-1], note(self.layers[-1]))
         merged = _Merged(top.root)
         # each lower layer folded in as it is read: what the layers above hide is never
-        # read (the four trees are not held whole: the peak of rebuild mode)
+        # read (the four trees are not held whole: the peak of rebuild mode); the pages of
+        # an image read are given back at once (not all the images' metadata at the end)
+        self.layers[-1].image.drop_pages()
         for layer in reversed(self.layers[:-1]):
-            _merge_image(merged, layer, files)
+            _merge_image(merged, layer, note(layer))
+            layer.image.drop_pages()
         root, _count = _finish(merged, strip)
         # only the files the merged tree shows (their names counted: nlink)
         return root, {node: found for node, found in files.items() if node.nlink}

@@ -151,15 +151,15 @@ _COMPACT_MAX_NLINK = fmt.EROFS_COMPACT_INODE_MAX_NLINK
 
 
 def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int,
-                written: dict[SourceInode, WrittenInode] | None = None) -> Plan:
+                written: bool = False) -> Plan:
     """Turn the source tree into planned inodes, breadth first so a directory's children sit
-    together; the sources in `written` are not planned: directory entries name those."""
+    together; with `written`, the tree's WrittenInodes are not planned: directory entries
+    name those."""
     inherit = options.effective_time_inherit
     block_size = options.block_size
     # Only inodes met under more than one name (directories by their own name and "..",
     # hard links) are looked up again: a million-file tree must not cost a dict entry a file.
     planned: dict[int, PlannedInode] = {}
-    find_written = written.get if written else None
     order: list[PlannedInode] = []
     # One int object per distinct mode and mtime, shared: most files have a common one, and a
     # distinct large int costs 32 bytes (bounded, in case every mtime differs).
@@ -247,9 +247,10 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int,
         targets = []
         add = targets.append
         for _name, child in entries:
+            if written and isinstance(child, WrittenInode):
+                add(child)
+                continue
             node = planned_get(id(child)) if child.nlink != 1 else None
-            if node is None and find_written is not None:
-                node = find_written(child)
             if node is None:
                 node = plan_one(child)
                 if node.ftype == ft_dir:

@@ -146,24 +146,30 @@ class ImageSpool:
     def __init__(self, data: DataArea):
         self.data = data
         self._gather = _Gather(data.out.pwrite)
+        self._zero_block = bytes(data.block_size)
 
     def store(self, reader: TarReader, entry: TarEntry) -> DataRef:
         """Write the data of `entry` (the entry `reader` yielded last) into the image."""
         bs = self.data.block_size
-        zero_holes = self.data.out.is_device
-        start = self.data.allocate_file(-(-entry.size // bs)) * bs
+        size = entry.size
+        start = self.data.allocate_file(-(-size // bs)) * bs
         data = reader.small_data(entry)
         if data is not None:
-            self._gather.write(start, data)
-            done = len(data)        # bytes of the file written (or skipped as a hole) so far
-        else:
-            done = 0
-            for offset, piece in reader.chunks(entry):
-                if offset > done and zero_holes:
-                    self._zeros(start + done, offset - done)
-                self._gather.write(start + offset, piece)
-                done = offset + len(piece)
-        end = fmt.round_up(entry.size, bs)
+            # (most files: one piece, all of the file, then the rest of its last block)
+            gather = self._gather
+            gather.write(start, data)
+            pad = -size % bs
+            if pad:
+                gather.write(start + size, self._zero_block[:pad])
+            return DataRef(None, start, True)
+        zero_holes = self.data.out.is_device
+        done = 0                    # bytes of the file written (or skipped as a hole) so far
+        for offset, piece in reader.chunks(entry):
+            if offset > done and zero_holes:
+                self._zeros(start + done, offset - done)
+            self._gather.write(start + offset, piece)
+            done = offset + len(piece)
+        end = fmt.round_up(size, bs)
         if zero_holes or end - done < bs:
             # the rest of the last block (a hole of more on a block device)
             self._zeros(start + done, end - done)

@@ -144,8 +144,19 @@ class _Tree:
         head, _slash, name = entry.path.rpartition(b"/")
         directory = self.dirs.get(head)
         if directory is None:
-            directory = self.dirs[head] = self.directory(entry, head.split(b"/"))
+            directory = self.dirs[head] = self.walk_to(entry, head)
         return directory, name
+
+    def walk_to(self, entry: TarEntry, head: bytes) -> SourceInode:
+        """The directory at normalised path `head` (not the root), made where missing: one
+        step from its parent when that was walked to already (a tar's directories come
+        before their contents, so it usually was)."""
+        parent_head, _slash, last = head.rpartition(b"/")
+        parent = self.dirs.get(parent_head)
+        if parent is None:
+            return self.directory(entry, head.split(b"/"))
+        parts = head.split(b"/")
+        return self._step(entry, parent, last, parts, len(parts) - 1)
 
     def _split_dotdot(self, entry: TarEntry) -> tuple[SourceInode, bytes]:
         """As split, walking the name as written: a directory left by ``..`` is still made."""
@@ -193,7 +204,8 @@ class _Tree:
 
     def _forget(self, directory: SourceInode) -> None:
         """Drop the bookkeeping of a directory subtree that left the tree."""
-        self.dirs = {b"": self.root}
+        self.dirs.clear()               # (in place: read_tar_tree holds it)
+        self.dirs[b""] = self.root
         pending = [directory]
         while pending:
             node = pending.pop()
@@ -276,9 +288,21 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
     hard link can still raise its link count, and a later entry of the same name can still
     replace it (the inode is then not in the tree, unless a hard link keeps it)."""
     tree = _Tree(opts)
-    children, aufs, root = tree.children, opts.aufs, tree.root
+    children, dirs, aufs, root = tree.children, tree.dirs, opts.aufs, tree.root
+    # --tar=i: where a plain file's bytes are (_file_data's common case inline)
+    indexed_path = (opts.tar_path or b"") if opts.index and not opts.headerball else None
     for entry in reader:
-        parent, name = tree.split(entry)
+        path = entry.path
+        written = entry.name
+        # (a path normalising left as it was has no ".." to walk: most files')
+        if not path or path is not written and (b"/.." in written or written.startswith(b"..")):
+            parent, name = tree.split(entry)
+        else:
+            # (split's common case inline)
+            head, _slash, name = path.rpartition(b"/")
+            parent = dirs.get(head)
+            if parent is None:
+                parent = dirs[head] = tree.walk_to(entry, head)
         kind = entry.kind
         if not name:
             if kind != DIR:
@@ -286,7 +310,6 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
                                entry.name, entry.header_offset)
             tree.merge_dir(tree.root, entry)
             continue
-        path = entry.path
         if aufs and name.startswith(_WHITEOUT):
             if name == _OPAQUE_MARKER:
                 tree.opaque(parent)
@@ -312,10 +335,13 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
                     path.endswith(name):
                 where, found_in = name, parent
         if kind == REG:
+            if indexed_path is not None and entry.size and entry.sparse is None:
+                data = DataRef(indexed_path, entry.data_offset, indexed=True)
+            else:
+                data = _file_data(reader, entry, opts, spool)
             # (the most common entry)
             node = SourceInode(where, entry.mode, entry.uid, entry.gid, entry.size,
-                               entry.mtime_ns, xattrs=xattrs,
-                               data=_file_data(reader, entry, opts, spool), found_in=found_in)
+                               entry.mtime_ns, xattrs=xattrs, data=data, found_in=found_in)
         elif kind == DIR:
             node = SourceInode(path, entry.mode, entry.uid, entry.gid, 0, entry.mtime_ns,
                                xattrs=xattrs, entries=[])

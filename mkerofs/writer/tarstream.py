@@ -359,6 +359,38 @@ _QUICK_KINDS = {ord(flag): (kind, _Memo(functools.partial(_mode_and_ids, ifmt)))
                 for flag, (kind, ifmt) in _KINDS.items() if flag not in (b"\0", b"S", b"D")}
 
 
+# what _quick_entry reads of a header, in one call: name, mode uid gid, size, mtime, chksum,
+# typeflag (a number), magic and version, uname gname, the prefix's first byte
+_QUICK_FIELDS = struct.Struct("100s24s12s12s8sB100x8s64s16xB166x")
+# ... and of a PAX header: size, chksum, magic and version
+_PAX_FIELDS = struct.Struct("124x12s12x8s101x8s247x")
+# magics _header_ok accepts (other ustar versions are left to it)
+_QUICK_MAGICS = frozenset((b"ustar\x0000", _MAGIC_GNU, _MAGIC_V7))
+# PAX records _quick_entry applies itself
+_QUICK_RECORDS = frozenset((b"path", b"mtime"))
+
+
+def _quick_header_ok(block: bytes, chksum: bytes, magic: bytes) -> bool:
+    """_header_ok for the common case (an ASCII block, a usual magic); False may still be a
+    good header: ask _header_ok then."""
+    try:
+        stored = int(chksum.translate(_NUL_TO_SPACE), 8)
+    except ValueError:
+        return False
+    # (the byte sums of block and field from Adler-32's low halves: see _checksum_ok)
+    return stored == (zlib.adler32(block) & 0xFFFF) - (zlib.adler32(chksum) & 0xFFFF) \
+        + 8 * 0x20 and block.isascii() and magic in _QUICK_MAGICS
+
+
+def _quick_pax_mtime(value: bytes) -> int | None:
+    """A PAX mtime in ns; None for an empty value (which unsets the key) or a malformed one
+    (_entry then says what is wrong)."""
+    try:
+        return _pax_time_ns(value) if value else None
+    except ValueError:
+        return None
+
+
 def _octal_fields(block: bytes) -> tuple[int, int, int, int, int] | None:
     """mode, uid, gid, size and mtime (in ns) when all five are plain octal (the common case);
     None sends the caller to the field-by-field path with its error messages."""
@@ -567,6 +599,8 @@ class _Source:
                 break
             parts.append(data)
             have += len(data)
+        if not parts[0]:
+            del parts[0]        # (after a seek: one read is the buffer as it is, not copied)
         self._buf = b"".join(parts)
         self._pos = 0
 
@@ -758,56 +792,80 @@ class TarReader:
     def _quick_entry(self) -> TarEntry | None:
         """The next entry read straight from the buffer in the common case: at most one PAX
         header, then the entry's header, each with a right checksum and a known magic. A plain
-        file or directory with plain octal numbers, a short name and no PAX records is made
-        here; any other entry goes to _entry as the loop in _next_entry would send it. None
-        when something else comes (a zero block, other extension headers, a bad header, the
-        buffer's end): nothing is consumed then, and _next_entry reads the same bytes."""
+        file or directory with plain octal numbers, a short name (or a PAX path) and no PAX
+        records but path and mtime is made here; any other entry goes to _entry as the loop
+        in _next_entry would send it. None when something else comes (a zero block, other extension headers, a bad
+        header, the buffer's end): nothing is consumed then, and _next_entry reads the same
+        bytes."""
         src = self._src
-        buf, pos, base = src.window(3 * BLOCK)
-        first = offset = base + pos
+        buf, pos = src._buf, src._pos          # (window(3 * BLOCK) inline)
+        if pos + 3 * BLOCK > len(buf):
+            buf, pos, _base = src.window(3 * BLOCK)
+        first = offset = src._base + pos
         end = pos + BLOCK
         if end > len(buf):
             return None
-        records = None
-        if buf[pos + _TYPEFLAG] == _PAX_TYPE:
-            block = buf[pos:end]
-            if not _header_ok(block):
+        block = buf[pos:end]
+        records = pax_name = pax_mtime = None
+        quick_records = True        # no records, or only those handled here
+        if block[_TYPEFLAG] == _PAX_TYPE:
+            size_field, chksum, magic = _PAX_FIELDS.unpack(block)
+            if not _quick_header_ok(block, chksum, magic) and not _header_ok(block):
                 return None
-            size = _SIZES[block[_SIZE]]
+            size = _SIZES[size_field]
             if size is None:
                 return None
-            payload = buf[end:end + size]
+            start = end
             pos = end + size + -size % BLOCK
             offset += pos - end + BLOCK
             end = pos + BLOCK
             if end > len(buf):
                 return None
-            if not _GNU_TIMES_ONLY.fullmatch(payload):
+            if not _GNU_TIMES_ONLY.fullmatch(buf, start, start + size):
                 records = {}
                 try:
-                    _parse_pax(payload, records)
+                    _parse_pax(buf[start:start + size], records)
                 except ValueError:
                     return None
-        block = buf[pos:end]
-        quick = _QUICK_KINDS.get(block[_TYPEFLAG])
-        if quick is None or not _header_ok(block):
+                quick_records = False
+                if records.keys() <= _QUICK_RECORDS:
+                    pax_name = records.get(b"path")
+                    mtime = records.get(b"mtime")
+                    pax_mtime = _quick_pax_mtime(mtime) if mtime is not None else None
+                    # (an empty value unsets the key, a bad one is an error: both for _entry)
+                    quick_records = pax_name != b"" and (mtime is None or pax_mtime is not None)
+            block = buf[pos:end]
+        (raw_name, ids_area, size_field, mtime_field, chksum, typeflag, magic, owner_names,
+         prefix0) = _QUICK_FIELDS.unpack(block)
+        quick = _QUICK_KINDS.get(typeflag)
+        if quick is None or not _quick_header_ok(block, chksum, magic) and not _header_ok(block):
             return None
-        src.advance(end)
+        src._pos = end          # (advance inline)
         kind, modes_and_ids = quick
-        ids = modes_and_ids[block[_IDS_AREA]] if kind is not None else None
-        payload = _plain_octal(block[_SIZE])
-        mtime_ns = _MTIMES_NS[block[_MTIME]]
-        if records or ids is None or payload is None or mtime_ns is None or (
-                block[_PREFIX0] and block[_MAGIC] == b"ustar\0"):
+        ids = modes_and_ids[ids_area] if kind is not None else None
+        payload = _plain_octal(size_field)
+        mtime_ns = _MTIMES_NS[mtime_field] if pax_mtime is None else pax_mtime
+        if ids is None or payload is None or mtime_ns is None or not quick_records or (
+                prefix0 and magic[:6] == b"ustar\0"):
             return self._entry(block, _HEADER.unpack(block), offset, first,
                                _Pending(records) if records else None)
-        name = block[:100].partition(b"\0")[0]
-        try:
-            path = normalise_path(name)
-        except ValueError as err:
-            raise TarError(str(err), name, first) from None
+        if pax_name is None:
+            name = raw_name.partition(b"\0")[0]
+            plain = name[:-1] if name[-1:] == b"/" else name
+        else:
+            name = plain = pax_name
+        # (normalise_path's common case inline, a call less an entry: a name of the header
+        # holds no NUL; 47 is "/", 46 ".")
+        if pax_name is None and name and name[0] != 47 and name[0] != 46 and plain[-1] != 47 \
+                and len(plain) <= EROFS_NAME_LEN and b"/." not in plain and b"//" not in plain:
+            path = plain
+        else:
+            try:
+                path = normalise_path(name)
+            except ValueError as err:
+                raise TarError(str(err), name, first) from None
         mode, uid, gid = ids
-        uname, gname = _OWNER_NAMES[block[_OWNER_NAMES_AREA]]
+        uname, gname = _OWNER_NAMES[owner_names]
         self._pad = -payload % BLOCK
         self._left = payload
         return TarEntry(path, name, kind, mode, uid, gid, mtime_ns,

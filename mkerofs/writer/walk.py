@@ -26,7 +26,8 @@ class DataRef:
     indexed (--tar=i): the bytes stay in the tar, `offset` bytes into the decompressed stream;
     the image only points there (path is the tar's, or b"" for a stream: never read).
     layer (rebuild mode): a chunks.LayerChunks, the file's chunks in a source EROFS image,
-    which the image points at through its device table (path None: nothing is copied).
+    which the image points at through its device table (path None: nothing is copied); for
+    one chunk, a shared one, `offset` then its byte address on that device.
 
     Immutable by convention (never changed once made; nothing hashes or compares them): a plain
     slotted class, as a frozen dataclass costs ~1 us more to make, and a tar makes one a file."""
@@ -340,12 +341,16 @@ class _Walk:
                 self.on_file = None         # it wants no more
 
 
-def apply_walk_options(root: SourceInode, options: BuildOptions) -> None:
+def apply_walk_options(root: SourceInode, options: BuildOptions,
+                       on_split: Callable[[SourceInode, SourceInode], None] | None = None
+                       ) -> None:
     """Give a tree read from elsewhere than a directory (a tar stream) what walk_source does
     while walking: --exclude-path/--exclude-regex on the paths relative to the root (an
     excluded directory takes its subtree with it), -x < 0 (no xattrs), --file-contexts labels
     by path (an inode's first path, breadth first) and --hard-dereference (each name of a
-    non-directory its own inode).  mkfs.erofs ignores all of these in tar mode."""
+    non-directory its own inode).  mkfs.erofs ignores all of these in tar mode.
+    `on_split(copy, original)` hears of each inode --hard-dereference makes for a second name
+    (rebuild mode finds a file's bytes by its node: the copy needs them too)."""
     excluder = Excluder(options)
     xattrs = XattrReader(options)
     split = options.hard_dereference
@@ -374,7 +379,10 @@ def apply_walk_options(root: SourceInode, options: BuildOptions) -> None:
             elif id(child) in seen:
                 if split:
                     child.nlink -= 1
+                    original = child
                     child = replace(child, nlink=1, xattrs=list(child.xattrs))
+                    if on_split is not None:
+                        on_split(child, original)
                     label(child, relpath)
                 kept.append((name, child))
                 continue

@@ -255,22 +255,23 @@ def _held_apart(results: list) -> dict[int, list]:
     return held
 
 
-def _worker_main(cfg: CompressConfig, out, tasks, results) -> None:
-    """A worker process: ("compress", batch id, works) -> ("done", id, results);
-    ("write", id, [(index, position)]) writes the held files of that batch; ("stop", ...)."""
+def _worker_main(cfg: CompressConfig, out, index: int, own, shared, results) -> None:
+    """A worker process: ("compress", batch id, works) from the shared queue -> ("done", id,
+    this worker's index, results); from its own queue, ("write", id, [(index, position)])
+    writes the held files of that batch, ("stop", ...) ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # ^C is the parent's to handle
     os.nice(5)
     held: dict[int, dict[int, list]] = {}
     writer = _BlockWriter(out)
     while True:
-        kind, bid, arg = tasks.get()
+        kind, bid, arg = _next_task(own, shared)
         try:
             if kind == "compress":
                 res = _run_batch(cfg, arg)
                 keep = _held_apart(res)
                 if keep:
                     held[bid] = keep
-                results.put(("done", bid, res))
+                results.put(("done", bid, index, res))
             elif kind == "write":
                 keep = held.pop(bid, None)
                 for i, pos in arg:
@@ -278,49 +279,66 @@ def _worker_main(cfg: CompressConfig, out, tasks, results) -> None:
                     writer.write(pos, parts, sum(map(len, parts)))
                 writer.flush()
             else:
-                results.put(("stopped", bid, None))
+                results.put(("stopped", bid, index, None))
                 return
         except BaseException as err:
             if not isinstance(err, BuildError):
                 err = RuntimeError(f"compression worker: {type(err).__name__}: {err}")
-            results.put(("error", bid, err))
+            results.put(("error", bid, index, err))
             return
 
 
+# how long an idle worker waits for a batch before looking at its own queue again
+_IDLE_POLL = 0.02
+
+
+def _next_task(own, shared) -> tuple:
+    """The next message of a worker: its own queue first (writes free memory, and the held
+    bytes are only its own to write), else a batch from the queue all workers take from, so
+    that none idles while another has batches waiting."""
+    while True:
+        try:
+            return own.get_nowait()
+        except queue.Empty:
+            pass
+        try:
+            return shared.get(timeout=_IDLE_POLL)
+        except queue.Empty:
+            pass
+
+
 class _ProcessPool:
-    """Forked workers; each batch goes to the least busy one, which keeps the bytes of the files
-    it finished until write() says where they go."""
+    """Forked workers; each batch goes to the first worker free to take it (one queue for all:
+    a batch assigned ahead could wait behind slow ones while another worker idles), which keeps
+    the bytes of the files it finished until write() says where they go."""
 
     def __init__(self, cfg: CompressConfig, workers: int, out):
         import multiprocessing      # loaded only when files are compressed in processes
         ctx = multiprocessing.get_context("fork")
         self.results = ctx.Queue()
+        self.shared = ctx.Queue()
         self.tasks = [ctx.Queue() for _ in range(workers)]
-        self.procs = [ctx.Process(target=_worker_main, args=(cfg, out, q, self.results),
+        self.procs = [ctx.Process(target=_worker_main,
+                                  args=(cfg, out, i, q, self.shared, self.results),
                                   daemon=True, name=f"mkerofs-worker-{i}")
                       for i, q in enumerate(self.tasks)]
         for proc in self.procs:
             proc.start()
-        self.load = [0] * workers       # batches given to each worker and not taken back
-        self.owner: dict[int, int] = {}
+        self.owner: dict[int, int] = {}     # batch id -> the worker that did it
         self.arrived: dict[int, list] = {}
         self.next_id = 0
         self.holds_bytes = True
         self.finished = False
 
     def submit(self, works: list) -> int:
-        w = min(range(len(self.load)), key=self.load.__getitem__)
         bid = self.next_id
         self.next_id += 1
-        self.tasks[w].put(("compress", bid, works))
-        self.load[w] += 1
-        self.owner[bid] = w
+        self.shared.put(("compress", bid, works))
         return bid
 
     def result(self, bid: int) -> list:
         while bid not in self.arrived:
             self._receive()
-        self.load[self.owner[bid]] -= 1
         return self.arrived.pop(bid)
 
     def write(self, bid: int, placements: list[tuple[int, int]]) -> None:
@@ -343,10 +361,11 @@ class _ProcessPool:
                         raise BuildError(f"a compression worker process died "
                                          f"(exit code {proc.exitcode})") from None
                 continue
-            kind, bid, payload = msg
+            kind, bid, worker, payload = msg
             if kind == "error":
                 raise payload
             if kind == "done":
+                self.owner[bid] = worker
                 self.arrived[bid] = payload
             return msg
 
@@ -363,7 +382,7 @@ class _ProcessPool:
         for proc in self.procs:
             proc.join()
         self._close_queues()
-        for q in self.tasks:
+        for q in self.tasks + [self.shared]:
             q.join_thread()         # its feeder thread: none may be left when forking again
 
     def abort(self) -> None:
@@ -374,13 +393,13 @@ class _ProcessPool:
                 proc.terminate()
         for proc in self.procs:
             proc.join()
-        for q in self.tasks:
+        for q in self.tasks + [self.shared]:
             q.cancel_join_thread()
         self._close_queues()
 
     def _close_queues(self) -> None:
         self.finished = True
-        for q in self.tasks + [self.results]:
+        for q in self.tasks + [self.shared, self.results]:
             q.close()
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from mkerofs.errors import BuildError
 from mkerofs.ondisk import format as fmt
-from mkerofs.writer.chunks import (ChunkLayout, LayerChunks, covering_chunkbits,
+from mkerofs.writer.chunks import (ChunkLayout, LayerChunks, covering_chunkbits, one_chunk_on,
                                    index_layer_files, index_tar_files, set_chunk_map)
 from mkerofs.writer.plan import PlannedInode
 from mkerofs.writer.walk import DataRef, SourceInode
@@ -140,3 +140,26 @@ def test_index_layer_files_runs_and_tuples_give_the_same_maps():
     narrow = [n for n, (_s, _b, run, _x) in zip(ranged, cases)
               if run[-1] < fmt.EROFS_NULL_ADDR_32]
     assert index_layer_files(narrow, blkszbits)
+
+
+def test_index_layer_files_one_chunk_at_its_offset():
+    """A file of one chunk (nearly every flat file of a layer) has the LayerChunks every such
+    file shares and its byte address in the DataRef's offset: the same map as the one-entry
+    tuple, wide past 32 bits (-E48bit then needed)."""
+    blkszbits = 12
+    cases = [(size, start, xb) for size in (1, 4096, 5000, 1 << 30)
+             for start in (0, 3, _HI - 2, _HI + 9) for xb in (0, 4, 12)]
+    bits = [covering_chunkbits(size, blkszbits) for size, _s, _x in cases]
+    shared = [_node(size, xb, DataRef(None, start << blkszbits, layer=one_chunk_on(2, b)))
+              for (size, start, xb), b in zip(cases, bits)]
+    tupled = [_node(size, xb, DataRef(None, layer=LayerChunks(2, b, (start,))))
+              for (size, start, xb), b in zip(cases, bits)]
+    with pytest.raises(BuildError, match="48-bit"):
+        index_layer_files(shared, blkszbits)
+    assert index_layer_files(shared, blkszbits, wide_ok=True)
+    assert index_layer_files(tupled, blkszbits, wide_ok=True)
+    for a, b, (_size, start, _xb) in zip(shared, tupled, cases):
+        assert (a.datalayout, a.i_u, a.inline, a.inline_len) == \
+            (b.datalayout, b.i_u, b.inline, b.inline_len)
+        assert bool(a.i_u & fmt.EROFS_CHUNK_FORMAT_48BIT) == (start >= fmt.EROFS_NULL_ADDR_32)
+    assert one_chunk_on(2, bits[0]) is one_chunk_on(2, bits[0])

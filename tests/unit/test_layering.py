@@ -49,6 +49,8 @@ LATE_IMPORTS_BY_DESIGN = {
         "a build loads the reader only in rebuild mode (EROFS images as SOURCE)",
     ("writer/build.py", "mkerofs.writer.incremental"):
         "a build loads the reader only with --incremental (the base image is read)",
+    ("writer/incremental.py", "mkerofs.writer.verify"):
+        "an increment loads the reader's comparison (and tarfile) only when --verify asks",
     ("writer/build.py", "mkerofs.writer.tarstream"):
         "a build loads the tar reader only for tar input (a directory build never reads a tar)",
     ("writer/build.py", "mkerofs.writer.tarsource"):

@@ -115,8 +115,32 @@ def test_gnu_posix_archive_is_read_the_quick_way():
             return super()._entry(*args)
 
     _read(Counting, raw)
-    # the general _entry: PAX records, a prefix, a symlink; the rest made by the quick path
-    assert len(calls) == 4
+    # the general _entry: a prefix, a symlink; the rest (PAX path and mtime records too) made
+    # by the quick path
+    assert len(calls) == 2
+
+
+# PAX records the quick path applies itself (path, mtime), with values it leaves to _entry
+_PAX_CASES = [
+    [(b"path", b"dir/" + b"n" * 150)], [(b"path", b"")], [(b"path", b"a/../../b/./c/")],
+    [(b"path", b"x/" + b"y" * 256)], [(b"path", b"a\0b")], [(b"path", b"/abs//p")],
+    [(b"mtime", b"1795940473.348698025")], [(b"mtime", b"")], [(b"mtime", b"-1.5")],
+    [(b"mtime", b"12x")], [(b"mtime", b"1.")], [(b"mtime", b"+3")], [(b"mtime", b"7.1234567891")],
+    [(b"path", b"p" * 120), (b"mtime", b"5.5")], [(b"mtime", b"5"), (b"path", b"")],
+    [(b"path", b"q"), (b"uid", b"7")], [(b"path", b"q"), (b"uname", b"bob")],
+    [(b"path", b"q"), (b"SCHILY.xattr.user.a", b"b")], [(b"path", b"q"), (b"atime", b"1.5")],
+    [(b"path", b"first"), (b"path", b"second")],
+]
+
+
+@pytest.mark.parametrize("records", _PAX_CASES)
+@pytest.mark.parametrize("typeflag,mtime", [(b"0", 1_700_000_000), (b"5", 1), (b"2", 3)])
+def test_pax_path_and_mtime_alike(records, typeflag, mtime):
+    raw = pax(records) + member(header(b"hdr-name", typeflag, 0, mtime=mtime)) + \
+        member(header(b"after", size=2), b"ab") + END
+    bad_mtime = pax(records) + member(header(b"hdr", fields={"mtime": b"12 x"})) + END
+    for archive in (raw, bad_mtime):
+        _same(archive)
 
 
 @pytest.mark.parametrize("chunk", [512, 1000, 1536, 4096])
@@ -150,6 +174,24 @@ def test_damaged_archives_fail_alike():
         entries = _same(bytes(damaged))
         errors += entries[-1:] != [] and entries[-1][0] == "error"
     assert 100 < errors < 1400
+
+
+def test_damaged_pax_payloads_read_alike():
+    """PAX payloads (path, mtime, atime/ctime records) overwritten at random: the quick path
+    reads what the general code reads, or fails as it does."""
+    raw = _gnu_posix_archive()
+    payloads = [i + 512 for i in range(0, len(raw), 512)
+                if raw[i + 257:i + 262] == b"ustar" and raw[i + 156:i + 157] == b"x"]
+    rng = random.Random(11)
+    values = b"0 9.-=\n/\0amp"
+    outcomes = set()
+    for _ in range(600):
+        damaged = bytearray(raw)
+        for _ in range(rng.randint(1, 2)):
+            damaged[rng.choice(payloads) + rng.randrange(40)] = rng.choice(values)
+        entries = _same(bytes(damaged))
+        outcomes.add(entries[-1:] != [] and entries[-1][0] == "error")
+    assert outcomes == {True, False}
 
 
 # -- --tar=i: one layout for all files with the same map shape ---------------------------------

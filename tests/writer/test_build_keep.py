@@ -39,3 +39,20 @@ def test_the_program_that_leaves_its_tree_unfreed_writes_the_same_image(tmp_path
     assert mkfs.main([*args, str(tmp_path / "lib.img"), str(src)]) == 0
     assert mkfs._UNFREED is None
     assert (tmp_path / "prog.img").read_bytes() == (tmp_path / "lib.img").read_bytes()
+
+
+def test_the_program_freezes_its_tree_before_the_collector_runs_again(tmp_path):
+    """build turns the collector back on only if it was on: the program keeps it off around
+    build() (the kept tree's objects would all be scanned by the next collection) and on
+    again once they are frozen."""
+    src = _tree(tmp_path)
+    script = ("import gc, sys\nfrom mkerofs.cli import mkfs\nsys.argv[0] = 'mkerofs'\n"
+              "seen = []\nbuild = mkfs.build\n"
+              "def watched(*a, **k):\n    seen.append(gc.isenabled())\n"
+              "    result = build(*a, **k)\n    seen.append(gc.isenabled())\n    return result\n"
+              "mkfs.build = watched\nstatus = mkfs.main()\n"
+              "assert seen == [False, False], seen\n"
+              "assert gc.isenabled() and gc.get_freeze_count() > 0\nsys.exit(status)\n")
+    r = subprocess.run([sys.executable, "-c", script, "-T0", "--quiet", str(tmp_path / "p.img"),
+                        str(src)], env=mkerofs_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

@@ -240,12 +240,13 @@ def test_what_the_increment_hides_is_not_read(tmp_path, monkeypatch):
 
 
 def test_only_new_inodes_are_planned(tmp_path):
-    """plan_inodes leaves the inodes the image holds already (`written`) out of the plan;
-    their directory entries name them by nid."""
+    """plan_inodes leaves the inodes the image holds already (WrittenInodes in the tree,
+    with `written`) out of the plan; their directory entries name them by nid."""
     root, _count = walk_source(os.fsencode(_tree(tmp_path / "t", {"old": b"o", "new": b"n"})),
                                _opts())
-    old = dict(root.entries)[b"old"]
-    plan = plan_inodes(root, _opts(), 0, {old: WrittenInode(77, fmt.EROFS_FT_REG_FILE)})
+    root.entries = [(name, WrittenInode(77, fmt.EROFS_FT_REG_FILE) if name == b"old" else child)
+                    for name, child in root.entries]
+    plan = plan_inodes(root, _opts(), 0, written=True)
     assert [node.src.path.rsplit(b"/", 1)[-1] for node in plan.inodes[1:]] == [b"new"]
     shape = plan.root.dir_shape
     target = shape.targets[shape.names.index(b"old")]

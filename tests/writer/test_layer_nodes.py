@@ -11,8 +11,9 @@ from dataclasses import fields as dataclass_fields
 
 import pytest
 
+from mkerofs.errors import ImageError
 from mkerofs.reader.image import INODE_FIELDS, Image, Inode
-from mkerofs.writer.layers import LayerFile, _layer_node, image_node
+from mkerofs.writer.layers import LayerFile, _layer_node, _noting, image_node
 from support.run import build_image
 from support.trees import make_full_tree
 
@@ -44,7 +45,7 @@ def test_fast_nodes_match_image_node(tree, tmp_path, options):
             assert Inode(nid, *values) == inode
             assert dict(zip(INODE_FIELDS, values))["mode"] == inode.mode
             files: dict = {}
-            fast = _layer_node(img, 3, nid, values, path, files)
+            fast = _layer_node(img, nid, values, path, _noting(files, 3))
             slow = image_node(img, inode, path)
             where = os.fsdecode(path)
             assert fast.path == slow.path == path, where
@@ -63,3 +64,40 @@ def test_fast_nodes_match_image_node(tree, tmp_path, options):
     # (the tree has every kind: the test saw both paths of _layer_node)
     assert len({kind for kind, _x in kinds}) == 7
     assert any(has for _k, has in kinds) == ("-x" not in options)
+
+
+@pytest.mark.parametrize("options", [(), ("-Enoinline_data",)], ids=["inline", "blocks"])
+def test_listdir_fields_is_listdir(tmp_path, options):
+    """Image.listdir_fields (rebuild mode: no Inode, a directory's inline tail parsed in
+    place) lists every directory as listdir does, inline or in blocks of their own."""
+    big = tmp_path / "tree"
+    make_full_tree(big, xattrs=True, big_ids=False)
+    (big / "many").mkdir()
+    for i in range(300):        # (several blocks of entries, and blocks of > 32 entries)
+        (big / "many" / f"entry-{i:04d}-{'x' * (i % 40)}").write_bytes(b"")
+    image = tmp_path / "t.erofs"
+    build_image(image, big, "--quiet", *options)
+    listed = 0
+    with Image.open(image) as img:
+        for _path, inode in img.walk():
+            if inode.is_dir():
+                fields = img.inode_fields(inode.nid)
+                assert img.listdir_fields(inode.nid, fields) == img.listdir(inode)
+                listed += 1
+        with pytest.raises(ImageError, match="not a directory"):
+            nid = img.lookup("/many/entry-0000-").nid
+            img.listdir_fields(nid, img.inode_fields(nid))
+    assert listed > 3
+
+
+def test_inode_fields_share_each_mode(tree, tmp_path):
+    """Rebuild mode keeps every inode's mode: the reader hands out one int object per
+    distinct mode (not one per inode, 28 bytes each)."""
+    image = tmp_path / "t.erofs"
+    build_image(image, tree, "--quiet")
+    with Image.open(image) as img:
+        modes = [img.inode_fields(inode.nid)[0] for _path, inode in img.walk()]
+    first = {}
+    for mode in modes:
+        assert first.setdefault(mode, mode) is mode
+    assert len(modes) > len(first) > 3

@@ -24,6 +24,7 @@ from mkerofs.errors import BuildError
 from mkerofs.reader import Image
 from mkerofs.writer import layers as layers_mod
 from mkerofs.writer.chunks import LayerChunks
+from mkerofs.writer.walk import DataRef
 from mkerofs.writer.options import RebuildOptions, TimeInherit
 from support.layers import make_layer_trees
 from support.run import assert_clean_failure, run_mkerofs
@@ -138,16 +139,19 @@ def test_refusals(work, tmp_path, case):
 def test_verify_catches_a_file_pointing_at_the_wrong_blocks(work, tmp_path, monkeypatch):
     """The index of one file shifted by a block: the build itself cannot tell, --verify must
     (it reads the image through the device table, the layer through its own metadata)."""
-    real = layers_mod._layer_chunks
+    real = layers_mod._indexed_ref
 
     def shifted(layer, inode, block_size):
-        chunks = real(layer, inode, block_size)
-        if chunks is not None and inode.size == 10000:          # /big
-            return LayerChunks(chunks.device_id, chunks.chunkbits,
-                               tuple(a + 1 for a in chunks.blkaddrs))
-        return chunks
+        ref = real(layer, inode, block_size)
+        if ref is not None and inode.size == 10000:             # /big
+            chunks = ref.layer
+            if chunks.blkaddrs is None:     # (one chunk: its address in the offset)
+                return DataRef(None, ref.offset + block_size, layer=chunks)
+            return DataRef(None, layer=LayerChunks(chunks.device_id, chunks.chunkbits,
+                                                   tuple(a + 1 for a in chunks.blkaddrs)))
+        return ref
 
-    monkeypatch.setattr(layers_mod, "_layer_chunks", shifted)
+    monkeypatch.setattr(layers_mod, "_indexed_ref", shifted)
     out = tmp_path / "o.erofs"
     with pytest.raises(BuildError, match=r"(?s)verification failed.*big"):
         rebuild(out, paths(work, "bl"), paths(work, "blob"))

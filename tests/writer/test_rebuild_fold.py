@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from mkerofs.writer.layers import LayerStack, merge_layers, read_layer
+from mkerofs.writer.spool import Spool
 from support.layers import make_layer_trees
 from support.run import run_mkerofs
 
@@ -80,3 +81,63 @@ def test_fold_skips_what_is_hidden(sources):
         whole = sum(len(read_layer(layer).files) for layer in stack.layers)
     assert 0 < len(files) < whole
     assert all(node.nlink for node in files)
+
+
+def _data_by_path(root) -> dict[bytes, tuple]:
+    """Each regular file's DataRef, by path, as a comparable tuple."""
+    rows = {}
+    pending = [(b"", root)]
+    while pending:
+        path, node = pending.pop()
+        if node.entries is not None:
+            pending.extend((path + b"/" + name, child) for name, child in node.entries)
+        elif node.data is not None:
+            d = node.data
+            rows[path] = (d.path, d.offset, d.in_image, d.indexed, d.layer)
+    return rows
+
+
+@pytest.mark.parametrize("mode", [None, "data", "rvsp"])
+def test_early_placing_equals_resolve(sources, mode):
+    """merged_tree(early=...) gives the files whose bytes are one run of blocks their DataRef
+    as it reads them: the same every file gets when all are noted and resolved afterwards."""
+    got = []
+    for early in (None, (mode, 4096)):
+        with LayerStack([str(p) for p in sources]) as stack, Spool() as spool:
+            root, files = stack.merged_tree(False, early)
+            noted = len(files)
+            stack.resolve_data(root, files, mode, 4096, spool)
+            got.append((_data_by_path(root), noted))
+    (late, all_noted), (early_rows, few_noted) = got
+    assert early_rows == late
+    assert any(ref[4] is not None for ref in late.values()) == (mode is None)
+    assert any(ref[0] is not None for ref in late.values()) == (mode == "data")
+    assert few_noted < all_noted        # (every layer here is flat: none left to resolve)
+
+
+def test_copied_files_share_their_image_path(sources):
+    """--clean=data: a file read in place from its image names the image with the bytes object
+    every such file of that image shares (not one a file)."""
+    with LayerStack([str(p) for p in sources]) as stack, Spool() as spool:
+        root, files = stack.merged_tree(False, ("data", 4096))
+        stack.resolve_data(root, files, "data", 4096, spool)
+        paths = [ref[0] for ref in _data_by_path(root).values() if ref[0] is not None]
+        assert len(paths) > len(sources)
+        assert len({id(p) for p in paths}) == len(set(paths)) <= len(sources)
+
+
+def test_each_image_gives_its_pages_back_once_read(sources, monkeypatch):
+    """merged_tree gives back the pages of each image as soon as it is read (not all the
+    images' metadata at once, at the end): each image once, the top one first."""
+    from mkerofs.reader.image import Image
+    dropped = []
+    real = Image.drop_pages
+
+    def drop(img):
+        dropped.append(img)
+        real(img)
+
+    monkeypatch.setattr(Image, "drop_pages", drop)
+    with LayerStack([str(p) for p in sources]) as stack:
+        stack.merged_tree(False)
+        assert dropped == [layer.image for layer in reversed(stack.layers)]

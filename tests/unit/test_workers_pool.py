@@ -1,0 +1,84 @@
+"""Worker processes take batches from one queue: a slow batch holds up no other.
+
+Also: bytes_address (the address of a bytes object's contents, handed to LZ4) agrees with
+ctypes.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from mkerofs.codecs import registry
+from mkerofs.codecs.buffers import bytes_address
+from mkerofs.util import can_fork
+from mkerofs.writer import compress as z
+from mkerofs.writer import workers as zw
+
+DATA = b"mkerofs worker pool " * 1000        # compressible, more than a block
+
+
+@dataclass(frozen=True)
+class _Given:
+    """A FileJob reader returning bytes it carries (picklable: it crosses to the workers)."""
+    data: bytes
+
+    def __call__(self, offset: int, length: int, last: bool) -> bytes:
+        return self.data[offset:offset + length]
+
+
+@dataclass(frozen=True)
+class _Gated(_Given):
+    """... only once the file `gate` exists."""
+    gate: str = ""
+
+    def __call__(self, offset: int, length: int, last: bool) -> bytes:
+        while not os.path.exists(self.gate):
+            time.sleep(0.01)
+        return super().__call__(offset, length, last)
+
+
+def _work(read) -> zw._Work:
+    return zw._Work(read, len(DATA), 32, (), 0, len(DATA), True, True)
+
+
+@pytest.mark.skipif("lz4" not in registry.available(), reason="liblz4 not available")
+@pytest.mark.skipif(not can_fork(), reason="worker processes are forked")
+def test_batches_go_to_the_worker_that_is_free(tmp_path):
+    cfg = z.CompressConfig.from_options("lz4", 4096, 4096)
+    gate = tmp_path / "open"
+    # (the gate opens by itself after a while, so that a pool that did hand batches to the
+    # blocked worker fails the assertion below instead of hanging)
+    timer = threading.Timer(60, gate.touch)
+    timer.start()
+    pool = zw._ProcessPool(cfg, 2, None)
+    try:
+        slow = pool.submit([_work(_Gated(DATA, str(gate)))])
+        quick = [pool.submit([_work(_Given(DATA))]) for _ in range(6)]
+        results = [pool.result(bid) for bid in quick]
+        assert not gate.exists(), "batches waited behind the blocked one"
+        gate.touch()
+        slow_result = pool.result(slow)
+        blocked = pool.owner[slow]
+        assert all(pool.owner[bid] != blocked for bid in quick)
+        # each is the file's layout for block 0 (its bytes stay in the worker)
+        assert all(type(res[0]) is tuple for res in results + [slow_result])
+        for bid in quick + [slow]:
+            pool.write(bid, [])
+        pool.close()
+    except BaseException:
+        pool.abort()
+        raise
+    finally:
+        timer.cancel()
+
+
+@pytest.mark.parametrize("data", [b"", b"x", bytes(range(256)) * 100, os.urandom(5000)])
+def test_bytes_address_is_where_ctypes_finds_the_contents(data):
+    assert bytes_address(data) == ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+    if data:
+        assert ctypes.string_at(bytes_address(data), len(data)) == data
