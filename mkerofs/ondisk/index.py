@@ -347,6 +347,135 @@ def encode_compact(ent: Lclusters, ebase: int, start_blk: int, lclusterbits: int
     return out
 
 
+# Extent codes: how a writer describes each extent to encode_compact_extents (an array('H')
+# next to the extents' lengths): the blocks of its pcluster and what kind it is.
+EXTENT_BLOCKS = (1 << 12) - 1
+EXTENT_FRAGMENT = 1 << 13       # in the packed inode: no blocks
+EXTENT_RAW = 1 << 14            # stored uncompressed: a PLAIN head
+EXTENT_INLINE = 1 << 15         # ztailpacking: after the indexes, counted as one block
+
+
+@lru_cache(maxsize=64)
+def _nonhead_ramp(nonhead: int, most: int) -> list[int]:
+    """The entries of NONHEAD lclusters 2..most after their head: delta[0] (capped as CBLKCNT
+    requires); the same few lengths come back for every file, and are only ever sliced."""
+    cap = CBLKCNT - 1
+    return [nonhead | (d if d < cap else cap) for d in range(2, most + 1)]
+
+
+def encode_compact_extents(llens, codes, ebase: int, start_blk: int, lclusterbits: int,
+                           big_pcluster: bool) -> bytearray:
+    """encode_compact for extents laid end to end from offset 0 (`codes` as EXTENT_*), their
+    pclusters consecutive from `start_blk`, in one pass over the extents and one over the packs:
+    no entry object is made (a small file has a few packs, and this runs once per file)."""
+    encodings = _ENCODINGS
+    if (2, lclusterbits) not in encodings:
+        raise ValueError("compact 2B indexes need lclusters of at most 4 KiB")
+    lobits = encodings[2, lclusterbits][2]
+    lcmask = (1 << lclusterbits) - 1
+    nonhead = NONHEAD << lobits
+    head1, plain = HEAD1 << lobits, PLAIN << lobits
+    vals = []                   # every entry as stored, NONHEADs with their delta[0]
+    hpos = []                   # the entry of each head: the extents', then the one at EOF
+    # With big pclusters, the decoder's running block count right after each head (without,
+    # it is start_blk + the head's number): a head adds one block when the entry before it is
+    # not a NONHEAD (the previous pcluster had no CBLKCNT), a first NONHEAD its CBLKCNT count.
+    hblk = []
+    blk = start_blk
+    prev_nonhead = True         # (the first head adds nothing)
+    pos = 0
+    most = 0
+    d1 = 1
+    for llen, code in zip(llens, codes):
+        if not d1:
+            raise ValueError(f"extent {len(hpos) - 1} (+{llen}) ends inside its lcluster")
+        c = pos & lcmask
+        d1 = (c + llen) >> lclusterbits
+        hpos.append(len(vals))
+        head = (plain if code & EXTENT_RAW else head1) | c
+        if big_pcluster:
+            if not prev_nonhead:
+                blk += 1
+            hblk.append(blk)
+        if d1 > 1:
+            if big_pcluster:
+                vals += (head, nonhead | CBLKCNT | code & EXTENT_BLOCKS)
+                blk += code & EXTENT_BLOCKS
+                prev_nonhead = True
+            else:
+                vals += (head, nonhead | 1)
+            if d1 > 2:
+                if d1 > most:
+                    most = max(d1, 16)
+                    ramp = _nonhead_ramp(nonhead, most)
+                vals += ramp[:d1 - 2]
+        else:
+            vals.append(head)
+            prev_nonhead = False
+        pos += llen
+    if d1 and pos & lcmask:
+        # the lcluster where the file ends opens a (virtual) extent at EOF
+        hpos.append(len(vals))
+        vals.append(plain | pos & lcmask)
+        if big_pcluster:
+            hblk.append(blk if prev_nonhead else blk + 1)
+    nidx = len(vals)
+    hpos.append(nidx)           # (where the NONHEADs of the last extent end)
+    initial, two, end = compact_runs(nidx, ebase)
+    out = bytearray(compact_area_size(nidx, ebase))
+    cap = CBLKCNT - 1
+    at = 0
+    h = 0                       # the extent of the entry looked at
+    for entry_size, first, n in ((4, 0, initial), (2, initial, two), (4, initial + two, end)):
+        if not n:
+            continue
+        vcnt, encodebits, lobits, packsize, basebits = encodings[entry_size, lclusterbits]
+        fields = []                 # each pack's entries, then its base
+        for i0 in range(first, first + n, vcnt):
+            while hpos[h + 1] <= i0:
+                h += 1
+            p = hpos[h]
+            if not big_pcluster:
+                # a pack opening at a head keeps the count before it
+                base = start_blk + h - 1 if i0 == p else start_blk + h
+            elif i0 > p + 1:        # past the CBLKCNT entry
+                base = hblk[h] + (codes[h] & EXTENT_BLOCKS)
+            else:
+                base = hblk[h]
+            lst = i0 + vcnt - 1
+            if lst < nidx:
+                fields += vals[i0:lst + 1]
+                v = vals[lst]
+                if v >> lobits == NONHEAD and not v & CBLKCNT:
+                    # the last entry of a pack keeps delta[1]: how far the next head is
+                    g = h
+                    while hpos[g + 1] <= lst:
+                        g += 1
+                    ahead = hpos[g + 1] - lst
+                    fields[-1] = nonhead | (ahead if ahead < cap else cap)
+            else:
+                fields += vals[i0:]
+                # entries past the last lcluster stay 0 bits: PLAIN, clusterofs 0
+                fields += _NO_ENTRIES[:lst + 1 - nidx]
+            fields.append(base & _ADDR_MASK)
+        packs = len(fields) // (vcnt + 1)
+        if entry_size == 4:
+            _PACKS_4B[packs].pack_into(out, at, *fields)
+        else:
+            pos = at
+            for k in range(0, len(fields), vcnt + 1):
+                bits = fields[k + vcnt] << basebits
+                shift = 0
+                for v in fields[k:k + vcnt]:
+                    bits |= v << shift
+                    shift += encodebits
+                out[pos:pos + packsize] = bits.to_bytes(packsize, "little")
+                pos += packsize
+        at += packs * packsize
+    assert at == len(out)
+    return out
+
+
 # the 4B packs of a run (at most 8: a run of 4B entries is shorter than one 2B pack), as one
 # struct each: le16 entry, le16 entry, le32 base per pack
 _PACKS_4B = [struct.Struct("<" + "HHI" * n) for n in range(9)]

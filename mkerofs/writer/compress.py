@@ -60,10 +60,10 @@ NONHEAD = index.NONHEAD
 CBLKCNT = index.CBLKCNT
 
 # extent codes (an array('H') per file, next to the lengths: 6 bytes per extent)
-_FRAGMENT = 1 << 13
-_RAW = 1 << 14
-_INLINE = 1 << 15
-_BLOCKS_MASK = (1 << 12) - 1
+_FRAGMENT = index.EXTENT_FRAGMENT
+_RAW = index.EXTENT_RAW
+_INLINE = index.EXTENT_INLINE
+_BLOCKS_MASK = index.EXTENT_BLOCKS
 
 
 # ---------------------------------------------------------------------------
@@ -568,13 +568,12 @@ def build_indexes(llens: Sequence[int], codes: Sequence[int], size: int, start_b
     deduped = addrs is not None and any(a >= 0 for a in addrs)
     full = (cfg.legacy_indexes or deduped
             or (fragment_off is not None and fragment_off >> 32 != 0))
-    ent = lclusters_for(llens, codes, start_blk, bs, big, addrs,
-                        fragment_off >> 32 if full and fragment_off is not None else None,
-                        with_ofs=full)
     nidx = lcluster_count(size, bs)
-    if len(ent) != nidx:
-        raise AssertionError(f"{len(ent)} lcluster entries for {nidx} lclusters")
     if full:
+        ent = lclusters_for(llens, codes, start_blk, bs, big, addrs,
+                            fragment_off >> 32 if fragment_off is not None else None)
+        if len(ent) != nidx:
+            raise AssertionError(f"{len(ent)} lcluster entries for {nidx} lclusters")
         layout = fmt.EROFS_INODE_COMPRESSED_FULL
         if big:
             advise |= fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_1
@@ -584,8 +583,11 @@ def build_indexes(llens: Sequence[int], codes: Sequence[int], size: int, start_b
         advise |= fmt.Z_EROFS_ADVISE_COMPACTED_2B
         if big:
             advise |= fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_1 | fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_2
-        body = index.encode_compact(ent, hdr + fmt.Z_EROFS_MAP_HEADER_SIZE, start_blk,
-                                    fmt.blksz_bits(bs), big)
+        # (straight from the extents: no lcluster entries are made)
+        body = index.encode_compact_extents(llens, codes, hdr + fmt.Z_EROFS_MAP_HEADER_SIZE,
+                                            start_blk, fmt.blksz_bits(bs), big)
+        if -(-sum(llens) // bs) != nidx:
+            raise AssertionError(f"extents of {sum(llens)} bytes for {nidx} lclusters")
     if idata:
         advise |= fmt.Z_EROFS_ADVISE_INLINE_PCLUSTER
     alg = cfg.primary.algorithm_id if algorithm is None else algorithm
