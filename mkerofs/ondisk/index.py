@@ -333,18 +333,23 @@ def encode_compact(ent: Lclusters, ebase: int, start_blk: int, lclusterbits: int
             # two 16-bit entries and the base: one struct call for the run
             _PACKS_4B[packs].pack_into(out, at, *fields)
         else:
-            pos = at
-            for k in range(0, len(fields), vcnt + 1):
-                bits = fields[k + vcnt] << basebits
-                shift = 0
-                for v in fields[k:k + vcnt]:
-                    bits |= v << shift
-                    shift += encodebits
-                out[pos:pos + packsize] = bits.to_bytes(packsize, "little")
-                pos += packsize
+            _pack_2b(out, at, fields, vcnt, encodebits, basebits, packsize)
         at += packs * packsize
     assert at == len(out)
     return out
+
+
+def _pack_2b(out: bytearray, at: int, fields: list[int], vcnt: int, encodebits: int,
+             basebits: int, packsize: int) -> None:
+    """Write 2B packs at out[at:]: `fields` holds each pack's vcnt entries, then its base."""
+    for k in range(0, len(fields), vcnt + 1):
+        bits = fields[k + vcnt] << basebits
+        shift = 0
+        for v in fields[k:k + vcnt]:
+            bits |= v << shift
+            shift += encodebits
+        out[at:at + packsize] = bits.to_bytes(packsize, "little")
+        at += packsize
 
 
 # Extent codes: how a writer describes each extent to encode_compact_extents (an array('H')
@@ -462,15 +467,7 @@ def encode_compact_extents(llens, codes, ebase: int, start_blk: int, lclusterbit
         if entry_size == 4:
             _PACKS_4B[packs].pack_into(out, at, *fields)
         else:
-            pos = at
-            for k in range(0, len(fields), vcnt + 1):
-                bits = fields[k + vcnt] << basebits
-                shift = 0
-                for v in fields[k:k + vcnt]:
-                    bits |= v << shift
-                    shift += encodebits
-                out[pos:pos + packsize] = bits.to_bytes(packsize, "little")
-                pos += packsize
+            _pack_2b(out, at, fields, vcnt, encodebits, basebits, packsize)
         at += packs * packsize
     assert at == len(out)
     return out
@@ -525,6 +522,7 @@ _CACHED_AREA_MAX = 1024
 @lru_cache(maxsize=4 * _CACHED_AREA_MAX)
 def _cached_base_positions(totalidx: int, ebase: int) -> tuple[int, ...]:
     return tuple(pos for run in _base_positions(totalidx, ebase) for pos in run)
+
 
 
 # ---------------------------------------------------------------------------
