@@ -666,6 +666,18 @@ class FileCompression:
         self.codes.append(nblocks | (_RAW if p.raw else 0) | (_INLINE if p.inline else 0))
         self.done += p.llen
 
+    def add_written(self, llen: int, raw: bool, nblocks: int) -> None:
+        """add() a pcluster of `nblocks` new blocks whose bytes are not here (a worker process
+        holds them)."""
+        if self.idata or self.fragment_len or self.addrs is not None:
+            raise ValueError("a pcluster after the inline tail or the fragment, or deduplicated")
+        if not 1 <= nblocks <= MAX_PCLUSTER_BLOCKS:
+            raise AssertionError(f"a pcluster of {nblocks} blocks")
+        self.blocks += nblocks
+        self.llens.append(llen)
+        self.codes.append(nblocks | _RAW if raw else nblocks)
+        self.done += llen
+
     def add_new(self, pcl: list[Pcluster]) -> list:
         """add() each of `pcl` (all written as new blocks, or the inline tail): what a worker
         does for a file it compresses alone, in one loop as it runs for every pcluster.
