@@ -278,67 +278,6 @@ def compact_area_size(totalidx: int, ebase: int) -> int:
 # compact indexes: encoding
 
 
-def encode_compact(ent: Lclusters, ebase: int, start_blk: int, lclusterbits: int,
-                   big_pcluster: bool) -> bytearray:
-    """Compact indexes (COMPACTED_2B) for entries whose pclusters follow each other from
-    `start_blk`; `ebase` is where they begin.  Heads' `hi` must be those addresses (checked).
-    (A bytearray of the final size, filled in place and not copied: a big sparse file has
-    megabytes of them.)"""
-    encodings = _ENCODINGS
-    if (2, lclusterbits) not in encodings:
-        raise ValueError("compact 2B indexes need lclusters of at most 4 KiB")
-    types, los, his = ent.types, ent.lo, ent.hi
-    nidx = len(types)
-    initial, two, end = compact_runs(nidx, ebase)
-    out = bytearray(compact_area_size(nidx, ebase))
-    at = 0
-    # The running block address as the decoder counts it.  Without big pclusters every head
-    # adds one block and the base is the block of the last head before the pack.  With them,
-    # a CBLKCNT entry adds its count, a head adds one only when the previous pcluster had no
-    # CBLKCNT (its head was the entry just before), and a pack opening with such a head
-    # stores the address after that increment.
-    blk = start_blk if big_pcluster else start_blk - 1
-    nonhead_mask = CBLKCNT - 1
-    for entry_size, first, n in ((4, 0, initial), (2, initial, two), (4, initial + two, end)):
-        if not n:
-            continue
-        vcnt, encodebits, lobits, packsize, basebits = encodings[entry_size, lclusterbits]
-        fields = []                 # each pack's entries, then its base
-        for i0 in range(first, first + n, vcnt):
-            base = blk
-            last = i0 + vcnt - 1
-            for i in range(i0, last + 1 if last < nidx else nidx):
-                t = types[i]
-                lo = los[i]
-                if t == NONHEAD:
-                    if lo & CBLKCNT:
-                        blk += lo & nonhead_mask
-                    elif i == last:
-                        lo = min(his[i], nonhead_mask)      # the last entry keeps delta[1]
-                else:
-                    if not big_pcluster or (i and types[i - 1] != NONHEAD):
-                        blk += 1
-                        if big_pcluster and i == i0:
-                            base = blk
-                    hi = his[i]
-                    if hi and hi != blk:
-                        raise AssertionError(f"lcluster {i}: pcluster at {hi}, counted {blk}")
-                fields.append(t << lobits | lo)
-            if last >= nidx:
-                # entries past the last lcluster stay 0 bits: PLAIN, clusterofs 0
-                fields.extend(_NO_ENTRIES[:last + 1 - nidx])
-            fields.append(base & _ADDR_MASK)
-        packs = len(fields) // (vcnt + 1)
-        if entry_size == 4:
-            # two 16-bit entries and the base: one struct call for the run
-            _PACKS_4B[packs].pack_into(out, at, *fields)
-        else:
-            _pack_2b(out, at, fields, vcnt, encodebits, basebits, packsize)
-        at += packs * packsize
-    assert at == len(out)
-    return out
-
-
 def _pack_2b(out: bytearray, at: int, fields: list[int], vcnt: int, encodebits: int,
              basebits: int, packsize: int) -> None:
     """Write 2B packs at out[at:]: `fields` holds each pack's vcnt entries, then its base."""
@@ -370,9 +309,11 @@ def _nonhead_ramp(nonhead: int, most: int) -> list[int]:
 
 def encode_compact_extents(llens, codes, ebase: int, start_blk: int, lclusterbits: int,
                            big_pcluster: bool) -> bytearray:
-    """encode_compact for extents laid end to end from offset 0 (`codes` as EXTENT_*), their
-    pclusters consecutive from `start_blk`, in one pass over the extents and one over the packs:
-    no entry object is made (a small file has a few packs, and this runs once per file)."""
+    """Compact indexes (COMPACTED_2B) for extents laid end to end from offset 0 (`codes` as
+    EXTENT_*), their pclusters consecutive from `start_blk`; `ebase` is where they begin.
+    One pass over the extents and one over the packs: no entry object is made (this runs once
+    per compressed file).  (A bytearray of the final size, filled in place and not copied: a
+    big sparse file has megabytes of them.)"""
     encodings = _ENCODINGS
     if (2, lclusterbits) not in encodings:
         raise ValueError("compact 2B indexes need lclusters of at most 4 KiB")
@@ -484,8 +425,9 @@ def shift_compact_bases(area: bytearray, at: int, totalidx: int, ebase: int, blo
                         ) -> None:
     """Add `blocks` to the base block address of every pack of the compact indexes (of
     `totalidx` entries, beginning at byte `ebase` of the inode) found at `area[at:]`: what
-    encode_compact gives for pclusters from block B + `blocks`, from its bytes for block B (a
-    pack's base is the running address of its pclusters, so it moves with the first)."""
+    encode_compact_extents gives for pclusters from block B + `blocks`, from its bytes for
+    block B (a pack's base is the running address of its pclusters, so it moves with the
+    first)."""
     unpack, pack = _PACK_BASE.unpack_from, _PACK_BASE.pack_into
     for pos in _pack_base_positions(totalidx, ebase % _2B_ALIGN):
         pos += at

@@ -467,8 +467,9 @@ _NONHEAD_BYTE = bytes([NONHEAD])
 
 def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
                   block_size: int, big_pcluster: bool, addrs: Sequence[int] | None = None,
-                  fragment_hi: int | None = None, with_ofs: bool = True) -> Lclusters:
-    """One entry per lcluster for extents laid end to end from offset 0.
+                  fragment_hi: int | None = None) -> Lclusters:
+    """One entry per lcluster for extents laid end to end from offset 0: what full indexes
+    are encoded from (compact ones come straight from the extents).
 
     `codes[i]`: pcluster blocks | _RAW | _INLINE | _FRAGMENT.  Pclusters are consecutive from
     `start_blk`, except where `addrs[i]` >= 0 (-Ededupe: a pcluster written before, maybe by
@@ -476,8 +477,6 @@ def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
     by one block, as mkfs.erofs does (no effect on reading: the kernel takes inline data from
     the inode).  The fragment (always the last extent) has no blocks; with full indexes its
     head keeps `fragment_hi`, the high 32 bits of its offset in the packed inode.
-    `with_ofs` False leaves `ofs` empty (compact indexes do without: a big sparse file has
-    millions of lclusters).
     """
     bs = block_size
     # every entry is written in place: arrays grown entry by entry would take twice their size
@@ -486,7 +485,7 @@ def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
     types = bytearray(total)
     los = _ZERO_H * total
     his = _ZERO_I * total
-    ofss = _ZERO_H * total if with_ofs else array("H")
+    ofss = _ZERO_H * total
     ent = Lclusters(types, los, his, ofss)
     most = 0                        # (NONHEAD deltas are looked up at the first NONHEAD)
     pos = 0
@@ -508,8 +507,7 @@ def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
             his[p] = fragment_hi
         else:
             his[p] = blk if addr < 0 else addr
-        if with_ofs:
-            ofss[p] = c
+        ofss[p] = c
         p += 1
         k = d1 - 1                  # lclusters covered completely after the head: NONHEAD
         if k > 0:
@@ -523,8 +521,7 @@ def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
             if k > 1:
                 los[p + 1:q] = ramp[:k - 1]
             his[p:q] = down[most - k:]
-            if with_ofs:
-                ofss[p:q] = array("H", [c]) * k
+            ofss[p:q] = array("H", [c]) * k
             p = q
         tailofs = (c + llen) % bs if d1 else 0
         if addr < 0:
@@ -534,8 +531,7 @@ def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
         # the lcluster where the file ends opens a (virtual) extent at EOF
         types[p] = PLAIN
         los[p] = tailofs
-        if with_ofs:
-            ofss[p] = tailofs
+        ofss[p] = tailofs
         p += 1
     if p != total:
         raise AssertionError(f"{p} lcluster entries for {total} lclusters")
