@@ -278,70 +278,137 @@ def compact_area_size(totalidx: int, ebase: int) -> int:
 # compact indexes: encoding
 
 
-def encode_compact(ent: Lclusters, ebase: int, start_blk: int, lclusterbits: int,
-                   big_pcluster: bool) -> bytearray:
-    """Compact indexes (COMPACTED_2B) for entries whose pclusters follow each other from
-    `start_blk`; `ebase` is where they begin.  Heads' `hi` must be those addresses (checked).
-    (A bytearray of the final size, filled in place and not copied: a big sparse file has
-    megabytes of them.)"""
+def _pack_2b(out: bytearray, at: int, fields: list[int], vcnt: int, encodebits: int,
+             basebits: int, packsize: int) -> None:
+    """Write 2B packs at out[at:]: `fields` holds each pack's vcnt entries, then its base."""
+    for k in range(0, len(fields), vcnt + 1):
+        bits = fields[k + vcnt] << basebits
+        shift = 0
+        for v in fields[k:k + vcnt]:
+            bits |= v << shift
+            shift += encodebits
+        out[at:at + packsize] = bits.to_bytes(packsize, "little")
+        at += packsize
+
+
+# Extent codes: how a writer describes each extent to encode_compact_extents (an array('H')
+# next to the extents' lengths): the blocks of its pcluster and what kind it is.
+EXTENT_BLOCKS = (1 << 12) - 1
+EXTENT_FRAGMENT = 1 << 13       # in the packed inode: no blocks
+EXTENT_RAW = 1 << 14            # stored uncompressed: a PLAIN head
+EXTENT_INLINE = 1 << 15         # ztailpacking: after the indexes, counted as one block
+
+
+@lru_cache(maxsize=64)
+def _nonhead_ramp(nonhead: int, most: int) -> list[int]:
+    """The entries of NONHEAD lclusters 2..most after their head: delta[0] (capped as CBLKCNT
+    requires); the same few lengths come back for every file, and are only ever sliced."""
+    cap = CBLKCNT - 1
+    return [nonhead | (d if d < cap else cap) for d in range(2, most + 1)]
+
+
+def encode_compact_extents(llens, codes, ebase: int, start_blk: int, lclusterbits: int,
+                           big_pcluster: bool) -> bytearray:
+    """Compact indexes (COMPACTED_2B) for extents laid end to end from offset 0 (`codes` as
+    EXTENT_*), their pclusters consecutive from `start_blk`; `ebase` is where they begin.
+    One pass over the extents and one over the packs: no entry object is made (this runs once
+    per compressed file).  (A bytearray of the final size, filled in place and not copied: a
+    big sparse file has megabytes of them.)"""
     encodings = _ENCODINGS
     if (2, lclusterbits) not in encodings:
         raise ValueError("compact 2B indexes need lclusters of at most 4 KiB")
-    types, los, his = ent.types, ent.lo, ent.hi
-    nidx = len(types)
+    lobits = encodings[2, lclusterbits][2]
+    lcmask = (1 << lclusterbits) - 1
+    nonhead = NONHEAD << lobits
+    head1, plain = HEAD1 << lobits, PLAIN << lobits
+    vals = []                   # every entry as stored, NONHEADs with their delta[0]
+    hpos = []                   # the entry of each head: the extents', then the one at EOF
+    # With big pclusters, the decoder's running block count right after each head (without,
+    # it is start_blk + the head's number): a head adds one block when the entry before it is
+    # not a NONHEAD (the previous pcluster had no CBLKCNT), a first NONHEAD its CBLKCNT count.
+    hblk = []
+    blk = start_blk
+    prev_nonhead = True         # (the first head adds nothing)
+    pos = 0
+    most = 0
+    d1 = 1
+    for llen, code in zip(llens, codes):
+        if not d1:
+            raise ValueError(f"extent {len(hpos) - 1} (+{llen}) ends inside its lcluster")
+        c = pos & lcmask
+        d1 = (c + llen) >> lclusterbits
+        hpos.append(len(vals))
+        head = (plain if code & EXTENT_RAW else head1) | c
+        if big_pcluster:
+            if not prev_nonhead:
+                blk += 1
+            hblk.append(blk)
+        if d1 > 1:
+            if big_pcluster:
+                vals += (head, nonhead | CBLKCNT | code & EXTENT_BLOCKS)
+                blk += code & EXTENT_BLOCKS
+                prev_nonhead = True
+            else:
+                vals += (head, nonhead | 1)
+            if d1 > 2:
+                if d1 > most:
+                    most = max(d1, 16)
+                    ramp = _nonhead_ramp(nonhead, most)
+                vals += ramp[:d1 - 2]
+        else:
+            vals.append(head)
+            prev_nonhead = False
+        pos += llen
+    if d1 and pos & lcmask:
+        # the lcluster where the file ends opens a (virtual) extent at EOF
+        hpos.append(len(vals))
+        vals.append(plain | pos & lcmask)
+        if big_pcluster:
+            hblk.append(blk if prev_nonhead else blk + 1)
+    nidx = len(vals)
+    hpos.append(nidx)           # (where the NONHEADs of the last extent end)
     initial, two, end = compact_runs(nidx, ebase)
     out = bytearray(compact_area_size(nidx, ebase))
+    cap = CBLKCNT - 1
     at = 0
-    # The running block address as the decoder counts it.  Without big pclusters every head
-    # adds one block and the base is the block of the last head before the pack.  With them,
-    # a CBLKCNT entry adds its count, a head adds one only when the previous pcluster had no
-    # CBLKCNT (its head was the entry just before), and a pack opening with such a head
-    # stores the address after that increment.
-    blk = start_blk if big_pcluster else start_blk - 1
-    nonhead_mask = CBLKCNT - 1
+    h = 0                       # the extent of the entry looked at
     for entry_size, first, n in ((4, 0, initial), (2, initial, two), (4, initial + two, end)):
         if not n:
             continue
         vcnt, encodebits, lobits, packsize, basebits = encodings[entry_size, lclusterbits]
         fields = []                 # each pack's entries, then its base
         for i0 in range(first, first + n, vcnt):
-            base = blk
-            last = i0 + vcnt - 1
-            for i in range(i0, last + 1 if last < nidx else nidx):
-                t = types[i]
-                lo = los[i]
-                if t == NONHEAD:
-                    if lo & CBLKCNT:
-                        blk += lo & nonhead_mask
-                    elif i == last:
-                        lo = min(his[i], nonhead_mask)      # the last entry keeps delta[1]
-                else:
-                    if not big_pcluster or (i and types[i - 1] != NONHEAD):
-                        blk += 1
-                        if big_pcluster and i == i0:
-                            base = blk
-                    hi = his[i]
-                    if hi and hi != blk:
-                        raise AssertionError(f"lcluster {i}: pcluster at {hi}, counted {blk}")
-                fields.append(t << lobits | lo)
-            if last >= nidx:
+            while hpos[h + 1] <= i0:
+                h += 1
+            p = hpos[h]
+            if not big_pcluster:
+                # a pack opening at a head keeps the count before it
+                base = start_blk + h - 1 if i0 == p else start_blk + h
+            elif i0 > p + 1:        # past the CBLKCNT entry
+                base = hblk[h] + (codes[h] & EXTENT_BLOCKS)
+            else:
+                base = hblk[h]
+            lst = i0 + vcnt - 1
+            if lst < nidx:
+                fields += vals[i0:lst + 1]
+                v = vals[lst]
+                if v >> lobits == NONHEAD and not v & CBLKCNT:
+                    # the last entry of a pack keeps delta[1]: how far the next head is
+                    g = h
+                    while hpos[g + 1] <= lst:
+                        g += 1
+                    ahead = hpos[g + 1] - lst
+                    fields[-1] = nonhead | (ahead if ahead < cap else cap)
+            else:
+                fields += vals[i0:]
                 # entries past the last lcluster stay 0 bits: PLAIN, clusterofs 0
-                fields.extend(_NO_ENTRIES[:last + 1 - nidx])
+                fields += _NO_ENTRIES[:lst + 1 - nidx]
             fields.append(base & _ADDR_MASK)
         packs = len(fields) // (vcnt + 1)
         if entry_size == 4:
-            # two 16-bit entries and the base: one struct call for the run
             _PACKS_4B[packs].pack_into(out, at, *fields)
         else:
-            pos = at
-            for k in range(0, len(fields), vcnt + 1):
-                bits = fields[k + vcnt] << basebits
-                shift = 0
-                for v in fields[k:k + vcnt]:
-                    bits |= v << shift
-                    shift += encodebits
-                out[pos:pos + packsize] = bits.to_bytes(packsize, "little")
-                pos += packsize
+            _pack_2b(out, at, fields, vcnt, encodebits, basebits, packsize)
         at += packs * packsize
     assert at == len(out)
     return out
@@ -358,8 +425,9 @@ def shift_compact_bases(area: bytearray, at: int, totalidx: int, ebase: int, blo
                         ) -> None:
     """Add `blocks` to the base block address of every pack of the compact indexes (of
     `totalidx` entries, beginning at byte `ebase` of the inode) found at `area[at:]`: what
-    encode_compact gives for pclusters from block B + `blocks`, from its bytes for block B (a
-    pack's base is the running address of its pclusters, so it moves with the first)."""
+    encode_compact_extents gives for pclusters from block B + `blocks`, from its bytes for
+    block B (a pack's base is the running address of its pclusters, so it moves with the
+    first)."""
     unpack, pack = _PACK_BASE.unpack_from, _PACK_BASE.pack_into
     for pos in _pack_base_positions(totalidx, ebase % _2B_ALIGN):
         pos += at
@@ -396,6 +464,7 @@ _CACHED_AREA_MAX = 1024
 @lru_cache(maxsize=4 * _CACHED_AREA_MAX)
 def _cached_base_positions(totalidx: int, ebase: int) -> tuple[int, ...]:
     return tuple(pos for run in _base_positions(totalidx, ebase) for pos in run)
+
 
 
 # ---------------------------------------------------------------------------

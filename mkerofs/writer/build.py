@@ -968,11 +968,13 @@ def _compress_regular_files(plan: Plan, options: BuildOptions, source: bytes,
     flat place."""
     from .workers import FileJob, FileRange, compress_files     # only when files are compressed
     jobs = []
+    wanted, profile = True, None        # (without --compress-hints, for every file)
     for n in plan.inodes:
         if n.ftype != fmt.EROFS_FT_REG_FILE or n.size == 0 or n.chunk_based or \
                 not zcfg.worth_trying(n.size):
             continue
-        wanted, profile = _hinted(zcfg, hints, _relative(n.src.path, source))
+        if hints is not None:
+            wanted, profile = _hinted(zcfg, hints, _relative(n.src.path, source))
         if wanted:
             jobs.append(FileJob(n, n.size, n.meta_size_before_inline,
                                 FileRange.of(n.src, n.size), profile, origin=n.src))

@@ -60,10 +60,10 @@ NONHEAD = index.NONHEAD
 CBLKCNT = index.CBLKCNT
 
 # extent codes (an array('H') per file, next to the lengths: 6 bytes per extent)
-_FRAGMENT = 1 << 13
-_RAW = 1 << 14
-_INLINE = 1 << 15
-_BLOCKS_MASK = (1 << 12) - 1
+_FRAGMENT = index.EXTENT_FRAGMENT
+_RAW = index.EXTENT_RAW
+_INLINE = index.EXTENT_INLINE
+_BLOCKS_MASK = index.EXTENT_BLOCKS
 
 
 # ---------------------------------------------------------------------------
@@ -467,8 +467,9 @@ _NONHEAD_BYTE = bytes([NONHEAD])
 
 def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
                   block_size: int, big_pcluster: bool, addrs: Sequence[int] | None = None,
-                  fragment_hi: int | None = None, with_ofs: bool = True) -> Lclusters:
-    """One entry per lcluster for extents laid end to end from offset 0.
+                  fragment_hi: int | None = None) -> Lclusters:
+    """One entry per lcluster for extents laid end to end from offset 0: what full indexes
+    are encoded from (compact ones come straight from the extents).
 
     `codes[i]`: pcluster blocks | _RAW | _INLINE | _FRAGMENT.  Pclusters are consecutive from
     `start_blk`, except where `addrs[i]` >= 0 (-Ededupe: a pcluster written before, maybe by
@@ -476,8 +477,6 @@ def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
     by one block, as mkfs.erofs does (no effect on reading: the kernel takes inline data from
     the inode).  The fragment (always the last extent) has no blocks; with full indexes its
     head keeps `fragment_hi`, the high 32 bits of its offset in the packed inode.
-    `with_ofs` False leaves `ofs` empty (compact indexes do without: a big sparse file has
-    millions of lclusters).
     """
     bs = block_size
     # every entry is written in place: arrays grown entry by entry would take twice their size
@@ -486,7 +485,7 @@ def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
     types = bytearray(total)
     los = _ZERO_H * total
     his = _ZERO_I * total
-    ofss = _ZERO_H * total if with_ofs else array("H")
+    ofss = _ZERO_H * total
     ent = Lclusters(types, los, his, ofss)
     most = 0                        # (NONHEAD deltas are looked up at the first NONHEAD)
     pos = 0
@@ -508,8 +507,7 @@ def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
             his[p] = fragment_hi
         else:
             his[p] = blk if addr < 0 else addr
-        if with_ofs:
-            ofss[p] = c
+        ofss[p] = c
         p += 1
         k = d1 - 1                  # lclusters covered completely after the head: NONHEAD
         if k > 0:
@@ -523,8 +521,7 @@ def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
             if k > 1:
                 los[p + 1:q] = ramp[:k - 1]
             his[p:q] = down[most - k:]
-            if with_ofs:
-                ofss[p:q] = array("H", [c]) * k
+            ofss[p:q] = array("H", [c]) * k
             p = q
         tailofs = (c + llen) % bs if d1 else 0
         if addr < 0:
@@ -534,8 +531,7 @@ def lclusters_for(llens: Sequence[int], codes: Sequence[int], start_blk: int,
         # the lcluster where the file ends opens a (virtual) extent at EOF
         types[p] = PLAIN
         los[p] = tailofs
-        if with_ofs:
-            ofss[p] = tailofs
+        ofss[p] = tailofs
         p += 1
     if p != total:
         raise AssertionError(f"{p} lcluster entries for {total} lclusters")
@@ -568,13 +564,12 @@ def build_indexes(llens: Sequence[int], codes: Sequence[int], size: int, start_b
     deduped = addrs is not None and any(a >= 0 for a in addrs)
     full = (cfg.legacy_indexes or deduped
             or (fragment_off is not None and fragment_off >> 32 != 0))
-    ent = lclusters_for(llens, codes, start_blk, bs, big, addrs,
-                        fragment_off >> 32 if full and fragment_off is not None else None,
-                        with_ofs=full)
     nidx = lcluster_count(size, bs)
-    if len(ent) != nidx:
-        raise AssertionError(f"{len(ent)} lcluster entries for {nidx} lclusters")
     if full:
+        ent = lclusters_for(llens, codes, start_blk, bs, big, addrs,
+                            fragment_off >> 32 if fragment_off is not None else None)
+        if len(ent) != nidx:
+            raise AssertionError(f"{len(ent)} lcluster entries for {nidx} lclusters")
         layout = fmt.EROFS_INODE_COMPRESSED_FULL
         if big:
             advise |= fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_1
@@ -584,8 +579,11 @@ def build_indexes(llens: Sequence[int], codes: Sequence[int], size: int, start_b
         advise |= fmt.Z_EROFS_ADVISE_COMPACTED_2B
         if big:
             advise |= fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_1 | fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_2
-        body = index.encode_compact(ent, hdr + fmt.Z_EROFS_MAP_HEADER_SIZE, start_blk,
-                                    fmt.blksz_bits(bs), big)
+        # (straight from the extents: no lcluster entries are made)
+        body = index.encode_compact_extents(llens, codes, hdr + fmt.Z_EROFS_MAP_HEADER_SIZE,
+                                            start_blk, fmt.blksz_bits(bs), big)
+        if -(-sum(llens) // bs) != nidx:
+            raise AssertionError(f"extents of {sum(llens)} bytes for {nidx} lclusters")
     if idata:
         advise |= fmt.Z_EROFS_ADVISE_INLINE_PCLUSTER
     alg = cfg.primary.algorithm_id if algorithm is None else algorithm
@@ -663,6 +661,18 @@ class FileCompression:
         self.llens.append(p.llen)
         self.codes.append(nblocks | (_RAW if p.raw else 0) | (_INLINE if p.inline else 0))
         self.done += p.llen
+
+    def add_written(self, llen: int, raw: bool, nblocks: int) -> None:
+        """add() a pcluster of `nblocks` new blocks whose bytes are not here (a worker process
+        holds them)."""
+        if self.idata or self.fragment_len or self.addrs is not None:
+            raise ValueError("a pcluster after the inline tail or the fragment, or deduplicated")
+        if not 1 <= nblocks <= MAX_PCLUSTER_BLOCKS:
+            raise AssertionError(f"a pcluster of {nblocks} blocks")
+        self.blocks += nblocks
+        self.llens.append(llen)
+        self.codes.append(nblocks | _RAW if raw else nblocks)
+        self.done += llen
 
     def add_new(self, pcl: list[Pcluster]) -> list:
         """add() each of `pcl` (all written as new blocks, or the inline tail): what a worker

@@ -24,7 +24,7 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 from .compress import (CompressConfig, CompressedLayout, FileCompression, FileExtents,
                        FileProfile, Pcluster, UnplacedLayout)
@@ -236,10 +236,28 @@ def _run_batch(cfg: CompressConfig, works: list[_Work]) -> list:
     return [_compress_work(cfg, w) for w in works]
 
 
-def _held_apart(results: list) -> dict[int, list]:
-    """Take the bytes of finished files out of a batch's results (they stay in the worker until
-    their place is known); what remains pickles cheaply."""
+class HeldSegment(NamedTuple):
+    """What comes back of one segment of a big file whose pclusters depend on no other file
+    (no extent or fragment deduplication), when a worker process keeps their bytes until it is
+    told where they go: (llen, raw, blocks) of each pcluster in data blocks, then the inline
+    tail pcluster (ztailpacking) if any.  Megabytes of compressed data do not cross the pipe
+    to be written by the process that has every file's metadata to do as well."""
+    blocks: list[tuple[int, bool, int]]
+    inline: Pcluster | None
+
+
+# a worker keeps the segments of a file's first this many bytes: the rest come back (a file
+# is placed only once its last segment is taken, and what a worker keeps takes memory)
+HOLD_SEGMENTS_MAX = 128 << 20
+
+
+def _held_apart(cfg: CompressConfig, works: list[_Work], results: list) -> dict[int, list]:
+    """Take the bytes of finished files, and of the segments a worker may keep, out of a
+    batch's results (they stay in the worker until their place is known); what remains
+    pickles cheaply."""
     held = {}
+    hold_segments = not (cfg.dedupe_extents or cfg.fragments)
+    bs = cfg.block_size
     for i, res in enumerate(results):
         if type(res) is CompressedFile:
             ext = res.extents
@@ -249,6 +267,12 @@ def _held_apart(results: list) -> dict[int, list]:
             if type(ext) is UnplacedLayout:
                 results[i] = tuple(ext)     # pickles with no Python call, unlike its wrapper
         elif type(res) is list:
+            if hold_segments and works[i].offset + works[i].length <= HOLD_SEGMENTS_MAX:
+                inline = res.pop() if res and res[-1].inline else None
+                held[i] = [p.payload for p in res]
+                results[i] = HeldSegment([(p.llen, p.raw, len(p.payload) // bs) for p in res],
+                                         inline)
+                continue
             for p in res:
                 if type(p.payload) is not bytes:
                     p.payload = bytes(p.payload)    # a fragment's view of the segment
@@ -268,12 +292,12 @@ def _worker_main(cfg: CompressConfig, out, index: int, own, shared, results) -> 
         try:
             if kind == "compress":
                 res = _run_batch(cfg, arg)
-                keep = _held_apart(res)
+                keep = _held_apart(cfg, arg, res)
                 if keep:
                     held[bid] = keep
                 results.put(("done", bid, index, res))
             elif kind == "write":
-                keep = held.pop(bid, None)
+                keep = held.pop(bid, {})
                 for i, pos in arg:
                     parts = keep[i]
                     writer.write(pos, parts, sum(map(len, parts)))
@@ -341,9 +365,11 @@ class _ProcessPool:
             self._receive()
         return self.arrived.pop(bid)
 
-    def write(self, bid: int, placements: list[tuple[int, int]]) -> None:
+    def write(self, bid: int, placements: list[tuple[int, int]], held: bool = False) -> None:
+        """Write the held files of batch `bid` at their places; `held`: it has held segments
+        (to let go of, if none is placed) even without placements."""
         w = self.owner.pop(bid)
-        if placements:
+        if placements or held:
             self.tasks[w].put(("write", bid, placements))
 
     def forget(self, bid: int) -> None:
@@ -423,8 +449,8 @@ class _LocalPool:
             return _run_batch(self.cfg, handle)
         return handle.result()
 
-    def write(self, handle, placements) -> None:
-        assert not placements
+    def write(self, handle, placements, held: bool = False) -> None:
+        assert not placements and not held
 
     def forget(self, handle) -> None:
         pass                        # nothing is held: results carry their bytes
@@ -447,6 +473,10 @@ class _Batch:
     results: list | None = None     # once asked for, until the last one is taken
     placements: list[tuple[int, int]] = field(default_factory=list)
                                     # (index, position) of the files a worker holds
+    # HeldSegments whose file is not finished: the worker writes the batch once they are
+    # placed (or let go of, when their file is stored flat: nothing of it is written then)
+    segments_open: int = 0
+    segments: bool = False          # it has HeldSegments at all
 
 
 @dataclass(slots=True)
@@ -613,8 +643,15 @@ class CompressionPool:
         batch.left -= 1
         if not batch.left:
             self.done_bytes += batch.nbytes
-            self.impl.write(batch.handle, batch.placements)
             batch.results = None
+            if not batch.segments_open:
+                self.impl.write(batch.handle, batch.placements, batch.segments)
+
+    def segment_decided(self, batch: _Batch) -> None:
+        """A HeldSegment of `batch` was placed or let go of (its file finished)."""
+        batch.segments_open -= 1
+        if not batch.segments_open and not batch.left:
+            self.impl.write(batch.handle, batch.placements, batch.segments)
 
     def close(self) -> None:
         if self.early or self._open:
@@ -635,6 +672,9 @@ class _FileInProgress:
     before: int                     # the data area's next block before start was aligned
     unwritten: list[Pcluster] = field(default_factory=list)
     unwritten_bytes: int = 0        # their payloads' bytes
+    # (batch, index, position) of its HeldSegments: written once the file is known to stay
+    # compressed
+    held: list[tuple[_Batch, int, int]] = field(default_factory=list)
     wrote: bool = False             # some of its pclusters were written already
     fragment: bool = False          # its fragment is being written to the packed file
 
@@ -742,6 +782,8 @@ class _CompressionRun:
             done = task.job, self.place(task, res.extents, res.parts)
         elif type(res) is tuple:        # an UnplacedLayout a worker process holds the blocks of
             done = task.job, self.place(task, UnplacedLayout._make(res), None)
+        elif type(res) is HeldSegment:
+            done = self.take_segment(task, res.blocks, res)
         else:
             done = self.take_segment(task, res)
         self.pool.taken(task.batch)
@@ -762,15 +804,19 @@ class _CompressionRun:
                 self.writer.write(start * bs, parts, ext.blocks * bs)
         return ext.layout(self.cfg, start)
 
-    def take_segment(self, task: _Task, pclusters: list[Pcluster]
+    def take_segment(self, task: _Task, pclusters: list, held: HeldSegment | None = None
                      ) -> tuple[FileJob, CompressedLayout | None] | None:
-        """Take one segment's pclusters; (job, layout) after the last segment of the file."""
+        """Take one segment's pclusters (`held`: their (llen, raw, blocks), a worker holds
+        their bytes); (job, layout) after the last segment of the file."""
         file = self.file
         if file is None or file.job is not task.job:
             before = self.area.next_block
             file = self.file = _FileInProgress(task.job, task.fc, self.area.file_start(), before)
-        for p in pclusters:
-            self.take_pcluster(file, p)
+        if held is None:
+            for p in pclusters:
+                self.take_pcluster(file, p)
+        else:
+            self.take_held(file, task, held)
         if not task.work.last:
             # keep small files in memory until we know compression pays; write big ones (as
             # soon as their pclusters make one write: holding more only takes memory)
@@ -807,6 +853,22 @@ class _CompressionRun:
             file.unwritten.append(p)
             file.unwritten_bytes += len(p.payload)
 
+    def take_held(self, file: _FileInProgress, task: _Task, held: HeldSegment) -> None:
+        """The blocks of a HeldSegment follow the file's pclusters so far: they are given now,
+        and written once the file is known to stay compressed."""
+        self.write_unwritten(file)
+        fc = file.fc
+        nblocks = 0
+        for llen, raw, blocks in held.blocks:
+            fc.add_written(llen, raw, blocks)
+            nblocks += blocks
+        if held.inline is not None:
+            fc.add(held.inline)
+        blk = self.area.allocate(nblocks)
+        file.held.append((task.batch, task.index, blk * self.cfg.block_size))
+        task.batch.segments_open += 1
+        task.batch.segments = True
+
     def write_unwritten(self, file: _FileInProgress) -> None:
         if not file.unwritten:
             return
@@ -828,6 +890,10 @@ class _CompressionRun:
         layout = fc.finish(file.start, fragment_off)
         if self.dedupe is not None:
             self.dedupe.commit(keep=layout is not None)
+        for batch, index, pos in file.held:
+            if layout is not None:
+                batch.placements.append((index, pos))
+            self.pool.segment_decided(batch)
         if layout is None:
             file.unwritten, file.unwritten_bytes = [], 0
             self.area.rewind(file.before)

@@ -418,8 +418,7 @@ def test_extent_ending_inside_its_lcluster_must_be_last():
 
 def test_compact_4b_pack_bits():
     # HEAD1 at 0, NONHEAD, EOF marker: meta_size 32 -> all 4B (6 lead-in > 3 entries)
-    ent = z.lclusters_for([10000], [1], 500, 4096, big_pcluster=False)
-    raw = index.encode_compact(ent, 40, 500, 12, big_pcluster=False)
+    raw = index.encode_compact_extents([10000], [1], 40, 500, 12, big_pcluster=False)
     assert len(raw) == 16
     # pack 1: HEAD1|0 in bits 0-15, NONHEAD with delta[1]=1 (last of pack) in bits 16-31
     assert raw[:4] == ((z.NONHEAD << 12 | 1) << 16 | (z.HEAD1 << 12)).to_bytes(4, "little")
@@ -431,8 +430,7 @@ def test_compact_4b_pack_bits():
 def test_compact_2b_pack_is_32_bytes_with_14_bit_fields():
     # 24 one-block raw extents: meta 32 -> 6 x 4B lead-in, one 2B pack of 16, then 4B x 2
     codes = [1 | z._RAW] * 24
-    ent = z.lclusters_for([4096] * 24, codes, 1000, 4096, big_pcluster=False)
-    raw = index.encode_compact(ent, 40, 1000, 12, big_pcluster=False)
+    raw = index.encode_compact_extents([4096] * 24, codes, 40, 1000, 12, big_pcluster=False)
     assert len(raw) == 3 * 8 + 32 + 8
     pack = raw[24:56]
     bits = int.from_bytes(pack[:28], "little")

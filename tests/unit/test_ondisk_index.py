@@ -109,12 +109,50 @@ def test_compact_indexes_round_trip(bs, big, tail):
         start = rnd.randrange(1, 1 << 31)
         ebase = rnd.randrange(4, 40) * 8            # inode + xattrs + map header, 8-aligned
         ent = z.lclusters_for(llens, codes, start, bs, big)
-        raw = index.encode_compact(ent, ebase, start, bits, big)
+        raw = index.encode_compact_extents(llens, codes, ebase, start, bits, big)
         assert len(raw) == index.compact_area_size(len(ent), ebase)
         dec = index.decode_compact(_getter(bytes(ebase) + raw), ebase, len(ent), size, bits,
                                    bits, advise)
         assert dec.tail_end == ebase + len(raw)
         _check_decoded(ent, dec, full=False)
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_compact_round_trip_long_extents(big):
+    """Extents of more lclusters than delta[0] and delta[1] can count (both capped at
+    CBLKCNT - 1) between short ones: the heads decode to their offsets and blocks, and the
+    delta[1] walk leads from each head to the next."""
+    rnd = random.Random(f"long {big}")
+    bs = 4096
+    advise = fmt.Z_EROFS_ADVISE_COMPACTED_2B
+    if big:
+        advise |= fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_1 | fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_2
+    for _ in range(4):
+        llens, codes = [], []
+        for _ in range(rnd.randrange(2, 6)):
+            if rnd.random() < 0.5:
+                llens.append(rnd.randrange(2040, 2200) * bs + rnd.randrange(bs))
+                codes.append(rnd.randrange(1, 9) if big else 1)
+            else:
+                llens.append(bs)
+                codes.append(1 | z._RAW)
+        llens.append(rnd.randrange(1, bs))
+        codes.append(1 | z._RAW)
+        start, ebase = rnd.randrange(1, 1 << 30), rnd.randrange(4, 40) * 8
+        ent = z.lclusters_for(llens, codes, start, bs, big)
+        raw = index.encode_compact_extents(llens, codes, ebase, start, 12, big)
+        dec = index.decode_compact(_getter(bytes(ebase) + raw), ebase, len(ent), sum(llens),
+                                   12, 12, advise)
+        assert list(dec.types) == list(ent.types)
+        heads = [i for i in range(len(ent)) if ent.types[i] != NONHEAD] + [len(ent)]
+        for k, head in enumerate(heads[:-1]):
+            assert (dec.lo[head], dec.pblk[head]) == (ent.lo[head], ent.hi[head] or
+                                                      dec.pblk[head]), f"head {head}"
+            walk = head + 1
+            while walk < heads[k + 1]:
+                assert dec.d1[walk] >= 1
+                walk += dec.d1[walk]
+            assert min(walk, len(ent)) == heads[k + 1], f"delta[1] walk from lcluster {head}"
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
@@ -136,7 +174,7 @@ def test_compact_round_trip_any_extents(bs, big, ebase, extents):
     bits = fmt.blksz_bits(bs)
     advise = fmt.Z_EROFS_ADVISE_COMPACTED_2B | (
         fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_1 | fmt.Z_EROFS_ADVISE_BIG_PCLUSTER_2 if big else 0)
-    raw = index.encode_compact(ent, ebase, 77, bits, big)
+    raw = index.encode_compact_extents(llens, codes, ebase, 77, bits, big)
     dec = index.decode_compact(_getter(bytes(ebase) + raw), ebase, len(ent), sum(llens), bits,
                                bits, advise)
     _check_decoded(ent, dec, full=False)
@@ -221,6 +259,5 @@ def test_decoders_refuse_what_the_kernel_refuses():
 
 
 def test_encoder_refuses_big_lclusters():
-    ent = z.lclusters_for([100], [1 | z._RAW], 9, 8192, False)
     with pytest.raises(ValueError):
-        index.encode_compact(ent, 8, 9, 13, False)
+        index.encode_compact_extents([100], [1 | z._RAW], 8, 9, 13, False)

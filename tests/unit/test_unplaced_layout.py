@@ -35,11 +35,9 @@ def test_shifted_bases_equal_direct_encoding(big, ebase):
         nbytes = rng.randint(1, 300) * bs + rng.randint(0, bs - 1)
         llens, codes = _extents(rng, nbytes, bs, big)
         start = rng.choice([1, 2, 77, 1 << 20, (1 << 32) - 5000])
-        ent0 = compress.lclusters_for(llens, codes, 0, bs, big, with_ofs=False)
-        ent = compress.lclusters_for(llens, codes, start, bs, big, with_ofs=False)
-        moved = index.encode_compact(ent0, ebase, 0, 12, big)
-        index.shift_compact_bases(moved, 0, len(ent0), ebase, start)
-        assert moved == index.encode_compact(ent, ebase, start, 12, big)
+        moved = index.encode_compact_extents(llens, codes, ebase, 0, 12, big)
+        index.shift_compact_bases(moved, 0, -(-nbytes // bs), ebase, start)
+        assert moved == index.encode_compact_extents(llens, codes, ebase, start, 12, big)
 
 
 @pytest.mark.parametrize("spec,tail", [("lz4", False), ("lz4hc", True), ("zstd", False)])
@@ -78,8 +76,6 @@ def test_shifted_bases_of_a_large_area(big, ebase):
     bs = 4096
     for nbytes in (1023 * bs + 17, 1024 * bs, 1025 * bs + 1, 3000 * bs + 5):
         llens, codes = _extents(rng, nbytes, bs, big)
-        ent0 = compress.lclusters_for(llens, codes, 0, bs, big, with_ofs=False)
-        ent = compress.lclusters_for(llens, codes, 4242, bs, big, with_ofs=False)
-        moved = index.encode_compact(ent0, ebase, 0, 12, big)
-        index.shift_compact_bases(moved, 0, len(ent0), ebase, 4242)
-        assert moved == index.encode_compact(ent, ebase, 4242, 12, big)
+        moved = index.encode_compact_extents(llens, codes, ebase, 0, 12, big)
+        index.shift_compact_bases(moved, 0, -(-nbytes // bs), ebase, 4242)
+        assert moved == index.encode_compact_extents(llens, codes, ebase, 4242, 12, big)
