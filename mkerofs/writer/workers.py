@@ -247,8 +247,9 @@ class HeldSegment(NamedTuple):
 
 
 # a worker keeps the segments of a file's first this many bytes: the rest come back (a file
-# is placed only once its last segment is taken, and what a worker keeps takes memory)
-HOLD_SEGMENTS_MAX = 128 << 20
+# is placed only once its last segment is taken, and what a worker keeps takes memory: with
+# 128 MiB a 600 MB file took a build from 92 to 172 MiB peak RSS, with 32 MiB to 123)
+HOLD_SEGMENTS_MAX = 32 << 20
 
 
 def _held_apart(cfg: CompressConfig, works: list[_Work], results: list) -> dict[int, list]:
