@@ -230,3 +230,22 @@ def can_fork() -> bool:
     """Whether os.fork is safe here: forking a process that runs other threads may copy a
     lock some thread holds."""
     return hasattr(os, "fork") and threading.active_count() == 1
+
+
+class PageBudget:
+    """Gives mapped pages back (calls each of `drops`) every `every` units spent (bytes
+    compared, items written, directories read): pages read or written through a mapping stay
+    in the process's resident size until it lets go of them, whatever the mapping's size."""
+    __slots__ = ("every", "drops", "left")
+
+    def __init__(self, every: int, *drops):
+        self.every = every
+        self.drops = drops
+        self.left = every
+
+    def spend(self, units: int = 1) -> None:
+        self.left -= units
+        if self.left <= 0:
+            self.left = self.every
+            for drop in self.drops:
+                drop()

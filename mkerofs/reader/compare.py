@@ -17,7 +17,7 @@ from typing import Any, BinaryIO, Callable, Hashable, Optional, Protocol
 from ..ondisk import format as fmt
 from .extract import ENTER, LEAVE, device_numbers, iter_tree, resolve, show, type_name
 from .image import Image, Inode
-from ..util import listdir_path, lstat_path, open_path, read_xattrs, readlink_path
+from ..util import PageBudget, listdir_path, lstat_path, open_path, read_xattrs, readlink_path
 
 __all__ = ["compare_image", "SourceTree", "DirectoryTree"]
 
@@ -129,29 +129,19 @@ def _data_difference(img: Image, inode: Inode, tree: SourceTree, rel: bytes) -> 
     return None
 
 
-# bytes of file data compared between two rounds of giving pages back (_PageBudget)
+# bytes of file data compared between two rounds of giving pages back: read through
+# mappings, every page of a whole image would otherwise stay in the resident size, twice when
+# the source is mapped images too (--verify in rebuild mode: the layers, read as the image's
+# devices and as the source)
 _DROP_EVERY = 32 << 20
 
 
-class _PageBudget:
-    """Gives back the pages of the mapped image (and of the source, if it has drop_pages)
-    every _DROP_EVERY bytes of file data compared: read through mappings, every page of a
-    whole image would otherwise stay in the resident size, twice when the source is mapped
-    images too (--verify in rebuild mode: the layers, read as the image's devices and as the
-    source)."""
-
-    def __init__(self, img: Image, tree):
-        self._drops = [img.drop_pages]
-        if hasattr(tree, "drop_pages"):
-            self._drops.append(tree.drop_pages)
-        self._left = _DROP_EVERY
-
-    def spend(self, nbytes: int) -> None:
-        self._left -= nbytes
-        if self._left <= 0:
-            for drop in self._drops:
-                drop()
-            self._left = _DROP_EVERY
+def _page_budget(img: Image, tree) -> PageBudget:
+    """The image's pages (and the source's, if it has drop_pages) given back every
+    _DROP_EVERY bytes of file data compared."""
+    if hasattr(tree, "drop_pages"):
+        return PageBudget(_DROP_EVERY, img.drop_pages, tree.drop_pages)
+    return PageBudget(_DROP_EVERY, img.drop_pages)
 
 
 def compare_image(img: Image, source: str | bytes | os.PathLike | SourceTree, *,
@@ -188,7 +178,7 @@ def compare_image(img: Image, source: str | bytes | os.PathLike | SourceTree, *,
     else:
         tree = source
     top_path, top = resolve(img, path)
-    budget = _PageBudget(img, tree)
+    budget = _page_budget(img, tree)
     diffs: list[str] = []
 
     class _Full(Exception):

@@ -82,7 +82,7 @@ from typing import TYPE_CHECKING, Callable
 from ..errors import BuildError, ImageError
 from ..ondisk import format as fmt
 from ..reader.image import Image, Inode
-from ..util import pwrite_all
+from ..util import PageBudget, pwrite_all
 from .layers import (OPAQUE, OPAQUE_XWHITEOUTS, OPAQUE_YES, LayerTree, image_node, merge_onto,
                      read_image_tree)
 from .options import BuildOptions
@@ -512,7 +512,7 @@ class _BaseFold:
         self.reparented: list[KeptDir] = []
         self.unread: list[tuple[SourceInode, Inode, bytes]] = []    # rewritten, to read
         self.dirs: set[int] = set()             # the directory nids met
-        self.listed = 0
+        self._budget = PageBudget(_DROP_EVERY, img.drop_pages)    # per directory listed
 
     # -- what layers.add_below asks of a lower layer (a directory: its Inode and its path + "/")
 
@@ -579,8 +579,7 @@ class _BaseFold:
         return self.img.inode(nid)
 
     def _listing(self, inode: Inode, path: bytes) -> list[tuple[bytes, int, int]]:
-        self.listed += 1
-        _let_go(self.img, self.listed)
+        self._budget.spend()
         try:
             return self.img.listdir(inode)
         except ImageError as err:
@@ -765,8 +764,9 @@ def dotdot_patches(inc: Increment, written: list[PlannedInode]) -> list[tuple[in
     img = inc.base.img
     new_nids = {id(node.src): node.nid for node in written if node.ftype == fmt.EROFS_FT_DIR}
     patches = []
-    for done, directory in enumerate(inc.reparented, 1):
-        _let_go(img, done)
+    budget = PageBudget(_DROP_EVERY, img.drop_pages)
+    for directory in inc.reparented:
+        budget.spend()
         parent_nid = new_nids[id(directory.parent)]
         inode = img.inode(directory.nid)
         try:
@@ -777,12 +777,6 @@ def dotdot_patches(inc: Increment, written: list[PlannedInode]) -> list[tuple[in
         patches.append((pos, fmt.EROFS_DIRENT.pack(parent_nid, nameoff, ftype, reserved)))
     img.drop_pages()
     return patches
-
-
-def _let_go(img: Image, done: int) -> None:
-    """Every _DROP_EVERY directories read, give the base's mapped pages back."""
-    if done % _DROP_EVERY == 0:
-        img.drop_pages()
 
 
 def _dotdot(img: Image, inode) -> tuple[int, tuple]:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import bisect
 import errno
+import functools
 import mmap
 import os
 
 from ..ondisk import format as fmt
 from ..errors import BuildError
+from ..util import PageBudget
 from .output import Output
 from .plan import PlannedInode
 
@@ -208,15 +210,9 @@ class MetaImage:
             self._map, skip = _shared_zeros(length), 0
         self._head_view = memoryview(self.head)
         self._tail_view = memoryview(self._map)[skip:skip + length]
-        self._left = _RELEASE_EVERY     # items until this process lets go of its pages
-
-    def _written(self, items: int = 1) -> None:
-        self._left -= items
-        if self._left <= 0:
-            self._left = _RELEASE_EVERY
-            if self.in_file:
-                # (a shared file mapping: the bytes are in the page cache, nothing is lost)
-                self._map.madvise(mmap.MADV_DONTNEED)
+        # (a shared file mapping: the bytes let go of are in the page cache, nothing is lost)
+        drops = (functools.partial(self._map.madvise, mmap.MADV_DONTNEED),) if self.in_file else ()
+        self._written = PageBudget(_RELEASE_EVERY, *drops).spend
 
     def view(self, pos: int, length: int) -> memoryview:
         """A writable window on [pos, pos + length) of the image's metadata."""

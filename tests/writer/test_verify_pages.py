@@ -1,5 +1,5 @@
 """--verify gives back the pages it reads through mappings as it goes (reader.compare
-_PageBudget): every _DROP_EVERY bytes of file data compared, Image.drop_pages on the image
+_page_budget): every _DROP_EVERY bytes of file data compared, Image.drop_pages on the image
 read back (its devices too) and on the source when it has drop_pages (rebuild mode: the layer
 images, read as the image's devices and again as the source).  Without it, a rebuild of the
 bench layers with --verify peaked at 2.2 GB resident (the layers mapped twice), 0.3 GB with it.
