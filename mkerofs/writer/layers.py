@@ -260,6 +260,7 @@ def _read_dirs(img: Image, pending: deque, seen: dict[int, SourceInode], note: N
     while pending:
         directory, dir_nid, dir_fields, base = pending.popleft()
         entries = directory.entries
+        found_in = _found_in(directory, base)
         for name, nid, _ftype in _listing(img, dir_nid, dir_fields, base):
             node = seen.get(nid)
             if node is not None:
@@ -267,16 +268,22 @@ def _read_dirs(img: Image, pending: deque, seen: dict[int, SourceInode], note: N
                     raise _second_name(base + name, nid)
                 entries.append((name, node))
                 continue
-            path = base + name
             fields = fields_of(nid)
-            node = _layer_node(img, nid, fields, path, note)
+            node = _layer_node(img, nid, fields, base, name, found_in, note)
             if node.entries is not None:
                 node.parent = directory
-                pending.append((node, nid, fields, path + b"/"))
+                pending.append((node, nid, fields, node.where + b"/"))
             seen[nid] = node
             if nids is not None:
                 nids[node] = nid
             entries.append((name, node))
+
+
+def _found_in(directory: SourceInode, base: bytes) -> SourceInode | None:
+    """What a non-directory read in `directory` (its path + b"/": `base`) keeps as the
+    directory it was found in (SourceInode.path): the root's entries keep their whole paths
+    ("/" + name: the root's path ends with "/")."""
+    return None if base == b"/" else directory
 
 
 def _listing(img: Image, nid: int, fields: tuple, base: bytes) -> list[tuple[bytes, int, int]]:
@@ -288,35 +295,45 @@ def _listing(img: Image, nid: int, fields: tuple, base: bytes) -> list[tuple[byt
         raise ImageError(f"{os.fsdecode(base)}: {err}") from None
 
 
-def _layer_node(img: Image, nid: int, fields: tuple, path: bytes,
-                note: NoteFile) -> SourceInode:
-    """image_node of inode `nid` (its Image.inode_fields), a regular file with bytes given
-    to `note`.  (Made for every entry of every layer that shows: plain files and directories
-    without xattrs, nearly all of them, straight from the fields.)"""
+def _layer_node(img: Image, nid: int, fields: tuple, base: bytes, name: bytes,
+                found_in: SourceInode | None, note: NoteFile) -> SourceInode:
+    """image_node of inode `nid` (its Image.inode_fields), named `name` in the directory
+    whose path + b"/" is `base` (`found_in`: _found_in of that directory), a regular file
+    with bytes given to `note`.  A directory keeps its whole path (its entries' paths are
+    made from it), any other node only its name when it has a `found_in` (a whole path a
+    file is ~100 bytes).  (Made for every entry of every layer that shows: plain files and
+    directories without xattrs, nearly all of them, straight from the fields.)"""
     (mode, uid, gid, _nlink, size, mtime, nsec, _rdev, _ino, layout, _extended, icount, _pos,
      startblk, _dot) = fields
     kind = mode & _S_IFMT
+    if kind == stat.S_IFDIR:
+        where, found_in = base + name, None
+    else:
+        where = base + name if found_in is None else name
     if icount or kind not in _PLAIN_KINDS:
-        node = image_node(img, Inode(nid, *fields), path)
+        node = image_node(img, Inode(nid, *fields), where, found_in)
     elif kind == stat.S_IFDIR:
-        node = SourceInode(path, mode, uid, gid, size, mtime * 10**9 + nsec,
+        node = SourceInode(where, mode, uid, gid, size, mtime * 10**9 + nsec,
                            entries=[], xattrs=_NO_XATTRS)
     else:
-        node = SourceInode(path, mode, uid, gid, size, mtime * 10**9 + nsec,
-                           xattrs=_NO_XATTRS,
-                           data=_NO_DATA if kind == stat.S_IFREG else None)
+        node = SourceInode(where, mode, uid, gid, size, mtime * 10**9 + nsec, 0, 0, None,
+                           None, None, _NO_XATTRS,
+                           _NO_DATA if kind == stat.S_IFREG else None, found_in)
     if size and kind == stat.S_IFREG:
         note(node, nid, size, layout, startblk)
     return node
 
 
-def image_node(img: Image, inode: Inode, path: bytes) -> SourceInode:
+def image_node(img: Image, inode: Inode, path: bytes,
+               found_in: SourceInode | None = None) -> SourceInode:
     """The SourceInode of one inode of `img` (a directory's entries left empty; a regular
-    file without data: where its bytes are is the caller's business).  (Made for every entry
-    of every layer: its xattrs are read only when it has some.)"""
+    file without data: where its bytes are is the caller's business); `path` and `found_in`
+    as SourceInode.where and .found_in.  (Made for every entry of every layer: its xattrs are
+    read only when it has some.)"""
     node = SourceInode(path, inode.mode, inode.uid, inode.gid, inode.size,
                        inode.mtime * 10**9 + inode.mtime_nsec, _rdev(inode),
-                       xattrs=img.xattrs(inode) if inode.xattr_icount else _NO_XATTRS)
+                       xattrs=img.xattrs(inode) if inode.xattr_icount else _NO_XATTRS,
+                       found_in=found_in)
     kind = stat.S_IFMT(inode.mode)
     if kind == stat.S_IFDIR:
         node.entries = []
@@ -466,54 +483,60 @@ _TREE = _TreeBelow()
 
 class _ImageBelow:
     """A lower layer read from its image as the merge reaches it (rebuild mode): a directory
-    is (its nid, its inode_fields, its path + b"/"), an entry (name, nid, file type).  A name
-    an upper layer hides, or anything in a directory that hides what is below it, is never
-    read: the layers are not held as whole trees.  (A hard-linked file's `path`, which messages and --compress-hints
-    see, is thus its first name that shows, not its first name in the image.)"""
+    is (its nid, its inode_fields, its path + b"/", the merged directory it merges with: its
+    non-directories' `found_in`), an entry (name, nid, file type).  A name an upper layer
+    hides, or anything in a directory that hides what is below it, is never read: the layers
+    are not held as whole trees.  (A hard-linked file's `path`, which messages and
+    --compress-hints see, is thus its first name that shows, not its first name in the
+    image.)"""
 
     def __init__(self, img: Image, note: NoteFile, root: SourceInode):
         """`root`: the merged root, which the image's root merges with; `note`: what is done
         with each regular file with bytes read."""
         self.img, self.note = img, note
         self.fields_of = img.inode_fields
+        self.root = root
         # (a merged directory stands for the nid it was merged with: a second name is an
         # error)
         self.seen: dict[int, SourceInode] = {img.root_nid: root}
 
-    def top(self) -> tuple[int, tuple, bytes]:
+    def top(self) -> tuple[int, tuple, bytes, SourceInode]:
         nid = self.img.root_nid
-        return nid, self.fields_of(nid), b"/"
+        return nid, self.fields_of(nid), b"/", self.root
 
-    def opaque(self, low: tuple[int, tuple, bytes]) -> bytes | None:
+    def opaque(self, low: tuple[int, tuple, bytes, SourceInode]) -> bytes | None:
         nid, fields = low[0], low[1]
         if not fields[11]:          # (its xattr_icount)
             return None
         return _opaque(self.img.xattrs(Inode(nid, *fields)))
 
-    def entries(self, low: tuple[int, tuple, bytes]) -> list[tuple[bytes, int, int]]:
-        return _listing(self.img, *low)
+    def entries(self, low: tuple[int, tuple, bytes, SourceInode]
+                ) -> list[tuple[bytes, int, int]]:
+        return _listing(self.img, low[0], low[1], low[2])
 
-    def node(self, low: tuple[int, tuple, bytes], entry: tuple[bytes, int, int],
+    def node(self, low: tuple[int, tuple, bytes, SourceInode], entry: tuple[bytes, int, int],
              _xwhiteouts: bool) -> SourceInode:
         """The node of the entry's nid (a directory: with everything below it), read if not
         yet."""
         name, nid = entry[0], entry[1]
         node = self.seen.get(nid)
+        base = low[2]
         if node is not None:
             if node.entries is not None:
-                raise _second_name(low[2] + name, nid)
+                raise _second_name(base + name, nid)
             return node
         fields = self.fields_of(nid)
-        path = low[2] + name
-        node = _layer_node(self.img, nid, fields, path, self.note)
+        node = _layer_node(self.img, nid, fields, base, name, _found_in(low[3], base),
+                           self.note)
         self.seen[nid] = node
         if node.entries is not None:
-            _read_dirs(self.img, deque([(node, nid, fields, path + b"/")]), self.seen,
+            _read_dirs(self.img, deque([(node, nid, fields, node.where + b"/")]), self.seen,
                        self.note, None)
         return node
 
-    def directory(self, low: tuple[int, tuple, bytes], entry: tuple[bytes, int, int],
-                  mine: SourceInode) -> tuple[int, tuple, bytes] | None:
+    def directory(self, low: tuple[int, tuple, bytes, SourceInode],
+                  entry: tuple[bytes, int, int], mine: SourceInode
+                  ) -> tuple[int, tuple, bytes, SourceInode] | None:
         """The entry's directory to merge below the merged `mine`; None if it is none."""
         name, nid = entry[0], entry[1]
         node = self.seen.get(nid)
@@ -525,7 +548,7 @@ class _ImageBelow:
         if fields[0] & _S_IFMT != stat.S_IFDIR:        # (its mode)
             return None
         self.seen[nid] = mine
-        return nid, fields, low[2] + name + b"/"
+        return nid, fields, low[2] + name + b"/", mine
 
 
 def _merge_image(merged: _Merged, layer: Layer, note: NoteFile) -> None:
