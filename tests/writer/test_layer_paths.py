@@ -7,6 +7,7 @@ lower image has."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,9 @@ def _check(root) -> set[bytes]:
     kept = set()
     for node, names in _names(root).values():
         assert node.path in names, (node.path, names)
-        if node.entries is None and node.path.count(b"/") > 1:
+        # (a whiteout made of an xwhiteout keeps its whole path: there are few)
+        made = stat.S_ISCHR(node.mode) and node.rdev == 0
+        if node.entries is None and node.path.count(b"/") > 1 and not made:
             assert node.found_in is not None and node.where == os.path.basename(node.path)
             kept.add(node.path)
         if node.entries is not None:
