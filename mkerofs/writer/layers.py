@@ -68,6 +68,11 @@ _S_IFMT = 0o170000              # stat.S_IFMT(mode), without a call (for every e
 _FLAT_PLAIN, _NULL_ADDR = fmt.EROFS_INODE_FLAT_PLAIN, fmt.EROFS_NULL_ADDR
 # what _layer_node makes without the reader's Inode: nothing to read beyond the inode itself
 _PLAIN_KINDS = frozenset((stat.S_IFREG, stat.S_IFDIR, stat.S_IFIFO, stat.S_IFSOCK))
+# the layers' mtimes in ns, one int object per value: a layer's inodes nearly all have one
+# mtime (compact inodes: the image's build time), and an int past 2^30 is 32 bytes a node
+# (the bound: a layer of many distinct mtimes shares none, nor grows this without end)
+_MTIMES_NS: dict[int, int] = {}
+_MTIMES_MAX = 4096
 
 
 # what is done with a regular file with bytes as a layer is read:
@@ -313,15 +318,23 @@ def _layer_node(img: Image, nid: int, fields: tuple, base: bytes, name: bytes,
     if icount or kind not in _PLAIN_KINDS:
         node = image_node(img, Inode(nid, *fields), where, found_in)
     elif kind == stat.S_IFDIR:
-        node = SourceInode(where, mode, uid, gid, size, mtime * 10**9 + nsec,
-                           entries=[], xattrs=_NO_XATTRS)
+        node = SourceInode(where, mode, uid, gid, size, _mtime_ns(mtime, nsec), entries=[],
+                           xattrs=_NO_XATTRS)
     else:
-        node = SourceInode(where, mode, uid, gid, size, mtime * 10**9 + nsec, 0, 0, None,
+        node = SourceInode(where, mode, uid, gid, size, _mtime_ns(mtime, nsec), 0, 0, None,
                            None, None, _NO_XATTRS,
                            _NO_DATA if kind == stat.S_IFREG else None, found_in)
     if size and kind == stat.S_IFREG:
         note(node, nid, size, layout, startblk)
     return node
+
+
+def _mtime_ns(mtime: int, nsec: int) -> int:
+    """An inode's mtime in ns, shared (_MTIMES_NS)."""
+    mtime_ns = mtime * 10**9 + nsec
+    if len(_MTIMES_NS) >= _MTIMES_MAX:
+        _MTIMES_NS.clear()
+    return _MTIMES_NS.setdefault(mtime_ns, mtime_ns)
 
 
 def image_node(img: Image, inode: Inode, path: bytes,
@@ -331,7 +344,7 @@ def image_node(img: Image, inode: Inode, path: bytes,
     as SourceInode.where and .found_in.  (Made for every entry of every layer: its xattrs are
     read only when it has some.)"""
     node = SourceInode(path, inode.mode, inode.uid, inode.gid, inode.size,
-                       inode.mtime * 10**9 + inode.mtime_nsec, _rdev(inode),
+                       _mtime_ns(inode.mtime, inode.mtime_nsec), _rdev(inode),
                        xattrs=img.xattrs(inode) if inode.xattr_icount else _NO_XATTRS,
                        found_in=found_in)
     kind = stat.S_IFMT(inode.mode)

@@ -14,7 +14,7 @@ import pytest
 
 from mkerofs.errors import ImageError
 from mkerofs.reader.image import INODE_FIELDS, Image, Inode
-from mkerofs.writer.layers import LayerFile, _layer_node, _noting, image_node
+from mkerofs.writer.layers import LayerFile, _layer_node, _mtime_ns, _noting, image_node
 from mkerofs.writer.walk import SourceInode
 from support.run import build_image
 from support.trees import make_full_tree
@@ -117,3 +117,23 @@ def test_inode_fields_share_each_mode(tree, tmp_path):
     for mode in modes:
         assert first.setdefault(mode, mode) is mode
     assert len(modes) > len(first) > 3
+
+
+def test_layer_nodes_share_each_mtime(tree, tmp_path):
+    """Rebuild mode keeps every node's mtime in ns: each value (every compact inode's: the
+    image's build time) is one int object, not one per node (32 bytes each), whichever way
+    the node is made; nanoseconds included."""
+    image = tmp_path / "t.erofs"
+    build_image(image, tree, "--quiet", "-T", "1700000000")
+    with Image.open(image) as img:
+        nodes = []
+        for path, inode in img.walk():
+            base, found_in, name = _place(path)
+            nodes.append(_layer_node(img, inode.nid, img.inode_fields(inode.nid), base, name,
+                                     found_in, _noting({}, 0)))
+            nodes.append(image_node(img, inode, path))
+    assert len(nodes) > 20
+    assert {node.mtime_ns for node in nodes} == {1700000000 * 10**9}
+    assert len({id(node.mtime_ns) for node in nodes}) == 1
+    late = _mtime_ns(1700000000, 5)
+    assert late == 1700000000 * 10**9 + 5 and _mtime_ns(1700000000, 5) is late
