@@ -51,7 +51,7 @@ from ..ondisk import format as fmt
 from ..reader.image import Image, Inode
 from .chunks import LayerChunks, covering_chunkbits, one_chunk_on
 from .devices import ExtraDevice
-from .walk import DataRef, SourceInode, link_children
+from .walk import DataRef, LayerRef, SourceInode, link_children
 
 if TYPE_CHECKING:       # (the caller's spool: its module and the tar reader load only for it)
     from .spool import Spool
@@ -691,7 +691,7 @@ def resolve_layer_data(root: SourceInode, files: dict[SourceInode, LayerFile],
     return indexed
 
 
-def _indexed_ref(layer: Layer, file: LayerFile, block_size: int) -> DataRef | None:
+def _indexed_ref(layer: Layer, file: LayerFile, block_size: int) -> DataRef | LayerRef | None:
     """The DataRef pointing at the file's blocks (its LayerChunks) where the merged image's
     slot for `layer` has them; None if there is nothing to point at (an inline tail,
     compressed data, data the slot does not hold) or another block size."""
@@ -713,12 +713,11 @@ def _indexed_ref(layer: Layer, file: LayerFile, block_size: int) -> DataRef | No
             return None
         addrs.append(addr)
     if len(addrs) == 1 and addrs[0] is not None:
-        return DataRef(None, addrs[0] << layer.block_size_bits,
-                       layer=one_chunk_on(device, chunkbits))
+        return LayerRef(addrs[0] << layer.block_size_bits, one_chunk_on(device, chunkbits))
     return DataRef(None, layer=LayerChunks(device, chunkbits, tuple(addrs)))
 
 
-def _flat_ref(layer: Layer, size: int, startblk: int) -> DataRef | None:
+def _flat_ref(layer: Layer, size: int, startblk: int) -> DataRef | LayerRef | None:
     """_indexed_ref of a FLAT_PLAIN file of `size` bytes from block `startblk`."""
     bits = layer.block_size_bits
     device = layer.index + 1
@@ -730,7 +729,7 @@ def _flat_ref(layer: Layer, size: int, startblk: int) -> DataRef | None:
     if start is None:
         return None
     if count == 1:              # (nearly always: a chunk covers up to 2^31 blocks)
-        return DataRef(None, start << bits, layer=one_chunk_on(device, chunkbits))
+        return LayerRef(start << bits, one_chunk_on(device, chunkbits))
     step = 1 << (chunkbits - bits)
     return DataRef(None, layer=LayerChunks(device, chunkbits,
                                            range(start, start + count * step, step)))

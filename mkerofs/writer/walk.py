@@ -46,6 +46,24 @@ class DataRef:
                 f"indexed={self.indexed}, layer={self.layer!r})")
 
 
+class LayerRef:
+    """A DataRef of rebuild mode's commonest kind: a file of one chunk in a source image
+    (`layer`, the shared LayerChunks of one_chunk_on), `offset` its byte address on that
+    device; path None, neither in_image nor indexed.  It answers what a DataRef does, with
+    only those two slots its own: 48 bytes instead of 72, one a file of the merged tree."""
+    __slots__ = ("offset", "layer")
+    path = None
+    in_image = False
+    indexed = False
+
+    def __init__(self, offset: int, layer: object):
+        self.offset = offset
+        self.layer = layer
+
+    def __repr__(self) -> str:
+        return f"LayerRef({self.offset}, layer={self.layer!r})"
+
+
 @dataclass(eq=False, slots=True)
 class SourceInode:
     """One inode of the source: several names share it when hard-linked.  The stat fields an
@@ -67,7 +85,7 @@ class SourceInode:
     # (a tuple, shared, when the inode has none: a list an inode would be 56 bytes; nothing
     # changes an inode's xattrs in place, they are replaced)
     xattrs: list[tuple[bytes, bytes]] | tuple = ()
-    data: DataRef | None = None               # regular files not read from `path` (tar input)
+    data: DataRef | LayerRef | None = None    # regular files not read from `path` (tar input)
     found_in: "SourceInode | None" = field(default=None, repr=False)    # (see `path`)
 
     @property

@@ -17,6 +17,7 @@ import pytest
 
 from mkerofs.writer.layers import LayerStack, merge_layers, read_layer
 from mkerofs.writer.spool import Spool
+from mkerofs.writer.walk import LayerRef
 from support.layers import make_layer_trees
 from support.run import run_mkerofs
 
@@ -141,3 +142,23 @@ def test_each_image_gives_its_pages_back_once_read(sources, monkeypatch):
     with LayerStack([str(p) for p in sources]) as stack:
         stack.merged_tree(False)
         assert dropped == [layer.image for layer in reversed(stack.layers)]
+
+
+def test_one_chunk_files_are_layer_refs(sources):
+    """Blob index: a file of one chunk in its image (every file here) points there with a
+    LayerRef (48 bytes, not a 72-byte DataRef a file), whichever way it was placed."""
+    for early in (None, (None, 4096)):
+        with LayerStack([str(p) for p in sources]) as stack, Spool() as spool:
+            root, files = stack.merged_tree(False, early)
+            stack.resolve_data(root, files, None, 4096, spool)
+            refs = []
+            pending = [root]
+            while pending:
+                for _name, child in pending.pop().entries:
+                    if child.entries is not None:
+                        pending.append(child)
+                    elif child.data is not None and child.data.layer is not None:
+                        refs.append(child.data)
+        assert len(refs) > 5
+        assert all(type(ref) is LayerRef and ref.path is None and not ref.in_image
+                   and not ref.indexed and ref.layer.blkaddrs is None for ref in refs)
