@@ -9,7 +9,8 @@ import pytest
 from mkerofs.errors import BuildError
 from mkerofs.ondisk import format as fmt
 from mkerofs.writer.chunks import (ChunkLayout, LayerChunks, covering_chunkbits, one_chunk_on,
-                                   index_layer_files, index_tar_files, set_chunk_map)
+                                   index_layer_files, index_tar_files, make_hole_files,
+                                   set_chunk_map)
 from mkerofs.writer.plan import PlannedInode
 from mkerofs.writer.walk import DataRef, LayerRef, SourceInode
 
@@ -166,3 +167,13 @@ def test_index_layer_files_one_chunk_at_its_offset(ref):
             (b.datalayout, b.i_u, b.inline, b.inline_len)
         assert bool(a.i_u & fmt.EROFS_CHUNK_FORMAT_48BIT) == (start >= fmt.EROFS_NULL_ADDR_32)
     assert one_chunk_on(2, bits[0]) is one_chunk_on(2, bits[0])
+    # indexed, a file of one chunk lets go of its own ref: one shared, neither copied nor
+    # made a file of holes; indexing again keeps the same maps
+    pointed = [a.src.data for a, (_s, start, _x) in zip(shared, cases)
+               if start < fmt.EROFS_NULL_ADDR_32]
+    assert len(pointed) > 10 and len({id(ref) for ref in pointed}) == 1
+    assert pointed[0].path is None and pointed[0].layer is not None
+    assert not make_hole_files(shared, blkszbits)
+    before = [(a.datalayout, a.i_u, a.inline) for a in shared]
+    assert index_layer_files(shared, blkszbits, wide_ok=True)
+    assert [(a.datalayout, a.i_u, a.inline) for a in shared] == before
