@@ -71,7 +71,7 @@ from ..errors import BuildError
 from ..ondisk import format as fmt
 from ..util import open_path
 from .plan import PlannedInode
-from .walk import SourceInode
+from .walk import LayerRef, SourceInode
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,10 +296,17 @@ def one_chunk_on(device_id: int, chunkbits: int) -> LayerChunks:
     return LayerChunks(device_id, chunkbits, None)
 
 
+# what a file of one chunk in a source image has for its data once its chunk index is made:
+# where its bytes are is in that index now (its own LayerRef, 48 bytes and a 32-byte offset
+# a file, let go); path None and a layer: neither copied nor a file of zeros
+_POINTED = LayerRef(0, ())
+
+
 def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int,
                       wide_ok: bool = False) -> bool:
     """Make every regular file whose bytes stay in a source image (DataRef.layer) chunk-based
-    over that image's device; True if there was one.  (`wide_ok`: as ChunkStore.)"""
+    over that image's device; True if there was one.  (`wide_ok`: as ChunkStore.)  A file of
+    one chunk (nearly every one) is left with _POINTED for its data."""
     found = False
     one_chunk = one_chunk_layouts(blkszbits, True)
     null = fmt.EROFS_NULL_ADDR_32
@@ -309,11 +316,14 @@ def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int,
         if ref is None or ref.layer is None or node.ftype != reg:
             continue
         found = True
+        if ref is _POINTED:                     # (indexed already)
+            continue
         device_id, chunkbits, blkaddrs = ref.layer
         if blkaddrs is None:                    # one chunk at ref.offset (nearly every file)
             start = ref.offset >> blkszbits
             if start < null:
                 set_chunk_run(node, one_chunk[chunkbits], start, device_id)
+                node.src.data = _POINTED
                 continue
             blkaddrs = (start,)                 # (past 32 bits: a map of one wide entry)
         elif type(blkaddrs) is range and blkaddrs:

@@ -51,7 +51,7 @@ from ..ondisk import format as fmt
 from ..reader.image import Image, Inode
 from .chunks import LayerChunks, covering_chunkbits, one_chunk_on
 from .devices import ExtraDevice
-from .walk import DataRef, SourceInode, link_children
+from .walk import DataRef, ImageRef, LayerRef, SourceInode, link_children
 
 if TYPE_CHECKING:       # (the caller's spool: its module and the tar reader load only for it)
     from .spool import Spool
@@ -68,6 +68,11 @@ _S_IFMT = 0o170000              # stat.S_IFMT(mode), without a call (for every e
 _FLAT_PLAIN, _NULL_ADDR = fmt.EROFS_INODE_FLAT_PLAIN, fmt.EROFS_NULL_ADDR
 # what _layer_node makes without the reader's Inode: nothing to read beyond the inode itself
 _PLAIN_KINDS = frozenset((stat.S_IFREG, stat.S_IFDIR, stat.S_IFIFO, stat.S_IFSOCK))
+# the layers' mtimes in ns, one int object per value: a layer's inodes nearly all have one
+# mtime (compact inodes: the image's build time), and an int past 2^30 is 32 bytes a node
+# (the bound: a layer of many distinct mtimes shares none, nor grows this without end)
+_MTIMES_NS: dict[int, int] = {}
+_MTIMES_MAX = 4096
 
 
 # what is done with a regular file with bytes as a layer is read:
@@ -190,17 +195,17 @@ class Layer:
             return block - slot.uniaddr
         return None
 
-    def plain_data(self, block: int) -> DataRef | None:
+    def plain_data(self, block: int) -> ImageRef | None:
         """Where the bytes from block `block` of the image (as a flat file's block address,
         unified addressing applied) are to be read in place; None if that is on a device
         not given."""
         slot = self.slot
         if slot is None or self.appended or not slot.uniaddr or \
                 not slot.uniaddr <= block < slot.uniaddr + slot.blocks:
-            return DataRef(self._path_b, block * self.block_size)
+            return ImageRef(self._path_b, block * self.block_size)
         if self.device is None:
             return None
-        return DataRef(self._device_b, (block - slot.uniaddr) * self.block_size)
+        return ImageRef(self._device_b, (block - slot.uniaddr) * self.block_size)
 
     def close(self) -> None:
         self.image.close()
@@ -260,6 +265,7 @@ def _read_dirs(img: Image, pending: deque, seen: dict[int, SourceInode], note: N
     while pending:
         directory, dir_nid, dir_fields, base = pending.popleft()
         entries = directory.entries
+        found_in = _found_in(directory, base)
         for name, nid, _ftype in _listing(img, dir_nid, dir_fields, base):
             node = seen.get(nid)
             if node is not None:
@@ -267,16 +273,22 @@ def _read_dirs(img: Image, pending: deque, seen: dict[int, SourceInode], note: N
                     raise _second_name(base + name, nid)
                 entries.append((name, node))
                 continue
-            path = base + name
             fields = fields_of(nid)
-            node = _layer_node(img, nid, fields, path, note)
+            node = _layer_node(img, nid, fields, base, name, found_in, note)
             if node.entries is not None:
                 node.parent = directory
-                pending.append((node, nid, fields, path + b"/"))
+                pending.append((node, nid, fields, node.where + b"/"))
             seen[nid] = node
             if nids is not None:
                 nids[node] = nid
             entries.append((name, node))
+
+
+def _found_in(directory: SourceInode, base: bytes) -> SourceInode | None:
+    """What a non-directory read in `directory` (its path + b"/": `base`) keeps as the
+    directory it was found in (SourceInode.path): the root's entries keep their whole paths
+    ("/" + name: the root's path ends with "/")."""
+    return None if base == b"/" else directory
 
 
 def _listing(img: Image, nid: int, fields: tuple, base: bytes) -> list[tuple[bytes, int, int]]:
@@ -288,35 +300,53 @@ def _listing(img: Image, nid: int, fields: tuple, base: bytes) -> list[tuple[byt
         raise ImageError(f"{os.fsdecode(base)}: {err}") from None
 
 
-def _layer_node(img: Image, nid: int, fields: tuple, path: bytes,
-                note: NoteFile) -> SourceInode:
-    """image_node of inode `nid` (its Image.inode_fields), a regular file with bytes given
-    to `note`.  (Made for every entry of every layer that shows: plain files and directories
-    without xattrs, nearly all of them, straight from the fields.)"""
+def _layer_node(img: Image, nid: int, fields: tuple, base: bytes, name: bytes,
+                found_in: SourceInode | None, note: NoteFile) -> SourceInode:
+    """image_node of inode `nid` (its Image.inode_fields), named `name` in the directory
+    whose path + b"/" is `base` (`found_in`: _found_in of that directory), a regular file
+    with bytes given to `note`.  A directory keeps its whole path (its entries' paths are
+    made from it), any other node only its name when it has a `found_in` (a whole path a
+    file is ~100 bytes).  (Made for every entry of every layer that shows: plain files and
+    directories without xattrs, nearly all of them, straight from the fields.)"""
     (mode, uid, gid, _nlink, size, mtime, nsec, _rdev, _ino, layout, _extended, icount, _pos,
      startblk, _dot) = fields
     kind = mode & _S_IFMT
-    if icount or kind not in _PLAIN_KINDS:
-        node = image_node(img, Inode(nid, *fields), path)
-    elif kind == stat.S_IFDIR:
-        node = SourceInode(path, mode, uid, gid, size, mtime * 10**9 + nsec,
-                           entries=[], xattrs=_NO_XATTRS)
+    if kind == stat.S_IFDIR:
+        where, found_in = base + name, None
     else:
-        node = SourceInode(path, mode, uid, gid, size, mtime * 10**9 + nsec,
-                           xattrs=_NO_XATTRS,
-                           data=_NO_DATA if kind == stat.S_IFREG else None)
+        where = base + name if found_in is None else name
+    if icount or kind not in _PLAIN_KINDS:
+        node = image_node(img, Inode(nid, *fields), where, found_in)
+    elif kind == stat.S_IFDIR:
+        node = SourceInode(where, mode, uid, gid, size, _mtime_ns(mtime, nsec), entries=[],
+                           xattrs=_NO_XATTRS)
+    else:
+        node = SourceInode(where, mode, uid, gid, size, _mtime_ns(mtime, nsec), 0, 0, None,
+                           None, None, _NO_XATTRS,
+                           _NO_DATA if kind == stat.S_IFREG else None, found_in)
     if size and kind == stat.S_IFREG:
         note(node, nid, size, layout, startblk)
     return node
 
 
-def image_node(img: Image, inode: Inode, path: bytes) -> SourceInode:
+def _mtime_ns(mtime: int, nsec: int) -> int:
+    """An inode's mtime in ns, shared (_MTIMES_NS)."""
+    mtime_ns = mtime * 10**9 + nsec
+    if len(_MTIMES_NS) >= _MTIMES_MAX:
+        _MTIMES_NS.clear()
+    return _MTIMES_NS.setdefault(mtime_ns, mtime_ns)
+
+
+def image_node(img: Image, inode: Inode, path: bytes,
+               found_in: SourceInode | None = None) -> SourceInode:
     """The SourceInode of one inode of `img` (a directory's entries left empty; a regular
-    file without data: where its bytes are is the caller's business).  (Made for every entry
-    of every layer: its xattrs are read only when it has some.)"""
+    file without data: where its bytes are is the caller's business); `path` and `found_in`
+    as SourceInode.where and .found_in.  (Made for every entry of every layer: its xattrs are
+    read only when it has some.)"""
     node = SourceInode(path, inode.mode, inode.uid, inode.gid, inode.size,
-                       inode.mtime * 10**9 + inode.mtime_nsec, _rdev(inode),
-                       xattrs=img.xattrs(inode) if inode.xattr_icount else _NO_XATTRS)
+                       _mtime_ns(inode.mtime, inode.mtime_nsec), _rdev(inode),
+                       xattrs=img.xattrs(inode) if inode.xattr_icount else _NO_XATTRS,
+                       found_in=found_in)
     kind = stat.S_IFMT(inode.mode)
     if kind == stat.S_IFDIR:
         node.entries = []
@@ -466,54 +496,60 @@ _TREE = _TreeBelow()
 
 class _ImageBelow:
     """A lower layer read from its image as the merge reaches it (rebuild mode): a directory
-    is (its nid, its inode_fields, its path + b"/"), an entry (name, nid, file type).  A name
-    an upper layer hides, or anything in a directory that hides what is below it, is never
-    read: the layers are not held as whole trees.  (A hard-linked file's `path`, which messages and --compress-hints
-    see, is thus its first name that shows, not its first name in the image.)"""
+    is (its nid, its inode_fields, its path + b"/", the merged directory it merges with: its
+    non-directories' `found_in`), an entry (name, nid, file type).  A name an upper layer
+    hides, or anything in a directory that hides what is below it, is never read: the layers
+    are not held as whole trees.  (A hard-linked file's `path`, which messages and
+    --compress-hints see, is thus its first name that shows, not its first name in the
+    image.)"""
 
     def __init__(self, img: Image, note: NoteFile, root: SourceInode):
         """`root`: the merged root, which the image's root merges with; `note`: what is done
         with each regular file with bytes read."""
         self.img, self.note = img, note
         self.fields_of = img.inode_fields
+        self.root = root
         # (a merged directory stands for the nid it was merged with: a second name is an
         # error)
         self.seen: dict[int, SourceInode] = {img.root_nid: root}
 
-    def top(self) -> tuple[int, tuple, bytes]:
+    def top(self) -> tuple[int, tuple, bytes, SourceInode]:
         nid = self.img.root_nid
-        return nid, self.fields_of(nid), b"/"
+        return nid, self.fields_of(nid), b"/", self.root
 
-    def opaque(self, low: tuple[int, tuple, bytes]) -> bytes | None:
+    def opaque(self, low: tuple[int, tuple, bytes, SourceInode]) -> bytes | None:
         nid, fields = low[0], low[1]
         if not fields[11]:          # (its xattr_icount)
             return None
         return _opaque(self.img.xattrs(Inode(nid, *fields)))
 
-    def entries(self, low: tuple[int, tuple, bytes]) -> list[tuple[bytes, int, int]]:
-        return _listing(self.img, *low)
+    def entries(self, low: tuple[int, tuple, bytes, SourceInode]
+                ) -> list[tuple[bytes, int, int]]:
+        return _listing(self.img, low[0], low[1], low[2])
 
-    def node(self, low: tuple[int, tuple, bytes], entry: tuple[bytes, int, int],
+    def node(self, low: tuple[int, tuple, bytes, SourceInode], entry: tuple[bytes, int, int],
              _xwhiteouts: bool) -> SourceInode:
         """The node of the entry's nid (a directory: with everything below it), read if not
         yet."""
         name, nid = entry[0], entry[1]
         node = self.seen.get(nid)
+        base = low[2]
         if node is not None:
             if node.entries is not None:
-                raise _second_name(low[2] + name, nid)
+                raise _second_name(base + name, nid)
             return node
         fields = self.fields_of(nid)
-        path = low[2] + name
-        node = _layer_node(self.img, nid, fields, path, self.note)
+        node = _layer_node(self.img, nid, fields, base, name, _found_in(low[3], base),
+                           self.note)
         self.seen[nid] = node
         if node.entries is not None:
-            _read_dirs(self.img, deque([(node, nid, fields, path + b"/")]), self.seen,
+            _read_dirs(self.img, deque([(node, nid, fields, node.where + b"/")]), self.seen,
                        self.note, None)
         return node
 
-    def directory(self, low: tuple[int, tuple, bytes], entry: tuple[bytes, int, int],
-                  mine: SourceInode) -> tuple[int, tuple, bytes] | None:
+    def directory(self, low: tuple[int, tuple, bytes, SourceInode],
+                  entry: tuple[bytes, int, int], mine: SourceInode
+                  ) -> tuple[int, tuple, bytes, SourceInode] | None:
         """The entry's directory to merge below the merged `mine`; None if it is none."""
         name, nid = entry[0], entry[1]
         node = self.seen.get(nid)
@@ -525,7 +561,7 @@ class _ImageBelow:
         if fields[0] & _S_IFMT != stat.S_IFDIR:        # (its mode)
             return None
         self.seen[nid] = mine
-        return nid, fields, low[2] + name + b"/"
+        return nid, fields, low[2] + name + b"/", mine
 
 
 def _merge_image(merged: _Merged, layer: Layer, note: NoteFile) -> None:
@@ -655,7 +691,7 @@ def resolve_layer_data(root: SourceInode, files: dict[SourceInode, LayerFile],
     return indexed
 
 
-def _indexed_ref(layer: Layer, file: LayerFile, block_size: int) -> DataRef | None:
+def _indexed_ref(layer: Layer, file: LayerFile, block_size: int) -> DataRef | LayerRef | None:
     """The DataRef pointing at the file's blocks (its LayerChunks) where the merged image's
     slot for `layer` has them; None if there is nothing to point at (an inline tail,
     compressed data, data the slot does not hold) or another block size."""
@@ -677,12 +713,11 @@ def _indexed_ref(layer: Layer, file: LayerFile, block_size: int) -> DataRef | No
             return None
         addrs.append(addr)
     if len(addrs) == 1 and addrs[0] is not None:
-        return DataRef(None, addrs[0] << layer.block_size_bits,
-                       layer=one_chunk_on(device, chunkbits))
+        return LayerRef(addrs[0] << layer.block_size_bits, one_chunk_on(device, chunkbits))
     return DataRef(None, layer=LayerChunks(device, chunkbits, tuple(addrs)))
 
 
-def _flat_ref(layer: Layer, size: int, startblk: int) -> DataRef | None:
+def _flat_ref(layer: Layer, size: int, startblk: int) -> DataRef | LayerRef | None:
     """_indexed_ref of a FLAT_PLAIN file of `size` bytes from block `startblk`."""
     bits = layer.block_size_bits
     device = layer.index + 1
@@ -694,13 +729,13 @@ def _flat_ref(layer: Layer, size: int, startblk: int) -> DataRef | None:
     if start is None:
         return None
     if count == 1:              # (nearly always: a chunk covers up to 2^31 blocks)
-        return DataRef(None, start << bits, layer=one_chunk_on(device, chunkbits))
+        return LayerRef(start << bits, one_chunk_on(device, chunkbits))
     step = 1 << (chunkbits - bits)
     return DataRef(None, layer=LayerChunks(device, chunkbits,
                                            range(start, start + count * step, step)))
 
 
-def _flat_copy(layer: Layer, startblk: int) -> DataRef | None:
+def _flat_copy(layer: Layer, startblk: int) -> DataRef | ImageRef | None:
     """_copied of a FLAT_PLAIN file from block `startblk`: read in place; None if that is
     on a device not given."""
     return _NO_DATA if startblk == _NULL_ADDR else layer.plain_data(startblk)
@@ -732,7 +767,7 @@ def _ignore(*_file) -> None:
     pass
 
 
-def _copied(layer: Layer, file: LayerFile, spool: Spool, path: bytes) -> DataRef:
+def _copied(layer: Layer, file: LayerFile, spool: Spool, path: bytes) -> DataRef | ImageRef:
     """Where the writer reads a file to copy (`path` in the layer): in place if its bytes are
     one run of blocks in the image (or its device), else decoded into the spool."""
     if file.datalayout == _FLAT_PLAIN:

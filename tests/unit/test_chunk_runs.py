@@ -9,9 +9,10 @@ import pytest
 from mkerofs.errors import BuildError
 from mkerofs.ondisk import format as fmt
 from mkerofs.writer.chunks import (ChunkLayout, LayerChunks, covering_chunkbits, one_chunk_on,
-                                   index_layer_files, index_tar_files, set_chunk_map)
+                                   index_layer_files, index_tar_files, make_hole_files,
+                                   set_chunk_map)
 from mkerofs.writer.plan import PlannedInode
-from mkerofs.writer.walk import DataRef, SourceInode
+from mkerofs.writer.walk import DataRef, LayerRef, SourceInode
 
 _HI = 1 << 32
 
@@ -142,15 +143,18 @@ def test_index_layer_files_runs_and_tuples_give_the_same_maps():
     assert index_layer_files(narrow, blkszbits)
 
 
-def test_index_layer_files_one_chunk_at_its_offset():
+@pytest.mark.parametrize("ref", [lambda offset, chunks: DataRef(None, offset, layer=chunks),
+                                 LayerRef], ids=["DataRef", "LayerRef"])
+def test_index_layer_files_one_chunk_at_its_offset(ref):
     """A file of one chunk (nearly every flat file of a layer) has the LayerChunks every such
     file shares and its byte address in the DataRef's offset: the same map as the one-entry
-    tuple, wide past 32 bits (-E48bit then needed)."""
+    tuple, wide past 32 bits (-E48bit then needed).  Rebuild mode makes it a LayerRef, which
+    must answer as that DataRef."""
     blkszbits = 12
     cases = [(size, start, xb) for size in (1, 4096, 5000, 1 << 30)
              for start in (0, 3, _HI - 2, _HI + 9) for xb in (0, 4, 12)]
     bits = [covering_chunkbits(size, blkszbits) for size, _s, _x in cases]
-    shared = [_node(size, xb, DataRef(None, start << blkszbits, layer=one_chunk_on(2, b)))
+    shared = [_node(size, xb, ref(start << blkszbits, one_chunk_on(2, b)))
               for (size, start, xb), b in zip(cases, bits)]
     tupled = [_node(size, xb, DataRef(None, layer=LayerChunks(2, b, (start,))))
               for (size, start, xb), b in zip(cases, bits)]
@@ -163,3 +167,13 @@ def test_index_layer_files_one_chunk_at_its_offset():
             (b.datalayout, b.i_u, b.inline, b.inline_len)
         assert bool(a.i_u & fmt.EROFS_CHUNK_FORMAT_48BIT) == (start >= fmt.EROFS_NULL_ADDR_32)
     assert one_chunk_on(2, bits[0]) is one_chunk_on(2, bits[0])
+    # indexed, a file of one chunk lets go of its own ref: one shared, neither copied nor
+    # made a file of holes; indexing again keeps the same maps
+    pointed = [a.src.data for a, (_s, start, _x) in zip(shared, cases)
+               if start < fmt.EROFS_NULL_ADDR_32]
+    assert len(pointed) > 10 and len({id(ref) for ref in pointed}) == 1
+    assert pointed[0].path is None and pointed[0].layer is not None
+    assert not make_hole_files(shared, blkszbits)
+    before = [(a.datalayout, a.i_u, a.inline) for a in shared]
+    assert index_layer_files(shared, blkszbits, wide_ok=True)
+    assert [(a.datalayout, a.i_u, a.inline) for a in shared] == before

@@ -7,13 +7,15 @@ tree with every kind of file, with compact and extended inodes, with and without
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import fields as dataclass_fields
 
 import pytest
 
 from mkerofs.errors import ImageError
 from mkerofs.reader.image import INODE_FIELDS, Image, Inode
-from mkerofs.writer.layers import LayerFile, _layer_node, _noting, image_node
+from mkerofs.writer.layers import LayerFile, _layer_node, _mtime_ns, _noting, image_node
+from mkerofs.writer.walk import SourceInode
 from support.run import build_image
 from support.trees import make_full_tree
 
@@ -23,6 +25,17 @@ def tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("nodes") / "tree"
     make_full_tree(root, xattrs=True, big_ids=False)
     return root
+
+
+def _place(path: bytes) -> tuple[bytes, SourceInode | None, bytes]:
+    """(the directory's path + "/", the directory (_found_in), the name) of a path of an
+    image; the root's entries have no `found_in`, the root itself is b"" + b"/"."""
+    if path == b"/":
+        return b"", None, b"/"
+    head, name = path.rsplit(b"/", 1)
+    directory = SourceInode(head, stat.S_IFDIR | 0o755, 0, 0, 0, 0, entries=[]) if head \
+        else None
+    return head + b"/", directory, name
 
 
 def test_inode_fields_are_the_inode_after_its_nid():
@@ -45,10 +58,13 @@ def test_fast_nodes_match_image_node(tree, tmp_path, options):
             assert Inode(nid, *values) == inode
             assert dict(zip(INODE_FIELDS, values))["mode"] == inode.mode
             files: dict = {}
-            fast = _layer_node(img, nid, values, path, _noting(files, 3))
-            slow = image_node(img, inode, path)
+            base, found_in, name = _place(path)
+            fast = _layer_node(img, nid, values, base, name, found_in, _noting(files, 3))
+            slow = image_node(img, inode, fast.where, fast.found_in)
             where = os.fsdecode(path)
             assert fast.path == slow.path == path, where
+            # (a non-directory below the root keeps only its name, a directory its path)
+            assert fast.found_in is (found_in if not inode.is_dir() else None), where
             assert (fast.mode, fast.uid, fast.gid, fast.size, fast.mtime_ns, fast.rdev) == \
                 (slow.mode, slow.uid, slow.gid, slow.size, slow.mtime_ns, slow.rdev), where
             assert fast.xattrs == slow.xattrs, where
@@ -101,3 +117,23 @@ def test_inode_fields_share_each_mode(tree, tmp_path):
     for mode in modes:
         assert first.setdefault(mode, mode) is mode
     assert len(modes) > len(first) > 3
+
+
+def test_layer_nodes_share_each_mtime(tree, tmp_path):
+    """Rebuild mode keeps every node's mtime in ns: each value (every compact inode's: the
+    image's build time) is one int object, not one per node (32 bytes each), whichever way
+    the node is made; nanoseconds included."""
+    image = tmp_path / "t.erofs"
+    build_image(image, tree, "--quiet", "-T", "1700000000")
+    with Image.open(image) as img:
+        nodes = []
+        for path, inode in img.walk():
+            base, found_in, name = _place(path)
+            nodes.append(_layer_node(img, inode.nid, img.inode_fields(inode.nid), base, name,
+                                     found_in, _noting({}, 0)))
+            nodes.append(image_node(img, inode, path))
+    assert len(nodes) > 20
+    assert {node.mtime_ns for node in nodes} == {1700000000 * 10**9}
+    assert len({id(node.mtime_ns) for node in nodes}) == 1
+    late = _mtime_ns(1700000000, 5)
+    assert late == 1700000000 * 10**9 + 5 and _mtime_ns(1700000000, 5) is late

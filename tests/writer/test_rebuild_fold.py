@@ -17,6 +17,7 @@ import pytest
 
 from mkerofs.writer.layers import LayerStack, merge_layers, read_layer
 from mkerofs.writer.spool import Spool
+from mkerofs.writer.walk import ImageRef, LayerRef
 from support.layers import make_layer_trees
 from support.run import run_mkerofs
 
@@ -97,6 +98,18 @@ def _data_by_path(root) -> dict[bytes, tuple]:
     return rows
 
 
+def _refs(root) -> list:
+    """The data of every file of the tree that has some."""
+    refs, pending = [], [root]
+    while pending:
+        for _name, child in pending.pop().entries:
+            if child.entries is not None:
+                pending.append(child)
+            elif child.data is not None:
+                refs.append(child.data)
+    return refs
+
+
 @pytest.mark.parametrize("mode", [None, "data", "rvsp"])
 def test_early_placing_equals_resolve(sources, mode):
     """merged_tree(early=...) gives the files whose bytes are one run of blocks their DataRef
@@ -123,6 +136,8 @@ def test_copied_files_share_their_image_path(sources):
         stack.resolve_data(root, files, "data", 4096, spool)
         paths = [ref[0] for ref in _data_by_path(root).values() if ref[0] is not None]
         assert len(paths) > len(sources)
+        # (each a 48-byte ImageRef, answering as a DataRef read in place)
+        assert {type(ref) for ref in _refs(root) if ref.path is not None} == {ImageRef}
         assert len({id(p) for p in paths}) == len(set(paths)) <= len(sources)
 
 
@@ -141,3 +156,16 @@ def test_each_image_gives_its_pages_back_once_read(sources, monkeypatch):
     with LayerStack([str(p) for p in sources]) as stack:
         stack.merged_tree(False)
         assert dropped == [layer.image for layer in reversed(stack.layers)]
+
+
+def test_one_chunk_files_are_layer_refs(sources):
+    """Blob index: a file of one chunk in its image (every file here) points there with a
+    LayerRef (48 bytes, not a 72-byte DataRef a file), whichever way it was placed."""
+    for early in (None, (None, 4096)):
+        with LayerStack([str(p) for p in sources]) as stack, Spool() as spool:
+            root, files = stack.merged_tree(False, early)
+            stack.resolve_data(root, files, None, 4096, spool)
+            refs = [ref for ref in _refs(root) if ref.layer is not None]
+        assert len(refs) > 5
+        assert all(type(ref) is LayerRef and ref.path is None and not ref.in_image
+                   and not ref.indexed and ref.layer.blkaddrs is None for ref in refs)
