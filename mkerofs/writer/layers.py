@@ -51,7 +51,7 @@ from ..ondisk import format as fmt
 from ..reader.image import Image, Inode
 from .chunks import LayerChunks, covering_chunkbits, one_chunk_on
 from .devices import ExtraDevice
-from .walk import DataRef, ImageRef, LayerRef, SourceInode, link_children
+from .walk import DataRef, FileRef, LayerRef, SourceInode, link_children
 
 if TYPE_CHECKING:       # (the caller's spool: its module and the tar reader load only for it)
     from .spool import Spool
@@ -195,17 +195,17 @@ class Layer:
             return block - slot.uniaddr
         return None
 
-    def plain_data(self, block: int) -> ImageRef | None:
+    def plain_data(self, block: int) -> FileRef | None:
         """Where the bytes from block `block` of the image (as a flat file's block address,
         unified addressing applied) are to be read in place; None if that is on a device
         not given."""
         slot = self.slot
         if slot is None or self.appended or not slot.uniaddr or \
                 not slot.uniaddr <= block < slot.uniaddr + slot.blocks:
-            return ImageRef(self._path_b, block * self.block_size)
+            return FileRef(self._path_b, block * self.block_size)
         if self.device is None:
             return None
-        return ImageRef(self._device_b, (block - slot.uniaddr) * self.block_size)
+        return FileRef(self._device_b, (block - slot.uniaddr) * self.block_size)
 
     def close(self) -> None:
         self.image.close()
@@ -735,7 +735,7 @@ def _flat_ref(layer: Layer, size: int, startblk: int) -> DataRef | LayerRef | No
                                            range(start, start + count * step, step)))
 
 
-def _flat_copy(layer: Layer, startblk: int) -> DataRef | ImageRef | None:
+def _flat_copy(layer: Layer, startblk: int) -> DataRef | FileRef | None:
     """_copied of a FLAT_PLAIN file from block `startblk`: read in place; None if that is
     on a device not given."""
     return _NO_DATA if startblk == _NULL_ADDR else layer.plain_data(startblk)
@@ -767,7 +767,7 @@ def _ignore(*_file) -> None:
     pass
 
 
-def _copied(layer: Layer, file: LayerFile, spool: Spool, path: bytes) -> DataRef | ImageRef:
+def _copied(layer: Layer, file: LayerFile, spool: Spool, path: bytes) -> DataRef | FileRef:
     """Where the writer reads a file to copy (`path` in the layer): in place if its bytes are
     one run of blocks in the image (or its device), else decoded into the spool."""
     if file.datalayout == _FLAT_PLAIN:

@@ -28,7 +28,7 @@ from ..ondisk import format as fmt
 from ..util import pwrite_all
 from .data import DataArea
 from .tarstream import TarEntry, TarReader
-from .walk import DataRef
+from .walk import DataRef, FileRef
 
 _BUFFER = 1 << 20
 _SPARSE_ALIGN = 1 << 16         # a multiple of any file system's block size a spool lives on
@@ -68,7 +68,7 @@ class Spool:
                 self._end = start + fmt.round_up(entry.size, _SPARSE_ALIGN)
             for offset, piece in reader.chunks(entry):
                 self._gather.write(start + offset, piece)
-        return DataRef(self.path, start)
+        return FileRef(self.path, start)
 
     def store_pieces(self, pieces: Iterable[bytes]) -> DataRef:
         """Copy a file given as consecutive pieces (a file of a source image, decoded as
@@ -80,7 +80,7 @@ class Spool:
             self._gather.write(pos, piece)
             pos += len(piece)
         self._end = pos
-        return DataRef(self.path, start)
+        return FileRef(self.path, start)
 
     def flush(self) -> None:
         """Make every byte stored so far readable through `path` (by other processes too)."""

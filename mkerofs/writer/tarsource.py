@@ -51,7 +51,7 @@ from typing import Callable
 from ..ondisk.format import EROFS_NAME_LEN
 from .spool import ImageSpool, Spool
 from .tarstream import BLK, CHR, DIR, HARDLINK, REG, SYMLINK, TarEntry, TarError, TarReader
-from .walk import DataRef, SourceInode, link_children
+from .walk import DataRef, FileRef, IndexedRef, SourceInode, link_children
 
 _OPAQUE = b"trusted.overlay.opaque"
 _ORIGIN = b"trusted.overlay.origin"
@@ -336,7 +336,7 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
                 where, found_in = name, parent
         if kind == REG:
             if indexed_path is not None and entry.size and entry.sparse is None:
-                data = DataRef(indexed_path, entry.data_offset, indexed=True)
+                data = IndexedRef(indexed_path, entry.data_offset)
             else:
                 data = _file_data(reader, entry, opts, spool)
             # (the most common entry)
@@ -391,7 +391,7 @@ def _file_data(reader: TarReader, entry: TarEntry, opts: TarTreeOptions,
         # (--tar=i too: the file's bytes are not one range of the tar, so the image holds them)
         return spool.store(reader, entry)
     if opts.index:
-        return DataRef(opts.tar_path or b"", entry.data_offset, indexed=True)
+        return IndexedRef(opts.tar_path or b"", entry.data_offset)
     if opts.tar_path is not None:
-        return DataRef(opts.tar_path, entry.data_offset)
+        return FileRef(opts.tar_path, entry.data_offset)
     return spool.store(reader, entry)

@@ -48,7 +48,8 @@ class DataRef:
 
 class _SlimRef:
     """A DataRef of a kind with two fields of its own (a subclass's __slots__), the others
-    class attributes: 48 bytes instead of 72, for kinds made one a file of a merged tree."""
+    class attributes: 48 bytes instead of 72, for kinds made one a file (a tar's, a merged
+    tree's)."""
     __slots__ = ()
     path: bytes | None = None
     offset = 0
@@ -69,10 +70,21 @@ class LayerRef(_SlimRef):
         self.offset, self.layer = offset, layer
 
 
-class ImageRef(_SlimRef):
-    """Rebuild --clean=data's commonest DataRef: a file whose bytes are one run in a source
-    image (or its device: `path`, shared by the image's files), read in place from `offset`."""
+class FileRef(_SlimRef):
+    """The commonest DataRef: a file whose bytes are one run of another file (`path`, shared
+    by many), read in place from `offset`: the tar itself, a spool file, or, rebuild
+    --clean=data, a source image or its device."""
     __slots__ = ("path", "offset")
+
+    def __init__(self, path: bytes, offset: int):
+        self.path, self.offset = path, offset
+
+
+class IndexedRef(_SlimRef):
+    """--tar=i's DataRef: the bytes stay in the tar (`path`, or b"" for a stream), `offset`
+    bytes into it; the image only points there."""
+    __slots__ = ("path", "offset")
+    indexed = True
 
     def __init__(self, path: bytes, offset: int):
         self.path, self.offset = path, offset
@@ -99,7 +111,7 @@ class SourceInode:
     # (a tuple, shared, when the inode has none: a list an inode would be 56 bytes; nothing
     # changes an inode's xattrs in place, they are replaced)
     xattrs: list[tuple[bytes, bytes]] | tuple = ()
-    data: DataRef | LayerRef | ImageRef | None = None  # regular files not read from `path`
+    data: DataRef | LayerRef | FileRef | IndexedRef | None = None  # regular files not read from `path`
     found_in: "SourceInode | None" = field(default=None, repr=False)    # (see `path`)
 
     @property
