@@ -131,3 +131,21 @@ def test_a_build_from_a_thread_uses_threads_and_gives_the_same_image(wtree, tmp_
     thread.join()
     assert not failure, failure
     assert one.read_bytes() == threaded.read_bytes()
+
+
+@pytest.mark.parametrize("hold_max", [0, 16 << 20])
+def test_segments_kept_by_a_worker_or_sent_back(wtree, tmp_path, kernel, monkeypatch, hold_max):
+    """A worker keeps the compressed segments of a big file's first HOLD_SEGMENTS_MAX bytes and
+    writes them itself once the file is placed; the rest come back to be written.  d3/big (17
+    MiB: two segments) all sent back, or its first segment kept and its second sent back: the
+    same image as one thread, and the kernel reads it back as the source."""
+    import mkerofs.writer.workers as workers
+
+    monkeypatch.setattr(workers, "HOLD_SEGMENTS_MAX", hold_max)    # (inherited by the fork)
+    opts = dict(compressor="lz4")
+    one, many = tmp_path / "one.erofs", tmp_path / "many.erofs"
+    _build(one, wtree, 1, **opts)
+    _build(many, wtree, 2, **opts)
+    assert one.read_bytes() == many.read_bytes()
+    with kernel(many) as mnt:
+        compare_trees(wtree, mnt)
