@@ -67,6 +67,9 @@ EROFS_FT_FIFO = 5
 EROFS_FT_SOCK = 6
 EROFS_FT_SYMLINK = 7
 # (the kernel's fs_umode_to_ftype)
+# i_mode's file type bits (stat.S_IFMT(mode) is mode & S_IFMT: the hot loops mask, not call)
+S_IFMT = 0o170000
+
 EROFS_FT_OF_MODE = {
     stat.S_IFREG: EROFS_FT_REG_FILE, stat.S_IFDIR: EROFS_FT_DIR,
     stat.S_IFCHR: EROFS_FT_CHRDEV, stat.S_IFBLK: EROFS_FT_BLKDEV,

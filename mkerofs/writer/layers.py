@@ -64,7 +64,7 @@ OPAQUE_XWHITEOUTS = b"x"
 _NO_DATA = DataRef(None)
 _NO_XATTRS: tuple = ()      # shared: not a list a node (56 bytes); never changed in place
 _DEVICES = (stat.S_IFCHR, stat.S_IFBLK)
-_S_IFMT = 0o170000              # stat.S_IFMT(mode), without a call (for every entry read)
+_S_IFMT = fmt.S_IFMT
 _FLAT_PLAIN, _NULL_ADDR = fmt.EROFS_INODE_FLAT_PLAIN, fmt.EROFS_NULL_ADDR
 # what _layer_node makes without the reader's Inode: nothing to read beyond the inode itself
 _PLAIN_KINDS = frozenset((stat.S_IFREG, stat.S_IFDIR, stat.S_IFIFO, stat.S_IFSOCK))

@@ -143,7 +143,7 @@ def planned_isize(src: SourceInode, options: BuildOptions, build_time: int) -> i
 
 
 _BY_NAME = itemgetter(0)
-_S_IFMT = 0o170000              # stat.S_IFMT(mode) is mode & this
+_S_IFMT = fmt.S_IFMT
 _INTERNED_MAX = 4096
 _COMPACT_MAX_SIZE = fmt.EROFS_COMPACT_INODE_MAX_SIZE
 _COMPACT_MAX_ID = fmt.EROFS_COMPACT_INODE_MAX_ID

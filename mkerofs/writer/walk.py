@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import BuildError
+from ..ondisk import format as fmt
 from ..util import NAME_MAX, PATH_MAX, listdir_path, open_path, posix_ere_to_python, read_xattrs
 from .options import BuildOptions
 
@@ -214,7 +215,7 @@ class XattrReader:
         return selinux.with_label(xattrs, label)
 
 
-_S_IFMT = 0o170000              # stat.S_IFMT(mode) is mode & this
+_S_IFMT = fmt.S_IFMT
 _S_IFREG = stat.S_IFREG
 _NO_XATTR_ERRNOS = (errno.ENOTSUP, errno.ENODATA)   # as util.read_xattrs: no xattrs
 
