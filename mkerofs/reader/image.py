@@ -313,6 +313,11 @@ class Image:
         for mm in self._mmaps:
             mm.madvise(mmap.MADV_DONTNEED)
 
+    def forget_listings(self) -> None:
+        """Let go of the directory listings kept for a second look (listdir's): a caller
+        done with the directories keeps its resident size down."""
+        self._dir_cache.clear()
+
     def close(self) -> None:
         if self._closed:
             return

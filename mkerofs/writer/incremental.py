@@ -81,7 +81,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..errors import BuildError, ImageError
 from ..ondisk import format as fmt
-from ..reader.image import Image, Inode
+from ..reader.image import INODE_FIELDS, Image, Inode
 from ..util import PageBudget, pwrite_all
 from .layers import (OPAQUE, OPAQUE_XWHITEOUTS, OPAQUE_YES, LayerTree, image_node, merge_onto,
                      read_image_tree)
@@ -97,6 +97,10 @@ _FICLONE = 0x40049409           # ioctl(dst, FICLONE, src): share the source's e
 _KEPT_DIR_LAYOUTS = {fmt.EROFS_INODE_FLAT_PLAIN, fmt.EROFS_INODE_FLAT_INLINE}
 _ALL_INLINE = 1 << 30           # an -x tolerance no xattr reaches: none is shared
 _ROOT_NID_MAX = 0xFFFF
+# a base directory as _BaseFold hands it to the merge: its nid and its path + "/"
+_Low = tuple[int, bytes]
+_ICOUNT = INODE_FIELDS.index("xattr_icount")
+_DATALAYOUT = INODE_FIELDS.index("datalayout")
 # the base entries the merge keeps unread, outside an opaque "x" directory (_BaseFold._node)
 _UNREAD_TYPES = frozenset(fmt.EROFS_FT_OF_MODE.values()) - {fmt.EROFS_FT_DIR,
                                                              fmt.EROFS_FT_CHRDEV}
@@ -499,6 +503,7 @@ def merge_increment(base: Base, upper: SourceInode, strip: bool) -> Increment:
     except ImageError as err:
         raise BuildError(f"{base.path}: {err}") from None
     base.img.drop_pages()
+    base.img.forget_listings()
     return Increment(base, root, fold.reparented)
 
 
@@ -510,25 +515,40 @@ class _BaseFold:
     def __init__(self, img: Image):
         self.img = img
         self.reparented: list[KeptDir] = []
-        self.unread: list[tuple[SourceInode, Inode, bytes]] = []    # rewritten, to read
+        self.unread: list[tuple[SourceInode, _Low]] = []    # rewritten, to read
         self.dirs: set[int] = set()             # the directory nids met
         self._budget = PageBudget(_DROP_EVERY, img.drop_pages)    # per directory listed
+        self._last: tuple[int, tuple] = (-1, ())    # the nid and inode_fields last read
 
-    # -- what layers.add_below asks of a lower layer (a directory: its Inode and its path + "/")
+    # -- what layers.add_below asks of a lower layer (a directory: _Low, its nid and its path
+    # + "/"; its inode is read when the merge looks into it, as Image.inode_fields: no Inode
+    # made, and none held while it waits its turn)
 
-    def top(self) -> tuple[Inode, bytes]:
-        root = self.img.root
-        self.dirs.add(root.nid)
-        return root, b"/"
+    def top(self) -> _Low:
+        nid = self.img.root_nid
+        self._claim(nid, b"/")
+        return nid, b"/"
 
-    def opaque(self, low: tuple[Inode, bytes]) -> bytes | None:
-        inode = low[0]
-        return dict(self.img.xattrs(inode)).get(OPAQUE) if inode.xattr_icount else None
+    def opaque(self, low: _Low) -> bytes | None:
+        nid = low[0]
+        fields = self._fields(nid)
+        if not fields[_ICOUNT]:
+            return None
+        return dict(self.img.xattrs(Inode(nid, *fields))).get(OPAQUE)
 
-    def entries(self, low: tuple[Inode, bytes]) -> list[tuple[bytes, int, int]]:
-        return self._listing(*low)
+    def entries(self, low: _Low) -> list[tuple[bytes, int, int]]:
+        self._budget.spend()
+        nid, path = low
+        try:
+            listing = self.img.listdir_fields(nid, self._fields(nid))
+        except ImageError as err:
+            raise ImageError(f"{os.fsdecode(path)}: {err}") from None
+        # (each is read once: a large one's listing, kept for a second look, would only add
+        # to the peak)
+        self.img.forget_listings()
+        return listing
 
-    def node(self, low: tuple[Inode, bytes], entry: tuple[bytes, int, int],
+    def node(self, low: _Low, entry: tuple[bytes, int, int],
              xwhiteouts: bool) -> SourceInode | WrittenInode:
         name, nid, ftype = entry
         if ftype in _UNREAD_TYPES and not xwhiteouts:
@@ -538,23 +558,25 @@ class _BaseFold:
             self._read_unread()         # (the merge takes a directory whole)
         return node
 
-    def directory(self, low: tuple[Inode, bytes], entry: tuple[bytes, int, int],
-                  _mine: SourceInode) -> tuple[Inode, bytes] | None:
+    def directory(self, low: _Low, entry: tuple[bytes, int, int],
+                  _mine: SourceInode) -> _Low | None:
         name, nid, ftype = entry
         if ftype != fmt.EROFS_FT_DIR:
             return None
         path = low[1] + name
-        return self._dir_inode(nid, path), path + b"/"
+        self._claim(nid, path)
+        return nid, path + b"/"
 
     def _node(self, name: bytes, nid: int, ftype: int, path: bytes,
               xwhiteouts: bool) -> SourceInode | WrittenInode:
         """The node of a base entry the merge takes (`path`: its directory's, with a "/")."""
         img = self.img
         if ftype == fmt.EROFS_FT_DIR:
-            inode = self._dir_inode(nid, path + name)
-            if inode.datalayout not in _KEPT_DIR_LAYOUTS:
-                node = image_node(img, inode, path + name)
-                self.unread.append((node, inode, path + name + b"/"))
+            self._claim(nid, path + name)
+            fields = self._fields(nid)
+            if fields[_DATALAYOUT] not in _KEPT_DIR_LAYOUTS:
+                node = image_node(img, Inode(nid, *fields), path + name)
+                self.unread.append((node, (nid, path + name + b"/")))
                 return node                     # rewritten
             kept = KeptDir(nid, ftype)
             self.reparented.append(kept)        # (its parent is always a rewritten one)
@@ -566,24 +588,25 @@ class _BaseFold:
     def _read_unread(self) -> None:
         """Read the directories to rewrite whole (their subdirectories to rewrite too)."""
         while self.unread:
-            directory, inode, path = self.unread.pop()
+            directory, low = self.unread.pop()
             xwhiteouts = dict(directory.xattrs).get(OPAQUE) == OPAQUE_XWHITEOUTS
             entries = directory.entries
-            for name, nid, ftype in self._listing(inode, path):
+            path = low[1]
+            for name, nid, ftype in self.entries(low):
                 entries.append((name, self._node(name, nid, ftype, path, xwhiteouts)))
 
-    def _dir_inode(self, nid: int, path: bytes) -> Inode:
+    def _claim(self, nid: int, path: bytes) -> None:
         if nid in self.dirs:
             raise ImageError(f"{os.fsdecode(path)}: directory nid {nid} has a second name")
         self.dirs.add(nid)
-        return self.img.inode(nid)
 
-    def _listing(self, inode: Inode, path: bytes) -> list[tuple[bytes, int, int]]:
-        self._budget.spend()
-        try:
-            return self.img.listdir(inode)
-        except ImageError as err:
-            raise ImageError(f"{os.fsdecode(path)}: {err}") from None
+    def _fields(self, nid: int) -> tuple:
+        """Image.inode_fields(nid), read once for opaque() and entries() in turn."""
+        last_nid, fields = self._last
+        if last_nid != nid:
+            fields = self.img.inode_fields(nid)
+            self._last = nid, fields
+        return fields
 
 
 _STUB_MODE = {ftype: mode for mode, ftype in fmt.EROFS_FT_OF_MODE.items()}
@@ -770,7 +793,7 @@ def dotdot_patches(inc: Increment, written: list[PlannedInode]) -> list[tuple[in
         parent_nid = new_nids[id(directory.parent)]
         inode = img.inode(directory.nid)
         try:
-            pos, entry = _dotdot(img, inode)
+            pos, entry = _dotdot(img, inode, inc.base.fd)
         except ImageError as err:
             raise BuildError(f"{inc.base.path}: {err}") from None
         _nid, nameoff, ftype, reserved = entry
@@ -779,29 +802,59 @@ def dotdot_patches(inc: Increment, written: list[PlannedInode]) -> list[tuple[in
     return patches
 
 
-def _dotdot(img: Image, inode) -> tuple[int, tuple]:
-    """Where the ".." entry of a flat directory is in the image, and the entry."""
+def _dotdot(img: Image, inode: Inode, fd: int) -> tuple[int, tuple]:
+    """Where the ".." entry of a flat directory is in the image (open as `fd`), and the entry.
+    (Nearly always in its first block, read at once: the extents and a read through them
+    cost more than the rest.)"""
+    first = _first_dir_block(img, inode)
+    if first is not None:
+        pos, n = first
+        blk = os.pread(fd, n, pos)
+        i = _dotdot_index(blk) if len(blk) == n else None
+        if i is not None:
+            return pos + i * fmt.EROFS_DIRENT_SIZE, \
+                fmt.EROFS_DIRENT.unpack_from(blk, i * fmt.EROFS_DIRENT_SIZE)
     bs = img.block_size
     extents = img.extents(inode)
     for at in range(0, inode.size, bs):
         blk = img.read(inode, at, min(bs, inode.size - at))
-        count = fmt.EROFS_DIRENT.unpack_from(blk)[1] // fmt.EROFS_DIRENT_SIZE
-        for i in range(count):
-            entry = fmt.EROFS_DIRENT.unpack_from(blk, i * fmt.EROFS_DIRENT_SIZE)
-            if i + 1 < count:
-                name = blk[entry[1]:fmt.EROFS_DIRENT.unpack_from(
-                    blk, (i + 1) * fmt.EROFS_DIRENT_SIZE)[1]]
-            else:
-                name = blk[entry[1]:].split(b"\0", 1)[0]
-            if name != b"..":
-                continue
-            logical = at + i * fmt.EROFS_DIRENT_SIZE
-            for ext in extents:
-                if ext.kind in ("plain", "inline") and \
-                        ext.logical <= logical < ext.logical + ext.length:
-                    return ext.physical + logical - ext.logical, entry
-            break
+        i = _dotdot_index(blk)
+        if i is None:
+            continue
+        logical = at + i * fmt.EROFS_DIRENT_SIZE
+        for ext in extents:
+            if ext.kind in ("plain", "inline") and \
+                    ext.logical <= logical < ext.logical + ext.length:
+                return ext.physical + logical - ext.logical, \
+                    fmt.EROFS_DIRENT.unpack_from(blk, i * fmt.EROFS_DIRENT_SIZE)
+        break
     raise ImageError(f"nid {inode.nid}: no '..' entry in flat directory data")
+
+
+def _first_dir_block(img: Image, inode: Inode) -> tuple[int, int] | None:
+    """(position, length) of a flat directory's first block: its inline tail when that is
+    all of it, else its first data block; None where it has none to read this way."""
+    bs = img.block_size
+    if inode.datalayout == fmt.EROFS_INODE_FLAT_INLINE and inode.size <= bs:
+        pos = inode.data_pos
+        return (pos, inode.size) if pos % bs + inode.size <= bs else None
+    if inode.startblk == fmt.EROFS_NULL_ADDR:
+        return None
+    return inode.startblk * bs, min(bs, inode.size)
+
+
+def _dotdot_index(blk: bytes) -> int | None:
+    """Which entry of a directory block is "..", if one is."""
+    count = fmt.EROFS_DIRENT.unpack_from(blk)[1] // fmt.EROFS_DIRENT_SIZE
+    for i in range(count):
+        start = fmt.EROFS_DIRENT.unpack_from(blk, i * fmt.EROFS_DIRENT_SIZE)[1]
+        if i + 1 < count:
+            name = blk[start:fmt.EROFS_DIRENT.unpack_from(blk, (i + 1) * fmt.EROFS_DIRENT_SIZE)[1]]
+        else:
+            name = blk[start:].split(b"\0", 1)[0]
+        if name == b"..":
+            return i
+    return None
 
 
 def superblock(base: Base, out: Output, root_nid: int, blocks: int, new_inodes: int,

@@ -188,12 +188,12 @@ def test_report_and_summary_say_base_and_new(tmp_path):
 def _inodes_read(monkeypatch, image: Path, upper: Path, inc: IncrementalOptions) -> list[int]:
     """Put `upper` on `image`; the nids of the base inodes the build read."""
     read = []
-    real_inode = Image.inode
+    real_fields = Image.inode_fields        # (Image.inode reads through it too)
 
-    def inode(self, nid):
+    def inode_fields(self, nid):
         read.append(nid)
-        return real_inode(self, nid)
-    monkeypatch.setattr(Image, "inode", inode)
+        return real_fields(self, nid)
+    monkeypatch.setattr(Image, "inode_fields", inode_fields)
     build(image, upper, _opts(incremental=inc))
     monkeypatch.undo()
     return read
