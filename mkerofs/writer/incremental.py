@@ -845,7 +845,10 @@ def _first_dir_block(img: Image, inode: Inode) -> tuple[int, int] | None:
 
 def _dotdot_index(blk: bytes) -> int | None:
     """Which entry of a directory block is "..", if one is."""
-    count = fmt.EROFS_DIRENT.unpack_from(blk)[1] // fmt.EROFS_DIRENT_SIZE
+    if len(blk) < fmt.EROFS_DIRENT_SIZE:
+        return None
+    # (a kept directory is not read otherwise: a bad first nameoff must not read past blk)
+    count = min(fmt.EROFS_DIRENT.unpack_from(blk)[1], len(blk)) // fmt.EROFS_DIRENT_SIZE
     for i in range(count):
         start = fmt.EROFS_DIRENT.unpack_from(blk, i * fmt.EROFS_DIRENT_SIZE)[1]
         if i + 1 < count:
