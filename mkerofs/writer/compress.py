@@ -349,9 +349,9 @@ def compress_segment(data, cfg: CompressConfig, *, last: bool, tail_room: int = 
     max_in = cfg.max_extent_input
     # LZ4 takes raw addresses into the segment (kept alive by `data`): cheaper per pcluster
     base = None
-    if type(data) is bytes and hasattr(comp, "destsize_at"):
+    if type(data) is bytes and hasattr(comp, "destsize_filler"):
         base = bytes_address(data)
-        compress_at = comp.destsize_at
+        compress_at = comp.destsize_filler(dest)
     n = len(view)
     out: list[Pcluster] = []
     head = 0
@@ -374,13 +374,13 @@ def compress_segment(data, cfg: CompressConfig, *, last: bool, tail_room: int = 
             key = (prof.key, win, base is not None)
             found = memo.get(key)
             if found is None:
-                found = (compress_at(base + head, win, dest) if base is not None
+                found = (compress_at(base + head, win) if base is not None
                          else comp.compress_destsize(view[head:head + win], dest))
                 if len(memo) < _ZERO_RUNS_MAX:
                     memo[key] = found
             used, packed = found
         elif base is not None:
-            used, packed = compress_at(base + head, win, dest)
+            used, packed = compress_at(base + head, win)
         else:
             used, packed = comp.compress_destsize(view[head:head + win], dest)
         if used <= 0:
