@@ -1027,15 +1027,17 @@ def _chunk_regular_files(plan: Plan, options: BuildOptions, data: DataArea,
         print(f"mkerofs: warning: chunks of {1 << options.chunkbits} bytes are smaller than "
               f"dsunit ({options.dsunit} blocks): --dsunit is ignored for them",
               file=sys.stderr)
+    files = [node for node in plan.data_order or plan.inodes
+             if node.ftype == fmt.EROFS_FT_REG_FILE and node.size and node.flat is None and
+             not node.compressed and not node.chunk_based]
     store = ChunkStore(blob if blob is not None else ImageBlocks(data), blkszbits,
                        options.chunkbits, indexes=options.chunk_format == "indexes",
                        device_id=1 if blob is not None else 0,
                        dedupe=options.dedupe is not False, dsunit=dsunit,
-                       wide_ok=options.format_48bit)
-    for node in plan.data_order or plan.inodes:
-        if node.ftype == fmt.EROFS_FT_REG_FILE and node.size and node.flat is None and \
-                not node.compressed and not node.chunk_based:
-            make_chunked(node, store)
+                       wide_ok=options.format_48bit,
+                       expected=sum([((node.size - 1) >> options.chunkbits) + 1 for node in files]))
+    for node in files:
+        make_chunked(node, store)
     return store
 
 
