@@ -1038,6 +1038,7 @@ def _chunk_regular_files(plan: Plan, options: BuildOptions, data: DataArea,
                        expected=sum([((node.size - 1) >> options.chunkbits) + 1 for node in files]))
     for node in files:
         make_chunked(node, store)
+    store.close()
     return store
 
 

@@ -476,6 +476,12 @@ class ChunkStore:
             # a full chunk of zeros is a hole (larger chunks are checked for zeros as read)
             self._known.add(xxhash.xxh3_64_intdigest(bytes(1 << chunkbits)) >> _KEY_SHIFT, _HOLE)
 
+    def close(self) -> None:
+        """After the last file: the table of the chunks stored goes (5.5 MiB of the 222,000
+        chunks of -Ededupe on the bench tree, at the build's peak otherwise), the counts stay
+        for the report."""
+        self._known = self._others = None
+
     def begin_file(self) -> None:
         """Called before a file's first chunk: with --dsunit, its first new chunk begins at a
         multiple of dsunit blocks (the caller asks for it only when dsunit is at most a
@@ -538,7 +544,10 @@ class ChunkStore:
             pad = -len(new[-1]) % (1 << self.blkszbits)
             if pad:
                 new.append(_ZEROS[:pad])
-            self.sink.pwrite(b"".join(new), first << self.blkszbits)
+            # every chunk of the window new, none padded: they are `buf` as read, written
+            # without a copy (1 MiB less at the peak, and no memcpy of every byte)
+            whole = not pad and len(new) << self.chunkbits >= len(buf)
+            self.sink.pwrite(buf if whole else b"".join(new), first << self.blkszbits)
 
     def _remember(self, key: int, found, addr: int, nbytes: int) -> None:
         """Note the chunk just stored at `addr` under `key` (`found`: what the key had)."""
