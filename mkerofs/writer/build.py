@@ -28,7 +28,7 @@ from .report import BuildProgress, BuildReport, options_dict, tally_inodes, watc
 from .walk import SourceInode, apply_walk_options, walk_source
 from .xattrs import XattrLayout
 
-if TYPE_CHECKING:       # (each loaded only where used: -z, 20 ms of a plain build; fragments; --vmdk-desc)
+if TYPE_CHECKING:       # (each loaded only where used: -z's modules are 20 ms of a plain build)
     from . import compress
     from .hints import CompressHints
     from .packed import PackedFile
@@ -1039,8 +1039,8 @@ def _chunk_regular_files(plan: Plan, options: BuildOptions, data: DataArea,
                        options.chunkbits, indexes=options.chunk_format == "indexes",
                        device_id=1 if blob is not None else 0,
                        dedupe=options.dedupe is not False, dsunit=dsunit,
-                       wide_ok=options.format_48bit,
-                       expected=sum([((node.size - 1) >> options.chunkbits) + 1 for node in files]))
+                       wide_ok=options.format_48bit, expected=sum(
+                           [((node.size - 1) >> options.chunkbits) + 1 for node in files]))
     for node in files:
         make_chunked(node, store)
     store.close()
