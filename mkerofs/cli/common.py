@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from dataclasses import dataclass
 
 import click
-from click import shell_completion
 
 from ..errors import MkerofsError
 from ..util import parse_c_int
@@ -118,6 +116,7 @@ def run(command: click.Command, prog: str, argv: list[str] | None = None,
     argv = list(sys.argv[1:] if argv is None else argv)
     completing = completion_request(prog)
     if completing is not None:
+        from click import shell_completion     # (loaded only when a shell completes)
         return shell_completion.shell_complete(command, {}, prog, *completing)
     state = RunState()
     try:
@@ -135,6 +134,7 @@ def run(command: click.Command, prog: str, argv: list[str] | None = None,
         return _quiet_broken_pipe()
     except (Failure, MkerofsError, OSError) as exc:
         if state.debug:
+            import traceback                    # (loaded only for -d9's tracebacks)
             traceback.print_exc()
         status = next((s for kind, s in (status_of or {}).items() if isinstance(exc, kind)),
                       getattr(exc, "status", EXIT_FAILURE))

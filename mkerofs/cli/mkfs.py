@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
 import re
 import sys
@@ -526,6 +525,7 @@ def _report_sink(path: str | None):
 
 def write_report(report, out) -> None:
     """--report=FILE: the build report as JSON to `out` ('-': stdout)."""
+    import json                                 # (loaded only for --report)
     text = json.dumps(report.to_dict(), indent=2) + "\n"
     if out == "-":
         click.echo(text, nl=False)

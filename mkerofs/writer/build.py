@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from ..ondisk import format as fmt
-from .packed import PackedFile
 from .chunks import (ChunkStore, ImageBlocks, TarIndex, index_layer_files, index_tar_files,
                      make_chunked, make_hole_files, map_lines)
 from .devices import BlobFile, DeviceTable, ExtraDevice
@@ -27,12 +26,13 @@ from .output import Output
 from .plan import Plan, PlannedInode, plan_inodes, planned_isize
 from .report import BuildProgress, BuildReport, options_dict, tally_inodes, watch_writing
 from .walk import SourceInode, apply_walk_options, walk_source
-from .vmdk import VmdkDescriptor, descriptor
 from .xattrs import XattrLayout
 
-if TYPE_CHECKING:       # (loaded only when files are compressed: 20 ms of a plain build)
+if TYPE_CHECKING:       # (each loaded only where used: -z's modules are 20 ms of a plain build)
     from . import compress
     from .hints import CompressHints
+    from .packed import PackedFile
+    from .vmdk import VmdkDescriptor
     from .workers import CompressionPool
 
 _FLAT_CONTENT = {fmt.EROFS_FT_REG_FILE, fmt.EROFS_FT_SYMLINK, fmt.EROFS_FT_DIR}
@@ -163,6 +163,7 @@ class _Sinks:
     def finish(self, result: BuildResult,
                vmdk_extents: Callable[[], list[tuple[str, int]]]) -> None:
         if self.vmdk is not None:
+            from .vmdk import descriptor        # (loaded only for --vmdk-desc)
             self.vmdk.stage(descriptor(result.uuid, vmdk_extents()))
         if self.blob is not None:
             self.blob.finish()
@@ -208,6 +209,7 @@ def _read_source(source, options: BuildOptions, build_time: int, sinks: _Sinks,
     if options.blobdev is not None:
         sinks.blob = BlobFile(options.blobdev, options.block_size)
     if options.vmdk_desc is not None:
+        from .vmdk import VmdkDescriptor        # (loaded only for --vmdk-desc)
         sinks.vmdk = VmdkDescriptor(options.vmdk_desc)
     on_file = None
     if zcfg is not None:
@@ -585,7 +587,10 @@ def _write_image(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLa
     # compression configurations (if any) follow the superblock; the device table follows them
     cfgs_pos = fmt.EROFS_SUPER_OFFSET + fmt.EROFS_SB_SIZE
     cfgs = zcfg.superblock(False).cfgs if zcfg is not None else b""
-    packed = PackedFile(zcfg.fragdedupe) if zcfg is not None and zcfg.fragments else None
+    packed = None
+    if zcfg is not None and zcfg.fragments:
+        from .packed import PackedFile          # (loaded only for fragments)
+        packed = PackedFile(zcfg.fragdedupe)
     try:
         if increment is not None:
             result = _lay_out_increment(plan, options, out, xattrs, source, zcfg, hints, pool,
@@ -1027,15 +1032,18 @@ def _chunk_regular_files(plan: Plan, options: BuildOptions, data: DataArea,
         print(f"mkerofs: warning: chunks of {1 << options.chunkbits} bytes are smaller than "
               f"dsunit ({options.dsunit} blocks): --dsunit is ignored for them",
               file=sys.stderr)
+    files = [node for node in plan.data_order or plan.inodes
+             if node.ftype == fmt.EROFS_FT_REG_FILE and node.size and node.flat is None and
+             not node.compressed and not node.chunk_based]
     store = ChunkStore(blob if blob is not None else ImageBlocks(data), blkszbits,
                        options.chunkbits, indexes=options.chunk_format == "indexes",
                        device_id=1 if blob is not None else 0,
                        dedupe=options.dedupe is not False, dsunit=dsunit,
-                       wide_ok=options.format_48bit)
-    for node in plan.data_order or plan.inodes:
-        if node.ftype == fmt.EROFS_FT_REG_FILE and node.size and node.flat is None and \
-                not node.compressed and not node.chunk_based:
-            make_chunked(node, store)
+                       wide_ok=options.format_48bit, expected=sum(
+                           [((node.size - 1) >> options.chunkbits) + 1 for node in files]))
+    for node in files:
+        make_chunked(node, store)
+    store.close()
     return store
 
 

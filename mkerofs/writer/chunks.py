@@ -62,6 +62,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+from array import array
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, NamedTuple, Protocol, Sequence
 
@@ -345,8 +346,71 @@ def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int,
 
 _WINDOW = 1 << 20       # bytes read at once; smaller chunks are hashed out of one read
 _ZEROS = bytes(_WINDOW)
-_NEW = object()         # ChunkStore._known: not seen yet (None stands for a hole)
-_KEY_SHIFT = 4          # a hash's top 60 bits: an int of 32 bytes (64 bits take 48)
+_NEW = object()         # ChunkStore._known: not seen yet
+_HOLE = 0               # ChunkStore._known: a chunk of zeros, stored nowhere
+_KEY_SHIFT = 4          # a hash's top 60 bits: a key of ChunkTable
+
+
+class ChunkTable:
+    """A table from a chunk's key (an int below 2^64) to an int, for the chunks of a build:
+    keys and values in insertion order in two arrays of 64-bit ints, and an index of their
+    positions (+ 1, 0: a free slot) by key, open addressing at most half full.  About 30 bytes
+    a chunk, where a dict of ints took 110 (24.6 MiB for the 222,000 chunks of -Ededupe on the
+    bench tree).  A key is added once (`add`: the caller looked it up first).  `expected`
+    keys (at most EXPECTED_MAX: a sparse file's holes count there too) are indexed without
+    growing the index, whose every growth places all keys again."""
+
+    _WIDE = (1 << 64) - 1           # a value too wide for its array: in _wide
+    EXPECTED_MAX = 1 << 18          # (an index of 2 MiB)
+
+    def __init__(self, expected: int = 0) -> None:
+        self._keys = array("Q")
+        self._values = array("Q")
+        self._wide: dict[int, int] = {}     # position -> a value of 2^64 - 1 or more
+        self._reindex(max(10, (2 * min(expected, self.EXPECTED_MAX) - 1).bit_length()))
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def get(self, key: int, default=None):
+        slots, keys, mask = self._slots, self._keys, self._mask
+        i = key & mask
+        pos = slots[i]
+        while pos:
+            if keys[pos - 1] == key:
+                value = self._values[pos - 1]
+                return value if value != self._WIDE else self._wide[pos - 1]
+            i = (i + 1) & mask
+            pos = slots[i]
+        return default
+
+    def add(self, key: int, value: int) -> None:
+        keys = self._keys
+        if len(keys) >= self._room:
+            self._reindex(self._mask.bit_length() + 1)
+        if value >= self._WIDE:
+            self._wide[len(keys)] = value
+            value = self._WIDE
+        keys.append(key)
+        self._values.append(value)
+        slots, mask = self._slots, self._mask
+        i = key & mask
+        while slots[i]:
+            i = (i + 1) & mask
+        slots[i] = len(keys)
+
+    def _reindex(self, bits: int) -> None:
+        """A new index of 2^bits slots (4 bytes each while positions fit)."""
+        self._mask = (1 << bits) - 1
+        self._room = 1 << (bits - 1)
+        code = "I" if bits <= 32 else "Q"
+        self._slots = slots = array(code, bytes(array(code).itemsize << bits))
+        mask = self._mask
+        for pos, key in enumerate(self._keys, 1):
+            i = key & mask
+            while slots[i]:
+                i = (i + 1) & mask
+            slots[i] = pos
 
 
 class ChunkSink(Protocol):
@@ -382,11 +446,12 @@ class ChunkStore:
     may collide; a digest of 256 bits as the key would cost 48 more bytes a chunk).
 
     `device_id` is what the chunk indexes name (0: the image, n: the device table's slot n);
-    `indexes` asks for 8-byte indexes on the image as well (-Eforce-chunk-indexes)."""
+    `indexes` asks for 8-byte indexes on the image as well (-Eforce-chunk-indexes);
+    `expected`: about how many chunks will be stored (ChunkTable)."""
 
     def __init__(self, sink: ChunkSink, blkszbits: int, chunkbits: int, *,
                  indexes: bool = False, device_id: int = 0, dedupe: bool = True,
-                 dsunit: int = 1, wide_ok: bool = False):
+                 dsunit: int = 1, wide_ok: bool = False, expected: int = 0):
         assert blkszbits <= chunkbits <= blkszbits + fmt.EROFS_CHUNK_FORMAT_BLKBITS_MASK
         self.sink = sink
         self.dsunit = dsunit
@@ -398,17 +463,24 @@ class ChunkStore:
         self.dedupe = dedupe
         self.wide_ok = wide_ok          # -E48bit: chunks may lie past 2^32 blocks
         # hash >> _KEY_SHIFT -> the first chunk stored with it: its first block << _lenbits |
-        # its length (the last chunk of a file may be short), None for a hole (all zeros);
-        # _others: the further ones, in the unlikely case that different chunks share a key
-        self._known: dict[int, int | None] = {}
-        self._others: dict[int, list[int | None]] = {}
+        # its length (the last chunk of a file may be short, never empty), _HOLE for a chunk
+        # of zeros; _others: the further ones, in the unlikely case that different chunks
+        # share a key
+        self._known = ChunkTable(expected if dedupe else 0)
+        self._others: dict[int, list[int]] = {}
         self._lenbits = chunkbits + 1
         self.blocks_written = 0
         self.saved_bytes = 0        # bytes of chunks found stored already (or all zeros)
         self.saved_blocks = 0       # the blocks they did not take
         if dedupe and 1 << chunkbits <= _WINDOW:
             # a full chunk of zeros is a hole (larger chunks are checked for zeros as read)
-            self._known[xxhash.xxh3_64_intdigest(bytes(1 << chunkbits)) >> _KEY_SHIFT] = None
+            self._known.add(xxhash.xxh3_64_intdigest(bytes(1 << chunkbits)) >> _KEY_SHIFT, _HOLE)
+
+    def close(self) -> None:
+        """After the last file: the table of the chunks stored goes (5.5 MiB of the 222,000
+        chunks of -Ededupe on the bench tree, at the build's peak otherwise), the counts stay
+        for the report."""
+        self._known = self._others = None
 
     def begin_file(self) -> None:
         """Called before a file's first chunk: with --dsunit, its first new chunk begins at a
@@ -472,29 +544,32 @@ class ChunkStore:
             pad = -len(new[-1]) % (1 << self.blkszbits)
             if pad:
                 new.append(_ZEROS[:pad])
-            self.sink.pwrite(b"".join(new), first << self.blkszbits)
+            # every chunk of the window new, none padded: they are `buf` as read, written
+            # without a copy (1 MiB less at the peak, and no memcpy of every byte)
+            whole = not pad and len(new) << self.chunkbits >= len(buf)
+            self.sink.pwrite(buf if whole else b"".join(new), first << self.blkszbits)
 
     def _remember(self, key: int, found, addr: int, nbytes: int) -> None:
         """Note the chunk just stored at `addr` under `key` (`found`: what the key had)."""
         value = addr << self._lenbits | nbytes
         if found is _NEW:
-            self._known[key] = value
+            self._known.add(key, value)
         else:
             self._others.setdefault(key, []).append(value)
 
-    def _find(self, key: int, found, same: Callable[[int | None], bool]):
+    def _find(self, key: int, found, same: Callable[[int], bool]):
         """The address (None: a hole) of the chunk under `key` that `same` says holds the
         bytes looked for (`found` is the first); _NEW if none does."""
         for value in (found, *self._others.get(key, ())):
             if same(value):
-                return None if value is None else value >> self._lenbits
+                return None if value == _HOLE else value >> self._lenbits
         return _NEW
 
-    def _holds(self, value: int | None, piece, new: list, first: int | None) -> bool:
+    def _holds(self, value: int, piece, new: list, first: int | None) -> bool:
         """Whether the chunk noted as `value` has the bytes of `piece`: in the sink, or among
         the chunks `new` of this window, stored from block `first` but not written yet."""
         n = len(piece)
-        if value is None:
+        if value == _HOLE:
             return n == 1 << self.chunkbits and _equal(piece, lambda off, k: _ZEROS[:k])
         if value & ((1 << self._lenbits) - 1) != n:
             return False
@@ -536,9 +611,9 @@ class ChunkStore:
             self.sink.pwrite(piece, dst + off - pos)
         return addr
 
-    def _holds_range(self, value: int | None, fd: int, pos: int, n: int, where: str) -> bool:
+    def _holds_range(self, value: int, fd: int, pos: int, n: int, where: str) -> bool:
         """Whether the chunk noted as `value` has the `n` bytes at `pos` of fd."""
-        if value is None or value & ((1 << self._lenbits) - 1) != n:
+        if value == _HOLE or value & ((1 << self._lenbits) - 1) != n:
             return False
         dst = value >> self._lenbits << self.blkszbits
         return all(self.sink.pread(min(_WINDOW, pos + n - off), dst + off - pos) ==

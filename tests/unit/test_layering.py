@@ -94,6 +94,16 @@ LATE_IMPORTS_BY_DESIGN = {
         "the -C pcluster size check: only -C loads the compression modules",
     ("writer/walk.py", "mkerofs.writer.selinux"):
         "--file-contexts: only a build that labels files loads the matcher",
+    ("writer/build.py", "mkerofs.writer.packed"):
+        "the packed inode: only a build with -Efragments (or -Eall-fragments) loads it",
+    ("writer/build.py", "mkerofs.writer.vmdk"):
+        "--vmdk-desc: only a build that writes a descriptor loads it",
+    ("cli/mkfs.py", "json"):
+        "--report: only a build that writes its report loads the JSON encoder",
+    ("cli/common.py", "traceback"):
+        "-d9/--debug: only a failing run that shows its traceback loads it",
+    ("cli/common.py", "click"):
+        "click.shell_completion: only a run asked by a shell to complete a word loads it",
 }
 LATE_IMPORTS = LATE_IMPORTS_BY_DESIGN
 

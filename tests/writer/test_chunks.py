@@ -25,7 +25,7 @@ from mkerofs.ondisk import format as fmt
 from mkerofs.reader import Image
 from mkerofs.writer.options import TarOptions
 from mkerofs.writer import chunks
-from mkerofs.writer.chunks import ChunkStore, chunk_file, data_chunks, merged_chunks
+from mkerofs.writer.chunks import ChunkStore, ChunkTable, chunk_file, data_chunks, merged_chunks
 from mkerofs.errors import BuildError
 from support.oracle import read_superblock
 from support.run import assert_clean_failure, leftovers, run_mkerofs
@@ -170,6 +170,24 @@ def test_store_compares_bytes_when_hashes_collide(tmp_path, monkeypatch, chunkbi
     assert store_file() == (want, a + b + a[:100] + bytes(4096 - 100))
     monkeypatch.setattr(chunks, "xxhash", _OneHash)
     assert store_file() == (want, a + b + a[:100] + bytes(4096 - 100))
+
+
+def test_chunk_table_finds_every_key_it_was_given():
+    """The packed table of a ChunkStore: keys that share their low bits (one slot, so a run of
+    slots), growth past what was expected, values of 0 and of 64 bits or more."""
+    table = ChunkTable(expected=3)
+    rng = random.Random(7)
+    keys = [k << 20 | 5 for k in range(40)] + [rng.getrandbits(60) for _ in range(3000)]
+    values = {key: (n * 0x9E3779B97F4A7C15 << n % 3) % (1 << 70) for n, key in enumerate(keys)}
+    values[keys[1]] = 0
+    values[keys[2]] = 1 << 64
+    values[keys[3]] = (1 << 64) - 1
+    for key in keys:
+        assert table.get(key, "missing") == "missing"
+        table.add(key, values[key])
+    assert len(table) == len(keys)
+    assert all(table.get(key, None) == values[key] for key in keys)
+    assert table.get(40 << 20 | 5, None) is None and table.get(1 << 59, None) is None
 
 
 # -- whole builds, read back ------------------------------------------------------------------
