@@ -84,6 +84,8 @@ SYMLINK_MAX = 4095               # the kernel reads at most PAGE_SIZE - 1 bytes 
 _DECODED_CACHE_BYTES = 48 << 20  # decoded pclusters kept (fragments, dedupe, small reads)
 _DIR_CACHE_ENTRIES = 32
 _DOTS = frozenset((b".", b".."))
+_DIRENT_HEAD, _DIRENT_SIZE = fmt.EROFS_DIRENT.unpack_from, fmt.EROFS_DIRENT_SIZE
+_NAME_LEN = fmt.EROFS_NAME_LEN
 
 _FT_OF_MODE = fmt.EROFS_FT_OF_MODE
 _COMPRESSED = (fmt.EROFS_INODE_COMPRESSED_FULL, fmt.EROFS_INODE_COMPRESSED_COMPACT)
@@ -1056,16 +1058,43 @@ class Image:
         its entries for a second look (for a caller that reads each directory once: rebuild
         mode); a directory held whole in its inline tail (nearly every one) is parsed in
         place."""
-        if fields[0] & _S_IFMT == _S_IFDIR and fields[4] > 0:      # (mode, size)
-            blk = self._inline_tail(fields[4], fields[9], fields[10], fields[11], fields[12])
-            if blk is not None:
-                out: list[tuple[bytes, int, int]] = []
-                try:
-                    self._parse_dir_block(blk, 0, out)
-                except ImageError as e:
-                    raise _with_nid(nid, e) from None
-                return [e for e in out if e[0] not in _DOTS]
-        return self.listdir(Inode(nid, *fields))
+        if fields[0] & _S_IFMT != _S_IFDIR or fields[4] <= 0:       # (mode, size)
+            return self.listdir(Inode(nid, *fields))        # (its error)
+        blk = self._inline_tail(fields[4], fields[9], fields[10], fields[11], fields[12])
+        if blk is None:
+            # (not kept in the cache of directories: read once, and ~50 bytes an entry)
+            return [e for e in self._read_dir(Inode(nid, *fields)) if e[0] not in _DOTS]
+        entries = self._sound_entries(blk)
+        if entries is None:
+            entries = []
+            try:
+                self._parse_dir_block(blk, 0, entries)
+            except ImageError as e:
+                raise _with_nid(nid, e) from None
+        return [e for e in entries if e[0] not in _DOTS]
+
+    def _sound_entries(self, blk: bytes) -> list[tuple[bytes, int, int]] | None:
+        """The entries (name, nid, file type) of directory block `blk` if it passes every
+        check at once: its heads in the block, every name 1..EROFS_NAME_LEN bytes (each runs up
+        to the next one's start), the run of them without "/" or NUL (nearly every block);
+        None if not (_parse_dir_block then says which entry fails)."""
+        n = len(blk)
+        if n < _DIRENT_SIZE:
+            return None
+        nameoff = _DIRENT_HEAD(blk)[1]
+        count = -(-nameoff // _DIRENT_SIZE)
+        if nameoff < _DIRENT_SIZE or nameoff >= self.block_size or count * _DIRENT_SIZE > n:
+            return None
+        nids, offs, ftypes = fmt.unpack_dirents(blk, count)
+        last = blk.find(b"\0", offs[-1])
+        bounds = offs + (n if last < 0 else last,)
+        names = [blk[a:b] for a, b in zip(bounds, bounds[1:])]
+        if not min(map(len, names)) or max(map(len, names)) > _NAME_LEN:
+            return None
+        run = blk[nameoff:bounds[-1]]
+        if b"/" in run or b"\0" in run:
+            return None
+        return list(zip(names, nids, ftypes))
 
     def _inline_dir_block(self, inode: Inode) -> bytes | None:
         """The bytes of a directory held whole in its inline tail (no data blocks), without
@@ -1096,6 +1125,10 @@ class Image:
         raise ImageError(f"directory block at {at} is not mapped by one extent")
 
     def _parse_dir_block(self, blk: bytes, lblk: int, out: list) -> None:
+        entries = self._sound_entries(blk)
+        if entries is not None:
+            out += entries
+            return
         maxsize = len(blk)
         if maxsize < fmt.EROFS_DIRENT_SIZE:
             raise ImageError(f"directory block {lblk} is only {maxsize} bytes")
@@ -1109,15 +1142,7 @@ class Image:
         nids, offs, ftypes = fmt.unpack_dirents(blk, count)
         last = blk.find(b"\0", offs[-1], maxsize)
         bounds = offs + (maxsize if last < 0 else last,)
-        # each name runs up to the next one's start: when every name is 1..EROFS_NAME_LEN
-        # bytes and the run of them holds no "/" or NUL, the block is sound (taken in bulk);
-        # else the loop below says which entry is not
-        names = list(map(blk.__getitem__, map(slice, bounds, bounds[1:])))
-        if min(map(len, names)) and max(map(len, names)) <= fmt.EROFS_NAME_LEN:
-            run = blk[nameoff:bounds[-1]]
-            if b"/" not in run and b"\0" not in run:
-                out += zip(names, nids, ftypes)
-                return
+        # (each name runs up to the next one's start)
         for i, (nid, off, ftype) in enumerate(zip(nids, offs, ftypes)):
             end = bounds[i + 1]
             if end <= off or end - off > fmt.EROFS_NAME_LEN or end > maxsize:
