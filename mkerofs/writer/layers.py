@@ -420,7 +420,8 @@ class _Merged:
             for name, child in d.entries:
                 if child.entries is not None:
                     pending.append(child)
-                elif _is_whiteout(child, xwhiteouts):
+                elif (xwhiteouts or child.mode & _S_IFMT == stat.S_IFCHR) and \
+                        _is_whiteout(child, xwhiteouts):
                     white = _whiteout(child)
                     self.whiteouts.add(white)
                     if kids[name] is child:     # (not a later entry of the same name)
@@ -435,7 +436,7 @@ class _Merged:
         _TreeBelow; a whole SourceInode tree when None)."""
         if below is None:
             below = _TREE
-        sealed, children, take = self.sealed, self.children, self.take
+        sealed, children, take, node = self.sealed, self.children, self.take, below.node
         pending = [(upper, lower)]
         while pending:
             up, low = pending.pop()
@@ -448,7 +449,12 @@ class _Merged:
                 name = entry[0]
                 mine = kids.get(name)
                 if mine is None:
-                    take(up, kids, name, below.node(low, entry, xwhiteouts), xwhiteouts)
+                    child = node(low, entry, xwhiteouts)
+                    if child.entries is None and not xwhiteouts and \
+                            child.mode & _S_IFMT != stat.S_IFCHR:
+                        kids[name] = child      # (take's answer for a plain non-directory)
+                    else:
+                        take(up, kids, name, child, xwhiteouts)
                 elif mine.entries is not None:
                     deeper = below.directory(low, entry, mine)
                     if deeper is not None:
@@ -466,8 +472,7 @@ class _Merged:
         if child.entries is not None:
             self._adopt(child)
             child.parent = up
-        elif (xwhiteouts or child.mode & _S_IFMT == stat.S_IFCHR) and \
-                _is_whiteout(child, xwhiteouts):
+        elif _is_whiteout(child, xwhiteouts):
             child = _whiteout(child)
             self.whiteouts.add(child)
         kids[name] = child
