@@ -64,15 +64,17 @@ from bisect import bisect_right
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, fields
 from functools import partial
-from typing import Callable, Container, Iterator
+from typing import TYPE_CHECKING, Callable, Container, Iterator
 
-from ..codecs import registry
 from ..ondisk import format as fmt
 from ..ondisk import index
 from ..ondisk import xattr as ondisk_xattr
 from . import zmap
 from ..errors import ImageError
 from .zmap import Extent
+
+if TYPE_CHECKING:       # (loaded by _codec, for an image with compressed data only)
+    from ..codecs.base import Codec
 
 __all__ = ["Image", "Inode", "INODE_FIELDS", "Extent", "ImageError", "NotFoundError",
            "VerifyReport", "READ_LIMIT"]
@@ -517,13 +519,22 @@ class Image:
 
     def _set_codecs(self, zero_padding: bool, lzma_dict: int | None = None,
                     zstd_window: int | None = None) -> None:
-        """A decoder per algorithm, with the windows of the compression configurations (their
-        libraries load when they first decode)."""
+        """Note the windows of the compression configurations: a decoder per algorithm is
+        made when the image first decodes (_codec)."""
         self._zero_padding = zero_padding
-        windows = {fmt.Z_EROFS_COMPRESSION_LZMA: lzma_dict,
-                   fmt.Z_EROFS_COMPRESSION_ZSTD: zstd_window}
-        self._codecs = {name: registry.decoder(alg, windows.get(alg))
-                        for alg, name in registry.ALGORITHM_NAMES.items()}
+        self._windows = {fmt.Z_EROFS_COMPRESSION_LZMA: lzma_dict,
+                         fmt.Z_EROFS_COMPRESSION_ZSTD: zstd_window}
+        self._codecs: dict[str, Codec] | None = None
+
+    def _codec(self, name: str) -> Codec:
+        """The decoder of algorithm `name`.  (The codecs, and ctypes under them, load only for
+        an image with compressed data: rebuild mode and --incremental read most images
+        without them.)"""
+        if self._codecs is None:
+            from ..codecs import registry
+            self._codecs = {n: registry.decoder(alg, self._windows.get(alg))
+                            for alg, n in registry.ALGORITHM_NAMES.items()}
+        return self._codecs[name]
 
     @staticmethod
     def _metadata_record(pos: int, get: Callable[[int, int], bytes]) -> tuple[bytes, int]:
@@ -973,7 +984,7 @@ class Image:
         raw = self._stored(ext, ext.physical, ext.physical_length)
         if not want and ext.algorithm is not None:      # verify: decode, keep nothing
             try:
-                zmap.decode_pcluster(self._codecs[ext.algorithm], raw, ext, self._zero_padding,
+                zmap.decode_pcluster(self._codec(ext.algorithm), raw, ext, self._zero_padding,
                                      want=False)
             except ImageError as e:
                 raise ImageError(f"nid {inode.nid}: extent at {ext.logical} ({ext.length} "
@@ -983,7 +994,7 @@ class Image:
             if ext.algorithm is None:
                 data = zmap.unpack_plain(raw, ext, self.block_size)
             else:
-                data = zmap.decode_pcluster(self._codecs[ext.algorithm], raw, ext,
+                data = zmap.decode_pcluster(self._codec(ext.algorithm), raw, ext,
                                             self._zero_padding)
         except ImageError as e:
             raise ImageError(f"nid {inode.nid}: extent at {ext.logical} ({ext.length} bytes, "
