@@ -775,6 +775,7 @@ def _placing(layer: Layer, files: dict[SourceInode, LayerFile], mode: str | None
     # or read in place from the image, with no lookup a file
     direct = layer.slot is None
     one_chunk = _one_chunk_table(layer.index + 1, bits) if chunked and direct else ()
+    widest = len(one_chunk)
     copy_from = layer._path_b if not chunked and direct else None
 
     def place(node: SourceInode, nid: int, size: int, layout: int, startblk: int) -> None:
@@ -782,7 +783,7 @@ def _placing(layer: Layer, files: dict[SourceInode, LayerFile], mode: str | None
             if startblk != _NULL_ADDR:
                 if one_chunk:
                     width = (size - 1).bit_length()
-                    if width < len(one_chunk):
+                    if width < widest:
                         node.data = LayerRef(startblk << bits, one_chunk[width])
                         return
                 elif copy_from is not None:
