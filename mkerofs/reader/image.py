@@ -64,15 +64,17 @@ from bisect import bisect_right
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, fields
 from functools import partial
-from typing import Callable, Container, Iterator
+from typing import TYPE_CHECKING, Callable, Container, Iterator
 
-from ..codecs import registry
 from ..ondisk import format as fmt
 from ..ondisk import index
 from ..ondisk import xattr as ondisk_xattr
 from . import zmap
 from ..errors import ImageError
 from .zmap import Extent
+
+if TYPE_CHECKING:       # (loaded by _codec, for an image with compressed data only)
+    from ..codecs.base import Codec
 
 __all__ = ["Image", "Inode", "INODE_FIELDS", "Extent", "ImageError", "NotFoundError",
            "VerifyReport", "READ_LIMIT"]
@@ -84,6 +86,8 @@ SYMLINK_MAX = 4095               # the kernel reads at most PAGE_SIZE - 1 bytes 
 _DECODED_CACHE_BYTES = 48 << 20  # decoded pclusters kept (fragments, dedupe, small reads)
 _DIR_CACHE_ENTRIES = 32
 _DOTS = frozenset((b".", b".."))
+_DIRENT_HEAD, _DIRENT_SIZE = fmt.EROFS_DIRENT.unpack_from, fmt.EROFS_DIRENT_SIZE
+_NAME_LEN = fmt.EROFS_NAME_LEN
 
 _FT_OF_MODE = fmt.EROFS_FT_OF_MODE
 _COMPRESSED = (fmt.EROFS_INODE_COMPRESSED_FULL, fmt.EROFS_INODE_COMPRESSED_COMPACT)
@@ -520,13 +524,22 @@ class Image:
 
     def _set_codecs(self, zero_padding: bool, lzma_dict: int | None = None,
                     zstd_window: int | None = None) -> None:
-        """A decoder per algorithm, with the windows of the compression configurations (their
-        libraries load when they first decode)."""
+        """Note the windows of the compression configurations: a decoder per algorithm is
+        made when the image first decodes (_codec)."""
         self._zero_padding = zero_padding
-        windows = {fmt.Z_EROFS_COMPRESSION_LZMA: lzma_dict,
-                   fmt.Z_EROFS_COMPRESSION_ZSTD: zstd_window}
-        self._codecs = {name: registry.decoder(alg, windows.get(alg))
-                        for alg, name in registry.ALGORITHM_NAMES.items()}
+        self._windows = {fmt.Z_EROFS_COMPRESSION_LZMA: lzma_dict,
+                         fmt.Z_EROFS_COMPRESSION_ZSTD: zstd_window}
+        self._codecs: dict[str, Codec] | None = None
+
+    def _codec(self, name: str) -> Codec:
+        """The decoder of algorithm `name`.  (The codecs, and ctypes under them, load only for
+        an image with compressed data: rebuild mode and --incremental read most images
+        without them.)"""
+        if self._codecs is None:
+            from ..codecs import registry
+            self._codecs = {n: registry.decoder(alg, self._windows.get(alg))
+                            for alg, n in registry.ALGORITHM_NAMES.items()}
+        return self._codecs[name]
 
     @staticmethod
     def _metadata_record(pos: int, get: Callable[[int, int], bytes]) -> tuple[bytes, int]:
@@ -976,7 +989,7 @@ class Image:
         raw = self._stored(ext, ext.physical, ext.physical_length)
         if not want and ext.algorithm is not None:      # verify: decode, keep nothing
             try:
-                zmap.decode_pcluster(self._codecs[ext.algorithm], raw, ext, self._zero_padding,
+                zmap.decode_pcluster(self._codec(ext.algorithm), raw, ext, self._zero_padding,
                                      want=False)
             except ImageError as e:
                 raise ImageError(f"nid {inode.nid}: extent at {ext.logical} ({ext.length} "
@@ -986,7 +999,7 @@ class Image:
             if ext.algorithm is None:
                 data = zmap.unpack_plain(raw, ext, self.block_size)
             else:
-                data = zmap.decode_pcluster(self._codecs[ext.algorithm], raw, ext,
+                data = zmap.decode_pcluster(self._codec(ext.algorithm), raw, ext,
                                             self._zero_padding)
         except ImageError as e:
             raise ImageError(f"nid {inode.nid}: extent at {ext.logical} ({ext.length} bytes, "
@@ -1061,16 +1074,43 @@ class Image:
         its entries for a second look (for a caller that reads each directory once: rebuild
         mode); a directory held whole in its inline tail (nearly every one) is parsed in
         place."""
-        if fields[0] & _S_IFMT == _S_IFDIR and fields[4] > 0:      # (mode, size)
-            blk = self._inline_tail(fields[4], fields[9], fields[10], fields[11], fields[12])
-            if blk is not None:
-                out: list[tuple[bytes, int, int]] = []
-                try:
-                    self._parse_dir_block(blk, 0, out)
-                except ImageError as e:
-                    raise _with_nid(nid, e) from None
-                return [e for e in out if e[0] not in _DOTS]
-        return self.listdir(Inode(nid, *fields))
+        if fields[0] & _S_IFMT != _S_IFDIR or fields[4] <= 0:       # (mode, size)
+            return self.listdir(Inode(nid, *fields))        # (its error)
+        blk = self._inline_tail(fields[4], fields[9], fields[10], fields[11], fields[12])
+        if blk is None:
+            # (not kept in the cache of directories: read once, and ~50 bytes an entry)
+            return [e for e in self._read_dir(Inode(nid, *fields)) if e[0] not in _DOTS]
+        entries = self._sound_entries(blk)
+        if entries is None:
+            entries = []
+            try:
+                self._parse_dir_block(blk, 0, entries)
+            except ImageError as e:
+                raise _with_nid(nid, e) from None
+        return [e for e in entries if e[0] not in _DOTS]
+
+    def _sound_entries(self, blk: bytes) -> list[tuple[bytes, int, int]] | None:
+        """The entries (name, nid, file type) of directory block `blk` if it passes every
+        check at once: its heads in the block, every name 1..EROFS_NAME_LEN bytes (each runs up
+        to the next one's start), the run of them without "/" or NUL (nearly every block);
+        None if not (_parse_dir_block then says which entry fails)."""
+        n = len(blk)
+        if n < _DIRENT_SIZE:
+            return None
+        nameoff = _DIRENT_HEAD(blk)[1]
+        count = -(-nameoff // _DIRENT_SIZE)
+        if nameoff < _DIRENT_SIZE or nameoff >= self.block_size or count * _DIRENT_SIZE > n:
+            return None
+        nids, offs, ftypes = fmt.unpack_dirents(blk, count)
+        last = blk.find(b"\0", offs[-1])
+        bounds = offs + (n if last < 0 else last,)
+        names = [blk[a:b] for a, b in zip(bounds, bounds[1:])]
+        if not min(map(len, names)) or max(map(len, names)) > _NAME_LEN:
+            return None
+        run = blk[nameoff:bounds[-1]]
+        if b"/" in run or b"\0" in run:
+            return None
+        return list(zip(names, nids, ftypes))
 
     def _inline_dir_block(self, inode: Inode) -> bytes | None:
         """The bytes of a directory held whole in its inline tail (no data blocks), without
@@ -1101,6 +1141,10 @@ class Image:
         raise ImageError(f"directory block at {at} is not mapped by one extent")
 
     def _parse_dir_block(self, blk: bytes, lblk: int, out: list) -> None:
+        entries = self._sound_entries(blk)
+        if entries is not None:
+            out += entries
+            return
         maxsize = len(blk)
         if maxsize < fmt.EROFS_DIRENT_SIZE:
             raise ImageError(f"directory block {lblk} is only {maxsize} bytes")
@@ -1114,15 +1158,7 @@ class Image:
         nids, offs, ftypes = fmt.unpack_dirents(blk, count)
         last = blk.find(b"\0", offs[-1], maxsize)
         bounds = offs + (maxsize if last < 0 else last,)
-        # each name runs up to the next one's start: when every name is 1..EROFS_NAME_LEN
-        # bytes and the run of them holds no "/" or NUL, the block is sound (taken in bulk);
-        # else the loop below says which entry is not
-        names = list(map(blk.__getitem__, map(slice, bounds, bounds[1:])))
-        if min(map(len, names)) and max(map(len, names)) <= fmt.EROFS_NAME_LEN:
-            run = blk[nameoff:bounds[-1]]
-            if b"/" not in run and b"\0" not in run:
-                out += zip(names, nids, ftypes)
-                return
+        # (each name runs up to the next one's start)
         for i, (nid, off, ftype) in enumerate(zip(nids, offs, ftypes)):
             end = bounds[i + 1]
             if end <= off or end - off > fmt.EROFS_NAME_LEN or end > maxsize:

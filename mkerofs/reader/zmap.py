@@ -25,12 +25,14 @@ The rules are the kernel's (fs/erofs/zmap.c, decompressor*.c), restated:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from ..codecs.base import Codec
 from ..errors import ImageError
 from ..ondisk import format as fmt
 from ..ondisk import index
+
+if TYPE_CHECKING:       # (an annotation only: the codecs load when an image decodes)
+    from ..codecs.base import Codec
 
 NONHEAD = index.NONHEAD
 PLAIN = index.PLAIN

@@ -311,6 +311,9 @@ def _rebuild_tree(layers, options: BuildOptions,
             root, contents=layers.contents(files) if mode != "rvsp" else None,
             devices=layers.device_files() if mode is None else None,
             release=layers.drop_pages)
+    if not files:       # (every file placed as it was read: no spool, nor the tar reader)
+        layers.drop_pages()
+        return root, verify_source
     # (the spool makes its file when the first file is copied into it: none when every file
     # points into the images)
     from .spool import Spool                # as layers does: loaded only in rebuild mode

@@ -64,7 +64,7 @@ OPAQUE_XWHITEOUTS = b"x"
 _NO_DATA = DataRef(None)
 _NO_XATTRS: tuple = ()      # shared: not a list a node (56 bytes); never changed in place
 _DEVICES = (stat.S_IFCHR, stat.S_IFBLK)
-_S_IFMT = fmt.S_IFMT
+_S_IFMT, _S_IFREG = fmt.S_IFMT, stat.S_IFREG
 _FLAT_PLAIN, _NULL_ADDR = fmt.EROFS_INODE_FLAT_PLAIN, fmt.EROFS_NULL_ADDR
 # what _layer_node makes without the reader's Inode: nothing to read beyond the inode itself
 _PLAIN_KINDS = frozenset((stat.S_IFREG, stat.S_IFDIR, stat.S_IFIFO, stat.S_IFSOCK))
@@ -308,33 +308,43 @@ def _layer_node(img: Image, nid: int, fields: tuple, base: bytes, name: bytes,
     made from it), any other node only its name when it has a `found_in` (a whole path a
     file is ~100 bytes).  (Made for every entry of every layer that shows: plain files and
     directories without xattrs, nearly all of them, straight from the fields.)"""
-    (mode, uid, gid, _nlink, size, mtime, nsec, _rdev, _ino, layout, _extended, icount, _pos,
-     startblk, _dot) = fields
+    mode, size = fields[0], fields[4]
     kind = mode & _S_IFMT
+    if kind == _S_IFREG and not fields[11]:        # (no xattrs: nearly every file)
+        node = SourceInode(base + name if found_in is None else name, mode, fields[1],
+                           fields[2], size, _mtime_ns(fields[5], fields[6]), 0, 0, None, None,
+                           None, _NO_XATTRS, _NO_DATA, found_in)
+        if size:
+            note(node, nid, size, fields[9], fields[13])
+        return node
     if kind == stat.S_IFDIR:
         where, found_in = base + name, None
     else:
         where = base + name if found_in is None else name
-    if icount or kind not in _PLAIN_KINDS:
+    if fields[11] or kind not in _PLAIN_KINDS:
         node = image_node(img, Inode(nid, *fields), where, found_in)
     elif kind == stat.S_IFDIR:
-        node = SourceInode(where, mode, uid, gid, size, _mtime_ns(mtime, nsec), entries=[],
-                           xattrs=_NO_XATTRS)
+        node = SourceInode(where, mode, fields[1], fields[2], size,
+                           _mtime_ns(fields[5], fields[6]), entries=[], xattrs=_NO_XATTRS)
     else:
-        node = SourceInode(where, mode, uid, gid, size, _mtime_ns(mtime, nsec), 0, 0, None,
-                           None, None, _NO_XATTRS,
-                           _NO_DATA if kind == stat.S_IFREG else None, found_in)
-    if size and kind == stat.S_IFREG:
-        note(node, nid, size, layout, startblk)
+        node = SourceInode(where, mode, fields[1], fields[2], size,
+                           _mtime_ns(fields[5], fields[6]), 0, 0, None, None, None, _NO_XATTRS,
+                           _NO_DATA if kind == _S_IFREG else None, found_in)
+    if size and kind == _S_IFREG:
+        note(node, nid, size, fields[9], fields[13])
     return node
 
 
 def _mtime_ns(mtime: int, nsec: int) -> int:
     """An inode's mtime in ns, shared (_MTIMES_NS)."""
-    mtime_ns = mtime * 10**9 + nsec
+    mtime_ns = mtime * 1_000_000_000 + nsec
+    shared = _MTIMES_NS.get(mtime_ns)
+    if shared is not None:
+        return shared
     if len(_MTIMES_NS) >= _MTIMES_MAX:
         _MTIMES_NS.clear()
-    return _MTIMES_NS.setdefault(mtime_ns, mtime_ns)
+    _MTIMES_NS[mtime_ns] = mtime_ns
+    return mtime_ns
 
 
 def image_node(img: Image, inode: Inode, path: bytes,
@@ -410,7 +420,8 @@ class _Merged:
             for name, child in d.entries:
                 if child.entries is not None:
                     pending.append(child)
-                elif _is_whiteout(child, xwhiteouts):
+                elif (xwhiteouts or child.mode & _S_IFMT == stat.S_IFCHR) and \
+                        _is_whiteout(child, xwhiteouts):
                     white = _whiteout(child)
                     self.whiteouts.add(white)
                     if kids[name] is child:     # (not a later entry of the same name)
@@ -425,7 +436,7 @@ class _Merged:
         _TreeBelow; a whole SourceInode tree when None)."""
         if below is None:
             below = _TREE
-        sealed, children, take = self.sealed, self.children, self.take
+        sealed, children, take, node = self.sealed, self.children, self.take, below.node
         pending = [(upper, lower)]
         while pending:
             up, low = pending.pop()
@@ -438,7 +449,12 @@ class _Merged:
                 name = entry[0]
                 mine = kids.get(name)
                 if mine is None:
-                    take(up, kids, name, below.node(low, entry, xwhiteouts), xwhiteouts)
+                    child = node(low, entry, xwhiteouts)
+                    if child.entries is None and not xwhiteouts and \
+                            child.mode & _S_IFMT != stat.S_IFCHR:
+                        kids[name] = child      # (take's answer for a plain non-directory)
+                    else:
+                        take(up, kids, name, child, xwhiteouts)
                 elif mine.entries is not None:
                     deeper = below.directory(low, entry, mine)
                     if deeper is not None:
@@ -539,7 +555,8 @@ class _ImageBelow:
                 raise _second_name(base + name, nid)
             return node
         fields = self.fields_of(nid)
-        node = _layer_node(self.img, nid, fields, base, name, _found_in(low[3], base),
+        # (_found_in, inline: a call fewer for every entry taken)
+        node = _layer_node(self.img, nid, fields, base, name, None if base == b"/" else low[3],
                            self.note)
         self.seen[nid] = node
         if node.entries is not None:
@@ -752,15 +769,39 @@ def _placing(layer: Layer, files: dict[SourceInode, LayerFile], mode: str | None
         return _ignore
     index = layer.index
     chunked = mode is None and layer.block_size == block_size
+    bits = layer.block_size_bits
+    # an image without an extra device (nearly every one) addresses its blocks directly: a
+    # flat file with blocks is then one chunk (by (size - 1).bit_length(): its LayerChunks)
+    # or read in place from the image, with no lookup a file
+    direct = layer.slot is None
+    one_chunk = _one_chunk_table(layer.index + 1, bits) if chunked and direct else ()
+    widest = len(one_chunk)
+    copy_from = layer._path_b if not chunked and direct else None
 
     def place(node: SourceInode, nid: int, size: int, layout: int, startblk: int) -> None:
         if layout == _FLAT_PLAIN:
+            if startblk != _NULL_ADDR:
+                if one_chunk:
+                    width = (size - 1).bit_length()
+                    if width < widest:
+                        node.data = LayerRef(startblk << bits, one_chunk[width])
+                        return
+                elif copy_from is not None:
+                    node.data = FileRef(copy_from, startblk << bits)
+                    return
             data = (chunked and _flat_ref(layer, size, startblk)) or _flat_copy(layer, startblk)
             if data is not None:
                 node.data = data
                 return
         files[node] = LayerFile(index, nid, size, layout, startblk)
     return place
+
+
+def _one_chunk_table(device: int, bits: int) -> list:
+    """The shared LayerChunks (one_chunk_on) of a file of one chunk on `device`, by its
+    size's (size - 1).bit_length(), for every size one chunk covers (covering_chunkbits)."""
+    most = bits + fmt.EROFS_CHUNK_FORMAT_BLKBITS_MASK
+    return [one_chunk_on(device, max(width, bits)) for width in range(most + 1)]
 
 
 def _ignore(*_file) -> None:

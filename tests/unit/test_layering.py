@@ -74,6 +74,9 @@ LATE_IMPORTS_BY_DESIGN = {
         "compare --exclude-*: the reading tool loads the writer only for the build's exclusion rules",
     ("cli/read.py", "mkerofs.writer.walk"):
         "compare --exclude-*: as above",
+    ("reader/image.py", "mkerofs.codecs.registry"):
+        "the decoders (and ctypes): only an image with compressed data loads them; rebuild "
+        "mode and --incremental read most images without",
     ("cli/mkfs.py", "mkerofs.codecs.spec"):
         "-z parsing: a build without -z loads no codec module (~40 ms of start-up)",
     ("cli/mkfs.py", "mkerofs.codecs.registry"):
