@@ -28,7 +28,7 @@ from ..ondisk import format as fmt
 from ..util import pwrite_all
 from .data import DataArea
 from .tarstream import TarEntry, TarReader
-from .walk import DataRef, FileRef
+from .walk import DataRef, FileRef, InImageRef
 
 _BUFFER = 1 << 20
 _SPARSE_ALIGN = 1 << 16         # a multiple of any file system's block size a spool lives on
@@ -146,7 +146,7 @@ class ImageSpool:
     def __init__(self, data: DataArea):
         self.data = data
         self._gather = _Gather(data.out.pwrite)
-        self._zero_block = bytes(data.block_size)
+        self._zero_block = memoryview(bytes(data.block_size))   # (its slices copy nothing)
 
     def store(self, reader: TarReader, entry: TarEntry) -> DataRef:
         """Write the data of `entry` (the entry `reader` yielded last) into the image."""
@@ -161,7 +161,7 @@ class ImageSpool:
             pad = -size % bs
             if pad:
                 gather.write(start + size, self._zero_block[:pad])
-            return DataRef(None, start, True)
+            return InImageRef(start)
         zero_holes = self.data.out.is_device
         done = 0                    # bytes of the file written (or skipped as a hole) so far
         for offset, piece in reader.chunks(entry):
@@ -173,7 +173,7 @@ class ImageSpool:
         if zero_holes or end - done < bs:
             # the rest of the last block (a hole of more on a block device)
             self._zeros(start + done, end - done)
-        return DataRef(None, start, in_image=True)
+        return InImageRef(start)
 
     def flush(self) -> None:
         """Write out what is still gathered."""
