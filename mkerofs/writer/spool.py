@@ -189,32 +189,45 @@ class ImageSpool:
 
 class _Gather:
     """Writes at given offsets, gathered while they follow each other into pieces of up to
-    _BUFFER bytes for `pwrite(data, offset)`: one system call for many small files."""
+    _BUFFER bytes for `pwrite(data, offset)`: one system call for many small files.  The
+    pieces are gathered in one buffer of _BUFFER bytes, made once and reused (`pwrite` is
+    done with a piece when it returns): a buffer grown by appending moves as it grows, and
+    the blocks it leaves behind were up to 5 MiB of a --sort=none build's peak RSS."""
 
     def __init__(self, pwrite):
         self._pwrite = pwrite
-        self._buf = bytearray()
+        self._buf: bytearray | None = None      # (made at the first write)
+        self._len = 0               # bytes gathered in _buf
         self._at = 0                # offset of _buf[0]
 
-    def write(self, offset: int, piece: bytes) -> None:
-        buf = self._buf
-        if buf and self._at + len(buf) != offset:
+    def write(self, offset: int, piece) -> None:
+        n = self._len
+        if n and self._at + n != offset:
             self.flush()
-            buf = self._buf
-        if not buf:
-            if len(piece) >= _BUFFER:
+            n = 0
+        size = len(piece)
+        if not n:
+            if size >= _BUFFER:
                 self._pwrite(piece, offset)
                 return
             self._at = offset
-        buf += piece
-        if len(buf) >= _BUFFER:
+        end = n + size
+        if end > _BUFFER:
+            self.flush()
+            self.write(offset, piece)
+            return
+        buf = self._buf
+        if buf is None:
+            buf = self._buf = bytearray(_BUFFER)
+        buf[n:end] = piece
+        self._len = end
+        if end == _BUFFER:
             self.flush()
 
     def flush(self) -> None:
-        if self._buf:
-            # a new buffer rather than a copy of this one (up to 1 MiB a time)
-            buf, self._buf = self._buf, bytearray()
-            self._pwrite(buf, self._at)
+        if self._len:
+            n, self._len = self._len, 0
+            self._pwrite(memoryview(self._buf)[:n], self._at)
 
     def drop(self) -> None:
-        self._buf.clear()
+        self._buf, self._len = None, 0
