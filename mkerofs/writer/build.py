@@ -940,7 +940,8 @@ def _index_tar(plan: Plan, options: BuildOptions, tar_index: TarIndex,
     bs = options.block_size
     bits = fmt.blksz_bits(bs)
     if not options.tar.mapfile:
-        index_tar_files(plan.inodes, bits, None)
+        # (--verify reads the files' bytes in the tar through their refs: kept then)
+        index_tar_files(plan.inodes, bits, None, let_go=not options.verify)
         return []
     blob, blocks = tar_index.blob(bs)
     start = data.allocate(blocks)

@@ -10,9 +10,11 @@ from ..errors import BuildError
 from ..util import PATH_MAX, can_fork, open_path
 from .output import Output
 from .plan import FlatData, PlannedInode
+from .walk import InImageRef
 
 _ZERO_CHUNK = bytes(1 << 20)
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_WRITTEN = InImageRef(0)        # what take_written leaves a file for its data (in the image)
 
 
 def _changed(node: PlannedInode, detail: str) -> BuildError:
@@ -172,6 +174,8 @@ class DataArea:
         """The flat layout of a regular file whose body is in the image already (its DataRef
         is in_image: --sort=none from a stream), at the block where it was written."""
         start = node.src.data.offset // self.block_size
+        # (its place is the node's now: the ref and its offset, 72 bytes a file, let go)
+        node.src.data = _WRITTEN
         node.datalayout = fmt.EROFS_INODE_FLAT_PLAIN
         node.i_u = start
         node.inline_len = 0

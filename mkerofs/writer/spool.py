@@ -28,7 +28,7 @@ from ..ondisk import format as fmt
 from ..util import pwrite_all
 from .data import DataArea
 from .tarstream import TarEntry, TarReader
-from .walk import DataRef, FileRef
+from .walk import DataRef, FileRef, InImageRef
 
 _BUFFER = 1 << 20
 _SPARSE_ALIGN = 1 << 16         # a multiple of any file system's block size a spool lives on
@@ -146,7 +146,7 @@ class ImageSpool:
     def __init__(self, data: DataArea):
         self.data = data
         self._gather = _Gather(data.out.pwrite)
-        self._zero_block = bytes(data.block_size)
+        self._zero_block = memoryview(bytes(data.block_size))   # (its slices copy nothing)
 
     def store(self, reader: TarReader, entry: TarEntry) -> DataRef:
         """Write the data of `entry` (the entry `reader` yielded last) into the image."""
@@ -161,7 +161,7 @@ class ImageSpool:
             pad = -size % bs
             if pad:
                 gather.write(start + size, self._zero_block[:pad])
-            return DataRef(None, start, True)
+            return InImageRef(start)
         zero_holes = self.data.out.is_device
         done = 0                    # bytes of the file written (or skipped as a hole) so far
         for offset, piece in reader.chunks(entry):
@@ -173,7 +173,7 @@ class ImageSpool:
         if zero_holes or end - done < bs:
             # the rest of the last block (a hole of more on a block device)
             self._zeros(start + done, end - done)
-        return DataRef(None, start, in_image=True)
+        return InImageRef(start)
 
     def flush(self) -> None:
         """Write out what is still gathered."""
@@ -189,32 +189,45 @@ class ImageSpool:
 
 class _Gather:
     """Writes at given offsets, gathered while they follow each other into pieces of up to
-    _BUFFER bytes for `pwrite(data, offset)`: one system call for many small files."""
+    _BUFFER bytes for `pwrite(data, offset)`: one system call for many small files.  The
+    pieces are gathered in one buffer of _BUFFER bytes, made once and reused (`pwrite` is
+    done with a piece when it returns): a buffer grown by appending moves as it grows, and
+    the blocks it leaves behind were up to 5 MiB of a --sort=none build's peak RSS."""
 
     def __init__(self, pwrite):
         self._pwrite = pwrite
-        self._buf = bytearray()
+        self._buf: bytearray | None = None      # (made at the first write)
+        self._len = 0               # bytes gathered in _buf
         self._at = 0                # offset of _buf[0]
 
-    def write(self, offset: int, piece: bytes) -> None:
-        buf = self._buf
-        if buf and self._at + len(buf) != offset:
+    def write(self, offset: int, piece) -> None:
+        n = self._len
+        if n and self._at + n != offset:
             self.flush()
-            buf = self._buf
-        if not buf:
-            if len(piece) >= _BUFFER:
+            n = 0
+        size = len(piece)
+        if not n:
+            if size >= _BUFFER:
                 self._pwrite(piece, offset)
                 return
             self._at = offset
-        buf += piece
-        if len(buf) >= _BUFFER:
+        end = n + size
+        if end > _BUFFER:
+            self.flush()
+            self.write(offset, piece)
+            return
+        buf = self._buf
+        if buf is None:
+            buf = self._buf = bytearray(_BUFFER)
+        buf[n:end] = piece
+        self._len = end
+        if end == _BUFFER:
             self.flush()
 
     def flush(self) -> None:
-        if self._buf:
-            # a new buffer rather than a copy of this one (up to 1 MiB a time)
-            buf, self._buf = self._buf, bytearray()
-            self._pwrite(buf, self._at)
+        if self._len:
+            n, self._len = self._len, 0
+            self._pwrite(memoryview(self._buf)[:n], self._at)
 
     def drop(self) -> None:
-        self._buf.clear()
+        self._buf, self._len = None, 0

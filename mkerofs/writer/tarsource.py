@@ -244,7 +244,8 @@ class _Tree:
     # -- the result -----------------------------------------------------------------------
 
     def finish(self) -> tuple[SourceInode, int]:
-        """Sorted entries, nlink, parents, whiteout handling; (root, distinct inodes)."""
+        """Sorted entries, nlink, parents, whiteout handling; (root, distinct inodes).  Once:
+        the directories' dicts are used up."""
         strip = self.opts.ovlfs_strip
         for directory in self.with_whiteouts:
             if strip:
@@ -256,10 +257,11 @@ class _Tree:
         root = self.root
         root.nlink, count = 2, 1
         pending = deque([root])
+        # (each directory's dict is let go as its entries are made: not all of both at once)
+        children = self.children
         while pending:
             directory = pending.popleft()
-            count += link_children(directory, sorted(self.children[directory].items()),
-                                   pending)
+            count += link_children(directory, sorted(children.pop(directory).items()), pending)
         return root, count
 
 
@@ -297,6 +299,7 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
         # (a path normalising left as it was has no ".." to walk: most files')
         if not path or path is not written and (b"/.." in written or written.startswith(b"..")):
             parent, name = tree.split(entry)
+            head = None
         else:
             # (split's common case inline)
             head, _slash, name = path.rpartition(b"/")
@@ -330,9 +333,11 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
         # the root, "." there): the whole path would be held to the end, ~100 bytes a file.
         where, found_in = path, None
         if parent is not root and kind != DIR:
-            head = parent.where
-            if len(path) == len(head) + 1 + len(name) and path.startswith(head) and \
-                    path.endswith(name):
+            # (path is head + "/" + name: the parent's path is head; after a "..", test it)
+            if head is not None:
+                if parent.where == head:
+                    where, found_in = name, parent
+            elif path == parent.where + b"/" + name:
                 where, found_in = name, parent
         if kind == REG:
             if indexed_path is not None and entry.size and entry.sparse is None:

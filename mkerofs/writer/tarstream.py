@@ -576,6 +576,16 @@ class _Source:
         self._pos = len(data)
         return data
 
+    def take_view(self, n: int) -> memoryview | bytes:
+        """take(n), as a view of the buffer when it holds them (no copy: data on its way to a
+        write)."""
+        pos = self._pos
+        end = pos + n
+        if end <= len(self._buf):
+            self._pos = end
+            return memoryview(self._buf)[pos:end]
+        return self.take(n)
+
     def window(self, n: int) -> tuple[bytes, int, int]:
         """(buffer, index of the next byte in it, stream offset of the buffer), with at least
         `n` bytes from that index unless the input ends first; nothing is consumed (`advance`
@@ -591,16 +601,21 @@ class _Source:
     def _fill(self, n: int) -> None:
         """Make the buffer start at the next byte and hold `n` bytes, or all there are left."""
         pos = self._pos
-        parts, have = [self._buf[pos:]], len(self._buf) - pos
+        left = len(self._buf) - pos
         self._base += pos
+        parts, have = [], 0
+        if left and self._seekable:
+            # a plain file: the bytes left are read again, a seek back, rather than the
+            # read copied after them (one read is then the buffer as it is)
+            self._raw.seek(-left, os.SEEK_CUR)
+        elif left:
+            parts, have = [self._buf[pos:]], left
         while have < n:
             data = self._read(max(_REFILL, n - have))
             if not data:
                 break
             parts.append(data)
             have += len(data)
-        if not parts[0]:
-            del parts[0]        # (after a seek: one read is the buffer as it is, not copied)
         self._buf = b"".join(parts)
         self._pos = 0
 
@@ -706,7 +721,10 @@ class TarReader:
             entry = self._current
             if entry is not None:
                 self._current = None
-                if not src.skip(self._left + self._pad):
+                n = self._left + self._pad
+                if n <= len(src._buf) - src._pos:
+                    src._pos += n           # (skip's common case inline: within the buffer)
+                elif not src.skip(n):
                     raise TarError("the input ends inside this entry's data or padding",
                                    entry.path, entry.header_offset)
             # (a global PAX header or a headerball leaves the quick path for good)
@@ -736,16 +754,16 @@ class TarReader:
             raise TarError("the input ends inside this entry's data",
                            entry.path, entry.header_offset) from None
 
-    def small_data(self, entry: TarEntry) -> bytes | None:
+    def small_data(self, entry: TarEntry) -> memoryview | bytes | None:
         """All of `entry`'s data at once (what chunks() would yield as one piece) when it is
-        not sparse and at most 64 KiB (most files: one slice of the read buffer, no
-        generators); None otherwise, and nothing is read."""
+        not sparse and at most 64 KiB (most files: a view of the read buffer, no copy and no
+        generators: the caller writes it on at once); None otherwise, and nothing is read."""
         size = entry.payload
         if size > _REFILL or entry.sparse is not None:
             return None
         if entry is not self._current or self._left != size:
             raise ValueError("small_data() reads the entry just yielded, once")
-        data = self._src.take(size)
+        data = self._src.take_view(size)
         if len(data) < size:
             self._left -= len(data)
             raise TarError("the input ends inside this entry's data",
@@ -843,7 +861,13 @@ class TarReader:
         src._pos = end          # (advance inline)
         kind, modes_and_ids = quick
         ids = modes_and_ids[ids_area] if kind is not None else None
-        payload = _plain_octal(size_field)
+        # (_plain_octal's commonest case inline: digits, then NULs or spaces; an 8 or a 9 is
+        # refused by int, and _entry says what is wrong)
+        digits = size_field.rstrip(b"\0 ")
+        try:
+            payload = int(digits, 8) if digits.isdigit() else _plain_octal(size_field)
+        except ValueError:
+            payload = None
         mtime_ns = _MTIMES_NS[mtime_field] if pax_mtime is None else pax_mtime
         if ids is None or payload is None or mtime_ns is None or not quick_records or (
                 prefix0 and magic[:6] == b"ustar\0"):

@@ -91,6 +91,16 @@ class IndexedRef(_SlimRef):
         self.path, self.offset = path, offset
 
 
+class InImageRef(_SlimRef):
+    """--sort=none from a stream's DataRef: the bytes are in the image already, `offset`
+    bytes into it (40 bytes a file, a DataRef's 72)."""
+    __slots__ = ("offset",)
+    in_image = True
+
+    def __init__(self, offset: int):
+        self.offset = offset
+
+
 @dataclass(eq=False, slots=True)
 class SourceInode:
     """One inode of the source: several names share it when hard-linked.  The stat fields an

@@ -96,8 +96,8 @@ def test_index_tar_files_gives_each_file_its_own_map(blkszbits):
     offsets = [0, 77 * bs, (_HI - 1) * bs, (_HI - 2) * bs, (1 << 40) * bs]
     cases = [(size, off, xb) for size in _SIZES for off in offsets for xb in (0, 4, 12)]
     nodes = [_node(size, xb, DataRef(b"", off, indexed=True)) for size, off, xb in cases]
-    done = index_tar_files(nodes, blkszbits, None)
-    assert [(n, off >> blkszbits) for n, (_s, off, _x) in zip(nodes, cases)] == done
+    # (without a blob nothing needs the list of files placed: none is kept)
+    assert index_tar_files(nodes, blkszbits, None) == []
     for node, (size, off, xb) in zip(nodes, cases):
         assert (node.datalayout, node.i_u, node.inline, node.inline_len) == \
             _own_map(size, blkszbits, off >> blkszbits, 1, xb)
@@ -177,3 +177,24 @@ def test_index_layer_files_one_chunk_at_its_offset(ref):
     before = [(a.datalayout, a.i_u, a.inline) for a in shared]
     assert index_layer_files(shared, blkszbits, wide_ok=True)
     assert [(a.datalayout, a.i_u, a.inline) for a in shared] == before
+
+
+def test_index_tar_files_let_go_keeps_the_maps_and_drops_the_refs():
+    """let_go (no --verify, no MAPFILE): the same maps, and every indexed file's ref replaced
+    by one shared object (a file that is not indexed keeps its own)."""
+    blkszbits = 9
+    cases = [(size, off) for size in (1, 512, 5000, 3 << 30) for off in (0, 77 << 9)]
+
+    def nodes():
+        made = [_node(size, 0, DataRef(b"", off, indexed=True)) for size, off in cases]
+        return made + [_node(10, 0, DataRef(b"/t", 0))]
+
+    kept, dropped = nodes(), nodes()
+    index_tar_files(kept, blkszbits, None)
+    index_tar_files(dropped, blkszbits, None, let_go=True)
+    assert [(n.datalayout, n.i_u, n.inline) for n in kept] == \
+        [(n.datalayout, n.i_u, n.inline) for n in dropped]
+    assert all(n.src.data.indexed for n in kept[:-1])
+    assert len({id(n.src.data) for n in kept[:-1]}) == len(cases)
+    assert len({id(n.src.data) for n in dropped[:-1]}) == 1
+    assert dropped[-1].src.data.path == b"/t"

@@ -170,3 +170,32 @@ def test_small_data_of_a_truncated_entry():
     entry = next(iter(reader))
     with pytest.raises(ts.TarError, match="ends inside"):
         reader.small_data(entry)
+
+
+def _tar_with_size_field(field: bytes) -> bytes:
+    """A ustar archive of one 10-byte file "f" whose size field is `field` (checksum redone)."""
+    info = tarfile.TarInfo("f")
+    info.size = 10
+    header = bytearray(info.tobuf(format=tarfile.USTAR_FORMAT))
+    header[124:136] = field
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header) + b"x" * 10 + bytes(502) + bytes(1024)
+
+
+@pytest.mark.parametrize("field, size", [
+    (b"00000000012\0", 10), (b"00000000012 ", 10), (b"000000000012", 10), (b"12\0" + bytes(9), 10),
+    (b"         12 ", 10), (b" 0000000012\0", 10), (b"00000000019\0", None),
+    (b"0000000001_2", None), (b"0o0000000012", None), (b"+0000000012\0", None),
+    (b"0000000 0012", None), (bytes(12), None),
+])
+def test_size_field_of_the_quick_path(field, size):
+    """The entry header's size as the quick path reads it (digits, then NULs or spaces, read at
+    once) and as the general code does (the rest): the same size, or the same refusal."""
+    reader = ts.TarReader(io.BytesIO(_tar_with_size_field(field)))
+    if size is None:
+        with pytest.raises(ts.TarError):
+            list(reader)
+        return
+    entries = [(e.path, e.size, reader.read(e)) for e in reader]
+    assert entries == [(b"f", size, b"x" * 10)]
