@@ -762,7 +762,7 @@ def dotdot_patches(inc: Increment, written: list[PlannedInode]) -> list[tuple[in
     """(position, bytes) of the ".." entries of the kept directories whose parent is new
     (one of the `written` inodes)."""
     img = inc.base.img
-    new_nids = {id(node.src): node.nid for node in written if node.ftype == fmt.EROFS_FT_DIR}
+    new_nids = {id(node): node.nid for node in written if node.ftype == fmt.EROFS_FT_DIR}
     patches = []
     budget = PageBudget(_DROP_EVERY, img.drop_pages)
     for directory in inc.reparented:

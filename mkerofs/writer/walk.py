@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable
 from ..errors import BuildError
 from ..ondisk import format as fmt
 from ..util import NAME_MAX, PATH_MAX, listdir_path, open_path, posix_ere_to_python, read_xattrs
+from .dirs import DirShape
 from .options import BuildOptions
 
 if TYPE_CHECKING:       # (loaded only for --file-contexts)
@@ -91,10 +92,33 @@ class IndexedRef(_SlimRef):
         self.path, self.offset = path, offset
 
 
+@dataclass(frozen=True, slots=True)
+class FlatData:
+    """How the content of a flat inode goes into the place reserved for it, copied later:
+    the body to the blocks from the inode's i_u (its raw_blkaddr), the tail inline.
+    Immutable and without the place itself, so that few of them serve every inode
+    (DataArea.reserve_flat: one each would be 64 bytes a file)."""
+    tail: int                       # bytes kept inline, after inode + xattrs
+    rewritten: bool = False         # the blocks hold a compressed attempt: a copy writes holes
+    written: bool = False           # the body is in the image already (walk.DataRef.in_image)
+
+
+_COMPRESSED_LAYOUTS = frozenset({fmt.EROFS_INODE_COMPRESSED_FULL,
+                                 fmt.EROFS_INODE_COMPRESSED_COMPACT})
+
+
 @dataclass(eq=False, slots=True)
 class SourceInode:
-    """One inode of the source: several names share it when hard-linked.  The stat fields an
-    image needs are its own (no os.stat_result, ~600 bytes, nor an object of their own a file).
+    """One inode: made by the source side (the walk, a tar, layers, an increment) with the
+    stat fields an image needs, then planned in place by plan.plan_inodes, which gives it its
+    on-disk attributes (one object an inode, not a source and a planned one: ~90 bytes an
+    inode less).  Several names share it when hard-linked.
+
+    Planning replaces mode (16 bits), uid/gid (after --force-uid, --uid-offset...), size (a
+    directory's from its shape, a symlink's target's, 0 for other non-files) and sets ftype
+    (0 until planned), mtime/mtime_nsec (after -T, clamping, --ignore-mtime); what reads the
+    source's values after planning (--verify's TarSource) takes them before.
+
     `path` is the first path it was found under (for reads and messages); a walked file keeps
     only its name and the directory it was found in (`found_in`), whose entries hold that
     name already, and makes the path when asked (a whole path a file is ~140 bytes)."""
@@ -103,7 +127,7 @@ class SourceInode:
     uid: int
     gid: int
     size: int                                 # st_size: a regular file's bytes, a symlink's target's
-    mtime_ns: int
+    mtime_ns: int                             # the source's (planning may drop it: mtime)
     rdev: int = 0                             # device files: st_rdev
     nlink: int = 0                            # links found inside the tree
     entries: list[tuple[bytes, "SourceInode"]] | None = None   # directories: (name, child)
@@ -114,6 +138,25 @@ class SourceInode:
     xattrs: list[tuple[bytes, bytes]] | tuple = ()
     data: DataRef | LayerRef | FileRef | IndexedRef | None = None  # regular files not read from `path`
     found_in: "SourceInode | None" = field(default=None, repr=False)    # (see `path`)
+    # -- set by plan_inodes
+    ftype: int = 0                            # EROFS_FT_*; 0: not planned yet
+    mtime: int = 0
+    mtime_nsec: int = 0
+    extended: bool = False
+    xattr_ibody: bytes = b""
+    meta_size_before_inline: int = 0    # inode + xattr ibody: where inline data starts
+    dir_shape: DirShape | None = field(default=None, repr=False)
+    # -- filled while laying out data and metadata
+    datalayout: int = fmt.EROFS_INODE_FLAT_PLAIN
+    i_u: int = 0                    # as the inode's union: the device number of a device file
+    inline_len: int = 0             # bytes reserved after inode + xattrs: a tail, or indexes
+    inline: bytes = field(default=b"", repr=False)
+                                    # those bytes, when built in memory (a regular file's tail is
+                                    # read straight into the metadata image instead)
+    inline_tail: int = 0            # bytes at the end of `inline` that must stay within one
+                                    # block: an inline compressed pcluster
+    flat: FlatData | None = None    # a flat layout's place, once reserved
+    nid: int = -1
 
     @property
     def path(self) -> bytes:
@@ -131,6 +174,25 @@ class SourceInode:
     @property
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.mode)
+
+    @property
+    def isize(self) -> int:
+        return fmt.EROFS_INODE_EXTENDED_SIZE if self.extended else fmt.EROFS_INODE_COMPACT_SIZE
+
+    @property
+    def compressed(self) -> bool:
+        return self.datalayout in _COMPRESSED_LAYOUTS
+
+    @property
+    def chunk_based(self) -> bool:
+        return self.datalayout == fmt.EROFS_INODE_CHUNK_BASED
+
+    def set_xattr_ibody(self, ibody: bytes) -> None:
+        self.xattr_ibody = ibody
+        self.meta_size_before_inline = self.isize + len(ibody)
+
+    def display_path(self) -> str:
+        return os.fsdecode(self.path)
 
 
 def link_children(directory: SourceInode, entries: list[tuple[bytes, SourceInode]],
