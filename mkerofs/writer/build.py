@@ -1082,8 +1082,8 @@ def _packed_inode(packed: PackedFile, plan: Plan) -> PlannedInode:
     """The nameless regular file that holds the fragments (superblock packed_nid); it comes
     after the tree's inodes, and is numbered so."""
     mode = stat.S_IFREG | 0o600
-    node = PlannedInode(packed.path, mode, 0, 0, packed.size, 0, nlink=1,
-                        ftype=fmt.EROFS_FT_REG_FILE, mtime=plan.epoch,
+    node = PlannedInode(packed.path, mode, 0, 0, packed.size, plan.epoch * 10**9, nlink=1,
+                        ftype=fmt.EROFS_FT_REG_FILE,
                         extended=packed.size > fmt.EROFS_COMPACT_INODE_MAX_SIZE)
     node.set_xattr_ibody(b"")
     return node

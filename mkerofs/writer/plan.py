@@ -102,16 +102,16 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int,
     inherit = options.effective_time_inherit
     block_size = options.block_size
     order: list[PlannedInode] = []
-    # One int object per distinct mode and mtime, shared: most files have a common one, and a
-    # distinct large int costs 32 bytes (bounded, in case every mtime differs).
+    # One int object per distinct mode, shared: most files have a common one, and a distinct
+    # large int costs 32 bytes (bounded, in case every mode differs).
     interned: dict[int, int] = {}
     intern = interned.setdefault
     # (per-inode work: _ids only when the options change ids)
     plain_ids = options.force_uid is None and options.force_gid is None and \
         not options.uid_offset and not options.gid_offset
-    # A walked tree's source mtime is read by nothing after planning: its int object goes
-    # (32 bytes an inode).  A tar's or a layer's shares its few mtimes already.
-    drop_mtime = options.tar is None and options.rebuild is None
+    # A planned mtime is the source's or the build time: the one int of the latter is shared
+    # (a walked file's own is 32 bytes)
+    build_ns = build_time * 1_000_000_000
     # (inode_form's and _mtime's answers inline for the usual options: a call each costs more
     # than the test, every inode)
     fixed_time = inherit is TimeInherit.FIXED
@@ -126,7 +126,7 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int,
     def plan_one(node: SourceInode) -> None:
         uid, gid = node.uid, node.gid
         if not plain_ids or uid >= 2**32 or gid >= 2**32:
-            uid, gid = _ids(node, options)
+            uid, gid = node.uid, node.gid = _ids(node, options)
         if fixed_time:
             mtime, nsec = build_time, 0
         else:
@@ -135,12 +135,13 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int,
                 mtime, nsec = build_time, 0
         mode = node.mode
         kind = mode & s_ifmt
+        # (the planned values are stored where they differ from the source's)
         if kind == s_ifreg:
             size = node.size
         elif kind == s_iflnk:
-            size = len(node.target)
+            size = node.size = len(node.target)
         else:
-            size = 0
+            size = node.size = 0                # (a directory's: its shape's, below)
         nlink = node.nlink
         if not quick_form:
             form = inode_form(size, uid, gid, nlink, mtime, nsec, options, build_time)
@@ -163,14 +164,12 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int,
         mode &= 0xFFFF
         node.ftype = file_types[kind]
         node.mode = intern(mode, mode)
-        node.uid, node.gid, node.size = uid, gid, size
-        node.mtime, node.mtime_nsec = intern(mtime, mtime), nsec
+        if mtime == build_time and not nsec:
+            node.mtime_ns = build_ns
         if extended:
             node.extended = True
         if kind == stat.S_IFCHR or kind == stat.S_IFBLK:
             node.i_u = fmt.new_encode_dev(os.major(node.rdev), os.minor(node.rdev))
-        if drop_mtime:
-            node.mtime_ns = 0
         if not node.xattrs:
             node.xattrs = ()            # (shared, not an empty list an inode)
         append(node)

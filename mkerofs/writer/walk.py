@@ -115,8 +115,8 @@ class SourceInode:
     inode less).  Several names share it when hard-linked.
 
     Planning replaces mode (16 bits), uid/gid (after --force-uid, --uid-offset...), size (a
-    directory's from its shape, a symlink's target's, 0 for other non-files) and sets ftype
-    (0 until planned), mtime/mtime_nsec (after -T, clamping, --ignore-mtime); what reads the
+    directory's from its shape, a symlink's target's, 0 for other non-files) and mtime_ns
+    (after -T, clamping, --ignore-mtime), and sets ftype (0 until planned); what reads the
     source's values after planning (--verify's TarSource) takes them before.
 
     `path` is the first path it was found under (for reads and messages); a walked file keeps
@@ -127,7 +127,7 @@ class SourceInode:
     uid: int
     gid: int
     size: int                                 # st_size: a regular file's bytes, a symlink's target's
-    mtime_ns: int                             # the source's (planning may drop it: mtime)
+    mtime_ns: int                             # may be negative: divmod by 10**9 gives (s, ns)
     rdev: int = 0                             # device files: st_rdev
     nlink: int = 0                            # links found inside the tree
     entries: list[tuple[bytes, "SourceInode"]] | None = None   # directories: (name, child)
@@ -140,8 +140,6 @@ class SourceInode:
     found_in: "SourceInode | None" = field(default=None, repr=False)    # (see `path`)
     # -- set by plan_inodes
     ftype: int = 0                            # EROFS_FT_*; 0: not planned yet
-    mtime: int = 0
-    mtime_nsec: int = 0
     extended: bool = False
     xattr_ibody: bytes = b""
     meta_size_before_inline: int = 0    # inode + xattr ibody: where inline data starts
@@ -178,6 +176,14 @@ class SourceInode:
     @property
     def isize(self) -> int:
         return fmt.EROFS_INODE_EXTENDED_SIZE if self.extended else fmt.EROFS_INODE_COMPACT_SIZE
+
+    @property
+    def mtime(self) -> int:
+        return self.mtime_ns // 1_000_000_000
+
+    @property
+    def mtime_nsec(self) -> int:
+        return self.mtime_ns % 1_000_000_000
 
     @property
     def compressed(self) -> bool:
