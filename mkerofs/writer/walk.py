@@ -13,7 +13,7 @@ from ..errors import BuildError
 from ..ondisk import format as fmt
 from ..util import NAME_MAX, PATH_MAX, listdir_path, open_path, posix_ere_to_python, read_xattrs
 from .dirs import DirShape
-from .options import BuildOptions
+from .options import BuildOptions, TimeInherit
 
 if TYPE_CHECKING:       # (loaded only for --file-contexts)
     from .selinux import FileContexts
@@ -361,6 +361,12 @@ class _Walk:
         self.on_file = on_file
         self.hardlinks: dict[tuple[int, int], SourceInode] = {}
         self.count = 1
+        # A file's mode and mtime as its lstat gave them are ints of their own (~60 bytes a
+        # file), which planning would replace by shared ones after the whole walk: their room
+        # would stay in the heap, unused.  So the common file takes a shared mode now, and no
+        # mtime of its own where the build gives every inode the build time (-T).
+        self.modes: dict[int, int] = {}
+        self.keep_mtime = options.effective_time_inherit is not TimeInherit.FIXED
 
     def add_entries(self, directory: SourceInode, rel: bytes, fd: int | None,
                     listing: list[tuple[bytes, bytes]], pending: deque) -> None:
@@ -373,6 +379,7 @@ class _Walk:
         # where listxattr can be called here: a path the kernel takes, no label to look up
         quick_xattrs = fd is None and xattrs.enabled and xattrs.contexts is None
         on_file = self.on_file
+        shared_mode, keep_mtime = self.modes.setdefault, self.keep_mtime
         prefix = os.path.join(directory.path, b"")
         # (SOURCE given with a "/" after it: its entries keep their whole paths, see `path`)
         found_in = None if directory.path.endswith(b"/") else directory
@@ -394,8 +401,9 @@ class _Walk:
                 continue
             mode = st.st_mode
             if mode & _S_IFMT == _S_IFREG and st.st_nlink == 1 and quick_xattrs:
-                child = SourceInode(name if found_in is not None else where, mode, st.st_uid,
-                                    st.st_gid, st.st_size, st.st_mtime_ns, st.st_rdev, 1, None,
+                child = SourceInode(name if found_in is not None else where,
+                                    shared_mode(mode, mode), st.st_uid, st.st_gid, st.st_size,
+                                    st.st_mtime_ns if keep_mtime else 0, st.st_rdev, 1, None,
                                     None, None, (), None, found_in)
                 try:
                     if listxattr(where, follow_symlinks=False):
