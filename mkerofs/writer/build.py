@@ -510,7 +510,7 @@ def _in_tar_order(plan: Plan, tar_order: dict[SourceInode, int]) -> list[Planned
     """--sort=none, which mkfs.erofs honours only without compression and with
     -Enoinline_data: regular files' data first, in the order the tar stream had it."""
     files = [n for n in plan.inodes if n.ftype == fmt.EROFS_FT_REG_FILE]
-    files.sort(key=lambda n: tar_order.get(n.src, -1))
+    files.sort(key=lambda n: tar_order.get(n, -1))
     return files + [n for n in plan.inodes if n.ftype != fmt.EROFS_FT_REG_FILE]
 
 
@@ -521,9 +521,9 @@ def _plan_xattrs(plan: Plan, options: BuildOptions) -> XattrLayout:
     try:
         # mkfs.erofs counts an xattr once per path below the root: the links of a file, 1 for
         # a directory, 0 for the root itself
-        handles = [layout.add(n.src.xattrs,
+        handles = [layout.add(n.xattrs,
                               0 if n is root else 1 if n.ftype == fmt.EROFS_FT_DIR else n.nlink,
-                              n.display_path() if n.src.xattrs else None)
+                              n.display_path() if n.xattrs else None)
                    for n in plan.inodes]
         layout.finalize()
     except ValueError as err:
@@ -531,7 +531,7 @@ def _plan_xattrs(plan: Plan, options: BuildOptions) -> XattrLayout:
     for node, handle in zip(plan.inodes, handles):
         if handle.items or node is root:
             node.set_xattr_ibody(layout.ibody(handle, is_root=node is root))
-            node.src.xattrs = ()     # (shared, not a list an inode)
+            node.xattrs = ()     # (shared, not a list an inode)
         else:       # (most inodes: no xattrs, no ibody)
             node.meta_size_before_inline = node.isize
     return layout
@@ -645,8 +645,8 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
         # count from (meta_blkaddr), the root first.
         data = written
         for node in plan.inodes:
-            if node.ftype == fmt.EROFS_FT_REG_FILE and node.src.data is not None \
-                    and node.src.data.in_image:
+            if node.ftype == fmt.EROFS_FT_REG_FILE and node.data is not None \
+                    and node.data.in_image:
                 data.take_written(node)
     data_start = data.start_block
     placed = _assign_data(plan, options, source, xattrs, zcfg, hints, pool, packed, data,
@@ -904,7 +904,7 @@ def _write_contents(plan: Plan, nodes: list[PlannedInode], data: DataArea, meta:
     # so no copier is forked for it)
     copies = [node for node in nodes if node.ftype == reg_file
               and node.flat is not None and not node.flat.written
-              and (node.src.data is None or node.src.data.path is not None)]
+              and (node.data is None or node.data.path is not None)]
 
     def tail_view(node: PlannedInode) -> memoryview:
         return meta.view(node_pos(node, meta_base) + node.meta_size_before_inline,
@@ -920,7 +920,7 @@ def _write_contents(plan: Plan, nodes: list[PlannedInode], data: DataArea, meta:
             if ftype == reg_file:
                 continue
             if ftype == symlink:
-                write_flat_bytes(node, node.src.target)
+                write_flat_bytes(node, node.target)
             elif ftype == directory:
                 write_flat_bytes(node, render_directory(node.dir_shape, bs, _NID, _FTYPE))
                 node.dir_shape = None
@@ -983,10 +983,10 @@ def _compress_regular_files(plan: Plan, options: BuildOptions, source: bytes,
                 not zcfg.worth_trying(n.size):
             continue
         if hints is not None:
-            wanted, profile = _hinted(zcfg, hints, _relative(n.src.path, source))
+            wanted, profile = _hinted(zcfg, hints, _relative(n.path, source))
         if wanted:
             jobs.append(FileJob(n, n.size, n.meta_size_before_inline,
-                                FileRange.of(n.src, n.size), profile, origin=n.src))
+                                FileRange.of(n, n.size), profile, origin=n))
     if pool is not None:
         pool.discard_offers(jobs)
     _take_layouts(compress_files(jobs, zcfg, data, packed=packed, pool=pool), options, data,
@@ -1094,9 +1094,8 @@ def _packed_inode(packed: PackedFile, plan: Plan) -> PlannedInode:
     """The nameless regular file that holds the fragments (superblock packed_nid); it comes
     after the tree's inodes, and is numbered so."""
     mode = stat.S_IFREG | 0o600
-    src = SourceInode(packed.path, mode, 0, 0, packed.size, plan.epoch * 10**9, nlink=1)
-    node = PlannedInode(src=src, ftype=fmt.EROFS_FT_REG_FILE, mode=mode, uid=0, gid=0,
-                        mtime=plan.epoch, mtime_nsec=0, nlink=1, size=packed.size,
+    node = PlannedInode(packed.path, mode, 0, 0, packed.size, plan.epoch * 10**9, nlink=1,
+                        ftype=fmt.EROFS_FT_REG_FILE,
                         extended=packed.size > fmt.EROFS_COMPACT_INODE_MAX_SIZE)
     node.set_xattr_ibody(b"")
     return node

@@ -177,7 +177,7 @@ def make_hole_files(inodes: Iterable[PlannedInode], blkszbits: int) -> bool:
     chunk-based file of holes, so it takes no data blocks; True if there was one."""
     found = False
     for node in inodes:
-        ref = node.src.data
+        ref = node.data
         if ref is not None and ref.path is None and not ref.in_image and ref.layer is None \
                 and node.size and node.ftype == fmt.EROFS_FT_REG_FILE:
             make_hole_file(node, blkszbits)
@@ -249,7 +249,7 @@ def index_tar_files(inodes: Iterable[PlannedInode], blkszbits: int,
     blkmask = (1 << blkszbits) - 1
     reg = fmt.EROFS_FT_REG_FILE
     for node in inodes:
-        ref = node.src.data
+        ref = node.data
         size = node.size
         if ref is None or not ref.indexed or not size or node.ftype != reg:
             continue
@@ -257,7 +257,7 @@ def index_tar_files(inodes: Iterable[PlannedInode], blkszbits: int,
             assert not ref.offset & blkmask, "tar data is block-aligned"
             start = ref.offset >> blkszbits
         else:
-            start = blob_start + blob[node.src]
+            start = blob_start + blob[node]
         layout = one_chunk.get((size - 1).bit_length())
         if layout is None or start >= fmt.EROFS_NULL_ADDR_32:
             make_indexed_file(node, blkszbits, start, device_id)     # several chunks, or wide
@@ -266,7 +266,7 @@ def index_tar_files(inodes: Iterable[PlannedInode], blkszbits: int,
         if done is not None:
             done.append((node, start))
         if let_go:
-            node.src.data = _INDEXED
+            node.data = _INDEXED
     return done if done is not None else []
 
 
@@ -281,9 +281,9 @@ def map_lines(placed: Iterable[tuple[PlannedInode, int]], block_size: int) -> li
         zeroed = -size % block_size
         if zeroed:
             lines.append("%08x %8x %08x %08d\n" % (start, -(-size // block_size),
-                                                   node.src.data.offset, zeroed))
+                                                   node.data.offset, zeroed))
         else:
-            lines.append("%08x %8x %08x\n" % (start, size // block_size, node.src.data.offset))
+            lines.append("%08x %8x %08x\n" % (start, size // block_size, node.data.offset))
     return lines
 
 
@@ -324,7 +324,7 @@ def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int,
     null = fmt.EROFS_NULL_ADDR_32
     reg = fmt.EROFS_FT_REG_FILE
     for node in inodes:
-        ref = node.src.data
+        ref = node.data
         if ref is None or ref.layer is None or node.ftype != reg:
             continue
         found = True
@@ -335,7 +335,7 @@ def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int,
             start = ref.offset >> blkszbits
             if start < null:
                 set_chunk_run(node, one_chunk[chunkbits], start, device_id)
-                node.src.data = _POINTED
+                node.data = _POINTED
                 continue
             blkaddrs = (start,)                 # (past 32 bits: a map of one wide entry)
         elif type(blkaddrs) is range and blkaddrs:
@@ -741,8 +741,8 @@ def check_wide(where: str, indexes: bool, wide_ok: bool) -> None:
 def make_chunked(node: PlannedInode, store: ChunkStore) -> None:
     """Store the data of the regular file `node` (its own file, or a tar DataRef range) as
     chunks and make it a chunk-based inode."""
-    ref = node.src.data
-    path = node.src.path if ref is None else ref.path
+    ref = node.data
+    path = node.path if ref is None else ref.path
     where = os.fsdecode(path) if ref is None else \
         f"{node.display_path()}: {os.fsdecode(ref.path)}"
     flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NOFOLLOW if ref is None else 0)

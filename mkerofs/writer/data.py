@@ -9,8 +9,8 @@ from ..ondisk import format as fmt
 from ..errors import BuildError
 from ..util import PATH_MAX, can_fork, open_path
 from .output import Output
-from .plan import FlatData, PlannedInode
-from .walk import InImageRef
+from .plan import PlannedInode
+from .walk import FlatData, InImageRef
 
 _ZERO_CHUNK = bytes(1 << 20)
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -173,9 +173,9 @@ class DataArea:
     def take_written(self, node: PlannedInode) -> None:
         """The flat layout of a regular file whose body is in the image already (its DataRef
         is in_image: --sort=none from a stream), at the block where it was written."""
-        start = node.src.data.offset // self.block_size
+        start = node.data.offset // self.block_size
         # (its place is the node's now: the ref and its offset, 72 bytes a file, let go)
-        node.src.data = _WRITTEN
+        node.data = _WRITTEN
         node.datalayout = fmt.EROFS_INODE_FLAT_PLAIN
         node.i_u = start
         node.inline_len = 0
@@ -191,12 +191,12 @@ class DataArea:
         takes three, open, preadv and close; a file with a body adds fstat and the copy, and
         looks for holes only when it has fewer blocks on disk than bytes.)
         """
-        ref = node.src.data
+        ref = node.data
         if ref is not None:
             self._copy_range(node, ref.path, ref.offset, tail_view)
             return
         size = node.size
-        path = node.src.path
+        path = node.path
         try:
             src = os.open(path, _O_READ) if len(path) < PATH_MAX else open_path(path, _O_READ)
         except OSError as err:

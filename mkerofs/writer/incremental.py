@@ -667,10 +667,11 @@ def renumber(plan: Plan, base: Base, options: BuildOptions) -> None:
     epoch: a compact inode whose mtime is not that epoch becomes extended (or takes the
     epoch where the options say so)."""
     epoch = base.img.epoch
+    epoch_ns = epoch * 1_000_000_000
     for node in plan.inodes:
-        if not node.extended and (node.mtime, node.mtime_nsec) != (epoch, 0):
+        if not node.extended and node.mtime_ns != epoch_ns:
             if options.force_inode == "compact" or options.ignore_mtime:
-                node.mtime, node.mtime_nsec = epoch, 0
+                node.mtime_ns = epoch_ns
             else:
                 node.extended = True
     plan.first_ino = base.superblock.inos + 1
@@ -785,7 +786,7 @@ def dotdot_patches(inc: Increment, written: list[PlannedInode]) -> list[tuple[in
     """(position, bytes) of the ".." entries of the kept directories whose parent is new
     (one of the `written` inodes)."""
     img = inc.base.img
-    new_nids = {id(node.src): node.nid for node in written if node.ftype == fmt.EROFS_FT_DIR}
+    new_nids = {id(node): node.nid for node in written if node.ftype == fmt.EROFS_FT_DIR}
     patches = []
     budget = PageBudget(_DROP_EVERY, img.drop_pages)
     for directory in inc.reparented:

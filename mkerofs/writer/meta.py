@@ -108,10 +108,11 @@ def node_pos(node: PlannedInode, meta_base: int = 0) -> int:
 def serialize_inode(node: PlannedInode, ino: int, epoch: int) -> bytes:
     """The inode, its xattr ibody and inline bytes; `ino` is its number (Plan.inodes)."""
     ibody = node.xattr_ibody
+    mtime, nsec = divmod(node.mtime_ns, 1_000_000_000)
     packed = fmt.pack_inode(node.extended, node.datalayout,
                             fmt.xattr_icount(len(ibody)) if ibody else 0,
                             node.mode, node.nlink, node.size, node.i_u, ino, node.uid, node.gid,
-                            node.mtime, node.mtime_nsec, epoch)
+                            mtime, nsec, epoch)
     if ibody or node.inline:        # (most inodes have neither: no copies of the bytes)
         return packed + ibody + node.inline
     return packed

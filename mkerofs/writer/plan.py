@@ -8,71 +8,15 @@ from operator import itemgetter
 from dataclasses import dataclass
 
 from ..ondisk import format as fmt
-from .dirs import DirShape, shape_sorted
+from .dirs import shape_sorted
 from ..errors import BuildError
 from .options import BuildOptions, TimeInherit
 from .walk import SourceInode
 
 _FILE_TYPES = fmt.EROFS_FT_OF_MODE
 
-_COMPRESSED_LAYOUTS = {fmt.EROFS_INODE_COMPRESSED_FULL, fmt.EROFS_INODE_COMPRESSED_COMPACT}
-
-
-@dataclass(frozen=True, slots=True)
-class FlatData:
-    """How the content of a flat inode goes into the place reserved for it, copied later:
-    the body to the blocks from the inode's i_u (its raw_blkaddr), the tail inline.
-    Immutable and without the place itself, so that few of them serve every inode
-    (DataArea.reserve_flat: one each would be 64 bytes a file)."""
-    tail: int                       # bytes kept inline, after inode + xattrs
-    rewritten: bool = False         # the blocks hold a compressed attempt: a copy writes holes
-    written: bool = False           # the body is in the image already (walk.DataRef.in_image)
-
-
-@dataclass(eq=False, slots=True)
-class PlannedInode:
-    src: SourceInode
-    ftype: int
-    mode: int
-    uid: int
-    gid: int
-    mtime: int
-    mtime_nsec: int
-    nlink: int
-    size: int
-    extended: bool = False
-    xattr_ibody: bytes = b""
-    meta_size_before_inline: int = 0    # inode + xattr ibody: where inline data starts
-    dir_shape: DirShape | None = None
-    # filled while laying out data and metadata
-    datalayout: int = fmt.EROFS_INODE_FLAT_PLAIN
-    i_u: int = 0                    # as the inode's union: the device number of a device file
-    inline_len: int = 0             # bytes reserved after inode + xattrs: a tail, or indexes
-    inline: bytes = b""             # those bytes, when built in memory (a regular file's tail is
-                                    # read straight into the metadata image instead)
-    inline_tail: int = 0            # bytes at the end of `inline` that must stay within one
-                                    # block: an inline compressed pcluster
-    flat: FlatData | None = None    # a flat layout's place, once reserved
-    nid: int = -1
-
-    @property
-    def isize(self) -> int:
-        return fmt.EROFS_INODE_EXTENDED_SIZE if self.extended else fmt.EROFS_INODE_COMPACT_SIZE
-
-    @property
-    def compressed(self) -> bool:
-        return self.datalayout in _COMPRESSED_LAYOUTS
-
-    @property
-    def chunk_based(self) -> bool:
-        return self.datalayout == fmt.EROFS_INODE_CHUNK_BASED
-
-    def set_xattr_ibody(self, ibody: bytes) -> None:
-        self.xattr_ibody = ibody
-        self.meta_size_before_inline = self.isize + len(ibody)
-
-    def display_path(self) -> str:
-        return os.fsdecode(self.src.path)
+# The source side makes each inode, plan_inodes plans it in place: one record (walk.py).
+PlannedInode = SourceInode
 
 
 @dataclass(slots=True)
@@ -152,26 +96,22 @@ _COMPACT_MAX_NLINK = fmt.EROFS_COMPACT_INODE_MAX_NLINK
 
 def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int,
                 written: bool = False) -> Plan:
-    """Turn the source tree into planned inodes, breadth first so a directory's children sit
+    """Plan the source tree's inodes in place, breadth first so a directory's children sit
     together; with `written`, the tree's WrittenInodes are not planned: directory entries
     name those."""
     inherit = options.effective_time_inherit
     block_size = options.block_size
-    # Only inodes met under more than one name (directories by their own name and "..",
-    # hard links) are looked up again: a million-file tree must not cost a dict entry a file.
-    planned: dict[int, PlannedInode] = {}
     order: list[PlannedInode] = []
-    # One int object per distinct mode and mtime, shared: most files have a common one, and a
-    # distinct large int costs 32 bytes (bounded, in case every mtime differs).
+    # One int object per distinct mode, shared: most files have a common one, and a distinct
+    # large int costs 32 bytes (bounded, in case every mode differs).
     interned: dict[int, int] = {}
     intern = interned.setdefault
-    # (per-inode work: _ids only when the options change ids, one PlannedInode call)
+    # (per-inode work: _ids only when the options change ids)
     plain_ids = options.force_uid is None and options.force_gid is None and \
         not options.uid_offset and not options.gid_offset
-    # A walked tree's stat fields are all in the planned inode now: nothing reads them from
-    # the source again, so the int objects only the source holds go (~64 bytes an inode: its
-    # own mode, its mtime).  A tar's or a layer's tree keeps them: --verify and --tar=i read them.
-    drop_stats = options.tar is None and options.rebuild is None
+    # A planned mtime is the source's or the build time: the one int of the latter is shared
+    # (a walked file's own is 32 bytes)
+    build_ns = build_time * 1_000_000_000
     # (inode_form's and _mtime's answers inline for the usual options: a call each costs more
     # than the test, every inode)
     fixed_time = inherit is TimeInherit.FIXED
@@ -179,34 +119,34 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int,
     quick_form = options.force_inode is None
     ignore_mtime = options.ignore_mtime
     file_types = _FILE_TYPES
-    planned_inode = PlannedInode
     append = order.append
     s_ifreg, s_iflnk, s_ifmt = stat.S_IFREG, stat.S_IFLNK, _S_IFMT
     max_size, max_id, max_nlink = _COMPACT_MAX_SIZE, _COMPACT_MAX_ID, _COMPACT_MAX_NLINK
 
-    def plan_one(src: SourceInode) -> PlannedInode:
-        uid, gid = src.uid, src.gid
+    def plan_one(node: SourceInode) -> None:
+        uid, gid = node.uid, node.gid
         if not plain_ids or uid >= 2**32 or gid >= 2**32:
-            uid, gid = _ids(src, options)
+            uid, gid = node.uid, node.gid = _ids(node, options)
         if fixed_time:
             mtime, nsec = build_time, 0
         else:
-            mtime, nsec = divmod(src.mtime_ns, 1_000_000_000)
+            mtime, nsec = divmod(node.mtime_ns, 1_000_000_000)
             if clamp and mtime >= build_time:
                 mtime, nsec = build_time, 0
-        mode = src.mode
+        mode = node.mode
         kind = mode & s_ifmt
+        # (the planned values are stored where they differ from the source's)
         if kind == s_ifreg:
-            size = src.size
+            size = node.size
         elif kind == s_iflnk:
-            size = len(src.target)
+            size = node.size = len(node.target)
         else:
-            size = 0
-        nlink = src.nlink
+            size = node.size = 0                # (a directory's: its shape's, below)
+        nlink = node.nlink
         if not quick_form:
             form = inode_form(size, uid, gid, nlink, mtime, nsec, options, build_time)
             if form is None:
-                raise BuildError(f"{os.fsdecode(src.path)}: cannot be stored in a compact "
+                raise BuildError(f"{os.fsdecode(node.path)}: cannot be stored in a compact "
                                  "inode (size, uid, gid or nlink too large)")
             extended, mtime, nsec = form
         elif size <= max_size and uid <= max_id and gid <= max_id and nlink <= max_nlink:
@@ -222,45 +162,41 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int,
         if len(interned) >= _INTERNED_MAX:
             interned.clear()
         mode &= 0xFFFF
-        node = planned_inode(src, file_types[kind], intern(mode, mode), uid, gid,
-                             intern(mtime, mtime), nsec, nlink, size, extended)
+        node.ftype = file_types[kind]
+        node.mode = intern(mode, mode)
+        if mtime == build_time and not nsec:
+            node.mtime_ns = build_ns
+        if extended:
+            node.extended = True
         if kind == stat.S_IFCHR or kind == stat.S_IFBLK:
-            node.i_u = fmt.new_encode_dev(os.major(src.rdev), os.minor(src.rdev))
-        if nlink != 1 or src.entries is not None:
-            planned[id(src)] = node
-        if drop_stats:
-            src.mode = node.mode        # (the same value: st_mode fits 16 bits)
-            src.mtime_ns = 0
-        if not src.xattrs:
-            src.xattrs = ()             # (shared, not an empty list an inode)
+            node.i_u = fmt.new_encode_dev(os.major(node.rdev), os.minor(node.rdev))
+        if not node.xattrs:
+            node.xattrs = ()            # (shared, not an empty list an inode)
         append(node)
-        return node
 
-    queue = deque([plan_one(root)])
+    plan_one(root)
+    queue = deque(order)
     popleft, push = queue.popleft, queue.append
-    planned_get = planned.get
     ft_dir = fmt.EROFS_FT_DIR
     while queue:
         directory = popleft()
-        src = directory.src
-        entries = sorted(src.entries, key=_BY_NAME)
+        entries = sorted(directory.entries, key=_BY_NAME)
         targets = []
         add = targets.append
         for _name, child in entries:
             if written and isinstance(child, WrittenInode):
                 add(child)
                 continue
-            node = planned_get(id(child)) if child.nlink != 1 else None
-            if node is None:
-                node = plan_one(child)
-                if node.ftype == ft_dir:
-                    push(node)
-            add(node)
+            # (an inode met again, under another name: ftype is set once it is planned)
+            if child.nlink == 1 or not child.ftype:
+                plan_one(child)
+                if child.ftype == ft_dir:
+                    push(child)
+            add(child)
         shape = directory.dir_shape = shape_sorted(
-            list(map(_BY_NAME, entries)), targets, directory, planned[id(src.parent)],
-            block_size)
+            list(map(_BY_NAME, entries)), targets, directory, directory.parent, block_size)
         directory.size = shape.size
         if shape.size > fmt.EROFS_COMPACT_INODE_MAX_SIZE and not directory.extended:
             directory.extended = True
-        src.entries = None          # the shape holds the children now; let the source tree go
+        directory.entries = None    # the shape holds the children now
     return Plan(root=order[0], inodes=order, epoch=build_time)

@@ -25,7 +25,7 @@ from .walk import DataRef, Excluder, SourceInode
 @dataclass(frozen=True, slots=True)
 class SourceStat:
     """A SourceInode's stat fields under os.stat_result's names, as reader.compare reads a
-    source's (made only while verifying: the tree keeps them in the inode itself)."""
+    source's (made only while verifying, before planning puts the planned values there)."""
     st_mode: int
     st_uid: int
     st_gid: int
@@ -127,17 +127,21 @@ def _xattr_policy(options: BuildOptions):
 class TarSource:
     """The tree read from a tar stream, as a reader.compare.SourceTree.
 
-    `capture(root)` must run before planning: plan_inodes takes the directory entries away and
-    the xattr layout the xattr lists.  It keeps what the comparison needs: each path's
-    SourceInode (identity: hard links share one) and its xattrs as the build got them."""
+    `capture(root)` must run before planning: plan_inodes takes the directory entries away,
+    puts the planned owner, mode, size and mtime in the inode's stat fields, and the xattr
+    layout takes the xattr lists.  It keeps what the comparison needs: each path's
+    SourceInode (identity: hard links share one; its target and data are read later), its
+    stat fields and its xattrs as the build got them."""
 
     def __init__(self, nodes: dict[bytes, SourceInode], names: dict[bytes, list[bytes]],
-                 xattrs: dict[bytes, list[tuple[bytes, bytes]]], tar_device: bytes | None = None,
+                 xattrs: dict[bytes, list[tuple[bytes, bytes]]],
+                 stats: dict[int, SourceStat], tar_device: bytes | None = None,
                  contents: Callable[[SourceInode], Iterable[bytes] | None] | None = None,
                  devices: list[str] | None = None, release: Callable[[], None] | None = None):
         self._nodes = nodes
         self._names = names
         self._xattrs = xattrs
+        self._stats = stats             # by id(node)
         # --tar=i: the image's extra device is the tar itself
         # (a str: the reader takes bytes as a device's contents, not its name)
         self.devices = [os.fsdecode(tar_device)] if tar_device is not None else devices
@@ -155,6 +159,7 @@ class TarSource:
         nodes: dict[bytes, SourceInode] = {b"": root}
         names: dict[bytes, list[bytes]] = {}
         xattrs: dict[bytes, list[tuple[bytes, bytes]]] = {b"": root.xattrs}
+        stats = {id(root): SourceStat.of(root)}
         pending = deque([(b"", root)])
         while pending:
             rel, directory = pending.popleft()
@@ -163,9 +168,11 @@ class TarSource:
                 r = rel + b"/" + name if rel else name
                 nodes[r] = child
                 xattrs[r] = child.xattrs
+                if id(child) not in stats:
+                    stats[id(child)] = SourceStat.of(child)
                 if child.entries is not None:
                     pending.append((r, child))
-        return cls(nodes, names, xattrs, tar_device, contents, devices, release)
+        return cls(nodes, names, xattrs, stats, tar_device, contents, devices, release)
 
     def node(self, rel: bytes) -> SourceInode | None:
         """The SourceInode at `rel` (None: not in the tree)."""
@@ -181,7 +188,7 @@ class TarSource:
         return "the tar's tree"
 
     def lstat(self, rel: bytes) -> SourceStat:
-        return SourceStat.of(self._node(rel))
+        return self._stats[id(self._node(rel))]
 
     def listdir(self, rel: bytes) -> list[bytes]:
         return list(self._names[rel])
@@ -197,7 +204,7 @@ class TarSource:
         pieces = self._contents(node) if self._contents is not None else None
         if pieces is not None:
             return _Pieces(pieces)
-        return _DataRange(node.data or DataRef(None), node.size)
+        return _DataRange(node.data or DataRef(None), self._stats[id(node)].st_size)
 
     def xattrs(self, rel: bytes, st: SourceStat) -> list[tuple[bytes, bytes]]:
         return list(self._xattrs[rel])     # (a tree shares one empty tuple)

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Callable
 from ..errors import BuildError
 from ..ondisk import format as fmt
 from ..util import NAME_MAX, PATH_MAX, listdir_path, open_path, posix_ere_to_python, read_xattrs
-from .options import BuildOptions
+from .dirs import DirShape
+from .options import BuildOptions, TimeInherit
 
 if TYPE_CHECKING:       # (loaded only for --file-contexts)
     from .selinux import FileContexts
@@ -101,10 +102,33 @@ class InImageRef(_SlimRef):
         self.offset = offset
 
 
+@dataclass(frozen=True, slots=True)
+class FlatData:
+    """How the content of a flat inode goes into the place reserved for it, copied later:
+    the body to the blocks from the inode's i_u (its raw_blkaddr), the tail inline.
+    Immutable and without the place itself, so that few of them serve every inode
+    (DataArea.reserve_flat: one each would be 64 bytes a file)."""
+    tail: int                       # bytes kept inline, after inode + xattrs
+    rewritten: bool = False         # the blocks hold a compressed attempt: a copy writes holes
+    written: bool = False           # the body is in the image already (walk.DataRef.in_image)
+
+
+_COMPRESSED_LAYOUTS = frozenset({fmt.EROFS_INODE_COMPRESSED_FULL,
+                                 fmt.EROFS_INODE_COMPRESSED_COMPACT})
+
+
 @dataclass(eq=False, slots=True)
 class SourceInode:
-    """One inode of the source: several names share it when hard-linked.  The stat fields an
-    image needs are its own (no os.stat_result, ~600 bytes, nor an object of their own a file).
+    """One inode: made by the source side (the walk, a tar, layers, an increment) with the
+    stat fields an image needs, then planned in place by plan.plan_inodes, which gives it its
+    on-disk attributes (one object an inode, not a source and a planned one: ~90 bytes an
+    inode less).  Several names share it when hard-linked.
+
+    Planning replaces mode (16 bits), uid/gid (after --force-uid, --uid-offset...), size (a
+    directory's from its shape, a symlink's target's, 0 for other non-files) and mtime_ns
+    (after -T, clamping, --ignore-mtime), and sets ftype (0 until planned); what reads the
+    source's values after planning (--verify's TarSource) takes them before.
+
     `path` is the first path it was found under (for reads and messages); a walked file keeps
     only its name and the directory it was found in (`found_in`), whose entries hold that
     name already, and makes the path when asked (a whole path a file is ~140 bytes)."""
@@ -113,7 +137,7 @@ class SourceInode:
     uid: int
     gid: int
     size: int                                 # st_size: a regular file's bytes, a symlink's target's
-    mtime_ns: int
+    mtime_ns: int                             # may be negative: divmod by 10**9 gives (s, ns)
     rdev: int = 0                             # device files: st_rdev
     nlink: int = 0                            # links found inside the tree
     entries: list[tuple[bytes, "SourceInode"]] | None = None   # directories: (name, child)
@@ -124,6 +148,23 @@ class SourceInode:
     xattrs: list[tuple[bytes, bytes]] | tuple = ()
     data: DataRef | LayerRef | FileRef | IndexedRef | None = None  # regular files not read from `path`
     found_in: "SourceInode | None" = field(default=None, repr=False)    # (see `path`)
+    # -- set by plan_inodes
+    ftype: int = 0                            # EROFS_FT_*; 0: not planned yet
+    extended: bool = False
+    xattr_ibody: bytes = b""
+    meta_size_before_inline: int = 0    # inode + xattr ibody: where inline data starts
+    dir_shape: DirShape | None = field(default=None, repr=False)
+    # -- filled while laying out data and metadata
+    datalayout: int = fmt.EROFS_INODE_FLAT_PLAIN
+    i_u: int = 0                    # as the inode's union: the device number of a device file
+    inline_len: int = 0             # bytes reserved after inode + xattrs: a tail, or indexes
+    inline: bytes = field(default=b"", repr=False)
+                                    # those bytes, when built in memory (a regular file's tail is
+                                    # read straight into the metadata image instead)
+    inline_tail: int = 0            # bytes at the end of `inline` that must stay within one
+                                    # block: an inline compressed pcluster
+    flat: FlatData | None = None    # a flat layout's place, once reserved
+    nid: int = -1
 
     @property
     def path(self) -> bytes:
@@ -141,6 +182,33 @@ class SourceInode:
     @property
     def is_dir(self) -> bool:
         return stat.S_ISDIR(self.mode)
+
+    @property
+    def isize(self) -> int:
+        return fmt.EROFS_INODE_EXTENDED_SIZE if self.extended else fmt.EROFS_INODE_COMPACT_SIZE
+
+    @property
+    def mtime(self) -> int:
+        return self.mtime_ns // 1_000_000_000
+
+    @property
+    def mtime_nsec(self) -> int:
+        return self.mtime_ns % 1_000_000_000
+
+    @property
+    def compressed(self) -> bool:
+        return self.datalayout in _COMPRESSED_LAYOUTS
+
+    @property
+    def chunk_based(self) -> bool:
+        return self.datalayout == fmt.EROFS_INODE_CHUNK_BASED
+
+    def set_xattr_ibody(self, ibody: bytes) -> None:
+        self.xattr_ibody = ibody
+        self.meta_size_before_inline = self.isize + len(ibody)
+
+    def display_path(self) -> str:
+        return os.fsdecode(self.path)
 
 
 def link_children(directory: SourceInode, entries: list[tuple[bytes, SourceInode]],
@@ -303,6 +371,12 @@ class _Walk:
         self.on_file = on_file
         self.hardlinks: dict[tuple[int, int], SourceInode] = {}
         self.count = 1
+        # A file's mode and mtime as its lstat gave them are ints of their own (~60 bytes a
+        # file), which planning would replace by shared ones after the whole walk: their room
+        # would stay in the heap, unused.  So the common file takes a shared mode now, and no
+        # mtime of its own where the build gives every inode the build time (-T).
+        self.modes: dict[int, int] = {}
+        self.keep_mtime = options.effective_time_inherit is not TimeInherit.FIXED
 
     def add_entries(self, directory: SourceInode, rel: bytes, fd: int | None,
                     listing: list[tuple[bytes, bytes]], pending: deque) -> None:
@@ -315,6 +389,7 @@ class _Walk:
         # where listxattr can be called here: a path the kernel takes, no label to look up
         quick_xattrs = fd is None and xattrs.enabled and xattrs.contexts is None
         on_file = self.on_file
+        shared_mode, keep_mtime = self.modes.setdefault, self.keep_mtime
         prefix = os.path.join(directory.path, b"")
         # (SOURCE given with a "/" after it: its entries keep their whole paths, see `path`)
         found_in = None if directory.path.endswith(b"/") else directory
@@ -336,8 +411,9 @@ class _Walk:
                 continue
             mode = st.st_mode
             if mode & _S_IFMT == _S_IFREG and st.st_nlink == 1 and quick_xattrs:
-                child = SourceInode(name if found_in is not None else where, mode, st.st_uid,
-                                    st.st_gid, st.st_size, st.st_mtime_ns, st.st_rdev, 1, None,
+                child = SourceInode(name if found_in is not None else where,
+                                    shared_mode(mode, mode), st.st_uid, st.st_gid, st.st_size,
+                                    st.st_mtime_ns if keep_mtime else 0, st.st_rdev, 1, None,
                                     None, None, (), None, found_in)
                 try:
                     if listxattr(where, follow_symlinks=False):

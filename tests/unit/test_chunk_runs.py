@@ -12,7 +12,7 @@ from mkerofs.writer.chunks import (ChunkLayout, LayerChunks, covering_chunkbits,
                                    index_layer_files, index_tar_files, make_hole_files,
                                    set_chunk_map)
 from mkerofs.writer.plan import PlannedInode
-from mkerofs.writer.walk import DataRef, LayerRef, SourceInode
+from mkerofs.writer.walk import DataRef, LayerRef
 
 _HI = 1 << 32
 
@@ -65,9 +65,8 @@ def test_encode_run_is_encode_map_of_the_run(blkszbits, chunkbits, count, indexe
 
 
 def _node(size: int, xattr_bytes: int, data: DataRef) -> PlannedInode:
-    src = SourceInode(b"f", stat.S_IFREG | 0o644, 0, 0, size, 0, data=data)
-    node = PlannedInode(src=src, ftype=fmt.EROFS_FT_REG_FILE, mode=src.mode, uid=0,
-                        gid=0, mtime=0, mtime_nsec=0, nlink=1, size=size)
+    node = PlannedInode(b"f", stat.S_IFREG | 0o644, 0, 0, size, 0, nlink=1, data=data,
+                        ftype=fmt.EROFS_FT_REG_FILE)
     node.set_xattr_ibody(bytes(xattr_bytes))
     return node
 
@@ -104,7 +103,7 @@ def test_index_tar_files_gives_each_file_its_own_map(blkszbits):
     # --tar=i,MAPFILE: a block map over the blob (room for every file: addresses stay small)
     nodes = [_node(size, xb, DataRef(b"", off, indexed=True)) for size, off, xb in cases
              if size < 1 << 40]
-    blob = {node.src: i * 5 for i, node in enumerate(nodes)}
+    blob = {node: i * 5 for i, node in enumerate(nodes)}
     done = index_tar_files(nodes, blkszbits, blob, 1000)
     assert done == [(node, 1000 + i * 5) for i, node in enumerate(nodes)]
     for i, node in enumerate(nodes):
@@ -169,7 +168,7 @@ def test_index_layer_files_one_chunk_at_its_offset(ref):
     assert one_chunk_on(2, bits[0]) is one_chunk_on(2, bits[0])
     # indexed, a file of one chunk lets go of its own ref: one shared, neither copied nor
     # made a file of holes; indexing again keeps the same maps
-    pointed = [a.src.data for a, (_s, start, _x) in zip(shared, cases)
+    pointed = [a.data for a, (_s, start, _x) in zip(shared, cases)
                if start < fmt.EROFS_NULL_ADDR_32]
     assert len(pointed) > 10 and len({id(ref) for ref in pointed}) == 1
     assert pointed[0].path is None and pointed[0].layer is not None

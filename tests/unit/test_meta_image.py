@@ -84,7 +84,8 @@ def test_put_inodes_writes_what_a_put_each_writes(tmp_path, monkeypatch):
     monkeypatch.setattr(meta, "_RELEASE_EVERY", 7)
     nodes, pos = [], 4096 - 64            # (the first ends where the head does)
     for i in range(60):
-        node = PlannedInode(None, 1, 0o100644, i, 2 * i, 1000 + i, i, 1, 10 * i, i % 4 == 0)
+        node = PlannedInode(b"", 0o100644, i, 2 * i, 10 * i, (1000 + i) * 10**9 + i, nlink=1,
+                            ftype=1, extended=i % 4 == 0)
         node.inline = bytes([i + 1]) * (i % 3 * 8)
         if i % 7 == 3:
             node.set_xattr_ibody(bytes(12))

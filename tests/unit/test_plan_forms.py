@@ -43,14 +43,14 @@ def test_planned_forms_are_inode_forms(inherit, ignore_mtime, force_inode):
     root, files = _tree()
     stats = {id(src): replace(src) for src in files}     # (before planning drops them)
     plan = plan_inodes(root, options, BUILD_TIME)
-    planned = [node for node in plan.inodes if node.src is not root]
+    planned = [node for node in plan.inodes if node is not root]
     assert len(planned) == len(files)
     seen = set()
     for node in planned:
-        st = stats[id(node.src)]
+        st = stats[id(node)]
         mtime, nsec = _mtime(st, options.effective_time_inherit, BUILD_TIME)
         want = inode_form(st.size, st.uid, st.gid, 1, mtime, nsec, options, BUILD_TIME)
-        assert (node.extended, node.mtime, node.mtime_nsec) == want, node.src.path
+        assert (node.extended, node.mtime, node.mtime_nsec) == want, node.path
         seen.add(want[0])
     # (the tree has compact and extended inodes unless the options force one form)
     assert seen == ({True} if force_inode == "extended" else {False, True})

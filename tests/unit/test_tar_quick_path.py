@@ -205,8 +205,8 @@ def test_indexed_file_map_is_its_own_layouts(size, start, device_id, xattr_bytes
                       data=DataRef(b"", 0, indexed=True))
 
     def node():
-        n = PlannedInode(src=src, ftype=fmt.EROFS_FT_REG_FILE, mode=src.mode, uid=0,
-                         gid=0, mtime=0, mtime_nsec=0, nlink=1, size=size)
+        n = PlannedInode(src.where, src.mode, 0, 0, size, 0, nlink=1, data=src.data,
+                         ftype=fmt.EROFS_FT_REG_FILE)
         n.set_xattr_ibody(bytes(xattr_bytes))
         return n
 

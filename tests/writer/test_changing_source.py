@@ -23,7 +23,7 @@ def _before_copy(monkeypatch, victim: Path, action) -> None:
     original = mkerofs.writer.data.DataArea.copy_regular
 
     def copy_regular(self, node, *args, **kw):
-        if node.src.path == os.fsencode(victim):
+        if node.path == os.fsencode(victim):
             action(victim)
         return original(self, node, *args, **kw)
 

@@ -247,7 +247,7 @@ def test_only_new_inodes_are_planned(tmp_path):
     root.entries = [(name, WrittenInode(77, fmt.EROFS_FT_REG_FILE) if name == b"old" else child)
                     for name, child in root.entries]
     plan = plan_inodes(root, _opts(), 0, written=True)
-    assert [node.src.path.rsplit(b"/", 1)[-1] for node in plan.inodes[1:]] == [b"new"]
+    assert [node.path.rsplit(b"/", 1)[-1] for node in plan.inodes[1:]] == [b"new"]
     shape = plan.root.dir_shape
     target = shape.targets[shape.names.index(b"old")]
     assert (target.nid, target.ftype) == (77, fmt.EROFS_FT_REG_FILE)

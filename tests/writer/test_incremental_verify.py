@@ -126,7 +126,7 @@ def _corrupt_kept_dirent(monkeypatch) -> None:
     real = incremental.dotdot_patches
 
     def dotdot_patches(inc, written):
-        root_nid = next(node.nid for node in written if node.src is inc.root)
+        root_nid = next(node.nid for node in written if node is inc.root)
         patches = []
         for pos, entry in real(inc, written):
             patches.append((pos, root_nid.to_bytes(8, "little") + entry[8:]))

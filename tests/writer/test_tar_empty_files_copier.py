@@ -18,7 +18,7 @@ def _copied(tmp_path, monkeypatch, mode: str) -> tuple[list[list[bytes]], dict, 
     start = data.FlatCopier.start
 
     def noting(self, copies):
-        given.append(sorted(n.src.path for n in copies))
+        given.append(sorted(n.path for n in copies))
         return start(self, copies)
 
     monkeypatch.setattr(data.FlatCopier, "start", noting)

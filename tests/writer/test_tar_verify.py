@@ -173,7 +173,7 @@ def test_verify_catches_a_flipped_data_byte(kind, tmp_path, spool_dir, monkeypat
 
     def copy_and_flip(self, node, tail_view):
         copy(self, node, tail_view)
-        if node.src.path == VICTIM:
+        if node.path == VICTIM:
             tail_view[0] ^= 0x01            # the first byte of the inline tail
 
     monkeypatch.setattr(DataArea, "copy_regular", copy_and_flip)
@@ -195,7 +195,7 @@ def test_verify_catches_a_changed_owner(tmp_path, spool_dir, monkeypatch):
     def plan_and_change(root, options, build_time):
         plan = plan_inodes(root, options, build_time)
         for node in plan.inodes:
-            if node.src.path == VICTIM:
+            if node.path == VICTIM:
                 node.uid += 1
         return plan
 

@@ -38,7 +38,7 @@ from mkerofs.writer import spool
 from mkerofs.writer.chunks import make_indexed_file
 from mkerofs.writer.options import TarOptions
 from mkerofs.writer.plan import PlannedInode
-from mkerofs.writer.walk import DataRef, SourceInode
+from mkerofs.writer.walk import DataRef
 from support.oracle import ErofsImage, read_superblock
 from support.run import REPO, assert_clean_failure, run_mkerofs
 from support.tars import END, Archives, entry, oldgnu_sparse
@@ -250,10 +250,8 @@ def test_blobdev_is_refused(tmp_path, mode):
 
 
 def test_48bit_chunk_indexes_past_2_to_the_32_blocks():
-    src = SourceInode(b"f", stat.S_IFREG | 0o644, 0, 0, 5000, 0,
-                      data=DataRef(b"", 0, indexed=True))
-    node = PlannedInode(src=src, ftype=fmt.EROFS_FT_REG_FILE, mode=src.mode, uid=0,
-                        gid=0, mtime=0, mtime_nsec=0, nlink=1, size=5000)
+    node = PlannedInode(b"f", stat.S_IFREG | 0o644, 0, 0, 5000, 0, nlink=1,
+                        data=DataRef(b"", 0, indexed=True), ftype=fmt.EROFS_FT_REG_FILE)
     node.set_xattr_ibody(b"")
     make_indexed_file(node, 9, (1 << 32) + 7, 1)
     assert node.datalayout == fmt.EROFS_INODE_CHUNK_BASED
