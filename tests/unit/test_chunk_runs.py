@@ -193,7 +193,7 @@ def test_index_tar_files_let_go_keeps_the_maps_and_drops_the_refs():
     index_tar_files(dropped, blkszbits, None, let_go=True)
     assert [(n.datalayout, n.i_u, n.inline) for n in kept] == \
         [(n.datalayout, n.i_u, n.inline) for n in dropped]
-    assert all(n.src.data.indexed for n in kept[:-1])
-    assert len({id(n.src.data) for n in kept[:-1]}) == len(cases)
-    assert len({id(n.src.data) for n in dropped[:-1]}) == 1
-    assert dropped[-1].src.data.path == b"/t"
+    assert all(n.data.indexed for n in kept[:-1])
+    assert len({id(n.data) for n in kept[:-1]}) == len(cases)
+    assert len({id(n.data) for n in dropped[:-1]}) == 1
+    assert dropped[-1].data.path == b"/t"
