@@ -23,9 +23,9 @@ from .meta import (MetaAllocator, MetaImage, item_size, node_pos, place_inode, p
 from ..errors import BuildError, CompressorUnavailable
 from .options import BuildOptions
 from .output import Output
-from .plan import Plan, PlannedInode, plan_inodes, planned_isize
+from .plan import Plan, plan_inodes, planned_isize
 from .report import BuildProgress, BuildReport, options_dict, tally_inodes, watch_writing
-from .walk import SourceInode, apply_walk_options, walk_source
+from .walk import TreeInode, apply_walk_options, walk_source
 from .xattrs import XattrLayout
 
 if TYPE_CHECKING:       # (each loaded only where used: -z's modules are 20 ms of a plain build)
@@ -180,7 +180,7 @@ class _Sinks:
 @dataclass
 class _Source:
     """What reading the source gave: the tree and what the rest of the build needs of it."""
-    root: SourceInode
+    root: TreeInode
     options: BuildOptions               # as the source amends them (a tar's label, layers'
                                         # block size)
     source_b: bytes                     # a directory SOURCE (b"" otherwise): --compress-hints
@@ -250,7 +250,7 @@ def _read_source(source, options: BuildOptions, build_time: int, sinks: _Sinks,
 
 
 def _stacked_tars(inputs: contextlib.ExitStack, sources: list, options: BuildOptions,
-                  build_time: int, out: Output, offer: Callable | None) -> SourceInode:
+                  build_time: int, out: Output, offer: Callable | None) -> TreeInode:
     """Several tar layers (--tar=f IMAGE L1.tar L2.tar ...): each read as one tar is, its
     whiteouts kept, then stacked as overlayfs stacks them, the last on top (layers.py), and
     with --ovlfs-strip the whiteouts applied.  Files hidden by an upper layer were offered to
@@ -281,7 +281,7 @@ def _device_table(options: BuildOptions, found: _Source, blob: BlobFile | None,
 
 
 def _rebuild_tree(layers, options: BuildOptions,
-                  inputs: contextlib.ExitStack) -> tuple[SourceInode, object]:
+                  inputs: contextlib.ExitStack) -> tuple[TreeInode, object]:
     """Rebuild mode: the merged tree of the source images (`layers`, a layers.LayerStack),
     each regular file's data pointing into its image (no --clean: through the device table)
     or copied from it (decoded into a spool when its bytes are not one run of blocks there);
@@ -298,7 +298,7 @@ def _rebuild_tree(layers, options: BuildOptions,
     early = None if options.verify else (mode, options.block_size)
     root, files = layers.merged_tree(options.rebuild.ovlfs_strip, early)
 
-    def same_file(copy: SourceInode, original: SourceInode) -> None:
+    def same_file(copy: TreeInode, original: TreeInode) -> None:
         if original in files:
             files[copy] = files[original]
     apply_walk_options(root, options, on_split=same_file)
@@ -353,8 +353,8 @@ def _fill_report(report: BuildReport, result: BuildResult, plan: Plan,
 @dataclass
 class _TarTree:
     """What _read_tar found: the tree, and where --sort=none puts the files' data."""
-    root: SourceInode
-    order: dict[SourceInode, int] | None    # --sort=none, spooled: each regular file's place
+    root: TreeInode
+    order: dict[TreeInode, int] | None    # --sort=none, spooled: each regular file's place
                                             # in the stream
     label: bytes                        # a GNU volume header's name (b"": none)
     written: DataArea | None            # --sort=none from a stream: the data area the files
@@ -474,19 +474,19 @@ def _path_given(source) -> str | None:
     return None
 
 
-def _noting_order(order: dict[SourceInode, int]) -> Callable:
+def _noting_order(order: dict[TreeInode, int]) -> Callable:
     """An on_file for read_tar_tree that notes each regular file's place in the stream."""
 
-    def note(src: SourceInode, _relpath: bytes, _links) -> None:
-        order[src] = len(order)        # (SourceInodes hash by identity)
+    def note(src: TreeInode, _relpath: bytes, _links) -> None:
+        order[src] = len(order)        # (TreeInodes hash by identity)
 
     return note
 
 
-def _noting_files(files: list[SourceInode]) -> Callable:
+def _noting_files(files: list[TreeInode]) -> Callable:
     """An on_file for read_tar_tree that lists the regular files in stream order."""
 
-    def note(src: SourceInode, _relpath: bytes, _links) -> None:
+    def note(src: TreeInode, _relpath: bytes, _links) -> None:
         files.append(src)
 
     return note
@@ -506,7 +506,7 @@ def _head_blocks(block_size: int) -> int:
     return fmt.round_up(fmt.EROFS_SUPER_OFFSET + fmt.EROFS_SB_SIZE, block_size) // block_size
 
 
-def _in_tar_order(plan: Plan, tar_order: dict[SourceInode, int]) -> list[PlannedInode]:
+def _in_tar_order(plan: Plan, tar_order: dict[TreeInode, int]) -> list[TreeInode]:
     """--sort=none, which mkfs.erofs honours only without compression and with
     -Enoinline_data: regular files' data first, in the order the tar stream had it."""
     files = [n for n in plan.inodes if n.ftype == fmt.EROFS_FT_REG_FILE]
@@ -542,13 +542,13 @@ def _workers(options: BuildOptions) -> int:
 
 
 def _early_offers(pool: CompressionPool, options: BuildOptions, hints: CompressHints | None,
-                  build_time: int) -> Callable[[SourceInode, bytes, os.stat_result], bool]:
+                  build_time: int) -> Callable[[TreeInode, bytes, os.stat_result], bool]:
     """The walk's on_file: hand a regular file to the workers right away when its job is
     known already, i.e. its size, its profile and its inode + xattrs size (no xattrs, one
     inode form whatever its link count); False once the workers take no more."""
     from .workers import FileRange              # loaded only when files are compressed
 
-    def offer(src: SourceInode, relpath: bytes, st: os.stat_result) -> bool:
+    def offer(src: TreeInode, relpath: bytes, st: os.stat_result) -> bool:
         if not pool.takes_early():
             return False
         size = src.size
@@ -732,12 +732,12 @@ class _IncrementStep:
         inputs.callback(self.base.close)
         self.options = self.base.amend(options)
         self.merged = None                      # the incremental.Increment, once merged
-        self.upper: SourceInode | None = None   # --verify: the source tree, as it was
+        self.upper: TreeInode | None = None   # --verify: the source tree, as it was
 
     def output(self) -> Output:
         return self.base.output()
 
-    def merge(self, root: SourceInode, options: BuildOptions) -> SourceInode:
+    def merge(self, root: TreeInode, options: BuildOptions) -> TreeInode:
         """The merged tree of the source (`root`) over the base."""
         from . import incremental
         inc = options.incremental
@@ -746,7 +746,7 @@ class _IncrementStep:
         self.merged = incremental.merge_increment(self.base, root, inc.ovlfs_strip)
         return self.merged.root
 
-    def plan(self, root: SourceInode, options: BuildOptions, build_time: int) -> Plan:
+    def plan(self, root: TreeInode, options: BuildOptions, build_time: int) -> Plan:
         """The new inodes of the merged tree (the kept ones are named by their nids),
         numbered after the base's."""
         from . import incremental
@@ -837,7 +837,7 @@ def _lay_out_increment(plan: Plan, options: BuildOptions, out: Output, xattrs: X
 @dataclass
 class _DataPlaced:
     """What _assign_data decided, for the metadata and the superblock."""
-    nodes: list[PlannedInode]           # every inode with metadata: the tree's, then the
+    nodes: list[TreeInode]           # every inode with metadata: the tree's, then the
                                         # packed inode if there is one
     xattr_blkaddr: int                  # the shared xattr area (0: none)
     used: "_FeaturesUsed"               # compression features some inode ended up using
@@ -892,10 +892,10 @@ def _assign_data(plan: Plan, options: BuildOptions, source: bytes, xattrs: Xattr
     return _DataPlaced(nodes, xattr_blkaddr, used, chunked, map_lines, store)
 
 
-def _write_contents(plan: Plan, nodes: list[PlannedInode], data: DataArea, meta: MetaImage,
+def _write_contents(plan: Plan, nodes: list[TreeInode], data: DataArea, meta: MetaImage,
                     meta_base: int, xattrs: XattrLayout, xattr_blkaddr: int,
                     prefix_pos: int | None, workers: int,
-                    elsewhere: PlannedInode | None = None) -> None:
+                    elsewhere: TreeInode | None = None) -> None:
     """Write the flat files' data (by threads), symlinks and directories into the data area
     and the shared xattrs; put the long prefixes and every inode into `meta`."""
     bs = data.block_size
@@ -906,7 +906,7 @@ def _write_contents(plan: Plan, nodes: list[PlannedInode], data: DataArea, meta:
               and node.flat is not None and not node.flat.written
               and (node.data is None or node.data.path is not None)]
 
-    def tail_view(node: PlannedInode) -> memoryview:
+    def tail_view(node: TreeInode) -> memoryview:
         return meta.view(node_pos(node, meta_base) + node.meta_size_before_inline,
                          node.flat.tail)
 
@@ -971,7 +971,7 @@ class _FeaturesUsed:
 def _compress_regular_files(plan: Plan, options: BuildOptions, source: bytes,
                             zcfg: compress.CompressConfig, hints: CompressHints | None,
                             pool: CompressionPool | None, packed: PackedFile | None,
-                            data: DataArea, used: _FeaturesUsed) -> PlannedInode | None:
+                            data: DataArea, used: _FeaturesUsed) -> TreeInode | None:
     """Compress the regular files that are worth trying (and then the packed inode, returned
     if there is one): each gets a compressed layout or, when compression saves nothing, its
     flat place."""
@@ -1090,11 +1090,11 @@ def _relative(path: bytes, source: bytes) -> bytes:
     return path[len(source):].lstrip(b"/")
 
 
-def _packed_inode(packed: PackedFile, plan: Plan) -> PlannedInode:
+def _packed_inode(packed: PackedFile, plan: Plan) -> TreeInode:
     """The nameless regular file that holds the fragments (superblock packed_nid); it comes
     after the tree's inodes, and is numbered so."""
     mode = stat.S_IFREG | 0o600
-    node = PlannedInode(packed.path, mode, 0, 0, packed.size, plan.epoch * 10**9, nlink=1,
+    node = TreeInode(packed.path, mode, 0, 0, packed.size, plan.epoch * 10**9, nlink=1,
                         ftype=fmt.EROFS_FT_REG_FILE,
                         extended=packed.size > fmt.EROFS_COMPACT_INODE_MAX_SIZE)
     node.set_xattr_ibody(b"")

@@ -71,8 +71,7 @@ import xxhash
 from ..errors import BuildError
 from ..ondisk import format as fmt
 from ..util import open_path
-from .plan import PlannedInode
-from .walk import IndexedRef, LayerRef, SourceInode
+from .walk import IndexedRef, LayerRef, TreeInode
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,13 +165,13 @@ def covering_chunkbits(size: int, blkszbits: int) -> int:
                blkszbits + fmt.EROFS_CHUNK_FORMAT_BLKBITS_MASK)
 
 
-def make_hole_file(node: PlannedInode, blkszbits: int) -> None:
+def make_hole_file(node: TreeInode, blkszbits: int) -> None:
     """Make `node` (a regular file that reads as zeros) chunk-based with only holes."""
     layout = ChunkLayout(node.size, blkszbits, covering_chunkbits(node.size, blkszbits))
     set_chunk_map(node, layout, [None] * layout.count)
 
 
-def make_hole_files(inodes: Iterable[PlannedInode], blkszbits: int) -> bool:
+def make_hole_files(inodes: Iterable[TreeInode], blkszbits: int) -> bool:
     """Make every non-empty regular file whose bytes are nowhere (tar headerball entries) a
     chunk-based file of holes, so it takes no data blocks; True if there was one."""
     found = False
@@ -187,7 +186,7 @@ def make_hole_files(inodes: Iterable[PlannedInode], blkszbits: int) -> bool:
 
 # -- --tar=i: files whose bytes stay in the tar ---------------------------------------------
 
-def make_indexed_file(node: PlannedInode, blkszbits: int, start: int, device_id: int) -> None:
+def make_indexed_file(node: TreeInode, blkszbits: int, start: int, device_id: int) -> None:
     """Make `node` chunk-based over consecutive blocks from `start`: of extra device
     `device_id` (8-byte chunk indexes), or of the image (device 0: a block map)."""
     size = node.size
@@ -212,11 +211,11 @@ def one_chunk_layouts(blkszbits: int, indexes: bool) -> dict[int, ChunkLayout]:
 @dataclass
 class TarIndex:
     """--tar=i: what the tar told about where the files' bytes are."""
-    files: list[SourceInode]        # regular files in tar order, replaced ones too (only
+    files: list[TreeInode]        # regular files in tar order, replaced ones too (only
                                     # with a MAPFILE, whose blob they make; else empty)
     tar_bytes: int                  # the archive up to the end of its end-of-archive marker
 
-    def blob(self, block_size: int) -> tuple[dict[SourceInode, int], int]:
+    def blob(self, block_size: int) -> tuple[dict[TreeInode, int], int]:
         """--tar=i,MAPFILE: each indexed file's first block in the blob and the blob's length
         in blocks.  As mkfs.erofs: in tar order, each file rounded up to whole blocks, room kept
         for a file a later entry replaced."""
@@ -233,9 +232,9 @@ class TarIndex:
 _INDEXED = IndexedRef(b"", 0)
 
 
-def index_tar_files(inodes: Iterable[PlannedInode], blkszbits: int,
-                    blob: dict[SourceInode, int] | None, blob_start: int = 0,
-                    let_go: bool = False) -> list[tuple[PlannedInode, int]]:
+def index_tar_files(inodes: Iterable[TreeInode], blkszbits: int,
+                    blob: dict[TreeInode, int] | None, blob_start: int = 0,
+                    let_go: bool = False) -> list[tuple[TreeInode, int]]:
     """Make every non-empty regular file whose bytes stay in the tar chunk-based: over device 1
     at the tar's own blocks (`blob` None: the block size is the tar's 512 bytes), or over the
     image's blocks `blob_start` + `blob[file]`.  Returns those files with their first block,
@@ -270,7 +269,7 @@ def index_tar_files(inodes: Iterable[PlannedInode], blkszbits: int,
     return done if done is not None else []
 
 
-def map_lines(placed: Iterable[tuple[PlannedInode, int]], block_size: int) -> list[str]:
+def map_lines(placed: Iterable[tuple[TreeInode, int]], block_size: int) -> list[str]:
     """The MAPFILE's lines (--tar=i,MAPFILE) of the files index_tar_files placed, as mkfs.erofs
     1.9.3 writes them: a file's block in the blob and its block count in hex, where its data
     starts in the (decompressed) tar in hex, and, if its last block is not full, the zero
@@ -314,7 +313,7 @@ def one_chunk_on(device_id: int, chunkbits: int) -> LayerChunks:
 _POINTED = LayerRef(0, ())
 
 
-def index_layer_files(inodes: Iterable[PlannedInode], blkszbits: int,
+def index_layer_files(inodes: Iterable[TreeInode], blkszbits: int,
                       wide_ok: bool = False) -> bool:
     """Make every regular file whose bytes stay in a source image (DataRef.layer) chunk-based
     over that image's device; True if there was one.  (`wide_ok`: as ChunkStore.)  A file of
@@ -738,7 +737,7 @@ def check_wide(where: str, indexes: bool, wide_ok: bool) -> None:
                          "addresses (-E48bit)")
 
 
-def make_chunked(node: PlannedInode, store: ChunkStore) -> None:
+def make_chunked(node: TreeInode, store: ChunkStore) -> None:
     """Store the data of the regular file `node` (its own file, or a tar DataRef range) as
     chunks and make it a chunk-based inode."""
     ref = node.data
@@ -767,7 +766,7 @@ def make_chunked(node: PlannedInode, store: ChunkStore) -> None:
     set_chunk_map(node, layout, addrs, store.device_id)
 
 
-def set_chunk_run(node: PlannedInode, layout: ChunkLayout, start: int, device_id: int = 0
+def set_chunk_run(node: TreeInode, layout: ChunkLayout, start: int, device_id: int = 0
                   ) -> None:
     """set_chunk_map of a file whose chunks follow one another from block `start`."""
     node.datalayout = fmt.EROFS_INODE_CHUNK_BASED
@@ -776,7 +775,7 @@ def set_chunk_run(node: PlannedInode, layout: ChunkLayout, start: int, device_id
     node.inline_len = len(node.inline)
 
 
-def set_chunk_map(node: PlannedInode, layout: ChunkLayout, blkaddrs: Sequence[int | None],
+def set_chunk_map(node: TreeInode, layout: ChunkLayout, blkaddrs: Sequence[int | None],
                   device_id: int = 0) -> None:
     """Make `node` chunk-based with `layout`, its map after the inode and xattrs."""
     node.datalayout = fmt.EROFS_INODE_CHUNK_BASED

@@ -9,7 +9,7 @@ from ..ondisk import format as fmt
 from ..errors import BuildError
 from ..util import PATH_MAX, can_fork, open_path
 from .output import Output
-from .plan import PlannedInode
+from .plan import TreeInode
 from .walk import FlatData, InImageRef
 
 _ZERO_CHUNK = bytes(1 << 20)
@@ -17,7 +17,7 @@ _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _WRITTEN = InImageRef(0)        # what take_written leaves a file for its data (in the image)
 
 
-def _changed(node: PlannedInode, detail: str) -> BuildError:
+def _changed(node: TreeInode, detail: str) -> BuildError:
     return BuildError(f"{node.display_path()}: file changed during the build ({detail})")
 
 
@@ -73,7 +73,7 @@ class DataArea:
 
     # -- low-level copying ---------------------------------------------------
 
-    def _copy(self, node: PlannedInode, src: int, src_pos: int, dst_pos: int, length: int) -> None:
+    def _copy(self, node: TreeInode, src: int, src_pos: int, dst_pos: int, length: int) -> None:
         out = self.out
         end = src_pos + length
         while src_pos < end:
@@ -108,7 +108,7 @@ class DataArea:
             dst_pos += n
             length -= n
 
-    def _copy_sparse(self, node: PlannedInode, src: int, dst_pos: int, length: int,
+    def _copy_sparse(self, node: TreeInode, src: int, dst_pos: int, length: int,
                      zero_holes: bool = False, base: int = 0) -> None:
         """Copy [base, base + length) of src; holes are skipped on a fresh file, zero-filled on
         a device or when asked to (blocks written before)."""
@@ -134,7 +134,7 @@ class DataArea:
 
     # -- per-inode -------------------------------------------------------------
 
-    def reserve_flat(self, node: PlannedInode, inline_ok: bool,
+    def reserve_flat(self, node: TreeInode, inline_ok: bool,
                      rewritten: bool = False) -> FlatData:
         """Choose a flat layout and reserve its blocks (node.flat); `rewritten`: the blocks
         hold a compressed attempt (FlatData.rewritten).
@@ -170,7 +170,7 @@ class DataArea:
             flat = self._flats[key] = FlatData(tail, rewritten, written)
         return flat
 
-    def take_written(self, node: PlannedInode) -> None:
+    def take_written(self, node: TreeInode) -> None:
         """The flat layout of a regular file whose body is in the image already (its DataRef
         is in_image: --sort=none from a stream), at the block where it was written."""
         start = node.data.offset // self.block_size
@@ -181,7 +181,7 @@ class DataArea:
         node.inline_len = 0
         node.flat = self._flat(0, written=True)
 
-    def copy_regular(self, node: PlannedInode, tail_view: memoryview) -> None:
+    def copy_regular(self, node: TreeInode, tail_view: memoryview) -> None:
         """Copy a regular file to its reserved place (node.flat): the body to its blocks, the
         tail into `tail_view` (its place in the metadata image).
 
@@ -218,7 +218,7 @@ class DataArea:
         finally:
             os.close(src)
 
-    def _copy_body(self, node: PlannedInode, src: int, base: int, dense: bool = False) -> None:
+    def _copy_body(self, node: TreeInode, src: int, base: int, dense: bool = False) -> None:
         """The blocks of node.flat from `base` of src, the last one padded with zeros; `dense`:
         src has no holes there (copied without looking for them)."""
         bs = self.block_size
@@ -232,7 +232,7 @@ class DataArea:
             if body % bs:
                 self._zero(start + body, bs - body % bs)
 
-    def _copy_range(self, node: PlannedInode, path: bytes | None, base: int,
+    def _copy_range(self, node: TreeInode, path: bytes | None, base: int,
                     tail_view: memoryview) -> None:
         """Copy a file whose bytes are a range of another file (walk.DataRef: tar input).  The
         range is read exactly (the bytes after it are another entry's); path None: an empty
@@ -258,7 +258,7 @@ class DataArea:
         finally:
             os.close(src)
 
-    def write_flat_bytes(self, node: PlannedInode, data: bytes) -> None:
+    def write_flat_bytes(self, node: TreeInode, data: bytes) -> None:
         """Store in-memory content (a symlink target, a directory) in its reserved place."""
         assert len(data) == node.size
         body = len(data) - node.flat.tail
@@ -268,7 +268,7 @@ class DataArea:
         node.inline = data[body:]
 
 
-def inline_fits(node: PlannedInode, size: int, block_size: int) -> bool:
+def inline_fits(node: TreeInode, size: int, block_size: int) -> bool:
     """Whether the tail can sit after inode + xattrs without crossing a block boundary."""
     tail = size % block_size
     return tail > 0 and node.meta_size_before_inline + tail <= block_size

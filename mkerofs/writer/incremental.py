@@ -87,8 +87,8 @@ from .layers import (OPAQUE, OPAQUE_XWHITEOUTS, OPAQUE_YES, LayerTree, image_nod
                      read_image_tree)
 from .options import BuildOptions
 from .output import Output
-from .plan import Plan, PlannedInode, WrittenInode
-from .walk import DataRef, SourceInode
+from .plan import Plan, WrittenInode
+from .walk import DataRef, TreeInode
 
 if TYPE_CHECKING:       # (loaded with --verify only: expected_tree)
     from .verify import TarSource
@@ -490,11 +490,11 @@ class Increment:
     """The merged tree.  Each base inode it keeps as it is is a WrittenInode in it (KeptFile,
     KeptDir), which the plan names by nid."""
     base: Base
-    root: SourceInode
+    root: TreeInode
     reparented: list[KeptDir]       # kept directories whose parent is rewritten
 
 
-def merge_increment(base: Base, upper: SourceInode, strip: bool) -> Increment:
+def merge_increment(base: Base, upper: TreeInode, strip: bool) -> Increment:
     """Put `upper` (the increment's tree) on top of the base's (overlayfs rules, layers.py),
     reading only the base directories the increment reaches (_BaseFold)."""
     fold = _BaseFold(base.img)
@@ -515,7 +515,7 @@ class _BaseFold:
     def __init__(self, img: Image):
         self.img = img
         self.reparented: list[KeptDir] = []
-        self.unread: list[tuple[SourceInode, _Low]] = []    # rewritten, to read
+        self.unread: list[tuple[TreeInode, _Low]] = []    # rewritten, to read
         self.dirs: set[int] = set()             # the directory nids met
         self._budget = PageBudget(_DROP_EVERY, img.drop_pages)    # per directory listed
         self._last: tuple[int, tuple] = (-1, ())    # the nid and inode_fields last read
@@ -549,7 +549,7 @@ class _BaseFold:
         return listing
 
     def node(self, low: _Low, entry: tuple[bytes, int, int],
-             xwhiteouts: bool) -> SourceInode | WrittenInode:
+             xwhiteouts: bool) -> TreeInode | WrittenInode:
         name, nid, ftype = entry
         if ftype in _UNREAD_TYPES and not xwhiteouts:
             return KeptFile(nid, ftype)         # (most entries: _node's last case)
@@ -559,7 +559,7 @@ class _BaseFold:
         return node
 
     def directory(self, low: _Low, entry: tuple[bytes, int, int],
-                  _mine: SourceInode) -> _Low | None:
+                  _mine: TreeInode) -> _Low | None:
         name, nid, ftype = entry
         if ftype != fmt.EROFS_FT_DIR:
             return None
@@ -568,7 +568,7 @@ class _BaseFold:
         return nid, path + b"/"
 
     def _node(self, name: bytes, nid: int, ftype: int, path: bytes,
-              xwhiteouts: bool) -> SourceInode | WrittenInode:
+              xwhiteouts: bool) -> TreeInode | WrittenInode:
         """The node of a base entry the merge takes (`path`: its directory's, with a "/")."""
         img = self.img
         if ftype == fmt.EROFS_FT_DIR:
@@ -623,7 +623,7 @@ class KeptFile(WrittenInode):
     path = target = b""
     data = DataRef(None)
     uid = gid = size = mtime_ns = rdev = 0
-    # (the merge keeps sets and dicts of nodes: by identity, as SourceInode)
+    # (the merge keeps sets and dicts of nodes: by identity, as TreeInode)
     __eq__ = object.__eq__
     __hash__ = object.__hash__
 
@@ -640,7 +640,7 @@ class KeptSeen(KeptFile):
     opaque "x" directory: either may be a whiteout): its mode, owner, size and xattrs."""
     __slots__ = ("mode", "uid", "gid", "size", "mtime_ns", "rdev", "xattrs", "path")
 
-    def __init__(self, nid: int, ftype: int, node: SourceInode):
+    def __init__(self, nid: int, ftype: int, node: TreeInode):
         super().__init__(nid, ftype)
         self.mode, self.uid, self.gid = node.mode, node.uid, node.gid
         self.size, self.mtime_ns, self.rdev = node.size, node.mtime_ns, node.rdev
@@ -689,19 +689,19 @@ def reserve_rvsp(plan: Plan, data) -> None:
 
 # -- --verify: what the image should hold ------------------------------------------------------
 
-def copy_upper(root: SourceInode, rvsp: bool) -> SourceInode:
+def copy_upper(root: TreeInode, rvsp: bool) -> TreeInode:
     """A copy of the increment's tree for --verify (the merge takes the build's apart): the
     same attributes, xattrs and hard links, each regular file's bytes where --verify reads
     them (a directory's file: its path; rvsp: zeros)."""
-    copies: dict[SourceInode, SourceInode] = {}
+    copies: dict[TreeInode, TreeInode] = {}
 
-    def copy(node: SourceInode) -> SourceInode:
+    def copy(node: TreeInode) -> TreeInode:
         twin = copies.get(node)
         if twin is None:
             data = node.data
             if stat.S_ISREG(node.mode):
                 data = DataRef(None) if rvsp else data or DataRef(node.path)
-            twin = copies[node] = SourceInode(node.path, node.mode, node.uid, node.gid,
+            twin = copies[node] = TreeInode(node.path, node.mode, node.uid, node.gid,
                                               node.size, node.mtime_ns, node.rdev,
                                               target=node.target, xattrs=list(node.xattrs),
                                               data=data)
@@ -728,7 +728,7 @@ class Expected:
     base_nids: set[int]                 # their nids (they keep their own link counts)
 
 
-def expected_tree(base: Base, upper: SourceInode, strip: bool, xattrs: bool) -> Expected:
+def expected_tree(base: Base, upper: TreeInode, strip: bool, xattrs: bool) -> Expected:
     """What the image should hold after the increment of `upper` (a copy_upper): the base
     directories the increment reaches merged with it (layers.py), every other part of the
     base as it is, with its own bytes read from the base (as it was: IMAGE is unchanged
@@ -758,7 +758,7 @@ def expected_tree(base: Base, upper: SourceInode, strip: bool, xattrs: bool) -> 
                     child.xattrs = []
     files, img = whole.files, base.img
 
-    def contents(node: SourceInode):
+    def contents(node: TreeInode):
         found = files.get(node)
         return None if found is None else img.iter_data(found.inode(img))
 
@@ -769,7 +769,7 @@ def expected_tree(base: Base, upper: SourceInode, strip: bool, xattrs: bool) -> 
 
 # -- what is written over the base ------------------------------------------------------------
 
-def place_root(base: Base, root: PlannedInode, size: int) -> int | None:
+def place_root(base: Base, root: TreeInode, size: int) -> int | None:
     """The root's nid fits the superblock: None; else its position over the old root's slot."""
     if root.nid <= _ROOT_NID_MAX:
         return None
@@ -782,7 +782,7 @@ def place_root(base: Base, root: PlannedInode, size: int) -> int | None:
     return base.meta_base + (root.nid << fmt.EROFS_ISLOTBITS)
 
 
-def dotdot_patches(inc: Increment, written: list[PlannedInode]) -> list[tuple[int, bytes]]:
+def dotdot_patches(inc: Increment, written: list[TreeInode]) -> list[tuple[int, bytes]]:
     """(position, bytes) of the ".." entries of the kept directories whose parent is new
     (one of the `written` inodes)."""
     img = inc.base.img

@@ -1,7 +1,7 @@
 """Layered images: EROFS images as source trees, and the overlayfs merge of several.
 
 Rebuild mode (``mkerofs OUT L1.erofs L2.erofs ...``) and, later, --incremental share this
-module: `read_layer` turns an image (read with mkerofs.reader) into the SourceInode tree the
+module: `read_layer` turns an image (read with mkerofs.reader) into the TreeInode tree the
 planner takes, each regular file remembered with its inode in that image (`LayerTree.files`),
 and `merge_layers` stacks such trees (or trees from a directory or a tar) as overlayfs does.
 Rebuild mode (`LayerStack.merged_tree`) reads only its top image whole and folds each image
@@ -51,7 +51,7 @@ from ..ondisk import format as fmt
 from ..reader.image import Image, Inode
 from .chunks import LayerChunks, covering_chunkbits, one_chunk_on
 from .devices import ExtraDevice
-from .walk import DataRef, FileRef, LayerRef, SourceInode, link_children
+from .walk import DataRef, FileRef, LayerRef, TreeInode, link_children
 
 if TYPE_CHECKING:       # (the caller's spool: its module and the tar reader load only for it)
     from .spool import Spool
@@ -77,7 +77,7 @@ _MTIMES_MAX = 4096
 
 # what is done with a regular file with bytes as a layer is read:
 # (node, nid, size, datalayout, startblk) -> None (_noting, _placing)
-NoteFile = Callable[[SourceInode, int, int, int, int], None]
+NoteFile = Callable[[TreeInode, int, int, int, int], None]
 
 
 class LayerFile(NamedTuple):
@@ -99,9 +99,9 @@ class LayerFile(NamedTuple):
 @dataclass
 class LayerTree:
     """A source tree read from an image, with where each regular file's bytes are."""
-    root: SourceInode
-    files: dict[SourceInode, LayerFile] = field(default_factory=dict)
-    nids: dict[SourceInode, int] = field(default_factory=dict)     # each inode's nid there
+    root: TreeInode
+    files: dict[TreeInode, LayerFile] = field(default_factory=dict)
+    nids: dict[TreeInode, int] = field(default_factory=dict)     # each inode's nid there
 
 
 class Layer:
@@ -217,9 +217,9 @@ def _rdev(inode: Inode) -> int:
 
 
 def read_layer(layer: Layer, note: NoteFile | None = None) -> LayerTree:
-    """The tree of a source image: SourceInodes named by their paths in the image, the
+    """The tree of a source image: TreeInodes named by their paths in the image, the
     directories' entries in on-disk (sorted) order; hard links (one nid under several names)
-    stay one SourceInode.  Link counts are left to merge_layers / finish_tree.  (The tree's
+    stay one TreeInode.  Link counts are left to merge_layers / finish_tree.  (The tree's
     `nids` stay empty: rebuild mode does not need them.)  `note`: what is done with each
     regular file with bytes (default: noted in the tree's `files`)."""
     img = layer.image
@@ -229,9 +229,9 @@ def read_layer(layer: Layer, note: NoteFile | None = None) -> LayerTree:
         raise BuildError(f"{layer.path}: {err}") from None
 
 
-def _noting(files: dict[SourceInode, LayerFile], index: int) -> NoteFile:
+def _noting(files: dict[TreeInode, LayerFile], index: int) -> NoteFile:
     """A NoteFile noting each file in `files` as from source `index`."""
-    def note(node: SourceInode, nid: int, size: int, layout: int, startblk: int) -> None:
+    def note(node: TreeInode, nid: int, size: int, layout: int, startblk: int) -> None:
         files[node] = LayerFile(index, nid, size, layout, startblk)
     return note
 
@@ -243,7 +243,7 @@ def _read_tree(img: Image, index: int, nids: bool = True,
     root_nid = img.root_nid
     root_fields = img.inode_fields(root_nid)
     root_inode = Inode(root_nid, *root_fields)
-    root = SourceInode(b"/", root_inode.mode, root_inode.uid, root_inode.gid, root_inode.size,
+    root = TreeInode(b"/", root_inode.mode, root_inode.uid, root_inode.gid, root_inode.size,
                        root_inode.mtime * 10**9 + root_inode.mtime_nsec, entries=[],
                        xattrs=img.xattrs(root_inode))
     root.parent = root
@@ -255,8 +255,8 @@ def _read_tree(img: Image, index: int, nids: bool = True,
     return tree
 
 
-def _read_dirs(img: Image, pending: deque, seen: dict[int, SourceInode], note: NoteFile,
-               nids: dict[SourceInode, int] | None) -> None:
+def _read_dirs(img: Image, pending: deque, seen: dict[int, TreeInode], note: NoteFile,
+               nids: dict[TreeInode, int] | None) -> None:
     """Read the directories `pending` ((node, nid, its inode_fields, path + b"/")) of `img`
     and everything below them, breadth first; `seen`: the nodes made already, by nid (hard
     links stay one node); each regular file with bytes given to `note`, each node's nid
@@ -284,9 +284,9 @@ def _read_dirs(img: Image, pending: deque, seen: dict[int, SourceInode], note: N
             entries.append((name, node))
 
 
-def _found_in(directory: SourceInode, base: bytes) -> SourceInode | None:
+def _found_in(directory: TreeInode, base: bytes) -> TreeInode | None:
     """What a non-directory read in `directory` (its path + b"/": `base`) keeps as the
-    directory it was found in (SourceInode.path): the root's entries keep their whole paths
+    directory it was found in (TreeInode.path): the root's entries keep their whole paths
     ("/" + name: the root's path ends with "/")."""
     return None if base == b"/" else directory
 
@@ -301,7 +301,7 @@ def _listing(img: Image, nid: int, fields: tuple, base: bytes) -> list[tuple[byt
 
 
 def _layer_node(img: Image, nid: int, fields: tuple, base: bytes, name: bytes,
-                found_in: SourceInode | None, note: NoteFile) -> SourceInode:
+                found_in: TreeInode | None, note: NoteFile) -> TreeInode:
     """image_node of inode `nid` (its Image.inode_fields), named `name` in the directory
     whose path + b"/" is `base` (`found_in`: _found_in of that directory), a regular file
     with bytes given to `note`.  A directory keeps its whole path (its entries' paths are
@@ -311,7 +311,7 @@ def _layer_node(img: Image, nid: int, fields: tuple, base: bytes, name: bytes,
     mode, size = fields[0], fields[4]
     kind = mode & _S_IFMT
     if kind == _S_IFREG and not fields[11]:        # (no xattrs: nearly every file)
-        node = SourceInode(base + name if found_in is None else name, mode, fields[1],
+        node = TreeInode(base + name if found_in is None else name, mode, fields[1],
                            fields[2], size, _mtime_ns(fields[5], fields[6]), 0, 0, None, None,
                            None, _NO_XATTRS, _NO_DATA, found_in)
         if size:
@@ -324,10 +324,10 @@ def _layer_node(img: Image, nid: int, fields: tuple, base: bytes, name: bytes,
     if fields[11] or kind not in _PLAIN_KINDS:
         node = image_node(img, Inode(nid, *fields), where, found_in)
     elif kind == stat.S_IFDIR:
-        node = SourceInode(where, mode, fields[1], fields[2], size,
+        node = TreeInode(where, mode, fields[1], fields[2], size,
                            _mtime_ns(fields[5], fields[6]), entries=[], xattrs=_NO_XATTRS)
     else:
-        node = SourceInode(where, mode, fields[1], fields[2], size,
+        node = TreeInode(where, mode, fields[1], fields[2], size,
                            _mtime_ns(fields[5], fields[6]), 0, 0, None, None, None, _NO_XATTRS,
                            _NO_DATA if kind == _S_IFREG else None, found_in)
     if size and kind == _S_IFREG:
@@ -348,12 +348,12 @@ def _mtime_ns(mtime: int, nsec: int) -> int:
 
 
 def image_node(img: Image, inode: Inode, path: bytes,
-               found_in: SourceInode | None = None) -> SourceInode:
-    """The SourceInode of one inode of `img` (a directory's entries left empty; a regular
+               found_in: TreeInode | None = None) -> TreeInode:
+    """The TreeInode of one inode of `img` (a directory's entries left empty; a regular
     file without data: where its bytes are is the caller's business); `path` and `found_in`
-    as SourceInode.where and .found_in.  (Made for every entry of every layer: its xattrs are
+    as TreeInode.where and .found_in.  (Made for every entry of every layer: its xattrs are
     read only when it has some.)"""
-    node = SourceInode(path, inode.mode, inode.uid, inode.gid, inode.size,
+    node = TreeInode(path, inode.mode, inode.uid, inode.gid, inode.size,
                        _mtime_ns(inode.mtime, inode.mtime_nsec), _rdev(inode),
                        xattrs=img.xattrs(inode) if inode.xattr_icount else _NO_XATTRS,
                        found_in=found_in)
@@ -377,7 +377,7 @@ def read_image_tree(img: Image, path: str) -> LayerTree:
 
 # -- the merge -------------------------------------------------------------------------------
 
-def _is_whiteout(node: SourceInode, xwhiteouts: bool) -> bool:
+def _is_whiteout(node: TreeInode, xwhiteouts: bool) -> bool:
     """`xwhiteouts`: its directory's trusted.overlay.opaque is "x"."""
     kind = node.mode & _S_IFMT
     if kind == stat.S_IFCHR:
@@ -391,25 +391,25 @@ def _opaque(xattrs: list[tuple[bytes, bytes]]) -> bytes | None:
     return dict(xattrs).get(OPAQUE) if xattrs else None
 
 
-def _whiteout(node: SourceInode) -> SourceInode:
+def _whiteout(node: TreeInode) -> TreeInode:
     """The character device 0:0 form of a whiteout (owner and mtime kept)."""
     if stat.S_ISCHR(node.mode):
         return node
-    return SourceInode(node.path, stat.S_IFCHR, node.uid, node.gid, 0, node.mtime_ns)
+    return TreeInode(node.path, stat.S_IFCHR, node.uid, node.gid, 0, node.mtime_ns)
 
 
 class _Merged:
     """The merged tree while layers are added below it: children by name per directory, and
     the directories that hide everything below them (sealed)."""
 
-    def __init__(self, top: SourceInode):
+    def __init__(self, top: TreeInode):
         self.root = top
-        self.children: dict[SourceInode, dict[bytes, SourceInode]] = {}
-        self.sealed: set[SourceInode] = set()
-        self.whiteouts: set[SourceInode] = set()
+        self.children: dict[TreeInode, dict[bytes, TreeInode]] = {}
+        self.sealed: set[TreeInode] = set()
+        self.whiteouts: set[TreeInode] = set()
         self._adopt(top)
 
-    def _adopt(self, directory: SourceInode) -> None:
+    def _adopt(self, directory: TreeInode) -> None:
         """Take a directory (with its subtree) of the layer being added as it is."""
         pending = [directory]
         while pending:
@@ -430,10 +430,10 @@ class _Merged:
             if opaque == OPAQUE_YES:
                 self.sealed.add(d)
 
-    def add_below(self, upper: SourceInode, lower, below=None) -> None:
+    def add_below(self, upper: TreeInode, lower, below=None) -> None:
         """Merge the directory `lower` of the next layer down into the merged `upper`: the
         overlay rule, once for every kind of lower layer (`below`: how to read `lower`, see
-        _TreeBelow; a whole SourceInode tree when None)."""
+        _TreeBelow; a whole TreeInode tree when None)."""
         if below is None:
             below = _TREE
         sealed, children, take, node = self.sealed, self.children, self.take, below.node
@@ -465,8 +465,8 @@ class _Merged:
             if opaque == OPAQUE_YES:
                 sealed.add(up)
 
-    def take(self, up: SourceInode, kids: dict[bytes, SourceInode], name: bytes,
-             child: SourceInode, xwhiteouts: bool) -> None:
+    def take(self, up: TreeInode, kids: dict[bytes, TreeInode], name: bytes,
+             child: TreeInode, xwhiteouts: bool) -> None:
         """Put `child` of a lower layer (a directory: with its subtree) under the merged
         directory `up` (its children `kids`), where nothing of that name is yet."""
         if child.entries is not None:
@@ -479,29 +479,29 @@ class _Merged:
 
 
 class _TreeBelow:
-    """A lower layer given whole, as a SourceInode tree (tar layers): a directory is its
-    SourceInode, an entry (name, child).  The other readers of a lower layer (_ImageBelow,
+    """A lower layer given whole, as a TreeInode tree (tar layers): a directory is its
+    TreeInode, an entry (name, child).  The other readers of a lower layer (_ImageBelow,
     incremental's base) answer the same four questions of theirs."""
 
     @staticmethod
-    def opaque(low: SourceInode) -> bytes | None:
+    def opaque(low: TreeInode) -> bytes | None:
         """The directory's trusted.overlay.opaque."""
         return _opaque(low.xattrs)
 
     @staticmethod
-    def entries(low: SourceInode) -> list[tuple[bytes, SourceInode]]:
+    def entries(low: TreeInode) -> list[tuple[bytes, TreeInode]]:
         """The directory's entries, each a tuple starting with the name."""
         return low.entries
 
     @staticmethod
-    def node(_low: SourceInode, entry: tuple[bytes, SourceInode],
-             _xwhiteouts: bool) -> SourceInode:
+    def node(_low: TreeInode, entry: tuple[bytes, TreeInode],
+             _xwhiteouts: bool) -> TreeInode:
         """The node of an entry the merge takes (a directory: with its subtree)."""
         return entry[1]
 
     @staticmethod
-    def directory(_low: SourceInode, entry: tuple[bytes, SourceInode],
-                  _mine: SourceInode) -> SourceInode | None:
+    def directory(_low: TreeInode, entry: tuple[bytes, TreeInode],
+                  _mine: TreeInode) -> TreeInode | None:
         """The entry as a directory to merge below the merged `mine`; None if it is none."""
         child = entry[1]
         return child if child.entries is not None else None
@@ -519,7 +519,7 @@ class _ImageBelow:
     --compress-hints see, is thus its first name that shows, not its first name in the
     image.)"""
 
-    def __init__(self, img: Image, note: NoteFile, root: SourceInode):
+    def __init__(self, img: Image, note: NoteFile, root: TreeInode):
         """`root`: the merged root, which the image's root merges with; `note`: what is done
         with each regular file with bytes read."""
         self.img, self.note = img, note
@@ -527,24 +527,24 @@ class _ImageBelow:
         self.root = root
         # (a merged directory stands for the nid it was merged with: a second name is an
         # error)
-        self.seen: dict[int, SourceInode] = {img.root_nid: root}
+        self.seen: dict[int, TreeInode] = {img.root_nid: root}
 
-    def top(self) -> tuple[int, tuple, bytes, SourceInode]:
+    def top(self) -> tuple[int, tuple, bytes, TreeInode]:
         nid = self.img.root_nid
         return nid, self.fields_of(nid), b"/", self.root
 
-    def opaque(self, low: tuple[int, tuple, bytes, SourceInode]) -> bytes | None:
+    def opaque(self, low: tuple[int, tuple, bytes, TreeInode]) -> bytes | None:
         nid, fields = low[0], low[1]
         if not fields[11]:          # (its xattr_icount)
             return None
         return _opaque(self.img.xattrs(Inode(nid, *fields)))
 
-    def entries(self, low: tuple[int, tuple, bytes, SourceInode]
+    def entries(self, low: tuple[int, tuple, bytes, TreeInode]
                 ) -> list[tuple[bytes, int, int]]:
         return _listing(self.img, low[0], low[1], low[2])
 
-    def node(self, low: tuple[int, tuple, bytes, SourceInode], entry: tuple[bytes, int, int],
-             _xwhiteouts: bool) -> SourceInode:
+    def node(self, low: tuple[int, tuple, bytes, TreeInode], entry: tuple[bytes, int, int],
+             _xwhiteouts: bool) -> TreeInode:
         """The node of the entry's nid (a directory: with everything below it), read if not
         yet."""
         name, nid = entry[0], entry[1]
@@ -564,9 +564,9 @@ class _ImageBelow:
                        self.note, None)
         return node
 
-    def directory(self, low: tuple[int, tuple, bytes, SourceInode],
-                  entry: tuple[bytes, int, int], mine: SourceInode
-                  ) -> tuple[int, tuple, bytes, SourceInode] | None:
+    def directory(self, low: tuple[int, tuple, bytes, TreeInode],
+                  entry: tuple[bytes, int, int], mine: TreeInode
+                  ) -> tuple[int, tuple, bytes, TreeInode] | None:
         """The entry's directory to merge below the merged `mine`; None if it is none."""
         name, nid = entry[0], entry[1]
         node = self.seen.get(nid)
@@ -595,7 +595,7 @@ def _second_name(path: bytes, nid: int) -> ImageError:
     return ImageError(f"{os.fsdecode(path)}: directory nid {nid} has a second name")
 
 
-def merge_layers(roots: list[SourceInode], strip: bool) -> tuple[SourceInode, int]:
+def merge_layers(roots: list[TreeInode], strip: bool) -> tuple[TreeInode, int]:
     """Stack the trees `roots` (the first at the bottom, the last on top) as overlayfs does
     (module docstring); return the merged root and its number of distinct inodes.  The trees
     are taken apart: use each once.  `strip` (--ovlfs-strip): drop whiteouts and the overlay
@@ -608,7 +608,7 @@ def merge_layers(roots: list[SourceInode], strip: bool) -> tuple[SourceInode, in
     return _finish(merged, strip)
 
 
-def merge_onto(top: SourceInode, below, strip: bool) -> tuple[SourceInode, int]:
+def merge_onto(top: TreeInode, below, strip: bool) -> tuple[TreeInode, int]:
     """merge_layers of `top` over one layer below it, read by `below` (a reader like
     _TreeBelow with a top(): --incremental's base, read only where it shows)."""
     _forget_links(top)
@@ -617,7 +617,7 @@ def merge_onto(top: SourceInode, below, strip: bool) -> tuple[SourceInode, int]:
     return _finish(merged, strip)
 
 
-def _forget_links(root: SourceInode) -> None:
+def _forget_links(root: TreeInode) -> None:
     """Zero the link counts a tree came with (a tar's trees count their names): _finish
     counts the names each inode has in the merged tree."""
     pending = [root]
@@ -629,7 +629,7 @@ def _forget_links(root: SourceInode) -> None:
                 child.nlink = 0
 
 
-def _finish(merged: _Merged, strip: bool) -> tuple[SourceInode, int]:
+def _finish(merged: _Merged, strip: bool) -> tuple[TreeInode, int]:
     """Sorted entries, parents, link counts, and the overlay marks (module docstring)."""
     root = merged.root
     root.parent = root
@@ -668,7 +668,7 @@ def _overlay_marks(xattrs: list[tuple[bytes, bytes]], strip: bool, has_whiteouts
 
 # -- rebuild: where the merged tree's file data comes from ---------------------------------
 
-def resolve_layer_data(root: SourceInode, files: dict[SourceInode, LayerFile],
+def resolve_layer_data(root: TreeInode, files: dict[TreeInode, LayerFile],
                        layers: list[Layer], mode: str | None, block_size: int,
                        spool: Spool) -> bool:
     """Give every regular file of the merged tree read from `layers` its DataRef:
@@ -683,7 +683,7 @@ def resolve_layer_data(root: SourceInode, files: dict[SourceInode, LayerFile],
 
     True if some file is indexed."""
     indexed = False
-    seen: set[SourceInode] = set()
+    seen: set[TreeInode] = set()
     pending = [root] if files else []
     while pending:
         directory = pending.pop()
@@ -758,7 +758,7 @@ def _flat_copy(layer: Layer, startblk: int) -> DataRef | FileRef | None:
     return _NO_DATA if startblk == _NULL_ADDR else layer.plain_data(startblk)
 
 
-def _placing(layer: Layer, files: dict[SourceInode, LayerFile], mode: str | None,
+def _placing(layer: Layer, files: dict[TreeInode, LayerFile], mode: str | None,
              block_size: int) -> NoteFile:
     """A NoteFile for rebuild mode (without --verify, which reads every file through
     `files`): a file whose bytes are one run of blocks in `layer` (FLAT_PLAIN: nearly every
@@ -778,7 +778,7 @@ def _placing(layer: Layer, files: dict[SourceInode, LayerFile], mode: str | None
     widest = len(one_chunk)
     copy_from = layer._path_b if not chunked and direct else None
 
-    def place(node: SourceInode, nid: int, size: int, layout: int, startblk: int) -> None:
+    def place(node: TreeInode, nid: int, size: int, layout: int, startblk: int) -> None:
         if layout == _FLAT_PLAIN:
             if startblk != _NULL_ADDR:
                 if one_chunk:
@@ -885,12 +885,12 @@ class LayerStack:
                                  "the data with --clean=data)")
 
     def merged_tree(self, strip: bool, early: tuple[str | None, int] | None = None
-                    ) -> tuple[SourceInode, dict[SourceInode, LayerFile]]:
+                    ) -> tuple[TreeInode, dict[TreeInode, LayerFile]]:
         """The overlayfs view of the images (merge_layers) and where its files' bytes are.
         `early` (resolve_data's mode and block size): the files whose bytes are one run of
         blocks get their DataRef as they are read (_placing), only the others are returned
         for resolve_data."""
-        files: dict[SourceInode, LayerFile] = {}
+        files: dict[TreeInode, LayerFile] = {}
 
         def note(layer: Layer) -> NoteFile:
             return _noting(files, layer.index) if early is None else \
@@ -908,7 +908,7 @@ class LayerStack:
         # only the files the merged tree shows (their names counted: nlink)
         return root, {node: found for node, found in files.items() if node.nlink}
 
-    def resolve_data(self, root: SourceInode, files: dict[SourceInode, LayerFile],
+    def resolve_data(self, root: TreeInode, files: dict[TreeInode, LayerFile],
                      mode: str | None, block_size: int, spool: Spool) -> None:
         """resolve_layer_data for this stack's images; then the metadata pages read from
         them are given back (the rest of the build reads the images by path, if at all)."""
@@ -920,10 +920,10 @@ class LayerStack:
         for layer in self.layers:
             layer.image.drop_pages()
 
-    def contents(self, files: dict[SourceInode, LayerFile]
-                 ) -> Callable[[SourceInode], Iterable[bytes] | None]:
+    def contents(self, files: dict[TreeInode, LayerFile]
+                 ) -> Callable[[TreeInode], Iterable[bytes] | None]:
         """A file's bytes as its source image reads them (None: not from an image)."""
-        def read(node: SourceInode) -> Iterable[bytes] | None:
+        def read(node: TreeInode) -> Iterable[bytes] | None:
             found = files.get(node)
             if found is None:
                 return None

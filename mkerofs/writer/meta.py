@@ -11,7 +11,7 @@ from ..ondisk import format as fmt
 from ..errors import BuildError
 from ..util import PageBudget
 from .output import Output
-from .plan import PlannedInode
+from .plan import TreeInode
 
 
 class MetaAllocator:
@@ -89,23 +89,23 @@ class MetaAllocator:
         self.frontier = pos
 
 
-def item_size(node: PlannedInode) -> int:
+def item_size(node: TreeInode) -> int:
     return node.meta_size_before_inline + node.inline_len
 
 
-def place_inode(alloc: MetaAllocator, node: PlannedInode, meta_base: int = 0) -> int:
+def place_inode(alloc: MetaAllocator, node: TreeInode, meta_base: int = 0) -> int:
     """Place `node`, keeping its inline pcluster (node.inline_tail) within one block."""
     pos = alloc.place(node.meta_size_before_inline + node.inline_len, node.inline_tail)
     node.nid = (pos - meta_base) >> fmt.EROFS_ISLOTBITS
     return pos
 
 
-def node_pos(node: PlannedInode, meta_base: int = 0) -> int:
+def node_pos(node: TreeInode, meta_base: int = 0) -> int:
     """Byte offset of an inode in the image (nids count 32-byte slots from meta_blkaddr)."""
     return meta_base + (node.nid << fmt.EROFS_ISLOTBITS)
 
 
-def serialize_inode(node: PlannedInode, ino: int, epoch: int) -> bytes:
+def serialize_inode(node: TreeInode, ino: int, epoch: int) -> bytes:
     """The inode, its xattr ibody and inline bytes; `ino` is its number (Plan.inodes)."""
     ibody = node.xattr_ibody
     mtime, nsec = divmod(node.mtime_ns, 1_000_000_000)
@@ -123,8 +123,8 @@ def serialize_inode(node: PlannedInode, ino: int, epoch: int) -> bytes:
 _RUN_MAX = 256
 
 
-def put_inodes(meta: "MetaImage", nodes: list[PlannedInode], first_ino: int, epoch: int,
-               meta_base: int = 0, skip: PlannedInode | None = None) -> None:
+def put_inodes(meta: "MetaImage", nodes: list[TreeInode], first_ino: int, epoch: int,
+               meta_base: int = 0, skip: TreeInode | None = None) -> None:
     """serialize_inode every node but `skip` into its place in `meta` (node i numbered
     first_ino + i).  Inodes that follow one another with no byte between are joined and put
     at once, which writes the same bytes as a put each."""

@@ -11,12 +11,9 @@ from ..ondisk import format as fmt
 from .dirs import shape_sorted
 from ..errors import BuildError
 from .options import BuildOptions, TimeInherit
-from .walk import SourceInode
+from .walk import TreeInode
 
 _FILE_TYPES = fmt.EROFS_FT_OF_MODE
-
-# The source side makes each inode, plan_inodes plans it in place: one record (walk.py).
-PlannedInode = SourceInode
 
 
 @dataclass(slots=True)
@@ -29,15 +26,15 @@ class WrittenInode:
 
 @dataclass
 class Plan:
-    root: PlannedInode
-    inodes: list[PlannedInode]            # in the order their metadata is laid out; an inode's
+    root: TreeInode
+    inodes: list[TreeInode]            # in the order their metadata is laid out; an inode's
                                           # number is its place here, from 1
     epoch: int                            # superblock build time; compact inodes count from it
-    data_order: list[PlannedInode] | None = None    # where flat data goes, if not in that order
+    data_order: list[TreeInode] | None = None    # where flat data goes, if not in that order
     first_ino: int = 1                    # the first inode's number (--incremental: after the base's)
 
 
-def _ids(src: SourceInode, options: BuildOptions) -> tuple[int, int]:
+def _ids(src: TreeInode, options: BuildOptions) -> tuple[int, int]:
     uid = src.uid if options.force_uid is None else options.force_uid
     gid = src.gid if options.force_gid is None else options.force_gid
     uid, gid = uid + options.uid_offset, gid + options.gid_offset
@@ -46,7 +43,7 @@ def _ids(src: SourceInode, options: BuildOptions) -> tuple[int, int]:
     return uid, gid
 
 
-def _mtime(src: SourceInode, inherit: TimeInherit, build_time: int) -> tuple[int, int]:
+def _mtime(src: TreeInode, inherit: TimeInherit, build_time: int) -> tuple[int, int]:
     sec, nsec = divmod(src.mtime_ns, 1_000_000_000)
     if inherit is TimeInherit.FIXED or (inherit is TimeInherit.CLAMP and sec >= build_time):
         return build_time, 0
@@ -72,7 +69,7 @@ def inode_form(size: int, uid: int, gid: int, nlink: int, mtime: int, nsec: int,
     return True, mtime, nsec
 
 
-def planned_isize(src: SourceInode, options: BuildOptions, build_time: int) -> int | None:
+def planned_isize(src: TreeInode, options: BuildOptions, build_time: int) -> int | None:
     """The inode size plan_inodes will give a regular file with one link, known while walking
     (None: it cannot be planned, plan_inodes will say why)."""
     try:
@@ -94,14 +91,14 @@ _COMPACT_MAX_ID = fmt.EROFS_COMPACT_INODE_MAX_ID
 _COMPACT_MAX_NLINK = fmt.EROFS_COMPACT_INODE_MAX_NLINK
 
 
-def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int,
+def plan_inodes(root: TreeInode, options: BuildOptions, build_time: int,
                 written: bool = False) -> Plan:
     """Plan the source tree's inodes in place, breadth first so a directory's children sit
     together; with `written`, the tree's WrittenInodes are not planned: directory entries
     name those."""
     inherit = options.effective_time_inherit
     block_size = options.block_size
-    order: list[PlannedInode] = []
+    order: list[TreeInode] = []
     # One int object per distinct mode, shared: most files have a common one, and a distinct
     # large int costs 32 bytes (bounded, in case every mode differs).
     interned: dict[int, int] = {}
@@ -123,7 +120,7 @@ def plan_inodes(root: SourceInode, options: BuildOptions, build_time: int,
     s_ifreg, s_iflnk, s_ifmt = stat.S_IFREG, stat.S_IFLNK, _S_IFMT
     max_size, max_id, max_nlink = _COMPACT_MAX_SIZE, _COMPACT_MAX_ID, _COMPACT_MAX_NLINK
 
-    def plan_one(node: SourceInode) -> None:
+    def plan_one(node: TreeInode) -> None:
         uid, gid = node.uid, node.gid
         if not plain_ids or uid >= 2**32 or gid >= 2**32:
             uid, gid = node.uid, node.gid = _ids(node, options)

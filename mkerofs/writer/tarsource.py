@@ -1,8 +1,8 @@
 """Build the source tree from a tar stream (``mkerofs --tar``), as mkfs.erofs 1.9.3 does.
 
-The result is what walk_source gives for a directory: SourceInodes with sorted entries,
+The result is what walk_source gives for a directory: TreeInodes with sorted entries,
 directory nlink 2 + subdirectories, file nlink the names the file has in the final tree, parent
-links, sorted xattrs. `SourceInode.path` is the entry's path in the archive (for messages: there
+links, sorted xattrs. `TreeInode.path` is the entry's path in the archive (for messages: there
 is no such file on this host); each regular file's bytes are located by its `data` (a DataRef):
 in the tar itself when it is a plain tar file read by path or from a redirected stdin
 (or only indexed, ``--tar=i``: `DataRef.indexed`, the offset then counts in the decompressed
@@ -51,7 +51,7 @@ from typing import Callable
 from ..ondisk.format import EROFS_NAME_LEN
 from .spool import ImageSpool, Spool
 from .tarstream import BLK, CHR, DIR, HARDLINK, REG, SYMLINK, TarEntry, TarError, TarReader
-from .walk import DataRef, FileRef, IndexedRef, SourceInode, link_children
+from .walk import DataRef, FileRef, IndexedRef, TreeInode, link_children
 
 _OPAQUE = b"trusted.overlay.opaque"
 _ORIGIN = b"trusted.overlay.origin"
@@ -60,7 +60,7 @@ _OPAQUE_MARKER = b".wh..wh..opq"
 _INHERITED_BITS = stat.S_IWGRP | stat.S_IWOTH
 _NO_DATA = DataRef(None)
 # the xattrs of every inode without any (most of them): one tuple, not a list each (56 bytes
-# an inode); nothing changes a SourceInode's xattrs in place, they are always assigned anew
+# an inode); nothing changes a TreeInode's xattrs in place, they are always assigned anew
 _NO_XATTRS: tuple = ()
 
 
@@ -92,27 +92,27 @@ class _Tree:
 
     def __init__(self, opts: TarTreeOptions):
         self.opts = opts
-        self.root = SourceInode(b".", stat.S_IFDIR | 0o777, opts.root_uid, opts.root_gid, 0,
+        self.root = TreeInode(b".", stat.S_IFDIR | 0o777, opts.root_uid, opts.root_gid, 0,
                                 opts.build_time * 10**9, entries=[])
         self.root.parent = self.root
-        self.children: dict[SourceInode, dict[bytes, SourceInode]] = {self.root: {}}
-        self.whiteouts: set[SourceInode] = set()        # made from .wh. names
+        self.children: dict[TreeInode, dict[bytes, TreeInode]] = {self.root: {}}
+        self.whiteouts: set[TreeInode] = set()        # made from .wh. names
         # directories already walked to, by normalised path (entries come grouped by directory):
         # valid while no directory leaves the tree, so _forget empties it
-        self.dirs: dict[bytes, SourceInode] = {b"": self.root}
-        self.with_whiteouts: set[SourceInode] = set()   # directories that got one
+        self.dirs: dict[bytes, TreeInode] = {b"": self.root}
+        self.with_whiteouts: set[TreeInode] = set()   # directories that got one
 
     # -- resolving paths ------------------------------------------------------------------
 
-    def directory(self, entry: TarEntry, parts: list[bytes]) -> SourceInode:
+    def directory(self, entry: TarEntry, parts: list[bytes]) -> TreeInode:
         """The directory `parts` names, created (with its parents) where missing."""
         directory = self.root
         for i, part in enumerate(parts):
             directory = self._step(entry, directory, part, parts, i)
         return directory
 
-    def _step(self, entry: TarEntry, directory: SourceInode, part: bytes, parts: list[bytes],
-              i: int) -> SourceInode:
+    def _step(self, entry: TarEntry, directory: TreeInode, part: bytes, parts: list[bytes],
+              i: int) -> TreeInode:
         child = self.children[directory].get(part)
         if child is None:
             if len(part) > EROFS_NAME_LEN:
@@ -124,17 +124,17 @@ class _Tree:
                            entry.name, entry.header_offset)
         return child
 
-    def _mkdir(self, parent: SourceInode, name: bytes, path: bytes) -> SourceInode:
-        node = SourceInode(path, stat.S_IFDIR | 0o755 | (parent.mode & _INHERITED_BITS),
+    def _mkdir(self, parent: TreeInode, name: bytes, path: bytes) -> TreeInode:
+        node = TreeInode(path, stat.S_IFDIR | 0o755 | (parent.mode & _INHERITED_BITS),
                            parent.uid, parent.gid, 0, parent.mtime_ns, entries=[])
         return self._add_dir(parent, name, node)
 
-    def _add_dir(self, parent: SourceInode, name: bytes, node: SourceInode) -> SourceInode:
+    def _add_dir(self, parent: TreeInode, name: bytes, node: TreeInode) -> TreeInode:
         self.children[parent][name] = node
         self.children[node] = {}
         return node
 
-    def split(self, entry: TarEntry) -> tuple[SourceInode, bytes]:
+    def split(self, entry: TarEntry) -> tuple[TreeInode, bytes]:
         """(parent directory, last name) of `entry`; name b"" for the root."""
         name = entry.name
         if b"/.." in name or name.startswith(b".."):
@@ -147,7 +147,7 @@ class _Tree:
             directory = self.dirs[head] = self.walk_to(entry, head)
         return directory, name
 
-    def walk_to(self, entry: TarEntry, head: bytes) -> SourceInode:
+    def walk_to(self, entry: TarEntry, head: bytes) -> TreeInode:
         """The directory at normalised path `head` (not the root), made where missing: one
         step from its parent when that was walked to already (a tar's directories come
         before their contents, so it usually was)."""
@@ -158,9 +158,9 @@ class _Tree:
         parts = head.split(b"/")
         return self._step(entry, parent, last, parts, len(parts) - 1)
 
-    def _split_dotdot(self, entry: TarEntry) -> tuple[SourceInode, bytes]:
+    def _split_dotdot(self, entry: TarEntry) -> tuple[TreeInode, bytes]:
         """As split, walking the name as written: a directory left by ``..`` is still made."""
-        stack: list[SourceInode] = [self.root]
+        stack: list[TreeInode] = [self.root]
         parts: list[bytes] = []
         names = [p for p in entry.name.split(b"/") if p not in (b"", b".")]
         for i, part in enumerate(names):
@@ -178,7 +178,7 @@ class _Tree:
         last = parts.pop()
         return stack[-2], last
 
-    def lookup(self, path: bytes) -> SourceInode | None:
+    def lookup(self, path: bytes) -> TreeInode | None:
         """The inode at normalised `path`, or None (nothing is created)."""
         node = self.root
         if not path:
@@ -192,7 +192,7 @@ class _Tree:
 
     # -- entries --------------------------------------------------------------------------
 
-    def replace(self, parent: SourceInode, name: bytes, node: SourceInode) -> None:
+    def replace(self, parent: TreeInode, name: bytes, node: TreeInode) -> None:
         """Put `node` at `name`; an inode there before leaves the tree (unless linked elsewhere)."""
         children = self.children[parent]
         old = children.get(name)
@@ -202,7 +202,7 @@ class _Tree:
         if stat.S_ISDIR(node.mode):
             self.children.setdefault(node, {})
 
-    def _forget(self, directory: SourceInode) -> None:
+    def _forget(self, directory: TreeInode) -> None:
         """Drop the bookkeeping of a directory subtree that left the tree."""
         self.dirs.clear()               # (in place: read_tar_tree holds it)
         self.dirs[b""] = self.root
@@ -221,7 +221,7 @@ class _Tree:
             xattrs = [x for x in xattrs if x[0] != _OPAQUE]
         return xattrs
 
-    def merge_dir(self, node: SourceInode, entry: TarEntry) -> None:
+    def merge_dir(self, node: TreeInode, entry: TarEntry) -> None:
         node.mode = entry.mode
         node.uid, node.gid = entry.uid, entry.gid
         node.mtime_ns = entry.mtime_ns
@@ -229,21 +229,21 @@ class _Tree:
         if xattrs:
             node.xattrs = _merge_xattrs(node.xattrs, xattrs)
 
-    def opaque(self, directory: SourceInode) -> None:
+    def opaque(self, directory: TreeInode) -> None:
         if not self.opts.ovlfs_strip:
             directory.xattrs = _merge_xattrs(directory.xattrs, [(_OPAQUE, b"y")])
 
-    def whiteout(self, parent: SourceInode, name: bytes, path: bytes, entry: TarEntry) -> None:
+    def whiteout(self, parent: TreeInode, name: bytes, path: bytes, entry: TarEntry) -> None:
         if name in (b"", b".", b".."):
             raise TarError(f"an aufs whiteout for {_show(name)}", entry.name, entry.header_offset)
-        node = SourceInode(path, stat.S_IFCHR, entry.uid, entry.gid, 0, entry.mtime_ns)
+        node = TreeInode(path, stat.S_IFCHR, entry.uid, entry.gid, 0, entry.mtime_ns)
         self.replace(parent, name, node)
         self.whiteouts.add(node)
         self.with_whiteouts.add(parent)
 
     # -- the result -----------------------------------------------------------------------
 
-    def finish(self) -> tuple[SourceInode, int]:
+    def finish(self) -> tuple[TreeInode, int]:
         """Sorted entries, nlink, parents, whiteout handling; (root, distinct inodes).  Once:
         the directories' dicts are used up."""
         strip = self.opts.ovlfs_strip
@@ -277,8 +277,8 @@ def _show(path: bytes) -> str:
 
 
 def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageSpool,
-                  on_file: Callable[[SourceInode, bytes, LinkCount], object] | None = None
-                  ) -> tuple[SourceInode, int]:
+                  on_file: Callable[[TreeInode, bytes, LinkCount], object] | None = None
+                  ) -> tuple[TreeInode, int]:
     """Read the whole stream into a tree (module docstring); return the root and the number of
     distinct inodes, as walk_source does.
 
@@ -345,21 +345,21 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
             else:
                 data = _file_data(reader, entry, opts, spool)
             # (the most common entry)
-            node = SourceInode(where, entry.mode, entry.uid, entry.gid, entry.size,
+            node = TreeInode(where, entry.mode, entry.uid, entry.gid, entry.size,
                                entry.mtime_ns, xattrs=xattrs, data=data, found_in=found_in)
         elif kind == DIR:
-            node = SourceInode(path, entry.mode, entry.uid, entry.gid, 0, entry.mtime_ns,
+            node = TreeInode(path, entry.mode, entry.uid, entry.gid, 0, entry.mtime_ns,
                                xattrs=xattrs, entries=[])
         elif kind == SYMLINK:
-            node = SourceInode(where, entry.mode, entry.uid, entry.gid, len(entry.linkname),
+            node = TreeInode(where, entry.mode, entry.uid, entry.gid, len(entry.linkname),
                                entry.mtime_ns, xattrs=xattrs, target=entry.linkname,
                                found_in=found_in)
         elif kind in (CHR, BLK):
-            node = SourceInode(where, entry.mode, entry.uid, entry.gid, 0, entry.mtime_ns,
+            node = TreeInode(where, entry.mode, entry.uid, entry.gid, 0, entry.mtime_ns,
                                os.makedev(entry.devmajor, entry.devminor), xattrs=xattrs,
                                found_in=found_in)
         else:
-            node = SourceInode(where, entry.mode, entry.uid, entry.gid, 0, entry.mtime_ns,
+            node = TreeInode(where, entry.mode, entry.uid, entry.gid, 0, entry.mtime_ns,
                                xattrs=xattrs, found_in=found_in)
         siblings = children[parent]
         if name in siblings:
@@ -376,7 +376,7 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
     return tree.finish()
 
 
-def _hard_link(tree: _Tree, parent: SourceInode, name: bytes, entry: TarEntry) -> None:
+def _hard_link(tree: _Tree, parent: TreeInode, name: bytes, entry: TarEntry) -> None:
     target = tree.lookup(entry.link_path)
     if target is None:
         raise TarError(f"hard link to {_show(entry.linkname)}, which is not in the archive "

@@ -19,12 +19,12 @@ from ..reader.image import Image
 from ..util import read_xattrs
 from .options import BuildOptions, TimeInherit
 from .selinux import FileContexts, fs_path, with_label
-from .walk import DataRef, Excluder, SourceInode
+from .walk import DataRef, Excluder, TreeInode
 
 
 @dataclass(frozen=True, slots=True)
 class SourceStat:
-    """A SourceInode's stat fields under os.stat_result's names, as reader.compare reads a
+    """A TreeInode's stat fields under os.stat_result's names, as reader.compare reads a
     source's (made only while verifying, before planning puts the planned values there)."""
     st_mode: int
     st_uid: int
@@ -34,7 +34,7 @@ class SourceStat:
     st_rdev: int
 
     @classmethod
-    def of(cls, node: SourceInode) -> "SourceStat":
+    def of(cls, node: TreeInode) -> "SourceStat":
         return cls(node.mode, node.uid, node.gid, node.size, node.mtime_ns, node.rdev)
 
 
@@ -130,13 +130,13 @@ class TarSource:
     `capture(root)` must run before planning: plan_inodes takes the directory entries away,
     puts the planned owner, mode, size and mtime in the inode's stat fields, and the xattr
     layout takes the xattr lists.  It keeps what the comparison needs: each path's
-    SourceInode (identity: hard links share one; its target and data are read later), its
+    TreeInode (identity: hard links share one; its target and data are read later), its
     stat fields and its xattrs as the build got them."""
 
-    def __init__(self, nodes: dict[bytes, SourceInode], names: dict[bytes, list[bytes]],
+    def __init__(self, nodes: dict[bytes, TreeInode], names: dict[bytes, list[bytes]],
                  xattrs: dict[bytes, list[tuple[bytes, bytes]]],
                  stats: dict[int, SourceStat], tar_device: bytes | None = None,
-                 contents: Callable[[SourceInode], Iterable[bytes] | None] | None = None,
+                 contents: Callable[[TreeInode], Iterable[bytes] | None] | None = None,
                  devices: list[str] | None = None, release: Callable[[], None] | None = None):
         self._nodes = nodes
         self._names = names
@@ -149,14 +149,14 @@ class TarSource:
         self._release = release
 
     @classmethod
-    def capture(cls, root: SourceInode, tar_device: bytes | None = None, *,
-                contents: Callable[[SourceInode], Iterable[bytes] | None] | None = None,
+    def capture(cls, root: TreeInode, tar_device: bytes | None = None, *,
+                contents: Callable[[TreeInode], Iterable[bytes] | None] | None = None,
                 devices: list[str] | None = None,
                 release: Callable[[], None] | None = None) -> "TarSource":
         """`contents` (rebuild mode): a file's bytes as its source image reads them (None:
         read its DataRef); `devices`: the image's extra devices, one per slot; `release`:
         gives back the pages `contents` read through mappings (drop_pages)."""
-        nodes: dict[bytes, SourceInode] = {b"": root}
+        nodes: dict[bytes, TreeInode] = {b"": root}
         names: dict[bytes, list[bytes]] = {}
         xattrs: dict[bytes, list[tuple[bytes, bytes]]] = {b"": root.xattrs}
         stats = {id(root): SourceStat.of(root)}
@@ -174,11 +174,11 @@ class TarSource:
                     pending.append((r, child))
         return cls(nodes, names, xattrs, stats, tar_device, contents, devices, release)
 
-    def node(self, rel: bytes) -> SourceInode | None:
-        """The SourceInode at `rel` (None: not in the tree)."""
+    def node(self, rel: bytes) -> TreeInode | None:
+        """The TreeInode at `rel` (None: not in the tree)."""
         return self._nodes.get(rel)
 
-    def _node(self, rel: bytes) -> SourceInode:
+    def _node(self, rel: bytes) -> TreeInode:
         node = self._nodes.get(rel)
         if node is None:
             raise FileNotFoundError(2, "not in the tar", os.fsdecode(rel))

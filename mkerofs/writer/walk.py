@@ -20,7 +20,7 @@ if TYPE_CHECKING:       # (loaded only for --file-contexts)
 
 
 class DataRef:
-    """Where a regular file's bytes are when they are not in the file at SourceInode.path (tar
+    """Where a regular file's bytes are when they are not in the file at TreeInode.path (tar
     input): `size` bytes from `offset` of `path`, the tar itself or a spool file; holes in that
     range read as zeros.  path None: no bytes anywhere (--tar=headerball), the file is all zeros.
     in_image: the bytes are in the image being built already, `offset` bytes into it (a block
@@ -118,7 +118,7 @@ _COMPRESSED_LAYOUTS = frozenset({fmt.EROFS_INODE_COMPRESSED_FULL,
 
 
 @dataclass(eq=False, slots=True)
-class SourceInode:
+class TreeInode:
     """One inode: made by the source side (the walk, a tar, layers, an increment) with the
     stat fields an image needs, then planned in place by plan.plan_inodes, which gives it its
     on-disk attributes (one object an inode, not a source and a planned one: ~90 bytes an
@@ -140,14 +140,14 @@ class SourceInode:
     mtime_ns: int                             # may be negative: divmod by 10**9 gives (s, ns)
     rdev: int = 0                             # device files: st_rdev
     nlink: int = 0                            # links found inside the tree
-    entries: list[tuple[bytes, "SourceInode"]] | None = None   # directories: (name, child)
-    parent: "SourceInode | None" = None       # directories: the parent directory
+    entries: list[tuple[bytes, "TreeInode"]] | None = None   # directories: (name, child)
+    parent: "TreeInode | None" = None       # directories: the parent directory
     target: bytes | None = None               # symlinks
     # (a tuple, shared, when the inode has none: a list an inode would be 56 bytes; nothing
     # changes an inode's xattrs in place, they are replaced)
     xattrs: list[tuple[bytes, bytes]] | tuple = ()
     data: DataRef | LayerRef | FileRef | IndexedRef | None = None  # regular files not read from `path`
-    found_in: "SourceInode | None" = field(default=None, repr=False)    # (see `path`)
+    found_in: "TreeInode | None" = field(default=None, repr=False)    # (see `path`)
     # -- set by plan_inodes
     ftype: int = 0                            # EROFS_FT_*; 0: not planned yet
     extended: bool = False
@@ -175,7 +175,7 @@ class SourceInode:
         return found_in.where + b"/" + self.where
 
     @classmethod
-    def of_stat(cls, path: bytes, st: os.stat_result, **fields) -> "SourceInode":
+    def of_stat(cls, path: bytes, st: os.stat_result, **fields) -> "TreeInode":
         return cls(path, st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns,
                    st.st_rdev, **fields)
 
@@ -211,7 +211,7 @@ class SourceInode:
         return os.fsdecode(self.path)
 
 
-def link_children(directory: SourceInode, entries: list[tuple[bytes, SourceInode]],
+def link_children(directory: TreeInode, entries: list[tuple[bytes, TreeInode]],
                   pending: deque) -> int:
     """Give `directory` of a tree built elsewhere than by walk_source (a tar, merged layers)
     its `entries`: each subdirectory its parent and 2 links (and a place in `pending`, to be
@@ -269,7 +269,7 @@ class XattrReader:
             except OSError as err:
                 raise BuildError(f"{options.file_contexts}: {err.strerror or err}") from None
 
-    def read(self, node: SourceInode, relpath: bytes, name: bytes | None = None,
+    def read(self, node: TreeInode, relpath: bytes, name: bytes | None = None,
              dir_fd: int | None = None, path: bytes | None = None) -> None:
         """Read the xattrs of `node`, found as `name` in the directory dir_fd if given, else
         at node.path (`path`, if the caller has it at hand: node.path may have to be made)."""
@@ -322,8 +322,8 @@ def _list_directory(path: bytes) -> tuple[int | None, list[tuple[bytes, bytes]]]
 
 def walk_source(source: bytes, options: BuildOptions,
                 skip: set[tuple[int, int]] = frozenset(),
-                on_file: Callable[[SourceInode, bytes, os.stat_result], None] | None = None,
-                progress=None) -> tuple[SourceInode, int]:
+                on_file: Callable[[TreeInode, bytes, os.stat_result], None] | None = None,
+                progress=None) -> tuple[TreeInode, int]:
     """Return the root inode and the number of distinct inodes below it.
 
     `skip` holds (st_dev, st_ino) pairs never to include: the image being written, when it lies
@@ -341,7 +341,7 @@ def walk_source(source: bytes, options: BuildOptions,
         raise _oserror(source, err) from None
     if not stat.S_ISDIR(root_st.st_mode):
         raise BuildError(f"{os.fsdecode(source)}: source is not a directory")
-    root = SourceInode.of_stat(source, root_st, nlink=2, entries=[])
+    root = TreeInode.of_stat(source, root_st, nlink=2, entries=[])
     root.parent = root
     walk = _Walk(options, skip, on_file)
     walk.xattrs.read(root, b"")
@@ -369,7 +369,7 @@ class _Walk:
         self.xattrs = XattrReader(options)
         self.skip = skip
         self.on_file = on_file
-        self.hardlinks: dict[tuple[int, int], SourceInode] = {}
+        self.hardlinks: dict[tuple[int, int], TreeInode] = {}
         self.count = 1
         # A file's mode and mtime as its lstat gave them are ints of their own (~60 bytes a
         # file), which planning would replace by shared ones after the whole walk: their room
@@ -378,7 +378,7 @@ class _Walk:
         self.modes: dict[int, int] = {}
         self.keep_mtime = options.effective_time_inherit is not TimeInherit.FIXED
 
-    def add_entries(self, directory: SourceInode, rel: bytes, fd: int | None,
+    def add_entries(self, directory: TreeInode, rel: bytes, fd: int | None,
                     listing: list[tuple[bytes, bytes]], pending: deque) -> None:
         """Add the entries of `directory` (from _list_directory) to the tree, subdirectories
         also to `pending`.  (One loop, calling nothing per entry but what it must: this is the
@@ -411,7 +411,7 @@ class _Walk:
                 continue
             mode = st.st_mode
             if mode & _S_IFMT == _S_IFREG and st.st_nlink == 1 and quick_xattrs:
-                child = SourceInode(name if found_in is not None else where,
+                child = TreeInode(name if found_in is not None else where,
                                     shared_mode(mode, mode), st.st_uid, st.st_gid, st.st_size,
                                     st.st_mtime_ns if keep_mtime else 0, st.st_rdev, 1, None,
                                     None, None, (), None, found_in)
@@ -429,7 +429,7 @@ class _Walk:
             relpath = rel + name
             if stat.S_ISDIR(mode):
                 path = where if fd is None else prefix + name
-                child = SourceInode.of_stat(path, st, nlink=2, entries=[],
+                child = TreeInode.of_stat(path, st, nlink=2, entries=[],
                                             parent=directory)
                 xattrs.read(child, relpath, name, fd)
                 directory.nlink += 1
@@ -443,17 +443,17 @@ class _Walk:
                 key = (st.st_dev, st.st_ino)
                 child = hardlinks.get(key)
                 if child is None:
-                    child = hardlinks[key] = SourceInode.of_stat(kept, st, found_in=found_in)
+                    child = hardlinks[key] = TreeInode.of_stat(kept, st, found_in=found_in)
                     self._new_inode(child, name, relpath, fd, st)
             else:
-                child = SourceInode.of_stat(kept, st, found_in=found_in)
+                child = TreeInode.of_stat(kept, st, found_in=found_in)
                 self._new_inode(child, name, relpath, fd, st)
             on_file = self.on_file
             child.nlink += 1
             append((name, child))
         self.count += quick
 
-    def _new_inode(self, child: SourceInode, name: bytes, relpath: bytes, fd: int | None,
+    def _new_inode(self, child: TreeInode, name: bytes, relpath: bytes, fd: int | None,
                    st: os.stat_result) -> None:
         """Read what a non-directory met for the first time needs besides its stat."""
         self.count += 1
@@ -472,8 +472,8 @@ class _Walk:
                 self.on_file = None         # it wants no more
 
 
-def apply_walk_options(root: SourceInode, options: BuildOptions,
-                       on_split: Callable[[SourceInode, SourceInode], None] | None = None
+def apply_walk_options(root: TreeInode, options: BuildOptions,
+                       on_split: Callable[[TreeInode, TreeInode], None] | None = None
                        ) -> None:
     """Give a tree read from elsewhere than a directory (a tar stream) what walk_source does
     while walking: --exclude-path/--exclude-regex on the paths relative to the root (an
@@ -489,7 +489,7 @@ def apply_walk_options(root: SourceInode, options: BuildOptions,
         return
     seen: set[int] = set()
 
-    def label(node: SourceInode, relpath: bytes) -> None:
+    def label(node: TreeInode, relpath: bytes) -> None:
         if not xattrs.enabled:
             node.xattrs = ()
         elif xattrs.contexts is not None:
@@ -523,7 +523,7 @@ def apply_walk_options(root: SourceInode, options: BuildOptions,
         directory.entries = kept
 
 
-def _unlink_subtree(directory: SourceInode, child: SourceInode) -> None:
+def _unlink_subtree(directory: TreeInode, child: TreeInode) -> None:
     """Take the names of an excluded entry (and everything below it) out of the link counts."""
     if not child.is_dir:
         child.nlink -= 1

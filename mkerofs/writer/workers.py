@@ -30,12 +30,12 @@ from .compress import (CompressConfig, CompressedLayout, FileCompression, FileEx
                        FileProfile, Pcluster, UnplacedLayout)
 from ..errors import BuildError
 from ..util import can_fork, open_path
-from .walk import SourceInode
+from .walk import TreeInode
 
 
 @dataclass
 class FileJob:
-    key: object                     # the caller's handle (a PlannedInode)
+    key: object                     # the caller's handle (a TreeInode)
     size: int
     meta_size: int                  # inode + inline xattrs, in bytes
     # read(offset, length, last) -> exactly length bytes; picklable (a FileRange) to let
@@ -62,7 +62,7 @@ class FileRange:
     name: bytes | None = None
 
     @classmethod
-    def of(cls, src: SourceInode, size: int) -> "FileRange":
+    def of(cls, src: TreeInode, size: int) -> "FileRange":
         """The bytes of a regular file of the source tree, wherever they are."""
         if src.data is None:
             return cls(src.path, size)

@@ -11,7 +11,7 @@ from mkerofs.ondisk import format as fmt
 from mkerofs.writer.chunks import (ChunkLayout, LayerChunks, covering_chunkbits, one_chunk_on,
                                    index_layer_files, index_tar_files, make_hole_files,
                                    set_chunk_map)
-from mkerofs.writer.plan import PlannedInode
+from mkerofs.writer.plan import TreeInode
 from mkerofs.writer.walk import DataRef, LayerRef
 
 _HI = 1 << 32
@@ -64,8 +64,8 @@ def test_encode_run_is_encode_map_of_the_run(blkszbits, chunkbits, count, indexe
             assert (inode_end + len(run)) % (8 if indexes else 4) == 0
 
 
-def _node(size: int, xattr_bytes: int, data: DataRef) -> PlannedInode:
-    node = PlannedInode(b"f", stat.S_IFREG | 0o644, 0, 0, size, 0, nlink=1, data=data,
+def _node(size: int, xattr_bytes: int, data: DataRef) -> TreeInode:
+    node = TreeInode(b"f", stat.S_IFREG | 0o644, 0, 0, size, 0, nlink=1, data=data,
                         ftype=fmt.EROFS_FT_REG_FILE)
     node.set_xattr_ibody(bytes(xattr_bytes))
     return node

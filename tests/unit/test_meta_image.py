@@ -79,12 +79,12 @@ def test_meta_image_with_offset(tmp_path):
 def test_put_inodes_writes_what_a_put_each_writes(tmp_path, monkeypatch):
     # Runs of inodes back to back are put at once: across a head that ends where the tail
     # area starts, gaps (a tail's room), inline bytes and xattr ibodies, more than a run holds.
-    from mkerofs.writer.plan import PlannedInode
+    from mkerofs.writer.plan import TreeInode
     monkeypatch.setattr(meta, "_RUN_MAX", 5)
     monkeypatch.setattr(meta, "_RELEASE_EVERY", 7)
     nodes, pos = [], 4096 - 64            # (the first ends where the head does)
     for i in range(60):
-        node = PlannedInode(b"", 0o100644, i, 2 * i, 10 * i, (1000 + i) * 10**9 + i, nlink=1,
+        node = TreeInode(b"", 0o100644, i, 2 * i, 10 * i, (1000 + i) * 10**9 + i, nlink=1,
                             ftype=1, extended=i % 4 == 0)
         node.inline = bytes([i + 1]) * (i % 3 * 8)
         if i % 7 == 3:

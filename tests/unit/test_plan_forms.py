@@ -10,15 +10,15 @@ import pytest
 
 from mkerofs.writer.options import BuildOptions, TimeInherit
 from mkerofs.writer.plan import _mtime, inode_form, plan_inodes
-from mkerofs.writer.walk import SourceInode
+from mkerofs.writer.walk import TreeInode
 
 BUILD_TIME = 1_700_000_000
 
 
-def _tree() -> tuple[SourceInode, list[SourceInode]]:
+def _tree() -> tuple[TreeInode, list[TreeInode]]:
     """A root holding files of every mix: mtime at, before and after the build time (with and
     without nanoseconds), sizes and ids past the compact form's fields."""
-    root = SourceInode(b"/r", stat.S_IFDIR | 0o755, 0, 0, 0, BUILD_TIME * 10**9,
+    root = TreeInode(b"/r", stat.S_IFDIR | 0o755, 0, 0, 0, BUILD_TIME * 10**9,
                        nlink=2, entries=[])
     root.parent = root
     files = []
@@ -26,7 +26,7 @@ def _tree() -> tuple[SourceInode, list[SourceInode]]:
               (BUILD_TIME + 100) * 10**9 + 7]
     for i, (mtime, size, uid) in enumerate(itertools.product(mtimes, [10, 2**32 + 1],
                                                              [0, 70_000])):
-        src = SourceInode(b"/r/f%d" % i, stat.S_IFREG | 0o644, uid, 5, size, mtime,
+        src = TreeInode(b"/r/f%d" % i, stat.S_IFREG | 0o644, uid, 5, size, mtime,
                           nlink=1)
         root.entries.append((b"f%d" % i, src))
         files.append(src)

@@ -1,4 +1,4 @@
-"""writer/walk.py SourceInode.path: a walked file, and a tar's file below the root, keeps only
+"""writer/walk.py TreeInode.path: a walked file, and a tar's file below the root, keeps only
 its name and the directory it was found in (`found_in`) instead of its whole path; the path it
 answers must still be the one it was first found under, as the walk and the tar spell it."""
 from __future__ import annotations
@@ -12,11 +12,11 @@ from mkerofs.writer.options import BuildOptions
 from mkerofs.writer.spool import Spool
 from mkerofs.writer.tarsource import TarTreeOptions, read_tar_tree
 from mkerofs.writer.tarstream import TarReader
-from mkerofs.writer.walk import SourceInode, walk_source
+from mkerofs.writer.walk import TreeInode, walk_source
 from support.tarfiles import END, header
 
 
-def _all(root: SourceInode) -> list[tuple[bytes, SourceInode]]:
+def _all(root: TreeInode) -> list[tuple[bytes, TreeInode]]:
     """(path relative to the root, node) of every name below `root`, breadth first."""
     out, pending = [], [(b"", root)]
     while pending:

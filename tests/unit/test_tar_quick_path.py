@@ -11,8 +11,7 @@ import pytest
 from mkerofs.ondisk import format as fmt
 from mkerofs.writer import tarstream as ts
 from mkerofs.writer.chunks import ChunkLayout, covering_chunkbits, make_indexed_file, set_chunk_map
-from mkerofs.writer.plan import PlannedInode
-from mkerofs.writer.walk import DataRef, SourceInode
+from mkerofs.writer.walk import DataRef, TreeInode
 from support.tarfiles import END, header, member, pax
 
 
@@ -201,11 +200,11 @@ def test_damaged_pax_payloads_read_alike():
                                              (5, 0), (1000, 0)])
 @pytest.mark.parametrize("xattr_bytes", [0, 4, 12])
 def test_indexed_file_map_is_its_own_layouts(size, start, device_id, xattr_bytes):
-    src = SourceInode(b"f", stat.S_IFREG | 0o644, 0, 0, size, 0,
+    src = TreeInode(b"f", stat.S_IFREG | 0o644, 0, 0, size, 0,
                       data=DataRef(b"", 0, indexed=True))
 
     def node():
-        n = PlannedInode(src.where, src.mode, 0, 0, size, 0, nlink=1, data=src.data,
+        n = TreeInode(src.where, src.mode, 0, 0, size, 0, nlink=1, data=src.data,
                          ftype=fmt.EROFS_FT_REG_FILE)
         n.set_xattr_ibody(bytes(xattr_bytes))
         return n

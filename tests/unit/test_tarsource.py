@@ -1,7 +1,7 @@
 """The tree built from a tar (mkerofs/writer/tarsource.py) and the spool (spool.py).
 
 Tars are made in memory (Python's tarfile, or hand-made blocks where tarfile would tidy the
-names up) and the resulting SourceInode tree is compared with what mkfs.erofs 1.9.3 builds
+names up) and the resulting TreeInode tree is compared with what mkfs.erofs 1.9.3 builds
 (the cases of shared/notes/tar-input.md section 10), file data read back through each DataRef.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from mkerofs.writer.decompress import open_input
 from mkerofs.writer.spool import Spool
 from mkerofs.writer.tarsource import LinkCount, TarTreeOptions, read_tar_tree
 from mkerofs.writer.tarstream import TarError, TarReader
-from mkerofs.writer.walk import SourceInode, walk_source
+from mkerofs.writer.walk import TreeInode, walk_source
 from mkerofs.writer.options import BuildOptions
 from support.mounts import tmpfs_mount
 from support.tarfiles import END, header, member, pax
@@ -60,7 +60,7 @@ def spool(tmp_path):
         yield s
 
 
-def tree(data: bytes, spool: Spool, **opts) -> tuple[SourceInode, int]:
+def tree(data: bytes, spool: Spool, **opts) -> tuple[TreeInode, int]:
     options = TarTreeOptions(**{"root_uid": 0, "root_gid": 0, "build_time": BUILD, **opts})
     return read_tar_tree(TarReader(io.BytesIO(data), headerball=options.headerball), options, spool)
 
@@ -73,18 +73,18 @@ def fails(data: bytes, spool: Spool, *words: str, **opts) -> TarError:
     return info.value
 
 
-def at(root: SourceInode, path: str) -> SourceInode:
+def at(root: TreeInode, path: str) -> TreeInode:
     node = root
     for part in path.split("/"):
         node = dict(node.entries)[part.encode()]
     return node
 
 
-def names(node: SourceInode) -> list[bytes]:
+def names(node: TreeInode) -> list[bytes]:
     return [n for n, _ in node.entries]
 
 
-def content(node: SourceInode) -> bytes:
+def content(node: TreeInode) -> bytes:
     assert node.data is not None
     if node.data.path is None:
         return bytes(node.size)
@@ -95,11 +95,11 @@ def content(node: SourceInode) -> bytes:
     return data
 
 
-def attrs(node: SourceInode) -> tuple:
+def attrs(node: TreeInode) -> tuple:
     return stat.S_IFMT(node.mode), stat.S_IMODE(node.mode), node.uid, node.gid, node.mtime_ns
 
 
-def check_shape(root: SourceInode) -> None:
+def check_shape(root: TreeInode) -> None:
     """What plan_inodes relies on, as walk_source gives it: sorted entries, parents, nlink."""
     links: dict[int, int] = {}
     pending = [root]
@@ -122,7 +122,7 @@ def check_shape(root: SourceInode) -> None:
             assert d.nlink == links[id(d)]
 
 
-def _all(root: SourceInode) -> list[SourceInode]:
+def _all(root: TreeInode) -> list[TreeInode]:
     out, pending, seen = [], [root], set()
     while pending:
         node = pending.pop()

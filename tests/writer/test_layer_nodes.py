@@ -1,4 +1,4 @@
-"""Rebuild mode makes the SourceInode of each inode it reads straight from the reader's
+"""Rebuild mode makes the TreeInode of each inode it reads straight from the reader's
 Image.inode_fields (layers._layer_node), without the reader's Inode, for the common kinds
 (regular files, directories, fifos, sockets without xattrs); everything else goes through
 image_node.  Both must give the same node: the same attributes, xattrs, symlink target, kind,
@@ -15,7 +15,7 @@ import pytest
 from mkerofs.errors import ImageError
 from mkerofs.reader.image import INODE_FIELDS, Image, Inode
 from mkerofs.writer.layers import LayerFile, _layer_node, _mtime_ns, _noting, image_node
-from mkerofs.writer.walk import SourceInode
+from mkerofs.writer.walk import TreeInode
 from support.run import build_image
 from support.trees import make_full_tree
 
@@ -27,13 +27,13 @@ def tree(tmp_path_factory):
     return root
 
 
-def _place(path: bytes) -> tuple[bytes, SourceInode | None, bytes]:
+def _place(path: bytes) -> tuple[bytes, TreeInode | None, bytes]:
     """(the directory's path + "/", the directory (_found_in), the name) of a path of an
     image; the root's entries have no `found_in`, the root itself is b"" + b"/"."""
     if path == b"/":
         return b"", None, b"/"
     head, name = path.rsplit(b"/", 1)
-    directory = SourceInode(head, stat.S_IFDIR | 0o755, 0, 0, 0, 0, entries=[]) if head \
+    directory = TreeInode(head, stat.S_IFDIR | 0o755, 0, 0, 0, 0, entries=[]) if head \
         else None
     return head + b"/", directory, name
 

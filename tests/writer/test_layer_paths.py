@@ -1,6 +1,6 @@
 """Rebuild mode (and --incremental's base) keep, for each non-directory read from an image
 below the root, only its name and the merged directory it was found in
-(SourceInode.found_in), not its whole path: the path it answers (messages, --compress-hints)
+(TreeInode.found_in), not its whole path: the path it answers (messages, --compress-hints)
 must still be its path in the image, "/" + the names down to it, for files of the top image,
 files a lower image adds to a directory of an upper one, and files of a directory only a
 lower image has."""

@@ -5,7 +5,7 @@ import pytest
 
 from mkerofs.ondisk import format as fmt
 from mkerofs.writer import layers
-from mkerofs.writer.walk import FileRef, SourceInode
+from mkerofs.writer.walk import FileRef, TreeInode
 
 BITS = 12
 
@@ -41,7 +41,7 @@ def test_a_flat_file_is_placed_as_the_general_rule_places_it(size, mode):
     startblk = 1234
     files = {}
     place = layers._placing(layer, files, mode, layer.block_size)
-    node = SourceInode(b"f", 0o100644, 0, 0, size, 0)
+    node = TreeInode(b"f", 0o100644, 0, 0, size, 0)
     place(node, 77, size, fmt.EROFS_INODE_FLAT_PLAIN, startblk)
     assert not files                        # placed, not left for resolve_layer_data
     expected = layers._flat_ref(layer, size, startblk) if mode is None else \
@@ -52,7 +52,7 @@ def test_a_flat_file_is_placed_as_the_general_rule_places_it(size, mode):
 def test_a_flat_file_without_blocks_takes_the_general_rule():
     layer = _Layer()
     files = {}
-    node = SourceInode(b"f", 0o100644, 0, 0, 5000, 0)
+    node = TreeInode(b"f", 0o100644, 0, 0, 5000, 0)
     layers._placing(layer, files, None, layer.block_size)(
         node, 77, 5000, fmt.EROFS_INODE_FLAT_PLAIN, fmt.EROFS_NULL_ADDR)
     assert node.data.path is None and node.data.layer.blkaddrs == (None,)    # a hole
@@ -61,7 +61,7 @@ def test_a_flat_file_without_blocks_takes_the_general_rule():
 def test_a_file_of_another_layout_is_left_for_resolve_layer_data():
     layer = _Layer()
     files = {}
-    node = SourceInode(b"f", 0o100644, 0, 0, 5000, 0)
+    node = TreeInode(b"f", 0o100644, 0, 0, 5000, 0)
     layers._placing(layer, files, None, layer.block_size)(
         node, 77, 5000, fmt.EROFS_INODE_FLAT_INLINE, 9)
     assert files[node] == layers.LayerFile(2, 77, 5000, fmt.EROFS_INODE_FLAT_INLINE, 9)

@@ -37,7 +37,7 @@ from mkerofs.ondisk import format as fmt
 from mkerofs.writer import spool
 from mkerofs.writer.chunks import make_indexed_file
 from mkerofs.writer.options import TarOptions
-from mkerofs.writer.plan import PlannedInode
+from mkerofs.writer.plan import TreeInode
 from mkerofs.writer.walk import DataRef
 from support.oracle import ErofsImage, read_superblock
 from support.run import REPO, assert_clean_failure, run_mkerofs
@@ -250,7 +250,7 @@ def test_blobdev_is_refused(tmp_path, mode):
 
 
 def test_48bit_chunk_indexes_past_2_to_the_32_blocks():
-    node = PlannedInode(b"f", stat.S_IFREG | 0o644, 0, 0, 5000, 0, nlink=1,
+    node = TreeInode(b"f", stat.S_IFREG | 0o644, 0, 0, 5000, 0, nlink=1,
                         data=DataRef(b"", 0, indexed=True), ftype=fmt.EROFS_FT_REG_FILE)
     node.set_xattr_ibody(b"")
     make_indexed_file(node, 9, (1 << 32) + 7, 1)
