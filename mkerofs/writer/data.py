@@ -15,6 +15,8 @@ from .walk import FlatData, InImageRef
 _ZERO_CHUNK = bytes(1 << 20)
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _WRITTEN = InImageRef(0)        # what take_written leaves a file for its data (in the image)
+_RUN_BYTES = 4                  # FlatCopier's queue: the first file of a run, as 4 bytes
+_QUEUE_RUNS = 1024              # runs at most: their starts fit in a pipe's PIPE_BUF bytes
 
 
 def _changed(node: TreeInode, detail: str) -> BuildError:
@@ -277,15 +279,17 @@ def inline_fits(node: TreeInode, size: int, block_size: int) -> bool:
 class FlatCopier:
     """Copies regular files (nodes for DataArea.copy_regular, each with the tail view
     `view_of(node)` gives, made only when its turn comes: a memoryview is ~200 bytes, too
-    many to hold one per file) while the calling thread goes on: in forked processes, which write the blocks themselves and read
-    the tails straight into the metadata image (shared memory, see meta.MetaImage); in threads
-    where forking is not safe; here with one worker.  Leaving the `with` block waits and raises the first failure.
+    many to hold one per file) while the calling thread goes on: in forked processes, which
+    take runs of files from one queue as they go (see _queue), write the blocks themselves and
+    read the tails straight into the metadata image (shared memory, see meta.MetaImage); in
+    threads where forking is not safe; here with one worker.  Leaving the `with` block waits
+    and raises the first failure.
 
     Processes, not threads: most files are small, so the copy is mostly Python work per file,
     and threads would contend with the calling thread for the GIL (slower than one thread)."""
 
     BATCH = 128
-    RUN = 512               # consecutive files a forked child copies before it skips ahead
+    RUN = 512               # consecutive files a forked child copies at least, in a run
 
     def __init__(self, data: DataArea, workers: int, view_of):
         self.data = data
@@ -295,6 +299,7 @@ class FlatCopier:
         self.errors = -1                # read end of the children's error pipe
         self.pool = None
         self.futures: list = []
+        self.run = self.RUN             # files a run of the queue (see _queue)
 
     def start(self, copies: list) -> None:
         if self.workers <= 1 or len(copies) < 2:
@@ -314,36 +319,60 @@ class FlatCopier:
             copy(node, view_of(node))
 
     def _fork(self, copies: list) -> None:
-        self.errors, report = os.pipe()
+        queue = self._queue(copies)
         try:
-            for k in range(self.workers):
-                pid = os.fork()
-                if pid == 0:                # the child copies its share of the files, then exits
-                    code = 1
-                    try:
-                        os.close(self.errors)
-                        signal.signal(signal.SIGINT, signal.SIG_IGN)
-                        self._run(self._share(copies, k))
-                        code = 0
-                    except BaseException as err:
-                        message = str(err) if isinstance(err, BuildError) else (
-                            f"copying file data: {type(err).__name__}: {err}")
-                        os.write(report, message.encode(errors="replace")[:4000] + b"\n")
-                    finally:
-                        os._exit(code)
-                self.pids.append(pid)
+            self.errors, report = os.pipe()
+            try:
+                for _k in range(self.workers):
+                    pid = os.fork()
+                    if pid == 0:            # the child copies runs of files, then exits
+                        code = 1
+                        try:
+                            os.close(self.errors)
+                            signal.signal(signal.SIGINT, signal.SIG_IGN)
+                            self._take_runs(copies, queue)
+                            code = 0
+                        except BaseException as err:
+                            message = str(err) if isinstance(err, BuildError) else (
+                                f"copying file data: {type(err).__name__}: {err}")
+                            os.write(report, message.encode(errors="replace")[:4000] + b"\n")
+                        finally:
+                            os._exit(code)
+                    self.pids.append(pid)
+            finally:
+                os.close(report)
         finally:
-            os.close(report)
+            os.close(queue)
 
-    def _share(self, copies: list, k: int) -> list:
-        """The files child k copies: every workers-th run of RUN consecutive files.  Runs, not
-        every workers-th file, so that each child touches the memory of its own files only
-        (the nodes of consecutive files sit together, and so do their inodes in the metadata
-        image): after fork, every page of objects or metadata that two processes write is
-        copied or faulted in by both."""
-        run, step = self.RUN, self.RUN * self.workers
-        return [node for at in range(k * run, len(copies), step)
-                for node in copies[at:at + run]]
+    def _queue(self, copies: list) -> int:
+        """The read end of a pipe holding the start of every run of consecutive files (its
+        write end closed: a read at the end finds nothing).  The children take runs from it
+        as they go, so that one that is given the larger files, or less of the CPU, does not
+        finish long after the others (with every workers-th run each, one child was seen
+        copying alone for a quarter of the copy).  Runs, not single files, so that each child
+        touches the memory of its own files only (the nodes of consecutive files sit
+        together, and so do their inodes in the metadata image): after fork, every page of
+        objects or metadata that two processes write is copied or faulted in by both."""
+        self.run = max(self.RUN, -(-len(copies) // _QUEUE_RUNS))
+        starts = b"".join(at.to_bytes(_RUN_BYTES, "little")
+                          for at in range(0, len(copies), self.run))
+        take, put = os.pipe()
+        try:
+            os.write(put, starts)       # (fits: a pipe holds at least PIPE_BUF bytes)
+        except BaseException:
+            os.close(take)
+            raise
+        finally:
+            os.close(put)
+        return take
+
+    def _take_runs(self, copies: list, queue: int) -> None:
+        """Copy the runs read from `queue` until it is empty (a read of a pipe's few bytes
+        is atomic: each run goes to one child)."""
+        run = self.run
+        while start := os.read(queue, _RUN_BYTES):
+            at = int.from_bytes(start, "little")
+            self._run(copies[at:at + run])
 
     def __enter__(self) -> "FlatCopier":
         return self
