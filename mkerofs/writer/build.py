@@ -526,21 +526,29 @@ def _plan_xattrs(plan: Plan, options: BuildOptions) -> XattrLayout:
     """Decide the shared xattrs over the whole tree and give every inode its xattr ibody."""
     layout = XattrLayout(options.xattr_options(), options.block_size)
     root = plan.root
+    # (most inodes have no xattrs: they only get their inode's size, isize inline)
+    compact, extended = fmt.EROFS_INODE_COMPACT_SIZE, fmt.EROFS_INODE_EXTENDED_SIZE
+    with_xattrs = []
+    for n in plan.inodes:
+        if n.xattrs or n is root:
+            with_xattrs.append(n)
+        else:
+            n.meta_size_before_inline = extended if n.extended else compact
     try:
         # mkfs.erofs counts an xattr once per path below the root: the links of a file, 1 for
         # a directory, 0 for the root itself
         handles = [layout.add(n.xattrs,
                               0 if n is root else 1 if n.ftype == fmt.EROFS_FT_DIR else n.nlink,
                               n.display_path() if n.xattrs else None)
-                   for n in plan.inodes]
+                   for n in with_xattrs]
         layout.finalize()
     except ValueError as err:
         raise BuildError(str(err)) from None
-    for node, handle in zip(plan.inodes, handles):
+    for node, handle in zip(with_xattrs, handles):
         if handle.items or node is root:
             node.set_xattr_ibody(layout.ibody(handle, is_root=node is root))
             node.xattrs = ()     # (shared, not a list an inode)
-        else:       # (most inodes: no xattrs, no ibody)
+        else:       # (xattrs the options leave out)
             node.meta_size_before_inline = node.isize
     return layout
 
