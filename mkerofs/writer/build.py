@@ -926,7 +926,8 @@ def _write_contents(plan: Plan, nodes: list[TreeInode], data: DataArea, meta: Me
         return meta.view(node_pos(node, meta_base) + node.meta_size_before_inline,
                          node.flat.tail)
 
-    with FlatCopier(data, workers, tail_view) as copier:
+    # (FlatCopier leaves first: its copiers are done before their sources are closed)
+    with data.sources_kept_open(), FlatCopier(data, workers, tail_view) as copier:
         copier.start(copies)
         del copies
         # while the threads copy file data, this one lays out everything else
