@@ -483,7 +483,9 @@ def command(image, sources, block_size, debug, compressor, pcluster_size,
                 # and its next collection would scan every object of the tree once, 65 ms
                 # for 60k files)
                 gc.disable()
-            result = build(image, source, options, progress=watching, keep=_UNFREED)
+            # (the per-type counts are for --report only: the summary prints the total)
+            result = build(image, source, options, progress=watching, keep=_UNFREED,
+                           tally=report_file is not None)
         if _UNFREED is not None:
             _UNFREED.append(_UNFREED)
             gc.freeze()

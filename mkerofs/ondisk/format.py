@@ -347,15 +347,31 @@ def i_format(extended: bool, datalayout: int) -> int:
     return (int(extended) << EROFS_I_VERSION_BIT) | (datalayout << EROFS_I_DATALAYOUT_BIT)
 
 
-def pack_inode(extended: bool, datalayout: int, xattr_icount: int, mode: int, nlink: int,
-               size: int, i_u: int, ino: int, uid: int, gid: int, mtime: int, mtime_nsec: int,
-               epoch: int) -> bytes:
-    """An on-disk inode; a compact one stores its mtime as seconds after the superblock epoch."""
+def pack_inode_into(buf, at: int, extended: bool, datalayout: int, xattr_icount: int,
+                    mode: int, nlink: int, size: int, i_u: int, ino: int, uid: int, gid: int,
+                    mtime_ns: int, epoch: int) -> int:
+    """Pack an on-disk inode into `buf` at `at`; return where it ends.  A compact one stores
+    its mtime as seconds after the superblock epoch (and no nanoseconds)."""
     if extended:
-        return _INODE_EXTENDED.pack((datalayout << EROFS_I_DATALAYOUT_BIT) | 1, xattr_icount, mode,
-                                    0, size, i_u, ino, uid, gid, mtime, mtime_nsec, nlink, _ZERO16)
-    return _INODE_COMPACT.pack(datalayout << EROFS_I_DATALAYOUT_BIT, xattr_icount, mode, nlink,
-                               size, mtime - epoch, i_u, ino, uid, gid, 0)
+        mtime, nsec = divmod(mtime_ns, 1_000_000_000)
+        _INODE_EXTENDED.pack_into(buf, at, (datalayout << EROFS_I_DATALAYOUT_BIT) | 1,
+                                  xattr_icount, mode, 0, size, i_u, ino, uid, gid, mtime, nsec,
+                                  nlink, _ZERO16)
+        return at + EROFS_INODE_EXTENDED_SIZE
+    _INODE_COMPACT.pack_into(buf, at, datalayout << EROFS_I_DATALAYOUT_BIT, xattr_icount, mode,
+                             nlink, size, mtime_ns // 1_000_000_000 - epoch, i_u, ino, uid, gid,
+                             0)
+    return at + EROFS_INODE_COMPACT_SIZE
+
+
+def pack_inode(extended: bool, datalayout: int, xattr_icount: int, mode: int, nlink: int,
+               size: int, i_u: int, ino: int, uid: int, gid: int, mtime_ns: int,
+               epoch: int) -> bytes:
+    """pack_inode_into a bytes of its own."""
+    buf = bytearray(EROFS_INODE_EXTENDED_SIZE if extended else EROFS_INODE_COMPACT_SIZE)
+    pack_inode_into(buf, 0, extended, datalayout, xattr_icount, mode, nlink, size, i_u, ino,
+                    uid, gid, mtime_ns, epoch)
+    return bytes(buf)
 
 
 _ZERO16 = bytes(16)

@@ -57,7 +57,8 @@ class BuildResult:
 
 def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
           options: BuildOptions | None = None,
-          progress: BuildProgress | None = None, keep: list | None = None) -> BuildResult:
+          progress: BuildProgress | None = None, keep: list | None = None,
+          tally: bool = True) -> BuildResult:
     """Build an EROFS image of the directory `source` into `image` (a file or a block device);
     with options.tar, `source` is a tar stream: a path or a binary file object (stdin); with
     options.rebuild, a list of paths of EROFS images, stacked as overlayfs layers (the last on
@@ -65,7 +66,10 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
     The result's `report` says what the build did; `progress` (if given) follows it.
     `keep` (if given) is handed the build's tree of inodes instead of freeing it: a process
     about to exit can leave it unfreed (freeing ~120k objects one by one, for 60k files,
-    takes ~40 ms)."""
+    takes ~40 ms).
+    `tally=False` leaves the report's per-type inode counts and per-algorithm data out (a
+    pass over every inode, for a caller that prints the summary at most): report.inodes then
+    holds the total only, report.data nothing."""
     # The build makes a few long-lived objects per file and no garbage cycles worth collecting:
     # the cyclic collector would only rescan them again and again (a third of the run time).
     # It comes back on only once _build has returned and its objects are freed: the first
@@ -73,14 +77,14 @@ def build(image: str | os.PathLike, source: str | os.PathLike | BinaryIO,
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _build(image, source, options, progress, keep)
+        return _build(image, source, options, progress, keep, tally)
     finally:
         if gc_was_enabled:
             gc.enable()
 
 
 def _build(image, source, options: BuildOptions | None,
-           progress: BuildProgress | None, keep: list | None) -> BuildResult:
+           progress: BuildProgress | None, keep: list | None, tally: bool) -> BuildResult:
     options = _checked(options or BuildOptions(), source)
     image = os.fspath(image)
     report = BuildReport(image=image, options=options_dict(options))       # report
@@ -117,7 +121,7 @@ def _build(image, source, options: BuildOptions | None,
                     increment.verify(sinks.out, options, build_time)
             with report.phase("finish", progress):
                 sinks.finish(result, lambda: _vmdk_extents(image, result, devices))
-            _fill_report(report, result, plan, sinks.pool)                     # report
+            _fill_report(report, result, plan, sinks.pool, tally)              # report
             if keep is not None:
                 keep.append(plan)
             if increment:
@@ -333,8 +337,9 @@ def _vmdk_extents(image: str, result: BuildResult, devices: DeviceTable
 
 
 def _fill_report(report: BuildReport, result: BuildResult, plan: Plan,
-                 pool: CompressionPool | None) -> None:
-    """What the build report takes from the finished layout (one pass over the inodes)."""
+                 pool: CompressionPool | None, tally: bool) -> None:
+    """What the build report takes from the finished layout (one pass over the inodes, if
+    `tally`)."""
     report.block_size, report.blocks = result.block_size, result.blocks
     report.metadata_blocks = result.metadata_blocks
     report.uuid = str(uuidlib.UUID(bytes=result.uuid))
@@ -346,7 +351,10 @@ def _fill_report(report: BuildReport, result: BuildResult, plan: Plan,
     if pool is not None:
         report.dedupe_bytes += pool.deduped[0]
         report.dedupe_blocks += pool.deduped[1]
-    tally_inodes(report, plan.inodes, result.block_size)
+    if tally:
+        tally_inodes(report, plan.inodes, result.block_size)
+    else:
+        report.inodes = {"total": len(plan.inodes)}
     result.report = report
 
 
@@ -518,21 +526,29 @@ def _plan_xattrs(plan: Plan, options: BuildOptions) -> XattrLayout:
     """Decide the shared xattrs over the whole tree and give every inode its xattr ibody."""
     layout = XattrLayout(options.xattr_options(), options.block_size)
     root = plan.root
+    # (most inodes have no xattrs: they only get their inode's size, isize inline)
+    compact, extended = fmt.EROFS_INODE_COMPACT_SIZE, fmt.EROFS_INODE_EXTENDED_SIZE
+    with_xattrs = []
+    for n in plan.inodes:
+        if n.xattrs or n is root:
+            with_xattrs.append(n)
+        else:
+            n.meta_size_before_inline = extended if n.extended else compact
     try:
         # mkfs.erofs counts an xattr once per path below the root: the links of a file, 1 for
         # a directory, 0 for the root itself
         handles = [layout.add(n.xattrs,
                               0 if n is root else 1 if n.ftype == fmt.EROFS_FT_DIR else n.nlink,
                               n.display_path() if n.xattrs else None)
-                   for n in plan.inodes]
+                   for n in with_xattrs]
         layout.finalize()
     except ValueError as err:
         raise BuildError(str(err)) from None
-    for node, handle in zip(plan.inodes, handles):
+    for node, handle in zip(with_xattrs, handles):
         if handle.items or node is root:
             node.set_xattr_ibody(layout.ibody(handle, is_root=node is root))
             node.xattrs = ()     # (shared, not a list an inode)
-        else:       # (most inodes: no xattrs, no ibody)
+        else:       # (xattrs the options leave out)
             node.meta_size_before_inline = node.isize
     return layout
 
@@ -910,7 +926,8 @@ def _write_contents(plan: Plan, nodes: list[TreeInode], data: DataArea, meta: Me
         return meta.view(node_pos(node, meta_base) + node.meta_size_before_inline,
                          node.flat.tail)
 
-    with FlatCopier(data, workers, tail_view) as copier:
+    # (FlatCopier leaves first: its copiers are done before their sources are closed)
+    with data.sources_kept_open(), FlatCopier(data, workers, tail_view) as copier:
         copier.start(copies)
         del copies
         # while the threads copy file data, this one lays out everything else

@@ -1,6 +1,7 @@
 """Stream file data into the image's data area: block-aligned, holes kept sparse, never whole in memory."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -17,6 +18,10 @@ _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _WRITTEN = InImageRef(0)        # what take_written leaves a file for its data (in the image)
 _RUN_BYTES = 4                  # FlatCopier's queue: the first file of a run, as 4 bytes
 _QUEUE_RUNS = 1024              # runs at most: their starts fit in a pipe's PIPE_BUF bytes
+
+
+def _where(node: TreeInode, path: bytes) -> str:
+    return f"{node.display_path()}: {os.fsdecode(path)}"
 
 
 def _changed(node: TreeInode, detail: str) -> BuildError:
@@ -40,6 +45,7 @@ class DataArea:
         self.dsunit = max(dsunit, 1)
         self._copy_file_range = hasattr(os, "copy_file_range")
         self._flats: dict[tuple[int, bool, bool], FlatData] = {}   # (see FlatData)
+        self._sources: dict[bytes, int] | None = None       # (see sources_kept_open)
 
     def allocate(self, nblocks: int) -> int:
         """nblocks more blocks, right after the last ones (the rest of a file, metadata)."""
@@ -243,22 +249,47 @@ class DataArea:
         if path is None:
             assert not node.size, "a file of zeros left flat"
             return
-        where = f"{node.display_path()}: {os.fsdecode(path)}"
         try:
+            src = self._open_source(path)
+            try:
+                self._copy_body(node, src, base)
+                got = os.preadv(src, [tail_view], base + node.size - tail) if tail else 0
+            finally:
+                if self._sources is None:
+                    os.close(src)
+        except OSError as err:
+            raise BuildError(f"{_where(node, path)}: {err.strerror}") from None
+        if got != tail:
+            raise BuildError(f"{_where(node, path)}: ends inside this file's data (changed "
+                             "during the build?)")
+
+    def _open_source(self, path: bytes) -> int:
+        """A descriptor of `path`, a file other files' bytes are ranges of: opened once while
+        sources_kept_open, else for this file only."""
+        sources = self._sources
+        if sources is None:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        src = sources.get(path)
+        if src is None:
             src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as err:
-            raise BuildError(f"{where}: {err.strerror}") from None
+            kept = sources.setdefault(path, src)     # (another thread may have opened it)
+            if kept != src:
+                os.close(src)
+                src = kept
+        return src
+
+    @contextlib.contextmanager
+    def sources_kept_open(self):
+        """Within: each file that regular files' bytes are ranges of (a tar or its spool, a
+        layer image) is opened once, not once a file (tens of thousands of opens and closes),
+        and closed on leaving.  A forked copier's own descriptors go when it exits."""
+        self._sources = {}
         try:
-            self._copy_body(node, src, base)
-            end = base + node.size
-            got = os.preadv(src, [tail_view], end - tail) if tail else 0
-            if got != tail:
-                raise BuildError(f"{where}: ends inside this file's data (changed during the "
-                                 "build?)")
-        except OSError as err:
-            raise BuildError(f"{where}: {err.strerror}") from None
+            yield
         finally:
-            os.close(src)
+            sources, self._sources = self._sources, None
+            for src in sources.values():
+                os.close(src)
 
     def write_flat_bytes(self, node: TreeInode, data: bytes) -> None:
         """Store in-memory content (a symlink target, a directory) in its reserved place."""

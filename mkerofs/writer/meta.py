@@ -108,47 +108,55 @@ def node_pos(node: TreeInode, meta_base: int = 0) -> int:
 def serialize_inode(node: TreeInode, ino: int, epoch: int) -> bytes:
     """The inode, its xattr ibody and inline bytes; `ino` is its number (Plan.inodes)."""
     ibody = node.xattr_ibody
-    mtime, nsec = divmod(node.mtime_ns, 1_000_000_000)
-    packed = fmt.pack_inode(node.extended, node.datalayout,
-                            fmt.xattr_icount(len(ibody)) if ibody else 0,
-                            node.mode, node.nlink, node.size, node.i_u, ino, node.uid, node.gid,
-                            mtime, nsec, epoch)
-    if ibody or node.inline:        # (most inodes have neither: no copies of the bytes)
-        return packed + ibody + node.inline
-    return packed
+    return fmt.pack_inode(node.extended, node.datalayout,
+                          fmt.xattr_icount(len(ibody)) if ibody else 0, node.mode, node.nlink,
+                          node.size, node.i_u, ino, node.uid, node.gid, node.mtime_ns,
+                          epoch) + ibody + node.inline
 
 
-# Inodes put in one piece at most (each put costs a call, a slice and a check; a run of
-# inodes with nothing between is common: no tails, no gaps)
-_RUN_MAX = 256
+# Inodes written between two counts towards letting go of the metadata pages (a count is a call)
+_COUNT_EVERY = 64
 
 
 def put_inodes(meta: "MetaImage", nodes: list[TreeInode], first_ino: int, epoch: int,
                meta_base: int = 0, skip: TreeInode | None = None) -> None:
-    """serialize_inode every node but `skip` into its place in `meta` (node i numbered
-    first_ino + i).  Inodes that follow one another with no byte between are joined and put
-    at once, which writes the same bytes as a put each."""
-    serialize = serialize_inode
-    put = meta.put
-    tail_start = meta.tail_start
-    run: list[bytes] = []
-    run_start = run_end = -1
+    """Write every node but `skip` (its inode, xattr ibody and inline bytes: what
+    serialize_inode gives) into its place in `meta`, node i numbered first_ino + i.
+    Each is packed straight into the metadata area: no bytes object an inode.  Only the
+    node's own bytes are written: a copier may be filling its tail meanwhile."""
+    pack_into = fmt.pack_inode_into
+    icount = fmt.xattr_icount
+    head, head_end = meta.head, len(meta.head)
+    tail, tail_start = meta.tail_view, meta.tail_start
+    written = meta.written
+    bits = fmt.EROFS_ISLOTBITS
+    counted = 0
     for ino, node in enumerate(nodes, first_ino):
         if node is skip:
             continue
-        pos = meta_base + (node.nid << fmt.EROFS_ISLOTBITS)
-        item = serialize(node, ino, epoch)
-        # (a run never spans the head and the tail area: put keeps them apart)
-        if pos != run_end or pos == tail_start or len(run) == _RUN_MAX:
-            if run:
-                put(run_start, b"".join(run), len(run))
-            run = [item]
-            run_start = pos
+        pos = meta_base + (node.nid << bits)
+        if pos < head_end:
+            buf = head
         else:
-            run.append(item)
-        run_end = pos + len(item)
-    if run:
-        put(run_start, b"".join(run), len(run))
+            assert pos >= tail_start, "metadata item straddles the data area"
+            buf = tail
+            pos -= tail_start
+            counted += 1
+            if counted == _COUNT_EVERY:
+                written(counted)
+                counted = 0
+        ibody = node.xattr_ibody
+        end = pack_into(buf, pos, node.extended, node.datalayout,
+                        icount(len(ibody)) if ibody else 0, node.mode, node.nlink, node.size,
+                        node.i_u, ino, node.uid, node.gid, node.mtime_ns, epoch)
+        if ibody:           # (most inodes have neither)
+            buf[end:end + len(ibody)] = ibody
+            end += len(ibody)
+        inline = node.inline
+        if inline:
+            buf[end:end + len(inline)] = inline
+    if counted:
+        written(counted)
 
 
 # Items written between two releases of the metadata pages a process holds (file-backed only):
@@ -210,35 +218,37 @@ class MetaImage:
         else:
             self._map, skip = _shared_zeros(length), 0
         self._head_view = memoryview(self.head)
-        self._tail_view = memoryview(self._map)[skip:skip + length]
+        self.tail_view = memoryview(self._map)[skip:skip + length]
         # (a shared file mapping: the bytes let go of are in the page cache, nothing is lost)
         drops = (functools.partial(self._map.madvise, mmap.MADV_DONTNEED),) if self.in_file else ()
-        self._written = PageBudget(_RELEASE_EVERY, *drops).spend
+        # written(n): n more items written in the tail area (its pages are let go of every
+        # _RELEASE_EVERY items)
+        self.written = PageBudget(_RELEASE_EVERY, *drops).spend
 
     def view(self, pos: int, length: int) -> memoryview:
         """A writable window on [pos, pos + length) of the image's metadata."""
         if pos + length <= len(self.head):
             return self._head_view[pos:pos + length]
         assert pos >= self.tail_start, "metadata item straddles the data area"
-        self._written()
+        self.written()
         rel = pos - self.tail_start
-        return self._tail_view[rel:rel + length]
+        return self.tail_view[rel:rel + length]
 
-    def put(self, pos: int, data: bytes, items: int = 1) -> None:
-        """Put `data` (`items` items, counted towards letting go of pages) at `pos`."""
+    def put(self, pos: int, data: bytes) -> None:
+        """Put `data` (an item, counted towards letting go of pages) at `pos`."""
         if pos + len(data) <= len(self.head):
             self.head[pos:pos + len(data)] = data
             return
         assert pos >= self.tail_start, "metadata item straddles the data area"
-        self._written(items)
+        self.written()
         rel = pos - self.tail_start
-        self._tail_view[rel:rel + len(data)] = data
+        self.tail_view[rel:rel + len(data)] = data
 
     def hash_into(self, digest) -> None:
         """Feed the head, then the tail area, to `digest` (a hashlib object), a chunk at a
         time (a file-backed tail is let go of as it is read)."""
         digest.update(self.head)
-        tail = self._tail_view
+        tail = self.tail_view
         for at in range(0, len(tail), _HASH_CHUNK):
             digest.update(tail[at:at + _HASH_CHUNK])
             if self.in_file:
@@ -249,8 +259,8 @@ class MetaImage:
         file already; the tail area is then closed."""
         if self.head:
             out.pwrite(self.head, 0)
-        if not self.in_file and len(self._tail_view):
-            out.pwrite(self._tail_view, self.tail_start)
-        self._tail_view.release()
+        if not self.in_file and len(self.tail_view):
+            out.pwrite(self.tail_view, self.tail_start)
+        self.tail_view.release()
         if isinstance(self._map, mmap.mmap):
             self._map.close()

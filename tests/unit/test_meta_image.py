@@ -80,7 +80,7 @@ def test_put_inodes_writes_what_a_put_each_writes(tmp_path, monkeypatch):
     # Runs of inodes back to back are put at once: across a head that ends where the tail
     # area starts, gaps (a tail's room), inline bytes and xattr ibodies, more than a run holds.
     from mkerofs.writer.plan import TreeInode
-    monkeypatch.setattr(meta, "_RUN_MAX", 5)
+    monkeypatch.setattr(meta, "_COUNT_EVERY", 5)
     monkeypatch.setattr(meta, "_RELEASE_EVERY", 7)
     nodes, pos = [], 4096 - 64            # (the first ends where the head does)
     for i in range(60):
