@@ -430,8 +430,14 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     elif _sort_none_applies(options) and written is None:
         order = {}
         offer = _noting_order(order)
-    reader = TarReader(stream, headerball=tree_options.headerball)
+    # a pipe or a decoder is read (and decoded) by a thread, ahead of the parsing; a plain tar
+    # file is not: it is read in place or its data passed over by seeking, and where it is
+    # read whole (--sort=none) the thread bought nothing (the buffer is copied anyway)
+    reader = TarReader(stream, headerball=tree_options.headerball,
+                       read_ahead=not stream.seekable)
+    inputs.callback(reader.close)
     root, _count = read_tar_tree(reader, tree_options, spool, on_file=offer)
+    reader.close()          # (before copiers are forked: no thread may run then)
     apply_walk_options(root, options)
     label = (reader.volume_label or b"")[:fmt.EROFS_SB_VOLUME_NAME_SIZE]
     index = TarIndex(indexed, reader.archive_end) if indexed is not None else None
