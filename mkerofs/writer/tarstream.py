@@ -70,7 +70,10 @@ Use (TarReader also takes a bare binary file object: then nothing is sniffed or 
                 ...
 Data the caller does not read is skipped (by seeking in a plain regular file) when the next
 entry is read. All offsets are positions in the uncompressed stream, relative to where reading
-started.
+started. ``TarReader(..., read_ahead=True)`` has a thread read (and so decode) the input up to
+2 MiB ahead of the parsing, never seeking; ``close()`` ends that thread. A decoder's failure is
+then reported at the start of the piece whose read failed, which may be up to 1 MiB before
+where a reader without it would report it (what the failing read decoded is lost either way).
 """
 from __future__ import annotations
 
