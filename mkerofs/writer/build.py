@@ -438,8 +438,15 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     elif _sort_none_applies(options) and written is None:
         order = {}
         offer = _noting_order(order)
-    reader = TarReader(stream, headerball=tree_options.headerball)
+    # a thread reads (and decodes: the decoders let go of the GIL) a compressed tar or a pipe
+    # ahead of the parsing; not a plain tar file (read in place, its data passed over by
+    # seeking, or for --sort=none read whole: no faster there), nor a pipe under --tar=i
+    # (its file data is only passed over: no faster either)
+    read_ahead = stream.kind != "tar" or (not stream.seekable and not tree_options.index)
+    reader = TarReader(stream, headerball=tree_options.headerball, read_ahead=read_ahead)
+    inputs.callback(reader.close)
     root, _count = read_tar_tree(reader, tree_options, spool, on_file=offer)
+    reader.close()          # (before copiers are forked: no thread may run then)
     apply_walk_options(root, options)
     label = (reader.volume_label or b"")[:fmt.EROFS_SB_VOLUME_NAME_SIZE]
     index = TarIndex(indexed, reader.archive_end) if indexed is not None else None

@@ -70,7 +70,10 @@ Use (TarReader also takes a bare binary file object: then nothing is sniffed or 
                 ...
 Data the caller does not read is skipped (by seeking in a plain regular file) when the next
 entry is read. All offsets are positions in the uncompressed stream, relative to where reading
-started.
+started. ``TarReader(..., read_ahead=True)`` has a thread read (and so decode) the input up to
+2 MiB ahead of the parsing, never seeking; ``close()`` ends that thread. A decoder's failure is
+then reported at the start of the piece whose read failed, which may be up to 1 MiB before
+where a reader without it would report it (what the failing read decoded is lost either way).
 """
 from __future__ import annotations
 
@@ -80,9 +83,11 @@ import functools
 import grp
 import os
 import pwd
+import queue
 import re
 import stat
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -98,6 +103,7 @@ _ZERO_BLOCK = bytes(BLOCK)
 _CHUNK = 1 << 20
 _MTIMES = 1 << 12          # mtimes shared at a time (TarReader._mtimes)
 _REFILL = 1 << 16          # header reads: a seek may follow, so read little
+_AHEAD = 2                 # pieces of _CHUNK bytes a read-ahead thread reads before they are used
 _MAX_META = 16 << 20            # PAX and long-name payloads are held in memory
 
 REG, HARDLINK, SYMLINK, CHR, BLK, DIR, FIFO = "reg", "hardlink", "symlink", "chr", "blk", "dir", "fifo"
@@ -531,18 +537,74 @@ def _parse_pax_records(payload: bytes, records: dict) -> None:
         pos += length
 
 
-class _Source:
-    """Buffered forward reading of the decompressed stream, tracking the offset."""
+class _ReadAhead:
+    """`raw.read(_CHUNK)` done in a thread, up to _AHEAD pieces ahead of the reader: the
+    system calls (and a decoder's work: zlib, lzma and zstd let go of the GIL) overlap with
+    the parsing.  `read()` gives the pieces in order, then b""; an exception the thread met
+    is raised there, as the read would have raised it.  `close()` stops the thread and waits
+    for it (it ends by itself after the input's end): it lets go after the read under way,
+    so a pipe that stays open and silent makes close() wait for it, as a read would."""
 
-    __slots__ = ("_raw", "_seekable", "_buf", "_pos", "_base", "_size")
-
-    def __init__(self, raw: BinaryIO, seekable: bool):
+    def __init__(self, raw: BinaryIO):
         self._raw = raw
+        self._queue: queue.Queue = queue.Queue(_AHEAD)
+        self._stop = False
+        self._ended = False         # the end (or an error) was given to the reader
+        self._thread = threading.Thread(target=self._run, name="mkerofs-tar-read", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        put, read = self._queue.put, self._raw.read
+        try:
+            while not self._stop:
+                data = read(_CHUNK)
+                put((data, None))
+                if not data:
+                    return
+        except BaseException as err:        # (raised by the reader, in its thread)
+            put((b"", err))
+
+    def read(self, _n: int = -1) -> bytes:
+        if self._ended:
+            return b""
+        data, err = self._queue.get()
+        if not data:
+            self._ended = True
+            self._thread.join()
+            if err is not None:
+                raise err
+        return data
+
+    def close(self) -> None:
+        self._stop = True
+        while self._thread.is_alive():
+            try:                    # (makes room for a put the thread waits in)
+                self._queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._ended = True
+
+
+class _Source:
+    """Buffered forward reading of the decompressed stream, tracking the offset.  With
+    `read_ahead` a thread reads the stream (_ReadAhead): nothing seeks then, and a read
+    gives the next piece whatever its size."""
+
+    __slots__ = ("_raw", "_seekable", "_buf", "_pos", "_base", "_size", "_ahead")
+
+    def __init__(self, raw: BinaryIO, seekable: bool, read_ahead: bool = False):
         self._buf = b""
         self._pos = 0           # index in _buf of the next byte
         self._base = 0          # stream offset of _buf[0]
-        self._seekable = seekable
-        self._size = os.fstat(raw.fileno()).st_size - raw.tell() if seekable else 0
+        self._ahead = _ReadAhead(raw) if read_ahead else None
+        self._raw = self._ahead or raw
+        self._seekable = seekable and not read_ahead
+        self._size = os.fstat(raw.fileno()).st_size - raw.tell() if self._seekable else 0
+
+    def close(self) -> None:
+        """Stop the read-ahead thread, if there is one."""
+        if self._ahead is not None:
+            self._ahead.close()
 
     @property
     def offset(self) -> int:
@@ -638,6 +700,11 @@ class _Source:
             data = self._read(min(n, _CHUNK))
             if not data:
                 raise EOFError
+            if len(data) > n:
+                # (a read-ahead piece that goes on past them: the rest is the buffer)
+                self._buf, self._pos = data, n
+                yield memoryview(data)[:n]
+                return
             self._base += len(data)
             n -= len(data)
             yield data
@@ -687,15 +754,17 @@ class TarReader:
     """Iterate a tar stream's entries (see the module docstring). After the iteration ends,
     `end_offset` is where the end-of-archive marker starts, `archive_end` where it ends (the
     archive as mkfs.erofs reads it: --tar=i's device size), and `trailing_bytes` /
-    `trailing_data` describe what followed it."""
+    `trailing_data` describe what followed it.  `read_ahead`: a thread reads the input ahead
+    of the parsing (and nothing seeks): for input read whole; `close()` ends it."""
 
     def __init__(self, source: TarInput | BinaryIO, *,
                  resolve_id: Callable[[str, str], int | None] = host_id,
-                 require_end_marker: bool = True, headerball: bool = False):
+                 require_end_marker: bool = True, headerball: bool = False,
+                 read_ahead: bool = False):
         if isinstance(source, TarInput):
-            self._src = _Source(source.stream, source.seekable)
+            self._src = _Source(source.stream, source.seekable, read_ahead)
         else:
-            self._src = _Source(source, False)
+            self._src = _Source(source, False, read_ahead)
         self._resolve_id = resolve_id
         self._require_end = require_end_marker
         self._headerball = headerball
@@ -735,6 +804,10 @@ class TarReader:
                     return
             self._current = entry
             yield entry
+
+    def close(self) -> None:
+        """End the read-ahead thread (a second call does nothing); the input is not closed."""
+        self._src.close()
 
     # -- data --------------------------------------------------------------------------------
 
