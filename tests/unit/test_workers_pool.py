@@ -21,6 +21,7 @@ from mkerofs.codecs.buffers import bytes_address
 from mkerofs.util import can_fork
 from mkerofs.writer import compress as z
 from mkerofs.writer import workers as zw
+from support.threads import settled
 
 DATA = b"mkerofs worker pool " * 1000        # compressible, more than a block
 
@@ -80,20 +81,10 @@ def test_batches_go_to_the_worker_that_is_free(tmp_path):
         timer.cancel()
 
 
-def _settled(seconds: float = 2.0) -> bool:
-    """Whether this process runs one thread only, waiting up to `seconds` for others to end."""
-    deadline = time.monotonic() + seconds
-    while threading.active_count() != 1:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 @pytest.mark.skipif("lz4" not in registry.available(), reason="liblz4 not available")
 @pytest.mark.parametrize("state", ["dead", "stopped"])
 def test_abort_ends_every_thread_whatever_the_workers_state(state):
-    if not (can_fork() or _settled()):
+    if not (settled() and can_fork()):
         pytest.skip("other threads run in the test process: no worker process may be forked")
     cfg = z.CompressConfig.from_options("lz4", 4096, 4096)
     pool = zw._ProcessPool(cfg, 2, None)
@@ -110,13 +101,11 @@ def test_abort_ends_every_thread_whatever_the_workers_state(state):
         aborting = threading.Thread(target=pool.abort, daemon=True)
         aborting.start()
         aborting.join(30)
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if aborting.is_alive():         # (then its workers are not reaped: their pids are theirs)
+            for proc in pool.procs:
+                proc.kill()
     assert not aborting.is_alive(), "abort hangs"
-    assert _settled(), f"threads left running: {threading.enumerate()}"
+    assert settled(), f"threads left running: {threading.enumerate()}"
     assert all(not proc.is_alive() for proc in pool.procs)
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 import mkerofs.writer.data
 from mkerofs import BuildError, BuildOptions, build
+from support.threads import settled
 
 
 def _tree(src: Path) -> Path:
@@ -86,21 +86,10 @@ def _exit_in_a_child(test_pid: int) -> None:
     os._exit(9)
 
 
-def _settled(seconds: float = 2.0) -> bool:
-    """Whether this process runs one thread only, waiting up to `seconds` for others (of an
-    earlier test) to end."""
-    deadline = time.monotonic() + seconds
-    while threading.active_count() != 1:
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def _skip_unless_builds_fork(what: str) -> None:
     if not hasattr(os, "fork"):
         pytest.skip("no fork on this platform")
-    if not _settled():
+    if not settled():
         pytest.skip(f"other threads run in the test process: {what} in threads, "
                     f"not forked processes")
 
@@ -165,7 +154,7 @@ def test_build_after_a_worker_died_forks_its_copiers(tmp_path, monkeypatch):
     process copies files in forked processes again, not in threads.  Every worker dies, with
     more batches waiting for them than the pipe to them holds."""
     _kill_compression_workers(tmp_path / "failed", monkeypatch, more=2000)
-    assert _settled(), f"threads left running: {threading.enumerate()}"
+    assert settled(), f"threads left running: {threading.enumerate()}"
     forked = _spy_forks(monkeypatch)
     image = tmp_path / "next.erofs"
     build(image, tmp_path / "failed" / "src", BuildOptions(workers=2))
