@@ -18,9 +18,11 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import pickle
 import queue
 import signal
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -317,19 +319,105 @@ def _worker_main(cfg: CompressConfig, out, index: int, own, shared, results) -> 
 _IDLE_POLL = 0.02
 
 
-def _next_task(own, shared) -> tuple:
+def _next_task(own: _TaskQueue, shared: _TaskQueue) -> tuple:
     """The next message of a worker: its own queue first (writes free memory, and the held
     bytes are only its own to write), else a batch from the queue all workers take from, so
     that none idles while another has batches waiting."""
     while True:
+        msg = own.get(0)
+        if msg is None:
+            msg = shared.get(_IDLE_POLL)
+        if msg is not None:
+            return msg
+
+
+class _TaskQueue:
+    """Messages from this process to its worker processes.  put() never waits: a thread of
+    this process writes them into the pipe as the workers read it (as multiprocessing.Queue
+    does), and end() always ends that thread: a build that failed must leave no thread
+    running, or every later one in the process would copy files in threads instead of forked
+    processes (util.can_fork).  multiprocessing.Queue cannot promise that: its thread, blocked
+    writing into a full pipe that no worker reads any more, waits for ever."""
+
+    def __init__(self, ctx):
+        self.reader, self.writer = ctx.Pipe(duplex=False)
+        self.reading = ctx.Lock()           # workers sharing the queue each take whole messages
+        self.pending: deque = deque()
+        self.ready = threading.Condition(threading.Lock())
+        self.feeder: threading.Thread | None = None
+
+    def put(self, msg) -> None:
+        data = pickle.dumps(msg)
+        with self.ready:
+            self.pending.append(data)
+            self.ready.notify()
+        if self.feeder is None:
+            self.feeder = threading.Thread(target=self._feed, name="mkerofs-task-feeder",
+                                           daemon=True)
+            self.feeder.start()
+
+    def _feed(self) -> None:
+        pending, ready, send = self.pending, self.ready, self.writer.send_bytes
+        while True:
+            with ready:
+                while not pending:
+                    ready.wait()
+                data = pending.popleft()
+            if data is None:
+                return
+            try:
+                send(data)
+            except OSError:         # nothing reads the pipe any more
+                return
+
+    def get(self, timeout: float):
+        """In a worker: the next message, None if none came within `timeout` seconds."""
+        if not self.reading.acquire(timeout=timeout):
+            return None
         try:
-            return own.get_nowait()
-        except queue.Empty:
-            pass
-        try:
-            return shared.get(timeout=_IDLE_POLL)
-        except queue.Empty:
-            pass
+            if not self.reader.poll(timeout):
+                return None
+            return pickle.loads(self.reader.recv_bytes())
+        finally:
+            self.reading.release()
+
+    def end(self, timeout: float = 5.0) -> bool:
+        """Drop what is not written yet (the workers stopped or are gone), end the thread and
+        close the pipe; whether the thread ended.  A write blocked on a full pipe is let
+        through by reading the pipe here: its readers may be dead, or stopped, or may have
+        died holding `reading` (never taken here for that reason: the bytes are thrown away)."""
+        with self.ready:
+            self.pending.clear()
+            self.pending.append(None)
+            self.ready.notify()
+        feeder, fd = self.feeder, self.reader.fileno()
+        if feeder is not None:
+            deadline = time.monotonic() + timeout
+            while True:
+                feeder.join(0.01)
+                if not feeder.is_alive():
+                    break
+                if time.monotonic() > deadline:
+                    return False        # (its pipe stays open: the thread may still use it)
+                while self.reader.poll(0):
+                    os.read(fd, 1 << 16)
+        self.writer.close()
+        self.reader.close()
+        return True
+
+
+def _stop_processes(procs: list, wait: float = 1.0) -> None:
+    """End worker processes, whatever their state: SIGTERM waits while a process is
+    stopped, SIGKILL does not.  Bounded: one that cannot be ended (stuck in the kernel) is
+    left behind (it is a daemon process) rather than waited for."""
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join(wait)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(wait)
 
 
 class _ProcessPool:
@@ -341,8 +429,8 @@ class _ProcessPool:
         import multiprocessing      # loaded only when files are compressed in processes
         ctx = multiprocessing.get_context("fork")
         self.results = ctx.Queue()
-        self.shared = ctx.Queue()
-        self.tasks = [ctx.Queue() for _ in range(workers)]
+        self.shared = _TaskQueue(ctx)
+        self.tasks = [_TaskQueue(ctx) for _ in range(workers)]
         self.procs = [ctx.Process(target=_worker_main,
                                   args=(cfg, out, i, q, self.shared, self.results),
                                   daemon=True, name=f"mkerofs-worker-{i}")
@@ -409,25 +497,18 @@ class _ProcessPool:
         for proc in self.procs:
             proc.join()
         self._close_queues()
-        for q in self.tasks + [self.shared]:
-            q.join_thread()         # its feeder thread: none may be left when forking again
 
     def abort(self) -> None:
         if self.finished:
             return
-        for proc in self.procs:
-            if proc.is_alive():
-                proc.terminate()
-        for proc in self.procs:
-            proc.join()
-        for q in self.tasks + [self.shared]:
-            q.cancel_join_thread()
+        _stop_processes(self.procs)
         self._close_queues()
 
     def _close_queues(self) -> None:
         self.finished = True
-        for q in self.tasks + [self.shared, self.results]:
-            q.close()
+        for q in self.tasks + [self.shared]:
+            q.end()
+        self.results.close()        # (read only here: this process has no thread of it)
 
 
 class _LocalPool:

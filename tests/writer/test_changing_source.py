@@ -3,12 +3,14 @@ path named and leave nothing behind, never write an inode whose size disagrees w
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
 import mkerofs.writer.data
 from mkerofs import BuildError, BuildOptions, build
+from support.threads import settled
 
 
 def _tree(src: Path) -> Path:
@@ -84,20 +86,46 @@ def _exit_in_a_child(test_pid: int) -> None:
     os._exit(9)
 
 
-def test_compression_worker_dying_is_a_clean_error(tmp_path, monkeypatch):
+def _skip_unless_builds_fork(what: str) -> None:
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    if not settled():
+        pytest.skip(f"other threads run in the test process: {what} in threads, "
+                    f"not forked processes")
+
+
+def _spy_forks(monkeypatch) -> list:
+    """The number of files of each FlatCopier that copies in forked processes."""
+    forked = []
+    real_fork = mkerofs.writer.data.FlatCopier._fork
+
+    def fork(self, copies):
+        forked.append(len(copies))
+        return real_fork(self, copies)
+
+    monkeypatch.setattr(mkerofs.writer.data.FlatCopier, "_fork", fork)
+    return forked
+
+
+def _kill_compression_workers(tmp_path, monkeypatch, more: int = 0) -> None:
+    """A compressed build whose worker process compressing the victim dies; with `more`
+    files, every worker dies (all of them are victims), leaving batches unread in the pipe."""
     import mkerofs.writer.workers as workers
 
-    if not workers.can_fork():
-        pytest.skip("other threads run in the test process: the build would use threads, "
-                    "not worker processes")
-    victim = _tree(tmp_path / "src")
+    _skip_unless_builds_fork("files would be compressed")
+    tmp_path.mkdir(exist_ok=True)
+    victims = {os.fsencode(_tree(tmp_path / "src"))}
+    for i in range(more):
+        path = tmp_path / "src" / f"more-{i:05}"
+        path.write_bytes(b"m" * 5000)
+        victims.add(os.fsencode(path))
     image = tmp_path / "out.erofs"
     real_read = workers.FileRange.__call__
     test_pid = os.getpid()
     pools = []
 
     def read(self, offset, length, last):
-        if self.path == os.fsencode(victim):
+        if self.path in victims:
             _exit_in_a_child(test_pid)
         return real_read(self, offset, length, last)
 
@@ -110,27 +138,36 @@ def test_compression_worker_dying_is_a_clean_error(tmp_path, monkeypatch):
     monkeypatch.setattr(workers, "_ProcessPool", SpiedPool)
     with pytest.raises(Exception) as err:
         build(image, tmp_path / "src", BuildOptions(workers=2, compressor="lz4"))
+    monkeypatch.undo()
     assert len(pools) == 1, "the build did not use worker processes"
     assert err.type is BuildError and "worker process died" in str(err.value)
     assert not image.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_compression_worker_dying_is_a_clean_error(tmp_path, monkeypatch):
+    _kill_compression_workers(tmp_path, monkeypatch)
+
+
+def test_build_after_a_worker_died_forks_its_copiers(tmp_path, monkeypatch):
+    """A failed build leaves no thread running (none of the pool's), so the next build in the
+    process copies files in forked processes again, not in threads.  Every worker dies, with
+    more batches waiting for them than the pipe to them holds."""
+    _kill_compression_workers(tmp_path / "failed", monkeypatch, more=2000)
+    assert settled(), f"threads left running: {threading.enumerate()}"
+    forked = _spy_forks(monkeypatch)
+    image = tmp_path / "next.erofs"
+    build(image, tmp_path / "failed" / "src", BuildOptions(workers=2))
+    assert forked, "the next build copied files in threads"
+    assert image.stat().st_size > 0
+
+
 def test_copying_process_dying_is_a_clean_error(tmp_path, monkeypatch):
-    if not mkerofs.writer.data.can_fork():
-        pytest.skip("other threads run in the test process: files would be copied in threads, "
-                    "not forked processes")
+    _skip_unless_builds_fork("files would be copied")
     victim = _tree(tmp_path / "src")
     image = tmp_path / "out.erofs"
     test_pid = os.getpid()
-    forked = []
-    real_fork = mkerofs.writer.data.FlatCopier._fork
-
-    def fork(self, copies):
-        forked.append(len(copies))
-        return real_fork(self, copies)
-
-    monkeypatch.setattr(mkerofs.writer.data.FlatCopier, "_fork", fork)
+    forked = _spy_forks(monkeypatch)
     _before_copy(monkeypatch, victim, lambda p: _exit_in_a_child(test_pid))
     with pytest.raises(Exception) as err:
         build(image, tmp_path / "src", BuildOptions(workers=2))
