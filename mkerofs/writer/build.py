@@ -362,7 +362,7 @@ def _fill_report(report: BuildReport, result: BuildResult, plan: Plan,
 class _TarTree:
     """What _read_tar found: the tree, and where --sort=none puts the files' data."""
     root: TreeInode
-    order: dict[TreeInode, int] | None    # --sort=none, spooled: each regular file's place
+    order: dict[TreeInode, int] | None      # --sort=none, spooled: each regular file's place
                                             # in the stream
     label: bytes                        # a GNU volume header's name (b"": none)
     written: DataArea | None            # --sort=none from a stream: the data area the files
@@ -755,7 +755,7 @@ class _IncrementStep:
         inputs.callback(self.base.close)
         self.options = self.base.amend(options)
         self.merged = None                      # the incremental.Increment, once merged
-        self.upper: TreeInode | None = None   # --verify: the source tree, as it was
+        self.upper: TreeInode | None = None     # --verify: the source tree, as it was
 
     def output(self) -> Output:
         return self.base.output()
@@ -860,7 +860,7 @@ def _lay_out_increment(plan: Plan, options: BuildOptions, out: Output, xattrs: X
 @dataclass
 class _DataPlaced:
     """What _assign_data decided, for the metadata and the superblock."""
-    nodes: list[TreeInode]           # every inode with metadata: the tree's, then the
+    nodes: list[TreeInode]              # every inode with metadata: the tree's, then the
                                         # packed inode if there is one
     xattr_blkaddr: int                  # the shared xattr area (0: none)
     used: "_FeaturesUsed"               # compression features some inode ended up using

@@ -211,7 +211,7 @@ def one_chunk_layouts(blkszbits: int, indexes: bool) -> dict[int, ChunkLayout]:
 @dataclass
 class TarIndex:
     """--tar=i: what the tar told about where the files' bytes are."""
-    files: list[TreeInode]        # regular files in tar order, replaced ones too (only
+    files: list[TreeInode]          # regular files in tar order, replaced ones too (only
                                     # with a MAPFILE, whose blob they make; else empty)
     tar_bytes: int                  # the archive up to the end of its end-of-archive marker
 

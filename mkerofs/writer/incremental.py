@@ -515,7 +515,7 @@ class _BaseFold:
     def __init__(self, img: Image):
         self.img = img
         self.reparented: list[KeptDir] = []
-        self.unread: list[tuple[TreeInode, _Low]] = []    # rewritten, to read
+        self.unread: list[tuple[TreeInode, _Low]] = []      # rewritten, to read
         self.dirs: set[int] = set()             # the directory nids met
         self._budget = PageBudget(_DROP_EVERY, img.drop_pages)    # per directory listed
         self._last: tuple[int, tuple] = (-1, ())    # the nid and inode_fields last read

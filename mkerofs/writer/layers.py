@@ -101,7 +101,7 @@ class LayerTree:
     """A source tree read from an image, with where each regular file's bytes are."""
     root: TreeInode
     files: dict[TreeInode, LayerFile] = field(default_factory=dict)
-    nids: dict[TreeInode, int] = field(default_factory=dict)     # each inode's nid there
+    nids: dict[TreeInode, int] = field(default_factory=dict)       # each inode's nid there
 
 
 class Layer:

@@ -27,10 +27,10 @@ class WrittenInode:
 @dataclass
 class Plan:
     root: TreeInode
-    inodes: list[TreeInode]            # in the order their metadata is laid out; an inode's
+    inodes: list[TreeInode]               # in the order their metadata is laid out; an inode's
                                           # number is its place here, from 1
     epoch: int                            # superblock build time; compact inodes count from it
-    data_order: list[TreeInode] | None = None    # where flat data goes, if not in that order
+    data_order: list[TreeInode] | None = None       # where flat data goes, if not in that order
     first_ino: int = 1                    # the first inode's number (--incremental: after the base's)
 
 

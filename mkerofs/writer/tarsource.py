@@ -96,11 +96,11 @@ class _Tree:
                                 opts.build_time * 10**9, entries=[])
         self.root.parent = self.root
         self.children: dict[TreeInode, dict[bytes, TreeInode]] = {self.root: {}}
-        self.whiteouts: set[TreeInode] = set()        # made from .wh. names
+        self.whiteouts: set[TreeInode] = set()          # made from .wh. names
         # directories already walked to, by normalised path (entries come grouped by directory):
         # valid while no directory leaves the tree, so _forget empties it
         self.dirs: dict[bytes, TreeInode] = {b"": self.root}
-        self.with_whiteouts: set[TreeInode] = set()   # directories that got one
+        self.with_whiteouts: set[TreeInode] = set()     # directories that got one
 
     # -- resolving paths ------------------------------------------------------------------
 

@@ -140,14 +140,14 @@ class TreeInode:
     mtime_ns: int                             # may be negative: divmod by 10**9 gives (s, ns)
     rdev: int = 0                             # device files: st_rdev
     nlink: int = 0                            # links found inside the tree
-    entries: list[tuple[bytes, "TreeInode"]] | None = None   # directories: (name, child)
-    parent: "TreeInode | None" = None       # directories: the parent directory
+    entries: list[tuple[bytes, "TreeInode"]] | None = None     # directories: (name, child)
+    parent: "TreeInode | None" = None         # directories: the parent directory
     target: bytes | None = None               # symlinks
     # (a tuple, shared, when the inode has none: a list an inode would be 56 bytes; nothing
     # changes an inode's xattrs in place, they are replaced)
     xattrs: list[tuple[bytes, bytes]] | tuple = ()
     data: DataRef | LayerRef | FileRef | IndexedRef | None = None  # regular files not read from `path`
-    found_in: "TreeInode | None" = field(default=None, repr=False)    # (see `path`)
+    found_in: "TreeInode | None" = field(default=None, repr=False)      # (see `path`)
     # -- set by plan_inodes
     ftype: int = 0                            # EROFS_FT_*; 0: not planned yet
     extended: bool = False
