@@ -14,6 +14,10 @@ from .plan import TreeInode
 from .walk import FlatData, InImageRef
 
 _ZERO_CHUNK = bytes(1 << 20)
+# FlatData kept for sharing (DataArea._flat): every tail of a 4 KiB block, with and without
+# `rewritten`/`written` (a smaller bound made files with tails above it, most of them, one
+# FlatData each again: ~56 bytes a file); the cache itself is ~100 bytes an entry at most.
+_FLATS_KEPT = 1 << 14
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _WRITTEN = InImageRef(0)        # what take_written leaves a file for its data (in the image)
 _RUN_BYTES = 4                  # FlatCopier's queue: the first file of a run, as 4 bytes
@@ -155,25 +159,28 @@ class DataArea:
         if size == tail:                # no blocks (most small files): the shared place
             node.datalayout = fmt.EROFS_INODE_FLAT_INLINE if tail else fmt.EROFS_INODE_FLAT_PLAIN
             node.i_u = fmt.EROFS_NULL_ADDR_32
-            node.inline_len = tail
-            node.flat = self._flat(tail, rewritten)
-            return node.flat
+            return self._set_flat(node, tail, rewritten)
         nblocks = fmt.round_up(size - tail, self.block_size) // self.block_size
         # (directories are metadata to mkfs.erofs: never aligned to dsunit)
         start = self.allocate(nblocks) if node.ftype == fmt.EROFS_FT_DIR else \
             self.allocate_file(nblocks)
         node.datalayout = fmt.EROFS_INODE_FLAT_INLINE if tail else fmt.EROFS_INODE_FLAT_PLAIN
         node.i_u = start
-        node.inline_len = tail
-        node.flat = self._flat(tail, rewritten)
-        return node.flat
+        return self._set_flat(node, tail, rewritten)
+
+    def _set_flat(self, node: TreeInode, tail: int, rewritten: bool) -> FlatData:
+        # (inline_len is the shared FlatData's own int: a tail above 256 is a new int object
+        # a file otherwise, ~32 bytes)
+        flat = node.flat = self._flat(tail, rewritten)
+        node.inline_len = flat.tail
+        return flat
 
     def _flat(self, tail: int, rewritten: bool = False, written: bool = False) -> FlatData:
         """The FlatData of these fields, shared with the other inodes that have them."""
         key = (tail, rewritten, written)
         flat = self._flats.get(key)
         if flat is None:
-            if len(self._flats) > 1024:
+            if len(self._flats) > _FLATS_KEPT:
                 self._flats.clear()
             flat = self._flats[key] = FlatData(tail, rewritten, written)
         return flat
