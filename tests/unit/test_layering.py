@@ -109,6 +109,8 @@ LATE_IMPORTS_BY_DESIGN = {
         "click.shell_completion: only a run asked by a shell to complete a word loads it",
     ("cli/mkfs.py", "mkerofs.writer.build"):
         "the pipeline: --help, -V and usage errors end before a build and never load it",
+    ("writer/workers.py", "concurrent.futures"):
+        "compression on threads, only where forking is not safe (it brings logging too)",
     ("writer/decompress.py", "gzip"):
         "the tar decoders: only a compressed tar loads its own (a plain tar none of them)",
     ("writer/decompress.py", "lzma"):

@@ -83,6 +83,9 @@ def test_a_compressed_build_does_load_what_it_needs(tree, tmp_path):
     loaded = modules_of_a_build(["-T0", "--quiet", "-zlz4", "--report",
                                  str(tmp_path / "r.json"), str(tmp_path / "img"), str(tree)])
     assert {"mkerofs.writer.compress", "mkerofs.ondisk.index"} <= loaded
+    # forked workers (or one in this process): no thread pool, so no concurrent.futures and
+    # the logging it brings
+    assert not loaded & {"concurrent.futures", "logging"}
     report = json.loads((tmp_path / "r.json").read_text())
     assert set(report["data"]["algorithms"]) == {"lz4", "none"}       # hello.txt, b
 
