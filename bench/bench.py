@@ -37,8 +37,8 @@ each tool's peak RSS divided by the tree's inodes.
 mkerofs is timed as a user installs it: a virtual environment made once in --workdir (python -m
 venv with this Python, then `pip install` of the project, not editable, its dependencies from the
 package registry), whose `mkerofs` console script runs each build.  Its directory is named after
-a hash of mkerofs/ and pyproject.toml (and of this Python), so a change to the sources makes a new
-one (the old ones are removed).  No sandbox .pth of the base Python, no editable-install finder
+a hash of mkerofs/, pyproject.toml and README.md (the package's long description) and of this
+Python, so a change to the sources makes a new one (the old ones are removed).  No sandbox .pth of the base Python, no editable-install finder
 and no PYTHONPATH reach that build.  If the environment cannot be made (no network, no venv
 module), the script says so and runs `python -m mkerofs` from this repository instead, as
 --mkerofs can also ask for any command line.
