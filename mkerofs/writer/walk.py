@@ -72,6 +72,43 @@ class LayerRef(_SlimRef):
         self.offset, self.layer = offset, layer
 
 
+class OffsetRef(int):
+    """A DataRef that is its own `offset`: an int, its other fields class attributes, one
+    subclass per source (offset_refs).  48 bytes a file where a slotted ref and its offset
+    are 80 (a tar's files, --sort=none's, --tar=i's).  Never false, even at offset 0: a ref
+    stands for "bytes elsewhere"; nothing compares or hashes refs."""
+    __slots__ = ()
+    path: bytes | None = None
+    in_image = False
+    indexed = False
+    layer: object | None = None
+
+    @property
+    def offset(self) -> int:
+        return int(self)        # (a plain int: it may be pickled for the compression workers)
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r}, {int(self)})"
+
+
+_OFFSET_REFS: dict[tuple[bytes, bool], type[OffsetRef]] = {}
+
+
+def offset_refs(path: bytes, indexed: bool = False) -> type[OffsetRef]:
+    """The OffsetRef class of runs of `path` (FileRef's; IndexedRef's with `indexed`): its
+    instances are made from the offset alone, `cls(offset)`.  One class per path, kept."""
+    key = (path, indexed)
+    cls = _OFFSET_REFS.get(key)
+    if cls is None:
+        name = "IndexedOffsetRef" if indexed else "FileOffsetRef"
+        cls = _OFFSET_REFS[key] = type(name, (OffsetRef,),
+                                       {"__slots__": (), "path": path, "indexed": indexed})
+    return cls
+
+
 class FileRef(_SlimRef):
     """The commonest DataRef: a file whose bytes are one run of another file (`path`, shared
     by many), read in place from `offset`: the tar itself, a spool file, or, rebuild
@@ -92,14 +129,11 @@ class IndexedRef(_SlimRef):
         self.path, self.offset = path, offset
 
 
-class InImageRef(_SlimRef):
+class InImageRef(OffsetRef):
     """--sort=none from a stream's DataRef: the bytes are in the image already, `offset`
-    bytes into it (40 bytes a file, a DataRef's 72)."""
-    __slots__ = ("offset",)
+    bytes into it (48 bytes a file with its offset, a DataRef's 72 and the offset's 32)."""
+    __slots__ = ()
     in_image = True
-
-    def __init__(self, offset: int):
-        self.offset = offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +180,8 @@ class TreeInode:
     # (a tuple, shared, when the inode has none: a list an inode would be 56 bytes; nothing
     # changes an inode's xattrs in place, they are replaced)
     xattrs: list[tuple[bytes, bytes]] | tuple = ()
-    data: DataRef | LayerRef | FileRef | IndexedRef | None = None  # regular files not read from `path`
+    data: DataRef | LayerRef | FileRef | IndexedRef | OffsetRef | None = None  # regular files
+                                              # not read from `path`
     found_in: "TreeInode | None" = field(default=None, repr=False)      # (see `path`)
     # -- set by plan_inodes
     ftype: int = 0                            # EROFS_FT_*; 0: not planned yet
