@@ -95,6 +95,7 @@ class OffsetRef(int):
 
 
 _OFFSET_REFS: dict[tuple[bytes, bool], type[OffsetRef]] = {}
+_OFFSET_REFS_KEPT = 64          # (a process may make many builds, each its own spool file)
 
 
 def offset_refs(path: bytes, indexed: bool = False) -> type[OffsetRef]:
@@ -103,6 +104,8 @@ def offset_refs(path: bytes, indexed: bool = False) -> type[OffsetRef]:
     key = (path, indexed)
     cls = _OFFSET_REFS.get(key)
     if cls is None:
+        if len(_OFFSET_REFS) >= _OFFSET_REFS_KEPT:
+            _OFFSET_REFS.clear()        # (refs made keep their class)
         name = "IndexedOffsetRef" if indexed else "FileOffsetRef"
         cls = _OFFSET_REFS[key] = type(name, (OffsetRef,),
                                        {"__slots__": (), "path": path, "indexed": indexed})
@@ -249,7 +252,7 @@ class TreeInode:
     @property
     def path(self) -> bytes:
         found_in = self.parent
-        if found_in is None or self.mode & _S_IFMT == _S_IFDIR:
+        if found_in is None or self.mode & 0o170000 == 0o040000:   # (S_IFMT, S_IFDIR)
             return self.where
         # (found_in is a directory whose path does not end with "/": never found_in one)
         return found_in.where + b"/" + self.where
