@@ -144,8 +144,15 @@ class _Tree:
         head, _slash, name = entry.path.rpartition(b"/")
         directory = self.dirs.get(head)
         if directory is None:
-            directory = self.dirs[head] = self.walk_to(entry, head)
+            directory = self.remember(head, self.walk_to(entry, head))
         return directory, name
+
+    def remember(self, head: bytes, directory: TreeInode) -> TreeInode:
+        """Note `directory` as the one at normalised path `head`: keyed by its own path where
+        that is `head` (one bytes object a directory kept, not two: ~90 bytes)."""
+        where = directory.where
+        self.dirs[where if where == head else head] = directory
+        return directory
 
     def walk_to(self, entry: TarEntry, head: bytes) -> TreeInode:
         """The directory at normalised path `head` (not the root), made where missing: one
@@ -246,6 +253,7 @@ class _Tree:
     def finish(self) -> tuple[TreeInode, int]:
         """Sorted entries, nlink, parents, whiteout handling; (root, distinct inodes).  Once:
         the directories' dicts are used up."""
+        self.dirs.clear()               # (let go before the entries are made)
         strip = self.opts.ovlfs_strip
         for directory in self.with_whiteouts:
             if strip:
@@ -306,7 +314,7 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
             head, _slash, name = path.rpartition(b"/")
             parent = dirs.get(head)
             if parent is None:
-                parent = dirs[head] = tree.walk_to(entry, head)
+                parent = tree.remember(head, tree.walk_to(entry, head))
         kind = entry.kind
         if not name:
             if kind != DIR:
