@@ -220,34 +220,24 @@ class TreeInode:
                  parent: "TreeInode | None" = None, target: bytes | None = None,
                  xattrs: list[tuple[bytes, bytes]] | tuple = (),
                  data: DataRef | LayerRef | FileRef | IndexedRef | OffsetRef | None = None,
-                 found_in: "TreeInode | None" = None, *, ftype: int = 0,
+                 found_in: "TreeInode | None" = None, ftype: int = 0,
                  extended: bool = False, meta_size_before_inline: int = 0,
                  datalayout: int = _FLAT_PLAIN, i_u: int = 0, inline_len: int = 0,
                  inline: bytes = b"", inline_tail: int = 0, flat: FlatData | None = None,
                  nid: int = -1):
-        # (the planned fields by keyword, as dataclasses.replace gives them)
-        self.where = where
-        self.mode = mode
-        self.uid = uid
-        self.gid = gid
-        self.size = size
-        self.mtime_ns = mtime_ns
-        self.nlink = nlink
-        self.entries = entries
+        # (the planned fields after the source's, as dataclasses.replace gives them by name;
+        # not keyword-only, whose defaults cost a dict lookup each, every inode)
+        # (in threes: what CPython assigns without making a tuple)
+        self.where, self.mode, self.uid = where, mode, uid
+        self.gid, self.size, self.mtime_ns = gid, size, mtime_ns
+        self.nlink, self.entries, self.target = nlink, entries, target
         self.parent = parent if found_in is None else found_in
-        self.target = target
-        self.xattrs = xattrs
-        self.data = data
-        self.ftype = ftype
-        self.extended = extended
+        self.xattrs, self.data, self.ftype = xattrs, data, ftype
+        self.extended, self.datalayout, self.nid = extended, datalayout, nid
         self.meta_size_before_inline = meta_size_before_inline
-        self.datalayout = datalayout
         self.i_u = rdev or i_u
-        self.inline_len = inline_len
-        self.inline = inline
-        self.inline_tail = inline_tail
+        self.inline_len, self.inline, self.inline_tail = inline_len, inline, inline_tail
         self.flat = flat
-        self.nid = nid
 
     @property
     def path(self) -> bytes:
