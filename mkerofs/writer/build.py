@@ -553,8 +553,7 @@ def _plan_xattrs(plan: Plan, options: BuildOptions) -> XattrLayout:
         raise BuildError(str(err)) from None
     for node, handle in zip(with_xattrs, handles):
         if handle.items or node is root:
-            node.set_xattr_ibody(layout.ibody(handle, is_root=node is root))
-            node.xattrs = ()     # (shared, not a list an inode)
+            node.set_xattr_ibody(layout.ibody(handle, is_root=node is root))   # (xattrs let go)
         else:       # (xattrs the options leave out)
             node.meta_size_before_inline = node.isize
     return layout

@@ -27,7 +27,7 @@ from ..ondisk import format as fmt
 from ..util import pwrite_all
 from .data import DataArea
 from .tarstream import TarEntry, TarReader
-from .walk import DataRef, FileRef, InImageRef
+from .walk import DataRef, InImageRef, OffsetRef, offset_refs
 
 _BUFFER = 1 << 20
 _SPARSE_ALIGN = 1 << 16         # a multiple of any file system's block size a spool lives on
@@ -40,6 +40,8 @@ class Spool:
     def __init__(self, directory: str | bytes | None = None):
         self._directory = directory
         self.path: bytes | None = None
+        self._refs: type[OffsetRef] | None = None   # (walk.offset_refs of path: 48 bytes a
+                                                    # file, a FileRef and its offset 80)
         self._fd = -1
         self._end = 0               # where the next file's data goes
         self._size = 0              # bytes of the file as far as written (holes after it excluded)
@@ -51,7 +53,7 @@ class Spool:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def store(self, reader: TarReader, entry: TarEntry) -> DataRef:
+    def store(self, reader: TarReader, entry: TarEntry) -> OffsetRef:
         """Copy the data of `entry` (the entry `reader` yielded last) into the spool."""
         if self._fd < 0:
             self._open()
@@ -67,9 +69,9 @@ class Spool:
                 self._end = start + fmt.round_up(entry.size, _SPARSE_ALIGN)
             for offset, piece in reader.chunks(entry):
                 self._gather.write(start + offset, piece)
-        return FileRef(self.path, start)
+        return self._refs(start)
 
-    def store_pieces(self, pieces: Iterable[bytes]) -> DataRef:
+    def store_pieces(self, pieces: Iterable[bytes]) -> OffsetRef:
         """Copy a file given as consecutive pieces (a file of a source image, decoded as
         read) into the spool."""
         if self._fd < 0:
@@ -79,7 +81,7 @@ class Spool:
             self._gather.write(pos, piece)
             pos += len(piece)
         self._end = pos
-        return FileRef(self.path, start)
+        return self._refs(start)
 
     def flush(self) -> None:
         """Make every byte stored so far readable through `path` (by other processes too)."""
@@ -120,6 +122,7 @@ class Spool:
             raise BuildError(f"cannot create the spool file for the tar's data in "
                              f"{os.fsdecode(directory)} (TMPDIR): {err.strerror or err}") from None
         self._fd, self.path = fd, path
+        self._refs = offset_refs(path)
 
     def _pwrite(self, data: bytes, offset: int) -> None:
         try:

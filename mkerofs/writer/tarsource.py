@@ -51,7 +51,7 @@ from typing import Callable
 from ..ondisk.format import EROFS_NAME_LEN
 from .spool import ImageSpool, Spool
 from .tarstream import BLK, CHR, DIR, HARDLINK, REG, SYMLINK, TarEntry, TarError, TarReader
-from .walk import DataRef, FileRef, IndexedRef, TreeInode, link_children
+from .walk import DataRef, OffsetRef, TreeInode, link_children, offset_refs
 
 _OPAQUE = b"trusted.overlay.opaque"
 _ORIGIN = b"trusted.overlay.origin"
@@ -144,8 +144,15 @@ class _Tree:
         head, _slash, name = entry.path.rpartition(b"/")
         directory = self.dirs.get(head)
         if directory is None:
-            directory = self.dirs[head] = self.walk_to(entry, head)
+            directory = self.remember(head, self.walk_to(entry, head))
         return directory, name
+
+    def remember(self, head: bytes, directory: TreeInode) -> TreeInode:
+        """Note `directory` as the one at normalised path `head`: keyed by its own path where
+        that is `head` (one bytes object a directory kept, not two: ~90 bytes)."""
+        where = directory.where
+        self.dirs[where if where == head else head] = directory
+        return directory
 
     def walk_to(self, entry: TarEntry, head: bytes) -> TreeInode:
         """The directory at normalised path `head` (not the root), made where missing: one
@@ -246,6 +253,7 @@ class _Tree:
     def finish(self) -> tuple[TreeInode, int]:
         """Sorted entries, nlink, parents, whiteout handling; (root, distinct inodes).  Once:
         the directories' dicts are used up."""
+        self.dirs.clear()               # (let go before the entries are made)
         strip = self.opts.ovlfs_strip
         for directory in self.with_whiteouts:
             if strip:
@@ -291,8 +299,9 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
     replace it (the inode is then not in the tree, unless a hard link keeps it)."""
     tree = _Tree(opts)
     children, dirs, aufs, root = tree.children, tree.dirs, opts.aufs, tree.root
-    # --tar=i: where a plain file's bytes are (_file_data's common case inline)
-    indexed_path = (opts.tar_path or b"") if opts.index and not opts.headerball else None
+    # the DataRef class of a plain file's bytes read in place or left in the tar (--tar=i),
+    # if they are (_file_data's common case inline)
+    in_tar = _in_tar_refs(opts)
     for entry in reader:
         path = entry.path
         written = entry.name
@@ -305,7 +314,7 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
             head, _slash, name = path.rpartition(b"/")
             parent = dirs.get(head)
             if parent is None:
-                parent = dirs[head] = tree.walk_to(entry, head)
+                parent = tree.remember(head, tree.walk_to(entry, head))
         kind = entry.kind
         if not name:
             if kind != DIR:
@@ -340,8 +349,8 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
             elif path == parent.where + b"/" + name:
                 where, found_in = name, parent
         if kind == REG:
-            if indexed_path is not None and entry.size and entry.sparse is None:
-                data = IndexedRef(indexed_path, entry.data_offset)
+            if in_tar is not None and entry.size and entry.sparse is None:
+                data = in_tar(entry.data_offset)
             else:
                 data = _file_data(reader, entry, opts, spool)
             # (the most common entry)
@@ -388,15 +397,25 @@ def _hard_link(tree: _Tree, parent: TreeInode, name: bytes, entry: TarEntry) -> 
         tree.replace(parent, name, target)
 
 
+def _in_tar_refs(opts: TarTreeOptions) -> type[OffsetRef] | None:
+    """The DataRef class of the files whose bytes are one range of the tar, referenced there
+    (--tar=i: the stream's, b"" for one that is not a file; else a tar file read in place),
+    or None if they are copied (or absent: a headerball)."""
+    if opts.headerball:
+        return None
+    if opts.index:
+        return offset_refs(opts.tar_path or b"", indexed=True)
+    return offset_refs(opts.tar_path) if opts.tar_path is not None else None
+
+
 def _file_data(reader: TarReader, entry: TarEntry, opts: TarTreeOptions,
-               spool: Spool | ImageSpool) -> DataRef:
+               spool: Spool | ImageSpool) -> DataRef | OffsetRef:
     if opts.headerball or not entry.size:
         return _NO_DATA
     if entry.sparse is not None:
         # (--tar=i too: the file's bytes are not one range of the tar, so the image holds them)
         return spool.store(reader, entry)
-    if opts.index:
-        return IndexedRef(opts.tar_path or b"", entry.data_offset)
-    if opts.tar_path is not None:
-        return FileRef(opts.tar_path, entry.data_offset)
+    in_tar = _in_tar_refs(opts)
+    if in_tar is not None:
+        return in_tar(entry.data_offset)
     return spool.store(reader, entry)

@@ -72,6 +72,46 @@ class LayerRef(_SlimRef):
         self.offset, self.layer = offset, layer
 
 
+class OffsetRef(int):
+    """A DataRef that is its own `offset`: an int, its other fields class attributes, one
+    subclass per source (offset_refs).  48 bytes a file where a slotted ref and its offset
+    are 80 (a tar's files, --sort=none's, --tar=i's).  Never false, even at offset 0: a ref
+    stands for "bytes elsewhere"; nothing compares or hashes refs."""
+    __slots__ = ()
+    path: bytes | None = None
+    in_image = False
+    indexed = False
+    layer: object | None = None
+
+    @property
+    def offset(self) -> int:
+        return int(self)        # (a plain int: it may be pickled for the compression workers)
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.path!r}, {int(self)})"
+
+
+_OFFSET_REFS: dict[tuple[bytes, bool], type[OffsetRef]] = {}
+_OFFSET_REFS_KEPT = 64          # (a process may make many builds, each its own spool file)
+
+
+def offset_refs(path: bytes, indexed: bool = False) -> type[OffsetRef]:
+    """The OffsetRef class of runs of `path` (FileRef's; IndexedRef's with `indexed`): its
+    instances are made from the offset alone, `cls(offset)`.  One class per path, kept."""
+    key = (path, indexed)
+    cls = _OFFSET_REFS.get(key)
+    if cls is None:
+        if len(_OFFSET_REFS) >= _OFFSET_REFS_KEPT:
+            _OFFSET_REFS.clear()        # (refs made keep their class)
+        name = "IndexedOffsetRef" if indexed else "FileOffsetRef"
+        cls = _OFFSET_REFS[key] = type(name, (OffsetRef,),
+                                       {"__slots__": (), "path": path, "indexed": indexed})
+    return cls
+
+
 class FileRef(_SlimRef):
     """The commonest DataRef: a file whose bytes are one run of another file (`path`, shared
     by many), read in place from `offset`: the tar itself, a spool file, or, rebuild
@@ -92,14 +132,11 @@ class IndexedRef(_SlimRef):
         self.path, self.offset = path, offset
 
 
-class InImageRef(_SlimRef):
+class InImageRef(OffsetRef):
     """--sort=none from a stream's DataRef: the bytes are in the image already, `offset`
-    bytes into it (40 bytes a file, a DataRef's 72)."""
-    __slots__ = ("offset",)
+    bytes into it (48 bytes a file with its offset, a DataRef's 72 and the offset's 32)."""
+    __slots__ = ()
     in_image = True
-
-    def __init__(self, offset: int):
-        self.offset = offset
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +150,14 @@ class FlatData:
     written: bool = False           # the body is in the image already (walk.DataRef.in_image)
 
 
+_S_IFMT = fmt.S_IFMT
+_S_IFDIR, _S_IFCHR, _S_IFBLK = stat.S_IFDIR, stat.S_IFCHR, stat.S_IFBLK
+_FLAT_PLAIN = fmt.EROFS_INODE_FLAT_PLAIN
 _COMPRESSED_LAYOUTS = frozenset({fmt.EROFS_INODE_COMPRESSED_FULL,
                                  fmt.EROFS_INODE_COMPRESSED_COMPACT})
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False, slots=True, init=False)
 class TreeInode:
     """One inode: made by the source side (the walk, a tar, layers, an increment) with the
     stat fields an image needs, then planned in place by plan.plan_inodes, which gives it its
@@ -129,50 +169,103 @@ class TreeInode:
     (after -T, clamping, --ignore-mtime), and sets ftype (0 until planned); what reads the
     source's values after planning (--verify's TarSource) takes them before.
 
-    `path` is the first path it was found under (for reads and messages); a walked file keeps
-    only its name and the directory it was found in (`found_in`), whose entries hold that
-    name already, and makes the path when asked (a whole path a file is ~140 bytes)."""
+    `path` is the first path it was found under (for reads and messages); a file walked or
+    read from a tar keeps only its name and the directory it was found in (`found_in`), whose
+    entries hold that name already, and makes the path when asked (a whole path a file is
+    ~140 bytes).
+
+    Fields of one kind of inode share a slot with another kind's (8 bytes an inode each, for
+    60,000 inodes 0.5 MiB): a non-directory's `found_in` is its `parent` slot, a directory's
+    `dir_shape` its `target` slot, a device's `rdev` (before planning) its `i_u`, which
+    planning turns into the on-disk device number; and the xattrs, once encoded, their
+    `xattr_ibody` (set_xattr_ibody).  The constructor takes them by their names
+    (`dataclasses.replace` copies them too)."""
     where: bytes                              # its path, or with found_in its name there
     mode: int                                 # st_mode: file type and permissions
     uid: int
     gid: int
     size: int                                 # st_size: a regular file's bytes, a symlink's target's
     mtime_ns: int                             # may be negative: divmod by 10**9 gives (s, ns)
-    rdev: int = 0                             # device files: st_rdev
-    nlink: int = 0                            # links found inside the tree
-    entries: list[tuple[bytes, "TreeInode"]] | None = None     # directories: (name, child)
-    parent: "TreeInode | None" = None         # directories: the parent directory
-    target: bytes | None = None               # symlinks
+    nlink: int                                # links found inside the tree
+    entries: list[tuple[bytes, "TreeInode"]] | None     # directories: (name, child)
+    parent: "TreeInode | None"                # directories: the parent directory; other
+                                              # inodes: found_in (see `path`)
+    target: "bytes | DirShape | None"         # symlinks; directories: dir_shape
     # (a tuple, shared, when the inode has none: a list an inode would be 56 bytes; nothing
-    # changes an inode's xattrs in place, they are replaced)
-    xattrs: list[tuple[bytes, bytes]] | tuple = ()
-    data: DataRef | LayerRef | FileRef | IndexedRef | None = None  # regular files not read from `path`
-    found_in: "TreeInode | None" = field(default=None, repr=False)      # (see `path`)
+    # changes an inode's xattrs in place, they are replaced); bytes: the xattr ibody they
+    # became (set_xattr_ibody), which nothing reads as xattrs
+    xattrs: list[tuple[bytes, bytes]] | tuple | bytes
+    data: DataRef | LayerRef | FileRef | IndexedRef | OffsetRef | None  # regular files
+                                              # not read from `path`
     # -- set by plan_inodes
-    ftype: int = 0                            # EROFS_FT_*; 0: not planned yet
-    extended: bool = False
-    xattr_ibody: bytes = b""
-    meta_size_before_inline: int = 0    # inode + xattr ibody: where inline data starts
-    dir_shape: DirShape | None = field(default=None, repr=False)
+    ftype: int                      # EROFS_FT_*; 0: not planned yet
+    extended: bool
+    meta_size_before_inline: int    # inode + xattr ibody: where inline data starts
     # -- filled while laying out data and metadata
-    datalayout: int = fmt.EROFS_INODE_FLAT_PLAIN
-    i_u: int = 0                    # as the inode's union: the device number of a device file
-    inline_len: int = 0             # bytes reserved after inode + xattrs: a tail, or indexes
-    inline: bytes = field(default=b"", repr=False)
+    datalayout: int
+    i_u: int                        # as the inode's union: the device number of a device
+                                    # file (before planning its st_rdev: `rdev`)
+    inline_len: int                 # bytes reserved after inode + xattrs: a tail, or indexes
+    inline: bytes = field(repr=False)
                                     # those bytes, when built in memory (a regular file's tail is
                                     # read straight into the metadata image instead)
-    inline_tail: int = 0            # bytes at the end of `inline` that must stay within one
+    inline_tail: int                # bytes at the end of `inline` that must stay within one
                                     # block: an inline compressed pcluster
-    flat: FlatData | None = None    # a flat layout's place, once reserved
-    nid: int = -1
+    flat: FlatData | None           # a flat layout's place, once reserved
+    nid: int
+
+    def __init__(self, where: bytes, mode: int, uid: int, gid: int, size: int, mtime_ns: int,
+                 rdev: int = 0, nlink: int = 0,
+                 entries: list[tuple[bytes, "TreeInode"]] | None = None,
+                 parent: "TreeInode | None" = None, target: bytes | None = None,
+                 xattrs: list[tuple[bytes, bytes]] | tuple = (),
+                 data: DataRef | LayerRef | FileRef | IndexedRef | OffsetRef | None = None,
+                 found_in: "TreeInode | None" = None, ftype: int = 0,
+                 extended: bool = False, meta_size_before_inline: int = 0,
+                 datalayout: int = _FLAT_PLAIN, i_u: int = 0, inline_len: int = 0,
+                 inline: bytes = b"", inline_tail: int = 0, flat: FlatData | None = None,
+                 nid: int = -1):
+        # (the planned fields after the source's, as dataclasses.replace gives them by name;
+        # not keyword-only, whose defaults cost a dict lookup each, every inode)
+        # (in threes: what CPython assigns without making a tuple)
+        self.where, self.mode, self.uid = where, mode, uid
+        self.gid, self.size, self.mtime_ns = gid, size, mtime_ns
+        self.nlink, self.entries, self.target = nlink, entries, target
+        self.parent = parent if found_in is None else found_in
+        self.xattrs, self.data, self.ftype = xattrs, data, ftype
+        self.extended, self.datalayout, self.nid = extended, datalayout, nid
+        self.meta_size_before_inline = meta_size_before_inline
+        self.i_u = rdev or i_u
+        self.inline_len, self.inline, self.inline_tail = inline_len, inline, inline_tail
+        self.flat = flat
 
     @property
     def path(self) -> bytes:
-        found_in = self.found_in
-        if found_in is None:
+        found_in = self.parent
+        if found_in is None or self.mode & 0o170000 == 0o040000:   # (S_IFMT, S_IFDIR)
             return self.where
         # (found_in is a directory whose path does not end with "/": never found_in one)
         return found_in.where + b"/" + self.where
+
+    @property
+    def found_in(self) -> "TreeInode | None":
+        """A non-directory named `where` in this directory (`path`), if so."""
+        return None if self.mode & _S_IFMT == _S_IFDIR else self.parent
+
+    @property
+    def rdev(self) -> int:
+        """A device file's st_rdev (until planning encodes it), 0 for other inodes."""
+        kind = self.mode & _S_IFMT
+        return self.i_u if kind == _S_IFCHR or kind == _S_IFBLK else 0
+
+    @property
+    def dir_shape(self) -> DirShape | None:
+        """A directory's entries as planned (plan.plan_inodes), until they are written."""
+        return self.target
+
+    @dir_shape.setter
+    def dir_shape(self, shape: DirShape | None) -> None:
+        self.target = shape
 
     @classmethod
     def of_stat(cls, path: bytes, st: os.stat_result, **fields) -> "TreeInode":
@@ -203,8 +296,15 @@ class TreeInode:
     def chunk_based(self) -> bool:
         return self.datalayout == fmt.EROFS_INODE_CHUNK_BASED
 
+    @property
+    def xattr_ibody(self) -> bytes:
+        """The inode's xattrs as its ibody holds them (b"": none), once planned."""
+        body = self.xattrs
+        return body if type(body) is bytes else b""
+
     def set_xattr_ibody(self, ibody: bytes) -> None:
-        self.xattr_ibody = ibody
+        """Put the encoded xattrs in place of the xattrs (b"" if there are none)."""
+        self.xattrs = ibody if ibody else ()
         self.meta_size_before_inline = self.isize + len(ibody)
 
     def display_path(self) -> str:
@@ -293,7 +393,6 @@ class XattrReader:
         return selinux.with_label(xattrs, label)
 
 
-_S_IFMT = fmt.S_IFMT
 _S_IFREG = stat.S_IFREG
 _NO_XATTR_ERRNOS = (errno.ENOTSUP, errno.ENODATA)   # as util.read_xattrs: no xattrs
 
