@@ -16,21 +16,33 @@ buffer; `flush()` makes everything stored so far readable through the path.
 `--sort=none` (without compression, with -Enoinline_data, as mkfs.erofs honours it) needs no
 spool: the files keep the tar's order in the image, so `ImageSpool` writes each one straight to
 its blocks in the image's data area as the stream passes, and nothing lands in ``$TMPDIR``.
+From a plain tar file on stdin (``< layer.tar``) the bytes need not pass through Python at all:
+a `TarCopier` process copies each file's range of the tar to its blocks (copy_file_range) on
+another core while the headers are read.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import signal
 import tempfile
+from array import array
 from typing import Iterable
 
 from ..errors import BuildError
 from ..ondisk import format as fmt
-from ..util import pwrite_all
-from .data import DataArea
+from ..util import can_fork, pwrite_all
+from .data import DataArea, fork_copier
+from .output import Output
 from .tarstream import TarEntry, TarReader
 from .walk import DataRef, FileRef, InImageRef
 
 _BUFFER = 1 << 20
+_RANGES_BATCH = 2048            # TarCopier: files a write to its pipe (48 KiB)
+_PIPE_SIZE = 1 << 20            # ... and the pipe's room: the parser seldom waits for the copy
+# copy_file_range refused for these files (another file system on old kernels, ...)
+_NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)
 _SPARSE_ALIGN = 1 << 16         # a multiple of any file system's block size a spool lives on
 
 
@@ -143,8 +155,9 @@ class ImageSpool:
     is the rest of a file's last block.  The blocks of an entry that a later one replaces stay
     in the image, unreferenced, as with mkfs.erofs."""
 
-    def __init__(self, data: DataArea):
+    def __init__(self, data: DataArea, copier: TarCopier | None = None):
         self.data = data
+        self.copier = copier        # (it copies the files' bytes: the reader passes them over)
         self._gather = _Gather(data.out.pwrite)
         self._zero_block = memoryview(bytes(data.block_size))   # (its slices copy nothing)
 
@@ -153,6 +166,9 @@ class ImageSpool:
         bs = self.data.block_size
         size = entry.size
         start = self.data.allocate_file(-(-size // bs)) * bs
+        if self.copier is not None and entry.sparse is None:
+            self.copier.add(entry.data_offset, start, size)
+            return InImageRef(start)
         data = reader.small_data(entry)
         if data is not None:
             # (most files: one piece, all of the file, then the rest of its last block)
@@ -185,6 +201,137 @@ class ImageSpool:
             self._gather.write(pos, bytes(n))
             pos += n
             length -= n
+
+
+class TarCopier:
+    """--sort=none from a plain tar file on stdin into a new image file: a forked process
+    copies each file's bytes from the tar (`src`, its byte 0 at `base`) to their blocks
+    (copy_file_range: page cache to page cache, never through Python), on another core while
+    the parser goes on; `add` queues a file, `finish` waits for the copy and raises what
+    failed, `close` (on every way out) stops it if it still runs.  The rest of a file's last
+    block is left alone: the image file is new, so it reads as zeros.
+
+    A process, not a thread: the copy is a system call a file, and a thread would wait for
+    the GIL the parser holds after each one."""
+
+    def __init__(self, src: int, base: int, out: Output):
+        self._src, self._base, self._out = src, base, out
+        self._ranges = array("q")           # (tar offset, image offset, length) a file
+        self._pid = -1
+        self._put = self._errors = -1
+        self._in_kernel = True              # (copy_file_range works between these files)
+
+    @staticmethod
+    def suits(stream, out: Output) -> bool:
+        """Whether the copy can be forked here (no thread runs) for a new image file."""
+        return not out.is_device and hasattr(os, "copy_file_range") and can_fork() \
+            and hasattr(stream, "fileno")
+
+    def start(self) -> None:
+        take, put = os.pipe()
+        errors, report = os.pipe()
+        try:
+            fcntl.fcntl(put, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        except OSError:
+            pass                    # (a smaller pipe: the parser waits a little more)
+        try:
+            pid = fork_copier(lambda: self._copy_all(take), report, put, errors)
+        except BaseException:
+            for fd in (take, put, errors, report):
+                os.close(fd)
+            raise
+        os.close(take)
+        os.close(report)
+        self._pid, self._put, self._errors = pid, put, errors
+
+    def add(self, src_pos: int, dst_pos: int, length: int) -> None:
+        ranges = self._ranges
+        ranges.append(src_pos)
+        ranges.append(dst_pos)
+        ranges.append(length)
+        if len(ranges) >= 3 * _RANGES_BATCH:
+            self._send()
+
+    def finish(self) -> None:
+        """Wait until every file queued is in the image (BuildError if the copy failed)."""
+        if self._pid < 0:
+            return
+        self._send()
+        os.close(self._put)
+        self._put = -1
+        self._wait()
+
+    def close(self) -> None:
+        """Stop the copy if it still runs (a build that failed)."""
+        if self._pid < 0:
+            return
+        os.kill(self._pid, signal.SIGKILL)
+        if self._put >= 0:
+            os.close(self._put)
+            self._put = -1
+        try:
+            self._wait()
+        except BuildError:
+            pass
+
+    # -- inside ---------------------------------------------------------------------------
+
+    def _send(self) -> None:
+        view = memoryview(self._ranges).cast("B")
+        try:
+            while view:
+                view = view[os.write(self._put, view):]
+        except BrokenPipeError:
+            pass                    # (the copy failed: finish says why)
+        del view
+        del self._ranges[:]
+
+    def _wait(self) -> None:
+        pid, self._pid = self._pid, -1
+        with os.fdopen(self._errors, "rb") as pipe:
+            self._errors = -1
+            reports = pipe.read().decode(errors="replace").splitlines()
+        _pid, status = os.waitpid(pid, 0)
+        if reports:
+            raise BuildError(reports[0])
+        if status:
+            raise BuildError("the process copying the files' data died (exit code "
+                             f"{os.waitstatus_to_exitcode(status)})")
+
+    def _copy_all(self, take: int) -> None:
+        """In the child: copy the ranges read from `take` until its write end is closed."""
+        with os.fdopen(take, "rb") as pipe:
+            while batch := pipe.read(24 * _RANGES_BATCH):
+                ranges = array("q")
+                ranges.frombytes(batch)
+                each = iter(ranges)
+                for src_pos, dst_pos, length in zip(each, each, each):
+                    self._copy(src_pos, dst_pos, length)
+
+    def _copy(self, src_pos: int, dst_pos: int, length: int) -> None:
+        out = self._out
+        src_pos += self._base
+        while length:
+            done = 0
+            if self._in_kernel:
+                try:
+                    done = os.copy_file_range(self._src, out.fd, length, src_pos,
+                                              dst_pos + out.offset)
+                except OSError as err:
+                    if err.errno not in _NO_COPY_RANGE:
+                        raise BuildError(f"{out.path}: {err.strerror or err}") from None
+                    self._in_kernel = False     # (not between these files: through memory)
+                    continue
+            else:
+                chunk = os.pread(self._src, min(length, _BUFFER), src_pos)
+                out.pwrite(chunk, dst_pos)
+                done = len(chunk)
+            if not done:
+                raise BuildError("the tar file ends inside a file's data (changed during "
+                                 "the build?)")
+            src_pos += done
+            dst_pos += done
+            length -= done
 
 
 class _Gather:
