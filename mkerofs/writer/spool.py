@@ -18,17 +18,19 @@ spool: the files keep the tar's order in the image, so `ImageSpool` writes each 
 its blocks in the image's data area as the stream passes, and nothing lands in ``$TMPDIR``.
 From a plain tar file on stdin (``< layer.tar``) the bytes need not pass through Python at all:
 a `TarCopier` process copies each file's range of the tar to its blocks (copy_file_range) on
-another core while the headers are read.
+another core while the headers are read.  From a pipe, the bytes gathered go through shared
+memory to a forked process that writes them (`_ForkedGather`), on another core as well.
 """
 from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import signal
 import tempfile
 from array import array
-from typing import Iterable
+from typing import BinaryIO, Callable, Iterable
 
 from ..errors import BuildError
 from ..ondisk import format as fmt
@@ -41,6 +43,8 @@ from .walk import DataRef, FileRef, InImageRef
 _BUFFER = 1 << 20
 _RANGES_BATCH = 2048            # TarCopier: files a write to its pipe (48 KiB)
 _PIPE_SIZE = 1 << 20            # ... and the pipe's room: the parser seldom waits for the copy
+_SLOTS, _SLOT = 4, 256 << 10    # _ForkedGather's shared memory: as much as _Gather's buffer
+_WRITE = array("q", [0, 0, 0]).itemsize * 3     # ... a write it asks for: slot, length, offset
 # copy_file_range refused for these files (another file system on old kernels, ...)
 _NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)
 _SPARSE_ALIGN = 1 << 16         # a multiple of any file system's block size a spool lives on
@@ -158,7 +162,10 @@ class ImageSpool:
     def __init__(self, data: DataArea, copier: TarCopier | None = None):
         self.data = data
         self.copier = copier        # (it copies the files' bytes: the reader passes them over)
-        self._gather = _Gather(data.out.pwrite)
+        # (a process writes what the parser gathers, if one can be forked: not with a copier,
+        # which leaves only sparse files to write here)
+        self._gather = _ForkedGather(data.out) if copier is None and can_fork() else \
+            _Gather(data.out.pwrite)
         self._zero_block = memoryview(bytes(data.block_size))   # (its slices copy nothing)
 
     def store(self, reader: TarReader, entry: TarEntry) -> DataRef:
@@ -195,6 +202,19 @@ class ImageSpool:
         """Write out what is still gathered."""
         self._gather.flush()
 
+    def finish(self) -> None:
+        """Wait until every file stored is in the image (BuildError if a write failed)."""
+        self._gather.flush()
+        for helper in (self.copier, self._gather):
+            if isinstance(helper, (TarCopier, _ForkedGather)):
+                helper.finish()
+
+    def close(self) -> None:
+        """Stop the processes writing, if they still run (a build that failed)."""
+        for helper in (self.copier, self._gather):
+            if isinstance(helper, (TarCopier, _ForkedGather)):
+                helper.close()
+
     def _zeros(self, pos: int, length: int) -> None:
         while length > 0:
             n = min(length, _BUFFER)
@@ -203,39 +223,31 @@ class ImageSpool:
             length -= n
 
 
-class TarCopier:
-    """--sort=none from a plain tar file on stdin into a new image file: a forked process
-    copies each file's bytes from the tar (`src`, its byte 0 at `base`) to their blocks
-    (copy_file_range: page cache to page cache, never through Python), on another core while
-    the parser goes on; `add` queues a file, `finish` waits for the copy and raises what
-    failed, `close` (on every way out) stops it if it still runs.  The rest of a file's last
-    block is left alone: the image file is new, so it reads as zeros.
+class _Forked:
+    """A forked process that serves requests sent through a pipe (`_put`) until the pipe's
+    write end is closed (`finish` then waits for it and raises what it reported), or is
+    stopped (`close`, on every way out: a second call does nothing)."""
 
-    A process, not a thread: the copy is a system call a file, and a thread would wait for
-    the GIL the parser holds after each one."""
-
-    def __init__(self, src: int, base: int, out: Output):
-        self._src, self._base, self._out = src, base, out
-        self._ranges = array("q")           # (tar offset, image offset, length) a file
+    def __init__(self):
         self._pid = -1
         self._put = self._errors = -1
-        self._in_kernel = True              # (copy_file_range works between these files)
 
-    @staticmethod
-    def suits(stream, out: Output) -> bool:
-        """Whether the copy can be forked here (no thread runs) for a new image file."""
-        return not out.is_device and hasattr(os, "copy_file_range") and can_fork() \
-            and hasattr(stream, "fileno")
-
-    def start(self) -> None:
+    def _start(self, serve: Callable[[BinaryIO], object], *parent_only: int) -> None:
+        """Fork the process: serve(pipe of the requests); `parent_only`: descriptors the
+        child closes."""
         take, put = os.pipe()
         errors, report = os.pipe()
         try:
             fcntl.fcntl(put, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         except OSError:
             pass                    # (a smaller pipe: the parser waits a little more)
+
+        def work():
+            with os.fdopen(take, "rb") as requests:
+                serve(requests)
+
         try:
-            pid = fork_copier(lambda: self._copy_all(take), report, put, errors)
+            pid = fork_copier(work, report, put, errors, *parent_only)
         except BaseException:
             for fd in (take, put, errors, report):
                 os.close(fd)
@@ -244,25 +256,24 @@ class TarCopier:
         os.close(report)
         self._pid, self._put, self._errors = pid, put, errors
 
-    def add(self, src_pos: int, dst_pos: int, length: int) -> None:
-        ranges = self._ranges
-        ranges.append(src_pos)
-        ranges.append(dst_pos)
-        ranges.append(length)
-        if len(ranges) >= 3 * _RANGES_BATCH:
-            self._send()
+    def _send(self, request) -> None:
+        view = memoryview(request).cast("B")
+        try:
+            while view:
+                view = view[os.write(self._put, view):]
+        except BrokenPipeError:
+            pass                    # (the process failed: finish says why)
+        del view
 
     def finish(self) -> None:
-        """Wait until every file queued is in the image (BuildError if the copy failed)."""
+        """Wait until every request is served (BuildError if one failed)."""
         if self._pid < 0:
             return
-        self._send()
         os.close(self._put)
         self._put = -1
         self._wait()
 
     def close(self) -> None:
-        """Stop the copy if it still runs (a build that failed)."""
         if self._pid < 0:
             return
         os.kill(self._pid, signal.SIGKILL)
@@ -274,18 +285,6 @@ class TarCopier:
         except BuildError:
             pass
 
-    # -- inside ---------------------------------------------------------------------------
-
-    def _send(self) -> None:
-        view = memoryview(self._ranges).cast("B")
-        try:
-            while view:
-                view = view[os.write(self._put, view):]
-        except BrokenPipeError:
-            pass                    # (the copy failed: finish says why)
-        del view
-        del self._ranges[:]
-
     def _wait(self) -> None:
         pid, self._pid = self._pid, -1
         with os.fdopen(self._errors, "rb") as pipe:
@@ -295,18 +294,60 @@ class TarCopier:
         if reports:
             raise BuildError(reports[0])
         if status:
-            raise BuildError("the process copying the files' data died (exit code "
+            raise BuildError("the process writing the files' data died (exit code "
                              f"{os.waitstatus_to_exitcode(status)})")
 
-    def _copy_all(self, take: int) -> None:
-        """In the child: copy the ranges read from `take` until its write end is closed."""
-        with os.fdopen(take, "rb") as pipe:
-            while batch := pipe.read(24 * _RANGES_BATCH):
-                ranges = array("q")
-                ranges.frombytes(batch)
-                each = iter(ranges)
-                for src_pos, dst_pos, length in zip(each, each, each):
-                    self._copy(src_pos, dst_pos, length)
+
+class TarCopier(_Forked):
+    """--sort=none from a plain tar file on stdin into a new image file: a forked process
+    copies each file's bytes from the tar (`src`, its byte 0 at `base`) to their blocks
+    (copy_file_range: page cache to page cache, never through Python), on another core while
+    the parser goes on; `add` queues a file.  The rest of a file's last block is left alone:
+    the image file is new, so it reads as zeros.
+
+    A process, not a thread: the copy is a system call a file, and a thread would wait for
+    the GIL the parser holds after each one."""
+
+    def __init__(self, src: int, base: int, out: Output):
+        super().__init__()
+        self._src, self._base, self._out = src, base, out
+        self._ranges = array("q")           # (tar offset, image offset, length) a file
+        self._in_kernel = True              # (copy_file_range works between these files)
+
+    @staticmethod
+    def suits(stream, out: Output) -> bool:
+        """Whether the copy can be forked here (no thread runs) for a new image file."""
+        return not out.is_device and hasattr(os, "copy_file_range") and can_fork() \
+            and hasattr(stream, "fileno")
+
+    def start(self) -> None:
+        self._start(self._copy_all)
+
+    def add(self, src_pos: int, dst_pos: int, length: int) -> None:
+        ranges = self._ranges
+        ranges.append(src_pos)
+        ranges.append(dst_pos)
+        ranges.append(length)
+        if len(ranges) >= 3 * _RANGES_BATCH:
+            self._send_ranges()
+
+    def finish(self) -> None:
+        if self._pid >= 0:
+            self._send_ranges()
+        super().finish()
+
+    def _send_ranges(self) -> None:
+        self._send(self._ranges)
+        del self._ranges[:]
+
+    def _copy_all(self, requests: BinaryIO) -> None:
+        """In the child: copy the ranges requested until the parent's end is closed."""
+        while batch := requests.read(_WRITE * _RANGES_BATCH):
+            ranges = array("q")
+            ranges.frombytes(batch)
+            each = iter(ranges)
+            for src_pos, dst_pos, length in zip(each, each, each):
+                self._copy(src_pos, dst_pos, length)
 
     def _copy(self, src_pos: int, dst_pos: int, length: int) -> None:
         out = self._out
@@ -332,6 +373,91 @@ class TarCopier:
             src_pos += done
             dst_pos += done
             length -= done
+
+
+class _ForkedGather(_Forked):
+    """_Gather's writes (same calls), done by a forked process: the pieces are gathered into
+    one of _SLOTS slots of shared memory; a full one (or one that the next piece does not
+    follow) goes to the process, which writes it to `out` and hands it back (its number, one
+    byte, through the `_free` pipe), while the next slot fills.  The parser waits only when
+    every slot is still being written."""
+
+    def __init__(self, out: Output):
+        super().__init__()
+        self._out = out
+        self._mem = mmap.mmap(-1, _SLOTS * _SLOT)       # (shared with the child)
+        self._free_slots = list(range(_SLOTS - 1, -1, -1))
+        self._slot = self._free_slots.pop()
+        self._len = 0               # bytes gathered in the slot
+        self._at = 0                # offset of its first byte
+        self._free, self._freed = os.pipe()
+        try:
+            self._start(self._write_all, self._free)
+        except BaseException:
+            os.close(self._free)
+            raise
+        finally:
+            os.close(self._freed)       # (the child's end)
+
+    def write(self, offset: int, piece) -> None:
+        n = self._len
+        if n and self._at + n != offset:
+            self.flush()
+            n = 0
+        if not n:
+            self._at = offset
+        piece = memoryview(piece).cast("B")
+        mem, base = self._mem, self._slot * _SLOT
+        while piece:
+            take = min(_SLOT - n, len(piece))
+            mem[base + n:base + n + take] = piece[:take]
+            n += take
+            piece = piece[take:]
+            if n == _SLOT:
+                self._len = n
+                self.flush()
+                n, base = 0, self._slot * _SLOT
+        self._len = n
+
+    def flush(self) -> None:
+        n = self._len
+        if not n:
+            return
+        self._send(array("q", [self._slot, n, self._at]))
+        self._at += n
+        self._len = 0
+        if not self._free_slots:
+            freed = os.read(self._free, _SLOTS)
+            if not freed:           # (the process ended: finish says why)
+                self.finish()
+                raise BuildError("the process writing the files' data ended early")
+            self._free_slots.extend(freed)
+        self._slot = self._free_slots.pop()
+
+    def drop(self) -> None:
+        self._len = 0
+
+    def finish(self) -> None:
+        self.flush()
+        super().finish()
+        self._release()
+
+    def close(self) -> None:
+        super().close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._free >= 0:
+            os.close(self._free)
+            self._free = -1
+
+    def _write_all(self, requests: BinaryIO) -> None:
+        """In the child: write the slots requested, handing each back once written."""
+        mem, out, freed = memoryview(self._mem), self._out, self._freed
+        while request := requests.read(_WRITE):
+            slot, n, at = array("q", request)
+            out.pwrite(mem[slot * _SLOT:slot * _SLOT + n], at)
+            os.write(freed, bytes((slot,)))
 
 
 class _Gather:

@@ -1,7 +1,8 @@
 """--sort=none from a plain tar file on stdin (``mkerofs --tar=f --sort=none IMG < layer.tar``):
 the files' bytes are copied from the tar into the image by a forked process (spool.TarCopier),
 not read through the parser; the image is byte for byte the one the same tar gives through a
-pipe (read and written as it passes)."""
+pipe (read, and written as it passes by another forked process: spool._ForkedGather).  A
+write that fails in either process fails the build as any other."""
 from __future__ import annotations
 
 import errno
@@ -12,6 +13,7 @@ import tarfile
 
 import pytest
 
+from support.mounts import tmpfs_mount
 from support.run import assert_clean_failure, leftovers, mkerofs_command, mkerofs_env
 from support.tars import END, entry, oldgnu_sparse
 
@@ -133,3 +135,20 @@ def test_without_copy_file_range(tar_bytes, piped, tmp_path, monkeypatch):
     assert started, "the copy was not forked"
     assert refused.read_text() == "x", "copy_file_range tried again after EXDEV"
     assert image.read_bytes() == piped
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("stdin", ["file", "pipe"])
+def test_full_disk_fails_cleanly(stdin, tar_bytes, tmp_path):
+    tarball = tmp_path / "in.tar"
+    tarball.write_bytes(tar_bytes)
+    with tmpfs_mount("1m") as fs, open(tarball, "rb") as f:
+        image = fs / "img.erofs"
+        if stdin == "file":
+            r = _build(image, f, tmp_path)
+        else:
+            r = subprocess.run(mkerofs_command() + ARGS + [str(image)], input=tar_bytes,
+                               env=mkerofs_env(), capture_output=True)
+        r.stdout, r.stderr = r.stdout.decode(), r.stderr.decode()
+        assert_clean_failure(r, mentions_any=["no space left"], image=image)
+        assert leftovers(fs) == []
