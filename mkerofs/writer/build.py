@@ -433,7 +433,8 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
                            options.dsunit)
         copier = None
         if stream.kind == "tar" and stream.seekable and TarCopier.suits(stream.stream, out):
-            copier = TarCopier(stream.stream.fileno(), stream.stream.tell(), out)
+            copier = TarCopier(stream.stream.fileno(), stream.stream.tell(), out,
+                               options.block_size)
             inputs.callback(copier.close)
             copier.start()
         spool = writer = ImageSpool(written, copier)

@@ -27,10 +27,11 @@ import errno
 import fcntl
 import mmap
 import os
+import select
 import signal
 import tempfile
 from array import array
-from typing import BinaryIO, Callable, Iterable
+from typing import Callable, Iterable
 
 from ..errors import BuildError
 from ..ondisk import format as fmt
@@ -41,10 +42,14 @@ from .tarstream import TarEntry, TarReader
 from .walk import DataRef, FileRef, InImageRef
 
 _BUFFER = 1 << 20
-_RANGES_BATCH = 2048            # TarCopier: files a write to its pipe (48 KiB)
+# TarCopier: files a write to its pipe, (tar offset, image offset, length) each: at most
+# PIPE_BUF bytes, so that a write is atomic and a read of as many bytes takes one whole batch
+# (the parent takes batches too, once it has nothing else to do)
+_RANGE = array("q", [0, 0, 0]).itemsize * 3
+_RANGES_BATCH = select.PIPE_BUF // _RANGE
 _PIPE_SIZE = 1 << 20            # ... and the pipe's room: the parser seldom waits for the copy
 _SLOTS, _SLOT = 4, 256 << 10    # _ForkedGather's shared memory: as much as _Gather's buffer
-_WRITE = array("q", [0, 0, 0]).itemsize * 3     # ... a write it asks for: slot, length, offset
+_WRITE = _RANGE                 # ... a write it asks for: slot, length, offset
 # copy_file_range refused for these files (another file system on old kernels, ...)
 _NO_COPY_RANGE = (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)
 _SPARSE_ALIGN = 1 << 16         # a multiple of any file system's block size a spool lives on
@@ -231,10 +236,12 @@ class _Forked:
     def __init__(self):
         self._pid = -1
         self._put = self._errors = -1
+        self._take = -1             # the requests' read end, when the parent serves too
 
-    def _start(self, serve: Callable[[BinaryIO], object], *parent_only: int) -> None:
-        """Fork the process: serve(pipe of the requests); `parent_only`: descriptors the
-        child closes."""
+    def _start(self, serve: Callable[[int], object], *parent_only: int,
+               shared: bool = False) -> None:
+        """Fork the process: serve(read end of the requests' pipe); `parent_only`:
+        descriptors the child closes; `shared`: the parent keeps the read end (_take)."""
         take, put = os.pipe()
         errors, report = os.pipe()
         try:
@@ -242,17 +249,16 @@ class _Forked:
         except OSError:
             pass                    # (a smaller pipe: the parser waits a little more)
 
-        def work():
-            with os.fdopen(take, "rb") as requests:
-                serve(requests)
-
         try:
-            pid = fork_copier(work, report, put, errors, *parent_only)
+            pid = fork_copier(lambda: serve(take), report, put, errors, *parent_only)
         except BaseException:
             for fd in (take, put, errors, report):
                 os.close(fd)
             raise
-        os.close(take)
+        if shared:
+            self._take = take
+        else:
+            os.close(take)
         os.close(report)
         self._pid, self._put, self._errors = pid, put, errors
 
@@ -277,9 +283,10 @@ class _Forked:
         if self._pid < 0:
             return
         os.kill(self._pid, signal.SIGKILL)
-        if self._put >= 0:
-            os.close(self._put)
-            self._put = -1
+        for fd in (self._put, self._take):
+            if fd >= 0:
+                os.close(fd)
+        self._put = self._take = -1
         try:
             self._wait()
         except BuildError:
@@ -302,15 +309,18 @@ class TarCopier(_Forked):
     """--sort=none from a plain tar file on stdin into a new image file: a forked process
     copies each file's bytes from the tar (`src`, its byte 0 at `base`) to their blocks
     (copy_file_range: page cache to page cache, never through Python), on another core while
-    the parser goes on; `add` queues a file.  The rest of a file's last block is left alone:
-    the image file is new, so it reads as zeros.
+    the parser goes on; `add` queues a file.  `finish` copies what the process has not taken
+    yet alongside it (the parser's core is free by then).  The rest of a file's last block is
+    left alone: the image file is new, so it reads as zeros.
 
     A process, not a thread: the copy is a system call a file, and a thread would wait for
     the GIL the parser holds after each one."""
 
-    def __init__(self, src: int, base: int, out: Output):
+    def __init__(self, src: int, base: int, out: Output, block_size: int):
         super().__init__()
         self._src, self._base, self._out = src, base, out
+        self._block_size = block_size
+        self._zeros = memoryview(bytes(block_size))
         self._ranges = array("q")           # (tar offset, image offset, length) a file
         self._in_kernel = True              # (copy_file_range works between these files)
 
@@ -321,33 +331,78 @@ class TarCopier(_Forked):
             and hasattr(stream, "fileno")
 
     def start(self) -> None:
-        self._start(self._copy_all)
+        self._start(self._copy_all, shared=True)
 
     def add(self, src_pos: int, dst_pos: int, length: int) -> None:
         ranges = self._ranges
-        ranges.append(src_pos)
-        ranges.append(dst_pos)
-        ranges.append(length)
+        ranges.extend((src_pos, dst_pos, length))
         if len(ranges) >= 3 * _RANGES_BATCH:
             self._send_ranges()
 
     def finish(self) -> None:
-        if self._pid >= 0:
-            self._send_ranges()
-        super().finish()
+        """Copy what the process has not taken yet alongside it, then wait for it."""
+        if self._pid < 0:
+            return
+        self._send_ranges()
+        os.close(self._put)
+        self._put = -1
+        self._copy_all(self._take)
+        os.close(self._take)
+        self._take = -1
+        self._wait()
 
     def _send_ranges(self) -> None:
         self._send(self._ranges)
         del self._ranges[:]
 
-    def _copy_all(self, requests: BinaryIO) -> None:
-        """In the child: copy the ranges requested until the parent's end is closed."""
-        while batch := requests.read(_WRITE * _RANGES_BATCH):
+    def _copy_all(self, requests: int) -> None:
+        """Copy the ranges requested until the pipe is empty and its write end closed."""
+        while batch := os.read(requests, _RANGE * _RANGES_BATCH):
             ranges = array("q")
             ranges.frombytes(batch)
-            each = iter(ranges)
-            for src_pos, dst_pos, length in zip(each, each, each):
-                self._copy(src_pos, dst_pos, length)
+            at = 0
+            while at < len(ranges):
+                at = self._copy_run(ranges, at)
+
+    def _copy_run(self, ranges: array, at: int) -> int:
+        """Copy the file at `at` of `ranges` and those after it that follow it in the image
+        and fit in one read of _BUFFER bytes of the tar (most files are small: a read and a
+        write for many, rather than a copy_file_range each, which costs more than its bytes);
+        the index after them."""
+        src, dst, length = ranges[at], ranges[at + 1], ranges[at + 2]
+        if length >= _BUFFER:
+            self._copy(src, dst, length)
+            return at + 3
+        bs = self._block_size
+        end = src + length
+        dst_end = dst + fmt.round_up(length, bs)
+        last = at + 3
+        while last < len(ranges) and ranges[last + 1] == dst_end and \
+                ranges[last] + ranges[last + 2] - src <= _BUFFER:
+            end = ranges[last] + ranges[last + 2]
+            dst_end += fmt.round_up(ranges[last + 2], bs)
+            last += 3
+        out = self._out
+        try:
+            got = os.pread(self._src, end - src, src + self._base)
+        except OSError as err:
+            raise BuildError(f"reading the tar: {err.strerror or err}") from None
+        if len(got) < end - src:
+            raise BuildError("the tar file ends inside a file's data (changed during the "
+                             "build?)")
+        view, zeros, pieces = memoryview(got), self._zeros, []
+        for i in range(at, last, 3):
+            offset, size = ranges[i] - src, ranges[i + 2]
+            pieces.append(view[offset:offset + size])
+            if size % bs:
+                pieces.append(zeros[size % bs:])
+        try:
+            done = os.pwritev(out.fd, pieces, dst + out.offset)
+        except OSError as err:
+            raise BuildError(f"{out.path}: {err.strerror or err}") from None
+        if done < dst_end - dst:        # (a short write: the rest in one piece)
+            out.pwrite(b"".join(pieces)[done:], dst + done)
+        return last
 
     def _copy(self, src_pos: int, dst_pos: int, length: int) -> None:
         out = self._out
@@ -451,13 +506,14 @@ class _ForkedGather(_Forked):
             os.close(self._free)
             self._free = -1
 
-    def _write_all(self, requests: BinaryIO) -> None:
+    def _write_all(self, take: int) -> None:
         """In the child: write the slots requested, handing each back once written."""
         mem, out, freed = memoryview(self._mem), self._out, self._freed
-        while request := requests.read(_WRITE):
-            slot, n, at = array("q", request)
-            out.pwrite(mem[slot * _SLOT:slot * _SLOT + n], at)
-            os.write(freed, bytes((slot,)))
+        with os.fdopen(take, "rb") as requests:
+            while request := requests.read(_WRITE):
+                slot, n, at = array("q", request)
+                out.pwrite(mem[slot * _SLOT:slot * _SLOT + n], at)
+                os.write(freed, bytes((slot,)))
 
 
 class _Gather:
