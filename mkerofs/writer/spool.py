@@ -162,7 +162,9 @@ class ImageSpool:
     block-aligned and in tar order; the DataRef says where (in_image).  Holes of sparse entries
     stay holes in a new image file and are written as zeros on a block device (old bytes), as
     is the rest of a file's last block.  The blocks of an entry that a later one replaces stay
-    in the image, unreferenced, as with mkfs.erofs."""
+    in the image, unreferenced, as with mkfs.erofs.  The writing is done by forked processes
+    where one can be forked (a TarCopier, given, or a _ForkedGather): `finish` waits for them,
+    `close` stops them."""
 
     def __init__(self, data: DataArea, copier: TarCopier | None = None):
         self.data = data
@@ -245,8 +247,8 @@ class _Forked:
         take, put = os.pipe()
         errors, report = os.pipe()
         try:
-            fcntl.fcntl(put, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-        except OSError:
+            fcntl.fcntl(put, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)     # (Linux only)
+        except (AttributeError, OSError):
             pass                    # (a smaller pipe: the parser waits a little more)
 
         try:
