@@ -27,11 +27,12 @@ import errno
 import fcntl
 import mmap
 import os
-import select
-import signal
 import tempfile
+from typing import Iterable
 from array import array
-from typing import Callable, Iterable
+from collections.abc import Callable
+from select import PIPE_BUF
+from signal import SIGKILL
 
 from ..errors import BuildError
 from ..ondisk import format as fmt
@@ -46,7 +47,7 @@ _BUFFER = 1 << 20
 # PIPE_BUF bytes, so that a write is atomic and a read of as many bytes takes one whole batch
 # (the parent takes batches too, once it has nothing else to do)
 _RANGE = array("q", [0, 0, 0]).itemsize * 3
-_RANGES_BATCH = select.PIPE_BUF // _RANGE
+_RANGES_BATCH = PIPE_BUF // _RANGE
 _PIPE_SIZE = 1 << 20            # ... and the pipe's room: the parser seldom waits for the copy
 _SLOTS, _SLOT = 4, 256 << 10    # _ForkedGather's shared memory: as much as _Gather's buffer
 _WRITE = _RANGE                 # ... a write it asks for: slot, length, offset
@@ -284,7 +285,7 @@ class _Forked:
     def close(self) -> None:
         if self._pid < 0:
             return
-        os.kill(self._pid, signal.SIGKILL)
+        os.kill(self._pid, SIGKILL)
         for fd in (self._put, self._take):
             if fd >= 0:
                 os.close(fd)
