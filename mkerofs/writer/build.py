@@ -32,6 +32,7 @@ if TYPE_CHECKING:       # (each loaded only where used: -z's modules are 20 ms o
     from . import compress
     from .hints import CompressHints
     from .packed import PackedFile
+    from .spool import ImageSpool
     from .vmdk import VmdkDescriptor
     from .workers import CompressionPool
 
@@ -163,9 +164,13 @@ class _Sinks:
     blob: BlobFile | None = None
     vmdk: VmdkDescriptor | None = None
     pool: CompressionPool | None = None
+    tar_writer: ImageSpool | None = None    # --sort=none from a stream: what writes the files'
+                                            # data (its processes may still run)
 
     def finish(self, result: BuildResult,
                vmdk_extents: Callable[[], list[tuple[str, int]]]) -> None:
+        if self.tar_writer is not None:
+            self.tar_writer.finish()            # (the files' data: in the image before it is)
         if self.vmdk is not None:
             from .vmdk import descriptor        # (loaded only for --vmdk-desc)
             self.vmdk.stage(descriptor(result.uuid, vmdk_extents()))
@@ -176,6 +181,8 @@ class _Sinks:
             self.vmdk.commit()
 
     def abort(self) -> None:
+        if self.tar_writer is not None:
+            self.tar_writer.close()
         for sink in (self.pool, self.blob, self.vmdk, self.out):
             if sink is not None:
                 sink.abort()
@@ -242,6 +249,7 @@ def _read_source(source, options: BuildOptions, build_time: int, sinks: _Sinks,
         return _Source(root, options, b"", verify_source, zcfg, hints)
     with report.phase("tar", progress):
         tar = _read_tar(inputs, source, options, build_time, out, on_file)
+    sinks.tar_writer = tar.writer
     if tar.label and not options.label:
         # as mkfs.erofs: a GNU volume header names the image (16 bytes at most)
         options = replace(options, label=tar.label)
@@ -369,6 +377,8 @@ class _TarTree:
                                         # were written to as the stream passed
     index: TarIndex | None = None       # --tar=i: where the files' bytes are in the tar
     device_path: bytes | None = None    # --tar=i from a plain tar file: the tar as device 1
+    writer: ImageSpool | None = None    # --sort=none from a stream: what writes the files'
+                                        # data into `written` (finish() waits for it)
 
 
 def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build_time: int,
@@ -383,14 +393,16 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     --sort=none, which mkfs.erofs honours only without compression and with -Enoinline_data,
     keeps the files' data in tar order: a stream (not a plain tar file, which is read in place)
     is then written into the image's data area as it is read, one pass and no temporary copy
-    (spool.ImageSpool); otherwise each file's place in the stream is noted for the layout.
+    (spool.ImageSpool, whose processes may still write when this returns; from a plain tar
+    file on stdin, a spool.TarCopier copies the bytes); otherwise each file's place in the
+    stream is noted for the layout.
 
     --tar=i reads no file data (a stream's is read past, nothing is spooled), except a sparse
     file's, which the image holds (tarsource); the files are noted in tar order for the
     MAPFILE's blob."""
     # (the tar reader and the decoders are loaded only for tar input)
     from .decompress import file_path, open_input
-    from .spool import ImageSpool, Spool
+    from .spool import ImageSpool, Spool, TarCopier
     from .tarsource import TarTreeOptions, read_tar_tree
     from .tarstream import TarReader
     tar = options.tar
@@ -413,13 +425,20 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
         # stdin redirected from a tar file: read in place as well, rather than copied into
         # the spool (not with --sort=none, whose layout differs for a stream)
         tar_path = file_path(source)
-    written = None
+    written = writer = None
     # (--verify needs a copy of the data to compare the image with: it spools instead)
     if _sort_none_applies(options) and not in_place and tar.mode == "f" \
             and not options.verify:
         written = DataArea(out, options.block_size, _head_blocks(options.block_size),
                            options.dsunit)
-        spool = ImageSpool(written)
+        copier = None
+        if stream.kind == "tar" and stream.seekable and TarCopier.suits(stream.stream, out):
+            copier = TarCopier(stream.stream.fileno(), stream.stream.tell(), out,
+                               options.block_size)
+            inputs.callback(copier.close)
+            copier.start()
+        spool = writer = ImageSpool(written, copier)
+        inputs.callback(writer.close)
     else:
         spool = inputs.enter_context(Spool())
     if options.verify and tar.mode == "i" and (tar.mapfile or not in_place):
@@ -451,7 +470,7 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     label = (reader.volume_label or b"")[:fmt.EROFS_SB_VOLUME_NAME_SIZE]
     index = TarIndex(indexed, reader.archive_end) if indexed is not None else None
     device_path = tree_options.tar_path if index is not None and _tar_device(options) else None
-    return _TarTree(root, order, label, written, index, device_path)
+    return _TarTree(root, order, label, written, index, device_path, writer)
 
 
 def _sort_none_applies(options: BuildOptions) -> bool:

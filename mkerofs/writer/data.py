@@ -5,6 +5,7 @@ import contextlib
 import errno
 import os
 import signal
+from typing import Callable
 
 from ..ondisk import format as fmt
 from ..errors import BuildError
@@ -314,6 +315,28 @@ def inline_fits(node: TreeInode, size: int, block_size: int) -> bool:
     return tail > 0 and node.meta_size_before_inline + tail <= block_size
 
 
+def fork_copier(work: Callable[[], object], report: int, *inherited: int) -> int:
+    """Fork a process that closes the `inherited` descriptors, runs `work` (SIGINT ignored:
+    the parent stops it) and exits, with 0, or with 1 once it has written what failed as a
+    line to `report`; its pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        for fd in inherited:
+            os.close(fd)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        work()
+        code = 0
+    except BaseException as err:
+        message = str(err) if isinstance(err, BuildError) else (
+            f"copying file data: {type(err).__name__}: {err}")
+        os.write(report, message.encode(errors="replace")[:4000] + b"\n")
+    finally:
+        os._exit(code)
+
+
 class FlatCopier:
     """Copies regular files (nodes for DataArea.copy_regular, each with the tail view
     `view_of(node)` gives, made only when its turn comes: a memoryview is ~200 bytes, too
@@ -362,21 +385,9 @@ class FlatCopier:
             self.errors, report = os.pipe()
             try:
                 for _k in range(self.workers):
-                    pid = os.fork()
-                    if pid == 0:            # the child copies runs of files, then exits
-                        code = 1
-                        try:
-                            os.close(self.errors)
-                            signal.signal(signal.SIGINT, signal.SIG_IGN)
-                            self._take_runs(copies, queue)
-                            code = 0
-                        except BaseException as err:
-                            message = str(err) if isinstance(err, BuildError) else (
-                                f"copying file data: {type(err).__name__}: {err}")
-                            os.write(report, message.encode(errors="replace")[:4000] + b"\n")
-                        finally:
-                            os._exit(code)
-                    self.pids.append(pid)
+                    # (the child copies runs of files, then exits)
+                    self.pids.append(fork_copier(lambda: self._take_runs(copies, queue),
+                                                 report, self.errors))
             finally:
                 os.close(report)
         finally:
