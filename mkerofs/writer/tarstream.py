@@ -895,7 +895,7 @@ class TarReader:
                 if first is None:
                     first = offset
                 pending = self._extension(header, offset, pending)
-                if first == offset and typeflag in b"gV":
+                if first == offset and typeflag in (b"g", b"V"):
                     first = None      # a global header or a volume label stands alone
                 continue
             return self._entry(block, header, offset, offset if first is None else first, pending)
@@ -1075,7 +1075,7 @@ class TarReader:
             return pending
         # (the name only for messages: the header's, PAX and long names apply to the entry)
         data = self._payload(size, header[0], offset)
-        if typeflag in b"LK":
+        if typeflag in (b"L", b"K"):
             if pending is None:
                 pending = _Pending()
             if typeflag == b"L":
