@@ -34,6 +34,15 @@ each tool's peak RSS divided by the tree's inodes.
     python bench/bench.py --sets rebuild,rebuild-clean,incremental
     python bench/bench.py --tree /some/dir --check
 
+mkerofs is timed as a user installs it: a virtual environment made once in --workdir (python -m
+venv with this Python, then `pip install` of the project, not editable, its dependencies from the
+package registry), whose `mkerofs` console script runs each build.  Its directory is named after
+a hash of mkerofs/, pyproject.toml and README.md (the package's long description) and of this
+Python, so a change to the sources makes a new one (the old ones are removed).  No sandbox .pth of the base Python, no editable-install finder
+and no PYTHONPATH reach that build.  If the environment cannot be made (no network, no venv
+module), the script says so and runs `python -m mkerofs` from this repository instead, as
+--mkerofs can also ask for any command line.
+
 Only the standard library is used.  A tool that is missing, or that rejects an option set
 (non-zero exit), is reported as such; the script still exits 0.
 """
@@ -149,6 +158,10 @@ class Tool:
     note: str = ""           # why it is unavailable, or what was noticed while probing
     version: str = ""
     quiet_ok: bool = False   # accepts --quiet
+    from_repo: bool = True   # runs this repository's mkerofs/ (PYTHONPATH), not an installed copy
+
+    def env(self) -> dict[str, str]:
+        return child_env(self.from_repo)
 
 
 @dataclass
@@ -422,7 +435,7 @@ def build_layers(tree: Path, stats: TreeStats, workdir: Path, tool: "Tool") -> L
     for d, image in zip(dirs, images):
         partial = image.with_name(image.name + ".partial")
         argv = tool.argv + COMMON_ARGS + LAYER_ARGS + [str(partial), str(d)]
-        r = subprocess.run(argv, capture_output=True, text=True, env=child_env())
+        r = subprocess.run(argv, capture_output=True, text=True, env=tool.env())
         if r.returncode:
             raise OSError(f"building layer {image.name} failed (exit {r.returncode}): "
                           f"{r.stderr.strip()[-300:]}")
@@ -477,11 +490,15 @@ def warm_page_cache(root: Path) -> None:
 # Running one build
 
 
-def child_env() -> dict[str, str]:
+def child_env(from_repo: bool = True) -> dict[str, str]:
     # The repository goes on PYTHONPATH so `python -m mkerofs` finds the package whatever the
     # current directory and whether or not it is installed; it does not affect mkfs.erofs.
+    # The installed copy (installed_mkerofs) gets no PYTHONPATH: nothing may shadow it.
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    if from_repo:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    else:
+        env.pop("PYTHONPATH", None)
     # an installed package runs from compiled bytecode (compile_bytecode() makes it): without
     # it every run would also compile the whole package, ~0.2 s no user pays
     env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -548,7 +565,8 @@ class Stdin:
 NO_STDIN = Stdin()
 
 
-def run_timed(argv: list[str], log_path: Path, timeout: float, stdin: Stdin = NO_STDIN) -> Run:
+def run_timed(argv: list[str], log_path: Path, timeout: float, stdin: Stdin = NO_STDIN,
+              env: dict[str, str] | None = None) -> Run:
     """Run argv to completion through SPAWNER; wall time, CPU time and peak RSS of the build.
 
     The spawner gets its own session so a timeout (or Ctrl-C) kills the build and any helper
@@ -565,7 +583,8 @@ def run_timed(argv: list[str], log_path: Path, timeout: float, stdin: Stdin = NO
             proc = subprocess.Popen([sys.executable, "-S", "-I", "-c", SPAWNER, str(wfd), feed,
                                      *argv],
                                     stdin=source, stdout=out, stderr=subprocess.STDOUT,
-                                    env=child_env(), start_new_session=True, pass_fds=(wfd,))
+                                    env=env or child_env(), start_new_session=True,
+                                    pass_fds=(wfd,))
             os.close(wfd)
             wfd = -1
 
@@ -632,7 +651,8 @@ def measure_build(tool: Tool, oset: OptionSet, extra: list[str], image: Path,
         # A leftover image from the previous run would let a tool skip allocating blocks.
         image.unlink(missing_ok=True)
     load1 = os.getloadavg()[0]
-    run = run_timed(build_argv(tool, oset, extra, image, source), log_path, timeout, stdin)
+    run = run_timed(build_argv(tool, oset, extra, image, source), log_path, timeout, stdin,
+                    tool.env())
     run.load1 = load1
     if run.ok:
         try:
@@ -668,11 +688,82 @@ def find_mkfs(arg: str | None) -> Tool:
     return Tool(MKFS, [path])
 
 
-def find_mkerofs(arg: str | None) -> Tool:
-    argv = shlex.split(arg) if arg else [sys.executable, "-m", "mkerofs"]
+def find_mkerofs(arg: str | None, workdir: Path | None = None) -> Tool:
+    """--mkerofs's command line; else the console script of an installed copy made in workdir
+    (installed_mkerofs); else, or if that cannot be made, `python -m mkerofs` from the repo."""
+    if arg:
+        argv = shlex.split(arg)
+    else:
+        script = installed_mkerofs(workdir) if workdir is not None else None
+        if script is not None:
+            return Tool(MKEROFS, [str(script)], from_repo=False)
+        argv = [sys.executable, "-m", "mkerofs"]
     if not argv or not shutil.which(argv[0]):
         return Tool(MKEROFS, argv, available=False, note=f"command not found: {shlex.join(argv)}")
     return Tool(MKEROFS, argv)
+
+
+# What the installed copy is made of: a change to any of them makes a new environment.
+INSTALLED_SOURCES = ("mkerofs", "pyproject.toml", "README.md")
+VENV_STAMP = "mkerofs-installed"     # written into the environment once pip has succeeded
+
+
+def source_digest() -> str:
+    """A hash of the package's files and of this Python (the environment is made with it)."""
+    h = hashlib.sha256(f"{sys.executable}\0{sys.version}\0".encode())
+    for name in INSTALLED_SOURCES:
+        top = REPO / name
+        files = [top] if top.is_file() else sorted(
+            p for p in top.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        for path in files:
+            h.update(path.relative_to(REPO).as_posix().encode() + b"\0")
+            h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def installed_mkerofs(workdir: Path) -> Path | None:
+    """mkerofs as a user installs it: `pip install` of the project (not editable) into a venv
+    made once in workdir, named after source_digest(); its `mkerofs` console script.
+
+    pip builds from a copy of the sources (an in-tree build would leave build/ in the repo, and
+    setuptools packs whatever a stale build/lib still holds).  None, with a note, if it fails.
+    """
+    digest = source_digest()
+    venv = workdir / f"venv-{digest}"
+    script = venv / "bin" / MKEROFS
+    if (venv / VENV_STAMP).exists() and os.access(script, os.X_OK):
+        return script
+    for old in workdir.glob("venv-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    log(f"installing mkerofs into {venv} (once per change to its sources) ...")
+    staging = workdir / "venv-src"
+    try:
+        for name in INSTALLED_SOURCES:
+            if (REPO / name).is_dir():
+                shutil.copytree(REPO / name, staging / name,
+                                ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                staging.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / name, staging / name)
+        for argv in ([sys.executable, "-m", "venv", str(venv)],
+                     [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                      "--no-input", str(staging)]):
+            r = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                               env=child_env(from_repo=False), timeout=1800)
+            if r.returncode:
+                raise OSError(f"{shlex.join(argv)} failed (exit {r.returncode}): "
+                              f"{(r.stderr or r.stdout).strip()[-300:]}")
+        if not os.access(script, os.X_OK):
+            raise OSError(f"pip installed no {script}")
+        (venv / VENV_STAMP).write_text(digest + "\n")
+        return script
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log(f"note: cannot install mkerofs into a venv ({exc}); timing "
+            f"`{Path(sys.executable).name} -m mkerofs` from {REPO} instead")
+        shutil.rmtree(venv, ignore_errors=True)
+        return None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def probe(tool: Tool, workdir: Path, timeout: float) -> None:
@@ -705,7 +796,7 @@ def probe(tool: Tool, workdir: Path, timeout: float) -> None:
 def tool_version(tool: Tool) -> str:
     try:
         out = subprocess.run(tool.argv + ["-V"], capture_output=True, text=True, timeout=30,
-                             env=child_env(), stdin=subprocess.DEVNULL)
+                             env=tool.env(), stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
         return ""
     lines = (out.stdout or out.stderr).strip().splitlines()
@@ -947,8 +1038,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="cache for the default tree, images and logs (default: %(default)s)")
     p.add_argument("--mkfs", help="mkfs.erofs to compare with (default: $MKFS_EROFS, else "
                    f"{LOCAL_MKFS} if present, else mkfs.erofs on PATH)")
-    p.add_argument("--mkerofs", help="mkerofs command line (default: the running Python "
-                   "with -m mkerofs); another checkout: 'env PYTHONPATH=DIR python3 -P -m mkerofs' "
+    p.add_argument("--mkerofs", help="mkerofs command line (default: the console script of a "
+                   "venv in --workdir that this repository is pip-installed into, else the running "
+                   "Python with -m mkerofs); another checkout: "
+                   "'env PYTHONPATH=DIR python3 -P -m mkerofs' "
                    "(-P keeps the current directory, maybe this one, off sys.path)")
     p.add_argument("--only", choices=[MKEROFS, MKFS],
                    help="time just this tool (e.g. to calibrate mkfs.erofs alone)")
@@ -1005,9 +1098,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    mkerofs, mkfs = find_mkerofs(args.mkerofs), find_mkfs(args.mkfs)
+    # (no environment is made for a run that leaves mkerofs out)
+    mkerofs = find_mkerofs(args.mkerofs, args.workdir if args.only != MKFS else None)
+    mkfs = find_mkfs(args.mkfs)
     tools = [mkerofs, mkfs]
-    compile_bytecode()
+    if mkerofs.from_repo:
+        compile_bytecode()
     for tool in tools:
         if args.only and tool.name != args.only:
             tool.available, tool.note = False, f"left out (--only {args.only})"

@@ -14,7 +14,6 @@ import click
 from .. import __version__
 from ..errors import BuildError
 from ..util import parse_c_int
-from ..writer.build import build
 from ..writer.options import (MAX_DSUNIT, MAX_FSALIGNBLKS, BuildOptions, IncrementalOptions,
                               RebuildOptions, TarOptions, TimeInherit)
 from ..writer.report import BuildProgress
@@ -474,6 +473,9 @@ def command(image, sources, block_size, debug, compressor, pcluster_size,
         source = sources[0]
     else:
         source = click.get_binary_stream("stdin")
+    # (the pipeline is loaded once the options are known: --help, -V and a usage error,
+    # ~20 ms and ~1.5 MiB sooner done without it)
+    from ..writer.build import build
     watching = BuildProgress() if progress.wanted(quiet) else None
     # an unwritable --report FILE is found before the build, not after it
     with _report_sink(report_file) as report_out:

@@ -343,7 +343,7 @@ def index_layer_files(inodes: Iterable[TreeInode], blkszbits: int,
         if blkaddrs is None:                    # one chunk at ref.offset (nearly every file)
             start = ref.offset >> blkszbits
             if start < null:
-                set_chunk_run(node, one_chunk[chunkbits], start, device_id)
+                _set_one_chunk(node, one_chunk[chunkbits], start, device_id)
                 node.data = _POINTED
                 continue
             blkaddrs = (start,)                 # (past 32 bits: a map of one wide entry)
@@ -360,6 +360,20 @@ def index_layer_files(inodes: Iterable[TreeInode], blkszbits: int,
         set_chunk_map(node, cached_layout(len(blkaddrs), blkszbits, chunkbits, True, wide),
                       blkaddrs, device_id)
     return found
+
+
+def _set_one_chunk(node: TreeInode, layout: ChunkLayout, start: int, device_id: int) -> None:
+    """set_chunk_run of a file of one chunk (`layout` has chunk indexes) from block `start`,
+    below 2^32: its one index packed here (a file of a layer: two calls fewer a file)."""
+    pads = layout.pads
+    node.datalayout = fmt.EROFS_INODE_CHUNK_BASED
+    node.i_u = layout.chunkformat
+    node.inline = inline = pads[node.meta_size_before_inline % len(pads)] + \
+        _CHUNK_INDEX(0, device_id, start)
+    node.inline_len = len(inline)
+
+
+_CHUNK_INDEX = fmt.EROFS_INODE_CHUNK_INDEX.pack
 
 
 # -- chunk-based files with data (--chunksize, -Ededupe without -z) ----------------------------

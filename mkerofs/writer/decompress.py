@@ -15,16 +15,11 @@ members and xz/zstd frames are read through (as ``gzip -dc`` does).
 """
 from __future__ import annotations
 
-import bz2
-import gzip
 import io
-import lzma
 import os
 import stat
 from dataclasses import dataclass
 from typing import BinaryIO
-
-import zstandard
 
 _SNIFF = 512
 _READ_SIZE = 1 << 20
@@ -191,15 +186,49 @@ def open_input(source: str | bytes | os.PathLike | BinaryIO, hint: str | None = 
     return TarInput(stream, kind, regular and kind == "tar", owned)
 
 
+# The decoders are imported by the input that needs one: a plain tar loads none of them
+# (zstandard alone is ~2 MiB resident and ~10 ms of start-up).
 def _decoder(kind: str, raw: BinaryIO) -> BinaryIO:
     if kind == "gzip":
+        import gzip
         return gzip.GzipFile(fileobj=raw, mode="rb")
     if kind in ("xz", "lzma"):
-        return lzma.LZMAFile(raw, "rb", format=lzma.FORMAT_AUTO)
+        import lzma
+        return _Decoding(lzma.LZMAFile(raw, "rb", format=lzma.FORMAT_AUTO), lzma.LZMAError)
     if kind == "bzip2":
+        import bz2
         return bz2.BZ2File(raw, "rb")
-    return zstandard.ZstdDecompressor().stream_reader(_ZstdFrames(raw), read_size=_READ_SIZE,
-                                                      read_across_frames=True)
+    import zstandard
+    return _Decoding(zstandard.ZstdDecompressor().stream_reader(
+        _ZstdFrames(raw), read_size=_READ_SIZE, read_across_frames=True), zstandard.ZstdError)
+
+
+class DecodeError(ValueError):
+    """A damaged or truncated stream, as the decoder described it."""
+
+
+class _Decoding(io.RawIOBase):
+    """A decoder's stream whose own error type (known only once its module is loaded) is
+    raised as DecodeError, which DECODE_ERRORS names; gzip's and bzip2's are OSError/EOFError
+    already."""
+
+    def __init__(self, stream: BinaryIO, errors: type[Exception]):
+        self._stream = stream
+        self._errors = errors
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._stream.read(n)
+        except self._errors as err:
+            raise DecodeError(str(err)) from err
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
 
 
 _ZSTD_MAGIC = 0xFD2FB528
@@ -283,4 +312,4 @@ class _ZstdFrames(io.RawIOBase):
 
 
 # what a decoder raises on a damaged or truncated stream
-DECODE_ERRORS = (OSError, EOFError, ValueError, lzma.LZMAError, zstandard.ZstdError)
+DECODE_ERRORS = (OSError, EOFError, ValueError)       # DecodeError is a ValueError

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple
 from ..errors import BuildError, ImageError
 from ..ondisk import format as fmt
 from ..reader.image import Image, Inode
+from ..util import PageBudget
 from .chunks import LayerChunks, covering_chunkbits, one_chunk_on
 from .devices import ExtraDevice
 from .walk import DataRef, FileRef, LayerRef, TreeInode, link_children
@@ -73,6 +74,9 @@ _PLAIN_KINDS = frozenset((stat.S_IFREG, stat.S_IFDIR, stat.S_IFIFO, stat.S_IFSOC
 # (the bound: a layer of many distinct mtimes shares none, nor grows this without end)
 _MTIMES_NS: dict[int, int] = {}
 _MTIMES_MAX = 4096
+# an image's pages given back every this many directories listed: the metadata pages read
+# while a layer is read (~3 MiB of the largest) would otherwise all add to the peak
+_DROP_EVERY = 64
 
 
 # what is done with a regular file with bytes as a layer is read:
@@ -251,21 +255,24 @@ def _read_tree(img: Image, index: int, nids: bool = True,
     if nids:
         tree.nids[root] = root_nid
     _read_dirs(img, deque([(root, root_nid, root_fields, b"/")]), {root_nid: root},
-               note or _noting(tree.files, index), tree.nids if nids else None)
+               note or _noting(tree.files, index), tree.nids if nids else None,
+               PageBudget(_DROP_EVERY, img.drop_pages))
     return tree
 
 
 def _read_dirs(img: Image, pending: deque, seen: dict[int, TreeInode], note: NoteFile,
-               nids: dict[TreeInode, int] | None) -> None:
+               nids: dict[TreeInode, int] | None, budget: PageBudget) -> None:
     """Read the directories `pending` ((node, nid, its inode_fields, path + b"/")) of `img`
-    and everything below them, breadth first; `seen`: the nodes made already, by nid (hard
-    links stay one node); each regular file with bytes given to `note`, each node's nid
-    noted in `nids`."""
+    and everything below them, breadth first; `seen`: the nodes made already, by nid, of
+    those that may have another name (directories, for the error; files of more than one
+    link: hard links stay one node); each regular file with bytes given to `note`, each
+    node's nid noted in `nids`; `budget` spent a directory listed."""
     fields_of = img.inode_fields
     while pending:
         directory, dir_nid, dir_fields, base = pending.popleft()
         entries = directory.entries
         found_in = _found_in(directory, base)
+        budget.spend()
         for name, nid, _ftype in _listing(img, dir_nid, dir_fields, base):
             node = seen.get(nid)
             if node is not None:
@@ -278,7 +285,9 @@ def _read_dirs(img: Image, pending: deque, seen: dict[int, TreeInode], note: Not
             if node.entries is not None:
                 node.parent = directory
                 pending.append((node, nid, fields, node.where + b"/"))
-            seen[nid] = node
+                seen[nid] = node
+            elif fields[3] != 1:        # (its nlink: one name, never met again)
+                seen[nid] = node
             if nids is not None:
                 nids[node] = nid
             entries.append((name, node))
@@ -399,12 +408,14 @@ def _whiteout(node: TreeInode) -> TreeInode:
 
 
 class _Merged:
-    """The merged tree while layers are added below it: children by name per directory, and
-    the directories that hide everything below them (sealed)."""
+    """The merged tree while layers are added below it: each merged directory's entries
+    (its `entries`, unsorted: a name taken from a layer below is appended), and the
+    directories that hide everything below them (sealed).  (Not a dict of names a
+    directory, held to the end: one is made while a directory is merged with the layer
+    below, from its entries, and let go: ~100 bytes an entry less at the peak.)"""
 
     def __init__(self, top: TreeInode):
         self.root = top
-        self.children: dict[TreeInode, dict[bytes, TreeInode]] = {}
         self.sealed: set[TreeInode] = set()
         self.whiteouts: set[TreeInode] = set()
         self._adopt(top)
@@ -416,17 +427,19 @@ class _Merged:
             d = pending.pop()
             opaque = _opaque(d.xattrs)
             xwhiteouts = opaque == OPAQUE_XWHITEOUTS
-            kids = dict(d.entries)
-            for name, child in d.entries:
+            entries = d.entries
+            for i, (name, child) in enumerate(entries):
                 if child.entries is not None:
                     pending.append(child)
                 elif (xwhiteouts or child.mode & _S_IFMT == stat.S_IFCHR) and \
                         _is_whiteout(child, xwhiteouts):
                     white = _whiteout(child)
                     self.whiteouts.add(white)
-                    if kids[name] is child:     # (not a later entry of the same name)
-                        kids[name] = white
-            self.children[d] = kids
+                    entries[i] = name, white
+            if len(entries) > 1 and len(kids := dict(entries)) != len(entries):
+                # (a name twice: the last one counts, in the place of the first, as a
+                # dict of them has it)
+                d.entries = list(kids.items())
             if opaque == OPAQUE_YES:
                 self.sealed.add(d)
 
@@ -436,13 +449,14 @@ class _Merged:
         _TreeBelow; a whole TreeInode tree when None)."""
         if below is None:
             below = _TREE
-        sealed, children, take, node = self.sealed, self.children, self.take, below.node
+        sealed, take, node = self.sealed, self.take, below.node
         pending = [(upper, lower)]
         while pending:
             up, low = pending.pop()
             if up in sealed:
                 continue
-            kids = children[up]
+            mine_all = up.entries
+            kids = dict(mine_all)
             opaque = below.opaque(low)
             xwhiteouts = opaque == OPAQUE_XWHITEOUTS
             for entry in below.entries(low):
@@ -453,6 +467,7 @@ class _Merged:
                     if child.entries is None and not xwhiteouts and \
                             child.mode & _S_IFMT != stat.S_IFCHR:
                         kids[name] = child      # (take's answer for a plain non-directory)
+                        mine_all.append((name, child))
                     else:
                         take(up, kids, name, child, xwhiteouts)
                 elif mine.entries is not None:
@@ -468,7 +483,8 @@ class _Merged:
     def take(self, up: TreeInode, kids: dict[bytes, TreeInode], name: bytes,
              child: TreeInode, xwhiteouts: bool) -> None:
         """Put `child` of a lower layer (a directory: with its subtree) under the merged
-        directory `up` (its children `kids`), where nothing of that name is yet."""
+        directory `up` (its children by name so far: `kids`), where nothing of that name
+        is yet."""
         if child.entries is not None:
             self._adopt(child)
             child.parent = up
@@ -476,6 +492,7 @@ class _Merged:
             child = _whiteout(child)
             self.whiteouts.add(child)
         kids[name] = child
+        up.entries.append((name, child))
 
 
 class _TreeBelow:
@@ -528,6 +545,7 @@ class _ImageBelow:
         # (a merged directory stands for the nid it was merged with: a second name is an
         # error)
         self.seen: dict[int, TreeInode] = {img.root_nid: root}
+        self.budget = PageBudget(_DROP_EVERY, img.drop_pages)
 
     def top(self) -> tuple[int, tuple, bytes, TreeInode]:
         nid = self.img.root_nid
@@ -541,6 +559,7 @@ class _ImageBelow:
 
     def entries(self, low: tuple[int, tuple, bytes, TreeInode]
                 ) -> list[tuple[bytes, int, int]]:
+        self.budget.spend()
         return _listing(self.img, low[0], low[1], low[2])
 
     def node(self, low: tuple[int, tuple, bytes, TreeInode], entry: tuple[bytes, int, int],
@@ -558,10 +577,12 @@ class _ImageBelow:
         # (_found_in, inline: a call fewer for every entry taken)
         node = _layer_node(self.img, nid, fields, base, name, None if base == b"/" else low[3],
                            self.note)
-        self.seen[nid] = node
         if node.entries is not None:
+            self.seen[nid] = node
             _read_dirs(self.img, deque([(node, nid, fields, node.where + b"/")]), self.seen,
-                       self.note, None)
+                       self.note, None, self.budget)
+        elif fields[3] != 1:            # (as _read_dirs)
+            self.seen[nid] = node
         return node
 
     def directory(self, low: tuple[int, tuple, bytes, TreeInode],
@@ -639,9 +660,10 @@ def _finish(merged: _Merged, strip: bool) -> tuple[TreeInode, int]:
     pending = deque([root])
     while pending:
         directory = pending.popleft()
-        kids = merged.children.pop(directory)
-        entries = sorted(kids.items())
-        has_whiteouts = bool(whiteouts) and not whiteouts.isdisjoint(kids.values())
+        entries = directory.entries
+        entries.sort()              # (by name: each name is there once)
+        has_whiteouts = bool(whiteouts) and \
+            not whiteouts.isdisjoint([child for _name, child in entries])
         kept = entries
         if strip and has_whiteouts:
             kept = [(name, child) for name, child in entries if child not in whiteouts]

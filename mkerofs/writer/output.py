@@ -4,10 +4,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import tempfile
 
 from ..errors import BuildError
-from ..util import pwrite_all
+from ..util import create_exclusive, pwrite_all
 
 
 def _describe(path: str, err: OSError) -> BuildError:
@@ -45,8 +44,7 @@ class Output:
         if not os.path.isdir(folder):
             raise BuildError(f"{path}: output folder {folder} does not exist")
         try:
-            self.fd, self.tmp_path = tempfile.mkstemp(
-                dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+            self.fd, self.tmp_path = create_exclusive(folder, f".{os.path.basename(path)}.", ".tmp")
         except OSError as err:
             raise _describe(path, err) from None
 

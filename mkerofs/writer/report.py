@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from ..ondisk import format as fmt
-from ..ondisk import index
 
 REPORT_VERSION = 1
 
@@ -48,11 +47,6 @@ class AlgorithmTally:
 
     def ratio(self) -> float | None:
         return round(self.bytes_out / self.bytes_in, 4) if self.bytes_in else None
-
-
-def compressed_kind(datalayout: int, header: bytes, blkszbits: int) -> str:
-    """The per-algorithm row of a compressed file, from the 8 bytes of its map header."""
-    return index.data_kind(index.unpack_map_header(header, blkszbits, datalayout))
 
 
 @dataclass
@@ -183,6 +177,9 @@ def _jsonable(value):
 def tally_inodes(report: BuildReport, nodes: Iterable, block_size: int) -> None:
     """Count the planned inodes by type and the regular files' bytes by algorithm: one pass,
     after the layout."""
+    # (the index code names a compressed file's row from its map header; only a build that
+    # tallies loads it: the command line does for --report alone)
+    from ..ondisk import index
     types = dict.fromkeys(TYPE_NAMES, 0)
     data: dict[str, AlgorithmTally] = {}
     flat = AlgorithmTally()
@@ -201,8 +198,8 @@ def tally_inodes(report: BuildReport, nodes: Iterable, block_size: int) -> None:
             continue
         at = fmt.z_erofs_map_header_pos(node.meta_size_before_inline) - \
             node.meta_size_before_inline
-        kind = compressed_kind(node.datalayout,
-                               node.inline[at:at + fmt.Z_EROFS_MAP_HEADER_SIZE], bits)
+        header = node.inline[at:at + fmt.Z_EROFS_MAP_HEADER_SIZE]
+        kind = index.data_kind(index.unpack_map_header(header, bits, node.datalayout))
         tally = data.get(kind)
         if tally is None:
             tally = data[kind] = AlgorithmTally()

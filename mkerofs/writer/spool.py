@@ -20,7 +20,6 @@ its blocks in the image's data area as the stream passes, and nothing lands in `
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Iterable
 
 from ..errors import BuildError
@@ -111,6 +110,7 @@ class Spool:
     # -- inside ---------------------------------------------------------------------------
 
     def _open(self) -> None:
+        import tempfile     # (with shutil, bz2, lzma ...: only a build that spools loads it)
         directory = self._directory
         if directory is None:
             directory = os.environ.get("TMPDIR") or tempfile.gettempdir()

@@ -24,7 +24,6 @@ import signal
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, NamedTuple
 
@@ -519,7 +518,11 @@ class _LocalPool:
 
     def __init__(self, cfg: CompressConfig, workers: int):
         self.cfg = cfg
-        self.executor = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+        self.executor = None
+        if workers > 1:
+            # (concurrent.futures brings logging: ~0.6 MiB that forked workers never need)
+            from concurrent.futures import ThreadPoolExecutor
+            self.executor = ThreadPoolExecutor(max_workers=workers)
 
     def submit(self, works: list):
         if self.executor is None:

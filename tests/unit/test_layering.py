@@ -107,6 +107,24 @@ LATE_IMPORTS_BY_DESIGN = {
         "-d9/--debug: only a failing run that shows its traceback loads it",
     ("cli/common.py", "click"):
         "click.shell_completion: only a run asked by a shell to complete a word loads it",
+    ("cli/mkfs.py", "mkerofs.writer.build"):
+        "the pipeline: --help, -V and usage errors end before a build and never load it",
+    ("writer/workers.py", "concurrent.futures"):
+        "compression on threads, only where forking is not safe (it brings logging too)",
+    ("writer/decompress.py", "gzip"):
+        "the tar decoders: only a compressed tar loads its own (a plain tar none of them)",
+    ("writer/decompress.py", "lzma"):
+        "the tar decoders: as above",
+    ("writer/decompress.py", "bz2"):
+        "the tar decoders: as above",
+    ("writer/decompress.py", "zstandard"):
+        "the tar decoders: as above (zstandard: ~2 MiB resident, ~10 ms of start-up)",
+    ("writer/spool.py", "tempfile"):
+        "tempfile (with shutil, bz2, lzma, random): only a build that spools file data "
+        "loads it; a tar read in place does not",
+    ("writer/report.py", "mkerofs.ondisk.index"):
+        "the map headers' algorithms: only a build that tallies its files (the API's "
+        "default, the command line's --report) loads the index code without -z",
 }
 LATE_IMPORTS = LATE_IMPORTS_BY_DESIGN
 

@@ -46,11 +46,13 @@ def test_the_program_freezes_its_tree_before_the_collector_runs_again(tmp_path):
     build() (the kept tree's objects would all be scanned by the next collection) and on
     again once they are frozen."""
     src = _tree(tmp_path)
+    # (the command line imports build() when it runs one: the module's is the one it calls)
     script = ("import gc, sys\nfrom mkerofs.cli import mkfs\nsys.argv[0] = 'mkerofs'\n"
-              "seen = []\nbuild = mkfs.build\n"
+              "import mkerofs.writer.build as pipeline\n"
+              "seen = []\nbuild = pipeline.build\n"
               "def watched(*a, **k):\n    seen.append(gc.isenabled())\n"
               "    result = build(*a, **k)\n    seen.append(gc.isenabled())\n    return result\n"
-              "mkfs.build = watched\nstatus = mkfs.main()\n"
+              "pipeline.build = watched\nstatus = mkfs.main()\n"
               "assert seen == [False, False], seen\n"
               "assert gc.isenabled() and gc.get_freeze_count() > 0\nsys.exit(status)\n")
     r = subprocess.run([sys.executable, "-c", script, "-T0", "--quiet", str(tmp_path / "p.img"),
