@@ -247,7 +247,6 @@ def index_tar_files(inodes: Iterable[TreeInode], blkszbits: int,
     one_chunk = one_chunk_layouts(blkszbits, device_id != 0)
     blkmask = (1 << blkszbits) - 1
     reg = fmt.EROFS_FT_REG_FILE
-    chunk_based, pack_index = fmt.EROFS_INODE_CHUNK_BASED, fmt.EROFS_INODE_CHUNK_INDEX.pack
     for node in inodes:
         ref = node.data
         size = node.size
@@ -262,14 +261,7 @@ def index_tar_files(inodes: Iterable[TreeInode], blkszbits: int,
         if layout is None or start >= fmt.EROFS_NULL_ADDR_32:
             make_indexed_file(node, blkszbits, start, device_id)     # several chunks, or wide
         elif device_id:
-            # (set_chunk_run's common case inline, three calls less a file: one chunk index,
-            # a 32-bit address, so startblk_hi 0)
-            node.datalayout = chunk_based
-            node.i_u = layout.chunkformat
-            pads = layout.pads
-            inline = node.inline = pads[node.meta_size_before_inline % len(pads)] + \
-                pack_index(0, device_id, start)
-            node.inline_len = len(inline)
+            _set_one_chunk(node, layout, start, device_id)      # (nearly every file)
         else:
             set_chunk_run(node, layout, start, device_id)
         if done is not None:
@@ -364,7 +356,8 @@ def index_layer_files(inodes: Iterable[TreeInode], blkszbits: int,
 
 def _set_one_chunk(node: TreeInode, layout: ChunkLayout, start: int, device_id: int) -> None:
     """set_chunk_run of a file of one chunk (`layout` has chunk indexes) from block `start`,
-    below 2^32: its one index packed here (a file of a layer: two calls fewer a file)."""
+    below 2^32: its one index packed here (a file of a layer or of --tar=i's tar: two calls
+    fewer a file)."""
     pads = layout.pads
     node.datalayout = fmt.EROFS_INODE_CHUNK_BASED
     node.i_u = layout.chunkformat
