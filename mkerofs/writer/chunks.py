@@ -260,6 +260,8 @@ def index_tar_files(inodes: Iterable[TreeInode], blkszbits: int,
         layout = one_chunk.get((size - 1).bit_length())
         if layout is None or start >= fmt.EROFS_NULL_ADDR_32:
             make_indexed_file(node, blkszbits, start, device_id)     # several chunks, or wide
+        elif device_id:
+            _set_one_chunk(node, layout, start, device_id)      # (nearly every file)
         else:
             set_chunk_run(node, layout, start, device_id)
         if done is not None:
@@ -354,7 +356,8 @@ def index_layer_files(inodes: Iterable[TreeInode], blkszbits: int,
 
 def _set_one_chunk(node: TreeInode, layout: ChunkLayout, start: int, device_id: int) -> None:
     """set_chunk_run of a file of one chunk (`layout` has chunk indexes) from block `start`,
-    below 2^32: its one index packed here (a file of a layer: two calls fewer a file)."""
+    below 2^32: its one index packed here (a file of a layer or of --tar=i's tar: two calls
+    fewer a file)."""
     pads = layout.pads
     node.datalayout = fmt.EROFS_INODE_CHUNK_BASED
     node.i_u = layout.chunkformat

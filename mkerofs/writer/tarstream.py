@@ -107,6 +107,10 @@ _AHEAD = 2                 # pieces of _CHUNK bytes a read-ahead thread reads be
 _MAX_META = 16 << 20            # PAX and long-name payloads are held in memory
 
 REG, HARDLINK, SYMLINK, CHR, BLK, DIR, FIFO = "reg", "hardlink", "symlink", "chr", "blk", "dir", "fifo"
+# type flags of headers that apply to the next entry (PAX, GNU long name and link) or stand
+# alone (global PAX, volume label); a set, not b"xXgLKV": "in" a bytes first tries its operand
+# as an int, and the TypeError costs more than the search
+_EXTENSION_TYPES = frozenset((b"x", b"X", b"g", b"L", b"K", b"V"))
 
 # typeflag -> (kind, S_IFMT)
 _KINDS = {
@@ -154,6 +158,10 @@ _IGNORED = frozenset((b"atime", b"ctime"))
 _GNU_TIME = [(20 + digits + 1, rb"\.[0-9]{%d}" % digits) for digits in range(9, 0, -1)] + [(20, b"")]
 _GNU_TIMES_ONLY = re.compile(b"(?:%s)+" % b"|".join(
     b"%d [ac]time=[0-9]{10}%s\n" % (length, fraction) for length, fraction in _GNU_TIME))
+# ... and the record GNU tar puts before them when a name is too long for the header or an
+# mtime has a fraction: one path or mtime record (its length is checked apart, a value with a
+# newline is left to _parse_pax)
+_GNU_LEAD_RECORD = re.compile(rb"([0-9]{1,20}) (path|mtime)=([^\n]*)\n")
 
 
 class TarError(BuildError):
@@ -199,11 +207,12 @@ def normalise_path(name: bytes) -> bytes:
     """`name` as mkfs.erofs resolves it in its tree (see the module docstring).
     ValueError if a component is too long for EROFS or the name holds a NUL."""
     # the common case: already normal (a directory's maybe with one "/" after it, as tar
-    # writers add), too short for a component to be too long
+    # writers add), too short for a component to be too long (find, not "in": see
+    # _EXTENSION_TYPES)
     plain = name[:-1] if name.endswith(b"/") else name
-    if (len(plain) <= EROFS_NAME_LEN and b"//" not in plain and b"/." not in plain
+    if (len(plain) <= EROFS_NAME_LEN and plain.find(b"//") < 0 and plain.find(b"/.") < 0
             and not plain.startswith((b"/", b".")) and not plain.endswith(b"/")
-            and b"\0" not in plain):
+            and plain.find(b"\0") < 0):
         return plain
     parts = name.split(b"/")
     if b"" in parts or b"." in parts or b".." in parts:
@@ -395,6 +404,17 @@ def _quick_pax_mtime(value: bytes) -> int | None:
         return _pax_time_ns(value) if value else None
     except ValueError:
         return None
+
+
+def _gnu_lead_record(buf: bytes, start: int, end: int) -> dict | None:
+    """The records of the PAX payload buf[start:end], as _parse_pax reads them, when it is one
+    path or mtime record then only atime/ctime records (_GNU_LEAD_RECORD); None otherwise."""
+    match = _GNU_LEAD_RECORD.match(buf, start, end)
+    if match is None or int(match[1]) != match.end() - start:
+        return None
+    if match.end() < end and not _GNU_TIMES_ONLY.fullmatch(buf, match.end(), end):
+        return None
+    return {match[2]: match[3]}
 
 
 def _octal_fields(block: bytes) -> tuple[int, int, int, int, int] | None:
@@ -871,11 +891,11 @@ class TarReader:
             header = _HEADER.unpack(block)
             self._check_header(block, header, offset)
             typeflag = header[7]
-            if typeflag in b"xXgLKV":
+            if typeflag in _EXTENSION_TYPES:
                 if first is None:
                     first = offset
                 pending = self._extension(header, offset, pending)
-                if first == offset and typeflag in b"gV":
+                if first == offset and typeflag in (b"g", b"V"):
                     first = None      # a global header or a volume label stands alone
                 continue
             return self._entry(block, header, offset, offset if first is None else first, pending)
@@ -913,11 +933,13 @@ class TarReader:
             if end > len(buf):
                 return None
             if not _GNU_TIMES_ONLY.fullmatch(buf, start, start + size):
-                records = {}
-                try:
-                    _parse_pax(buf[start:start + size], records)
-                except ValueError:
-                    return None
+                records = _gnu_lead_record(buf, start, start + size)
+                if records is None:
+                    records = {}
+                    try:
+                        _parse_pax(buf[start:start + size], records)
+                    except ValueError:
+                        return None
                 quick_records = False
                 if records.keys() <= _QUICK_RECORDS:
                     pax_name = records.get(b"path")
@@ -954,7 +976,8 @@ class TarReader:
         # (normalise_path's common case inline, a call less an entry: a name of the header
         # holds no NUL; 47 is "/", 46 ".")
         if pax_name is None and name and name[0] != 47 and name[0] != 46 and plain[-1] != 47 \
-                and len(plain) <= EROFS_NAME_LEN and b"/." not in plain and b"//" not in plain:
+                and len(plain) <= EROFS_NAME_LEN and plain.find(b"/.") < 0 \
+                and plain.find(b"//") < 0:
             path = plain
         else:
             try:
@@ -1052,7 +1075,7 @@ class TarReader:
             return pending
         # (the name only for messages: the header's, PAX and long names apply to the entry)
         data = self._payload(size, header[0], offset)
-        if typeflag in b"LK":
+        if typeflag in (b"L", b"K"):
             if pending is None:
                 pending = _Pending()
             if typeflag == b"L":

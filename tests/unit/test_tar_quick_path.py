@@ -10,9 +10,12 @@ import pytest
 
 from mkerofs.ondisk import format as fmt
 from mkerofs.writer import tarstream as ts
-from mkerofs.writer.chunks import ChunkLayout, covering_chunkbits, make_indexed_file, set_chunk_map
+from mkerofs.writer.chunks import (ChunkLayout, covering_chunkbits, index_tar_files, make_indexed_file,
+                                   set_chunk_map)
 from mkerofs.writer.walk import DataRef, TreeInode
 from support.tarfiles import END, header, member, pax
+
+_parse_pax = ts._parse_pax
 
 
 class _GeneralReader(ts.TarReader):
@@ -175,22 +178,73 @@ def test_damaged_archives_fail_alike():
     assert 100 < errors < 1400
 
 
-def test_damaged_pax_payloads_read_alike():
-    """PAX payloads (path, mtime, atime/ctime records) overwritten at random: the quick path
-    reads what the general code reads, or fails as it does."""
-    raw = _gnu_posix_archive()
+def _damage_payloads(raw: bytes, seed: int, values: bytes, reach: int) -> set[bool]:
+    """Whether each of 600 copies of `raw` fails, one or two bytes within `reach` of the start
+    of its PAX payloads overwritten with some of `values`; each read alike by both paths."""
     payloads = [i + 512 for i in range(0, len(raw), 512)
                 if raw[i + 257:i + 262] == b"ustar" and raw[i + 156:i + 157] == b"x"]
-    rng = random.Random(11)
-    values = b"0 9.-=\n/\0amp"
+    rng = random.Random(seed)
     outcomes = set()
     for _ in range(600):
         damaged = bytearray(raw)
         for _ in range(rng.randint(1, 2)):
-            damaged[rng.choice(payloads) + rng.randrange(40)] = rng.choice(values)
+            damaged[rng.choice(payloads) + rng.randrange(reach)] = rng.choice(values)
         entries = _same(bytes(damaged))
         outcomes.add(entries[-1:] != [] and entries[-1][0] == "error")
-    assert outcomes == {True, False}
+    return outcomes
+
+
+def test_damaged_pax_payloads_read_alike():
+    """PAX payloads (path, mtime, atime/ctime records) overwritten at random: the quick path
+    reads what the general code reads, or fails as it does."""
+    assert _damage_payloads(_gnu_posix_archive(), 11, b"0 9.-=\n/\0amp", 40) == {True, False}
+
+
+def _record(key: bytes, value: bytes) -> bytes:
+    """A PAX record with its right length."""
+    rest = b" %s=%s\n" % (key, value)
+    length = len(rest) + 1
+    while len(b"%d" % length) + len(rest) != length:
+        length += 1
+    return b"%d" % length + rest
+
+
+def _gnu_lead_archive() -> bytes:
+    """GNU tar --format=posix's PAX payloads with a path or mtime record before the times."""
+    return b"".join([
+        _gnu_posix_entry(b"dir/", b"", _TIMES, b"5"),
+        _gnu_posix_entry(b"dir/a", b"abc", _record(b"path", b"dir/" + b"n" * 150) + _TIMES),
+        _gnu_posix_entry(b"dir/b", b"", _record(b"mtime", b"1795940473.348698025") + _TIMES),
+        _gnu_posix_entry(b"dir/c", b"xy", _record(b"mtime", b"1795940473.34869802")),
+        _gnu_posix_entry(b"dir/d", b"", _record(b"mtime", b"1795940473") + _TIMES[:30]),
+        _gnu_posix_entry(b"dir/e", b"z", _record(b"path", b"dir/a=b c/../d") + _TIMES),
+        _gnu_posix_entry(b"dir/f", b"", _record(b"path", b"") + _TIMES),
+        _gnu_posix_entry(b"dir/g", b"", _record(b"path", b"x\ny") + _TIMES),
+    ]) + END
+
+
+def test_gnu_lead_records_read_the_quick_way(monkeypatch):
+    parsed = []
+    monkeypatch.setattr(ts, "_parse_pax", lambda payload, records: parsed.append(payload) or
+                        _parse_pax(payload, records))
+    entries = _same(_gnu_lead_archive())
+    assert [e.path for e, _d in entries] == [b"dir", b"dir/" + b"n" * 150, b"dir/b", b"dir/c",
+                                              b"dir/d", b"dir/d", b"dir/f", b"x\ny"]
+    assert [e.mtime_ns for e, _d in entries[2:5]] == [1795940473_348698025, 1795940473_348698020,
+                                                       1795940473_000000000]
+    # the general code parses all 8 payloads; the quick path only the one whose path holds a
+    # newline
+    assert len(parsed) == 8 + 1
+    assert ts._gnu_lead_record(b"29 path=" + b"p" * 20 + b"\n", 0, 29) == {b"path": b"p" * 20}
+    # a wrong length, or times that are not GNU's: left to _parse_pax
+    assert ts._gnu_lead_record(b"30 path=" + b"p" * 20 + b"\n", 0, 29) is None
+    assert ts._gnu_lead_record(b"12 path=abc\n13 atime=1.5\n", 0, 25) is None
+
+
+def test_damaged_gnu_lead_records_read_alike():
+    """The lengths, keys and values of path and mtime records overwritten at random: read as
+    the general code reads them, or refused as it refuses them."""
+    assert _damage_payloads(_gnu_lead_archive(), 13, b"0 19.-=\n/\0apm", 12) == {True, False}
 
 
 # -- --tar=i: one layout for all files with the same map shape ---------------------------------
@@ -222,3 +276,27 @@ def test_indexed_file_map_is_its_own_layouts(size, start, device_id, xattr_bytes
         set_chunk_map(own, layout, addrs, device_id)
         assert (shared.datalayout, shared.i_u, shared.inline, shared.inline_len) == \
             (own.datalayout, own.i_u, own.inline, own.inline_len)
+
+
+@pytest.mark.parametrize("xattr_bytes", [0, 4, 12, 20])
+def test_index_tar_files_gives_each_file_its_own_map(xattr_bytes):
+    """index_tar_files' one-chunk shortcut writes the map make_indexed_file writes."""
+    sizes = [1, 511, 512, 513, 4096, 12345, 1 << 20, (1 << 20) + 1, 3 << 30]
+    offsets = [0, 512, 77 * 512, ((1 << 32) - 2) * 512, (1 << 32) * 512]
+
+    def nodes():
+        out = []
+        for size in sizes:
+            for offset in offsets:
+                n = TreeInode(b"f", stat.S_IFREG | 0o644, 0, 0, size, 0, nlink=1,
+                              data=DataRef(b"", offset, indexed=True), ftype=fmt.EROFS_FT_REG_FILE)
+                n.set_xattr_ibody(bytes(xattr_bytes))
+                out.append(n)
+        return out
+
+    indexed, own = nodes(), nodes()
+    index_tar_files(indexed, 9, None)
+    for n in own:
+        make_indexed_file(n, 9, n.data.offset >> 9, 1)
+    assert [(n.datalayout, n.i_u, n.inline, n.inline_len) for n in indexed] == \
+        [(n.datalayout, n.i_u, n.inline, n.inline_len) for n in own]
