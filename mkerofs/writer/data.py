@@ -301,12 +301,16 @@ class DataArea:
 
     def write_flat_bytes(self, node: TreeInode, data: bytes) -> None:
         """Store in-memory content (a symlink target, a directory) in its reserved place."""
+        node.inline = self.write_flat_body(node, data)
+
+    def write_flat_body(self, node: TreeInode, data: bytes) -> bytes:
+        """write_flat_bytes' blocks only: the tail, to go inline, is returned."""
         assert len(data) == node.size
         body = len(data) - node.flat.tail
         if body:
             self.out.pwrite(data[:body].ljust(fmt.round_up(body, self.block_size), b"\0"),
                             node.i_u * self.block_size)
-        node.inline = data[body:]
+        return data[body:]
 
 
 def inline_fits(node: TreeInode, size: int, block_size: int) -> bool:

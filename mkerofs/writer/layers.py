@@ -52,7 +52,7 @@ from ..reader.image import Image, Inode
 from ..util import PageBudget
 from .chunks import LayerChunks, covering_chunkbits, one_chunk_on
 from .devices import ExtraDevice
-from .walk import DataRef, FileRef, LayerRef, TreeInode, link_children
+from .walk import DataRef, LayerRef, OffsetRef, TreeInode, link_children, offset_refs
 
 if TYPE_CHECKING:       # (the caller's spool: its module and the tar reader load only for it)
     from .spool import Spool
@@ -199,17 +199,17 @@ class Layer:
             return block - slot.uniaddr
         return None
 
-    def plain_data(self, block: int) -> FileRef | None:
+    def plain_data(self, block: int) -> OffsetRef | None:
         """Where the bytes from block `block` of the image (as a flat file's block address,
         unified addressing applied) are to be read in place; None if that is on a device
-        not given."""
+        not given.  (An OffsetRef: 48 bytes a file, --clean=data makes one for nearly each.)"""
         slot = self.slot
         if slot is None or self.appended or not slot.uniaddr or \
                 not slot.uniaddr <= block < slot.uniaddr + slot.blocks:
-            return FileRef(self._path_b, block * self.block_size)
+            return offset_refs(self._path_b)(block * self.block_size)
         if self.device is None:
             return None
-        return FileRef(self._device_b, (block - slot.uniaddr) * self.block_size)
+        return offset_refs(self._device_b)((block - slot.uniaddr) * self.block_size)
 
     def close(self) -> None:
         self.image.close()
@@ -774,7 +774,7 @@ def _flat_ref(layer: Layer, size: int, startblk: int) -> DataRef | LayerRef | No
                                            range(start, start + count * step, step)))
 
 
-def _flat_copy(layer: Layer, startblk: int) -> DataRef | FileRef | None:
+def _flat_copy(layer: Layer, startblk: int) -> DataRef | OffsetRef | None:
     """_copied of a FLAT_PLAIN file from block `startblk`: read in place; None if that is
     on a device not given."""
     return _NO_DATA if startblk == _NULL_ADDR else layer.plain_data(startblk)
@@ -798,7 +798,7 @@ def _placing(layer: Layer, files: dict[TreeInode, LayerFile], mode: str | None,
     direct = layer.slot is None
     one_chunk = _one_chunk_table(layer.index + 1, bits) if chunked and direct else ()
     widest = len(one_chunk)
-    copy_from = layer._path_b if not chunked and direct else None
+    copy_from = offset_refs(layer._path_b) if not chunked and direct else None
 
     def place(node: TreeInode, nid: int, size: int, layout: int, startblk: int) -> None:
         if layout == _FLAT_PLAIN:
@@ -809,7 +809,7 @@ def _placing(layer: Layer, files: dict[TreeInode, LayerFile], mode: str | None,
                         node.data = LayerRef(startblk << bits, one_chunk[width])
                         return
                 elif copy_from is not None:
-                    node.data = FileRef(copy_from, startblk << bits)
+                    node.data = copy_from(startblk << bits)
                     return
             data = (chunked and _flat_ref(layer, size, startblk)) or _flat_copy(layer, startblk)
             if data is not None:
@@ -830,7 +830,7 @@ def _ignore(*_file) -> None:
     pass
 
 
-def _copied(layer: Layer, file: LayerFile, spool: Spool, path: bytes) -> DataRef | FileRef:
+def _copied(layer: Layer, file: LayerFile, spool: Spool, path: bytes) -> DataRef | OffsetRef:
     """Where the writer reads a file to copy (`path` in the layer): in place if its bytes are
     one run of blocks in the image (or its device), else decoded into the spool."""
     if file.datalayout == _FLAT_PLAIN:

@@ -6,6 +6,7 @@ import errno
 import functools
 import mmap
 import os
+from typing import Callable
 
 from ..ondisk import format as fmt
 from ..errors import BuildError
@@ -119,17 +120,21 @@ _COUNT_EVERY = 64
 
 
 def put_inodes(meta: "MetaImage", nodes: list[TreeInode], first_ino: int, epoch: int,
-               meta_base: int = 0, skip: TreeInode | None = None) -> None:
+               meta_base: int = 0, skip: TreeInode | None = None,
+               render_dir: Callable[[TreeInode], bytes] | None = None) -> None:
     """Write every node but `skip` (its inode, xattr ibody and inline bytes: what
     serialize_inode gives) into its place in `meta`, node i numbered first_ino + i.
     Each is packed straight into the metadata area: no bytes object an inode.  Only the
-    node's own bytes are written: a copier may be filling its tail meanwhile."""
+    node's own bytes are written: a copier may be filling its tail meanwhile.
+    `render_dir(node)`, when given, writes a directory's blocks and gives its inline bytes
+    there and then (no directory's tail is kept until its inode is written)."""
     pack_into = fmt.pack_inode_into
     icount = fmt.xattr_icount
     head, head_end = meta.head, len(meta.head)
     tail, tail_start = meta.tail_view, meta.tail_start
     written = meta.written
     bits = fmt.EROFS_ISLOTBITS
+    directory = fmt.EROFS_FT_DIR
     counted = 0
     for ino, node in enumerate(nodes, first_ino):
         if node is skip:
@@ -152,7 +157,8 @@ def put_inodes(meta: "MetaImage", nodes: list[TreeInode], first_ino: int, epoch:
         if ibody:           # (most inodes have neither)
             buf[end:end + len(ibody)] = ibody
             end += len(ibody)
-        inline = node.inline
+        inline = node.inline if render_dir is None or node.ftype != directory \
+            else render_dir(node)
         if inline:
             buf[end:end + len(inline)] = inline
     if counted:

@@ -85,7 +85,7 @@ def test_put_inodes_writes_what_a_put_each_writes(tmp_path, monkeypatch):
     nodes, pos = [], 4096 - 64            # (the first ends where the head does)
     for i in range(60):
         node = TreeInode(b"", 0o100644, i, 2 * i, 10 * i, (1000 + i) * 10**9 + i, nlink=1,
-                            ftype=1, extended=i % 4 == 0)
+                            ftype=2 if i % 5 == 2 else 1, extended=i % 4 == 0)
         node.inline = bytes([i + 1]) * (i % 3 * 8)
         if i % 7 == 3:
             node.set_xattr_ibody(bytes(12))
@@ -117,3 +117,25 @@ def test_put_inodes_writes_what_a_put_each_writes(tmp_path, monkeypatch):
     assert images[0][nodes[17].nid * 32:nodes[18].nid * 32] == bytes((nodes[18].nid -
                                                                       nodes[17].nid) * 32)
     assert images[0][nodes[18].nid * 32:].startswith(meta.serialize_inode(nodes[18], 28, 900))
+
+    # render_dir: a directory's inline bytes given as its inode is written, none kept before
+    tails = {}
+    for node in nodes:
+        if node.ftype == 2:
+            tails[id(node)], node.inline = node.inline, b""
+    rendered = []
+
+    def render_dir(node):
+        rendered.append(node)
+        return tails[id(node)]
+    out = Output(str(tmp_path / "rendered"))
+    try:
+        image = MetaImage(4096, 4096, end, out)
+        meta.put_inodes(image, nodes, 10, 900, skip=nodes[17], render_dir=render_dir)
+        image.write_out(out)
+        out.finish(end)
+    finally:
+        out.abort()
+    assert (tmp_path / "rendered").read_bytes() == images[0]
+    assert rendered == [n for n in nodes if n.ftype == 2 and n is not nodes[17]]
+    assert any(tails[id(n)] for n in rendered)

@@ -5,7 +5,7 @@ import pytest
 
 from mkerofs.ondisk import format as fmt
 from mkerofs.writer import layers
-from mkerofs.writer.walk import FileRef, TreeInode
+from mkerofs.writer.walk import TreeInode, offset_refs
 
 BITS = 12
 
@@ -23,11 +23,11 @@ class _Layer:
         return block if device == 0 else None
 
     def plain_data(self, block):
-        return FileRef(self._path_b, block * self.block_size)
+        return offset_refs(self._path_b)(block * self.block_size)
 
 
 def _fields(ref):
-    return (type(ref).__name__, ref.path, ref.offset, ref.layer)
+    return (type(ref).__name__, ref.path, ref.offset, ref.layer, ref.indexed, ref.in_image)
 
 
 SIZES = [1, 2, 4095, 4096, 4097, 8192, 1 << 20, (1 << 20) + 1, (1 << 43) - 1, 1 << 43,
