@@ -376,7 +376,8 @@ def encode_compact_extents(llens, codes, ebase: int, start_blk: int, lclusterbit
         if not n:
             continue
         vcnt, encodebits, lobits, packsize, basebits = encodings[entry_size, lclusterbits]
-        fields = []                 # each pack's entries, then its base
+        fields = []                 # each pack's entries, then its base: a batch of packs
+        batch = _PACKS_A_BATCH * (vcnt + 1)
         for i0 in range(first, first + n, vcnt):
             while hpos[h + 1] <= i0:
                 h += 1
@@ -404,6 +405,10 @@ def encode_compact_extents(llens, codes, ebase: int, start_blk: int, lclusterbit
                 # entries past the last lcluster stay 0 bits: PLAIN, clusterofs 0
                 fields += _NO_ENTRIES[:lst + 1 - nidx]
             fields.append(base & _ADDR_MASK)
+            if len(fields) == batch:
+                _pack_2b(out, at, fields, vcnt, encodebits, basebits, packsize)
+                at += _PACKS_A_BATCH * packsize
+                fields.clear()
         packs = len(fields) // (vcnt + 1)
         if entry_size == 4:
             _PACKS_4B[packs].pack_into(out, at, *fields)
@@ -412,6 +417,12 @@ def encode_compact_extents(llens, codes, ebase: int, start_blk: int, lclusterbit
         at += packs * packsize
     assert at == len(out)
     return out
+
+
+# 2B packs encoded at once (a batch): the fields of every pack of a file at once were a list as
+# long as its entries, 8 bytes each (a 5 GiB file: 11 MiB at the peak of its build); a run of
+# 4B entries is shorter than one pack
+_PACKS_A_BATCH = 1024
 
 
 # the 4B packs of a run (at most 8: a run of 4B entries is shorter than one 2B pack), as one

@@ -904,7 +904,7 @@ def _assign_data(plan: Plan, options: BuildOptions, source: bytes, xattrs: Xattr
                                                                 options.format_48bit)
     # the shared xattr area: whole blocks at the start of the data area; ids count from there
     xattr_blkaddr = data.allocate(-(-len(xattrs.shared_area) // bs)) if xattrs.shared_area else 0
-    nodes = list(plan.inodes)
+    nodes = plan.inodes         # (a copy only with a packed inode: 8 bytes an inode)
     used = _FeaturesUsed()
     # files of zeros only (--tar=headerball, rebuild --clean=rvsp) take no data blocks,
     # compressed or not
@@ -916,7 +916,7 @@ def _assign_data(plan: Plan, options: BuildOptions, source: bytes, xattrs: Xattr
         packed_node = _compress_regular_files(plan, options, source, zcfg, hints, pool, packed,
                                               data, used)
         if packed_node is not None:
-            nodes.append(packed_node)
+            nodes = [*nodes, packed_node]
     store = None
     if options.chunkbits is not None:
         # --chunksize: the files left uncompressed are chunk-based (the flag even if none is)
@@ -941,11 +941,12 @@ def _write_contents(plan: Plan, nodes: list[TreeInode], data: DataArea, meta: Me
     and the shared xattrs; put the long prefixes and every inode into `meta`."""
     bs = data.block_size
     reg_file, symlink, directory = fmt.EROFS_FT_REG_FILE, fmt.EROFS_FT_SYMLINK, fmt.EROFS_FT_DIR
-    # (not a tar's empty files, DataRef(None): nothing to copy, and --tar=i has no other,
-    # so no copier is forked for it)
-    copies = [node for node in nodes if node.ftype == reg_file
-              and node.flat is not None and not node.flat.written
-              and (node.data is None or node.data.path is not None)]
+
+    def copied(node: TreeInode) -> bool:
+        # (not a tar's empty files, DataRef(None): nothing to copy, and --tar=i has no other,
+        # so no copier is forked for it)
+        return node.ftype == reg_file and node.flat is not None and not node.flat.written \
+            and (node.data is None or node.data.path is not None)
 
     def tail_view(node: TreeInode) -> memoryview:
         return meta.view(node_pos(node, meta_base) + node.meta_size_before_inline,
@@ -953,8 +954,7 @@ def _write_contents(plan: Plan, nodes: list[TreeInode], data: DataArea, meta: Me
 
     # (FlatCopier leaves first: its copiers are done before their sources are closed)
     with data.sources_kept_open(), FlatCopier(data, workers, tail_view) as copier:
-        copier.start(copies)
-        del copies
+        copier.start(nodes, copied)
         # while the threads copy file data, this one lays out everything else: the
         # directories as their inodes are written (put_inodes), their tails not kept till then
         # (1.9 MiB at the peak of the bench's tar), but `elsewhere`, written apart, now

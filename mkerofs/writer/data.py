@@ -5,6 +5,7 @@ import contextlib
 import errno
 import os
 import signal
+from itertools import islice
 from typing import Callable
 
 from ..ondisk import format as fmt
@@ -342,9 +343,9 @@ def fork_copier(work: Callable[[], object], report: int, *inherited: int) -> int
 
 
 class FlatCopier:
-    """Copies regular files (nodes for DataArea.copy_regular, each with the tail view
-    `view_of(node)` gives, made only when its turn comes: a memoryview is ~200 bytes, too
-    many to hold one per file) while the calling thread goes on: in forked processes, which
+    """Copies regular files (the nodes `wanted` picks, for DataArea.copy_regular, each with the
+    tail view `view_of(node)` gives, made only when its turn comes: a memoryview is ~200 bytes,
+    too many to hold one per file) while the calling thread goes on: in forked processes, which
     take runs of files from one queue as they go (see _queue), write the blocks themselves and
     read the tails straight into the metadata image (shared memory, see meta.MetaImage); in
     threads where forking is not safe; here with one worker.  Leaving the `with` block waits
@@ -354,7 +355,7 @@ class FlatCopier:
     and threads would contend with the calling thread for the GIL (slower than one thread)."""
 
     BATCH = 128
-    RUN = 512               # consecutive files a forked child copies at least, in a run
+    RUN = 512               # consecutive nodes a forked child takes at least, in a run
 
     def __init__(self, data: DataArea, workers: int, view_of):
         self.data = data
@@ -364,41 +365,46 @@ class FlatCopier:
         self.errors = -1                # read end of the children's error pipe
         self.pool = None
         self.futures: list = []
-        self.run = self.RUN             # files a run of the queue (see _queue)
+        self.run = self.RUN             # nodes a run of the queue (see _queue)
+        self.wanted: Callable[[TreeInode], bool] = bool     # (see start)
 
-    def start(self, copies: list) -> None:
-        if self.workers <= 1 or len(copies) < 2:
-            self._run(copies)
+    def start(self, nodes: list, wanted: Callable[[TreeInode], bool]) -> None:
+        """Copy the nodes of `nodes` that `wanted` picks: picked where they are copied (a
+        list of them, 8 bytes a file, would be held by this process and every child at the
+        peak of a build).  Runs and batches are of `nodes`."""
+        self.wanted = wanted
+        if self.workers <= 1 or len(list(islice(filter(wanted, nodes), 2))) < 2:
+            self._run(nodes)
         elif can_fork():
-            self._fork(copies)
+            self._fork(nodes)
         else:
             # (loaded only here: a build that can fork never needs it)
             from concurrent.futures import ThreadPoolExecutor
             self.pool = ThreadPoolExecutor(max_workers=self.workers)
-            for i in range(0, len(copies), self.BATCH):
-                self.futures.append(self.pool.submit(self._run, copies[i:i + self.BATCH]))
+            for i in range(0, len(nodes), self.BATCH):
+                self.futures.append(self.pool.submit(self._run, nodes[i:i + self.BATCH]))
 
     def _run(self, nodes) -> None:
         copy, view_of = self.data.copy_regular, self.view_of
-        for node in nodes:
+        for node in filter(self.wanted, nodes):
             copy(node, view_of(node))
 
-    def _fork(self, copies: list) -> None:
-        queue = self._queue(copies)
+    def _fork(self, nodes: list) -> None:
+        queue = self._queue(nodes)
         try:
             self.errors, report = os.pipe()
             try:
                 for _k in range(self.workers):
-                    # (the child copies runs of files, then exits)
-                    self.pids.append(fork_copier(lambda: self._take_runs(copies, queue),
+                    # (the child copies the files of runs of nodes, then exits)
+                    self.pids.append(fork_copier(lambda: self._take_runs(nodes, queue),
                                                  report, self.errors))
             finally:
                 os.close(report)
         finally:
             os.close(queue)
 
-    def _queue(self, copies: list) -> int:
-        """The read end of a pipe holding the start of every run of consecutive files (its
+    def _queue(self, nodes: list) -> int:
+        """The read end of a pipe holding the start of every run of consecutive nodes (its
         write end closed: a read at the end finds nothing).  The children take runs from it
         as they go, so that one that is given the larger files, or less of the CPU, does not
         finish long after the others (with every workers-th run each, one child was seen
@@ -406,9 +412,9 @@ class FlatCopier:
         touches the memory of its own files only (the nodes of consecutive files sit
         together, and so do their inodes in the metadata image): after fork, every page of
         objects or metadata that two processes write is copied or faulted in by both."""
-        self.run = max(self.RUN, -(-len(copies) // _QUEUE_RUNS))
+        self.run = max(self.RUN, -(-len(nodes) // _QUEUE_RUNS))
         starts = b"".join(at.to_bytes(_RUN_BYTES, "little")
-                          for at in range(0, len(copies), self.run))
+                          for at in range(0, len(nodes), self.run))
         take, put = os.pipe()
         try:
             os.write(put, starts)       # (fits: a pipe holds at least PIPE_BUF bytes)
@@ -419,13 +425,13 @@ class FlatCopier:
             os.close(put)
         return take
 
-    def _take_runs(self, copies: list, queue: int) -> None:
+    def _take_runs(self, nodes: list, queue: int) -> None:
         """Copy the runs read from `queue` until it is empty (a read of a pipe's few bytes
         is atomic: each run goes to one child)."""
         run = self.run
         while start := os.read(queue, _RUN_BYTES):
             at = int.from_bytes(start, "little")
-            self._run(copies[at:at + run])
+            self._run(nodes[at:at + run])
 
     def __enter__(self) -> "FlatCopier":
         return self

@@ -81,7 +81,7 @@ def test_put_inodes_writes_what_a_put_each_writes(tmp_path, monkeypatch):
     # area starts, gaps (a tail's room), inline bytes and xattr ibodies, more than a run holds.
     from mkerofs.writer.plan import TreeInode
     monkeypatch.setattr(meta, "_COUNT_EVERY", 5)
-    monkeypatch.setattr(meta, "_RELEASE_EVERY", 7)
+    monkeypatch.setattr(meta, "_RELEASE_PAGES", 3)
     nodes, pos = [], 4096 - 64            # (the first ends where the head does)
     for i in range(60):
         node = TreeInode(b"", 0o100644, i, 2 * i, 10 * i, (1000 + i) * 10**9 + i, nlink=1,
@@ -139,3 +139,31 @@ def test_put_inodes_writes_what_a_put_each_writes(tmp_path, monkeypatch):
     assert (tmp_path / "rendered").read_bytes() == images[0]
     assert rendered == [n for n in nodes if n.ftype == 2 and n is not nodes[17]]
     assert any(tails[id(n)] for n in rendered)
+
+
+def test_put_inodes_counts_pages_written(tmp_path, monkeypatch):
+    # Pages of the metadata area are let go of by the pages written, not the inodes: 64 inodes
+    # of 64 bytes share one page (one count), an inode with a tail of a block takes its own.
+    from mkerofs.writer.plan import TreeInode
+    monkeypatch.setattr(meta, "_COUNT_EVERY", 1)
+    page = meta.mmap.PAGESIZE
+    nodes = []
+    for i in range(3 * page // 64):                 # three pages of small inodes
+        node = TreeInode(b"", 0o100644, 0, 0, 0, 0, nlink=1, ftype=1)
+        node.nid = (page + i * 64) // 32
+        nodes.append(node)
+    for i in range(5):                              # then five with a tail filling a page
+        node = TreeInode(b"", 0o100644, 0, 0, 0, 0, nlink=1, ftype=1)
+        node.inline = bytes(page - 32)
+        node.nid = (4 * page + i * page) // 32
+        nodes.append(node)
+    out = Output(str(tmp_path / "img"))
+    try:
+        image = MetaImage(0, 0, 10 * page, out)
+        counts = []
+        image.pages_written = counts.append
+        meta.put_inodes(image, nodes, 1, 0)
+        image.write_out(out)
+    finally:
+        out.abort()
+    assert sum(counts) == 3 + 5

@@ -261,3 +261,26 @@ def test_decoders_refuse_what_the_kernel_refuses():
 def test_encoder_refuses_big_lclusters():
     with pytest.raises(ValueError):
         index.encode_compact_extents([100], [1 | z._RAW], 8, 9, 13, False)
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_compact_packs_encoded_in_batches(big, monkeypatch):
+    """The 2B packs are encoded a batch at a time (not one list of every pack's fields, as
+    long as the file's lclusters): the bytes do not depend on the batch's size."""
+    rnd = random.Random(f"batches {big}")
+    bs = 4096
+    for _ in range(3):
+        llens, codes = [], []
+        for _ in range(rnd.randrange(3, 9)):
+            llens.append(rnd.randrange(1, 300) * bs + rnd.randrange(1, bs))
+            codes.append(rnd.randrange(1, 9) if big else 1)
+        llens.append(rnd.randrange(1, bs))
+        codes.append(1 | z._RAW)
+        start, ebase = rnd.randrange(1, 1 << 30), rnd.randrange(1, 40) * 8
+        encoded = []
+        for batch in (1, 2, 7, 1 << 20):
+            monkeypatch.setattr(index, "_PACKS_A_BATCH", batch)
+            encoded.append(bytes(index.encode_compact_extents(llens, codes, ebase, start, 12,
+                                                              big)))
+        assert len(encoded[0]) > 16 * 7 * 2        # (several batches of 7 packs)
+        assert encoded[:3] == encoded[3:] * 3

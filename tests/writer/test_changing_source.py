@@ -95,13 +95,13 @@ def _skip_unless_builds_fork(what: str) -> None:
 
 
 def _spy_forks(monkeypatch) -> list:
-    """The number of files of each FlatCopier that copies in forked processes."""
+    """The number of nodes given to each FlatCopier that copies in forked processes."""
     forked = []
     real_fork = mkerofs.writer.data.FlatCopier._fork
 
-    def fork(self, copies):
-        forked.append(len(copies))
-        return real_fork(self, copies)
+    def fork(self, nodes):
+        forked.append(len(nodes))
+        return real_fork(self, nodes)
 
     monkeypatch.setattr(mkerofs.writer.data.FlatCopier, "_fork", fork)
     return forked

@@ -43,8 +43,8 @@ def test_children_copy_what_one_process_copies(tmp_path):
     forked = []
     real_fork = data.FlatCopier._fork
 
-    def fork(self, copies):
-        real_fork(self, copies)
+    def fork(self, nodes):
+        real_fork(self, nodes)
         forked.append(len(self.pids))
 
     images = {}

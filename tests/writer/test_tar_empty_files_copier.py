@@ -17,9 +17,9 @@ def _copied(tmp_path, monkeypatch, mode: str) -> tuple[list[list[bytes]], dict, 
     given = []
     start = data.FlatCopier.start
 
-    def noting(self, copies):
-        given.append(sorted(n.path for n in copies))
-        return start(self, copies)
+    def noting(self, nodes, wanted):
+        given.append(sorted(n.path for n in nodes if wanted(n)))
+        return start(self, nodes, wanted)
 
     monkeypatch.setattr(data.FlatCopier, "start", noting)
     tar = tmp_path / "in.tar"
