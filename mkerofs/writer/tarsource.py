@@ -51,7 +51,7 @@ from typing import Callable
 from ..ondisk.format import EROFS_NAME_LEN
 from .spool import ImageSpool, Spool
 from .tarstream import BLK, CHR, DIR, HARDLINK, REG, SYMLINK, TarEntry, TarError, TarReader
-from .walk import DataRef, OffsetRef, TreeInode, link_children, offset_refs
+from .walk import DataRef, OffsetRef, SortedEntries, TreeInode, link_children, offset_refs
 
 _OPAQUE = b"trusted.overlay.opaque"
 _ORIGIN = b"trusted.overlay.origin"
@@ -76,6 +76,8 @@ class TarTreeOptions:
     build_time: int = 0             # seconds: mtime of the initial root
     tar_path: bytes | None = None   # the input, when it is a plain tar in a regular file read
                                     # from its start: file data is then referenced in place
+    sorted_entries: bool = False    # directories' entries as walk.SortedEntries, not a list
+                                    # of (name, child): for a tree only planned, not merged
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,9 +269,16 @@ class _Tree:
         pending = deque([root])
         # (each directory's dict is let go as its entries are made: not all of both at once)
         children = self.children
+        two_lists = self.opts.sorted_entries
         while pending:
             directory = pending.popleft()
-            count += link_children(directory, sorted(children.pop(directory).items()), pending)
+            kids = children.pop(directory)
+            if two_lists:       # (no tuple an entry: SortedEntries)
+                names = sorted(kids)
+                entries = SortedEntries(names, list(map(kids.__getitem__, names)))
+            else:
+                entries = sorted(kids.items())
+            count += link_children(directory, entries, pending)
         return root, count
 
 

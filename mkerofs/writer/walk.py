@@ -7,6 +7,7 @@ import re
 import stat
 from collections import deque
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import BuildError
@@ -187,7 +188,7 @@ class TreeInode:
     size: int                                 # st_size: a regular file's bytes, a symlink's target's
     mtime_ns: int                             # may be negative: divmod by 10**9 gives (s, ns)
     nlink: int                                # links found inside the tree
-    entries: list[tuple[bytes, "TreeInode"]] | None     # directories: (name, child)
+    entries: "list[tuple[bytes, TreeInode]] | SortedEntries | None"  # directories: (name, child)
     parent: "TreeInode | None"                # directories: the parent directory; other
                                               # inodes: found_in (see `path`)
     target: "bytes | DirShape | None"         # symlinks; directories: dir_shape
@@ -311,7 +312,28 @@ class TreeInode:
         return os.fsdecode(self.path)
 
 
-def link_children(directory: TreeInode, entries: list[tuple[bytes, TreeInode]],
+_CHILD = itemgetter(1)
+
+
+class SortedEntries:
+    """A directory's entries as two lists, its names in byte order and each name's inode:
+    a tar's directories (tarsource), 16 bytes an entry where (name, child) tuples are 80.
+    Read as the entries' list is, (name, child) pairs; planning takes the lists whole
+    (plan_inodes); what merges trees, changing entries in place, gets lists instead."""
+    __slots__ = ("names", "targets")
+
+    def __init__(self, names: list[bytes], targets: list[TreeInode]):
+        self.names, self.targets = names, targets
+
+    def __iter__(self):
+        return zip(self.names, self.targets)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def link_children(directory: TreeInode,
+                  entries: list[tuple[bytes, TreeInode]] | SortedEntries,
                   pending: deque) -> int:
     """Give `directory` of a tree built elsewhere than by walk_source (a tar, merged layers)
     its `entries`: each subdirectory its parent and 2 links (and a place in `pending`, to be
@@ -319,7 +341,8 @@ def link_children(directory: TreeInode, entries: list[tuple[bytes, TreeInode]],
     Returns how many inodes were met for the first time."""
     directory.entries = entries
     new = 0
-    for _name, child in entries:
+    for child in (entries.targets if type(entries) is SortedEntries
+                  else map(_CHILD, entries)):
         if child.entries is not None:
             child.parent = directory
             child.nlink = 2
