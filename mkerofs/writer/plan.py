@@ -8,7 +8,7 @@ from operator import itemgetter
 from dataclasses import dataclass
 
 from ..ondisk import format as fmt
-from .dirs import shape_sorted
+from .dirs import shape_sorted, shape_with_dots
 from ..errors import BuildError
 from .options import BuildOptions, TimeInherit
 from .walk import SortedEntries, TreeInode
@@ -178,7 +178,7 @@ def plan_inodes(root: TreeInode, options: BuildOptions, build_time: int,
     while queue:
         directory = popleft()
         entries = directory.entries
-        if type(entries) is SortedEntries:      # (its lists taken whole by the shape)
+        if type(entries) is SortedEntries:
             names, targets = entries.names, entries.targets
         else:
             entries = sorted(entries, key=_BY_NAME)
@@ -186,13 +186,17 @@ def plan_inodes(root: TreeInode, options: BuildOptions, build_time: int,
         for child in targets:
             if written and isinstance(child, WrittenInode):
                 continue
-            # (an inode met again, under another name: ftype is set once it is planned)
+            # (an inode met again, under another name: ftype is set once it is planned;
+            # the directory and its parent, a SortedEntries' dots, are planned already)
             if child.nlink == 1 or not child.ftype:
                 plan_one(child)
                 if child.ftype == ft_dir:
                     push(child)
-        shape = directory.dir_shape = shape_sorted(
-            names, targets, directory, directory.parent, block_size)
+        if type(entries) is SortedEntries:      # (its lists taken whole by the shape)
+            shape = shape_with_dots(names, targets, block_size)
+        else:
+            shape = shape_sorted(names, targets, directory, directory.parent, block_size)
+        directory.dir_shape = shape
         directory.size = shape.size
         if shape.size > fmt.EROFS_COMPACT_INODE_MAX_SIZE and not directory.extended:
             directory.extended = True

@@ -46,12 +46,14 @@ import os
 import stat
 from collections import deque
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Callable
 
 from ..ondisk.format import EROFS_NAME_LEN
 from .spool import ImageSpool, Spool
 from .tarstream import BLK, CHR, DIR, HARDLINK, REG, SYMLINK, TarEntry, TarError, TarReader
-from .walk import DataRef, OffsetRef, SortedEntries, TreeInode, link_children, offset_refs
+from .walk import (DataRef, OffsetRef, SortedEntries, TreeInode, count_links, link_children,
+                   offset_refs)
 
 _OPAQUE = b"trusted.overlay.opaque"
 _ORIGIN = b"trusted.overlay.origin"
@@ -273,12 +275,15 @@ class _Tree:
         while pending:
             directory = pending.popleft()
             kids = children.pop(directory)
-            if two_lists:       # (no tuple an entry: SortedEntries)
-                names = sorted(kids)
-                entries = SortedEntries(names, list(map(kids.__getitem__, names)))
-            else:
-                entries = sorted(kids.items())
-            count += link_children(directory, entries, pending)
+            if not two_lists:
+                count += link_children(directory, sorted(kids.items()), pending)
+                continue
+            count += count_links(directory, kids.values(), pending)
+            # (no tuple an entry, and each list made at its size, once: the shape takes
+            # them as they are, with the dots, whose inodes are known now)
+            kids[b"."], kids[b".."] = directory, directory.parent
+            names = sorted([*kids])
+            directory.entries = SortedEntries(names, itemgetter(*names)(kids))
         return root, count
 
 

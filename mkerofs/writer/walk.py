@@ -313,36 +313,45 @@ class TreeInode:
 
 
 _CHILD = itemgetter(1)
+_DOTS = (b".", b"..")
 
 
 class SortedEntries:
-    """A directory's entries as two lists, its names in byte order and each name's inode:
-    a tar's directories (tarsource), 16 bytes an entry where (name, child) tuples are 80.
-    Read as the entries' list is, (name, child) pairs; planning takes the lists whole
-    (plan_inodes); what merges trees, changing entries in place, gets lists instead."""
+    """A directory's entries as a directory's shape takes them (dirs.shape_with_dots): its
+    names in byte order, b"." and b".." among them, and each name's inode, the directory
+    and its parent for those two; a tar's directories (tarsource), 16 bytes an entry where
+    a list of (name, child) tuples is 80.  Read as that list is (the two dots left out);
+    planning takes the lists whole; what merges trees, changing entries in place, gets
+    such a list instead."""
     __slots__ = ("names", "targets")
 
-    def __init__(self, names: list[bytes], targets: list[TreeInode]):
+    def __init__(self, names: list[bytes], targets: tuple[TreeInode, ...]):
         self.names, self.targets = names, targets
 
     def __iter__(self):
-        return zip(self.names, self.targets)
+        # (no entry of a tar is named "." or "..": they are resolved in its paths)
+        return ((name, child) for name, child in zip(self.names, self.targets)
+                if name not in _DOTS)
 
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self.names) - 2
 
 
-def link_children(directory: TreeInode,
-                  entries: list[tuple[bytes, TreeInode]] | SortedEntries,
+def link_children(directory: TreeInode, entries: list[tuple[bytes, TreeInode]],
                   pending: deque) -> int:
     """Give `directory` of a tree built elsewhere than by walk_source (a tar, merged layers)
     its `entries`: each subdirectory its parent and 2 links (and a place in `pending`, to be
     done next), the directory a link per subdirectory, any other inode a link per name.
     Returns how many inodes were met for the first time."""
     directory.entries = entries
+    return count_links(directory, map(_CHILD, entries), pending)
+
+
+def count_links(directory: TreeInode, children, pending: deque) -> int:
+    """link_children's work on the inodes named in `directory` (each once a name, in any
+    order), its entries set apart."""
     new = 0
-    for child in (entries.targets if type(entries) is SortedEntries
-                  else map(_CHILD, entries)):
+    for child in children:
         if child.entries is not None:
             child.parent = directory
             child.nlink = 2
