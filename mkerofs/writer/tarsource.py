@@ -316,6 +316,10 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
     # the DataRef class of a plain file's bytes read in place or left in the tar (--tar=i),
     # if they are (_file_data's common case inline)
     in_tar = _in_tar_refs(opts)
+    # One int a file size, shared by the files of that size (an int above 256 is 32 bytes
+    # a file; on a tree of 42,000 such files, 17,000 sizes): only while reading, the dict
+    # let go before later allocations
+    same_size = {}.setdefault
     for entry in reader:
         path = entry.path
         written = entry.name
@@ -368,7 +372,8 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
             else:
                 data = _file_data(reader, entry, opts, spool)
             # (the most common entry)
-            node = TreeInode(where, entry.mode, entry.uid, entry.gid, entry.size,
+            size = entry.size
+            node = TreeInode(where, entry.mode, entry.uid, entry.gid, same_size(size, size),
                                entry.mtime_ns, xattrs=xattrs, data=data, found_in=found_in)
         elif kind == DIR:
             node = TreeInode(path, entry.mode, entry.uid, entry.gid, 0, entry.mtime_ns,
