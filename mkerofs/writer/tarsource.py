@@ -52,8 +52,8 @@ from typing import Callable
 from ..ondisk.format import EROFS_NAME_LEN
 from .spool import ImageSpool, Spool
 from .tarstream import BLK, CHR, DIR, HARDLINK, REG, SYMLINK, TarEntry, TarError, TarReader
-from .walk import (DataRef, OffsetRef, SortedEntries, TreeInode, count_links, link_children,
-                   offset_refs)
+from .walk import (DataRef, NamedDirInode, OffsetRef, SortedEntries, TreeInode, count_links,
+                   link_children, offset_refs)
 
 _OPAQUE = b"trusted.overlay.opaque"
 _ORIGIN = b"trusted.overlay.origin"
@@ -279,6 +279,10 @@ class _Tree:
                 count += link_children(directory, sorted(kids.items()), pending)
                 continue
             count += count_links(directory, kids.values(), pending)
+            for name, child in kids.items():
+                if child.entries is not None:   # (its name is in `names`: a path less)
+                    child.where = name
+                    child.__class__ = NamedDirInode
             # (no tuple an entry, and each list made at its size, once: the shape takes
             # them as they are, with the dots, whose inodes are known now)
             kids[b"."], kids[b".."] = directory, directory.parent

@@ -246,7 +246,7 @@ class TreeInode:
         if found_in is None or self.mode & 0o170000 == 0o040000:   # (S_IFMT, S_IFDIR)
             return self.where
         # (found_in is a directory whose path does not end with "/": never found_in one)
-        return found_in.where + b"/" + self.where
+        return found_in.path + b"/" + self.where
 
     @property
     def found_in(self) -> "TreeInode | None":
@@ -310,6 +310,19 @@ class TreeInode:
 
     def display_path(self) -> str:
         return os.fsdecode(self.path)
+
+
+class NamedDirInode(TreeInode):
+    """A tar's directory once its tree is whole (tarsource, for a build): `where` is only
+    its name, its parent's path gives the rest (a whole path a directory is ~90 bytes)."""
+    __slots__ = ()
+
+    @property
+    def path(self) -> bytes:
+        parent = self.parent
+        if parent.parent is parent:             # (the root's, whose path is ".")
+            return self.where
+        return parent.path + b"/" + self.where
 
 
 _CHILD = itemgetter(1)
