@@ -8,7 +8,7 @@ from operator import itemgetter
 from dataclasses import dataclass
 
 from ..ondisk import format as fmt
-from .dirs import shape_sorted, shape_with_dots
+from .dirs import block_ends, shape_sorted
 from ..errors import BuildError
 from .options import BuildOptions, TimeInherit
 from .walk import SortedEntries, TreeInode
@@ -192,8 +192,9 @@ def plan_inodes(root: TreeInode, options: BuildOptions, build_time: int,
                 plan_one(child)
                 if child.ftype == ft_dir:
                     push(child)
-        if type(entries) is SortedEntries:      # (its lists taken whole by the shape)
-            shape = shape_with_dots(names, targets, block_size)
+        if type(entries) is SortedEntries:      # (the shape itself, but for its blocks)
+            shape = entries
+            shape.ends, shape.size = block_ends(names, block_size)
         else:
             shape = shape_sorted(names, targets, directory, directory.parent, block_size)
         directory.dir_shape = shape

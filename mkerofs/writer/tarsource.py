@@ -286,7 +286,7 @@ class _Tree:
             # (no tuple an entry, and each list made at its size, once: the shape takes
             # them as they are, with the dots, whose inodes are known now)
             kids[b"."], kids[b".."] = directory, directory.parent
-            names = sorted([*kids])
+            names = tuple(sorted(kids))
             directory.entries = SortedEntries(names, itemgetter(*names)(kids))
         return root, count
 

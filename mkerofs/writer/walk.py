@@ -329,17 +329,17 @@ _CHILD = itemgetter(1)
 _DOTS = (b".", b"..")
 
 
-class SortedEntries:
-    """A directory's entries as a directory's shape takes them (dirs.shape_with_dots): its
-    names in byte order, b"." and b".." among them, and each name's inode, the directory
-    and its parent for those two; a tar's directories (tarsource), 16 bytes an entry where
-    a list of (name, child) tuples is 80.  Read as that list is (the two dots left out);
-    planning takes the lists whole; what merges trees, changing entries in place, gets
-    such a list instead."""
-    __slots__ = ("names", "targets")
+class SortedEntries(DirShape):
+    """A directory's entries as its shape takes them (a DirShape whose ends and size
+    plan_inodes fills in): its names in byte order, b"." and b".." among them, and each
+    name's inode, the directory and its parent for those two; a tar's directories
+    (tarsource), 16 bytes an entry where a list of (name, child) tuples is 80, and no other
+    object a directory once planned.  Read as that list is (the two dots left out); what
+    merges trees, changing entries in place, gets such a list instead."""
+    __slots__ = ()
 
-    def __init__(self, names: list[bytes], targets: tuple[TreeInode, ...]):
-        self.names, self.targets = names, targets
+    def __init__(self, names: tuple[bytes, ...], targets: tuple[TreeInode, ...]):
+        DirShape.__init__(self, names, targets, (), 0)
 
     def __iter__(self):
         # (no entry of a tar is named "." or "..": they are resolved in its paths)
