@@ -278,11 +278,13 @@ class _Tree:
             if not two_lists:
                 count += link_children(directory, sorted(kids.items()), pending)
                 continue
+            subdirs = len(pending)
             count += count_links(directory, kids.values(), pending)
-            for name, child in kids.items():
-                if child.entries is not None:   # (its name is in `names`: a path less)
-                    child.where = name
-                    child.__class__ = NamedDirInode
+            if len(pending) > subdirs:          # (it has subdirectories)
+                for name, child in kids.items():
+                    if child.entries is not None:   # (its name is in `names`: a path less)
+                        child.where = name
+                        child.__class__ = NamedDirInode
             # (no tuple an entry, and each list made at its size, once: the shape takes
             # them as they are, with the dots, whose inodes are known now)
             kids[b"."], kids[b".."] = directory, directory.parent
