@@ -906,7 +906,7 @@ def _assign_data(plan: Plan, options: BuildOptions, source: bytes, xattrs: Xattr
                                                                 options.format_48bit)
     # the shared xattr area: whole blocks at the start of the data area; ids count from there
     xattr_blkaddr = data.allocate(-(-len(xattrs.shared_area) // bs)) if xattrs.shared_area else 0
-    nodes = plan.inodes         # (not a copy: 8 bytes an inode; another list for a packed one)
+    nodes = list(plan.inodes)
     used = _FeaturesUsed()
     # files of zeros only (--tar=headerball, rebuild --clean=rvsp) take no data blocks,
     # compressed or not
@@ -918,7 +918,7 @@ def _assign_data(plan: Plan, options: BuildOptions, source: bytes, xattrs: Xattr
         packed_node = _compress_regular_files(plan, options, source, zcfg, hints, pool, packed,
                                               data, used)
         if packed_node is not None:
-            nodes = nodes + [packed_node]
+            nodes.append(packed_node)
     store = None
     if options.chunkbits is not None:
         # --chunksize: the files left uncompressed are chunk-based (the flag even if none is)
