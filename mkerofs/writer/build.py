@@ -271,7 +271,7 @@ def _stacked_tars(inputs: contextlib.ExitStack, sources: list, options: BuildOpt
     if options.tar.sort == "none":
         raise BuildError("--sort=none: one tar only (several tar layers are merged first)")
     one = replace(options, tar=replace(options.tar, ovlfs_strip=False))
-    roots = [_read_tar(inputs, os.fspath(s), one, build_time, out, offer).root
+    roots = [_read_tar(inputs, os.fspath(s), one, build_time, out, offer, merged=True).root
              for s in sources]
     root, _count = merge_layers(roots, options.tar.ovlfs_strip)
     return root
@@ -382,13 +382,15 @@ class _TarTree:
 
 
 def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build_time: int,
-              out: Output, offer: Callable | None) -> _TarTree:
+              out: Output, offer: Callable | None, merged: bool = False) -> _TarTree:
     """The tree of the tar stream `source` (a path or a binary file object).  What it opens
     (the --ungzip=FILE dump, the decoder, the spool holding file data that cannot be read in
     place) stays open in `inputs` until the image is written, and is closed (the spool
     removed) on every way out.  `offer` (with compression) gets each regular file once its
     data is stored, as walk_source's on_file (a later entry may still replace it: the pool
-    then drops it).
+    then drops it).  `merged`: the tree is merged with others (layers.py), which change
+    its directories' entries in place: lists of them (else walk.SortedEntries, but for an
+    increment's tree, merged too).
 
     --sort=none, which mkfs.erofs honours only without compression and with -Enoinline_data,
     keeps the files' data in tar order: a stream (not a plain tar file, which is read in place)
@@ -448,7 +450,7 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     tree_options = TarTreeOptions(
         aufs=tar.aufs, ovlfs_strip=tar.ovlfs_strip, headerball=tar.mode == "headerball",
         index=tar.mode == "i", root_uid=os.getuid(), root_gid=os.getgid(), build_time=build_time,
-        tar_path=tar_path)
+        tar_path=tar_path, sorted_entries=not merged and options.incremental is None)
     order = indexed = None
     if tree_options.index:
         indexed = []

@@ -14,9 +14,9 @@ class DirShape:
 
     Kept until the nids are known, for every directory at once: so two flat lists (16 bytes an
     entry), not a tuple per entry (64)."""
-    names: list[bytes]                         # in byte order
-    targets: list[object]                      # each name's inode
-    ends: list[int]                            # where each block's entries end in names
+    names: list[bytes] | tuple[bytes, ...]     # in byte order
+    targets: list[object] | tuple[object, ...]  # each name's inode
+    ends: tuple[int, ...]                      # where each block's entries end in names
     size: int                                  # i_size: full blocks + the used part of the last
 
 
@@ -32,13 +32,15 @@ def shape_sorted(names: list[bytes], targets: list[object], dot: object, dotdot:
     at = bisect_left(names, b"..", at + 1)
     names.insert(at, b"..")
     targets.insert(at, dotdot)
-    return _split(names, targets, block_size)
+    return DirShape(names, targets, *block_ends(names, block_size))
 
 
-def _split(names: list[bytes], targets: list[object], block_size: int) -> DirShape:
+def block_ends(names: "list[bytes] | tuple[bytes, ...]", block_size: int
+               ) -> tuple[tuple[int, ...], int]:
+    """(DirShape.ends, DirShape.size) of a directory's names, all of them in byte order."""
     used = fmt.EROFS_DIRENT_SIZE * len(names) + sum(map(len, names))
     if used <= block_size:              # most directories: one block
-        return DirShape(names, targets, [len(names)], used)
+        return (len(names),), used
     ends: list[int] = []
     used = 0
     for i, name in enumerate(names):
@@ -48,7 +50,7 @@ def _split(names: list[bytes], targets: list[object], block_size: int) -> DirSha
             used = 0
         used += need
     ends.append(len(names))
-    return DirShape(names, targets, ends, (len(ends) - 1) * block_size + used)
+    return tuple(ends), (len(ends) - 1) * block_size + used
 
 
 def render_directory(shape: DirShape, block_size: int, nid_of, ftype_of) -> bytes:

@@ -8,10 +8,10 @@ from operator import itemgetter
 from dataclasses import dataclass
 
 from ..ondisk import format as fmt
-from .dirs import shape_sorted
+from .dirs import block_ends, shape_sorted
 from ..errors import BuildError
 from .options import BuildOptions, TimeInherit
-from .walk import TreeInode
+from .walk import SortedEntries, TreeInode
 
 _FILE_TYPES = fmt.EROFS_FT_OF_MODE
 
@@ -83,7 +83,7 @@ def planned_isize(src: TreeInode, options: BuildOptions, build_time: int) -> int
     return fmt.EROFS_INODE_EXTENDED_SIZE if form[0] else fmt.EROFS_INODE_COMPACT_SIZE
 
 
-_BY_NAME = itemgetter(0)
+_BY_NAME, _CHILD = itemgetter(0), itemgetter(1)
 _S_IFMT = fmt.S_IFMT
 _INTERNED_MAX = 4096
 _COMPACT_MAX_SIZE = fmt.EROFS_COMPACT_INODE_MAX_SIZE
@@ -177,21 +177,27 @@ def plan_inodes(root: TreeInode, options: BuildOptions, build_time: int,
     ft_dir = fmt.EROFS_FT_DIR
     while queue:
         directory = popleft()
-        entries = sorted(directory.entries, key=_BY_NAME)
-        targets = []
-        add = targets.append
-        for _name, child in entries:
+        entries = directory.entries
+        if type(entries) is SortedEntries:
+            names, targets = entries.names, entries.targets
+        else:
+            entries = sorted(entries, key=_BY_NAME)
+            names, targets = list(map(_BY_NAME, entries)), list(map(_CHILD, entries))
+        for child in targets:
             if written and isinstance(child, WrittenInode):
-                add(child)
                 continue
-            # (an inode met again, under another name: ftype is set once it is planned)
+            # (an inode met again, under another name: ftype is set once it is planned;
+            # the directory and its parent, a SortedEntries' dots, are planned already)
             if child.nlink == 1 or not child.ftype:
                 plan_one(child)
                 if child.ftype == ft_dir:
                     push(child)
-            add(child)
-        shape = directory.dir_shape = shape_sorted(
-            list(map(_BY_NAME, entries)), targets, directory, directory.parent, block_size)
+        if type(entries) is SortedEntries:      # (the shape itself, but for its blocks)
+            shape = entries
+            shape.ends, shape.size = block_ends(names, block_size)
+        else:
+            shape = shape_sorted(names, targets, directory, directory.parent, block_size)
+        directory.dir_shape = shape
         directory.size = shape.size
         if shape.size > fmt.EROFS_COMPACT_INODE_MAX_SIZE and not directory.extended:
             directory.extended = True

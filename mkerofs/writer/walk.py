@@ -7,6 +7,7 @@ import re
 import stat
 from collections import deque
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import BuildError
@@ -187,7 +188,7 @@ class TreeInode:
     size: int                                 # st_size: a regular file's bytes, a symlink's target's
     mtime_ns: int                             # may be negative: divmod by 10**9 gives (s, ns)
     nlink: int                                # links found inside the tree
-    entries: list[tuple[bytes, "TreeInode"]] | None     # directories: (name, child)
+    entries: "list[tuple[bytes, TreeInode]] | SortedEntries | None"  # directories: (name, child)
     parent: "TreeInode | None"                # directories: the parent directory; other
                                               # inodes: found_in (see `path`)
     target: "bytes | DirShape | None"         # symlinks; directories: dir_shape
@@ -245,7 +246,7 @@ class TreeInode:
         if found_in is None or self.mode & 0o170000 == 0o040000:   # (S_IFMT, S_IFDIR)
             return self.where
         # (found_in is a directory whose path does not end with "/": never found_in one)
-        return found_in.where + b"/" + self.where
+        return found_in.path + b"/" + self.where
 
     @property
     def found_in(self) -> "TreeInode | None":
@@ -311,6 +312,44 @@ class TreeInode:
         return os.fsdecode(self.path)
 
 
+class NamedDirInode(TreeInode):
+    """A tar's directory once its tree is whole (tarsource, for a build): `where` is only
+    its name, its parent's path gives the rest (a whole path a directory is ~90 bytes)."""
+    __slots__ = ()
+
+    @property
+    def path(self) -> bytes:
+        parent = self.parent
+        if parent.parent is parent:             # (the root's, whose path is ".")
+            return self.where
+        return parent.path + b"/" + self.where
+
+
+_CHILD = itemgetter(1)
+_DOTS = (b".", b"..")
+
+
+class SortedEntries(DirShape):
+    """A directory's entries as its shape takes them (a DirShape whose ends and size
+    plan_inodes fills in): its names in byte order, b"." and b".." among them, and each
+    name's inode, the directory and its parent for those two; a tar's directories
+    (tarsource), 16 bytes an entry where a list of (name, child) tuples is 80, and no other
+    object a directory once planned.  Read as that list is (the two dots left out); what
+    merges trees, changing entries in place, gets such a list instead."""
+    __slots__ = ()
+
+    def __init__(self, names: tuple[bytes, ...], targets: tuple[TreeInode, ...]):
+        DirShape.__init__(self, names, targets, (), 0)
+
+    def __iter__(self):
+        # (no entry of a tar is named "." or "..": they are resolved in its paths)
+        return ((name, child) for name, child in zip(self.names, self.targets)
+                if name not in _DOTS)
+
+    def __len__(self) -> int:
+        return len(self.names) - 2
+
+
 def link_children(directory: TreeInode, entries: list[tuple[bytes, TreeInode]],
                   pending: deque) -> int:
     """Give `directory` of a tree built elsewhere than by walk_source (a tar, merged layers)
@@ -318,8 +357,14 @@ def link_children(directory: TreeInode, entries: list[tuple[bytes, TreeInode]],
     done next), the directory a link per subdirectory, any other inode a link per name.
     Returns how many inodes were met for the first time."""
     directory.entries = entries
+    return count_links(directory, map(_CHILD, entries), pending)
+
+
+def count_links(directory: TreeInode, children, pending: deque) -> int:
+    """link_children's work on the inodes named in `directory` (each once a name, in any
+    order), its entries set apart."""
     new = 0
-    for _name, child in entries:
+    for child in children:
         if child.entries is not None:
             child.parent = directory
             child.nlink = 2
