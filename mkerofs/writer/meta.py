@@ -96,7 +96,11 @@ def item_size(node: TreeInode) -> int:
 
 def place_inode(alloc: MetaAllocator, node: TreeInode, meta_base: int = 0) -> int:
     """Place `node`, keeping its inline pcluster (node.inline_tail) within one block."""
-    pos = alloc.place(node.meta_size_before_inline + node.inline_len, node.inline_tail)
+    flat = node.flat
+    if flat is not None:        # (most inodes: a flat layout, no inline pcluster)
+        pos = alloc.place(node.meta_size_before_inline + flat.tail)
+    else:
+        pos = alloc.place(node.meta_size_before_inline + node.inline_len, node.inline_tail)
     node.nid = (pos - meta_base) >> fmt.EROFS_ISLOTBITS
     return pos
 
