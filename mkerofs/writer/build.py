@@ -678,9 +678,9 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
     if written is None:
         # The root goes right after the superblock so that its nid fits the 16-bit rootnid
         # field; the data area follows, then the metadata area with every other inode.
-        if inline_fits(root, root.size, bs):
-            root.inline_len = root.size % bs
-        root_pos = alloc.place(item_size(root))
+        # (its tail's room, before reserve_flat gives the root that tail)
+        tail = root.size % bs if inline_fits(root, root.size, bs) else 0
+        root_pos = alloc.place(root.meta_size_before_inline + tail)
         data = DataArea(out, bs, fmt.round_up(alloc.frontier, bs) // bs, options.dsunit)
     else:
         # --sort=none from a stream: the files' data fills the blocks after the superblock's
@@ -1064,7 +1064,6 @@ def _take_layouts(results, options: BuildOptions, data: DataArea, used: _Feature
         node.datalayout = layout.datalayout
         node.i_u = layout.blocks
         node.inline = layout.inline
-        node.inline_len = len(layout.inline)
         node.inline_tail = layout.tail
         used.ztailpacking |= layout.inline_pcluster
         used.fragments |= layout.fragment

@@ -363,7 +363,6 @@ def _set_one_chunk(node: TreeInode, layout: ChunkLayout, start: int, device_id: 
     node.i_u = layout.chunkformat
     node.inline = inline = pads[node.meta_size_before_inline % len(pads)] + \
         _CHUNK_INDEX(0, device_id, start)
-    node.inline_len = len(inline)
 
 
 _CHUNK_INDEX = fmt.EROFS_INODE_CHUNK_INDEX.pack
@@ -789,7 +788,6 @@ def set_chunk_run(node: TreeInode, layout: ChunkLayout, start: int, device_id: i
     node.datalayout = fmt.EROFS_INODE_CHUNK_BASED
     node.i_u = layout.chunkformat
     node.inline = layout.encode_run(node.meta_size_before_inline, start, device_id)
-    node.inline_len = len(node.inline)
 
 
 def set_chunk_map(node: TreeInode, layout: ChunkLayout, blkaddrs: Sequence[int | None],
@@ -800,4 +798,3 @@ def set_chunk_map(node: TreeInode, layout: ChunkLayout, blkaddrs: Sequence[int |
     # inodes start on a 32-byte slot: the map's alignment is known before the inode is placed
     node.inline = layout.encode_map(node.meta_size_before_inline, blkaddrs,
                                     device_id if layout.indexes else 0)
-    node.inline_len = len(node.inline)

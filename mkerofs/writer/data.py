@@ -171,10 +171,8 @@ class DataArea:
         return self._set_flat(node, tail, rewritten)
 
     def _set_flat(self, node: TreeInode, tail: int, rewritten: bool) -> FlatData:
-        # (inline_len is the shared FlatData's own int: a tail above 256 is a new int object
-        # a file otherwise, ~32 bytes)
+        # (its inline_len is the shared FlatData's tail: no int object a file)
         flat = node.flat = self._flat(tail, rewritten)
-        node.inline_len = flat.tail
         return flat
 
     def _flat(self, tail: int, rewritten: bool = False, written: bool = False) -> FlatData:
@@ -195,7 +193,6 @@ class DataArea:
         node.data = _WRITTEN
         node.datalayout = fmt.EROFS_INODE_FLAT_PLAIN
         node.i_u = start
-        node.inline_len = 0
         node.flat = self._flat(0, written=True)
 
     def copy_regular(self, node: TreeInode, tail_view: memoryview) -> None:

@@ -35,12 +35,22 @@ def shape_sorted(names: list[bytes], targets: list[object], dot: object, dotdot:
     return DirShape(names, targets, *block_ends(names, block_size))
 
 
+# DirShape.ends of one block, by its entry count (no more than a block's dirents: a
+# few thousand at most)
+_ONE_BLOCK: dict[int, tuple[int]] = {}
+
+
 def block_ends(names: "list[bytes] | tuple[bytes, ...]", block_size: int
                ) -> tuple[tuple[int, ...], int]:
     """(DirShape.ends, DirShape.size) of a directory's names, all of them in byte order."""
-    used = fmt.EROFS_DIRENT_SIZE * len(names) + sum(map(len, names))
+    count = len(names)
+    used = fmt.EROFS_DIRENT_SIZE * count + sum(map(len, names))
     if used <= block_size:              # most directories: one block
-        return (len(names),), used
+        # (the ends of a block of `count` entries, shared: a tuple a directory is 48 bytes)
+        ends = _ONE_BLOCK.get(count)
+        if ends is None:
+            ends = _ONE_BLOCK[count] = (count,)
+        return ends, used
     ends: list[int] = []
     used = 0
     for i, name in enumerate(names):

@@ -177,9 +177,9 @@ class TreeInode:
 
     Fields of one kind of inode share a slot with another kind's (8 bytes an inode each, for
     60,000 inodes 0.5 MiB): a non-directory's `found_in` is its `parent` slot, a directory's
-    `dir_shape` its `target` slot, a device's `rdev` (before planning) its `i_u`, which
-    planning turns into the on-disk device number; and the xattrs, once encoded, their
-    `xattr_ibody` (set_xattr_ibody).  The constructor takes them by their names
+    `dir_shape` and a compressed file's `inline_tail` its `target` slot, a device's `rdev`
+    (before planning) its `i_u`, which planning turns into the on-disk device number; and the
+    xattrs, once encoded, their `xattr_ibody` (set_xattr_ibody).  The constructor takes them by their names
     (`dataclasses.replace` copies them too)."""
     where: bytes                              # its path, or with found_in its name there
     mode: int                                 # st_mode: file type and permissions
@@ -206,12 +206,9 @@ class TreeInode:
     datalayout: int
     i_u: int                        # as the inode's union: the device number of a device
                                     # file (before planning its st_rdev: `rdev`)
-    inline_len: int                 # bytes reserved after inode + xattrs: a tail, or indexes
     inline: bytes = field(repr=False)
                                     # those bytes, when built in memory (a regular file's tail is
                                     # read straight into the metadata image instead)
-    inline_tail: int                # bytes at the end of `inline` that must stay within one
-                                    # block: an inline compressed pcluster
     flat: FlatData | None           # a flat layout's place, once reserved
     nid: int
 
@@ -223,7 +220,7 @@ class TreeInode:
                  data: DataRef | LayerRef | FileRef | IndexedRef | OffsetRef | None = None,
                  found_in: "TreeInode | None" = None, ftype: int = 0,
                  extended: bool = False, meta_size_before_inline: int = 0,
-                 datalayout: int = _FLAT_PLAIN, i_u: int = 0, inline_len: int = 0,
+                 datalayout: int = _FLAT_PLAIN, i_u: int = 0,
                  inline: bytes = b"", inline_tail: int = 0, flat: FlatData | None = None,
                  nid: int = -1):
         # (the planned fields after the source's, as dataclasses.replace gives them by name;
@@ -237,8 +234,9 @@ class TreeInode:
         self.extended, self.datalayout, self.nid = extended, datalayout, nid
         self.meta_size_before_inline = meta_size_before_inline
         self.i_u = rdev or i_u
-        self.inline_len, self.inline, self.inline_tail = inline_len, inline, inline_tail
-        self.flat = flat
+        self.inline, self.flat = inline, flat
+        if inline_tail:
+            self.target = inline_tail
 
     @property
     def path(self) -> bytes:
@@ -267,6 +265,25 @@ class TreeInode:
     @dir_shape.setter
     def dir_shape(self, shape: DirShape | None) -> None:
         self.target = shape
+
+    @property
+    def inline_len(self) -> int:
+        """Bytes reserved after inode + xattrs: a flat layout's tail (once reserved), or
+        `inline` (indexes).  (Not a field of its own: with inline_tail's, 16 bytes an inode,
+        a smaller pymalloc size class.)"""
+        flat = self.flat
+        return flat.tail if flat is not None else len(self.inline)
+
+    @property
+    def inline_tail(self) -> int:
+        """Bytes at the end of `inline` that must stay within one block: an inline
+        compressed pcluster (a regular file's: in the `target` slot)."""
+        tail = self.target
+        return tail if type(tail) is int else 0
+
+    @inline_tail.setter
+    def inline_tail(self, tail: int) -> None:
+        self.target = tail if tail else None
 
     @classmethod
     def of_stat(cls, path: bytes, st: os.stat_result, **fields) -> "TreeInode":
