@@ -308,3 +308,25 @@ def test_ignored_with_chunk_based_files_and_says_so(chunks, archived, tmp_path, 
     assert plain.read_bytes() == sorted_none.read_bytes()
     with kernel(sorted_none) as mnt:
         compare_trees(tree, mnt)
+
+
+@pytest.mark.parametrize("block_size", [4096, 1024])
+def test_tar_file_on_stdin_mounts_like_its_tree(block_size, archived, tmp_path, tiny_tmpdir,
+                                                kernel):
+    """stdin redirected from a tar file (`< layer.tar`): a forked copier copies each file's
+    range of the tar into the image (spool.TarCopier) instead of the parser writing it; the
+    kernel must see the tree, sparse files and hard links included."""
+    from support.run import mkerofs_command, mkerofs_env
+    tree, data = archived
+    tar = tmp_path / "layer.tar"
+    tar.write_bytes(data)
+    image = tmp_path / "out.erofs"
+    with open(tar, "rb") as stdin:
+        r = subprocess.run(mkerofs_command() + [*SORT_NONE, "-b", str(block_size), str(image)],
+                           stdin=stdin, capture_output=True, text=True,
+                           env=mkerofs_env({"TMPDIR": tiny_tmpdir}), timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert_data_first_in_tar_order(image, data, block_size)
+    with kernel(image) as mnt:
+        compare_trees(tree, mnt)
+    assert_fsck(image, block_size)
