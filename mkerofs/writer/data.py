@@ -339,6 +339,28 @@ def fork_copier(work: Callable[[], object], report: int, *inherited: int) -> int
         os._exit(code)
 
 
+def reap_copiers(pids: list[int], errors: int, *, kill: bool, doing: str) -> None:
+    """Wait for processes of fork_copier (SIGKILLed first with `kill`) and close `errors`, the
+    read end of their report pipe; unless they were killed, BuildError with the first failure
+    reported, or naming the exit code of one that died (`doing`: what they were doing)."""
+    if kill:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+    with os.fdopen(errors, "rb") as pipe:
+        reports = pipe.read().decode(errors="replace").splitlines()
+    failed = []
+    for pid in pids:
+        _pid, status = os.waitpid(pid, 0)
+        if status:
+            failed.append(os.waitstatus_to_exitcode(status))
+    if kill:
+        return
+    if reports:
+        raise BuildError(reports[0])
+    if failed:
+        raise BuildError(f"a process {doing} died (exit code {failed[0]})")
+
+
 class FlatCopier:
     """Copies regular files (the nodes `wanted` picks, for DataArea.copy_regular, each with the
     tail view `view_of(node)` gives, made only when its turn comes: a memoryview is ~200 bytes,
@@ -447,20 +469,5 @@ class FlatCopier:
                 self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _wait_children(self, kill: bool) -> None:
-        if kill:
-            for pid in self.pids:
-                os.kill(pid, signal.SIGKILL)
-        with os.fdopen(self.errors, "rb") as pipe:
-            reports = pipe.read().decode(errors="replace").splitlines()
-        failed = []
-        for pid in self.pids:
-            _pid, status = os.waitpid(pid, 0)
-            if status:
-                failed.append(os.waitstatus_to_exitcode(status))
-        self.pids = []
-        if kill:
-            return
-        if reports:
-            raise BuildError(reports[0])
-        if failed:
-            raise BuildError(f"a process copying file data died (exit code {failed[0]})")
+        pids, self.pids = self.pids, []
+        reap_copiers(pids, self.errors, kill=kill, doing="copying file data")

@@ -31,12 +31,11 @@ from typing import Iterable
 from array import array
 from collections.abc import Callable
 from select import PIPE_BUF
-from signal import SIGKILL
 
 from ..errors import BuildError
 from ..ondisk import format as fmt
 from ..util import can_fork, pwrite_all
-from .data import DataArea, fork_copier
+from .data import DataArea, fork_copier, reap_copiers
 from .output import Output
 from .tarstream import TarEntry, TarReader
 from .walk import DataRef, InImageRef, OffsetRef, offset_refs
@@ -288,27 +287,15 @@ class _Forked:
     def close(self) -> None:
         if self._pid < 0:
             return
-        os.kill(self._pid, SIGKILL)
         for fd in (self._put, self._take):
             if fd >= 0:
                 os.close(fd)
         self._put = self._take = -1
-        try:
-            self._wait()
-        except BuildError:
-            pass
+        self._wait(kill=True)
 
-    def _wait(self) -> None:
-        pid, self._pid = self._pid, -1
-        with os.fdopen(self._errors, "rb") as pipe:
-            self._errors = -1
-            reports = pipe.read().decode(errors="replace").splitlines()
-        _pid, status = os.waitpid(pid, 0)
-        if reports:
-            raise BuildError(reports[0])
-        if status:
-            raise BuildError("the process writing the files' data died (exit code "
-                             f"{os.waitstatus_to_exitcode(status)})")
+    def _wait(self, kill: bool = False) -> None:
+        pid, errors, self._pid, self._errors = self._pid, self._errors, -1, -1
+        reap_copiers([pid], errors, kill=kill, doing="writing the files' data")
 
 
 class TarCopier(_Forked):
