@@ -297,12 +297,9 @@ class DataArea:
             for src in sources.values():
                 os.close(src)
 
-    def write_flat_bytes(self, node: TreeInode, data: bytes) -> None:
-        """Store in-memory content (a symlink target, a directory) in its reserved place."""
-        node.inline = self.write_flat_body(node, data)
-
     def write_flat_body(self, node: TreeInode, data: bytes) -> bytes:
-        """write_flat_bytes' blocks only: the tail, to go inline, is returned."""
+        """Store in-memory content (a symlink target, a directory) in its reserved blocks;
+        the tail, to go inline, is returned."""
         assert len(data) == node.size
         body = len(data) - node.flat.tail
         if body:
@@ -317,10 +314,11 @@ def inline_fits(node: TreeInode, size: int, block_size: int) -> bool:
     return tail > 0 and node.meta_size_before_inline + tail <= block_size
 
 
-def fork_copier(work: Callable[[], object], report: int, *inherited: int) -> int:
+def fork_copier(work: Callable[[], object], report: int, *inherited: int,
+                doing: str = "copying file data") -> int:
     """Fork a process that closes the `inherited` descriptors, runs `work` (SIGINT ignored:
     the parent stops it) and exits, with 0, or with 1 once it has written what failed as a
-    line to `report`; its pid."""
+    line to `report` (`doing`: what it was doing); its pid."""
     pid = os.fork()
     if pid:
         return pid
@@ -333,7 +331,7 @@ def fork_copier(work: Callable[[], object], report: int, *inherited: int) -> int
         code = 0
     except BaseException as err:
         message = str(err) if isinstance(err, BuildError) else (
-            f"copying file data: {type(err).__name__}: {err}")
+            f"{doing}: {type(err).__name__}: {err}")
         os.write(report, message.encode(errors="replace")[:4000] + b"\n")
     finally:
         os._exit(code)

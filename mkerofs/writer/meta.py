@@ -127,13 +127,14 @@ _PAGE_BITS = (mmap.PAGESIZE - 1).bit_length()
 
 def put_inodes(meta: "MetaImage", nodes: list[TreeInode], first_ino: int, epoch: int,
                meta_base: int = 0, skip: TreeInode | None = None,
-               render_dir: Callable[[TreeInode], bytes] | None = None) -> None:
+               render: Callable[[TreeInode], bytes] | None = None) -> None:
     """Write every node but `skip` (its inode, xattr ibody and inline bytes: what
     serialize_inode gives) into its place in `meta`, node i numbered first_ino + i.
     Each is packed straight into the metadata area: no bytes object an inode.  Only the
     node's own bytes are written: a copier may be filling its tail meanwhile.
-    `render_dir(node)`, when given, writes a directory's blocks and gives its inline bytes
-    there and then (no directory's tail is kept until its inode is written)."""
+    `render(node)`, when given, writes a directory's or a symlink's blocks and gives its
+    inline bytes there and then (no directory's tail is kept until its inode is written,
+    and no other pass over the nodes finds the symlinks)."""
     pack_into = fmt.pack_inode_into
     icount = fmt.xattr_icount
     head, head_end = meta.head, len(meta.head)
@@ -141,7 +142,7 @@ def put_inodes(meta: "MetaImage", nodes: list[TreeInode], first_ino: int, epoch:
     written = meta.pages_written
     bits = fmt.EROFS_ISLOTBITS
     page_bits = _PAGE_BITS
-    directory = fmt.EROFS_FT_DIR
+    directory, symlink = fmt.EROFS_FT_DIR, fmt.EROFS_FT_SYMLINK
     counted = 0
     page = -1
     for ino, node in enumerate(nodes, first_ino):
@@ -169,8 +170,9 @@ def put_inodes(meta: "MetaImage", nodes: list[TreeInode], first_ino: int, epoch:
         if ibody:           # (most inodes have neither)
             buf[end:end + len(ibody)] = ibody
             end += len(ibody)
-        inline = node.inline if render_dir is None or node.ftype != directory \
-            else render_dir(node)
+        ftype = node.ftype
+        inline = render(node) if render is not None and (ftype == directory or
+                                                          ftype == symlink) else node.inline
         if inline:
             buf[end:end + len(inline)] = inline
     if counted:

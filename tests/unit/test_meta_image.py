@@ -131,7 +131,7 @@ def test_put_inodes_writes_what_a_put_each_writes(tmp_path, monkeypatch):
     out = Output(str(tmp_path / "rendered"))
     try:
         image = MetaImage(4096, 4096, end, out)
-        meta.put_inodes(image, nodes, 10, 900, skip=nodes[17], render_dir=render_dir)
+        meta.put_inodes(image, nodes, 10, 900, skip=nodes[17], render=render_dir)
         image.write_out(out)
         out.finish(end)
     finally:
