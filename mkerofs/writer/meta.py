@@ -136,6 +136,9 @@ def put_inodes(meta: "MetaImage", nodes: list[TreeInode], first_ino: int, epoch:
     inline bytes there and then (no directory's tail is kept until its inode is written,
     and no other pass over the nodes finds the symlinks)."""
     pack_into = fmt.pack_inode_into
+    # (most inodes are compact: packed here, not through pack_inode_into, a call less each)
+    compact = fmt.EROFS_INODE_COMPACT.pack_into
+    compact_size, layout_bit = fmt.EROFS_INODE_COMPACT_SIZE, fmt.EROFS_I_DATALAYOUT_BIT
     icount = fmt.xattr_icount
     head, head_end = meta.head, len(meta.head)
     tail, tail_start = meta.tail_view, meta.tail_start
@@ -163,10 +166,18 @@ def put_inodes(meta: "MetaImage", nodes: list[TreeInode], first_ino: int, epoch:
                 if counted == _COUNT_EVERY:
                     written(counted)
                     counted = 0
-        ibody = node.xattr_ibody
-        end = pack_into(buf, pos, node.extended, node.datalayout,
-                        icount(len(ibody)) if ibody else 0, node.mode, node.nlink, node.size,
-                        node.i_u, ino, node.uid, node.gid, node.mtime_ns, epoch)
+        ibody = node.xattrs         # (node.xattr_ibody, without a property's call)
+        if type(ibody) is not bytes:
+            ibody = b""
+        if node.extended:
+            end = pack_into(buf, pos, True, node.datalayout,
+                            icount(len(ibody)) if ibody else 0, node.mode, node.nlink,
+                            node.size, node.i_u, ino, node.uid, node.gid, node.mtime_ns, epoch)
+        else:
+            compact(buf, pos, node.datalayout << layout_bit, icount(len(ibody)) if ibody else 0,
+                    node.mode, node.nlink, node.size, node.mtime_ns // 1_000_000_000 - epoch,
+                    node.i_u, ino, node.uid, node.gid, 0)
+            end = pos + compact_size
         if ibody:           # (most inodes have neither)
             buf[end:end + len(ibody)] = ibody
             end += len(ibody)
