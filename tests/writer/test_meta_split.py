@@ -153,6 +153,19 @@ def test_no_part_below_the_threshold(tmp_path, monkeypatch):
     assert pids == []
 
 
+@pytest.mark.parametrize("running, cores, free", [
+    (b"1", {0, 1}, True), (b"2", {0, 1}, False), (b"7", {0, 1}, False), (b"1", {0}, False),
+    (b"3", {0, 1, 2, 3}, True)])
+def test_second_core_free_counts_the_running(monkeypatch, running, cores, free):
+    """/proc/loadavg's runnable count (this process among them) against the cores this
+    process may use."""
+    loadavg = b"0.52 0.58 0.59 " + running + b"/123 4567\n"
+    monkeypatch.setattr(build_module, "open", lambda *args: io.BytesIO(loadavg),
+                        raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cores)
+    assert build_module._second_core_free() is free
+
+
 def _node(ftype: int, size: int) -> TreeInode:
     node = TreeInode(b"n", 0o40755 if ftype == fmt.EROFS_FT_DIR else 0o100644, 0, 0, size, 0)
     node.ftype = ftype
