@@ -5,6 +5,7 @@ part of the inodes, directories and symlinks while the build's process writes th
 or dies is a clean error that leaves no process behind."""
 from __future__ import annotations
 
+import errno
 import io
 import os
 import signal
@@ -118,6 +119,25 @@ def test_one_file_copied_here_splits_too(tmp_path, monkeypatch):
     alone, split, pids = _builds(tmp_path, monkeypatch, tmp_path / "src")
     assert len(pids) == 1, "the build did not fork a part"
     assert split == alone
+
+
+def test_no_process_to_fork_writes_it_all_here(tmp_path, monkeypatch):
+    """fork failing (EAGAIN: too many processes): this process writes both parts."""
+    _tree(tmp_path / "src")
+    alone = tmp_path / "alone.erofs"
+    build(alone, tmp_path / "src", BuildOptions(uuid=bytes(16), timestamp=0, workers=1))
+    tried = []
+
+    def no_fork(*args, **kwargs):
+        tried.append(kwargs.get("doing"))
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    _spy_forks(monkeypatch)
+    monkeypatch.setattr(build_module, "fork_copier", no_fork)
+    image = tmp_path / "split.erofs"
+    build(image, tmp_path / "src", BuildOptions(uuid=bytes(16), timestamp=0, workers=2))
+    assert tried == ["writing metadata"]
+    assert image.read_bytes() == alone.read_bytes()
 
 
 def test_files_to_copy_fork_no_part(tmp_path, monkeypatch):
