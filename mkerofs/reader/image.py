@@ -87,6 +87,7 @@ _DECODED_CACHE_BYTES = 48 << 20  # decoded pclusters kept (fragments, dedupe, sm
 _DIR_CACHE_ENTRIES = 32
 _DOTS = frozenset((b".", b".."))
 _DIRENT_HEAD, _DIRENT_SIZE = fmt.EROFS_DIRENT.unpack_from, fmt.EROFS_DIRENT_SIZE
+_DIRENT_HEADS = fmt.unpack_dirent_heads
 _NAME_LEN = fmt.EROFS_NAME_LEN
 
 _FT_OF_MODE = fmt.EROFS_FT_OF_MODE
@@ -1080,20 +1081,23 @@ class Image:
         if blk is None:
             # (not kept in the cache of directories: read once, and ~50 bytes an entry)
             return [e for e in self._read_dir(Inode(nid, *fields)) if e[0] not in _DOTS]
-        entries = self._sound_entries(blk)
+        entries = self._sound_entries(blk, False)
         if entries is None:
             entries = []
             try:
                 self._parse_dir_block(blk, 0, entries)
             except ImageError as e:
                 raise _with_nid(nid, e) from None
-        return [e for e in entries if e[0] not in _DOTS]
+            return [e for e in entries if e[0] not in _DOTS]
+        return entries
 
-    def _sound_entries(self, blk: bytes) -> list[tuple[bytes, int, int]] | None:
-        """The entries (name, nid, file type) of directory block `blk` if it passes every
-        check at once: its heads in the block, every name 1..EROFS_NAME_LEN bytes (each runs up
-        to the next one's start), the run of them without "/" or NUL (nearly every block);
-        None if not (_parse_dir_block then says which entry fails)."""
+    def _sound_entries(self, blk: bytes, dots: bool = True
+                       ) -> list[tuple[bytes, int, int]] | None:
+        """The entries (name, nid, file type) of directory block `blk` (without "." and ".."
+        unless `dots`) if it passes every check at once: its heads in the block, every name
+        1..EROFS_NAME_LEN bytes (each runs up to the next one's start, the last up to the
+        first NUL after the names' start), without "/" (nearly every block); None if not
+        (_parse_dir_block then says which entry fails)."""
         n = len(blk)
         if n < _DIRENT_SIZE:
             return None
@@ -1101,16 +1105,22 @@ class Image:
         count = -(-nameoff // _DIRENT_SIZE)
         if nameoff < _DIRENT_SIZE or nameoff >= self.block_size or count * _DIRENT_SIZE > n:
             return None
-        nids, offs, ftypes = fmt.unpack_dirents(blk, count)
-        last = blk.find(b"\0", offs[-1])
-        bounds = offs + (n if last < 0 else last,)
+        heads = _DIRENT_HEADS(blk, count)        # (nid, nameoff, file type) * count
+        # a NUL before the last name's start ends a name early: some name is then empty
+        end = blk.find(b"\0", nameoff)
+        bounds = heads[1::3]
+        bounds += (n if end < 0 else end,)
         names = [blk[a:b] for a, b in zip(bounds, bounds[1:])]
-        if not min(map(len, names)) or max(map(len, names)) > _NAME_LEN:
+        # (a name past the block's end, or ending before it starts, is empty too; all of
+        # them are short when their run is)
+        if b"" in names or blk.find(b"/", nameoff, bounds[-1]) >= 0 or \
+                (bounds[-1] - nameoff > _NAME_LEN and max(map(len, names)) > _NAME_LEN):
             return None
-        run = blk[nameoff:bounds[-1]]
-        if b"/" in run or b"\0" in run:
-            return None
-        return list(zip(names, nids, ftypes))
+        if dots:
+            return list(zip(names, heads[0::3], heads[2::3]))
+        if count > 1 and names[0] == b"." and names[1] == b"..":     # (they sort first, mostly)
+            return list(zip(names[2:], heads[6::3], heads[8::3]))
+        return [e for e in zip(names, heads[0::3], heads[2::3]) if e[0] not in _DOTS]
 
     def _inline_dir_block(self, inode: Inode) -> bytes | None:
         """The bytes of a directory held whole in its inline tail (no data blocks), without
