@@ -439,6 +439,9 @@ def unpack_dirent_heads(block: bytes, count: int) -> tuple[int, ...] | list[int]
     """The first `count` erofs_dirents of a directory block as one flat run of (nid,
     nameoff, file type) * count: in one call up to _DIRENT_RUN_MAX of them, in pieces of
     that many beyond."""
+    run = _DIRENT_RUNS.get(count)
+    if run is not None:
+        return run.unpack_from(block)
     if count <= _DIRENT_RUN_MAX:
         return _dirent_run(count).unpack_from(block)
     whole = count - count % _DIRENT_RUN_MAX
