@@ -223,7 +223,7 @@ class TreeInode:
                  xattrs: list[tuple[bytes, bytes]] | tuple = (),
                  data: DataRef | LayerRef | FileRef | IndexedRef | OffsetRef | None = None,
                  found_in: "TreeInode | None" = None, ftype: int = 0,
-                 extended: bool = False, meta_size_before_inline: int = 0,
+                 extended: bool = False, meta_size_before_inline: int = _COMPACT_SIZE,
                  datalayout: int = _FLAT_PLAIN, i_u: int = 0,
                  inline: bytes = b"", inline_tail: int = 0, flat: FlatData | None = None,
                  nid: int = -1):
@@ -232,13 +232,17 @@ class TreeInode:
         # (in threes: what CPython assigns without making a tuple)
         self.where, self.mode, self.uid = where, mode, uid
         self.gid, self.size, self.mtime_ns = gid, size, mtime_ns
-        self.nlink, self.entries, self.target = nlink, entries if not inline else inline, target
+        self.nlink, self.entries, self.target = nlink, entries, target
         self.parent = parent if found_in is None else found_in
         self.xattrs, self.data, self.ftype = xattrs, data, ftype
         self.datalayout, self.nid, self.flat = datalayout, nid, flat
-        self.meta_size_before_inline = meta_size_before_inline or \
-            (_EXTENDED_SIZE if extended else _COMPACT_SIZE)
+        self.meta_size_before_inline = meta_size_before_inline
         self.i_u = rdev or i_u
+        # (the fields in others' slots, seldom given)
+        if extended:
+            self.extended = True
+        if inline:
+            self.entries = inline
         if inline_tail:
             self.target = inline_tail
 
