@@ -304,7 +304,10 @@ class TreeInode:
         `inline` (indexes).  (Not a field of its own: with inline_tail's, 16 bytes an inode,
         a smaller pymalloc size class.)"""
         flat = self.flat
-        return flat.tail if flat is not None else len(self.inline)
+        if flat is not None:
+            return flat.tail
+        inline = self.entries           # (`inline`, without a second property's call)
+        return len(inline) if type(inline) is bytes else 0
 
     @property
     def inline_tail(self) -> int:
