@@ -554,14 +554,8 @@ def _plan_xattrs(plan: Plan, options: BuildOptions) -> XattrLayout:
     """Decide the shared xattrs over the whole tree and give every inode its xattr ibody."""
     layout = XattrLayout(options.xattr_options(), options.block_size)
     root = plan.root
-    # (most inodes have no xattrs: they only get their inode's size, isize inline)
-    compact, extended = fmt.EROFS_INODE_COMPACT_SIZE, fmt.EROFS_INODE_EXTENDED_SIZE
-    with_xattrs = []
-    for n in plan.inodes:
-        if n.xattrs or n is root:
-            with_xattrs.append(n)
-        else:
-            n.meta_size_before_inline = extended if n.extended else compact
+    # (most inodes have no xattrs: their meta_size_before_inline is their inode's size already)
+    with_xattrs = [n for n in plan.inodes if n.xattrs or n is root]
     try:
         # mkfs.erofs counts an xattr once per path below the root: the links of a file, 1 for
         # a directory, 0 for the root itself
@@ -575,8 +569,7 @@ def _plan_xattrs(plan: Plan, options: BuildOptions) -> XattrLayout:
     for node, handle in zip(with_xattrs, handles):
         if handle.items or node is root:
             node.set_xattr_ibody(layout.ibody(handle, is_root=node is root))   # (xattrs let go)
-        else:       # (xattrs the options leave out)
-            node.meta_size_before_inline = node.isize
+        # (else xattrs the options leave out: the inode's size alone, as it is)
     return layout
 
 

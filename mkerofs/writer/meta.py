@@ -142,6 +142,7 @@ def put_inodes(meta: "MetaImage", nodes: list[TreeInode], first_ino: int, epoch:
     bits = fmt.EROFS_ISLOTBITS
     page_bits = _PAGE_BITS
     directory = fmt.EROFS_FT_DIR
+    extended_size = fmt.EROFS_INODE_EXTENDED_SIZE
     counted = 0
     page = -1
     for ino, node in enumerate(nodes, first_ino):
@@ -163,13 +164,16 @@ def put_inodes(meta: "MetaImage", nodes: list[TreeInode], first_ino: int, epoch:
                     written(counted)
                     counted = 0
         ibody = node.xattr_ibody
-        end = pack_into(buf, pos, node.extended, node.datalayout,
+        # (node.extended and node.inline, every inode, without their properties' calls: the
+        # inode's own part of meta_size_before_inline; the entries slot, None or the bytes)
+        end = pack_into(buf, pos, node.meta_size_before_inline - len(ibody) == extended_size,
+                        node.datalayout,
                         icount(len(ibody)) if ibody else 0, node.mode, node.nlink, node.size,
                         node.i_u, ino, node.uid, node.gid, node.mtime_ns, epoch)
         if ibody:           # (most inodes have neither)
             buf[end:end + len(ibody)] = ibody
             end += len(ibody)
-        inline = node.inline if render_dir is None or node.ftype != directory \
+        inline = node.entries if render_dir is None or node.ftype != directory \
             else render_dir(node)
         if inline:
             buf[end:end + len(inline)] = inline

@@ -6,7 +6,7 @@ import os
 import re
 import stat
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from operator import itemgetter
 from typing import TYPE_CHECKING, Callable
 
@@ -154,6 +154,7 @@ class FlatData:
 _S_IFMT = fmt.S_IFMT
 _S_IFDIR, _S_IFCHR, _S_IFBLK = stat.S_IFDIR, stat.S_IFCHR, stat.S_IFBLK
 _FLAT_PLAIN = fmt.EROFS_INODE_FLAT_PLAIN
+_COMPACT_SIZE, _EXTENDED_SIZE = fmt.EROFS_INODE_COMPACT_SIZE, fmt.EROFS_INODE_EXTENDED_SIZE
 _COMPRESSED_LAYOUTS = frozenset({fmt.EROFS_INODE_COMPRESSED_FULL,
                                  fmt.EROFS_INODE_COMPRESSED_COMPACT})
 
@@ -179,7 +180,11 @@ class TreeInode:
     60,000 inodes 0.5 MiB): a non-directory's `found_in` is its `parent` slot, a directory's
     `dir_shape` and a compressed file's `inline_tail` its `target` slot, a device's `rdev`
     (before planning) its `i_u`, which planning turns into the on-disk device number; and the
-    xattrs, once encoded, their `xattr_ibody` (set_xattr_ibody).  The constructor takes them by their names
+    xattrs, once encoded, their `xattr_ibody` (set_xattr_ibody).  `inline` is in the `entries`
+    slot (a directory's entries are gone once it is planned, before anything has inline
+    bytes), and `extended` is what `meta_size_before_inline` holds besides the xattr ibody
+    (an inode's size, 32 or 64, until the xattrs are planned).  With these two, 176 bytes an
+    inode, not 192 (a pymalloc size class less).  The constructor takes them by their names
     (`dataclasses.replace` copies them too)."""
     where: bytes                              # its path, or with found_in its name there
     mode: int                                 # st_mode: file type and permissions
@@ -188,7 +193,9 @@ class TreeInode:
     size: int                                 # st_size: a regular file's bytes, a symlink's target's
     mtime_ns: int                             # may be negative: divmod by 10**9 gives (s, ns)
     nlink: int                                # links found inside the tree
-    entries: "list[tuple[bytes, TreeInode]] | SortedEntries | None"  # directories: (name, child)
+    entries: "list[tuple[bytes, TreeInode]] | SortedEntries | bytes | None"
+                                              # directories: (name, child); once planned,
+                                              # any inode's `inline`
     parent: "TreeInode | None"                # directories: the parent directory; other
                                               # inodes: found_in (see `path`)
     target: "bytes | DirShape | None"         # symlinks; directories: dir_shape
@@ -200,15 +207,12 @@ class TreeInode:
                                               # not read from `path`
     # -- set by plan_inodes
     ftype: int                      # EROFS_FT_*; 0: not planned yet
-    extended: bool
-    meta_size_before_inline: int    # inode + xattr ibody: where inline data starts
+    meta_size_before_inline: int    # inode + xattr ibody: where inline data starts (`extended`:
+                                    # the inode's part is 64 bytes)
     # -- filled while laying out data and metadata
     datalayout: int
     i_u: int                        # as the inode's union: the device number of a device
                                     # file (before planning its st_rdev: `rdev`)
-    inline: bytes = field(repr=False)
-                                    # those bytes, when built in memory (a regular file's tail is
-                                    # read straight into the metadata image instead)
     flat: FlatData | None           # a flat layout's place, once reserved
     nid: int
 
@@ -219,7 +223,7 @@ class TreeInode:
                  xattrs: list[tuple[bytes, bytes]] | tuple = (),
                  data: DataRef | LayerRef | FileRef | IndexedRef | OffsetRef | None = None,
                  found_in: "TreeInode | None" = None, ftype: int = 0,
-                 extended: bool = False, meta_size_before_inline: int = 0,
+                 extended: bool = False, meta_size_before_inline: int = _COMPACT_SIZE,
                  datalayout: int = _FLAT_PLAIN, i_u: int = 0,
                  inline: bytes = b"", inline_tail: int = 0, flat: FlatData | None = None,
                  nid: int = -1):
@@ -231,10 +235,14 @@ class TreeInode:
         self.nlink, self.entries, self.target = nlink, entries, target
         self.parent = parent if found_in is None else found_in
         self.xattrs, self.data, self.ftype = xattrs, data, ftype
-        self.extended, self.datalayout, self.nid = extended, datalayout, nid
+        self.datalayout, self.nid, self.flat = datalayout, nid, flat
         self.meta_size_before_inline = meta_size_before_inline
         self.i_u = rdev or i_u
-        self.inline, self.flat = inline, flat
+        # (the fields in others' slots, seldom given)
+        if extended:
+            self.extended = True
+        if inline:
+            self.entries = inline
         if inline_tail:
             self.target = inline_tail
 
@@ -267,12 +275,39 @@ class TreeInode:
         self.target = shape
 
     @property
+    def inline(self) -> bytes:
+        """The bytes after inode + xattrs, when built in memory (a regular file's tail is read
+        straight into the metadata image instead); b"" until then."""
+        inline = self.entries
+        return inline if type(inline) is bytes else b""
+
+    @inline.setter
+    def inline(self, inline: bytes) -> None:
+        # (only once planned: a directory's entries are None then)
+        self.entries = inline if inline else None
+
+    @property
+    def extended(self) -> bool:
+        """An extended inode (64 bytes), not a compact one (32)."""
+        body = self.xattrs
+        size = self.meta_size_before_inline
+        return (size - len(body) if type(body) is bytes else size) == _EXTENDED_SIZE
+
+    @extended.setter
+    def extended(self, extended: bool) -> None:
+        self.meta_size_before_inline += (_EXTENDED_SIZE if extended else _COMPACT_SIZE) - \
+            self.isize
+
+    @property
     def inline_len(self) -> int:
         """Bytes reserved after inode + xattrs: a flat layout's tail (once reserved), or
         `inline` (indexes).  (Not a field of its own: with inline_tail's, 16 bytes an inode,
         a smaller pymalloc size class.)"""
         flat = self.flat
-        return flat.tail if flat is not None else len(self.inline)
+        if flat is not None:
+            return flat.tail
+        inline = self.entries           # (`inline`, without a second property's call)
+        return len(inline) if type(inline) is bytes else 0
 
     @property
     def inline_tail(self) -> int:
@@ -296,7 +331,10 @@ class TreeInode:
 
     @property
     def isize(self) -> int:
-        return fmt.EROFS_INODE_EXTENDED_SIZE if self.extended else fmt.EROFS_INODE_COMPACT_SIZE
+        """The inode's own size: meta_size_before_inline without the xattr ibody."""
+        body = self.xattrs
+        size = self.meta_size_before_inline
+        return size - len(body) if type(body) is bytes else size
 
     @property
     def mtime(self) -> int:
@@ -322,8 +360,9 @@ class TreeInode:
 
     def set_xattr_ibody(self, ibody: bytes) -> None:
         """Put the encoded xattrs in place of the xattrs (b"" if there are none)."""
+        isize = self.isize
         self.xattrs = ibody if ibody else ()
-        self.meta_size_before_inline = self.isize + len(ibody)
+        self.meta_size_before_inline = isize + len(ibody)
 
     def display_path(self) -> str:
         return os.fsdecode(self.path)
