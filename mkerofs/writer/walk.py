@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import errno
+import marshal
 import os
 import re
+import signal
 import stat
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -12,7 +14,8 @@ from typing import TYPE_CHECKING, Callable
 
 from ..errors import BuildError
 from ..ondisk import format as fmt
-from ..util import NAME_MAX, PATH_MAX, listdir_path, open_path, posix_ere_to_python, read_xattrs
+from ..util import (NAME_MAX, PATH_MAX, can_fork, listdir_path, open_path, posix_ere_to_python,
+                    read_xattrs)
 from .dirs import DirShape
 from .options import BuildOptions, TimeInherit
 
@@ -507,17 +510,132 @@ def walk_source(source: bytes, options: BuildOptions,
     walk = _Walk(options, skip, on_file)
     walk.xattrs.read(root, b"")
     pending = deque([(root, b"")])
-    while pending:
-        directory, rel = pending.popleft()
-        fd, listing = _list_directory(directory.path)
-        try:
-            walk.add_entries(directory, rel, fd, listing, pending)
-        finally:
-            if fd is not None:
-                os.close(fd)
-        if progress is not None:
-            progress.entries = walk.count
+    # (with --exclude-*, the scout would list what the walk leaves out)
+    scout = _Scout(source) if on_file is None and walk.excluded is None and can_fork() \
+        else None
+    try:
+        while pending:
+            directory, rel = pending.popleft()
+            names = scout.names(rel) if scout is not None else None
+            if names is None:
+                fd, listing = _list_directory(directory.path)
+            else:
+                prefix = os.path.join(directory.path, b"")
+                fd, listing = None, [(name, prefix + name) for name in names]
+            try:
+                walk.add_entries(directory, rel, fd, listing, pending)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+            if progress is not None:
+                progress.entries = walk.count
+    finally:
+        if scout is not None:
+            scout.close()
     return root, walk.count
+
+
+_MISSING = object()
+# directories a record of the scout at most (a marshal.load each costs ~2 us), and names (the
+# walk holds a record's listings till it gets to them: bounded for large directories)
+_SCOUT_BATCH = 32
+_SCOUT_NAMES = 4096
+
+
+class _Scout:
+    """A forked process that lists SOURCE's directories ahead of the walk, in its order
+    (breadth first, names sorted), and hands it each one's names through a pipe: listing a
+    directory (opendir, getdents, closedir: ~12 us, a third of the system time of the
+    bench increment's walk) is then done on the other core, while the walk looks at the
+    entries (lstat, listxattr) of the directories before.  Only short paths (the walk lists
+    a longer one itself, see _list_directory); a directory the scout could not list, or
+    does not hand over (made meanwhile), the walk lists itself.  A pipe's worth of listings
+    at most are ahead of the walk."""
+
+    STASH_MAX = 4096        # listings read past the one wanted, before giving up on it
+
+    def __init__(self, source: bytes):
+        take, put = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(take)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)      # (the walk stops it)
+                _scout(source, put)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(put)
+        self.pid = pid
+        self.pipe = os.fdopen(take, "rb")
+        self.stash: dict[bytes, list[bytes] | None] = {}
+        self.batch: list = []       # the records read and not taken yet, the next last
+
+    def names(self, rel: bytes) -> list[bytes] | None:
+        """The sorted names in the directory `rel` (relative to SOURCE, b"" or ending in
+        "/"), or None: the walk lists it itself."""
+        if self.pipe is None:
+            return None
+        names = self.stash.pop(rel, _MISSING)
+        if names is not _MISSING:
+            return names
+        batch = self.batch
+        while True:
+            if not batch:
+                try:
+                    batch = self.batch = marshal.load(self.pipe)
+                except (EOFError, ValueError, TypeError, OSError):
+                    self.close()            # (it is done, or failed)
+                    return None
+                batch.reverse()
+            key, names = batch.pop()
+            if key == rel:
+                return names
+            if len(self.stash) >= self.STASH_MAX:
+                self.close()
+                return None
+            self.stash[key] = names
+
+    def close(self) -> None:
+        """Stop the scout (done or not) and reap it."""
+        if self.pipe is None:
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(self.pid, 0)
+        self.pipe.close()
+        self.pipe = None
+        self.stash, self.batch = {}, []
+
+
+def _scout(source: bytes, put: int) -> None:
+    """_Scout's process: (relative path, sorted names or None) of every directory below
+    `source`, breadth first, written to `put` in lists (marshal records)."""
+    with os.fdopen(put, "wb") as pipe:
+        pending = deque([(source, b"")])
+        batch, held = [], 0
+        while pending:
+            path, rel = pending.popleft()
+            names = None
+            if len(path) + 1 + NAME_MAX < PATH_MAX:
+                try:
+                    with os.scandir(path) as it:
+                        found = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in it)
+                except OSError:
+                    found = None
+                if found is not None:
+                    names = [name for name, _is_dir in found]
+                    prefix = os.path.join(path, b"")
+                    pending.extend((prefix + name, rel + name + b"/")
+                                   for name, is_dir in found if is_dir)
+            batch.append((rel, names))
+            held += len(names) if names is not None else 0
+            if len(batch) == _SCOUT_BATCH or held >= _SCOUT_NAMES or not pending:
+                marshal.dump(batch, pipe)
+                batch, held = [], 0
 
 
 class _Walk:
