@@ -511,19 +511,21 @@ def walk_source(source: bytes, options: BuildOptions,
     walk.xattrs.read(root, b"")
     pending = deque([(root, b"")])
     # (with --exclude-*, the scout would list what the walk leaves out)
-    scout = _Scout(source) if on_file is None and walk.excluded is None and can_fork() \
-        else None
+    scout = _Scout(source, walk.xattrs.enabled and walk.xattrs.contexts is None) \
+        if on_file is None and walk.excluded is None and can_fork() else None
     try:
         while pending:
             directory, rel = pending.popleft()
-            names = scout.names(rel) if scout is not None else None
-            if names is None:
+            scouted = scout.names(rel) if scout is not None else None
+            if scouted is None:
                 fd, listing = _list_directory(directory.path)
+                with_xattrs = None
             else:
+                names, with_xattrs = scouted
                 prefix = os.path.join(directory.path, b"")
                 fd, listing = None, [(name, prefix + name) for name in names]
             try:
-                walk.add_entries(directory, rel, fd, listing, pending)
+                walk.add_entries(directory, rel, fd, listing, pending, with_xattrs)
             finally:
                 if fd is not None:
                     os.close(fd)
@@ -536,6 +538,7 @@ def walk_source(source: bytes, options: BuildOptions,
 
 
 _MISSING = object()
+_NONE: frozenset = frozenset()
 # directories a record of the scout at most (a marshal.load each costs ~2 us), and names (the
 # walk holds a record's listings till it gets to them: bounded for large directories)
 _SCOUT_BATCH = 32
@@ -547,14 +550,16 @@ class _Scout:
     (breadth first, names sorted), and hands it each one's names through a pipe: listing a
     directory (opendir, getdents, closedir: ~12 us, a third of the system time of the
     bench increment's walk) is then done on the other core, while the walk looks at the
-    entries (lstat, listxattr) of the directories before.  Only short paths (the walk lists
+    entries of the directories before (lstat); and, when asked to (`xattrs`), which of
+    its entries have xattrs (listxattr, ~2 us an entry: most have none, and the walk then
+    reads the xattrs of the others only).  Only short paths (the walk lists
     a longer one itself, see _list_directory); a directory the scout could not list, or
     does not hand over (made meanwhile), the walk lists itself.  A pipe's worth of listings
     at most are ahead of the walk."""
 
     STASH_MAX = 4096        # listings read past the one wanted, before giving up on it
 
-    def __init__(self, source: bytes):
+    def __init__(self, source: bytes, xattrs: bool):
         take, put = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -562,19 +567,20 @@ class _Scout:
             try:
                 os.close(take)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)      # (the walk stops it)
-                _scout(source, put)
+                _scout(source, put, xattrs)
                 code = 0
             finally:
                 os._exit(code)
         os.close(put)
         self.pid = pid
         self.pipe = os.fdopen(take, "rb")
-        self.stash: dict[bytes, list[bytes] | None] = {}
+        self.stash: dict[bytes, tuple | None] = {}
         self.batch: list = []       # the records read and not taken yet, the next last
 
-    def names(self, rel: bytes) -> list[bytes] | None:
+    def names(self, rel: bytes) -> tuple[list[bytes], set[bytes] | None] | None:
         """The sorted names in the directory `rel` (relative to SOURCE, b"" or ending in
-        "/"), or None: the walk lists it itself."""
+        "/") and those of them with xattrs (None: not looked at), or None: the walk lists it
+        itself."""
         if self.pipe is None:
             return None
         names = self.stash.pop(rel, _MISSING)
@@ -589,13 +595,16 @@ class _Scout:
                     self.close()            # (it is done, or failed)
                     return None
                 batch.reverse()
-            key, names = batch.pop()
+            key, names, with_xattrs = batch.pop()
+            found = None if names is None else \
+                (names, set(with_xattrs) if with_xattrs else _NONE if with_xattrs is not None
+                 else None)
             if key == rel:
-                return names
+                return found
             if len(self.stash) >= self.STASH_MAX:
                 self.close()
                 return None
-            self.stash[key] = names
+            self.stash[key] = found
 
     def close(self) -> None:
         """Stop the scout (done or not) and reap it."""
@@ -611,15 +620,17 @@ class _Scout:
         self.stash, self.batch = {}, []
 
 
-def _scout(source: bytes, put: int) -> None:
-    """_Scout's process: (relative path, sorted names or None) of every directory below
-    `source`, breadth first, written to `put` in lists (marshal records)."""
+def _scout(source: bytes, put: int, xattrs: bool) -> None:
+    """_Scout's process: (relative path, sorted names or None, the names with xattrs or
+    None) of every directory below `source`, breadth first, written to `put` in lists
+    (marshal records).  A name whose listxattr fails (but for no xattr support) counts as
+    one with xattrs: the walk reads them, and says what fails."""
     with os.fdopen(put, "wb") as pipe:
         pending = deque([(source, b"")])
         batch, held = [], 0
         while pending:
             path, rel = pending.popleft()
-            names = None
+            names = with_xattrs = None
             if len(path) + 1 + NAME_MAX < PATH_MAX:
                 try:
                     with os.scandir(path) as it:
@@ -631,11 +642,20 @@ def _scout(source: bytes, put: int) -> None:
                     prefix = os.path.join(path, b"")
                     pending.extend((prefix + name, rel + name + b"/")
                                    for name, is_dir in found if is_dir)
-            batch.append((rel, names))
+                    if xattrs:
+                        with_xattrs = [name for name in names if _has_xattrs(prefix + name)]
+            batch.append((rel, names, with_xattrs))
             held += len(names) if names is not None else 0
             if len(batch) == _SCOUT_BATCH or held >= _SCOUT_NAMES or not pending:
                 marshal.dump(batch, pipe)
                 batch, held = [], 0
+
+
+def _has_xattrs(path: bytes) -> bool:
+    try:
+        return bool(os.listxattr(path, follow_symlinks=False))
+    except OSError as err:
+        return err.errno not in _NO_XATTR_ERRNOS
 
 
 class _Walk:
@@ -662,11 +682,14 @@ class _Walk:
         self.keep_mtime = options.effective_time_inherit is not TimeInherit.FIXED
 
     def add_entries(self, directory: TreeInode, rel: bytes, fd: int | None,
-                    listing: list[tuple[bytes, bytes]], pending: deque) -> None:
+                    listing: list[tuple[bytes, bytes]], pending: deque,
+                    with_xattrs: set[bytes] | None = None) -> None:
         """Add the entries of `directory` (from _list_directory) to the tree, subdirectories
-        also to `pending`.  (One loop, calling nothing per entry but what it must: this is the
-        walk's cost per file.  The common entry, a regular file with one link and no xattrs,
-        takes two system calls and no call into this module.)"""
+        also to `pending`; `with_xattrs`, if given (the scout's), names the entries whose
+        xattrs are to be read, the others have none.  (One loop, calling nothing per entry
+        but what it must: this is the walk's cost per file.  The common entry, a regular
+        file with one link and no xattrs, takes two system calls, one with `with_xattrs`,
+        and no call into this module.)"""
         excluded, xattrs, skip = self.excluded, self.xattrs, self.skip
         hardlinks = None if self.split_links else self.hardlinks
         # where listxattr can be called here: a path the kernel takes, no label to look up
@@ -698,12 +721,16 @@ class _Walk:
                                     shared_mode(mode, mode), st.st_uid, st.st_gid, st.st_size,
                                     st.st_mtime_ns if keep_mtime else 0, st.st_rdev, 1, None,
                                     None, None, (), None, found_in)
-                try:
-                    if listxattr(where, follow_symlinks=False):
+                if with_xattrs is not None:
+                    if name in with_xattrs:
                         xattrs.read(child, rel + name, path=where)
-                except OSError as err:
-                    if err.errno not in _NO_XATTR_ERRNOS:
-                        raise _oserror(where, err) from None
+                else:
+                    try:
+                        if listxattr(where, follow_symlinks=False):
+                            xattrs.read(child, rel + name, path=where)
+                    except OSError as err:
+                        if err.errno not in _NO_XATTR_ERRNOS:
+                            raise _oserror(where, err) from None
                 quick += 1
                 append((name, child))
                 if on_file is not None and on_file(child, rel + name, st) is False:
@@ -714,7 +741,8 @@ class _Walk:
                 path = where if fd is None else prefix + name
                 child = TreeInode.of_stat(path, st, nlink=2, entries=[],
                                             parent=directory)
-                xattrs.read(child, relpath, name, fd)
+                if with_xattrs is None or name in with_xattrs:
+                    xattrs.read(child, relpath, name, fd)
                 directory.nlink += 1
                 pending.append((child, relpath + b"/"))
                 self.count += 1
@@ -730,18 +758,19 @@ class _Walk:
                 child = on_dev.get(ino)
                 if child is None:
                     child = on_dev[ino] = TreeInode.of_stat(kept, st, found_in=found_in)
-                    self._new_inode(child, name, relpath, fd, st)
+                    self._new_inode(child, name, relpath, fd, st, with_xattrs)
             else:
                 child = TreeInode.of_stat(kept, st, found_in=found_in)
-                self._new_inode(child, name, relpath, fd, st)
+                self._new_inode(child, name, relpath, fd, st, with_xattrs)
             on_file = self.on_file
             child.nlink += 1
             append((name, child))
         self.count += quick
 
     def _new_inode(self, child: TreeInode, name: bytes, relpath: bytes, fd: int | None,
-                   st: os.stat_result) -> None:
-        """Read what a non-directory met for the first time needs besides its stat."""
+                   st: os.stat_result, with_xattrs: set[bytes] | None = None) -> None:
+        """Read what a non-directory met for the first time needs besides its stat (its
+        xattrs: if `with_xattrs` names it, when given)."""
         self.count += 1
         mode = st.st_mode
         if stat.S_ISLNK(mode):
@@ -752,7 +781,8 @@ class _Walk:
         elif not (stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
                   or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
             raise BuildError(f"{os.fsdecode(child.path)}: unsupported file type")
-        self.xattrs.read(child, relpath, name, fd)
+        if with_xattrs is None or name in with_xattrs:
+            self.xattrs.read(child, relpath, name, fd)
         if self.on_file is not None and stat.S_ISREG(mode):
             if self.on_file(child, relpath, st) is False:
                 self.on_file = None         # it wants no more

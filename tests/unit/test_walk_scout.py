@@ -26,7 +26,11 @@ def _source(tmp_path):
     (src / "link").symlink_to("d00")
     (src / "-first").write_bytes(b"sorts before the dots")
     os.link(src / "d01" / "g", src / "d02" / "g2")
-    os.setxattr(src / "d03", "user.mark", b"1")
+    try:
+        os.setxattr(src / "d03", "user.mark", b"1")
+        os.setxattr(src / "d04" / "g", "user.file", b"2")
+    except OSError:
+        pass                            # (no user xattrs here: see _xattrs_work)
     return os.fsencode(src)
 
 
@@ -84,6 +88,8 @@ def test_scouted_walk_is_the_walk(tmp_path, monkeypatch, forks):
     directories = [item for item in scouted if stat.S_ISDIR(item[1])]
     assert len(handed) == len(directories) == 82 and all(handed)     # root, d*, sub, empty
     assert [item[4] for item in scouted if item[0] == b"/d03"] == [((b"user.mark", b"1"),)]
+    assert [item[4] for item in scouted if item[0] == b"/d04/g"] == [((b"user.file", b"2"),)]
+    assert sum(bool(item[4]) for item in scouted) == 2
 
 
 @pytest.mark.parametrize("hands", ["nothing", "all but some", "out of order"])
