@@ -511,10 +511,15 @@ def walk_source(source: bytes, options: BuildOptions,
     walk.xattrs.read(root, b"")
     pending = deque([(root, b"")])
     # (with --exclude-*, the scout would list what the walk leaves out)
-    scout = _Scout(source, walk.xattrs.enabled and walk.xattrs.contexts is None) \
-        if on_file is None and walk.excluded is None and can_fork() else None
+    scouting = on_file is None and walk.excluded is None
+    scout = None
+    listed = 0
     try:
         while pending:
+            listed += 1
+            if listed == _SCOUT_AFTER and scouting and can_fork():
+                scout = _Scout([(d.path, d_rel) for d, d_rel in pending],
+                               walk.xattrs.enabled and walk.xattrs.contexts is None)
             directory, rel = pending.popleft()
             scouted = scout.names(rel) if scout is not None else None
             if scouted is None:
@@ -543,6 +548,9 @@ _NONE: frozenset = frozenset()
 # walk holds a record's listings till it gets to them: bounded for large directories)
 _SCOUT_BATCH = 32
 _SCOUT_NAMES = 4096
+# directories the walk lists itself before it starts the scout, on what is left: a small
+# tree is listed before a fork would pay (~2.5 ms a build of 50 files)
+_SCOUT_AFTER = 32
 
 
 class _Scout:
@@ -559,7 +567,7 @@ class _Scout:
 
     STASH_MAX = 4096        # listings read past the one wanted, before giving up on it
 
-    def __init__(self, source: bytes, xattrs: bool):
+    def __init__(self, frontier: list[tuple[bytes, bytes]], xattrs: bool):
         take, put = os.pipe()
         pid = os.fork()
         if pid == 0:
@@ -567,7 +575,7 @@ class _Scout:
             try:
                 os.close(take)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)      # (the walk stops it)
-                _scout(source, put, xattrs)
+                _scout(frontier, put, xattrs)
                 code = 0
             finally:
                 os._exit(code)
@@ -620,13 +628,13 @@ class _Scout:
         self.stash, self.batch = {}, []
 
 
-def _scout(source: bytes, put: int, xattrs: bool) -> None:
+def _scout(frontier: list[tuple[bytes, bytes]], put: int, xattrs: bool) -> None:
     """_Scout's process: (relative path, sorted names or None, the names with xattrs or
-    None) of every directory below `source`, breadth first, written to `put` in lists
-    (marshal records).  A name whose listxattr fails (but for no xattr support) counts as
+    None) of the directories of `frontier` ((path, relative path) each: the walk's queue)
+    and every one below them, breadth first, written to `put` in lists (marshal records).  A name whose listxattr fails (but for no xattr support) counts as
     one with xattrs: the walk reads them, and says what fails."""
     with os.fdopen(put, "wb") as pipe:
-        pending = deque([(source, b"")])
+        pending = deque(frontier)
         batch, held = [], 0
         while pending:
             path, rel = pending.popleft()

@@ -71,9 +71,13 @@ def _xattrs_work(tmp_path) -> bool:
     return True
 
 
-def test_scouted_walk_is_the_walk(tmp_path, monkeypatch, forks):
+@pytest.mark.parametrize("after", [1, walk._SCOUT_AFTER])
+def test_scouted_walk_is_the_walk(tmp_path, monkeypatch, forks, after):
+    """The scout started on the root (after 1 directory), or once the walk has listed
+    _SCOUT_AFTER - 1 directories itself, on the rest of its queue."""
     if not _xattrs_work(tmp_path):
         pytest.skip("no user xattrs here")
+    monkeypatch.setattr(walk, "_SCOUT_AFTER", after)
     src = _source(tmp_path)
     handed = []
     real_names = walk._Scout.names
@@ -86,7 +90,8 @@ def test_scouted_walk_is_the_walk(tmp_path, monkeypatch, forks):
     scouted, count = _walked(src, monkeypatch, True)
     assert (scouted, count) == _walked(src, monkeypatch, False)
     directories = [item for item in scouted if stat.S_ISDIR(item[1])]
-    assert len(handed) == len(directories) == 82 and all(handed)     # root, d*, sub, empty
+    assert len(directories) == 82                   # root, d*, sub, empty
+    assert len(handed) == 82 - (after - 1) and all(handed)
     assert [item[4] for item in scouted if item[0] == b"/d03"] == [((b"user.mark", b"1"),)]
     assert [item[4] for item in scouted if item[0] == b"/d04/g"] == [((b"user.file", b"2"),)]
     assert sum(bool(item[4]) for item in scouted) == 2
@@ -94,17 +99,18 @@ def test_scouted_walk_is_the_walk(tmp_path, monkeypatch, forks):
 
 @pytest.mark.parametrize("hands", ["nothing", "all but some", "out of order"])
 def test_the_walk_lists_what_the_scout_does_not_hand(tmp_path, monkeypatch, forks, hands):
+    monkeypatch.setattr(walk, "_SCOUT_AFTER", 1)
     src = _source(tmp_path)
     real_scout = walk._scout
 
-    def scout(source, put):
+    def scout(frontier, put, xattrs):
         read, write = os.pipe()
         if hands == "nothing":
             os.close(read)
             os.close(write)
             os.close(put)
             return
-        real_scout(source, write)       # (into a pipe of its own, then changed)
+        real_scout(frontier, write, xattrs)     # (into a pipe of its own, then changed)
         with os.fdopen(read, "rb") as pipe:
             records = []
             while True:
@@ -120,3 +126,27 @@ def test_the_walk_lists_what_the_scout_does_not_hand(tmp_path, monkeypatch, fork
             marshal.dump(records, out)
     monkeypatch.setattr(walk, "_scout", scout)
     assert _walked(src, monkeypatch, True) == _walked(src, monkeypatch, False)
+
+
+def test_paths_too_long_for_the_scout(tmp_path, monkeypatch, forks):
+    """Directories whose paths the kernel refuses the scout leaves to the walk (which lists
+    them relative to a descriptor): the same tree."""
+    from tests.unit.test_deep_paths import _deep
+    if not _xattrs_work(tmp_path):
+        pytest.skip("no user xattrs here")
+    src = tmp_path / "src"
+    src.mkdir()
+    _deep(src, levels=20)
+    (src / "side").mkdir()
+    handed = []
+    real_names = walk._Scout.names
+
+    def names(self, rel):
+        got = real_names(self, rel)
+        handed.append(got is not None)
+        return got
+    monkeypatch.setattr(walk._Scout, "names", names)
+    monkeypatch.setattr(walk, "_SCOUT_AFTER", 1)
+    scouted = _walked(os.fsencode(src), monkeypatch, True)
+    assert scouted == _walked(os.fsencode(src), monkeypatch, False)
+    assert True in handed and False in handed      # (short paths handed, long ones not)
