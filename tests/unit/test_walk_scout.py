@@ -71,14 +71,8 @@ def _xattrs_work(tmp_path) -> bool:
     return True
 
 
-@pytest.mark.parametrize("after", [1, walk._SCOUT_AFTER])
-def test_scouted_walk_is_the_walk(tmp_path, monkeypatch, forks, after):
-    """The scout started on the root (after 1 directory), or once the walk has listed
-    _SCOUT_AFTER - 1 directories itself, on the rest of its queue."""
-    if not _xattrs_work(tmp_path):
-        pytest.skip("no user xattrs here")
-    monkeypatch.setattr(walk, "_SCOUT_AFTER", after)
-    src = _source(tmp_path)
+def _noting_handed(monkeypatch) -> list[bool]:
+    """Whether the scout handed over each directory the walk asked it for, in order."""
     handed = []
     real_names = walk._Scout.names
 
@@ -87,6 +81,18 @@ def test_scouted_walk_is_the_walk(tmp_path, monkeypatch, forks, after):
         handed.append(got is not None)
         return got
     monkeypatch.setattr(walk._Scout, "names", names)
+    return handed
+
+
+@pytest.mark.parametrize("after", [1, walk._SCOUT_AFTER])
+def test_scouted_walk_is_the_walk(tmp_path, monkeypatch, forks, after):
+    """The scout started on the root (after 1 directory), or once the walk has listed
+    _SCOUT_AFTER - 1 directories itself, on the rest of its queue."""
+    if not _xattrs_work(tmp_path):
+        pytest.skip("no user xattrs here")
+    monkeypatch.setattr(walk, "_SCOUT_AFTER", after)
+    src = _source(tmp_path)
+    handed = _noting_handed(monkeypatch)
     scouted, count = _walked(src, monkeypatch, True)
     assert (scouted, count) == _walked(src, monkeypatch, False)
     directories = [item for item in scouted if stat.S_ISDIR(item[1])]
@@ -138,14 +144,7 @@ def test_paths_too_long_for_the_scout(tmp_path, monkeypatch, forks):
     src.mkdir()
     _deep(src, levels=20)
     (src / "side").mkdir()
-    handed = []
-    real_names = walk._Scout.names
-
-    def names(self, rel):
-        got = real_names(self, rel)
-        handed.append(got is not None)
-        return got
-    monkeypatch.setattr(walk._Scout, "names", names)
+    handed = _noting_handed(monkeypatch)
     monkeypatch.setattr(walk, "_SCOUT_AFTER", 1)
     scouted = _walked(os.fsencode(src), monkeypatch, True)
     assert scouted == _walked(os.fsencode(src), monkeypatch, False)
