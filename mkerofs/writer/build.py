@@ -406,6 +406,7 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     from .decompress import file_path, open_input
     from .spool import ImageSpool, Spool, TarCopier
     from .tarsource import TarTreeOptions, read_tar_tree
+    from .tarsplit import SplitTarReader
     from .tarstream import TarReader
     tar = options.tar
     if _sort_none_overruled(options) and not options.quiet:
@@ -464,7 +465,11 @@ def _read_tar(inputs: contextlib.ExitStack, source, options: BuildOptions, build
     # seeking, or for --sort=none read whole: no faster there), nor a pipe under --tar=i
     # (its file data is only passed over: no faster either)
     read_ahead = stream.kind != "tar" or (not stream.seekable and not tree_options.index)
-    reader = TarReader(stream, headerball=tree_options.headerball, read_ahead=read_ahead)
+    # (file data read in place, left in the tar or absent: the tar's headers may be read
+    # on two cores)
+    reads_data = not (tree_options.index or tree_options.headerball or tar_path is not None)
+    reader = (TarReader if reads_data else SplitTarReader)(
+        stream, headerball=tree_options.headerball, read_ahead=read_ahead)
     inputs.callback(reader.close)
     root, _count = read_tar_tree(reader, tree_options, spool, on_file=offer)
     reader.close()          # (before copiers are forked: no thread may run then)
