@@ -13,10 +13,10 @@ volume label is reported apart), or until the end of the archive, an error (give
 the same TarError one reader would raise there) or an entry whose data must be read (a
 sparse file: its map is in the data).
 
-The first part starts `_SHARE` of the tar in; when it is done, the next one halfway (or so:
-`_NEXT_SHARE`) between where this process has got to and the last part's start, and so on
-while the gap is `_MIN_GAP` or more: it does not matter how the entries are spread over the
-tar's bytes.
+The first part starts `_SHARE` of the tar in; when it is done, the next one a little less than
+halfway (`_NEXT_SHARE`) between where this process has got to and the last part's start, and
+so on while this process would take `_MIN_GAP` seconds or more to reach that start (at the
+speed it goes): it does not matter how the entries are spread over the tar's bytes.
 
 This process reads from the start, and at each part's start it passes checks that its own
 chain lands exactly there with the same global PAX records.  From the first part where it
@@ -27,9 +27,9 @@ start this process passes without landing there is thrown away.  Either way the 
 end of the archive and any error are those of one reader reading the whole stream.
 
 The forked process writes its messages into a memory file (never blocking on this process,
-which reads them later) and announces each on a pipe; this process looks at the pipe every
-`_POLL` bytes of tar it reads, and tells the forked process how far it has got through shared
-memory.
+which reads them later) and announces each on a pipe; this process looks at the pipe about
+every `_POLL` seconds (so many bytes of tar), and tells the forked process how far it has got,
+and when, through shared memory.
 
 Only for what reads no file data but a sparse file's (--tar=i, a tar read in place, a
 headerball) and a tar of `_SPLIT_MIN` bytes or more in a regular file: a small tar does not
@@ -42,6 +42,7 @@ import marshal
 import mmap
 import os
 import select
+import time
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import Iterator
@@ -52,10 +53,14 @@ from .decompress import TarInput
 from .tarstream import _MTIMES, BLOCK, TarEntry, TarError, TarReader, _header_ok
 
 _SPLIT_MIN = 64 << 20       # bytes of tar: below, one process reads it all
-_SHARE = 0.35               # of the tar before the first part (this process also builds the tree)
-_NEXT_SHARE = 0.45          # of the gap before the next part
-_MIN_GAP = 8 << 20          # bytes between this process and the last part: no more parts below
-_POLL = 2 << 20             # bytes of tar read between looks at the pipe
+_SHARE = 0.5                # of the tar before the first part (too far in costs less than too
+                            # near: the forked process then reads more parts)
+_NEXT_SHARE = 0.45          # of the gap before the next part (this process also builds the tree)
+_MIN_GAP = 0.005            # seconds this process would take to reach the last part: no more
+                            # parts below
+_POLL = 0.001               # seconds between looks at the pipe (about)
+_POLL_FIRST = 256 << 10     # bytes of tar between looks, at first (then made to take _POLL)
+_POLL_BYTES = (64 << 10, 64 << 20)
 _BATCH = 64                 # entries a message (few: their objects are made at once)
 _MAGIC_AT = 257             # ustar magic's place in a header
 _RECORD = 16                # bytes of a message's announcement: kind, part, length
@@ -136,18 +141,21 @@ class SplitTarReader(TarReader):
 
     def _split_entries(self, target: int) -> Iterator[TarEntry]:
         self._start_child(target)
+        poll, last = _POLL_FIRST, time.monotonic_ns()
         try:
             while True:
                 here = self.offset
                 ahead = bisect.bisect_right(self._starts, here)     # (past `here`)
-                stop = here + _POLL
+                stop = here + poll
                 if ahead < len(self._starts):
                     stop = min(stop, self._starts[ahead])
                 yield from self._entries(stop=stop)
                 if self.archive_end is not None:
                     return
-                here = self.offset
-                self._progress[:8] = here.to_bytes(8, "little")
+                here, now = self.offset, time.monotonic_ns()
+                self._progress[:] = _progress(here, now)
+                poll = _next_poll(poll, now - last)
+                last = now
                 self._take_records(wait=False)
                 part = self._part_at.get(here)
                 if part is not None and self._parts[part].global_records == self._global:
@@ -253,7 +261,8 @@ class SplitTarReader(TarReader):
         log = os.memfd_create("mkerofs-tar-entries", os.MFD_CLOEXEC)
         take, put = os.pipe()
         errors, report = os.pipe()
-        self._progress = mmap.mmap(-1, 8)       # (shared with the child)
+        self._progress = mmap.mmap(-1, len(_progress(0, 0)))     # (shared with the child)
+        self._progress[:] = _progress(0, time.monotonic_ns())
         try:
             self._pid = fork_copier(
                 lambda: _Child(self._input, self._src._origin, self._kwargs, log, put,
@@ -304,6 +313,7 @@ class _Child:
         reader = self.reader
         low = reader._src._size         # the lowest part's start
         number = 0
+        seen, speed = self.parent_progress(), None
         while True:
             start = self._resync(target, low)
             if start is None:
@@ -314,11 +324,22 @@ class _Child:
             self._read_part(number, start, global_records)
             self.done.insert(0, (start, global_records, number))
             low = start
-            here = int.from_bytes(self.progress[:8], "little")
-            if low - here < _MIN_GAP:
+            here, at = self.parent_progress()
+            if at > seen[1]:
+                speed = (here - seen[0]) / (at - seen[1])       # (bytes a ns)
+                seen = here, at
+            if low - here < _POLL_BYTES[0] or \
+                    speed is not None and low - here < speed * _MIN_GAP * 1e9:
                 return
             target = int(here + (low - here) * _NEXT_SHARE) // BLOCK * BLOCK
             number += 1
+
+    def parent_progress(self) -> tuple[int, int]:
+        """(how far the parent has read, when, in ns): the same twice, so not half written."""
+        while True:
+            first, second = self.progress[:], self.progress[:]
+            if first == second:
+                return int.from_bytes(first[:8], "little"), int.from_bytes(first[8:], "little")
 
     def send(self, kind: int, number: int, payload) -> None:
         data = memoryview(marshal.dumps(payload))
@@ -382,6 +403,19 @@ class _Child:
         except TarError as err:
             self.send(_BATCH_OF, number, (batch, *state))
             self.send(_ERROR, number, (err.args[0], err.path, err.offset))
+
+
+def _progress(offset: int, when_ns: int) -> bytes:
+    return offset.to_bytes(8, "little") + when_ns.to_bytes(8, "little")
+
+
+def _next_poll(poll: int, took_ns: int) -> int:
+    """The bytes to read before the next look at the pipe: about _POLL seconds' worth."""
+    if took_ns < _POLL * 0.5e9:
+        poll *= 2
+    elif took_ns > _POLL * 2e9:
+        poll //= 2
+    return min(max(poll, _POLL_BYTES[0]), _POLL_BYTES[1])
 
 
 def _find_header(raw: _PositionalFile, origin: int, target: int, end: int) -> int | None:

@@ -26,8 +26,9 @@ def small_parts(monkeypatch):
     if not settled():
         pytest.skip("another thread runs: the reader would not fork")
     monkeypatch.setattr(tarsplit, "_SPLIT_MIN", 0)
-    monkeypatch.setattr(tarsplit, "_MIN_GAP", 8 << 10)
-    monkeypatch.setattr(tarsplit, "_POLL", 4 << 10)
+    monkeypatch.setattr(tarsplit, "_MIN_GAP", 0)
+    monkeypatch.setattr(tarsplit, "_POLL_FIRST", 4 << 10)
+    monkeypatch.setattr(tarsplit, "_POLL_BYTES", (4 << 10, 4 << 10))
 
 
 @pytest.fixture
