@@ -31,9 +31,8 @@ which reads them later) and announces each on a pipe; this process looks at the 
 every `_POLL` seconds (so many bytes of tar), and tells the forked process how far it has got,
 and when, through shared memory.
 
-Only for what reads no file data but a sparse file's (--tar=i, a tar read in place, a
-headerball) and a tar of `_SPLIT_MIN` bytes or more in a regular file: a small tar does not
-pay for the fork.
+Only for what reads no file data but a sparse file's (the build uses it for --tar=i) and a
+tar of `_SPLIT_MIN` bytes or more in a regular file: a small tar does not pay for the fork.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """A build whose tar headers are read on two cores (writer/tarsplit.py, forced here on a small
-tar) writes the same image bytes as one that reads them in one process: --tar=i and --tar=f
-from a tar file given by path or as an open file (stdin), with aufs whiteouts, hard links,
-symlinks, a sparse file and a global PAX header in the forked process's part."""
+tar) writes the same image bytes as one that reads them in one process: --tar=i from a tar
+file given by path or as an open file (stdin), with aufs whiteouts, hard links, symlinks, a
+sparse file and a global PAX header in the forked process's part.  --tar=f reads them in one
+process."""
 from __future__ import annotations
 
 import io
@@ -76,22 +77,35 @@ def _image(tmp_path, name: str, source, mode: str, split: bool, monkeypatch) -> 
     return image.read_bytes()
 
 
-@pytest.mark.parametrize("source", ["path", "file"])
-@pytest.mark.parametrize("mode", ["i", "f"])
-def test_same_image(tmp_path, monkeypatch, mode, source):
-    if not settled():
-        pytest.skip("another thread runs: the reader would not fork")
-    (tmp_path / "in.tar").write_bytes(_tar())
-    landed = []
+@pytest.fixture
+def landed(monkeypatch) -> list[int]:
+    """The parts whose entries were taken from the forked process."""
+    parts: list[int] = []
     entries = tarsplit.SplitTarReader._child_entries
 
     def noting(self, number):
-        landed.append(number)
+        parts.append(number)
         return entries(self, number)
 
     monkeypatch.setattr(tarsplit.SplitTarReader, "_child_entries", noting)
-    one = _image(tmp_path, "one.erofs", source, mode, False, monkeypatch)
+    return parts
+
+
+@pytest.mark.parametrize("source", ["path", "file"])
+def test_same_image(tmp_path, monkeypatch, landed, source):
+    if not settled():
+        pytest.skip("another thread runs: the reader would not fork")
+    (tmp_path / "in.tar").write_bytes(_tar())
+    one = _image(tmp_path, "one.erofs", source, "i", False, monkeypatch)
     assert not landed
-    two = _image(tmp_path, "two.erofs", source, mode, True, monkeypatch)
+    two = _image(tmp_path, "two.erofs", source, "i", True, monkeypatch)
     assert landed                       # (the forked process's entries were used)
+    assert one == two
+
+
+def test_tar_f_reads_in_one_process(tmp_path, monkeypatch, landed):
+    (tmp_path / "in.tar").write_bytes(_tar())
+    one = _image(tmp_path, "one.erofs", "path", "f", False, monkeypatch)
+    two = _image(tmp_path, "two.erofs", "path", "f", True, monkeypatch)
+    assert not landed
     assert one == two
