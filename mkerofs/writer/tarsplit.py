@@ -59,7 +59,7 @@ _MIN_GAP = 0.005            # seconds this process would take to reach the last 
                             # parts below
 _POLL = 0.001               # seconds between looks at the pipe (about)
 _POLL_FIRST = 256 << 10     # bytes of tar between looks, at first (then made to take _POLL)
-_POLL_BYTES = (64 << 10, 64 << 20)
+_POLL_BYTES = (64 << 10, 64 << 20)     # ... at least and at most
 _BATCH = 64                 # entries a message (few: their objects are made at once)
 _MAGIC_AT = 257             # ustar magic's place in a header
 _RECORD = 16                # bytes of a message's announcement: kind, part, length
@@ -67,12 +67,11 @@ _RECORD = 16                # bytes of a message's announcement: kind, part, len
 _FIELDS = attrgetter(*(f.name for f in fields(TarEntry)))
 _FIELD_COUNT = len(fields(TarEntry))
 # message kinds and their payloads: a part's start (S, global PAX records); a batch
-# ([the entries' fields, one after the other], boundary after them, global records or None, label or None); the part
-# reached part j's start; the archive's end (end_offset, archive_end, label: what follows is
-# read here); an error (message, path, offset); a sparse entry, read on from
-# (boundary, global records or None, label or None)
+# ([the entries' fields, one after the other], boundary after them, global records or None,
+# label or None); the part reached part j's start (j); the archive's end (end_offset,
+# archive_end, label: what follows is read here); an error (message, path, offset); a sparse
+# entry: read on here from (boundary, global records or None, label or None)
 _START, _BATCH_OF, _LANDED, _END, _ERROR, _HANDOFF = range(6)
-_LAST = (_LANDED, _END, _ERROR, _HANDOFF)
 
 
 class _PositionalFile:

@@ -33,15 +33,22 @@ def small_parts(monkeypatch):
 
 @pytest.fixture
 def landed(monkeypatch) -> list[int]:
-    """The parts whose entries this process took from the forked one (as it happens)."""
+    """The parts whose entries this process took from the forked one.  (This process waits
+    for the first part's start before it reads: else, on a busy machine, it may read past
+    the starts of such small parts before it learns of them, and read the tar alone.)"""
     parts: list[int] = []
-    entries = SplitTarReader._child_entries
+    entries, start = SplitTarReader._child_entries, SplitTarReader._start_child
 
     def noting(self, number):
         parts.append(number)
         return entries(self, number)
 
+    def starting(self, target):
+        start(self, target)
+        self._take_records(wait=True)
+
     monkeypatch.setattr(SplitTarReader, "_child_entries", noting)
+    monkeypatch.setattr(SplitTarReader, "_start_child", starting)
     return parts
 
 

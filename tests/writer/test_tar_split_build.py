@@ -79,15 +79,21 @@ def _image(tmp_path, name: str, source, mode: str, split: bool, monkeypatch) -> 
 
 @pytest.fixture
 def landed(monkeypatch) -> list[int]:
-    """The parts whose entries were taken from the forked process."""
+    """The parts whose entries were taken from the forked process (which is waited for to
+    announce its first part: else a busy machine may let this process read past it first)."""
     parts: list[int] = []
-    entries = tarsplit.SplitTarReader._child_entries
+    entries, start = tarsplit.SplitTarReader._child_entries, tarsplit.SplitTarReader._start_child
 
     def noting(self, number):
         parts.append(number)
         return entries(self, number)
 
+    def starting(self, target):
+        start(self, target)
+        self._take_records(wait=True)
+
     monkeypatch.setattr(tarsplit.SplitTarReader, "_child_entries", noting)
+    monkeypatch.setattr(tarsplit.SplitTarReader, "_start_child", starting)
     return parts
 
 
