@@ -17,6 +17,7 @@ from mkerofs.writer.decompress import open_input
 from mkerofs.writer.tarsplit import SplitTarReader
 from mkerofs.writer.tarstream import TarError, TarReader
 from support.tarfiles import END, header, member, pax
+from support.tarsplit import landed_parts
 from support.threads import settled
 
 
@@ -33,23 +34,8 @@ def small_parts(monkeypatch):
 
 @pytest.fixture
 def landed(monkeypatch) -> list[int]:
-    """The parts whose entries this process took from the forked one.  (This process waits
-    for the first part's start before it reads: else, on a busy machine, it may read past
-    the starts of such small parts before it learns of them, and read the tar alone.)"""
-    parts: list[int] = []
-    entries, start = SplitTarReader._child_entries, SplitTarReader._start_child
-
-    def noting(self, number):
-        parts.append(number)
-        return entries(self, number)
-
-    def starting(self, target):
-        start(self, target)
-        self._take_records(wait=True)
-
-    monkeypatch.setattr(SplitTarReader, "_child_entries", noting)
-    monkeypatch.setattr(SplitTarReader, "_start_child", starting)
-    return parts
+    """The parts whose entries were taken from the forked process."""
+    return landed_parts(monkeypatch)
 
 
 def _files(count: int, prefix: str = "d", fmt=tarfile.PAX_FORMAT, size=lambda i: i % 700,

@@ -15,6 +15,7 @@ from mkerofs.writer import tarsplit
 from mkerofs.writer.options import TarOptions
 from mkerofs.writer.tarstream import TarReader
 from support.tarfiles import END, header, member, pax
+from support.tarsplit import landed_parts
 from support.threads import settled
 
 UUID = bytes(range(16))
@@ -79,22 +80,8 @@ def _image(tmp_path, name: str, source, mode: str, split: bool, monkeypatch) -> 
 
 @pytest.fixture
 def landed(monkeypatch) -> list[int]:
-    """The parts whose entries were taken from the forked process (which is waited for to
-    announce its first part: else a busy machine may let this process read past it first)."""
-    parts: list[int] = []
-    entries, start = tarsplit.SplitTarReader._child_entries, tarsplit.SplitTarReader._start_child
-
-    def noting(self, number):
-        parts.append(number)
-        return entries(self, number)
-
-    def starting(self, target):
-        start(self, target)
-        self._take_records(wait=True)
-
-    monkeypatch.setattr(tarsplit.SplitTarReader, "_child_entries", noting)
-    monkeypatch.setattr(tarsplit.SplitTarReader, "_start_child", starting)
-    return parts
+    """The parts whose entries were taken from the forked process."""
+    return landed_parts(monkeypatch)
 
 
 @pytest.mark.parametrize("source", ["path", "file"])
