@@ -430,13 +430,25 @@ def pack_dirents(nids, nameoffs, ftypes) -> bytes:
 def unpack_dirents(block: bytes, count: int) -> tuple[tuple[int, ...], tuple[int, ...],
                                                       tuple[int, ...]]:
     """The first `count` erofs_dirents of a directory block: their nids, nameoffs and file
-    types: in one call up to _DIRENT_RUN_MAX of them, one by one beyond."""
+    types (unpack_dirent_heads)."""
+    heads = unpack_dirent_heads(block, count)
+    return tuple(heads[0::3]), tuple(heads[1::3]), tuple(heads[2::3])
+
+
+def unpack_dirent_heads(block: bytes, count: int) -> tuple[int, ...] | list[int]:
+    """The first `count` erofs_dirents of a directory block as one flat run of (nid,
+    nameoff, file type) * count: in one call up to _DIRENT_RUN_MAX of them, in pieces of
+    that many beyond."""
+    run = _DIRENT_RUNS.get(count)
+    if run is not None:
+        return run.unpack_from(block)
     if count <= _DIRENT_RUN_MAX:
-        heads = _dirent_run(count).unpack_from(block)
-        return heads[0::3], heads[1::3], heads[2::3]
-    heads = block[:count * EROFS_DIRENT_SIZE]
-    nids, nameoffs, ftypes, _reserved = zip(*EROFS_DIRENT.iter_unpack(heads))
-    return nids, nameoffs, ftypes
+        return _dirent_run(count).unpack_from(block)
+    whole = count - count % _DIRENT_RUN_MAX
+    heads = list(chain.from_iterable(
+        _dirent_run(_DIRENT_RUN_MAX).iter_unpack(block[:whole * EROFS_DIRENT_SIZE])))
+    heads += _dirent_run(count - whole).unpack_from(block, whole * EROFS_DIRENT_SIZE)
+    return heads
 
 
 # ---------------------------------------------------------------------------

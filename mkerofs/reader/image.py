@@ -87,6 +87,7 @@ _DECODED_CACHE_BYTES = 48 << 20  # decoded pclusters kept (fragments, dedupe, sm
 _DIR_CACHE_ENTRIES = 32
 _DOTS = frozenset((b".", b".."))
 _DIRENT_HEAD, _DIRENT_SIZE = fmt.EROFS_DIRENT.unpack_from, fmt.EROFS_DIRENT_SIZE
+_DIRENT_HEADS = fmt.unpack_dirent_heads
 _NAME_LEN = fmt.EROFS_NAME_LEN
 
 _FT_OF_MODE = fmt.EROFS_FT_OF_MODE
@@ -109,6 +110,9 @@ _S_IFMT, _S_IFDIR = fmt.S_IFMT, stat.S_IFDIR
 _BLOCK_KINDS = frozenset((stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK))    # i_u: a block address
 _DEVICE_KINDS = frozenset((stat.S_IFCHR, stat.S_IFBLK))                  # i_u: the device
 _SPECIAL_KINDS = frozenset((stat.S_IFIFO, stat.S_IFSOCK))
+# what an inode's i_u holds, by its kind and layout (Image._inode_shape)
+_FLAT_BLOCKS, _BLOCKS, _CHUNKS, _DEVICE, _SPECIAL, _BOGUS = range(6)
+_SHAPES_KEPT = 4096             # (i_format, i_mode) pairs kept: a hostile image may have many
 # what unified addressing moves to an extra device: data read through erofs_map_dev (inline
 # tails are read as metadata, from the image)
 _UNIFIED_KINDS = ("plain", "compressed", "interlaced")
@@ -232,8 +236,10 @@ class Image:
         self._decoded: OrderedDict = OrderedDict()
         self._decoded_bytes = 0
         self._dir_cache: OrderedDict = OrderedDict()
-        # each distinct i_mode as one int object (at most 2^16): a caller keeping the modes of
-        # many inodes (rebuild mode) keeps an int a mode, not one an inode (28 bytes)
+        # inode_fields' reading of each (i_format, i_mode) pair met (_inode_shape), and each
+        # distinct i_mode as one int object (at most 2^16): a caller keeping the modes of many
+        # inodes (rebuild mode) keeps an int a mode, not one an inode (28 bytes)
+        self._shapes: dict[int, tuple] = {}
         self._modes: dict[int, int] = {}
         self._zcache: OrderedDict = OrderedDict()
         self._packed: Inode | None = None
@@ -596,48 +602,71 @@ class Image:
                              f"({size_} bytes)")
         data, at = self._data, self._base + pos
         compact = _COMPACT(data, at)
-        ifmt = compact[0]
+        # (i_format and i_mode, at the same place in both forms, read once for each pair)
+        shape = self._shapes.get(compact[0] << 16 | compact[2])
+        if shape is None:
+            shape = self._inode_shape(nid, compact[0], compact[2])
+        mode, layout, extended, nlink_1, what, dots = shape
+        if extended:
+            if pos + _EXTENDED_SIZE > size_:
+                raise ImageError(f"nid {nid}: extended inode at byte {pos} is past the end of "
+                                 f"the image ({size_} bytes)")
+            (_, icount, _mode, nb, size, i_u, ino, uid, gid, mtime, nsec, nlink,
+             _r) = _EXTENDED(data, at)
+            hi, mask = nb, _ADDR48
+        else:
+            (_, icount, _mode, nb, size, mtime, i_u, ino, uid, gid, _r) = compact
+            mtime, nsec = self.epoch + mtime, self.superblock.fixed_nsec
+            if nlink_1:
+                nlink, hi, mask = 1, nb, _ADDR48
+            else:
+                nlink, hi, mask = nb, 0, _ADDR32
+        rdev = 0
+        startblk = 0
+        if what == _FLAT_BLOCKS:
+            startblk = i_u | (hi << 32)
+            # a flat inode without blocks: all ones in the address bits this form has
+            if not (startblk ^ _NULL_ADDR) & mask:
+                startblk = _NULL_ADDR
+        elif what == _BLOCKS:
+            startblk = i_u | (hi << 32)
+        elif what == _CHUNKS:
+            startblk = i_u
+            if i_u & 0xFFFF & ~fmt.EROFS_CHUNK_FORMAT_ALL:
+                raise ImageError(f"nid {nid}: unsupported chunk format 0x{i_u & 0xFFFF:x}")
+        elif what == _DEVICE:
+            rdev = i_u
+        elif what == _BOGUS:
+            raise ImageError(f"nid {nid}: bogus i_mode 0o{mode:o}")
+        return (mode, uid, gid, nlink, size, mtime, nsec, rdev, ino, layout, extended, icount,
+                pos, startblk, dots)
+
+    def _inode_shape(self, nid: int, ifmt: int, mode: int) -> tuple:
+        """What an inode's i_format and i_mode say (inode_fields), kept for the next inode
+        with both the same: (i_mode, one int object for each; data layout; extended; nlink 1
+        (a compact non-directory's flag); what i_u holds (_FLAT_BLOCKS ... _BOGUS); "." left
+        out (a directory's flag)).  An i_format or layout the reader does not know raises."""
         if ifmt & ~_I_ALL:
             raise ImageError(f"nid {nid}: unsupported i_format 0x{ifmt:x}")
         layout = (ifmt >> _I_DATALAYOUT_BIT) & _I_DATALAYOUT_MASK
         if layout >= _DATALAYOUT_MAX:
             raise ImageError(f"nid {nid}: unknown data layout {layout}")
-        if ifmt & _I_VERSION_MASK:
-            if pos + _EXTENDED_SIZE > size_:
-                raise ImageError(f"nid {nid}: extended inode at byte {pos} is past the end of "
-                                 f"the image ({size_} bytes)")
-            (_, icount, mode, nb, size, i_u, ino, uid, gid, mtime, nsec, nlink,
-             _r) = _EXTENDED(data, at)
-            extended = True
-            hi, mask = nb, _ADDR48
-        else:
-            (_, icount, mode, nb, size, mtime, i_u, ino, uid, gid, _r) = compact
-            extended = False
-            mtime, nsec = self.epoch + mtime, self.superblock.fixed_nsec
-            if mode & _S_IFMT != _S_IFDIR and ifmt >> _I_NLINK_1_BIT & 1:
-                nlink, hi, mask = 1, nb, _ADDR48
-            else:
-                nlink, hi, mask = nb, 0, _ADDR32
-        mode = self._modes.setdefault(mode, mode)
         kind = mode & _S_IFMT
-        rdev = 0
-        startblk = 0
+        extended = bool(ifmt & _I_VERSION_MASK)
         if kind in _BLOCK_KINDS:
-            startblk = i_u | (hi << 32)
-            if layout == _FLAT_PLAIN:
-                # a flat inode without blocks: all ones in the address bits this form has
-                if not (startblk ^ _NULL_ADDR) & mask:
-                    startblk = _NULL_ADDR
-            elif layout == _CHUNK_BASED:
-                startblk = i_u
-                if i_u & 0xFFFF & ~fmt.EROFS_CHUNK_FORMAT_ALL:
-                    raise ImageError(f"nid {nid}: unsupported chunk format 0x{i_u & 0xFFFF:x}")
-        elif kind in _DEVICE_KINDS:
-            rdev = i_u
-        elif kind not in _SPECIAL_KINDS:
-            raise ImageError(f"nid {nid}: bogus i_mode 0o{mode:o}")
-        return (mode, uid, gid, nlink, size, mtime, nsec, rdev, ino, layout, extended, icount,
-                pos, startblk, kind == _S_IFDIR and bool(ifmt >> _I_DOT_OMITTED_BIT & 1))
+            what = _FLAT_BLOCKS if layout == _FLAT_PLAIN else \
+                _CHUNKS if layout == _CHUNK_BASED else _BLOCKS
+        else:
+            what = _DEVICE if kind in _DEVICE_KINDS else \
+                _SPECIAL if kind in _SPECIAL_KINDS else _BOGUS
+        shapes = self._shapes
+        if len(shapes) >= _SHAPES_KEPT:
+            shapes.clear()
+        shape = shapes[ifmt << 16 | mode] = (
+            self._modes.setdefault(mode, mode), layout, extended,
+            not extended and kind != _S_IFDIR and bool(ifmt >> _I_NLINK_1_BIT & 1), what,
+            kind == _S_IFDIR and bool(ifmt >> _I_DOT_OMITTED_BIT & 1))
+        return shape
 
     # -- data layout -----------------------------------------------------------------------------
 
@@ -1080,20 +1109,23 @@ class Image:
         if blk is None:
             # (not kept in the cache of directories: read once, and ~50 bytes an entry)
             return [e for e in self._read_dir(Inode(nid, *fields)) if e[0] not in _DOTS]
-        entries = self._sound_entries(blk)
+        entries = self._sound_entries(blk, False)
         if entries is None:
             entries = []
             try:
                 self._parse_dir_block(blk, 0, entries)
             except ImageError as e:
                 raise _with_nid(nid, e) from None
-        return [e for e in entries if e[0] not in _DOTS]
+            return [e for e in entries if e[0] not in _DOTS]
+        return entries
 
-    def _sound_entries(self, blk: bytes) -> list[tuple[bytes, int, int]] | None:
-        """The entries (name, nid, file type) of directory block `blk` if it passes every
-        check at once: its heads in the block, every name 1..EROFS_NAME_LEN bytes (each runs up
-        to the next one's start), the run of them without "/" or NUL (nearly every block);
-        None if not (_parse_dir_block then says which entry fails)."""
+    def _sound_entries(self, blk: bytes, dots: bool = True
+                       ) -> list[tuple[bytes, int, int]] | None:
+        """The entries (name, nid, file type) of directory block `blk` (without "." and ".."
+        unless `dots`) if it passes every check at once: its heads in the block, every name
+        1..EROFS_NAME_LEN bytes (each runs up to the next one's start, the last up to the
+        first NUL after the names' start), without "/" (nearly every block); None if not
+        (_parse_dir_block then says which entry fails)."""
         n = len(blk)
         if n < _DIRENT_SIZE:
             return None
@@ -1101,16 +1133,22 @@ class Image:
         count = -(-nameoff // _DIRENT_SIZE)
         if nameoff < _DIRENT_SIZE or nameoff >= self.block_size or count * _DIRENT_SIZE > n:
             return None
-        nids, offs, ftypes = fmt.unpack_dirents(blk, count)
-        last = blk.find(b"\0", offs[-1])
-        bounds = offs + (n if last < 0 else last,)
+        heads = _DIRENT_HEADS(blk, count)        # (nid, nameoff, file type) * count
+        # a NUL before the last name's start ends a name early: some name is then empty
+        end = blk.find(b"\0", nameoff)
+        bounds = heads[1::3]
+        bounds += (n if end < 0 else end,)
         names = [blk[a:b] for a, b in zip(bounds, bounds[1:])]
-        if not min(map(len, names)) or max(map(len, names)) > _NAME_LEN:
+        # (a name past the block's end, or ending before it starts, is empty too; all of
+        # them are short when their run is)
+        if b"" in names or blk.find(b"/", nameoff, bounds[-1]) >= 0 or \
+                (bounds[-1] - nameoff > _NAME_LEN and max(map(len, names)) > _NAME_LEN):
             return None
-        run = blk[nameoff:bounds[-1]]
-        if b"/" in run or b"\0" in run:
-            return None
-        return list(zip(names, nids, ftypes))
+        if dots:
+            return list(zip(names, heads[0::3], heads[2::3]))
+        if count > 1 and names[0] == b"." and names[1] == b"..":     # (they sort first, mostly)
+            return list(zip(names[2:], heads[6::3], heads[8::3]))
+        return [e for e in zip(names, heads[0::3], heads[2::3]) if e[0] not in _DOTS]
 
     def _inline_dir_block(self, inode: Inode) -> bytes | None:
         """The bytes of a directory held whole in its inline tail (no data blocks), without

@@ -66,6 +66,7 @@ _NO_DATA = DataRef(None)
 _NO_XATTRS: tuple = ()      # shared: not a list a node (56 bytes); never changed in place
 _DEVICES = (stat.S_IFCHR, stat.S_IFBLK)
 _S_IFMT, _S_IFREG = fmt.S_IFMT, stat.S_IFREG
+_S_IFDIR, _S_IFCHR = stat.S_IFDIR, stat.S_IFCHR
 _FLAT_PLAIN, _NULL_ADDR = fmt.EROFS_INODE_FLAT_PLAIN, fmt.EROFS_NULL_ADDR
 # what _layer_node makes without the reader's Inode: nothing to read beyond the inode itself
 _PLAIN_KINDS = frozenset((stat.S_IFREG, stat.S_IFDIR, stat.S_IFIFO, stat.S_IFSOCK))
@@ -322,31 +323,32 @@ def _layer_node(img: Image, nid: int, fields: tuple, base: bytes, name: bytes,
     made from it), any other node only its name when it has a `found_in` (a whole path a
     file is ~100 bytes).  (Made for every entry of every layer that shows: plain files and
     directories without xattrs, nearly all of them, straight from the fields.)"""
-    mode, size = fields[0], fields[4]
+    (mode, uid, gid, _nlink, size, mtime, nsec, _rdev, _ino, layout, _extended, icount,
+     _pos, startblk, _dots) = fields
+    mtime_ns = mtime * 1_000_000_000 + nsec
+    shared = _MTIMES_NS.get(mtime_ns)
+    mtime_ns = _new_mtime(mtime_ns) if shared is None else shared
     kind = mode & _S_IFMT
-    if kind == _S_IFREG and not fields[11]:        # (no xattrs: nearly every file)
+    if kind == _S_IFREG and not icount:        # (no xattrs: nearly every file)
         size = _same_size(size, size)
-        node = TreeInode(base + name if found_in is None else name, mode, fields[1],
-                           fields[2], size, _mtime_ns(fields[5], fields[6]), 0, 0, None, None,
-                           None, _NO_XATTRS, _NO_DATA, found_in)
+        node = TreeInode(base + name if found_in is None else name, mode, uid, gid, size,
+                         mtime_ns, 0, 0, None, None, None, _NO_XATTRS, _NO_DATA, found_in)
         if size:
-            note(node, nid, size, fields[9], fields[13])
+            note(node, nid, size, layout, startblk)
         return node
-    if kind == stat.S_IFDIR:
+    if kind == _S_IFDIR:
         where, found_in = base + name, None
     else:
         where = base + name if found_in is None else name
-    if fields[11] or kind not in _PLAIN_KINDS:
+    if icount or kind not in _PLAIN_KINDS:
         node = image_node(img, Inode(nid, *fields), where, found_in)
-    elif kind == stat.S_IFDIR:
-        node = TreeInode(where, mode, fields[1], fields[2], size,
-                           _mtime_ns(fields[5], fields[6]), entries=[], xattrs=_NO_XATTRS)
+    elif kind == _S_IFDIR:
+        node = TreeInode(where, mode, uid, gid, size, mtime_ns, entries=[], xattrs=_NO_XATTRS)
     else:
-        node = TreeInode(where, mode, fields[1], fields[2], size,
-                           _mtime_ns(fields[5], fields[6]), 0, 0, None, None, None, _NO_XATTRS,
-                           _NO_DATA if kind == _S_IFREG else None, found_in)
+        node = TreeInode(where, mode, uid, gid, size, mtime_ns, 0, 0, None, None, None,
+                         _NO_XATTRS, _NO_DATA if kind == _S_IFREG else None, found_in)
     if size and kind == _S_IFREG:
-        note(node, nid, size, fields[9], fields[13])
+        note(node, nid, size, layout, startblk)
     return node
 
 
@@ -354,8 +356,11 @@ def _mtime_ns(mtime: int, nsec: int) -> int:
     """An inode's mtime in ns, shared (_MTIMES_NS)."""
     mtime_ns = mtime * 1_000_000_000 + nsec
     shared = _MTIMES_NS.get(mtime_ns)
-    if shared is not None:
-        return shared
+    return _new_mtime(mtime_ns) if shared is None else shared
+
+
+def _new_mtime(mtime_ns: int) -> int:
+    """_mtime_ns of an mtime not in _MTIMES_NS, now in it."""
     if len(_MTIMES_NS) >= _MTIMES_MAX:
         _MTIMES_NS.clear()
     _MTIMES_NS[mtime_ns] = mtime_ns
@@ -426,6 +431,9 @@ class _Merged:
         self.root = top
         self.sealed: set[TreeInode] = set()
         self.whiteouts: set[TreeInode] = set()
+        # the directories a whiteout was put in (a name met twice may drop it again): only
+        # these are looked through for whiteouts at the end
+        self.holding: set[TreeInode] = set()
         self._adopt(top)
 
     def _adopt(self, directory: TreeInode) -> None:
@@ -439,10 +447,11 @@ class _Merged:
             for i, (name, child) in enumerate(entries):
                 if child.entries is not None:
                     pending.append(child)
-                elif (xwhiteouts or child.mode & _S_IFMT == stat.S_IFCHR) and \
+                elif (xwhiteouts or child.mode & _S_IFMT == _S_IFCHR) and \
                         _is_whiteout(child, xwhiteouts):
                     white = _whiteout(child)
                     self.whiteouts.add(white)
+                    self.holding.add(d)
                     entries[i] = name, white
             if len(entries) > 1 and len(kids := dict(entries)) != len(entries):
                 # (a name twice: the last one counts, in the place of the first, as a
@@ -473,7 +482,7 @@ class _Merged:
                 if mine is None:
                     child = node(low, entry, xwhiteouts)
                     if child.entries is None and not xwhiteouts and \
-                            child.mode & _S_IFMT != stat.S_IFCHR:
+                            child.mode & _S_IFMT != _S_IFCHR:
                         kids[name] = child      # (take's answer for a plain non-directory)
                         mine_all.append((name, child))
                     else:
@@ -499,6 +508,7 @@ class _Merged:
         elif _is_whiteout(child, xwhiteouts):
             child = _whiteout(child)
             self.whiteouts.add(child)
+            self.holding.add(up)
         kids[name] = child
         up.entries.append((name, child))
 
@@ -604,7 +614,7 @@ class _ImageBelow:
                 raise _second_name(low[2] + name, nid)
             return None                 # (a file met under another name)
         fields = self.fields_of(nid)
-        if fields[0] & _S_IFMT != stat.S_IFDIR:        # (its mode)
+        if fields[0] & _S_IFMT != _S_IFDIR:        # (its mode)
             return None
         self.seen[nid] = mine
         return nid, fields, low[2] + name + b"/", mine
@@ -676,13 +686,13 @@ def _finish(merged: _Merged, strip: bool) -> tuple[TreeInode, int]:
     root.parent = root
     root.nlink = 2
     count = 1
-    whiteouts = merged.whiteouts
+    whiteouts, holding = merged.whiteouts, merged.holding
     pending = deque([root])
     while pending:
         directory = pending.popleft()
         entries = directory.entries
         entries.sort()              # (by name: each name is there once)
-        has_whiteouts = bool(whiteouts) and \
+        has_whiteouts = directory in holding and \
             not whiteouts.isdisjoint([child for _name, child in entries])
         kept = entries
         if strip and has_whiteouts:

@@ -146,6 +146,7 @@ def put_inodes(meta: "MetaImage", nodes: list[TreeInode], first_ino: int, epoch:
     bits = fmt.EROFS_ISLOTBITS
     page_bits = _PAGE_BITS
     directory, symlink = fmt.EROFS_FT_DIR, fmt.EROFS_FT_SYMLINK
+    extended_size = fmt.EROFS_INODE_EXTENDED_SIZE
     counted = 0
     page = -1
     for ino, node in enumerate(nodes, first_ino):
@@ -169,7 +170,9 @@ def put_inodes(meta: "MetaImage", nodes: list[TreeInode], first_ino: int, epoch:
         ibody = node.xattrs         # (node.xattr_ibody, without a property's call)
         if type(ibody) is not bytes:
             ibody = b""
-        if node.extended:
+        # (node.extended and node.inline, every inode, without their properties' calls: the
+        # inode's own part of meta_size_before_inline; the entries slot, None or the bytes)
+        if node.meta_size_before_inline - len(ibody) == extended_size:
             end = pack_into(buf, pos, True, node.datalayout,
                             icount(len(ibody)) if ibody else 0, node.mode, node.nlink,
                             node.size, node.i_u, ino, node.uid, node.gid, node.mtime_ns, epoch)
@@ -183,7 +186,7 @@ def put_inodes(meta: "MetaImage", nodes: list[TreeInode], first_ino: int, epoch:
             end += len(ibody)
         ftype = node.ftype
         inline = render(node) if render is not None and (ftype == directory or
-                                                          ftype == symlink) else node.inline
+                                                          ftype == symlink) else node.entries
         if inline:
             buf[end:end + len(inline)] = inline
     if counted:

@@ -119,6 +119,7 @@ def plan_inodes(root: TreeInode, options: BuildOptions, build_time: int,
     append = order.append
     s_ifreg, s_iflnk, s_ifmt = stat.S_IFREG, stat.S_IFLNK, _S_IFMT
     max_size, max_id, max_nlink = _COMPACT_MAX_SIZE, _COMPACT_MAX_ID, _COMPACT_MAX_NLINK
+    extended_size = fmt.EROFS_INODE_EXTENDED_SIZE
 
     def plan_one(node: TreeInode) -> None:
         uid, gid = node.uid, node.gid
@@ -164,7 +165,8 @@ def plan_inodes(root: TreeInode, options: BuildOptions, build_time: int,
         if mtime == build_time and not nsec:
             node.mtime_ns = build_ns
         if extended:
-            node.extended = True
+            # (its `extended`, written straight: no xattr ibody yet, the size is the inode's)
+            node.meta_size_before_inline = extended_size
         if kind == stat.S_IFCHR or kind == stat.S_IFBLK:
             node.i_u = fmt.new_encode_dev(os.major(node.rdev), os.minor(node.rdev))
         if not node.xattrs:
@@ -199,7 +201,7 @@ def plan_inodes(root: TreeInode, options: BuildOptions, build_time: int,
             shape = shape_sorted(names, targets, directory, directory.parent, block_size)
         directory.dir_shape = shape
         directory.size = shape.size
-        if shape.size > fmt.EROFS_COMPACT_INODE_MAX_SIZE and not directory.extended:
-            directory.extended = True
+        if shape.size > fmt.EROFS_COMPACT_INODE_MAX_SIZE:
+            directory.meta_size_before_inline = extended_size      # (`extended`, as above)
         directory.entries = None    # the shape holds the children now
     return Plan(root=order[0], inodes=order, epoch=build_time)

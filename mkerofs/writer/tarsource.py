@@ -301,6 +301,12 @@ def _show(path: bytes) -> str:
     return repr(path.decode("utf-8", "backslashreplace"))
 
 
+# Names read_tar_tree keeps to share (then it starts afresh): the commonest names come back
+# soon.  On the bench's tar (59,600 names, 34,400 distinct): 1.0 MiB less, where all of them
+# would make 1.3 MiB less but cost a lookup in a table out of the CPU's caches (~7 ms).
+_NAMES_KEPT = 1024
+
+
 def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageSpool,
                   on_file: Callable[[TreeInode, bytes, LinkCount], object] | None = None
                   ) -> tuple[TreeInode, int]:
@@ -323,6 +329,11 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
     # a file; on a tree of 42,000 such files, 17,000 sizes): only while reading, the dict
     # let go before later allocations
     same_size = {}.setdefault
+    # One bytes object a name, shared by the entries of that name (kept as a file's `where`,
+    # a directory's, and its parent's key): a tree of packages repeats __init__.py,
+    # __pycache__... (see _NAMES_KEPT)
+    names: dict[bytes, bytes] = {}
+    same_name = names.setdefault
     for entry in reader:
         path = entry.path
         written = entry.name
@@ -333,6 +344,9 @@ def read_tar_tree(reader: TarReader, opts: TarTreeOptions, spool: Spool | ImageS
         else:
             # (split's common case inline)
             head, _slash, name = path.rpartition(b"/")
+            name = same_name(name, name)
+            if len(names) > _NAMES_KEPT:
+                names.clear()
             parent = dirs.get(head)
             if parent is None:
                 parent = tree.remember(head, tree.walk_to(entry, head))

@@ -610,7 +610,7 @@ class _Source:
     `read_ahead` a thread reads the stream (_ReadAhead): nothing seeks then, and a read
     gives the next piece whatever its size."""
 
-    __slots__ = ("_raw", "_seekable", "_buf", "_pos", "_base", "_size", "_ahead")
+    __slots__ = ("_raw", "_seekable", "_buf", "_pos", "_base", "_size", "_ahead", "_origin")
 
     def __init__(self, raw: BinaryIO, seekable: bool, read_ahead: bool = False):
         self._buf = b""
@@ -619,7 +619,8 @@ class _Source:
         self._ahead = _ReadAhead(raw) if read_ahead else None
         self._raw = self._ahead or raw
         self._seekable = seekable and not read_ahead
-        self._size = os.fstat(raw.fileno()).st_size - raw.tell() if self._seekable else 0
+        self._origin = raw.tell() if self._seekable else 0     # (where offset 0 is in the file)
+        self._size = os.fstat(raw.fileno()).st_size - self._origin if self._seekable else 0
 
     def close(self) -> None:
         """Stop the read-ahead thread, if there is one."""
@@ -629,6 +630,11 @@ class _Source:
     @property
     def offset(self) -> int:
         return self._base + self._pos
+
+    def restart(self, offset: int) -> None:
+        """Read on from stream offset `offset` (a seekable input only)."""
+        self._raw.seek(self._origin + offset)
+        self._buf, self._pos, self._base = b"", 0, offset
 
     def _read(self, n: int) -> bytes:
         try:
@@ -805,6 +811,12 @@ class TarReader:
         self.trailing_data = False
 
     def __iter__(self) -> Iterator[TarEntry]:
+        return self._entries()
+
+    def _entries(self, stop: int | None = None) -> Iterator[TarEntry]:
+        """The entries from here on; with `stop`, only until the first boundary between
+        entries at or past that offset (the entry before it passed over, the next not read:
+        `offset` then tells where it stopped)."""
         src = self._src
         while True:
             entry = self._current
@@ -816,6 +828,8 @@ class TarReader:
                 elif not src.skip(n):
                     raise TarError("the input ends inside this entry's data or padding",
                                    entry.path, entry.header_offset)
+            if stop is not None and src._base + src._pos >= stop:
+                return
             # (a global PAX header or a headerball leaves the quick path for good)
             entry = self._quick_entry() if not self._global and not self._headerball else None
             if entry is None:
@@ -828,6 +842,20 @@ class TarReader:
     def close(self) -> None:
         """End the read-ahead thread (a second call does nothing); the input is not closed."""
         self._src.close()
+
+    @property
+    def offset(self) -> int:
+        """Where the next header is read (after the entry last yielded: see _entries)."""
+        return self._src.offset
+
+    def _restart(self, offset: int, global_records: dict, label: bytes | None) -> None:
+        """Go on reading at `offset` (a boundary between entries of a seekable input) as if the
+        stream had been read to there, the global PAX records and the volume label then being
+        `global_records` and `label`."""
+        self._src.restart(offset)
+        self._current, self._left, self._pad = None, 0, 0
+        self._global, self.volume_label = global_records, label
+        self.end_offset = self.archive_end = None
 
     # -- data --------------------------------------------------------------------------------
 

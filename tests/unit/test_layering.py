@@ -55,6 +55,8 @@ LATE_IMPORTS_BY_DESIGN = {
         "a build loads the tar reader only for tar input (a directory build never reads a tar)",
     ("writer/build.py", "mkerofs.writer.tarsource"):
         "the tar reader: as above",
+    ("writer/build.py", "mkerofs.writer.tarsplit"):
+        "the tar reader on two cores: as above",
     ("writer/build.py", "mkerofs.writer.decompress"):
         "the tar decoders (gzip, xz, zstd ...): as above",
     ("writer/build.py", "mkerofs.writer.spool"):
