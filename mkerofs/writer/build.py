@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, BinaryIO, Callable
 
 from ..ondisk import format as fmt
-from .chunks import (ChunkStore, ImageBlocks, TarIndex, index_layer_files, index_tar_files,
-                     make_chunked, make_hole_files, map_lines)
+from .chunks import (ChunkStore, ImageBlocks, PendingIndexes, TarIndex, index_layer_files,
+                     defer_tar_indexes, index_tar_files, make_chunked, make_hole_files,
+                     map_lines)
 from .devices import BlobFile, DeviceTable, ExtraDevice
 from .data import DataArea, FlatCopier, fork_copier, inline_fits, reap_copiers
 from .dirs import render_directory
@@ -723,7 +724,7 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
     # (the metadata area is written through a mapping of the image: a fresh file reads as zeros)
     meta = MetaImage(data_start * bs, data_end * bs, meta_end, out)
     _write_contents(plan, nodes, data, meta, meta_base, xattrs, placed.xattr_blkaddr,
-                    prefix_pos, _workers(options))
+                    prefix_pos, _workers(options), pending=placed.pending)
 
     try:
         xattr_fields = xattrs.superblock_fields(placed.xattr_blkaddr, prefix_pos or 0)
@@ -894,6 +895,7 @@ class _DataPlaced:
     chunked: bool                       # some inode is chunk-based
     map_lines: list[str] | None         # --tar=i: the MAPFILE's lines
     store: ChunkStore | None            # --chunksize: the chunks stored (for the report)
+    pending: PendingIndexes | None      # --tar=i: the chunk indexes put_inodes packs
 
 
 def _assign_data(plan: Plan, options: BuildOptions, source: bytes, xattrs: XattrLayout,
@@ -907,7 +909,8 @@ def _assign_data(plan: Plan, options: BuildOptions, source: bytes, xattrs: Xattr
     bits = fmt.blksz_bits(bs)
     # --tar=i,MAPFILE: the blob is the first thing of the data area (as mkfs.erofs has it
     # for a small tar)
-    map_lines = _index_tar(plan, options, tar_index, data) if tar_index is not None else None
+    map_lines, pending = _index_tar(plan, options, tar_index, data) if tar_index is not None \
+        else (None, None)
     # rebuild mode: files whose bytes stay in the source images point there
     indexed = options.rebuild is not None and index_layer_files(plan.inodes, bits,
                                                                 options.format_48bit)
@@ -939,16 +942,18 @@ def _assign_data(plan: Plan, options: BuildOptions, source: bytes, xattrs: Xattr
         if node.flat is None and node.datalayout == flat_plain and node.ftype in _FLAT_CONTENT:
             reserve_flat(node, inline_fits(node, node.size, bs)
                          and (inline_data or node.ftype != reg_file))
-    return _DataPlaced(nodes, xattr_blkaddr, used, chunked, map_lines, store)
+    return _DataPlaced(nodes, xattr_blkaddr, used, chunked, map_lines, store, pending)
 
 
 def _write_contents(plan: Plan, nodes: list[TreeInode], data: DataArea, meta: MetaImage,
                     meta_base: int, xattrs: XattrLayout, xattr_blkaddr: int,
                     prefix_pos: int | None, workers: int,
                     elsewhere: TreeInode | None = None,
-                    meanwhile: Callable[[], object] | None = None) -> object:
+                    meanwhile: Callable[[], object] | None = None,
+                    pending: PendingIndexes | None = None) -> object:
     """Write the flat files' data (by threads), symlinks and directories into the data area
-    and the shared xattrs; put the long prefixes and every inode into `meta`.  `meanwhile()`,
+    and the shared xattrs; put the long prefixes and every inode into `meta` (the chunk
+    indexes `pending` with them).  `meanwhile()`,
     if given, runs once this process is done with its part, while the copiers may still be
     copying; its answer is returned."""
     bs = data.block_size
@@ -988,7 +993,7 @@ def _write_contents(plan: Plan, nodes: list[TreeInode], data: DataArea, meta: Me
         def write_part(start: int, stop: int) -> None:
             part = nodes[start:stop] if start or stop < len(nodes) else nodes
             put_inodes(meta, part, plan.first_ino + start, plan.epoch, meta_base, elsewhere,
-                       render)
+                       render, pending)
         if elsewhere is not None and elsewhere.ftype == directory:
             elsewhere.inline = render(elsewhere)
         with _forked_part(lambda: write_part(split, len(nodes)), split < len(nodes)):
@@ -1069,22 +1074,23 @@ def _forked_part(work: Callable[[], object], fork: bool):
 
 
 def _index_tar(plan: Plan, options: BuildOptions, tar_index: TarIndex,
-               data: DataArea) -> list[str]:
+               data: DataArea) -> tuple[list[str], PendingIndexes | None]:
     """--tar=i: point every file whose bytes stay in the tar at them (writer/chunks.py); with a
-    MAPFILE, reserve the blob (a hole) in `data` and return the MAPFILE's lines."""
+    MAPFILE, reserve the blob (a hole) in `data` and return the MAPFILE's lines; without,
+    the indexes left for put_inodes to pack."""
     bs = options.block_size
     bits = fmt.blksz_bits(bs)
     if not options.tar.mapfile:
         # (--verify reads the files' bytes in the tar through their refs: kept then)
-        index_tar_files(plan.inodes, bits, None, let_go=not options.verify)
-        return []
+        return [], defer_tar_indexes(plan.inodes, bits, tar_index.tar_bytes,
+                                     let_go=not options.verify)
     blob, blocks = tar_index.blob(bs)
     start = data.allocate(blocks)
     if start + blocks >= fmt.EROFS_NULL_ADDR_32:
         raise BuildError(f"--tar=i,MAPFILE: the files take {blocks} blocks of {bs} bytes, more "
                          "than a block map can address (a larger -b, or --tar=i without MAPFILE)")
     placed = index_tar_files(plan.inodes, bits, blob, start)
-    return map_lines(placed, bs)
+    return map_lines(placed, bs), None
 
 
 def _write_mapfile(path: str, lines: list[str]) -> None:

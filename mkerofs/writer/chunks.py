@@ -71,7 +71,7 @@ import xxhash
 from ..errors import BuildError
 from ..ondisk import format as fmt
 from ..util import open_path
-from .walk import IndexedRef, LayerRef, TreeInode
+from .walk import IndexedRef, LayerRef, OffsetRef, TreeInode
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +269,64 @@ def index_tar_files(inodes: Iterable[TreeInode], blkszbits: int,
         if let_go:
             node.data = _INDEXED
     return done if done is not None else []
+
+
+class PendingIndexes(NamedTuple):
+    """--tar=i without a MAPFILE: the files of one chunk (nearly every file) whose chunk index
+    is packed only as their inode is written (meta.put_inodes, by whichever of the two
+    processes writes it: no bytes object a file, and that work off the one core that places
+    the inodes), made chunk-based by defer_tar_indexes.  Each has for `inline` one of two
+    strings of zeros, as long as its index with its padding (`marks`: none, 4 bytes), shared:
+    placing the inode knows its size, put_inodes knows by the string's identity that the
+    index is its to pack (the metadata image is zeros: the padding is there).  The file keeps
+    its OffsetRef, the index is of block ref >> `blkszbits` of device `device_id`."""
+    marks: tuple[bytes, bytes]
+    blkszbits: int
+    device_id: int
+
+
+def defer_tar_indexes(inodes: Sequence[TreeInode], blkszbits: int, tar_bytes: int,
+                      let_go: bool = False) -> PendingIndexes | None:
+    """index_tar_files without a blob, in which every file of one chunk whose ref is an
+    OffsetRef (every one a tar's reader makes) is only made chunk-based: its index is left
+    to put_inodes (PendingIndexes; None: none is).  A file of several chunks, a tar
+    reaching block 2^32 (48-bit indexes) and other refs go index_tar_files's way."""
+    if max(tar_bytes - 1, 0) >> blkszbits >= fmt.EROFS_NULL_ADDR_32:    # (a file's last start)
+        index_tar_files(inodes, blkszbits, None, let_go=let_go)
+        return None
+    index_size = fmt.EROFS_INODE_CHUNK_INDEX.size
+    pending = PendingIndexes((bytes(index_size), bytes(index_size + 4)), blkszbits, 1)
+    unpadded, padded = pending.marks
+    # (the inode and its xattr ibody are 4-aligned: the index follows it, or 4 bytes of zeros)
+    one_chunk = one_chunk_layouts(blkszbits, True)
+    formats = [one_chunk[bits].chunkformat for bits in range(len(one_chunk))]
+    chunk_based, reg = fmt.EROFS_INODE_CHUNK_BASED, fmt.EROFS_FT_REG_FILE
+    others = []
+    offset_ref = None               # (the class of the refs met, one for the tar: the test)
+    for node in inodes:
+        ref = node.data
+        if ref is None:
+            continue
+        if type(ref) is not offset_ref:
+            if not ref.indexed:
+                continue
+            if not isinstance(ref, OffsetRef):
+                others.append(node)
+                continue
+            offset_ref = type(ref)
+        size = node.size
+        if not size or node.ftype != reg:
+            continue
+        bits = (size - 1).bit_length()
+        if bits >= len(formats):
+            others.append(node)     # (several chunks: over 2^31 blocks)
+            continue
+        node.datalayout = chunk_based
+        node.i_u = formats[bits]
+        node.entries = padded if node.meta_size_before_inline & 4 else unpadded  # (`inline`)
+    if others:
+        index_tar_files(others, blkszbits, None, let_go=let_go)
+    return pending
 
 
 def map_lines(placed: Iterable[tuple[TreeInode, int]], block_size: int) -> list[str]:

@@ -11,6 +11,7 @@ from typing import Callable
 from ..ondisk import format as fmt
 from ..errors import BuildError
 from ..util import PageBudget
+from .chunks import PendingIndexes
 from .output import Output
 from .plan import TreeInode
 
@@ -127,14 +128,16 @@ _PAGE_BITS = (mmap.PAGESIZE - 1).bit_length()
 
 def put_inodes(meta: "MetaImage", nodes: list[TreeInode], first_ino: int, epoch: int,
                meta_base: int = 0, skip: TreeInode | None = None,
-               render: Callable[[TreeInode], bytes] | None = None) -> None:
+               render: Callable[[TreeInode], bytes] | None = None,
+               pending: PendingIndexes | None = None) -> None:
     """Write every node but `skip` (its inode, xattr ibody and inline bytes: what
     serialize_inode gives) into its place in `meta`, node i numbered first_ino + i.
     Each is packed straight into the metadata area: no bytes object an inode.  Only the
     node's own bytes are written: a copier may be filling its tail meanwhile.
     `render(node)`, when given, writes a directory's or a symlink's blocks and gives its
     inline bytes there and then (no directory's tail is kept until its inode is written,
-    and no other pass over the nodes finds the symlinks)."""
+    and no other pass over the nodes finds the symlinks).  `pending`: the chunk indexes
+    index_tar_files left to pack here (chunks.PendingIndexes)."""
     pack_into = fmt.pack_inode_into
     # (most inodes are compact: packed here, not through pack_inode_into, a call less each)
     compact = fmt.EROFS_INODE_COMPACT.pack_into
@@ -149,6 +152,10 @@ def put_inodes(meta: "MetaImage", nodes: list[TreeInode], first_ino: int, epoch:
     extended_size = fmt.EROFS_INODE_EXTENDED_SIZE
     counted = 0
     page = -1
+    unpadded = padded = None
+    if pending is not None:
+        (unpadded, padded), index_bits, device_id = pending
+        index_into = fmt.EROFS_INODE_CHUNK_INDEX.pack_into
     for ino, node in enumerate(nodes, first_ino):
         if node is skip:
             continue
@@ -188,7 +195,13 @@ def put_inodes(meta: "MetaImage", nodes: list[TreeInode], first_ino: int, epoch:
         inline = render(node) if render is not None and (ftype == directory or
                                                           ftype == symlink) else node.entries
         if inline:
-            buf[end:end + len(inline)] = inline
+            # (a pending chunk index: below 2^32, startblk_hi 0; its padding zeros as found)
+            if inline is unpadded:
+                index_into(buf, end, 0, device_id, node.data >> index_bits)
+            elif inline is padded:
+                index_into(buf, end + 4, 0, device_id, node.data >> index_bits)
+            else:
+                buf[end:end + len(inline)] = inline
     if counted:
         written(counted)
 
