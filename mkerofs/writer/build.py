@@ -21,8 +21,8 @@ from .chunks import (ChunkStore, ImageBlocks, PendingIndexes, TarIndex, index_la
 from .devices import BlobFile, DeviceTable, ExtraDevice
 from .data import DataArea, FlatCopier, fork_copier, inline_fits, reap_copiers
 from .dirs import render_directory
-from .meta import (MetaAllocator, MetaImage, item_size, node_pos, place_inode, put_inodes,
-                   serialize_inode)
+from .meta import (MetaAllocator, MetaImage, item_size, node_pos, place_inode, place_inodes,
+                   put_inodes, serialize_inode)
 from ..errors import BuildError, CompressorUnavailable
 from ..util import can_fork
 from .options import BuildOptions
@@ -711,9 +711,7 @@ def _lay_out(plan: Plan, options: BuildOptions, out: Output, xattrs: XattrLayout
         if xattrs.prefix_records and prefix_pos is None:
             prefix_pos = alloc.place(len(xattrs.prefix_records))
         place_inode(alloc, root, meta_base)
-    for node in nodes:
-        if node is not root:
-            place_inode(alloc, node, meta_base)
+    place_inodes(alloc, nodes, meta_base, skip=root)
     meta_end = fmt.round_up(alloc.frontier, bs)
     blocks = fmt.round_up(max(meta_end, data_end * bs) // bs, options.fs_align_blocks)
     if blocks > fmt.EROFS_MAX_BLOCKS_LO:

@@ -106,6 +106,39 @@ def place_inode(alloc: MetaAllocator, node: TreeInode, meta_base: int = 0) -> in
     return pos
 
 
+def place_inodes(alloc: MetaAllocator, nodes: list[TreeInode], meta_base: int = 0,
+                 skip: TreeInode | None = None) -> None:
+    """place_inode of every node but `skip`, in order.  (An item that fits in what is left
+    of the current block, when no gap would take it, goes at the frontier: the answer
+    MetaAllocator.place gives, without its call nor place_inode's, for nearly every inode.)"""
+    bs = alloc.block_size
+    slot_bits = fmt.EROFS_ISLOTBITS
+    frontier = alloc.frontier
+    gaps = alloc._gap_sizes
+    widest = gaps[-1] if gaps else 0        # (slots of the largest gap)
+    for node in nodes:
+        if node is skip:
+            continue
+        flat = node.flat
+        if flat is not None:
+            nbytes = node.meta_size_before_inline + flat.tail
+        else:
+            inline = node.entries           # (node.inline_len, without the property's call)
+            nbytes = node.meta_size_before_inline + (len(inline) if type(inline) is bytes
+                                                     else 0)
+        slots = -(-nbytes >> slot_bits)
+        if slots > widest and nbytes <= bs - frontier % bs:
+            pos = frontier
+            frontier += slots << slot_bits
+        else:
+            alloc.frontier = frontier
+            pos = alloc.place(nbytes, 0 if flat is not None else node.inline_tail)
+            frontier = alloc.frontier
+            widest = gaps[-1] if gaps else 0
+        node.nid = (pos - meta_base) >> slot_bits
+    alloc.frontier = frontier
+
+
 def node_pos(node: TreeInode, meta_base: int = 0) -> int:
     """Byte offset of an inode in the image (nids count 32-byte slots from meta_blkaddr)."""
     return meta_base + (node.nid << fmt.EROFS_ISLOTBITS)
