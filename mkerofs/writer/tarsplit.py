@@ -138,7 +138,11 @@ class SplitTarReader(TarReader):
     # -- this process ---------------------------------------------------------------------
 
     def _split_entries(self, target: int) -> Iterator[TarEntry]:
-        self._start_child(target)
+        try:
+            self._start_child(target)
+        except OSError:         # (EAGAIN, ENOMEM, EMFILE: this process reads it all)
+            yield from self._entries()
+            return
         poll, last = _POLL_FIRST, time.monotonic_ns()
         try:
             while True:
@@ -256,19 +260,24 @@ class SplitTarReader(TarReader):
             self._parts[number].last = (kind, payload)
 
     def _start_child(self, target: int) -> None:
-        log = os.memfd_create("mkerofs-tar-entries", os.MFD_CLOEXEC)
-        take, put = os.pipe()
-        errors, report = os.pipe()
-        self._progress = mmap.mmap(-1, len(_progress(0, 0)))     # (shared with the child)
-        self._progress[:] = _progress(0, time.monotonic_ns())
+        opened: list[int] = []
         try:
+            opened.append(os.memfd_create("mkerofs-tar-entries", os.MFD_CLOEXEC))
+            opened += os.pipe()
+            opened += os.pipe()
+            log, take, put, errors, report = opened
+            self._progress = mmap.mmap(-1, len(_progress(0, 0)))     # (shared with the child)
+            self._progress[:] = _progress(0, time.monotonic_ns())
             self._pid = fork_copier(
                 lambda: _Child(self._input, self._src._origin, self._kwargs, log, put,
                                self._progress).run(target),
                 report, take, errors)
         except BaseException:
-            for fd in (log, take, put, errors, report):
+            for fd in opened:
                 os.close(fd)
+            if self._progress is not None:
+                self._progress.close()
+                self._progress = None
             raise
         os.close(put)
         os.close(report)

@@ -1,0 +1,157 @@
+"""SplitTarReader's ways out (review of the tar reader on two cores): a fork that fails, the
+tar as stdin partway into the file, descriptors and memory files left after the reading, the
+memory file freed as its batches are used, and the same entries where extension headers,
+end markers or repeated entries stand at the parts' starts."""
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from dataclasses import astuple
+
+import pytest
+
+from mkerofs.writer import tarsplit
+from mkerofs.writer.decompress import open_input
+from mkerofs.writer.tarsplit import SplitTarReader
+from mkerofs.writer.tarstream import TarError, TarReader
+from support.tarfiles import END, header, member, pax
+from support.tarsplit import landed_parts
+from support.threads import settled
+
+
+@pytest.fixture(autouse=True)
+def small_parts(monkeypatch):
+    """Split tars of a few hundred KiB, in parts of a few KiB: as a large tar is split."""
+    if not settled():
+        pytest.skip("another thread runs: the reader would not fork")
+    monkeypatch.setattr(tarsplit, "_SPLIT_MIN", 0)
+    monkeypatch.setattr(tarsplit, "_MIN_GAP", 0)
+    monkeypatch.setattr(tarsplit, "_POLL_FIRST", 4 << 10)
+    monkeypatch.setattr(tarsplit, "_POLL_BYTES", (4 << 10, 4 << 10))
+
+
+@pytest.fixture
+def landed(monkeypatch) -> list[int]:
+    return landed_parts(monkeypatch)
+
+
+def _files(count: int, prefix: str = "d", fmt=tarfile.PAX_FORMAT, long: bool = True) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for i in range(count):
+            info = tarfile.TarInfo(f"{prefix}/file-{i}" + "x" * (i % 3 * 60 * long))
+            info.size = i % 700
+            info.mtime = 1_700_000_000 + i % 17
+            tar.addfile(info, io.BytesIO(bytes([i % 251]) * info.size))
+    return buf.getvalue()
+
+
+def _read_at(path, cls, skip: int = 0):
+    """(entries' fields, end facts) or the error's text, the tar read from byte `skip` of the
+    file (as stdin left there by a `head -c` before the build)."""
+    with open(path, "rb") as f:
+        f.seek(skip)
+        with open_input(f) as inp:
+            reader = cls(inp)
+            try:
+                got = [astuple(e) for e in reader]
+            except TarError as err:
+                return f"{err} | {err.path!r} {err.offset}"
+            finally:
+                reader.close()
+            return got, (reader.end_offset, reader.archive_end, reader.trailing_bytes,
+                         reader.trailing_data, reader.volume_label), f.tell()
+
+
+def _fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _no_children() -> bool:
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
+def test_fork_that_fails_reads_in_one_process(tmp_path, monkeypatch):
+    """fork() failing (EAGAIN: too many processes) is no error: this process reads it all."""
+    path = tmp_path / "t.tar"
+    path.write_bytes(_files(2000))
+    want = _read_at(path, TarReader)
+    before = _fds()
+
+    def no_fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    assert _read_at(path, SplitTarReader) == want
+    assert _fds() == before
+
+
+@pytest.mark.parametrize("skip", [0, 1000, 4096 + 77])
+def test_stdin_partway_into_the_file(tmp_path, landed, skip):
+    path = tmp_path / "t.tar"
+    path.write_bytes(os.urandom(skip) + _files(2500) + b"trailing")
+    want = _read_at(path, TarReader, skip)
+    assert _read_at(path, SplitTarReader, skip) == want
+    assert landed
+
+
+def test_no_descriptor_or_process_left(tmp_path, landed):
+    """Read whole, stopped early, or ended by an error: the same descriptors after as before,
+    no memory file and no child."""
+    path = tmp_path / "t.tar"
+    data = _files(2500)
+    path.write_bytes(data)
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(data[:len(data) * 3 // 4])
+    before = _fds()
+    for _ in range(2):              # (twice in one process, as an API caller would)
+        assert isinstance(_read_at(path, SplitTarReader), tuple)
+        assert isinstance(_read_at(bad, SplitTarReader), str)
+        with open(path, "rb") as f, open_input(f) as inp:
+            reader = SplitTarReader(inp)
+            next(iter(reader))
+            reader.close()
+    assert landed
+    assert _fds() == before
+    assert _no_children()
+
+
+def test_repeated_entries_and_ends_in_the_middle(tmp_path, landed):
+    """An entry repeated in both halves, a lone zero block and an end marker past the middle
+    with another tar after it (trailing data): the same as one reader."""
+    first = _files(1500)
+    body = first[:-1024 * 10]       # (tarfile pads to 10 KiB records)
+    reader = TarReader(io.BytesIO(first))
+    for _e in reader:
+        pass
+    body = first[:reader.end_offset]
+    path = tmp_path / "t.tar"
+    path.write_bytes(body + bytes(512) + _files(1500)[:-512 * 4] + END + _files(300, "z"))
+    want = _read_at(path, TarReader)
+    assert _read_at(path, SplitTarReader) == want
+    assert want[1][3]               # (trailing data)
+
+
+def test_out_of_descriptors_reads_in_one_process(tmp_path, monkeypatch):
+    """The second pipe failing (EMFILE): nothing the first calls opened is left open."""
+    path = tmp_path / "t.tar"
+    path.write_bytes(_files(2000))
+    want = _read_at(path, TarReader)
+    before = _fds()
+    pipe, calls = os.pipe, []
+
+    def second_fails():
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(24, "Too many open files")
+        return pipe()
+
+    monkeypatch.setattr(os, "pipe", second_fails)
+    assert _read_at(path, SplitTarReader) == want
+    assert len(calls) == 2
+    assert _fds() == before
