@@ -63,6 +63,7 @@ _POLL_BYTES = (64 << 10, 64 << 20)     # ... at least and at most
 _BATCH = 64                 # entries a message (few: their objects are made at once)
 _MAGIC_AT = 257             # ustar magic's place in a header
 _RECORD = 16                # bytes of a message's announcement: kind, part, length
+_FREE = 256 << 10           # bytes of the log used before their pages are given back
 
 _FIELDS = attrgetter(*(f.name for f in fields(TarEntry)))
 _FIELD_COUNT = len(fields(TarEntry))
@@ -174,9 +175,12 @@ class SplitTarReader(TarReader):
             part = self._parts[number]
             state = (part.start, part.global_records)
             done = 0
+            freed = -1          # the log's pages before this are given back (of this part)
             while True:
                 if done == len(part.batches):
                     if part.last is not None:
+                        if done:
+                            self._free_log(freed, where + length)
                         break
                     if self._take_records(wait=True):
                         continue
@@ -188,6 +192,12 @@ class SplitTarReader(TarReader):
                 done += 1
                 values, boundary, global_records, label = marshal.loads(
                     os.pread(self._log, length, where))
+                if freed < 0:
+                    # (a part's batches follow one another in the log: the page before its
+                    # first may hold the end of another part's, still to be used)
+                    freed = -(-where // mmap.PAGESIZE) * mmap.PAGESIZE
+                elif where + length - freed >= _FREE:
+                    freed = self._free_log(freed, where + length)
                 # (the fields of all its entries in one list: no tuple an entry, which a
                 # batch would leave on the tuples' free list)
                 for at in range(0, len(values), _FIELD_COUNT):
@@ -222,6 +232,17 @@ class SplitTarReader(TarReader):
                               label if label is not None else self.volume_label)
                 yield from self._entries()
             return
+
+    def _free_log(self, start: int, end: int) -> int:
+        """Give back the log's pages from `start` (a page's start) to the last page's start
+        before `end` (a batch's end: the next batch, of the same part, follows it) and
+        return that: the log holds only what is still to be used (~130 bytes an entry, a
+        million-entry tar's batches would stay in memory)."""
+        end -= end % mmap.PAGESIZE
+        if end > start:
+            with mmap.mmap(self._log, end - start, offset=start) as pages:
+                pages.madvise(mmap.MADV_REMOVE)
+        return max(start, end)
 
     def _take_records(self, wait: bool) -> bool:
         """Take the forked process's announcements (with `wait`, at least one); False if it

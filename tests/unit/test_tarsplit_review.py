@@ -155,3 +155,27 @@ def test_out_of_descriptors_reads_in_one_process(tmp_path, monkeypatch):
     assert _read_at(path, SplitTarReader) == want
     assert len(calls) == 2
     assert _fds() == before
+
+
+def test_memory_file_freed_as_batches_are_used(tmp_path, monkeypatch, landed):
+    """The memory file's pages are given back as this process uses its batches: it holds
+    at most what the forked process has sent and this process not yet taken."""
+    path = tmp_path / "t.tar"
+    path.write_bytes(_files(6000, fmt=tarfile.USTAR_FORMAT, long=False))
+    held = []
+    entries = SplitTarReader._child_entries
+
+    def watching(self, number):
+        for i, entry in enumerate(entries(self, number)):
+            if i % 200 == 199 and self._log >= 0:
+                held.append((os.fstat(self._log).st_blocks * 512, self._log_pos))
+            yield entry
+
+    monkeypatch.setattr(SplitTarReader, "_child_entries", watching)
+    want = _read_at(path, TarReader)
+    assert _read_at(path, SplitTarReader) == want
+    assert landed and len(held) > 3
+    # (by the last look, most of what was sent has been used: a few batches' pages remain)
+    blocks, sent = held[-1]
+    assert sent > 200 << 10
+    assert blocks < sent // 4
