@@ -176,11 +176,12 @@ class SplitTarReader(TarReader):
             state = (part.start, part.global_records)
             done = 0
             freed = -1          # the log's pages before this are given back (of this part)
+            used = 0            # the end of its last batch used
             while True:
                 if done == len(part.batches):
                     if part.last is not None:
-                        if done:
-                            self._free_log(freed, where + length)
+                        if freed >= 0:
+                            self._free_log(freed, used)
                         break
                     if self._take_records(wait=True):
                         continue
@@ -192,12 +193,13 @@ class SplitTarReader(TarReader):
                 done += 1
                 values, boundary, global_records, label = marshal.loads(
                     os.pread(self._log, length, where))
+                used = where + length
                 if freed < 0:
                     # (a part's batches follow one another in the log: the page before its
                     # first may hold the end of another part's, still to be used)
                     freed = -(-where // mmap.PAGESIZE) * mmap.PAGESIZE
-                elif where + length - freed >= _FREE:
-                    freed = self._free_log(freed, where + length)
+                elif used - freed >= _FREE:
+                    freed = self._free_log(freed, used)
                 # (the fields of all its entries in one list: no tuple an entry, which a
                 # batch would leave on the tuples' free list)
                 for at in range(0, len(values), _FIELD_COUNT):
@@ -250,7 +252,10 @@ class SplitTarReader(TarReader):
         if self._pipe < 0:
             return False
         if wait:
-            select.select([self._pipe], [], [])
+            # (poll, not select: a caller with over 1023 descriptors open gets higher ones)
+            waiting = select.poll()
+            waiting.register(self._pipe, select.POLLIN)
+            waiting.poll()
         try:
             data = os.read(self._pipe, _RECORD * 256)
         except BlockingIOError:

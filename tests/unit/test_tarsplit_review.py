@@ -15,20 +15,14 @@ from mkerofs.writer import tarsplit
 from mkerofs.writer.decompress import open_input
 from mkerofs.writer.tarsplit import SplitTarReader
 from mkerofs.writer.tarstream import TarError, TarReader
-from support.tarfiles import END, header, member, pax
-from support.tarsplit import landed_parts
-from support.threads import settled
+from support.tarfiles import END
+from support.tarsplit import landed_parts, no_children, small_parts
 
 
 @pytest.fixture(autouse=True)
-def small_parts(monkeypatch):
-    """Split tars of a few hundred KiB, in parts of a few KiB: as a large tar is split."""
-    if not settled():
-        pytest.skip("another thread runs: the reader would not fork")
+def parts(monkeypatch):
     monkeypatch.setattr(tarsplit, "_SPLIT_MIN", 0)
-    monkeypatch.setattr(tarsplit, "_MIN_GAP", 0)
-    monkeypatch.setattr(tarsplit, "_POLL_FIRST", 4 << 10)
-    monkeypatch.setattr(tarsplit, "_POLL_BYTES", (4 << 10, 4 << 10))
+    small_parts(monkeypatch)
 
 
 @pytest.fixture
@@ -66,14 +60,6 @@ def _read_at(path, cls, skip: int = 0):
 
 def _fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
-
-
-def _no_children() -> bool:
-    try:
-        os.waitpid(-1, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    return False
 
 
 def test_fork_that_fails_reads_in_one_process(tmp_path, monkeypatch):
@@ -118,7 +104,7 @@ def test_no_descriptor_or_process_left(tmp_path, landed):
             reader.close()
     assert landed
     assert _fds() == before
-    assert _no_children()
+    assert no_children()
 
 
 def test_repeated_entries_and_ends_in_the_middle(tmp_path, landed):
@@ -179,3 +165,27 @@ def test_memory_file_freed_as_batches_are_used(tmp_path, monkeypatch, landed):
     blocks, sent = held[-1]
     assert sent > 200 << 10
     assert blocks < sent // 4
+
+
+def test_descriptors_past_select_range(tmp_path, landed):
+    """A caller with over a thousand descriptors open (a server building images): the pipe's
+    number is past what select() takes, and waiting on it must still work."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if max(soft, hard) < 1200:
+        pytest.skip("cannot open 1100 descriptors here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    path = tmp_path / "t.tar"
+    path.write_bytes(_files(2500))
+    want = _read_at(path, TarReader)
+    held = []
+    try:
+        with open(path, "rb") as f:
+            while not held or held[-1] < 1100:
+                held.append(os.dup(f.fileno()))
+        assert _read_at(path, SplitTarReader) == want
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert landed
