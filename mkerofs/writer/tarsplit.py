@@ -41,6 +41,7 @@ import marshal
 import mmap
 import os
 import select
+import signal
 import time
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
@@ -140,12 +141,12 @@ class SplitTarReader(TarReader):
 
     def _split_entries(self, target: int) -> Iterator[TarEntry]:
         try:
-            self._start_child(target)
-        except OSError:         # (EAGAIN, ENOMEM, EMFILE: this process reads it all)
-            yield from self._entries()
-            return
-        poll, last = _POLL_FIRST, time.monotonic_ns()
-        try:
+            try:
+                self._start_child(target)
+            except OSError:     # (EAGAIN, ENOMEM, EMFILE: this process reads it all)
+                yield from self._entries()
+                return
+            poll, last = _POLL_FIRST, time.monotonic_ns()
             while True:
                 here = self.offset
                 ahead = bisect.bisect_right(self._starts, here)     # (past `here`)
@@ -286,6 +287,15 @@ class SplitTarReader(TarReader):
             self._parts[number].last = (kind, payload)
 
     def _start_child(self, target: int) -> None:
+        # (no KeyboardInterrupt between the fork and the last attribute set: a child this
+        # process does not know of, or its descriptors, would stay; ^C waits till then)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self._fork_child(target)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    def _fork_child(self, target: int) -> None:
         opened: list[int] = []
         try:
             opened.append(os.memfd_create("mkerofs-tar-entries", os.MFD_CLOEXEC))
@@ -307,8 +317,8 @@ class SplitTarReader(TarReader):
             raise
         os.close(put)
         os.close(report)
-        os.set_blocking(take, False)
         self._pipe, self._log, self._errors = take, log, errors
+        os.set_blocking(take, False)
 
     def _stop_child(self) -> None:
         if self._pid < 0:

@@ -189,3 +189,25 @@ def test_descriptors_past_select_range(tmp_path, landed):
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert landed
+
+
+def test_interrupted_just_after_the_fork(tmp_path, monkeypatch):
+    """Ctrl-C the moment the forked process exists (here: raised by the next call the reader
+    makes): the reader's close() kills and reaps it and closes every descriptor."""
+    path = tmp_path / "t.tar"
+    path.write_bytes(_files(2000))
+    before = _fds()
+    set_blocking = os.set_blocking
+
+    def interrupted(fd, blocking):
+        monkeypatch.setattr(os, "set_blocking", set_blocking)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "set_blocking", interrupted)
+    with open(path, "rb") as f, open_input(f) as inp:
+        reader = SplitTarReader(inp)
+        with pytest.raises(KeyboardInterrupt):
+            next(iter(reader))
+        reader.close()
+    assert _fds() == before
+    assert no_children()
