@@ -211,3 +211,32 @@ def test_interrupted_just_after_the_fork(tmp_path, monkeypatch):
         reader.close()
     assert _fds() == before
     assert no_children()
+
+
+@pytest.mark.parametrize("args", [["--format=gnu"], ["--format=gnu", "--sparse", "-V", "LABEL"],
+                                  ["--format=pax", "--sparse", "--sparse-version=0.0"],
+                                  ["--format=pax", "--sparse", "--sparse-version=0.1"],
+                                  ["--format=pax", "--sparse", "--sparse-version=1.0"]],
+                         ids=["gnu", "oldgnu-sparse-label", "pax-0.0", "pax-0.1", "pax-1.0"])
+def test_gnu_tar_formats(tmp_path, landed, args):
+    """Tars GNU tar writes (long names, old GNU and PAX sparse files, a volume label)."""
+    import shutil
+    import subprocess
+    if shutil.which("tar") is None:
+        pytest.skip("no tar here")
+    src = tmp_path / "src"
+    for i in range(1500):
+        folder = src / f"d{i // 100}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / (f"f{i}" + "L" * (i % 4 * 60))).write_bytes(bytes([i % 250]) * (i % 700))
+        if i % 250 == 100:
+            with open(folder / f"sparse{i}", "wb") as f:
+                f.write(b"a" * 10)
+                f.seek(300_000)
+                f.write(b"b" * 5)
+    path = tmp_path / "t.tar"
+    subprocess.run(["tar", *args, "-cf", str(path), "-C", str(src), "."], check=True)
+    want = _read_at(path, TarReader)
+    assert isinstance(want, tuple) and len(want[0]) > 1500
+    assert _read_at(path, SplitTarReader) == want
+    assert landed

@@ -81,8 +81,8 @@ def test_sigint_while_the_forked_reader_runs(tmp_path):
         _out, err = p.communicate(timeout=30)
     except subprocess.TimeoutExpired:
         p.kill()
-        p.communicate()
-        pytest.fail("mkerofs did not exit within 30 s of SIGINT")
+        _out, err = p.communicate()
+        pytest.fail(f"mkerofs did not exit within 30 s of SIGINT: {err}")
     assert p.returncode != 0
     assert "Traceback" not in err, err
     assert len([line for line in err.splitlines() if line.strip()]) == 1, err
