@@ -69,20 +69,26 @@ def test_sigint_while_the_forked_reader_runs(tmp_path):
                           "-T0", str(image), str(tar)],
                          env=mkerofs_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
-    deadline = time.monotonic() + 30
-    while not (pid_file.exists() and pid_file.read_text()) and p.poll() is None \
-            and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert p.poll() is None, p.communicate()
-    child = int(pid_file.read_text())
-    assert child > 0
-    p.send_signal(signal.SIGINT)
     try:
-        _out, err = p.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        _out, err = p.communicate()
-        pytest.fail(f"mkerofs did not exit within 30 s of SIGINT: {err}")
+        deadline = time.monotonic() + 30
+        while not (pid_file.exists() and pid_file.read_text()) and p.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert p.poll() is None, p.communicate()
+        assert pid_file.exists(), "the forked reader was not started within 30 s"
+        child = int(pid_file.read_text())
+        assert child > 0
+        p.send_signal(signal.SIGINT)
+        try:
+            _out, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            _out, err = p.communicate()
+            pytest.fail(f"mkerofs did not exit within 30 s of SIGINT: {err}")
+    finally:
+        if p.poll() is None:            # (a failed check: no build left sleeping)
+            p.kill()
+            p.communicate()
     assert p.returncode != 0
     assert "Traceback" not in err, err
     assert len([line for line in err.splitlines() if line.strip()]) == 1, err
