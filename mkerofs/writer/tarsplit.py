@@ -41,6 +41,7 @@ import marshal
 import mmap
 import os
 import select
+import signal
 import time
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
@@ -63,6 +64,7 @@ _POLL_BYTES = (64 << 10, 64 << 20)     # ... at least and at most
 _BATCH = 64                 # entries a message (few: their objects are made at once)
 _MAGIC_AT = 257             # ustar magic's place in a header
 _RECORD = 16                # bytes of a message's announcement: kind, part, length
+_FREE = 256 << 10           # bytes of the log used before their pages are given back
 
 _FIELDS = attrgetter(*(f.name for f in fields(TarEntry)))
 _FIELD_COUNT = len(fields(TarEntry))
@@ -138,9 +140,13 @@ class SplitTarReader(TarReader):
     # -- this process ---------------------------------------------------------------------
 
     def _split_entries(self, target: int) -> Iterator[TarEntry]:
-        self._start_child(target)
-        poll, last = _POLL_FIRST, time.monotonic_ns()
         try:
+            try:
+                self._start_child(target)
+            except OSError:     # (EAGAIN, ENOMEM, EMFILE: this process reads it all)
+                yield from self._entries()
+                return
+            poll, last = _POLL_FIRST, time.monotonic_ns()
             while True:
                 here = self.offset
                 ahead = bisect.bisect_right(self._starts, here)     # (past `here`)
@@ -170,9 +176,13 @@ class SplitTarReader(TarReader):
             part = self._parts[number]
             state = (part.start, part.global_records)
             done = 0
+            freed = -1          # the log's pages before this are given back (of this part)
+            used = 0            # the end of its last batch used
             while True:
                 if done == len(part.batches):
                     if part.last is not None:
+                        if freed >= 0:
+                            self._free_log(freed, used)
                         break
                     if self._take_records(wait=True):
                         continue
@@ -184,6 +194,13 @@ class SplitTarReader(TarReader):
                 done += 1
                 values, boundary, global_records, label = marshal.loads(
                     os.pread(self._log, length, where))
+                used = where + length
+                if freed < 0:
+                    # (a part's batches follow one another in the log: the page before its
+                    # first may hold the end of another part's, still to be used)
+                    freed = -(-where // mmap.PAGESIZE) * mmap.PAGESIZE
+                elif used - freed >= _FREE:
+                    freed = self._free_log(freed, used)
                 # (the fields of all its entries in one list: no tuple an entry, which a
                 # batch would leave on the tuples' free list)
                 for at in range(0, len(values), _FIELD_COUNT):
@@ -219,13 +236,27 @@ class SplitTarReader(TarReader):
                 yield from self._entries()
             return
 
+    def _free_log(self, start: int, end: int) -> int:
+        """Give back the log's pages from `start` (a page's start) to the last page's start
+        before `end` (a batch's end: the next batch, of the same part, follows it) and
+        return that: the log holds only what is still to be used (~130 bytes an entry, a
+        million-entry tar's batches would stay in memory)."""
+        end -= end % mmap.PAGESIZE
+        if end > start:
+            with mmap.mmap(self._log, end - start, offset=start) as pages:
+                pages.madvise(mmap.MADV_REMOVE)
+        return max(start, end)
+
     def _take_records(self, wait: bool) -> bool:
         """Take the forked process's announcements (with `wait`, at least one); False if it
         has ended and there are none."""
         if self._pipe < 0:
             return False
         if wait:
-            select.select([self._pipe], [], [])
+            # (poll, not select: a caller with over 1023 descriptors open gets higher ones)
+            waiting = select.poll()
+            waiting.register(self._pipe, select.POLLIN)
+            waiting.poll()
         try:
             data = os.read(self._pipe, _RECORD * 256)
         except BlockingIOError:
@@ -256,24 +287,38 @@ class SplitTarReader(TarReader):
             self._parts[number].last = (kind, payload)
 
     def _start_child(self, target: int) -> None:
-        log = os.memfd_create("mkerofs-tar-entries", os.MFD_CLOEXEC)
-        take, put = os.pipe()
-        errors, report = os.pipe()
-        self._progress = mmap.mmap(-1, len(_progress(0, 0)))     # (shared with the child)
-        self._progress[:] = _progress(0, time.monotonic_ns())
+        # (no KeyboardInterrupt between the fork and the last attribute set: a child this
+        # process does not know of, or its descriptors, would stay; ^C waits till then)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
+            self._fork_child(target)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+    def _fork_child(self, target: int) -> None:
+        opened: list[int] = []
+        try:
+            opened.append(os.memfd_create("mkerofs-tar-entries", os.MFD_CLOEXEC))
+            opened += os.pipe()
+            opened += os.pipe()
+            log, take, put, errors, report = opened
+            self._progress = mmap.mmap(-1, len(_progress(0, 0)))     # (shared with the child)
+            self._progress[:] = _progress(0, time.monotonic_ns())
             self._pid = fork_copier(
                 lambda: _Child(self._input, self._src._origin, self._kwargs, log, put,
                                self._progress).run(target),
                 report, take, errors)
         except BaseException:
-            for fd in (log, take, put, errors, report):
+            for fd in opened:
                 os.close(fd)
+            if self._progress is not None:
+                self._progress.close()
+                self._progress = None
             raise
         os.close(put)
         os.close(report)
-        os.set_blocking(take, False)
         self._pipe, self._log, self._errors = take, log, errors
+        os.set_blocking(take, False)
 
     def _stop_child(self) -> None:
         if self._pid < 0:

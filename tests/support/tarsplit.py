@@ -1,9 +1,33 @@
 """The tar reader on two cores (mkerofs.writer.tarsplit) watched by the tests."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from mkerofs.writer import tarsplit
 from mkerofs.writer.tarsplit import SplitTarReader
+from support.threads import settled
+
+
+def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parts of a few KiB, placed however near this process (as in a large tar): a test's
+    tar of a few hundred KiB is split (if _SPLIT_MIN allows).  Skips the test if another
+    thread runs (the reader would not fork)."""
+    if not settled():
+        pytest.skip("another thread runs: the reader would not fork")
+    monkeypatch.setattr(tarsplit, "_MIN_GAP", 0)
+    monkeypatch.setattr(tarsplit, "_POLL_FIRST", 4 << 10)
+    monkeypatch.setattr(tarsplit, "_POLL_BYTES", (4 << 10, 4 << 10))
+
+
+def no_children() -> bool:
+    """Whether this process has no child left (running or unreaped)."""
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
 
 
 def landed_parts(monkeypatch: pytest.MonkeyPatch) -> list[int]:

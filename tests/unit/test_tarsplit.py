@@ -17,19 +17,14 @@ from mkerofs.writer.decompress import open_input
 from mkerofs.writer.tarsplit import SplitTarReader
 from mkerofs.writer.tarstream import TarError, TarReader
 from support.tarfiles import END, header, member, pax
-from support.tarsplit import landed_parts
-from support.threads import settled
+from support.tarsplit import landed_parts, no_children, small_parts
 
 
 @pytest.fixture(autouse=True)
-def small_parts(monkeypatch):
+def parts(monkeypatch):
     """Split tars of a few hundred KiB, in parts of a few KiB: as a large tar is split."""
-    if not settled():
-        pytest.skip("another thread runs: the reader would not fork")
     monkeypatch.setattr(tarsplit, "_SPLIT_MIN", 0)
-    monkeypatch.setattr(tarsplit, "_MIN_GAP", 0)
-    monkeypatch.setattr(tarsplit, "_POLL_FIRST", 4 << 10)
-    monkeypatch.setattr(tarsplit, "_POLL_BYTES", (4 << 10, 4 << 10))
+    small_parts(monkeypatch)
 
 
 @pytest.fixture
@@ -97,21 +92,13 @@ def _same(path) -> object:
     return want
 
 
-def _no_children() -> bool:
-    try:
-        os.waitpid(-1, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    return False
-
-
 def test_same_entries_and_end(tmp_path, landed):
     path = tmp_path / "t.tar"
     path.write_bytes(_files(3000) + bytes(5000))
     entries, _end = _same(path)
     assert len(entries) == 3000 + 60
     assert landed                       # (the forked process's entries were taken)
-    assert _no_children()
+    assert no_children()
 
 
 def test_gnu_long_names_and_links(tmp_path, landed):
@@ -246,7 +233,7 @@ def test_a_forked_process_that_dies(tmp_path, monkeypatch, landed, after_batches
     path = tmp_path / "t.tar"
     path.write_bytes(_files(3000))
     _same(path)
-    assert _no_children()
+    assert no_children()
 
 
 def test_a_forked_process_that_fails(tmp_path, monkeypatch):
@@ -257,7 +244,7 @@ def test_a_forked_process_that_fails(tmp_path, monkeypatch):
     path = tmp_path / "t.tar"
     path.write_bytes(_files(2000))
     _same(path)
-    assert _no_children()
+    assert no_children()
 
 
 def test_stopped_early_leaves_no_process(tmp_path):
@@ -271,7 +258,7 @@ def test_stopped_early_leaves_no_process(tmp_path):
         reader.close()
         assert reader._pid < 0
         reader.close()                  # (a second call does nothing)
-    assert _no_children()
+    assert no_children()
 
 
 def test_no_fork_for_a_pipe_or_a_small_tar(tmp_path, monkeypatch):
