@@ -281,3 +281,24 @@ def test_parent_failing_kills_the_child(tmp_path, monkeypatch):
         os.close(read_end)
         os.close(write_end)
     _assert_reaped(pids)
+
+
+def test_children_ignored_writes_it_all_here(tmp_path, monkeypatch):
+    """A process that ignores SIGCHLD (set so, or inherited through exec: its children are
+    reaped at once, and waitpid finds none) forks nothing, neither a part nor copiers: the
+    image is the one process's, no error (was: "No child processes")."""
+    _skip_unless_forks()
+    _tree(tmp_path / "src")
+    for i in range(30):
+        (tmp_path / "src" / "d03" / f"file-{i}").write_bytes(bytes([i]) * (i * 3001))
+    alone = tmp_path / "alone.erofs"
+    build(alone, tmp_path / "src", BuildOptions(uuid=bytes(16), timestamp=0, workers=1))
+    pids = _spy_forks(monkeypatch)
+    image = tmp_path / "ignored.erofs"
+    old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        build(image, tmp_path / "src", BuildOptions(uuid=bytes(16), timestamp=0, workers=2))
+    finally:
+        signal.signal(signal.SIGCHLD, old)
+    assert pids == []
+    assert image.read_bytes() == alone.read_bytes()
