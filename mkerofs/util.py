@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 import threading
 
 
@@ -229,8 +230,11 @@ def pwrite_all(fd: int, data, pos: int) -> int:
 
 def can_fork() -> bool:
     """Whether os.fork is safe here: forking a process that runs other threads may copy a
-    lock some thread holds."""
-    return hasattr(os, "fork") and threading.active_count() == 1
+    lock some thread holds; and whether a child forked can be waited for: where SIGCHLD is
+    ignored (set so, or inherited so through exec), the kernel reaps children at once and
+    waitpid fails (ECHILD)."""
+    return hasattr(os, "fork") and threading.active_count() == 1 \
+        and signal.getsignal(signal.SIGCHLD) != signal.SIG_IGN
 
 
 class PageBudget:

@@ -344,13 +344,23 @@ def reap_copiers(pids: list[int], errors: int, *, kill: bool, doing: str) -> Non
     if kill:
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
-    with os.fdopen(errors, "rb") as pipe:
-        reports = pipe.read().decode(errors="replace").splitlines()
+    left = list(pids)
     failed = []
-    for pid in pids:
-        _pid, status = os.waitpid(pid, 0)
-        if status:
-            failed.append(os.waitstatus_to_exitcode(status))
+    try:
+        with os.fdopen(errors, "rb") as pipe:
+            reports = pipe.read().decode(errors="replace").splitlines()
+        while left:
+            _pid, status = os.waitpid(left[0], 0)
+            del left[0]
+            if status:
+                failed.append(os.waitstatus_to_exitcode(status))
+    except BaseException:
+        # (Ctrl-C while waiting: those still running would go on writing, then stay zombies)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        for pid in left:
+            os.waitpid(pid, 0)
+        raise
     if kill:
         return
     if reports:

@@ -557,8 +557,11 @@ def walk_source(source: bytes, options: BuildOptions,
         while pending:
             listed += 1
             if listed == _SCOUT_AFTER and scouting and can_fork():
-                scout = _Scout([(d.path, d_rel) for d, d_rel in pending],
-                               walk.xattrs.enabled and walk.xattrs.contexts is None)
+                try:
+                    scout = _Scout([(d.path, d_rel) for d, d_rel in pending],
+                                   walk.xattrs.enabled and walk.xattrs.contexts is None)
+                except OSError:         # (no process or pipe to be had: EAGAIN, EMFILE)
+                    scout = None        # the walk lists every directory itself
             directory, rel = pending.popleft()
             scouted = scout.names(rel) if scout is not None else None
             if scouted is None:
@@ -608,7 +611,12 @@ class _Scout:
 
     def __init__(self, frontier: list[tuple[bytes, bytes]], xattrs: bool):
         take, put = os.pipe()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(take)
+            os.close(put)
+            raise
         if pid == 0:
             code = 1
             try:

@@ -5,6 +5,7 @@ part of the inodes, directories and symlinks while the build's process writes th
 or dies is a clean error that leaves no process behind."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -281,3 +282,79 @@ def test_parent_failing_kills_the_child(tmp_path, monkeypatch):
         os.close(read_end)
         os.close(write_end)
     _assert_reaped(pids)
+
+
+def test_children_ignored_writes_it_all_here(tmp_path, monkeypatch):
+    """A process that ignores SIGCHLD (set so, or inherited through exec: its children are
+    reaped at once, and waitpid finds none) forks nothing, neither a part nor copiers: the
+    image is the one process's, no error (was: "No child processes")."""
+    _skip_unless_forks()
+    _tree(tmp_path / "src")
+    for i in range(30):
+        (tmp_path / "src" / "d03" / f"file-{i}").write_bytes(bytes([i]) * (i * 3001))
+    alone = tmp_path / "alone.erofs"
+    build(alone, tmp_path / "src", BuildOptions(uuid=bytes(16), timestamp=0, workers=1))
+    pids = _spy_forks(monkeypatch)
+    image = tmp_path / "ignored.erofs"
+    old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        build(image, tmp_path / "src", BuildOptions(uuid=bytes(16), timestamp=0, workers=2))
+    finally:
+        signal.signal(signal.SIGCHLD, old)
+    assert pids == []
+    assert image.read_bytes() == alone.read_bytes()
+
+
+def test_interrupt_while_waiting_for_the_child_kills_it(tmp_path, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt) once this process's part is written, while it waits for the
+    child's: the child is killed and reaped, not left writing (then a zombie), and the image
+    is not left behind."""
+    _skip_unless_forks()
+    _tree(tmp_path / "src")
+    parent = os.getpid()
+    real = build_module.put_inodes
+    read_end, write_end = os.pipe()
+
+    def put(*args, **kwargs):
+        if os.getpid() != parent:
+            os.read(read_end, 1)            # (never written: waits to be killed)
+        else:
+            real(*args, **kwargs)
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_module, "put_inodes", put)
+    pids = _spy_forks(monkeypatch)
+    old = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            build(tmp_path / "out.erofs", tmp_path / "src", BuildOptions(workers=2))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        os.close(read_end)
+        os.close(write_end)
+    try:
+        _assert_reaped(pids)
+    finally:
+        for pid in pids:                    # (on failure: not left to the other tests)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+@pytest.mark.parametrize("in_file", [True, False])
+def test_split_at_an_offset_is_the_one_process_image(tmp_path, monkeypatch, in_file):
+    """--offset: both processes write their part that far into the file."""
+    _skip_unless_forks()
+    if not in_file:
+        monkeypatch.setattr(meta, "_map_image", lambda *args: None)
+    _tree(tmp_path / "src")
+    alone, split, pids = _builds(tmp_path, monkeypatch, tmp_path / "src", offset=12288)
+    assert len(pids) == 1, "the build did not fork a part"
+    assert split == alone
+    assert split[:12288] == bytes(12288)
+    assert int.from_bytes(split[12288 + 1024:12288 + 1028], "little") == fmt.EROFS_SUPER_MAGIC_V1
