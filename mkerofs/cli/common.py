@@ -7,6 +7,7 @@ Exit statuses (both commands):
        (MkerofsError, OSError), one line on stderr saying what and where
   2    a usage error (unknown option, bad value, missing argument), one line on stderr
   130  interrupted (Ctrl-C)
+  143  terminated (SIGTERM: a CI job's timeout, `kill`): cleaned up as on Ctrl-C
   141  stdout was closed by its reader (`| head`): stop quietly
 A Failure carries its own status (mkerofs-read gives 2 for an image it cannot open at all).
 
@@ -16,6 +17,7 @@ octal (so 010 is 8), with k/m/g multipliers only where mkfs.erofs takes them (si
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -28,6 +30,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 EXIT_BROKEN_PIPE = 141
 
 DEBUG_TRACEBACKS = 9        # -d9: the verbosity that shows tracebacks
@@ -118,12 +121,24 @@ def run(command: click.Command, prog: str, argv: list[str] | None = None,
     if completing is not None:
         from click import shell_completion     # (loaded only when a shell completes)
         return shell_completion.shell_complete(command, {}, prog, *completing)
+    replaced = _terminate_as_interrupt()
+    try:
+        return _run_command(command, prog, argv, status_of)
+    finally:
+        if replaced is not None:
+            signal.signal(signal.SIGTERM, replaced)
+
+
+def _run_command(command: click.Command, prog: str, argv: list[str],
+                 status_of: dict[type, int] | None) -> int:
     state = RunState()
     try:
         with command.make_context(prog, argv, obj=state) as ctx:
             result = command.invoke(ctx)
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except Terminated:
+        return _say(prog, "terminated", EXIT_TERMINATED)
     except (click.exceptions.Abort, KeyboardInterrupt):
         return _say(prog, "interrupted", EXIT_INTERRUPTED)
     except click.ClickException as exc:
@@ -140,6 +155,31 @@ def run(command: click.Command, prog: str, argv: list[str] | None = None,
                       getattr(exc, "status", EXIT_FAILURE))
         return _say(prog, describe(exc), status)
     return result if isinstance(result, int) else EXIT_OK
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the command's process: what a build does on Ctrl-C (its temporary
+    image removed, an image it increments restored, its forked processes killed and reaped)
+    it then does too.  Without it SIGTERM would end the process at once, leaving the temporary
+    image and compression workers that hold its stdout and stderr (a caller that reads them
+    waits for ever)."""
+
+
+def _terminate_as_interrupt():
+    """Raise Terminated on SIGTERM in this process (not in the processes a build forks: they
+    inherit the handler, and die of the signal as before).  Returns the handler it replaced."""
+    owner = os.getpid()
+
+    def on_sigterm(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+    try:
+        return signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:              # (not the main thread: an API caller's thread)
+        return None
 
 
 def completion_request(prog: str) -> tuple[str, str] | None:

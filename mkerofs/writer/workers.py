@@ -287,10 +287,11 @@ def _worker_main(cfg: CompressConfig, out, index: int, own, shared, results) -> 
     writes the held files of that batch, ("stop", ...) ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # ^C is the parent's to handle
     os.nice(5)
+    parent = os.getppid()
     held: dict[int, dict[int, list]] = {}
     writer = _BlockWriter(out)
     while True:
-        kind, bid, arg = _next_task(own, shared)
+        kind, bid, arg = _next_task(own, shared, parent)
         try:
             if kind == "compress":
                 res = _run_batch(cfg, arg)
@@ -318,16 +319,21 @@ def _worker_main(cfg: CompressConfig, out, index: int, own, shared, results) -> 
 _IDLE_POLL = 0.02
 
 
-def _next_task(own: _TaskQueue, shared: _TaskQueue) -> tuple:
+def _next_task(own: _TaskQueue, shared: _TaskQueue, parent: int) -> tuple:
     """The next message of a worker: its own queue first (writes free memory, and the held
     bytes are only its own to write), else a batch from the queue all workers take from, so
-    that none idles while another has batches waiting."""
+    that none idles while another has batches waiting.  A worker whose build's process is
+    gone (killed: SIGKILL, or a signal it had no handler for) ends here: every worker holds
+    both ends of the queues' pipes, so none would ever see them close, and it would wait for
+    ever, holding the build's stdout and stderr."""
     while True:
         msg = own.get(0)
         if msg is None:
             msg = shared.get(_IDLE_POLL)
         if msg is not None:
             return msg
+        if os.getppid() != parent:
+            os._exit(1)
 
 
 class _TaskQueue:
