@@ -281,17 +281,20 @@ def _held_apart(cfg: CompressConfig, works: list[_Work], results: list) -> dict[
     return held
 
 
-def _worker_main(cfg: CompressConfig, out, index: int, own, shared, results) -> None:
+def _worker_main(cfg: CompressConfig, out, index: int, own, shared, results,
+                 parent: int) -> None:
     """A worker process: ("compress", batch id, works) from the shared queue -> ("done", id,
     this worker's index, results); from its own queue, ("write", id, [(index, position)])
     writes the held files of that batch, ("stop", ...) ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # ^C is the parent's to handle
     os.nice(5)
-    parent = os.getppid()
+    # (`parent` is the pid the build had before the fork: it may be gone already)
+    threading.Thread(target=_end_with, args=(parent,), daemon=True,
+                     name="mkerofs-worker-watch").start()
     held: dict[int, dict[int, list]] = {}
     writer = _BlockWriter(out)
     while True:
-        kind, bid, arg = _next_task(own, shared, parent)
+        kind, bid, arg = _next_task(own, shared)
         try:
             if kind == "compress":
                 res = _run_batch(cfg, arg)
@@ -319,19 +322,30 @@ def _worker_main(cfg: CompressConfig, out, index: int, own, shared, results) -> 
 _IDLE_POLL = 0.02
 
 
-def _next_task(own: _TaskQueue, shared: _TaskQueue, parent: int) -> tuple:
+def _next_task(own: _TaskQueue, shared: _TaskQueue) -> tuple:
     """The next message of a worker: its own queue first (writes free memory, and the held
     bytes are only its own to write), else a batch from the queue all workers take from, so
-    that none idles while another has batches waiting.  A worker whose build's process is
-    gone (killed: SIGKILL, or a signal it had no handler for) ends here: every worker holds
-    both ends of the queues' pipes, so none would ever see them close, and it would wait for
-    ever, holding the build's stdout and stderr."""
+    that none idles while another has batches waiting."""
     while True:
         msg = own.get(0)
         if msg is None:
             msg = shared.get(_IDLE_POLL)
         if msg is not None:
             return msg
+
+
+# how often a worker looks whether its build's process is still there
+_WATCH_PERIOD = 0.25
+
+
+def _end_with(parent: int) -> None:
+    """A worker's thread: end the worker when the build's process is gone (killed outright:
+    SIGKILL).  Nothing else would: every worker holds both ends of the queues' pipes, so none
+    sees them close, and one may be blocked for ever reading a message its build died while
+    sending, all of them holding the build's stdout and stderr (a caller reading those waits
+    for ever)."""
+    while True:
+        time.sleep(_WATCH_PERIOD)
         if os.getppid() != parent:
             os._exit(1)
 
@@ -437,7 +451,8 @@ class _ProcessPool:
         self.shared = _TaskQueue(ctx)
         self.tasks = [_TaskQueue(ctx) for _ in range(workers)]
         self.procs = [ctx.Process(target=_worker_main,
-                                  args=(cfg, out, i, q, self.shared, self.results),
+                                  args=(cfg, out, i, q, self.shared, self.results,
+                                        os.getpid()),
                                   daemon=True, name=f"mkerofs-worker-{i}")
                       for i, q in enumerate(self.tasks)]
         for proc in self.procs:

@@ -11,9 +11,9 @@ import tarfile
 import pytest
 
 from mkerofs import BuildOptions, build
-from mkerofs.writer import build as build_module
 from mkerofs.writer.options import TarOptions
 from support.compare import Expect, compare_trees
+from support.metasplit import spy_metadata_forks
 from support.threads import settled
 
 pytestmark = pytest.mark.kernel
@@ -24,20 +24,7 @@ def forced_split(monkeypatch) -> list[int]:
     """The pids of the metadata parts the builds fork, the split forced on any size."""
     if not settled():
         pytest.skip("other threads run in the test process: the build writes alone")
-    pids = []
-    real = build_module.fork_copier
-
-    def fork(*args, **kwargs):
-        pid = real(*args, **kwargs)
-        if kwargs.get("doing") == "writing metadata":
-            pids.append(pid)
-        return pid
-
-    monkeypatch.setattr(build_module, "fork_copier", fork)
-    monkeypatch.setattr(build_module, "_second_core_free", lambda: True)
-    monkeypatch.setattr(build_module, "_SPLIT_MIN_INODES", 1)
-    return pids
-
+    return spy_metadata_forks(monkeypatch)
 
 def _tree(root) -> None:
     """Directories of one and of several blocks, symlinks inline and not, fifos, xattrs,

@@ -112,3 +112,18 @@ def leftovers(folder: PathLike, keep: Iterable[str] = ()) -> list[str]:
     """Entries of ``folder`` other than ``keep`` (to spot temporary files)."""
     keep = set(keep)
     return sorted(n for n in os.listdir(os.fsdecode(folder)) if n not in keep)
+
+
+def wait_until_writing(process: subprocess.Popen, folder: PathLike, keep: Iterable[str],
+                       settle: float = 0.05, timeout: float = 60) -> None:
+    """Wait until a file not in `keep` shows in `folder` (the build's temporary image: it is
+    writing) or the process ends, then `settle` seconds more, so that a signal sent next
+    comes in the middle of the build."""
+    import time
+    keep = set(keep)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if [n for n in os.listdir(folder) if n not in keep]:
+            break
+        time.sleep(0.005)
+    time.sleep(settle)

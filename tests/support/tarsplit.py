@@ -48,3 +48,17 @@ def landed_parts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     monkeypatch.setattr(SplitTarReader, "_child_entries", noting)
     monkeypatch.setattr(SplitTarReader, "_start_child", starting)
     return parts
+
+
+@pytest.fixture(autouse=True)
+def parts(monkeypatch):
+    """(autouse where imported) Split tars of a few hundred KiB, in parts of a few KiB: as a
+    large tar is split."""
+    monkeypatch.setattr(tarsplit, "_SPLIT_MIN", 0)
+    small_parts(monkeypatch)
+
+
+@pytest.fixture
+def landed(monkeypatch) -> list[int]:
+    """The parts whose entries were taken from the forked process."""
+    return landed_parts(monkeypatch)

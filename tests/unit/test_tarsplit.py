@@ -17,20 +17,9 @@ from mkerofs.writer.decompress import open_input
 from mkerofs.writer.tarsplit import SplitTarReader
 from mkerofs.writer.tarstream import TarError, TarReader
 from support.tarfiles import END, header, member, pax
-from support.tarsplit import landed_parts, no_children, small_parts
+from support.tarsplit import landed, no_children, parts  # noqa: F401 (fixtures)
 
 
-@pytest.fixture(autouse=True)
-def parts(monkeypatch):
-    """Split tars of a few hundred KiB, in parts of a few KiB: as a large tar is split."""
-    monkeypatch.setattr(tarsplit, "_SPLIT_MIN", 0)
-    small_parts(monkeypatch)
-
-
-@pytest.fixture
-def landed(monkeypatch) -> list[int]:
-    """The parts whose entries were taken from the forked process."""
-    return landed_parts(monkeypatch)
 
 
 def _files(count: int, prefix: str = "d", fmt=tarfile.PAX_FORMAT, size=lambda i: i % 700,

@@ -11,23 +11,13 @@ from dataclasses import astuple
 
 import pytest
 
-from mkerofs.writer import tarsplit
 from mkerofs.writer.decompress import open_input
 from mkerofs.writer.tarsplit import SplitTarReader
 from mkerofs.writer.tarstream import TarError, TarReader
 from support.tarfiles import END
-from support.tarsplit import landed_parts, no_children, small_parts
+from support.tarsplit import landed, no_children, parts  # noqa: F401 (fixtures)
 
 
-@pytest.fixture(autouse=True)
-def parts(monkeypatch):
-    monkeypatch.setattr(tarsplit, "_SPLIT_MIN", 0)
-    small_parts(monkeypatch)
-
-
-@pytest.fixture
-def landed(monkeypatch) -> list[int]:
-    return landed_parts(monkeypatch)
 
 
 def _files(count: int, prefix: str = "d", fmt=tarfile.PAX_FORMAT, long: bool = True) -> bytes:

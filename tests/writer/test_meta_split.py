@@ -21,30 +21,13 @@ from mkerofs.writer import build as build_module
 from mkerofs.writer import meta
 from mkerofs.writer.options import TarOptions
 from mkerofs.writer.walk import TreeInode
+from tests.support.metasplit import spy_metadata_forks
 from tests.support.threads import settled
 
 
 def _skip_unless_forks():
     if not settled():
         pytest.skip("other threads run in the test process: the build writes alone")
-
-
-def _spy_forks(monkeypatch, split_min: int = 1) -> list[int]:
-    """The pids of the parts the builds fork (a second core taken to be free, a part forked
-    from `split_min` inodes on)."""
-    pids = []
-    real = build_module.fork_copier
-
-    def fork(*args, **kwargs):
-        pid = real(*args, **kwargs)
-        assert kwargs.get("doing") == "writing metadata"
-        pids.append(pid)
-        return pid
-
-    monkeypatch.setattr(build_module, "fork_copier", fork)
-    monkeypatch.setattr(build_module, "_second_core_free", lambda: True)
-    monkeypatch.setattr(build_module, "_SPLIT_MIN_INODES", split_min)
-    return pids
 
 
 def _tree(root) -> None:
@@ -82,7 +65,7 @@ def _tar(path):
 def _builds(tmp_path, monkeypatch, source, **options) -> tuple[bytes, bytes, list[int]]:
     """The image written by one process, then with a part forked (any size of tree)."""
     images = []
-    pids = _spy_forks(monkeypatch)
+    pids = spy_metadata_forks(monkeypatch)
     for split_min in (10**9, 1):
         monkeypatch.setattr(build_module, "_SPLIT_MIN_INODES", split_min)
         image = tmp_path / f"split-{split_min}.erofs"
@@ -133,7 +116,7 @@ def test_no_process_to_fork_writes_it_all_here(tmp_path, monkeypatch):
         tried.append(kwargs.get("doing"))
         raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
 
-    _spy_forks(monkeypatch)
+    spy_metadata_forks(monkeypatch)
     monkeypatch.setattr(build_module, "fork_copier", no_fork)
     image = tmp_path / "split.erofs"
     build(image, tmp_path / "src", BuildOptions(uuid=bytes(16), timestamp=0, workers=2))
@@ -154,7 +137,7 @@ def test_files_to_copy_fork_no_part(tmp_path, monkeypatch):
 
 def test_no_part_when_the_other_core_is_busy(tmp_path, monkeypatch):
     _tree(tmp_path / "src")
-    pids = _spy_forks(monkeypatch)
+    pids = spy_metadata_forks(monkeypatch)
     monkeypatch.setattr(build_module, "_second_core_free", lambda: False)
     build(tmp_path / "out.erofs", tmp_path / "src", BuildOptions(workers=2))
     assert pids == []
@@ -162,14 +145,14 @@ def test_no_part_when_the_other_core_is_busy(tmp_path, monkeypatch):
 
 def test_no_part_with_one_worker(tmp_path, monkeypatch):
     _tree(tmp_path / "src")
-    pids = _spy_forks(monkeypatch)
+    pids = spy_metadata_forks(monkeypatch)
     build(tmp_path / "out.erofs", tmp_path / "src", BuildOptions(workers=1))
     assert pids == []
 
 
 def test_no_part_below_the_threshold(tmp_path, monkeypatch):
     _tree(tmp_path / "src")
-    pids = _spy_forks(monkeypatch, split_min=10**6)
+    pids = spy_metadata_forks(monkeypatch, split_min=10**6)
     build(tmp_path / "out.erofs", tmp_path / "src", BuildOptions(workers=2))
     assert pids == []
 
@@ -224,7 +207,7 @@ def _failing_build(tmp_path, monkeypatch, fail) -> BuildError:
         real(*args, **kwargs)
 
     monkeypatch.setattr(build_module, "put_inodes", put)
-    pids = _spy_forks(monkeypatch)
+    pids = spy_metadata_forks(monkeypatch)
     image = tmp_path / "out.erofs"
     with pytest.raises(BuildError) as err:
         build(image, tmp_path / "src", BuildOptions(workers=2))
@@ -257,24 +240,34 @@ def test_child_dying_is_a_clean_error(tmp_path, monkeypatch):
     assert "a process writing metadata died" in str(err)
 
 
-def test_parent_failing_kills_the_child(tmp_path, monkeypatch):
-    """A failure in this process's part kills and reaps the child, whose part is left
-    unwritten."""
-    _skip_unless_forks()
-    _tree(tmp_path / "src")
+def _child_waits(monkeypatch, then) -> tuple[int, int]:
+    """The forked part waits to be killed (reading a pipe never written); this process
+    writes its part, then calls `then`.  Returns the pipe's ends, to close."""
     parent = os.getpid()
     real = build_module.put_inodes
     read_end, write_end = os.pipe()
 
     def put(*args, **kwargs):
         if os.getpid() != parent:
-            os.read(read_end, 1)            # (never written: waits to be killed)
+            os.read(read_end, 1)
         else:
             real(*args, **kwargs)
-            raise BuildError("this part went wrong")
+            then()
 
     monkeypatch.setattr(build_module, "put_inodes", put)
-    pids = _spy_forks(monkeypatch)
+    return read_end, write_end
+
+
+def test_parent_failing_kills_the_child(tmp_path, monkeypatch):
+    """A failure in this process's part kills and reaps the child, whose part is left
+    unwritten."""
+    _skip_unless_forks()
+    _tree(tmp_path / "src")
+
+    def fail():
+        raise BuildError("this part went wrong")
+    read_end, write_end = _child_waits(monkeypatch, fail)
+    pids = spy_metadata_forks(monkeypatch)
     try:
         with pytest.raises(BuildError, match="this part went wrong"):
             build(tmp_path / "out.erofs", tmp_path / "src", BuildOptions(workers=2))
@@ -294,7 +287,7 @@ def test_children_ignored_writes_it_all_here(tmp_path, monkeypatch):
         (tmp_path / "src" / "d03" / f"file-{i}").write_bytes(bytes([i]) * (i * 3001))
     alone = tmp_path / "alone.erofs"
     build(alone, tmp_path / "src", BuildOptions(uuid=bytes(16), timestamp=0, workers=1))
-    pids = _spy_forks(monkeypatch)
+    pids = spy_metadata_forks(monkeypatch)
     image = tmp_path / "ignored.erofs"
     old = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     try:
@@ -311,22 +304,13 @@ def test_interrupt_while_waiting_for_the_child_kills_it(tmp_path, monkeypatch):
     is not left behind."""
     _skip_unless_forks()
     _tree(tmp_path / "src")
-    parent = os.getpid()
-    real = build_module.put_inodes
-    read_end, write_end = os.pipe()
-
-    def put(*args, **kwargs):
-        if os.getpid() != parent:
-            os.read(read_end, 1)            # (never written: waits to be killed)
-        else:
-            real(*args, **kwargs)
-            signal.setitimer(signal.ITIMER_REAL, 0.2)
+    read_end, write_end = _child_waits(monkeypatch,
+                                       lambda: signal.setitimer(signal.ITIMER_REAL, 0.2))
 
     def interrupt(_signum, _frame):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(build_module, "put_inodes", put)
-    pids = _spy_forks(monkeypatch)
+    pids = spy_metadata_forks(monkeypatch)
     old = signal.signal(signal.SIGALRM, interrupt)
     try:
         with pytest.raises(KeyboardInterrupt):

@@ -422,8 +422,7 @@ def test_interrupted_build_leaves_nothing(present, tmp_path, small_src, image):
     process exits promptly (no hang on worker threads)."""
     import signal
     import subprocess
-    import time
-    from support.run import mkerofs_command, mkerofs_env
+    from support.run import mkerofs_command, mkerofs_env, wait_until_writing
     _big_source(small_src, 1024)
     # (under load the build can end between the last poll and the signal: it then exits 0
     # with a whole image, which says nothing about an interruption; such a run is retried)
@@ -434,12 +433,7 @@ def test_interrupted_build_leaves_nothing(present, tmp_path, small_src, image):
         p = subprocess.Popen(mkerofs_command() + [str(image), str(small_src)],
                              env=mkerofs_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and p.poll() is None:
-            if [n for n in os.listdir(tmp_path) if n not in ("src", image.name)]:
-                break                                   # the temporary image exists: writing
-            time.sleep(0.005)
-        time.sleep(0.05)
+        wait_until_writing(p, tmp_path, ("src", image.name))
         if p.poll() is not None:
             pytest.fail("the build finished before it could be interrupted; enlarge the source")
         p.send_signal(signal.SIGINT)

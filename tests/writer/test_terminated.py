@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from support.run import leftovers, mkerofs_command, mkerofs_env
+from support.run import leftovers, mkerofs_command, mkerofs_env, wait_until_writing
 
 
 def _source(src: Path) -> None:
@@ -66,12 +66,7 @@ def test_terminated_build_leaves_nothing(tmp_path, args, present):
                              env=mkerofs_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, start_new_session=True)
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and p.poll() is None:
-                if [n for n in os.listdir(tmp_path) if n not in ("src", image.name)]:
-                    break                               # the temporary image exists: writing
-                time.sleep(0.005)
-            time.sleep(0.1)
+            wait_until_writing(p, tmp_path, ("src", image.name), settle=0.1)
             if p.poll() is not None:
                 continue                                # (done before the signal: again)
             p.send_signal(signal.SIGTERM)
