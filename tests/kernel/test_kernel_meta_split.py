@@ -11,9 +11,11 @@ import tarfile
 import pytest
 
 from mkerofs import BuildOptions, build
+from mkerofs.writer import tarsplit
 from mkerofs.writer.options import TarOptions
 from support.compare import Expect, compare_trees
-from support.metasplit import spy_metadata_forks
+from support.metasplit import split_tree, spy_metadata_forks
+from support.tarsplit import landed_parts, small_parts
 from support.threads import settled
 
 pytestmark = pytest.mark.kernel
@@ -26,21 +28,11 @@ def forced_split(monkeypatch) -> list[int]:
         pytest.skip("other threads run in the test process: the build writes alone")
     return spy_metadata_forks(monkeypatch)
 
+
 def _tree(root) -> None:
-    """Directories of one and of several blocks, symlinks inline and not, fifos, xattrs,
-    one small regular file (copied by the build's own process: no copier forked)."""
-    for d in range(24):
-        sub = root / f"d{d:02}" / "inner"
-        sub.mkdir(parents=True)
-        for i in range(d * 3):
-            os.symlink(("ab/" * 1400)[:1 + (i * 37) % 4000], sub / f"link-{i}")
-        if d % 4 == 0:
-            os.mkfifo(root / f"d{d:02}" / "fifo")
-            os.setxattr(root / f"d{d:02}", "user.k", b"v" * (d + 1))
-    big = root / "big"
-    big.mkdir()
-    for i in range(500):
-        (big / f"entry-with-a-longer-name-{i:04}").mkdir()
+    """split_tree's, and one small regular file (copied by the build's own process: no
+    copier forked)."""
+    split_tree(root)
     (root / "d05" / "file").write_bytes(b"0123456789" * 777)
 
 
@@ -59,8 +51,13 @@ def test_split_tree_mounts_as_its_source(tmp_path, forced_split, kernel):
         compare_trees(src, mnt, expect=Expect(xattrs=True))
 
 
-def test_split_tar_index_mounts_as_its_source(tmp_path, forced_split, kernel):
-    """containerd's flow: the index, the tar appended, the layer mounted as a file."""
+def test_split_tar_index_mounts_as_its_source(tmp_path, monkeypatch, forced_split, kernel):
+    """containerd's flow: the index, the tar appended, the layer mounted as a file; the tar's
+    headers read on two cores as well (writer/tarsplit.py, forced on this small tar), with
+    the forked reader's entries taken."""
+    monkeypatch.setattr(tarsplit, "_SPLIT_MIN", 0)
+    small_parts(monkeypatch)
+    landed = landed_parts(monkeypatch)
     src = tmp_path / "src"
     _tree(src)
     for d in range(12):
@@ -74,6 +71,7 @@ def test_split_tar_index_mounts_as_its_source(tmp_path, forced_split, kernel):
     build(layer, tar, BuildOptions(uuid=bytes(16), workers=2,
                                    tar=TarOptions(mode="i", aufs=True)))
     assert len(forced_split) == 1, "the build did not fork a metadata part"
+    assert landed, "no entries were taken from the forked tar reader"
     with open(layer, "ab") as out:
         out.write(tar.read_bytes())
     with kernel(layer) as mnt:

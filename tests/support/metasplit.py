@@ -2,6 +2,8 @@
 force it: the forks of its part watched."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from mkerofs.writer import build as build_module
@@ -24,3 +26,20 @@ def spy_metadata_forks(monkeypatch: pytest.MonkeyPatch, split_min: int = 1) -> l
     monkeypatch.setattr(build_module, "_second_core_free", lambda: True)
     monkeypatch.setattr(build_module, "_SPLIT_MIN_INODES", split_min)
     return pids
+
+
+def split_tree(root) -> None:
+    """Directories (small ones with inline tails, one of several blocks), symlinks (some
+    longer than their inline room), fifos, an xattr on some: no regular file to copy."""
+    for d in range(40):
+        sub = root / f"d{d:02}" / "inner"
+        sub.mkdir(parents=True)
+        for i in range(d * 3):
+            os.symlink(("ab/" * 1400)[:1 + (i * 37) % 4000], sub / f"link-{i}")
+        if d % 5 == 0:
+            os.mkfifo(root / f"d{d:02}" / "fifo")
+            os.setxattr(root / f"d{d:02}", "user.k", b"v" * d)
+    big = root / "big"
+    big.mkdir()
+    for i in range(600):
+        (big / f"entry-with-a-longer-name-{i:04}").mkdir()

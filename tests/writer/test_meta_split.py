@@ -21,30 +21,13 @@ from mkerofs.writer import build as build_module
 from mkerofs.writer import meta
 from mkerofs.writer.options import TarOptions
 from mkerofs.writer.walk import TreeInode
-from tests.support.metasplit import spy_metadata_forks
+from tests.support.metasplit import split_tree, spy_metadata_forks
 from tests.support.threads import settled
 
 
 def _skip_unless_forks():
     if not settled():
         pytest.skip("other threads run in the test process: the build writes alone")
-
-
-def _tree(root) -> None:
-    """Directories (small ones with inline tails, one of several blocks), symlinks (some
-    longer than their inline room), fifos, an xattr on some: no regular file to copy."""
-    for d in range(40):
-        sub = root / f"d{d:02}" / "inner"
-        sub.mkdir(parents=True)
-        for i in range(d * 3):
-            os.symlink(("ab/" * 1400)[:1 + (i * 37) % 4000], sub / f"link-{i}")
-        if d % 5 == 0:
-            os.mkfifo(root / f"d{d:02}" / "fifo")
-            os.setxattr(root / f"d{d:02}", "user.k", b"v" * d)
-    big = root / "big"
-    big.mkdir()
-    for i in range(600):
-        (big / f"entry-with-a-longer-name-{i:04}").mkdir()
 
 
 def _tar(path):
@@ -81,7 +64,7 @@ def test_split_tree_is_the_one_process_image(tmp_path, monkeypatch, in_file):
     _skip_unless_forks()
     if not in_file:
         monkeypatch.setattr(meta, "_map_image", lambda *args: None)
-    _tree(tmp_path / "src")
+    split_tree(tmp_path / "src")
     alone, split, pids = _builds(tmp_path, monkeypatch, tmp_path / "src")
     assert len(pids) == 1, "the build did not fork a part"
     assert split == alone
@@ -98,7 +81,7 @@ def test_split_tar_index_is_the_one_process_image(tmp_path, monkeypatch):
 def test_one_file_copied_here_splits_too(tmp_path, monkeypatch):
     """A single file is copied by this process (no copier forked): the part is forked."""
     _skip_unless_forks()
-    _tree(tmp_path / "src")
+    split_tree(tmp_path / "src")
     (tmp_path / "src" / "d07" / "file").write_bytes(b"f" * 9999)
     alone, split, pids = _builds(tmp_path, monkeypatch, tmp_path / "src")
     assert len(pids) == 1, "the build did not fork a part"
@@ -107,7 +90,7 @@ def test_one_file_copied_here_splits_too(tmp_path, monkeypatch):
 
 def test_no_process_to_fork_writes_it_all_here(tmp_path, monkeypatch):
     """fork failing (EAGAIN: too many processes): this process writes both parts."""
-    _tree(tmp_path / "src")
+    split_tree(tmp_path / "src")
     alone = tmp_path / "alone.erofs"
     build(alone, tmp_path / "src", BuildOptions(uuid=bytes(16), timestamp=0, workers=1))
     tried = []
@@ -127,7 +110,7 @@ def test_no_process_to_fork_writes_it_all_here(tmp_path, monkeypatch):
 def test_files_to_copy_fork_no_part(tmp_path, monkeypatch):
     """Forked copiers use the other core then: this process writes the metadata alone."""
     _skip_unless_forks()
-    _tree(tmp_path / "src")
+    split_tree(tmp_path / "src")
     for i in range(30):
         (tmp_path / "src" / f"d{i:02}" / "file").write_bytes(bytes([i + 1]) * (i * 999 + 1))
     alone, split, pids = _builds(tmp_path, monkeypatch, tmp_path / "src")
@@ -136,7 +119,7 @@ def test_files_to_copy_fork_no_part(tmp_path, monkeypatch):
 
 
 def test_no_part_when_the_other_core_is_busy(tmp_path, monkeypatch):
-    _tree(tmp_path / "src")
+    split_tree(tmp_path / "src")
     pids = spy_metadata_forks(monkeypatch)
     monkeypatch.setattr(build_module, "_second_core_free", lambda: False)
     build(tmp_path / "out.erofs", tmp_path / "src", BuildOptions(workers=2))
@@ -144,14 +127,14 @@ def test_no_part_when_the_other_core_is_busy(tmp_path, monkeypatch):
 
 
 def test_no_part_with_one_worker(tmp_path, monkeypatch):
-    _tree(tmp_path / "src")
+    split_tree(tmp_path / "src")
     pids = spy_metadata_forks(monkeypatch)
     build(tmp_path / "out.erofs", tmp_path / "src", BuildOptions(workers=1))
     assert pids == []
 
 
 def test_no_part_below_the_threshold(tmp_path, monkeypatch):
-    _tree(tmp_path / "src")
+    split_tree(tmp_path / "src")
     pids = spy_metadata_forks(monkeypatch, split_min=10**6)
     build(tmp_path / "out.erofs", tmp_path / "src", BuildOptions(workers=2))
     assert pids == []
@@ -197,7 +180,7 @@ def _assert_reaped(pids: list[int]) -> None:
 def _failing_build(tmp_path, monkeypatch, fail) -> BuildError:
     """A split build whose child calls `fail` instead of writing its part."""
     _skip_unless_forks()
-    _tree(tmp_path / "src")
+    split_tree(tmp_path / "src")
     parent = os.getpid()
     real = build_module.put_inodes
 
@@ -262,7 +245,7 @@ def test_parent_failing_kills_the_child(tmp_path, monkeypatch):
     """A failure in this process's part kills and reaps the child, whose part is left
     unwritten."""
     _skip_unless_forks()
-    _tree(tmp_path / "src")
+    split_tree(tmp_path / "src")
 
     def fail():
         raise BuildError("this part went wrong")
@@ -282,7 +265,7 @@ def test_children_ignored_writes_it_all_here(tmp_path, monkeypatch):
     reaped at once, and waitpid finds none) forks nothing, neither a part nor copiers: the
     image is the one process's, no error (was: "No child processes")."""
     _skip_unless_forks()
-    _tree(tmp_path / "src")
+    split_tree(tmp_path / "src")
     for i in range(30):
         (tmp_path / "src" / "d03" / f"file-{i}").write_bytes(bytes([i]) * (i * 3001))
     alone = tmp_path / "alone.erofs"
@@ -303,7 +286,7 @@ def test_interrupt_while_waiting_for_the_child_kills_it(tmp_path, monkeypatch):
     child's: the child is killed and reaped, not left writing (then a zombie), and the image
     is not left behind."""
     _skip_unless_forks()
-    _tree(tmp_path / "src")
+    split_tree(tmp_path / "src")
     read_end, write_end = _child_waits(monkeypatch,
                                        lambda: signal.setitimer(signal.ITIMER_REAL, 0.2))
 
@@ -336,7 +319,7 @@ def test_split_at_an_offset_is_the_one_process_image(tmp_path, monkeypatch, in_f
     _skip_unless_forks()
     if not in_file:
         monkeypatch.setattr(meta, "_map_image", lambda *args: None)
-    _tree(tmp_path / "src")
+    split_tree(tmp_path / "src")
     alone, split, pids = _builds(tmp_path, monkeypatch, tmp_path / "src", offset=12288)
     assert len(pids) == 1, "the build did not fork a part"
     assert split == alone
